@@ -1,0 +1,40 @@
+"""Verdicts: what the gateway does with a packet, and the decision record the engine returns."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.events.eve import Event
+
+
+class Action(enum.Enum):
+    """A rule's action (and the per-packet verdict)."""
+
+    ACCEPT = "accept"
+    ALERT = "alert"  # detect only: log, let through
+    DROP = "drop"  # silently
+    RESET = "reset"  # drop and send TCP RST to both ends
+
+    @property
+    def blocks(self) -> bool:
+        return self in (Action.DROP, Action.RESET)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the engine decided for one packet.
+
+    action: ACCEPT / ALERT pass the packet; DROP / RESET stop it.
+    final: the flow needs no more inspection; the intake may bypass it in the kernel (connmark).
+    events: alerts and drops raised by this packet (may be empty).
+    """
+
+    action: Action
+    final: bool = False
+    events: tuple["Event", ...] = field(default=())
+
+
+ACCEPT = Decision(Action.ACCEPT)
