@@ -1,0 +1,334 @@
+"""HTTP/1.x request decoder: a sans-I/O state machine fed the client-to-server byte stream.
+
+Shape follows h11: `receive_data(bytes)` then `next_event()` until it returns NEED_DATA. It never
+touches a socket or a clock. Guarantees:
+- requests are parsed as RFC 9112 describes: request line (section 3), header fields with
+  obsolete line folding unfolded (section 5.2), bodies framed by Transfer-Encoding: chunked
+  (section 7.1, chunk extensions and trailers skipped) or Content-Length (section 6.2), and
+  pipelined requests one after another;
+- only HttpDecodeError escapes, and after it the decoder stays in the ERROR state (sticky);
+- every buffer is bounded: a request head longer than `max_head_bytes` is an error, body data
+  is passed on in pieces and at most `max_body_inspect` bytes of each body are kept for matching.
+
+`normalize_uri` undoes the encodings that IIS and Apache decode but a naive matcher does not:
+%-encoding (also applied twice), IIS `%uXXXX`, overlong UTF-8 sequences, backslashes as path
+separators, `.` and `..` segments (RFC 3986 section 5.2.4), and letter case.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from gateway.errors import DecodeError
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 256
+MAX_BODY_INSPECT = 64 * 1024
+MAX_CHUNK_LINE = 1024
+
+
+class HttpDecodeError(DecodeError):
+    """The client sent something that is not HTTP/1.x (its fault; the state is now ERROR)."""
+
+
+class State(enum.Enum):
+    HEAD = "head"  # waiting for a complete request line + header block
+    BODY_LENGTH = "body-length"
+    CHUNK_SIZE = "chunk-size"
+    CHUNK_DATA = "chunk-data"
+    CHUNK_DATA_END = "chunk-data-end"
+    TRAILERS = "trailers"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request head. `uri` is as sent; `uri_normalized` as the server would see the path."""
+
+    method: str
+    uri: str
+    uri_normalized: str
+    version: str
+    headers: tuple[tuple[str, str], ...]  # (lower-case name, value), in order, repeats kept
+
+    def header(self, name: str) -> str | None:
+        """Every value of `name` joined by ', ' (RFC 9110 section 5.3), or None."""
+        values = [v for n, v in self.headers if n == name]
+        return ", ".join(values) if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A piece of the current request's body, de-chunked."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfRequest:
+    """The current request (head and body) is complete; the next one may follow (pipelining)."""
+
+    body_length: int
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = _NeedData()
+Event = Request | Body | EndOfRequest
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_VERSION = re.compile(rb"HTTP/\d\.\d\Z")
+_CHUNK_SIZE = re.compile(rb"\s*([0-9A-Fa-f]{1,16})\s*(?:;.*)?\Z")
+
+
+class HttpRequestDecoder:
+    """Decodes one direction (client to server) of an HTTP/1.x connection."""
+
+    def __init__(
+        self,
+        max_head_bytes: int = MAX_HEAD_BYTES,
+        max_headers: int = MAX_HEADERS,
+    ) -> None:
+        self.max_head_bytes = max_head_bytes
+        self.max_headers = max_headers
+        self.state = State.HEAD
+        self._buf = bytearray()
+        self._remaining = 0  # body bytes left in the current Content-Length body or chunk
+        self._body_length = 0
+        self.requests = 0
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state is State.ERROR:
+            raise HttpDecodeError("decoder is in ERROR state after an earlier error")
+        self._buf += data
+
+    def next_event(self) -> Event | _NeedData:
+        try:
+            return self._next_event()
+        except HttpDecodeError:
+            self.state = State.ERROR
+            raise
+
+    def _next_event(self) -> Event | _NeedData:
+        state = self.state
+        if state is State.ERROR:
+            raise HttpDecodeError("decoder is in ERROR state after an earlier error")
+        if state is State.HEAD:
+            return self._parse_head()
+        if state is State.BODY_LENGTH or state is State.CHUNK_DATA:
+            if self._remaining == 0:
+                if state is State.BODY_LENGTH:
+                    return self._end_request()
+                self.state = State.CHUNK_DATA_END
+                return self._next_event()
+            if not self._buf:
+                return NEED_DATA
+            piece = bytes(self._buf[: self._remaining])
+            del self._buf[: len(piece)]
+            self._remaining -= len(piece)
+            self._body_length += len(piece)
+            return Body(piece)
+        if state is State.CHUNK_DATA_END:
+            if len(self._buf) < 2:
+                return NEED_DATA
+            if self._buf[:2] != b"\r\n":
+                # Tolerate a bare LF like most servers do.
+                if self._buf[:1] != b"\n":
+                    raise HttpDecodeError(f"chunk data not followed by CRLF: {bytes(self._buf[:8])!r}")
+                del self._buf[:1]
+            else:
+                del self._buf[:2]
+            self.state = State.CHUNK_SIZE
+            return self._next_event()
+        if state is State.CHUNK_SIZE:
+            line = self._take_line(MAX_CHUNK_LINE, "chunk size line")
+            if line is None:
+                return NEED_DATA
+            match = _CHUNK_SIZE.match(line)
+            if not match:
+                raise HttpDecodeError(f"bad chunk size line {line[:40]!r}")
+            size = int(match.group(1), 16)
+            if size == 0:
+                self.state = State.TRAILERS
+            else:
+                self._remaining = size
+                self.state = State.CHUNK_DATA
+            return self._next_event()
+        # TRAILERS: header lines until an empty one; their content is not inspected here.
+        while True:
+            line = self._take_line(self.max_head_bytes, "trailer line")
+            if line is None:
+                return NEED_DATA
+            if not line:
+                return self._end_request()
+
+    def _end_request(self) -> EndOfRequest:
+        event = EndOfRequest(self._body_length)
+        self.state = State.HEAD
+        self._body_length = 0
+        self._remaining = 0
+        self.requests += 1
+        return event
+
+    def _take_line(self, limit: int, what: str) -> bytes | None:
+        end = self._buf.find(b"\n")
+        if end < 0:
+            if len(self._buf) > limit:
+                raise HttpDecodeError(f"{what} longer than {limit} bytes")
+            return None
+        line = bytes(self._buf[:end]).rstrip(b"\r")
+        del self._buf[: end + 1]
+        return line
+
+    def _parse_head(self) -> Request | _NeedData:
+        # RFC 9112 section 2.2: ignore at least one empty line before a request line.
+        while self._buf[:2] == b"\r\n" or self._buf[:1] == b"\n":
+            del self._buf[: 2 if self._buf[:1] == b"\r" else 1]
+        end = self._buf.find(b"\r\n\r\n")
+        sep = 4
+        lf_end = self._buf.find(b"\n\n")
+        if lf_end >= 0 and (end < 0 or lf_end < end):
+            end, sep = lf_end, 2
+        if end < 0:
+            if len(self._buf) > self.max_head_bytes:
+                raise HttpDecodeError(f"request head longer than {self.max_head_bytes} bytes")
+            return NEED_DATA
+        if end > self.max_head_bytes:
+            raise HttpDecodeError(f"request head longer than {self.max_head_bytes} bytes")
+        head = bytes(self._buf[:end])
+        del self._buf[: end + sep]
+        lines = head.replace(b"\r\n", b"\n").split(b"\n")
+        request = self._parse_request_line(lines[0])
+        headers = self._parse_headers(lines[1:])
+        request = Request(request[0], request[1], normalize_uri(request[1]), request[2], headers)
+        self._start_body(request)
+        return request
+
+    @staticmethod
+    def _parse_request_line(line: bytes) -> tuple[str, str, str]:
+        parts = line.split()
+        if len(parts) == 2:  # HTTP/0.9 style "GET /path"
+            parts.append(b"HTTP/0.9")
+        if len(parts) != 3:
+            raise HttpDecodeError(f"bad request line {line[:80]!r}")
+        method, target, version = parts
+        if not _TOKEN.match(method):
+            raise HttpDecodeError(f"bad method {method[:40]!r} in request line")
+        if not _VERSION.match(version):
+            raise HttpDecodeError(f"bad version {version[:20]!r} in request line")
+        return (
+            method.decode("latin-1"),
+            target.decode("latin-1"),
+            version.decode("latin-1"),
+        )
+
+    def _parse_headers(self, lines: list[bytes]) -> tuple[tuple[str, str], ...]:
+        headers: list[tuple[str, str]] = []
+        for raw in lines:
+            if raw[:1] in (b" ", b"\t"):
+                # Obsolete line folding (RFC 9112 section 5.2): replace with a space.
+                if not headers:
+                    raise HttpDecodeError("header block starts with a folded line")
+                name, value = headers[-1]
+                headers[-1] = (name, f"{value} {raw.strip().decode('latin-1')}")
+                continue
+            name, colon, value = raw.partition(b":")
+            if not colon or not _TOKEN.match(name):
+                raise HttpDecodeError(f"bad header line {raw[:80]!r}")
+            headers.append((name.decode("latin-1").lower(), value.strip().decode("latin-1")))
+            if len(headers) > self.max_headers:
+                raise HttpDecodeError(f"more than {self.max_headers} header fields")
+        return tuple(headers)
+
+    def _start_body(self, request: Request) -> None:
+        te = request.header("transfer-encoding")
+        if te is not None and "chunked" in te.lower():
+            self.state = State.CHUNK_SIZE
+            return
+        length = request.header("content-length")
+        if length is None:
+            self._remaining = 0
+            self.state = State.BODY_LENGTH
+            return
+        values = {v.strip() for v in length.split(",")}
+        if len(values) != 1 or not next(iter(values)).isdigit():
+            raise HttpDecodeError(f"bad Content-Length {length[:40]!r}")
+        self._remaining = int(next(iter(values)))
+        self.state = State.BODY_LENGTH
+
+
+# --- URI normalisation -------------------------------------------------------------------
+
+_PCT = re.compile(r"%([0-9A-Fa-f]{2})")
+_PCT_U = re.compile(r"%[uU]([0-9A-Fa-f]{4})")
+MAX_DECODE_ROUNDS = 3
+
+
+def _decode_overlong_utf8(data: bytes) -> bytes:
+    """Map overlong UTF-8 forms of ASCII (C0 AF, E0 80 AF, ...) to the ASCII byte (MS00-078)."""
+    out = bytearray()
+    i, n = 0, len(data)
+    while i < n:
+        b = data[i]
+        if b in (0xC0, 0xC1) and i + 1 < n and data[i + 1] & 0xC0 == 0x80:
+            out.append(((b & 0x1F) << 6 | (data[i + 1] & 0x3F)) & 0x7F)
+            i += 2
+            continue
+        if b == 0xE0 and i + 2 < n and data[i + 1] & 0xE0 == 0x80 and data[i + 2] & 0xC0 == 0x80:
+            out.append(((data[i + 1] & 0x3F) << 6 | (data[i + 2] & 0x3F)) & 0x7F)
+            i += 3
+            continue
+        out.append(b)
+        i += 1
+    return bytes(out)
+
+
+def _percent_decode_once(text: str) -> str:
+    text = _PCT_U.sub(lambda m: chr(int(m.group(1), 16)), text)
+    raw = _PCT.sub(lambda m: chr(int(m.group(1), 16)), text).encode("latin-1", "replace")
+    return _decode_overlong_utf8(raw).decode("latin-1")
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 section 5.2.4, on '/'-separated segments; never climbs above the root."""
+    out: list[str] = []
+    segments = path.split("/")
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == "..":
+            if len(out) > 1:
+                out.pop()
+            if last:
+                out.append("")
+        elif seg == ".":
+            if last:
+                out.append("")
+        elif seg == "" and out and not last:
+            continue  # collapse '//'
+        else:
+            out.append(seg)
+    result = "/".join(out)
+    return result if result.startswith("/") or not path.startswith("/") else "/" + result
+
+
+def normalize_uri(uri: str) -> str:
+    """The path (and query) the server acts on, lower-cased, for matching on `http.uri`."""
+    text = uri
+    for _ in range(MAX_DECODE_ROUNDS):
+        decoded = _percent_decode_once(text)
+        if decoded == text:
+            break
+        text = decoded
+    path, question, query = text.partition("?")
+    path = path.replace("\\", "/")
+    if path.startswith(("http://", "https://")):  # absolute-form (proxy requests)
+        scheme_end = path.index("//") + 2
+        slash = path.find("/", scheme_end)
+        path = "/" if slash < 0 else path[slash:]
+    path = _remove_dot_segments(path)
+    return (path + question + query).lower()

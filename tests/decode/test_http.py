@@ -1,0 +1,137 @@
+"""HTTP/1.x request decoder: one shared table of cases, fed whole and one byte at a time."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.decode.http import (
+    NEED_DATA,
+    Body,
+    EndOfRequest,
+    HttpDecodeError,
+    HttpRequestDecoder,
+    Request,
+    State,
+    normalize_uri,
+)
+
+
+def run(stream: bytes, step: int | None) -> list[object]:
+    """Feed `stream` whole (step None) or in pieces of `step` bytes; merge Body pieces."""
+    dec = HttpRequestDecoder()
+    events: list[object] = []
+    pieces = [stream] if step is None else [stream[i : i + step] for i in range(0, len(stream), step)]
+    for piece in pieces:
+        dec.receive_data(piece)
+        while (ev := dec.next_event()) is not NEED_DATA:
+            if isinstance(ev, Body) and events and isinstance(events[-1], Body):
+                events[-1] = Body(events[-1].data + ev.data)
+            else:
+                events.append(ev)
+    return events
+
+
+CASES = [
+    (
+        "simple GET",
+        b"GET /index.html HTTP/1.1\r\nHost: a\r\n\r\n",
+        [("GET", "/index.html", {"host": "a"}), None, 0],
+    ),
+    (
+        "content-length body then pipelined GET",
+        b"POST /f HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /g HTTP/1.0\r\n\r\n",
+        [("POST", "/f", {"content-length": "5"}), b"hello", 5, ("GET", "/g", {}), None, 0],
+    ),
+    (
+        "chunked with extension and trailer",
+        b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n",
+        [("POST", "/c", {"transfer-encoding": "chunked"}), b"abcde", 5],
+    ),
+    (
+        "folded header and bare LF line ends",
+        b"GET / HTTP/1.1\nUser-Agent: a\n  b\n\n",
+        [("GET", "/", {"user-agent": "a b"}), None, 0],
+    ),
+    (
+        "HTTP/0.9 style request line",
+        b"GET /old\r\n\r\n",
+        [("GET", "/old", {}), None, 0],
+    ),
+]
+
+
+def flatten(events: list[object]) -> list[object]:
+    out: list[object] = []
+    for ev in events:
+        if isinstance(ev, Request):
+            out.append((ev.method, ev.uri, dict(ev.headers)))
+        elif isinstance(ev, Body):
+            out.append(ev.data)
+        elif isinstance(ev, EndOfRequest):
+            if not out or not isinstance(out[-1], bytes):
+                out.append(None)
+            out.append(ev.body_length)
+    return out
+
+
+@pytest.mark.parametrize("step", [None, 1, 7])
+@pytest.mark.parametrize(("name", "stream", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_cases(name: str, stream: bytes, expected: list[object], step: int | None) -> None:
+    assert flatten(run(stream, step)) == expected
+
+
+@pytest.mark.parametrize(
+    ("stream", "error"),
+    [
+        (b"GE(T / HTTP/1.1\r\n\r\n", "bad method"),
+        (b"GET / HTTP/x\r\n\r\n", "bad version"),
+        (b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", "bad header line"),
+        (b"POST / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n", "bad Content-Length"),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
+        (b"GET / HTTP/1.1\r\nA: " + b"x" * 70000, "longer than"),
+    ],
+)
+def test_errors_are_sticky_and_named(stream: bytes, error: str) -> None:
+    dec = HttpRequestDecoder()
+    dec.receive_data(stream)
+    with pytest.raises(HttpDecodeError, match=error):
+        while dec.next_event() is not NEED_DATA:
+            pass
+    assert dec.state is State.ERROR
+    with pytest.raises(HttpDecodeError, match="ERROR state"):
+        dec.receive_data(b"GET / HTTP/1.1\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalized"),
+    [
+        ("/scripts/..%c0%af../winnt/system32/cmd.exe?/c+dir", "/winnt/system32/cmd.exe?/c+dir"),
+        ("/scripts/..%255c../winnt/system32/cmd.exe", "/winnt/system32/cmd.exe"),
+        ("/%u0041%u0042C", "/abc"),
+        ("/a/./b/../c", "/a/c"),
+        ("/cgi-bin/.%2e/.%2e/.%2e/etc/passwd", "/etc/passwd"),
+        ("\\Windows\\System32", "/windows/system32"),
+        ("/A//B/", "/a/b/"),
+        ("http://host/x/../y?q=%41", "/y?q=a"),
+    ],
+)
+def test_normalize_uri(raw: str, normalized: str) -> None:
+    assert normalize_uri(raw) == normalized
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512), st.integers(min_value=1, max_value=64))
+def test_fuzz_only_decode_errors(data: bytes, step: int) -> None:
+    try:
+        run(data, step)
+    except HttpDecodeError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_fuzz_normalize_never_raises(uri: str) -> None:
+    assert isinstance(normalize_uri(uri), str)
