@@ -1,0 +1,162 @@
+"""TLS/SSL record decoder: a sans-I/O state machine fed one direction's byte stream.
+
+Follows RFC 5246 section 6.2 (record layer), section 7.4 (handshake) and RFC 6520 (heartbeat).
+Emits one event per record and per handshake message, and a Heartbeat event whose
+`payload_length` can be compared with the record length (Heartbleed, CVE-2014-0160: a request
+whose claimed payload does not fit in its record). Guarantees:
+- only TlsDecodeError escapes, and after it the decoder stays in the ERROR state;
+- records longer than 2**14 + 2048 bytes (RFC 5246 section 6.2.3) are an error, so the buffer is
+  bounded; handshake messages are reassembled across records up to MAX_HANDSHAKE_BYTES;
+- after ChangeCipherSpec the direction is marked encrypted: later heartbeats report
+  `encrypted=True` and their inner lengths are not read.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+from gateway.errors import DecodeError
+
+MAX_RECORD_BYTES = 2**14 + 2048
+MAX_HANDSHAKE_BYTES = 64 * 1024
+
+CONTENT_CHANGE_CIPHER_SPEC = 20
+CONTENT_ALERT = 21
+CONTENT_HANDSHAKE = 22
+CONTENT_APPLICATION_DATA = 23
+CONTENT_HEARTBEAT = 24
+_CONTENT_TYPES = frozenset({20, 21, 22, 23, 24})
+
+HANDSHAKE_CLIENT_HELLO = 1
+HANDSHAKE_SERVER_HELLO = 2
+HEARTBEAT_REQUEST = 1
+HEARTBEAT_RESPONSE = 2
+
+_RECORD = struct.Struct("!BHH")
+_HANDSHAKE = struct.Struct("!B3s")
+_HEARTBEAT = struct.Struct("!BH")
+
+
+class TlsDecodeError(DecodeError):
+    """The peer sent something that is not TLS (its fault; the state is now ERROR)."""
+
+
+class State(enum.Enum):
+    RECORDS = "records"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    content_type: int
+    version: int  # 0x0300 SSLv3, 0x0301 TLS 1.0, ... as on the wire
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    msg_type: int
+    length: int
+    version: int = 0  # client/server hello: the legacy_version field
+    cipher_suites: tuple[int, ...] = ()  # client hello: offered; server hello: the chosen one
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    hb_type: int  # HEARTBEAT_REQUEST or HEARTBEAT_RESPONSE
+    payload_length: int  # the claimed payload length (RFC 6520 section 4)
+    record_length: int
+    encrypted: bool
+
+    @property
+    def overflows(self) -> bool:
+        """The claimed payload plus type, length and 16 bytes of padding exceed the record."""
+        return not self.encrypted and self.payload_length + 3 + 16 > self.record_length
+
+
+Event = Record | Handshake | Heartbeat
+
+
+class TlsDecoder:
+    """Decodes the records of one direction of a TLS connection."""
+
+    def __init__(self) -> None:
+        self.state = State.RECORDS
+        self.encrypted = False
+        self._buf = bytearray()
+        self._handshake = bytearray()
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes, get the events they complete."""
+        if self.state is State.ERROR:
+            raise TlsDecodeError("decoder is in ERROR state after an earlier error")
+        self._buf += data
+        events: list[Event] = []
+        try:
+            while len(self._buf) >= _RECORD.size:
+                ctype, version, length = _RECORD.unpack_from(self._buf)
+                if ctype not in _CONTENT_TYPES or version >> 8 not in (0x03, 0xFE):
+                    raise TlsDecodeError(
+                        f"not a TLS record header: type {ctype}, version 0x{version:04x}"
+                    )
+                if length > MAX_RECORD_BYTES:
+                    raise TlsDecodeError(f"record length {length} exceeds {MAX_RECORD_BYTES}")
+                if len(self._buf) < _RECORD.size + length:
+                    break
+                body = bytes(self._buf[_RECORD.size : _RECORD.size + length])
+                del self._buf[: _RECORD.size + length]
+                events.append(Record(ctype, version, length))
+                self._record(ctype, body, events)
+        except TlsDecodeError:
+            self.state = State.ERROR
+            raise
+        return events
+
+    def _record(self, ctype: int, body: bytes, events: list[Event]) -> None:
+        if ctype == CONTENT_CHANGE_CIPHER_SPEC:
+            self.encrypted = True
+        elif ctype == CONTENT_HEARTBEAT:
+            if self.encrypted or len(body) < _HEARTBEAT.size:
+                events.append(Heartbeat(0, 0, len(body), True))
+            else:
+                hb_type, payload_length = _HEARTBEAT.unpack_from(body)
+                events.append(Heartbeat(hb_type, payload_length, len(body), False))
+        elif ctype == CONTENT_HANDSHAKE and not self.encrypted:
+            self._handshake += body
+            if len(self._handshake) > MAX_HANDSHAKE_BYTES:
+                raise TlsDecodeError(f"handshake message longer than {MAX_HANDSHAKE_BYTES} bytes")
+            while len(self._handshake) >= _HANDSHAKE.size:
+                msg_type, raw_len = _HANDSHAKE.unpack_from(self._handshake)
+                length = int.from_bytes(raw_len, "big")
+                if length > MAX_HANDSHAKE_BYTES:
+                    raise TlsDecodeError(f"handshake length {length} exceeds {MAX_HANDSHAKE_BYTES}")
+                end = _HANDSHAKE.size + length
+                if len(self._handshake) < end:
+                    break
+                msg = bytes(self._handshake[_HANDSHAKE.size : end])
+                del self._handshake[:end]
+                events.append(_parse_handshake(msg_type, msg))
+
+
+def _parse_handshake(msg_type: int, msg: bytes) -> Handshake:
+    """Hello messages (RFC 5246 section 7.4.1.2/7.4.1.3); others keep only type and length."""
+    if msg_type not in (HANDSHAKE_CLIENT_HELLO, HANDSHAKE_SERVER_HELLO) or len(msg) < 35:
+        return Handshake(msg_type, len(msg))
+    version = int.from_bytes(msg[0:2], "big")
+    pos = 34  # version + random
+    sid_len = msg[pos]
+    pos += 1 + sid_len
+    if msg_type == HANDSHAKE_SERVER_HELLO:
+        if pos + 2 > len(msg):
+            raise TlsDecodeError("server hello truncated before the cipher suite")
+        return Handshake(msg_type, len(msg), version, (int.from_bytes(msg[pos : pos + 2], "big"),))
+    if pos + 2 > len(msg):
+        raise TlsDecodeError("client hello truncated before the cipher suites")
+    cs_len = int.from_bytes(msg[pos : pos + 2], "big")
+    pos += 2
+    if cs_len % 2 or pos + cs_len > len(msg):
+        raise TlsDecodeError(f"client hello cipher suites length {cs_len} is invalid")
+    suites = tuple(int.from_bytes(msg[i : i + 2], "big") for i in range(pos, pos + cs_len, 2))
+    return Handshake(msg_type, len(msg), version, suites)

@@ -1,0 +1,118 @@
+"""TLS record decoder: synthetic records whole and byte by byte, and the real Heartbleed captures."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.all import IP, TCP, IPv6, rdpcap
+
+from gateway.decode.tls import (
+    Handshake,
+    Heartbeat,
+    Record,
+    State,
+    TlsDecodeError,
+    TlsDecoder,
+)
+
+
+def record(ctype: int, body: bytes, version: int = 0x0302) -> bytes:
+    return struct.pack("!BHH", ctype, version, len(body)) + body
+
+
+CLIENT_HELLO = bytes([1]) + (2 + 32 + 1 + 2 + 4 + 2).to_bytes(3, "big") + bytes.fromhex(
+    "0302" + "00" * 32 + "00" + "0004" + "c02f0035" + "0100"
+)
+HEARTBLEED = record(24, bytes([1]) + struct.pack("!H", 0x4000))  # claims 16 KiB in a 3-byte record
+HEARTBEAT_OK = record(24, bytes([1]) + struct.pack("!H", 4) + b"ping" + b"\0" * 16)
+
+CASES = [
+    ("client hello", record(22, CLIENT_HELLO), [Record(22, 0x0302, len(CLIENT_HELLO)),
+        Handshake(1, len(CLIENT_HELLO) - 4, 0x0302, (0xC02F, 0x0035))]),
+    ("hello split over two records", record(22, CLIENT_HELLO[:10]) + record(22, CLIENT_HELLO[10:]),
+        [Record(22, 0x0302, 10), Record(22, 0x0302, len(CLIENT_HELLO) - 10),
+         Handshake(1, len(CLIENT_HELLO) - 4, 0x0302, (0xC02F, 0x0035))]),
+    ("heartbleed request", HEARTBLEED, [Record(24, 0x0302, 3), Heartbeat(1, 0x4000, 3, False)]),
+    ("honest heartbeat", HEARTBEAT_OK, [Record(24, 0x0302, 23), Heartbeat(1, 4, 23, False)]),
+    ("heartbeat after change cipher spec is opaque", record(20, b"\x01") + HEARTBLEED,
+        [Record(20, 0x0302, 1), Record(24, 0x0302, 3), Heartbeat(0, 0, 3, True)]),
+]
+
+
+@pytest.mark.parametrize("step", [None, 1])
+@pytest.mark.parametrize(("name", "stream", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_cases(name: str, stream: bytes, expected: list[object], step: int | None) -> None:
+    dec = TlsDecoder()
+    if step is None:
+        events = dec.receive_data(stream)
+    else:
+        events = [ev for i in range(len(stream)) for ev in dec.receive_data(stream[i : i + 1])]
+    assert events == expected
+
+
+def test_overflow_condition() -> None:
+    assert Heartbeat(1, 0x4000, 3, False).overflows
+    assert not Heartbeat(1, 4, 23, False).overflows
+    assert not Heartbeat(0, 0, 3, True).overflows
+
+
+@pytest.mark.parametrize(
+    ("stream", "error"),
+    [(b"GET / HTTP/1.1\r\n", "not a TLS record"), (struct.pack("!BHH", 23, 0x0303, 30000), "exceeds")],
+)
+def test_errors_are_sticky(stream: bytes, error: str) -> None:
+    dec = TlsDecoder()
+    with pytest.raises(TlsDecodeError, match=error):
+        dec.receive_data(stream)
+    assert dec.state is State.ERROR
+    with pytest.raises(TlsDecodeError, match="ERROR state"):
+        dec.receive_data(b"")
+
+
+def client_streams(path: Path) -> dict[tuple[str, int, int], bytes]:
+    """Each direction's payload, in sequence order, keyed by (source, sport, dport) (test helper)."""
+    segments: dict[tuple[str, int, int], dict[int, bytes]] = {}
+    for pkt in rdpcap(str(path)):
+        ip = pkt.getlayer(IP) or pkt.getlayer(IPv6)
+        if ip is None or TCP not in pkt or not bytes(pkt[TCP].payload):
+            continue
+        key = (ip.src, pkt[TCP].sport, pkt[TCP].dport)
+        segments.setdefault(key, {}).setdefault(pkt[TCP].seq, bytes(pkt[TCP].payload))
+    return {k: b"".join(v[s] for s in sorted(v)) for k, v in segments.items()}
+
+
+def heartbeats(path: Path) -> list[Heartbeat]:
+    found = []
+    for data in client_streams(path).values():
+        try:
+            found += [e for e in TlsDecoder().receive_data(data) if isinstance(e, Heartbeat)]
+        except TlsDecodeError:
+            pass  # not TLS (STARTTLS preambles, HTTP): nothing to say about heartbeats
+    return found
+
+
+@pytest.mark.parametrize("name", ["heartbleed.pcap", "heartbleed-success.pcap"])
+def test_real_heartbleed_overflows(corpora: Path, name: str) -> None:
+    assert any(hb.overflows and hb.hb_type == 1 for hb in heartbeats(corpora / "attacks" / name))
+
+
+def test_benign_tls_never_overflows(corpora: Path) -> None:
+    captures = sorted((corpora / "benign" / "tls").glob("*.pcap"))
+    assert len(captures) > 50
+    assert [p.name for p in captures if any(hb.overflows for hb in heartbeats(p))] == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600), st.integers(min_value=1, max_value=50))
+def test_fuzz_only_decode_errors(data: bytes, step: int) -> None:
+    dec = TlsDecoder()
+    try:
+        for i in range(0, len(data), step):
+            dec.receive_data(data[i : i + step])
+    except TlsDecodeError:
+        pass
+    assert len(dec._buf) <= 5 + 2**14 + 2048
