@@ -1,0 +1,211 @@
+"""TCP stream reassembly for one direction of one connection (sans-I/O).
+
+What it does: ``StreamReassembler.receive(seq, payload, syn)`` takes TCP segments in whatever
+order they arrive and returns the bytes that became contiguous because of that segment, so
+the caller sees the byte stream the receiving host's TCP would deliver (RFC 9293 section 3.4
+sequence numbers, section 3.10.7.4 segment text processing).
+
+What it guarantees:
+- Sequence numbers are compared modulo 2**32 (RFC 9293 section 3.4): a segment is placed
+  relative to the next expected byte, within +/- 2**31, so streams wrap and may exceed 4 GiB.
+- The initial sequence number comes from the SYN (which consumes one sequence number; data
+  carried on the SYN starts at ISN + 1) or, when the stream is picked up mid-way, from the
+  first segment seen.
+- Duplicates are ignored. Overlaps are resolved first-wins (like Windows): bytes already
+  held -- pending out of order, or delivered -- are kept and the newer copy is dropped. A
+  segment that disagrees with bytes already held counts once in ``overlaps_conflicting``
+  (compared against pending data always, against delivered data within the last ``history``
+  bytes kept for that purpose; 0 by default to keep per-flow memory small).
+- Memory is bounded: out-of-order data is held up to ``max_pending`` bytes in at most
+  ``MAX_PENDING_SEGMENTS`` pieces; past either bound the oldest hole is skipped (counted in
+  ``gaps``) and delivery resumes at the next held byte. Skipped bytes are never delivered.
+- Depth: at most ``max_depth`` bytes of stream (counted from the stream's first byte, skipped
+  holes included) are ever delivered; once the stream position reaches it ``depth_reached``
+  is set, later data is discarded and nothing is held any more.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import Final
+
+__all__ = ["StreamReassembler", "MAX_PENDING_SEGMENTS", "SEQ_MOD"]
+
+SEQ_MOD: Final = 2**32
+_HALF: Final = 2**31
+MAX_PENDING_SEGMENTS: Final = 1024  # out-of-order pieces held per direction
+
+
+class StreamReassembler:
+    """One direction of a TCP connection: segments in, in-order bytes out."""
+
+    __slots__ = (
+        "max_depth",
+        "max_pending",
+        "history",
+        "depth_reached",
+        "delivered",
+        "pending_bytes",
+        "overlaps_conflicting",
+        "gaps",
+        "isn",
+        "_next_seq",
+        "_pos",
+        "_starts",
+        "_chunks",
+        "_recent",
+    )
+
+    def __init__(self, max_depth: int, max_pending: int, history: int = 0) -> None:
+        if max_depth < 0 or max_pending < 0 or history < 0:
+            raise ValueError(
+                f"reassembly bounds must be >= 0 (max_depth={max_depth}, "
+                f"max_pending={max_pending}, history={history})"
+            )
+        self.max_depth = max_depth
+        self.max_pending = max_pending
+        self.history = history
+        self.depth_reached = max_depth == 0
+        self.delivered = 0  # bytes returned by receive()
+        self.pending_bytes = 0  # bytes held out of order
+        self.overlaps_conflicting = 0  # segments that disagreed with bytes already held
+        self.gaps = 0  # holes skipped because the pending bound was exceeded
+        self.isn: int | None = None  # from the SYN; None when picked up mid-stream
+        self._next_seq: int | None = None  # sequence number of the stream byte at _pos
+        self._pos = 0  # stream offset of the next byte to deliver (delivered + skipped)
+        self._starts: list[int] = []  # stream offsets of held pieces, sorted, disjoint
+        self._chunks: list[bytes] = []
+        self._recent = b""  # the last `history` delivered bytes
+
+    @property
+    def next_seq(self) -> int | None:
+        """Sequence number of the next byte expected (None before the first segment)."""
+        return self._next_seq
+
+    @property
+    def position(self) -> int:
+        """Stream offset of the next byte expected: bytes delivered plus bytes skipped."""
+        return self._pos
+
+    def receive(self, seq: int, payload: bytes, syn: bool = False) -> bytes:
+        """Add one segment; return the bytes that became contiguous because of it."""
+        seq %= SEQ_MOD
+        if syn:
+            if self._next_seq is None or (self._pos == 0 and not self._starts):
+                self.isn = seq
+                self._next_seq = (seq + 1) % SEQ_MOD
+            seq = (seq + 1) % SEQ_MOD
+        elif self._next_seq is None:
+            self._next_seq = seq
+        if not payload or self.depth_reached:
+            return b""
+        assert self._next_seq is not None
+        diff = (seq - self._next_seq) % SEQ_MOD
+        if diff >= _HALF:
+            diff -= SEQ_MOD
+        off = self._pos + diff
+        if off == self._pos and not self._starts:  # fast path: in order, nothing held
+            return self._deliver(payload)
+        end = off + len(payload)
+        if end <= self._pos:  # entirely old: a retransmission
+            self._check_recent(off, payload)
+            return b""
+        if off < self._pos:  # partly old: keep what was delivered (first wins)
+            self._check_recent(off, payload[: self._pos - off])
+            payload = payload[self._pos - off :]
+            off = self._pos
+        if off >= self.max_depth:
+            return b""  # entirely past the depth: never deliverable
+        if end > self.max_depth:
+            payload = payload[: self.max_depth - off]
+        self._hold(off, payload)
+        out = self._pull()
+        while self._starts and (
+            self.pending_bytes > self.max_pending or len(self._starts) > MAX_PENDING_SEGMENTS
+        ):
+            self._skip_gap()
+            out += self._pull()
+        return out
+
+    def _deliver(self, data: bytes) -> bytes:
+        room = self.max_depth - self._pos
+        if len(data) >= room:
+            data = data[:room]
+            self.depth_reached = True
+            self._starts.clear()
+            self._chunks.clear()
+            self.pending_bytes = 0
+        n = len(data)
+        self._pos += n
+        assert self._next_seq is not None
+        self._next_seq = (self._next_seq + n) % SEQ_MOD
+        self.delivered += n
+        if self.history:
+            self._recent = (self._recent + data)[-self.history :]
+        return data
+
+    def _check_recent(self, off: int, data: bytes) -> None:
+        """Count a conflict if `data` at stream offset `off` disagrees with recent delivered bytes."""
+        if not self._recent:
+            return
+        recent_start = self._pos - len(self._recent)
+        a = max(off, recent_start)
+        b = min(off + len(data), self._pos)
+        if a < b and data[a - off : b - off] != self._recent[a - recent_start : b - recent_start]:
+            self.overlaps_conflicting += 1
+
+    def _hold(self, off: int, data: bytes) -> None:
+        """Keep the parts of data not already held (first wins); count a disagreement once."""
+        starts, chunks = self._starts, self._chunks
+        end = off + len(data)
+        i = bisect_right(starts, off) - 1
+        if i < 0 or starts[i] + len(chunks[i]) <= off:
+            i += 1
+        cur = off
+        pieces: list[tuple[int, bytes]] = []
+        conflict = False
+        j = i
+        while j < len(starts) and starts[j] < end:
+            s, held = starts[j], chunks[j]
+            e = s + len(held)
+            if s > cur:
+                pieces.append((cur, data[cur - off : s - off]))
+            a, b = max(s, cur), min(e, end)
+            if data[a - off : b - off] != held[a - s : b - s]:
+                conflict = True
+            cur = max(cur, b)
+            j += 1
+        if cur < end:
+            pieces.append((cur, data[cur - off :]))
+        if conflict:
+            self.overlaps_conflicting += 1
+        for p_off, p_data in pieces:
+            at = bisect_right(starts, p_off, lo=i)
+            starts.insert(at, p_off)
+            chunks.insert(at, p_data)
+            self.pending_bytes += len(p_data)
+
+    def _pull(self) -> bytes:
+        """Deliver held pieces that are now contiguous with the stream position."""
+        starts, chunks = self._starts, self._chunks
+        if not starts or starts[0] != self._pos:
+            return b""
+        n = 1
+        end = starts[0] + len(chunks[0])
+        while n < len(starts) and starts[n] == end:
+            end += len(chunks[n])
+            n += 1
+        data = b"".join(chunks[:n])
+        del starts[:n]
+        del chunks[:n]
+        self.pending_bytes -= len(data)
+        return self._deliver(data)
+
+    def _skip_gap(self) -> None:
+        """Give up on the hole before the first held piece: jump the stream position to it."""
+        skip = self._starts[0] - self._pos
+        self.gaps += 1
+        self._pos += skip
+        assert self._next_seq is not None
+        self._next_seq = (self._next_seq + skip) % SEQ_MOD
+        self._recent = b""
