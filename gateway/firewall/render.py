@@ -1,0 +1,272 @@
+"""Render the kernel side of the gateway as `ipset restore` and `iptables-restore` text.
+
+Pure: configuration + the ports enabled rules cover in, text out. Nothing here touches the kernel
+(gateway/firewall/apply.py does). Guarantees:
+
+- Only our own objects: chains named PREFIX-* in the mangle table, ipsets named prefix-*, and
+  one jump from each of the built-in chains FORWARD and POSTROUTING. The text is meant for
+  `iptables-restore --noflush`: nobody else's rule is flushed or reordered.
+- Queued (NFQUEUE) are only packets an enabled rule could care about: a protected host as the
+  destination (to_server) or the source (to_client, only if a rule inspects responses and
+  stream_depth.to_client > 0), TCP/UDP to a port an enabled rule covers, within the stream depth
+  of that direction (connbytes, counted by conntrack), on connections not bypassed by connmark,
+  and for TCP only segments that carry payload (or SYN, which seeds reassembly).
+- Forwarded traffic only: routed and bridged traffic (br_netfilter) both pass FORWARD.
+  Mangle FORWARD runs before filter FORWARD, so a packet we accept still meets the host's own
+  filter rules.
+- Both directions of a flow land in the same queue: the kernel's `--queue-balance` hash
+  (include/net/netfilter/nf_queue.h, hash_v4/hash_v6: "packets in either direction go into
+  same queue") orders source and destination address before hashing them with the protocol, so
+  it is symmetric; it ignores ports, so all flows between two hosts share a queue.
+- Bypass: a worker accepts the packet of a finished flow with the BYPASS packet-mark bit; the
+  NFQUEUE verdict ends the FORWARD traversal, so the bit is saved into the connmark in mangle
+  POSTROUTING (`CONNMARK --save-mark --nfmask --ctmask`, only the bits vpatch owns) and the
+  first rule of our FORWARD chain skips connections carrying it.
+- Fail policy: open adds `--queue-bypass` (no reader -> accept); closed leaves it out (no reader
+  -> drop). The queue-full behaviour is set by the worker on its queue (NFQA_CFG_F_FAIL_OPEN).
+
+Payload test (TCP): `-m length` cannot tell a pure ACK with options from a short data segment
+(52 bytes is both a timestamped ACK and 12 bytes of data without options), and a peer chooses
+its options, so that test would be evadable. We use u32 instead, exact for the usual header
+shapes: for each TCP data offset D (5..15) one rule tests "IPv4 IHL = 5, TCP data offset = D,
+total length > 20 + 4*D" (IPv6: "next header = TCP, data offset = D, payload length > 4*D").
+Packets with IPv4 options or IPv6 extension headers are always queued (rare; the engine copes).
+The two common offsets (8: timestamps, 5: none) come first.
+
+Stream depth: conntrack counts IP bytes including headers, while the engine's depth counts
+payload. The kernel limit is depth * KERNEL_DEPTH_FACTOR + KERNEL_DEPTH_SLACK so that streams of
+normal segments are queued until the engine itself reaches its depth and sets the bypass mark;
+the connbytes limit is only the backstop for flows the engine never finalises. A peer sending
+tiny segments makes the kernel counter run ahead of the payload (up to ~120 header bytes per
+payload byte); past the kernel limit the rest of its stream is not inspected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.config import FailPolicy, GatewayConfig, Network
+
+KERNEL_DEPTH_FACTOR = 2
+KERNEL_DEPTH_SLACK = 65536
+MAX_CONNBYTES = (1 << 63) - 1
+# Common TCP data offsets first: 8 (timestamps, Linux default), 5 (no options, Windows default).
+TCP_DATA_OFFSETS = (8, 5, 10, 6, 7, 9, 11, 12, 13, 14, 15)
+PROTOCOLS = ("tcp", "udp")
+DIRECTIONS = ("to_server", "to_client")
+
+
+class PortSource(Protocol):
+    """What render needs from a RuleSet: ports covered by enabled rules."""
+
+    def ports(self, protocol: str, direction: str) -> set[int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePlan:
+    """Ports that enabled rules inspect, per protocol and direction (server ports both ways)."""
+
+    tcp_to_server: frozenset[int] = frozenset()
+    tcp_to_client: frozenset[int] = frozenset()
+    udp_to_server: frozenset[int] = frozenset()
+    udp_to_client: frozenset[int] = frozenset()
+
+    def get(self, protocol: str, direction: str) -> frozenset[int]:
+        value: frozenset[int] = getattr(self, f"{protocol}_{direction}")
+        return value
+
+    @classmethod
+    def from_rules(cls, rules: PortSource) -> QueuePlan:
+        return cls(
+            **{
+                f"{p}_{d}": frozenset(int(x) for x in rules.ports(p, d))
+                for p in PROTOCOLS
+                for d in DIRECTIONS
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedRules:
+    """Everything apply.py needs: text per tool and the names of what it creates."""
+
+    ipset: str  # `ipset restore` text ("" when no set is needed)
+    ipv4: str  # `iptables-restore --noflush` text ("" when nothing is queued for IPv4)
+    ipv6: str  # `ip6tables-restore --noflush` text
+    sets: tuple[str, ...]  # ipset names created
+    chains: tuple[str, ...]  # chain names created (in mangle, both families when rendered)
+    prefix: str
+
+    def describe(self) -> str:
+        parts = [
+            "# ipset restore",
+            self.ipset or "# (none)",
+            "# iptables-restore --noflush",
+            self.ipv4 or "# (nothing queued for IPv4)",
+            "# ip6tables-restore --noflush",
+            self.ipv6 or "# (nothing queued for IPv6)",
+        ]
+        return "\n".join(p.rstrip("\n") for p in parts) + "\n"
+
+
+def set_prefix(chain_prefix: str) -> str:
+    return chain_prefix.lower() + "-"
+
+
+def kernel_depth(depth: int) -> int:
+    """The connbytes upper bound for an engine stream depth (see the module comment)."""
+    return min(depth * KERNEL_DEPTH_FACTOR + KERNEL_DEPTH_SLACK, MAX_CONNBYTES)
+
+
+def queue_target(config: GatewayConfig) -> str:
+    q = config.queues
+    target = (
+        f"NFQUEUE --queue-num {q.first}"
+        if q.count == 1
+        else f"NFQUEUE --queue-balance {q.first}:{q.first + q.count - 1}"
+    )
+    if config.fail_policy is FailPolicy.OPEN:
+        target += " --queue-bypass"
+    return target
+
+
+def _tcp_payload_tests(version: int) -> list[str]:
+    """u32 expressions, one per TCP data offset, true when the segment carries payload."""
+    tests = []
+    for d in TCP_DATA_OFFSETS:
+        hdr = 4 * d
+        if version == 4:
+            # word at 0: version|IHL|TOS|total length; word at 32 (IHL 5): TCP offset 12..15.
+            tests.append(f"0>>22&0x3C=20&&32>>28={d}&&0&0xFFFF={20 + hdr + 1}:65535")
+        else:
+            # word at 4: payload length|next header|hop limit; word at 52: TCP offset 12..15.
+            tests.append(f"4>>8&0xFF=6&&52>>28={d}&&4>>16&0xFFFF={hdr + 1}:65535")
+    return tests
+
+
+def _render_family(
+    version: int,
+    config: GatewayConfig,
+    plan: QueuePlan,
+    port_sets: dict[tuple[str, str], str],
+    host_set: str,
+) -> tuple[str, list[str]]:
+    p = config.firewall.chain_prefix
+    fwd, srv, cli, tcp, queue, post = (
+        f"{p}-FORWARD", f"{p}-TO-SERVER", f"{p}-TO-CLIENT", f"{p}-TCP-DATA", f"{p}-QUEUE", f"{p}-POST",
+    )  # fmt: skip
+    bypass, mask = config.marks.bypass, config.marks.mask
+    depth = config.stream_depth
+    lines: list[str] = []
+    rules: list[str] = []
+    chains = [fwd]
+    rules.append(f"-I FORWARD 1 -j {fwd}")
+    rules.append(f"-I POSTROUTING 1 -j {post}")
+    rules.append(f"-A {fwd} -m connmark --mark {bypass:#x}/{bypass:#x} -j RETURN")
+
+    dir_specs = (
+        ("to_server", srv, "dst", "original", depth.to_server),
+        ("to_client", cli, "src", "reply", depth.to_client),
+    )
+    protocols = PROTOCOLS if config.firewall.queue_udp else ("tcp",)
+    uses_tcp = False
+    for direction, chain, side, ct_dir, dir_depth in dir_specs:
+        if dir_depth <= 0:
+            continue
+        body = []
+        for proto in protocols:
+            set_name = port_sets.get((proto, direction))
+            if set_name is None:
+                continue
+            target = tcp if proto == "tcp" else queue
+            uses_tcp |= proto == "tcp"
+            body.append(
+                f"-A {chain} -p {proto} -m set --match-set {set_name} {side}"
+                f" -m connbytes --connbytes 0:{kernel_depth(dir_depth)}"
+                f" --connbytes-dir {ct_dir} --connbytes-mode bytes -j {target}"
+            )
+        if body:
+            chains.append(chain)
+            rules.append(f"-A {fwd} -m set --match-set {host_set} {side} -j {chain}")
+            rules.extend(body)
+    if len(chains) == 1:
+        return "", []  # nothing to queue for this family
+    if uses_tcp:
+        chains.append(tcp)
+        # SYN (and SYN+ACK): no payload, but it carries the initial sequence number.
+        rules.append(f"-A {tcp} -p tcp --tcp-flags SYN SYN -j {queue}")
+        for test in _tcp_payload_tests(version):
+            rules.append(f'-A {tcp} -m u32 --u32 "{test}" -j {queue}')
+        if version == 4:
+            rules.append(f'-A {tcp} -m u32 ! --u32 "0>>22&0x3C=20" -j {queue}')
+        else:
+            rules.append(f'-A {tcp} -m u32 ! --u32 "4>>8&0xFF=6" -j {queue}')
+    chains += [queue, post]
+    rules.append(f"-A {queue} -j {queue_target(config)}")
+    rules.append(
+        f"-A {post} -m mark --mark {bypass:#x}/{bypass:#x}"
+        f" -j CONNMARK --save-mark --nfmask {mask:#x} --ctmask {mask:#x}"
+    )
+    lines.append("*mangle")
+    lines.extend(f":{c} - [0:0]" for c in chains)
+    lines.extend(rules)
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n", chains
+
+
+def _port_spec(ports: Iterable[int]) -> list[str]:
+    return [str(x) for x in sorted(set(ports))]
+
+
+def render(config: GatewayConfig, plan: QueuePlan) -> RenderedRules:
+    """Render ipsets and both families' mangle rules for this configuration and port plan."""
+    sp = set_prefix(config.firewall.chain_prefix)
+    ipset_lines: list[str] = []
+    sets: list[str] = []
+    port_sets: dict[tuple[str, str], str] = {}
+    for proto in PROTOCOLS:
+        for direction in DIRECTIONS:
+            ports = plan.get(proto, direction)
+            if not ports:
+                continue
+            name = f"{sp}{proto}-{'srv' if direction == 'to_server' else 'cli'}"
+            port_sets[(proto, direction)] = name
+            sets.append(name)
+            ipset_lines.append(f"create {name} bitmap:port range 0-65535")
+            ipset_lines.extend(f"add {name} {port}" for port in _port_spec(ports))
+    texts: dict[int, str] = {}
+    all_chains: list[str] = []
+    for version, family in ((4, "inet"), (6, "inet6")):
+        hosts = [h for h in config.protected_hosts if h.version == version]
+        if not hosts or not port_sets:
+            texts[version] = ""
+            continue
+        host_set = f"{sp}hosts{version}"
+        text, chains = _render_family(version, config, plan, port_sets, host_set)
+        texts[version] = text
+        if not text:
+            continue
+        sets.append(host_set)
+        ipset_lines.append(f"create {host_set} hash:net family {family} maxelem {max(len(hosts), 64)}")
+        ipset_lines.extend(f"add {host_set} {h.with_prefixlen}" for h in _collapse(hosts))
+        all_chains.extend(c for c in chains if c not in all_chains)
+    return RenderedRules(
+        ipset="\n".join(ipset_lines) + "\n" if ipset_lines else "",
+        ipv4=texts[4],
+        ipv6=texts[6],
+        sets=tuple(sets),
+        chains=tuple(all_chains),
+        prefix=config.firewall.chain_prefix,
+    )
+
+
+def _collapse(hosts: list[Network]) -> list[Network]:
+    v4 = [h for h in hosts if isinstance(h, ipaddress.IPv4Network)]
+    v6 = [h for h in hosts if isinstance(h, ipaddress.IPv6Network)]
+    out: list[Network] = []
+    out.extend(ipaddress.collapse_addresses(v4))
+    out.extend(ipaddress.collapse_addresses(v6))
+    return out
