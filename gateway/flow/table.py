@@ -1,0 +1,338 @@
+"""The flow table: packets -> bidirectional flows, bounded, with idle timeouts (sans-I/O).
+
+What it does: ``FlowTable.lookup(pkt, now)`` finds or creates the ``Flow`` a decoded packet
+belongs to, tells which way it travels (``Direction``) and counts it; ``expire(now)`` removes
+idle flows. The clock is always passed in (``now``, seconds); nothing here reads a clock.
+
+Who is the client (fixed when the flow is created): the sender of a SYN without ACK; the
+receiver of a SYN+ACK; for ICMP echo the sender of the request; otherwise (mid-stream pickup,
+UDP) the side with the higher port, the other side being the server (ties: the sender).
+A SYN without ACK on a TCP flow that has closed (FIN both ways or RST) starts a new flow: the
+old one leaves the table first (port reuse in long captures).
+
+Keys: TCP/UDP on (proto, addresses, ports); ICMP/ICMPv6 echo request/reply on the
+identifier (as both ports), other ICMP and other protocols on addresses with ports 0.
+Non-first IP fragments have ports 0 and so form their own address-only flow.
+
+What it guarantees:
+- At most ``max_flows`` flows; when full, the least recently seen flow is evicted.
+- Idle timeouts per class: TCP open (``tcp_idle``), TCP closed after FIN both ways or RST
+  (``tcp_closed_idle``, shorter), UDP (``udp_idle``), anything else (``other_idle``). Each class
+  is an OrderedDict in last-seen order, so expiry and eviction cost O(flows removed).
+- ``on_evict(flow)`` is called exactly once for every flow that leaves the table for any
+  reason (evicted when full, expired, replaced by a new connection on the same ports);
+  ``expire()`` additionally returns the flows it removed.
+- ``flow_id`` is a stable, unique (per table, below 2**52 flows) 52-bit integer: a counter
+  scrambled by an odd multiplier and XORed with a random per-table salt, so ids are not
+  guessable across restarts yet fit JSON/EVE consumers that hold integers as doubles.
+- Per-direction packet and L4-payload byte counts are updated by ``lookup``.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from gateway.decode.packet import (
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+    Packet,
+)
+from gateway.flow.reassembly import StreamReassembler
+from gateway.verdict import Action
+
+__all__ = [
+    "Direction",
+    "FlowKey",
+    "Flow",
+    "FlowTable",
+    "FLOW_ID_BITS",
+    "DEFAULT_TCP_CLOSED_IDLE",
+    "DEFAULT_MAX_PENDING",
+]
+
+FLOW_ID_BITS: Final = 52
+_FLOW_ID_MASK: Final = (1 << FLOW_ID_BITS) - 1
+_FLOW_ID_MULT: Final = 0x9E3779B97F4B5  # odd: multiplication is a bijection modulo 2**52
+DEFAULT_TCP_CLOSED_IDLE: Final = 10.0  # seconds a TCP flow is kept after FIN both ways / RST
+DEFAULT_MAX_PENDING: Final = 262144  # out-of-order bytes per direction (config engine.max_pending)
+
+_ICMP_ECHO_REQUEST: Final = frozenset(((PROTO_ICMP, 8), (PROTO_ICMPV6, 128)))
+_ICMP_ECHO_REPLY: Final = frozenset(((PROTO_ICMP, 0), (PROTO_ICMPV6, 129)))
+
+_KeyTuple = tuple[int, str, int, str, int]  # proto, client, client_port, server, server_port
+
+
+class Direction(enum.Enum):
+    """Which way a packet travels within its flow."""
+
+    TO_SERVER = "to_server"
+    TO_CLIENT = "to_client"
+
+
+class _Class(enum.IntEnum):
+    """Idle-timeout classes; each has its own LRU list."""
+
+    TCP_OPEN = 0
+    TCP_CLOSED = 1
+    UDP = 2
+    OTHER = 3
+
+
+@dataclass(frozen=True, slots=True)
+class FlowKey:
+    """A flow's identity, oriented client -> server."""
+
+    proto: int
+    client: str
+    client_port: int
+    server: str
+    server_port: int
+
+
+class Flow:
+    """One bidirectional flow (mutable; owned by its FlowTable, state by the engine)."""
+
+    __slots__ = (
+        "key",
+        "flow_id",
+        "first_seen",
+        "last_seen",
+        "pkts_to_server",
+        "pkts_to_client",
+        "bytes_to_server",
+        "bytes_to_client",
+        "streams",
+        "inspection",
+        "blocked",
+        "final",
+        "fin_to_server",
+        "fin_to_client",
+        "rst",
+        "_cls",
+        "_tkey",
+    )
+
+    def __init__(self, key: FlowKey, flow_id: int, now: float, cls: _Class, tkey: _KeyTuple) -> None:
+        self.key = key
+        self.flow_id = flow_id
+        self.first_seen = now
+        self.last_seen = now
+        self.pkts_to_server = 0
+        self.pkts_to_client = 0
+        self.bytes_to_server = 0  # L4 payload bytes
+        self.bytes_to_client = 0
+        self.streams: dict[Direction, StreamReassembler] = {}
+        self.inspection: object | None = None  # matcher per-flow state, owned by the engine
+        self.blocked: Action | None = None
+        self.final = False
+        self.fin_to_server = False
+        self.fin_to_client = False
+        self.rst = False
+        self._cls = cls
+        self._tkey = tkey
+
+    @property
+    def closed(self) -> bool:
+        """TCP: RST seen, or FIN seen in both directions."""
+        return self.rst or (self.fin_to_server and self.fin_to_client)
+
+    def __repr__(self) -> str:
+        k = self.key
+        return (
+            f"Flow(id={self.flow_id}, proto={k.proto}, {k.client}:{k.client_port} -> "
+            f"{k.server}:{k.server_port}, pkts={self.pkts_to_server}/{self.pkts_to_client})"
+        )
+
+
+class FlowTable:
+    """Bounded table of flows with per-class idle timeouts and LRU eviction."""
+
+    def __init__(
+        self,
+        max_flows: int,
+        tcp_idle: float,
+        udp_idle: float,
+        *,
+        tcp_closed_idle: float = DEFAULT_TCP_CLOSED_IDLE,
+        other_idle: float | None = None,
+        stream_depth: Mapping[Direction, int] | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        on_evict: Callable[[Flow], None] | None = None,
+        salt: int | None = None,
+    ) -> None:
+        """Create an empty table.
+
+        stream_depth: when given, every TCP flow is created with a StreamReassembler per
+        direction (max_depth from this mapping, max_pending as given) in ``flow.streams``;
+        otherwise ``streams`` starts empty and the caller fills it.
+        salt: mixed into flow ids; random when None (pass one for reproducible tests).
+        """
+        if max_flows < 1:
+            raise ValueError(f"max_flows must be >= 1, got {max_flows}")
+        for name, value in (
+            ("tcp_idle", tcp_idle),
+            ("udp_idle", udp_idle),
+            ("tcp_closed_idle", tcp_closed_idle),
+        ):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {value}")
+        self.max_flows = max_flows
+        self._timeouts = {
+            _Class.TCP_OPEN: tcp_idle,
+            _Class.TCP_CLOSED: min(tcp_closed_idle, tcp_idle),
+            _Class.UDP: udp_idle,
+            _Class.OTHER: udp_idle if other_idle is None else other_idle,
+        }
+        self._stream_depth = dict(stream_depth) if stream_depth is not None else None
+        self._max_pending = max_pending
+        self._on_evict = on_evict
+        self._salt = (
+            int.from_bytes(os.urandom(7), "big") & _FLOW_ID_MASK if salt is None else salt
+        ) & _FLOW_ID_MASK
+        self._counter = 0
+        self._flows: dict[_KeyTuple, Flow] = {}
+        self._lru: dict[_Class, OrderedDict[_KeyTuple, Flow]] = {c: OrderedDict() for c in _Class}
+        self.created = 0
+        self.evicted = 0  # removed because the table was full
+        self.expired = 0  # removed because idle
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def __iter__(self) -> Iterator[Flow]:
+        return iter(list(self._flows.values()))
+
+    def get(self, key: FlowKey) -> Flow | None:
+        """The flow with this key, if present (does not touch its LRU position)."""
+        return self._flows.get(
+            (key.proto, key.client, key.client_port, key.server, key.server_port)
+        )
+
+    def lookup(self, pkt: Packet, now: float) -> tuple[Flow, Direction]:
+        """Find or create the packet's flow; count the packet; return (flow, direction)."""
+        proto = pkt.proto
+        sport = pkt.sport
+        dport = pkt.dport
+        itype = -1
+        if proto == PROTO_ICMP or proto == PROTO_ICMPV6:
+            itype = pkt.icmp_type
+            if (proto, itype) in _ICMP_ECHO_REQUEST or (proto, itype) in _ICMP_ECHO_REPLY:
+                ident = int.from_bytes(pkt.payload[:2], "big") if len(pkt.payload) >= 2 else 0
+                sport = dport = ident
+        fwd: _KeyTuple = (proto, pkt.src, sport, pkt.dst, dport)
+        flow = self._flows.get(fwd)
+        direction = Direction.TO_SERVER
+        if flow is None:
+            rev: _KeyTuple = (proto, pkt.dst, dport, pkt.src, sport)
+            flow = self._flows.get(rev)
+            direction = Direction.TO_CLIENT
+            if flow is None:
+                flow, direction = self._create(pkt, now, fwd, rev, itype)
+        if (
+            proto == PROTO_TCP
+            and flow.closed
+            and pkt.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        ):  # a new connection reusing the ports of a finished one
+            self._remove(flow)
+            flow, direction = self._create(pkt, now, fwd, (proto, pkt.dst, dport, pkt.src, sport), itype)
+        flow.last_seen = now
+        if direction is Direction.TO_SERVER:
+            flow.pkts_to_server += 1
+            flow.bytes_to_server += len(pkt.payload)
+        else:
+            flow.pkts_to_client += 1
+            flow.bytes_to_client += len(pkt.payload)
+        if proto == PROTO_TCP and pkt.flags & (TCP_FIN | TCP_RST):
+            if pkt.flags & TCP_RST:
+                flow.rst = True
+            elif direction is Direction.TO_SERVER:
+                flow.fin_to_server = True
+            else:
+                flow.fin_to_client = True
+            if flow.closed and flow._cls is _Class.TCP_OPEN:
+                del self._lru[_Class.TCP_OPEN][flow._tkey]
+                flow._cls = _Class.TCP_CLOSED
+                self._lru[_Class.TCP_CLOSED][flow._tkey] = flow
+                return flow, direction
+        self._lru[flow._cls].move_to_end(flow._tkey)
+        return flow, direction
+
+    def expire(self, now: float) -> list[Flow]:
+        """Remove and return every flow idle for longer than its class's timeout."""
+        out: list[Flow] = []
+        for cls, lru in self._lru.items():
+            deadline = now - self._timeouts[cls]
+            while lru:
+                flow = next(iter(lru.values()))
+                if flow.last_seen > deadline:
+                    break
+                self._remove(flow)
+                self.expired += 1
+                out.append(flow)
+        return out
+
+    def remove(self, flow: Flow) -> None:
+        """Forget a flow now (on_evict is called)."""
+        if self._flows.get(flow._tkey) is flow:
+            self._remove(flow)
+
+    def _create(
+        self, pkt: Packet, now: float, fwd: _KeyTuple, rev: _KeyTuple, itype: int
+    ) -> tuple[Flow, Direction]:
+        proto = pkt.proto
+        if proto == PROTO_TCP:
+            syn_ack = pkt.flags & (TCP_SYN | TCP_ACK)
+            if syn_ack == TCP_SYN:
+                sender_is_client = True
+            elif syn_ack == TCP_SYN | TCP_ACK:
+                sender_is_client = False
+            else:
+                sender_is_client = pkt.sport >= pkt.dport
+            cls = _Class.TCP_OPEN
+        elif proto == PROTO_UDP:
+            sender_is_client = pkt.sport >= pkt.dport
+            cls = _Class.UDP
+        else:
+            sender_is_client = (proto, itype) not in _ICMP_ECHO_REPLY
+            cls = _Class.OTHER
+        tkey, direction = (fwd, Direction.TO_SERVER) if sender_is_client else (rev, Direction.TO_CLIENT)
+        while len(self._flows) >= self.max_flows:
+            self._evict_oldest()
+        self._counter += 1
+        flow_id = ((self._counter * _FLOW_ID_MULT) & _FLOW_ID_MASK) ^ self._salt
+        flow = Flow(FlowKey(*tkey), flow_id, now, cls, tkey)
+        if proto == PROTO_TCP and self._stream_depth is not None:
+            for d in Direction:
+                flow.streams[d] = StreamReassembler(self._stream_depth.get(d, 0), self._max_pending)
+        self._flows[tkey] = flow
+        self._lru[cls][tkey] = flow
+        self.created += 1
+        return flow, direction
+
+    def _evict_oldest(self) -> None:
+        oldest: Flow | None = None
+        for lru in self._lru.values():
+            if lru:
+                first = next(iter(lru.values()))
+                if oldest is None or first.last_seen < oldest.last_seen:
+                    oldest = first
+        assert oldest is not None, "table reported full but holds no flows"
+        self._remove(oldest)
+        self.evicted += 1
+
+    def _remove(self, flow: Flow) -> None:
+        del self._flows[flow._tkey]
+        del self._lru[flow._cls][flow._tkey]
+        if self._on_evict is not None:
+            self._on_evict(flow)
