@@ -37,35 +37,35 @@ from typing import Final
 from gateway.errors import DecodeError
 
 __all__ = [
-    "DecodeError",
-    "UnsupportedFrame",
-    "Packet",
-    "parse_ip",
-    "parse_frame",
-    "TCP_FIN",
-    "TCP_SYN",
-    "TCP_RST",
-    "TCP_PSH",
-    "TCP_ACK",
-    "TCP_URG",
-    "TCP_ECE",
-    "TCP_CWR",
-    "PROTO_ICMP",
-    "PROTO_TCP",
-    "PROTO_UDP",
-    "PROTO_ICMPV6",
-    "LINKTYPE_NULL",
     "LINKTYPE_ETHERNET",
+    "LINKTYPE_IPV4",
+    "LINKTYPE_IPV6",
+    "LINKTYPE_LINUX_SLL",
+    "LINKTYPE_LINUX_SLL2",
+    "LINKTYPE_LOOP",
+    "LINKTYPE_NULL",
     "LINKTYPE_RAW",
     "LINKTYPE_RAW_BSD12",
     "LINKTYPE_RAW_BSD14",
-    "LINKTYPE_LOOP",
-    "LINKTYPE_LINUX_SLL",
-    "LINKTYPE_IPV4",
-    "LINKTYPE_IPV6",
-    "LINKTYPE_LINUX_SLL2",
-    "MAX_VLAN_TAGS",
     "MAX_IPV6_EXT_HEADERS",
+    "MAX_VLAN_TAGS",
+    "PROTO_ICMP",
+    "PROTO_ICMPV6",
+    "PROTO_TCP",
+    "PROTO_UDP",
+    "TCP_ACK",
+    "TCP_CWR",
+    "TCP_ECE",
+    "TCP_FIN",
+    "TCP_PSH",
+    "TCP_RST",
+    "TCP_SYN",
+    "TCP_URG",
+    "DecodeError",
+    "Packet",
+    "UnsupportedFrame",
+    "parse_frame",
+    "parse_ip",
 ]
 
 # TCP flag bits (RFC 9293 section 3.1, byte 13 of the header).
@@ -175,7 +175,9 @@ def parse_frame(data: bytes, linktype: int) -> Packet:
         return _parse_ipv6(data, 0)
     if linktype == LINKTYPE_LINUX_SLL:
         if len(data) < 16:
-            raise DecodeError(f"linux-sll: frame of {len(data)} bytes is shorter than its 16-byte header")
+            raise DecodeError(
+                f"linux-sll: frame of {len(data)} bytes is shorter than its 16-byte header"
+            )
         return _parse_ethertype(data, 14, "linux-sll")
     if linktype == LINKTYPE_LINUX_SLL2:
         if len(data) < 20:
@@ -190,13 +192,17 @@ def parse_frame(data: bytes, linktype: int) -> Packet:
 
 def _parse_ethernet(data: bytes) -> Packet:
     if len(data) < 14:
-        raise DecodeError(f"ethernet: frame of {len(data)} bytes is shorter than its 14-byte header")
+        raise DecodeError(
+            f"ethernet: frame of {len(data)} bytes is shorter than its 14-byte header"
+        )
     return _parse_ethertype(data, 12, "ethernet")
 
 
 def _parse_ethertype(data: bytes, type_off: int, layer: str) -> Packet:
     """Follow the EtherType at type_off (through VLAN tags) to the IP datagram."""
-    return _parse_ethertype_value(data, _U16.unpack_from(data, type_off)[0], type_off, type_off + 2, layer)
+    return _parse_ethertype_value(
+        data, _U16.unpack_from(data, type_off)[0], type_off, type_off + 2, layer
+    )
 
 
 def _parse_ethertype_value(data: bytes, etype: int, type_off: int, off: int, layer: str) -> Packet:
@@ -256,7 +262,9 @@ def _parse_ipv4(data: bytes, off: int) -> Packet:
         raise DecodeError(f"ipv4: version {ver_ihl >> 4} at offset {off} is not 4")
     hlen = (ver_ihl & 0x0F) * 4
     if hlen < 20:
-        raise DecodeError(f"ipv4: header length {hlen} (IHL {hlen // 4}) at offset {off} is below 20")
+        raise DecodeError(
+            f"ipv4: header length {hlen} (IHL {hlen // 4}) at offset {off} is below 20"
+        )
     if total == 0:  # TSO: the NIC fills the length in later; use what was captured
         total = avail
     if total < hlen:
@@ -349,7 +357,9 @@ def _parse_l4(
                 f"tcp: header length {hlen} at offset {start + 12} exceeds the {avail} bytes "
                 f"of the segment"
             )
-        return Packet(version, src, dst, proto, sport, dport, flags, seq, ack, data[start + hlen : end])
+        return Packet(
+            version, src, dst, proto, sport, dport, flags, seq, ack, data[start + hlen : end]
+        )
     if proto == PROTO_UDP:
         if avail < 8:
             raise DecodeError(f"udp: {avail} bytes at offset {start}, header needs 8")
@@ -360,13 +370,13 @@ def _parse_l4(
             raise DecodeError(
                 f"udp: length {ulen} at offset {start + 4} is outside 8..{avail} bytes present"
             )
-        return Packet(version, src, dst, proto, sport, dport, 0, 0, 0, data[start + 8 : start + ulen])
+        return Packet(
+            version, src, dst, proto, sport, dport, 0, 0, 0, data[start + 8 : start + ulen]
+        )
     if proto == PROTO_ICMP or proto == PROTO_ICMPV6:
         if avail < 4:
             raise DecodeError(f"icmp: {avail} bytes at offset {start}, header needs 4")
         itype, icode = _ICMP_HDR.unpack_from(data, start)
-        return Packet(
-            version, src, dst, proto, 0, 0, 0, 0, 0, data[start + 4 : end], itype, icode
-        )
+        return Packet(version, src, dst, proto, 0, 0, 0, 0, 0, data[start + 4 : end], itype, icode)
     # Any other transport (GRE, ESP, SCTP...): addresses and protocol only.
     return Packet(version, src, dst, proto, 0, 0, 0, 0, 0, data[start:end])

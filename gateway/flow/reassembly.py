@@ -29,7 +29,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import Final
 
-__all__ = ["StreamReassembler", "MAX_PENDING_SEGMENTS", "SEQ_MOD"]
+__all__ = ["MAX_PENDING_SEGMENTS", "SEQ_MOD", "StreamReassembler"]
 
 SEQ_MOD: Final = 2**32
 _HALF: Final = 2**31
@@ -40,20 +40,20 @@ class StreamReassembler:
     """One direction of a TCP connection: segments in, in-order bytes out."""
 
     __slots__ = (
-        "max_depth",
-        "max_pending",
-        "history",
-        "depth_reached",
-        "delivered",
-        "pending_bytes",
-        "overlaps_conflicting",
-        "gaps",
-        "isn",
+        "_chunks",
         "_next_seq",
         "_pos",
-        "_starts",
-        "_chunks",
         "_recent",
+        "_starts",
+        "delivered",
+        "depth_reached",
+        "gaps",
+        "history",
+        "isn",
+        "max_depth",
+        "max_pending",
+        "overlaps_conflicting",
+        "pending_bytes",
     )
 
     def __init__(self, max_depth: int, max_pending: int, history: int = 0) -> None:

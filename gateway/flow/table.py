@@ -52,13 +52,13 @@ from gateway.flow.reassembly import StreamReassembler
 from gateway.verdict import Action
 
 __all__ = [
-    "Direction",
-    "FlowKey",
-    "Flow",
-    "FlowTable",
-    "FLOW_ID_BITS",
-    "DEFAULT_TCP_CLOSED_IDLE",
     "DEFAULT_MAX_PENDING",
+    "DEFAULT_TCP_CLOSED_IDLE",
+    "FLOW_ID_BITS",
+    "Direction",
+    "Flow",
+    "FlowKey",
+    "FlowTable",
 ]
 
 FLOW_ID_BITS: Final = 52
@@ -104,26 +104,28 @@ class Flow:
     """One bidirectional flow (mutable; owned by its FlowTable, state by the engine)."""
 
     __slots__ = (
-        "key",
-        "flow_id",
-        "first_seen",
-        "last_seen",
-        "pkts_to_server",
-        "pkts_to_client",
-        "bytes_to_server",
-        "bytes_to_client",
-        "streams",
-        "inspection",
-        "blocked",
-        "final",
-        "fin_to_server",
-        "fin_to_client",
-        "rst",
         "_cls",
         "_tkey",
+        "blocked",
+        "bytes_to_client",
+        "bytes_to_server",
+        "fin_to_client",
+        "fin_to_server",
+        "final",
+        "first_seen",
+        "flow_id",
+        "inspection",
+        "key",
+        "last_seen",
+        "pkts_to_client",
+        "pkts_to_server",
+        "rst",
+        "streams",
     )
 
-    def __init__(self, key: FlowKey, flow_id: int, now: float, cls: _Class, tkey: _KeyTuple) -> None:
+    def __init__(
+        self, key: FlowKey, flow_id: int, now: float, cls: _Class, tkey: _KeyTuple
+    ) -> None:
         self.key = key
         self.flow_id = flow_id
         self.first_seen = now
@@ -240,12 +242,12 @@ class FlowTable:
             if flow is None:
                 flow, direction = self._create(pkt, now, fwd, rev, itype)
         if (
-            proto == PROTO_TCP
-            and flow.closed
-            and pkt.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            proto == PROTO_TCP and flow.closed and pkt.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
         ):  # a new connection reusing the ports of a finished one
             self._remove(flow)
-            flow, direction = self._create(pkt, now, fwd, (proto, pkt.dst, dport, pkt.src, sport), itype)
+            flow, direction = self._create(
+                pkt, now, fwd, (proto, pkt.dst, dport, pkt.src, sport), itype
+            )
         flow.last_seen = now
         if direction is Direction.TO_SERVER:
             flow.pkts_to_server += 1
@@ -306,7 +308,9 @@ class FlowTable:
         else:
             sender_is_client = (proto, itype) not in _ICMP_ECHO_REPLY
             cls = _Class.OTHER
-        tkey, direction = (fwd, Direction.TO_SERVER) if sender_is_client else (rev, Direction.TO_CLIENT)
+        tkey, direction = (
+            (fwd, Direction.TO_SERVER) if sender_is_client else (rev, Direction.TO_CLIENT)
+        )
         while len(self._flows) >= self.max_flows:
             self._evict_oldest()
         self._counter += 1

@@ -33,7 +33,7 @@ from typing import BinaryIO, Final
 
 from gateway.errors import CaptureError
 
-__all__ = ["CaptureRecord", "read_capture", "MAX_RECORD_SIZE", "MAX_INTERFACES"]
+__all__ = ["MAX_INTERFACES", "MAX_RECORD_SIZE", "CaptureRecord", "read_capture"]
 
 MAX_RECORD_SIZE: Final = 256 * 1024  # bytes of frame data in one record; larger means corrupt
 MAX_INTERFACES: Final = 1024  # pcapng interfaces per section
@@ -77,7 +77,7 @@ def read_capture(path: str | os.PathLike[str]) -> Iterator[CaptureRecord]:
     """Yield every record of a pcap or pcapng file; CaptureError on damage (after good records)."""
     name = os.fspath(path)
     try:
-        fh = open(name, "rb")
+        fh = open(name, "rb")  # noqa: SIM115 (closed by the `with fh` below)
     except OSError as err:
         raise CaptureError(f"{name}: cannot open capture: {err.strerror or err}") from err
     with fh:
@@ -108,8 +108,7 @@ def _read_exact(fh: BinaryIO, n: int, name: str, what: str, offset: int) -> byte
     data = fh.read(n)
     if len(data) != n:
         raise CaptureError(
-            f"{name}: truncated {what} at byte offset {offset} "
-            f"({len(data)} of {n} bytes present)"
+            f"{name}: truncated {what} at byte offset {offset} ({len(data)} of {n} bytes present)"
         )
     return data
 
