@@ -1,0 +1,101 @@
+"""`vpatch lab`: build, inspect and remove the namespace lab; configure a real gateway's bridge.
+
+    vpatch lab up [--routed] [--name NAME] [--no-gateway] [--no-services]
+    vpatch lab down [--name NAME]
+    vpatch lab status [--name NAME] [--json]
+    vpatch lab bridge PORT PORT [--bridge br0]   (this machine: used by the Vagrant gateway VM)
+    vpatch lab router                            (this machine: IPv4/IPv6 forwarding on)
+
+Guarantees: exit status 0 on success, 2 with a one-line error (from the CLI) on LabError;
+`status` exits 1 when the lab does not exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from gateway.lab import (
+    LabSpec, configure_bridge, configure_router, lab_down, lab_status, lab_up, summary,
+)
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("lab", help="namespace lab: client, gateway, legacy server",
+                            description="Build, inspect and remove the namespace lab.")
+    parser.set_defaults(func=run)
+    lab_sub = parser.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
+
+    up = lab_sub.add_parser("up", help="create the namespaces, services and gateway")
+    up.add_argument("--name", default="vpatch", help="lab name, the namespaces' prefix "
+                    "(default: vpatch)")
+    up.add_argument("--routed", action="store_true",
+                    help="the gateway routes between two subnets instead of bridging")
+    up.add_argument("--no-gateway", action="store_true",
+                    help="do not start `vpatch run` in the gateway namespace")
+    up.add_argument("--no-services", action="store_true",
+                    help="do not start nginx, smbd and named in the server namespace")
+
+    down = lab_sub.add_parser("down", help="remove every namespace, process and file of a lab")
+    down.add_argument("--name", default="vpatch")
+
+    status = lab_sub.add_parser("status", help="namespaces, addresses, services, gateway")
+    status.add_argument("--name", default="vpatch")
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    bridge = lab_sub.add_parser("bridge", help="bridge two ports of THIS machine with "
+                                "br_netfilter on (the Vagrant gateway VM)")
+    bridge.add_argument("ports", nargs=2, metavar="PORT")
+    bridge.add_argument("--bridge", default="br0")
+
+    lab_sub.add_parser("router", help="turn on IPv4/IPv6 forwarding on THIS machine")
+
+
+def run(args: argparse.Namespace) -> int:
+    action = args.lab_command
+    if action == "up":
+        spec = LabSpec(name=args.name, routed=args.routed)
+        lab_up(spec, services=not args.no_services, gateway=not args.no_gateway)
+        print(summary(spec, services=not args.no_services, gateway=not args.no_gateway))
+        return 0
+    if action == "down":
+        lab_down(args.name)
+        print(f"lab {args.name!r} removed")
+        return 0
+    if action == "status":
+        info = lab_status(args.name)
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            print(format_status(info))
+        return 0 if info["exists"] else 1
+    if action == "bridge":
+        configure_bridge(args.ports, args.bridge)
+        print(f"{args.bridge}: bridging {' '.join(args.ports)}, br_netfilter on")
+        return 0
+    if action == "router":
+        configure_router()
+        print("forwarding on")
+        return 0
+    raise AssertionError(f"unknown lab action {action!r}")
+
+
+def format_status(info: dict[str, Any]) -> str:
+    if not info["exists"]:
+        return f"lab {info['name']!r} does not exist"
+    lines = [f"lab {info['name']!r} ({info['mode']} mode), state {info['state_dir']}"]
+    for ns, data in info["namespaces"].items():
+        addrs = ", ".join(f"{a['iface']} {a['addr']}" for a in data["addresses"]) or "-"
+        state = "present" if data["exists"] else "MISSING"
+        lines.append(f"  {ns:<24} {state:<8} {addrs}")
+    for name, data in info["services"].items():
+        state = "running" if data["running"] else "dead"
+        lines.append(f"  {name:<8} {state:<8} pid {data['pid']}")
+    gw = info["gateway"]
+    if gw["pid"] is None:
+        lines.append("  gateway  not started")
+    else:
+        state = "running" if gw["running"] else "dead"
+        lines.append(f"  gateway  {state:<8} pid {gw['pid']}  log {gw['log']}")
+    return "\n".join(lines)

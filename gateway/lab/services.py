@@ -1,0 +1,354 @@
+"""The lab's legacy-server stand-ins, run inside the server namespace: nginx (HTTP on 80), Samba
+smbd with SMB1 enabled (445 and 139, guest share `public`) and BIND named (authoritative zone
+`lab.test.`, no recursion); plus the gateway process (`vpatch run`) in the gateway namespace.
+
+Guarantees: every service has its own configuration, pid, log and data files under the lab's
+state dir and never reads or writes the system's /etc configs (nginx gets -c/-p/-e, smbd -s with
+every directory overridden, named -c with its own directory, pid and key files) or touches system
+services. Each is started in the foreground under `ip netns exec` so the PID we record is the
+daemon itself; readiness is polled with a bounded wait (START_TIMEOUT_S) and a failure to start
+raises LabError quoting the tail of the service's log.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import LabError
+from gateway.lab.netns import netns_exec, netns_popen, pid_alive, pid_cmdline
+from gateway.lab.topology import LabSpec
+
+# Longest wait for a service to listen (or the gateway to open its control socket).
+START_TIMEOUT_S = 20.0
+POLL_INTERVAL_S = 0.05
+# Bytes of a log file quoted when a service fails.
+LOG_TAIL_BYTES = 1500
+BENCH_FILE_SIZE = 1024  # /1k.bin served by nginx for the benchmarks
+SERVICES = ("nginx", "smbd", "named")
+GATEWAY = "gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDef:
+    """How to start one service: its argv and the listening sockets that mean 'ready'."""
+
+    name: str
+    argv: tuple[str, ...]
+    tcp_ports: tuple[int, ...]
+    udp_ports: tuple[int, ...]
+
+
+def binary(name: str) -> str:
+    """Absolute path of program name (PATH, then /usr/sbin and /sbin); LabError if missing."""
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    found = shutil.which(name, path=path)
+    if found is None:
+        raise LabError(f"program {name!r} not found (PATH and /usr/sbin); "
+                       "run scripts/install.sh to install the lab's packages")
+    return found
+
+
+def pid_file(spec: LabSpec, service: str) -> Path:
+    return spec.state_dir / "pids" / f"{service}.pid"
+
+
+def log_file(spec: LabSpec, service: str) -> Path:
+    return spec.state_dir / "logs" / f"{service}.log"
+
+
+def read_pid(path: Path) -> int | None:
+    """The PID in a pid file, or None if it is missing or not a number."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def is_ours(pid: int, spec: LabSpec) -> bool:
+    """True when pid is alive and its command line names this lab's state dir.
+
+    Every process the lab starts carries a path under state_dir in its argv, so a recycled PID
+    from a stale pid file is never mistaken for ours.
+    """
+    marker = str(spec.state_dir)
+    return pid_alive(pid) and any(marker in arg for arg in pid_cmdline(pid))
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+# --- nginx ----------------------------------------------------------------------------------
+
+def write_nginx(spec: LabSpec) -> ServiceDef:
+    base = spec.state_dir / "nginx"
+    html = base / "html"
+    for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    _write(html / "index.html",
+           "<!doctype html>\n<html><head><title>vpatch lab server</title></head>\n"
+           f"<body><h1>vpatch lab server</h1><p>lab {spec.name}, {spec.mode} mode</p></body>"
+           "</html>\n")
+    (html / "1k.bin").write_bytes(bytes(range(256)) * (BENCH_FILE_SIZE // 256))
+    (html / "1k.bin").chmod(0o644)
+    conf = base / "nginx.conf"
+    _write(conf, f"""# vpatch lab nginx ({spec.name}); generated, do not edit.
+worker_processes auto;
+daemon off;
+master_process on;
+pid {base}/nginx.pid;
+error_log {base}/error.log notice;
+events {{ worker_connections 1024; }}
+http {{
+    types {{ text/html html; application/octet-stream bin; }}
+    default_type application/octet-stream;
+    access_log {base}/access.log;
+    client_body_temp_path {base}/tmp/body;
+    proxy_temp_path {base}/tmp/proxy;
+    fastcgi_temp_path {base}/tmp/fastcgi;
+    uwsgi_temp_path {base}/tmp/uwsgi;
+    scgi_temp_path {base}/tmp/scgi;
+    keepalive_requests 100000;
+    server {{
+        listen 80 default_server;
+        listen [::]:80 default_server;
+        root {html};
+        index index.html;
+    }}
+}}
+""")
+    for d in (spec.state_dir, base, html):
+        d.chmod(0o755)  # the workers (user nobody) read the pages
+    argv = (binary("nginx"), "-c", str(conf), "-p", str(base), "-e", str(base / "error.log"))
+    return ServiceDef("nginx", argv, (80,), ())
+
+
+# --- Samba ----------------------------------------------------------------------------------
+
+def write_smbd(spec: LabSpec) -> ServiceDef:
+    base = spec.state_dir / "samba"
+    dirs = {key: base / key for key in ("private", "lock", "state", "cache", "pid", "ncalrpc",
+                                         "binddns", "log", "public")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    dirs["private"].chmod(0o700)
+    dirs["public"].chmod(0o755)
+    _write(dirs["public"] / "readme.txt", f"Hello from the vpatch lab {spec.name} server.\n")
+    conf = base / "smb.conf"
+    _write(conf, f"""# vpatch lab smbd ({spec.name}); generated, do not edit.
+[global]
+    server role = standalone server
+    workgroup = VPATCHLAB
+    netbios name = LABSERVER
+    server string = vpatch lab legacy server
+    # SMB1 on purpose: the lab stands in for servers that still speak it.
+    server min protocol = NT1
+    server max protocol = SMB3
+    smb ports = 445 139
+    disable netbios = yes
+    map to guest = Bad User
+    guest account = nobody
+    load printers = no
+    printing = bsd
+    printcap name = /dev/null
+    disable spoolss = yes
+    private dir = {dirs['private']}
+    lock directory = {dirs['lock']}
+    state directory = {dirs['state']}
+    cache directory = {dirs['cache']}
+    pid directory = {dirs['pid']}
+    ncalrpc dir = {dirs['ncalrpc']}
+    binddns dir = {dirs['binddns']}
+    passdb backend = tdbsam:{dirs['private']}/passdb.tdb
+    log file = {dirs['log']}/log.%m
+    max log size = 1000
+    usershare path =
+
+[public]
+    path = {dirs['public']}
+    comment = vpatch lab public share
+    guest ok = yes
+    read only = yes
+    browseable = yes
+""")
+    argv = (binary("smbd"), "--foreground", "--no-process-group", "--debug-stdout", "-s", str(conf))
+    return ServiceDef("smbd", argv, (445, 139), ())
+
+
+# --- BIND -----------------------------------------------------------------------------------
+
+ZONE = "lab.test."
+
+
+def zone_text(spec: LabSpec) -> str:
+    """The lab.test. zone: SOA, NS, and A/AAAA records for the lab's hosts."""
+    return f"""$TTL 300
+@       IN SOA  ns.lab.test. hostmaster.lab.test. ( 1 3600 600 86400 300 )
+        IN NS   ns.lab.test.
+        IN TXT  "vpatch lab {spec.name}"
+ns      IN A    {spec.server_addr}
+ns      IN AAAA {spec.server_addr6}
+server  IN A    {spec.server_addr}
+server  IN AAAA {spec.server_addr6}
+www     IN CNAME server
+client  IN A    {spec.client_addr}
+client  IN AAAA {spec.client_addr6}
+@       IN MX   10 server.lab.test.
+"""
+
+
+def write_named(spec: LabSpec) -> ServiceDef:
+    base = spec.state_dir / "named"
+    base.mkdir(parents=True, exist_ok=True)
+    _write(base / "lab.test.zone", zone_text(spec))
+    conf = base / "named.conf"
+    _write(conf, f"""// vpatch lab named ({spec.name}); generated, do not edit.
+options {{
+    directory "{base}";
+    pid-file "{base}/named.pid";
+    session-keyfile "{base}/session.key";
+    managed-keys-directory "{base}";
+    listen-on port 53 {{ any; }};
+    listen-on-v6 port 53 {{ any; }};
+    recursion no;
+    allow-query {{ any; }};
+    dnssec-validation no;
+}};
+controls {{ }};
+zone "{ZONE}" {{ type primary; file "{base}/lab.test.zone"; }};
+""")
+    # -g: foreground, all logging to stderr (our log file); runs as root in the lab namespace.
+    argv = (binary("named"), "-g", "-c", str(conf))
+    return ServiceDef("named", argv, (53,), (53,))
+
+
+WRITERS: dict[str, Callable[[LabSpec], ServiceDef]] = {
+    "nginx": write_nginx, "smbd": write_smbd, "named": write_named,
+}
+
+
+# --- starting and waiting -------------------------------------------------------------------
+
+def listening(ns: str) -> tuple[set[int], set[int]]:
+    """(TCP ports, UDP ports) with a listening socket in namespace ns."""
+    proc = netns_exec(ns, ["ss", "-H", "-l", "-n", "-t", "-u"], check=False)
+    tcp: set[int] = set()
+    udp: set[int] = set()
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) < 5:
+            continue
+        port = parts[4].rsplit(":", 1)[-1]
+        if port.isdigit():
+            (tcp if parts[0] == "tcp" else udp).add(int(port))
+    return tcp, udp
+
+
+def log_tail(path: Path) -> str:
+    try:
+        data = path.read_bytes()[-LOG_TAIL_BYTES:]
+    except OSError:
+        return "(no log)"
+    return data.decode(errors="replace").strip() or "(empty log)"
+
+
+def start_background(spec: LabSpec, ns: str, name: str, argv: Sequence[str],
+                     env: dict[str, str] | None = None) -> int:
+    """Start argv in ns with output to logs/<name>.log; record and return its PID."""
+    log = log_file(spec, name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = netns_popen(ns, list(argv), stdout=out, stderr=subprocess.STDOUT, env=env)
+    pidf = pid_file(spec, name)
+    pidf.parent.mkdir(parents=True, exist_ok=True)
+    pidf.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def start_services(spec: LabSpec, names: Sequence[str] = SERVICES,
+                   timeout: float = START_TIMEOUT_S) -> dict[str, int]:
+    """Write configs, start the services in the server namespace, wait until all listen."""
+    defs = [WRITERS[name](spec) for name in names]
+    pids = {d.name: start_background(spec, spec.server_ns, d.name, d.argv) for d in defs}
+    deadline = time.monotonic() + timeout
+    pending = list(defs)
+    while pending:
+        tcp, udp = listening(spec.server_ns)
+        for d in list(pending):
+            if not pid_alive(pids[d.name]):
+                raise LabError(f"{d.name} exited during start-up in {spec.server_ns} "
+                               f"(log {log_file(spec, d.name)}): {log_tail(log_file(spec, d.name))}")
+            if set(d.tcp_ports) <= tcp and set(d.udp_ports) <= udp:
+                pending.remove(d)
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            names_left = ", ".join(d.name for d in pending)
+            raise LabError(f"{names_left} not listening after {timeout:.0f}s in "
+                           f"{spec.server_ns}; see {spec.state_dir / 'logs'}")
+        time.sleep(POLL_INTERVAL_S)
+    return pids
+
+
+# --- the gateway ----------------------------------------------------------------------------
+
+def gateway_config_path(spec: LabSpec) -> Path:
+    return spec.state_dir / "gateway.yaml"
+
+
+def control_socket_path(spec: LabSpec) -> Path:
+    return spec.state_dir / "control.sock"
+
+
+def write_gateway_config(spec: LabSpec) -> Path:
+    """<state_dir>/gateway.yaml: protect the lab server, keep every file in the state dir."""
+    path = gateway_config_path(spec)
+    _write(path, f"""# vpatch gateway config for lab {spec.name} ({spec.mode} mode); generated by `vpatch lab up`.
+protected_hosts: [{spec.server_addr}, "{spec.server_addr6}"]
+queues: {{first: 0, count: 2}}
+fail_policy: open
+events:
+  sqlite: {spec.state_dir / 'events.db'}
+  jsonl: {spec.state_dir / 'eve.json'}
+control:
+  socket: {control_socket_path(spec)}
+""")
+    return path
+
+
+def start_gateway(spec: LabSpec, timeout: float = START_TIMEOUT_S) -> int:
+    """Start `python -m gateway.cli run -c <state_dir>/gateway.yaml` in the gateway namespace.
+
+    Ready when the control socket appears; LabError (with the log tail) if the process exits or
+    the socket does not appear within timeout seconds.
+    """
+    conf = write_gateway_config(spec)
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    argv = [sys.executable, "-m", "gateway.cli", "run", "-c", str(conf)]
+    pid = start_background(spec, spec.gw_ns, GATEWAY, argv, env=env)
+    sock = control_socket_path(spec)
+    deadline = time.monotonic() + timeout
+    while not sock.exists():
+        if not pid_alive(pid):
+            raise LabError(f"gateway (`vpatch run -c {conf}`) exited during start-up in "
+                           f"{spec.gw_ns}: {log_tail(log_file(spec, GATEWAY))}")
+        if time.monotonic() > deadline:
+            raise LabError(f"gateway did not open its control socket {sock} within "
+                           f"{timeout:.0f}s; see {log_file(spec, GATEWAY)}")
+        time.sleep(POLL_INTERVAL_S)
+    return pid
+
+
