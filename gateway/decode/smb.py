@@ -1,0 +1,278 @@
+"""NetBIOS session service + SMB1/SMB2/SMB3 decoder, fed one direction's byte stream.
+
+Framing is RFC 1002 section 4.3 (NetBIOS session messages; on TCP 445 the same 4-byte header
+carries a 24-bit length, MS-SMB2 section 2.1). Inside, SMB1 ([MS-CIFS] 2.2.3.1 header, 2.2.4
+commands) with AndX chains followed, and the transaction commands whose counts the MS17-010 family
+abuses (Trans 0x25, Trans2 0x32, NT Transact 0xA0 and their secondaries), SMB2/3 headers ([MS-SMB2]
+2.2.1, chained with NextCommand), the SMB3 transform header (2.2.41) and the compression transform
+header (2.2.42, whose OriginalCompressedSegmentSize and Offset CVE-2020-0796 overflows).
+Guarantees:
+- only SmbDecodeError escapes, and after it the decoder is in the ERROR state;
+- at most MAX_MESSAGE bytes are buffered: a longer message (SMB2 READ/WRITE carry up to 8 MiB)
+  is decoded from its first MAX_MESSAGE bytes (headers only) and the rest is skipped as it
+  arrives; AndX and NextCommand chains must move forward and are followed at most MAX_CHAIN times;
+- offsets and counts are reported as sent, never trusted for slicing beyond the message.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+from gateway.errors import DecodeError
+
+MAX_MESSAGE = 0x20000  # 128 KiB: SMB1 max buffer and the SMB2 messages we inspect fit
+MAX_CHAIN = 16
+
+SMB1_TRANS = 0x25
+SMB1_TRANS_SECONDARY = 0x26
+SMB1_TRANS2 = 0x32
+SMB1_TRANS2_SECONDARY = 0x33
+SMB1_NT_TRANS = 0xA0
+SMB1_NT_TRANS_SECONDARY = 0xA1
+SMB1_NEGOTIATE = 0x72
+# Commands whose parameter block starts with AndXCommand, AndXReserved, AndXOffset.
+SMB1_ANDX = frozenset({0x24, 0x2D, 0x2E, 0x2F, 0x73, 0x74, 0x75, 0xA2})
+SMB1_NO_ANDX = 0xFF
+
+_NBSS = struct.Struct("!BB H")
+_SMB1 = struct.Struct("<4sBIBHH8sHHHHH")
+_SMB2 = struct.Struct("<4sHHIHHIIQIIQ16s")
+_TRANS = struct.Struct("<HHHHBBHIHHHHHBB")  # Trans / Trans2 request words up to SetupCount
+_NT_TRANS = struct.Struct("<BHIIIIIIIIBH")  # NT Transact request words up to Function
+_COMPRESSION = struct.Struct("<4sIHHI")
+
+
+class SmbDecodeError(DecodeError):
+    """The peer sent something that is not NetBIOS/SMB (its fault; the state is now ERROR)."""
+
+
+class State(enum.Enum):
+    MESSAGES = "messages"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """Counts of an SMB1 Trans / Trans2 / NT Transact request (primary or secondary)."""
+
+    total_parameter_count: int
+    total_data_count: int
+    parameter_count: int
+    parameter_offset: int
+    data_count: int
+    data_offset: int
+    subcommand: int  # Trans2 Setup[0] / NT Trans Function / Trans Setup[0]; -1 if none
+    max_data_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Smb1Command:
+    command: int
+    status: int
+    is_response: bool
+    flags2: int
+    tid: int
+    uid: int
+    mid: int
+    word_count: int
+    byte_count: int
+    transaction: Transaction | None = None
+    dialects: tuple[str, ...] = ()  # negotiate request
+
+
+@dataclass(frozen=True, slots=True)
+class Smb2Command:
+    command: int
+    status: int
+    is_response: bool
+    message_id: int
+    tree_id: int
+    session_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Smb3Transform:
+    original_size: int
+    session_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Smb3Compressed:
+    original_size: int
+    algorithm: int
+    flags: int
+    offset: int  # length of the uncompressed part, or of the first payload header
+    message_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class NetbiosMessage:
+    msg_type: int  # 0x00 session message, 0x81 session request, 0x85 keep-alive, ...
+    length: int
+
+
+Event = NetbiosMessage | Smb1Command | Smb2Command | Smb3Transform | Smb3Compressed
+
+
+class SmbDecoder:
+    """Decodes one direction of an SMB connection (TCP 139 or 445)."""
+
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+        self.max_message = max_message
+        self.state = State.MESSAGES
+        self._buf = bytearray()
+        self._skip = 0  # bytes of an oversized message still to be skipped
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        if self.state is State.ERROR:
+            raise SmbDecodeError("decoder is in ERROR state after an earlier error")
+        if self._skip:
+            skipped = min(self._skip, len(data))
+            self._skip -= skipped
+            data = data[skipped:]
+        self._buf += data
+        events: list[Event] = []
+        try:
+            while len(self._buf) >= 4 and not self._skip:
+                msg_type = self._buf[0]
+                length = int.from_bytes(self._buf[1:4], "big")
+                if msg_type not in (0x00, 0x81, 0x82, 0x83, 0x84, 0x85):
+                    raise SmbDecodeError(f"not a NetBIOS session message: type 0x{msg_type:02x}")
+                if msg_type != 0x00 and length > 0x1FFFF:
+                    raise SmbDecodeError(f"NetBIOS type 0x{msg_type:02x} with length {length}")
+                if length > self.max_message:
+                    if len(self._buf) < 4 + self.max_message:
+                        break
+                    events.append(NetbiosMessage(msg_type, length))
+                    events.extend(parse_smb_headers(bytes(self._buf[4 : 4 + self.max_message])))
+                    self._skip = max(0, 4 + length - len(self._buf))
+                    del self._buf[: 4 + length]
+                    continue
+                if len(self._buf) < 4 + length:
+                    break
+                body = bytes(self._buf[4 : 4 + length])
+                del self._buf[: 4 + length]
+                events.append(NetbiosMessage(msg_type, length))
+                if msg_type == 0x00 and body:
+                    events.extend(parse_smb(body))
+        except SmbDecodeError:
+            self.state = State.ERROR
+            raise
+        return events
+
+
+def parse_smb(msg: bytes) -> list[Event]:
+    """Decode one SMB message (the body of a NetBIOS session message)."""
+    magic = msg[:4]
+    if magic == b"\xffSMB":
+        return _parse_smb1(msg)
+    if magic == b"\xfeSMB":
+        return _parse_smb2(msg)
+    if magic == b"\xfdSMB":
+        if len(msg) < 52:
+            raise SmbDecodeError(f"SMB3 transform header truncated: {len(msg)} bytes")
+        original_size = int.from_bytes(msg[36:40], "little")
+        return [Smb3Transform(original_size, int.from_bytes(msg[44:52], "little"))]
+    if magic == b"\xfcSMB":
+        if len(msg) < _COMPRESSION.size:
+            raise SmbDecodeError(f"SMB3 compression header truncated: {len(msg)} bytes")
+        _, original, algorithm, flags, offset = _COMPRESSION.unpack_from(msg)
+        return [Smb3Compressed(original, algorithm, flags, offset, len(msg))]
+    raise SmbDecodeError(f"unknown SMB protocol id {magic!r}")
+
+
+def parse_smb_headers(prefix: bytes) -> list[Event]:
+    """Decode what the first bytes of an oversized message say: its SMB2 header(s) only."""
+    if prefix[:4] == b"\xfeSMB":
+        return _parse_smb2(prefix, follow_chain=False)
+    return parse_smb(prefix) if prefix[:4] in (b"\xfdSMB", b"\xfcSMB") else []
+
+
+def _parse_smb1(msg: bytes) -> list[Event]:
+    if len(msg) < _SMB1.size + 1:
+        raise SmbDecodeError(f"SMB1 header truncated: {len(msg)} bytes")
+    (_, command, status, flags, flags2, _, _, _, tid, _, uid, mid) = _SMB1.unpack_from(msg)
+    is_response = bool(flags & 0x80)
+    events: list[Event] = []
+    pos = _SMB1.size
+    for _ in range(MAX_CHAIN):
+        if pos >= len(msg):
+            raise SmbDecodeError(f"SMB1 command 0x{command:02x} parameter block past the end at {pos}")
+        wc = msg[pos]
+        words_end = pos + 1 + 2 * wc
+        if words_end + 2 > len(msg):
+            # Error responses may carry no byte count; anything else is truncated.
+            if is_response and wc == 0 and words_end == len(msg):
+                events.append(Smb1Command(command, status, is_response, flags2, tid, uid, mid, 0, 0))
+                return events
+            raise SmbDecodeError(f"SMB1 command 0x{command:02x} truncated (word count {wc})")
+        words = msg[pos + 1 : words_end]
+        byte_count = int.from_bytes(msg[words_end : words_end + 2], "little")
+        data = msg[words_end + 2 : words_end + 2 + byte_count]
+        transaction = None if is_response else _parse_transaction(command, words)
+        dialects: tuple[str, ...] = ()
+        if command == SMB1_NEGOTIATE and not is_response:
+            dialects = tuple(
+                d[1:].decode("latin-1") for d in data.split(b"\0") if d[:1] == b"\x02"
+            )
+        events.append(
+            Smb1Command(
+                command, status, is_response, flags2, tid, uid, mid, wc, byte_count,
+                transaction, dialects,
+            )
+        )
+        if command not in SMB1_ANDX or wc < 2:
+            return events
+        next_command, next_offset = words[0], int.from_bytes(words[2:4], "little")
+        if next_command == SMB1_NO_ANDX:
+            return events
+        if next_offset <= pos:
+            raise SmbDecodeError(
+                f"AndX offset {next_offset} of command 0x{command:02x} does not advance past {pos}"
+            )
+        command, pos = next_command, next_offset
+    raise SmbDecodeError(f"AndX chain longer than {MAX_CHAIN} commands")
+
+
+def _parse_transaction(command: int, words: bytes) -> Transaction | None:
+    if command in (SMB1_TRANS, SMB1_TRANS2) and len(words) >= _TRANS.size:
+        (tpc, tdc, _mpc, mdc, _msc, _, _flags, _timeout, _, pc, po, dc, do, sc, _) = (
+            _TRANS.unpack_from(words)
+        )
+        sub = int.from_bytes(words[_TRANS.size : _TRANS.size + 2], "little") if sc else -1
+        return Transaction(tpc, tdc, pc, po, dc, do, sub, mdc)
+    if command in (SMB1_TRANS_SECONDARY, SMB1_TRANS2_SECONDARY) and len(words) >= 16:
+        tpc, tdc, pc, po, _pd, dc, do, _dd = struct.unpack_from("<8H", words)
+        return Transaction(tpc, tdc, pc, po, dc, do, -1)
+    if command == SMB1_NT_TRANS and len(words) >= _NT_TRANS.size:
+        (_msc, _, tpc, tdc, _mpc, mdc, pc, po, dc, do, _sc, function) = _NT_TRANS.unpack_from(words)
+        return Transaction(tpc, tdc, pc, po, dc, do, function, mdc)
+    if command == SMB1_NT_TRANS_SECONDARY and len(words) >= 35:
+        tpc, tdc, pc, po, _pd, dc, do, _dd = struct.unpack_from("<8I", words, 3)
+        return Transaction(tpc, tdc, pc, po, dc, do, -1)
+    return None
+
+
+def _parse_smb2(msg: bytes, follow_chain: bool = True) -> list[Event]:
+    events: list[Event] = []
+    pos = 0
+    for _ in range(MAX_CHAIN):
+        if len(msg) - pos < _SMB2.size:
+            raise SmbDecodeError(f"SMB2 header truncated at offset {pos}")
+        (magic, size, _credit, status, command, _, flags, next_command, message_id, _, tree_id,
+         session_id, _) = _SMB2.unpack_from(msg, pos)
+        if magic != b"\xfeSMB" or size != 64:
+            raise SmbDecodeError(f"bad SMB2 header at offset {pos} (structure size {size})")
+        # ASYNC headers (flag 0x2) carry an AsyncId where sync ones carry Reserved + TreeId.
+        events.append(
+            Smb2Command(command, status, bool(flags & 1), message_id,
+                        0 if flags & 2 else tree_id, session_id)
+        )
+        if next_command == 0 or not follow_chain:
+            return events
+        if next_command < _SMB2.size or next_command % 8:
+            raise SmbDecodeError(f"SMB2 NextCommand {next_command} at offset {pos} is invalid")
+        pos += next_command
+    raise SmbDecodeError(f"SMB2 compound chain longer than {MAX_CHAIN} commands")
