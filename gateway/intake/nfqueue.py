@@ -1,0 +1,464 @@
+"""NFQUEUE intake: one worker process per queue, the only live packet I/O of the gateway.
+
+A worker binds its queue (netfilterqueue), feeds every packet's IP datagram to
+`Engine.process_ip(data, now)` with `now = time.time()` (wall clock, the same clock as capture
+timestamps in `vpatch replay`, so event times agree) and applies the Decision:
+
+- ACCEPT / ALERT: accept; when `decision.final`, with the BYPASS bit added to the packet mark
+  (other mark bits kept), which mangle POSTROUTING saves into the connmark so the kernel stops
+  queueing the connection (see gateway/firewall/render.py).
+- DROP: drop.
+- RESET (TCP): the offending packet is rewritten into a RST|ACK towards its destination (its own
+  addresses, ports and seq; set_payload + accept) and a RST is sent back to its sender out of
+  the interface it came in on (physindev when bridged, else indev), over AF_PACKET to the
+  sender's MAC with that interface's MAC as source. RESET on non-TCP degrades to DROP.
+
+Guarantees:
+- Every packet gets exactly one verdict. Any exception while deciding gives the fail-policy
+  verdict (accept when open, drop when closed) and is counted (`errors`) and logged (rate
+  limited).
+- Queue full: with fail_policy open the worker sets NFQA_CFG_F_FAIL_OPEN on its queue
+  (include/uapi/linux/netfilter/nfnetlink_queue.h: an NFQNL_MSG_CONFIG message with
+  NFQA_CFG_MASK/NFQA_CFG_FLAGS, sent on the queue's own netlink socket, which owns the queue),
+  so the kernel accepts instead of dropping. The kernel's acknowledgment is awaited; packet
+  messages that arrive meanwhile are handed to netfilterqueue afterwards, none is lost.
+  GSO is left off (netfilterqueue's 4 KiB receive buffer cannot take GSO super-packets).
+- Counters live in shared memory (`WorkerStats`, one writer: the worker) for the parent and
+  the control socket. Events go to a per-worker EventSink (SQLite WAL handles several writers).
+- SIGTERM/SIGINT: the worker finishes the packet in hand, unbinds and exits 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import logging
+import multiprocessing
+import multiprocessing.sharedctypes
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from gateway.config import FailPolicy, GatewayConfig
+from gateway.decode.packet import PROTO_TCP, parse_ip
+from gateway.verdict import Action, Decision
+from gateway.verdict.reset import build_ethernet, rst_to_client, rst_to_server
+
+log = logging.getLogger("vpatch.nfqueue")
+
+# netlink / nfnetlink_queue constants (linux/netlink.h, linux/netfilter/nfnetlink*.h)
+NLMSG_ERROR = 2
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_CONFIG = 2
+NFQA_CFG_MASK = 4
+NFQA_CFG_FLAGS = 5
+NFQA_CFG_F_FAIL_OPEN = 1 << 0
+NFNETLINK_V0 = 0
+_NLMSGHDR = struct.Struct("=IHHII")
+_NFGENMSG = struct.Struct("!BBH")
+_NLATTR_U32 = struct.Struct("=HH")  # followed by a big-endian u32
+CONFIG_SEQ = 0x76700001  # our config message's sequence number
+ACK_TIMEOUT = 2.0  # seconds to wait for the kernel's answer to the config message
+MAX_EARLY_MESSAGES = 4096  # packet messages buffered while waiting for that answer
+
+POLL_INTERVAL = 0.2  # seconds between checks of the stop flag when idle
+EXPIRE_INTERVAL = 1.0  # seconds between engine.expire() calls
+ERROR_LOG_INTERVAL = 5.0  # at most one error log line per this many seconds
+SIOCGIFHWADDR = 0x8927
+ETH_P_ALL = 0x0003
+
+STAT_NAMES = (
+    "packets", "accepted", "dropped", "reset", "bypassed", "errors", "events",
+    "bound", "pid", "started",
+)  # fmt: skip
+_IDX = {name: i for i, name in enumerate(STAT_NAMES)}
+
+
+class WorkerStats:
+    """Counters of one queue's worker in shared memory: the worker writes, anyone reads."""
+
+    def __init__(self) -> None:
+        self._arr: Any = multiprocessing.sharedctypes.RawArray("Q", len(STAT_NAMES))
+
+    def add(self, name: str, n: int = 1) -> None:
+        self._arr[_IDX[name]] += n
+
+    def set(self, name: str, value: int) -> None:
+        self._arr[_IDX[name]] = value
+
+    def get(self, name: str) -> int:
+        return int(self._arr[_IDX[name]])
+
+    def snapshot(self) -> dict[str, int]:
+        return {name: int(self._arr[i]) for i, name in enumerate(STAT_NAMES)}
+
+    def reset(self) -> None:
+        for i in range(len(STAT_NAMES)):
+            self._arr[i] = 0
+
+
+class PacketLike(Protocol):
+    """The subset of netfilterqueue.Packet the worker uses (tests may feed their own)."""
+
+    indev: int
+    physindev: int
+
+    def get_payload(self) -> bytes: ...
+    def get_mark(self) -> int: ...
+    def get_hw(self) -> bytes | None: ...
+    def set_mark(self, mark: int) -> None: ...
+    def set_payload(self, payload: bytes) -> None: ...
+    def accept(self) -> None: ...
+    def drop(self) -> None: ...
+
+
+class EngineLike(Protocol):
+    def process_ip(self, data: bytes, now: float) -> Decision: ...
+    def expire(self, now: float) -> None: ...
+
+
+class SinkLike(Protocol):
+    def emit(self, event: Any) -> Any: ...
+    def close(self) -> Any: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Fail-open flag on the queue
+
+
+def _config_message(queue_num: int, flags: int, mask: int) -> bytes:
+    attrs = b""
+    for kind, value in ((NFQA_CFG_MASK, mask), (NFQA_CFG_FLAGS, flags)):
+        attrs += _NLATTR_U32.pack(8, kind) + struct.pack("!I", value)
+    body = _NFGENMSG.pack(socket.AF_UNSPEC, NFNETLINK_V0, queue_num) + attrs
+    msg_type = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_ACK, CONFIG_SEQ, 0) + body
+
+
+def _find_ack(datagram: bytes) -> int | None:
+    """The error code of the kernel's answer to our config message in a datagram, if there."""
+    off = 0
+    while off + _NLMSGHDR.size <= len(datagram):
+        length, mtype, _flags, seq, _pid = _NLMSGHDR.unpack_from(datagram, off)
+        if length < _NLMSGHDR.size:
+            return None
+        if mtype == NLMSG_ERROR and seq == CONFIG_SEQ:
+            (code,) = struct.unpack_from("=i", datagram, off + _NLMSGHDR.size)
+            return int(code)
+        off += (length + 3) & ~3
+    return None
+
+
+class _Replay:
+    """A socket stand-in for NetfilterQueue.run_socket: hands over buffered datagrams once."""
+
+    def __init__(self, datagrams: list[bytes]) -> None:
+        self._datagrams = datagrams
+
+    def recv(self, _size: int) -> bytes:
+        if not self._datagrams:
+            raise BlockingIOError(errno.EAGAIN, "drained")
+        return self._datagrams.pop(0)
+
+
+def set_queue_flags(nfq: Any, queue_num: int, flags: int, mask: int) -> None:
+    """Send NFQNL_MSG_CONFIG flags for our bound queue on its own socket; wait for the ACK.
+
+    Packet messages received while waiting are passed to netfilterqueue afterwards.
+    Raises OSError when the kernel refuses (errno from its answer).
+    """
+    sock = socket.socket(fileno=os.dup(nfq.get_fd()))
+    early: list[bytes] = []
+    try:
+        sock.send(_config_message(queue_num, flags, mask))
+        deadline = time.monotonic() + ACK_TIMEOUT
+        code: int | None = None
+        while code is None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                raise OSError(errno.ETIMEDOUT, f"no answer to NFQNL_MSG_CONFIG for queue {queue_num}")
+            datagram = sock.recv(65536)
+            code = _find_ack(datagram)
+            if code is None and len(early) < MAX_EARLY_MESSAGES:
+                early.append(datagram)
+        if code != 0:
+            raise OSError(-code, f"NFQNL_MSG_CONFIG flags {flags:#x} on queue {queue_num}: {os.strerror(-code)}")
+    finally:
+        sock.close()  # our dup only; netfilterqueue's descriptor stays open
+        if early:
+            nfq.run_socket(_Replay(early))
+
+
+# --------------------------------------------------------------------------------------------
+# The per-packet handler (no I/O of its own except the client RST)
+
+
+class ResetSender:
+    """Sends Ethernet frames out of an interface by index (AF_PACKET), MACs cached."""
+
+    def __init__(self) -> None:
+        self._socks: dict[int, socket.socket] = {}
+        self._macs: dict[int, bytes] = {}
+
+    def _sock(self, ifindex: int) -> socket.socket:
+        s = self._socks.get(ifindex)
+        if s is None:
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            name = socket.if_indextoname(ifindex)
+            s.bind((name, 0))
+            req = struct.pack("256s", name.encode()[:15])
+            self._macs[ifindex] = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, req)[18:24]
+            self._socks[ifindex] = s
+        return s
+
+    def send(self, ifindex: int, dst_mac: bytes, ip_datagram: bytes) -> None:
+        s = self._sock(ifindex)
+        s.send(build_ethernet(dst_mac[:6], self._macs[ifindex], ip_datagram))
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            s.close()
+        self._socks.clear()
+
+
+class PacketHandler:
+    """Decides and gives the verdict for one packet; never raises, never skips a verdict."""
+
+    def __init__(
+        self,
+        engine: EngineLike,
+        stats: WorkerStats,
+        fail_policy: FailPolicy,
+        bypass: int,
+        mask: int,
+        sink: SinkLike | None = None,
+        resets: ResetSender | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.stats = stats
+        self.fail_open = fail_policy is FailPolicy.OPEN
+        self.bypass = bypass
+        self.mask = mask
+        self.sink = sink
+        self.resets = resets if resets is not None else ResetSender()
+        self.clock = clock
+        self._last_error_log = 0.0
+
+    def __call__(self, pkt: PacketLike) -> None:
+        stats = self.stats
+        stats.add("packets")
+        done = False
+        decision: Decision | None = None
+        try:
+            data = pkt.get_payload()
+            decision = self.engine.process_ip(data, self.clock())
+            action = decision.action
+            if action is Action.ACCEPT or action is Action.ALERT:
+                if decision.final:
+                    pkt.set_mark((pkt.get_mark() & ~self.mask & 0xFFFFFFFF) | self.bypass)
+                    stats.add("bypassed")
+                done = True
+                pkt.accept()
+                stats.add("accepted")
+            elif action is Action.RESET:
+                done = self._reset(pkt, data)
+            else:
+                done = True
+                pkt.drop()
+                stats.add("dropped")
+            done = True
+        except Exception as err:  # the catch-all of the fail policy
+            stats.add("errors")
+            self._log_error(err)
+            if not done:
+                self._fail_verdict(pkt)
+        if decision is not None and decision.events:
+            self._emit(decision)
+
+    def _reset(self, pkt: PacketLike, data: bytes) -> bool:
+        """RESET verdict, always given here: resets for TCP, a drop otherwise. True when given."""
+        try:
+            parsed = parse_ip(data)
+            replacement = rst_to_server(parsed) if parsed.proto == PROTO_TCP else None
+            if parsed.fragment:
+                replacement = None
+        except Exception as err:  # undecodable but blocked: drop it
+            self._log_error(err)
+            replacement = None
+        if replacement is None:
+            pkt.drop()
+            self.stats.add("dropped")
+            return True
+        pkt.set_payload(replacement)
+        pkt.accept()
+        self.stats.add("reset")
+        try:
+            hw = pkt.get_hw()
+            ifindex = pkt.physindev or pkt.indev
+            if hw and ifindex:
+                self.resets.send(ifindex, hw, rst_to_client(parsed))
+        except OSError as err:
+            self.stats.add("errors")
+            self._log_error(err)
+        return True
+
+    def _fail_verdict(self, pkt: PacketLike) -> None:
+        try:
+            if self.fail_open:
+                pkt.accept()
+                self.stats.add("accepted")
+            else:
+                pkt.drop()
+                self.stats.add("dropped")
+        except Exception as err:  # verdict already given or queue gone: nothing left to do
+            self._log_error(err)
+
+    def _emit(self, decision: Decision) -> None:
+        if self.sink is None:
+            return
+        for event in decision.events:
+            try:
+                self.sink.emit(event)
+                self.stats.add("events")
+            except Exception as err:
+                self.stats.add("errors")
+                self._log_error(err)
+
+    def _log_error(self, err: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= ERROR_LOG_INTERVAL:
+            self._last_error_log = now
+            log.error("packet handling failed (%s errors so far): %r", self.stats.get("errors"), err)
+
+
+# --------------------------------------------------------------------------------------------
+# The worker process
+
+
+def engine_config(config: GatewayConfig) -> Any:
+    """The engine's EngineConfig from the gateway configuration (fields matched by name)."""
+    from gateway.engine import EngineConfig
+
+    values: dict[str, Any] = {
+        "max_flows": config.engine.max_flows,
+        "tcp_idle": config.engine.tcp_idle,
+        "udp_idle": config.engine.udp_idle,
+        "max_pending": config.engine.max_pending,
+        "depth_to_server": config.stream_depth.to_server,
+        "depth_to_client": config.stream_depth.to_client,
+        "stream_depth_to_server": config.stream_depth.to_server,
+        "stream_depth_to_client": config.stream_depth.to_client,
+        "to_server_depth": config.stream_depth.to_server,
+        "to_client_depth": config.stream_depth.to_client,
+        "fail_open": config.fail_policy is FailPolicy.OPEN,
+        "fail_policy": config.fail_policy.value,
+    }
+    names = {f.name for f in dataclasses.fields(EngineConfig)}
+    return EngineConfig(**{k: v for k, v in values.items() if k in names})
+
+
+def build_engine(config: GatewayConfig) -> EngineLike:
+    from gateway.engine import Engine
+    from gateway.match.rules import load_rules
+
+    engine: EngineLike = Engine(load_rules(config.rules), engine_config(config))
+    return engine
+
+
+def build_sink(config: GatewayConfig, queue_num: int) -> SinkLike | None:
+    ev = config.events
+    if ev.sqlite is None and ev.jsonl is None:
+        return None
+    from gateway.events.sink import EventSink
+
+    for p in (ev.sqlite, ev.jsonl):
+        if p is not None:
+            p.parent.mkdir(parents=True, exist_ok=True)
+    sink: SinkLike = EventSink(ev.sqlite, ev.jsonl, ev.max_queue)
+    return sink
+
+
+def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> int:
+    """Body of one queue's worker process; returns the exit status."""
+    from netfilterqueue import NetfilterQueue
+
+    stop = False
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stats.set("pid", os.getpid())
+    stats.set("started", int(time.time()))
+    engine = build_engine(config)
+    sink = build_sink(config, queue_num)
+    handler = PacketHandler(
+        engine, stats, config.fail_policy, config.marks.bypass, config.marks.mask, sink
+    )
+    nfq = NetfilterQueue()
+    try:
+        nfq.bind(queue_num, handler, max_len=config.queues.max_len)
+        if config.fail_policy is FailPolicy.OPEN:
+            set_queue_flags(nfq, queue_num, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN)
+        stats.set("bound", 1)
+        log.info("queue %d bound (pid %d, fail %s)", queue_num, os.getpid(), config.fail_policy.value)
+        fd = nfq.get_fd()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        last_expire = time.monotonic()
+        while not stop:
+            if poller.poll(POLL_INTERVAL * 1000):
+                nfq.run(block=False)
+            mono = time.monotonic()
+            if mono - last_expire >= EXPIRE_INTERVAL:
+                last_expire = mono
+                try:
+                    engine.expire(time.time())
+                except Exception as err:  # expiry must not kill the worker
+                    stats.add("errors")
+                    log.error("engine.expire failed: %r", err)
+    finally:
+        stats.set("bound", 0)
+        nfq.unbind()
+        handler.resets.close()
+        if sink is not None:
+            sink.close()
+    return 0
+
+
+def _process_entry(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format=f"vpatch[queue {queue_num}] %(levelname)s %(message)s"
+    )
+    try:
+        code = worker_main(queue_num, config, stats)
+    except Exception as err:
+        log.error("worker for queue %d failed: %s", queue_num, err)
+        code = 1
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def start_worker(
+    queue_num: int, config: GatewayConfig, stats: WorkerStats
+) -> multiprocessing.Process:
+    """Start the worker process of one queue (fork: rules and config are inherited)."""
+    ctx = multiprocessing.get_context("fork")
+    proc = ctx.Process(
+        target=_process_entry, args=(queue_num, config, stats), name=f"vpatch-queue-{queue_num}"
+    )
+    proc.daemon = False
+    proc.start()
+    return proc
