@@ -29,7 +29,6 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrRouting,
 )
 from scapy.layers.l2 import ARP, CookedLinux, Dot1AD, Dot1Q, Ether
-from scapy.packet import Raw
 
 from gateway.decode.packet import (
     LINKTYPE_ETHERNET,
@@ -97,18 +96,18 @@ class Case:
 
 _TCP4 = IP(src=C4, dst=S4) / TCP(sport=40000, dport=80, flags="PA", seq=1000, ack=2000)
 _GET = b"GET / HTTP/1.1\r\n\r\n"
-_TCP4_WANT = dict(
-    version=4,
-    src=C4,
-    dst=S4,
-    proto=PROTO_TCP,
-    sport=40000,
-    dport=80,
-    flags=TCP_PSH | TCP_ACK,
-    seq=1000,
-    ack=2000,
-    payload=_GET,
-)
+_TCP4_WANT = {
+    "version": 4,
+    "src": C4,
+    "dst": S4,
+    "proto": PROTO_TCP,
+    "sport": 40000,
+    "dport": 80,
+    "flags": TCP_PSH | TCP_ACK,
+    "seq": 1000,
+    "ack": 2000,
+    "payload": _GET,
+}
 
 CASES = [
     Case("ipv4-tcp-raw", bytes(_TCP4 / _GET), LINKTYPE_RAW, _TCP4_WANT),
@@ -121,13 +120,13 @@ CASES = [
             60, b"\xee"
         ),
         LINKTYPE_ETHERNET,
-        dict(proto=PROTO_TCP, flags=TCP_SYN, seq=7, payload=b""),
+        {"proto": PROTO_TCP, "flags": TCP_SYN, "seq": 7, "payload": b""},
     ),
     Case(
         "ether-ipv4-udp-padded",
         bytes(_eth() / IP(src=C4, dst=S4) / UDP(sport=5353, dport=53) / b"q").ljust(60, b"\xee"),
         LINKTYPE_ETHERNET,
-        dict(proto=PROTO_UDP, sport=5353, dport=53, payload=b"q"),
+        {"proto": PROTO_UDP, "sport": 5353, "dport": 53, "payload": b"q"},
     ),
     Case(
         "ether-vlan-ipv4-tcp",
@@ -146,7 +145,15 @@ CASES = [
             / b"tls"
         ),
         LINKTYPE_ETHERNET,
-        dict(version=6, src=C6, dst=S6, sport=50000, dport=443, seq=2**32 - 1, payload=b"tls"),
+        {
+            "version": 6,
+            "src": C6,
+            "dst": S6,
+            "sport": 50000,
+            "dport": 443,
+            "seq": 2**32 - 1,
+            "payload": b"tls",
+        },
     ),
     Case(
         "ipv4-options-tcp-options",
@@ -156,25 +163,25 @@ CASES = [
             / b"data"
         ),
         LINKTYPE_RAW,
-        dict(sport=1, dport=2, payload=b"data"),
+        {"sport": 1, "dport": 2, "payload": b"data"},
     ),
     Case(
         "ipv4-icmp-echo",
         bytes(IP(src=C4, dst=S4) / ICMP(type=8, id=0x1234, seq=1) / b"ping"),
         LINKTYPE_RAW,
-        dict(proto=PROTO_ICMP, icmp_type=8, icmp_code=0, payload=b"\x12\x34\x00\x01ping"),
+        {"proto": PROTO_ICMP, "icmp_type": 8, "icmp_code": 0, "payload": b"\x12\x34\x00\x01ping"},
     ),
     Case(
         "ipv4-first-fragment",
         bytes(IP(src=C4, dst=S4, flags="MF", proto=17) / UDP(sport=53, dport=9, len=4000) / b"x"),
         LINKTYPE_RAW,
-        dict(proto=PROTO_UDP, sport=53, dport=9, payload=b"x", fragment=False),
+        {"proto": PROTO_UDP, "sport": 53, "dport": 9, "payload": b"x", "fragment": False},
     ),
     Case(
         "ipv4-later-fragment",
         bytes(IP(src=C4, dst=S4, frag=185, proto=6) / b"fragment-data"),
         LINKTYPE_RAW,
-        dict(proto=PROTO_TCP, sport=0, dport=0, payload=b"fragment-data", fragment=True),
+        {"proto": PROTO_TCP, "sport": 0, "dport": 0, "payload": b"fragment-data", "fragment": True},
     ),
     Case(
         "ipv6-ext-chain-udp",
@@ -188,25 +195,25 @@ CASES = [
             / b"dns"
         ),
         LINKTYPE_RAW,
-        dict(version=6, proto=PROTO_UDP, sport=1000, dport=53, payload=b"dns"),
+        {"version": 6, "proto": PROTO_UDP, "sport": 1000, "dport": 53, "payload": b"dns"},
     ),
     Case(
         "ipv6-later-fragment",
         bytes(IPv6(src=C6, dst=S6) / IPv6ExtHdrFragment(offset=10, nh=6) / b"12345678"),
         LINKTYPE_IPV6,
-        dict(version=6, proto=PROTO_TCP, payload=b"12345678", fragment=True),
+        {"version": 6, "proto": PROTO_TCP, "payload": b"12345678", "fragment": True},
     ),
     Case(
         "ipv6-icmpv6-echo",
         bytes(IPv6(src=C6, dst=S6) / ICMPv6EchoRequest(id=7, seq=9, data=b"hi")),
         LINKTYPE_RAW,
-        dict(proto=PROTO_ICMPV6, icmp_type=128, payload=b"\x00\x07\x00\x09hi"),
+        {"proto": PROTO_ICMPV6, "icmp_type": 128, "payload": b"\x00\x07\x00\x09hi"},
     ),
     Case(
         "ipv6-no-next-header",
         bytes(IPv6(src=C6, dst=S6, nh=59)),
         LINKTYPE_RAW,
-        dict(proto=59, payload=b""),
+        {"proto": 59, "payload": b""},
     ),
     Case(
         "sll-ipv4-tcp",
@@ -225,13 +232,13 @@ CASES = [
         "loop-be-ipv6",
         struct.pack("!I", 30) + bytes(IPv6(src=C6, dst=S6) / UDP(sport=9, dport=7) / b"e"),
         LINKTYPE_LOOP,
-        dict(version=6, sport=9, dport=7, payload=b"e"),
+        {"version": 6, "sport": 9, "dport": 7, "payload": b"e"},
     ),
     Case(
         "ipv4-other-proto-gre",
         bytes(IP(src=C4, dst=S4, proto=47) / b"\x00\x00\x08\x00"),
         LINKTYPE_RAW,
-        dict(proto=47, sport=0, payload=b"\x00\x00\x08\x00"),
+        {"proto": 47, "sport": 0, "payload": b"\x00\x00\x08\x00"},
     ),
 ]
 
