@@ -17,7 +17,13 @@ import json
 from typing import Any
 
 from gateway.lab import (
-    LabSpec, configure_bridge, configure_router, lab_down, lab_status, lab_up, summary,
+    LabSpec,
+    configure_bridge,
+    configure_router,
+    lab_down,
+    lab_status,
+    lab_up,
+    summary,
 )
 
 

@@ -186,9 +186,9 @@ def summary(spec: LabSpec, services: bool, gateway: bool) -> str:
         lines.append("  services on the server: nginx :80, smbd :445/:139 (SMB1 on, share "
                      "'public'), named :53 (zone lab.test.)")
     if gateway:
-        lines += [f"  gateway process: vpatch run -c {svc.gateway_config_path(spec)} "
-                  f"(log {svc.log_file(spec, svc.GATEWAY)})",
-                  f"  events: {spec.state_dir / 'eve.json'}"]
+        conf, log = svc.gateway_config_path(spec), svc.log_file(spec, svc.GATEWAY)
+        lines.append(f"  gateway process: vpatch run -c {conf} (log {log})")
+        lines.append(f"  events: {spec.state_dir / 'eve.json'}")
     else:
         lines.append("  no gateway process (--no-gateway): traffic passes uninspected")
     ip = spec.server_addr

@@ -73,6 +73,7 @@ class LabSpec:
     server_gw_ip6: str = ""
     state_dir: Path = Path("")  # empty: /run/vpatch-lab/<name>
     offloads_off: bool = True
+    rules: tuple[str, ...] = ()  # rule files/dirs for the lab gateway (empty: bundled rules)
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > MAX_NAME_LEN or not all(
@@ -127,7 +128,11 @@ class LabSpec:
         out: dict[str, object] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = str(value) if isinstance(value, Path) else value
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
         return out
 
     @classmethod
@@ -140,6 +145,8 @@ class LabSpec:
             value = data[f.name]
             if f.name == "state_dir":
                 value = Path(str(value))
+            elif f.name == "rules" and isinstance(value, list):
+                value = tuple(str(v) for v in value)
             kwargs[f.name] = value
         try:
             return cls(**kwargs)  # type: ignore[arg-type]

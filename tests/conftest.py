@@ -1,0 +1,94 @@
+"""Shared fixtures.
+
+- `corpora`: the read-only capture corpora at <repo>/../shared/corpora (skips, saying where it
+  looked, only if the directory is absent).
+- `lab`: one namespace lab per test session (bridge mode, nginx/smbd/named on the server, NO
+  gateway process: tests start their own `vpatch run` or NFQUEUE reader in `lab.gw_ns`), named
+  "vpt<pid>" so it never collides with a user's lab; always torn down, also on failure.
+- `make_lab`: builds extra labs (any LabSpec options) for one test and tears them all down.
+- `netns` marked tests are skipped with a reason when not running as root.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CORPORA = REPO_ROOT.parent / "shared" / "corpora"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root for network namespaces (netns marker)")
+    for item in items:
+        if "netns" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def corpora() -> Path:
+    """<repo>/../shared/corpora (README.md, attacks/, benign/, malformed/, rules/)."""
+    if not CORPORA.is_dir():
+        pytest.skip(f"capture corpora not found at {CORPORA} (expected beside the repository)")
+    return CORPORA
+
+
+def lab_name(suffix: str = "") -> str:
+    """A lab name unique to this test session: vpt<pid><suffix>."""
+    return f"vpt{os.getpid()}{suffix}"
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Any]:
+    """A bridge-mode lab with services and no gateway process, shared by the session.
+
+    Yields its LabSpec (namespaces: lab.client_ns, lab.gw_ns, lab.server_ns; addresses:
+    lab.client_addr, lab.server_addr, lab.client_addr6, lab.server_addr6; lab.state_dir).
+    Tests that add iptables rules in lab.gw_ns must remove them again.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network namespaces)")
+    from gateway.lab import LabSpec, lab_down, lab_up
+
+    spec = LabSpec(name=lab_name())
+    lab_down(spec.name)  # leftovers of a crashed earlier session with the same pid
+    try:
+        lab_up(spec, services=True, gateway=False)
+        yield spec
+    finally:
+        lab_down(spec.name)
+
+
+@pytest.fixture
+def make_lab() -> Iterator[Callable[..., Any]]:
+    """make_lab(suffix, services=True, gateway=False, **LabSpec fields) -> LabSpec, built now
+    and torn down after the test (also on failure)."""
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network namespaces)")
+    from gateway.lab import LabSpec, lab_down, lab_up
+
+    made: list[str] = []
+
+    def build(suffix: str, services: bool = True, gateway: bool = False, **fields: Any) -> Any:
+        spec = LabSpec(name=lab_name(suffix), **fields)
+        made.append(spec.name)
+        lab_down(spec.name)
+        lab_up(spec, services=services, gateway=gateway)
+        return spec
+
+    try:
+        yield build
+    finally:
+        for name in made:
+            lab_down(name)

@@ -1,0 +1,213 @@
+"""The namespace lab against the real kernel and real nginx, smbd and named."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.commands import lab as lab_cmd
+from gateway.errors import LabError
+from gateway.lab import LabSpec, lab_down, lab_status, lab_up, netns_exec
+from gateway.lab.netns import netns_exists, netns_pids, pid_alive, pid_cmdline
+from gateway.lab.services import SERVICES, pid_file, read_pid
+from tests.conftest import lab_name
+
+pytestmark = pytest.mark.netns
+
+CURL = ["curl", "-sS", "--max-time", "10"]
+SMB_NT1 = ["--option=client min protocol=NT1", "--option=client max protocol=NT1"]
+
+
+def client(spec: LabSpec, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return netns_exec(spec.client_ns, argv, check=False, timeout=30)
+
+
+def lab_processes(spec: LabSpec) -> list[int]:
+    """Live processes whose command line names the lab's state dir."""
+    marker = str(spec.state_dir)
+    found = []
+    for entry in Path("/proc").iterdir():
+        pid = int(entry.name) if entry.name.isdigit() else 0
+        if pid and pid_alive(pid) and any(marker in arg for arg in pid_cmdline(pid)):
+            found.append(pid)
+    return found
+
+
+def assert_gone(spec: LabSpec, pids: list[int]) -> None:
+    assert [ns for ns in spec.namespaces if netns_exists(ns)] == []
+    assert not spec.state_dir.exists()
+    assert [pid for pid in pids if pid_alive(pid)] == []
+    assert lab_processes(spec) == []
+
+
+# --- the shared bridge-mode lab ---------------------------------------------------------------
+
+def test_http_through_bridge(lab: LabSpec) -> None:
+    page = client(lab, [*CURL, f"http://{lab.server_addr}/"])
+    assert page.returncode == 0, page.stderr
+    assert "vpatch lab server" in page.stdout
+    script = f"curl -sS -m 10 -g 'http://[{lab.server_addr6}]/1k.bin' | wc -c"
+    blob = netns_exec(lab.client_ns, ["sh", "-c", script])
+    assert blob.stdout.strip() == "1024"
+
+
+def test_smb1_and_smb3_share_listing(lab: LabSpec) -> None:
+    nt1 = client(lab, ["smbclient", "-N", "-L", f"//{lab.server_addr}", *SMB_NT1])
+    assert nt1.returncode == 0, nt1.stdout + nt1.stderr
+    assert "public" in nt1.stdout
+    smb3 = client(lab, ["smbclient", "-N", "-L", f"//{lab.server_addr}", "-m", "SMB3",
+                        "--option=client min protocol=SMB3"])
+    assert smb3.returncode == 0, smb3.stdout + smb3.stderr
+    assert "public" in smb3.stdout
+    got = client(lab, ["smbclient", "-N", f"//{lab.server_addr}/public", *SMB_NT1,
+                       "-c", "get readme.txt -"])
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert f"vpatch lab {lab.name} server" in got.stdout
+
+
+def test_dns_authoritative_no_recursion(lab: LabSpec) -> None:
+    a = client(lab, ["dig", "+short", "+time=3", f"@{lab.server_addr}", "server.lab.test", "A"])
+    assert a.stdout.split() == [lab.server_addr]
+    aaaa = client(lab, ["dig", "+short", "+time=3", f"@{lab.server_addr6}", "server.lab.test",
+                        "AAAA"])
+    assert aaaa.stdout.split() == [lab.server_addr6]
+    refused = client(lab, ["dig", "+time=3", f"@{lab.server_addr}", "example.com", "A"])
+    assert "status: REFUSED" in refused.stdout
+
+
+def test_bridge_has_no_addresses_and_traverses_forward(lab: LabSpec) -> None:
+    gw_addrs = netns_exec(lab.gw_ns, ["ip", "-o", "addr", "show"]).stdout
+    assert [line.split()[1] for line in gw_addrs.splitlines()] == ["lo", "lo"]
+    rules = {"iptables": ("-s", lab.client_addr), "ip6tables": ("-s", lab.client_addr6)}
+    for tool, match in rules.items():
+        netns_exec(lab.gw_ns, [tool, "-I", "FORWARD", *match, "-p", "tcp", "--dport", "80"])
+    try:
+        assert client(lab, [*CURL, "-o", "/dev/null", f"http://{lab.server_addr}/"]).returncode == 0
+        assert client(lab, [*CURL, "-o", "/dev/null", "-g",
+                            f"http://[{lab.server_addr6}]/"]).returncode == 0
+        for tool, match in rules.items():
+            out = netns_exec(lab.gw_ns, [tool, "-x", "-n", "-v", "-L", "FORWARD", "1"]).stdout
+            assert int(out.split()[0]) > 0, f"{tool}: bridged packets did not reach FORWARD"
+    finally:
+        for tool, match in rules.items():
+            netns_exec(lab.gw_ns, [tool, "-D", "FORWARD", *match, "-p", "tcp", "--dport", "80"],
+                       check=False)
+
+
+def test_status_reports_running_services(lab: LabSpec) -> None:
+    info = lab_status(lab.name)
+    assert info["exists"] and info["mode"] == "bridge"
+    assert {ns: data["exists"] for ns, data in info["namespaces"].items()} == dict.fromkeys(
+        lab.namespaces, True)
+    server_addrs = {a["addr"] for a in info["namespaces"][lab.server_ns]["addresses"]}
+    assert server_addrs == {lab.server_ip, lab.server_ip6}
+    assert {name: data["running"] for name, data in info["services"].items()} == dict.fromkeys(
+        SERVICES, True)
+    assert info["gateway"]["pid"] is None
+    json.dumps(info)  # JSON-ready
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    parser = argparse.ArgumentParser(prog="vpatch")
+    lab_cmd.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    code = args.func(args)
+    return code, capsys.readouterr().out
+
+
+def test_cli_status(lab: LabSpec, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_cli(["lab", "status", "--name", lab.name, "--json"], capsys)
+    assert code == 0 and json.loads(out)["name"] == lab.name
+    code, out = run_cli(["lab", "status", "--name", lab.name], capsys)
+    assert code == 0 and "smbd     running" in out
+    code, out = run_cli(["lab", "status", "--name", lab_name("nosuch")], capsys)
+    assert code == 1 and "does not exist" in out
+
+
+# --- labs of their own ------------------------------------------------------------------------
+
+def test_routed_mode_http(make_lab: Any) -> None:
+    spec = make_lab("r", routed=True)
+    page = client(spec, [*CURL, f"http://{spec.server_addr}/"])
+    assert page.returncode == 0, page.stderr
+    assert "routed mode" in page.stdout
+    page6 = client(spec, [*CURL, "-g", f"http://[{spec.server_addr6}]/"])
+    assert page6.returncode == 0, page6.stderr
+    assert netns_exec(spec.gw_ns, ["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == "1"
+
+
+def test_up_refuses_existing_lab_and_leaves_it_alone(make_lab: Any) -> None:
+    spec = make_lab("x", services=False)
+    with pytest.raises(LabError, match="already exists"):
+        lab_up(LabSpec(name=spec.name), services=False, gateway=False)
+    assert all(netns_exists(ns) for ns in spec.namespaces)
+    assert (spec.state_dir / "lab.json").exists()
+
+
+def test_down_removes_everything() -> None:
+    spec = LabSpec(name=lab_name("d"))
+    try:
+        lab_up(spec, services=True, gateway=False)
+        pids = [read_pid(pid_file(spec, name)) for name in SERVICES]
+        pids_in_ns = netns_pids(spec.server_ns)
+        assert all(pid is not None and pid_alive(pid) for pid in pids)
+        assert len(pids_in_ns) >= len(SERVICES)
+    finally:
+        lab_down(spec.name)
+    assert_gone(spec, [p for p in pids if p is not None] + pids_in_ns)
+    lab_down(spec.name)  # a second down is a no-op
+
+
+def test_down_after_crash() -> None:
+    spec = LabSpec(name=lab_name("c"))
+    try:
+        lab_up(spec, services=True, gateway=False)
+        pids = netns_pids(spec.server_ns)
+        for name in SERVICES:
+            pid = read_pid(pid_file(spec, name))
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)  # children (smbd-notifyd, workers) live on
+        shutil.rmtree(spec.state_dir)
+        assert netns_pids(spec.server_ns), "expected orphaned children in the namespace"
+    finally:
+        lab_down(spec.name)
+    assert_gone(spec, pids)
+
+
+def test_failure_midway_tears_down() -> None:
+    spec = LabSpec(name=lab_name("f"), server_ip="198.18.0.300/24")
+    try:
+        with pytest.raises(LabError) as info:
+            lab_up(spec, services=True, gateway=False)
+        message = str(info.value)
+        assert "addresses" in message and "198.18.0.300/24" in message
+        assert "removed" in message
+        assert_gone(spec, [])
+    finally:
+        lab_down(spec.name)
+
+
+def test_failure_at_gateway_step_kills_started_services() -> None:
+    # The gateway step fails for real (`vpatch run` rejects a rules path that does not exist)
+    # after nginx, smbd and named are running: all of them must be gone afterwards.
+    spec = LabSpec(name=lab_name("g"), rules=("/nonexistent/vpatch-rules",))
+    try:
+        with pytest.raises(LabError) as info:
+            lab_up(spec, services=True, gateway=True)
+        assert "gateway" in str(info.value)
+        assert_gone(spec, [])
+    finally:
+        lab_down(spec.name)
+
+
+def test_invalid_name_rejected() -> None:
+    with pytest.raises(LabError, match="invalid lab name"):
+        LabSpec(name="../etc")
