@@ -18,12 +18,16 @@ from gateway.errors import LabError
 from gateway.lab import LabSpec, lab_down, lab_status, lab_up, netns_exec
 from gateway.lab.netns import netns_exists, netns_pids, pid_alive, pid_cmdline
 from gateway.lab.services import SERVICES, pid_file, read_pid
-from tests.conftest import lab_name
 
 pytestmark = pytest.mark.netns
 
 CURL = ["curl", "-sS", "--max-time", "10"]
 SMB_NT1 = ["--option=client min protocol=NT1", "--option=client max protocol=NT1"]
+
+
+def lab_name(suffix: str) -> str:
+    """Unique to this test session, like the conftest fixtures' names (vpt<pid><suffix>)."""
+    return f"vpt{os.getpid()}{suffix}"
 
 
 def client(spec: LabSpec, argv: list[str]) -> subprocess.CompletedProcess[str]:
