@@ -454,8 +454,12 @@ def _process_entry(queue_num: int, config: GatewayConfig, stats: WorkerStats) ->
 def start_worker(
     queue_num: int, config: GatewayConfig, stats: WorkerStats
 ) -> multiprocessing.Process:
-    """Start the worker process of one queue (fork: rules and config are inherited)."""
-    ctx = multiprocessing.get_context("fork")
+    """Start the worker process of one queue.
+
+    spawn, not fork: the parent runs the control-socket thread, and forking a threaded process
+    can copy a lock held by that thread. The worker loads the rules itself.
+    """
+    ctx = multiprocessing.get_context("spawn")
     proc = ctx.Process(
         target=_process_entry, args=(queue_num, config, stats), name=f"vpatch-queue-{queue_num}"
     )

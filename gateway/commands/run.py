@@ -1,0 +1,247 @@
+"""`vpatch run -c CONFIG [--cleanup] [--print-rules]`: the inline gateway.
+
+Start-up, in this order (any failure stops with one clear error and leaves nothing behind):
+load the configuration and the rules (fail fast), render the kernel rules, probe the iptables
+backend (and say which one is in use), start one worker process per queue and wait until each
+has bound its queue, apply the kernel rules atomically, open the control socket.
+
+While running: a worker that dies is logged and restarted, at most `workers.max_restarts`
+times per `workers.restart_window` seconds per queue; past that the gateway stops. While a
+worker is gone, fail_policy open lets the kernel bypass its queue (`--queue-bypass`),
+fail_policy closed drops that queue's packets.
+
+Exit (SIGTERM, SIGINT, error): the kernel rules are removed first (so no packet waits for a
+worker that is going away), then the workers are stopped (SIGTERM, SIGKILL after
+`workers.stop_timeout`), then the control socket is closed. The rule removal runs in a
+`finally`: whatever happened, no rule of ours stays behind. After a crash of the whole
+process (kill -9), `vpatch run --cleanup` removes what it left (all backends).
+
+`--print-rules` prints the rendered ipset/iptables text and exits without touching the kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import VpatchError
+from gateway.firewall.apply import BackendInfo, apply_rules, cleanup_all, probe_backend, remove_rules
+from gateway.firewall.render import QueuePlan, RenderedRules, render
+from gateway.intake.nfqueue import WorkerStats, start_worker
+
+log = logging.getLogger("vpatch.run")
+
+BIND_TIMEOUT = 60.0  # seconds a worker may take to load rules and bind its queue
+SUPERVISE_INTERVAL = 0.2  # seconds between checks of the workers
+
+
+class GatewayError(VpatchError):
+    """The gateway could not start or keep running (names the queue and the cause)."""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the inline gateway (kernel rules, NFQUEUE workers, control socket)",
+        description="Run the inline gateway: install the kernel rules, inspect queued packets "
+        "in one worker per queue, remove the rules on exit.",
+    )
+    p.add_argument("-c", "--config", type=Path, help="gateway configuration (YAML)")
+    p.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="remove every kernel rule, chain and ipset vpatch left behind (after a crash)",
+    )
+    p.add_argument(
+        "--print-rules", action="store_true", help="print the rendered kernel rules and exit"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="vpatch[run] %(levelname)s %(message)s")
+    config = load_config(args.config)
+    if args.cleanup:
+        removed = cleanup_all(config.firewall.chain_prefix)
+        print("vpatch run --cleanup: " + ("; ".join(removed) if removed else "nothing to remove"))
+        return 0
+    rendered = render_config(config)
+    if args.print_rules:
+        sys.stdout.write(rendered.describe())
+        return 0
+    backend = probe_backend(config.firewall.backend)
+    print(f"vpatch run: firewall backend iptables-{backend.name} ({backend.version})", flush=True)
+    return Gateway(config, backend, rendered).serve()
+
+
+def render_config(config: GatewayConfig) -> RenderedRules:
+    """Load the rules (RuleError on any bad rule) and render the kernel rules for them."""
+    from gateway.match.rules import load_rules
+
+    ruleset = load_rules(config.rules)
+    return render(config, QueuePlan.from_rules(ruleset))
+
+
+class _Worker:
+    def __init__(self, queue_num: int) -> None:
+        self.queue_num = queue_num
+        self.stats = WorkerStats()
+        self.proc: multiprocessing.process.BaseProcess | None = None
+        self.restarts: deque[float] = deque()
+        self.total_restarts = 0
+
+
+class Gateway:
+    """The running gateway: workers, kernel rules, control socket."""
+
+    def __init__(self, config: GatewayConfig, backend: BackendInfo, rendered: RenderedRules) -> None:
+        self.config = config
+        self.backend = backend
+        self.rendered = rendered
+        self.workers = [_Worker(q) for q in config.queues.numbers]
+        self.started = time.time()
+        self._stop = False
+        self._control: Any = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        self._stop = True
+
+    def serve(self) -> int:
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        status = 0
+        try:
+            for w in self.workers:
+                self._start(w)
+            self._wait_bound()
+            apply_rules(self.rendered, self.backend)
+            log.info(
+                "kernel rules applied (%s): queues %s, fail policy %s, %d ipset(s)",
+                self.backend.name,
+                ",".join(str(w.queue_num) for w in self.workers),
+                self.config.fail_policy.value,
+                len(self.rendered.sets),
+            )
+            self._start_control()
+            print("vpatch run: ready", flush=True)
+            while not self._stop:
+                time.sleep(SUPERVISE_INTERVAL)
+                self._supervise()
+        except VpatchError as err:
+            log.error("%s", err)
+            status = 2
+        finally:
+            try:
+                removed = remove_rules(self.backend, self.rendered.prefix)
+                log.info("kernel rules removed (%d objects)", len(removed))
+            except VpatchError as err:
+                log.error("removing kernel rules failed: %s", err)
+                status = status or 2
+            self._stop_workers()
+            if self._control is not None:
+                self._control.stop()
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        return status
+
+    def _start(self, w: _Worker) -> None:
+        w.stats.reset()
+        w.proc = start_worker(w.queue_num, self.config, w.stats)
+        log.info("worker for queue %d started (pid %s)", w.queue_num, w.proc.pid)
+
+    def _wait_bound(self) -> None:
+        deadline = time.monotonic() + BIND_TIMEOUT
+        for w in self.workers:
+            while not w.stats.get("bound"):
+                if self._stop:
+                    raise GatewayError("stopped during start-up")
+                assert w.proc is not None
+                if not w.proc.is_alive():
+                    raise GatewayError(
+                        f"worker for queue {w.queue_num} exited during start-up "
+                        f"(exit status {w.proc.exitcode}); see its log above"
+                    )
+                if time.monotonic() > deadline:
+                    raise GatewayError(
+                        f"worker for queue {w.queue_num} did not bind within {BIND_TIMEOUT:.0f}s"
+                    )
+                time.sleep(0.05)
+
+    def _supervise(self) -> None:
+        wc = self.config.workers
+        for w in self.workers:
+            assert w.proc is not None
+            if w.proc.is_alive():
+                continue
+            code = w.proc.exitcode
+            w.proc.join(0)
+            now = time.monotonic()
+            while w.restarts and now - w.restarts[0] > wc.restart_window:
+                w.restarts.popleft()
+            effect = "bypassed by the kernel" if self.config.fail_policy.value == "open" else "dropped"
+            log.error(
+                "worker for queue %d (pid %s) died with exit status %s; its packets are %s "
+                "until it is back",
+                w.queue_num, w.proc.pid, code, effect,
+            )  # fmt: skip
+            if len(w.restarts) >= wc.max_restarts:
+                raise GatewayError(
+                    f"worker for queue {w.queue_num} died {len(w.restarts) + 1} times within "
+                    f"{wc.restart_window:.0f}s (workers.max_restarts = {wc.max_restarts}); giving up"
+                )
+            w.restarts.append(now)
+            w.total_restarts += 1
+            self._start(w)
+
+    def _stop_workers(self) -> None:
+        procs = [w.proc for w in self.workers if w.proc is not None and w.proc.is_alive()]
+        for p in procs:
+            if p.pid is not None:
+                try:
+                    os.kill(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + self.config.workers.stop_timeout
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                log.warning("worker pid %s ignored SIGTERM; killing it", p.pid)
+                p.kill()
+                p.join(2.0)
+
+    # -- control socket -----------------------------------------------------------------------
+
+    def status(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "backend": self.backend.name,
+            "fail_policy": self.config.fail_policy.value,
+            "uptime": time.time() - self.started,
+            "queues": {
+                str(w.queue_num): {
+                    **w.stats.snapshot(),
+                    "alive": bool(w.proc is not None and w.proc.is_alive()),
+                    "restarts": w.total_restarts,
+                }
+                for w in self.workers
+            },
+        }
+
+    def _start_control(self) -> None:
+        from gateway.control.server import ControlServer
+
+        self._control = ControlServer(
+            self.config.control.socket,
+            {"status": self.status, "stats": self.status, "rules": lambda _r: self.rendered.describe()},
+        )
+        self._control.start()
