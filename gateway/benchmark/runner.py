@@ -1,0 +1,329 @@
+"""Run the side-by-side benchmark and render its report (table and JSON).
+
+One run: build a bridge lab (`gateway.lab`, nginx only on the server), start an iperf3 server
+beside nginx, then for each subject (kernel, suricata-default, suricata-tuned, vpatch) start it,
+check one HTTP request gets through, and measure from the client namespace:
+bulk TCP each direction (`iperf3 -c` / `-R`), HTTP requests/s and p50/p99 latency with
+keep-alive and with a new connection per request (`wrk --latency`, `-H "Connection: close"`,
+nginx's 1 KiB /1k.bin), and the CPU seconds of the subject's processes during each measurement
+(/proc/PID/stat utime+stime over the process tree, all threads).
+
+Guarantees: all traffic stays between the lab's client and server (198.18.0.0/15); each subject
+is stopped and its kernel rules removed before the next starts; the lab is torn down in a
+`finally`, also when a subject or measurement fails. A failing measurement is recorded (None and
+an error text) and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.benchmark import BenchError
+from gateway.benchmark.parse import (
+    cpu_seconds_between,
+    cpu_ticks,
+    parse_iperf3,
+    parse_wrk,
+    process_tree,
+)
+from gateway.benchmark.subjects import Subject, make_subjects, suricata_version
+from gateway.errors import VpatchError
+from gateway.lab import LabSpec, lab_down, lab_up
+from gateway.lab import services as lab_services
+from gateway.lab.netns import netns_exec, pid_alive, stop_pids
+
+SUBJECTS = ("kernel", "suricata-default", "suricata-tuned", "vpatch")
+PAGE = "/1k.bin"  # the lab nginx's 1 KiB benchmark file
+# Extra seconds a client tool gets beyond the test duration before it is killed.
+TOOL_GRACE_S = 30.0
+# Pause between measurements so TIME_WAIT/conntrack churn of one does not bleed into the next.
+SETTLE_S = 1.0
+PROBE_TIMEOUT_S = 30.0
+
+# (key, label, unit, higher is better)
+METRICS: tuple[tuple[str, str, str, bool], ...] = (
+    ("bulk_up_gbps", "bulk TCP client->server", "Gbit/s", True),
+    ("bulk_down_gbps", "bulk TCP server->client", "Gbit/s", True),
+    ("http_keepalive_rps", "HTTP keep-alive", "req/s", True),
+    ("http_keepalive_p50_ms", "  latency p50", "ms", False),
+    ("http_keepalive_p99_ms", "  latency p99", "ms", False),
+    ("http_close_rps", "HTTP new conn/request", "req/s", True),
+    ("http_close_p50_ms", "  latency p50", "ms", False),
+    ("http_close_p99_ms", "  latency p99", "ms", False),
+    ("cpu_bulk_up_s", "CPU during bulk up", "s", False),
+    ("cpu_bulk_down_s", "CPU during bulk down", "s", False),
+    ("cpu_http_keepalive_s", "CPU during keep-alive", "s", False),
+    ("cpu_http_close_s", "CPU during new-conn", "s", False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    duration: int = 5
+    subjects: tuple[str, ...] = SUBJECTS
+    skip_suricata_if_missing: bool = False
+    suricata_rules: Path = Path()
+    lab_name: str = "vpbench"
+    connections: int = 32
+    threads: int = 2
+    iperf_port: int = 445
+
+
+@dataclass
+class SubjectResult:
+    name: str
+    info: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def _log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def _client_tool(spec: LabSpec, argv: list[str], duration: int) -> str:
+    proc = netns_exec(spec.client_ns, argv, check=False, timeout=duration + TOOL_GRACE_S)
+    if proc.returncode != 0:
+        raise BenchError(
+            f"{' '.join(argv)!r} exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()}"
+        )
+    return proc.stdout
+
+
+def probe_http(spec: LabSpec, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """One GET of the benchmark page from the client; BenchError if it never succeeds."""
+    url = f"http://{spec.server_addr}{PAGE}"
+    code = (
+        "import sys, urllib.request\n"
+        f"body = urllib.request.urlopen({url!r}, timeout=3).read()\n"
+        "sys.exit(0 if len(body) == 1024 else 3)\n"
+    )
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        proc = netns_exec(spec.client_ns, [sys.executable, "-c", code], check=False, timeout=10)
+        if proc.returncode == 0:
+            return
+        lines = proc.stderr.strip().splitlines()
+        last = lines[-1] if lines else f"exit status {proc.returncode}"
+        time.sleep(0.5)
+    raise BenchError(f"probe GET {url} from {spec.client_ns} failed for {timeout:.0f}s: {last}")
+
+
+def _measure(
+    subject: Subject, result: SubjectResult, cpu_key: str, action: Callable[[], None]
+) -> None:
+    """Run action with the subject's CPU time counted around it; record failures."""
+    roots = subject.inspecting_root_pids()
+    pids = [pid for root in roots for pid in process_tree(root)]
+    before = cpu_ticks(pids)
+    try:
+        action()
+    except VpatchError as err:
+        result.errors.append(f"{cpu_key}: {err}")
+        _log(f"{subject.name}: {cpu_key} failed: {err}")
+    after = cpu_ticks(pids)
+    result.metrics[cpu_key] = cpu_seconds_between(before, after) if roots else None
+    dead = [pid for pid in roots if not pid_alive(pid)]
+    if dead:
+        raise BenchError(f"{subject.name}: inspecting process(es) {dead} died during {cpu_key}")
+    time.sleep(SETTLE_S)
+
+
+def measure_subject(subject: Subject, spec: LabSpec, opts: BenchOptions) -> SubjectResult:
+    result = SubjectResult(subject.name)
+    server = spec.server_addr
+    d = opts.duration
+    m = result.metrics
+
+    def iperf(reverse: bool) -> None:
+        argv = ["iperf3", "-c", server, "-p", str(opts.iperf_port), "-t", str(d), "-J"]
+        if reverse:
+            argv.append("-R")
+        label = f"iperf3 {'-R ' if reverse else ''}via {subject.name}"
+        out = parse_iperf3(_client_tool(spec, argv, d), label)
+        m["bulk_down_gbps" if reverse else "bulk_up_gbps"] = round(out.gbit_per_s, 3)
+
+    def wrk(close: bool) -> None:
+        argv = ["wrk", f"-t{opts.threads}", f"-c{opts.connections}", f"-d{d}s", "--latency"]
+        if close:
+            argv += ["-H", "Connection: close"]
+        argv.append(f"http://{server}{PAGE}")
+        kind = "close" if close else "keepalive"
+        out = parse_wrk(_client_tool(spec, argv, d), f"wrk {kind} via {subject.name}")
+        m[f"http_{kind}_rps"] = round(out.requests_per_s, 1)
+        m[f"http_{kind}_p50_ms"] = round(out.latency_p50_ms, 3)
+        m[f"http_{kind}_p99_ms"] = round(out.latency_p99_ms, 3)
+        if out.errors:
+            result.errors.append(
+                f"wrk {kind}: {out.errors} errors (connect {out.errors_connect}, read "
+                f"{out.errors_read}, write {out.errors_write}, timeout {out.errors_timeout}, "
+                f"non-2xx/3xx {out.non_2xx_3xx})"
+            )
+
+    _measure(subject, result, "cpu_bulk_up_s", lambda: iperf(False))
+    _measure(subject, result, "cpu_bulk_down_s", lambda: iperf(True))
+    _measure(subject, result, "cpu_http_keepalive_s", lambda: wrk(False))
+    _measure(subject, result, "cpu_http_close_s", lambda: wrk(True))
+    return result
+
+
+def _start_iperf_server(spec: LabSpec, port: int) -> int:
+    argv = ["iperf3", "-s", "-B", spec.server_addr, "-p", str(port)]
+    pid = lab_services.start_background(spec, spec.server_ns, "bench-iperf3", argv)
+    deadline = time.monotonic() + 10
+    while port not in lab_services.listening(spec.server_ns)[0]:
+        if not pid_alive(pid) or time.monotonic() > deadline:
+            raise BenchError(f"iperf3 server did not listen on {spec.server_addr}:{port}")
+        time.sleep(0.1)
+    return pid
+
+
+def resolve_subjects(opts: BenchOptions) -> tuple[list[str], list[str]]:
+    """(subjects to run, notes about skipped ones)."""
+    names = list(opts.subjects)
+    notes: list[str] = []
+    if any(n.startswith("suricata") for n in names) and suricata_version() is None:
+        if not opts.skip_suricata_if_missing:
+            raise BenchError(
+                "suricata is not installed (run scripts/install-bench.sh, or pass "
+                "--skip-suricata-if-missing or --only kernel,vpatch)"
+            )
+        names = [n for n in names if not n.startswith("suricata")]
+        notes.append("suricata not installed: Suricata columns skipped")
+    return names, notes
+
+
+def run_bench(opts: BenchOptions) -> dict[str, Any]:
+    """Build the lab, measure every subject, tear the lab down; return the report."""
+    names, notes = resolve_subjects(opts)
+    spec = LabSpec(name=opts.lab_name)
+    started = time.monotonic()
+    results: dict[str, SubjectResult] = {}
+    _log(f"lab {spec.name}: up (bridge mode, nginx on the server)")
+    lab_up(spec, services=False, gateway=False)
+    try:
+        lab_services.start_services(spec, names=("nginx",))
+        iperf_pid = _start_iperf_server(spec, opts.iperf_port)
+        for subject in make_subjects(names, spec, opts.suricata_rules):
+            result = SubjectResult(subject.name)
+            _log(f"{subject.name}: starting")
+            try:
+                subject.start()
+                probe_http(spec)
+                _log(f"{subject.name}: measuring ({opts.duration}s per test)")
+                result = measure_subject(subject, spec, opts)
+            except VpatchError as err:
+                result.errors.append(str(err))
+                _log(f"{subject.name}: {err}")
+            finally:
+                result.info = subject.info()
+                result.errors.extend(subject.stop())
+                netns_exec(spec.gw_ns, ["conntrack", "-F"], check=False)
+            results[subject.name] = result
+            if not pid_alive(iperf_pid):
+                iperf_pid = _start_iperf_server(spec, opts.iperf_port)
+        stop_pids([iperf_pid])
+    finally:
+        _log(f"lab {spec.name}: down")
+        lab_down(spec.name)
+    return build_report(opts, results, notes, time.monotonic() - started)
+
+
+def ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or den == 0:
+        return None
+    return round(num / den, 3)
+
+
+def build_report(
+    opts: BenchOptions, results: dict[str, SubjectResult], notes: list[str], wall: float
+) -> dict[str, Any]:
+    ratios: dict[str, dict[str, float | None]] = {}
+    if "vpatch" in results:
+        vp = results["vpatch"].metrics
+        for other, other_result in results.items():
+            if other == "vpatch":
+                continue
+            ratios[f"vpatch/{other}"] = {
+                key: ratio(vp.get(key), other_result.metrics.get(key)) for key, *_ in METRICS
+            }
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cores": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "suricata": suricata_version(),
+        },
+        "options": {
+            "duration_s": opts.duration,
+            "wrk": {"threads": opts.threads, "connections": opts.connections, "page": PAGE},
+            "iperf3_port": opts.iperf_port,
+            "suricata_rules": str(opts.suricata_rules),
+        },
+        "metrics": [
+            {"key": k, "label": label.strip(), "unit": unit, "higher_is_better": hib}
+            for k, label, unit, hib in METRICS
+        ],
+        "subjects": {
+            name: {"info": r.info, "metrics": r.metrics, "errors": r.errors}
+            for name, r in results.items()
+        },
+        "ratios": ratios,
+        "notes": notes,
+        "wall_seconds": round(wall, 1),
+    }
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "req/s":
+        return f"{value:,.0f}"
+    if unit == "ms":
+        return f"{value:.2f}"
+    return f"{value:.2f}"
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """The report as a Markdown table: one column per subject, then the vpatch ratios."""
+    subjects = list(report["subjects"])
+    ratio_names = list(report["ratios"])
+    header = ["metric", "unit", *subjects, *ratio_names]
+    rows = [header, ["---"] * len(header)]
+    for key, label, unit, _ in METRICS:
+        row = [label.strip() if not label.startswith(" ") else "↳ " + label.strip(), unit]
+        row += [_fmt(report["subjects"][s]["metrics"].get(key), unit) for s in subjects]
+        for r in ratio_names:
+            value = report["ratios"][r].get(key)
+            row.append("-" if value is None else f"{value:.2f}x")
+        rows.append(row)
+    lines = ["| " + " | ".join(row) + " |" for row in rows]
+    m = report["machine"]
+    lines.append("")
+    lines.append(
+        f"{report['date']}, {m['cores']} cores, kernel {m['kernel']}, Suricata "
+        f"{m['suricata'] or 'n/a'}, {report['options']['duration_s']} s per test, wall time "
+        f"{report['wall_seconds']} s"
+    )
+    for name in subjects:
+        for err in report["subjects"][name]["errors"]:
+            lines.append(f"! {name}: {err}")
+    for note in report["notes"]:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
