@@ -1,0 +1,212 @@
+"""Tests for gateway/flow/table.py: orientation, counting, expiry and eviction on a fake clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.decode.packet import (
+    PROTO_ICMP,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_PSH,
+    TCP_RST,
+    TCP_SYN,
+    DecodeError,
+    Packet,
+    parse_frame,
+)
+from gateway.flow.table import FLOW_ID_BITS, Direction, Flow, FlowKey, FlowTable
+from gateway.intake.pcap import read_capture
+
+C = "198.18.0.10"
+S = "198.18.0.20"
+CORPORA = Path(__file__).resolve().parents[3] / "shared" / "corpora"
+
+
+def tcp(src: str, sport: int, dst: str, dport: int, flags: int, payload: bytes = b"") -> Packet:
+    return Packet(4, src, dst, PROTO_TCP, sport, dport, flags, 1, 1, payload)
+
+
+def udp(src: str, sport: int, dst: str, dport: int, payload: bytes = b"") -> Packet:
+    return Packet(4, src, dst, PROTO_UDP, sport, dport, 0, 0, 0, payload)
+
+
+def icmp(src: str, dst: str, itype: int, ident: int) -> Packet:
+    body = ident.to_bytes(2, "big") + b"\x00\x01ping"
+    return Packet(4, src, dst, PROTO_ICMP, 0, 0, 0, 0, 0, body, itype, 0)
+
+
+def table(**kw: object) -> tuple[FlowTable, list[Flow]]:
+    gone: list[Flow] = []
+    args: dict[str, object] = {"max_flows": 100, "tcp_idle": 600.0, "udp_idle": 60.0}
+    args.update(kw)
+    return FlowTable(on_evict=gone.append, salt=12345, **args), gone  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("first", "client", "client_port", "direction"),
+    [
+        (tcp(C, 40000, S, 80, TCP_SYN), C, 40000, Direction.TO_SERVER),
+        (tcp(S, 80, C, 40000, TCP_SYN | TCP_ACK), C, 40000, Direction.TO_CLIENT),
+        (tcp(C, 40000, S, 80, TCP_ACK | TCP_PSH), C, 40000, Direction.TO_SERVER),  # mid-stream
+        (tcp(S, 80, C, 40000, TCP_ACK), C, 40000, Direction.TO_CLIENT),  # mid-stream, reply first
+        (tcp(C, 80, S, 40000, TCP_SYN), C, 80, Direction.TO_SERVER),  # SYN beats port order
+        (udp(C, 5353, S, 53), C, 5353, Direction.TO_SERVER),
+        (udp(S, 53, C, 5353), C, 5353, Direction.TO_CLIENT),
+        (icmp(C, S, 8, 77), C, 77, Direction.TO_SERVER),  # echo request: sender is client
+        (icmp(S, C, 0, 77), C, 77, Direction.TO_CLIENT),  # echo reply: receiver is client
+    ],
+)
+def test_who_is_the_client(
+    first: Packet, client: str, client_port: int, direction: Direction
+) -> None:
+    ft, _ = table()
+    flow, d = ft.lookup(first, 0.0)
+    assert (flow.key.client, flow.key.client_port) == (client, client_port)
+    assert d is direction
+
+
+def test_both_directions_share_one_flow_and_are_counted() -> None:
+    ft, _ = table()
+    f1, d1 = ft.lookup(tcp(C, 40000, S, 80, TCP_SYN), 1.0)
+    f2, d2 = ft.lookup(tcp(S, 80, C, 40000, TCP_SYN | TCP_ACK), 1.1)
+    f3, d3 = ft.lookup(tcp(C, 40000, S, 80, TCP_ACK | TCP_PSH, b"GET /"), 1.2)
+    assert f1 is f2 is f3
+    assert (d1, d2, d3) == (Direction.TO_SERVER, Direction.TO_CLIENT, Direction.TO_SERVER)
+    assert (f1.pkts_to_server, f1.pkts_to_client) == (2, 1)
+    assert (f1.bytes_to_server, f1.bytes_to_client) == (5, 0)
+    assert (f1.first_seen, f1.last_seen) == (1.0, 1.2)
+    assert f1.key == FlowKey(PROTO_TCP, C, 40000, S, 80)
+    assert ft.get(f1.key) is f1
+    assert len(ft) == 1
+
+
+def test_flow_ids_unique_stable_and_52_bit() -> None:
+    ft, _ = table(max_flows=5000)
+    ids = set()
+    for port in range(1024, 1024 + 3000):
+        flow, _ = ft.lookup(udp(C, port, S, 53), 0.0)
+        assert 0 <= flow.flow_id < 2**FLOW_ID_BITS
+        ids.add(flow.flow_id)
+        again, _ = ft.lookup(udp(S, 53, C, port), 0.0)
+        assert again.flow_id == flow.flow_id
+    assert len(ids) == 3000
+    first = [
+        FlowTable(10, 600, 60, salt=salt).lookup(udp(C, 1, S, 2), 0.0)[0].flow_id for salt in (1, 2)
+    ]
+    assert first[0] != first[1]  # the salt changes the id sequence
+
+
+def test_idle_expiry_per_protocol_with_fake_clock() -> None:
+    ft, gone = table(tcp_idle=100.0, udp_idle=10.0, tcp_closed_idle=5.0)
+    t_open, _ = ft.lookup(tcp(C, 40000, S, 80, TCP_SYN), 0.0)
+    t_closed, _ = ft.lookup(tcp(C, 40001, S, 80, TCP_SYN), 0.0)
+    u, _ = ft.lookup(udp(C, 5353, S, 53), 0.0)
+    ft.lookup(tcp(C, 40001, S, 80, TCP_FIN | TCP_ACK), 1.0)
+    assert not t_closed.closed
+    ft.lookup(tcp(S, 80, C, 40001, TCP_FIN | TCP_ACK), 1.0)
+    assert t_closed.closed
+
+    assert ft.expire(5.9) == []
+    assert ft.expire(6.0) == [t_closed]  # closed: 5 s after its last packet
+    assert ft.expire(9.9) == []
+    assert ft.expire(10.0) == [u]
+    assert ft.expire(99.9) == []
+    assert ft.expire(100.0) == [t_open]
+    assert gone == [t_closed, u, t_open]  # on_evict saw every one, once
+    assert len(ft) == 0 and ft.expired == 3
+
+
+def test_activity_postpones_expiry() -> None:
+    ft, _ = table(udp_idle=10.0)
+    u, _ = ft.lookup(udp(C, 5353, S, 53), 0.0)
+    ft.lookup(udp(S, 53, C, 5353), 8.0)
+    assert ft.expire(15.0) == []
+    assert ft.expire(18.0) == [u]
+
+
+def test_rst_closes_immediately() -> None:
+    ft, _ = table(tcp_closed_idle=2.0)
+    f, _ = ft.lookup(tcp(C, 40000, S, 80, TCP_ACK), 0.0)
+    ft.lookup(tcp(S, 80, C, 40000, TCP_RST), 1.0)
+    assert f.closed and f.rst
+    assert ft.expire(3.0) == [f]
+
+
+def test_lru_eviction_when_full() -> None:
+    ft, gone = table(max_flows=3)
+    a, _ = ft.lookup(udp(C, 1001, S, 53), 1.0)
+    b, _ = ft.lookup(tcp(C, 1002, S, 80, TCP_SYN), 2.0)
+    c, _ = ft.lookup(udp(C, 1003, S, 53), 3.0)
+    ft.lookup(udp(S, 53, C, 1001), 4.0)  # a is now the most recent
+    d, _ = ft.lookup(udp(C, 1004, S, 53), 5.0)  # evicts b, the least recently seen
+    assert gone == [b]
+    assert len(ft) == 3 and ft.evicted == 1
+    e, _ = ft.lookup(tcp(C, 1005, S, 80, TCP_SYN), 6.0)  # evicts c
+    assert gone == [b, c]
+    assert {f.key for f in ft} == {a.key, d.key, e.key}
+    assert ft.get(a.key) is a and ft.get(c.key) is None
+
+
+def test_new_syn_on_closed_flow_starts_a_new_flow() -> None:
+    ft, gone = table()
+    old, _ = ft.lookup(tcp(C, 40000, S, 80, TCP_SYN), 0.0)
+    ft.lookup(tcp(C, 40000, S, 80, TCP_RST), 1.0)
+    new, d = ft.lookup(tcp(C, 40000, S, 80, TCP_SYN), 2.0)
+    assert new is not old and new.flow_id != old.flow_id
+    assert gone == [old]
+    assert d is Direction.TO_SERVER and new.pkts_to_server == 1
+    assert len(ft) == 1
+
+
+def test_icmp_echo_keyed_on_identifier() -> None:
+    ft, _ = table()
+    a, _ = ft.lookup(icmp(C, S, 8, 1), 0.0)
+    b, _ = ft.lookup(icmp(C, S, 8, 2), 0.0)
+    a2, d = ft.lookup(icmp(S, C, 0, 1), 0.1)
+    assert a is not b and a2 is a and d is Direction.TO_CLIENT
+
+
+def test_stream_reassemblers_created_for_tcp_only() -> None:
+    ft, _ = table(stream_depth={Direction.TO_SERVER: 100, Direction.TO_CLIENT: 0}, max_pending=50)
+    t, _ = ft.lookup(tcp(C, 40000, S, 80, TCP_SYN), 0.0)
+    u, _ = ft.lookup(udp(C, 5353, S, 53), 0.0)
+    assert set(t.streams) == {Direction.TO_SERVER, Direction.TO_CLIENT}
+    assert t.streams[Direction.TO_SERVER].max_depth == 100
+    assert t.streams[Direction.TO_SERVER].max_pending == 50
+    assert t.streams[Direction.TO_CLIENT].depth_reached
+    assert u.streams == {}
+    plain, _ = table()
+    t2, _ = plain.lookup(tcp(C, 40000, S, 80, TCP_SYN), 0.0)
+    assert t2.streams == {}
+
+
+def test_invalid_bounds_rejected() -> None:
+    with pytest.raises(ValueError, match="max_flows must be >= 1, got 0"):
+        FlowTable(0, 600, 60)
+    with pytest.raises(ValueError, match="udp_idle"):
+        FlowTable(10, 600, 0)
+
+
+def test_corpus_capture_flows_are_consistent() -> None:
+    path = CORPORA / "attacks" / "eternalblue-success-unpatched-win7.pcap"
+    if not path.exists():
+        pytest.skip(f"corpus file {path} missing")
+    ft, gone = table(max_flows=10_000)
+    packets = 0
+    for rec in read_capture(path):
+        try:
+            pkt = parse_frame(rec.data, rec.linktype)
+        except DecodeError:
+            continue
+        flow, d = ft.lookup(pkt, rec.timestamp)
+        packets += 1
+        if pkt.proto == PROTO_TCP and pkt.dport == 445:
+            assert d is Direction.TO_SERVER and flow.key.server_port == 445
+    counted = sum(f.pkts_to_server + f.pkts_to_client for f in ft)
+    assert counted == packets
+    assert gone == []
