@@ -1,0 +1,441 @@
+"""The inspection engine: decode -> flow -> reassembly -> match -> Decision (sans-I/O).
+
+What it does: `Engine(ruleset, config)` owns a FlowTable, one StreamReassembler and one
+Hyperscan stream per inspected TCP flow direction, and a Matcher. For each packet
+(`process_ip` for raw datagrams from NFQUEUE, `process_frame` for capture frames, `process`
+for a decoded Packet) it returns a `Decision` (gateway.verdict). The clock is passed in (`now`),
+so replaying a capture uses the capture's timestamps.
+
+Pipeline and policy:
+- Only TCP and UDP are inspected; other protocols and non-first IP fragments are accepted
+  (the live path sees reassembled datagrams: conntrack defragments before NFQUEUE).
+- A flow is inspected in a direction only when a rule covers (protocol, server port, direction)
+  and that direction's stream depth (`EngineConfig.depth_to_server` / `depth_to_client`) is
+  not 0. TCP bytes go through first-wins reassembly (gateway.flow.reassembly) and only the
+  newly contiguous bytes are scanned, in Hyperscan stream mode, so a pattern split over any
+  number of segments, or sent out of order, is found. UDP datagrams are scanned one by one
+  (block mode) until the direction's depth in bytes is used up.
+- Out-of-order data: the packet that makes the matching bytes contiguous (the gap filler) is
+  the one blocked. Inline, the receiver cannot deliver data past a gap either, so blocking the
+  gap filler stops the attack.
+- Rule actions: ALERT -> an event, the packet passes (Decision ALERT). DROP / RESET -> an event
+  and the flow is blocked: this and every later packet of the flow, in both directions, get
+  the same action (RESET wins over DROP when both fire). Each rule raises at most one event per
+  flow.
+- `Decision.final` is True once nothing more can be learnt from the flow: no rule covers it, or
+  every inspected direction reached its depth. A blocked flow is never final (the kernel must
+  keep queueing it so its packets keep being dropped).
+- Per-flow Hyperscan streams are closed when a direction reaches depth, when the flow is
+  blocked, and when it leaves the flow table (expiry, eviction, port reuse).
+
+What it guarantees:
+- `process`, `process_ip` and `process_frame` never raise. An exception inside is counted in
+  `stats.internal_errors`; an undecodable datagram in `stats.decode_errors`; both get the
+  fail policy's decision: ACCEPT when `config.fail_open`, else DROP. Frames that carry no IP
+  (ARP...) are counted in `stats.unsupported_frames` and accepted.
+- Memory is bounded by `EngineConfig`: max_flows flows (LRU eviction), max_pending out-of-order
+  bytes and depth bytes per direction; idle flows are expired from within `process` at most
+  every `EXPIRE_INTERVAL` seconds of packet time (and by `expire(now)`).
+- Changing rules: `swap_rules(ruleset)` builds a new Matcher beside the old one and swaps it in;
+  new flows use the new rules, flows already inspected finish with the old ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from gateway.decode.packet import (
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_SYN,
+    DecodeError,
+    Packet,
+    UnsupportedFrame,
+    parse_frame,
+    parse_ip,
+)
+from gateway.events.eve import Event
+from gateway.flow.reassembly import StreamReassembler
+from gateway.flow.table import DEFAULT_TCP_CLOSED_IDLE, Direction, Flow, FlowTable
+from gateway.match.matcher import (
+    DIRECTION_NAMES,
+    NO_RULES,
+    TO_CLIENT,
+    TO_SERVER,
+    Matcher,
+    MatchGroup,
+    StreamState,
+)
+from gateway.match.rules import Rule, RuleSet
+from gateway.verdict import Action, Decision
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+
+__all__ = ["EXPIRE_INTERVAL", "Engine", "EngineConfig", "EngineStats"]
+
+EXPIRE_INTERVAL: Final = 1.0  # seconds of packet time between idle-flow sweeps
+
+_ACCEPT: Final = Decision(Action.ACCEPT)
+_ACCEPT_FINAL: Final = Decision(Action.ACCEPT, final=True)
+_BLOCKED: Final = {Action.DROP: Decision(Action.DROP), Action.RESET: Decision(Action.RESET)}
+_FAIL_OPEN: Final = Decision(Action.ACCEPT)
+_FAIL_CLOSED: Final = Decision(Action.DROP)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Every bound of the engine, with its default.
+
+    depth_to_server: bytes of each client->server stream inspected (1 MiB: far beyond where
+        the exploits of the target vulnerabilities sit, small enough that a bulk transfer
+        stops costing CPU quickly). 0: never inspect that direction.
+    depth_to_client: bytes of each server->client stream inspected, used only where a rule
+        looks at responses (64 KiB: response headers and first records).
+    max_pending: out-of-order bytes held per direction before a gap is skipped.
+    """
+
+    max_flows: int = 65536
+    tcp_idle: float = 600.0
+    udp_idle: float = 60.0
+    tcp_closed_idle: float = DEFAULT_TCP_CLOSED_IDLE
+    depth_to_server: int = 1 << 20
+    depth_to_client: int = 64 << 10
+    max_pending: int = 262144
+    fail_open: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_flows", "depth_to_server", "depth_to_client", "max_pending"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (1 if name == "max_flows" else 0):
+                raise ValueError(f"EngineConfig.{name} out of range: {value!r}")
+        for name in ("tcp_idle", "udp_idle", "tcp_closed_idle"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"EngineConfig.{name} must be > 0: {getattr(self, name)!r}")
+
+    @classmethod
+    def from_gateway(cls, config: GatewayConfig) -> EngineConfig:
+        """The engine bounds from a loaded gateway configuration (gateway.config)."""
+        from gateway.config import FailPolicy
+
+        return cls(
+            max_flows=config.engine.max_flows,
+            tcp_idle=config.engine.tcp_idle,
+            udp_idle=config.engine.udp_idle,
+            depth_to_server=config.stream_depth.to_server,
+            depth_to_client=config.stream_depth.to_client,
+            max_pending=config.engine.max_pending,
+            fail_open=config.fail_policy is FailPolicy.OPEN,
+        )
+
+
+class EngineStats:
+    """Counters of one engine (one worker). Plain ints; read them any time."""
+
+    __slots__ = (
+        "_engine",
+        "_table",
+        "blocked_packets",
+        "bytes",
+        "decode_errors",
+        "events",
+        "flows_blocked",
+        "flows_final",
+        "flows_inspected",
+        "fragments",
+        "internal_errors",
+        "not_inspected",
+        "packets",
+        "unsupported_frames",
+    )
+
+    def __init__(self, table: FlowTable, engine: Engine) -> None:
+        self.packets = 0  # packets given to process*
+        self.bytes = 0  # L4 payload bytes of decoded packets
+        self.decode_errors = 0  # datagrams that did not decode
+        self.unsupported_frames = 0  # frames carrying no IP (ARP, STP...)
+        self.internal_errors = 0  # exceptions caught on the packet path (bugs)
+        self.not_inspected = 0  # packets of protocols no rule can cover (ICMP...)
+        self.fragments = 0  # non-first IP fragments (accepted uninspected)
+        self.flows_inspected = 0  # flows some rule covers
+        self.flows_final = 0  # flows that reached "final"
+        self.flows_blocked = 0
+        self.blocked_packets = 0  # packets dropped/reset
+        self.events = 0
+        self._table = table
+        self._engine = engine
+
+    @property
+    def flows_active(self) -> int:
+        return len(self._table)
+
+    @property
+    def streams_open(self) -> int:
+        return self._engine.matcher.streams_open
+
+    def as_dict(self) -> dict[str, int]:
+        out = {name: getattr(self, name) for name in self.__slots__ if not name.startswith("_")}
+        out["flows_active"] = self.flows_active
+        out["streams_open"] = self.streams_open
+        return out
+
+
+class _Inspection:
+    """Per-flow engine state (Flow.inspection)."""
+
+    __slots__ = ("active", "fired", "groups", "matcher", "reasm", "states")
+
+    def __init__(self, matcher: Matcher) -> None:
+        self.matcher = matcher
+        self.groups: list[MatchGroup | None] = [None, None]
+        self.states: list[StreamState | None] = [None, None]
+        self.reasm: list[StreamReassembler | None] = [None, None]
+        self.active = [False, False]
+        self.fired: set[int] = set()
+
+    def close(self, d: int) -> None:
+        self.active[d] = False
+        state = self.states[d]
+        if state is not None:
+            self.states[d] = None
+            state.matcher.close_stream(state)
+
+    def close_all(self) -> None:
+        self.close(TO_SERVER)
+        self.close(TO_CLIENT)
+
+
+class Engine:
+    """One inspection pipeline (one per worker process; not thread-safe)."""
+
+    def __init__(
+        self, ruleset: RuleSet, config: EngineConfig | None = None, matcher: Matcher | None = None
+    ) -> None:
+        self.config = config if config is not None else EngineConfig()
+        self.ruleset = ruleset
+        self.matcher = (
+            matcher if matcher is not None and matcher.ruleset is ruleset else Matcher(ruleset)
+        )
+        self.table = FlowTable(
+            self.config.max_flows,
+            self.config.tcp_idle,
+            self.config.udp_idle,
+            tcp_closed_idle=self.config.tcp_closed_idle,
+            on_evict=self._release,
+        )
+        self.stats = EngineStats(self.table, self)
+        self._depth = (self.config.depth_to_server, self.config.depth_to_client)
+        self._fail = _FAIL_OPEN if self.config.fail_open else _FAIL_CLOSED
+        self._next_expire: float | None = None
+
+    # ----------------------------------------------------------------- entry points
+
+    def process_ip(self, data: bytes, now: float) -> Decision:
+        """A raw IPv4/IPv6 datagram (NFQUEUE). Never raises."""
+        try:
+            pkt = parse_ip(data)
+        except DecodeError:
+            self.stats.packets += 1
+            self.stats.decode_errors += 1
+            return self._fail
+        except Exception:  # noqa: BLE001 (the packet path never raises; counted)
+            self.stats.packets += 1
+            self.stats.internal_errors += 1
+            return self._fail
+        return self.process(pkt, now)
+
+    def process_frame(self, data: bytes, linktype: int, now: float) -> Decision:
+        """A captured frame of a pcap link type. Never raises."""
+        try:
+            pkt = parse_frame(data, linktype)
+        except UnsupportedFrame:
+            self.stats.packets += 1
+            self.stats.unsupported_frames += 1
+            return _ACCEPT_FINAL
+        except DecodeError:
+            self.stats.packets += 1
+            self.stats.decode_errors += 1
+            return self._fail
+        except Exception:  # noqa: BLE001 (the packet path never raises; counted)
+            self.stats.packets += 1
+            self.stats.internal_errors += 1
+            return self._fail
+        return self.process(pkt, now)
+
+    def process(self, pkt: Packet, now: float) -> Decision:
+        """A decoded packet. Never raises."""
+        try:
+            return self._process(pkt, now)
+        except Exception:  # noqa: BLE001 (the packet path never raises; counted)
+            self.stats.internal_errors += 1
+            return self._fail
+
+    def expire(self, now: float) -> None:
+        """Forget flows idle past their timeout (their state is freed by on_evict)."""
+        self.table.expire(now)
+
+    def swap_rules(self, ruleset: RuleSet) -> None:
+        """Build a Matcher for `ruleset` and use it for new flows (raises RuleError if it
+        cannot compile; the old matcher then stays in place)."""
+        matcher = Matcher(ruleset)
+        self.ruleset = ruleset
+        self.matcher = matcher
+
+    # ----------------------------------------------------------------- the pipeline
+
+    def _process(self, pkt: Packet, now: float) -> Decision:
+        stats = self.stats
+        stats.packets += 1
+        payload = pkt.payload
+        stats.bytes += len(payload)
+        proto = pkt.proto
+        if proto != PROTO_TCP and proto != PROTO_UDP:
+            stats.not_inspected += 1
+            return _ACCEPT_FINAL
+        if pkt.fragment:
+            stats.fragments += 1
+            return _ACCEPT
+        if (
+            self._next_expire is None
+            or now >= self._next_expire
+            or now < self._next_expire - 2 * EXPIRE_INTERVAL
+        ):
+            self._next_expire = now + EXPIRE_INTERVAL
+            self.table.expire(now)
+        flow, direction = self.table.lookup(pkt, now)
+        blocked = flow.blocked
+        if blocked is not None:
+            stats.blocked_packets += 1
+            return _BLOCKED[blocked]
+        if flow.final:
+            return _ACCEPT_FINAL
+        insp = flow.inspection
+        if insp is None:
+            insp = self._start(flow)
+            if insp is None:
+                return _ACCEPT_FINAL
+        assert isinstance(insp, _Inspection)
+        d = TO_SERVER if direction is Direction.TO_SERVER else TO_CLIENT
+        if not insp.active[d]:
+            return _ACCEPT
+        if proto == PROTO_TCP:
+            syn = pkt.flags & TCP_SYN
+            if not payload and not syn:
+                return _ACCEPT
+            reasm = insp.reasm[d]
+            assert reasm is not None
+            data = reasm.receive(pkt.seq, payload, bool(syn))
+            fired = NO_RULES
+            if data:
+                state = insp.states[d]
+                assert state is not None
+                fired = state.matcher.scan_stream(state, data)
+            if reasm.depth_reached:
+                self._direction_done(flow, insp, d)
+        else:
+            if not payload:
+                return _ACCEPT
+            group = insp.groups[d]
+            assert group is not None
+            fired = insp.matcher.scan_block(group, payload)
+            seen = flow.bytes_to_server if d == TO_SERVER else flow.bytes_to_client
+            if seen >= self._depth[d]:
+                self._direction_done(flow, insp, d)
+        if fired:
+            return self._fire(flow, insp, pkt, d, fired, now)
+        return _ACCEPT_FINAL if flow.final else _ACCEPT
+
+    def _start(self, flow: Flow) -> _Inspection | None:
+        """Set up inspection of a new flow, or mark it final when nothing covers it."""
+        key = flow.key
+        matcher = self.matcher
+        if not matcher.covers(key.proto, key.server_port):
+            flow.final = True
+            self.stats.flows_final += 1
+            return None
+        insp = _Inspection(matcher)
+        for d in (TO_SERVER, TO_CLIENT):
+            depth = self._depth[d]
+            group = matcher.group(key.proto, d, key.server_port)
+            if group is None or depth == 0:
+                continue
+            insp.groups[d] = group
+            insp.active[d] = True
+            if key.proto == PROTO_TCP:
+                reasm = StreamReassembler(depth, self.config.max_pending)
+                insp.reasm[d] = reasm
+                flow.streams[Direction.TO_SERVER if d == TO_SERVER else Direction.TO_CLIENT] = reasm
+                insp.states[d] = matcher.open_stream(group)
+        if not (insp.active[TO_SERVER] or insp.active[TO_CLIENT]):
+            flow.final = True
+            self.stats.flows_final += 1
+            return None
+        flow.inspection = insp
+        self.stats.flows_inspected += 1
+        return insp
+
+    def _direction_done(self, flow: Flow, insp: _Inspection, d: int) -> None:
+        insp.close(d)
+        if not (insp.active[TO_SERVER] or insp.active[TO_CLIENT]) and flow.blocked is None:
+            flow.final = True
+            self.stats.flows_final += 1
+
+    def _fire(
+        self,
+        flow: Flow,
+        insp: _Inspection,
+        pkt: Packet,
+        d: int,
+        fired: tuple[Rule, ...],
+        now: float,
+    ) -> Decision:
+        block: Action | None = None
+        events: list[Event] = []
+        key = flow.key
+        for rule in fired:
+            if rule.id in insp.fired:
+                continue
+            insp.fired.add(rule.id)
+            action = rule.action
+            if action is Action.RESET or (action is Action.DROP and block is None):
+                block = action
+            events.append(
+                Event(
+                    timestamp=now,
+                    flow_id=flow.flow_id,
+                    src_ip=pkt.src,
+                    src_port=pkt.sport,
+                    dest_ip=pkt.dst,
+                    dest_port=pkt.dport,
+                    proto=pkt.proto,
+                    server_port=key.server_port,
+                    direction=DIRECTION_NAMES[d],
+                    signature_id=rule.id,
+                    signature=rule.title,
+                    severity=rule.severity,
+                    cves=rule.cves,
+                    rule_action=action,
+                    blocked=action.blocks,
+                )
+            )
+        self.stats.events += len(events)
+        if block is not None:
+            flow.blocked = block
+            flow.final = False
+            insp.close_all()
+            self.stats.flows_blocked += 1
+            self.stats.blocked_packets += 1
+            return Decision(block, False, tuple(events))
+        if not events:
+            return _ACCEPT_FINAL if flow.final else _ACCEPT
+        return Decision(Action.ALERT, flow.final, tuple(events))
+
+    def _release(self, flow: Flow) -> None:
+        """FlowTable.on_evict: free the flow's Hyperscan streams and reassembly buffers."""
+        insp = flow.inspection
+        if isinstance(insp, _Inspection):
+            insp.close_all()
+            insp.reasm[TO_SERVER] = insp.reasm[TO_CLIENT] = None
+        flow.inspection = None
+        flow.streams.clear()

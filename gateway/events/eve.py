@@ -1,0 +1,126 @@
+"""Events: the record the engine raises when a rule fires, and its EVE JSON form.
+
+What it does: `Event` is the frozen record the packet path creates (cheap: no formatting);
+`to_eve(event)` turns it into a dict with Suricata EVE field names (DESIGN.md "Events",
+docs/architecture.md "events/eve.py") so EVE consumers (jq, Elastic, Splunk, Wazuh) need
+nothing new; `to_json(event)` gives the one-line JSON text.
+
+What it guarantees:
+- `to_eve` output is always JSON-serialisable: only str, int, float, bool, None, lists and dicts;
+  non-finite timestamps are clamped to the epoch, never raising.
+- `timestamp` is ISO 8601 in UTC with microseconds and an explicit offset
+  (`2017-04-16T15:13:50.316645+00:00`); `flow_id` is the flow table's 52-bit id.
+- `event_type` is "alert"; `alert.action` is "blocked" when the packet was dropped/reset and
+  "allowed" when the rule only alerts; `vpatch.rule_action` keeps the rule's own action.
+- `alert.severity` follows Suricata (1 = most severe): critical/high -> 1, medium -> 2, low -> 3.
+- `app_proto` is a best guess from the server port (smb, http, dns, tls, rdp, dcerpc, ...),
+  "failed" when the port says nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from gateway.verdict import Action
+
+__all__ = [
+    "EVENT_CATEGORY",
+    "SEVERITY_NUMBERS",
+    "Event",
+    "app_proto_for_port",
+    "format_timestamp",
+    "to_eve",
+    "to_json",
+]
+
+SEVERITY_NUMBERS: Final = {"critical": 1, "high": 1, "medium": 2, "low": 3}
+EVENT_CATEGORY: Final = "Attempted exploitation of a known vulnerability (virtual patch)"
+_PROTO_NAMES: Final = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "IPv6-ICMP"}
+_APP_PROTO_BY_PORT: Final = {
+    80: "http",
+    8080: "http",
+    8000: "http",
+    8008: "http",
+    443: "tls",
+    8443: "tls",
+    139: "smb",
+    445: "smb",
+    53: "dns",
+    3389: "rdp",
+    135: "dcerpc",
+    593: "dcerpc",
+    1433: "tds",
+    1434: "mssql",
+    21: "ftp",
+    25: "smtp",
+    389: "ldap",
+}
+
+
+def app_proto_for_port(port: int) -> str:
+    """Best-guess application protocol for a server port ("failed" when unknown)."""
+    return _APP_PROTO_BY_PORT.get(port, "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One rule firing on one packet. Addresses are the packet's (src -> dest)."""
+
+    timestamp: float  # seconds since the epoch (capture time or wall clock)
+    flow_id: int
+    src_ip: str
+    src_port: int
+    dest_ip: str
+    dest_port: int
+    proto: int  # IP protocol number
+    server_port: int  # the flow's server port (for app_proto)
+    direction: str  # "to_server" | "to_client"
+    signature_id: int
+    signature: str
+    severity: str  # rule severity name: low | medium | high | critical
+    cves: tuple[str, ...]
+    rule_action: Action  # the rule's action
+    blocked: bool  # the packet was dropped / reset
+
+
+def format_timestamp(ts: float) -> str:
+    """ISO 8601, UTC, microseconds, explicit +00:00 offset."""
+    if not math.isfinite(ts) or ts < 0 or ts > 253402300799:
+        ts = 0.0
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="microseconds")
+
+
+def to_eve(event: Event) -> dict[str, Any]:
+    """The EVE JSON object for an event (a fresh dict of JSON-safe values)."""
+    return {
+        "timestamp": format_timestamp(event.timestamp),
+        "flow_id": int(event.flow_id),
+        "event_type": "alert",
+        "src_ip": str(event.src_ip),
+        "src_port": int(event.src_port),
+        "dest_ip": str(event.dest_ip),
+        "dest_port": int(event.dest_port),
+        "proto": _PROTO_NAMES.get(event.proto, str(event.proto)),
+        "app_proto": app_proto_for_port(event.server_port),
+        "direction": "to_server" if event.direction == "to_server" else "to_client",
+        "alert": {
+            "action": "blocked" if event.blocked else "allowed",
+            "gid": 1,
+            "signature_id": int(event.signature_id),
+            "rev": 1,
+            "signature": str(event.signature),
+            "category": EVENT_CATEGORY,
+            "severity": SEVERITY_NUMBERS.get(event.severity, 2),
+            "metadata": {"cve": [str(c) for c in event.cves]},
+        },
+        "vpatch": {"rule_action": event.rule_action.value, "severity": str(event.severity)},
+    }
+
+
+def to_json(event: Event) -> str:
+    """One line of EVE JSON (no newline)."""
+    return json.dumps(to_eve(event), ensure_ascii=True, separators=(",", ":"), allow_nan=False)

@@ -1,0 +1,234 @@
+"""Event sink: a background writer that stores events in SQLite (WAL) and EVE JSON lines.
+
+What it does: `EventSink(db_path, jsonl_path, max_queue)` starts one writer thread. The packet
+path calls `emit(event)`, which only puts the record on a bounded `queue.Queue`; the writer
+turns events into EVE JSON (`gateway.events.eve.to_eve`) and writes them in batches: one SQLite
+transaction and one JSON-lines flush per batch (at most `MAX_BATCH` events, or what arrived
+within `BATCH_WAIT` seconds).
+
+What it guarantees:
+- `emit()` never blocks and never raises: when the queue is full the event is dropped and
+  counted in `dropped`.
+- Every event accepted by `emit()` before `close()` is written when `close()` returns (unless
+  the disk fails: write failures are counted in `write_errors` and the writer keeps going).
+- The SQLite file is in WAL mode, so readers (the admin UI, a test) can read while the writer
+  writes. Schema (table `events`; indexed columns for the UI's filters, plus the full EVE JSON):
+      id INTEGER PRIMARY KEY, timestamp TEXT (ISO 8601 UTC, sorts as time), flow_id INTEGER,
+      event_type TEXT, signature_id INTEGER, signature TEXT, action TEXT ("allowed"|"blocked"),
+      rule_action TEXT, severity INTEGER, src_ip TEXT, src_port INTEGER, dest_ip TEXT,
+      dest_port INTEGER, proto TEXT, app_proto TEXT, cves TEXT (",CVE-A,CVE-B," so
+      `cves LIKE '%,CVE-2017-0144,%'` finds one), eve TEXT (the EVE JSON object)
+- The database (and its directory) is created and checked in the constructor, so a bad path
+  fails at start-up with a ConfigError naming it, not later in the thread.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sqlite3
+import threading
+from pathlib import Path
+from typing import IO, Any, Final, Self
+
+from gateway.errors import ConfigError
+from gateway.events.eve import Event, to_eve
+
+__all__ = ["BATCH_WAIT", "DEFAULT_MAX_QUEUE", "MAX_BATCH", "SCHEMA", "EventSink"]
+
+DEFAULT_MAX_QUEUE: Final = 10000  # events held for the writer (config events.max_queue)
+MAX_BATCH: Final = 500  # events per SQLite transaction / JSONL flush
+BATCH_WAIT: Final = 0.2  # seconds the writer waits to fill a batch
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    timestamp TEXT NOT NULL,
+    flow_id INTEGER,
+    event_type TEXT NOT NULL,
+    signature_id INTEGER,
+    signature TEXT,
+    action TEXT,
+    rule_action TEXT,
+    severity INTEGER,
+    src_ip TEXT,
+    src_port INTEGER,
+    dest_ip TEXT,
+    dest_port INTEGER,
+    proto TEXT,
+    app_proto TEXT,
+    cves TEXT,
+    eve TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_timestamp ON events(timestamp);
+CREATE INDEX IF NOT EXISTS events_flow_id ON events(flow_id);
+CREATE INDEX IF NOT EXISTS events_signature_id ON events(signature_id);
+CREATE INDEX IF NOT EXISTS events_action ON events(action);
+CREATE INDEX IF NOT EXISTS events_src ON events(src_ip, src_port);
+CREATE INDEX IF NOT EXISTS events_dest ON events(dest_ip, dest_port);
+CREATE INDEX IF NOT EXISTS events_cves ON events(cves);
+"""
+
+_INSERT: Final = (
+    "INSERT INTO events (timestamp, flow_id, event_type, signature_id, signature, action,"
+    " rule_action, severity, src_ip, src_port, dest_ip, dest_port, proto, app_proto, cves, eve)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_STOP: Final = object()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def _row(eve: dict[str, Any], text: str) -> tuple[Any, ...]:
+    alert = eve["alert"]
+    cves = alert["metadata"]["cve"]
+    return (
+        eve["timestamp"],
+        eve["flow_id"],
+        eve["event_type"],
+        alert["signature_id"],
+        alert["signature"],
+        alert["action"],
+        eve["vpatch"]["rule_action"],
+        alert["severity"],
+        eve["src_ip"],
+        eve["src_port"],
+        eve["dest_ip"],
+        eve["dest_port"],
+        eve["proto"],
+        eve["app_proto"],
+        "," + ",".join(cves) + "," if cves else "",
+        text,
+    )
+
+
+class EventSink:
+    """Bounded queue + writer thread to SQLite and/or an EVE JSON-lines file."""
+
+    def __init__(
+        self,
+        db_path: Path | str | None,
+        jsonl_path: Path | str | None,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+    ) -> None:
+        if max_queue < 1:
+            raise ConfigError(f"events.max_queue must be >= 1, got {max_queue}")
+        self.db_path = Path(db_path) if db_path is not None else None
+        self.jsonl_path = Path(jsonl_path) if jsonl_path is not None else None
+        self.max_queue = max_queue
+        self.emitted = 0
+        self.written = 0
+        self.dropped = 0
+        self.write_errors = 0
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
+        self._closed = False
+        if self.db_path is not None:
+            try:
+                self.db_path.parent.mkdir(parents=True, exist_ok=True)
+                conn = _connect(self.db_path)
+                conn.executescript(SCHEMA)
+                conn.close()
+            except (OSError, sqlite3.Error) as err:
+                raise ConfigError(f"events.sqlite {self.db_path}: cannot open: {err}") from err
+        self._jsonl: IO[str] | None = None
+        if self.jsonl_path is not None:
+            try:
+                self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+                self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")  # noqa: SIM115
+            except OSError as err:
+                raise ConfigError(f"events.jsonl {self.jsonl_path}: cannot open: {err}") from err
+        self._thread = threading.Thread(target=self._run, name="vpatch-event-sink", daemon=True)
+        self._thread.start()
+
+    def emit(self, event: Event) -> None:
+        """Queue one event for writing; never blocks (drops and counts when full)."""
+        if self._closed:
+            self.dropped += 1
+            return
+        try:
+            self._queue.put_nowait(event)
+            self.emitted += 1
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything queued so far, then stop the writer. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        conn = _connect(self.db_path) if self.db_path is not None else None
+        try:
+            stop = False
+            while not stop:
+                item = self._queue.get()
+                batch: list[Event] = []
+                if item is _STOP:
+                    stop = True
+                else:
+                    batch.append(item)  # type: ignore[arg-type]
+                    while len(batch) < MAX_BATCH:
+                        try:
+                            item = self._queue.get(timeout=BATCH_WAIT)
+                        except queue.Empty:
+                            break
+                        if item is _STOP:
+                            stop = True
+                            break
+                        batch.append(item)  # type: ignore[arg-type]
+                if batch:
+                    self._write(conn, batch)
+        finally:
+            if conn is not None:
+                conn.close()
+            if self._jsonl is not None:
+                self._jsonl.close()
+
+    def _write(self, conn: sqlite3.Connection | None, batch: list[Event]) -> None:
+        rows = []
+        lines = []
+        for event in batch:
+            try:
+                eve = to_eve(event)
+                text = json.dumps(eve, ensure_ascii=True, separators=(",", ":"))
+            except (TypeError, ValueError, KeyError, AttributeError):
+                self.write_errors += 1
+                continue
+            rows.append(_row(eve, text))
+            lines.append(text)
+        ok = True
+        if conn is not None and rows:
+            try:
+                conn.execute("BEGIN")
+                conn.executemany(_INSERT, rows)
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                ok = False
+                self.write_errors += 1
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+        if self._jsonl is not None and lines:
+            try:
+                self._jsonl.write("\n".join(lines) + "\n")
+                self._jsonl.flush()
+            except OSError:
+                ok = False
+                self.write_errors += 1
+        if ok:
+            self.written += len(lines)

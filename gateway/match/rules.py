@@ -1,0 +1,550 @@
+"""Rule files: YAML loading and validation -> Rule, RuleSet.
+
+What it does: reads the minimal rule format of docs/architecture.md ("match/rules.py"): one rule
+per YAML file (a mapping), or several rules in one file as a list under a single top-level key
+`rules:` (used for one vulnerability that needs several signatures). Rule files are `*.yaml` /
+`*.yml`; a directory is searched recursively, in sorted order.
+
+What it guarantees:
+- Nothing is loaded unless every rule in every given path is valid: `load_rules` raises one
+  RuleError listing every problem found, each as `file:line: reason` (line numbers come from the
+  YAML node tree, `yaml.compose`), so an operator fixes all of them in one round.
+- Unknown keys, duplicate keys, wrong types, out-of-range values, duplicate rule ids (across
+  files), malformed Suricata-style content and regexes that Hyperscan refuses are all errors.
+- Content strings follow Suricata's content syntax: text with `|hex bytes|` parts (e.g.
+  `"|FF|SMB|32|"`), and a backslash escapes the next character (`\\|`, `\\\\`, `\\"`, `\\;`).
+  Text is encoded as UTF-8. Regexes are Hyperscan/PCRE syntax over the raw bytes, encoded as
+  UTF-8: write bytes as `\\xHH` inside single quotes in YAML.
+- Bounds: `MAX_PATTERNS_PER_RULE`, `MAX_PATTERN_BYTES`, `MAX_RULE_FILE_BYTES`, `MAX_RULES`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from gateway.errors import RuleError
+from gateway.verdict import Action
+
+__all__ = [
+    "DIRECTIONS",
+    "MAX_PATTERNS_PER_RULE",
+    "MAX_PATTERN_BYTES",
+    "MAX_RULES",
+    "MAX_RULE_FILE_BYTES",
+    "PROTOCOLS",
+    "SEVERITIES",
+    "Pattern",
+    "Rule",
+    "RuleSet",
+    "default_rule_dir",
+    "load_rules",
+    "parse_content",
+]
+
+MAX_PATTERNS_PER_RULE: Final = 32  # patterns are ANDed through a per-stream bit mask
+MAX_PATTERN_BYTES: Final = 8192  # one content / regex, after decoding
+MAX_RULE_FILE_BYTES: Final = 1 << 20  # a rule file larger than this is refused unread
+MAX_RULES: Final = 100_000  # rules in one RuleSet
+
+SEVERITIES: Final = ("low", "medium", "high", "critical")
+DIRECTIONS: Final = ("to_server", "to_client", "both")
+PROTOCOLS: Final = ("tcp", "udp")
+_ACTIONS: Final = {"alert": Action.ALERT, "drop": Action.DROP, "reset": Action.RESET}
+_PROTO_NUMBERS: Final = {"tcp": 6, "udp": 17}
+
+_REQUIRED: Final = ("id", "title", "severity", "action", "protocol", "ports", "patterns")
+_OPTIONAL: Final = ("cve", "direction", "references", "description")
+_PATTERN_KEYS: Final = ("content", "regex", "nocase")
+_CVE_RE: Final = re.compile(r"CVE-\d{4}-\d{4,}\Z")
+_HEX_DIGITS: Final = frozenset("0123456789abcdefABCDEF")
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """One condition on a direction's raw stream: a literal (`content`) or a regex."""
+
+    kind: str  # "content" | "regex"
+    expr: bytes  # content: the literal bytes; regex: the expression text (UTF-8)
+    nocase: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One virtual patch. Fires when all `patterns` matched in one direction's stream."""
+
+    id: int
+    title: str
+    cves: tuple[str, ...]
+    severity: str
+    action: Action
+    protocol: str  # "tcp" | "udp"
+    ports: tuple[int, ...]  # server ports
+    direction: str  # "to_server" | "to_client" | "both"
+    patterns: tuple[Pattern, ...]
+    references: tuple[str, ...]
+    path: Path
+    line: int = 0  # 1-based line of the rule's mapping in `path`
+    description: str = ""
+
+    @property
+    def proto_number(self) -> int:
+        return _PROTO_NUMBERS[self.protocol]
+
+    def inspects(self, direction: str) -> bool:
+        """True if this rule looks at the given direction ("to_server" / "to_client")."""
+        return self.direction == "both" or self.direction == direction
+
+
+class RuleSet:
+    """An immutable, validated set of rules with unique ids."""
+
+    __slots__ = ("by_id", "rules")
+
+    def __init__(self, rules: Iterable[Rule] = ()) -> None:
+        self.rules: tuple[Rule, ...] = tuple(sorted(rules, key=lambda r: r.id))
+        self.by_id: dict[int, Rule] = {r.id: r for r in self.rules}
+        if len(self.by_id) != len(self.rules):
+            raise RuleError("rule set: duplicate rule ids")
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __iter__(self) -> Iterator[Rule]:
+        return iter(self.rules)
+
+    def ports(self, protocol: str | int, direction: object) -> set[int]:
+        """Server ports covered by rules of `protocol` ("tcp"/"udp" or 6/17) that inspect
+        `direction` ("to_server"/"to_client", or an enum member with that name)."""
+        proto = _proto_name(protocol)
+        d = _direction_name(direction)
+        out: set[int] = set()
+        for rule in self.rules:
+            if rule.protocol == proto and rule.inspects(d):
+                out.update(rule.ports)
+        return out
+
+
+def _proto_name(protocol: str | int) -> str:
+    if isinstance(protocol, int):
+        for name, number in _PROTO_NUMBERS.items():
+            if number == protocol:
+                return name
+        raise RuleError(f"rule set: protocol number {protocol} is not tcp (6) or udp (17)")
+    p = protocol.lower()
+    if p not in PROTOCOLS:
+        raise RuleError(f"rule set: protocol {protocol!r} is not one of {PROTOCOLS}")
+    return p
+
+
+def _direction_name(direction: object) -> str:
+    name = getattr(direction, "name", direction)
+    if not isinstance(name, str) or name.lower() not in ("to_server", "to_client"):
+        raise RuleError(f"rule set: direction {direction!r} is not to_server or to_client")
+    return name.lower()
+
+
+def default_rule_dir() -> Path:
+    """The bundled rule pack: the `rules/` directory beside the `gateway` package."""
+    return Path(__file__).resolve().parent.parent.parent / "rules"
+
+
+def parse_content(text: str) -> bytes:
+    """Decode Suricata content syntax: text, `|hex bytes|` parts, backslash escapes.
+
+    Raises ValueError naming the offending character and its position.
+    """
+    out = bytearray()
+    in_hex = False
+    hex_digits: list[str] = []
+    hex_start = 0
+    i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if in_hex:
+            if c == "|":
+                if hex_digits:
+                    raise ValueError(f"odd number of hex digits in |...| starting at {hex_start}")
+                in_hex = False
+            elif c in " \t":
+                if hex_digits:
+                    raise ValueError(f"hex byte split by a space at position {i}")
+            elif c in _HEX_DIGITS:
+                hex_digits.append(c)
+                if len(hex_digits) == 2:
+                    out.append(int("".join(hex_digits), 16))
+                    hex_digits.clear()
+            else:
+                raise ValueError(f"{c!r} at position {i} is not a hex digit inside |...|")
+        elif c == "|":
+            in_hex = True
+            hex_start = i
+        elif c == "\\":
+            if i + 1 >= n:
+                raise ValueError(f"trailing backslash at position {i}")
+            out += text[i + 1].encode("utf-8")
+            i += 1
+        else:
+            out += c.encode("utf-8")
+        i += 1
+    if in_hex:
+        raise ValueError(f"|...| opened at position {hex_start} is not closed")
+    return bytes(out)
+
+
+class _Problems:
+    """Collects `file:line: reason` strings."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, path: Path, node: Node | None, reason: str, line: int | None = None) -> None:
+        if line is None:
+            line = node.start_mark.line + 1 if node is not None else 0
+        self.items.append(f"{path}:{line}: {reason}")
+
+
+def _rule_files(paths: Iterable[Path | str], problems: _Problems) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(x for x in p.rglob("*") if x.suffix in (".yaml", ".yml") and x.is_file())
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            problems.add(p, None, "no such rule file or directory", line=0)
+    return files
+
+
+def load_rules(paths: Iterable[Path | str]) -> RuleSet:
+    """Load and validate every rule under `paths` (files or directories).
+
+    Raises RuleError listing every problem (file:line: reason); loads nothing if any is found.
+    """
+    problems = _Problems()
+    rules: list[Rule] = []
+    first_seen: dict[int, tuple[Path, int]] = {}
+    for path in _rule_files(paths, problems):
+        for rule in _load_file(path, problems):
+            if rule.id in first_seen:
+                other, other_line = first_seen[rule.id]
+                problems.add(
+                    path, None, f"id {rule.id} already used at {other}:{other_line}", rule.line
+                )
+                continue
+            first_seen[rule.id] = (rule.path, rule.line)
+            rules.append(rule)
+    if len(rules) > MAX_RULES:
+        problems.items.append(f"rule set: {len(rules)} rules, more than MAX_RULES={MAX_RULES}")
+    if problems.items:
+        count = len(problems.items)
+        raise RuleError(
+            f"{count} problem{'s' if count > 1 else ''} in rules, nothing loaded:\n  "
+            + "\n  ".join(problems.items)
+        )
+    return RuleSet(rules)
+
+
+def _load_file(path: Path, problems: _Problems) -> list[Rule]:
+    try:
+        size = path.stat().st_size
+        if size > MAX_RULE_FILE_BYTES:
+            problems.add(path, None, f"file is {size} bytes, over {MAX_RULE_FILE_BYTES}", 0)
+            return []
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        problems.add(path, None, f"cannot read: {err}", 0)
+        return []
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        problems.add(path, None, f"YAML syntax: {getattr(err, 'problem', None) or err}", line)
+        return []
+    finally:
+        loader.dispose()
+    if root is None:
+        problems.add(path, None, "empty file: expected a rule mapping", 1)
+        return []
+    if not isinstance(root, MappingNode):
+        problems.add(path, root, "expected a mapping (one rule) or `rules:` with a list")
+        return []
+    keys = _mapping(root, path, problems)
+    if keys is None:
+        return []
+    if "rules" in keys:
+        if len(keys) != 1:
+            problems.add(path, root, "a file with `rules:` must hold nothing else at top level")
+            return []
+        seq = keys["rules"][1]
+        if not isinstance(seq, SequenceNode) or not seq.value:
+            problems.add(path, seq, "`rules` must be a non-empty list of rule mappings")
+            return []
+        out = []
+        for item in seq.value:
+            rule = _build_rule(item, path, problems)
+            if rule is not None:
+                out.append(rule)
+        return out
+    rule = _build_rule(root, path, problems)
+    return [rule] if rule is not None else []
+
+
+def _mapping(
+    node: MappingNode, path: Path, problems: _Problems
+) -> dict[str, tuple[Node, Node]] | None:
+    """Key name -> (key node, value node); reports non-string and duplicate keys."""
+    out: dict[str, tuple[Node, Node]] = {}
+    ok = True
+    for knode, vnode in node.value:
+        if not isinstance(knode, ScalarNode) or knode.tag != "tag:yaml.org,2002:str":
+            problems.add(path, knode, f"key {getattr(knode, 'value', knode)!r} is not a string")
+            ok = False
+            continue
+        if knode.value in out:
+            problems.add(path, knode, f"duplicate key {knode.value!r}")
+            ok = False
+            continue
+        out[knode.value] = (knode, vnode)
+    return out if ok else None
+
+
+def _scalar(node: Node) -> Any:
+    """Construct a plain scalar's Python value (int, str, bool, None...)."""
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()
+
+
+def _build_rule(node: Node, path: Path, problems: _Problems) -> Rule | None:
+    before = len(problems.items)
+    if not isinstance(node, MappingNode):
+        problems.add(path, node, "a rule must be a mapping")
+        return None
+    keys = _mapping(node, path, problems)
+    if keys is None:
+        return None
+    for name, (knode, _) in keys.items():
+        if name not in _REQUIRED and name not in _OPTIONAL:
+            allowed = ", ".join(_REQUIRED + _OPTIONAL)
+            problems.add(path, knode, f"unknown key {name!r} (allowed: {allowed})")
+    for name in _REQUIRED:
+        if name not in keys:
+            problems.add(path, node, f"missing required key {name!r}")
+
+    def get(name: str) -> tuple[Node, Any] | None:
+        if name not in keys:
+            return None
+        vnode = keys[name][1]
+        if isinstance(vnode, ScalarNode):
+            return vnode, _scalar(vnode)
+        return vnode, None
+
+    rule_id = 0
+    if (got := get("id")) is not None:
+        vnode, value = got
+        if type(value) is not int or not 1 <= value <= 0xFFFFFFFF:
+            problems.add(path, vnode, f"id {_show(vnode)} must be an integer 1..4294967295")
+        else:
+            rule_id = value
+    title = _string(get("title"), "title", path, problems)
+    description = _string(get("description"), "description", path, problems, allow_empty=True)
+    severity = _choice(get("severity"), "severity", SEVERITIES, path, problems)
+    action_name = _choice(get("action"), "action", tuple(_ACTIONS), path, problems)
+    protocol = _choice(get("protocol"), "protocol", PROTOCOLS, path, problems)
+    direction = _choice(get("direction"), "direction", DIRECTIONS, path, problems) or "to_server"
+    ports = _ports(keys.get("ports", (None, None))[1], path, problems)
+    cves = _string_list(keys.get("cve", (None, None))[1], "cve", path, problems)
+    for vnode_cve, cve in cves:
+        if not _CVE_RE.match(cve):
+            problems.add(path, vnode_cve, f"cve {cve!r} is not of the form CVE-YYYY-NNNN")
+    refs = _string_list(keys.get("references", (None, None))[1], "references", path, problems)
+    patterns = _patterns(keys.get("patterns", (None, None))[1], path, problems)
+    if len(problems.items) != before:
+        return None
+    assert title is not None and severity and action_name and protocol
+    return Rule(
+        id=rule_id,
+        title=title,
+        cves=tuple(c for _, c in cves),
+        severity=severity,
+        action=_ACTIONS[action_name],
+        protocol=protocol,
+        ports=tuple(sorted(set(ports))),
+        direction=direction,
+        patterns=tuple(patterns),
+        references=tuple(r for _, r in refs),
+        path=path,
+        line=node.start_mark.line + 1,
+        description=description or "",
+    )
+
+
+def _show(node: Node) -> str:
+    return repr(node.value) if isinstance(node, ScalarNode) else f"<{type(node).__name__}>"
+
+
+def _string(
+    got: tuple[Node, Any] | None,
+    key: str,
+    path: Path,
+    problems: _Problems,
+    allow_empty: bool = False,
+) -> str | None:
+    if got is None:
+        return None
+    vnode, value = got
+    if not isinstance(value, str) or (not allow_empty and not value.strip()):
+        problems.add(path, vnode, f"{key} {_show(vnode)} must be a non-empty string")
+        return None
+    return value
+
+
+def _choice(
+    got: tuple[Node, Any] | None,
+    key: str,
+    choices: tuple[str, ...],
+    path: Path,
+    problems: _Problems,
+) -> str | None:
+    if got is None:
+        return None
+    vnode, value = got
+    if value not in choices:
+        problems.add(path, vnode, f"{key} {_show(vnode)} must be one of: {', '.join(choices)}")
+        return None
+    return str(value)
+
+
+def _ports(vnode: Node | None, path: Path, problems: _Problems) -> list[int]:
+    if vnode is None:
+        return []
+    if not isinstance(vnode, SequenceNode) or not vnode.value:
+        problems.add(path, vnode, "ports must be a non-empty list of port numbers")
+        return []
+    out = []
+    for item in vnode.value:
+        value = _scalar(item) if isinstance(item, ScalarNode) else None
+        if type(value) is not int or not 1 <= value <= 65535:
+            problems.add(path, item, f"port {_show(item)} must be an integer 1..65535")
+        else:
+            out.append(value)
+    return out
+
+
+def _string_list(
+    vnode: Node | None, key: str, path: Path, problems: _Problems
+) -> list[tuple[Node, str]]:
+    if vnode is None:
+        return []
+    if not isinstance(vnode, SequenceNode):
+        problems.add(path, vnode, f"{key} must be a list of strings")
+        return []
+    out = []
+    for item in vnode.value:
+        value = _scalar(item) if isinstance(item, ScalarNode) else None
+        if not isinstance(value, str) or not value:
+            problems.add(path, item, f"{key} entry {_show(item)} must be a non-empty string")
+        else:
+            out.append((item, value))
+    return out
+
+
+def _patterns(vnode: Node | None, path: Path, problems: _Problems) -> list[Pattern]:
+    if vnode is None:
+        return []
+    if not isinstance(vnode, SequenceNode) or not vnode.value:
+        problems.add(path, vnode, "patterns must be a non-empty list of {content|regex, nocase}")
+        return []
+    if len(vnode.value) > MAX_PATTERNS_PER_RULE:
+        problems.add(path, vnode, f"{len(vnode.value)} patterns, more than {MAX_PATTERNS_PER_RULE}")
+        return []
+    out = []
+    for item in vnode.value:
+        pattern = _pattern(item, path, problems)
+        if pattern is not None:
+            out.append(pattern)
+    return out
+
+
+def _pattern(node: Node, path: Path, problems: _Problems) -> Pattern | None:
+    if not isinstance(node, MappingNode):
+        problems.add(path, node, "a pattern must be a mapping with `content` or `regex`")
+        return None
+    keys = _mapping(node, path, problems)
+    if keys is None:
+        return None
+    bad = False
+    for name, (knode, _) in keys.items():
+        if name not in _PATTERN_KEYS:
+            problems.add(
+                path, knode, f"unknown pattern key {name!r} (allowed: content, regex, nocase)"
+            )
+            bad = True
+    kinds = [k for k in ("content", "regex") if k in keys]
+    if len(kinds) != 1:
+        problems.add(path, node, "a pattern needs exactly one of `content` or `regex`")
+        return None
+    nocase = False
+    if "nocase" in keys:
+        nnode = keys["nocase"][1]
+        value = _scalar(nnode) if isinstance(nnode, ScalarNode) else None
+        if not isinstance(value, bool):
+            problems.add(path, nnode, f"nocase {_show(nnode)} must be true or false")
+            bad = True
+        else:
+            nocase = value
+    kind = kinds[0]
+    vnode = keys[kind][1]
+    text = _scalar(vnode) if isinstance(vnode, ScalarNode) else None
+    if not isinstance(text, str) or not text:
+        problems.add(path, vnode, f"{kind} {_show(vnode)} must be a non-empty string")
+        return None
+    if kind == "content":
+        try:
+            expr = parse_content(text)
+        except ValueError as err:
+            problems.add(path, vnode, f"content {text!r}: {err}")
+            return None
+        if not expr:
+            problems.add(path, vnode, f"content {text!r} is empty")
+            return None
+    else:
+        expr = text.encode("utf-8")
+        reason = _check_regex(expr, nocase)
+        if reason:
+            problems.add(path, vnode, f"regex {text!r} rejected by Hyperscan: {reason}")
+            return None
+    if len(expr) > MAX_PATTERN_BYTES:
+        problems.add(path, vnode, f"{kind} is {len(expr)} bytes, over {MAX_PATTERN_BYTES}")
+        return None
+    if bad:
+        return None
+    return Pattern(kind=kind, expr=expr, nocase=nocase)
+
+
+def _check_regex(expr: bytes, nocase: bool) -> str | None:
+    """Compile one regex alone in stream mode; return Hyperscan's complaint, or None."""
+    import hyperscan
+
+    from gateway.match.matcher import regex_flags
+
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_STREAM)
+    try:
+        db.compile(expressions=[expr], ids=[0], flags=[regex_flags(nocase)])
+    except hyperscan.error as err:
+        return str(err) or type(err).__name__
+    return None
