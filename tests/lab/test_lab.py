@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +216,24 @@ def test_failure_at_gateway_step_kills_started_services() -> None:
 def test_invalid_name_rejected() -> None:
     with pytest.raises(LabError, match="invalid lab name"):
         LabSpec(name="../etc")
+
+
+def test_lab_with_gateway_blocks_test_exploit(make_lab: Any) -> None:
+    spec = make_lab("w", gateway=True)
+    info = lab_status(spec.name)
+    assert info["gateway"]["running"], info["gateway"]
+    ok = client(spec, [*CURL, f"http://{spec.server_addr}/"])
+    assert ok.returncode == 0 and "vpatch lab server" in ok.stdout, ok.stderr
+    # The bundled lab test rule (rules/vpatch-test-split.yaml) resets this request.
+    bad = client(spec, [*CURL, "-H", "X-Test: VPATCH-TEST-EXPLOIT-7f3a",
+                        f"http://{spec.server_addr}/"])
+    assert bad.returncode != 0 and "vpatch lab server" not in bad.stdout
+    eve = Path(info["events"]["jsonl"])
+    deadline = time.monotonic() + 10
+    events: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not events:
+        lines = eve.read_text().splitlines() if eve.exists() else []
+        events = [json.loads(line) for line in lines if "9000100" in line]
+        time.sleep(0.05)
+    assert events and events[0]["alert"]["action"] == "blocked"
+    assert events[0]["dest_ip"] == spec.server_addr
