@@ -30,7 +30,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
 import logging
@@ -346,25 +345,10 @@ class PacketHandler:
 
 
 def engine_config(config: GatewayConfig) -> Any:
-    """The engine's EngineConfig from the gateway configuration (fields matched by name)."""
+    """The engine's EngineConfig from the gateway configuration."""
     from gateway.engine import EngineConfig
 
-    values: dict[str, Any] = {
-        "max_flows": config.engine.max_flows,
-        "tcp_idle": config.engine.tcp_idle,
-        "udp_idle": config.engine.udp_idle,
-        "max_pending": config.engine.max_pending,
-        "depth_to_server": config.stream_depth.to_server,
-        "depth_to_client": config.stream_depth.to_client,
-        "stream_depth_to_server": config.stream_depth.to_server,
-        "stream_depth_to_client": config.stream_depth.to_client,
-        "to_server_depth": config.stream_depth.to_server,
-        "to_client_depth": config.stream_depth.to_client,
-        "fail_open": config.fail_policy is FailPolicy.OPEN,
-        "fail_policy": config.fail_policy.value,
-    }
-    names = {f.name for f in dataclasses.fields(EngineConfig)}
-    return EngineConfig(**{k: v for k, v in values.items() if k in names})
+    return EngineConfig.from_gateway(config)
 
 
 def build_engine(config: GatewayConfig) -> EngineLike:
