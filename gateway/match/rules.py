@@ -203,12 +203,19 @@ class _Problems:
     """Collects `file:line: reason` strings."""
 
     def __init__(self) -> None:
-        self.items: list[str] = []
+        self.found: list[tuple[int, int, int, str]] = []  # file order, line, seq, text
+        self._file_order: dict[Path, int] = {}
 
     def add(self, path: Path, node: Node | None, reason: str, line: int | None = None) -> None:
         if line is None:
             line = node.start_mark.line + 1 if node is not None else 0
-        self.items.append(f"{path}:{line}: {reason}")
+        order = self._file_order.setdefault(path, len(self._file_order))
+        self.found.append((order, line, len(self.found), f"{path}:{line}: {reason}"))
+
+    @property
+    def items(self) -> list[str]:
+        """Problems in file order, then line order."""
+        return [text for *_, text in sorted(self.found)]
 
 
 def _rule_files(paths: Iterable[Path | str], problems: _Problems) -> list[Path]:
@@ -244,9 +251,9 @@ def load_rules(paths: Iterable[Path | str]) -> RuleSet:
             first_seen[rule.id] = (rule.path, rule.line)
             rules.append(rule)
     if len(rules) > MAX_RULES:
-        problems.items.append(f"rule set: {len(rules)} rules, more than MAX_RULES={MAX_RULES}")
-    if problems.items:
-        count = len(problems.items)
+        problems.add(Path("rule set"), None, f"{len(rules)} rules, more than {MAX_RULES}", 0)
+    if problems.found:
+        count = len(problems.found)
         raise RuleError(
             f"{count} problem{'s' if count > 1 else ''} in rules, nothing loaded:\n  "
             + "\n  ".join(problems.items)
@@ -330,7 +337,7 @@ def _scalar(node: Node) -> Any:
 
 
 def _build_rule(node: Node, path: Path, problems: _Problems) -> Rule | None:
-    before = len(problems.items)
+    before = len(problems.found)
     if not isinstance(node, MappingNode):
         problems.add(path, node, "a rule must be a mapping")
         return None
@@ -373,7 +380,7 @@ def _build_rule(node: Node, path: Path, problems: _Problems) -> Rule | None:
             problems.add(path, vnode_cve, f"cve {cve!r} is not of the form CVE-YYYY-NNNN")
     refs = _string_list(keys.get("references", (None, None))[1], "references", path, problems)
     patterns = _patterns(keys.get("patterns", (None, None))[1], path, problems)
-    if len(problems.items) != before:
+    if len(problems.found) != before:
         return None
     assert title is not None and severity and action_name and protocol
     return Rule(

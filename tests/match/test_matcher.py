@@ -1,0 +1,185 @@
+"""Tests for gateway/match/matcher.py: Hyperscan stream mode across chunks, nocase, regex,
+AND of patterns, port and direction filtering, UDP block mode, stream lifecycle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.match.matcher import TO_CLIENT, TO_SERVER, Matcher, literal_regex
+from gateway.match.rules import Pattern, Rule, RuleSet, default_rule_dir, load_rules
+from gateway.verdict import Action
+
+
+def rule(
+    rule_id: int,
+    *patterns: Pattern,
+    ports: tuple[int, ...] = (80,),
+    protocol: str = "tcp",
+    direction: str = "to_server",
+) -> Rule:
+    return Rule(
+        id=rule_id,
+        title=f"rule {rule_id}",
+        cves=("CVE-0000-0001",),
+        severity="high",
+        action=Action.ALERT,
+        protocol=protocol,
+        ports=ports,
+        direction=direction,
+        patterns=patterns,
+        references=(),
+        path=Path("test.yaml"),
+    )
+
+
+def content(data: bytes, nocase: bool = False) -> Pattern:
+    return Pattern("content", data, nocase)
+
+
+def regex(expr: bytes, nocase: bool = False) -> Pattern:
+    return Pattern("regex", expr, nocase)
+
+
+def scan_chunks(m: Matcher, chunks: list[bytes], port: int = 80, d: int = TO_SERVER) -> list[set[int]]:
+    """Scan chunks through one stream; the set of rule ids fired after each chunk."""
+    group = m.group(6, d, port)
+    assert group is not None
+    state = m.open_stream(group)
+    try:
+        return [{r.id for r in m.scan_stream(state, c)} for c in chunks]
+    finally:
+        m.close_stream(state)
+
+
+def test_literal_regex_escapes_everything_special() -> None:
+    assert literal_regex(b"a.b*|\xff\x00_Z9") == b"a\\x2eb\\x2a\\x7c\\xff\\x00_Z9"
+
+
+def test_pattern_split_over_three_chunks_fires_on_the_last() -> None:
+    m = Matcher(RuleSet([rule(1, content(b"VPATCH-TEST-EXPLOIT-7f3a"))]))
+    fired = scan_chunks(m, [b"GET /VPATCH-TE", b"ST-EXPL", b"OIT-7f3a HTTP/1.1\r\n", b"more"])
+    assert fired == [set(), set(), {1}, set()]
+
+
+def test_fires_once_per_stream_and_again_in_a_new_stream() -> None:
+    m = Matcher(RuleSet([rule(1, content(b"evil"))]))
+    assert scan_chunks(m, [b"evil", b"evil evil"]) == [{1}, set()]
+    assert scan_chunks(m, [b"xx evil"]) == [{1}]
+
+
+def test_one_byte_at_a_time() -> None:
+    m = Matcher(RuleSet([rule(1, content(b"|needle|"))]))
+    data = b"hay|needle|hay"
+    fired = scan_chunks(m, [bytes((b,)) for b in data])
+    assert [i for i, f in enumerate(fired) if f] == [data.index(b"|needle|") + 7]
+
+
+def test_nocase_content() -> None:
+    m = Matcher(RuleSet([rule(1, content(b"select", nocase=True)), rule(2, content(b"union"))]))
+    assert scan_chunks(m, [b"SeLeCt * ", b"UNION"]) == [{1}, set()]
+    assert scan_chunks(m, [b"union"]) == [{2}]
+
+
+def test_regex_dotall_across_chunks_and_nocase() -> None:
+    m = Matcher(
+        RuleSet(
+            [
+                rule(1, regex(rb"\xffSMB\x32.{3}\x0e\x00")),
+                rule(2, regex(rb"\(\)\s*\{\s*:;\s*\}", nocase=True)),
+            ]
+        )
+    )
+    assert scan_chunks(m, [b"\x00\xffSMB2\n", b"\r\n\x0e\x00"]) == [set(), {1}]
+    assert scan_chunks(m, [b"User-Agent: () {", b" :; }; /bin/id"]) == [set(), {2}]
+
+
+def test_and_of_patterns_in_any_order_same_stream_only() -> None:
+    m = Matcher(RuleSet([rule(1, content(b"alpha"), content(b"beta"), regex(rb"gam+a"))]))
+    assert scan_chunks(m, [b"beta", b"gammma", b"..al", b"pha"]) == [set(), set(), set(), {1}]
+    # all three in one chunk
+    assert scan_chunks(m, [b"alpha beta gamma"]) == [{1}]
+    # split between two streams: never
+    assert scan_chunks(m, [b"alpha beta"]) == [set()]
+    assert scan_chunks(m, [b"gamma"]) == [set()]
+
+
+def test_port_filtering_and_grouping() -> None:
+    m = Matcher(
+        RuleSet(
+            [
+                rule(1, content(b"one"), ports=(80, 8080)),
+                rule(2, content(b"two"), ports=(8080,)),
+                rule(3, content(b"three"), ports=(53,), protocol="udp"),
+            ]
+        )
+    )
+    assert m.covers(6, 80) and m.covers(6, 8080) and m.covers(17, 53)
+    assert not m.covers(6, 443) and not m.covers(6, 53) and not m.covers(17, 80)
+    assert m.group(6, TO_SERVER, 443) is None
+    assert scan_chunks(m, [b"one two"], port=80) == [{1}]
+    assert scan_chunks(m, [b"one two"], port=8080) == [{1, 2}]
+    # 80 and 8080 cover different rule sets: two TCP databases plus one UDP database
+    assert m.stats.databases == 3
+
+
+def test_same_port_set_shares_one_database() -> None:
+    m = Matcher(RuleSet([rule(1, content(b"x"), ports=(139, 445))]))
+    assert m.group(6, TO_SERVER, 139) is m.group(6, TO_SERVER, 445)
+    assert m.stats.databases == 1
+
+
+def test_direction_filtering() -> None:
+    m = Matcher(
+        RuleSet(
+            [
+                rule(1, content(b"request")),
+                rule(2, content(b"response"), direction="to_client"),
+                rule(3, content(b"either"), direction="both"),
+            ]
+        )
+    )
+    assert scan_chunks(m, [b"request response either"], d=TO_SERVER) == [{1, 3}]
+    assert scan_chunks(m, [b"request response either"], d=TO_CLIENT) == [{2, 3}]
+
+
+def test_udp_block_mode_per_datagram() -> None:
+    m = Matcher(RuleSet([rule(1, content(b"tkey"), content(b"sig"), protocol="udp", ports=(53,))]))
+    group = m.group(17, TO_SERVER, 53)
+    assert group is not None and not group.stream_mode
+    assert {r.id for r in m.scan_block(group, b"..tkey..sig..")} == {1}
+    assert m.scan_block(group, b"..tkey..") == ()
+    assert m.scan_block(group, b"..sig..") == ()  # no memory between datagrams
+    with pytest.raises(ValueError):
+        m.open_stream(group)
+
+
+def test_close_stream_is_idempotent_and_counted() -> None:
+    m = Matcher(RuleSet([rule(1, content(b"x"))]))
+    group = m.group(6, TO_SERVER, 80)
+    assert group is not None
+    states = [m.open_stream(group) for _ in range(5)]
+    assert m.streams_open == 5
+    for s in states:
+        m.close_stream(s)
+        m.close_stream(s)
+    assert m.streams_open == 0
+    assert m.scan_stream(states[0], b"x") == ()  # a closed stream is never scanned
+
+
+def test_bundled_eternalblue_rules_describe_the_exploit_structure() -> None:
+    rs = load_rules([default_rule_dir()])
+    m = Matcher(rs)
+    # NT Trans (0xA0) request, WordCount 20, TotalDataCount 0x000103d0 (66512) as sent by EternalBlue
+    hdr = b"\x00\x00\x04\x38\xffSMB\xa0" + b"\x00" * 4 + b"\x18\x07\xc0" + b"\x00" * 12 + b"\x00\x08\xff\xfe\x00\x08\x41\x00"
+    nt_trans = hdr + b"\x14\x01\x00\x00\x1e\x00\x00\x00\xd0\x03\x01\x00" + b"\x00" * 40
+    small = nt_trans.replace(b"\xd0\x03\x01\x00", b"\xd0\x03\x00\x00")  # 976 bytes: legitimate
+    fired = scan_chunks(m, [nt_trans[:20], nt_trans[20:45], nt_trans[45:]], port=445)
+    assert set().union(*fired) == {9001001}
+    assert scan_chunks(m, [small], port=445) == [set()]
+    # Trans2 request (0x32) with setup word SESSION_SETUP (0x000e)
+    t2 = b"\xffSMB\x32" + b"\x00" * 27 + b"\x0f" + b"\x0c\x00" + b"\x00" * 24 + b"\x01\x00\x0e\x00"
+    assert scan_chunks(m, [t2], port=139) == [{9001002}]
+    find_first = t2.replace(b"\x01\x00\x0e\x00", b"\x01\x00\x01\x00")  # TRANS2_FIND_FIRST2
+    assert scan_chunks(m, [find_first], port=445) == [set()]

@@ -1,0 +1,304 @@
+"""Tests for gateway/engine.py over scapy-built flows (real bytes through the real decoder,
+flow table, reassembler and Hyperscan) and over the EternalBlue capture."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.packet import Raw
+
+from gateway.decode.packet import Packet
+from gateway.engine import Engine, EngineConfig
+from gateway.intake.pcap import read_capture
+from gateway.match.rules import Pattern, Rule, RuleSet, default_rule_dir, load_rules
+from gateway.verdict import Action, Decision
+
+CLIENT, SERVER = "198.18.0.10", "198.18.0.20"
+MARKER = b"VPATCH-TEST-EXPLOIT-7f3a"
+
+
+def rule(
+    rule_id: int,
+    expr: bytes,
+    action: Action = Action.RESET,
+    ports: tuple[int, ...] = (80,),
+    protocol: str = "tcp",
+    direction: str = "to_server",
+) -> Rule:
+    return Rule(
+        id=rule_id,
+        title=f"test rule {rule_id}",
+        cves=("CVE-0000-0001",),
+        severity="high",
+        action=action,
+        protocol=protocol,
+        ports=ports,
+        direction=direction,
+        patterns=(Pattern("content", expr),),
+        references=(),
+        path=Path("test.yaml"),
+    )
+
+
+@dataclass
+class Conn:
+    """A TCP connection seen by the engine: builds real IP packets and feeds them in."""
+
+    engine: Engine
+    sport: int = 40000
+    dport: int = 80
+    client: str = CLIENT
+    server: str = SERVER
+    v6: bool = False
+    cseq: int = 1000
+    sseq: int = 5000
+    now: float = 100.0
+    decisions: list[Decision] = field(default_factory=list)
+
+    def _ip(self, to_server: bool) -> IP | IPv6:
+        src, dst = (self.client, self.server) if to_server else (self.server, self.client)
+        return IPv6(src=src, dst=dst) if self.v6 else IP(src=src, dst=dst)
+
+    def send(self, flags: str, seq: int, payload: bytes = b"", to_server: bool = True) -> Decision:
+        sport, dport = (self.sport, self.dport) if to_server else (self.dport, self.sport)
+        ack = self.sseq + 1 if to_server else self.cseq + 1
+        pkt = self._ip(to_server) / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack)
+        if payload:
+            pkt = pkt / Raw(payload)
+        self.now += 0.001
+        decision = self.engine.process_ip(bytes(pkt), self.now)
+        self.decisions.append(decision)
+        return decision
+
+    def handshake(self) -> None:
+        assert self.send("S", self.cseq).action is Action.ACCEPT
+        assert self.send("SA", self.sseq, to_server=False).action is Action.ACCEPT
+        assert self.send("A", self.cseq + 1).action is Action.ACCEPT
+
+    def data(self, offset: int, payload: bytes) -> Decision:
+        """Client data at stream offset `offset` (0 = first byte after the SYN)."""
+        return self.send("PA", self.cseq + 1 + offset, payload)
+
+    def reply(self, offset: int, payload: bytes) -> Decision:
+        return self.send("PA", self.sseq + 1 + offset, payload, to_server=False)
+
+
+def engine_with(*rules: Rule, **config: object) -> Engine:
+    return Engine(RuleSet(rules), EngineConfig(**config))  # type: ignore[arg-type]
+
+
+def test_split_marker_over_three_segments_resets_the_third_and_the_rest() -> None:
+    engine = Engine(load_rules([default_rule_dir()]))
+    c = Conn(engine)
+    c.handshake()
+    req = b"GET /?q=" + MARKER + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    cut1, cut2 = 8 + 7, 8 + 15
+    assert c.data(0, req[:cut1]) == Decision(Action.ACCEPT)
+    assert c.data(cut1, req[cut1:cut2]) == Decision(Action.ACCEPT)
+    d = c.data(cut2, req[cut2:])
+    assert d.action is Action.RESET and not d.final
+    (event,) = d.events
+    assert event.signature_id == 9000100 and event.cves == ("CVE-0000-0001",)
+    assert (event.src_ip, event.src_port, event.dest_ip, event.dest_port) == (CLIENT, 40000, SERVER, 80)
+    assert event.blocked and event.rule_action is Action.RESET and event.timestamp == c.now
+    # every later packet of the flow, both ways, gets the same action and no new event
+    later = [c.data(len(req), b"more"), c.reply(0, b"HTTP/1.1 200 OK\r\n"), c.data(cut2, req[cut2:])]
+    assert all(x == Decision(Action.RESET) for x in later)
+    assert engine.stats.events == 1 and engine.stats.flows_blocked == 1
+    assert engine.stats.blocked_packets == 4
+    assert engine.stats.streams_open == 0  # closed when blocked
+
+
+def test_benign_flow_accepted_until_depth_then_final() -> None:
+    engine = engine_with(rule(1, MARKER), depth_to_server=100)
+    c = Conn(engine)
+    c.handshake()
+    assert c.data(0, b"A" * 60) == Decision(Action.ACCEPT)
+    d = c.data(60, b"B" * 60)  # crosses the 100-byte depth
+    assert d.action is Action.ACCEPT and d.final
+    # bytes past the depth are not inspected: the marker there passes
+    assert c.data(120, MARKER) == Decision(Action.ACCEPT, final=True)
+    assert engine.stats.events == 0 and engine.stats.flows_final == 1
+    assert engine.stats.streams_open == 0
+
+
+def test_uncovered_port_is_final_at_once() -> None:
+    engine = engine_with(rule(1, MARKER))
+    c = Conn(engine, dport=8080)
+    assert c.send("S", c.cseq) == Decision(Action.ACCEPT, final=True)
+    assert c.data(0, MARKER) == Decision(Action.ACCEPT, final=True)
+    assert engine.stats.flows_inspected == 0
+
+
+def test_to_client_only_rule_ignores_requests_but_catches_responses() -> None:
+    engine = engine_with(rule(1, b"SECRET", action=Action.DROP, direction="to_client"))
+    c = Conn(engine)
+    c.handshake()
+    assert c.data(0, b"GET /SECRET HTTP/1.0\r\n\r\n") == Decision(Action.ACCEPT)
+    d = c.reply(0, b"HTTP/1.0 200 OK\r\n\r\nSECRET")
+    assert d.action is Action.DROP and d.events[0].direction == "to_client"
+    assert d.events[0].src_port == 80 and d.events[0].dest_port == 40000
+
+
+def test_out_of_order_gap_filler_is_the_packet_blocked() -> None:
+    engine = engine_with(rule(1, MARKER))
+    c = Conn(engine)
+    c.handshake()
+    req = b"POST /x HTTP/1.1\r\n\r\n" + MARKER + b"tail"
+    a, b = 10, 10 + len(MARKER) // 2 + 20
+    assert c.data(b, req[b:]) == Decision(Action.ACCEPT)  # held: gap before it
+    assert c.data(a, req[a:b]) == Decision(Action.ACCEPT)  # still a gap at 0..a
+    d = c.data(0, req[:a])  # fills the gap: marker becomes contiguous
+    assert d.action is Action.RESET and d.events
+
+
+def test_overlap_harmless_first_wins_no_alert() -> None:
+    """Harmless bytes arrive first, the exploit later for the same sequence range: like the
+    (first-wins) server, the engine keeps the harmless ones, so nothing fires."""
+    engine = engine_with(rule(1, MARKER))
+    c = Conn(engine)
+    c.handshake()
+    prefix = b"GET /"
+    harmless = b"X" * len(MARKER)
+    assert c.data(len(prefix) + len(MARKER), b" HTTP/1.1\r\n\r\n").action is Action.ACCEPT
+    assert c.data(len(prefix), harmless).action is Action.ACCEPT  # held out of order
+    assert c.data(len(prefix), MARKER).action is Action.ACCEPT  # overlap: loses
+    d = c.data(0, prefix)  # gap filled: the server sees GET /XXXX...
+    assert d == Decision(Action.ACCEPT)
+    assert engine.stats.events == 0
+
+
+def test_overlap_exploit_first_wins_alert() -> None:
+    engine = engine_with(rule(1, MARKER))
+    c = Conn(engine)
+    c.handshake()
+    prefix = b"GET /"
+    harmless = b"X" * len(MARKER)
+    assert c.data(len(prefix), MARKER).action is Action.ACCEPT  # held out of order
+    assert c.data(len(prefix), harmless).action is Action.ACCEPT  # overlap: loses
+    d = c.data(0, prefix)
+    assert d.action is Action.RESET and d.events[0].signature_id == 1
+
+
+def test_retransmission_with_different_bytes_after_delivery_is_ignored() -> None:
+    engine = engine_with(rule(1, MARKER))
+    c = Conn(engine)
+    c.handshake()
+    harmless = b"GET /" + b"X" * len(MARKER)
+    assert c.data(0, harmless) == Decision(Action.ACCEPT)
+    assert c.data(0, b"GET /" + MARKER) == Decision(Action.ACCEPT)  # already delivered
+    assert engine.stats.events == 0
+
+
+def test_alert_rule_passes_and_reports_once() -> None:
+    engine = engine_with(rule(7, b"probe", action=Action.ALERT))
+    c = Conn(engine)
+    c.handshake()
+    d = c.data(0, b"probe probe")
+    assert d.action is Action.ALERT and not d.events[0].blocked
+    assert c.data(11, b"probe") == Decision(Action.ACCEPT)
+    assert engine.stats.events == 1 and engine.stats.flows_blocked == 0
+
+
+def test_reset_wins_over_drop_and_alert_in_the_same_packet() -> None:
+    engine = engine_with(
+        rule(1, b"aaa", action=Action.ALERT), rule(2, b"bbb", action=Action.DROP), rule(3, b"ccc")
+    )
+    c = Conn(engine)
+    c.handshake()
+    d = c.data(0, b"aaa bbb ccc")
+    assert d.action is Action.RESET
+    assert {(e.signature_id, e.blocked) for e in d.events} == {(1, False), (2, True), (3, True)}
+
+
+def test_mid_stream_pickup_and_ipv6() -> None:
+    engine = engine_with(rule(1, MARKER))
+    c = Conn(engine, client="2001:db8::10", server="2001:db8::20", v6=True)
+    assert c.data(0, b"xx" + MARKER[:10]) == Decision(Action.ACCEPT)
+    d = c.data(12, MARKER[10:])
+    assert d.action is Action.RESET and d.events[0].src_ip == "2001:db8::10"
+
+
+def test_udp_rule_blocks_datagram_and_flow() -> None:
+    engine = engine_with(rule(5, b"\x00\xfa\x00\xff", action=Action.DROP, ports=(53,), protocol="udp"))
+    dgram = IP(src=CLIENT, dst=SERVER) / UDP(sport=5353, dport=53)
+    assert engine.process_ip(bytes(dgram / Raw(b"normal query")), 1.0) == Decision(Action.ACCEPT)
+    d = engine.process_ip(bytes(dgram / Raw(b"q\x00\xfa\x00\xffq")), 2.0)
+    assert d.action is Action.DROP and d.events[0].proto == 17
+    assert engine.process_ip(bytes(dgram / Raw(b"normal")), 3.0) == Decision(Action.DROP)
+
+
+def test_udp_depth_makes_flow_final() -> None:
+    engine = engine_with(rule(5, b"evil", ports=(53,), protocol="udp"), depth_to_server=20)
+    dgram = IP(src=CLIENT, dst=SERVER) / UDP(sport=5353, dport=53)
+    assert engine.process_ip(bytes(dgram / Raw(b"x" * 15)), 1.0) == Decision(Action.ACCEPT)
+    assert engine.process_ip(bytes(dgram / Raw(b"x" * 15)), 1.1) == Decision(Action.ACCEPT, final=True)
+
+
+def test_undecodable_and_internal_errors_follow_fail_policy() -> None:
+    for fail_open, expected in ((True, Action.ACCEPT), (False, Action.DROP)):
+        engine = engine_with(rule(1, MARKER), fail_open=fail_open)
+        assert engine.process_ip(b"\x45\x00\x00", 1.0).action is expected
+        assert engine.process_ip(b"", 1.0).action is expected
+        assert engine.stats.decode_errors == 2
+        # a packet record the pipeline cannot handle (seq is not an int): caught and counted
+        broken = Packet(4, CLIENT, SERVER, 6, 40000, 80, 0x18, "seq", 0, b"data")  # type: ignore[arg-type]
+        assert engine.process(broken, 1.0).action is expected
+        assert engine.stats.internal_errors == 1
+        # ARP etc. in a capture: not IP, accepted whatever the policy
+        arp = b"\xff" * 6 + b"\x00\x0c\x29\xa3\x01\xb7" + b"\x08\x06" + b"\x00" * 28
+        assert engine.process_frame(arp, 1, 1.0).action is Action.ACCEPT
+        assert engine.stats.unsupported_frames == 1
+
+
+def test_icmp_is_accepted_final() -> None:
+    engine = engine_with(rule(1, MARKER))
+    from scapy.layers.inet import ICMP
+
+    pkt = IP(src=CLIENT, dst=SERVER) / ICMP() / Raw(MARKER)
+    assert engine.process_ip(bytes(pkt), 1.0) == Decision(Action.ACCEPT, final=True)
+
+
+def test_expiry_and_eviction_free_streams() -> None:
+    engine = engine_with(rule(1, MARKER), max_flows=3, tcp_idle=30.0)
+    conns = [Conn(engine, sport=41000 + i) for i in range(5)]
+    for c in conns:
+        c.handshake()
+        c.data(0, b"hello")
+    assert len(engine.table) == 3 and engine.stats.streams_open == 3  # 2 evicted, freed
+    engine.expire(conns[-1].now + 31.0)
+    assert len(engine.table) == 0 and engine.stats.streams_open == 0
+    # the idle sweep also runs from the packet path as time moves on
+    c = Conn(engine, sport=42000, now=1000.0)
+    c.handshake()
+    c2 = Conn(engine, sport=42001, now=2000.0)
+    c2.handshake()
+    assert len(engine.table) == 1 and engine.stats.streams_open == 1
+
+
+def test_swap_rules_applies_to_new_flows() -> None:
+    engine = engine_with(rule(1, b"old-attack"))
+    old = Conn(engine, sport=43000)
+    old.handshake()
+    engine.swap_rules(RuleSet([rule(2, b"new-attack")]))
+    new = Conn(engine, sport=43001)
+    new.handshake()
+    assert old.data(0, b"old-attack").action is Action.RESET  # keeps the rules it started with
+    assert new.data(0, b"old-attack").action is Action.ACCEPT
+    assert new.data(10, b"new-attack").action is Action.RESET
+
+
+@pytest.mark.parametrize("only", [9001001, 9001002])
+def test_eternalblue_capture_fires_each_ms17_010_rule(corpora: Path, only: int) -> None:
+    rules = load_rules([default_rule_dir()])
+    engine = Engine(RuleSet([r for r in rules if r.id == only]))
+    events = []
+    for rec in read_capture(corpora / "attacks" / "eternalblue-success-unpatched-win7.pcap"):
+        events.extend(engine.process_frame(rec.data, rec.linktype, rec.timestamp).events)
+    assert events and {e.signature_id for e in events} == {only}
+    assert all("CVE-2017-0144" in e.cves and e.dest_port == 445 and e.blocked for e in events)
+    assert engine.stats.internal_errors == 0 and engine.stats.decode_errors == 0
