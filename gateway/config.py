@@ -106,6 +106,7 @@ class WorkerConfig:
     max_restarts: int = 5  # restarts of one queue's worker within restart_window
     restart_window: float = 60.0  # seconds
     stop_timeout: float = 5.0  # seconds a worker gets to exit on SIGTERM before SIGKILL
+    restart_delay: float = 1.0  # seconds between a worker's death and its restart
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,10 +342,11 @@ def _parse(data_in: object, ctx: _Ctx, base: Path | None) -> GatewayConfig:
             _int(ctx, (*p, "max_restarts"), m.get("max_restarts", df.max_restarts), 0, 1000),
             _float(ctx, (*p, "restart_window"), m.get("restart_window", df.restart_window), 1, 86400),
             _float(ctx, (*p, "stop_timeout"), m.get("stop_timeout", df.stop_timeout), 0.1, 600),
+            _float(ctx, (*p, "restart_delay"), m.get("restart_delay", df.restart_delay), 0, 3600),
         )
 
     kw["workers"] = _section(
-        ctx, data, "workers", d.workers, workers, {"max_restarts", "restart_window", "stop_timeout"}
+        ctx, data, "workers", d.workers, workers, {"max_restarts", "restart_window", "stop_timeout", "restart_delay"}
     )
     return GatewayConfig(**kw)
 

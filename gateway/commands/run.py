@@ -5,8 +5,10 @@ load the configuration and the rules (fail fast), render the kernel rules, probe
 backend (and say which one is in use), start one worker process per queue and wait until each
 has bound its queue, apply the kernel rules atomically, open the control socket.
 
-While running: a worker that dies is logged and restarted, at most `workers.max_restarts`
-times per `workers.restart_window` seconds per queue; past that the gateway stops. While a
+While running: a worker that dies is logged and restarted after `workers.restart_delay`, at most
+`workers.max_restarts` times per `workers.restart_window` seconds per queue; past that the
+gateway stops. Workers die with the parent (PR_SET_PDEATHSIG), so a killed `vpatch run`
+leaves no reader behind: its rules then follow the fail policy until `--cleanup`. While a
 worker is gone, fail_policy open lets the kernel bypass its queue (`--queue-bypass`),
 fail_policy closed drops that queue's packets.
 
@@ -98,6 +100,7 @@ class _Worker:
         self.proc: multiprocessing.process.BaseProcess | None = None
         self.restarts: deque[float] = deque()
         self.total_restarts = 0
+        self.died: float | None = None  # monotonic time the current death was noticed
 
 
 class Gateway:
@@ -184,16 +187,22 @@ class Gateway:
             assert w.proc is not None
             if w.proc.is_alive():
                 continue
+            now = time.monotonic()
+            if w.died is not None:
+                if now - w.died >= wc.restart_delay:
+                    w.died = None
+                    self._start(w)
+                continue
+            w.died = now
             code = w.proc.exitcode
             w.proc.join(0)
-            now = time.monotonic()
             while w.restarts and now - w.restarts[0] > wc.restart_window:
                 w.restarts.popleft()
             effect = "bypassed by the kernel" if self.config.fail_policy.value == "open" else "dropped"
             log.error(
                 "worker for queue %d (pid %s) died with exit status %s; its packets are %s "
-                "until it is back",
-                w.queue_num, w.proc.pid, code, effect,
+                "until it is restarted in %.1fs",
+                w.queue_num, w.proc.pid, code, effect, wc.restart_delay,
             )  # fmt: skip
             if len(w.restarts) >= wc.max_restarts:
                 raise GatewayError(
@@ -202,7 +211,6 @@ class Gateway:
                 )
             w.restarts.append(now)
             w.total_restarts += 1
-            self._start(w)
 
     def _stop_workers(self) -> None:
         procs = [w.proc for w in self.workers if w.proc is not None and w.proc.is_alive()]

@@ -422,7 +422,23 @@ def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> in
     return 0
 
 
-def _process_entry(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> None:
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGTERM when the parent goes (a killed `vpatch run` leaves no reader)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _process_entry(
+    queue_num: int, config: GatewayConfig, stats: WorkerStats, parent: int
+) -> None:
+    _die_with_parent(parent)
     logging.basicConfig(
         level=logging.INFO, format=f"vpatch[queue {queue_num}] %(levelname)s %(message)s"
     )
@@ -445,7 +461,9 @@ def start_worker(
     """
     ctx = multiprocessing.get_context("spawn")
     proc = ctx.Process(
-        target=_process_entry, args=(queue_num, config, stats), name=f"vpatch-queue-{queue_num}"
+        target=_process_entry,
+        args=(queue_num, config, stats, os.getpid()),
+        name=f"vpatch-queue-{queue_num}"
     )
     proc.daemon = False
     proc.start()
