@@ -103,10 +103,19 @@ def test_split_marker_over_three_segments_resets_the_third_and_the_rest() -> Non
     assert d.action is Action.RESET and not d.final
     (event,) = d.events
     assert event.signature_id == 9000100 and event.cves == ("CVE-0000-0001",)
-    assert (event.src_ip, event.src_port, event.dest_ip, event.dest_port) == (CLIENT, 40000, SERVER, 80)
+    assert (event.src_ip, event.src_port, event.dest_ip, event.dest_port) == (
+        CLIENT,
+        40000,
+        SERVER,
+        80,
+    )
     assert event.blocked and event.rule_action is Action.RESET and event.timestamp == c.now
     # every later packet of the flow, both ways, gets the same action and no new event
-    later = [c.data(len(req), b"more"), c.reply(0, b"HTTP/1.1 200 OK\r\n"), c.data(cut2, req[cut2:])]
+    later = [
+        c.data(len(req), b"more"),
+        c.reply(0, b"HTTP/1.1 200 OK\r\n"),
+        c.data(cut2, req[cut2:]),
+    ]
     assert all(x == Decision(Action.RESET) for x in later)
     assert engine.stats.events == 1 and engine.stats.flows_blocked == 1
     assert engine.stats.blocked_packets == 4
@@ -224,7 +233,9 @@ def test_mid_stream_pickup_and_ipv6() -> None:
 
 
 def test_udp_rule_blocks_datagram_and_flow() -> None:
-    engine = engine_with(rule(5, b"\x00\xfa\x00\xff", action=Action.DROP, ports=(53,), protocol="udp"))
+    engine = engine_with(
+        rule(5, b"\x00\xfa\x00\xff", action=Action.DROP, ports=(53,), protocol="udp")
+    )
     dgram = IP(src=CLIENT, dst=SERVER) / UDP(sport=5353, dport=53)
     assert engine.process_ip(bytes(dgram / Raw(b"normal query")), 1.0) == Decision(Action.ACCEPT)
     d = engine.process_ip(bytes(dgram / Raw(b"q\x00\xfa\x00\xffq")), 2.0)
@@ -236,7 +247,9 @@ def test_udp_depth_makes_flow_final() -> None:
     engine = engine_with(rule(5, b"evil", ports=(53,), protocol="udp"), depth_to_server=20)
     dgram = IP(src=CLIENT, dst=SERVER) / UDP(sport=5353, dport=53)
     assert engine.process_ip(bytes(dgram / Raw(b"x" * 15)), 1.0) == Decision(Action.ACCEPT)
-    assert engine.process_ip(bytes(dgram / Raw(b"x" * 15)), 1.1) == Decision(Action.ACCEPT, final=True)
+    assert engine.process_ip(bytes(dgram / Raw(b"x" * 15)), 1.1) == Decision(
+        Action.ACCEPT, final=True
+    )
 
 
 def test_undecodable_and_internal_errors_follow_fail_policy() -> None:

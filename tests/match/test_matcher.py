@@ -42,7 +42,9 @@ def regex(expr: bytes, nocase: bool = False) -> Pattern:
     return Pattern("regex", expr, nocase)
 
 
-def scan_chunks(m: Matcher, chunks: list[bytes], port: int = 80, d: int = TO_SERVER) -> list[set[int]]:
+def scan_chunks(
+    m: Matcher, chunks: list[bytes], port: int = 80, d: int = TO_SERVER
+) -> list[set[int]]:
     """Scan chunks through one stream; the set of rule ids fired after each chunk."""
     group = m.group(6, d, port)
     assert group is not None
@@ -172,7 +174,13 @@ def test_bundled_eternalblue_rules_describe_the_exploit_structure() -> None:
     rs = load_rules([default_rule_dir()])
     m = Matcher(rs)
     # NT Trans (0xA0) request, WordCount 20, TotalDataCount 0x000103d0 (66512) as sent by EternalBlue
-    hdr = b"\x00\x00\x04\x38\xffSMB\xa0" + b"\x00" * 4 + b"\x18\x07\xc0" + b"\x00" * 12 + b"\x00\x08\xff\xfe\x00\x08\x41\x00"
+    hdr = (
+        b"\x00\x00\x04\x38\xffSMB\xa0"
+        + b"\x00" * 4
+        + b"\x18\x07\xc0"
+        + b"\x00" * 12
+        + b"\x00\x08\xff\xfe\x00\x08\x41\x00"
+    )
     nt_trans = hdr + b"\x14\x01\x00\x00\x1e\x00\x00\x00\xd0\x03\x01\x00" + b"\x00" * 40
     small = nt_trans.replace(b"\xd0\x03\x01\x00", b"\xd0\x03\x00\x00")  # 976 bytes: legitimate
     fired = scan_chunks(m, [nt_trans[:20], nt_trans[20:45], nt_trans[45:]], port=445)

@@ -68,7 +68,9 @@ def test_good_rule_fields(tmp_path: Path) -> None:
 
 def test_defaults_for_optional_keys(tmp_path: Path) -> None:
     text = "\n".join(
-        line for line in GOOD.splitlines() if not line.startswith(("cve", "direction", "references"))
+        line
+        for line in GOOD.splitlines()
+        if not line.startswith(("cve", "direction", "references"))
     )
     (rule,) = load_rules([write(tmp_path, "r.yaml", text)]).rules
     assert rule.direction == "to_server" and rule.cves == () and rule.references == ()
