@@ -1,0 +1,181 @@
+"""NFQUEUE worker pieces on a real kernel queue, in a namespace of the test's own.
+
+Packets are UDP datagrams on the namespace's loopback, queued from OUTPUT. The engine is the
+real one where behaviour depends on rules (tests/test_inline.py); here small engine stand-ins
+inject what the real engine never does on purpose (exceptions) or fix the decision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.intake.nfqueue import (
+    CONFIG_SEQ,
+    NFQA_CFG_F_FAIL_OPEN,
+    _config_message,
+    _find_ack,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, socket, subprocess, sys
+    from netfilterqueue import NetfilterQueue
+    from gateway.config import FailPolicy
+    from gateway.intake.nfqueue import (PacketHandler, WorkerStats, set_queue_flags,
+                                        NFQA_CFG_F_FAIL_OPEN)
+    from gateway.verdict import Action, Decision
+
+    mode, policy = sys.argv[1], FailPolicy(sys.argv[2])
+    sh = lambda *a: subprocess.run(a, check=True, capture_output=True, text=True).stdout
+    sh("ip", "link", "set", "lo", "up")
+    sh("iptables", "-t", "mangle", "-A", "OUTPUT", "-p", "udp", "--dport", "9999",
+       "-j", "NFQUEUE", "--queue-num", "5")
+    sh("iptables", "-t", "mangle", "-A", "POSTROUTING", "-p", "udp", "--dport", "9999",
+       "-m", "mark", "--mark", "0x10000000/0x10000000")
+
+    class Engine:
+        def process_ip(self, data, now):
+            if mode == "raise":
+                raise RuntimeError("injected")
+            if mode == "final":
+                return Decision(Action.ACCEPT, final=True)
+            if mode == "drop":
+                return Decision(Action.DROP)
+            return Decision(Action.ACCEPT)
+        def expire(self, now):
+            pass
+
+    stats = WorkerStats()
+    nfq = NetfilterQueue()
+    if mode == "full":
+        handler = lambda pkt: pkt.accept()
+        nfq.bind(5, handler, max_len=2)
+        if policy is FailPolicy.OPEN:
+            set_queue_flags(nfq, 5, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN)
+    else:
+        handler = PacketHandler(Engine(), stats, policy, 0x10000000, 0x10000000)
+        nfq.bind(5, handler)
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 9999))
+    rx.settimeout(0.3)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(10):
+        tx.sendto(b"x%d" % i, ("127.0.0.1", 9999))
+    passed_early = 0
+    if mode == "full":  # nobody reads the queue yet
+        try:
+            while True:
+                rx.recv(100); passed_early += 1
+        except socket.timeout:
+            pass
+    nfq.run(block=False)
+    received = 0
+    try:
+        while True:
+            rx.recv(100); received += 1
+    except socket.timeout:
+        pass
+    counters = sh("iptables", "-t", "mangle", "-L", "POSTROUTING", "-v", "-x", "-n")
+    marked = int(counters.splitlines()[2].split()[0])
+    nfq.unbind()
+    print(json.dumps({"early": passed_early, "received": received, "marked": marked,
+                      "stats": stats.snapshot()}))
+    """
+)
+
+
+@pytest.fixture
+def ns() -> Iterator[str]:
+    name = f"vptnfq{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def _run(ns: str, mode: str, policy: str) -> dict[str, object]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", SCRIPT, mode, policy],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize(("policy", "early"), [("open", 8), ("closed", 0)])
+def test_queue_full_follows_fail_policy(ns: str, policy: str, early: int) -> None:
+    # max_len 2, ten datagrams, no reader yet: with NFQA_CFG_F_FAIL_OPEN the 8 that do not fit
+    # pass at once; without it they are dropped. The 2 held are accepted once read.
+    r = _run(ns, "full", policy)
+    assert r["early"] == early
+    assert r["received"] == 2
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize(("policy", "received"), [("open", 10), ("closed", 0)])
+def test_exception_gives_fail_policy_verdict(ns: str, policy: str, received: int) -> None:
+    r = _run(ns, "raise", policy)
+    assert r["received"] == received
+    stats = r["stats"]
+    assert isinstance(stats, dict)
+    assert stats["packets"] == 10 and stats["errors"] == 10
+    assert stats["accepted" if policy == "open" else "dropped"] == 10
+
+
+@pytest.mark.netns
+def test_final_decision_sets_bypass_mark(ns: str) -> None:
+    r = _run(ns, "final", "open")
+    assert r["received"] == 10 and r["marked"] == 10
+    stats = r["stats"]
+    assert isinstance(stats, dict) and stats["bypassed"] == 10
+
+
+@pytest.mark.netns
+def test_plain_accept_leaves_mark_alone(ns: str) -> None:
+    r = _run(ns, "accept", "open")
+    assert r["received"] == 10 and r["marked"] == 0
+
+
+@pytest.mark.netns
+def test_drop_decision(ns: str) -> None:
+    r = _run(ns, "drop", "open")
+    assert r["received"] == 0
+    stats = r["stats"]
+    assert isinstance(stats, dict) and stats["dropped"] == 10 and stats["errors"] == 0
+
+
+def test_config_message_layout() -> None:
+    msg = _config_message(513, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN)
+    length, mtype, flags, seq, _pid = struct.unpack_from("=IHHII", msg)
+    assert length == len(msg) == 16 + 4 + 16
+    assert mtype == (3 << 8) | 2  # NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG
+    assert flags == 0x1 | 0x4 and seq == CONFIG_SEQ
+    assert struct.unpack_from("!BBH", msg, 16) == (0, 0, 513)  # AF_UNSPEC, v0, queue (res_id)
+    # attributes: NFQA_CFG_MASK (4) then NFQA_CFG_FLAGS (5), each a big-endian u32
+    assert struct.unpack_from("=HH", msg, 20) == (8, 4)
+    assert struct.unpack_from("!I", msg, 24) == (1,)
+    assert struct.unpack_from("=HH", msg, 28) == (8, 5)
+    assert struct.unpack_from("!I", msg, 32) == (1,)
+
+
+def test_find_ack() -> None:
+    ack = struct.pack("=IHHII", 36, 2, 0, CONFIG_SEQ, 0) + struct.pack("=i", -1) + b"\0" * 16
+    other = struct.pack("=IHHII", 20, 0x300, 0, 7, 0) + b"\0" * 4
+    assert _find_ack(other + ack) == -1
+    assert _find_ack(other) is None
+    assert _find_ack(b"") is None
