@@ -12,23 +12,23 @@ from gateway.verdict import Action
 
 
 def make_event(**kw: object) -> Event:
-    fields: dict[str, object] = dict(
-        timestamp=1492363369.382646,
-        flow_id=(1 << 52) - 1,
-        src_ip="198.18.0.10",
-        src_port=51112,
-        dest_ip="198.18.0.20",
-        dest_port=445,
-        proto=6,
-        server_port=445,
-        direction="to_server",
-        signature_id=9001002,
-        signature="MS17-010 EternalBlue",
-        severity="critical",
-        cves=("CVE-2017-0143", "CVE-2017-0144"),
-        rule_action=Action.RESET,
-        blocked=True,
-    )
+    fields: dict[str, object] = {
+        "timestamp": 1492363369.382646,
+        "flow_id": (1 << 52) - 1,
+        "src_ip": "198.18.0.10",
+        "src_port": 51112,
+        "dest_ip": "198.18.0.20",
+        "dest_port": 445,
+        "proto": 6,
+        "server_port": 445,
+        "direction": "to_server",
+        "signature_id": 9001002,
+        "signature": "MS17-010 EternalBlue",
+        "severity": "critical",
+        "cves": ("CVE-2017-0143", "CVE-2017-0144"),
+        "rule_action": Action.RESET,
+        "blocked": True,
+    }
     fields.update(kw)
     return Event(**fields)  # type: ignore[arg-type]
 
