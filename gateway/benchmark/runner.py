@@ -318,7 +318,7 @@ def render_table(report: dict[str, Any]) -> str:
     )
     for name in subjects:
         for err in report["subjects"][name]["errors"]:
-            lines.append(f"! {name}: {err}")
+            lines.append(f"! {err}" if err.startswith(f"{name}:") else f"! {name}: {err}")
     for note in report["notes"]:
         lines.append(f"note: {note}")
     return "\n".join(lines)
