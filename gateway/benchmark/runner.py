@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -76,6 +77,7 @@ class BenchOptions:
     connections: int = 32
     threads: int = 2
     iperf_port: int = 445
+    repeat: int = 1  # each test runs this many times; the median is reported
 
 
 @dataclass
@@ -170,10 +172,19 @@ def measure_subject(subject: Subject, spec: LabSpec, opts: BenchOptions) -> Subj
                 f"non-2xx/3xx {out.non_2xx_3xx})"
             )
 
-    _measure(subject, result, "cpu_bulk_up_s", lambda: iperf(False))
-    _measure(subject, result, "cpu_bulk_down_s", lambda: iperf(True))
-    _measure(subject, result, "cpu_http_keepalive_s", lambda: wrk(False))
-    _measure(subject, result, "cpu_http_close_s", lambda: wrk(True))
+    samples: list[dict[str, float | None]] = []
+    for _ in range(opts.repeat):
+        _measure(subject, result, "cpu_bulk_up_s", lambda: iperf(False))
+        _measure(subject, result, "cpu_bulk_down_s", lambda: iperf(True))
+        _measure(subject, result, "cpu_http_keepalive_s", lambda: wrk(False))
+        _measure(subject, result, "cpu_http_close_s", lambda: wrk(True))
+        samples.append(dict(m))
+        m.clear()
+    for key, *_ in METRICS:
+        values = [v for sample in samples if (v := sample.get(key)) is not None]
+        m[key] = round(statistics.median(values), 3) if values else None
+    if opts.repeat > 1:
+        result.info["samples"] = samples
     return result
 
 
@@ -226,7 +237,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
                 result.errors.append(str(err))
                 _log(f"{subject.name}: {err}")
             finally:
-                result.info = subject.info()
+                result.info = subject.info() | result.info
                 result.errors.extend(subject.stop())
                 netns_exec(spec.gw_ns, ["conntrack", "-F"], check=False)
             results[subject.name] = result
@@ -267,6 +278,7 @@ def build_report(
         },
         "options": {
             "duration_s": opts.duration,
+            "repeat": opts.repeat,
             "wrk": {"threads": opts.threads, "connections": opts.connections, "page": PAGE},
             "iperf3_port": opts.iperf_port,
             "suricata_rules": str(opts.suricata_rules),
@@ -313,7 +325,8 @@ def render_table(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"{report['date']}, {m['cores']} cores, kernel {m['kernel']}, Suricata "
-        f"{m['suricata'] or 'n/a'}, {report['options']['duration_s']} s per test, wall time "
+        f"{m['suricata'] or 'n/a'}, {report['options']['duration_s']} s per test, median of "
+        f"{report['options']['repeat']} run(s), wall time "
         f"{report['wall_seconds']} s"
     )
     for name in subjects:

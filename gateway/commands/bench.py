@@ -20,6 +20,7 @@ DEFAULT_SURICATA_RULES = (
     REPO_ROOT / ".." / "shared" / "corpora" / "rules" / "etopen-target-cves.rules"
 )
 MAX_DURATION_S = 600
+MAX_REPEAT = 20
 
 
 def parse_only(text: str) -> tuple[str, ...]:
@@ -91,12 +92,17 @@ def register(sub: Any) -> None:
         default=445,
         help="iperf3 server port (445: a port both vpatch's SMB rules and Suricata inspect)",
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run each test N times, report the median (1)"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.connections < 1:
         raise BenchError(f"--connections {args.connections} must be at least 1")
+    if not 1 <= args.repeat <= MAX_REPEAT:
+        raise BenchError(f"--repeat {args.repeat} outside 1..{MAX_REPEAT}")
     opts = BenchOptions(
         duration=args.duration,
         subjects=tuple(args.only),
@@ -105,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         lab_name=args.lab_name,
         connections=args.connections,
         iperf_port=args.iperf_port,
+        repeat=args.repeat,
     )
     report = run_bench(opts)
     print(render_table(report))
