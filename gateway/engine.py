@@ -275,6 +275,14 @@ class Engine:
         """Forget flows idle past their timeout (their state is freed by on_evict)."""
         self.table.expire(now)
 
+    def close(self) -> None:
+        """Free every flow's Hyperscan streams and buffers (the flows stay in the table, no
+        longer inspected). Call when the engine is dropped, e.g. at the end of a capture."""
+        for flow in self.table:
+            self._release(flow)
+            if flow.blocked is None:
+                flow.final = True
+
     def swap_rules(self, ruleset: RuleSet) -> None:
         """Build a Matcher for `ruleset` and use it for new flows (raises RuleError if it
         cannot compile; the old matcher then stays in place)."""

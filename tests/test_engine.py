@@ -291,6 +291,9 @@ def test_expiry_and_eviction_free_streams() -> None:
     c2 = Conn(engine, sport=42001, now=2000.0)
     c2.handshake()
     assert len(engine.table) == 1 and engine.stats.streams_open == 1
+    engine.close()
+    assert engine.stats.streams_open == 0
+    assert c2.data(0, MARKER) == Decision(Action.ACCEPT, final=True)
 
 
 def test_swap_rules_applies_to_new_flows() -> None:

@@ -77,6 +77,8 @@ def replay_file(
                     eve.write(line + "\n")
     except CaptureError as err:
         error = err
+    finally:
+        engine.close()
     out.flush()
     return engine, error
 
