@@ -113,3 +113,22 @@ def test_command_line_entry_point(corpora: Path) -> None:
         timeout=60,
     ).stdout
     assert "--rules" in help_text and "--eve" in help_text and "PCAP" in help_text
+
+
+def test_attacks_and_malformed_never_break_the_engine(
+    corpora: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    captures = sorted(
+        p
+        for sub in ("attacks", "malformed")
+        for p in (corpora / sub).rglob("*")
+        if p.is_file() and p.suffix in (".pcap", ".pcapng")
+    )
+    status, events, err = run_replay(capsys, "--stats", *map(str, captures))
+    stats = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert len(stats) == len(captures)
+    assert sum(s["internal_errors"] for s in stats) == 0
+    # the bundled rules only describe MS17-010: nothing else may fire (no drop of malformed)
+    assert {e["alert"]["signature_id"] for e in events} <= {9001001, 9001002}  # type: ignore[index]
+    assert all("eternalblue" in s["capture"] for s in stats if s["events"])
+    assert status == 0  # every one of these captures reads to its end
