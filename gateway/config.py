@@ -249,12 +249,16 @@ def _parse(data_in: object, ctx: _Ctx, base: Path | None) -> GatewayConfig:
         hosts: list[Network] = []
         items = _list(ctx, ("protected_hosts",), data["protected_hosts"])
         if len(items) > MAX_PROTECTED_HOSTS:
-            raise ctx.fail(("protected_hosts",), f"{len(items)} entries, at most {MAX_PROTECTED_HOSTS}")
+            raise ctx.fail(
+                ("protected_hosts",), f"{len(items)} entries, at most {MAX_PROTECTED_HOSTS}"
+            )
         for i, item in enumerate(items):
             try:
                 hosts.append(ipaddress.ip_network(str(item), strict=False))
             except ValueError as err:
-                raise ctx.fail(("protected_hosts", str(i)), f"{item!r} is not an address or CIDR") from err
+                raise ctx.fail(
+                    ("protected_hosts", str(i)), f"{item!r} is not an address or CIDR"
+                ) from err
         kw["protected_hosts"] = tuple(hosts)
 
     if "rules" in data:
@@ -268,7 +272,9 @@ def _parse(data_in: object, ctx: _Ctx, base: Path | None) -> GatewayConfig:
         first = _int(ctx, ("queues", "first"), m.get("first", df.first), 0, MAX_QUEUE_NUM)
         count = _int(ctx, ("queues", "count"), m.get("count", df.count), 1, MAX_QUEUES)
         if first + count - 1 > MAX_QUEUE_NUM:
-            raise ctx.fail(("queues", "count"), f"queues {first}..{first + count - 1} exceed {MAX_QUEUE_NUM}")
+            raise ctx.fail(
+                ("queues", "count"), f"queues {first}..{first + count - 1} exceed {MAX_QUEUE_NUM}"
+            )
         max_len = _int(ctx, ("queues", "max_len"), m.get("max_len", df.max_len), 1, 1 << 20)
         return QueueConfig(first, count, max_len)
 
@@ -276,11 +282,25 @@ def _parse(data_in: object, ctx: _Ctx, base: Path | None) -> GatewayConfig:
 
     def depth(m: dict[str, Any], df: StreamDepth) -> StreamDepth:
         return StreamDepth(
-            _int(ctx, ("stream_depth", "to_server"), m.get("to_server", df.to_server), 0, MAX_STREAM_DEPTH),
-            _int(ctx, ("stream_depth", "to_client"), m.get("to_client", df.to_client), 0, MAX_STREAM_DEPTH),
+            _int(
+                ctx,
+                ("stream_depth", "to_server"),
+                m.get("to_server", df.to_server),
+                0,
+                MAX_STREAM_DEPTH,
+            ),
+            _int(
+                ctx,
+                ("stream_depth", "to_client"),
+                m.get("to_client", df.to_client),
+                0,
+                MAX_STREAM_DEPTH,
+            ),
         )
 
-    kw["stream_depth"] = _section(ctx, data, "stream_depth", d.stream_depth, depth, {"to_server", "to_client"})
+    kw["stream_depth"] = _section(
+        ctx, data, "stream_depth", d.stream_depth, depth, {"to_server", "to_client"}
+    )
 
     def marks(m: dict[str, Any], df: MarkConfig) -> MarkConfig:
         bypass = _int(ctx, ("marks", "bypass"), m.get("bypass", df.bypass), 1, MAX_MARK)
@@ -340,13 +360,20 @@ def _parse(data_in: object, ctx: _Ctx, base: Path | None) -> GatewayConfig:
         p = ("workers",)
         return WorkerConfig(
             _int(ctx, (*p, "max_restarts"), m.get("max_restarts", df.max_restarts), 0, 1000),
-            _float(ctx, (*p, "restart_window"), m.get("restart_window", df.restart_window), 1, 86400),
+            _float(
+                ctx, (*p, "restart_window"), m.get("restart_window", df.restart_window), 1, 86400
+            ),
             _float(ctx, (*p, "stop_timeout"), m.get("stop_timeout", df.stop_timeout), 0.1, 600),
             _float(ctx, (*p, "restart_delay"), m.get("restart_delay", df.restart_delay), 0, 3600),
         )
 
     kw["workers"] = _section(
-        ctx, data, "workers", d.workers, workers, {"max_restarts", "restart_window", "stop_timeout", "restart_delay"}
+        ctx,
+        data,
+        "workers",
+        d.workers,
+        workers,
+        {"max_restarts", "restart_window", "stop_timeout", "restart_delay"},
     )
     return GatewayConfig(**kw)
 

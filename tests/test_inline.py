@@ -53,9 +53,16 @@ def _env() -> dict[str, str]:
     return env
 
 
-def in_ns(ns: str, argv: list[str], timeout: float = 30, **kw: Any) -> subprocess.CompletedProcess[str]:
+def in_ns(
+    ns: str, argv: list[str], timeout: float = 30, **kw: Any
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout, **kw
+        ["ip", "netns", "exec", ns, *argv],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
     )
 
 
@@ -129,7 +136,9 @@ def ours_in_kernel(ns: str) -> list[str]:
     lines = []
     for tool in ("iptables-save", "ip6tables-save"):
         lines += [x for x in in_ns(ns, [tool]).stdout.splitlines() if "VPATCH" in x]
-    lines += [x for x in in_ns(ns, ["ipset", "list", "-n"]).stdout.split() if x.startswith("vpatch-")]
+    lines += [
+        x for x in in_ns(ns, ["ipset", "list", "-n"]).stdout.split() if x.startswith("vpatch-")
+    ]
     return lines
 
 
@@ -191,7 +200,9 @@ RECORDING_SERVER = textwrap.dedent(
 
 
 @contextmanager
-def recording_server(lab: Any, mode: str = "record", size: int = 0) -> Iterator[subprocess.Popen[str]]:
+def recording_server(
+    lab: Any, mode: str = "record", size: int = 0
+) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
         ["ip", "netns", "exec", lab.server_ns, sys.executable, "-c", RECORDING_SERVER,
          lab.server_addr, "8080", mode, str(size)],
@@ -210,11 +221,21 @@ def test_http_and_smb_pass_through_gateway(lab: Any, tmp_path: Path) -> None:
     with vpatch_run(lab, tmp_path) as gw:
         page = in_ns(lab.client_ns, ["curl", "-s", "-m", "5", f"http://{lab.server_addr}/"])
         assert "vpatch lab server" in page.stdout
-        page6 = in_ns(lab.client_ns, ["curl", "-s", "-m", "5", "-g", f"http://[{lab.server_addr6}]/"])
+        page6 = in_ns(
+            lab.client_ns, ["curl", "-s", "-m", "5", "-g", f"http://[{lab.server_addr6}]/"]
+        )
         assert "vpatch lab server" in page6.stdout
         smb = in_ns(
             lab.client_ns,
-            ["smbclient", "-N", "-L", f"//{lab.server_addr}", "--option=client min protocol=NT1", "-m", "NT1"],
+            [
+                "smbclient",
+                "-N",
+                "-L",
+                f"//{lab.server_addr}",
+                "--option=client min protocol=NT1",
+                "-m",
+                "NT1",
+            ],
         )
         assert "public" in smb.stdout, smb.stdout + smb.stderr
         status = gw.status()
@@ -341,7 +362,9 @@ def test_sigterm_removes_every_rule(lab: Any, tmp_path: Path) -> None:
         after = [in_ns(lab.gw_ns, [t]).stdout for t in ("iptables-save", "ip6tables-save")]
 
         def strip(texts: list[str]) -> list[str]:
-            return [x.split(" [")[0] for t in texts for x in t.splitlines() if not x.startswith("#")]
+            return [
+                x.split(" [")[0] for t in texts for x in t.splitlines() if not x.startswith("#")
+            ]
 
         if any(x.startswith("-A") for x in strip(before)):
             assert strip(after) == strip(before)

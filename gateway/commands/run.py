@@ -36,7 +36,13 @@ from typing import Any
 
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import VpatchError
-from gateway.firewall.apply import BackendInfo, apply_rules, cleanup_all, probe_backend, remove_rules
+from gateway.firewall.apply import (
+    BackendInfo,
+    apply_rules,
+    cleanup_all,
+    probe_backend,
+    remove_rules,
+)
 from gateway.firewall.render import QueuePlan, RenderedRules, render
 from gateway.intake.nfqueue import WorkerStats, start_worker
 
@@ -106,7 +112,9 @@ class _Worker:
 class Gateway:
     """The running gateway: workers, kernel rules, control socket."""
 
-    def __init__(self, config: GatewayConfig, backend: BackendInfo, rendered: RenderedRules) -> None:
+    def __init__(
+        self, config: GatewayConfig, backend: BackendInfo, rendered: RenderedRules
+    ) -> None:
         self.config = config
         self.backend = backend
         self.rendered = rendered
@@ -198,7 +206,9 @@ class Gateway:
             w.proc.join(0)
             while w.restarts and now - w.restarts[0] > wc.restart_window:
                 w.restarts.popleft()
-            effect = "bypassed by the kernel" if self.config.fail_policy.value == "open" else "dropped"
+            effect = (
+                "bypassed by the kernel" if self.config.fail_policy.value == "open" else "dropped"
+            )
             log.error(
                 "worker for queue %d (pid %s) died with exit status %s; its packets are %s "
                 "until it is restarted in %.1fs",
@@ -250,6 +260,10 @@ class Gateway:
 
         self._control = ControlServer(
             self.config.control.socket,
-            {"status": self.status, "stats": self.status, "rules": lambda _r: self.rendered.describe()},
+            {
+                "status": self.status,
+                "stats": self.status,
+                "rules": lambda _r: self.rendered.describe(),
+            },
         )
         self._control.start()

@@ -250,7 +250,9 @@ def render(config: GatewayConfig, plan: QueuePlan) -> RenderedRules:
         if not text:
             continue
         sets.append(host_set)
-        ipset_lines.append(f"create {host_set} hash:net family {family} maxelem {max(len(hosts), 64)}")
+        ipset_lines.append(
+            f"create {host_set} hash:net family {family} maxelem {max(len(hosts), 64)}"
+        )
         ipset_lines.extend(f"add {host_set} {h.with_prefixlen}" for h in _collapse(hosts))
         all_chains.extend(c for c in chains if c not in all_chains)
     return RenderedRules(

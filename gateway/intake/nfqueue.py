@@ -140,7 +140,12 @@ def _config_message(queue_num: int, flags: int, mask: int) -> bytes:
         attrs += _NLATTR_U32.pack(8, kind) + struct.pack("!I", value)
     body = _NFGENMSG.pack(socket.AF_UNSPEC, NFNETLINK_V0, queue_num) + attrs
     msg_type = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_ACK, CONFIG_SEQ, 0) + body
+    return (
+        _NLMSGHDR.pack(
+            _NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_ACK, CONFIG_SEQ, 0
+        )
+        + body
+    )
 
 
 def _find_ack(datagram: bytes) -> int | None:
@@ -184,13 +189,18 @@ def set_queue_flags(nfq: Any, queue_num: int, flags: int, mask: int) -> None:
         while code is None:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([sock], [], [], left)[0]:
-                raise OSError(errno.ETIMEDOUT, f"no answer to NFQNL_MSG_CONFIG for queue {queue_num}")
+                raise OSError(
+                    errno.ETIMEDOUT, f"no answer to NFQNL_MSG_CONFIG for queue {queue_num}"
+                )
             datagram = sock.recv(65536)
             code = _find_ack(datagram)
             if code is None and len(early) < MAX_EARLY_MESSAGES:
                 early.append(datagram)
         if code != 0:
-            raise OSError(-code, f"NFQNL_MSG_CONFIG flags {flags:#x} on queue {queue_num}: {os.strerror(-code)}")
+            raise OSError(
+                -code,
+                f"NFQNL_MSG_CONFIG flags {flags:#x} on queue {queue_num}: {os.strerror(-code)}",
+            )
     finally:
         sock.close()  # our dup only; netfilterqueue's descriptor stays open
         if early:
@@ -276,7 +286,7 @@ class PacketHandler:
                 pkt.drop()
                 stats.add("dropped")
             done = True
-        except Exception as err:  # the catch-all of the fail policy
+        except Exception as err:  # noqa: BLE001 - the catch-all of the fail policy
             stats.add("errors")
             self._log_error(err)
             if not done:
@@ -291,7 +301,7 @@ class PacketHandler:
             replacement = rst_to_server(parsed) if parsed.proto == PROTO_TCP else None
             if parsed.fragment:
                 replacement = None
-        except Exception as err:  # undecodable but blocked: drop it
+        except Exception as err:  # noqa: BLE001 - undecodable but blocked: drop it
             self._log_error(err)
             replacement = None
         if replacement is None:
@@ -319,7 +329,7 @@ class PacketHandler:
             else:
                 pkt.drop()
                 self.stats.add("dropped")
-        except Exception as err:  # verdict already given or queue gone: nothing left to do
+        except Exception as err:  # noqa: BLE001 - verdict already given or queue gone: nothing left to do
             self._log_error(err)
 
     def _emit(self, decision: Decision) -> None:
@@ -329,7 +339,7 @@ class PacketHandler:
             try:
                 self.sink.emit(event)
                 self.stats.add("events")
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001
                 self.stats.add("errors")
                 self._log_error(err)
 
@@ -337,7 +347,9 @@ class PacketHandler:
         now = time.monotonic()
         if now - self._last_error_log >= ERROR_LOG_INTERVAL:
             self._last_error_log = now
-            log.error("packet handling failed (%s errors so far): %r", self.stats.get("errors"), err)
+            log.error(
+                "packet handling failed (%s errors so far): %r", self.stats.get("errors"), err
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,7 +409,9 @@ def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> in
         if config.fail_policy is FailPolicy.OPEN:
             set_queue_flags(nfq, queue_num, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN)
         stats.set("bound", 1)
-        log.info("queue %d bound (pid %d, fail %s)", queue_num, os.getpid(), config.fail_policy.value)
+        log.info(
+            "queue %d bound (pid %d, fail %s)", queue_num, os.getpid(), config.fail_policy.value
+        )
         fd = nfq.get_fd()
         poller = select.poll()
         poller.register(fd, select.POLLIN)
@@ -410,7 +424,7 @@ def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> in
                 last_expire = mono
                 try:
                     engine.expire(time.time())
-                except Exception as err:  # expiry must not kill the worker
+                except Exception as err:  # noqa: BLE001 - expiry must not kill the worker
                     stats.add("errors")
                     log.error("engine.expire failed: %r", err)
     finally:
@@ -435,16 +449,14 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _process_entry(
-    queue_num: int, config: GatewayConfig, stats: WorkerStats, parent: int
-) -> None:
+def _process_entry(queue_num: int, config: GatewayConfig, stats: WorkerStats, parent: int) -> None:
     _die_with_parent(parent)
     logging.basicConfig(
         level=logging.INFO, format=f"vpatch[queue {queue_num}] %(levelname)s %(message)s"
     )
     try:
         code = worker_main(queue_num, config, stats)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001
         log.error("worker for queue %d failed: %s", queue_num, err)
         code = 1
     sys.stdout.flush()
@@ -453,7 +465,7 @@ def _process_entry(
 
 def start_worker(
     queue_num: int, config: GatewayConfig, stats: WorkerStats
-) -> multiprocessing.Process:
+) -> multiprocessing.process.BaseProcess:
     """Start the worker process of one queue.
 
     spawn, not fork: the parent runs the control-socket thread, and forking a threaded process
@@ -463,7 +475,7 @@ def start_worker(
     proc = ctx.Process(
         target=_process_entry,
         args=(queue_num, config, stats, os.getpid()),
-        name=f"vpatch-queue-{queue_num}"
+        name=f"vpatch-queue-{queue_num}",
     )
     proc.daemon = False
     proc.start()

@@ -35,7 +35,7 @@ def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071) of data: one's complement of the one's complement sum."""
     if len(data) % 2:
         data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -74,7 +74,9 @@ def build_tcp_rst(
 
 def _segment_end(pkt: Packet) -> int:
     """Sequence number just past the segment (SYN and FIN each count as one)."""
-    length = len(pkt.payload) + (1 if pkt.flags & TCP_SYN else 0) + (1 if pkt.flags & TCP_FIN else 0)
+    length = (
+        len(pkt.payload) + (1 if pkt.flags & TCP_SYN else 0) + (1 if pkt.flags & TCP_FIN else 0)
+    )
     return (pkt.seq + length) & 0xFFFFFFFF
 
 

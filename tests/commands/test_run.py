@@ -23,11 +23,13 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
 
 
-def vpatch(*args: str, ns: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def vpatch(
+    *args: str, ns: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     prefix = ["ip", "netns", "exec", ns] if ns else []
     return subprocess.run(
         [*prefix, sys.executable, "-m", "gateway.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=_env(),
+        check=False, capture_output=True, text=True, timeout=timeout, env=_env(),
     )  # fmt: skip
 
 
@@ -82,9 +84,16 @@ def ns() -> Iterator[str]:
 def _ours(ns: str) -> list[str]:
     out = []
     for tool in ("iptables-save", "ip6tables-save"):
-        text = subprocess.run(["ip", "netns", "exec", ns, tool], capture_output=True, text=True).stdout
+        text = subprocess.run(
+            ["ip", "netns", "exec", ns, tool], check=False, capture_output=True, text=True
+        ).stdout
         out += [x for x in text.splitlines() if "VPATCH" in x]
-    sets = subprocess.run(["ip", "netns", "exec", ns, "ipset", "list", "-n"], capture_output=True, text=True)
+    sets = subprocess.run(
+        ["ip", "netns", "exec", ns, "ipset", "list", "-n"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     return out + [x for x in sets.stdout.split() if x.startswith("vpatch-")]
 
 
@@ -114,7 +123,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.mark.netns
 def test_restart_budget_exhausted_exits_and_removes_rules(ns: str, tmp_path: Path) -> None:
-    cfg = _config(tmp_path, "queues: {first: 3, count: 1}\nworkers: {max_restarts: 1, restart_delay: 0}\n")
+    cfg = _config(
+        tmp_path, "queues: {first: 3, count: 1}\nworkers: {max_restarts: 1, restart_delay: 0}\n"
+    )
     log = tmp_path / "run.log"
     proc = _start(ns, cfg, log)
     try:

@@ -98,7 +98,9 @@ def test_failed_ipv6_apply_rolls_back_ipv4(ns: str) -> None:
     backend = probe_backend(netns=ns)
     before = _state(ns)
     rendered = render(parse_config(CONFIG), PLAN)
-    broken = dataclasses.replace(rendered, ipv6=rendered.ipv6.replace("-j VPATCH-QUEUE", "-j NO-SUCH-CHAIN", 1))
+    broken = dataclasses.replace(
+        rendered, ipv6=rendered.ipv6.replace("-j VPATCH-QUEUE", "-j NO-SUCH-CHAIN", 1)
+    )
     with pytest.raises(FirewallError, match="ip6tables-nft-restore|ip6tables-legacy-restore"):
         apply_rules(broken, backend, ns)
     assert _state(ns) == before

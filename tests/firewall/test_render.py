@@ -84,9 +84,7 @@ def test_bypass_mark_chain_and_connmark_skip() -> None:
     ) in rules
 
 
-@pytest.mark.parametrize(
-    ("policy", "bypass"), [("open", True), ("closed", False)]
-)
+@pytest.mark.parametrize(("policy", "bypass"), [("open", True), ("closed", False)])
 def test_fail_policy_flags(policy: str, bypass: bool) -> None:
     r = _render(f"protected_hosts: [198.18.0.20]\nfail_policy: {policy}\n")
     (queue_rule,) = [x for x in _rules(r.ipv4) if "-j NFQUEUE" in x]

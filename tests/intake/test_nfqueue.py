@@ -109,7 +109,7 @@ def _run(ns: str, mode: str, policy: str) -> dict[str, object]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run(
         ["ip", "netns", "exec", ns, sys.executable, "-c", SCRIPT, mode, policy],
-        capture_output=True, text=True, timeout=60, env=env,
+        check=False, capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
