@@ -1,7 +1,7 @@
 """`vpatch replay`: run the inspection engine over capture files, like `suricata -r`.
 
 What it does: for every capture (pcap or pcapng) in order, a fresh Engine (same rules, one
-compiled Matcher shared by all files) processes every frame with the capture's own timestamps
+compiled Matcher shared by all files; bounds from `-c CONFIG` or EngineConfig defaults) processes every frame with the capture's own timestamps
 as the clock, and every event (alert, or alert with action "blocked") is printed on stdout as
 one EVE JSON object per line; `--eve FILE` also appends them to FILE.
 
@@ -50,6 +50,14 @@ def register(subparsers: Any) -> None:
         help="rule file or directory (repeatable; default: the bundled rules/ directory)",
     )
     parser.add_argument(
+        "-c",
+        "--config",
+        metavar="CONFIG",
+        type=Path,
+        help="gateway configuration (YAML): its rules, stream depths, engine bounds and fail "
+        "policy are used (--rules still overrides its rules)",
+    )
+    parser.add_argument(
         "--eve", metavar="FILE", type=Path, help="also append the EVE JSON lines to FILE"
     )
     parser.add_argument(
@@ -84,10 +92,17 @@ def replay_file(
 
 
 def run(args: argparse.Namespace) -> int:
-    paths = args.rules or [default_rule_dir()]
+    if args.config is not None:
+        from gateway.config import load_config
+
+        gateway_config = load_config(args.config)
+        paths = args.rules or list(gateway_config.rules)
+        config = EngineConfig.from_gateway(gateway_config)
+    else:
+        paths = args.rules or [default_rule_dir()]
+        config = EngineConfig()
     ruleset = load_rules(paths)
     matcher = Matcher(ruleset)
-    config = EngineConfig()
     status = 0
     eve: IO[str] | None = open(args.eve, "a", encoding="utf-8") if args.eve else None  # noqa: SIM115
     try:

@@ -132,3 +132,19 @@ def test_attacks_and_malformed_never_break_the_engine(
     assert {e["alert"]["signature_id"] for e in events} <= {9001001, 9001002}  # type: ignore[index]
     assert all("eternalblue" in s["capture"] for s in stats if s["events"])
     assert status == 0  # every one of these captures reads to its end
+
+
+def test_config_file_supplies_rules_and_depth(
+    corpora: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    only_split = Path(__file__).resolve().parents[2] / "rules" / "vpatch-test-split.yaml"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"rules: [{only_split}]\n")
+    status, events, _ = run_replay(capsys, "-c", str(config), str(corpora / ETERNALBLUE))
+    assert status == 0 and events == []
+    config.write_text("stream_depth: {to_server: 100, to_client: 0}\n")  # bundled rules, tiny depth
+    status, events, _ = run_replay(capsys, "-c", str(config), str(corpora / ETERNALBLUE))
+    assert status == 0 and events == []  # the exploit sits past the first 100 bytes
+    config.write_text("stream_depth: {to_server: 1048576, to_client: 0}\n")
+    status, events, _ = run_replay(capsys, "-c", str(config), str(corpora / ETERNALBLUE))
+    assert status == 0 and events
