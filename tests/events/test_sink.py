@@ -12,7 +12,7 @@ import pytest
 
 from gateway.errors import ConfigError
 from gateway.events.eve import Event
-from gateway.events.sink import EventSink
+from gateway.events.sink import BATCH_WAIT, EventSink
 from gateway.verdict import Action
 
 
@@ -108,7 +108,10 @@ def test_emit_never_blocks_and_counts_drops(tmp_path: Path) -> None:
     locker.execute("BEGIN IMMEDIATE")  # holds the write lock: the writer stalls on its commit
     try:
         sink.emit(event(0))
-        time.sleep(0.5)  # the writer has taken event 0 and waits for the lock
+        deadline = time.monotonic() + 10
+        while not sink._queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(BATCH_WAIT + 0.3)  # batch window over: the writer now waits for the lock
         for i in range(1, 11):  # a blocking emit would hang here (the lock is still held)
             sink.emit(event(i))
     finally:
