@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
@@ -318,3 +320,32 @@ def test_eternalblue_capture_fires_each_ms17_010_rule(corpora: Path, only: int) 
     assert events and {e.signature_id for e in events} == {only}
     assert all("CVE-2017-0144" in e.cves and e.dest_port == 445 and e.blocked for e in events)
     assert engine.stats.internal_errors == 0 and engine.stats.decode_errors == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(order=st.permutations(range(6)))
+def test_any_arrival_order_blocks_the_packet_that_completes_the_marker(order: list[int]) -> None:
+    engine = engine_with(rule(1, MARKER))
+    c = Conn(engine)
+    c.handshake()
+    req = b"GET /" + MARKER + b" HTTP/1.1\r\n\r\n"
+    bounds = [0, 3, 9, 16, 22, 29, len(req)]
+    segs = [(bounds[i], req[bounds[i] : bounds[i + 1]]) for i in range(6)]
+    marker_end = req.index(MARKER) + len(MARKER)
+    delivered_upto = 0
+    have: set[int] = set()
+    blocked_at = None
+    for step, i in enumerate(order):
+        d = c.data(*segs[i])
+        have.add(i)
+        while delivered_upto < 6 and delivered_upto in have:
+            delivered_upto += 1
+        contiguous = bounds[delivered_upto]
+        if blocked_at is None and contiguous >= marker_end:
+            blocked_at = step
+            assert d.action is Action.RESET and len(d.events) == 1
+        elif blocked_at is None:
+            assert d == Decision(Action.ACCEPT)
+        else:
+            assert d == Decision(Action.RESET)
+    assert blocked_at is not None and engine.stats.events == 1

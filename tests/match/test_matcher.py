@@ -3,9 +3,12 @@ AND of patterns, port and direction filtering, UDP block mode, stream lifecycle.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.match.matcher import TO_CLIENT, TO_SERVER, Matcher, literal_regex
 from gateway.match.rules import Pattern, Rule, RuleSet, default_rule_dir, load_rules
@@ -191,3 +194,26 @@ def test_bundled_eternalblue_rules_describe_the_exploit_structure() -> None:
     assert scan_chunks(m, [t2], port=139) == [{9001002}]
     find_first = t2.replace(b"\x01\x00\x0e\x00", b"\x01\x00\x01\x00")  # TRANS2_FIND_FIRST2
     assert scan_chunks(m, [find_first], port=445) == [set()]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    prefix=st.binary(max_size=64),
+    suffix=st.binary(max_size=64),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+)
+def test_any_segmentation_fires_exactly_once_when_the_marker_completes(
+    prefix: bytes, suffix: bytes, cuts: list[int]
+) -> None:
+    marker = b"VPATCH-TEST-EXPLOIT-7f3a"
+    data = prefix + marker + suffix
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    chunks = [data[a:b] for a, b in itertools.pairwise(points)]
+    fired = scan_chunks(_SPLIT_MATCHER, chunks)
+    hits = [i for i, f in enumerate(fired) if f]
+    assert len(hits) == 1
+    end = data.index(marker) + len(marker)
+    assert points[hits[0]] < end <= points[hits[0] + 1]
+
+
+_SPLIT_MATCHER = Matcher(RuleSet([rule(1, content(b"VPATCH-TEST-EXPLOIT-7f3a"))]))
