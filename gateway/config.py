@@ -65,7 +65,7 @@ class QueueConfig:
 @dataclass(frozen=True, slots=True)
 class StreamDepth:
     to_server: int = 1048576  # bytes inspected client -> server (0: never queued)
-    to_client: int = 0  # bytes inspected server -> client (0: never queued)
+    to_client: int = 65536  # bytes inspected server -> client, where a rule looks (0: never)
 
 
 @dataclass(frozen=True, slots=True)

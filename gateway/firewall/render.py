@@ -8,9 +8,9 @@ Pure: configuration + the ports enabled rules cover in, text out. Nothing here t
   `iptables-restore --noflush`: nobody else's rule is flushed or reordered.
 - Queued (NFQUEUE) are only packets an enabled rule could care about: a protected host as the
   destination (to_server) or the source (to_client, only if a rule inspects responses and
-  stream_depth.to_client > 0), TCP/UDP to a port an enabled rule covers, within the stream depth
-  of that direction (connbytes, counted by conntrack), on connections not bypassed by connmark,
-  and for TCP only segments that carry payload (or SYN, which seeds reassembly).
+  stream_depth.to_client > 0), TCP/UDP to a port an enabled rule covers, on connections not
+  bypassed by connmark, and for TCP only segments that carry payload (or SYN, which seeds
+  reassembly). The stream depth is enforced by the engine, see below.
 - Forwarded traffic only: routed and bridged traffic (br_netfilter) both pass FORWARD.
   Mangle FORWARD runs before filter FORWARD, so a packet we accept still meets the host's own
   filter rules.
@@ -33,12 +33,13 @@ total length > 20 + 4*D" (IPv6: "next header = TCP, data offset = D, payload len
 Packets with IPv4 options or IPv6 extension headers are always queued (rare; the engine copes).
 The two common offsets (8: timestamps, 5: none) come first.
 
-Stream depth: conntrack counts IP bytes including headers, while the engine's depth counts
-payload. The kernel limit is depth * KERNEL_DEPTH_FACTOR + KERNEL_DEPTH_SLACK so that streams of
-normal segments are queued until the engine itself reaches its depth and sets the bypass mark;
-the connbytes limit is only the backstop for flows the engine never finalises. A peer sending
-tiny segments makes the kernel counter run ahead of the payload (up to ~120 header bytes per
-payload byte); past the kernel limit the rest of its stream is not inspected.
+Stream depth: the engine counts each direction's payload bytes exactly and, once every inspected
+direction has reached its depth, gives the flow's packet the BYPASS mark; from then on the kernel
+stops queueing the connection. We deliberately do not add a conntrack `connbytes` bound as well:
+conntrack counts IP bytes including headers, so a peer sending 1-byte segments with 120 bytes of
+headers each would reach any such bound after a small fraction of the depth, and the rest of its
+stream (the exploit) would never be inspected. A flow the engine has not finalised keeps being
+queued, which is the safe side.
 """
 
 from __future__ import annotations
@@ -50,9 +51,6 @@ from typing import Protocol
 
 from gateway.config import FailPolicy, GatewayConfig, Network
 
-KERNEL_DEPTH_FACTOR = 2
-KERNEL_DEPTH_SLACK = 65536
-MAX_CONNBYTES = (1 << 63) - 1
 # Common TCP data offsets first: 8 (timestamps, Linux default), 5 (no options, Windows default).
 TCP_DATA_OFFSETS = (8, 5, 10, 6, 7, 9, 11, 12, 13, 14, 15)
 PROTOCOLS = ("tcp", "udp")
@@ -116,11 +114,6 @@ def set_prefix(chain_prefix: str) -> str:
     return chain_prefix.lower() + "-"
 
 
-def kernel_depth(depth: int) -> int:
-    """The connbytes upper bound for an engine stream depth (see the module comment)."""
-    return min(depth * KERNEL_DEPTH_FACTOR + KERNEL_DEPTH_SLACK, MAX_CONNBYTES)
-
-
 def queue_target(config: GatewayConfig) -> str:
     q = config.queues
     target = (
@@ -168,12 +161,12 @@ def _render_family(
     rules.append(f"-A {fwd} -m connmark --mark {bypass:#x}/{bypass:#x} -j RETURN")
 
     dir_specs = (
-        ("to_server", srv, "dst", "original", depth.to_server),
-        ("to_client", cli, "src", "reply", depth.to_client),
+        ("to_server", srv, "dst", depth.to_server),
+        ("to_client", cli, "src", depth.to_client),
     )
     protocols = PROTOCOLS if config.firewall.queue_udp else ("tcp",)
     uses_tcp = False
-    for direction, chain, side, ct_dir, dir_depth in dir_specs:
+    for direction, chain, side, dir_depth in dir_specs:
         if dir_depth <= 0:
             continue
         body = []
@@ -184,9 +177,7 @@ def _render_family(
             target = tcp if proto == "tcp" else queue
             uses_tcp |= proto == "tcp"
             body.append(
-                f"-A {chain} -p {proto} -m set --match-set {set_name} {side}"
-                f" -m connbytes --connbytes 0:{kernel_depth(dir_depth)}"
-                f" --connbytes-dir {ct_dir} --connbytes-mode bytes -j {target}"
+                f"-A {chain} -p {proto} -m set --match-set {set_name} {side} -j {target}"
             )
         if body:
             chains.append(chain)
