@@ -79,7 +79,9 @@ def _read_name(data: bytes, pos: int) -> tuple[str, int]:
                 raise DnsDecodeError(f"truncated compression pointer at offset {pos}")
             target = (length & 0x3F) << 8 | data[pos + 1]
             if target >= pos:
-                raise DnsDecodeError(f"compression pointer at offset {pos} points forward to {target}")
+                raise DnsDecodeError(
+                    f"compression pointer at offset {pos} points forward to {target}"
+                )
             jumps += 1
             if jumps > MAX_POINTERS:
                 raise DnsDecodeError(f"more than {MAX_POINTERS} compression pointers in one name")

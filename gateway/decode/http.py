@@ -139,7 +139,9 @@ class HttpRequestDecoder:
             if self._buf[:2] != b"\r\n":
                 # Tolerate a bare LF like most servers do.
                 if self._buf[:1] != b"\n":
-                    raise HttpDecodeError(f"chunk data not followed by CRLF: {bytes(self._buf[:8])!r}")
+                    raise HttpDecodeError(
+                        f"chunk data not followed by CRLF: {bytes(self._buf[:8])!r}"
+                    )
                 del self._buf[:1]
             else:
                 del self._buf[:2]
@@ -203,9 +205,9 @@ class HttpRequestDecoder:
         head = bytes(self._buf[:end])
         del self._buf[: end + sep]
         lines = head.replace(b"\r\n", b"\n").split(b"\n")
-        request = self._parse_request_line(lines[0])
+        method, target, version = self._parse_request_line(lines[0])
         headers = self._parse_headers(lines[1:])
-        request = Request(request[0], request[1], normalize_uri(request[1]), request[2], headers)
+        request = Request(method, target, normalize_uri(target), version, headers)
         self._start_body(request)
         return request
 
@@ -234,8 +236,8 @@ class HttpRequestDecoder:
                 # Obsolete line folding (RFC 9112 section 5.2): replace with a space.
                 if not headers:
                     raise HttpDecodeError("header block starts with a folded line")
-                name, value = headers[-1]
-                headers[-1] = (name, f"{value} {raw.strip().decode('latin-1')}")
+                last_name, last_value = headers[-1]
+                headers[-1] = (last_name, f"{last_value} {raw.strip().decode('latin-1')}")
                 continue
             name, colon, value = raw.partition(b":")
             if not colon or not _TOKEN.match(name):

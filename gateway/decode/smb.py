@@ -199,13 +199,17 @@ def _parse_smb1(msg: bytes) -> list[Event]:
     pos = _SMB1.size
     for _ in range(MAX_CHAIN):
         if pos >= len(msg):
-            raise SmbDecodeError(f"SMB1 command 0x{command:02x} parameter block past the end at {pos}")
+            raise SmbDecodeError(
+                f"SMB1 command 0x{command:02x} parameter block past the end at {pos}"
+            )
         wc = msg[pos]
         words_end = pos + 1 + 2 * wc
         if words_end + 2 > len(msg):
             # Error responses may carry no byte count; anything else is truncated.
             if is_response and wc == 0 and words_end == len(msg):
-                events.append(Smb1Command(command, status, is_response, flags2, tid, uid, mid, 0, 0))
+                events.append(
+                    Smb1Command(command, status, is_response, flags2, tid, uid, mid, 0, 0)
+                )
                 return events
             raise SmbDecodeError(f"SMB1 command 0x{command:02x} truncated (word count {wc})")
         words = msg[pos + 1 : words_end]
@@ -214,13 +218,20 @@ def _parse_smb1(msg: bytes) -> list[Event]:
         transaction = None if is_response else _parse_transaction(command, words)
         dialects: tuple[str, ...] = ()
         if command == SMB1_NEGOTIATE and not is_response:
-            dialects = tuple(
-                d[1:].decode("latin-1") for d in data.split(b"\0") if d[:1] == b"\x02"
-            )
+            dialects = tuple(d[1:].decode("latin-1") for d in data.split(b"\0") if d[:1] == b"\x02")
         events.append(
             Smb1Command(
-                command, status, is_response, flags2, tid, uid, mid, wc, byte_count,
-                transaction, dialects,
+                command,
+                status,
+                is_response,
+                flags2,
+                tid,
+                uid,
+                mid,
+                wc,
+                byte_count,
+                transaction,
+                dialects,
             )
         )
         if command not in SMB1_ANDX or wc < 2:
@@ -261,14 +272,33 @@ def _parse_smb2(msg: bytes, follow_chain: bool = True) -> list[Event]:
     for _ in range(MAX_CHAIN):
         if len(msg) - pos < _SMB2.size:
             raise SmbDecodeError(f"SMB2 header truncated at offset {pos}")
-        (magic, size, _credit, status, command, _, flags, next_command, message_id, _, tree_id,
-         session_id, _) = _SMB2.unpack_from(msg, pos)
+        (
+            magic,
+            size,
+            _credit,
+            status,
+            command,
+            _,
+            flags,
+            next_command,
+            message_id,
+            _,
+            tree_id,
+            session_id,
+            _,
+        ) = _SMB2.unpack_from(msg, pos)
         if magic != b"\xfeSMB" or size != 64:
             raise SmbDecodeError(f"bad SMB2 header at offset {pos} (structure size {size})")
         # ASYNC headers (flag 0x2) carry an AsyncId where sync ones carry Reserved + TreeId.
         events.append(
-            Smb2Command(command, status, bool(flags & 1), message_id,
-                        0 if flags & 2 else tree_id, session_id)
+            Smb2Command(
+                command,
+                status,
+                bool(flags & 1),
+                message_id,
+                0 if flags & 2 else tree_id,
+                session_id,
+            )
         )
         if next_command == 0 or not follow_chain:
             return events

@@ -176,9 +176,7 @@ def _render_family(
                 continue
             target = tcp if proto == "tcp" else queue
             uses_tcp |= proto == "tcp"
-            body.append(
-                f"-A {chain} -p {proto} -m set --match-set {set_name} {side} -j {target}"
-            )
+            body.append(f"-A {chain} -p {proto} -m set --match-set {set_name} {side} -j {target}")
         if body:
             chains.append(chain)
             rules.append(f"-A {fwd} -m set --match-set {host_set} {side} -j {chain}")

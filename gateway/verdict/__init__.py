@@ -34,7 +34,7 @@ class Decision:
 
     action: Action
     final: bool = False
-    events: tuple["Event", ...] = field(default=())
+    events: tuple[Event, ...] = field(default=())
 
 
 ACCEPT = Decision(Action.ACCEPT)

@@ -52,7 +52,11 @@ def test_errors_name_the_problem_and_server_survives(server: ControlServer) -> N
 
 @pytest.mark.parametrize(
     ("line", "error"),
-    [(b"{not json\n", "not JSON"), (b"[1,2]\n", "must be an object"), (b'{"command": 5}\n', "string")],
+    [
+        (b"{not json\n", "not JSON"),
+        (b"[1,2]\n", "must be an object"),
+        (b'{"command": 5}\n', "string"),
+    ],
 )
 def test_malformed_requests(server: ControlServer, line: bytes, error: str) -> None:
     with socket.socket(socket.AF_UNIX) as sock:

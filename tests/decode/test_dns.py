@@ -18,17 +18,30 @@ from gateway.decode.dns import (
 
 QUERY = raw(DNS(id=7, rd=1, qd=DNSQR(qname="www.lab.test", qtype="A")))
 ANSWER = raw(
-    DNS(id=7, qr=1, qd=DNSQR(qname="www.lab.test"), an=DNSRR(rrname="www.lab.test", rdata="198.18.0.20"))
+    DNS(
+        id=7,
+        qr=1,
+        qd=DNSQR(qname="www.lab.test"),
+        an=DNSRR(rrname="www.lab.test", rdata="198.18.0.20"),
+    )
 )
 TKEY_QUERY = raw(
-    DNS(id=9, qd=DNSQR(qname="x.lab.test", qtype=TYPE_TKEY),
-        an=DNSRR(rrname="x.lab.test", type=TYPE_TKEY, rdata=b"\0" * 4))
+    DNS(
+        id=9,
+        qd=DNSQR(qname="x.lab.test", qtype=TYPE_TKEY),
+        an=DNSRR(rrname="x.lab.test", type=TYPE_TKEY, rdata=b"\0" * 4),
+    )
 )
 
 
 def test_query_and_answer() -> None:
     q = parse_message(QUERY)
-    assert (q.id, q.is_response, q.questions[0].name, q.questions[0].qtype) == (7, False, "www.lab.test.", 1)
+    assert (q.id, q.is_response, q.questions[0].name, q.questions[0].qtype) == (
+        7,
+        False,
+        "www.lab.test.",
+        1,
+    )
     a = parse_message(ANSWER)
     assert a.is_response and [(r.section, r.name, r.rtype, r.rdlength) for r in a.records] == [
         ("answer", "www.lab.test.", 1, 4)

@@ -22,7 +22,9 @@ def run(stream: bytes, step: int | None) -> list[object]:
     """Feed `stream` whole (step None) or in pieces of `step` bytes; merge Body pieces."""
     dec = HttpRequestDecoder()
     events: list[object] = []
-    pieces = [stream] if step is None else [stream[i : i + step] for i in range(0, len(stream), step)]
+    pieces = (
+        [stream] if step is None else [stream[i : i + step] for i in range(0, len(stream), step)]
+    )
     for piece in pieces:
         dec.receive_data(piece)
         while (ev := dec.next_event()) is not NEED_DATA:
@@ -46,8 +48,10 @@ CASES = [
     ),
     (
         "chunked with extension and trailer",
-        b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n",
+        (
+            b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n"
+        ),
         [("POST", "/c", {"transfer-encoding": "chunked"}), b"abcde", 5],
     ),
     (

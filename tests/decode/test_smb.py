@@ -28,14 +28,29 @@ def nbss(body: bytes) -> bytes:
 
 
 def smb1(command: int, words: bytes, data: bytes = b"", flags: int = 0x18) -> bytes:
-    header = struct.pack("<4sBIBHH8sHHHHH", b"\xffSMB", command, 0, flags, 0xC807, 0, b"\0" * 8, 0,
-                         1, 2, 3, 4)
+    header = struct.pack(
+        "<4sBIBHH8sHHHHH", b"\xffSMB", command, 0, flags, 0xC807, 0, b"\0" * 8, 0, 1, 2, 3, 4
+    )
     return header + bytes([len(words) // 2]) + words + struct.pack("<H", len(data)) + data
 
 
 def smb2(command: int, next_command: int = 0, flags: int = 0) -> bytes:
-    return struct.pack("<4sHHIHHIIQIIQ16s", b"\xfeSMB", 64, 1, 0, command, 1, flags, next_command,
-                       9, 0, 5, 0x77, b"\0" * 16)
+    return struct.pack(
+        "<4sHHIHHIIQIIQ16s",
+        b"\xfeSMB",
+        64,
+        1,
+        0,
+        command,
+        1,
+        flags,
+        next_command,
+        9,
+        0,
+        5,
+        0x77,
+        b"\0" * 16,
+    )
 
 
 NT_TRANS_WORDS = struct.pack("<BHIIIIIIIIBH", 1, 0, 30, 66512, 0, 0, 30, 75, 976, 104, 0, 0)
@@ -44,15 +59,31 @@ NEGOTIATE = smb1(0x72, b"", b"\x02NT LM 0.12\0\x02SMB 2.002\0")
 ANDX = smb1(0x73, bytes([0x75, 0]) + struct.pack("<H", 41) + b"\0\0") + bytes([0]) + b"\0\0"
 
 CASES = [
-    ("negotiate", nbss(NEGOTIATE),
-        [("nb", 0, len(NEGOTIATE)), ("smb1", 0x72, None, ("NT LM 0.12", "SMB 2.002"))]),
-    ("nt trans counts", nbss(smb1(SMB1_NT_TRANS, NT_TRANS_WORDS)),
-        [("nb", 0, 32 + 1 + 38 + 2), ("smb1", SMB1_NT_TRANS, (30, 66512, 0), ())]),
-    ("andx chain", nbss(ANDX), [("nb", 0, len(ANDX)), ("smb1", 0x73, None, ()), ("smb1", 0x75, None, ())]),
-    ("smb2 compound", nbss(smb2(5, next_command=64) + smb2(6)),
-        [("nb", 0, 128), ("smb2", 5, 5), ("smb2", 6, 5)]),
-    ("smbghost compression header", nbss(struct.pack("<4sIHHI", b"\xfcSMB", 0xFFFFFFFF, 1, 0, 0xFFFF)),
-        [("nb", 0, 16), Smb3Compressed(0xFFFFFFFF, 1, 0, 0xFFFF, 16)]),
+    (
+        "negotiate",
+        nbss(NEGOTIATE),
+        [("nb", 0, len(NEGOTIATE)), ("smb1", 0x72, None, ("NT LM 0.12", "SMB 2.002"))],
+    ),
+    (
+        "nt trans counts",
+        nbss(smb1(SMB1_NT_TRANS, NT_TRANS_WORDS)),
+        [("nb", 0, 32 + 1 + 38 + 2), ("smb1", SMB1_NT_TRANS, (30, 66512, 0), ())],
+    ),
+    (
+        "andx chain",
+        nbss(ANDX),
+        [("nb", 0, len(ANDX)), ("smb1", 0x73, None, ()), ("smb1", 0x75, None, ())],
+    ),
+    (
+        "smb2 compound",
+        nbss(smb2(5, next_command=64) + smb2(6)),
+        [("nb", 0, 128), ("smb2", 5, 5), ("smb2", 6, 5)],
+    ),
+    (
+        "smbghost compression header",
+        nbss(struct.pack("<4sIHHI", b"\xfcSMB", 0xFFFFFFFF, 1, 0, 0xFFFF)),
+        [("nb", 0, 16), Smb3Compressed(0xFFFFFFFF, 1, 0, 0xFFFF, 16)],
+    ),
 ]
 
 
@@ -63,7 +94,11 @@ def summarize(events: list[object]) -> list[object]:
             out.append(("nb", ev.msg_type, ev.length))
         elif isinstance(ev, Smb1Command):
             tx = ev.transaction
-            counts = None if tx is None else (tx.total_parameter_count, tx.total_data_count, tx.subcommand)
+            counts = (
+                None
+                if tx is None
+                else (tx.total_parameter_count, tx.total_data_count, tx.subcommand)
+            )
             out.append(("smb1", ev.command, counts, ev.dialects))
         elif isinstance(ev, Smb2Command):
             out.append(("smb2", ev.command, ev.tree_id))
@@ -120,7 +155,8 @@ def nt_trans_total_data(path: Path) -> list[int]:
         except SmbDecodeError:
             continue
         found += [
-            e.transaction.total_data_count for e in events
+            e.transaction.total_data_count
+            for e in events
             if isinstance(e, Smb1Command) and e.command == SMB1_NT_TRANS and e.transaction
         ]
     return found

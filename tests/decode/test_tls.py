@@ -24,22 +24,39 @@ def record(ctype: int, body: bytes, version: int = 0x0302) -> bytes:
     return struct.pack("!BHH", ctype, version, len(body)) + body
 
 
-CLIENT_HELLO = bytes([1]) + (2 + 32 + 1 + 2 + 4 + 2).to_bytes(3, "big") + bytes.fromhex(
-    "0302" + "00" * 32 + "00" + "0004" + "c02f0035" + "0100"
+CLIENT_HELLO = (
+    bytes([1])
+    + (2 + 32 + 1 + 2 + 4 + 2).to_bytes(3, "big")
+    + bytes.fromhex("0302" + "00" * 32 + "00" + "0004" + "c02f0035" + "0100")
 )
 HEARTBLEED = record(24, bytes([1]) + struct.pack("!H", 0x4000))  # claims 16 KiB in a 3-byte record
 HEARTBEAT_OK = record(24, bytes([1]) + struct.pack("!H", 4) + b"ping" + b"\0" * 16)
 
 CASES = [
-    ("client hello", record(22, CLIENT_HELLO), [Record(22, 0x0302, len(CLIENT_HELLO)),
-        Handshake(1, len(CLIENT_HELLO) - 4, 0x0302, (0xC02F, 0x0035))]),
-    ("hello split over two records", record(22, CLIENT_HELLO[:10]) + record(22, CLIENT_HELLO[10:]),
-        [Record(22, 0x0302, 10), Record(22, 0x0302, len(CLIENT_HELLO) - 10),
-         Handshake(1, len(CLIENT_HELLO) - 4, 0x0302, (0xC02F, 0x0035))]),
+    (
+        "client hello",
+        record(22, CLIENT_HELLO),
+        [
+            Record(22, 0x0302, len(CLIENT_HELLO)),
+            Handshake(1, len(CLIENT_HELLO) - 4, 0x0302, (0xC02F, 0x0035)),
+        ],
+    ),
+    (
+        "hello split over two records",
+        record(22, CLIENT_HELLO[:10]) + record(22, CLIENT_HELLO[10:]),
+        [
+            Record(22, 0x0302, 10),
+            Record(22, 0x0302, len(CLIENT_HELLO) - 10),
+            Handshake(1, len(CLIENT_HELLO) - 4, 0x0302, (0xC02F, 0x0035)),
+        ],
+    ),
     ("heartbleed request", HEARTBLEED, [Record(24, 0x0302, 3), Heartbeat(1, 0x4000, 3, False)]),
     ("honest heartbeat", HEARTBEAT_OK, [Record(24, 0x0302, 23), Heartbeat(1, 4, 23, False)]),
-    ("heartbeat after change cipher spec is opaque", record(20, b"\x01") + HEARTBLEED,
-        [Record(20, 0x0302, 1), Record(24, 0x0302, 3), Heartbeat(0, 0, 3, True)]),
+    (
+        "heartbeat after change cipher spec is opaque",
+        record(20, b"\x01") + HEARTBLEED,
+        [Record(20, 0x0302, 1), Record(24, 0x0302, 3), Heartbeat(0, 0, 3, True)],
+    ),
 ]
 
 
@@ -62,7 +79,10 @@ def test_overflow_condition() -> None:
 
 @pytest.mark.parametrize(
     ("stream", "error"),
-    [(b"GET / HTTP/1.1\r\n", "not a TLS record"), (struct.pack("!BHH", 23, 0x0303, 30000), "exceeds")],
+    [
+        (b"GET / HTTP/1.1\r\n", "not a TLS record"),
+        (struct.pack("!BHH", 23, 0x0303, 30000), "exceeds"),
+    ],
 )
 def test_errors_are_sticky(stream: bytes, error: str) -> None:
     dec = TlsDecoder()
