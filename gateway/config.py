@@ -80,6 +80,7 @@ class EngineSettings:
     tcp_idle: float = 600.0  # seconds before an idle TCP flow is forgotten
     udp_idle: float = 60.0  # seconds before an idle UDP flow is forgotten
     max_pending: int = 262144  # out-of-order bytes held per direction before a gap is skipped
+    http_whole_connection: bool = True  # HTTP keep-alive streams: inspect every request
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,11 +319,15 @@ def _parse(data_in: object, ctx: _Ctx, base: Path | None) -> GatewayConfig:
             _float(ctx, (*p, "tcp_idle"), m.get("tcp_idle", df.tcp_idle), 1, 86400),
             _float(ctx, (*p, "udp_idle"), m.get("udp_idle", df.udp_idle), 1, 86400),
             _int(ctx, (*p, "max_pending"), m.get("max_pending", df.max_pending), 0, 1 << 26),
+            _bool(
+                ctx,
+                (*p, "http_whole_connection"),
+                m.get("http_whole_connection", df.http_whole_connection),
+            ),
         )
 
-    kw["engine"] = _section(
-        ctx, data, "engine", d.engine, engine, {"max_flows", "tcp_idle", "udp_idle", "max_pending"}
-    )
+    engine_keys = {"max_flows", "tcp_idle", "udp_idle", "max_pending", "http_whole_connection"}
+    kw["engine"] = _section(ctx, data, "engine", d.engine, engine, engine_keys)
 
     def events(m: dict[str, Any], df: EventsConfig) -> EventsConfig:
         p = ("events",)

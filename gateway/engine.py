@@ -22,6 +22,12 @@ Pipeline and policy:
   and the flow is blocked: this and every later packet of the flow, in both directions, get
   the same action (RESET wins over DROP when both fire). Each rule raises at most one event per
   flow.
+- HTTP keep-alive: a client-to-server stream that starts with an HTTP/1.x request line is
+  inspected for the whole life of the connection (`EngineConfig.http_whole_connection`), not
+  up to the depth: one connection carries any number of requests, and a depth bound would
+  leave the later ones unchecked (the weakness of Suricata's stream bypass on keep-alive
+  connections). Requests are small, the reassembler keeps nothing once delivered, so memory
+  stays bounded; the cost is that such connections are never bypassed in the kernel.
 - `Decision.final` is True once nothing more can be learnt from the flow: no rule covers it, or
   every inspected direction reached its depth. A blocked flow is never final (the kernel must
   keep queueing it so its packets keep being dropped).
@@ -42,6 +48,7 @@ What it guarantees:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -76,6 +83,10 @@ if TYPE_CHECKING:
 __all__ = ["EXPIRE_INTERVAL", "Engine", "EngineConfig", "EngineStats"]
 
 EXPIRE_INTERVAL: Final = 1.0  # seconds of packet time between idle-flow sweeps
+UNBOUNDED_DEPTH: Final = 1 << 62  # "no depth": an HTTP connection is inspected to its end
+# An HTTP/1.x request line at the start of a client stream (RFC 9112 section 3): method token,
+# one space, then a request target; enough to tell HTTP from SMB, TLS, RDP or DNS.
+_HTTP_REQUEST_START: Final = re.compile(rb"[A-Z][A-Z_-]{2,15} [^\s]")
 
 _ACCEPT: Final = Decision(Action.ACCEPT)
 _ACCEPT_FINAL: Final = Decision(Action.ACCEPT, final=True)
@@ -94,6 +105,8 @@ class EngineConfig:
     depth_to_client: bytes of each server->client stream inspected, used only where a rule
         looks at responses (64 KiB: response headers and first records).
     max_pending: out-of-order bytes held per direction before a gap is skipped.
+    http_whole_connection: inspect a client stream that starts like an HTTP request for the
+        whole connection instead of up to depth_to_server (see the module comment).
     """
 
     max_flows: int = 65536
@@ -104,6 +117,7 @@ class EngineConfig:
     depth_to_client: int = 64 << 10
     max_pending: int = 262144
     fail_open: bool = True
+    http_whole_connection: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_flows", "depth_to_server", "depth_to_client", "max_pending"):
@@ -127,6 +141,7 @@ class EngineConfig:
             depth_to_client=config.stream_depth.to_client,
             max_pending=config.engine.max_pending,
             fail_open=config.fail_policy is FailPolicy.OPEN,
+            http_whole_connection=config.engine.http_whole_connection,
         )
 
 
@@ -333,6 +348,14 @@ class Engine:
                 return _ACCEPT
             reasm = insp.reasm[d]
             assert reasm is not None
+            if (
+                d == TO_SERVER
+                and reasm.position == 0
+                and payload
+                and self.config.http_whole_connection
+                and _HTTP_REQUEST_START.match(payload)
+            ):
+                reasm.max_depth = UNBOUNDED_DEPTH
             data = reasm.receive(pkt.seq, payload, bool(syn))
             fired = NO_RULES
             if data:

@@ -349,3 +349,33 @@ def test_any_arrival_order_blocks_the_packet_that_completes_the_marker(order: li
         else:
             assert d == Decision(Action.RESET)
     assert blocked_at is not None and engine.stats.events == 1
+
+
+def test_http_keep_alive_is_inspected_past_the_depth() -> None:
+    # Suricata's stream bypass stops at the depth; a keep-alive connection carries many
+    # requests, so every one of them must still be checked.
+    engine = engine_with(rule(1, MARKER), depth_to_server=1000)
+    c = Conn(engine)
+    c.handshake()
+    request = b"GET /page HTTP/1.1\r\nHost: lab\r\n\r\n"
+    offset = 0
+    while offset < 5000:  # five times the depth of harmless keep-alive requests
+        assert c.data(offset, request) == Decision(Action.ACCEPT)
+        offset += len(request)
+    d = c.data(offset, b"GET /?q=" + MARKER + b" HTTP/1.1\r\n\r\n")
+    assert d.action is Action.RESET and d.events[0].signature_id == 1
+
+
+def test_non_http_stream_still_stops_at_the_depth() -> None:
+    engine = engine_with(rule(1, MARKER), depth_to_server=1000)
+    c = Conn(engine)
+    c.handshake()
+    assert c.data(0, b"\x00\x00\x00\x10" + b"\xffSMB" + b"x" * 1200).final
+    assert c.data(1208, MARKER) == Decision(Action.ACCEPT, final=True)
+
+
+def test_http_whole_connection_can_be_turned_off() -> None:
+    engine = engine_with(rule(1, MARKER), depth_to_server=100, http_whole_connection=False)
+    c = Conn(engine)
+    c.handshake()
+    assert c.data(0, b"GET / HTTP/1.1\r\n" + b"A" * 100).final
