@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
+from gateway.match.rules import default_rule_dir
 
 
 def test_validate_bundled_rules(capsys: pytest.CaptureFixture[str]) -> None:
@@ -37,7 +38,9 @@ def test_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rules", "show", "9000100"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["patterns"] == [{"content": "VPATCH-TEST-EXPLOIT-7f3a", "nocase": False}]
-    assert shown["cve"] == ["CVE-0000-0001"] and shown["file"].endswith("vpatch-test-split.yaml:4")
+    rule_file = default_rule_dir() / "vpatch-test-split.yaml"
+    id_line = rule_file.read_text().splitlines().index("id: 9000100") + 1
+    assert shown["cve"] == ["CVE-0000-0001"] and shown["file"] == f"{rule_file}:{id_line}"
     assert main(["rules", "show", "12345"]) == 1
     assert "no rule with id 12345" in capsys.readouterr().err
 
