@@ -1,6 +1,6 @@
 """`vpatch lab`: build, inspect and remove the namespace lab; configure a real gateway's bridge.
 
-    vpatch lab up [--routed] [--name NAME] [--no-gateway] [--no-services]
+    vpatch lab up [--routed] [--name NAME] [--no-gateway] [--no-services] [--offloads-off]
     vpatch lab down [--name NAME]
     vpatch lab status [--name NAME] [--json]
     vpatch lab bridge PORT PORT [--bridge br0]   (this machine: used by the Vagrant gateway VM)
@@ -42,6 +42,9 @@ def register(sub: Any) -> None:
                     help="do not start `vpatch run` in the gateway namespace")
     up.add_argument("--no-services", action="store_true",
                     help="do not start nginx, smbd and named in the server namespace")
+    up.add_argument("--offloads-off", action="store_true",
+                    help="turn TSO/GSO/GRO and checksum offloads off on the veths (default: "
+                    "kernel defaults, on; measured faster, see docs/lab.md)")
 
     down = lab_sub.add_parser("down", help="remove every namespace, process and file of a lab")
     down.add_argument("--name", default="vpatch")
@@ -61,7 +64,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     action = args.lab_command
     if action == "up":
-        spec = LabSpec(name=args.name, routed=args.routed)
+        spec = LabSpec(name=args.name, routed=args.routed, offloads_off=args.offloads_off)
         lab_up(spec, services=not args.no_services, gateway=not args.no_gateway)
         print(summary(spec, services=not args.no_services, gateway=not args.no_gateway))
         return 0

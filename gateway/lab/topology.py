@@ -13,6 +13,8 @@ Guarantees:
 - routed mode: the gateway has an address on each side, IPv4 and IPv6 forwarding on in its
   namespace; client and server route everything via it;
 - IPv6 addresses are added with `nodad` so they are usable at once;
+- veth offloads stay at the kernel defaults unless spec.offloads_off (the kernel segments GSO
+  packets before they reach an NFQUEUE reader, so the reader sees wire-sized packets anyway);
 - nothing is ever added to the root namespace: veth ends are created directly inside the
   lab's namespaces.
 Addresses are all inside 198.18.0.0/15 (RFC 2544 benchmarking) and 2001:2::/48 (RFC 5180).
@@ -36,7 +38,8 @@ GW_CLIENT_PORT = "gw-client"
 GW_SERVER_PORT = "gw-server"
 HOST_PORT = "eth0"  # the client's and the server's only interface
 MAX_NAME_LEN = 40  # lab names end up in namespace names and paths; keep them short
-# Offload features turned off on every lab veth: see docs/lab.md "Offloads" for the measurement.
+# Offload features turned off on the lab veths with LabSpec(offloads_off=True). Off is NOT the
+# default: measured slower both bridged and through NFQUEUE (docs/lab.md, "Offloads").
 OFFLOAD_FEATURES = ("tso", "gso", "gro", "tx-checksumming", "rx-checksumming")
 
 _BRIDGE_DEFAULTS = {
@@ -72,7 +75,7 @@ class LabSpec:
     client_gw_ip6: str = ""
     server_gw_ip6: str = ""
     state_dir: Path = Path("")  # empty: /run/vpatch-lab/<name>
-    offloads_off: bool = True
+    offloads_off: bool = False  # True: ethtool -K off (measured slower: docs/lab.md)
     rules: tuple[str, ...] = ()  # rule files/dirs for the lab gateway (empty: bundled rules)
 
     def __post_init__(self) -> None:
@@ -188,7 +191,7 @@ def create_veth(ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
 
 
 def disable_offloads(ns: str | None, iface: str) -> None:
-    """Turn off segmentation/checksum offloads on iface so NFQUEUE sees wire-sized packets."""
+    """Turn off segmentation/checksum offloads on iface (ns None: the current namespace)."""
     argv = ["ethtool", "-K", iface]
     for feature in OFFLOAD_FEATURES:
         argv += [feature, "off"]

@@ -237,3 +237,11 @@ def test_lab_with_gateway_blocks_test_exploit(make_lab: Any) -> None:
         time.sleep(0.05)
     assert events and events[0]["alert"]["action"] == "blocked"
     assert events[0]["dest_ip"] == spec.server_addr
+
+
+def test_offloads_off_option(make_lab: Any) -> None:
+    spec = make_lab("o", services=False, offloads_off=True)
+    for ns, iface in ((spec.gw_ns, "gw-client"), (spec.client_ns, "eth0")):
+        features = netns_exec(ns, ["ethtool", "-k", iface]).stdout
+        assert "tcp-segmentation-offload: off" in features
+        assert "generic-receive-offload: off" in features
