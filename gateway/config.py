@@ -96,6 +96,11 @@ class ControlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    database: Path = Path("/var/lib/vpatch/vpatch.db")  # policy store (gateway/policy/store.py)
+
+
+@dataclass(frozen=True, slots=True)
 class FirewallConfig:
     backend: Backend = Backend.AUTO  # auto: iptables-nft if it works here, else legacy
     chain_prefix: str = "VPATCH"  # our chains are PREFIX-*; our ipsets are prefix-lowercased
@@ -121,6 +126,7 @@ class GatewayConfig:
     engine: EngineSettings = field(default_factory=EngineSettings)
     events: EventsConfig = field(default_factory=EventsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     workers: WorkerConfig = field(default_factory=WorkerConfig)
     source: str = "<defaults>"  # the file this came from (for messages)
@@ -240,7 +246,7 @@ def _section(
 def _parse(data_in: object, ctx: _Ctx, base: Path | None) -> GatewayConfig:
     top = {
         "protected_hosts", "rules", "queues", "fail_policy", "stream_depth", "marks",
-        "engine", "events", "control", "firewall", "workers",
+        "engine", "events", "control", "firewall", "workers", "policy",
     }  # fmt: skip
     data = _mapping(ctx, (), data_in, top)
     d = GatewayConfig(source=ctx.source)
@@ -345,6 +351,13 @@ def _parse(data_in: object, ctx: _Ctx, base: Path | None) -> GatewayConfig:
         return ControlConfig(_path(ctx, ("control", "socket"), m["socket"], base))
 
     kw["control"] = _section(ctx, data, "control", d.control, control, {"socket"})
+
+    def policy(m: dict[str, Any], df: PolicyConfig) -> PolicyConfig:
+        if "database" not in m:
+            return df
+        return PolicyConfig(_path(ctx, ("policy", "database"), m["database"], base))
+
+    kw["policy"] = _section(ctx, data, "policy", d.policy, policy, {"database"})
 
     def firewall(m: dict[str, Any], df: FirewallConfig) -> FirewallConfig:
         p = ("firewall",)

@@ -1,0 +1,1 @@
+"""Policy: which virtual patch applies where and how (store, compiled form). See docs/policy.md."""
