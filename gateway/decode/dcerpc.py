@@ -1,0 +1,353 @@
+"""DCE/RPC connection-oriented PDU decoder, fed one direction's byte stream (TCP 135 or a pipe).
+
+Follows DCE 1.1 RPC (C706) chapter 12 and [MS-RPCE] section 2.2.2: the 16-byte common header
+(12.6.3.1: version 5.0/5.1, packet type, pfc flags, data representation, frag length, auth
+length, call id; integers in the byte order the data representation label names), BIND and
+ALTER_CONTEXT with their presentation context lists (12.6.4.3, 12.6.3.1 p_cont_list_t: context
+id, abstract syntax UUID + version, transfer syntaxes), and REQUEST (12.6.4.9: alloc hint,
+context id, opnum, optional object UUID, stub data, then the auth verifier of 12.6.3.2).
+Multi-fragment requests (PFC_FIRST_FRAG .. PFC_LAST_FRAG, 12.6.3.1) are reassembled per call id
+and reported once as a `Request` carrying the interface UUID the context id was bound to.
+Guarantees:
+- only DceRpcDecodeError escapes, and after it the decoder stays in the ERROR state;
+- the byte buffer holds at most one PDU (frag length is 16 bits, MAX_FRAG_LENGTH); a call's
+  stub is kept up to MAX_STUB_KEEP bytes (its full length is still counted), at most
+  MAX_PENDING_CALLS calls may be incomplete at once and at most MAX_CONTEXTS contexts bound;
+- lengths are reported as sent and never trusted for slicing beyond the PDU.
+`DceRpcPipes` feeds SMB named-pipe payloads (the `data` of smb.py events) to one decoder per
+open pipe and never raises: a file whose bytes are not DCE/RPC is remembered and skipped.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import uuid
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from gateway.errors import DecodeError
+
+MAX_FRAG_LENGTH = 0xFFFF  # frag_length is an unsigned 16-bit field
+MAX_STUB_KEEP = 64 * 1024  # stub bytes kept per call for matching
+MAX_PENDING_CALLS = 16  # fragmented calls in progress at once
+MAX_CONTEXTS = 256  # presentation contexts bound on one association
+MAX_PIPES = 64  # pipes followed at once by DceRpcPipes
+
+PTYPE_REQUEST = 0
+PTYPE_RESPONSE = 2
+PTYPE_FAULT = 3
+PTYPE_BIND = 11
+PTYPE_BIND_ACK = 12
+PTYPE_BIND_NAK = 13
+PTYPE_ALTER_CONTEXT = 14
+PTYPE_ALTER_CONTEXT_RESP = 15
+PTYPE_AUTH3 = 16
+PTYPE_SHUTDOWN = 17
+PTYPE_CO_CANCEL = 18
+PTYPE_ORPHANED = 19
+_PTYPES = frozenset({0, 2, 3, 11, 12, 13, 14, 15, 16, 17, 18, 19})
+
+PFC_FIRST_FRAG = 0x01
+PFC_LAST_FRAG = 0x02
+PFC_OBJECT_UUID = 0x80
+
+HEADER_SIZE = 16
+_SEC_TRAILER_SIZE = 8
+_HEADER_LE = struct.Struct("<BBBB4sHHI")
+_HEADER_BE = struct.Struct(">BBBB4sHHI")
+_REQUEST_LE = struct.Struct("<IHH")
+_REQUEST_BE = struct.Struct(">IHH")
+_BIND_LE = struct.Struct("<HHIB3x")
+_BIND_BE = struct.Struct(">HHIB3x")
+_CONTEXT_LE = struct.Struct("<HBx16sHH")
+_CONTEXT_BE = struct.Struct(">HBx16sHH")
+_CONTEXT_SIZE = _CONTEXT_LE.size  # 24
+_SYNTAX_SIZE = 20  # UUID + 32-bit version
+
+
+class DceRpcDecodeError(DecodeError):
+    """The peer sent something that is not DCE/RPC (its fault; the state is now ERROR)."""
+
+
+class State(enum.Enum):
+    PDUS = "pdus"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Pdu:
+    """The common header of every PDU (C706 12.6.3.1)."""
+
+    ptype: int
+    flags: int
+    little_endian: bool
+    frag_length: int
+    auth_length: int
+    call_id: int
+    version_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class ContextItem:
+    """One presentation context of a BIND / ALTER_CONTEXT."""
+
+    context_id: int
+    interface: str  # abstract syntax UUID, lower-case canonical text
+    interface_version: int  # major
+    interface_version_minor: int
+    transfer_syntaxes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    """A BIND (ptype 11) or ALTER_CONTEXT (ptype 14) and the contexts it proposes."""
+
+    ptype: int
+    call_id: int
+    max_xmit_frag: int
+    max_recv_frag: int
+    assoc_group: int
+    contexts: tuple[ContextItem, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A complete call (all its fragments): what the server's stub will unmarshal."""
+
+    call_id: int
+    context_id: int
+    opnum: int
+    interface: str  # UUID bound to context_id on this connection, "" if never bound
+    interface_version: int
+    alloc_hint: int
+    stub_length: int  # total stub bytes over all fragments (auth verifier excluded)
+    fragments: int
+    object_uuid: str  # "" unless PFC_OBJECT_UUID
+    stub: bytes  # the first MAX_STUB_KEEP bytes of the stub
+
+
+Event = Pdu | Bind | Request
+
+
+def _uuid(raw: bytes, little_endian: bool) -> str:
+    return str(uuid.UUID(bytes_le=raw) if little_endian else uuid.UUID(bytes=raw))
+
+
+class _Call:
+    __slots__ = ("context_id", "opnum", "alloc_hint", "object_uuid", "stub", "length", "fragments")
+
+    def __init__(self, context_id: int, opnum: int, alloc_hint: int, object_uuid: str) -> None:
+        self.context_id = context_id
+        self.opnum = opnum
+        self.alloc_hint = alloc_hint
+        self.object_uuid = object_uuid
+        self.stub = bytearray()
+        self.length = 0
+        self.fragments = 0
+
+
+class DceRpcDecoder:
+    """Decodes one direction of a connection-oriented DCE/RPC association."""
+
+    def __init__(self, max_stub_keep: int = MAX_STUB_KEEP) -> None:
+        self.max_stub_keep = max_stub_keep
+        self.state = State.PDUS
+        self._buf = bytearray()
+        self._contexts: dict[int, tuple[str, int]] = {}
+        self._calls: dict[int, _Call] = {}
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held: the partial PDU plus the kept stubs of incomplete calls."""
+        return len(self._buf) + sum(len(c.stub) for c in self._calls.values())
+
+    def bind_contexts(self, contexts: dict[int, tuple[str, int]]) -> None:
+        """Share the context table of the other direction's decoder (the client's BINDs)."""
+        self._contexts = contexts
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes, get the events they complete."""
+        if self.state is State.ERROR:
+            raise DceRpcDecodeError("decoder is in ERROR state after an earlier error")
+        self._buf += data
+        events: list[Event] = []
+        try:
+            while len(self._buf) >= HEADER_SIZE:
+                pdu = self._header()
+                if len(self._buf) < pdu.frag_length:
+                    break
+                body = bytes(self._buf[HEADER_SIZE : pdu.frag_length])
+                del self._buf[: pdu.frag_length]
+                events.append(pdu)
+                self._pdu(pdu, body, events)
+        except DceRpcDecodeError:
+            self.state = State.ERROR
+            raise
+        return events
+
+    def _header(self) -> Pdu:
+        little = bool(self._buf[4] & 0x10)
+        fmt = _HEADER_LE if little else _HEADER_BE
+        vers, minor, ptype, flags, _drep, frag_length, auth_length, call_id = fmt.unpack_from(
+            self._buf
+        )
+        if vers != 5 or minor > 1:
+            raise DceRpcDecodeError(f"not a DCE/RPC CO header: version {vers}.{minor}")
+        if ptype not in _PTYPES:
+            raise DceRpcDecodeError(f"unknown DCE/RPC packet type {ptype} (call id {call_id})")
+        if frag_length < HEADER_SIZE or auth_length > frag_length - HEADER_SIZE:
+            raise DceRpcDecodeError(
+                f"frag length {frag_length} / auth length {auth_length} invalid (call {call_id})"
+            )
+        return Pdu(ptype, flags, little, frag_length, auth_length, call_id, minor)
+
+    def _pdu(self, pdu: Pdu, body: bytes, events: list[Event]) -> None:
+        if pdu.ptype in (PTYPE_BIND, PTYPE_ALTER_CONTEXT):
+            events.append(self._bind(pdu, body))
+        elif pdu.ptype == PTYPE_REQUEST:
+            request = self._request(pdu, body)
+            if request is not None:
+                events.append(request)
+
+    def _bind(self, pdu: Pdu, body: bytes) -> Bind:
+        little = pdu.little_endian
+        head = _BIND_LE if little else _BIND_BE
+        ctx = _CONTEXT_LE if little else _CONTEXT_BE
+        if len(body) < head.size:
+            raise DceRpcDecodeError(f"BIND of call {pdu.call_id} truncated: {len(body)} bytes")
+        xmit, recv, group, count = head.unpack_from(body)
+        pos = head.size
+        items = []
+        for _ in range(count):
+            if pos + _CONTEXT_SIZE > len(body):
+                raise DceRpcDecodeError(
+                    f"BIND of call {pdu.call_id}: context item {len(items)} runs past the PDU"
+                )
+            context_id, n_transfer, raw, major, minor = ctx.unpack_from(body, pos)
+            pos += _CONTEXT_SIZE
+            if pos + n_transfer * _SYNTAX_SIZE > len(body):
+                raise DceRpcDecodeError(
+                    f"BIND of call {pdu.call_id}: {n_transfer} transfer syntaxes run past the PDU"
+                )
+            transfers = tuple(
+                _uuid(body[p : p + 16], little)
+                for p in range(pos, pos + n_transfer * _SYNTAX_SIZE, _SYNTAX_SIZE)
+            )
+            pos += n_transfer * _SYNTAX_SIZE
+            interface = _uuid(raw, little)
+            if context_id not in self._contexts and len(self._contexts) >= MAX_CONTEXTS:
+                raise DceRpcDecodeError(f"more than {MAX_CONTEXTS} presentation contexts bound")
+            self._contexts[context_id] = (interface, major)
+            items.append(ContextItem(context_id, interface, major, minor, transfers))
+        return Bind(pdu.ptype, pdu.call_id, xmit, recv, group, tuple(items))
+
+    def _request(self, pdu: Pdu, body: bytes) -> Request | None:
+        little = pdu.little_endian
+        head = _REQUEST_LE if little else _REQUEST_BE
+        fixed = head.size + (16 if pdu.flags & PFC_OBJECT_UUID else 0)
+        trailer = _SEC_TRAILER_SIZE + pdu.auth_length if pdu.auth_length else 0
+        if len(body) < fixed + trailer:
+            raise DceRpcDecodeError(
+                f"REQUEST of call {pdu.call_id} too short: {len(body)} bytes,"
+                f" auth length {pdu.auth_length}"
+            )
+        alloc_hint, context_id, opnum = head.unpack_from(body)
+        object_uuid = ""
+        if pdu.flags & PFC_OBJECT_UUID:
+            object_uuid = _uuid(body[head.size : head.size + 16], little)
+        stub = body[fixed : len(body) - trailer]
+        call = self._calls.get(pdu.call_id)
+        if call is None or pdu.flags & PFC_FIRST_FRAG:
+            if pdu.call_id not in self._calls and len(self._calls) >= MAX_PENDING_CALLS:
+                raise DceRpcDecodeError(
+                    f"more than {MAX_PENDING_CALLS} fragmented calls in progress"
+                    f" (call {pdu.call_id})"
+                )
+            call = _Call(context_id, opnum, alloc_hint, object_uuid)
+            self._calls[pdu.call_id] = call
+        call.fragments += 1
+        call.length += len(stub)
+        room = self.max_stub_keep - len(call.stub)
+        if room > 0:
+            call.stub += stub[:room]
+        if not pdu.flags & PFC_LAST_FRAG:
+            return None
+        del self._calls[pdu.call_id]
+        interface, version = self._contexts.get(call.context_id, ("", 0))
+        return Request(
+            pdu.call_id,
+            call.context_id,
+            call.opnum,
+            interface,
+            version,
+            call.alloc_hint,
+            call.length,
+            call.fragments,
+            call.object_uuid,
+            bytes(call.stub),
+        )
+
+
+class DceRpcPipes:
+    """DCE/RPC over SMB named pipes: one decoder per open pipe (SMB1 FID or SMB2 FileId).
+
+    `feed(pipe, data)` never raises: a pipe whose bytes do not decode (an ordinary file, or
+    garbage) is remembered as not DCE/RPC and its later data is ignored. At most MAX_PIPES pipes
+    are followed; the least recently fed is forgotten first.
+    """
+
+    def __init__(self, max_pipes: int = MAX_PIPES) -> None:
+        self.max_pipes = max_pipes
+        self._pipes: dict[Hashable, DceRpcDecoder | None] = {}
+        self.errors = 0
+
+    def __len__(self) -> int:
+        return len(self._pipes)
+
+    def feed(self, pipe: Hashable, data: bytes) -> list[Event]:
+        if not data:
+            return []
+        decoder = self._pipes.pop(pipe) if pipe in self._pipes else DceRpcDecoder()
+        self._pipes[pipe] = decoder
+        if len(self._pipes) > self.max_pipes:
+            del self._pipes[next(iter(self._pipes))]
+        if decoder is None:
+            return []
+        try:
+            return decoder.receive_data(data)
+        except DceRpcDecodeError:
+            self.errors += 1
+            self._pipes[pipe] = None
+            return []
+
+
+def request_fields(event: Request) -> dict[str, object]:
+    """A Request as rule fields (dcerpc.*)."""
+    return {
+        "dcerpc.interface": event.interface,
+        "dcerpc.interface_version": event.interface_version,
+        "dcerpc.opnum": event.opnum,
+        "dcerpc.context_id": event.context_id,
+        "dcerpc.stub_length": event.stub_length,
+        "dcerpc.alloc_hint": event.alloc_hint,
+        "dcerpc.fragments": event.fragments,
+        "dcerpc.stub": event.stub,
+    }
+
+
+def event_fields(event: Event) -> dict[str, object]:
+    """Any decoder event as rule fields (dcerpc.*): the adapter for the app-layer registry."""
+    if isinstance(event, Request):
+        return request_fields(event)
+    if isinstance(event, Bind):
+        return {
+            "dcerpc.ptype": event.ptype,
+            "dcerpc.bind.interfaces": tuple(c.interface for c in event.contexts),
+            "dcerpc.bind.context_count": len(event.contexts),
+        }
+    return {
+        "dcerpc.ptype": event.ptype,
+        "dcerpc.frag_length": event.frag_length,
+        "dcerpc.auth_length": event.auth_length,
+    }
