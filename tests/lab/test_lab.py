@@ -218,15 +218,17 @@ def test_invalid_name_rejected() -> None:
         LabSpec(name="../etc")
 
 
-def test_lab_with_gateway_blocks_test_exploit(make_lab: Any) -> None:
-    spec = make_lab("w", gateway=True)
+@pytest.mark.parametrize("routed", [False, True], ids=["bridge", "routed"])
+def test_lab_with_gateway_blocks_test_exploit(make_lab: Any, routed: bool) -> None:
+    spec = make_lab("w", gateway=True, routed=routed)
     info = lab_status(spec.name)
     assert info["gateway"]["running"], info["gateway"]
-    ok = client(spec, [*CURL, f"http://{spec.server_addr}/"])
+    # bridge: over IPv4; routed: over IPv6 (both families are protected in both modes)
+    url = f"http://[{spec.server_addr6}]/" if routed else f"http://{spec.server_addr}/"
+    ok = client(spec, [*CURL, "-g", url])
     assert ok.returncode == 0 and "vpatch lab server" in ok.stdout, ok.stderr
     # The bundled lab test rule (rules/vpatch-test-split.yaml) resets this request.
-    bad = client(spec, [*CURL, "-H", "X-Test: VPATCH-TEST-EXPLOIT-7f3a",
-                        f"http://{spec.server_addr}/"])
+    bad = client(spec, [*CURL, "-g", "-H", "X-Test: VPATCH-TEST-EXPLOIT-7f3a", url])
     assert bad.returncode != 0 and "vpatch lab server" not in bad.stdout
     eve = Path(info["events"]["jsonl"])
     deadline = time.monotonic() + 10
@@ -236,7 +238,7 @@ def test_lab_with_gateway_blocks_test_exploit(make_lab: Any) -> None:
         events = [json.loads(line) for line in lines if "9000100" in line]
         time.sleep(0.05)
     assert events and events[0]["alert"]["action"] == "blocked"
-    assert events[0]["dest_ip"] == spec.server_addr
+    assert events[0]["dest_ip"] == (spec.server_addr6 if routed else spec.server_addr)
 
 
 def test_offloads_off_option(make_lab: Any) -> None:
