@@ -28,23 +28,39 @@ from gateway.lab import (
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("lab", help="namespace lab: client, gateway, legacy server",
-                            description="Build, inspect and remove the namespace lab.")
+    parser = sub.add_parser(
+        "lab",
+        help="namespace lab: client, gateway, legacy server",
+        description="Build, inspect and remove the namespace lab.",
+    )
     parser.set_defaults(func=run)
     lab_sub = parser.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
 
     up = lab_sub.add_parser("up", help="create the namespaces, services and gateway")
-    up.add_argument("--name", default="vpatch", help="lab name, the namespaces' prefix "
-                    "(default: vpatch)")
-    up.add_argument("--routed", action="store_true",
-                    help="the gateway routes between two subnets instead of bridging")
-    up.add_argument("--no-gateway", action="store_true",
-                    help="do not start `vpatch run` in the gateway namespace")
-    up.add_argument("--no-services", action="store_true",
-                    help="do not start nginx, smbd and named in the server namespace")
-    up.add_argument("--offloads-off", action="store_true",
-                    help="turn TSO/GSO/GRO and checksum offloads off on the veths (default: "
-                    "kernel defaults, on; measured faster, see docs/lab.md)")
+    up.add_argument(
+        "--name", default="vpatch", help="lab name, the namespaces' prefix (default: vpatch)"
+    )
+    up.add_argument(
+        "--routed",
+        action="store_true",
+        help="the gateway routes between two subnets instead of bridging",
+    )
+    up.add_argument(
+        "--no-gateway",
+        action="store_true",
+        help="do not start `vpatch run` in the gateway namespace",
+    )
+    up.add_argument(
+        "--no-services",
+        action="store_true",
+        help="do not start nginx, smbd and named in the server namespace",
+    )
+    up.add_argument(
+        "--offloads-off",
+        action="store_true",
+        help="turn TSO/GSO/GRO and checksum offloads off on the veths (default: "
+        "kernel defaults, on; measured faster, see docs/lab.md)",
+    )
 
     down = lab_sub.add_parser("down", help="remove every namespace, process and file of a lab")
     down.add_argument("--name", default="vpatch")
@@ -53,8 +69,10 @@ def register(sub: Any) -> None:
     status.add_argument("--name", default="vpatch")
     status.add_argument("--json", action="store_true", help="print JSON")
 
-    bridge = lab_sub.add_parser("bridge", help="bridge two ports of THIS machine with "
-                                "br_netfilter on (the Vagrant gateway VM)")
+    bridge = lab_sub.add_parser(
+        "bridge",
+        help="bridge two ports of THIS machine with br_netfilter on (the Vagrant gateway VM)",
+    )
     bridge.add_argument("ports", nargs=2, metavar="PORT")
     bridge.add_argument("--bridge", default="br0")
 

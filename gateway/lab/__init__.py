@@ -10,6 +10,13 @@ from gateway.lab.netns import netns_exec, netns_popen
 from gateway.lab.topology import LabSpec, configure_bridge, configure_router
 
 __all__ = [
-    "LabSpec", "configure_bridge", "configure_router", "lab_down", "lab_status", "lab_up",
-    "netns_exec", "netns_popen", "summary",
+    "LabSpec",
+    "configure_bridge",
+    "configure_router",
+    "lab_down",
+    "lab_status",
+    "lab_up",
+    "netns_exec",
+    "netns_popen",
+    "summary",
 ]

@@ -50,8 +50,10 @@ def lab_up(spec: LabSpec, services: bool = True, gateway: bool = True) -> None:
     _require_root()
     existing = lab_exists(spec)
     if existing:
-        raise LabError(f"lab {spec.name!r} already exists ({', '.join(existing)}); "
-                       f"run `vpatch lab down --name {spec.name}` first")
+        raise LabError(
+            f"lab {spec.name!r} already exists ({', '.join(existing)}); "
+            f"run `vpatch lab down --name {spec.name}` first"
+        )
     step = "state dir"
     try:
         spec.state_dir.mkdir(parents=True, mode=0o755)
@@ -78,8 +80,9 @@ def lab_up(spec: LabSpec, services: bool = True, gateway: bool = True) -> None:
             cleanup = f"tear-down also failed: {down_err}"
         if isinstance(err, KeyboardInterrupt):
             raise
-        raise LabError(f"lab {spec.name!r}: `up` failed at step {step!r}: {err}; "
-                       f"{cleanup}") from err
+        raise LabError(
+            f"lab {spec.name!r}: `up` failed at step {step!r}: {err}; {cleanup}"
+        ) from err
 
 
 def load_spec(name: str, state_dir: Path | None = None) -> LabSpec | None:
@@ -110,7 +113,8 @@ def lab_down(name: str, state_dir: Path | None = None) -> None:
     """Remove the lab called name: processes, namespaces (and their veths), state dir."""
     _require_root()
     spec = load_spec(name, state_dir) or LabSpec(
-        name=name, state_dir=state_dir if state_dir is not None else Path(""))
+        name=name, state_dir=state_dir if state_dir is not None else Path("")
+    )
     survivors: list[int] = []
     for _ in range(MAX_STOP_ROUNDS):
         pids = set(_pid_file_pids(spec))
@@ -160,11 +164,16 @@ def lab_status(name: str, state_dir: Path | None = None) -> dict[str, Any]:
         "state_dir": str(spec.state_dir),
         "exists": any(v["exists"] for v in namespaces.values()) or spec.state_dir.exists(),
         "namespaces": namespaces,
-        "services": {name_: _proc_status(spec, name_) for name_ in svc.SERVICES
-                     if svc.pid_file(spec, name_).exists()},
+        "services": {
+            name_: _proc_status(spec, name_)
+            for name_ in svc.SERVICES
+            if svc.pid_file(spec, name_).exists()
+        },
         "gateway": gateway,
-        "events": {"jsonl": str(spec.state_dir / "eve.json"),
-                   "sqlite": str(spec.state_dir / "events.db")},
+        "events": {
+            "jsonl": str(spec.state_dir / "eve.json"),
+            "sqlite": str(spec.state_dir / "events.db"),
+        },
     }
 
 
@@ -176,15 +185,20 @@ def summary(spec: LabSpec, services: bool, gateway: bool) -> str:
         f"  client  {c:<22} {spec.client_ip}  {spec.client_ip6}",
     ]
     if spec.routed:
-        lines.append(f"  gateway {g:<22} {spec.client_gw_ip} {spec.client_gw_ip6} | "
-                     f"{spec.server_gw_ip} {spec.server_gw_ip6} (routing)")
+        lines.append(
+            f"  gateway {g:<22} {spec.client_gw_ip} {spec.client_gw_ip6} | "
+            f"{spec.server_gw_ip} {spec.server_gw_ip6} (routing)"
+        )
     else:
-        lines.append(f"  gateway {g:<22} br0 = gw-client + gw-server (transparent bridge, "
-                     "no addresses)")
+        lines.append(
+            f"  gateway {g:<22} br0 = gw-client + gw-server (transparent bridge, no addresses)"
+        )
     lines.append(f"  server  {s:<22} {spec.server_ip}  {spec.server_ip6}")
     if services:
-        lines.append("  services on the server: nginx :80, smbd :445/:139 (SMB1 on, share "
-                     "'public'), named :53 (zone lab.test.)")
+        lines.append(
+            "  services on the server: nginx :80, smbd :445/:139 (SMB1 on, share "
+            "'public'), named :53 (zone lab.test.)"
+        )
     if gateway:
         conf, log = svc.gateway_config_path(spec), svc.log_file(spec, svc.GATEWAY)
         lines.append(f"  gateway process: vpatch run -c {conf} (log {log})")

@@ -28,16 +28,27 @@ TERM_GRACE_S = 3.0
 MAX_ERROR_OUTPUT = 2000
 
 
-def run(argv: Sequence[str], *, check: bool = True, timeout: float = COMMAND_TIMEOUT_S,
-        input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    timeout: float = COMMAND_TIMEOUT_S,
+    input_text: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run argv in the current namespace and return its completed process.
 
     Raises LabError (naming the command, exit status and stderr) when check is set and the
     command fails, is missing, or exceeds timeout seconds.
     """
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                              input=input_text, check=False)
+        proc = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input_text,
+            check=False,
+        )
     except FileNotFoundError as err:
         raise LabError(f"command not found: {argv[0]!r} (running {' '.join(argv)!r})") from err
     except subprocess.TimeoutExpired as err:
@@ -53,9 +64,14 @@ def netns_argv(ns: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
 
 
-def netns_exec(ns: str, argv: Sequence[str], *, check: bool = True,
-               timeout: float = COMMAND_TIMEOUT_S,
-               input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+def netns_exec(
+    ns: str,
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    timeout: float = COMMAND_TIMEOUT_S,
+    input_text: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run argv inside namespace ns and wait for it (see run())."""
     return run(netns_argv(ns, argv), check=check, timeout=timeout, input_text=input_text)
 

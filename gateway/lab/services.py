@@ -52,8 +52,10 @@ def binary(name: str) -> str:
     path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
     found = shutil.which(name, path=path)
     if found is None:
-        raise LabError(f"program {name!r} not found (PATH and /usr/sbin); "
-                       "run scripts/install.sh to install the lab's packages")
+        raise LabError(
+            f"program {name!r} not found (PATH and /usr/sbin); "
+            "run scripts/install.sh to install the lab's packages"
+        )
     return found
 
 
@@ -92,19 +94,24 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 # --- nginx ----------------------------------------------------------------------------------
 
+
 def write_nginx(spec: LabSpec) -> ServiceDef:
     base = spec.state_dir / "nginx"
     html = base / "html"
     for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    _write(html / "index.html",
-           "<!doctype html>\n<html><head><title>vpatch lab server</title></head>\n"
-           f"<body><h1>vpatch lab server</h1><p>lab {spec.name}, {spec.mode} mode</p></body>"
-           "</html>\n")
+    _write(
+        html / "index.html",
+        "<!doctype html>\n<html><head><title>vpatch lab server</title></head>\n"
+        f"<body><h1>vpatch lab server</h1><p>lab {spec.name}, {spec.mode} mode</p></body>"
+        "</html>\n",
+    )
     (html / "1k.bin").write_bytes(bytes(range(256)) * (BENCH_FILE_SIZE // 256))
     (html / "1k.bin").chmod(0o644)
     conf = base / "nginx.conf"
-    _write(conf, f"""# vpatch lab nginx ({spec.name}); generated, do not edit.
+    _write(
+        conf,
+        f"""# vpatch lab nginx ({spec.name}); generated, do not edit.
 worker_processes auto;
 daemon off;
 master_process on;
@@ -128,7 +135,8 @@ http {{
         index index.html;
     }}
 }}
-""")
+""",
+    )
     for d in (spec.state_dir, base, html):
         d.chmod(0o755)  # the workers (user nobody) read the pages
     argv = (binary("nginx"), "-c", str(conf), "-p", str(base), "-e", str(base / "error.log"))
@@ -137,17 +145,32 @@ http {{
 
 # --- Samba ----------------------------------------------------------------------------------
 
+
 def write_smbd(spec: LabSpec) -> ServiceDef:
     base = spec.state_dir / "samba"
-    dirs = {key: base / key for key in ("private", "lock", "state", "cache", "pid", "ncalrpc",
-                                         "binddns", "log", "public")}
+    dirs = {
+        key: base / key
+        for key in (
+            "private",
+            "lock",
+            "state",
+            "cache",
+            "pid",
+            "ncalrpc",
+            "binddns",
+            "log",
+            "public",
+        )
+    }
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     dirs["private"].chmod(0o700)
     dirs["public"].chmod(0o755)
     _write(dirs["public"] / "readme.txt", f"Hello from the vpatch lab {spec.name} server.\n")
     conf = base / "smb.conf"
-    _write(conf, f"""# vpatch lab smbd ({spec.name}); generated, do not edit.
+    _write(
+        conf,
+        f"""# vpatch lab smbd ({spec.name}); generated, do not edit.
 [global]
     server role = standalone server
     workgroup = VPATCHLAB
@@ -164,25 +187,26 @@ def write_smbd(spec: LabSpec) -> ServiceDef:
     printing = bsd
     printcap name = /dev/null
     disable spoolss = yes
-    private dir = {dirs['private']}
-    lock directory = {dirs['lock']}
-    state directory = {dirs['state']}
-    cache directory = {dirs['cache']}
-    pid directory = {dirs['pid']}
-    ncalrpc dir = {dirs['ncalrpc']}
-    binddns dir = {dirs['binddns']}
-    passdb backend = tdbsam:{dirs['private']}/passdb.tdb
-    log file = {dirs['log']}/log.%m
+    private dir = {dirs["private"]}
+    lock directory = {dirs["lock"]}
+    state directory = {dirs["state"]}
+    cache directory = {dirs["cache"]}
+    pid directory = {dirs["pid"]}
+    ncalrpc dir = {dirs["ncalrpc"]}
+    binddns dir = {dirs["binddns"]}
+    passdb backend = tdbsam:{dirs["private"]}/passdb.tdb
+    log file = {dirs["log"]}/log.%m
     max log size = 1000
     usershare path =
 
 [public]
-    path = {dirs['public']}
+    path = {dirs["public"]}
     comment = vpatch lab public share
     guest ok = yes
     read only = yes
     browseable = yes
-""")
+""",
+    )
     argv = (binary("smbd"), "--foreground", "--no-process-group", "--debug-stdout", "-s", str(conf))
     return ServiceDef("smbd", argv, (445, 139), ())
 
@@ -214,7 +238,9 @@ def write_named(spec: LabSpec) -> ServiceDef:
     base.mkdir(parents=True, exist_ok=True)
     _write(base / "lab.test.zone", zone_text(spec))
     conf = base / "named.conf"
-    _write(conf, f"""// vpatch lab named ({spec.name}); generated, do not edit.
+    _write(
+        conf,
+        f"""// vpatch lab named ({spec.name}); generated, do not edit.
 options {{
     directory "{base}";
     pid-file "{base}/named.pid";
@@ -228,18 +254,22 @@ options {{
 }};
 controls {{ }};
 zone "{ZONE}" {{ type primary; file "{base}/lab.test.zone"; }};
-""")
+""",
+    )
     # -g: foreground, all logging to stderr (our log file); runs as root in the lab namespace.
     argv = (binary("named"), "-g", "-c", str(conf))
     return ServiceDef("named", argv, (53,), (53,))
 
 
 WRITERS: dict[str, Callable[[LabSpec], ServiceDef]] = {
-    "nginx": write_nginx, "smbd": write_smbd, "named": write_named,
+    "nginx": write_nginx,
+    "smbd": write_smbd,
+    "named": write_named,
 }
 
 
 # --- starting and waiting -------------------------------------------------------------------
+
 
 def listening(ns: str) -> tuple[set[int], set[int]]:
     """(TCP ports, UDP ports) with a listening socket in namespace ns."""
@@ -264,8 +294,9 @@ def log_tail(path: Path) -> str:
     return data.decode(errors="replace").strip() or "(empty log)"
 
 
-def start_background(spec: LabSpec, ns: str, name: str, argv: Sequence[str],
-                     env: dict[str, str] | None = None) -> int:
+def start_background(
+    spec: LabSpec, ns: str, name: str, argv: Sequence[str], env: dict[str, str] | None = None
+) -> int:
     """Start argv in ns with output to logs/<name>.log; record and return its PID."""
     log = log_file(spec, name)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -277,8 +308,9 @@ def start_background(spec: LabSpec, ns: str, name: str, argv: Sequence[str],
     return proc.pid
 
 
-def start_services(spec: LabSpec, names: Sequence[str] = SERVICES,
-                   timeout: float = START_TIMEOUT_S) -> dict[str, int]:
+def start_services(
+    spec: LabSpec, names: Sequence[str] = SERVICES, timeout: float = START_TIMEOUT_S
+) -> dict[str, int]:
     """Write configs, start the services in the server namespace, wait until all listen."""
     defs = [WRITERS[name](spec) for name in names]
     pids = {d.name: start_background(spec, spec.server_ns, d.name, d.argv) for d in defs}
@@ -288,21 +320,26 @@ def start_services(spec: LabSpec, names: Sequence[str] = SERVICES,
         tcp, udp = listening(spec.server_ns)
         for d in list(pending):
             if not pid_alive(pids[d.name]):
-                raise LabError(f"{d.name} exited during start-up in {spec.server_ns} "
-                               f"(log {log_file(spec, d.name)}): {log_tail(log_file(spec, d.name))}")
+                raise LabError(
+                    f"{d.name} exited during start-up in {spec.server_ns} "
+                    f"(log {log_file(spec, d.name)}): {log_tail(log_file(spec, d.name))}"
+                )
             if set(d.tcp_ports) <= tcp and set(d.udp_ports) <= udp:
                 pending.remove(d)
         if not pending:
             break
         if time.monotonic() > deadline:
             names_left = ", ".join(d.name for d in pending)
-            raise LabError(f"{names_left} not listening after {timeout:.0f}s in "
-                           f"{spec.server_ns}; see {spec.state_dir / 'logs'}")
+            raise LabError(
+                f"{names_left} not listening after {timeout:.0f}s in "
+                f"{spec.server_ns}; see {spec.state_dir / 'logs'}"
+            )
         time.sleep(POLL_INTERVAL_S)
     return pids
 
 
 # --- the gateway ----------------------------------------------------------------------------
+
 
 def gateway_config_path(spec: LabSpec) -> Path:
     return spec.state_dir / "gateway.yaml"
@@ -319,8 +356,10 @@ def gateway_config(spec: LabSpec) -> dict[str, object]:
         "protected_hosts": [spec.server_addr, spec.server_addr6],
         "queues": {"first": 0, "count": 2},
         "fail_policy": "open",
-        "events": {"sqlite": str(spec.state_dir / "events.db"),
-                   "jsonl": str(spec.state_dir / "eve.json")},
+        "events": {
+            "sqlite": str(spec.state_dir / "events.db"),
+            "jsonl": str(spec.state_dir / "eve.json"),
+        },
         "control": {"socket": str(control_socket_path(spec))},
     }
     if spec.rules:
@@ -331,8 +370,10 @@ def gateway_config(spec: LabSpec) -> dict[str, object]:
 def write_gateway_config(spec: LabSpec) -> Path:
     """Write gateway_config(spec) to <state_dir>/gateway.yaml."""
     path = gateway_config_path(spec)
-    header = (f"# vpatch gateway config for lab {spec.name} ({spec.mode} mode); "
-              "generated by `vpatch lab up`.\n")
+    header = (
+        f"# vpatch gateway config for lab {spec.name} ({spec.mode} mode); "
+        "generated by `vpatch lab up`.\n"
+    )
     _write(path, header + yaml.safe_dump(gateway_config(spec), sort_keys=False))
     return path
 
@@ -354,12 +395,14 @@ def start_gateway(spec: LabSpec, timeout: float = START_TIMEOUT_S) -> int:
     deadline = time.monotonic() + timeout
     while not sock.exists():
         if not pid_alive(pid):
-            raise LabError(f"gateway (`vpatch run -c {conf}`) exited during start-up in "
-                           f"{spec.gw_ns}: {log_tail(log_file(spec, GATEWAY))}")
+            raise LabError(
+                f"gateway (`vpatch run -c {conf}`) exited during start-up in "
+                f"{spec.gw_ns}: {log_tail(log_file(spec, GATEWAY))}"
+            )
         if time.monotonic() > deadline:
-            raise LabError(f"gateway did not open its control socket {sock} within "
-                           f"{timeout:.0f}s; see {log_file(spec, GATEWAY)}")
+            raise LabError(
+                f"gateway did not open its control socket {sock} within "
+                f"{timeout:.0f}s; see {log_file(spec, GATEWAY)}"
+            )
         time.sleep(POLL_INTERVAL_S)
     return pid
-
-

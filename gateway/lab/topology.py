@@ -43,15 +43,24 @@ MAX_NAME_LEN = 40  # lab names end up in namespace names and paths; keep them sh
 OFFLOAD_FEATURES = ("tso", "gso", "gro", "tx-checksumming", "rx-checksumming")
 
 _BRIDGE_DEFAULTS = {
-    "client_ip": "198.18.0.10/24", "server_ip": "198.18.0.20/24",
-    "client_ip6": "2001:2::10/64", "server_ip6": "2001:2::20/64",
-    "client_gw_ip": "", "server_gw_ip": "", "client_gw_ip6": "", "server_gw_ip6": "",
+    "client_ip": "198.18.0.10/24",
+    "server_ip": "198.18.0.20/24",
+    "client_ip6": "2001:2::10/64",
+    "server_ip6": "2001:2::20/64",
+    "client_gw_ip": "",
+    "server_gw_ip": "",
+    "client_gw_ip6": "",
+    "server_gw_ip6": "",
 }
 _ROUTED_DEFAULTS = {
-    "client_ip": "198.18.1.10/24", "server_ip": "198.19.0.20/24",
-    "client_ip6": "2001:2:0:1::10/64", "server_ip6": "2001:2:0:2::20/64",
-    "client_gw_ip": "198.18.1.1/24", "server_gw_ip": "198.19.0.1/24",
-    "client_gw_ip6": "2001:2:0:1::1/64", "server_gw_ip6": "2001:2:0:2::1/64",
+    "client_ip": "198.18.1.10/24",
+    "server_ip": "198.19.0.20/24",
+    "client_ip6": "2001:2:0:1::10/64",
+    "server_ip6": "2001:2:0:2::20/64",
+    "client_gw_ip": "198.18.1.1/24",
+    "server_gw_ip": "198.19.0.1/24",
+    "client_gw_ip6": "2001:2:0:1::1/64",
+    "server_gw_ip6": "2001:2:0:2::1/64",
 }
 
 
@@ -70,8 +79,8 @@ class LabSpec:
     server_ip: str = ""
     client_ip6: str = ""
     server_ip6: str = ""
-    client_gw_ip: str = ""   # routed only: the gateway's address on the client side
-    server_gw_ip: str = ""   # routed only: the gateway's address on the server side
+    client_gw_ip: str = ""  # routed only: the gateway's address on the client side
+    server_gw_ip: str = ""  # routed only: the gateway's address on the server side
     client_gw_ip6: str = ""
     server_gw_ip6: str = ""
     state_dir: Path = Path("")  # empty: /run/vpatch-lab/<name>
@@ -79,10 +88,15 @@ class LabSpec:
     rules: tuple[str, ...] = ()  # rule files/dirs for the lab gateway (empty: bundled rules)
 
     def __post_init__(self) -> None:
-        if not self.name or len(self.name) > MAX_NAME_LEN or not all(
-                ch.isalnum() or ch in "-_" for ch in self.name):
-            raise LabError(f"invalid lab name {self.name!r}: use 1 to {MAX_NAME_LEN} letters, "
-                           "digits, '-' or '_'")
+        if (
+            not self.name
+            or len(self.name) > MAX_NAME_LEN
+            or not all(ch.isalnum() or ch in "-_" for ch in self.name)
+        ):
+            raise LabError(
+                f"invalid lab name {self.name!r}: use 1 to {MAX_NAME_LEN} letters, "
+                "digits, '-' or '_'"
+            )
         defaults = _ROUTED_DEFAULTS if self.routed else _BRIDGE_DEFAULTS
         for key, value in defaults.items():
             if not getattr(self, key):
@@ -212,8 +226,10 @@ def configure_bridge(ports: Sequence[str], bridge: str = BRIDGE, ns: str | None 
         # Loadable on stock Debian kernels; built in on the development VMs.
         run(["modprobe", "br_netfilter"], check=False)
         if not _proc_exists(ns, "/proc/sys/net/bridge"):
-            raise LabError("br_netfilter is not available (/proc/sys/net/bridge missing"
-                           f"{' in ' + ns if ns else ''}); load it with `modprobe br_netfilter`")
+            raise LabError(
+                "br_netfilter is not available (/proc/sys/net/bridge missing"
+                f"{' in ' + ns if ns else ''}); load it with `modprobe br_netfilter`"
+            )
     if not _proc_exists(ns, f"/sys/class/net/{bridge}"):
         _ip(ns, "link", "add", bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0")
     for iface in (bridge, *ports):
@@ -255,8 +271,12 @@ def build_links(spec: LabSpec) -> None:
     create_veth(spec.gw_ns, GW_CLIENT_PORT, spec.client_ns, HOST_PORT)
     create_veth(spec.gw_ns, GW_SERVER_PORT, spec.server_ns, HOST_PORT)
     if spec.offloads_off:
-        for ns, iface in ((spec.gw_ns, GW_CLIENT_PORT), (spec.gw_ns, GW_SERVER_PORT),
-                          (spec.client_ns, HOST_PORT), (spec.server_ns, HOST_PORT)):
+        for ns, iface in (
+            (spec.gw_ns, GW_CLIENT_PORT),
+            (spec.gw_ns, GW_SERVER_PORT),
+            (spec.client_ns, HOST_PORT),
+            (spec.server_ns, HOST_PORT),
+        ):
             disable_offloads(ns, iface)
 
 
@@ -273,15 +293,19 @@ def configure_addresses(spec: LabSpec) -> None:
         configure_bridge([GW_CLIENT_PORT, GW_SERVER_PORT], BRIDGE, ns=spec.gw_ns)
         return
     gw = spec.gw_ns
-    for port, addr4, addr6 in ((GW_CLIENT_PORT, spec.client_gw_ip, spec.client_gw_ip6),
-                               (GW_SERVER_PORT, spec.server_gw_ip, spec.server_gw_ip6)):
+    for port, addr4, addr6 in (
+        (GW_CLIENT_PORT, spec.client_gw_ip, spec.client_gw_ip6),
+        (GW_SERVER_PORT, spec.server_gw_ip, spec.server_gw_ip6),
+    ):
         netns_exec(gw, ["sysctl", "-q", "-w", f"net.ipv6.conf.{port}.accept_dad=0"])
         _add_addr(gw, port, addr4)
         _add_addr(gw, port, addr6)
         _ip(gw, "link", "set", port, "up")
     configure_router(gw)
-    for ns, via4, via6 in ((spec.client_ns, spec.client_gw_ip, spec.client_gw_ip6),
-                           (spec.server_ns, spec.server_gw_ip, spec.server_gw_ip6)):
+    for ns, via4, via6 in (
+        (spec.client_ns, spec.client_gw_ip, spec.client_gw_ip6),
+        (spec.server_ns, spec.server_gw_ip, spec.server_gw_ip6),
+    ):
         _ip(ns, "route", "add", "default", "via", via4.split("/")[0])
         _ip(ns, "-6", "route", "add", "default", "via", via6.split("/")[0])
 

@@ -55,6 +55,7 @@ def assert_gone(spec: LabSpec, pids: list[int]) -> None:
 
 # --- the shared bridge-mode lab ---------------------------------------------------------------
 
+
 def test_http_through_bridge(lab: LabSpec) -> None:
     page = client(lab, [*CURL, f"http://{lab.server_addr}/"])
     assert page.returncode == 0, page.stderr
@@ -68,12 +69,23 @@ def test_smb1_and_smb3_share_listing(lab: LabSpec) -> None:
     nt1 = client(lab, ["smbclient", "-N", "-L", f"//{lab.server_addr}", *SMB_NT1])
     assert nt1.returncode == 0, nt1.stdout + nt1.stderr
     assert "public" in nt1.stdout
-    smb3 = client(lab, ["smbclient", "-N", "-L", f"//{lab.server_addr}", "-m", "SMB3",
-                        "--option=client min protocol=SMB3"])
+    smb3 = client(
+        lab,
+        [
+            "smbclient",
+            "-N",
+            "-L",
+            f"//{lab.server_addr}",
+            "-m",
+            "SMB3",
+            "--option=client min protocol=SMB3",
+        ],
+    )
     assert smb3.returncode == 0, smb3.stdout + smb3.stderr
     assert "public" in smb3.stdout
-    got = client(lab, ["smbclient", "-N", f"//{lab.server_addr}/public", *SMB_NT1,
-                       "-c", "get readme.txt -"])
+    got = client(
+        lab, ["smbclient", "-N", f"//{lab.server_addr}/public", *SMB_NT1, "-c", "get readme.txt -"]
+    )
     assert got.returncode == 0, got.stdout + got.stderr
     assert f"vpatch lab {lab.name} server" in got.stdout
 
@@ -81,8 +93,9 @@ def test_smb1_and_smb3_share_listing(lab: LabSpec) -> None:
 def test_dns_authoritative_no_recursion(lab: LabSpec) -> None:
     a = client(lab, ["dig", "+short", "+time=3", f"@{lab.server_addr}", "server.lab.test", "A"])
     assert a.stdout.split() == [lab.server_addr]
-    aaaa = client(lab, ["dig", "+short", "+time=3", f"@{lab.server_addr6}", "server.lab.test",
-                        "AAAA"])
+    aaaa = client(
+        lab, ["dig", "+short", "+time=3", f"@{lab.server_addr6}", "server.lab.test", "AAAA"]
+    )
     assert aaaa.stdout.split() == [lab.server_addr6]
     refused = client(lab, ["dig", "+time=3", f"@{lab.server_addr}", "example.com", "A"])
     assert "status: REFUSED" in refused.stdout
@@ -96,26 +109,35 @@ def test_bridge_has_no_addresses_and_traverses_forward(lab: LabSpec) -> None:
         netns_exec(lab.gw_ns, [tool, "-I", "FORWARD", *match, "-p", "tcp", "--dport", "80"])
     try:
         assert client(lab, [*CURL, "-o", "/dev/null", f"http://{lab.server_addr}/"]).returncode == 0
-        assert client(lab, [*CURL, "-o", "/dev/null", "-g",
-                            f"http://[{lab.server_addr6}]/"]).returncode == 0
+        assert (
+            client(
+                lab, [*CURL, "-o", "/dev/null", "-g", f"http://[{lab.server_addr6}]/"]
+            ).returncode
+            == 0
+        )
         for tool, match in rules.items():
             out = netns_exec(lab.gw_ns, [tool, "-x", "-n", "-v", "-L", "FORWARD", "1"]).stdout
             assert int(out.split()[0]) > 0, f"{tool}: bridged packets did not reach FORWARD"
     finally:
         for tool, match in rules.items():
-            netns_exec(lab.gw_ns, [tool, "-D", "FORWARD", *match, "-p", "tcp", "--dport", "80"],
-                       check=False)
+            netns_exec(
+                lab.gw_ns,
+                [tool, "-D", "FORWARD", *match, "-p", "tcp", "--dport", "80"],
+                check=False,
+            )
 
 
 def test_status_reports_running_services(lab: LabSpec) -> None:
     info = lab_status(lab.name)
     assert info["exists"] and info["mode"] == "bridge"
     assert {ns: data["exists"] for ns, data in info["namespaces"].items()} == dict.fromkeys(
-        lab.namespaces, True)
+        lab.namespaces, True
+    )
     server_addrs = {a["addr"] for a in info["namespaces"][lab.server_ns]["addresses"]}
     assert server_addrs == {lab.server_ip, lab.server_ip6}
     assert {name: data["running"] for name, data in info["services"].items()} == dict.fromkeys(
-        SERVICES, True)
+        SERVICES, True
+    )
     assert info["gateway"]["pid"] is None
     json.dumps(info)  # JSON-ready
 
@@ -138,6 +160,7 @@ def test_cli_status(lab: LabSpec, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # --- labs of their own ------------------------------------------------------------------------
+
 
 def test_routed_mode_http(make_lab: Any) -> None:
     spec = make_lab("r", routed=True)
