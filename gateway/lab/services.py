@@ -6,13 +6,15 @@ Guarantees: every service has its own configuration, pid, log and data files und
 state dir and never reads or writes the system's /etc configs (nginx gets -c/-p/-e, smbd -s with
 every directory overridden, named -c with its own directory, pid and key files) or touches system
 services. Each is started in the foreground under `ip netns exec` so the PID we record is the
-daemon itself; readiness is polled with a bounded wait (START_TIMEOUT_S) and a failure to start
-raises LabError quoting the tail of the service's log.
+daemon itself. Readiness (that very PID holding every listening socket it should have, so a port
+held by someone else never counts) is polled with a bounded wait (START_TIMEOUT_S); a failure to
+start raises LabError quoting the tail of the service's log.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -286,6 +288,28 @@ def listening(ns: str) -> tuple[set[int], set[int]]:
     return tcp, udp
 
 
+_SS_PID = re.compile(r"pid=(\d+)")
+
+
+def listening_owners(ns: str) -> dict[tuple[str, int], set[int]]:
+    """{("tcp"|"udp", port): PIDs holding a listening socket on it} in namespace ns.
+
+    Readiness checks use this rather than listening(): a port already held by another process
+    (a second instance, a leftover) must not make a service that is about to fail look ready.
+    """
+    proc = netns_exec(ns, ["ss", "-H", "-l", "-n", "-t", "-u", "-p"], check=False)
+    owners: dict[tuple[str, int], set[int]] = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) < 5:
+            continue
+        port = parts[4].rsplit(":", 1)[-1]
+        if port.isdigit():
+            key = ("tcp" if parts[0] == "tcp" else "udp", int(port))
+            owners.setdefault(key, set()).update(int(pid) for pid in _SS_PID.findall(line))
+    return owners
+
+
 def log_tail(path: Path) -> str:
     try:
         data = path.read_bytes()[-LOG_TAIL_BYTES:]
@@ -317,14 +341,16 @@ def start_services(
     deadline = time.monotonic() + timeout
     pending = list(defs)
     while pending:
-        tcp, udp = listening(spec.server_ns)
+        owners = listening_owners(spec.server_ns)
         for d in list(pending):
             if not pid_alive(pids[d.name]):
                 raise LabError(
                     f"{d.name} exited during start-up in {spec.server_ns} "
                     f"(log {log_file(spec, d.name)}): {log_tail(log_file(spec, d.name))}"
                 )
-            if set(d.tcp_ports) <= tcp and set(d.udp_ports) <= udp:
+            wanted = [("tcp", port) for port in d.tcp_ports]
+            wanted += [("udp", port) for port in d.udp_ports]
+            if all(pids[d.name] in owners.get(key, ()) for key in wanted):
                 pending.remove(d)
         if not pending:
             break

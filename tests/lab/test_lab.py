@@ -270,3 +270,13 @@ def test_offloads_off_option(make_lab: Any) -> None:
         features = netns_exec(ns, ["ethtool", "-k", iface]).stdout
         assert "tcp-segmentation-offload: off" in features
         assert "generic-receive-offload: off" in features
+
+
+def test_service_start_failure_quotes_its_log(make_lab: Any) -> None:
+    from gateway.lab.services import start_services
+
+    spec = make_lab("s", services=False)
+    start_services(spec, names=("nginx",))
+    # A second nginx cannot bind port 80: it exits, and the error quotes its log.
+    with pytest.raises(LabError, match=r"nginx exited during start-up.*Address already in use"):
+        start_services(spec, names=("nginx",), timeout=10)
