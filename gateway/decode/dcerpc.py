@@ -26,6 +26,8 @@ import uuid
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from gateway.decode import app as _app
+from gateway.decode import smb as _smb
 from gateway.errors import DecodeError
 
 MAX_FRAG_LENGTH = 0xFFFF  # frag_length is an unsigned 16-bit field
@@ -135,7 +137,7 @@ def _uuid(raw: bytes, little_endian: bool) -> str:
 
 
 class _Call:
-    __slots__ = ("context_id", "opnum", "alloc_hint", "object_uuid", "stub", "length", "fragments")
+    __slots__ = ("alloc_hint", "context_id", "fragments", "length", "object_uuid", "opnum", "stub")
 
     def __init__(self, context_id: int, opnum: int, alloc_hint: int, object_uuid: str) -> None:
         self.context_id = context_id
@@ -218,7 +220,7 @@ class DceRpcDecoder:
             raise DceRpcDecodeError(f"BIND of call {pdu.call_id} truncated: {len(body)} bytes")
         xmit, recv, group, count = head.unpack_from(body)
         pos = head.size
-        items = []
+        items: list[ContextItem] = []
         for _ in range(count):
             if pos + _CONTEXT_SIZE > len(body):
                 raise DceRpcDecodeError(
@@ -322,32 +324,118 @@ class DceRpcPipes:
             return []
 
 
-def request_fields(event: Request) -> dict[str, object]:
-    """A Request as rule fields (dcerpc.*)."""
-    return {
-        "dcerpc.interface": event.interface,
-        "dcerpc.interface_version": event.interface_version,
-        "dcerpc.opnum": event.opnum,
-        "dcerpc.context_id": event.context_id,
-        "dcerpc.stub_length": event.stub_length,
-        "dcerpc.alloc_hint": event.alloc_hint,
-        "dcerpc.fragments": event.fragments,
-        "dcerpc.stub": event.stub,
-    }
-
-
-def event_fields(event: Event) -> dict[str, object]:
-    """Any decoder event as rule fields (dcerpc.*): the adapter for the app-layer registry."""
+def event_records(event: Event) -> list[_app.AppRecord]:
+    """A decoder event as rule records (dcerpc.*): a BIND gives one record per context."""
     if isinstance(event, Request):
-        return request_fields(event)
+        return [
+            _app.AppRecord(
+                "dcerpc",
+                {
+                    "dcerpc.ptype": PTYPE_REQUEST,
+                    "dcerpc.call_id": event.call_id,
+                    "dcerpc.interface": event.interface.encode("ascii"),
+                    "dcerpc.interface_version": event.interface_version,
+                    "dcerpc.opnum": event.opnum,
+                    "dcerpc.context_id": event.context_id,
+                    "dcerpc.stub_length": event.stub_length,
+                    "dcerpc.alloc_hint": event.alloc_hint,
+                    "dcerpc.fragments": event.fragments,
+                    "dcerpc.stub": event.stub,
+                },
+            )
+        ]
     if isinstance(event, Bind):
-        return {
-            "dcerpc.ptype": event.ptype,
-            "dcerpc.bind.interfaces": tuple(c.interface for c in event.contexts),
-            "dcerpc.bind.context_count": len(event.contexts),
-        }
-    return {
-        "dcerpc.ptype": event.ptype,
-        "dcerpc.frag_length": event.frag_length,
-        "dcerpc.auth_length": event.auth_length,
-    }
+        return [
+            _app.AppRecord(
+                "dcerpc",
+                {
+                    "dcerpc.ptype": event.ptype,
+                    "dcerpc.call_id": event.call_id,
+                    "dcerpc.interface": item.interface.encode("ascii"),
+                    "dcerpc.interface_version": item.interface_version,
+                    "dcerpc.context_id": item.context_id,
+                    "dcerpc.bind.context_count": len(event.contexts),
+                },
+            )
+            for item in event.contexts
+        ]
+    return [
+        _app.AppRecord(
+            "dcerpc",
+            {
+                "dcerpc.ptype": event.ptype,
+                "dcerpc.call_id": event.call_id,
+                "dcerpc.flags": event.flags,
+                "dcerpc.frag_length": event.frag_length,
+                "dcerpc.auth_length": event.auth_length,
+            },
+        )
+    ]
+
+
+class DceRpcAdapter:
+    """App-layer adapter for DCE/RPC over TCP (135 and dynamic endpoints)."""
+
+    __slots__ = ("_decoder",)
+
+    def __init__(self) -> None:
+        self._decoder = DceRpcDecoder()
+
+    def feed(self, data: bytes) -> list[_app.AppRecord]:
+        return [r for e in self._decoder.receive_data(data) for r in event_records(e)]
+
+
+def smb_pipe_records(pipes: DceRpcPipes, event: object) -> list[_app.AppRecord]:
+    """DCE/RPC records from the pipe data an smb.py event carries (never raises).
+
+    For the SMB adapter: call it with every Smb1Command / Smb2Command of one direction, using one
+    DceRpcPipes per direction; events without data give nothing.
+    """
+    if isinstance(event, _smb.Smb1Command) and event.data:
+        key: Hashable = ("smb1", event.tid, event.fid)
+    elif isinstance(event, _smb.Smb2Command) and event.data:
+        key = ("smb2", event.file_id)
+    else:
+        return []
+    return [r for e in pipes.feed(key, event.data) for r in event_records(e)]
+
+
+def _probe(data: bytes, direction: int) -> _app.Probe:
+    if len(data) < 3:
+        return _app.Probe.NEED_DATA if data[:1] in (b"", b"\x05") else _app.Probe.NO
+    if data[0] == 5 and data[1] in (0, 1) and data[2] in _PTYPES:
+        return _app.Probe.YES
+    return _app.Probe.NO
+
+
+def _new_decoder(transport: int, direction: int) -> _app.AppDecoder:
+    return DceRpcAdapter()
+
+
+_I, _B = _app.FieldKind.INT, _app.FieldKind.BYTES
+_app.register(
+    _app.AppProtocol(
+        name="dcerpc",
+        transports=frozenset({_app.PROTO_TCP}),
+        ports=frozenset({135, 593}),
+        fields={
+            "dcerpc.ptype": _I,
+            "dcerpc.call_id": _I,
+            "dcerpc.flags": _I,
+            "dcerpc.frag_length": _I,
+            "dcerpc.auth_length": _I,
+            "dcerpc.interface": _B,
+            "dcerpc.interface_version": _I,
+            "dcerpc.opnum": _I,
+            "dcerpc.context_id": _I,
+            "dcerpc.stub_length": _I,
+            "dcerpc.alloc_hint": _I,
+            "dcerpc.fragments": _I,
+            "dcerpc.stub": _B,
+            "dcerpc.bind.context_count": _I,
+        },
+        new_decoder=_new_decoder,
+        probe=_probe,
+        description="DCE/RPC connection-oriented PDUs (C706 ch. 12, MS-RPCE), also in SMB pipes",
+    )
+)

@@ -174,7 +174,13 @@ class Encrypted:
 
 
 Event = (
-    ConnectionRequest | ConnectionConfirm | McsConnect | McsDomainPdu | X224Pdu | FastPath | Encrypted
+    ConnectionRequest
+    | ConnectionConfirm
+    | McsConnect
+    | McsDomainPdu
+    | X224Pdu
+    | FastPath
+    | Encrypted
 )
 
 
@@ -211,7 +217,7 @@ def _ber_tlv(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
 
 
 def _domain_parameters(data: bytes, start: int, end: int) -> tuple[int, ...]:
-    values = []
+    values: list[int] = []
     pos = start
     while pos < end and len(values) < 8:
         tag, vstart, vend = _ber_tlv(data, pos, end)
@@ -244,7 +250,7 @@ def _client_blocks(
         raise _Malformed("GCC user data has no H.221 key (Duca/McDn) in its first 64 bytes")
     length, pos = _per_length(user_data, h221 + 4, len(user_data))
     end = min(len(user_data), pos + length)
-    blocks = []
+    blocks: list[tuple[int, int]] = []
     channel_count = -1
     channels: list[str] = []
     while pos + _BLOCK.size <= end and len(blocks) < MAX_BLOCKS:

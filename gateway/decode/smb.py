@@ -12,6 +12,11 @@ Guarantees:
   is decoded from its first MAX_MESSAGE bytes (headers only) and the rest is skipped as it
   arrives; AndX and NextCommand chains must move forward and are followed at most MAX_CHAIN times;
 - offsets and counts are reported as sent, never trusted for slicing beyond the message.
+Named-pipe payloads (for DCE/RPC over SMB, see dcerpc.DceRpcPipes): requests that write to a
+file carry the bytes in `data` with the file in `fid` (SMB1 WriteAndX [MS-CIFS] 2.2.4.43.1, Trans
+TransactNmPipe / WriteNmPipe 2.2.5.6 / 2.2.5.7, whose Setup[1] is the FID) or `file_id` (SMB2
+WRITE [MS-SMB2] 2.2.21, IOCTL FSCTL_PIPE_TRANSCEIVE input 2.2.31); `data` is a slice of the
+message, so it is bounded by MAX_MESSAGE.
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ SMB1_NEGOTIATE = 0x72
 # Commands whose parameter block starts with AndXCommand, AndXReserved, AndXOffset.
 SMB1_ANDX = frozenset({0x24, 0x2D, 0x2E, 0x2F, 0x73, 0x74, 0x75, 0xA2})
 SMB1_NO_ANDX = 0xFF
+SMB1_WRITE_ANDX = 0x2F
+TRANS_TRANSACT_NMPIPE = 0x26
+TRANS_WRITE_NMPIPE = 0x37
+SMB2_WRITE = 9
+SMB2_IOCTL = 11
+FSCTL_PIPE_TRANSCEIVE = 0x0011C017
 
 _NBSS = struct.Struct("!BB H")
 _SMB1 = struct.Struct("<4sBIBHH8sHHHHH")
@@ -80,6 +91,8 @@ class Smb1Command:
     byte_count: int
     transaction: Transaction | None = None
     dialects: tuple[str, ...] = ()  # negotiate request
+    fid: int = -1  # WriteAndX / TransactNmPipe / WriteNmPipe request: the file written
+    data: bytes = b""  # ... and the bytes written to it (pipe payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +103,8 @@ class Smb2Command:
     message_id: int
     tree_id: int
     session_id: int
+    file_id: bytes = b""  # WRITE / IOCTL FSCTL_PIPE_TRANSCEIVE request: the 16-byte FileId
+    data: bytes = b""  # ... and the bytes written / the IOCTL input (pipe payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +234,9 @@ def _parse_smb1(msg: bytes) -> list[Event]:
         dialects: tuple[str, ...] = ()
         if command == SMB1_NEGOTIATE and not is_response:
             dialects = tuple(d[1:].decode("latin-1") for d in data.split(b"\0") if d[:1] == b"\x02")
+        fid, written = -1, b""
+        if not is_response:
+            fid, written = _smb1_write(msg, command, words, transaction)
         events.append(
             Smb1Command(
                 command,
@@ -232,6 +250,8 @@ def _parse_smb1(msg: bytes) -> list[Event]:
                 byte_count,
                 transaction,
                 dialects,
+                fid,
+                written,
             )
         )
         if command not in SMB1_ANDX or wc < 2:
@@ -289,6 +309,10 @@ def _parse_smb2(msg: bytes, follow_chain: bool = True) -> list[Event]:
         ) = _SMB2.unpack_from(msg, pos)
         if magic != b"\xfeSMB" or size != 64:
             raise SmbDecodeError(f"bad SMB2 header at offset {pos} (structure size {size})")
+        file_id, written = b"", b""
+        if not flags & 1:
+            end = pos + next_command if next_command else len(msg)
+            file_id, written = _smb2_write(msg, pos, end, command)
         # ASYNC headers (flag 0x2) carry an AsyncId where sync ones carry Reserved + TreeId.
         events.append(
             Smb2Command(
@@ -298,6 +322,8 @@ def _parse_smb2(msg: bytes, follow_chain: bool = True) -> list[Event]:
                 message_id,
                 0 if flags & 2 else tree_id,
                 session_id,
+                file_id,
+                written,
             )
         )
         if next_command == 0 or not follow_chain:
@@ -306,3 +332,43 @@ def _parse_smb2(msg: bytes, follow_chain: bool = True) -> list[Event]:
             raise SmbDecodeError(f"SMB2 NextCommand {next_command} at offset {pos} is invalid")
         pos += next_command
     raise SmbDecodeError(f"SMB2 compound chain longer than {MAX_CHAIN} commands")
+
+
+def _smb1_write(
+    msg: bytes, command: int, words: bytes, transaction: Transaction | None
+) -> tuple[int, bytes]:
+    """(FID, bytes written) of an SMB1 request that writes to a file or pipe, else (-1, b"")."""
+    if command == SMB1_WRITE_ANDX and len(words) >= 24:
+        fid = int.from_bytes(words[4:6], "little")
+        high = int.from_bytes(words[18:20], "little")
+        length = int.from_bytes(words[20:22], "little") | (high << 16)
+        offset = int.from_bytes(words[22:24], "little")
+        return fid, msg[offset : offset + length]
+    if (
+        command == SMB1_TRANS
+        and transaction is not None
+        and len(words) >= _TRANS.size + 4
+        and transaction.subcommand in (TRANS_TRANSACT_NMPIPE, TRANS_WRITE_NMPIPE)
+    ):
+        fid = int.from_bytes(words[_TRANS.size + 2 : _TRANS.size + 4], "little")
+        start = transaction.data_offset
+        return fid, msg[start : start + transaction.data_count]
+    return -1, b""
+
+
+def _smb2_write(msg: bytes, pos: int, end: int, command: int) -> tuple[bytes, bytes]:
+    """(FileId, bytes written) of an SMB2 WRITE / pipe-transceive IOCTL request at `pos`."""
+    body = pos + _SMB2.size
+    if command == SMB2_WRITE and body + 32 <= end:
+        offset = int.from_bytes(msg[body + 2 : body + 4], "little")
+        length = int.from_bytes(msg[body + 4 : body + 8], "little")
+        start = pos + offset
+        return msg[body + 16 : body + 32], msg[start : min(start + length, end)]
+    if command == SMB2_IOCTL and body + 32 <= end:
+        if int.from_bytes(msg[body + 4 : body + 8], "little") != FSCTL_PIPE_TRANSCEIVE:
+            return b"", b""
+        offset = int.from_bytes(msg[body + 24 : body + 28], "little")
+        length = int.from_bytes(msg[body + 28 : body + 32], "little")
+        start = pos + offset
+        return msg[body + 8 : body + 24], msg[start : min(start + length, end)]
+    return b"", b""
