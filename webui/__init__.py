@@ -1,0 +1,87 @@
+"""vpatch admin web UI: a Flask application factory with one blueprint per feature.
+
+`create_app(test_config=None)` builds the app; the gateway is reached only through the policy
+store (gateway/policy/store.py), the event store (read-only) and the control socket. Guarantees:
+- no default secret: the session key is generated once and kept in the state directory (0600);
+- every state-changing request carries a CSRF token (forms: field `csrf_token`, fetch():
+  header `X-CSRF-Token`); the JSON API under /api/v1 takes bearer tokens only, never cookies;
+- session cookies are HttpOnly, SameSite=Strict and Secure (Secure can be turned off for a
+  plain-HTTP lab, with a warning on every start);
+- every response carries CSP `script-src 'self'` (no inline scripts), frame-ancestors 'none',
+  X-Content-Type-Options nosniff and Referrer-Policy no-referrer;
+- attacker-controlled event fields are escaped everywhere (Jinja autoescape, `bytes_escape`
+  for non-printable characters, CSV formula neutralisation).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+log = logging.getLogger("vpatch.ui")
+
+SECRET_FILE = "ui-secret.key"
+SESSION_HOURS = 8
+
+
+def load_secret(state_dir: Path) -> bytes:
+    """The session secret from state_dir (created 0600 with 32 random bytes when absent)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / SECRET_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        data = path.read_bytes()
+        if len(data) < 32:
+            raise RuntimeError(f"{path}: secret shorter than 32 bytes; delete it to regenerate")
+        return data
+    with os.fdopen(fd, "wb") as out:
+        data = secrets.token_bytes(32)
+        out.write(data)
+    return data
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.from_mapping(
+        POLICY_DB="/var/lib/vpatch/vpatch.db",
+        EVENTS_DB="/var/lib/vpatch/events.db",
+        CONTROL_SOCKET="/run/vpatch/control.sock",
+        RULE_PATHS=None,  # None: the bundled rules/ directory
+        STATE_DIR=None,  # None: the policy database's directory
+        SESSION_COOKIE_SECURE=True,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_NAME="vpatch_session",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
+        RELOAD_TIMEOUT=5.0,
+        MAX_CONTENT_LENGTH=1 << 20,
+    )
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+    state_dir = Path(app.config["STATE_DIR"] or Path(app.config["POLICY_DB"]).parent)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = load_secret(state_dir)
+    if not app.config["SESSION_COOKIE_SECURE"]:
+        log.warning(
+            "SESSION COOKIES ARE NOT MARKED SECURE: the session travels over plain HTTP. "
+            "Use this only in a lab; serve the UI over HTTPS in production."
+        )
+
+    from webui import db, security
+
+    db.init_app(app)
+    security.init_app(app)
+
+    from webui import api, audit, auth, dashboard, events, hosts, rules
+
+    for bp in (auth.bp, dashboard.bp, rules.bp, hosts.bp, events.bp, audit.bp, api.bp):
+        app.register_blueprint(bp)
+    app.add_url_rule("/", endpoint="index", view_func=dashboard.index)
+    return app

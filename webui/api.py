@@ -1,0 +1,245 @@
+"""JSON API under /api/v1: every UI operation, bearer-token auth (`Authorization: Bearer
+vpt_...`; tokens from the UI or `vpatch ui --create-token USER`). Viewer tokens may only read.
+Cookies are ignored here, so CSRF does not apply. /api/v1/openapi.json is generated from the
+same table (`ENDPOINTS`) that registers the routes, so the document matches the code."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Callable
+
+from flask import Blueprint, abort, g, jsonify, request
+
+from gateway.policy.store import StoreError
+from webui.db import get_store
+from webui.events import add_exception_from
+from webui.services import (
+    EVENT_FILTERS, InputError, dashboard_data, explain_event, get_event, gateway_status,
+    list_events, reload_gateway, rules_view, set_rule_mode,
+)  # fmt: skip
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+OBJ = {"type": "object"}
+ARR = {"type": "array", "items": OBJ}
+ENDPOINTS: list[dict[str, Any]] = []
+
+
+def endpoint(path: str, method: str, summary: str, *, write: bool = False,
+             params: tuple[str, ...] = (), body: dict[str, Any] | None = None,
+             result: dict[str, Any] = OBJ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:  # fmt: skip
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        ENDPOINTS.append({"path": path, "method": method, "summary": summary, "write": write,
+                          "params": params, "body": body, "result": result})  # fmt: skip
+        flask_path = path.replace("{", "<int:").replace("}", ">")
+
+        def view(**kw: Any) -> Any:
+            _authenticate(write)
+            try:
+                return fn(**kw)
+            except (InputError, StoreError) as err:
+                return jsonify(error=str(err)), 400
+
+        view.__name__ = fn.__name__
+        bp.add_url_rule(flask_path, endpoint=fn.__name__, view_func=view, methods=[method])
+        return fn
+
+    return deco
+
+
+def _authenticate(write: bool) -> None:
+    header = request.headers.get("Authorization", "")
+    kind, _, token = header.partition(" ")
+    if kind.lower() != "bearer" or not token:
+        abort(401, description="bearer token required (Authorization: Bearer TOKEN)")
+    user = get_store().token_user(token.strip())
+    if user is None:
+        abort(401, description="unknown or revoked token")
+    if write and user.role != "admin":
+        abort(403, description=f"user {user.username!r} is a viewer: read-only")
+    g.user = user
+
+
+def _body() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise InputError("request body must be a JSON object")
+    return data
+
+
+def _opt_int(data: dict[str, Any], key: str) -> int | None:
+    v = data.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InputError(f"{key} {v!r}: must be an integer")
+    return v
+
+
+@endpoint("/status", "GET", "Gateway health from its control socket")
+def status() -> Any:
+    return jsonify(gateway_status())
+
+
+@endpoint("/dashboard", "GET", "Events over time and top rules/CVEs/sources/hosts", params=("hours",))
+def dashboard() -> Any:
+    return jsonify(dashboard_data(max(1, min(request.args.get("hours", 24, type=int) or 24, 720))))
+
+
+@endpoint("/rules", "GET", "Rules with modes and would-block counts",
+          params=("q", "cve", "product", "severity", "protocol"), result=ARR)  # fmt: skip
+def rules() -> Any:
+    return jsonify(rules_view({k: request.args.get(k, "") for k in ("q", "cve", "product", "severity", "protocol")}))
+
+
+MODE_BODY = {"type": "object", "required": ["mode"], "properties": {
+    "mode": {"type": "string", "enum": ["off", "detect", "prevent", "inherit"]},
+    "scope": {"type": "string", "enum": ["global", "host", "group"]},
+    "scope_id": {"type": "integer", "nullable": True}, "reason": {"type": "string"}}}  # fmt: skip
+
+
+@endpoint("/rules/{rule_id}/mode", "PUT", "Set a rule's mode for a scope, then reload the gateway",
+          write=True, body=MODE_BODY)  # fmt: skip
+def rule_mode(rule_id: int) -> Any:
+    data = _body()
+    mode = data.get("mode")
+    if not isinstance(mode, str):
+        raise InputError("mode: required string")
+    return jsonify(set_rule_mode(
+        rule_id, str(data.get("scope", "global")), _opt_int(data, "scope_id"),
+        None if mode == "inherit" else mode, g.user.username, str(data.get("reason", ""))[:1000]))  # fmt: skip
+
+
+@endpoint("/hosts", "GET", "Protected hosts", result=ARR)
+def hosts() -> Any:
+    store = get_store()
+    return jsonify([{**asdict(h), "services": store.host_services(h.id)} for h in store.list_hosts()])
+
+
+HOST_BODY = {"type": "object", "required": ["address"], "properties": {
+    "address": {"type": "string"}, "name": {"type": "string"},
+    "group_id": {"type": "integer", "nullable": True},
+    "mode": {"type": "string", "enum": ["normal", "setup", "learning", "lockdown"]}}}  # fmt: skip
+
+
+@endpoint("/hosts", "POST", "Create or update a host (by address)", write=True, body=HOST_BODY)
+def save_host() -> Any:
+    data = _body()
+    h = get_store().save_host(str(data.get("address", "")), g.user.username, str(data.get("name", "")),
+                              _opt_int(data, "group_id"), str(data.get("mode", "normal")))  # fmt: skip
+    return jsonify(asdict(h)), 201
+
+
+@endpoint("/hosts/{host_id}", "DELETE", "Delete a host and its assignments", write=True)
+def delete_host(host_id: int) -> Any:
+    get_store().delete_host(host_id, g.user.username)
+    return jsonify(ok=True)
+
+
+@endpoint("/groups", "GET", "Host groups", result=ARR)
+def groups() -> Any:
+    return jsonify([asdict(gr) for gr in get_store().list_groups()])
+
+
+GROUP_BODY = {"type": "object", "required": ["name"], "properties": {
+    "name": {"type": "string"}, "description": {"type": "string"}}}  # fmt: skip
+
+
+@endpoint("/groups", "POST", "Create a group", write=True, body=GROUP_BODY)
+def create_group() -> Any:
+    data = _body()
+    gr = get_store().create_group(str(data.get("name", "")), str(data.get("description", "")), g.user.username)
+    return jsonify(asdict(gr)), 201
+
+
+@endpoint("/groups/{group_id}", "DELETE", "Delete a group", write=True)
+def delete_group(group_id: int) -> Any:
+    get_store().delete_group(group_id, g.user.username)
+    return jsonify(ok=True)
+
+
+@endpoint("/events", "GET", "Events, filtered and paginated", params=(*EVENT_FILTERS, "page", "per_page"))
+def events() -> Any:
+    return jsonify(list_events({k: request.args.get(k, "") for k in EVENT_FILTERS},
+                               request.args.get("page", 1, type=int) or 1,
+                               request.args.get("per_page", 50, type=int) or 50))  # fmt: skip
+
+
+@endpoint("/events/{event_id}", "GET", "One event, its EVE record and why it fired")
+def event(event_id: int) -> Any:
+    found = get_event(event_id)
+    if found is None:
+        return jsonify(error=f"event {event_id}: not found"), 404
+    ev, eve = found
+    return jsonify(event=ev, eve=eve, why=explain_event(ev, eve))
+
+
+EXC_BODY = {"type": "object", "required": ["reason"], "properties": {
+    "scope": {"type": "string", "enum": ["host", "port", "uri"]}, "reason": {"type": "string"},
+    "uri": {"type": "string"}, "expires": {"type": "string", "description": "ISO 8601"}}}  # fmt: skip
+
+
+@endpoint("/events/{event_id}/exception", "POST", "Exception from an event (host, port or URI)",
+          write=True, body=EXC_BODY)  # fmt: skip
+def event_exception(event_id: int) -> Any:
+    exc, rl = add_exception_from(event_id, _body(), g.user.username)
+    return jsonify(exception=asdict(exc), reload=rl), 201
+
+
+@endpoint("/exceptions", "GET", "Exceptions (also expired ones)", result=ARR)
+def exceptions() -> Any:
+    return jsonify([asdict(e) for e in get_store().list_exceptions()])
+
+
+@endpoint("/exceptions/{exception_id}", "DELETE", "Delete an exception", write=True)
+def delete_exception(exception_id: int) -> Any:
+    store = get_store()
+    store.delete_exception(exception_id, g.user.username)
+    return jsonify(ok=True, reload=reload_gateway(store, g.user.username))
+
+
+@endpoint("/audit", "GET", "Audit trail, newest first", params=("limit", "offset"), result=ARR)
+def audit() -> Any:
+    lim = max(1, min(request.args.get("limit", 100, type=int) or 100, 1000))
+    off = max(0, request.args.get("offset", 0, type=int) or 0)
+    return jsonify([asdict(e) for e in get_store().list_audit(lim, off)])
+
+
+@endpoint("/reload", "POST", "Ask the running gateway to apply the stored policy now", write=True)
+def reload() -> Any:
+    return jsonify(reload_gateway(get_store(), g.user.username))
+
+
+def openapi_document() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    err = {"description": "error", "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"error": {"type": "string"}}}}}}  # fmt: skip
+    for ep in ENDPOINTS:
+        op: dict[str, Any] = {"summary": ep["summary"], "operationId": f"{ep['method'].lower()}_{ep['path']}",
+                              "security": [{"bearer": []}], "responses": {
+            "200" if ep["method"] != "POST" or ep["path"] == "/reload" else "201":
+                {"description": "ok", "content": {"application/json": {"schema": ep["result"]}}},
+            "400": err, "401": err, "404": err}}  # fmt: skip
+        if ep["write"]:
+            op["responses"]["403"] = err
+        parameters = [{"name": p, "in": "query", "required": False, "schema": {"type": "string"}}
+                      for p in ep["params"]]  # fmt: skip
+        for name in [s.strip("{}") for s in ep["path"].split("/") if s.startswith("{")]:
+            parameters.append({"name": name, "in": "path", "required": True, "schema": {"type": "integer"}})
+        if parameters:
+            op["parameters"] = parameters
+        if ep["body"] is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ep["body"]}}}
+        paths.setdefault(ep["path"], {})[ep["method"].lower()] = op
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "vpatch admin API", "version": "1"},
+        "servers": [{"url": "/api/v1"}],
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": paths,
+    }
+
+
+@bp.route("/openapi.json")
+def openapi() -> Any:
+    return jsonify(openapi_document())

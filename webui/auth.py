@@ -1,0 +1,68 @@
+"""Login, logout, own API tokens. Logins are throttled per user and per source address
+(exponential backoff, gateway/policy/store.py) and every failure is audited."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
+
+from webui.db import get_store
+from webui.security import csrf_token, login_required
+
+bp = Blueprint("auth", __name__, url_prefix="/auth")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    if request.method == "GET":
+        csrf_token()
+        return render_template("auth/login.html")
+    username = request.form.get("username", "")[:128]
+    password = request.form.get("password", "")[:1024]
+    source = request.remote_addr or "unknown"
+    store = get_store()
+    wait = store.login_wait(username, source)
+    if wait > 0:
+        abort(429, description=f"too many failed logins; try again in {wait:.0f} s")
+    user = store.authenticate(username, password)
+    store.record_login(username, source, user is not None)
+    if user is None:
+        flash("wrong user name or password")
+        return render_template("auth/login.html"), 401
+    session.clear()
+    session.permanent = True
+    session["user"] = user.username
+    csrf_token()
+    target = request.args.get("next", "")
+    if not target.startswith("/") or target.startswith("//"):
+        target = url_for("dashboard.index")
+    return redirect(target)
+
+
+@bp.route("/logout", methods=["POST"])
+def logout() -> Any:
+    session.clear()
+    return redirect(url_for("auth.login"))
+
+
+@bp.route("/tokens", methods=["GET", "POST"])
+@login_required
+def tokens() -> Any:
+    store = get_store()
+    new_token = None
+    if request.method == "POST":
+        if g.user.role != "admin":
+            abort(403, description="viewers cannot create API tokens")
+        new_token = store.create_token(g.user.username, request.form.get("name", "")[:128], g.user.username)
+    return render_template("auth/tokens.html", tokens=store.list_tokens(g.user.username), new_token=new_token)
+
+
+@bp.route("/tokens/<int:token_id>/revoke", methods=["POST"])
+@login_required
+def revoke(token_id: int) -> Any:
+    store = get_store()
+    if token_id not in {t.id for t in store.list_tokens(g.user.username)}:
+        abort(404, description=f"token {token_id}: not one of yours")
+    store.revoke_token(token_id, g.user.username)
+    return redirect(url_for("auth.tokens"))

@@ -1,0 +1,26 @@
+"""Dashboard: events over time (SVG bars drawn by static/dashboard.js), top rules / CVEs /
+sources / hosts, and gateway health from the control socket, refreshed by fetch()."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify, render_template, request
+
+from webui.security import login_required
+from webui.services import dashboard_data, gateway_status
+
+bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
+
+
+@bp.route("/")
+@login_required
+def index() -> Any:
+    return render_template("dashboard/index.html", data=dashboard_data(), health=gateway_status())
+
+
+@bp.route("/data")
+@login_required
+def data() -> Any:
+    hours = max(1, min(request.args.get("hours", 24, type=int) or 24, 24 * 30))
+    return jsonify(events=dashboard_data(hours), health=gateway_status())

@@ -1,0 +1,63 @@
+"""Per-request access to the stores: the policy store (read/write), the event store
+(read-only SQLite URI, so the UI can never alter evidence) and the loaded rule set."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app, g
+
+from gateway.match.rules import RuleSet, load_rules
+from gateway.policy.store import Store
+
+_RULES_CACHE: dict[str, Any] = {}
+
+
+def get_store() -> Store:
+    if "store" not in g:
+        g.store = Store(Path(current_app.config["POLICY_DB"]))
+    store: Store = g.store
+    return store
+
+
+def get_events() -> sqlite3.Connection | None:
+    """The event store opened read-only, or None when it does not exist (yet)."""
+    if "events_db" not in g:
+        path = Path(current_app.config["EVENTS_DB"])
+        if not path.exists():
+            g.events_db = None
+        else:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 5000")
+            g.events_db = conn
+    conn_or_none: sqlite3.Connection | None = g.events_db
+    return conn_or_none
+
+
+def get_rules() -> RuleSet:
+    paths = current_app.config["RULE_PATHS"]
+    if paths is None:
+        from gateway.config import BUNDLED_RULES
+
+        paths = [BUNDLED_RULES]
+    key = repr(sorted(str(p) for p in paths))
+    if key not in _RULES_CACHE:
+        _RULES_CACHE[key] = load_rules([Path(p) for p in paths])
+    ruleset: RuleSet = _RULES_CACHE[key]
+    return ruleset
+
+
+def close(_exc: BaseException | None = None) -> None:
+    store = g.pop("store", None)
+    if store is not None:
+        store.close()
+    conn = g.pop("events_db", None)
+    if conn is not None:
+        conn.close()
+
+
+def init_app(app: Flask) -> None:
+    app.teardown_appcontext(close)

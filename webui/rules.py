@@ -1,0 +1,57 @@
+"""Rules: search/filter by CVE, product, severity, protocol; mode per rule globally, per host
+and per group (off / detect / prevent / inherit); each change is stored, audited and followed
+by a `reload` of the running gateway."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+
+from gateway.policy.store import StoreError
+from webui.db import get_store
+from webui.security import admin_required, login_required
+from webui.services import InputError, rules_view, set_rule_mode
+
+bp = Blueprint("rules", __name__, url_prefix="/rules")
+
+
+@bp.route("/")
+@login_required
+def index() -> Any:
+    store = get_store()
+    filters = {k: request.args.get(k, "")[:128] for k in ("q", "cve", "product", "severity", "protocol")}
+    return render_template(
+        "rules/index.html", rules=rules_view(filters), filters=filters,
+        hosts=store.list_hosts(), groups=store.list_groups(),
+    )  # fmt: skip
+
+
+def parse_scope(value: str) -> tuple[str, int | None]:
+    """'global', 'host:ID' or 'group:ID'."""
+    if value == "global":
+        return "global", None
+    kind, _, ident = value.partition(":")
+    if kind in ("host", "group") and ident.isdigit():
+        return kind, int(ident)
+    raise InputError(f"scope {value!r}: expected global, host:ID or group:ID")
+
+
+@bp.route("/<int:rule_id>/mode", methods=["POST"])
+@admin_required
+def set_mode(rule_id: int) -> Any:
+    mode = request.form.get("mode", "")
+    try:
+        scope, scope_id = parse_scope(request.form.get("scope", "global"))
+        result = set_rule_mode(
+            rule_id, scope, scope_id, None if mode == "inherit" else mode, g.user.username,
+            request.form.get("reason", "")[:1000],
+        )  # fmt: skip
+    except (InputError, StoreError) as err:
+        abort(400, description=str(err))
+    rl = result["reload"]
+    if rl["ok"]:
+        flash(f"rule {rule_id}: {scope} mode {mode}; gateway reloaded in {rl['seconds']:.2f} s")
+    else:
+        flash(f"rule {rule_id}: {scope} mode {mode} saved; gateway NOT reloaded: {rl['error']}")
+    return redirect(url_for("rules.index"))

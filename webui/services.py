@@ -1,0 +1,327 @@
+"""Operations shared by the HTML blueprints and the JSON API (one implementation of each).
+
+Event queries only read the event store (schema: docs/architecture.md, `events` table) with
+bound parameters and a bounded page size (MAX_PAGE_SIZE). Changes to the policy go through the
+store (audited) and are followed by the gateway's `reload` over its control socket.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from flask import current_app
+
+from gateway.control.server import ControlError, control_request
+from gateway.match.rules import Rule
+from gateway.policy.store import MODES, Store
+from webui.db import get_events, get_rules, get_store
+
+MAX_PAGE_SIZE = 200
+DEFAULT_PAGE_SIZE = 50
+MAX_EXPORT_ROWS = 10_000
+TOP_N = 10
+CHART_BUCKETS = 24
+EVENT_FILTERS = ("since", "until", "host", "rule", "cve", "action", "address")
+
+
+class InputError(ValueError):
+    """A request parameter is not acceptable (message names it)."""
+
+
+# -- rules and modes --------------------------------------------------------------------------
+
+
+def rule_default_mode(rule: Rule) -> str:
+    mode = getattr(rule, "default_mode", None)
+    return str(mode) if mode in MODES else "prevent"
+
+
+def rule_products(rule: Rule) -> list[str]:
+    out: list[str] = []
+    for entry in getattr(rule, "affected", ()) or ():
+        product = entry.get("product") if isinstance(entry, dict) else getattr(entry, "product", None)
+        if product:
+            out.append(str(product))
+    return out
+
+
+def would_block_counts() -> dict[int, int]:
+    """Per rule: distinct flows that a detect-mode match would have blocked."""
+    conn = get_events()
+    if conn is None:
+        return {}
+    rows = conn.execute(
+        "SELECT signature_id, COUNT(DISTINCT flow_id) FROM events "
+        "WHERE json_extract(eve, '$.vpatch.would_block') = 1 GROUP BY signature_id"
+    )
+    return {int(r[0]): int(r[1]) for r in rows}
+
+
+def rules_view(filters: dict[str, str]) -> list[dict[str, Any]]:
+    store = get_store()
+    assignments = store.list_assignments()
+    hosts = {h.id: h for h in store.list_hosts()}
+    groups = {gr.id: gr for gr in store.list_groups()}
+    counts = would_block_counts()
+    q_cve = filters.get("cve", "").strip().upper()
+    q_product = filters.get("product", "").strip().lower()
+    q_sev = filters.get("severity", "").strip().lower()
+    q_proto = filters.get("protocol", "").strip().lower()
+    q_text = filters.get("q", "").strip().lower()
+    out = []
+    for rule in sorted(get_rules().rules, key=lambda r: r.id):
+        if q_cve and not any(q_cve in c.upper() for c in rule.cves):
+            continue
+        products = rule_products(rule)
+        if q_product and not any(q_product in p for p in products):
+            continue
+        if q_sev and rule.severity != q_sev:
+            continue
+        if q_proto and rule.protocol != q_proto:
+            continue
+        if q_text and q_text not in rule.title.lower() and q_text != str(rule.id):
+            continue
+        mine = [a for a in assignments if a.rule_id == rule.id]
+        glob = next((a.mode for a in mine if a.scope == "global"), None)
+        scoped = []
+        for a in mine:
+            if a.scope == "host" and a.scope_id in hosts:
+                scoped.append({"scope": "host", "scope_id": a.scope_id,
+                               "name": hosts[a.scope_id].address, "mode": a.mode})
+            elif a.scope == "group" and a.scope_id in groups:
+                scoped.append({"scope": "group", "scope_id": a.scope_id,
+                               "name": groups[a.scope_id].name, "mode": a.mode})
+        out.append({
+            "id": rule.id, "title": rule.title, "cves": list(rule.cves),
+            "severity": rule.severity, "protocol": rule.protocol, "ports": list(rule.ports),
+            "action": rule.action.value, "products": products,
+            "default_mode": rule_default_mode(rule),
+            "global_mode": glob or rule_default_mode(rule), "global_explicit": glob is not None,
+            "scoped": scoped, "would_block_flows": counts.get(rule.id, 0),
+        })  # fmt: skip
+    return out
+
+
+def set_rule_mode(
+    rule_id: int, scope: str, scope_id: int | None, mode: str | None, actor: str, reason: str = ""
+) -> dict[str, Any]:
+    """Store the mode (None: inherit) and ask the running gateway to reload; returns both."""
+    if rule_id not in get_rules().by_id:
+        raise InputError(f"rule {rule_id}: no such rule in the loaded rule set")
+    if mode is not None and mode not in MODES:
+        raise InputError(f"mode {mode!r}: must be one of {', '.join(MODES)} or inherit")
+    store = get_store()
+    after = store.set_assignment(rule_id, scope, scope_id, mode, actor, "admin", reason)
+    return {"assignment": asdict(after) if after else None, "reload": reload_gateway(store, actor)}
+
+
+def reload_gateway(store: Store, actor: str) -> dict[str, Any]:
+    """Ask the gateway to apply the policy now. Never raises: the result says what happened."""
+    sock = Path(current_app.config["CONTROL_SOCKET"])
+    started = time.monotonic()
+    try:
+        result = control_request(sock, "reload", timeout=current_app.config["RELOAD_TIMEOUT"])
+    except ControlError as err:
+        store.record(actor, "gateway.reload", str(sock), {"ok": False, "error": str(err)})
+        return {"ok": False, "error": str(err)}
+    took = time.monotonic() - started
+    store.record(actor, "gateway.reload", str(sock), {"ok": True, "seconds": round(took, 3)})
+    return {"ok": True, "seconds": took, "result": result}
+
+
+def gateway_status() -> dict[str, Any]:
+    sock = Path(current_app.config["CONTROL_SOCKET"])
+    try:
+        status = control_request(sock, "status", timeout=2.0)
+    except ControlError as err:
+        return {"reachable": False, "error": str(err)}
+    queues = status.get("queues", {})
+    return {
+        "reachable": True,
+        "fail_policy": status.get("fail_policy"),
+        "backend": status.get("backend"),
+        "uptime": status.get("uptime"),
+        "workers": len(queues),
+        "workers_alive": sum(1 for q in queues.values() if q.get("alive")),
+        "packets": sum(int(q.get("packets", 0)) for q in queues.values()),
+        "bytes": sum(int(q.get("bytes", 0)) for q in queues.values()),
+        "errors": sum(int(q.get("errors", 0)) for q in queues.values()),
+        "queue_drops": sum(int(q.get("queue_drops", 0)) for q in queues.values()),
+        "rules_loaded": status.get("rules_loaded", len(get_rules().rules)),
+        "policy_version": status.get("policy_version"),
+    }
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+def _iso(value: str, name: str) -> str:
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError as err:
+        raise InputError(f"{name} {value!r}: not an ISO 8601 time") from err
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def event_where(filters: dict[str, str]) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    f = {k: (filters.get(k) or "").strip() for k in EVENT_FILTERS}
+    if f["since"]:
+        clauses.append("timestamp >= ?")
+        args.append(_iso(f["since"], "since"))
+    if f["until"]:
+        clauses.append("timestamp <= ?")
+        args.append(_iso(f["until"], "until"))
+    if f["host"]:
+        clauses.append("dest_ip = ?")
+        args.append(f["host"])
+    if f["rule"]:
+        if not f["rule"].isdigit():
+            raise InputError(f"rule {f['rule']!r}: not a rule id")
+        clauses.append("signature_id = ?")
+        args.append(int(f["rule"]))
+    if f["cve"]:
+        clauses.append("cves LIKE ?")
+        args.append(f"%,{f['cve'].upper()},%")
+    if f["action"]:
+        if f["action"] not in ("allowed", "blocked"):
+            raise InputError(f"action {f['action']!r}: must be allowed or blocked")
+        clauses.append("action = ?")
+        args.append(f["action"])
+    if f["address"]:
+        clauses.append("(src_ip = ? OR dest_ip = ?)")
+        args += [f["address"], f["address"]]
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+def list_events(filters: dict[str, str], page: int = 1, per_page: int = DEFAULT_PAGE_SIZE) -> dict[str, Any]:
+    per_page = max(1, min(per_page, MAX_PAGE_SIZE))
+    page = max(1, page)
+    conn = get_events()
+    if conn is None:
+        return {"events": [], "total": 0, "page": page, "per_page": per_page}
+    where, args = event_where(filters)
+    total = int(conn.execute(f"SELECT COUNT(*) FROM events{where}", args).fetchone()[0])
+    rows = conn.execute(
+        f"SELECT * FROM events{where} ORDER BY timestamp DESC, id DESC LIMIT ? OFFSET ?",
+        [*args, per_page, (page - 1) * per_page],
+    )
+    return {"events": [event_dict(r) for r in rows], "total": total, "page": page, "per_page": per_page}
+
+
+def export_events(filters: dict[str, str]) -> list[dict[str, Any]]:
+    conn = get_events()
+    if conn is None:
+        return []
+    where, args = event_where(filters)
+    rows = conn.execute(
+        f"SELECT * FROM events{where} ORDER BY timestamp DESC, id DESC LIMIT ?",
+        [*args, MAX_EXPORT_ROWS],
+    )
+    return [event_dict(r) for r in rows]
+
+
+EVENT_COLUMNS = (
+    "id", "timestamp", "flow_id", "signature_id", "signature", "action", "rule_action",
+    "severity", "src_ip", "src_port", "dest_ip", "dest_port", "proto", "app_proto", "cves",
+)  # fmt: skip
+
+
+def event_dict(row: Any) -> dict[str, Any]:
+    import json
+
+    d = {k: row[k] for k in EVENT_COLUMNS}
+    d["cves"] = [c for c in (row["cves"] or "").split(",") if c]
+    try:
+        eve = json.loads(row["eve"] or "{}")
+    except ValueError:
+        eve = {}
+    d["would_block"] = bool(eve.get("vpatch", {}).get("would_block")) if isinstance(eve, dict) else False
+    return d
+
+
+def get_event(event_id: int) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    import json
+
+    conn = get_events()
+    if conn is None:
+        return None
+    row = conn.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchone()
+    if row is None:
+        return None
+    try:
+        eve = json.loads(row["eve"] or "{}")
+    except ValueError:
+        eve = {}
+    return event_dict(row), eve if isinstance(eve, dict) else {}
+
+
+def explain_event(event: dict[str, Any], eve: dict[str, Any]) -> dict[str, Any]:
+    """Why the gateway acted: the rule, its conditions, the field and an excerpt if recorded."""
+    rule = get_rules().by_id.get(int(event["signature_id"]))
+    vp = eve.get("vpatch", {}) if isinstance(eve.get("vpatch"), dict) else {}
+    conditions = []
+    if rule is not None:
+        for p in rule.patterns:
+            conditions.append(f"{p.kind}{' (nocase)' if p.nocase else ''}: {p.expr!r}")
+    excerpt = vp.get("excerpt") or eve.get("payload_printable") or vp.get("match")
+    return {
+        "rule": rule.title if rule else event["signature"],
+        "rule_known": rule is not None,
+        "direction": rule.direction if rule else None,
+        "conditions": conditions or vp.get("conditions") or [],
+        "field": vp.get("field") or (f"raw {rule.protocol} stream, {rule.direction}" if rule else None),
+        "excerpt": excerpt,
+        "rule_action": event["rule_action"],
+        "would_block": event["would_block"],
+    }
+
+
+def dashboard_data(hours: int = 24) -> dict[str, Any]:
+    conn = get_events()
+    now = datetime.now(timezone.utc)
+    start = now.timestamp() - hours * 3600
+    bucket_s = hours * 3600 / CHART_BUCKETS
+    buckets = [{"start": datetime.fromtimestamp(start + i * bucket_s, timezone.utc).isoformat(),
+                "allowed": 0, "blocked": 0} for i in range(CHART_BUCKETS)]  # fmt: skip
+    top: dict[str, list[dict[str, Any]]] = {"rules": [], "cves": [], "sources": [], "hosts": []}
+    total = 0
+    if conn is not None:
+        since = datetime.fromtimestamp(start, timezone.utc).isoformat(timespec="microseconds")
+        for r in conn.execute(
+            "SELECT timestamp, action FROM events WHERE timestamp >= ? LIMIT 1000000", (since,)
+        ):
+            try:
+                ts = datetime.fromisoformat(r[0]).timestamp()
+            except ValueError:
+                continue
+            i = min(int((ts - start) // bucket_s), CHART_BUCKETS - 1)
+            if i >= 0:
+                buckets[i]["blocked" if r[1] == "blocked" else "allowed"] += 1
+                total += 1
+
+        def topq(sql: str) -> list[dict[str, Any]]:
+            return [{"key": r[0], "label": r[1], "count": r[2]}
+                    for r in conn.execute(sql, (since, TOP_N))]  # fmt: skip
+
+        top["rules"] = topq("SELECT signature_id, MAX(signature), COUNT(*) c FROM events "
+                            "WHERE timestamp >= ? GROUP BY signature_id ORDER BY c DESC LIMIT ?")
+        top["sources"] = topq("SELECT src_ip, src_ip, COUNT(*) c FROM events WHERE timestamp >= ? "
+                              "GROUP BY src_ip ORDER BY c DESC LIMIT ?")
+        top["hosts"] = topq("SELECT dest_ip, dest_ip, COUNT(*) c FROM events WHERE timestamp >= ? "
+                            "GROUP BY dest_ip ORDER BY c DESC LIMIT ?")
+        cves: dict[str, int] = {}
+        for r in conn.execute("SELECT cves, COUNT(*) FROM events WHERE timestamp >= ? GROUP BY cves LIMIT 10000", (since,)):
+            for c in (r[0] or "").split(","):
+                if c:
+                    cves[c] = cves.get(c, 0) + int(r[1])
+        top["cves"] = [{"key": c, "label": c, "count": n}
+                       for c, n in sorted(cves.items(), key=lambda kv: -kv[1])[:TOP_N]]  # fmt: skip
+    return {"hours": hours, "total": total, "buckets": buckets, "top": top}
