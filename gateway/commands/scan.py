@@ -1,0 +1,158 @@
+"""`vpatch scan HOST... [--json] [--ports LIST] [--rules PATH] [--state FILE] [--apply]`:
+the recommendation scan.
+
+What it does: for each host (an IP address the operator names; nothing else is contacted) a TCP
+connect scan of the ports, protocol probes on the open ones and on the UDP services
+(gateway/scan/probes.py), then recommendation against every rule's `affected` metadata
+(gateway/scan/recommend.py) and the rules currently assigned to the host in the lifecycle state.
+With `--apply`, or when the host's `auto_apply` setting is on, the assignments are written to the
+state with history entries saying when and why (evidence included).
+
+Output: a progress bar on stderr when stderr is a terminal; a table on stdout, or with `--json`
+one JSON document {"hosts": [{scan..., "recommendations": [...], "applied": bool}]}.
+Guarantees: exit status 0 when every host was scanned (whatever was found), 2 on bad arguments
+(VpatchError); bounded timeouts (`--timeout` per socket operation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from gateway.lifecycle.state import DEFAULT_STATE_PATH, HistoryEntry, LifecycleStore
+from gateway.match.rules import default_rule_dir
+from gateway.scan import probes
+from gateway.scan.recommend import (
+    RecAction,
+    Recommendation,
+    load_affected,
+    recommend,
+    recommendation_to_dict,
+)
+from gateway.scan.scanner import ScanResult, parse_ports, result_to_dict, scan_host
+
+__all__ = ["register", "run", "apply_recommendations"]
+
+BAR_WIDTH = 30
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "scan",
+        help="recommendation scan of protected hosts",
+        description="Probe protected hosts' services (HTTP/WebDAV, SMB1/2/3, RDP, TLS, DNS, "
+        "MSSQL resolution, FTP, SSH), identify products and versions, and recommend the rules "
+        "to assign or unassign from the rules' `affected` metadata.",
+    )
+    parser.add_argument("hosts", metavar="HOST", nargs="+", help="IP address to scan")
+    parser.add_argument("--json", action="store_true", help="JSON report on stdout")
+    parser.add_argument(
+        "--ports", help="TCP ports/ranges, UDP with a 'u' prefix (e.g. 80,445,3389,u53); "
+        "default: " + ",".join(str(p) for p in probes.DEFAULT_TCP_PORTS)
+        + "," + ",".join(f"u{p}" for p in probes.DEFAULT_UDP_PORTS),
+    )
+    parser.add_argument("--timeout", type=float, default=probes.DEFAULT_TIMEOUT_S,
+                        help="seconds per socket operation (default %(default)s)")
+    parser.add_argument("--rules", metavar="PATH", type=Path, action="append",
+                        help="rule file or directory (repeatable; default: the bundled rules/)")
+    parser.add_argument("--state", metavar="FILE", type=Path, default=DEFAULT_STATE_PATH,
+                        help="lifecycle state file (default %(default)s)")
+    parser.add_argument("--apply", action="store_true",
+                        help="write the recommended assignments (as if auto_apply were on)")
+    parser.set_defaults(func=run)
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal stream; silent when the stream is not a TTY."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        if not self.enabled or total <= 0:
+            return
+        filled = BAR_WIDTH * done // total
+        self.stream.write(f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
+                          f"{done}/{total} {what[:40]:<40}")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\r" + " " * (BAR_WIDTH + 55) + "\r")
+            self.stream.flush()
+
+
+def apply_recommendations(store: LifecycleStore, host: str,
+                          recs: list[Recommendation]) -> list[int]:
+    """Assign/unassign per the recommendations, with history; returns the new assignment."""
+    policy = store.host(host)
+    assigned = set(policy.assigned)
+    history = []
+    now = time.time()
+    for rec in recs:
+        if rec.action is RecAction.KEEP:
+            continue
+        if rec.action is RecAction.ASSIGN:
+            assigned.add(rec.rule_id)
+        else:
+            assigned.discard(rec.rule_id)
+        history.append(HistoryEntry(now, host, rec.action.value, str(rec.rule_id),
+                                    f"scan: {rec.reason}",
+                                    tuple((e.probe, e.saw) for e in rec.evidence)))
+    new = tuple(sorted(assigned))
+    store.update_host(host, history=history, assigned=new)
+    return list(new)
+
+
+def _table(result: ScanResult, recs: list[Recommendation], applied: bool) -> str:
+    lines = [f"host {result.host}: open TCP {', '.join(map(str, result.open_tcp)) or 'none'} "
+             f"({result.finished - result.started:.1f}s)"]
+    lines.append(f"  {'PORT':<10} {'SERVICE':<17} {'PRODUCT':<22} {'VERSION':<12} FEATURES")
+    for f in result.findings:
+        feats = ",".join(c.feature for c in f.features if c.present) or "-"
+        lines.append(f"  {f'{f.port}/{f.transport}':<10} {f.service:<17} {f.product or '?':<22} "
+                     f"{f.version or '?':<12} {feats}")
+        for e in dict.fromkeys(f.evidence + tuple(c.evidence for c in f.features)):
+            lines.append(f"      {e.probe}: {e.saw}")
+    for port in result.unidentified:
+        lines.append(f"  {f'{port}/tcp':<10} {'(unidentified)':<17}")
+    if recs:
+        lines.append(f"  recommendations{' (applied)' if applied else ''}:")
+    for r in recs:
+        lines.append(f"    {r.action.value.upper():<9} {r.rule_id:<9} {r.title}: {r.reason}")
+        for e in r.evidence:
+            lines.append(f"        {e.probe}: {e.saw}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.ports:
+        tcp, udp = parse_ports(args.ports)
+    else:
+        tcp, udp = probes.DEFAULT_TCP_PORTS, probes.DEFAULT_UDP_PORTS
+    rules = load_affected(args.rules or [default_rule_dir()])
+    store = LifecycleStore(args.state)
+    bar = ProgressBar(sys.stderr)
+    reports: list[dict[str, Any]] = []
+    for host in args.hosts:
+        result = scan_host(host, tcp, udp, timeout=args.timeout, progress=bar)
+        bar.finish()
+        policy = store.host(result.host)
+        recs = recommend(result, rules, policy.assigned)
+        applied = bool(args.apply or policy.auto_apply)
+        if applied:
+            apply_recommendations(store, result.host, recs)
+        if args.json:
+            reports.append({**result_to_dict(result), "applied": applied,
+                            "recommendations": [recommendation_to_dict(r) for r in recs]})
+        else:
+            print(_table(result, recs, applied))
+    if args.json:
+        json.dump({"hosts": reports}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    return 0
