@@ -29,6 +29,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from gateway.decode import app as _app
 from gateway.errors import DecodeError
 
 MAX_PDU = 0xFFFF
@@ -419,28 +420,101 @@ def _connection_confirm(pdu: bytes, li: int) -> ConnectionConfirm:
     )
 
 
-def event_fields(event: Event) -> dict[str, object]:
-    """A decoder event as rule fields (rdp.*): the adapter for the app-layer registry."""
+def event_records(event: Event) -> list[_app.AppRecord]:
+    """A decoder event as rule records (rdp.*); a Connect-Initial adds one record per channel."""
+    fields: dict[str, int | bytes]
     if isinstance(event, McsConnect):
-        return {
+        fields = {
             "rdp.mcs.type": event.tag,
             "rdp.mcs.length": event.length,
             "rdp.mcs.max_channel_ids": (
                 event.target_parameters[0] if event.target_parameters else -1
             ),
-            "rdp.channel": event.channels,
+            "rdp.mcs.user_data_length": event.user_data_length,
+            "rdp.channels": "\n".join(event.channels).encode("latin-1"),
             "rdp.channel_count": event.channel_count,
-            "rdp.malformed": event.malformed,
+            "rdp.malformed": event.malformed.encode("latin-1", "replace"),
         }
+        records = [_app.AppRecord("rdp", fields)]
+        for name in event.channels:
+            per_channel = dict(fields)
+            per_channel["rdp.channel"] = name.encode("latin-1")
+            records.append(_app.AppRecord("rdp", per_channel))
+        return records
     if isinstance(event, McsDomainPdu):
-        return {"rdp.mcs.type": event.pdu_type, "rdp.mcs.length": event.length}
-    if isinstance(event, ConnectionRequest):
-        return {
+        fields = {"rdp.mcs.type": event.pdu_type, "rdp.mcs.length": event.length}
+    elif isinstance(event, ConnectionRequest):
+        fields = {
             "rdp.cookie": event.cookie,
             "rdp.requested_protocols": event.requested_protocols,
+            "rdp.pdu_length": event.length,
         }
-    if isinstance(event, ConnectionConfirm):
-        return {"rdp.selected_protocol": event.selected_protocol}
-    if isinstance(event, Encrypted):
-        return {"rdp.encrypted": True}
-    return {"rdp.pdu_length": event.length}
+    elif isinstance(event, ConnectionConfirm):
+        fields = {
+            "rdp.selected_protocol": event.selected_protocol,
+            "rdp.failure_code": event.failure_code,
+            "rdp.pdu_length": event.length,
+        }
+    elif isinstance(event, Encrypted):
+        fields = {"rdp.encrypted": 1}
+    elif isinstance(event, X224Pdu):
+        fields = {"rdp.x224.code": event.code, "rdp.pdu_length": event.length}
+    else:
+        fields = {"rdp.fastpath": 1, "rdp.pdu_length": event.length}
+    return [_app.AppRecord("rdp", fields)]
+
+
+class RdpAdapter:
+    """App-layer adapter for RDP (TCP 3389)."""
+
+    __slots__ = ("_decoder",)
+
+    def __init__(self) -> None:
+        self._decoder = RdpDecoder()
+
+    def feed(self, data: bytes) -> list[_app.AppRecord]:
+        return [r for e in self._decoder.receive_data(data) for r in event_records(e)]
+
+
+def _probe(data: bytes, direction: int) -> _app.Probe:
+    """A TPKT holding an X.224 Connection Request (client) or Confirm (server)."""
+    if len(data) < 6:
+        return _app.Probe.NEED_DATA if data[:2] in (b"", b"\x03", b"\x03\x00") else _app.Probe.NO
+    code = TPDU_CR if direction == _app.TO_SERVER else TPDU_CC
+    ok = data[:2] == b"\x03\x00" and data[5] & 0xF0 == code
+    return _app.Probe.YES if ok else _app.Probe.NO
+
+
+def _new_decoder(transport: int, direction: int) -> _app.AppDecoder:
+    return RdpAdapter()
+
+
+_I, _B = _app.FieldKind.INT, _app.FieldKind.BYTES
+_app.register(
+    _app.AppProtocol(
+        name="rdp",
+        transports=frozenset({_app.PROTO_TCP}),
+        ports=frozenset({3389}),
+        fields={
+            "rdp.cookie": _B,
+            "rdp.requested_protocols": _I,
+            "rdp.selected_protocol": _I,
+            "rdp.failure_code": _I,
+            "rdp.pdu_length": _I,
+            "rdp.mcs.type": _I,
+            "rdp.mcs.length": _I,
+            "rdp.mcs.max_channel_ids": _I,
+            "rdp.mcs.user_data_length": _I,
+            "rdp.channel": _B,
+            "rdp.channels": _B,
+            "rdp.channel_count": _I,
+            "rdp.malformed": _B,
+            "rdp.encrypted": _I,
+            "rdp.x224.code": _I,
+            "rdp.fastpath": _I,
+        },
+        new_decoder=_new_decoder,
+        probe=_probe,
+        description="RDP: TPKT, X.224, MCS Connect-Initial with GCC channels (MS-RDPBCGR)",
+    )
+)
