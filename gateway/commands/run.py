@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -48,6 +49,7 @@ from gateway.intake.nfqueue import WorkerStats, start_worker
 
 log = logging.getLogger("vpatch.run")
 
+RELOAD_WAIT = 2.0  # seconds `reload` waits for every live worker to apply the new policy
 BIND_TIMEOUT = 60.0  # seconds a worker may take to load rules and bind its queue
 SUPERVISE_INTERVAL = 0.2  # seconds between checks of the workers
 
@@ -122,6 +124,8 @@ class Gateway:
         self.started = time.time()
         self._stop = False
         self._control: Any = None
+        self.policy_version = 1  # bumped by each `reload`; workers apply it between packets
+        self._reload_lock = threading.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -168,6 +172,7 @@ class Gateway:
 
     def _start(self, w: _Worker) -> None:
         w.stats.reset()
+        w.stats.set("policy_wanted", self.policy_version)
         w.proc = start_worker(w.queue_num, self.config, w.stats)
         log.info("worker for queue %d started (pid %s)", w.queue_num, w.proc.pid)
 
@@ -245,6 +250,7 @@ class Gateway:
             "backend": self.backend.name,
             "fail_policy": self.config.fail_policy.value,
             "uptime": time.time() - self.started,
+            "policy_version": self.policy_version,
             "queues": {
                 str(w.queue_num): {
                     **w.stats.snapshot(),
@@ -253,6 +259,69 @@ class Gateway:
                 }
                 for w in self.workers
             },
+        }
+
+    def reload(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Re-read the policy store and have every worker apply it (no restart, flows kept).
+
+        The policy is compiled here first, so a bad one is refused (ControlError reply) before
+        any worker sees it. Returns the new version, per-queue applied versions and the seconds
+        until all live workers had it (or `complete: false` after RELOAD_WAIT).
+        """
+        from gateway.intake.nfqueue import load_policy
+
+        with self._reload_lock:
+            started = time.monotonic()
+            policy = load_policy(self.config)  # raises (ConfigError) on a bad policy
+            self.policy_version += 1
+            version = self.policy_version
+            for w in self.workers:
+                w.stats.set("policy_wanted", version)
+            deadline = started + RELOAD_WAIT
+            while True:
+                live = [w for w in self.workers if w.proc is not None and w.proc.is_alive()]
+                if all(w.stats.get("policy_version") == version for w in live):
+                    complete = True
+                    break
+                if time.monotonic() > deadline:
+                    complete = False
+                    break
+                time.sleep(0.01)
+            took = time.monotonic() - started
+            log.info("policy version %d: %s in %.3fs", version,
+                     "applied by every worker" if complete else "NOT yet applied by all", took)  # fmt: skip
+            return {
+                "version": version,
+                "complete": complete,
+                "seconds": took,
+                "store": str(self.config.policy.database),
+                "policy": policy is not None,
+                "queues": {str(w.queue_num): w.stats.get("policy_version") for w in self.workers},
+                "policy_errors": sum(w.stats.get("policy_errors") for w in self.workers),
+            }
+
+    def policy(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The stored policy as the workers see it, and the versions they applied."""
+        hosts: list[Any] = []
+        groups: list[Any] = []
+        assignments: list[Any] = []
+        if self.config.policy.database.exists():
+            from dataclasses import asdict
+
+            from gateway.policy.store import Store
+
+            with Store(self.config.policy.database) as store:
+                hosts, groups, assignments = store.policy_snapshot()
+            hosts, groups, assignments = (
+                [asdict(x) for x in hosts], [asdict(x) for x in groups], [asdict(x) for x in assignments]
+            )  # fmt: skip
+        return {
+            "version": self.policy_version,
+            "store": str(self.config.policy.database),
+            "queues": {str(w.queue_num): w.stats.get("policy_version") for w in self.workers},
+            "hosts": hosts,
+            "groups": groups,
+            "assignments": assignments,
         }
 
     def _start_control(self) -> None:
@@ -264,6 +333,8 @@ class Gateway:
                 "status": self.status,
                 "stats": self.status,
                 "rules": lambda _r: self.rendered.describe(),
+                "reload": self.reload,
+                "policy": self.policy,
             },
         )
         self._control.start()

@@ -26,6 +26,12 @@ Guarantees:
 - Counters live in shared memory (`WorkerStats`, one writer: the worker) for the parent and
   the control socket. Events go to a per-worker EventSink (SQLite WAL handles several writers).
 - SIGTERM/SIGINT: the worker finishes the packet in hand, unbinds and exits 0.
+- Live policy (control socket `reload`): the parent writes the wanted policy version into the
+  worker's `policy_wanted` counter; the worker compares it between packet batches (at least
+  every POLL_INTERVAL when idle), reads `Store.policy_snapshot()` from `policy.database`,
+  builds a CompiledPolicy and hands it to `Engine.set_policy`, then publishes the version in
+  `policy_version`. Flows in progress keep flowing; nothing is unbound or restarted. A policy
+  that fails to load is logged and counted (`policy_errors`); the previous one stays.
 """
 
 from __future__ import annotations
@@ -77,7 +83,7 @@ ETH_P_ALL = 0x0003
 
 STAT_NAMES = (
     "packets", "accepted", "dropped", "reset", "bypassed", "errors", "events",
-    "bound", "pid", "started",
+    "bound", "pid", "started", "policy_wanted", "policy_version", "policy_errors",
 )  # fmt: skip
 _IDX = {name: i for i, name in enumerate(STAT_NAMES)}
 
@@ -384,6 +390,32 @@ def build_sink(config: GatewayConfig, queue_num: int) -> SinkLike | None:
     return sink
 
 
+def load_policy(config: GatewayConfig) -> Any:
+    """The CompiledPolicy of the policy store, or None when there is no store file yet."""
+    if not config.policy.database.exists():
+        return None
+    from gateway.policy.compiled import CompiledPolicy
+    from gateway.policy.store import Store
+
+    with Store(config.policy.database) as store:
+        hosts, groups, assignments = store.policy_snapshot()
+    return CompiledPolicy(hosts, groups, assignments)
+
+
+def apply_policy(engine: Any, config: GatewayConfig, stats: WorkerStats, wanted: int) -> None:
+    """Load the stored policy into the engine and publish `wanted` as applied (never raises)."""
+    try:
+        policy = load_policy(config)
+        if policy is not None:
+            engine.set_policy(policy)
+        stats.set("policy_version", wanted)
+        log.info("policy version %d applied", wanted)
+    except Exception as err:  # noqa: BLE001 - a bad policy must not kill the worker
+        stats.add("policy_errors")
+        stats.set("policy_version", wanted)  # do not retry the same version in a loop
+        log.error("policy version %d not applied, previous policy kept: %r", wanted, err)
+
+
 def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> int:
     """Body of one queue's worker process; returns the exit status."""
     from netfilterqueue import NetfilterQueue
@@ -399,6 +431,8 @@ def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> in
     stats.set("pid", os.getpid())
     stats.set("started", int(time.time()))
     engine = build_engine(config)
+    applied = stats.get("policy_wanted")
+    apply_policy(engine, config, stats, applied)
     sink = build_sink(config, queue_num)
     handler = PacketHandler(
         engine, stats, config.fail_policy, config.marks.bypass, config.marks.mask, sink
@@ -419,6 +453,10 @@ def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> in
         while not stop:
             if poller.poll(POLL_INTERVAL * 1000):
                 nfq.run(block=False)
+            wanted = stats.get("policy_wanted")
+            if wanted != applied:
+                applied = wanted
+                apply_policy(engine, config, stats, wanted)
             mono = time.monotonic()
             if mono - last_expire >= EXPIRE_INTERVAL:
                 last_expire = mono

@@ -281,6 +281,8 @@ class Store:
             )
         for number in range(current + 1, len(MIGRATIONS) + 1):
             with self.transaction():
+                if self.schema_version >= number:  # another process migrated meanwhile
+                    continue
                 for statement in MIGRATIONS[number - 1].split(";"):
                     if statement.strip():
                         self.db.execute(statement)
