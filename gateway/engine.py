@@ -52,6 +52,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from gateway.decode import app as app_registry
 from gateway.decode.packet import (
     PROTO_TCP,
     PROTO_UDP,
@@ -62,6 +63,7 @@ from gateway.decode.packet import (
     parse_frame,
     parse_ip,
 )
+from gateway.errors import DecodeError as AppDecodeError
 from gateway.events.eve import Event
 from gateway.flow.reassembly import StreamReassembler
 from gateway.flow.table import DEFAULT_TCP_CLOSED_IDLE, Direction, Flow, FlowTable
@@ -75,6 +77,7 @@ from gateway.match.matcher import (
     StreamState,
 )
 from gateway.match.rules import Rule, RuleSet
+from gateway.policy.compiled import CompiledPolicy, Mode
 from gateway.verdict import Action, Decision
 
 if TYPE_CHECKING:
@@ -151,10 +154,15 @@ class EngineStats:
     __slots__ = (
         "_engine",
         "_table",
+        "app_decode_errors",
+        "app_internal_errors",
+        "app_records",
+        "app_unidentified",
         "blocked_packets",
         "bytes",
         "decode_errors",
         "events",
+        "events_detect_only",
         "flows_blocked",
         "flows_final",
         "flows_inspected",
@@ -178,6 +186,11 @@ class EngineStats:
         self.flows_blocked = 0
         self.blocked_packets = 0  # packets dropped/reset
         self.events = 0
+        self.events_detect_only = 0  # events of rules in DETECT mode that would have blocked
+        self.app_records = 0  # decoded app-layer records evaluated
+        self.app_decode_errors = 0  # directions whose decoder rejected the bytes (anomalies)
+        self.app_internal_errors = 0  # directions whose decoder failed otherwise (bugs)
+        self.app_unidentified = 0  # directions where no expected app protocol was recognised
         self._table = table
         self._engine = engine
 
@@ -196,21 +209,53 @@ class EngineStats:
         return out
 
 
+UDP_PROBE_ATTEMPTS: Final = 4  # datagrams a UDP direction may take to be identified
+
+
+class _AppState:
+    """Per flow direction: protocol identification, then the app decoder feeding records."""
+
+    __slots__ = ("attempts", "buf", "decoder", "failed", "group", "name")
+
+    def __init__(self, group: MatchGroup) -> None:
+        self.group = group
+        self.buf = b""  # bytes seen while the protocol is undecided (< MAX_PROBE_BYTES + 1 chunk)
+        self.decoder: app_registry.AppDecoder | None = None
+        self.name: str | None = None
+        self.failed = False
+        self.attempts = 0
+
+
 class _Inspection:
     """Per-flow engine state (Flow.inspection)."""
 
-    __slots__ = ("active", "fired", "groups", "matcher", "reasm", "states")
+    __slots__ = (
+        "active",
+        "apps",
+        "cond_ok",
+        "fired",
+        "groups",
+        "matcher",
+        "raw_done",
+        "reasm",
+        "states",
+    )
 
     def __init__(self, matcher: Matcher) -> None:
         self.matcher = matcher
         self.groups: list[MatchGroup | None] = [None, None]
         self.states: list[StreamState | None] = [None, None]
         self.reasm: list[StreamReassembler | None] = [None, None]
+        self.apps: list[_AppState | None] = [None, None]
         self.active = [False, False]
         self.fired: set[int] = set()
+        # rules with both raw patterns and field conditions: which half is already satisfied
+        self.raw_done: list[set[int]] = [set(), set()]
+        self.cond_ok: list[set[int]] = [set(), set()]
 
     def close(self, d: int) -> None:
         self.active[d] = False
+        self.apps[d] = None
         state = self.states[d]
         if state is not None:
             self.states[d] = None
@@ -225,9 +270,14 @@ class Engine:
     """One inspection pipeline (one per worker process; not thread-safe)."""
 
     def __init__(
-        self, ruleset: RuleSet, config: EngineConfig | None = None, matcher: Matcher | None = None
+        self,
+        ruleset: RuleSet,
+        config: EngineConfig | None = None,
+        matcher: Matcher | None = None,
+        policy: CompiledPolicy | None = None,
     ) -> None:
         self.config = config if config is not None else EngineConfig()
+        self.policy = policy
         self.ruleset = ruleset
         self.matcher = (
             matcher if matcher is not None and matcher.ruleset is ruleset else Matcher(ruleset)
@@ -305,6 +355,10 @@ class Engine:
         self.ruleset = ruleset
         self.matcher = matcher
 
+    def set_policy(self, policy: CompiledPolicy | None) -> None:
+        """Use `policy` for every match from now on (None: each rule's default_mode)."""
+        self.policy = policy
+
     # ----------------------------------------------------------------- the pipeline
 
     def _process(self, pkt: Packet, now: float) -> Decision:
@@ -360,22 +414,114 @@ class Engine:
             fired = NO_RULES
             if data:
                 state = insp.states[d]
-                assert state is not None
-                fired = state.matcher.scan_stream(state, data)
+                if state is not None:
+                    fired = state.matcher.scan_stream(state, data)
+                app = insp.apps[d]
+                if app is not None:
+                    found = self._app_feed(insp, app, d, data, PROTO_TCP, flow.key.server_port)
+                    fired = self._combine(insp, d, fired, found)
+                elif fired:
+                    fired = self._combine(insp, d, fired, NO_RULES)
             if reasm.depth_reached:
                 self._direction_done(flow, insp, d)
+            elif data and insp.states[d] is None and insp.apps[d] is None:
+                self._direction_done(flow, insp, d)  # app layer failed, no raw patterns left
         else:
             if not payload:
                 return _ACCEPT
             group = insp.groups[d]
             assert group is not None
             fired = insp.matcher.scan_block(group, payload)
+            app = insp.apps[d]
+            if app is not None:
+                found = self._app_feed(insp, app, d, payload, PROTO_UDP, flow.key.server_port)
+                fired = self._combine(insp, d, fired, found)
+            elif fired:
+                fired = self._combine(insp, d, fired, NO_RULES)
             seen = flow.bytes_to_server if d == TO_SERVER else flow.bytes_to_client
             if seen >= self._depth[d]:
                 self._direction_done(flow, insp, d)
         if fired:
             return self._fire(flow, insp, pkt, d, fired, now)
         return _ACCEPT_FINAL if flow.final else _ACCEPT
+
+    def _app_feed(
+        self, insp: _Inspection, app: _AppState, d: int, data: bytes, proto: int, port: int
+    ) -> tuple[Rule, ...]:
+        """Identify (first bytes), decode and evaluate the field conditions; never raises
+        (a failing decoder ends app-layer inspection of this direction, counted)."""
+        stats = self.stats
+        decoder = app.decoder
+        if decoder is None:
+            if proto == PROTO_TCP:
+                app.buf += data
+                head = app.buf
+            else:
+                head = data
+                app.attempts += 1
+            name, decided = app_registry.identify(app.group.app_candidates, proto, port, d, head)
+            if not decided:
+                if (
+                    proto == PROTO_UDP
+                    and app.attempts >= UDP_PROBE_ATTEMPTS
+                    or proto == PROTO_TCP
+                    and len(head) >= app_registry.MAX_PROBE_BYTES
+                ):
+                    name = None
+                else:
+                    return NO_RULES
+            protocol = app_registry.get(name) if name is not None else None
+            if protocol is None:
+                stats.app_unidentified += 1
+                insp.apps[d] = None
+                return NO_RULES
+            decoder = protocol.new_decoder(proto, d)
+            app.decoder = decoder
+            app.name = name
+            data = head
+            app.buf = b""
+        try:
+            records = decoder.feed(data)
+        except AppDecodeError:
+            stats.app_decode_errors += 1
+            insp.apps[d] = None
+            return NO_RULES
+        except Exception:  # noqa: BLE001 (a decoder bug must not stop raw inspection)
+            stats.app_internal_errors += 1
+            insp.apps[d] = None
+            return NO_RULES
+        if not records:
+            return NO_RULES
+        stats.app_records += len(records)
+        apps = app.group.apps
+        matcher = insp.matcher
+        out: list[Rule] = []
+        for record in records:
+            group = apps.get(record.app)
+            if group is not None:
+                out.extend(matcher.evaluate(group, record.fields))
+        return tuple(out)
+
+    @staticmethod
+    def _combine(
+        insp: _Inspection, d: int, raw: tuple[Rule, ...], cond: tuple[Rule, ...]
+    ) -> tuple[Rule, ...]:
+        """Rules that fire now: raw patterns complete and (no conditions, or a record already
+        satisfied them), or conditions satisfied and (no raw patterns, or they completed)."""
+        out: list[Rule] = []
+        raw_done = insp.raw_done[d]
+        cond_ok = insp.cond_ok[d]
+        for rule in raw:
+            if rule.conditions is None or rule.id in cond_ok:
+                out.append(rule)
+            else:
+                raw_done.add(rule.id)
+        for rule in cond:
+            if not rule.patterns or rule.id in raw_done:
+                out.append(rule)
+            else:
+                cond_ok.add(rule.id)
+        return tuple(out)
 
     def _start(self, flow: Flow) -> _Inspection | None:
         """Set up inspection of a new flow, or mark it final when nothing covers it."""
@@ -397,7 +543,10 @@ class Engine:
                 reasm = StreamReassembler(depth, self.config.max_pending)
                 insp.reasm[d] = reasm
                 flow.streams[Direction.TO_SERVER if d == TO_SERVER else Direction.TO_CLIENT] = reasm
-                insp.states[d] = matcher.open_stream(group)
+                if group.database is not None:
+                    insp.states[d] = matcher.open_stream(group)
+            if group.apps:
+                insp.apps[d] = _AppState(group)
         if not (insp.active[TO_SERVER] or insp.active[TO_CLIENT]):
             flow.final = True
             self.stats.flows_final += 1
@@ -424,12 +573,21 @@ class Engine:
         block: Action | None = None
         events: list[Event] = []
         key = flow.key
+        policy = self.policy
         for rule in fired:
             if rule.id in insp.fired:
                 continue
+            mode = policy.mode(key.server, rule) if policy is not None else rule.default_mode
+            if mode is Mode.OFF:
+                continue
             insp.fired.add(rule.id)
             action = rule.action
-            if action is Action.RESET or (action is Action.DROP and block is None):
+            would_block = False
+            if mode is Mode.DETECT:
+                would_block = action.blocks
+                if would_block:
+                    self.stats.events_detect_only += 1
+            elif action is Action.RESET or (action is Action.DROP and block is None):
                 block = action
             events.append(
                 Event(
@@ -447,7 +605,8 @@ class Engine:
                     severity=rule.severity,
                     cves=rule.cves,
                     rule_action=action,
-                    blocked=action.blocks,
+                    blocked=action.blocks and not would_block,
+                    would_block=would_block,
                 )
             )
         self.stats.events += len(events)

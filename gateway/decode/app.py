@@ -132,6 +132,9 @@ class AppProtocol:
     directions: which directions (TO_SERVER, TO_CLIENT) the decoder understands.
     late_fields: fields present only in a record emitted at the end of a unit (e.g. the HTTP
         body): a rule that references one is evaluated only on records that carry it.
+    carried_by: protocols whose adapters emit this protocol's records (DCE/RPC inside SMB
+        named pipes: carried_by={"smb"}); where rules of this protocol cover a port, those
+        decoders are candidates for identification too.
     """
 
     name: str
@@ -142,6 +145,7 @@ class AppProtocol:
     probe: ProbeFunc | None = None
     directions: frozenset[int] = frozenset({TO_SERVER, TO_CLIENT})
     late_fields: frozenset[str] = field(default_factory=frozenset)
+    carried_by: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
 
 

@@ -85,6 +85,7 @@ class Event:
     cves: tuple[str, ...]
     rule_action: Action  # the rule's action
     blocked: bool  # the packet was dropped / reset
+    would_block: bool = False  # DETECT mode: the rule would have blocked (docs/policy.md)
 
 
 def format_timestamp(ts: float) -> str:
@@ -117,7 +118,11 @@ def to_eve(event: Event) -> dict[str, Any]:
             "severity": SEVERITY_NUMBERS.get(event.severity, 2),
             "metadata": {"cve": [str(c) for c in event.cves]},
         },
-        "vpatch": {"rule_action": event.rule_action.value, "severity": str(event.severity)},
+        "vpatch": {
+            "rule_action": event.rule_action.value,
+            "severity": str(event.severity),
+            "would_block": bool(event.would_block),
+        },
     }
 
 

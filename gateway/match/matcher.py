@@ -33,13 +33,16 @@ from typing import Any, Final
 
 import hyperscan
 
+from gateway.decode import app as app_registry
 from gateway.errors import RuleError
+from gateway.match.conditions import evaluate, fields_of, matches_of, required_match
 from gateway.match.rules import Rule, RuleSet
 
 __all__ = [
     "DIRECTION_NAMES",
     "TO_CLIENT",
     "TO_SERVER",
+    "AppGroup",
     "MatchGroup",
     "Matcher",
     "MatcherStats",
@@ -86,22 +89,89 @@ class MatcherStats:
     compile_seconds: float
 
 
-class MatchGroup:
-    """The rules covering one (protocol, direction, port set), compiled into one database."""
+class AppGroup:
+    """The rules of one app covering one (protocol, direction, port): one Hyperscan BLOCK-mode
+    database per byte-string field their patterns look at, and the condition trees."""
 
-    __slots__ = ("database", "rule_indices", "scratch", "stream_bytes", "stream_mode")
+    __slots__ = ("always", "always_set", "app", "field_dbs", "late", "leaf_owner", "rule_indices")
+
+    def __init__(self, app: str, rules: tuple[Rule, ...], rule_indices: tuple[int, ...]) -> None:
+        self.app = app
+        self.rule_indices = rule_indices
+        self.leaf_owner: list[tuple[int, int]] = []  # pattern id -> (rule index, leaf index)
+        per_field: dict[str, tuple[list[bytes], list[int], list[int]]] = {}
+        always: list[int] = []
+        self.late: dict[int, tuple[str, ...]] = {}
+        proto = app_registry.get(app)
+        late_fields = proto.late_fields if proto is not None else frozenset()
+        for ri in rule_indices:
+            rule = rules[ri]
+            cond = rule.conditions
+            if required_match(cond) is None:
+                always.append(ri)
+            used_late = tuple(sorted(fields_of(cond) & late_fields))
+            if used_late:
+                self.late[ri] = used_late
+            for leaf in matches_of(cond):
+                exprs, ids, flags = per_field.setdefault(leaf.field, ([], [], []))
+                ids.append(len(self.leaf_owner))
+                self.leaf_owner.append((ri, leaf.index))
+                exprs.append(leaf.expr)
+                flags.append(regex_flags(leaf.nocase))
+        self.always = tuple(always)
+        self.always_set = frozenset(always)
+        dbs: list[tuple[str, hyperscan.Database, hyperscan.Scratch]] = []
+        for name, (exprs, ids, flags) in sorted(per_field.items()):
+            db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            try:
+                db.compile(expressions=exprs, ids=ids, flags=flags)
+            except hyperscan.error as err:
+                names = ", ".join(f"{rules[ri].id} ({rules[ri].path})" for ri in rule_indices)
+                raise RuleError(
+                    f"Hyperscan could not compile field {name!r} of rules {names}: {err}"
+                ) from err
+            dbs.append((name, db, hyperscan.Scratch(db)))
+        self.field_dbs = tuple(dbs)
+
+    def database_bytes(self) -> int:
+        return sum(db.size() for _, db, _ in self.field_dbs)
+
+
+class MatchGroup:
+    """The rules covering one (protocol, direction, port set): their raw patterns compiled
+    into one database (None when no rule there has raw patterns), and per app the rules with
+    field conditions (`apps`) plus the decoders to try on such a flow (`app_candidates`)."""
+
+    __slots__ = (
+        "app_candidates",
+        "apps",
+        "database",
+        "rule_indices",
+        "scratch",
+        "stream_bytes",
+        "stream_mode",
+    )
 
     def __init__(
         self,
         rule_indices: tuple[int, ...],
-        database: hyperscan.Database,
+        database: hyperscan.Database | None,
         stream_mode: bool,
+        apps: dict[str, AppGroup] | None = None,
     ) -> None:
         self.rule_indices = rule_indices
         self.database = database
-        self.scratch = hyperscan.Scratch(database)
+        self.scratch = hyperscan.Scratch(database) if database is not None else None
         self.stream_mode = stream_mode
         self.stream_bytes = 0
+        self.apps: dict[str, AppGroup] = apps or {}
+        candidates: list[str] = []
+        for name in sorted(self.apps):
+            proto = app_registry.get(name)
+            for cand in (name, *sorted(proto.carried_by if proto else ())):
+                if cand not in candidates:
+                    candidates.append(cand)
+        self.app_candidates = tuple(candidates)
 
 
 class StreamState:
@@ -114,6 +184,7 @@ class StreamState:
         self.group = group
         self.hits: list[int] = []
         self.masks: dict[int, int] = {}  # rule index -> bit mask of matched patterns
+        assert group.database is not None
         stream = group.database.stream(match_event_handler=_collect, context=self.hits)
         stream.__enter__()
         self.stream = stream
@@ -168,6 +239,8 @@ class Matcher:
                 for port in rule.ports:
                     coverage.setdefault((rule.proto_number, d, port), []).append(ri)
         built: dict[tuple[int, tuple[int, ...]], MatchGroup] = {}
+        app_built: dict[tuple[str, tuple[int, ...]], AppGroup] = {}
+        field_dbs = 0
         self._groups: dict[tuple[int, int, int], MatchGroup] = {}
         self._covered: set[tuple[int, int]] = set()
         db_bytes = 0
@@ -178,27 +251,45 @@ class Matcher:
             if group is None:
                 stream_mode = proto == 6
                 ids = [pid for ri in indices for pid in pattern_ids[ri]]
-                db = hyperscan.Database(
-                    mode=hyperscan.HS_MODE_STREAM if stream_mode else hyperscan.HS_MODE_BLOCK
-                )
-                try:
-                    db.compile(
-                        expressions=[exprs[i] for i in ids],
-                        ids=ids,
-                        flags=[flags[i] for i in ids],
+                db: hyperscan.Database | None = None
+                if ids:
+                    db = hyperscan.Database(
+                        mode=hyperscan.HS_MODE_STREAM if stream_mode else hyperscan.HS_MODE_BLOCK
                     )
-                except hyperscan.error as err:
-                    names = ", ".join(
-                        f"{self._rules[ri].id} ({self._rules[ri].path})" for ri in indices
-                    )
-                    raise RuleError(f"Hyperscan could not compile rules {names}: {err}") from err
-                group = MatchGroup(tuple(indices), db, stream_mode)
-                db_bytes += db.size()
+                    try:
+                        db.compile(
+                            expressions=[exprs[i] for i in ids],
+                            ids=ids,
+                            flags=[flags[i] for i in ids],
+                        )
+                    except hyperscan.error as err:
+                        names = ", ".join(
+                            f"{self._rules[ri].id} ({self._rules[ri].path})" for ri in indices
+                        )
+                        raise RuleError(
+                            f"Hyperscan could not compile rules {names}: {err}"
+                        ) from err
+                    db_bytes += db.size()
+                by_app: dict[str, list[int]] = {}
+                for ri in indices:
+                    if self._rules[ri].conditions is not None:
+                        by_app.setdefault(self._rules[ri].app, []).append(ri)
+                apps = {}
+                for name, app_indices in by_app.items():
+                    app_ident = (name, tuple(app_indices))
+                    app_group = app_built.get(app_ident)
+                    if app_group is None:
+                        app_group = AppGroup(name, self._rules, tuple(app_indices))
+                        app_built[app_ident] = app_group
+                        db_bytes += app_group.database_bytes()
+                        field_dbs += len(app_group.field_dbs)
+                    apps[name] = app_group
+                group = MatchGroup(tuple(indices), db, stream_mode, apps)
                 built[ident] = group
             self._groups[key] = group
             self._covered.add((proto, key[2]))
         self.stats = MatcherStats(
-            databases=len(built),
+            databases=sum(1 for g in built.values() if g.database is not None) + field_dbs,
             database_bytes=db_bytes,
             patterns=len(exprs),
             compile_seconds=time.perf_counter() - started,
@@ -214,8 +305,8 @@ class Matcher:
         return (proto, server_port) in self._covered
 
     def open_stream(self, group: MatchGroup) -> StreamState:
-        """A new Hyperscan stream for one flow direction (TCP groups only)."""
-        if not group.stream_mode:
+        """A new Hyperscan stream for one flow direction (TCP groups with raw patterns only)."""
+        if not group.stream_mode or group.database is None:
             raise ValueError("open_stream: group is block mode (UDP)")
         state = StreamState(self, group)
         self.streams_open += 1
@@ -243,11 +334,54 @@ class Matcher:
 
     def scan_block(self, group: MatchGroup, data: bytes) -> tuple[Rule, ...]:
         """Scan one datagram (UDP groups); return the rules all of whose patterns matched."""
+        if group.database is None:
+            return NO_RULES
         hits: list[int] = []
         group.database.scan(data, match_event_handler=_collect, context=hits, scratch=group.scratch)
         if not hits:
             return NO_RULES
         return self._complete(hits, {})
+
+    def evaluate(self, group: AppGroup, fields: dict[str, int | bytes]) -> tuple[Rule, ...]:
+        """The rules of `group` whose field conditions hold for one decoded record: pattern
+        leaves are found by one block-mode scan per field, the rest checked in Python on the
+        candidate rules only (rules whose required pattern matched, or that need none)."""
+        matched: dict[int, set[int]] = {}
+        owner = group.leaf_owner
+        for name, db, scratch in group.field_dbs:
+            value = fields.get(name)
+            if type(value) is not bytes:
+                continue
+            hits: list[int] = []
+            db.scan(value, match_event_handler=_collect, context=hits, scratch=scratch)
+            for pid in hits:
+                ri, leaf = owner[pid]
+                got = matched.get(ri)
+                if got is None:
+                    matched[ri] = {leaf}
+                else:
+                    got.add(leaf)
+        always = group.always
+        if matched:
+            candidates = (*always, *(ri for ri in matched if ri not in group.always_set))
+        else:
+            candidates = always
+        if not candidates:
+            return NO_RULES
+        rules = self._rules
+        late = group.late
+        out: list[Rule] = []
+        empty: frozenset[int] = frozenset()
+        for ri in candidates:
+            need = late.get(ri)
+            if need is not None and not all(f in fields for f in need):
+                continue
+            rule = rules[ri]
+            cond = rule.conditions
+            leaves = matched.get(ri)
+            if cond is not None and evaluate(cond, fields, frozenset(leaves) if leaves else empty):
+                out.append(rule)
+        return tuple(out)
 
     def _complete(self, hits: list[int], masks: dict[int, int]) -> tuple[Rule, ...]:
         fired: list[Rule] = []

@@ -30,6 +30,15 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from gateway.errors import RuleError
+from gateway.match.conditions import (
+    RAW,
+    All,
+    Condition,
+    Match,
+    fields_of,
+    parse_condition,
+)
+from gateway.policy.compiled import Mode
 from gateway.verdict import Action
 
 __all__ = [
@@ -38,11 +47,14 @@ __all__ = [
     "MAX_PATTERN_BYTES",
     "MAX_RULES",
     "MAX_RULE_FILE_BYTES",
+    "MODES",
     "PROTOCOLS",
     "SEVERITIES",
+    "Affected",
     "Pattern",
     "Rule",
     "RuleSet",
+    "Sample",
     "default_rule_dir",
     "load_rules",
     "parse_content",
@@ -59,8 +71,33 @@ PROTOCOLS: Final = ("tcp", "udp")
 _ACTIONS: Final = {"alert": Action.ALERT, "drop": Action.DROP, "reset": Action.RESET}
 _PROTO_NUMBERS: Final = {"tcp": 6, "udp": 17}
 
-_REQUIRED: Final = ("id", "title", "severity", "action", "protocol", "ports", "patterns")
-_OPTIONAL: Final = ("cve", "direction", "references", "description")
+_REQUIRED: Final = ("id", "title", "severity", "action", "protocol", "ports")
+_OPTIONAL: Final = (
+    "cve",
+    "direction",
+    "references",
+    "description",
+    "patterns",
+    "conditions",
+    "app",
+    "default_mode",
+    "affected",
+    "samples",
+)
+MODES: Final = ("off", "detect", "prevent")
+SAMPLE_KINDS: Final = ("attack", "benign")
+MAX_SAMPLES_PER_RULE: Final = 16
+MAX_SAMPLE_BYTES: Final = 65536
+_AFFECTED_KEYS: Final = ("product", "versions", "features")
+_SAMPLE_KEYS: Final = (
+    "kind",
+    "to_server",
+    "to_client",
+    "hex_to_server",
+    "hex_to_client",
+    "pcap",
+    "description",
+)
 _PATTERN_KEYS: Final = ("content", "regex", "nocase")
 _CVE_RE: Final = re.compile(r"CVE-\d{4}-\d{4,}\Z")
 _HEX_DIGITS: Final = frozenset("0123456789abcdefABCDEF")
@@ -76,8 +113,31 @@ class Pattern:
 
 
 @dataclass(frozen=True, slots=True)
+class Affected:
+    """What the recommendation scan matches (docs/policy.md): product, versions, features."""
+
+    product: str
+    versions: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Sample traffic replayed by the test suite: an attack (must fire) or a benign
+    look-alike (must not). Either inline bytes per direction, or a capture file."""
+
+    kind: str  # "attack" | "benign"
+    to_server: bytes = b""
+    to_client: bytes = b""
+    pcap: Path | None = None
+    description: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
-    """One virtual patch. Fires when all `patterns` matched in one direction's stream."""
+    """One virtual patch. Fires when all raw `patterns` matched in one direction's stream and,
+    if it has `conditions`, one decoded record of its `app` satisfied them."""
 
     id: int
     title: str
@@ -92,6 +152,11 @@ class Rule:
     path: Path
     line: int = 0  # 1-based line of the rule's mapping in `path`
     description: str = ""
+    app: str = "raw"  # the app protocol whose records `conditions` judge ("raw": none)
+    default_mode: Mode = Mode.PREVENT
+    conditions: Condition | None = None  # field conditions (raw ones are in `patterns`)
+    affected: tuple[Affected, ...] = ()
+    samples: tuple[Sample, ...] = ()
 
     @property
     def proto_number(self) -> int:
@@ -380,9 +445,27 @@ def _build_rule(node: Node, path: Path, problems: _Problems) -> Rule | None:
             problems.add(path, vnode_cve, f"cve {cve!r} is not of the form CVE-YYYY-NNNN")
     refs = _string_list(keys.get("references", (None, None))[1], "references", path, problems)
     patterns = _patterns(keys.get("patterns", (None, None))[1], path, problems)
+    app = _app(get("app"), protocol, path, problems)
+    mode_name = _choice(get("default_mode"), "default_mode", MODES, path, problems) or "prevent"
+    affected = _affected(keys.get("affected", (None, None))[1], path, problems)
+    samples = _samples(keys.get("samples", (None, None))[1], path, problems)
+    conditions: Condition | None = None
+    if "conditions" in keys and app is not None:
+        raw, conditions = _conditions(keys["conditions"][1], app, path, problems)
+        if len(patterns) + len(raw) > MAX_PATTERNS_PER_RULE:
+            problems.add(
+                path,
+                keys["conditions"][1],
+                f"{len(patterns) + len(raw)} raw patterns, more than {MAX_PATTERNS_PER_RULE}",
+            )
+        patterns.extend(raw)
+    if "patterns" not in keys and "conditions" not in keys:
+        problems.add(path, node, "a rule needs `conditions` (or the older `patterns`)")
+    elif not patterns and conditions is None and len(problems.found) == before:
+        problems.add(path, keys["conditions"][1], "conditions are empty")
     if len(problems.found) != before:
         return None
-    assert title is not None and severity and action_name and protocol
+    assert title is not None and severity and action_name and protocol and app is not None
     return Rule(
         id=rule_id,
         title=title,
@@ -397,7 +480,191 @@ def _build_rule(node: Node, path: Path, problems: _Problems) -> Rule | None:
         path=path,
         line=node.start_mark.line + 1,
         description=description or "",
+        app=app,
+        default_mode=Mode(mode_name),
+        conditions=conditions,
+        affected=tuple(affected),
+        samples=tuple(samples),
     )
+
+
+def _app(
+    got: tuple[Node, Any] | None, protocol: str | None, path: Path, problems: _Problems
+) -> str | None:
+    from gateway.decode import app as app_registry
+
+    if got is None:
+        return "raw"
+    vnode, value = got
+    known = ["raw", *(p.name for p in app_registry.protocols())]
+    if value not in known:
+        problems.add(path, vnode, f"app {_show(vnode)} must be one of: {', '.join(known)}")
+        return None
+    proto = app_registry.get(str(value))
+    if (
+        proto is not None
+        and protocol in _PROTO_NUMBERS
+        and _PROTO_NUMBERS[protocol] not in proto.transports
+    ):
+        problems.add(path, vnode, f"app {value!r} does not run over {protocol}")
+        return None
+    return str(value)
+
+
+def _conditions(
+    vnode: Node, app: str, path: Path, problems: _Problems
+) -> tuple[list[Pattern], Condition | None]:
+    """Parse `conditions`; split the top-level raw matches (-> raw stream patterns) from the
+    field conditions (-> Rule.conditions)."""
+    from gateway.decode import app as app_registry
+
+    def field_kind(name: str) -> str | None:
+        if app == "raw" or not name.startswith(app + "."):
+            return None
+        kind = app_registry.field_kind(name)
+        return None if kind is None else kind.value
+
+    def problem(node: Node | None, reason: str) -> None:
+        problems.add(path, node if node is not None else vnode, reason)
+
+    cond = parse_condition(vnode, problem, field_kind, parse_content, _check_regex)
+    if cond is None:
+        return [], None
+    members = cond.items if isinstance(cond, All) else (cond,)
+    raw = [m for m in members if isinstance(m, Match) and m.field == RAW]
+    rest = tuple(m for m in members if not (isinstance(m, Match) and m.field == RAW))
+    patterns = [Pattern("regex", m.expr, m.nocase) for m in raw]
+    if not rest:
+        return patterns, None
+    field_cond: Condition = rest[0] if len(rest) == 1 and not isinstance(cond, All) else All(rest)
+    if RAW in fields_of(field_cond):  # parse_condition already refuses this; keep it explicit
+        problems.add(path, vnode, "conditions on `raw` may only be members of the top-level `all`")
+    return patterns, field_cond
+
+
+def _affected(vnode: Node | None, path: Path, problems: _Problems) -> list[Affected]:
+    if vnode is None:
+        return []
+    if not isinstance(vnode, SequenceNode):
+        problems.add(path, vnode, "affected must be a list of {product, versions, features}")
+        return []
+    out = []
+    for item in vnode.value:
+        if not isinstance(item, MappingNode):
+            problems.add(path, item, "an affected entry must be a mapping with `product`")
+            continue
+        keys = _mapping(item, path, problems)
+        if keys is None:
+            continue
+        for name, (knode, _) in keys.items():
+            if name not in _AFFECTED_KEYS:
+                problems.add(
+                    path,
+                    knode,
+                    f"unknown affected key {name!r} (allowed: product, versions, features)",
+                )
+        pnode = keys.get("product", (None, None))[1]
+        product = _scalar(pnode) if isinstance(pnode, ScalarNode) else None
+        if not isinstance(product, str) or not product:
+            problems.add(
+                path, pnode if pnode is not None else item, "affected entry needs a product name"
+            )
+            continue
+        versions = _string_list(keys.get("versions", (None, None))[1], "versions", path, problems)
+        features = _string_list(keys.get("features", (None, None))[1], "features", path, problems)
+        out.append(Affected(product, tuple(v for _, v in versions), tuple(f for _, f in features)))
+    return out
+
+
+def _samples(vnode: Node | None, path: Path, problems: _Problems) -> list[Sample]:
+    if vnode is None:
+        return []
+    if not isinstance(vnode, SequenceNode):
+        problems.add(path, vnode, "samples must be a list of {kind, to_server, to_client | pcap}")
+        return []
+    if len(vnode.value) > MAX_SAMPLES_PER_RULE:
+        problems.add(path, vnode, f"{len(vnode.value)} samples, more than {MAX_SAMPLES_PER_RULE}")
+        return []
+    out = []
+    for item in vnode.value:
+        if not isinstance(item, MappingNode):
+            problems.add(path, item, "a sample must be a mapping")
+            continue
+        keys = _mapping(item, path, problems)
+        if keys is None:
+            continue
+        ok = True
+        for name, (knode, _) in keys.items():
+            if name not in _SAMPLE_KEYS:
+                problems.add(
+                    path, knode, f"unknown sample key {name!r} (allowed: {', '.join(_SAMPLE_KEYS)})"
+                )
+                ok = False
+        kind_node = keys.get("kind", (None, None))[1]
+        kind = _scalar(kind_node) if isinstance(kind_node, ScalarNode) else None
+        if kind not in SAMPLE_KINDS:
+            problems.add(
+                path,
+                kind_node if kind_node is not None else item,
+                f"sample kind must be one of: {', '.join(SAMPLE_KINDS)}",
+            )
+            ok = False
+        data = {"to_server": b"", "to_client": b""}
+        for d in ("to_server", "to_client"):
+            for key, is_hex in ((d, False), ("hex_" + d, True)):
+                if key not in keys:
+                    continue
+                dnode = keys[key][1]
+                text = _scalar(dnode) if isinstance(dnode, ScalarNode) else None
+                if not isinstance(text, str):
+                    problems.add(path, dnode, f"sample {key} must be a string")
+                    ok = False
+                    continue
+                try:
+                    value = bytes.fromhex(text) if is_hex else parse_content(text)
+                except ValueError as err:
+                    problems.add(path, dnode, f"sample {key}: {err}")
+                    ok = False
+                    continue
+                if len(value) > MAX_SAMPLE_BYTES:
+                    problems.add(
+                        path, dnode, f"sample {key} is {len(value)} bytes, over {MAX_SAMPLE_BYTES}"
+                    )
+                    ok = False
+                data[d] += value
+        pcap: Path | None = None
+        if "pcap" in keys:
+            pnode = keys["pcap"][1]
+            ptext = _scalar(pnode) if isinstance(pnode, ScalarNode) else None
+            candidate = default_rule_dir().parent / "tests" / "data" / "rules" / str(ptext)
+            if (
+                not isinstance(ptext, str)
+                or ".." in ptext
+                or ptext.startswith("/")
+                or not candidate.is_file()
+            ):
+                problems.add(
+                    path, pnode, f"sample pcap {_show(pnode)} is not a file under tests/data/rules/"
+                )
+                ok = False
+            else:
+                pcap = candidate
+        if ok and not (data["to_server"] or data["to_client"] or pcap):
+            problems.add(path, item, "a sample needs to_server/to_client bytes or a pcap")
+            ok = False
+        descr = _scalar(keys["description"][1]) if "description" in keys else ""
+        if ok:
+            out.append(
+                Sample(
+                    str(kind),
+                    data["to_server"],
+                    data["to_client"],
+                    pcap,
+                    str(descr or ""),
+                    item.start_mark.line + 1,
+                )
+            )
+    return out
 
 
 def _show(node: Node) -> str:

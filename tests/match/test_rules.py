@@ -162,7 +162,7 @@ def test_missing_keys_wrong_types_and_duplicate_keys(tmp_path: Path) -> None:
     assert f"{bad}:4: protocol 'sctp' must be one of: tcp, udp" in msg
     assert f"{bad}:5: ports must be a non-empty list" in msg
     assert f"{bad}:1: missing required key 'severity'" in msg
-    assert f"{bad}:1: missing required key 'patterns'" in msg
+    assert f"{bad}:1: a rule needs `conditions` (or the older `patterns`)" in msg
 
 
 def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
