@@ -161,7 +161,7 @@ def content_regex(items: tuple[ContentItem, ...]) -> bytes:
     does (see reference_match); items must be valid (as parse_condition checks)."""
     first = items[0]
     parts: list[bytes] = []
-    if first.offset is not None or first.depth is not None:
+    if first.offset or first.depth is not None:
         low = first.offset or 0
         high = None if first.depth is None else low + first.depth - len(first.data)
         parts.append(b"^" + _gap(low, high))
