@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
 
 from webui.db import get_store
-from webui.security import csrf_token, login_required
+from webui.security import admin_required, csrf_token, login_required
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 
@@ -59,7 +59,7 @@ def tokens() -> Any:
 
 
 @bp.route("/tokens/<int:token_id>/revoke", methods=["POST"])
-@login_required
+@admin_required
 def revoke(token_id: int) -> Any:
     store = get_store()
     if token_id not in {t.id for t in store.list_tokens(g.user.username)}:
