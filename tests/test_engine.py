@@ -379,3 +379,167 @@ def test_http_whole_connection_can_be_turned_off() -> None:
     c = Conn(engine)
     c.handshake()
     assert c.data(0, b"GET / HTTP/1.1\r\n" + b"A" * 100).final
+
+
+# --- app layer: decoded fields, identification, decoder failure, policy modes -----------------
+
+
+def app_rules(tmp_path: Path, body: str) -> RuleSet:
+    path = tmp_path / "app.yaml"
+    path.write_text(body)
+    return load_rules([path])
+
+
+HTTP_RULE = """\
+id: 7001
+title: shellshock-like header
+severity: high
+action: reset
+protocol: tcp
+ports: [80]
+app: http
+conditions:
+  - field: http.header.user-agent
+    regex: '^\\s*\\(\\s*\\)\\s*\\{'
+"""
+
+
+def test_http_header_condition_blocks_and_benign_passes(tmp_path: Path) -> None:
+    engine = Engine(app_rules(tmp_path, HTTP_RULE))
+    conn = Conn(engine)
+    conn.handshake()
+    ok = conn.send("PA", conn.cseq + 1, b"GET / HTTP/1.1\r\nUser-Agent: curl (){x}\r\n\r\n")
+    assert ok.action is Action.ACCEPT
+    bad = b"GET /2 HTTP/1.1\r\nUser-Agent: () { :; }; id\r\n\r\n"
+    seq = conn.cseq + 1 + len(b"GET / HTTP/1.1\r\nUser-Agent: curl (){x}\r\n\r\n")
+    got = conn.send("PA", seq, bad)
+    assert got.action is Action.RESET and got.events[0].signature_id == 7001
+    assert engine.stats.app_records >= 2
+
+
+def test_http_condition_found_when_segmented_byte_by_byte(tmp_path: Path) -> None:
+    engine = Engine(app_rules(tmp_path, HTTP_RULE))
+    conn = Conn(engine)
+    conn.handshake()
+    bad = b"GET / HTTP/1.1\r\nUser-Agent: () { :; }; id\r\n\r\n"
+    actions = [conn.send("PA", conn.cseq + 1 + i, bad[i : i + 1]).action for i in range(len(bad))]
+    assert actions[-1] is Action.RESET and Action.RESET not in actions[:-1]
+
+
+def test_decoder_error_keeps_raw_rules_and_counts(tmp_path: Path) -> None:
+    rules = app_rules(
+        tmp_path,
+        "rules:\n  - id: 7001\n    title: ua\n    severity: high\n    action: reset\n"
+        "    protocol: tcp\n    ports: [80]\n    app: http\n    conditions:\n"
+        "      - field: http.header.user-agent\n        content: '() {'\n"
+        "  - id: 7002\n    title: raw\n    severity: low\n    action: alert\n"
+        "    protocol: tcp\n    ports: [80]\n    patterns: [{content: EVIL}]\n",
+    )
+    engine = Engine(rules)
+    conn = Conn(engine)
+    conn.handshake()
+    first = b"GET / HTTP/1.1\r\nbad header line\r\n\r\n"
+    conn.send("PA", conn.cseq + 1, first)
+    assert engine.stats.app_decode_errors == 1
+    got = conn.send("PA", conn.cseq + 1 + len(first), b"EVIL")
+    assert got.action is Action.ALERT and got.events[0].signature_id == 7002
+
+
+def test_unidentified_protocol_is_counted_not_decoded(tmp_path: Path) -> None:
+    engine = Engine(app_rules(tmp_path, HTTP_RULE))
+    conn = Conn(engine)
+    conn.handshake()
+    conn.send("PA", conn.cseq + 1, b"\x16\x03\x01\x00\x05hello")
+    assert engine.stats.app_unidentified == 1 and engine.stats.app_records == 0
+
+
+def test_heartbleed_condition_over_tls(tmp_path: Path) -> None:
+    rules = app_rules(
+        tmp_path,
+        "id: 7003\ntitle: hb\nseverity: high\naction: drop\nprotocol: tcp\nports: [443]\n"
+        "app: tls\nconditions:\n  - field: tls.heartbeat.encrypted\n    equals: 0\n"
+        "  - field: tls.heartbeat.payload_length\n    plus: 19\n"
+        "    gt: {field: tls.record_length}\n",
+    )
+    engine = Engine(rules)
+    good = Conn(engine, dport=443)
+    good.handshake()
+    hb_ok = b"\x18\x03\x02\x00\x17\x01\x00\x04abcd" + b"p" * 16
+    assert good.send("PA", good.cseq + 1, hb_ok).action is Action.ACCEPT
+    bad = Conn(engine, dport=443, sport=40001)
+    bad.handshake()
+    assert bad.send("PA", bad.cseq + 1, b"\x18\x03\x02\x00\x03\x01\x40\x00").action is Action.DROP
+
+
+def test_dns_udp_condition(tmp_path: Path) -> None:
+    rules = app_rules(
+        tmp_path,
+        "id: 7004\ntitle: tkey\nseverity: high\naction: drop\nprotocol: udp\nports: [53]\n"
+        "app: dns\nconditions:\n  - field: dns.rr.type\n    equals: 249\n"
+        "  - field: dns.rr.section\n    ne: additional\n",
+    )
+    from scapy.layers.dns import DNS, DNSQR, DNSRR
+
+    engine = Engine(rules)
+    ok = IP(src=CLIENT, dst=SERVER) / UDP(sport=5353, dport=53) / DNS(qd=DNSQR(qname="a.b"))
+    assert engine.process_ip(bytes(ok), 1.0).action is Action.ACCEPT
+    bad = (
+        IP(src=CLIENT, dst=SERVER)
+        / UDP(sport=5354, dport=53)
+        / DNS(qd=DNSQR(qname="a.b", qtype=249), an=DNSRR(rrname="a.b", type=249, rdata=b"x"))
+    )
+    assert engine.process_ip(bytes(bad), 2.0).action is Action.DROP
+
+
+def test_policy_modes_off_detect_prevent(tmp_path: Path) -> None:
+    from gateway.policy.compiled import CompiledPolicy
+
+    @dataclass(frozen=True)
+    class A:
+        rule_id: int
+        scope: str
+        scope_id: int | None
+        mode: str
+
+    @dataclass(frozen=True)
+    class H:
+        id: int
+        address: str
+        group_id: int | None
+
+    bad = b"GET / HTTP/1.1\r\nUser-Agent: () { :; }; id\r\n\r\n"
+    engine = Engine(app_rules(tmp_path, HTTP_RULE))
+    for sport, mode, action in ((41000, "off", Action.ACCEPT), (41001, "detect", Action.ALERT)):
+        engine.set_policy(CompiledPolicy([H(1, SERVER, None)], [], [A(7001, "host", 1, mode)]))
+        conn = Conn(engine, sport=sport)
+        conn.handshake()
+        got = conn.send("PA", conn.cseq + 1, bad)
+        assert got.action is action
+        if mode == "detect":
+            from gateway.events.eve import to_eve
+
+            eve = to_eve(got.events[0])
+            assert eve["alert"]["action"] == "allowed" and eve["vpatch"]["would_block"] is True
+    engine.set_policy(CompiledPolicy([], [], [A(7001, "global", None, "prevent")]))
+    conn = Conn(engine, sport=41002)
+    conn.handshake()
+    assert conn.send("PA", conn.cseq + 1, bad).action is Action.RESET
+
+
+def test_eternalblue_capture_fires_field_rule(corpora: Path, tmp_path: Path) -> None:
+    rules = app_rules(
+        tmp_path,
+        "id: 7005\ntitle: nt trans big\nseverity: high\naction: reset\nprotocol: tcp\n"
+        "ports: [445]\napp: smb\nconditions:\n  - field: smb.command\n    equals: 0xa0\n"
+        "  - field: smb.nt_trans.total_data_count\n    ge: 0x10000\n",
+    )
+    engine = Engine(rules)
+    ids = set()
+    for pcap in sorted((corpora / "attacks").rglob("eternalblue-success*.pcap")):
+        for rec in read_capture(pcap):
+            ids.update(
+                e.signature_id
+                for e in engine.process_frame(rec.data, rec.linktype, rec.timestamp).events
+            )
+    assert ids == {7005}
+    assert engine.stats.internal_errors == 0

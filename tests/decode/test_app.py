@@ -1,0 +1,86 @@
+"""Tests for gateway/decode/app.py: the registry, identification by content and port, and
+the adapters' records over real captures (the corpora) and fed one byte at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.decode import app
+from gateway.decode.app import (
+    PROTO_TCP,
+    PROTO_UDP,
+    TO_CLIENT,
+    TO_SERVER,
+    AppProtocol,
+    FieldKind,
+    Probe,
+)
+from gateway.testing.streams import tcp_streams
+
+
+def test_bundled_protocols_and_field_kinds() -> None:
+    names = {p.name for p in app.protocols()}
+    assert {"http", "tls", "dns", "smb"} <= names
+    assert app.field_kind("http.header.x-anything") is FieldKind.BYTES
+    assert app.field_kind("smb.trans2.subcommand") is FieldKind.INT
+    assert app.field_kind("http.nope") is None and app.field_kind("zzz.x") is None
+
+
+def test_register_validates() -> None:
+    def new(transport: int, direction: int) -> app.AppDecoder:
+        raise AssertionError
+
+    with pytest.raises(ValueError, match="'http' is already registered"):
+        app.register(AppProtocol("http", frozenset({PROTO_TCP}), frozenset(), {}, new))
+    with pytest.raises(ValueError, match="field 'other.x'"):
+        app.register(
+            AppProtocol("zz", frozenset({PROTO_TCP}), frozenset(), {"other.x": FieldKind.INT}, new)
+        )
+
+
+@pytest.mark.parametrize(
+    ("data", "port", "expected"),
+    [
+        (b"GET / HTTP/1.1\r\n", 80, ("http", True)),
+        (b"GE", 80, (None, False)),
+        (b"\x16\x03\x01\x00\x05", 80, ("tls", True)),
+        (b"\x00\x00\x00\x2f\xffSMB", 445, ("smb", True)),
+        (b"\x81\x00\x00\x44", 139, ("smb", True)),
+        (b"\x05\x00\x0b\x03", 445, (None, True)),
+        (b"SSH-2.0-x", 80, (None, True)),
+    ],
+)
+def test_identify(data: bytes, port: int, expected: tuple[str | None, bool]) -> None:
+    assert app.identify(["http", "tls", "smb"], PROTO_TCP, port, TO_SERVER, data) == expected
+
+
+def test_identify_dns_by_port_only() -> None:
+    assert app.identify(["dns"], PROTO_UDP, 53, TO_SERVER, b"\x00" * 12) == ("dns", True)
+    assert app.identify(["dns"], PROTO_UDP, 5353, TO_SERVER, b"\x00" * 12) == (None, True)
+    assert app.get("http") is not None and app.get("http").probe is not None  # type: ignore[union-attr]
+    assert app.get("http").probe(b"", TO_SERVER) is Probe.NEED_DATA  # type: ignore[union-attr]
+
+
+def test_smb_records_from_the_eternalblue_capture_whole_and_bytewise(corpora: Path) -> None:
+    pcap = next(iter(sorted((corpora / "attacks").rglob("eternalblue-success*.pcap"))))
+    streams = [d for k, d in tcp_streams(pcap).items() if k.dport == 445 and b"\xa0" in d]
+    assert streams
+    data = max(streams, key=len)
+    whole = app.get("smb").new_decoder(PROTO_TCP, TO_SERVER).feed(data)  # type: ignore[union-attr]
+    bytewise = []
+    decoder = app.get("smb").new_decoder(PROTO_TCP, TO_SERVER)  # type: ignore[union-attr]
+    for i in range(len(data)):
+        bytewise.extend(decoder.feed(data[i : i + 1]))
+    assert whole == bytewise
+    assert any(r.fields.get("smb.nt_trans.total_data_count", 0) >= 0x10000 for r in whole)
+    assert any(r.fields.get("smb.trans2.subcommand") == 0x0E for r in whole)
+
+
+def test_http_body_record_carries_head_and_body() -> None:
+    dec = app.get("http").new_decoder(PROTO_TCP, TO_SERVER)  # type: ignore[union-attr]
+    recs = dec.feed(b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    assert recs[0].fields["http.method"] == b"POST" and "http.body" not in recs[0].fields
+    assert recs[1].fields["http.body"] == b"abc" and recs[1].fields["http.uri"] == b"/a"
+    assert TO_CLIENT not in app.get("http").directions  # type: ignore[union-attr]
