@@ -14,7 +14,7 @@ from gateway import __version__
 from gateway.errors import VpatchError
 
 # Subcommand modules, in the order `vpatch --help` lists them.
-COMMANDS = ("run", "replay", "rules", "scan", "lab", "bench", "ui")
+COMMANDS = ("run", "replay", "rules", "scan", "hosts", "lab", "bench", "ui")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,7 +35,7 @@ from gateway.scan.recommend import (
 )
 from gateway.scan.scanner import ScanResult, parse_ports, result_to_dict, scan_host
 
-__all__ = ["register", "run", "apply_recommendations"]
+__all__ = ["apply_recommendations", "register", "run"]
 
 BAR_WIDTH = 30
 
@@ -51,18 +51,38 @@ def register(subparsers: Any) -> None:
     parser.add_argument("hosts", metavar="HOST", nargs="+", help="IP address to scan")
     parser.add_argument("--json", action="store_true", help="JSON report on stdout")
     parser.add_argument(
-        "--ports", help="TCP ports/ranges, UDP with a 'u' prefix (e.g. 80,445,3389,u53); "
-        "default: " + ",".join(str(p) for p in probes.DEFAULT_TCP_PORTS)
-        + "," + ",".join(f"u{p}" for p in probes.DEFAULT_UDP_PORTS),
+        "--ports",
+        help="TCP ports/ranges, UDP with a 'u' prefix (e.g. 80,445,3389,u53); "
+        "default: "
+        + ",".join(str(p) for p in probes.DEFAULT_TCP_PORTS)
+        + ","
+        + ",".join(f"u{p}" for p in probes.DEFAULT_UDP_PORTS),
     )
-    parser.add_argument("--timeout", type=float, default=probes.DEFAULT_TIMEOUT_S,
-                        help="seconds per socket operation (default %(default)s)")
-    parser.add_argument("--rules", metavar="PATH", type=Path, action="append",
-                        help="rule file or directory (repeatable; default: the bundled rules/)")
-    parser.add_argument("--state", metavar="FILE", type=Path, default=DEFAULT_STATE_PATH,
-                        help="lifecycle state file (default %(default)s)")
-    parser.add_argument("--apply", action="store_true",
-                        help="write the recommended assignments (as if auto_apply were on)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=probes.DEFAULT_TIMEOUT_S,
+        help="seconds per socket operation (default %(default)s)",
+    )
+    parser.add_argument(
+        "--rules",
+        metavar="PATH",
+        type=Path,
+        action="append",
+        help="rule file or directory (repeatable; default: the bundled rules/)",
+    )
+    parser.add_argument(
+        "--state",
+        metavar="FILE",
+        type=Path,
+        default=DEFAULT_STATE_PATH,
+        help="lifecycle state file (default %(default)s)",
+    )
+    parser.add_argument(
+        "--apply",
+        action="store_true",
+        help="write the recommended assignments (as if auto_apply were on)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -77,8 +97,9 @@ class ProgressBar:
         if not self.enabled or total <= 0:
             return
         filled = BAR_WIDTH * done // total
-        self.stream.write(f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
-                          f"{done}/{total} {what[:40]:<40}")
+        self.stream.write(
+            f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{total} {what[:40]:<40}"
+        )
         self.stream.flush()
 
     def finish(self) -> None:
@@ -87,8 +108,9 @@ class ProgressBar:
             self.stream.flush()
 
 
-def apply_recommendations(store: LifecycleStore, host: str,
-                          recs: list[Recommendation]) -> list[int]:
+def apply_recommendations(
+    store: LifecycleStore, host: str, recs: list[Recommendation]
+) -> list[int]:
     """Assign/unassign per the recommendations, with history; returns the new assignment."""
     policy = store.host(host)
     assigned = set(policy.assigned)
@@ -101,22 +123,32 @@ def apply_recommendations(store: LifecycleStore, host: str,
             assigned.add(rec.rule_id)
         else:
             assigned.discard(rec.rule_id)
-        history.append(HistoryEntry(now, host, rec.action.value, str(rec.rule_id),
-                                    f"scan: {rec.reason}",
-                                    tuple((e.probe, e.saw) for e in rec.evidence)))
+        history.append(
+            HistoryEntry(
+                now,
+                host,
+                rec.action.value,
+                str(rec.rule_id),
+                f"scan: {rec.reason}",
+                tuple((e.probe, e.saw) for e in rec.evidence),
+            )
+        )
     new = tuple(sorted(assigned))
     store.update_host(host, history=history, assigned=new)
     return list(new)
 
 
 def _table(result: ScanResult, recs: list[Recommendation], applied: bool) -> str:
-    lines = [f"host {result.host}: open TCP {', '.join(map(str, result.open_tcp)) or 'none'} "
-             f"({result.finished - result.started:.1f}s)"]
+    ports = ", ".join(map(str, result.open_tcp)) or "none"
+    took = result.finished - result.started
+    lines = [f"host {result.host}: open TCP {ports} ({took:.1f}s)"]
     lines.append(f"  {'PORT':<10} {'SERVICE':<17} {'PRODUCT':<22} {'VERSION':<12} FEATURES")
     for f in result.findings:
         feats = ",".join(c.feature for c in f.features if c.present) or "-"
-        lines.append(f"  {f'{f.port}/{f.transport}':<10} {f.service:<17} {f.product or '?':<22} "
-                     f"{f.version or '?':<12} {feats}")
+        lines.append(
+            f"  {f'{f.port}/{f.transport}':<10} {f.service:<17} {f.product or '?':<22} "
+            f"{f.version or '?':<12} {feats}"
+        )
         for e in dict.fromkeys(f.evidence + tuple(c.evidence for c in f.features)):
             lines.append(f"      {e.probe}: {e.saw}")
     for port in result.unidentified:
@@ -148,8 +180,13 @@ def run(args: argparse.Namespace) -> int:
         if applied:
             apply_recommendations(store, result.host, recs)
         if args.json:
-            reports.append({**result_to_dict(result), "applied": applied,
-                            "recommendations": [recommendation_to_dict(r) for r in recs]})
+            reports.append(
+                {
+                    **result_to_dict(result),
+                    "applied": applied,
+                    "recommendations": [recommendation_to_dict(r) for r in recs],
+                }
+            )
         else:
             print(_table(result, recs, applied))
     if args.json:

@@ -45,11 +45,14 @@ queued, which is the safe side.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.config import FailPolicy, GatewayConfig, Network
+
+if TYPE_CHECKING:
+    from gateway.lifecycle.state import HostPolicy
 
 # Common TCP data offsets first: 8 (timestamps, Linux default), 5 (no options, Windows default).
 TCP_DATA_OFFSETS = (8, 5, 10, 6, 7, 9, 11, 12, 13, 14, 15)
@@ -210,8 +213,14 @@ def _port_spec(ports: Iterable[int]) -> list[str]:
     return [str(x) for x in sorted(set(ports))]
 
 
-def render(config: GatewayConfig, plan: QueuePlan) -> RenderedRules:
-    """Render ipsets and both families' mangle rules for this configuration and port plan."""
+def render(
+    config: GatewayConfig, plan: QueuePlan, host_policies: Sequence[HostPolicy] = ()
+) -> RenderedRules:
+    """Render ipsets and both families' mangle rules for this configuration and port plan.
+
+    Hook for the host modes (setup protection, learning, lockdown): host_policies not in normal
+    mode add filter-table chains PREFIX-HM-* and sets prefix-hm-* (gateway/firewall/hostmodes.py).
+    """
     sp = set_prefix(config.firewall.chain_prefix)
     ipset_lines: list[str] = []
     sets: list[str] = []
@@ -244,7 +253,7 @@ def render(config: GatewayConfig, plan: QueuePlan) -> RenderedRules:
         )
         ipset_lines.extend(f"add {host_set} {h.with_prefixlen}" for h in _collapse(hosts))
         all_chains.extend(c for c in chains if c not in all_chains)
-    return RenderedRules(
+    rendered = RenderedRules(
         ipset="\n".join(ipset_lines) + "\n" if ipset_lines else "",
         ipv4=texts[4],
         ipv6=texts[6],
@@ -252,6 +261,12 @@ def render(config: GatewayConfig, plan: QueuePlan) -> RenderedRules:
         chains=tuple(all_chains),
         prefix=config.firewall.chain_prefix,
     )
+    if host_policies:
+        from gateway.firewall.hostmodes import merge, render_hostmodes
+
+        modes = render_hostmodes(host_policies, prefix=config.firewall.chain_prefix)
+        rendered = merge(rendered, modes)
+    return rendered
 
 
 def _collapse(hosts: list[Network]) -> list[Network]:

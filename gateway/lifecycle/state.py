@@ -75,16 +75,18 @@ class Endpoint:
         except ValueError as err:
             raise LifecycleError(f"{source}: {net!r} in {text!r} is not an address/CIDR") from err
         if proto is not None and proto not in PROTOCOLS:
-            raise LifecycleError(f"{source}: protocol {proto!r} in {text!r} is not one of "
-                                 f"{sorted(PROTOCOLS)}")
+            raise LifecycleError(
+                f"{source}: protocol {proto!r} in {text!r} is not one of {sorted(PROTOCOLS)}"
+            )
         if port is not None and not (1 <= port <= 65535 and proto in ("tcp", "udp")):
             raise LifecycleError(f"{source}: port {port} in {text!r} needs tcp/udp and 1-65535")
         return cls(norm, proto, port)
 
     def __str__(self) -> str:
         net = f"[{self.net}]" if ":" in self.net and self.proto else self.net
-        return net + (f":{self.proto}" if self.proto else "") + (
-            f"/{self.port}" if self.port else "")
+        return (
+            net + (f":{self.proto}" if self.proto else "") + (f"/{self.port}" if self.port else "")
+        )
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -139,14 +141,17 @@ def _host_from_json(d: dict[str, Any], where: str) -> HostPolicy:
             address=str(d["address"]),
             mode=HostMode(d.get("mode", "normal")),
             auto_apply=bool(d.get("auto_apply", False)),
-            exceptions=tuple(Endpoint.parse(e, f"{where}.exceptions")
-                             for e in d.get("exceptions", [])),
-            update_sources=tuple(Endpoint.parse(e, f"{where}.update_sources")
-                                 for e in d.get("update_sources", [])),
+            exceptions=tuple(
+                Endpoint.parse(e, f"{where}.exceptions") for e in d.get("exceptions", [])
+            ),
+            update_sources=tuple(
+                Endpoint.parse(e, f"{where}.update_sources") for e in d.get("update_sources", [])
+            ),
             lockdown_action=LockdownAction(d.get("lockdown_action", "drop")),
             assigned=tuple(int(x) for x in d.get("assigned", [])),
-            learned=tuple(LearnedTuple(str(a), str(b), str(c), int(p))
-                          for a, b, c, p in d.get("learned", [])),
+            learned=tuple(
+                LearnedTuple(str(a), str(b), str(c), int(p)) for a, b, c, p in d.get("learned", [])
+            ),
             updated_at=float(d.get("updated_at", 0.0)),
         )
     except (KeyError, ValueError, TypeError) as err:
@@ -198,23 +203,34 @@ class LifecycleStore:
 
     def hosts(self) -> list[HostPolicy]:
         data = self._read()
-        return [_host_from_json(d, f"{self.path}: hosts[{a}]") for a, d in
-                sorted(data["hosts"].items())]
+        return [
+            _host_from_json(d, f"{self.path}: hosts[{a}]") for a, d in sorted(data["hosts"].items())
+        ]
 
     def host(self, address: str) -> HostPolicy:
         """The host's policy; a default (normal mode) policy when it has none yet."""
         address = check_address(address, "host")
         d = self._read()["hosts"].get(address)
-        return HostPolicy(address) if d is None else _host_from_json(
-            d, f"{self.path}: hosts[{address}]")
+        return (
+            HostPolicy(address)
+            if d is None
+            else _host_from_json(d, f"{self.path}: hosts[{address}]")
+        )
 
     def history(self, host: str | None = None) -> list[HistoryEntry]:
         out = []
         for d in self._read()["history"]:
             if host is None or d.get("host") == host:
-                out.append(HistoryEntry(float(d["ts"]), d["host"], d["action"], d["target"],
-                                        d["reason"], tuple(tuple(e) for e in d.get("evidence",
-                                                                                     []))))
+                out.append(
+                    HistoryEntry(
+                        float(d["ts"]),
+                        d["host"],
+                        d["action"],
+                        d["target"],
+                        d["reason"],
+                        tuple(tuple(e) for e in d.get("evidence", [])),
+                    )
+                )
         return out
 
     # --- writing ---
@@ -224,13 +240,16 @@ class LifecycleStore:
             if policy.address not in data["hosts"] and len(data["hosts"]) >= MAX_HOSTS:
                 raise LifecycleError(f"{self.path}: more than {MAX_HOSTS} hosts")
             if len(policy.exceptions) + len(policy.update_sources) > MAX_EXCEPTIONS_PER_HOST:
-                raise LifecycleError(f"host {policy.address}: more than "
-                                     f"{MAX_EXCEPTIONS_PER_HOST} exceptions/update sources")
+                raise LifecycleError(
+                    f"host {policy.address}: more than "
+                    f"{MAX_EXCEPTIONS_PER_HOST} exceptions/update sources"
+                )
             data["hosts"][policy.address] = _host_to_json(replace(policy, updated_at=time.time()))
             self._append_history(data, history or [])
 
-    def update_host(self, address: str, history: list[HistoryEntry] | None = None,
-                    **changes: Any) -> HostPolicy:
+    def update_host(
+        self, address: str, history: list[HistoryEntry] | None = None, **changes: Any
+    ) -> HostPolicy:
         """Read, change the given fields, write; returns the new policy."""
         address = check_address(address, "host")
         with self._locked() as data:
@@ -250,13 +269,21 @@ class LifecycleStore:
             new = [t for t in tuples if t not in have][: MAX_LEARNED_PER_HOST - len(have)]
             if new:
                 data["hosts"][address] = _host_to_json(
-                    replace(current, learned=tuple(sorted(have | set(new)))))
+                    replace(current, learned=tuple(sorted(have | set(new))))
+                )
             return len(new)
 
     @staticmethod
     def _append_history(data: dict[str, Any], entries: list[HistoryEntry]) -> None:
         for e in entries:
-            data["history"].append({"ts": e.ts, "host": e.host, "action": e.action,
-                                    "target": e.target, "reason": e.reason,
-                                    "evidence": [list(x) for x in e.evidence]})
+            data["history"].append(
+                {
+                    "ts": e.ts,
+                    "host": e.host,
+                    "action": e.action,
+                    "target": e.target,
+                    "reason": e.reason,
+                    "evidence": [list(x) for x in e.evidence],
+                }
+            )
         del data["history"][:-MAX_HISTORY]

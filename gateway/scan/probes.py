@@ -92,8 +92,15 @@ class _Builder:
         self.features.append(FeatureCheck(name, present, Evidence(probe, _clip(text))))
 
     def build(self) -> Finding:
-        return Finding(self.port, self.transport, self.service, self.product, self.version,
-                       tuple(self.features), tuple(self.evidence))
+        return Finding(
+            self.port,
+            self.transport,
+            self.service,
+            self.product,
+            self.version,
+            tuple(self.features),
+            tuple(self.evidence),
+        )
 
 
 def _clip(text: str) -> str:
@@ -178,22 +185,25 @@ def _udp_exchange(host: str, port: int, payload: bytes, timeout: float) -> bytes
 # --- HTTP -----------------------------------------------------------------------------------
 
 _SERVER_PRODUCTS = (
-    (re.compile(r"Microsoft-IIS/([\d.]+)", re.I), "microsoft-iis"),
-    (re.compile(r"Apache/([\d.]+)", re.I), "apache-httpd"),
-    (re.compile(r"nginx/([\d.]+)", re.I), "nginx"),
-    (re.compile(r"Microsoft-IIS", re.I), "microsoft-iis"),
-    (re.compile(r"Apache", re.I), "apache-httpd"),
-    (re.compile(r"nginx", re.I), "nginx"),
+    (re.compile(r"Microsoft-IIS/([\d.]+)", re.IGNORECASE), "microsoft-iis"),
+    (re.compile(r"Apache/([\d.]+)", re.IGNORECASE), "apache-httpd"),
+    (re.compile(r"nginx/([\d.]+)", re.IGNORECASE), "nginx"),
+    (re.compile(r"Microsoft-IIS", re.IGNORECASE), "microsoft-iis"),
+    (re.compile(r"Apache", re.IGNORECASE), "apache-httpd"),
+    (re.compile(r"nginx", re.IGNORECASE), "nginx"),
 )
 _DAV_METHODS = ("PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK")
 
 
-def _http_request(host: str, port: int, method: str, path: str, timeout: float,
-                  extra: str = "") -> tuple[int, dict[str, str], str]:
+def _http_request(
+    host: str, port: int, method: str, path: str, timeout: float, extra: str = ""
+) -> tuple[int, dict[str, str], str]:
     """(status, headers lower-cased, status line); status 0 when no HTTP answer came."""
     hosthdr = f"[{host}]" if ":" in host else host
-    req = (f"{method} {path} HTTP/1.1\r\nHost: {hosthdr}\r\nUser-Agent: vpatch-scan\r\n"
-           f"Accept: */*\r\nConnection: close\r\n{extra}\r\n")
+    req = (
+        f"{method} {path} HTTP/1.1\r\nHost: {hosthdr}\r\nUser-Agent: vpatch-scan\r\n"
+        f"Accept: */*\r\nConnection: close\r\n{extra}\r\n"
+    )
     try:
         with _connect(host, port, timeout) as sock:
             sock.sendall(req.encode())
@@ -229,17 +239,21 @@ def probe_http(host: str, port: int, timeout: float = DEFAULT_TIMEOUT_S) -> Find
             b.version = m.group(1) if m.groups() else None
             break
     reasons: list[str] = []
-    st, hd, ln = _http_request(host, port, "OPTIONS", "/", timeout)
+    _, hd, ln = _http_request(host, port, "OPTIONS", "/", timeout)
     allow = f"{hd.get('allow', '')} {hd.get('public', '')}".upper()
     dav_methods = [m for m in _DAV_METHODS if re.search(rf"\b{m}\b", allow)]
     opt_text = f"{ln}; DAV: {hd.get('dav', '(none)')}; Allow: {hd.get('allow', '(none)')}"
     if "dav" in hd or dav_methods:
         reasons.append(f"OPTIONS /: {opt_text}")
-    body = ('<?xml version="1.0"?><propfind xmlns="DAV:"><prop><resourcetype/></prop>'
-            "</propfind>")
-    st2, _, ln2 = _http_request(host, port, "PROPFIND", "/", timeout,
-                                f"Depth: 0\r\nContent-Type: application/xml\r\n"
-                                f"Content-Length: {len(body)}\r\n")
+    body = '<?xml version="1.0"?><propfind xmlns="DAV:"><prop><resourcetype/></prop></propfind>'
+    st2, _, ln2 = _http_request(
+        host,
+        port,
+        "PROPFIND",
+        "/",
+        timeout,
+        f"Depth: 0\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n",
+    )
     # the body is not sent: a server that wants it answers 400 or waits; 207 proves WebDAV
     if st2 == 207:
         reasons.append(f"PROPFIND /: {ln2}")
@@ -250,16 +264,19 @@ def probe_http(host: str, port: int, timeout: float = DEFAULT_TIMEOUT_S) -> Find
     if reasons:
         b.feature("webdav", True, "HTTP OPTIONS/PROPFIND/MKCOL", "; ".join(reasons))
     else:
-        b.feature("webdav", False, "HTTP OPTIONS/PROPFIND/MKCOL",
-                  f"OPTIONS /: {opt_text}; PROPFIND /: {ln2 or 'no answer'}; "
-                  f"MKCOL {missing}: {ln3 or 'no answer'}")
+        b.feature(
+            "webdav",
+            False,
+            "HTTP OPTIONS/PROPFIND/MKCOL",
+            f"OPTIONS /: {opt_text}; PROPFIND /: {ln2 or 'no answer'}; "
+            f"MKCOL {missing}: {ln3 or 'no answer'}",
+        )
     return b.build()
 
 
 # --- SMB ------------------------------------------------------------------------------------
 
-SMB1_DIALECTS = (b"PC NETWORK PROGRAM 1.0", b"LANMAN1.0", b"LM1.2X002", b"LANMAN2.1",
-                 b"NT LM 0.12")
+SMB1_DIALECTS = (b"PC NETWORK PROGRAM 1.0", b"LANMAN1.0", b"LM1.2X002", b"LANMAN2.1", b"NT LM 0.12")
 SMB2_DIALECTS = (0x0202, 0x0210, 0x0300, 0x0302)
 _SMB2_NAMES = {0x0202: "2.0.2", 0x0210: "2.1", 0x0300: "3.0", 0x0302: "3.0.2", 0x0311: "3.1.1"}
 _SMB1_HDR = struct.Struct("<4sBIBHHQHHHHH")  # [MS-CIFS] 2.2.3.1, 32 bytes
@@ -271,16 +288,14 @@ def _netbios(payload: bytes) -> bytes:
 
 def build_smb1_negotiate(dialects: tuple[bytes, ...] = SMB1_DIALECTS) -> bytes:
     """SMB_COM_NEGOTIATE offering only SMB1 dialects (no extended security requested)."""
-    hdr = _SMB1_HDR.pack(b"\xffSMB", 0x72, 0, 0x18, 0x4001, 0, 0, 0, 0, os.getpid() & 0xFFFF,
-                         0, 1)
+    hdr = _SMB1_HDR.pack(b"\xffSMB", 0x72, 0, 0x18, 0x4001, 0, 0, 0, 0, os.getpid() & 0xFFFF, 0, 1)
     body = b"".join(b"\x02" + d + b"\x00" for d in dialects)
     return _netbios(hdr + b"\x00" + struct.pack("<H", len(body)) + body)
 
 
 def build_smb1_session_setup_anonymous() -> bytes:
     """SMB_COM_SESSION_SETUP_ANDX (NT LM 0.12, non-extended security), empty credentials."""
-    hdr = _SMB1_HDR.pack(b"\xffSMB", 0x73, 0, 0x18, 0x4001, 0, 0, 0, 0, os.getpid() & 0xFFFF,
-                         0, 2)
+    hdr = _SMB1_HDR.pack(b"\xffSMB", 0x73, 0, 0x18, 0x4001, 0, 0, 0, 0, os.getpid() & 0xFFFF, 0, 2)
     words = struct.pack("<BBHHHHIHHII", 0xFF, 0, 0, 0xFFFF, 2, 0, 0, 0, 0, 0, 0x00000054)
     data = b"\x00" + b"\x00" + b"Unix\x00" + b"vpatch-scan\x00"  # account, domain, OS, LM
     return _netbios(hdr + bytes([len(words) // 2]) + words + struct.pack("<H", len(data)) + data)
@@ -288,8 +303,9 @@ def build_smb1_session_setup_anonymous() -> bytes:
 
 def build_smb2_negotiate(dialects: tuple[int, ...] = SMB2_DIALECTS) -> bytes:
     """SMB2 NEGOTIATE request ([MS-SMB2] 2.2.3) offering the given dialects."""
-    hdr = struct.pack("<4sHHIHHIIQIIQ16s", b"\xfeSMB", 64, 0, 0, 0, 1, 0, 0, 0, 0xFEFF, 0, 0,
-                      b"\x00" * 16)
+    hdr = struct.pack(
+        "<4sHHIHHIIQIIQ16s", b"\xfeSMB", 64, 0, 0, 0, 1, 0, 0, 0, 0xFEFF, 0, 0, b"\x00" * 16
+    )
     body = struct.pack("<HHHHI16sQ", 36, len(dialects), 1, 0, 0, os.urandom(16), 0)
     body += b"".join(struct.pack("<H", d) for d in dialects)
     return _netbios(hdr + body)
@@ -328,15 +344,24 @@ def probe_smb(host: str, port: int, timeout: float = DEFAULT_TIMEOUT_S) -> Findi
                     if dialect == "NT LM 0.12":
                         _smb1_session(sock, b)
                 else:
-                    b.feature("smb1", False, probe1,
-                              f"refused: status {status:#010x}, dialect index {index:#x}")
+                    b.feature(
+                        "smb1",
+                        False,
+                        probe1,
+                        f"refused: status {status:#010x}, dialect index {index:#x}",
+                    )
             elif len(resp) >= 8 and resp[4:8] == b"\xfeSMB":
                 smb_seen = True
                 b.feature("smb1", False, probe1, "answered with SMB2 only (SMB1 not offered back)")
             else:
-                b.feature("smb1", False, probe1,
-                          "connection closed without an SMB1 answer" if not resp
-                          else f"non-SMB answer {_printable(resp[:32])!r}")
+                b.feature(
+                    "smb1",
+                    False,
+                    probe1,
+                    "connection closed without an SMB1 answer"
+                    if not resp
+                    else f"non-SMB answer {_printable(resp[:32])!r}",
+                )
     except OSError as err:
         b.feature("smb1", False, probe1, f"connection failed: {err}")
     probe2 = "SMB2 NEGOTIATE offering " + ", ".join(_SMB2_NAMES[d] for d in SMB2_DIALECTS)
@@ -356,8 +381,12 @@ def probe_smb(host: str, port: int, timeout: float = DEFAULT_TIMEOUT_S) -> Findi
             else:
                 b.feature("smb2", False, probe2, f"refused: status {status:#010x}")
         else:
-            b.feature("smb2", False, probe2, "no SMB2 answer" if not resp
-                      else f"answer {_printable(resp[:32])!r}")
+            b.feature(
+                "smb2",
+                False,
+                probe2,
+                "no SMB2 answer" if not resp else f"answer {_printable(resp[:32])!r}",
+            )
     except OSError as err:
         b.feature("smb2", False, probe2, f"connection failed: {err}")
     if not smb_seen:
@@ -382,7 +411,7 @@ def _smb1_session(sock: socket.socket, b: _Builder) -> None:
         b.saw(probe, f"status {status:#010x}, truncated answer")
         return
     bcount = struct.unpack_from("<H", resp, off)[0]
-    data = resp[off + 2: off + 2 + bcount]
+    data = resp[off + 2 : off + 2 + bcount]
     unicode = bool(flags2 & 0x8000)
     if unicode and (off + 2) % 2 == 1 and data:
         data = data[1:]  # pad to a 2-byte boundary from the SMB header start
@@ -426,8 +455,10 @@ def probe_rdp(host: str, port: int, timeout: float = DEFAULT_TIMEOUT_S) -> Findi
             b.saw(probe, f"connection failed: {err}")
             continue
         if len(resp) < 11 or resp[0] != 3 or resp[5] & 0xF0 != 0xD0:
-            b.saw(probe, "no X.224 Connection Confirm" if not resp
-                  else f"answer {_printable(resp[:24])!r}")
+            b.saw(
+                probe,
+                "no X.224 Connection Confirm" if not resp else f"answer {_printable(resp[:24])!r}",
+            )
             continue
         answered = True
         if len(resp) >= 19 and resp[11] == 2:
@@ -446,10 +477,31 @@ def probe_rdp(host: str, port: int, timeout: float = DEFAULT_TIMEOUT_S) -> Findi
 
 # --- TLS ------------------------------------------------------------------------------------
 
-TLS_VERSIONS = {0x0300: "sslv3", 0x0301: "tls1.0", 0x0302: "tls1.1", 0x0303: "tls1.2",
-                0x0304: "tls1.3"}
-_CIPHERS_LEGACY = (0xC02F, 0xC030, 0xC02B, 0xC02C, 0xC013, 0xC014, 0x009C, 0x009D, 0x002F,
-                   0x0035, 0x000A, 0x0005, 0x0004, 0x0033, 0x0039, 0x0016)
+TLS_VERSIONS = {
+    0x0300: "sslv3",
+    0x0301: "tls1.0",
+    0x0302: "tls1.1",
+    0x0303: "tls1.2",
+    0x0304: "tls1.3",
+}
+_CIPHERS_LEGACY = (
+    0xC02F,
+    0xC030,
+    0xC02B,
+    0xC02C,
+    0xC013,
+    0xC014,
+    0x009C,
+    0x009D,
+    0x002F,
+    0x0035,
+    0x000A,
+    0x0005,
+    0x0004,
+    0x0033,
+    0x0039,
+    0x0016,
+)
 _CIPHERS_13 = (0x1301, 0x1302, 0x1303)
 
 
@@ -473,8 +525,9 @@ def build_client_hello(version: int, host: str, heartbeat: bool = True) -> bytes
         exts += _ext(11, b"\x01\x00")  # ec_point_formats: uncompressed
         if version >= 0x0303:
             algs = (0x0403, 0x0503, 0x0804, 0x0805, 0x0401, 0x0501, 0x0201, 0x0203)
-            exts += _ext(13, struct.pack("!H", 2 * len(algs))
-                         + b"".join(struct.pack("!H", a) for a in algs))
+            exts += _ext(
+                13, struct.pack("!H", 2 * len(algs)) + b"".join(struct.pack("!H", a) for a in algs)
+            )
         if heartbeat:
             exts += _ext(15, b"\x01")  # peer_allowed_to_send
         if version == 0x0304:
@@ -500,7 +553,7 @@ def parse_server_hello(data: bytes) -> TlsAnswer:
     an alert / garbage (not accepted)."""
     if len(data) < 5:
         return TlsAnswer(False, text="connection closed without an answer")
-    ctype, _, rlen = struct.unpack_from("!BHH", data)
+    ctype = data[0]
     if ctype == 21 and len(data) >= 7:
         return TlsAnswer(False, text=f"alert level {data[5]} description {data[6]}")
     if ctype != 22 or len(data) < 5 + 4 + 38 or data[5] != 2:
@@ -526,9 +579,14 @@ def parse_server_hello(data: bytes) -> TlsAnswer:
                 version = struct.unpack_from("!H", data, p + 4)[0]
             p += 4 + elen
     name = TLS_VERSIONS.get(version, hex(version))
-    return TlsAnswer(True, version, cipher, heartbeat,
-                     f"ServerHello {name}, cipher {cipher:#06x}"
-                     + (", heartbeat extension echoed" if heartbeat else ""))
+    return TlsAnswer(
+        True,
+        version,
+        cipher,
+        heartbeat,
+        f"ServerHello {name}, cipher {cipher:#06x}"
+        + (", heartbeat extension echoed" if heartbeat else ""),
+    )
 
 
 def probe_tls(host: str, port: int, timeout: float = DEFAULT_TIMEOUT_S) -> Finding | None:
@@ -542,8 +600,11 @@ def probe_tls(host: str, port: int, timeout: float = DEFAULT_TIMEOUT_S) -> Findi
             with _connect(host, port, timeout) as sock:
                 sock.sendall(build_client_hello(version, host))
                 head = _recv_exact(sock, 5)
-                rest = (_recv_exact(sock, min(struct.unpack_from("!H", head, 3)[0],
-                                              MAX_READ_BYTES)) if len(head) == 5 else b"")
+                rest = (
+                    _recv_exact(sock, min(struct.unpack_from("!H", head, 3)[0], MAX_READ_BYTES))
+                    if len(head) == 5
+                    else b""
+                )
         except OSError as err:
             b.feature(name, False, probe, f"connection failed: {err}")
             continue
@@ -559,8 +620,12 @@ def probe_tls(host: str, port: int, timeout: float = DEFAULT_TIMEOUT_S) -> Findi
             heartbeat_seen = f"{name}: {ans.text}"
     if not any_accepted:
         return None
-    b.feature("tls-heartbeat", heartbeat_seen is not None, "TLS ClientHello with heartbeat ext",
-              heartbeat_seen or "heartbeat extension not echoed")
+    b.feature(
+        "tls-heartbeat",
+        heartbeat_seen is not None,
+        "TLS ClientHello with heartbeat ext",
+        heartbeat_seen or "heartbeat extension not echoed",
+    )
     return b.build()
 
 
@@ -602,7 +667,7 @@ def parse_txt_answer(data: bytes, qid: int) -> str | None:
     if rtype != 16 or rdlen < 1 or p + rdlen > len(data):
         return None
     n = data[p]
-    return data[p + 1: p + 1 + n].decode("latin-1")
+    return data[p + 1 : p + 1 + n].decode("latin-1")
 
 
 def probe_dns(host: str, port: int = 53, timeout: float = DEFAULT_TIMEOUT_S) -> Finding | None:
@@ -627,8 +692,7 @@ def probe_dns(host: str, port: int = 53, timeout: float = DEFAULT_TIMEOUT_S) -> 
     return b.build()
 
 
-def probe_dns_tcp(host: str, port: int = 53,
-                  timeout: float = DEFAULT_TIMEOUT_S) -> Finding | None:
+def probe_dns_tcp(host: str, port: int = 53, timeout: float = DEFAULT_TIMEOUT_S) -> Finding | None:
     """CHAOS TXT version.bind over TCP (RFC 1035 4.2.2: 2-byte length prefix)."""
     qid = int.from_bytes(os.urandom(2), "big")
     query = build_version_bind_query(qid)
@@ -644,21 +708,26 @@ def probe_dns_tcp(host: str, port: int = 53,
     b = _Builder(port, "tcp", "dns")
     text = parse_txt_answer(data, qid)
     probe = "DNS/TCP CHAOS TXT version.bind"
-    b.feature("version.bind", text is not None, probe,
-              f"TXT {text!r}" if text is not None else f"rcode {data[3] & 0x0F}")
+    b.feature(
+        "version.bind",
+        text is not None,
+        probe,
+        f"TXT {text!r}" if text is not None else f"rcode {data[3] & 0x0F}",
+    )
     m = re.match(r"(\d+\.\d+(?:\.\d+)?)", text or "")
     if m:
         b.product, b.version = "bind", m.group(1)
     return b.build()
 
 
-def probe_mssql_resolution(host: str, port: int = 1434,
-                           timeout: float = DEFAULT_TIMEOUT_S) -> Finding | None:
+def probe_mssql_resolution(
+    host: str, port: int = 1434, timeout: float = DEFAULT_TIMEOUT_S
+) -> Finding | None:
     """CLNT_UCAST_EX (0x03) -> SVR_RESP: instances with their versions."""
     data = _udp_exchange(host, port, b"\x03", timeout)
     if len(data) < 3 or data[0] != 0x05:
         return None
-    text = data[3: 3 + struct.unpack_from("<H", data, 1)[0]].decode("latin-1", "replace")
+    text = data[3 : 3 + struct.unpack_from("<H", data, 1)[0]].decode("latin-1", "replace")
     b = _Builder(port, "udp", "mssql-resolution", product="microsoft-sql-server")
     b.saw("MSSQL CLNT_UCAST_EX", text)
     fields = text.split(";")
@@ -694,7 +763,7 @@ def probe_banner(host: str, port: int, timeout: float = DEFAULT_TIMEOUT_S) -> Fi
     if line.startswith("220"):
         b = _Builder(port, "tcp", "ftp")
         b.saw("FTP greeting", line)
-        m = re.search(r"vsFTPd (\d+(?:\.\d+)*)", line, re.I)
+        m = re.search(r"vsFTPd (\d+(?:\.\d+)*)", line, re.IGNORECASE)
         if m:
             b.product, b.version = "vsftpd", m.group(1)
         elif "microsoft ftp" in line.lower():
@@ -706,15 +775,28 @@ def probe_banner(host: str, port: int, timeout: float = DEFAULT_TIMEOUT_S) -> Fi
 # Which probes to try on an open TCP port, most likely first. Ports not listed get all of
 # them (protocol probes, not port guessing: the first probe that identifies a service wins).
 TCP_PROBES: dict[str, Callable[[str, int, float], Finding | None]] = {
-    "banner": probe_banner, "http": probe_http, "smb": probe_smb, "rdp": probe_rdp,
-    "tls": probe_tls, "dns": probe_dns_tcp,
+    "banner": probe_banner,
+    "http": probe_http,
+    "smb": probe_smb,
+    "rdp": probe_rdp,
+    "tls": probe_tls,
+    "dns": probe_dns_tcp,
 }
 PORT_HINTS: dict[int, tuple[str, ...]] = {
-    21: ("banner",), 22: ("banner",), 80: ("http",), 8080: ("http",), 139: ("smb",),
-    445: ("smb",), 53: ("dns",), 443: ("tls", "http"), 8443: ("tls", "http"), 3389: ("rdp", "tls"),
+    21: ("banner",),
+    22: ("banner",),
+    80: ("http",),
+    8080: ("http",),
+    139: ("smb",),
+    445: ("smb",),
+    53: ("dns",),
+    443: ("tls", "http"),
+    8443: ("tls", "http"),
+    3389: ("rdp", "tls"),
 }
 UDP_PROBES: dict[int, Callable[[str, int, float], Finding | None]] = {
-    53: probe_dns, 1434: probe_mssql_resolution,
+    53: probe_dns,
+    1434: probe_mssql_resolution,
 }
 
 

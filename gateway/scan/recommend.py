@@ -87,8 +87,10 @@ def version_matches(version: str, constraint: str, source: str = "versions") -> 
     for part in constraint.split(","):
         m = _CONSTRAINT.match(part)
         if not m:
-            raise RuleError(f"{source}: version constraint {part.strip()!r} is not "
-                            "'<op><version>' (ops <, <=, ==, !=, >=, >)")
+            raise RuleError(
+                f"{source}: version constraint {part.strip()!r} is not "
+                "'<op><version>' (ops <, <=, ==, !=, >=, >)"
+            )
         op, want = m.group(1) or "==", version_key(m.group(2))
         c = _cmp(have, want)
         ok = {"<": c < 0, "<=": c <= 0, "==": c == 0, "!=": c != 0, ">=": c >= 0, ">": c > 0}[op]
@@ -109,8 +111,9 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
 
 def _parse_affected(raw: Any, where: str) -> tuple[AffectedEntry, ...]:
     if not isinstance(raw, list) or len(raw) > MAX_AFFECTED_ENTRIES:
-        raise RuleError(f"{where}: `affected` must be a list of at most {MAX_AFFECTED_ENTRIES} "
-                        "entries")
+        raise RuleError(
+            f"{where}: `affected` must be a list of at most {MAX_AFFECTED_ENTRIES} entries"
+        )
     out = []
     for i, entry in enumerate(raw):
         loc = f"{where}: affected[{i}]"
@@ -122,8 +125,11 @@ def _parse_affected(raw: Any, where: str) -> tuple[AffectedEntry, ...]:
         versions = _strings(entry.get("versions"), f"{loc}.versions")
         for v in versions:
             version_matches("0", v, f"{loc}.versions")  # syntax check
-        out.append(AffectedEntry(entry["product"], versions,
-                                 _strings(entry.get("features"), f"{loc}.features")))
+        out.append(
+            AffectedEntry(
+                entry["product"], versions, _strings(entry.get("features"), f"{loc}.features")
+            )
+        )
     return tuple(out)
 
 
@@ -150,9 +156,15 @@ def load_affected(paths: Iterable[Path]) -> list[RuleAffected]:
             where = f"{file}: rule {rule.get('id')!r}"
             if not isinstance(rule.get("id"), int):
                 raise RuleError(f"{where}: rule with `affected` has no integer id")
-            out.append(RuleAffected(rule["id"], str(rule.get("title", "")),
-                                    _strings(rule.get("cve"), f"{where}.cve"),
-                                    _parse_affected(rule["affected"], where), file))
+            out.append(
+                RuleAffected(
+                    rule["id"],
+                    str(rule.get("title", "")),
+                    _strings(rule.get("cve"), f"{where}.cve"),
+                    _parse_affected(rule["affected"], where),
+                    file,
+                )
+            )
     return out
 
 
@@ -163,10 +175,17 @@ def _entry_vs_finding(entry: AffectedEntry, f: Finding) -> tuple[bool, list[Evid
     ev: list[Evidence] = list(f.evidence[:1])
     if entry.versions and f.version is not None:
         if not any(version_matches(f.version, c) for c in entry.versions):
-            return False, ev + [Evidence("version", f"{entry.product} {f.version} is outside "
-                                        f"{' or '.join(entry.versions)}")]
-        ev.append(Evidence("version", f"{entry.product} {f.version} matches "
-                           f"{' or '.join(entry.versions)}"))
+            return False, ev + [
+                Evidence(
+                    "version",
+                    f"{entry.product} {f.version} is outside {' or '.join(entry.versions)}",
+                )
+            ]
+        ev.append(
+            Evidence(
+                "version", f"{entry.product} {f.version} matches {' or '.join(entry.versions)}"
+            )
+        )
     for feat in entry.features:
         checks = [c for c in f.features if c.feature == feat]
         present = [c for c in checks if c.present]
@@ -192,8 +211,9 @@ def match_rule(rule: RuleAffected, findings: Iterable[Finding]) -> tuple[bool, l
     return False, against
 
 
-def recommend(result: ScanResult, rules: Iterable[RuleAffected],
-              assigned: Iterable[int] = ()) -> list[Recommendation]:
+def recommend(
+    result: ScanResult, rules: Iterable[RuleAffected], assigned: Iterable[int] = ()
+) -> list[Recommendation]:
     """Rules to assign, keep and unassign for the scanned host (see module docstring)."""
     current = set(assigned)
     out: list[Recommendation] = []
@@ -202,7 +222,8 @@ def recommend(result: ScanResult, rules: Iterable[RuleAffected],
         if ok:
             action = RecAction.KEEP if rule.rule_id in current else RecAction.ASSIGN
             reason = "host runs an affected product" + (
-                f" ({', '.join(rule.cves)})" if rule.cves else "")
+                f" ({', '.join(rule.cves)})" if rule.cves else ""
+            )
         elif rule.rule_id in current:
             action, reason = RecAction.UNASSIGN, "evidence of the vulnerable product is gone"
         else:
@@ -212,6 +233,10 @@ def recommend(result: ScanResult, rules: Iterable[RuleAffected],
 
 
 def recommendation_to_dict(rec: Recommendation) -> dict[str, object]:
-    return {"rule_id": rec.rule_id, "title": rec.title, "action": rec.action.value,
-            "reason": rec.reason,
-            "evidence": [{"probe": e.probe, "saw": e.saw} for e in rec.evidence]}
+    return {
+        "rule_id": rec.rule_id,
+        "title": rec.title,
+        "action": rec.action.value,
+        "reason": rec.reason,
+        "evidence": [{"probe": e.probe, "saw": e.saw} for e in rec.evidence],
+    }

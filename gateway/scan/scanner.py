@@ -73,10 +73,13 @@ def check_host(host: str) -> str:
         raise ScanError(f"scan target {host!r} is not an IP address") from err
 
 
-def scan_host(host: str, tcp_ports: Iterable[int] = probes.DEFAULT_TCP_PORTS,
-              udp_ports: Iterable[int] = probes.DEFAULT_UDP_PORTS,
-              timeout: float = probes.DEFAULT_TIMEOUT_S,
-              progress: Progress | None = None) -> ScanResult:
+def scan_host(
+    host: str,
+    tcp_ports: Iterable[int] = probes.DEFAULT_TCP_PORTS,
+    udp_ports: Iterable[int] = probes.DEFAULT_UDP_PORTS,
+    timeout: float = probes.DEFAULT_TIMEOUT_S,
+    progress: Progress | None = None,
+) -> ScanResult:
     host = check_host(host)
     tcp = sorted(set(tcp_ports))
     udp = sorted(set(udp_ports))
@@ -109,8 +112,9 @@ def scan_host(host: str, tcp_ports: Iterable[int] = probes.DEFAULT_TCP_PORTS,
         if finding is not None:
             findings.append(finding)
         tick(f"{host}:{port}/udp {finding.service if finding else '-'}")
-    return ScanResult(host, started, time.time(), tuple(open_tcp), tuple(findings),
-                      tuple(unidentified))
+    return ScanResult(
+        host, started, time.time(), tuple(open_tcp), tuple(findings), tuple(unidentified)
+    )
 
 
 def result_to_dict(result: ScanResult) -> dict[str, object]:
@@ -127,11 +131,13 @@ def result_to_dict(result: ScanResult) -> dict[str, object]:
         "unidentified_tcp": list(result.unidentified),
         "findings": [
             {
-                "port": f.port, "transport": f.transport, "service": f.service,
-                "product": f.product, "version": f.version,
+                "port": f.port,
+                "transport": f.transport,
+                "service": f.service,
+                "product": f.product,
+                "version": f.version,
                 "features": {c.feature: c.present for c in f.features},
-                "evidence": [ev(e) for e in f.evidence]
-                + [ev(c.evidence) for c in f.features],
+                "evidence": [ev(e) for e in f.evidence] + [ev(c.evidence) for c in f.features],
             }
             for f in result.findings
         ],

@@ -1,0 +1,290 @@
+"""`vpatch hosts ...`: per-host protection modes (docs/lifecycle.md).
+
+  list                         hosts with mode, exceptions, update sources, assignments
+  set HOST [--mode M] [--exception CIDR[:proto[/port]]]... [--update-source ...]...
+           [--lockdown-action drop|alert] [--auto-apply on|off]
+  release HOST                 end setup protection (mode normal), with history
+  allow HOST 'A -> B:P/proto'  one-step "allow this" for a lockdown event (also live in the
+                               kernel set when --netns/--live is given)
+  learned HOST | history HOST  what was learned / what changed, when and why
+  apply | remove               install / remove the host-mode kernel rules (standalone prefix)
+  monitor [--eve F] [--sqlite F] [--duration S]
+                               NFLOG reader: learning tuples and lockdown events (run it in the
+                               gateway namespace)
+Every state-changing command takes `--apply` to (re)install the kernel rules right away, and
+`--netns NS` to run the kernel commands inside that namespace (lab and tests).
+Guarantees: exit status 0 on success, 2 on bad input (VpatchError naming the value); the kernel
+rules are replaced atomically by apply.apply_rules (all or nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Backend
+from gateway.events.sink import EventSink
+from gateway.firewall.apply import apply_rules, probe_backend, remove_rules, run_cmd
+from gateway.firewall.hostmodes import (
+    DEFAULT_LEARN_GROUP,
+    DEFAULT_LOCKDOWN_GROUP,
+    DEFAULT_SETTINGS,
+    STANDALONE_PREFIX,
+    HostModeSettings,
+    render_hostmodes,
+    set_names,
+    tuple_element,
+)
+from gateway.lifecycle.monitor import run_monitor
+from gateway.lifecycle.state import (
+    DEFAULT_STATE_PATH,
+    Endpoint,
+    HistoryEntry,
+    HostMode,
+    LearnedTuple,
+    LifecycleError,
+    LifecycleStore,
+    LockdownAction,
+    check_address,
+)
+
+__all__ = ["apply_kernel", "parse_tuple", "register", "run"]
+
+_TUPLE = re.compile(r"\s*\[?([0-9A-Fa-f.:]+?)\]?\s*->\s*\[?([0-9A-Fa-f.:]+?)\]?:(\d+)/(\w+)\s*\Z")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "hosts",
+        help="host protection modes: setup protection, learning, lockdown",
+        description="Per-host modes (normal, setup, learning, lockdown), setup-protection "
+        "exceptions and update sources, lockdown tuples and events.",
+    )
+    parser.add_argument(
+        "--state",
+        metavar="FILE",
+        type=Path,
+        default=DEFAULT_STATE_PATH,
+        help="lifecycle state file (default %(default)s)",
+    )
+    parser.add_argument("--netns", metavar="NS", help="run kernel commands in namespace NS")
+    parser.add_argument("--learn-group", type=int, default=DEFAULT_LEARN_GROUP)
+    parser.add_argument("--lockdown-group", type=int, default=DEFAULT_LOCKDOWN_GROUP)
+    sub = parser.add_subparsers(dest="hosts_command", metavar="ACTION", required=True)
+    p = sub.add_parser("list", help="hosts and their modes")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("set", help="change a host's mode and settings")
+    p.add_argument("host")
+    p.add_argument("--mode", choices=[m.value for m in HostMode])
+    p.add_argument("--exception", action="append", default=[], metavar="CIDR[:proto[/port]]")
+    p.add_argument("--update-source", action="append", default=[], metavar="CIDR[:proto[/port]]")
+    p.add_argument("--clear-exceptions", action="store_true")
+    p.add_argument("--lockdown-action", choices=[a.value for a in LockdownAction])
+    p.add_argument("--auto-apply", choices=["on", "off"])
+    p.add_argument("--apply", action="store_true", help="install the kernel rules now")
+    p = sub.add_parser("release", help="release a host from setup protection")
+    p.add_argument("host")
+    p.add_argument("--apply", action="store_true")
+    p = sub.add_parser("allow", help="allow one tuple of a locked-down host")
+    p.add_argument("host")
+    p.add_argument("tuple", metavar="'SRC -> DST:PORT/PROTO'")
+    p.add_argument("--apply", action="store_true", help="add it to the live kernel set too")
+    for name in ("learned", "history"):
+        p = sub.add_parser(name, help=f"a host's {name} entries")
+        p.add_argument("host")
+        p.add_argument("--json", action="store_true")
+    sub.add_parser("apply", help="install the host-mode kernel rules from the state")
+    sub.add_parser("remove", help="remove the host-mode kernel rules")
+    p = sub.add_parser("print-rules", help="print the rendered host-mode kernel rules")
+    p = sub.add_parser("monitor", help="NFLOG reader: learning and lockdown events")
+    p.add_argument("--eve", type=Path, help="EVE JSON lines file for lockdown events")
+    p.add_argument("--sqlite", type=Path, help="SQLite event store for lockdown events")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    parser.set_defaults(func=run)
+
+
+def parse_tuple(text: str, source: str = "tuple") -> LearnedTuple:
+    """'198.18.0.10 -> 198.18.0.20:8080/tcp' -> LearnedTuple."""
+    m = _TUPLE.match(text)
+    if not m:
+        raise LifecycleError(f"{source}: {text!r} is not 'SRC -> DST:PORT/PROTO'")
+    src = check_address(m.group(1), source)
+    dst = check_address(m.group(2), source)
+    proto = m.group(4).lower()
+    if proto not in ("tcp", "udp", "icmp", "icmpv6"):
+        raise LifecycleError(f"{source}: protocol {proto!r} in {text!r} is not tcp/udp/icmp")
+    return LearnedTuple(src, dst, proto, int(m.group(3)))
+
+
+def _settings(args: argparse.Namespace) -> HostModeSettings:
+    return HostModeSettings(args.learn_group, args.lockdown_group)
+
+
+def apply_kernel(
+    store: LifecycleStore, netns: str | None, settings: HostModeSettings = DEFAULT_SETTINGS
+) -> str:
+    """Install the host-mode rules for the whole state (atomic replace); returns a summary."""
+    rendered = render_hostmodes(store.hosts(), STANDALONE_PREFIX, settings)
+    backend = probe_backend(Backend.AUTO, netns)
+    if not rendered.ipv4 and not rendered.ipv6:
+        remove_rules(backend, STANDALONE_PREFIX, netns)
+        return "no host in setup/learning/lockdown mode: host-mode rules removed"
+    apply_rules(rendered, backend, netns)
+    return f"host-mode rules installed: {len(rendered.chains)} chains, {len(rendered.sets)} sets"
+
+
+def _history(host: str, action: str, target: str, reason: str) -> list[HistoryEntry]:
+    return [HistoryEntry(time.time(), host, action, target, reason)]
+
+
+def run(args: argparse.Namespace) -> int:
+    store = LifecycleStore(args.state)
+    cmd = args.hosts_command
+    if cmd == "list":
+        hosts = store.hosts()
+        if args.json:
+            print(json.dumps([_host_dict(h) for h in hosts], indent=2))
+        for h in [] if args.json else hosts:
+            print(
+                f"{h.address:<20} {h.mode.value:<9} auto_apply={'on' if h.auto_apply else 'off'}"
+                f" exceptions={','.join(map(str, h.exceptions)) or '-'} "
+                f"update_sources={','.join(map(str, h.update_sources)) or '-'} "
+                f"lockdown={h.lockdown_action.value} learned={len(h.learned)} "
+                f"rules={','.join(map(str, h.assigned)) or '-'}"
+            )
+        return 0
+    if cmd == "set":
+        host = check_address(args.host, "host")
+        current = store.host(host)
+        changes: dict[str, Any] = {}
+        history: list[HistoryEntry] = []
+        if args.mode:
+            mode = HostMode(args.mode)
+            changes["mode"] = mode
+            if mode is HostMode.LEARNING and current.mode is not HostMode.LEARNING:
+                changes["learned"] = ()  # a learning period starts empty
+            history += _history(
+                host, "mode", mode.value, f"admin: {current.mode.value} -> {mode.value}"
+            )
+        base_exc = () if args.clear_exceptions else current.exceptions
+        base_upd = () if args.clear_exceptions else current.update_sources
+        if args.exception or args.clear_exceptions:
+            changes["exceptions"] = base_exc + tuple(
+                Endpoint.parse(e, "--exception") for e in args.exception
+            )
+        if args.update_source or args.clear_exceptions:
+            changes["update_sources"] = base_upd + tuple(
+                Endpoint.parse(e, "--update-source") for e in args.update_source
+            )
+        if args.lockdown_action:
+            changes["lockdown_action"] = LockdownAction(args.lockdown_action)
+        if args.auto_apply:
+            changes["auto_apply"] = args.auto_apply == "on"
+        new = store.update_host(host, history=history, **changes)
+        print(f"{host}: mode {new.mode.value}")
+    elif cmd == "release":
+        host = check_address(args.host, "host")
+        current = store.host(host)
+        if current.mode is not HostMode.SETUP:
+            raise LifecycleError(
+                f"host {host} is in mode {current.mode.value}, not setup: nothing to release"
+            )
+        store.update_host(
+            host,
+            history=_history(host, "release", "normal", "admin released setup protection"),
+            mode=HostMode.NORMAL,
+        )
+        print(f"{host}: released from setup protection (mode normal)")
+    elif cmd == "allow":
+        host = check_address(args.host, "host")
+        t = parse_tuple(args.tuple)
+        if host not in (t.src, t.dst):
+            raise LifecycleError(f"tuple {args.tuple!r} does not involve host {host}")
+        store.add_learned(host, [t])
+        store.update_host(host, history=_history(host, "allow", str(t), "admin: allow this"))
+        el = tuple_element(t)
+        if args.apply and el is not None:
+            version = 6 if ":" in t.src else 4
+            name = set_names(STANDALONE_PREFIX, version)["tuples"]
+            run_cmd(["ipset", "add", name, el, "-exist"], args.netns)
+        print(f"{host}: allowed {t}")
+        return 0
+    elif cmd in ("learned", "history"):
+        host = check_address(args.host, "host")
+        rows: list[Any]
+        if cmd == "learned":
+            rows = [str(t) for t in store.host(host).learned]
+        else:
+            rows = [
+                {
+                    "ts": e.ts,
+                    "action": e.action,
+                    "target": e.target,
+                    "reason": e.reason,
+                    "evidence": [list(x) for x in e.evidence],
+                }
+                for e in store.history(host)
+            ]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for row in rows:
+                print(
+                    row
+                    if isinstance(row, str)
+                    else f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(row['ts']))} "
+                    f"{row['action']:<9} {row['target']:<10} {row['reason']}"
+                )
+        return 0
+    elif cmd == "apply":
+        print(apply_kernel(store, args.netns, _settings(args)))
+        return 0
+    elif cmd == "remove":
+        removed = remove_rules(
+            probe_backend(Backend.AUTO, args.netns), STANDALONE_PREFIX, args.netns
+        )
+        print(f"removed: {', '.join(removed) or 'nothing'}")
+        return 0
+    elif cmd == "print-rules":
+        sys.stdout.write(
+            render_hostmodes(store.hosts(), STANDALONE_PREFIX, _settings(args)).describe()
+        )
+        return 0
+    elif cmd == "monitor":
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        sink = EventSink(args.sqlite, args.eve) if (args.sqlite or args.eve) else None
+        try:
+            run_monitor(store, _settings(args), sink, args.duration)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if sink is not None:
+                sink.close()
+        return 0
+    if getattr(args, "apply", False):
+        print(apply_kernel(store, args.netns, _settings(args)))
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _host_dict(h: Any) -> dict[str, Any]:
+    return {
+        "address": h.address,
+        "mode": h.mode.value,
+        "auto_apply": h.auto_apply,
+        "exceptions": [str(e) for e in h.exceptions],
+        "update_sources": [str(e) for e in h.update_sources],
+        "lockdown_action": h.lockdown_action.value,
+        "assigned": list(h.assigned),
+        "learned": [str(t) for t in h.learned],
+        "updated_at": h.updated_at,
+    }

@@ -1,0 +1,207 @@
+"""Kernel rules for the host modes (docs/lifecycle.md): setup protection, learning, lockdown.
+
+Pure: host policies in, `ipset restore` + `iptables-restore --noflush` text out (a
+`RenderedRules`, so gateway/firewall/apply.py installs and removes it atomically like the
+queueing rules). Everything lives in the **filter** table's FORWARD hook (routed and bridged
+traffic, br_netfilter), after mangle FORWARD where the inspection queue sits, so a host-mode
+verdict applies whether or not the packet was inspected. Guarantees:
+
+- Only NEW connections are judged: the first rule returns ESTABLISHED/RELATED packets, so
+  releasing or locking a host never cuts connections it already has, and replies of allowed
+  connections always pass.
+- Setup protection (mode `setup`): inbound new connections to the host are refused (TCP RST,
+  else ICMP port unreachable) unless they match one of its exceptions (source CIDR, optional
+  protocol/port); outbound new connections from the host are refused unless they go to one of
+  its update sources.
+- Learning (mode `learning`): every new connection to or from the host is allowed and copied to
+  NFLOG group `learn_group` (header only, NFLOG_SNAPLEN bytes) for the lifecycle monitor to
+  record its (initiator, responder, protocol, port) tuple.
+- Lockdown (mode `lockdown`): a new connection whose tuple is in the learned set
+  (`hash:ip,port,ip`, matched src,dst,dst) passes; any other is copied to NFLOG group
+  `lockdown_group` (the monitor turns it into an EVE alert) and then dropped (lockdown_action
+  `drop`) or let through (`alert`).
+- Named bounds: MAX_TUPLES learned tuples in the kernel set, MAX_HOSTS_PER_SET hosts per mode.
+- Chains are PREFIX-HM-*, sets prefix-hm-*, so apply.remove_rules(prefix) removes them with the
+  rest of the gateway's objects (render.render includes them when given host policies);
+  `vpatch hosts apply` installs them on their own with prefix STANDALONE_PREFIX.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gateway.firewall.render import RenderedRules, set_prefix
+from gateway.lifecycle.state import Endpoint, HostMode, HostPolicy, LearnedTuple, LockdownAction
+
+STANDALONE_PREFIX = "VPHM"
+DEFAULT_LEARN_GROUP = 17
+DEFAULT_LOCKDOWN_GROUP = 18
+NFLOG_SNAPLEN = 128  # bytes of each logged packet (IP + TCP/UDP headers)
+MAX_TUPLES = 65536
+MAX_HOSTS_PER_SET = 4096
+LEARN_PREFIX = "vpatch-learn"
+LOCKDOWN_PREFIX = "vpatch-lockdown"
+
+
+@dataclass(frozen=True, slots=True)
+class HostModeSettings:
+    learn_group: int = DEFAULT_LEARN_GROUP
+    lockdown_group: int = DEFAULT_LOCKDOWN_GROUP
+
+
+DEFAULT_SETTINGS = HostModeSettings()
+
+
+def _family(addr: str) -> int:
+    return ipaddress.ip_network(addr, strict=False).version
+
+
+def set_names(prefix: str, version: int) -> dict[str, str]:
+    sp = set_prefix(prefix) + "hm-"
+    return {k: f"{sp}{k}{version}" for k in ("setup", "learn", "lockdrop", "lockalert", "tuples")}
+
+
+def tuple_element(t: LearnedTuple) -> str | None:
+    """The hash:ip,port,ip element for a learned tuple, or None if ipset cannot express it."""
+    if t.proto in ("tcp", "udp"):
+        return f"{t.src},{t.proto}:{t.port},{t.dst}"
+    if t.proto in ("icmp", "icmpv6"):
+        return f"{t.src},{t.proto}:{t.port}/0,{t.dst}"
+    return None
+
+
+def _endpoint_match(e: Endpoint, side: str) -> str:
+    spec = f"-{side} {e.net}"
+    if e.proto:
+        spec += f" -p {e.proto}"
+        if e.port:
+            spec += f" --dport {e.port}"
+    return spec
+
+
+def _reject(version: int) -> list[str]:
+    unreach = "icmp-port-unreachable" if version == 4 else "icmp6-port-unreachable"
+    return ["-p tcp -j REJECT --reject-with tcp-reset", f"-j REJECT --reject-with {unreach}"]
+
+
+def render_hostmodes(
+    policies: Iterable[HostPolicy],
+    prefix: str = STANDALONE_PREFIX,
+    settings: HostModeSettings = DEFAULT_SETTINGS,
+) -> RenderedRules:
+    """Sets and filter-table rules for every host not in normal mode (both families)."""
+    hosts = [p for p in policies if p.mode is not HostMode.NORMAL]
+    ipset_lines: list[str] = []
+    sets: list[str] = []
+    texts = {4: "", 6: ""}
+    chains_all: list[str] = []
+    for version in (4, 6):
+        mine = [h for h in hosts if _family(h.address) == version]
+        if not mine:
+            continue
+        names = set_names(prefix, version)
+        fam = "inet" if version == 4 else "inet6"
+        by_set: dict[str, list[str]] = {k: [] for k in names}
+        tuples: set[str] = set()
+        for h in mine:
+            if h.mode is HostMode.SETUP:
+                by_set["setup"].append(h.address)
+            elif h.mode is HostMode.LEARNING:
+                by_set["learn"].append(h.address)
+            elif h.mode is HostMode.LOCKDOWN:
+                key = "lockdrop" if h.lockdown_action is LockdownAction.DROP else "lockalert"
+                by_set[key].append(h.address)
+                for t in h.learned:
+                    el = tuple_element(t)
+                    if el is not None and _family(t.src) == version:
+                        tuples.add(el)
+        if len(tuples) > MAX_TUPLES:
+            raise ValueError(f"{len(tuples)} learned tuples, more than MAX_TUPLES={MAX_TUPLES}")
+        for key, name in names.items():
+            if key == "tuples":
+                ipset_lines.append(
+                    f"create {name} hash:ip,port,ip family {fam} maxelem {MAX_TUPLES}"
+                )
+                ipset_lines.extend(f"add {name} {el}" for el in sorted(tuples))
+            else:
+                ipset_lines.append(
+                    f"create {name} hash:ip family {fam} maxelem {MAX_HOSTS_PER_SET}"
+                )
+                ipset_lines.extend(f"add {name} {a}" for a in sorted(by_set[key]))
+            sets.append(name)
+        text, chains = _render_family(version, prefix, names, mine, settings)
+        texts[version] = text
+        chains_all.extend(c for c in chains if c not in chains_all)
+    return RenderedRules(
+        ipset="\n".join(ipset_lines) + "\n" if ipset_lines else "",
+        ipv4=texts[4],
+        ipv6=texts[6],
+        sets=tuple(sets),
+        chains=tuple(chains_all),
+        prefix=prefix,
+    )
+
+
+def _render_family(
+    version: int,
+    prefix: str,
+    names: dict[str, str],
+    hosts: Sequence[HostPolicy],
+    settings: HostModeSettings,
+) -> tuple[str, list[str]]:
+    p = f"{prefix}-HM"
+    fwd, sin, sout, lock = f"{p}-FORWARD", f"{p}-SETUP-IN", f"{p}-SETUP-OUT", f"{p}-LOCK"
+    chains = [fwd, sin, sout, lock]
+    r: list[str] = [
+        f"-I FORWARD 1 -j {fwd}",
+        f"-A {fwd} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
+    ]
+    r.append(f"-A {fwd} -m set --match-set {names['setup']} dst -j {sin}")
+    r.append(f"-A {fwd} -m set --match-set {names['setup']} src -j {sout}")
+    for side in ("dst", "src"):
+        r.append(
+            f"-A {fwd} -m set --match-set {names['learn']} {side} -j NFLOG "
+            f"--nflog-group {settings.learn_group} --nflog-prefix {LEARN_PREFIX} "
+            f"--nflog-size {NFLOG_SNAPLEN}"
+        )
+    for key in ("lockdrop", "lockalert"):
+        for side in ("dst", "src"):
+            r.append(f"-A {fwd} -m set --match-set {names[key]} {side} -j {lock}")
+    for h in hosts:
+        if h.mode is not HostMode.SETUP:
+            continue
+        for e in h.exceptions:
+            if _family(e.net) == version:
+                r.append(f"-A {sin} -d {h.address} {_endpoint_match(e, 's')} -j RETURN")
+        for e in h.update_sources:
+            if _family(e.net) == version:
+                r.append(f"-A {sout} -s {h.address} {_endpoint_match(e, 'd')} -j RETURN")
+    r.extend(f"-A {sin} {x}" for x in _reject(version))
+    r.extend(f"-A {sout} {x}" for x in _reject(version))
+    r.append(f"-A {lock} -m set --match-set {names['tuples']} src,dst,dst -j RETURN")
+    r.append(
+        f"-A {lock} -j NFLOG --nflog-group {settings.lockdown_group} "
+        f"--nflog-prefix {LOCKDOWN_PREFIX} --nflog-size {NFLOG_SNAPLEN}"
+    )
+    for side in ("dst", "src"):
+        r.append(f"-A {lock} -m set --match-set {names['lockdrop']} {side} -j DROP")
+    lines = ["*filter", *(f":{c} - [0:0]" for c in chains), *r, "COMMIT"]
+    return "\n".join(lines) + "\n", chains
+
+
+def merge(base: RenderedRules, extra: RenderedRules) -> RenderedRules:
+    """One RenderedRules holding both (same prefix): the hook render.render uses."""
+
+    def cat(a: str, b: str) -> str:
+        return a + b
+
+    return RenderedRules(
+        ipset=cat(base.ipset, extra.ipset),
+        ipv4=cat(base.ipv4, extra.ipv4),
+        ipv6=cat(base.ipv6, extra.ipv6),
+        sets=base.sets + extra.sets,
+        chains=base.chains + tuple(c for c in extra.chains if c not in base.chains),
+        prefix=base.prefix,
+    )
