@@ -5,8 +5,9 @@ same table (`ENDPOINTS`) that registers the routes, so the document matches the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any
 
 from flask import Blueprint, abort, g, jsonify, request
 
@@ -14,8 +15,16 @@ from gateway.policy.store import StoreError
 from webui.db import get_store
 from webui.events import add_exception_from
 from webui.services import (
-    EVENT_FILTERS, InputError, dashboard_data, explain_event, get_event, gateway_status,
-    list_events, reload_gateway, rules_view, set_rule_mode,
+    EVENT_FILTERS,
+    InputError,
+    dashboard_data,
+    explain_event,
+    gateway_status,
+    get_event,
+    list_events,
+    reload_gateway,
+    rules_view,
+    set_rule_mode,
 )  # fmt: skip
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -81,7 +90,9 @@ def status() -> Any:
     return jsonify(gateway_status())
 
 
-@endpoint("/dashboard", "GET", "Events over time and top rules/CVEs/sources/hosts", params=("hours",))
+@endpoint(
+    "/dashboard", "GET", "Events over time and top rules/CVEs/sources/hosts", params=("hours",)
+)
 def dashboard() -> Any:
     return jsonify(dashboard_data(max(1, min(request.args.get("hours", 24, type=int) or 24, 720))))
 
@@ -89,7 +100,11 @@ def dashboard() -> Any:
 @endpoint("/rules", "GET", "Rules with modes and would-block counts",
           params=("q", "cve", "product", "severity", "protocol"), result=ARR)  # fmt: skip
 def rules() -> Any:
-    return jsonify(rules_view({k: request.args.get(k, "") for k in ("q", "cve", "product", "severity", "protocol")}))
+    return jsonify(
+        rules_view(
+            {k: request.args.get(k, "") for k in ("q", "cve", "product", "severity", "protocol")}
+        )
+    )
 
 
 MODE_BODY = {"type": "object", "required": ["mode"], "properties": {
@@ -113,7 +128,9 @@ def rule_mode(rule_id: int) -> Any:
 @endpoint("/hosts", "GET", "Protected hosts", result=ARR)
 def hosts() -> Any:
     store = get_store()
-    return jsonify([{**asdict(h), "services": store.host_services(h.id)} for h in store.list_hosts()])
+    return jsonify(
+        [{**asdict(h), "services": store.host_services(h.id)} for h in store.list_hosts()]
+    )
 
 
 HOST_BODY = {"type": "object", "required": ["address"], "properties": {
@@ -148,7 +165,9 @@ GROUP_BODY = {"type": "object", "required": ["name"], "properties": {
 @endpoint("/groups", "POST", "Create a group", write=True, body=GROUP_BODY)
 def create_group() -> Any:
     data = _body()
-    gr = get_store().create_group(str(data.get("name", "")), str(data.get("description", "")), g.user.username)
+    gr = get_store().create_group(
+        str(data.get("name", "")), str(data.get("description", "")), g.user.username
+    )
     return jsonify(asdict(gr)), 201
 
 
@@ -158,7 +177,9 @@ def delete_group(group_id: int) -> Any:
     return jsonify(ok=True)
 
 
-@endpoint("/events", "GET", "Events, filtered and paginated", params=(*EVENT_FILTERS, "page", "per_page"))
+@endpoint(
+    "/events", "GET", "Events, filtered and paginated", params=(*EVENT_FILTERS, "page", "per_page")
+)
 def events() -> Any:
     return jsonify(list_events({k: request.args.get(k, "") for k in EVENT_FILTERS},
                                request.args.get("page", 1, type=int) or 1,
@@ -225,11 +246,16 @@ def openapi_document() -> dict[str, Any]:
         parameters = [{"name": p, "in": "query", "required": False, "schema": {"type": "string"}}
                       for p in ep["params"]]  # fmt: skip
         for name in [s.strip("{}") for s in ep["path"].split("/") if s.startswith("{")]:
-            parameters.append({"name": name, "in": "path", "required": True, "schema": {"type": "integer"}})
+            parameters.append(
+                {"name": name, "in": "path", "required": True, "schema": {"type": "integer"}}
+            )
         if parameters:
             op["parameters"] = parameters
         if ep["body"] is not None:
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ep["body"]}}}
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ep["body"]}},
+            }
         paths.setdefault(ep["path"], {})[ep["method"].lower()] = op
     return {
         "openapi": "3.0.3",

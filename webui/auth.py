@@ -54,8 +54,12 @@ def tokens() -> Any:
     if request.method == "POST":
         if g.user.role != "admin":
             abort(403, description="viewers cannot create API tokens")
-        new_token = store.create_token(g.user.username, request.form.get("name", "")[:128], g.user.username)
-    return render_template("auth/tokens.html", tokens=store.list_tokens(g.user.username), new_token=new_token)
+        new_token = store.create_token(
+            g.user.username, request.form.get("name", "")[:128], g.user.username
+        )
+    return render_template(
+        "auth/tokens.html", tokens=store.list_tokens(g.user.username), new_token=new_token
+    )
 
 
 @bp.route("/tokens/<int:token_id>/revoke", methods=["POST"])

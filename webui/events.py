@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, abort, g, redirect, render_template, request, url_for
@@ -16,7 +16,13 @@ from gateway.policy.store import StoreError
 from webui.db import get_store
 from webui.security import admin_required, csv_safe, login_required
 from webui.services import (
-    EVENT_COLUMNS, EVENT_FILTERS, InputError, explain_event, export_events, get_event, list_events,
+    EVENT_COLUMNS,
+    EVENT_FILTERS,
+    InputError,
+    explain_event,
+    export_events,
+    get_event,
+    list_events,
     reload_gateway,
 )  # fmt: skip
 
@@ -86,7 +92,7 @@ def parse_expiry(value: str) -> float | None:
     except ValueError as err:
         raise InputError(f"expires {value!r}: not an ISO 8601 time") from err
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 

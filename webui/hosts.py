@@ -63,7 +63,9 @@ def delete(host_id: int) -> Any:
 @admin_required
 def add_group() -> Any:
     try:
-        get_store().create_group(request.form.get("name", ""), request.form.get("description", ""), g.user.username)
+        get_store().create_group(
+            request.form.get("name", ""), request.form.get("description", ""), g.user.username
+        )
     except StoreError as err:
         abort(400, description=str(err))
     return redirect(url_for("hosts.index"))

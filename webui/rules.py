@@ -20,7 +20,9 @@ bp = Blueprint("rules", __name__, url_prefix="/rules")
 @login_required
 def index() -> Any:
     store = get_store()
-    filters = {k: request.args.get(k, "")[:128] for k in ("q", "cve", "product", "severity", "protocol")}
+    filters = {
+        k: request.args.get(k, "")[:128] for k in ("q", "cve", "product", "severity", "protocol")
+    }
     return render_template(
         "rules/index.html", rules=rules_view(filters), filters=filters,
         hosts=store.list_hosts(), groups=store.list_groups(),

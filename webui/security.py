@@ -105,7 +105,8 @@ def bytes_escape(value: object) -> Markup:
         text = "".join(chr(b) if 32 <= b < 127 else f"\\x{b:02x}" for b in value)
     else:
         text = "".join(
-            c if c.isprintable() and ord(c) < 0x7F or (c.isprintable() and ord(c) > 0x9F)
+            c
+            if c.isprintable() and ord(c) < 0x7F or (c.isprintable() and ord(c) > 0x9F)
             else (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
             for c in str(value)
         )

@@ -8,8 +8,8 @@ store (audited) and are followed by the gateway's `reload` over its control sock
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,9 @@ def rule_default_mode(rule: Rule) -> str:
 def rule_products(rule: Rule) -> list[str]:
     out: list[str] = []
     for entry in getattr(rule, "affected", ()) or ():
-        product = entry.get("product") if isinstance(entry, dict) else getattr(entry, "product", None)
+        product = (
+            entry.get("product") if isinstance(entry, dict) else getattr(entry, "product", None)
+        )
         if product:
             out.append(str(product))
     return out
@@ -90,11 +92,23 @@ def rules_view(filters: dict[str, str]) -> list[dict[str, Any]]:
         scoped = []
         for a in mine:
             if a.scope == "host" and a.scope_id in hosts:
-                scoped.append({"scope": "host", "scope_id": a.scope_id,
-                               "name": hosts[a.scope_id].address, "mode": a.mode})
+                scoped.append(
+                    {
+                        "scope": "host",
+                        "scope_id": a.scope_id,
+                        "name": hosts[a.scope_id].address,
+                        "mode": a.mode,
+                    }
+                )
             elif a.scope == "group" and a.scope_id in groups:
-                scoped.append({"scope": "group", "scope_id": a.scope_id,
-                               "name": groups[a.scope_id].name, "mode": a.mode})
+                scoped.append(
+                    {
+                        "scope": "group",
+                        "scope_id": a.scope_id,
+                        "name": groups[a.scope_id].name,
+                        "mode": a.mode,
+                    }
+                )
         out.append({
             "id": rule.id, "title": rule.title, "cves": list(rule.cves),
             "severity": rule.severity, "protocol": rule.protocol, "ports": list(rule.ports),
@@ -165,8 +179,8 @@ def _iso(value: str, name: str) -> str:
     except ValueError as err:
         raise InputError(f"{name} {value!r}: not an ISO 8601 time") from err
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def event_where(filters: dict[str, str]) -> tuple[str, list[Any]]:
@@ -201,7 +215,9 @@ def event_where(filters: dict[str, str]) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
-def list_events(filters: dict[str, str], page: int = 1, per_page: int = DEFAULT_PAGE_SIZE) -> dict[str, Any]:
+def list_events(
+    filters: dict[str, str], page: int = 1, per_page: int = DEFAULT_PAGE_SIZE
+) -> dict[str, Any]:
     per_page = max(1, min(per_page, MAX_PAGE_SIZE))
     page = max(1, page)
     conn = get_events()
@@ -213,7 +229,12 @@ def list_events(filters: dict[str, str], page: int = 1, per_page: int = DEFAULT_
         f"SELECT * FROM events{where} ORDER BY timestamp DESC, id DESC LIMIT ? OFFSET ?",
         [*args, per_page, (page - 1) * per_page],
     )
-    return {"events": [event_dict(r) for r in rows], "total": total, "page": page, "per_page": per_page}
+    return {
+        "events": [event_dict(r) for r in rows],
+        "total": total,
+        "page": page,
+        "per_page": per_page,
+    }
 
 
 def export_events(filters: dict[str, str]) -> list[dict[str, Any]]:
@@ -243,7 +264,9 @@ def event_dict(row: Any) -> dict[str, Any]:
         eve = json.loads(row["eve"] or "{}")
     except ValueError:
         eve = {}
-    d["would_block"] = bool(eve.get("vpatch", {}).get("would_block")) if isinstance(eve, dict) else False
+    d["would_block"] = (
+        bool(eve.get("vpatch", {}).get("would_block")) if isinstance(eve, dict) else False
+    )
     return d
 
 
@@ -277,7 +300,8 @@ def explain_event(event: dict[str, Any], eve: dict[str, Any]) -> dict[str, Any]:
         "rule_known": rule is not None,
         "direction": rule.direction if rule else None,
         "conditions": conditions or vp.get("conditions") or [],
-        "field": vp.get("field") or (f"raw {rule.protocol} stream, {rule.direction}" if rule else None),
+        "field": vp.get("field")
+        or (f"raw {rule.protocol} stream, {rule.direction}" if rule else None),
         "excerpt": excerpt,
         "rule_action": event["rule_action"],
         "would_block": event["would_block"],
@@ -286,15 +310,21 @@ def explain_event(event: dict[str, Any], eve: dict[str, Any]) -> dict[str, Any]:
 
 def dashboard_data(hours: int = 24) -> dict[str, Any]:
     conn = get_events()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     start = now.timestamp() - hours * 3600
     bucket_s = hours * 3600 / CHART_BUCKETS
-    buckets = [{"start": datetime.fromtimestamp(start + i * bucket_s, timezone.utc).isoformat(),
-                "allowed": 0, "blocked": 0} for i in range(CHART_BUCKETS)]  # fmt: skip
+    buckets: list[dict[str, Any]] = [
+        {
+            "start": datetime.fromtimestamp(start + i * bucket_s, UTC).isoformat(),
+            "allowed": 0,
+            "blocked": 0,
+        }
+        for i in range(CHART_BUCKETS)
+    ]
     top: dict[str, list[dict[str, Any]]] = {"rules": [], "cves": [], "sources": [], "hosts": []}
     total = 0
     if conn is not None:
-        since = datetime.fromtimestamp(start, timezone.utc).isoformat(timespec="microseconds")
+        since = datetime.fromtimestamp(start, UTC).isoformat(timespec="microseconds")
         for r in conn.execute(
             "SELECT timestamp, action FROM events WHERE timestamp >= ? LIMIT 1000000", (since,)
         ):
@@ -311,14 +341,23 @@ def dashboard_data(hours: int = 24) -> dict[str, Any]:
             return [{"key": r[0], "label": r[1], "count": r[2]}
                     for r in conn.execute(sql, (since, TOP_N))]  # fmt: skip
 
-        top["rules"] = topq("SELECT signature_id, MAX(signature), COUNT(*) c FROM events "
-                            "WHERE timestamp >= ? GROUP BY signature_id ORDER BY c DESC LIMIT ?")
-        top["sources"] = topq("SELECT src_ip, src_ip, COUNT(*) c FROM events WHERE timestamp >= ? "
-                              "GROUP BY src_ip ORDER BY c DESC LIMIT ?")
-        top["hosts"] = topq("SELECT dest_ip, dest_ip, COUNT(*) c FROM events WHERE timestamp >= ? "
-                            "GROUP BY dest_ip ORDER BY c DESC LIMIT ?")
+        top["rules"] = topq(
+            "SELECT signature_id, MAX(signature), COUNT(*) c FROM events "
+            "WHERE timestamp >= ? GROUP BY signature_id ORDER BY c DESC LIMIT ?"
+        )
+        top["sources"] = topq(
+            "SELECT src_ip, src_ip, COUNT(*) c FROM events WHERE timestamp >= ? "
+            "GROUP BY src_ip ORDER BY c DESC LIMIT ?"
+        )
+        top["hosts"] = topq(
+            "SELECT dest_ip, dest_ip, COUNT(*) c FROM events WHERE timestamp >= ? "
+            "GROUP BY dest_ip ORDER BY c DESC LIMIT ?"
+        )
         cves: dict[str, int] = {}
-        for r in conn.execute("SELECT cves, COUNT(*) FROM events WHERE timestamp >= ? GROUP BY cves LIMIT 10000", (since,)):
+        for r in conn.execute(
+            "SELECT cves, COUNT(*) FROM events WHERE timestamp >= ? GROUP BY cves LIMIT 10000",
+            (since,),
+        ):
             for c in (r[0] or "").split(","):
                 if c:
                     cves[c] = cves.get(c, 0) + int(r[1])

@@ -27,7 +27,11 @@ def register(sub: Any) -> None:
                        description="Serve the admin web UI; manage UI accounts and API tokens.")  # fmt: skip
     p.add_argument("-c", "--config", type=Path, help="gateway configuration (YAML)")
     p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
-    p.add_argument("--set-password", metavar="USER", help="set USER's password (creates an admin USER if absent)")
+    p.add_argument(
+        "--set-password",
+        metavar="USER",
+        help="set USER's password (creates an admin USER if absent)",
+    )
     p.add_argument("--create-token", metavar="USER", help="print a new API token for USER")
     p.add_argument("--insecure-cookies", action="store_true",
                    help="session cookies without the Secure flag (plain-HTTP lab use ONLY)")  # fmt: skip
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"--listen {args.listen!r}: expected HOST:PORT")
-    from waitress import serve
+    from waitress import serve  # type: ignore[import-untyped]
 
     from webui import create_app
 
@@ -89,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     if args.insecure_cookies:
         print("vpatch ui: WARNING: --insecure-cookies: session cookies sent over plain HTTP. "
               "Lab use only!", file=sys.stderr, flush=True)  # fmt: skip
-    print(f"vpatch ui: serving on http://{host}:{port}/ (put TLS in front, or use a lab)", flush=True)
+    print(
+        f"vpatch ui: serving on http://{host}:{port}/ (put TLS in front, or use a lab)", flush=True
+    )
     serve(app, host=host, port=int(port), threads=UI_THREADS, ident="vpatch")
     return 0

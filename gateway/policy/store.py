@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from gateway.errors import VpatchError
 
@@ -248,7 +248,9 @@ class Store:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            self.db = sqlite3.connect(
+                str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+            )
         except sqlite3.Error as err:
             raise StoreError(f"policy database {path}: cannot open: {err}") from err
         self.db.row_factory = sqlite3.Row
@@ -260,7 +262,7 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -397,7 +399,9 @@ class Store:
                 wait = max(wait, last + delay - now)
         return max(wait, 0.0)
 
-    def record_login(self, username: str, source: str, success: bool, now: float | None = None) -> None:
+    def record_login(
+        self, username: str, source: str, success: bool, now: float | None = None
+    ) -> None:
         now = time.time() if now is None else now
         with self.transaction():
             self.db.execute(
@@ -405,8 +409,7 @@ class Store:
                 (now, username[:MAX_NAME_LEN], source[:64], int(success)),
             )
             self.db.execute(
-                "DELETE FROM login_attempts WHERE id <= "
-                "(SELECT MAX(id) FROM login_attempts) - ?",
+                "DELETE FROM login_attempts WHERE id <= (SELECT MAX(id) FROM login_attempts) - ?",
                 (MAX_LOGIN_ATTEMPT_ROWS,),
             )
             if not success:
@@ -436,7 +439,9 @@ class Store:
         ).fetchone()
         if row is None:
             return None
-        self.db.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?", (time.time(), row["tid"]))
+        self.db.execute(
+            "UPDATE api_tokens SET last_used = ? WHERE id = ?", (time.time(), row["tid"])
+        )
         return self._user(row)
 
     def list_tokens(self, username: str | None = None) -> list[ApiToken]:
@@ -638,7 +643,16 @@ class Store:
                 self.db.execute(
                     "INSERT INTO assignments(rule_id, scope, scope_id, mode, source, reason, "
                     "updated_by, updated_at) VALUES (?,?,?,?,?,?,?,?)",
-                    (rule_id, scope, scope_id, mode, source, reason[:MAX_REASON_LEN], actor, time.time()),
+                    (
+                        rule_id,
+                        scope,
+                        scope_id,
+                        mode,
+                        source,
+                        reason[:MAX_REASON_LEN],
+                        actor,
+                        time.time(),
+                    ),
                 )
             else:
                 self.db.execute(
@@ -725,7 +739,9 @@ class Store:
             "SELECT * FROM audit ORDER BY id DESC LIMIT ? OFFSET ?", (limit, max(0, offset))
         )
         return [
-            AuditEntry(r["id"], r["ts"], r["actor"], r["action"], r["target"], json.loads(r["detail_json"]))
+            AuditEntry(
+                r["id"], r["ts"], r["actor"], r["action"], r["target"], json.loads(r["detail_json"])
+            )
             for r in rows
         ]
 
@@ -766,7 +782,9 @@ class Store:
                 continue
             host = by_addr.get(exc.host)
             if host is None:
-                host = Host(synthetic, exc.host, "", None, "normal", False, exc.created_at, exc.created_at)
+                host = Host(
+                    synthetic, exc.host, "", None, "normal", False, exc.created_at, exc.created_at
+                )
                 synthetic -= 1
                 by_addr[exc.host] = host
                 hosts.append(host)
@@ -774,10 +792,9 @@ class Store:
                 a for a in assignments
                 if not (a.scope == "host" and a.scope_id == host.id and a.rule_id == exc.rule_id)
             ]  # fmt: skip
-            assignments.append(
-                Assignment(
-                    -exc.id, exc.rule_id, "host", host.id, "off", "exception", exc.reason,
-                    exc.created_by, exc.created_at,
-                )  # fmt: skip
-            )
+            folded = Assignment(
+                -exc.id, exc.rule_id, "host", host.id, "off", "exception", exc.reason,
+                exc.created_by, exc.created_at,
+            )  # fmt: skip
+            assignments.append(folded)
         return hosts, groups, assignments

@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 from gateway.policy.store import (
-    MIGRATIONS, THROTTLE_FREE_FAILURES, Store, StoreError, check_password, hash_password,
+    MIGRATIONS,
+    THROTTLE_FREE_FAILURES,
+    Store,
+    StoreError,
+    check_password,
+    hash_password,
 )  # fmt: skip
 
 
@@ -111,7 +116,10 @@ def test_every_change_is_audited_with_before_and_after(store: Store) -> None:
     ]  # fmt: skip
     assert audit[2].detail["before"]["name"] == "srv" and audit[2].detail["after"]["name"] == "srv2"
     assert [(a.detail["before"], a.detail["after"]) for a in audit[3:6]] == [
-        (None, "detect"), ("detect", "prevent"), ("prevent", None)]
+        (None, "detect"),
+        ("detect", "prevent"),
+        ("prevent", None),
+    ]
 
 
 def test_validation_names_the_value(store: Store) -> None:
@@ -136,8 +144,12 @@ def test_snapshot_folds_active_host_exceptions_in_as_off(store: Store) -> None:
     store.add_exception("198.18.0.20", "fp", "a", rule_id=9000100)
     store.add_exception("198.18.0.30", "fp", "a", rule_id=9000100, expires_at=time.time() + 3600)
     store.add_exception("198.18.0.40", "port only", "a", rule_id=9000100, port=80)
-    ex = store.add_exception("198.18.0.50", "expired", "a", rule_id=9000100, expires_at=time.time() + 3600)
-    hosts, groups, assignments = store.policy_snapshot(now=ex.expires_at + 1 if ex.expires_at else None)
+    ex = store.add_exception(
+        "198.18.0.50", "expired", "a", rule_id=9000100, expires_at=time.time() + 3600
+    )
+    hosts, groups, assignments = store.policy_snapshot(
+        now=ex.expires_at + 1 if ex.expires_at else None
+    )
     by_addr = {x.address: x for x in hosts}
     assert "198.18.5.0/24" in by_addr and [gr.name for gr in groups] == ["web"]
     host_modes = {(by_addr_inv, a.mode, a.source) for a in assignments if a.scope == "host"
@@ -155,6 +167,8 @@ def test_compiled_policy_accepts_the_snapshot(store: Store) -> None:
     policy = compiled.CompiledPolicy(*store.policy_snapshot())
     from gateway.match.rules import load_rules
 
-    rule = load_rules([Path(__file__).resolve().parents[2] / "rules" / "vpatch-test-split.yaml"]).by_id[9000100]
+    rule = load_rules(
+        [Path(__file__).resolve().parents[2] / "rules" / "vpatch-test-split.yaml"]
+    ).by_id[9000100]
     assert policy.mode("198.18.0.20", rule).value == "off"
     assert policy.mode("198.18.0.21", rule).value == "detect"

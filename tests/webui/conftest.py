@@ -25,7 +25,7 @@ from webui import create_app
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_PW = "admin-password-1"
 VIEWER_PW = "viewer-password-1"
-EVIL = "<script>alert(\"x\")</script>'\x00\x1b\x7f"
+EVIL = '<script>alert("x")</script>\'\x00\x1b\x7f'
 
 
 def write_events(db: Path, events: list[tuple[Event, dict[str, Any]]]) -> None:

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from gateway.policy.store import Store
 
 ADMIN_PW = "admin-password-1"  # as in tests/webui/conftest.py
-EVIL = "<script>alert(\"x\")</script>'\x00\x1b\x7f"
+EVIL = '<script>alert("x")</script>\'\x00\x1b\x7f'
 Auth = Any  # tests/webui/conftest.py's Auth helper (fixture `auth`)
 
 PAGES = ["/", "/dashboard/", "/dashboard/data", "/rules/", "/hosts/", "/events/", "/events/1",
@@ -44,13 +44,17 @@ def test_anonymous_is_sent_to_login(client: FlaskClient, path: str) -> None:
 
 
 @pytest.mark.parametrize("path,form", WRITES)
-def test_anonymous_cannot_write(client: FlaskClient, auth: Auth, path: str, form: dict[str, str]) -> None:
+def test_anonymous_cannot_write(
+    client: FlaskClient, auth: Auth, path: str, form: dict[str, str]
+) -> None:
     resp = client.post(path, data={**form, "csrf_token": auth.csrf()})
     assert resp.status_code == 401
 
 
 @pytest.mark.parametrize("path", PAGES)
-def test_every_page_renders_for_admin_with_security_headers(client: FlaskClient, auth: Auth, path: str) -> None:
+def test_every_page_renders_for_admin_with_security_headers(
+    client: FlaskClient, auth: Auth, path: str
+) -> None:
     assert auth.login().status_code == 302
     resp = client.get(path)
     assert resp.status_code == 200, resp.get_data(as_text=True)[:500]
@@ -112,7 +116,9 @@ def test_login_form_needs_csrf(client: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize("path,form", WRITES)
-def test_viewer_cannot_change_anything(client: FlaskClient, auth: Auth, app: Flask, path: str, form: dict[str, str]) -> None:
+def test_viewer_cannot_change_anything(
+    client: FlaskClient, auth: Auth, app: Flask, path: str, form: dict[str, str]
+) -> None:
     with store_of(app) as s:
         s.create_group("g", "", "test")
         s.save_host("198.18.0.30", "test")
@@ -126,19 +132,29 @@ def test_viewer_cannot_change_anything(client: FlaskClient, auth: Auth, app: Fla
         assert s.audit_count() == before
 
 
-def test_rule_mode_change_is_stored_audited_and_reload_reported(client: FlaskClient, auth: Auth, app: Flask) -> None:
+def test_rule_mode_change_is_stored_audited_and_reload_reported(
+    client: FlaskClient, auth: Auth, app: Flask
+) -> None:
     auth.login()
-    resp = client.post("/rules/9000100/mode", data={"mode": "detect", "scope": "global", "csrf_token": auth.token()})
+    resp = client.post(
+        "/rules/9000100/mode",
+        data={"mode": "detect", "scope": "global", "csrf_token": auth.token()},
+    )
     assert resp.status_code == 302
     with store_of(app) as s:
-        assert [(a.rule_id, a.scope, a.mode) for a in s.list_assignments()] == [(9000100, "global", "detect")]
+        assert [(a.rule_id, a.scope, a.mode) for a in s.list_assignments()] == [
+            (9000100, "global", "detect")
+        ]
         actions = [e.action for e in s.list_audit()]
         assert "assignment.set" in actions and "gateway.reload" in actions
         entry = next(e for e in s.list_audit() if e.action == "assignment.set")
         assert entry.actor == "admin" and entry.detail == {"before": None, "after": "detect"}
     page = client.get("/rules/").get_data(as_text=True)
     assert "gateway NOT reloaded" in page  # no gateway runs in this test: said, not hidden
-    assert client.post("/rules/1/mode", data={"mode": "off", "csrf_token": auth.token()}).status_code == 400
+    assert (
+        client.post("/rules/1/mode", data={"mode": "off", "csrf_token": auth.token()}).status_code
+        == 400
+    )
 
 
 def test_rules_filters(client: FlaskClient, auth: Auth) -> None:
@@ -158,7 +174,9 @@ def _evil_row_id(client: FlaskClient) -> int:
     return int(ids[0])
 
 
-def test_attacker_bytes_are_escaped_in_list_detail_csv_json(client: FlaskClient, auth: Auth) -> None:
+def test_attacker_bytes_are_escaped_in_list_detail_csv_json(
+    client: FlaskClient, auth: Auth
+) -> None:
     auth.login()
     listing = client.get("/events/").get_data(as_text=True)
     for page in (listing, client.get(f"/events/{_evil_row_id(client)}").get_data(as_text=True)):
@@ -168,11 +186,13 @@ def test_attacker_bytes_are_escaped_in_list_detail_csv_json(client: FlaskClient,
     rows = list(csv.reader(io.StringIO(client.get("/events/export.csv").get_data(as_text=True))))
     sigs = [r[4] for r in rows[1:]]
     assert EVIL in sigs  # CSV keeps the value (text/csv is not rendered as HTML)...
-    assert "'=HYPERLINK(\"http://x\")" in sigs  # ...but never lets a formula start a cell
+    assert '\'=HYPERLINK("http://x")' in sigs  # ...but never lets a formula start a cell
     data = json.loads(client.get("/events/export.json").get_data(as_text=True))
     assert EVIL in [e["signature"] for e in data]
     resp = client.get("/events/export.json")
-    assert resp.mimetype == "application/json" and resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert (
+        resp.mimetype == "application/json" and resp.headers["X-Content-Type-Options"] == "nosniff"
+    )
 
 
 def test_event_filters_and_pagination(client: FlaskClient, auth: Auth) -> None:
@@ -183,14 +203,18 @@ def test_event_filters_and_pagination(client: FlaskClient, auth: Auth) -> None:
     assert "Events (1)" in client.get("/events/?action=allowed").get_data(as_text=True)
     assert "Events (0)" in client.get("/events/?since=2999-01-01T00:00:00").get_data(as_text=True)
     page = client.get("/events/?per_page=1&page=2").get_data(as_text=True)
-    assert len(re.findall(r'href="/events/\d+"', page)) == 1 and "previous" in page and "next" in page
+    assert (
+        len(re.findall(r'href="/events/\d+"', page)) == 1 and "previous" in page and "next" in page
+    )
     assert client.get("/events/?rule=abc").status_code == 400
 
 
 def test_exception_needs_reason_and_is_stored(client: FlaskClient, auth: Auth, app: Flask) -> None:
     auth.login()
     ev = _evil_row_id(client)
-    resp = client.post(f"/events/{ev}/exception", data={"scope": "port", "reason": " ", "csrf_token": auth.token()})
+    resp = client.post(
+        f"/events/{ev}/exception", data={"scope": "port", "reason": " ", "csrf_token": auth.token()}
+    )
     assert resp.status_code == 400
     resp = client.post(f"/events/{ev}/exception", data={
         "scope": "uri", "reason": "scanner of ours", "expires": "2999-01-01T00:00:00",
@@ -205,9 +229,17 @@ def test_exception_needs_reason_and_is_stored(client: FlaskClient, auth: Auth, a
 def test_hosts_and_groups(client: FlaskClient, auth: Auth, app: Flask) -> None:
     auth.login()
     client.post("/hosts/groups", data={"name": "web", "csrf_token": auth.token()})
-    client.post("/hosts/", data={"address": "198.18.0.20", "name": "srv", "group_id": "1", "csrf_token": auth.token()})
-    assert client.post("/hosts/", data={"address": "nope", "csrf_token": auth.token()}).status_code == 400
-    client.post("/rules/9000100/mode", data={"mode": "off", "scope": "group:1", "csrf_token": auth.token()})
+    client.post(
+        "/hosts/",
+        data={"address": "198.18.0.20", "name": "srv", "group_id": "1", "csrf_token": auth.token()},
+    )
+    assert (
+        client.post("/hosts/", data={"address": "nope", "csrf_token": auth.token()}).status_code
+        == 400
+    )
+    client.post(
+        "/rules/9000100/mode", data={"mode": "off", "scope": "group:1", "csrf_token": auth.token()}
+    )
     page = client.get("/hosts/").get_data(as_text=True)
     assert "198.18.0.20" in page and "rule 9000100 (group): off" in page
 
@@ -235,7 +267,9 @@ def api_token(app: Flask, user: str) -> dict[str, str]:
 
 def test_api_refuses_without_token_and_ignores_cookies(client: FlaskClient, auth: Auth) -> None:
     assert client.get("/api/v1/rules").status_code == 401
-    assert client.get("/api/v1/rules", headers={"Authorization": "Bearer vpt_nope"}).status_code == 401
+    assert (
+        client.get("/api/v1/rules", headers={"Authorization": "Bearer vpt_nope"}).status_code == 401
+    )
     auth.login()
     assert client.get("/api/v1/rules").status_code == 401  # a session cookie is not enough
     assert client.put("/api/v1/rules/9000100/mode", json={"mode": "off"}).status_code == 401
@@ -248,9 +282,14 @@ def test_api_admin_operations(client: FlaskClient, app: Flask) -> None:
     r = client.put("/api/v1/rules/9000100/mode", headers=h, json={"mode": "detect"})
     assert r.status_code == 200 and r.get_json()["assignment"]["mode"] == "detect"
     assert r.get_json()["reload"]["ok"] is False
-    assert client.put("/api/v1/rules/9000100/mode", headers=h, json={"mode": "bogus"}).status_code == 400
+    assert (
+        client.put("/api/v1/rules/9000100/mode", headers=h, json={"mode": "bogus"}).status_code
+        == 400
+    )
     gr = client.post("/api/v1/groups", headers=h, json={"name": "web"}).get_json()
-    host = client.post("/api/v1/hosts", headers=h, json={"address": "198.18.0.20", "group_id": gr["id"]})
+    host = client.post(
+        "/api/v1/hosts", headers=h, json={"address": "198.18.0.20", "group_id": gr["id"]}
+    )
     assert host.status_code == 201
     assert client.get("/api/v1/hosts", headers=h).get_json()[0]["address"] == "198.18.0.20"
     events = client.get("/api/v1/events?address=198.18.0.11", headers=h).get_json()
@@ -258,12 +297,21 @@ def test_api_admin_operations(client: FlaskClient, app: Flask) -> None:
     ev_id = events["events"][0]["id"]
     detail = client.get(f"/api/v1/events/{ev_id}", headers=h).get_json()
     assert detail["why"]["field"] == "http.uri" and detail["event"]["signature"] == EVIL
-    exc = client.post(f"/api/v1/events/{ev_id}/exception", headers=h, json={"reason": "ok", "scope": "port"})
+    exc = client.post(
+        f"/api/v1/events/{ev_id}/exception", headers=h, json={"reason": "ok", "scope": "port"}
+    )
     assert exc.status_code == 201 and exc.get_json()["exception"]["port"] == 80
     assert len(client.get("/api/v1/exceptions", headers=h).get_json()) == 1
-    assert client.delete(f"/api/v1/exceptions/{exc.get_json()['exception']['id']}", headers=h).status_code == 200
+    assert (
+        client.delete(
+            f"/api/v1/exceptions/{exc.get_json()['exception']['id']}", headers=h
+        ).status_code
+        == 200
+    )
     audit = client.get("/api/v1/audit", headers=h).get_json()
-    assert {"assignment.set", "exception.add", "exception.delete", "host.save"} <= {a["action"] for a in audit}
+    assert {"assignment.set", "exception.add", "exception.delete", "host.save"} <= {
+        a["action"] for a in audit
+    }
     assert client.get("/api/v1/dashboard", headers=h).get_json()["total"] == 3
     assert client.get("/api/v1/status", headers=h).get_json()["reachable"] is False
     assert client.delete(f"/api/v1/hosts/{host.get_json()['id']}", headers=h).status_code == 200
@@ -274,7 +322,9 @@ def test_api_admin_operations(client: FlaskClient, app: Flask) -> None:
 def test_api_viewer_reads_only(client: FlaskClient, app: Flask) -> None:
     h = api_token(app, "viewer")
     assert client.get("/api/v1/rules", headers=h).status_code == 200
-    assert client.put("/api/v1/rules/9000100/mode", headers=h, json={"mode": "off"}).status_code == 403
+    assert (
+        client.put("/api/v1/rules/9000100/mode", headers=h, json={"mode": "off"}).status_code == 403
+    )
     assert client.post("/api/v1/groups", headers=h, json={"name": "x"}).status_code == 403
     assert client.post("/api/v1/reload", headers=h).status_code == 403
 
@@ -298,15 +348,26 @@ def test_openapi_every_get_answers_without_server_error(client: FlaskClient, app
             url = "/api/v1" + re.sub(r"\{\w+\}", "1", path)
             resp = client.open(url, method=method.upper(), headers=h, json={})
             assert resp.status_code < 500, (method, url, resp.status_code)
-            assert str(resp.status_code) in ops[method]["responses"] or resp.status_code == 200, (method, url, resp.status_code)
+            assert str(resp.status_code) in ops[method]["responses"] or resp.status_code == 200, (
+                method,
+                url,
+                resp.status_code,
+            )
 
 
 def test_ui_token_page_creates_token(client: FlaskClient, auth: Auth) -> None:
     auth.login()
-    page = client.post("/auth/tokens", data={"name": "ci", "csrf_token": auth.token()}).get_data(as_text=True)
+    page = client.post("/auth/tokens", data={"name": "ci", "csrf_token": auth.token()}).get_data(
+        as_text=True
+    )
     token = re.search(r'id="new-token">([^<]+)<', page)
     assert token
-    assert client.get("/api/v1/hosts", headers={"Authorization": f"Bearer {token.group(1)}"}).status_code == 200
+    assert (
+        client.get(
+            "/api/v1/hosts", headers={"Authorization": f"Bearer {token.group(1)}"}
+        ).status_code
+        == 200
+    )
 
 
 def test_secret_key_generated_0600_and_stable(tmp_path: Any) -> None:

@@ -90,7 +90,9 @@ def marker(lab: Any) -> str:
     return r.stdout.strip() or r.stderr.strip()
 
 
-def test_ui_mode_change_reaches_running_gateway(lab: Any, tmp_path: Path, auth: Any, client: Any, app: Any) -> None:
+def test_ui_mode_change_reaches_running_gateway(
+    lab: Any, tmp_path: Path, auth: Any, client: Any, app: Any
+) -> None:
     policy_db = tmp_path / "vpatch.db"
     sock = tmp_path / "gw-control.sock"
     cfg = {
@@ -142,7 +144,11 @@ def test_ui_mode_change_reaches_running_gateway(lab: Any, tmp_path: Path, auth: 
         assert auth.login().status_code == 302
 
         timings = []
-        for mode, expect in (("off", "DATA HTTP/1.1 404 Not Found"), ("prevent", "RESET"), ("detect", "DATA HTTP/1.1 404 Not Found")):
+        for mode, expect in (
+            ("off", "DATA HTTP/1.1 404 Not Found"),
+            ("prevent", "RESET"),
+            ("detect", "DATA HTTP/1.1 404 Not Found"),
+        ):
             t0 = time.monotonic()
             resp = client.post("/rules/9000100/mode",
                                data={"mode": mode, "scope": "global", "csrf_token": auth.token()})  # fmt: skip
@@ -150,7 +156,7 @@ def test_ui_mode_change_reaches_running_gateway(lab: Any, tmp_path: Path, auth: 
             assert resp.status_code == 302
             page = client.get("/rules/").get_data(as_text=True)
             m = re.search(r"gateway reloaded in ([0-9.]+) s", page)
-            assert m, page[page.find("flash"):][:300]
+            assert m, page[page.find("flash") :][:300]
             policy = control_request(sock, "policy")
             assert set(policy["queues"].values()) == {policy["version"]}  # every worker has it
             timings.append((mode, took, float(m.group(1))))
