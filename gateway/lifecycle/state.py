@@ -266,7 +266,9 @@ class LifecycleStore:
             d = data["hosts"].get(address)
             current = HostPolicy(address) if d is None else _host_from_json(d, str(self.path))
             have = set(current.learned)
-            new = [t for t in tuples if t not in have][: MAX_LEARNED_PER_HOST - len(have)]
+            new = [t for t in dict.fromkeys(tuples) if t not in have][
+                : MAX_LEARNED_PER_HOST - len(have)
+            ]
             if new:
                 data["hosts"][address] = _host_to_json(
                     replace(current, learned=tuple(sorted(have | set(new))))
