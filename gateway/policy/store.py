@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import os
 import secrets
 import sqlite3
 import time
@@ -247,6 +248,8 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():  # it holds password hashes: owner only (-wal/-shm follow it)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         try:
             self.db = sqlite3.connect(
                 str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
