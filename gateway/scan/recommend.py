@@ -1,7 +1,8 @@
 """Recommendation: match scan findings against the rules' `affected` metadata (docs/policy.md).
 
 `affected` is a list of entries {product, versions?, features?}; an entry matches a finding when
-the product ids are equal, any of the version constraints holds (no constraint: any version;
+the product ids are equal (or the finding is a generic product of that family, see
+GENERIC_PRODUCTS), any of the version constraints holds (no constraint: any version;
 unknown version: matches, since the scan cannot rule it out), and every listed feature was seen
 present. A rule matches a host when any entry matches any finding.
 
@@ -35,6 +36,10 @@ from gateway.scan.scanner import ScanResult
 
 MAX_AFFECTED_ENTRIES = 64  # per rule
 MAX_RULE_FILE_BYTES = 1 << 20
+# A service the scan recognised by protocol but whose implementation it could not name (an
+# SMB server refusing SMB1 hides its NativeOS/LanMan strings) is compared against every product
+# of that family: its features (smb1 refused) still decide, and retire rules with evidence.
+GENERIC_PRODUCTS: dict[str, tuple[str, ...]] = {"smb": ("samba", "microsoft-windows-smb")}
 _CONSTRAINT = re.compile(r"\s*(<=|>=|==|!=|<|>)?\s*([0-9][0-9A-Za-z.+~_-]*)\s*\Z")
 
 
@@ -170,7 +175,9 @@ def load_affected(paths: Iterable[Path]) -> list[RuleAffected]:
 
 def _entry_vs_finding(entry: AffectedEntry, f: Finding) -> tuple[bool, list[Evidence]]:
     """(matches, evidence): evidence supports the match, or explains the mismatch."""
-    if f.product != entry.product:
+    if f.product != entry.product and entry.product not in GENERIC_PRODUCTS.get(
+        f.product or "", ()
+    ):
         return False, []
     ev: list[Evidence] = list(f.evidence[:1])
     if entry.versions and f.version is not None:

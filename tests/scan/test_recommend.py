@@ -100,3 +100,13 @@ def test_unassign_when_product_gone_or_patched() -> None:
     assert any("outside <1.23" in e.saw for e in recs[9105003].evidence)
     assert recs[9105001].action is RecAction.UNASSIGN
     assert any("no service identified as" in e.saw for e in recs[9105001].evidence)
+
+
+def test_generic_smb_server_is_judged_by_its_features() -> None:
+    """An SMB server refusing SMB1 does not reveal Samba/Windows; smb1 absence still retires."""
+    rules = load_affected([RULES])
+    generic = Finding(445, "tcp", "smb", "smb", None, features=(
+        FeatureCheck("smb1", False, Evidence("SMB1 NEGOTIATE", "connection closed")),))
+    recs = {r.rule_id: r for r in recommend(_result(generic), rules, assigned=[9105001])}
+    assert recs[9105001].action is RecAction.UNASSIGN
+    assert any("smb1 absent" in e.saw for e in recs[9105001].evidence)

@@ -1,0 +1,67 @@
+"""Host-mode kernel rules as text (the lab tests in tests/lifecycle/ check them in a kernel)."""
+
+from __future__ import annotations
+
+from gateway.config import parse_config
+from gateway.firewall.hostmodes import render_hostmodes, set_names, tuple_element
+from gateway.firewall.render import QueuePlan, render
+from gateway.lifecycle.state import (
+    Endpoint,
+    HostMode,
+    HostPolicy,
+    LearnedTuple,
+    LockdownAction,
+)
+
+SETUP = HostPolicy("198.18.0.20", HostMode.SETUP,
+                   exceptions=(Endpoint.parse("198.18.0.0/24:tcp/3389", "t"),),
+                   update_sources=(Endpoint.parse("198.18.5.5:tcp/443", "t"),))
+LOCK = HostPolicy("198.18.0.21", HostMode.LOCKDOWN, lockdown_action=LockdownAction.ALERT,
+                  learned=(LearnedTuple("198.18.0.10", "198.18.0.21", "tcp", 80),
+                           LearnedTuple("198.18.0.21", "198.18.0.53", "udp", 53),
+                           LearnedTuple("198.18.0.10", "198.18.0.21", "icmp", 8)))
+
+
+def test_normal_hosts_render_nothing() -> None:
+    r = render_hostmodes([HostPolicy("198.18.0.20")])
+    assert (r.ipset, r.ipv4, r.ipv6) == ("", "", "")
+
+
+def test_setup_exceptions_and_update_sources_come_before_reject() -> None:
+    r = render_hostmodes([SETUP])
+    lines = r.ipv4.splitlines()
+    exc = lines.index("-A VPHM-HM-SETUP-IN -d 198.18.0.20 -s 198.18.0.0/24 -p tcp --dport 3389 "
+                      "-j RETURN")
+    rej = lines.index("-A VPHM-HM-SETUP-IN -p tcp -j REJECT --reject-with tcp-reset")
+    assert exc < rej
+    assert "-A VPHM-HM-SETUP-OUT -s 198.18.0.20 -d 198.18.5.5/32 -p tcp --dport 443 -j RETURN" \
+        in lines
+    # established traffic is never judged: first rule of the chain
+    assert lines[lines.index("-I FORWARD 1 -j VPHM-HM-FORWARD") + 1].endswith(
+        "--ctstate ESTABLISHED,RELATED -j RETURN")
+    assert "add vphm-hm-setup4 198.18.0.20" in r.ipset
+    assert r.ipv6 == ""
+
+
+def test_lockdown_alert_mode_logs_but_does_not_drop() -> None:
+    r = render_hostmodes([LOCK])
+    names = set_names("VPHM", 4)
+    assert f"add {names['lockalert']} 198.18.0.21" in r.ipset
+    assert f"add {names['tuples']} 198.18.0.10,tcp:80,198.18.0.21" in r.ipset
+    assert f"add {names['tuples']} 198.18.0.10,icmp:8/0,198.18.0.21" in r.ipset
+    assert "NFLOG --nflog-group 18" in r.ipv4
+    drop_lines = [x for x in r.ipv4.splitlines() if x.endswith("-j DROP")]
+    assert all(names["lockdrop"] in x for x in drop_lines)  # alert hosts are never dropped
+
+
+def test_tuple_element_for_other_protocols_is_none() -> None:
+    assert tuple_element(LearnedTuple("198.18.0.1", "198.18.0.2", "47", 0)) is None
+
+
+def test_render_hook_merges_under_the_gateway_prefix() -> None:
+    config = parse_config("protected_hosts: [198.18.0.20]\n")
+    base = render(config, QueuePlan(tcp_to_server=frozenset({80})))
+    merged = render(config, QueuePlan(tcp_to_server=frozenset({80})), [SETUP])
+    assert merged.ipv4.startswith(base.ipv4)
+    assert "*filter" in merged.ipv4 and "VPATCH-HM-FORWARD" in merged.chains
+    assert "vpatch-hm-setup4" in merged.sets and merged.prefix == base.prefix

@@ -1,0 +1,83 @@
+"""The lifecycle monitor's core (no sockets): NFLOG messages -> learned tuples and lockdown
+events; and the NFLOG message parser on netlink bytes laid out as the kernel sends them."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from pathlib import Path
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP  # type: ignore[import-untyped]
+
+from gateway.firewall.hostmodes import HostModeSettings
+from gateway.lifecycle.monitor import SID_NEW_PEER, SID_NEW_PORT, LifecycleMonitor
+from gateway.lifecycle.nflog import LoggedPacket, parse_messages
+from gateway.lifecycle.state import (
+    HostMode,
+    LearnedTuple,
+    LifecycleStore,
+    LockdownAction,
+)
+from gateway.verdict import Action
+
+S = HostModeSettings()
+HOST = "198.18.0.20"
+
+
+def _syn(src: str, dport: int) -> bytes:
+    return bytes(IP(src=src, dst=HOST) / TCP(sport=40000, dport=dport, flags="S"))
+
+
+def test_learning_records_tuples_for_learning_hosts(tmp_path: Path) -> None:
+    store = LifecycleStore(tmp_path / "s.json")
+    store.update_host(HOST, mode=HostMode.LEARNING)
+    mon = LifecycleMonitor(store, S)
+    mon.handle(LoggedPacket(S.learn_group, 2, "vpatch-learn", _syn("198.18.0.10", 80)))
+    mon.handle(LoggedPacket(S.learn_group, 2, "vpatch-learn", _syn("198.18.0.10", 80)))
+    out = bytes(IP(src=HOST, dst="198.18.0.53") / UDP(sport=5353, dport=53))
+    mon.handle(LoggedPacket(S.learn_group, 2, "vpatch-learn", out))
+    ping = bytes(IP(src="198.18.0.10", dst=HOST) / ICMP(type=8))
+    mon.handle(LoggedPacket(S.learn_group, 2, "vpatch-learn", ping))
+    mon.handle(LoggedPacket(S.learn_group, 2, "vpatch-learn", b"\x45garbage"))
+    assert mon.flush() == 3
+    assert set(store.host(HOST).learned) == {
+        LearnedTuple("198.18.0.10", HOST, "tcp", 80),
+        LearnedTuple(HOST, "198.18.0.53", "udp", 53),
+        LearnedTuple("198.18.0.10", HOST, "icmp", 8),
+    }
+
+
+def test_lockdown_events_name_new_peer_or_port_once(tmp_path: Path) -> None:
+    store = LifecycleStore(tmp_path / "s.json")
+    store.update_host(HOST, mode=HostMode.LOCKDOWN, lockdown_action=LockdownAction.DROP,
+                      learned=(LearnedTuple("198.18.0.10", HOST, "tcp", 80),))
+    now = [1000.0]
+    mon = LifecycleMonitor(store, S, clock=lambda: now[0])
+    ev = mon.handle(LoggedPacket(S.lockdown_group, 2, "", _syn("198.18.0.10", 8080)))
+    assert ev is not None and ev.signature_id == SID_NEW_PORT and ev.blocked
+    assert ev.signature == f"lockdown: new port 198.18.0.10 -> {HOST}:8080/tcp not learned"
+    assert ev.rule_action is Action.DROP and ev.dest_port == 8080
+    # the retransmitted SYN does not raise a second event, a new peer does
+    assert mon.handle(LoggedPacket(S.lockdown_group, 2, "", _syn("198.18.0.10", 8080))) is None
+    ev2 = mon.handle(LoggedPacket(S.lockdown_group, 2, "", _syn("198.18.0.99", 80)))
+    assert ev2 is not None and ev2.signature_id == SID_NEW_PEER
+    assert "new peer 198.18.0.99" in ev2.signature
+    now[0] += 61
+    assert mon.handle(LoggedPacket(S.lockdown_group, 2, "", _syn("198.18.0.10", 8080)))
+
+
+def _nlmsg(group: int, attrs: list[tuple[int, bytes]]) -> bytes:
+    body = struct.pack("=BBH", socket.AF_INET, 0, socket.htons(group))
+    for kind, data in attrs:
+        a = struct.pack("=HH", 4 + len(data), kind) + data
+        body += a + b"\x00" * (-len(a) % 4)
+    return struct.pack("=IHHII", 16 + len(body), (4 << 8) | 0, 0, 0, 0) + body
+
+
+def test_parse_messages_reads_prefix_and_payload_of_each_message() -> None:
+    pkt = _syn("198.18.0.10", 80)
+    data = _nlmsg(17, [(1, b"\x08\x00\x03\x00"), (10, b"vpatch-learn\x00"), (9, pkt)])
+    data += _nlmsg(18, [(9, pkt[:40])])
+    got = parse_messages(data + b"\x01\x02")  # trailing garbage is ignored
+    assert [(g.group, g.prefix, g.payload) for g in got] == [
+        (17, "vpatch-learn", pkt), (18, "", pkt[:40])]
