@@ -37,7 +37,8 @@ class InputError(ValueError):
 
 def rule_default_mode(rule: Rule) -> str:
     mode = getattr(rule, "default_mode", None)
-    return str(mode) if mode in MODES else "prevent"
+    name = getattr(mode, "value", mode)  # a policy Mode member, or a plain string
+    return str(name) if name in MODES else "prevent"
 
 
 def rule_products(rule: Rule) -> list[str]:

@@ -380,3 +380,17 @@ def test_secret_key_generated_0600_and_stable(tmp_path: Any) -> None:
     b = create_app(cfg)
     assert a.config["SECRET_KEY"] == b.config["SECRET_KEY"] and len(a.config["SECRET_KEY"]) == 32
     assert os.stat(tmp_path / "ui-secret.key").st_mode & 0o777 == 0o600
+
+
+def test_rule_default_mode_and_products_come_from_the_rule_file(tmp_path: Any) -> None:
+    from gateway.match.rules import load_rules
+    from webui.services import rule_default_mode, rule_products
+
+    (tmp_path / "r.yaml").write_text(
+        "id: 9000900\ntitle: t\nseverity: low\naction: reset\nprotocol: tcp\nports: [80]\n"
+        "default_mode: detect\naffected:\n  - product: nginx\n"
+        'patterns:\n  - content: "abc"\n'
+    )
+    rule = load_rules([tmp_path / "r.yaml"]).by_id[9000900]
+    assert rule_default_mode(rule) == "detect"
+    assert rule_products(rule) == ["nginx"]
