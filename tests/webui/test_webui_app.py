@@ -69,7 +69,7 @@ def test_every_page_renders_for_admin_with_security_headers(
 def test_session_cookie_flags(app: Flask, auth: Auth) -> None:
     app.config["SESSION_COOKIE_SECURE"] = True
     resp = auth.login()
-    cookie = [h for h in resp.headers.getlist("Set-Cookie") if h.startswith("vpatch_session=")][0]
+    cookie = next(h for h in resp.headers.getlist("Set-Cookie") if h.startswith("vpatch_session="))
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Secure" in cookie
 
 
