@@ -13,13 +13,22 @@ from gateway.lifecycle.state import (
     LockdownAction,
 )
 
-SETUP = HostPolicy("198.18.0.20", HostMode.SETUP,
-                   exceptions=(Endpoint.parse("198.18.0.0/24:tcp/3389", "t"),),
-                   update_sources=(Endpoint.parse("198.18.5.5:tcp/443", "t"),))
-LOCK = HostPolicy("198.18.0.21", HostMode.LOCKDOWN, lockdown_action=LockdownAction.ALERT,
-                  learned=(LearnedTuple("198.18.0.10", "198.18.0.21", "tcp", 80),
-                           LearnedTuple("198.18.0.21", "198.18.0.53", "udp", 53),
-                           LearnedTuple("198.18.0.10", "198.18.0.21", "icmp", 8)))
+SETUP = HostPolicy(
+    "198.18.0.20",
+    HostMode.SETUP,
+    exceptions=(Endpoint.parse("198.18.0.0/24:tcp/3389", "t"),),
+    update_sources=(Endpoint.parse("198.18.5.5:tcp/443", "t"),),
+)
+LOCK = HostPolicy(
+    "198.18.0.21",
+    HostMode.LOCKDOWN,
+    lockdown_action=LockdownAction.ALERT,
+    learned=(
+        LearnedTuple("198.18.0.10", "198.18.0.21", "tcp", 80),
+        LearnedTuple("198.18.0.21", "198.18.0.53", "udp", 53),
+        LearnedTuple("198.18.0.10", "198.18.0.21", "icmp", 8),
+    ),
+)
 
 
 def test_normal_hosts_render_nothing() -> None:
@@ -30,15 +39,18 @@ def test_normal_hosts_render_nothing() -> None:
 def test_setup_exceptions_and_update_sources_come_before_reject() -> None:
     r = render_hostmodes([SETUP])
     lines = r.ipv4.splitlines()
-    exc = lines.index("-A VPHM-HM-SETUP-IN -d 198.18.0.20 -s 198.18.0.0/24 -p tcp --dport 3389 "
-                      "-j RETURN")
+    exc = lines.index(
+        "-A VPHM-HM-SETUP-IN -d 198.18.0.20 -s 198.18.0.0/24 -p tcp --dport 3389 -j RETURN"
+    )
     rej = lines.index("-A VPHM-HM-SETUP-IN -p tcp -j REJECT --reject-with tcp-reset")
     assert exc < rej
-    assert "-A VPHM-HM-SETUP-OUT -s 198.18.0.20 -d 198.18.5.5/32 -p tcp --dport 443 -j RETURN" \
-        in lines
+    assert (
+        "-A VPHM-HM-SETUP-OUT -s 198.18.0.20 -d 198.18.5.5/32 -p tcp --dport 443 -j RETURN" in lines
+    )
     # established traffic is never judged: first rule of the chain
     assert lines[lines.index("-I FORWARD 1 -j VPHM-HM-FORWARD") + 1].endswith(
-        "--ctstate ESTABLISHED,RELATED -j RETURN")
+        "--ctstate ESTABLISHED,RELATED -j RETURN"
+    )
     assert "add vphm-hm-setup4 198.18.0.20" in r.ipset
     assert r.ipv6 == ""
 

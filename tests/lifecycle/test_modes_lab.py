@@ -39,48 +39,80 @@ BLOCK_TIMEOUT = "1.5"
 
 
 def vpatch_hosts(lab: LabSpec, state: Path, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "hosts", "--state", str(state),
-                           "--netns", lab.gw_ns, *args],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "hosts",
+            "--state",
+            str(state),
+            "--netns",
+            lab.gw_ns,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
 
 def connects(lab: LabSpec, port: int) -> bool:
-    out = netns_exec(lab.client_ns, [sys.executable, "-c", CONNECT, lab.server_addr, str(port),
-                                     BLOCK_TIMEOUT], timeout=30).stdout
+    out = netns_exec(
+        lab.client_ns,
+        [sys.executable, "-c", CONNECT, lab.server_addr, str(port), BLOCK_TIMEOUT],
+        timeout=30,
+    ).stdout
     return out.startswith("open")
 
 
 def http_ok(lab: LabSpec) -> bool:
-    p = netns_exec(lab.client_ns, ["curl", "-s", "-m", BLOCK_TIMEOUT, "-o", "/dev/null",
-                                   f"http://{lab.server_addr}/"], check=False)
+    p = netns_exec(
+        lab.client_ns,
+        ["curl", "-s", "-m", BLOCK_TIMEOUT, "-o", "/dev/null", f"http://{lab.server_addr}/"],
+        check=False,
+    )
     return p.returncode == 0
 
 
 def smb_ok(lab: LabSpec) -> bool:
-    p = netns_exec(lab.client_ns, ["smbclient", "-N", "-L", f"//{lab.server_addr}", "-m",
-                                   "SMB3", "-t", "2"], check=False, timeout=30)
+    p = netns_exec(
+        lab.client_ns,
+        ["smbclient", "-N", "-L", f"//{lab.server_addr}", "-m", "SMB3", "-t", "2"],
+        check=False,
+        timeout=30,
+    )
     return p.returncode == 0 and "public" in p.stdout
 
 
 def dns_ok(lab: LabSpec) -> bool:
-    p = netns_exec(lab.client_ns, ["dig", "+short", "+time=1", "+tries=1",
-                                   f"@{lab.server_addr}", "server.lab.test", "A"], check=False)
+    p = netns_exec(
+        lab.client_ns,
+        ["dig", "+short", "+time=1", "+tries=1", f"@{lab.server_addr}", "server.lab.test", "A"],
+        check=False,
+    )
     return p.stdout.strip() == lab.server_addr
 
 
 def outbound_exit(lab: LabSpec, port: int) -> int:
     """curl's exit status for a connection from the server to the client's port."""
-    return netns_exec(lab.server_ns, ["curl", "-s", "-m", BLOCK_TIMEOUT, "-o", "/dev/null",
-                                      f"http://{lab.client_addr}:{port}/"], check=False).returncode
+    return netns_exec(
+        lab.server_ns,
+        ["curl", "-s", "-m", BLOCK_TIMEOUT, "-o", "/dev/null", f"http://{lab.client_addr}:{port}/"],
+        check=False,
+    ).returncode
 
 
 @pytest.fixture
 def listeners(lab: LabSpec) -> Iterator[None]:
     """TCP listeners on 3389 (the RDP exception) and 8082 (a port never learned)."""
-    procs = [netns_popen(lab.server_ns, [sys.executable, "-c", LISTENER, lab.server_addr,
-                                         str(port)]) for port in (3389, 8082)]
+    procs = [
+        netns_popen(lab.server_ns, [sys.executable, "-c", LISTENER, lab.server_addr, str(port)])
+        for port in (3389, 8082)
+    ]
     try:
         deadline = time.monotonic() + 10
         while not {3389, 8082} <= listening(lab.server_ns)[0]:
@@ -105,8 +137,17 @@ def state(lab: LabSpec, tmp_path: Path) -> Iterator[Path]:
 def test_setup_protection_until_release(lab: LabSpec, state: Path, listeners: None) -> None:
     host = lab.server_addr
     assert http_ok(lab) and connects(lab, 3389)  # before: open
-    vpatch_hosts(lab, state, "set", host, "--mode", "setup",
-                 "--exception", f"{lab.client_addr}/32:tcp/3389", "--apply")
+    vpatch_hosts(
+        lab,
+        state,
+        "set",
+        host,
+        "--mode",
+        "setup",
+        "--exception",
+        f"{lab.client_addr}/32:tcp/3389",
+        "--apply",
+    )
     assert not http_ok(lab), "inbound HTTP must be refused in setup mode"
     assert not smb_ok(lab), "inbound SMB must be refused in setup mode"
     assert not connects(lab, 8082)
@@ -114,8 +155,7 @@ def test_setup_protection_until_release(lab: LabSpec, state: Path, listeners: No
     # outbound from the host: only to update sources. Port 9 on the client has no listener, so
     # curl exits 7 (refused by the client's RST) when it gets through, 28 (timeout) when not.
     assert outbound_exit(lab, 9) == 28
-    vpatch_hosts(lab, state, "set", host, "--update-source", f"{lab.client_addr}:tcp/9",
-                 "--apply")
+    vpatch_hosts(lab, state, "set", host, "--update-source", f"{lab.client_addr}:tcp/9", "--apply")
     assert outbound_exit(lab, 9) == 7
     assert outbound_exit(lab, 10) == 28
     assert not http_ok(lab)  # still in setup mode
@@ -126,13 +166,27 @@ def test_setup_protection_until_release(lab: LabSpec, state: Path, listeners: No
     assert [h["target"] for h in hist] == ["setup", "normal"]
 
 
-def test_lockdown_blocks_unlearned_and_logs(lab: LabSpec, state: Path, tmp_path: Path,
-                                            listeners: None) -> None:
+def test_lockdown_blocks_unlearned_and_logs(
+    lab: LabSpec, state: Path, tmp_path: Path, listeners: None
+) -> None:
     host = lab.server_addr
     eve = tmp_path / "eve.json"
-    monitor = netns_popen(lab.gw_ns, [sys.executable, "-m", "gateway.cli", "hosts", "--state",
-                                      str(state), "monitor", "--eve", str(eve)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    monitor = netns_popen(
+        lab.gw_ns,
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "hosts",
+            "--state",
+            str(state),
+            "monitor",
+            "--eve",
+            str(eve),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         time.sleep(0.5)  # NFLOG bound before the learning traffic
         vpatch_hosts(lab, state, "set", host, "--mode", "learning", "--apply")
@@ -141,8 +195,11 @@ def test_lockdown_blocks_unlearned_and_logs(lab: LabSpec, state: Path, tmp_path:
         learned: list[str] = []
         while time.monotonic() < deadline:
             learned = vpatch_hosts(lab, state, "learned", host).split("\n")
-            if {f"{lab.client_addr} -> {host}:80/tcp", f"{lab.client_addr} -> {host}:53/udp",
-                    f"{lab.client_addr} -> {host}:3389/tcp"} <= set(learned):
+            if {
+                f"{lab.client_addr} -> {host}:80/tcp",
+                f"{lab.client_addr} -> {host}:53/udp",
+                f"{lab.client_addr} -> {host}:3389/tcp",
+            } <= set(learned):
                 break
             time.sleep(0.2)
         else:
@@ -164,8 +221,7 @@ def test_lockdown_blocks_unlearned_and_logs(lab: LabSpec, state: Path, tmp_path:
         assert isinstance(alert, dict)
         assert alert["signature"] == signature and alert["action"] == "blocked"
         # the one-step "allow this"
-        vpatch_hosts(lab, state, "allow", host, f"{lab.client_addr} -> {host}:8082/tcp",
-                     "--apply")
+        vpatch_hosts(lab, state, "allow", host, f"{lab.client_addr} -> {host}:8082/tcp", "--apply")
         assert connects(lab, 8082)
     finally:
         stop_pids([monitor.pid])

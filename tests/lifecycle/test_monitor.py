@@ -49,8 +49,12 @@ def test_learning_records_tuples_for_learning_hosts(tmp_path: Path) -> None:
 
 def test_lockdown_events_name_new_peer_or_port_once(tmp_path: Path) -> None:
     store = LifecycleStore(tmp_path / "s.json")
-    store.update_host(HOST, mode=HostMode.LOCKDOWN, lockdown_action=LockdownAction.DROP,
-                      learned=(LearnedTuple("198.18.0.10", HOST, "tcp", 80),))
+    store.update_host(
+        HOST,
+        mode=HostMode.LOCKDOWN,
+        lockdown_action=LockdownAction.DROP,
+        learned=(LearnedTuple("198.18.0.10", HOST, "tcp", 80),),
+    )
     now = [1000.0]
     mon = LifecycleMonitor(store, S, clock=lambda: now[0])
     ev = mon.handle(LoggedPacket(S.lockdown_group, 2, "", _syn("198.18.0.10", 8080)))
@@ -80,4 +84,6 @@ def test_parse_messages_reads_prefix_and_payload_of_each_message() -> None:
     data += _nlmsg(18, [(9, pkt[:40])])
     got = parse_messages(data + b"\x01\x02")  # trailing garbage is ignored
     assert [(g.group, g.prefix, g.payload) for g in got] == [
-        (17, "vpatch-learn", pkt), (18, "", pkt[:40])]
+        (17, "vpatch-learn", pkt),
+        (18, "", pkt[:40]),
+    ]

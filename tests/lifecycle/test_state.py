@@ -20,20 +20,22 @@ from gateway.lifecycle.state import (
 
 @pytest.mark.parametrize(
     ("text", "net", "proto", "port"),
-    [("198.18.0.0/24:tcp/3389", "198.18.0.0/24", "tcp", 3389),
-     ("198.18.0.5", "198.18.0.5/32", None, None),
-     ("[2001:2::/64]:udp/53", "2001:2::/64", "udp", 53),
-     ("10.0.0.0/8:icmp", "10.0.0.0/8", "icmp", None)],
+    [
+        ("198.18.0.0/24:tcp/3389", "198.18.0.0/24", "tcp", 3389),
+        ("198.18.0.5", "198.18.0.5/32", None, None),
+        ("[2001:2::/64]:udp/53", "2001:2::/64", "udp", 53),
+        ("10.0.0.0/8:icmp", "10.0.0.0/8", "icmp", None),
+    ],
 )
-def test_endpoint_parse_roundtrip(text: str, net: str, proto: str | None,
-                                  port: int | None) -> None:
+def test_endpoint_parse_roundtrip(text: str, net: str, proto: str | None, port: int | None) -> None:
     e = Endpoint.parse(text, "test")
     assert (e.net, e.proto, e.port) == (net, proto, port)
     assert Endpoint.parse(str(e), "again") == e
 
 
-@pytest.mark.parametrize("text", ["nonsense", "198.18.0.0/24:gre/1", "198.18.0.1:tcp/70000",
-                                  "300.1.1.1"])
+@pytest.mark.parametrize(
+    "text", ["nonsense", "198.18.0.0/24:gre/1", "198.18.0.1:tcp/70000", "300.1.1.1"]
+)
 def test_endpoint_errors_name_the_value(text: str) -> None:
     with pytest.raises(LifecycleError, match="--exception"):
         Endpoint.parse(text, "--exception")
@@ -42,9 +44,12 @@ def test_endpoint_errors_name_the_value(text: str) -> None:
 def test_host_defaults_update_and_history(tmp_path: Path) -> None:
     store = LifecycleStore(tmp_path / "s.json")
     assert store.host("198.18.0.20").mode is HostMode.NORMAL
-    store.update_host("198.18.0.20", mode=HostMode.SETUP,
-                      exceptions=(Endpoint.parse("198.18.0.0/24:tcp/3389", "t"),),
-                      history=[HistoryEntry(1.0, "198.18.0.20", "mode", "setup", "test")])
+    store.update_host(
+        "198.18.0.20",
+        mode=HostMode.SETUP,
+        exceptions=(Endpoint.parse("198.18.0.0/24:tcp/3389", "t"),),
+        history=[HistoryEntry(1.0, "198.18.0.20", "mode", "setup", "test")],
+    )
     again = LifecycleStore(tmp_path / "s.json").host("198.18.0.20")
     assert again.mode is HostMode.SETUP and str(again.exceptions[0]) == "198.18.0.0/24:tcp/3389"
     assert [h.action for h in store.history("198.18.0.20")] == ["mode"]
@@ -65,14 +70,14 @@ def test_learned_is_a_bounded_set(tmp_path: Path) -> None:
 def _writer(path: str, port0: int) -> None:
     store = LifecycleStore(Path(path))
     for i in range(20):
-        store.add_learned("198.18.0.20", [LearnedTuple("198.18.0.10", "198.18.0.20", "tcp",
-                                                       port0 + i)])
+        store.add_learned(
+            "198.18.0.20", [LearnedTuple("198.18.0.10", "198.18.0.20", "tcp", port0 + i)]
+        )
 
 
 def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     path = str(tmp_path / "s.json")
-    procs = [multiprocessing.Process(target=_writer, args=(path, 1000 * (k + 1)))
-             for k in range(3)]
+    procs = [multiprocessing.Process(target=_writer, args=(path, 1000 * (k + 1))) for k in range(3)]
     for p in procs:
         p.start()
     for p in procs:

@@ -23,8 +23,12 @@ def test_version_bind_query_is_chaos_txt() -> None:
 
 
 def test_parse_txt_answer_reads_version_and_checks_id() -> None:
-    answer = DNS(id=7, qr=1, qd=DNSQR(qname="version.bind", qtype=16, qclass=3),
-                 an=DNSRR(rrname="version.bind", type=16, rclass=3, rdata=["9.18.49-Debian"]))
+    answer = DNS(
+        id=7,
+        qr=1,
+        qd=DNSQR(qname="version.bind", qtype=16, qclass=3),
+        an=DNSRR(rrname="version.bind", type=16, rclass=3, rdata=["9.18.49-Debian"]),
+    )
     raw = bytes(answer)
     assert probes.parse_txt_answer(raw, 7) == "9.18.49-Debian"
     assert probes.parse_txt_answer(raw, 8) is None  # someone else's answer
@@ -58,7 +62,8 @@ def _walk_client_hello(data: bytes) -> tuple[int, int, set[int]]:
 @pytest.mark.parametrize("version", sorted(probes.TLS_VERSIONS))
 def test_client_hello_layout(version: int) -> None:
     ctype, hello_version, ext_types = _walk_client_hello(
-        probes.build_client_hello(version, "198.18.0.20"))
+        probes.build_client_hello(version, "198.18.0.20")
+    )
     assert ctype == 22
     assert hello_version == min(version, 0x0303)
     if version >= 0x0301:
@@ -86,8 +91,11 @@ def test_parse_server_hello_version_cipher_heartbeat() -> None:
 
 
 def test_smb_requests_are_netbios_framed() -> None:
-    for msg in (probes.build_smb1_negotiate(), probes.build_smb1_session_setup_anonymous(),
-                probes.build_smb2_negotiate()):
+    for msg in (
+        probes.build_smb1_negotiate(),
+        probes.build_smb1_session_setup_anonymous(),
+        probes.build_smb2_negotiate(),
+    ):
         assert msg[0] == 0 and int.from_bytes(msg[1:4], "big") == len(msg) - 4
     neg = probes.build_smb1_negotiate()
     assert neg[4:9] == b"\xffSMB\x72" and b"\x02NT LM 0.12\x00" in neg

@@ -31,10 +31,32 @@ START_TIMEOUT_S = 15.0
 
 def scan(lab: LabSpec, state: Path, ports: str, *extra: str) -> dict[str, Any]:
     proc = subprocess.run(
-        ["ip", "netns", "exec", lab.client_ns, sys.executable, "-m", "gateway.cli", "scan",
-         lab.server_addr, "--json", "--rules", str(RULES), "--state", str(state), "--ports",
-         ports, "--timeout", "2", *extra],
-        capture_output=True, text=True, timeout=120, check=False)
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.client_ns,
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "scan",
+            lab.server_addr,
+            "--json",
+            "--rules",
+            str(RULES),
+            "--state",
+            str(state),
+            "--ports",
+            ports,
+            "--timeout",
+            "2",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     report: dict[str, Any] = json.loads(proc.stdout)["hosts"][0]
     return report
@@ -80,8 +102,10 @@ http {{
     }}
 }}
 """)
-    proc = netns_popen(lab.server_ns, [binary("nginx"), "-c", str(conf), "-p", str(base),
-                                       "-e", str(base / "error.log")])
+    proc = netns_popen(
+        lab.server_ns,
+        [binary("nginx"), "-c", str(conf), "-p", str(base), "-e", str(base / "error.log")],
+    )
     try:
         wait_listening(lab, DAV_PORT, proc.pid)
         yield DAV_PORT
@@ -91,8 +115,10 @@ http {{
 
 
 def smb_conf(base: Path, min_protocol: str) -> Path:
-    dirs = {k: base / k for k in ("private", "lock", "state", "cache", "pid", "ncalrpc",
-                                  "binddns", "log", "share")}
+    dirs = {
+        k: base / k
+        for k in ("private", "lock", "state", "cache", "pid", "ncalrpc", "binddns", "log", "share")
+    }
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     conf = base / "smb.conf"
@@ -107,17 +133,17 @@ def smb_conf(base: Path, min_protocol: str) -> Path:
     load printers = no
     printcap name = /dev/null
     disable spoolss = yes
-    private dir = {dirs['private']}
-    lock directory = {dirs['lock']}
-    state directory = {dirs['state']}
-    cache directory = {dirs['cache']}
-    pid directory = {dirs['pid']}
-    ncalrpc dir = {dirs['ncalrpc']}
-    binddns dir = {dirs['binddns']}
-    passdb backend = tdbsam:{dirs['private']}/passdb.tdb
-    log file = {dirs['log']}/log.%m
+    private dir = {dirs["private"]}
+    lock directory = {dirs["lock"]}
+    state directory = {dirs["state"]}
+    cache directory = {dirs["cache"]}
+    pid directory = {dirs["pid"]}
+    ncalrpc dir = {dirs["ncalrpc"]}
+    binddns dir = {dirs["binddns"]}
+    passdb backend = tdbsam:{dirs["private"]}/passdb.tdb
+    log file = {dirs["log"]}/log.%m
 [share]
-    path = {dirs['share']}
+    path = {dirs["share"]}
     guest ok = yes
     read only = yes
 """)
@@ -134,9 +160,19 @@ class Smbd:
     def start(self, min_protocol: str) -> None:
         self.stop()
         conf = smb_conf(self.base, min_protocol)
-        self.proc = netns_popen(self.lab.server_ns, [
-            binary("smbd"), "--foreground", "--no-process-group", "--debug-stdout", "-s",
-            str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = netns_popen(
+            self.lab.server_ns,
+            [
+                binary("smbd"),
+                "--foreground",
+                "--no-process-group",
+                "--debug-stdout",
+                "-s",
+                str(conf),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_listening(self.lab, SMB_PORT, self.proc.pid)
 
     def stop(self) -> None:
@@ -190,8 +226,9 @@ def test_scan_sees_webdav(lab: LabSpec, tmp_path: Path, dav_nginx: int) -> None:
     assert recs(report)[9105002]["action"] == "assign"
 
 
-def test_smb1_off_recommends_removal_with_evidence(lab: LabSpec, tmp_path: Path,
-                                                    smbd: Smbd) -> None:
+def test_smb1_off_recommends_removal_with_evidence(
+    lab: LabSpec, tmp_path: Path, smbd: Smbd
+) -> None:
     state = tmp_path / "state.json"
     store = LifecycleStore(state)
     store.update_host(lab.server_addr, auto_apply=True)  # per-host auto-apply
