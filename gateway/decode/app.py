@@ -495,12 +495,20 @@ def _probe_smb(data: bytes, direction: int) -> Probe:
 
 
 class SmbAdapter:
-    """NetBIOS + SMB1/2/3 -> a record per NetBIOS message and per SMB command."""
+    """NetBIOS + SMB1/2/3 -> a record per NetBIOS message and per SMB command, followed by the
+    "dcerpc" records of the DCE/RPC PDUs that command writes to a named pipe (SMB1 WriteAndX /
+    Trans TransactNmPipe / WriteNmPipe, SMB2 WRITE / IOCTL FSCTL_PIPE_TRANSCEIVE), decoded by
+    one dcerpc.DceRpcPipes per adapter, i.e. per flow direction (bounded by its MAX_PIPES)."""
 
-    __slots__ = ("_decoder",)
+    __slots__ = ("_decoder", "_pipe_records", "_pipes")
 
     def __init__(self) -> None:
+        # Imported here: gateway.decode.dcerpc imports this module to register itself.
+        from gateway.decode import dcerpc as _dcerpc
+
         self._decoder = _smb.SmbDecoder()
+        self._pipes = _dcerpc.DceRpcPipes()
+        self._pipe_records = _dcerpc.smb_pipe_records
 
     def feed(self, data: bytes) -> list[AppRecord]:
         out: list[AppRecord] = []
@@ -556,6 +564,8 @@ class SmbAdapter:
             else:
                 fields = {"smb.netbios.type": event.msg_type, "smb.netbios.length": event.length}
             out.append(AppRecord("smb", fields))
+            if isinstance(event, (_smb.Smb1Command, _smb.Smb2Command)) and event.data:
+                out.extend(self._pipe_records(self._pipes, event))
         return out
 
 

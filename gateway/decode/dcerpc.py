@@ -436,6 +436,7 @@ _app.register(
         },
         new_decoder=_new_decoder,
         probe=_probe,
+        carried_by=frozenset({"smb"}),  # SmbAdapter emits dcerpc records from named pipes
         description="DCE/RPC connection-oriented PDUs (C706 ch. 12, MS-RPCE), also in SMB pipes",
     )
 )
