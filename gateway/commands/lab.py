@@ -1,6 +1,7 @@
 """`vpatch lab`: build, inspect and remove the namespace lab; configure a real gateway's bridge.
 
-    vpatch lab up [--routed] [--name NAME] [--no-gateway] [--no-services] [--offloads-off]
+    vpatch lab up [--routed] [--name NAME] [--no-gateway] [--no-services] [--no-ui]
+                  [--ui-listen HOST:PORT] [--offloads-off]
     vpatch lab down [--name NAME]
     vpatch lab status [--name NAME] [--json]
     vpatch lab bridge PORT PORT [--bridge br0]   (this machine: used by the Vagrant gateway VM)
@@ -25,6 +26,7 @@ from gateway.lab import (
     lab_up,
     summary,
 )
+from gateway.lab.services import DEFAULT_UI_LISTEN
 
 
 def register(sub: Any) -> None:
@@ -56,6 +58,13 @@ def register(sub: Any) -> None:
         help="do not start nginx, smbd and named in the server namespace",
     )
     up.add_argument(
+        "--ui-listen",
+        default=DEFAULT_UI_LISTEN,
+        metavar="HOST:PORT",
+        help=f"where the admin UI listens, on loopback (default {DEFAULT_UI_LISTEN})",
+    )
+    up.add_argument("--no-ui", action="store_true", help="do not start the admin UI")
+    up.add_argument(
         "--offloads-off",
         action="store_true",
         help="turn TSO/GSO/GRO and checksum offloads off on the veths (default: "
@@ -83,8 +92,18 @@ def run(args: argparse.Namespace) -> int:
     action = args.lab_command
     if action == "up":
         spec = LabSpec(name=args.name, routed=args.routed, offloads_off=args.offloads_off)
-        lab_up(spec, services=not args.no_services, gateway=not args.no_gateway)
+        ui_listen = None if args.no_ui or args.no_gateway else args.ui_listen
+        password = lab_up(
+            spec, services=not args.no_services, gateway=not args.no_gateway, ui_listen=ui_listen
+        )
         print(summary(spec, services=not args.no_services, gateway=not args.no_gateway))
+        if ui_listen is not None:
+            print(
+                f"admin UI: http://{ui_listen}/  user: admin  password: {password}\n"
+                "  (shown only this once; plain HTTP on loopback with --insecure-cookies, lab use "
+                "only;\n  new password: vpatch ui -c "
+                f"{spec.state_dir / 'gateway.yaml'} --set-password admin)"
+            )
         return 0
     if action == "down":
         lab_down(args.name)
@@ -125,4 +144,8 @@ def format_status(info: dict[str, Any]) -> str:
     else:
         state = "running" if gw["running"] else "dead"
         lines.append(f"  gateway  {state:<8} pid {gw['pid']}  log {gw['log']}")
+    ui = info.get("ui")
+    if ui is not None:
+        state = "running" if ui["running"] else "dead"
+        lines.append(f"  ui       {state:<8} pid {ui['pid']}  log {ui['log']}")
     return "\n".join(lines)

@@ -45,8 +45,14 @@ def lab_exists(spec: LabSpec) -> list[str]:
     return found
 
 
-def lab_up(spec: LabSpec, services: bool = True, gateway: bool = True) -> None:
-    """Build the lab described by spec; see the module docstring for the guarantees."""
+def lab_up(
+    spec: LabSpec, services: bool = True, gateway: bool = True, ui_listen: str | None = None
+) -> str | None:
+    """Build the lab described by spec; see the module docstring for the guarantees.
+
+    With ui_listen (HOST:PORT, loopback), also start the admin UI for the lab's gateway and
+    return the password it set for the `admin` account (shown once), else None.
+    """
     _require_root()
     existing = lab_exists(spec)
     if existing:
@@ -72,6 +78,10 @@ def lab_up(spec: LabSpec, services: bool = True, gateway: bool = True) -> None:
         if gateway:
             step = "gateway (vpatch run)"
             svc.start_gateway(spec)
+        if ui_listen is not None:
+            step = f"admin UI (vpatch ui on {ui_listen})"
+            return svc.start_ui(spec, ui_listen)
+        return None
     except BaseException as err:
         try:
             lab_down(spec.name, state_dir=spec.state_dir)
@@ -170,6 +180,7 @@ def lab_status(name: str, state_dir: Path | None = None) -> dict[str, Any]:
             if svc.pid_file(spec, name_).exists()
         },
         "gateway": gateway,
+        "ui": _proc_status(spec, svc.UI) if svc.pid_file(spec, svc.UI).exists() else None,
         "events": {
             "jsonl": str(spec.state_dir / "eve.json"),
             "sqlite": str(spec.state_dir / "events.db"),

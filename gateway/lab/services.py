@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -387,6 +388,7 @@ def gateway_config(spec: LabSpec) -> dict[str, object]:
             "jsonl": str(spec.state_dir / "eve.json"),
         },
         "control": {"socket": str(control_socket_path(spec))},
+        "policy": {"database": str(spec.state_dir / "vpatch.db")},
     }
     if spec.rules:
         config["rules"] = list(spec.rules)
@@ -432,3 +434,65 @@ def start_gateway(spec: LabSpec, timeout: float = START_TIMEOUT_S) -> int:
             )
         time.sleep(POLL_INTERVAL_S)
     return pid
+
+
+# --- the admin UI ---------------------------------------------------------------------------
+
+UI = "ui"
+DEFAULT_UI_LISTEN = "127.0.0.1:8443"
+
+
+def start_ui(
+    spec: LabSpec, listen: str = DEFAULT_UI_LISTEN, timeout: float = START_TIMEOUT_S
+) -> str:
+    """Start `vpatch ui` for the lab's gateway config in the machine's own namespace, listening on
+    loopback only; return the password of the `admin` account it set (shown once).
+
+    The UI reaches the gateway through the control socket (a file in the state dir) and the
+    SQLite stores, so it needs no address in the lab. Plain HTTP on loopback: the session cookie
+    is sent without the Secure flag (`--insecure-cookies`, lab use only).
+    """
+    from gateway.config import load_config
+    from gateway.policy.store import Store, new_password
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise LabError(f"--ui-listen {listen!r}: expected HOST:PORT")
+    conf = gateway_config_path(spec)
+    if not conf.exists():
+        write_gateway_config(spec)
+    password = new_password()
+    store = Store(load_config(conf).policy.database)
+    try:
+        if store.get_user("admin") is None:
+            store.create_user("admin", password, "admin", "vpatch lab up")
+        else:
+            store.set_password("admin", password, "vpatch lab up")
+    finally:
+        store.close()
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    argv = [sys.executable, "-m", "gateway.cli", "ui", "-c", str(conf), "--listen", listen,
+            "--insecure-cookies"]  # fmt: skip
+    log = log_file(spec, UI)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    pidf = pid_file(spec, UI)
+    pidf.parent.mkdir(parents=True, exist_ok=True)
+    pidf.write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout
+    while True:
+        if not pid_alive(proc.pid):
+            raise LabError(f"admin UI (`vpatch ui --listen {listen}`) exited: {log_tail(log)}")
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                return password
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise LabError(f"admin UI not listening on {listen} within {timeout:.0f}s; see {log}")
+        time.sleep(POLL_INTERVAL_S)

@@ -280,3 +280,50 @@ def test_service_start_failure_quotes_its_log(make_lab: Any) -> None:
     # A second nginx cannot bind port 80: it exits, and the error quotes its log.
     with pytest.raises(LabError, match=r"nginx exited during start-up.*Address already in use"):
         start_services(spec, names=("nginx",), timeout=10)
+
+
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_lab_up_starts_the_admin_ui_and_down_stops_it() -> None:
+    """The README's lab command also serves the UI on loopback with a one-time admin password
+    that really logs in; `down` stops it."""
+    import http.cookiejar
+    import re
+    import urllib.parse
+    import urllib.request
+
+    spec = LabSpec(name=lab_name("u"))
+    listen = f"127.0.0.1:{_free_loopback_port()}"
+    lab_down(spec.name)
+    try:
+        password = lab_up(spec, services=False, gateway=True, ui_listen=listen)
+        assert password and len(password) >= 16
+        info = lab_status(spec.name)
+        assert info["ui"]["running"], info["ui"]
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        page = opener.open(f"http://{listen}/auth/login", timeout=10).read().decode()
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert token, page[:500]
+
+        def login(pw: str) -> str:
+            form = urllib.parse.urlencode(
+                {"csrf_token": token.group(1), "username": "admin", "password": pw}
+            ).encode()
+            with opener.open(f"http://{listen}/auth/login", data=form, timeout=10) as resp:
+                return str(resp.geturl())
+
+        with pytest.raises(urllib.error.HTTPError):
+            login(password + "x")  # wrong password: refused
+        assert not login(password).endswith("/auth/login")  # right one: in
+        ui_pid = read_pid(pid_file(spec, "ui"))
+        assert ui_pid is not None and pid_alive(ui_pid)
+    finally:
+        lab_down(spec.name)
+    assert not pid_alive(ui_pid)
