@@ -44,6 +44,7 @@ from gateway.firewall.apply import (
     probe_backend,
     remove_rules,
 )
+from gateway.firewall.hostmodes import merge
 from gateway.firewall.render import QueuePlan, RenderedRules, render
 from gateway.intake.nfqueue import WorkerStats, start_worker
 
@@ -98,7 +99,20 @@ def render_config(config: GatewayConfig) -> RenderedRules:
     from gateway.match.rules import load_rules
 
     ruleset = load_rules(config.rules)
-    return render(config, QueuePlan.from_rules(ruleset))
+    return merge(render(config, QueuePlan.from_rules(ruleset)), firewall_policy(config))
+
+
+def firewall_policy(config: GatewayConfig) -> RenderedRules:
+    """The stored firewall policy (gateway/firewall/policy.py) as kernel rules; an empty chain
+    when there is no policy database yet (a later `reload` fills it)."""
+    from gateway.firewall.policy import render_from_store, render_policy
+    from gateway.policy.store import Store
+
+    prefix = config.firewall.chain_prefix
+    if not config.policy.database.exists():
+        return render_policy([], [], [], prefix)
+    with Store(config.policy.database) as store:
+        return render_from_store(store, prefix)
 
 
 class _Worker:
@@ -124,6 +138,7 @@ class Gateway:
         self.started = time.time()
         self._stop = False
         self._control: Any = None
+        self._alerts: Any = None  # gateway/alerts/dispatcher.py, when events go to SQLite
         self.policy_version = 1  # bumped by each `reload`; workers apply it between packets
         self._reload_lock = threading.Lock()
 
@@ -149,6 +164,7 @@ class Gateway:
                 len(self.rendered.sets),
             )
             self._start_control()
+            self._start_alerts()
             print("vpatch run: ready", flush=True)
             while not self._stop:
                 time.sleep(SUPERVISE_INTERVAL)
@@ -166,6 +182,8 @@ class Gateway:
             self._stop_workers()
             if self._control is not None:
                 self._control.stop()
+            if self._alerts is not None:
+                self._alerts.stop()
             for s, handler in old.items():
                 signal.signal(s, handler)
         return status
@@ -273,6 +291,7 @@ class Gateway:
         with self._reload_lock:
             started = time.monotonic()
             policy = load_policy(self.config)  # raises (ConfigError) on a bad policy
+            firewall_rules = self._refresh_firewall()
             self.policy_version += 1
             version = self.policy_version
             for w in self.workers:
@@ -298,7 +317,18 @@ class Gateway:
                 "policy": policy is not None,
                 "queues": {str(w.queue_num): w.stats.get("policy_version") for w in self.workers},
                 "policy_errors": sum(w.stats.get("policy_errors") for w in self.workers),
+                "firewall_rules": firewall_rules,
             }
+
+    def _refresh_firewall(self) -> int:
+        """Rewrite the firewall-policy chain from the store (atomic per family)."""
+        from gateway.firewall.policy import refresh_policy
+        from gateway.policy.store import Store
+
+        if not self.config.policy.database.exists():
+            return 0
+        with Store(self.config.policy.database) as store:
+            return refresh_policy(store, self.backend, self.config.firewall.chain_prefix)
 
     def policy(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
         """The stored policy as the workers see it, and the versions they applied."""
@@ -323,6 +353,16 @@ class Gateway:
             "groups": groups,
             "assignments": assignments,
         }
+
+    def _start_alerts(self) -> None:
+        """The alert dispatcher thread: tails the event store, sends through the channels."""
+        if self.config.events.sqlite is None:
+            log.info("alerts: no SQLite event store configured, no alert dispatcher")
+            return
+        from gateway.alerts.dispatcher import Dispatcher
+
+        self._alerts = Dispatcher(self.config.events.sqlite, self.config.policy.database)
+        self._alerts.start()
 
     def _start_control(self) -> None:
         from gateway.control.server import ControlServer

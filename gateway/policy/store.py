@@ -100,6 +100,22 @@ MIGRATIONS: tuple[str, ...] = (
         uri TEXT NULL, reason TEXT NOT NULL, expires_at REAL NULL, created_by TEXT NOT NULL,
         created_at REAL NOT NULL, event_id INTEGER NULL);
     """,
+    # 2: firewall rules (gateway/firewall/policy.py) and alert channels (gateway/alerts/)
+    """
+    CREATE TABLE firewall_rules(
+        id INTEGER PRIMARY KEY, position INTEGER NOT NULL, scope TEXT NOT NULL,
+        scope_id INTEGER NULL, direction TEXT NOT NULL, address TEXT NOT NULL DEFAULT '',
+        protocol TEXT NOT NULL DEFAULT 'any', port_from INTEGER NULL, port_to INTEGER NULL,
+        mac TEXT NOT NULL DEFAULT '', action TEXT NOT NULL, comment TEXT NOT NULL DEFAULT '',
+        enabled INTEGER NOT NULL DEFAULT 1, updated_by TEXT NOT NULL, updated_at REAL NOT NULL);
+    CREATE INDEX firewall_rules_position ON firewall_rules(position);
+    CREATE TABLE alert_channels(
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 1, min_severity INTEGER NOT NULL DEFAULT 3,
+        rate_per_min REAL NOT NULL DEFAULT 10, burst INTEGER NOT NULL DEFAULT 5,
+        settings_json TEXT NOT NULL DEFAULT '{}', updated_by TEXT NOT NULL,
+        updated_at REAL NOT NULL);
+    """,
 )
 
 

@@ -1,0 +1,162 @@
+"""The alert dispatcher: tails the events SQLite store and sends alerts through the channels.
+
+It runs in its own thread of `vpatch run` (or anywhere else: `poll(now)` does one round and is
+what the tests drive), reads the event store read-only and never touches the packet path: the
+workers only hand events to their sink, and a slow or dead receiver delays nothing but this
+thread. Guarantees:
+- Only events written after the dispatcher started are sent (it starts at the store's last id).
+- Per channel: only `alert` events whose EVE severity is <= the channel's `min_severity`; a
+  token bucket (`rate_per_min`, `burst`) limits sends; what it holds back is counted and sent
+  as one summary message as soon as a token is free again (at the next poll).
+- Bounds: at most MAX_EVENTS_PER_POLL events read per poll; channels are re-read from the
+  policy store every CHANNEL_REFRESH seconds (a changed rate resets that channel's bucket).
+- A failed send is counted (`failures`) and logged with the channel's name; the next message
+  is tried again normally (no retry queue: alerts are also in the event store).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway.alerts.channels import (
+    AlertMessage,
+    AlertSendError,
+    Channel,
+    list_channels,
+    message_from_eve,
+    send,
+    summary_message,
+)
+from gateway.alerts.ratelimit import TokenBucket
+from gateway.policy.store import Store
+
+log = logging.getLogger("vpatch.alerts")
+
+MAX_EVENTS_PER_POLL = 1000
+POLL_INTERVAL = 0.5  # seconds between polls of the event store
+CHANNEL_REFRESH = 2.0  # seconds between re-reads of the channel table
+
+Sender = Callable[[Channel, AlertMessage], None]
+
+
+class Dispatcher:
+    def __init__(self, events_db: Path, policy_db: Path, sender: Sender = send) -> None:
+        self.events_db = events_db
+        self.policy_db = policy_db
+        self.sender = sender
+        self.last_id: int | None = None
+        self.buckets: dict[int, tuple[tuple[float, int], TokenBucket]] = {}
+        self.channels: list[Channel] = []
+        self.channels_read = -1e18
+        self.sent = 0
+        self.suppressed = 0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one round ----------------------------------------------------------------------------
+
+    def _events(self) -> list[tuple[int, str, str]]:
+        if not self.events_db.exists():
+            if self.last_id is None:
+                self.last_id = 0
+            return []
+        conn = sqlite3.connect(f"file:{self.events_db}?mode=ro", uri=True, timeout=5)
+        try:
+            if self.last_id is None:
+                self.last_id = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+                return []
+            rows = conn.execute(
+                "SELECT id, event_type, eve FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                (self.last_id, MAX_EVENTS_PER_POLL),
+            ).fetchall()
+        except sqlite3.OperationalError as err:  # table not created yet
+            log.debug("event store %s: %s", self.events_db, err)
+            if self.last_id is None:
+                self.last_id = 0
+            return []
+        finally:
+            conn.close()
+        if rows:
+            self.last_id = int(rows[-1][0])
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def _refresh_channels(self, now: float) -> None:
+        if now - self.channels_read < CHANNEL_REFRESH:
+            return
+        self.channels_read = now
+        if not self.policy_db.exists():
+            self.channels = []
+            return
+        with Store(self.policy_db) as store:
+            self.channels = [c for c in list_channels(store) if c.enabled]
+
+    def _bucket(self, ch: Channel) -> TokenBucket:
+        key = (ch.rate_per_min, ch.burst)
+        held = self.buckets.get(ch.id)
+        if held is None or held[0] != key:
+            held = (key, TokenBucket(ch.rate_per_min / 60.0, ch.burst))
+            self.buckets[ch.id] = held
+        return held[1]
+
+    def _deliver(self, ch: Channel, msg: AlertMessage) -> None:
+        try:
+            self.sender(ch, msg)
+            self.sent += 1
+        except AlertSendError as err:
+            self.failures += 1
+            log.warning("alert not delivered: %s", err)
+
+    def poll(self, now: float | None = None) -> int:
+        """One round: read new events, send or count them; returns the events read."""
+        now = time.monotonic() if now is None else now
+        self._refresh_channels(now)
+        events = self._events()
+        for ch in self.channels:
+            bucket = self._bucket(ch)
+            if bucket.suppressed and bucket.take(now):
+                self._deliver(ch, summary_message(*bucket.take_summary()))
+        for _id, event_type, eve_text in events:
+            if event_type != "alert":
+                continue
+            try:
+                eve = json.loads(eve_text)
+            except ValueError:
+                continue
+            msg = message_from_eve(eve)
+            for ch in self.channels:
+                if msg.severity > ch.min_severity:
+                    continue
+                bucket = self._bucket(ch)
+                if bucket.take(now):
+                    self._deliver(ch, msg)
+                else:
+                    self.suppressed += 1
+                    sig = f"{(eve.get('alert') or {}).get('signature_id', '?')}"
+                    bucket.suppress(now, sig)
+        return len(events)
+
+    # -- thread -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="vpatch-alerts", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - the dispatcher must outlive any one bad round
+                log.exception("alert dispatcher round failed")
+            self._stop.wait(POLL_INTERVAL)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
