@@ -45,6 +45,7 @@ from typing import Final, Protocol
 
 from gateway.decode import dns as _dns
 from gateway.decode import http as _http
+from gateway.decode import http_fields as _httpf
 from gateway.decode import smb as _smb
 from gateway.decode import tls as _tls
 
@@ -302,6 +303,7 @@ class HttpAdapter:
                         head[key] = value.encode("latin-1", "replace")
                         names.append(name)
                 head["http.header_names"] = ",".join(names).encode("latin-1", "replace")
+                _derived_head_fields(event, head)
                 self._head = head
                 self._body.clear()
                 self._body_len = 0
@@ -315,12 +317,48 @@ class HttpAdapter:
                 fields = dict(self._head) if self._head is not None else {}
                 fields["http.body"] = bytes(self._body)
                 fields["http.body_length"] = event.body_length
+                _derived_body_fields(fields, bytes(self._body))
                 out.append(AppRecord("http", fields))
                 self._head = None
                 self._body.clear()
             else:
                 break
         return out
+
+
+def _latin(text: str) -> bytes:
+    return text.encode("latin-1", "replace")
+
+
+def _derived_head_fields(request: _http.Request, head: dict[str, FieldValue]) -> None:
+    """The derived fields of gateway/decode/http_fields.py that a request head yields."""
+    head["http.header_lines"] = _latin(_httpf.header_lines(request.headers))
+    head["http.uri.climb"] = _httpf.climb_depth(request.uri)
+    query = request.uri.partition("?")[2]
+    head["http.query"] = _latin(_httpf.url_params(query))
+    credentials = _httpf.basic_credentials(
+        request.header("authorization") or request.header("proxy-authorization")
+    )
+    parts = [request.method, request.uri, *(value for _name, value in request.headers)]
+    if credentials is not None:
+        head["http.auth.basic"] = _latin(credentials)
+        parts.append(credentials)
+    head["http.lookups"] = _latin(_httpf.lookup_text(parts))
+
+
+def _derived_body_fields(fields: dict[str, FieldValue], body: bytes) -> None:
+    """Body parameters (urlencoded forms) and lookups in the body, on the end-of-request record."""
+    content_type = fields.get("http.header.content-type", b"")
+    text = body.decode("latin-1")
+    params = ""
+    if isinstance(content_type, bytes) and b"x-www-form-urlencoded" in content_type.lower():
+        params = _httpf.url_params(text)
+    fields["http.body_params"] = _latin(params)
+    if "${" in text or "%24" in text.lower():
+        previous = fields.get("http.lookups", b"")
+        more = _latin(_httpf.lookup_text([text]))
+        if isinstance(previous, bytes) and more:
+            fields["http.lookups"] = previous + b"\n" + more if previous else more
 
 
 def _new_http(transport: int, direction: int) -> AppDecoder:
@@ -592,11 +630,17 @@ register(
             "http.header_count": _I,
             "http.body": _B,
             "http.body_length": _I,
+            "http.header_lines": _B,
+            "http.uri.climb": _I,
+            "http.query": _B,
+            "http.auth.basic": _B,
+            "http.lookups": _B,
+            "http.body_params": _B,
         },
         new_decoder=_new_http,
         probe=_probe_http,
         directions=frozenset({TO_SERVER}),
-        late_fields=frozenset({"http.body", "http.body_length"}),
+        late_fields=frozenset({"http.body", "http.body_length", "http.body_params"}),
         description="HTTP/1.x requests (RFC 9112); uri normalised as IIS/Apache would",
     )
 )

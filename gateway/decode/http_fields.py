@@ -1,0 +1,195 @@
+"""Derived HTTP request fields for virtual patches: what a vulnerable server makes of a request.
+
+Pure functions over one decoded request (no I/O, no state). The HTTP adapter in
+`gateway/decode/app.py` turns their results into the `http.*` fields documented in docs/rules.md:
+
+- `header_lines`: every header as `name: value` (lower-case name, folded lines unfolded) one per
+  line, so one pattern can test "the start of ANY header value" (Shellshock, CVE-2014-6271);
+- `basic_credentials`: the base64-decoded `user:password` of `Authorization`/`Proxy-Authorization:
+  Basic` (RFC 7617 section 2), where Log4Shell payloads hide;
+- `url_params`: `name=value` lines of an `application/x-www-form-urlencoded` string (WHATWG URL
+  standard section 5.1: `+` is a space, %-escapes decoded; repeated decoding as in `http.uri`);
+- `resolve_lookups`: Log4j 2 string substitution (Log4j manual, "Property Substitution" and
+  "Lookups") applied the way the vulnerable library applies it, innermost `${...}` first:
+  `${lower:x}`, `${upper:x}`, `${prefix:name:-default}` (a failing lookup yields its default,
+  `${::-j}` is "j"), `${date:'x'}` with a quoted literal. Every other lookup (`${jndi:...}`,
+  `${env:HOME}`, ...) is kept as written, so the result shows the lookups the library would run;
+- `climb_depth`: how many `..` segments of a fully decoded path reach above the root, which
+  `normalize_uri` clamps (RFC 3986 section 5.2.4) and a traversal exploit relies on.
+
+Guarantees: never raises on any input; every output is bounded (`MAX_DERIVED_BYTES`, at most
+`MAX_LOOKUP_ROUNDS` substitution rounds, `MAX_PARAMS` parameters).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable
+from typing import Final
+
+__all__ = [
+    "MAX_DERIVED_BYTES",
+    "MAX_LOOKUP_ROUNDS",
+    "MAX_PARAMS",
+    "basic_credentials",
+    "climb_depth",
+    "full_percent_decode",
+    "header_lines",
+    "lookup_text",
+    "resolve_lookups",
+    "url_params",
+]
+
+MAX_DERIVED_BYTES: Final = 16 * 1024  # bound of every derived field value
+MAX_LOOKUP_ROUNDS: Final = 64  # innermost-first substitution passes
+MAX_PARAMS: Final = 256  # parameters kept from one query string or form body
+MAX_DECODE_ROUNDS: Final = 3  # as gateway.decode.http.MAX_DECODE_ROUNDS
+
+_PCT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
+_PCT_U: Final = re.compile(r"%[uU]([0-9A-Fa-f]{4})")
+# An innermost lookup: "${" then text without "${" or "}" then "}".
+_INNERMOST: Final = re.compile(r"\$\{((?:[^$}]|\$(?!\{))*)\}")
+_OPEN, _CLOSE = "\x01", "\x02"  # stand-ins for a kept lookup's "${" and "}"
+
+
+def _cap(text: str) -> str:
+    return text[:MAX_DERIVED_BYTES]
+
+
+def full_percent_decode(text: str, plus_is_space: bool = False) -> str:
+    """%-decode (and IIS %uXXXX) repeatedly, up to MAX_DECODE_ROUNDS, as servers that decode
+    twice do; `+` becomes a space first when `plus_is_space` (form encoding)."""
+    text = _cap(text)
+    if plus_is_space:
+        text = text.replace("+", " ")
+    for _ in range(MAX_DECODE_ROUNDS):
+        decoded = _PCT_U.sub(lambda m: chr(int(m.group(1), 16)), text)
+        decoded = _PCT.sub(lambda m: chr(int(m.group(1), 16)), decoded)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
+def header_lines(headers: Iterable[tuple[str, str]]) -> str:
+    """`name: value` per header, in order, joined by newlines (bounded)."""
+    out: list[str] = []
+    size = 0
+    for name, value in headers:
+        line = f"{name}: {value}"
+        size += len(line) + 1
+        if size > MAX_DERIVED_BYTES:
+            break
+        out.append(line)
+    return "\n".join(out)
+
+
+def basic_credentials(value: str | None) -> str | None:
+    """The decoded `user:password` of a `Basic` credentials header value, or None."""
+    if value is None:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    token = "".join(token.split())[: MAX_DERIVED_BYTES * 2]
+    token += "=" * (-len(token) % 4)
+    try:
+        raw = base64.b64decode(token, validate=False)
+    except (binascii.Error, ValueError):
+        return None
+    return _cap(raw.decode("latin-1"))
+
+
+def url_params(text: str) -> str:
+    """`name=value` lines of a urlencoded string, both sides fully decoded (bounded)."""
+    out: list[str] = []
+    size = 0
+    for part in text.split("&")[:MAX_PARAMS]:
+        if not part:
+            continue
+        name, eq, value = part.partition("=")
+        line = full_percent_decode(name, True) + eq + full_percent_decode(value, True)
+        size += len(line) + 1
+        if size > MAX_DERIVED_BYTES:
+            break
+        out.append(line)
+    return "\n".join(out)
+
+
+def _substitute(match: re.Match[str]) -> str:
+    body = match.group(1)
+    prefix, colon, rest = body.partition(":")
+    key = prefix.strip().lower()
+    if colon and key == "lower":
+        return rest.lower()
+    if colon and key == "upper":
+        return rest.upper()
+    if ":-" in body:  # ${prefix:name:-default}: the lookup fails, the default is used
+        return body.split(":-", 1)[1]
+    if colon and key == "date":
+        quoted = re.fullmatch(r"\s*'([^']*)'\s*", rest)
+        if quoted:
+            return quoted.group(1)
+    return _OPEN + body + _CLOSE  # a lookup that runs as written (jndi, env, ...): keep it
+
+
+def resolve_lookups(text: str) -> str:
+    """Log4j-style substitution of `text`, innermost lookups first (bounded, see module)."""
+    text = _cap(text).replace(_OPEN, "").replace(_CLOSE, "")
+    for _ in range(MAX_LOOKUP_ROUNDS):
+        resolved = _INNERMOST.sub(_substitute, text)
+        if resolved == text:
+            break
+        text = _cap(resolved)
+    return text.replace(_OPEN, "${").replace(_CLOSE, "}")
+
+
+def lookup_text(parts: Iterable[str]) -> str:
+    """Every part that holds a lookup (`${`, also once %-decoded), resolved, one per line."""
+    out: list[str] = []
+    size = 0
+    for part in parts:
+        candidates = [part]
+        if "%" in part:
+            candidates.append(full_percent_decode(part, plus_is_space=True))
+        for text in candidates:
+            if "${" not in text:
+                continue
+            resolved = resolve_lookups(text)
+            size += len(resolved) + 1
+            if size > MAX_DERIVED_BYTES:
+                return "\n".join(out)
+            out.append(resolved)
+    return "\n".join(out)
+
+
+def climb_depth(uri: str) -> int:
+    """How far the fully decoded path (overlong UTF-8 and `\\` as `/` included) climbs above
+    its root through `..` segments; 0 when it stays inside."""
+    path = full_percent_decode(_cap(uri).partition("?")[0])
+    raw = path.encode("latin-1", "replace")
+    raw = re.sub(
+        rb"([\xc0\xc1])([\x80-\xbf])",
+        lambda m: bytes([((m.group(1)[0] & 0x1F) << 6 | (m.group(2)[0] & 0x3F)) & 0x7F]),
+        raw,
+    )
+    raw = re.sub(
+        rb"\xe0([\x80-\x9f])([\x80-\xbf])",
+        lambda m: bytes([((m.group(1)[0] & 0x3F) << 6 | (m.group(2)[0] & 0x3F)) & 0x7F]),
+        raw,
+    )
+    path = raw.decode("latin-1").replace("\\", "/")
+    depth = climbed = 0
+    for seg in path.split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if depth == 0:
+                climbed += 1
+            else:
+                depth -= 1
+        else:
+            depth += 1
+    return climbed
