@@ -28,6 +28,7 @@ import json
 import queue
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import IO, Any, Final, Self
 
@@ -77,11 +78,33 @@ _INSERT: Final = (
 _STOP: Final = object()
 
 
+OPEN_ATTEMPTS: Final = 50  # x OPEN_RETRY_S: how long two workers may race to create the store
+OPEN_RETRY_S: Final = 0.1
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
+
+
+def _create(path: Path) -> None:
+    """Open (creating if needed) the store and its schema. Several workers start at once and
+    race here: switching to WAL takes an exclusive lock for which SQLite does not always call
+    its busy handler, so "database is locked" is retried for a bounded time."""
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            conn = _connect(path)
+            try:
+                conn.executescript(SCHEMA)
+            finally:
+                conn.close()
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or attempt == OPEN_ATTEMPTS - 1:
+                raise
+            time.sleep(OPEN_RETRY_S)
 
 
 def _row(eve: dict[str, Any], text: str) -> tuple[Any, ...]:
@@ -130,9 +153,7 @@ class EventSink:
         if self.db_path is not None:
             try:
                 self.db_path.parent.mkdir(parents=True, exist_ok=True)
-                conn = _connect(self.db_path)
-                conn.executescript(SCHEMA)
-                conn.close()
+                _create(self.db_path)
             except (OSError, sqlite3.Error) as err:
                 raise ConfigError(f"events.sqlite {self.db_path}: cannot open: {err}") from err
         self._jsonl: IO[str] | None = None
