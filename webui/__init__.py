@@ -79,9 +79,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     security.init_app(app)
 
-    from webui import api, audit, auth, dashboard, events, hosts, rules
+    from webui import alerts, api, audit, auth, dashboard, events, firewall, hosts, rules
 
-    for bp in (auth.bp, dashboard.bp, rules.bp, hosts.bp, events.bp, audit.bp, api.bp):
+    # alerts and firewall add their /api/v1 endpoints to api.bp on import, so before this loop
+    for bp in (auth.bp, dashboard.bp, rules.bp, hosts.bp, events.bp, audit.bp, api.bp,
+               firewall.bp, alerts.bp):  # fmt: skip
         app.register_blueprint(bp)
     app.add_url_rule("/", endpoint="index", view_func=dashboard.index)
     return app

@@ -1,0 +1,106 @@
+"""gateway/alerts/dispatcher.py: events written to the real event store (sink schema) reach
+a real webhook receiver; old events are not replayed; the rate limit holds back what exceeds
+the bucket and sends one summary later; severity filter; a dead receiver is counted, not
+fatal; the dispatcher thread of `vpatch run` works the same way (start/stop)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.alerts.channels import save_channel
+from gateway.alerts.dispatcher import Dispatcher
+from gateway.events.eve import to_eve
+from gateway.events.sink import _INSERT, SCHEMA, _row
+from gateway.policy.store import Store
+from tests.alerts.conftest import free_port, wait_for
+from tests.webui.conftest import make_event
+
+
+def add_events(db: Path, n: int, **kw: Any) -> None:
+    conn = sqlite3.connect(str(db))
+    conn.executescript(SCHEMA)
+    for i in range(n):
+        eve = to_eve(make_event(flow_id=1000 + i, **kw))
+        conn.execute(_INSERT, _row(eve, json.dumps(eve)))
+    conn.commit()
+    conn.close()
+
+
+def setup(tmp_path: Path, url: str, **kw: Any) -> tuple[Path, Path]:
+    events, policy = tmp_path / "events.db", tmp_path / "policy.db"
+    with Store(policy) as store:
+        save_channel(store, {"name": "hook", "kind": "webhook", "url": url, **kw}, "test")
+    return events, policy
+
+
+def test_new_alerts_sent_old_not_replayed(tmp_path: Path, webhook: Any) -> None:
+    events, policy = setup(tmp_path, webhook.url)
+    add_events(events, 3)  # before the dispatcher starts: history, not news
+    d = Dispatcher(events, policy)
+    assert d.poll(0.0) == 0
+    add_events(events, 2)
+    assert d.poll(1.0) == 2
+    reqs = wait_for(webhook.requests, 2)
+    assert [json.loads(b)["event"]["flow_id"] for _, b in reqs] == [1000, 1001]
+    assert d.sent == 2 and d.poll(2.0) == 0
+
+
+def test_rate_limit_and_summary(tmp_path: Path, webhook: Any) -> None:
+    events, policy = setup(tmp_path, webhook.url, rate_per_min="6", burst="2")
+    d = Dispatcher(events, policy)
+    d.poll(0.0)
+    add_events(events, 10)
+    d.poll(1.0)
+    assert d.sent == 2 and d.suppressed == 8
+    d.poll(5.0)  # 0.4 token: nothing yet
+    assert d.sent == 2
+    d.poll(11.5)  # one token again: the summary goes out
+    reqs = wait_for(webhook.requests, 3)
+    summary = json.loads(reqs[2][1])
+    assert summary["type"] == "suppressed"
+    assert summary["suppressed"]["count"] == 8
+    assert summary["suppressed"]["top"] == [["9000100", 8]]
+    d.poll(30.0)
+    assert d.sent == 3  # nothing more to summarise
+
+
+def test_min_severity_filter(tmp_path: Path, webhook: Any) -> None:
+    events, policy = setup(tmp_path, webhook.url, min_severity="1")
+    d = Dispatcher(events, policy)
+    d.poll(0.0)
+    add_events(events, 1, severity="low")  # EVE severity 3
+    add_events(events, 1, severity="critical")  # EVE severity 1
+    d.poll(1.0)
+    (req,) = wait_for(webhook.requests)
+    assert json.loads(req[1])["severity"] == 1
+    assert d.sent == 1 and d.suppressed == 0
+
+
+def test_dead_receiver_counted(tmp_path: Path) -> None:
+    events, policy = setup(tmp_path, f"http://127.0.0.1:{free_port()}/none")
+    d = Dispatcher(events, policy)
+    d.poll(0.0)
+    add_events(events, 2)
+    d.poll(1.0)
+    assert d.failures == 2 and d.sent == 0
+
+
+def test_thread_start_stop(tmp_path: Path, webhook: Any) -> None:
+    events, policy = setup(tmp_path, webhook.url)
+    add_events(events, 1)
+    d = Dispatcher(events, policy)
+    d.start()
+    try:
+        deadline = time.monotonic() + 5
+        while d.last_id is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        add_events(events, 1)
+        (req,) = wait_for(webhook.requests)
+        assert json.loads(req[1])["event"]["flow_id"] == 1000
+    finally:
+        d.stop()
+    assert d._thread is not None and not d._thread.is_alive()
