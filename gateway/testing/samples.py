@@ -16,7 +16,13 @@ from gateway.events.eve import Event
 from gateway.intake.pcap import read_capture
 from gateway.match.matcher import Matcher
 from gateway.match.rules import Rule, Sample
-from gateway.testing.traffic import contiguous, replay_packets, tcp_session, udp_exchange, write_pcap
+from gateway.testing.traffic import (
+    contiguous,
+    replay_packets,
+    tcp_session,
+    udp_exchange,
+    write_pcap,
+)
 
 __all__ = ["sample_events", "sample_packets", "sample_pcap"]
 
