@@ -128,9 +128,10 @@ def test_attacks_and_malformed_never_break_the_engine(
     stats = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert len(stats) == len(captures)
     assert sum(s["internal_errors"] for s in stats) == 0
-    # the bundled rules only describe MS17-010: nothing else may fire (no drop of malformed)
-    assert {e["alert"]["signature_id"] for e in events} <= {9001001, 9001002}  # type: ignore[index]
-    assert all("eternalblue" in s["capture"] for s in stats if s["events"])
+    # malformed traffic exploits none of the target vulnerabilities: no virtual patch fires on it
+    # (which attack capture yields which CVE is tests/rules/test_corpus.py's business)
+    assert [s["capture"] for s in stats if s["events"] and "/malformed/" in s["capture"]] == []
+    assert any(s["events"] for s in stats if "eternalblue" in s["capture"])
     assert status == 0  # every one of these captures reads to its end
 
 
