@@ -33,8 +33,10 @@ FORM_FIELDS = ("scope", "direction", "address", "protocol", "port_from", "port_t
 
 
 def _form() -> dict[str, Any]:
-    data: dict[str, Any] = {k: request.form.get(k, "")[:300] for k in FORM_FIELDS}
-    scope = data["scope"] or "global"
+    data: dict[str, Any] = {
+        k: request.form[k][:300] for k in FORM_FIELDS if request.form.get(k, "") != ""
+    }  # empty fields take their defaults
+    scope = data.get("scope") or "global"
     kind, _, ident = scope.partition(":")
     data["scope"], data["scope_id"] = kind, ident or None
     data["enabled"] = True
