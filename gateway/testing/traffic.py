@@ -56,10 +56,10 @@ def contiguous(data: bytes, size: int = MAX_SEGMENT) -> list[Segment]:
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return int(~total & 0xFFFF)
 
 
 def _addr(text: str) -> bytes:
@@ -173,7 +173,7 @@ def write_pcap(path: Path, packets: Iterable[bytes], start: float = 1.0e9) -> Pa
         now = start
         for packet in packets:
             sec = int(now)
-            usec = int(round((now - sec) * 1e6))
+            usec = round((now - sec) * 1e6)
             out.write(struct.pack("<IIII", sec, usec, len(packet), len(packet)))
             out.write(packet)
             now += 0.001
