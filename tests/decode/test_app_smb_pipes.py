@@ -77,7 +77,7 @@ def test_stub_and_lengths_are_the_pipe_bytes(corpora: Path) -> None:
     stub = call.fields["dcerpc.stub"]
     assert isinstance(stub, bytes)
     assert call.fields["dcerpc.stub_length"] == len(stub) > 0
-    assert "1\x009\x002\x00".encode() in stub  # the UTF-16 server name "192..."
+    assert b"1\x009\x002\x00" in stub  # the UTF-16 server name "192..."
 
 
 def test_non_rpc_file_writes_give_no_dcerpc_records(corpora: Path) -> None:

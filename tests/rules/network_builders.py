@@ -38,24 +38,43 @@ def smb1(
     mid: int = 0x40,
 ) -> bytes:
     header = struct.pack(
-        "<4sBIBHH8sHHHHH", b"\xffSMB", command, status, flags, 0xC807, 0, b"\0" * 8, 0, tid, 0xFEFF,
-        uid, mid,
-    )  # fmt: skip
+        "<4sBIBHH8sHHHHH",
+        b"\xffSMB",
+        command,
+        status,
+        flags,
+        0xC807,
+        0,
+        b"\0" * 8,
+        0,
+        tid,
+        0xFEFF,
+        uid,
+        mid,
+    )
     return nbss(header + bytes([len(words) // 2]) + words + struct.pack("<H", len(data)) + data)
 
 
 def trans_words(
-    tpc: int, tdc: int, pc: int, po: int, dc: int, do: int, setup: list[int], mdc: int = 0x1000,
+    tpc: int,
+    tdc: int,
+    pc: int,
+    po: int,
+    dc: int,
+    do: int,
+    setup: list[int],
+    mdc: int = 0x1000,
     timeout: int = 0,
-) -> bytes:  # fmt: skip
+) -> bytes:
     """Trans / Trans2 request parameter words ([MS-CIFS] 2.2.4.33.1, 2.2.4.46.1)."""
     return struct.pack(
         "<HHHHBBHIHHHHHBB", tpc, tdc, 0x10, mdc, 0, 0, 0, timeout, 0, pc, po, dc, do, len(setup), 0
     ) + b"".join(struct.pack("<H", s) for s in setup)
 
 
-def trans_secondary_words(tpc: int, tdc: int, pc: int, po: int, pd: int, dc: int, do: int,
-                          dd: int) -> bytes:  # fmt: skip
+def trans_secondary_words(
+    tpc: int, tdc: int, pc: int, po: int, pd: int, dc: int, do: int, dd: int
+) -> bytes:
     """Trans secondary request words ([MS-CIFS] 2.2.4.34.1)."""
     return struct.pack("<8H", tpc, tdc, pc, po, pd, dc, do, dd)
 
@@ -76,9 +95,21 @@ def write_andx(fid: int, data: bytes, mid: int = 0x41) -> bytes:
 
 def smb2_header(command: int, message_id: int, flags: int = 0, status: int = 0) -> bytes:
     return struct.pack(
-        "<4sHHIHHIIQIIQ16s", b"\xfeSMB", 64, 1, status, command, 1, flags, 0, message_id, 0xFEFF,
-        1, 0x1000, b"\0" * 16,
-    )  # fmt: skip
+        "<4sHHIHHIIQIIQ16s",
+        b"\xfeSMB",
+        64,
+        1,
+        status,
+        command,
+        1,
+        flags,
+        0,
+        message_id,
+        0xFEFF,
+        1,
+        0x1000,
+        b"\0" * 16,
+    )
 
 
 def smb2_ioctl_pipe(file_id: bytes, data: bytes, message_id: int = 5) -> bytes:
@@ -214,6 +245,11 @@ def dns_tcp(message: bytes) -> bytes:
 # ------------------------------------------------------------------ samples
 
 
+def _pipe(pdu: bytes) -> bytes:
+    """A DCE/RPC PDU written to the \\netlogon pipe (FID 0x4002) with WriteAndX."""
+    return write_andx(0x4002, pdu)
+
+
 def samples() -> dict[str, bytes]:
     """Every sample, named <rule short name>.<attack|benign>[.to_client]."""
     eb_words = trans_words(12, 0, 12, 66, 0, 78, [0x000E], timeout=0x25891A00)
@@ -269,30 +305,36 @@ def samples() -> dict[str, bytes]:
         + write_andx(0x4001, rpc_request(9, ndr_wstring("A" * 3000) + b"\0" * 8)),
         "ms04-011.benign": write_andx(0x4001, rpc_bind(DSSETUP, 0))
         + write_andx(0x4001, rpc_request(0, struct.pack("<H", 1) + b"\0\0")),
-        "cve-2020-1472-zerologon.attack": rpc_bind(NETLOGON, 1)
-        + rpc_request(
-            26,
-            ndr_wstring("\\\\DC1")
-            + ndr_wstring("DC1$", pointer=False)
-            + struct.pack("<H", 6)
-            + b"\0\0"
-            + ndr_wstring("DC1", pointer=False)
-            + b"\0" * 8
-            + struct.pack("<I", 0x212FFFFF),
+        "cve-2020-1472-zerologon.attack": write_andx(0x4002, rpc_bind(NETLOGON, 1))
+        + _pipe(
+            rpc_request(
+                26,
+                ndr_wstring("\\\\DC1")
+                + ndr_wstring("DC1$", pointer=False)
+                + struct.pack("<H", 6)
+                + b"\0\0"
+                + ndr_wstring("DC1", pointer=False)
+                + b"\0" * 8
+                + struct.pack("<I", 0x212FFFFF),
+            )
         ),
-        "cve-2020-1472-zerologon.benign": rpc_bind(NETLOGON, 1)
-        + rpc_request(
-            26,
-            ndr_wstring("\\\\DC1")
-            + ndr_wstring("WS01$", pointer=False)
-            + struct.pack("<H", 2)
-            + b"\0\0"
-            + ndr_wstring("WS01", pointer=False)
-            + bytes.fromhex("3bd1a2f00c9e4d77")
-            + struct.pack("<I", 0x612FFFFF),
+        "cve-2020-1472-zerologon.benign": write_andx(0x4002, rpc_bind(NETLOGON, 1))
+        + _pipe(
+            rpc_request(
+                26,
+                ndr_wstring("\\\\DC1")
+                + ndr_wstring("WS01$", pointer=False)
+                + struct.pack("<H", 2)
+                + b"\0\0"
+                + ndr_wstring("WS01", pointer=False)
+                + bytes.fromhex("3bd1a2f00c9e4d77")
+                + struct.pack("<I", 0x612FFFFF),
+            )
         ),
-        "cve-2020-1472-zerologon-challenge.attack": rpc_bind(NETLOGON, 1)
-        + rpc_request(4, ndr_wstring("\\\\DC1") + ndr_wstring("DC1", pointer=False) + b"\0" * 8),
+        "cve-2020-1472-zerologon-challenge.attack": write_andx(0x4002, rpc_bind(NETLOGON, 1))
+        + _pipe(
+            rpc_request(4, ndr_wstring("\\\\DC1") + ndr_wstring("DC1", pointer=False) + b"\0" * 8)
+        ),
         "cve-2020-0796-smbghost.attack": smb3_compressed(0xFFFFFFFF, 0x10, b"\0" * 64),
         "cve-2020-0796-smbghost.benign": smb3_compressed(4096, 0x10, b"\0" * 64),
         "ms12-020.attack": x224_cr(b"Cookie: mstshash=a\r\n")
@@ -311,21 +353,21 @@ def samples() -> dict[str, bytes]:
             [dns_question("k.example.", 249)],
             [],
             [dns_rr(b"\xc0\x0c", 16, b"\x04poc!")],
-        ),  # fmt: skip
+        ),
         "cve-2015-5477-bind-tkey-answer.attack": dns_message(
             0x1235,
             0x0000,
             [dns_question("k.example.", 249)],
             [dns_rr(b"\xc0\x0c", 249, tkey_rdata(), 255)],
             [],
-        ),  # fmt: skip
+        ),
         "cve-2015-5477-bind-tkey.benign": dns_message(
             0x1236,
             0x0000,
             [dns_question("k.example.", 249)],
             [],
             [dns_rr(b"\xc0\x0c", 249, tkey_rdata(), 255)],
-        ),  # fmt: skip
+        ),
         "cve-2020-1350-sigred.attack.to_client": dns_tcp(
             dns_message(
                 0x4242,
@@ -333,7 +375,7 @@ def samples() -> dict[str, bytes]:
                 [dns_question("9.sigred.example.", 24)],
                 [dns_rr(b"\xc0\x0c", 24, sig_rdata(0xFF00))],
                 [],
-            )  # fmt: skip
+            )
         ),
         "cve-2020-1350-sigred.benign.to_client": dns_tcp(
             dns_message(
@@ -342,7 +384,7 @@ def samples() -> dict[str, bytes]:
                 [dns_question("9.sigred.example.", 24)],
                 [dns_rr(b"\xc0\x0c", 24, sig_rdata(256))],
                 [],
-            )  # fmt: skip
+            )
         ),
         "cve-2020-1350-sigred.query": dns_tcp(
             dns_message(0x4242, 0x0100, [dns_question("9.sigred.example.", 24)], [], [])
@@ -363,10 +405,15 @@ def tcp_pcap(path: str, to_server: bytes, to_client: bytes, dport: int, mss: int
     c, s, sport = "198.18.0.10", "198.18.1.20", 49200
     cseq, sseq = 1000, 5000
 
-    def frame(src: str, dst: str, sp: int, dp: int, flags: str, seq: int, ack: int,
-              payload: bytes = b"") -> object:  # fmt: skip
-        return Ether() / IP(src=src, dst=dst) / TCP(sport=sp, dport=dp, flags=flags, seq=seq,
-                                                    ack=ack) / payload  # fmt: skip
+    def frame(
+        src: str, dst: str, sp: int, dp: int, flags: str, seq: int, ack: int, payload: bytes = b""
+    ) -> object:
+        return (
+            Ether()
+            / IP(src=src, dst=dst)
+            / TCP(sport=sp, dport=dp, flags=flags, seq=seq, ack=ack)
+            / payload
+        )
 
     frames = [
         frame(c, s, sport, dport, "S", cseq - 1, 0),

@@ -154,7 +154,7 @@ def test_no_rule_fires_on_benign_corpora_via_cli(corpora: Path) -> None:
     for path in RULE_PATHS:
         args += ["--rules", str(path)]
     result = subprocess.run(
-        args + [str(p) for p in captures], capture_output=True, text=True, timeout=300
+        args + [str(p) for p in captures], check=False, capture_output=True, text=True, timeout=300
     )
     assert result.returncode in (0, 2), result.stderr  # 2: a corpus file is truncated on purpose
     events = [json.loads(line) for line in result.stdout.splitlines()]
