@@ -899,9 +899,7 @@ def _convert(
                     "content", "http.uri" if name == "uricontent" else buffer, data=data
                 )
                 elem.negated = negated
-                if buffer in dotprefixed and name == "content":
-                    if not data.startswith(b"."):
-                        raise _Skip("dotprefix: content does not start with a dot")
+                if buffer in dotprefixed and name == "content" and data.startswith(b"."):
                     elem.kind = "dotname"  # resolved when its modifiers are known
                 elems.append(elem)
             elif name in ("nocase", "offset", "depth", "distance", "within", "startswith", "endswith"):
@@ -1442,7 +1440,7 @@ def _canon_cond(c: Condition | None) -> Any:
     if c is None:
         return None
     if isinstance(c, Match):
-        return ("match", c.field, c.expr, c.nocase)
+        return ("match", c.field, _canon_regex(c.expr), c.nocase)
     if isinstance(c, Compare):
         op, value = c.op, c.value
         if isinstance(value, int) and op == "le":
@@ -1463,8 +1461,16 @@ def _canon_patterns(rule: Rule) -> frozenset[tuple[bytes, bool]]:
         if p.kind == "content":
             out.add((content_regex((ContentItem(p.expr, p.nocase),)), False))
         else:
-            out.add((p.expr, p.nocase))
+            out.add((_canon_regex(p.expr), p.nocase))
     return frozenset(out)
+
+
+def _canon_regex(expr: bytes) -> bytes:
+    """`;` and `"` written as \\x escapes (as export writes them): same meaning."""
+    try:
+        return _pcre_text(expr.decode("utf-8")).encode("utf-8")
+    except UnicodeDecodeError:
+        return expr
 
 
 def rule_differences(a: Rule, b: Rule) -> list[str]:
