@@ -1,23 +1,25 @@
 """Per-host lifecycle state: mode, setup-protection exceptions and update sources, lockdown
-action, scan-assigned rules, learned (peer, port, protocol) tuples, and the history of changes.
+action, scan-assigned rules, learned (peer, port, protocol) tuples, application-control rules,
+scan results, and the history of changes.
 
-Kept behind a small interface (`LifecycleStore`) in a JSON file until the policy store
-(gateway/policy/store.py, docs/policy.md) holds these tables; then only this module changes.
-Guarantees: every update is read-modify-write under an exclusive flock on a side lock file and
-lands atomically (write to a temporary file, fsync, rename), so the CLI and the NFLOG monitor
-can update the same file concurrently without losing writes; tables are bounded
-(MAX_HISTORY entries kept, newest last; MAX_LEARNED_PER_HOST tuples per host; MAX_HOSTS).
-Errors name the file and the offending value.
+Kept behind a small interface (`LifecycleStore`) over the SQLite policy store
+(gateway/policy/store.py, migration 3; docs/policy.md, docs/lifecycle.md): `hosts.mode` and
+`hosts.auto_apply` plus the tables host_lifecycle, host_endpoints, host_rules, learned_tuples,
+lifecycle_history, scan_services and app_controls. Guarantees: every update is one
+`BEGIN IMMEDIATE` transaction (read-modify-write, so the CLI, the UI and the NFLOG monitor
+inside `vpatch run` can write concurrently without losing writes) and writes one audit row
+(`lifecycle.*` actions, before/after) in the same transaction; tables are bounded
+(MAX_HISTORY entries kept, newest last; MAX_LEARNED_PER_HOST tuples per host; MAX_HOSTS;
+MAX_APP_CONTROLS_PER_HOST). Errors name the database and the offending value.
 """
 
 from __future__ import annotations
 
 import enum
-import fcntl
 import ipaddress
 import json
-import os
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,12 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import VpatchError
+from gateway.policy.store import DEFAULT_DATABASE, Store, StoreError
 
-DEFAULT_STATE_PATH = Path("/var/lib/vpatch/lifecycle.json")
+DEFAULT_STATE_PATH = DEFAULT_DATABASE  # the policy database (config `policy.database`)
 MAX_HOSTS = 4096
 MAX_HISTORY = 10_000
 MAX_LEARNED_PER_HOST = 4096
 MAX_EXCEPTIONS_PER_HOST = 256
+MAX_APP_CONTROLS_PER_HOST = 32
+MAX_SCAN_SERVICES_PER_HOST = 256
 
 
 class LifecycleError(VpatchError):
@@ -113,6 +118,7 @@ class HostPolicy:
     assigned: tuple[int, ...] = ()  # rule ids assigned by scan / admin
     learned: tuple[LearnedTuple, ...] = ()
     updated_at: float = 0.0
+    app_controls: tuple[str, ...] = ()  # gateway/policy/appcontrol.py rule texts
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,30 +138,8 @@ def _host_to_json(h: HostPolicy) -> dict[str, Any]:
     d["exceptions"] = [str(e) for e in h.exceptions]
     d["update_sources"] = [str(e) for e in h.update_sources]
     d["learned"] = [[t.src, t.dst, t.proto, t.port] for t in h.learned]
+    d["app_controls"] = list(h.app_controls)
     return d
-
-
-def _host_from_json(d: dict[str, Any], where: str) -> HostPolicy:
-    try:
-        return HostPolicy(
-            address=str(d["address"]),
-            mode=HostMode(d.get("mode", "normal")),
-            auto_apply=bool(d.get("auto_apply", False)),
-            exceptions=tuple(
-                Endpoint.parse(e, f"{where}.exceptions") for e in d.get("exceptions", [])
-            ),
-            update_sources=tuple(
-                Endpoint.parse(e, f"{where}.update_sources") for e in d.get("update_sources", [])
-            ),
-            lockdown_action=LockdownAction(d.get("lockdown_action", "drop")),
-            assigned=tuple(int(x) for x in d.get("assigned", [])),
-            learned=tuple(
-                LearnedTuple(str(a), str(b), str(c), int(p)) for a, b, c, p in d.get("learned", [])
-            ),
-            updated_at=float(d.get("updated_at", 0.0)),
-        )
-    except (KeyError, ValueError, TypeError) as err:
-        raise LifecycleError(f"{where}: bad host entry {d!r}: {err}") from err
 
 
 def check_address(text: str, source: str) -> str:
@@ -166,126 +150,330 @@ def check_address(text: str, source: str) -> str:
 
 
 class LifecycleStore:
-    """The lifecycle state in a JSON file (see module docstring)."""
+    """The lifecycle state in the SQLite policy store (see module docstring).
+
+    `path` is the policy database (config `policy.database`); each call opens its own
+    connection, so one LifecycleStore may be shared by threads.
+    """
 
     def __init__(self, path: Path = DEFAULT_STATE_PATH) -> None:
         self.path = path
 
-    def _read(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {"hosts": {}, "history": []}
-        except (OSError, ValueError) as err:
-            raise LifecycleError(f"{self.path}: cannot read lifecycle state: {err}") from err
-        if not isinstance(data, dict):
-            raise LifecycleError(f"{self.path}: lifecycle state is not a JSON object")
-        data.setdefault("hosts", {})
-        data.setdefault("history", [])
-        return data
-
     @contextmanager
-    def _locked(self) -> Iterator[dict[str, Any]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = self.path.with_name(self.path.name + ".lock")
-        with open(lock, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            data = self._read()
-            yield data
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            with open(tmp, "w") as out:
-                json.dump(data, out, indent=1, sort_keys=True)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
+    def _store(self) -> Iterator[Store]:
+        try:
+            store = Store(self.path)
+        except (StoreError, sqlite3.Error) as err:
+            raise LifecycleError(f"{self.path}: cannot open the policy database: {err}") from err
+        try:
+            yield store
+        except sqlite3.Error as err:
+            raise LifecycleError(f"{self.path}: lifecycle state: {err}") from err
+        finally:
+            store.close()
+
+    # --- rows <-> records ---
+
+    @staticmethod
+    def _host_id(db: sqlite3.Connection, address: str) -> int | None:
+        row = db.execute("SELECT id FROM hosts WHERE address = ?", (address,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _load(self, db: sqlite3.Connection, row: sqlite3.Row) -> HostPolicy:
+        hid, address = int(row["id"]), str(row["address"])
+        where = f"{self.path}: host {address}"
+        life = db.execute(
+            "SELECT lockdown_action FROM host_lifecycle WHERE host_id = ?", (hid,)
+        ).fetchone()
+        ends = db.execute(
+            "SELECT kind, endpoint FROM host_endpoints WHERE host_id = ? ORDER BY kind, position",
+            (hid,),
+        ).fetchall()
+        rules = db.execute(
+            "SELECT rule_id FROM host_rules WHERE host_id = ? ORDER BY rule_id", (hid,)
+        ).fetchall()
+        learned = db.execute(
+            "SELECT src, dst, proto, port FROM learned_tuples WHERE host_id = ? "
+            "ORDER BY src, dst, proto, port",
+            (hid,),
+        ).fetchall()
+        controls = db.execute(
+            "SELECT rule FROM app_controls WHERE host_id = ? ORDER BY id", (hid,)
+        ).fetchall()
+        try:
+            return HostPolicy(
+                address=address,
+                mode=HostMode(row["mode"]),
+                auto_apply=bool(row["auto_apply"]),
+                exceptions=tuple(
+                    Endpoint.parse(e, f"{where} exceptions") for k, e in ends if k == "exception"
+                ),
+                update_sources=tuple(
+                    Endpoint.parse(e, f"{where} update_sources")
+                    for k, e in ends
+                    if k == "update_source"
+                ),
+                lockdown_action=LockdownAction(life[0] if life else "drop"),
+                assigned=tuple(int(r[0]) for r in rules),
+                learned=tuple(
+                    LearnedTuple(str(a), str(b), str(c), int(p)) for a, b, c, p in learned
+                ),
+                updated_at=float(row["updated_at"]),
+                app_controls=tuple(str(r[0]) for r in controls),
+            )
+        except ValueError as err:
+            raise LifecycleError(f"{where}: bad stored value: {err}") from err
+
+    def _get(self, db: sqlite3.Connection, address: str) -> HostPolicy:
+        row = db.execute("SELECT * FROM hosts WHERE address = ?", (address,)).fetchone()
+        return HostPolicy(address) if row is None else self._load(db, row)
+
+    def _write(self, store: Store, policy: HostPolicy, now: float) -> int:
+        """Write every field of `policy` (creating the host row when needed); returns its id."""
+        db = store.db
+        hid = self._host_id(db, policy.address)
+        if hid is None:
+            count = int(db.execute("SELECT COUNT(*) FROM hosts").fetchone()[0])
+            if count >= MAX_HOSTS:
+                raise LifecycleError(f"{self.path}: more than {MAX_HOSTS} hosts")
+            cur = db.execute(
+                "INSERT INTO hosts(address, mode, auto_apply, created_at, updated_at) "
+                "VALUES (?,?,?,?,?)",
+                (policy.address, policy.mode.value, int(policy.auto_apply), now, now),
+            )
+            hid = int(cur.lastrowid or 0)
+        else:
+            db.execute(
+                "UPDATE hosts SET mode = ?, auto_apply = ?, updated_at = ? WHERE id = ?",
+                (policy.mode.value, int(policy.auto_apply), now, hid),
+            )
+        db.execute(
+            "INSERT INTO host_lifecycle(host_id, lockdown_action) VALUES (?, ?) "
+            "ON CONFLICT(host_id) DO UPDATE SET lockdown_action = excluded.lockdown_action",
+            (hid, policy.lockdown_action.value),
+        )
+        db.execute("DELETE FROM host_endpoints WHERE host_id = ?", (hid,))
+        for kind, items in (
+            ("exception", policy.exceptions),
+            ("update_source", policy.update_sources),
+        ):
+            db.executemany(
+                "INSERT INTO host_endpoints(host_id, kind, endpoint, position) VALUES (?,?,?,?)",
+                [(hid, kind, str(e), i) for i, e in enumerate(items)],
+            )
+        db.execute("DELETE FROM host_rules WHERE host_id = ?", (hid,))
+        db.executemany(
+            "INSERT INTO host_rules(host_id, rule_id) VALUES (?, ?)",
+            [(hid, r) for r in sorted(set(policy.assigned))],
+        )
+        have = {
+            LearnedTuple(str(a), str(b), str(c), int(p))
+            for a, b, c, p in db.execute(
+                "SELECT src, dst, proto, port FROM learned_tuples WHERE host_id = ?", (hid,)
+            )
+        }
+        if have != set(policy.learned):
+            db.execute("DELETE FROM learned_tuples WHERE host_id = ?", (hid,))
+            db.executemany(
+                "INSERT INTO learned_tuples(host_id, src, dst, proto, port, learned_at) "
+                "VALUES (?,?,?,?,?,?)",
+                [(hid, t.src, t.dst, t.proto, t.port, now) for t in sorted(set(policy.learned))][
+                    :MAX_LEARNED_PER_HOST
+                ],
+            )
+        db.execute("DELETE FROM app_controls WHERE host_id = ?", (hid,))
+        db.executemany(
+            "INSERT INTO app_controls(host_id, rule, updated_by, updated_at) VALUES (?,?,?,?)",
+            [(hid, r, "lifecycle", now) for r in dict.fromkeys(policy.app_controls)],
+        )
+        return hid
+
+    @staticmethod
+    def _check(policy: HostPolicy) -> None:
+        if len(policy.exceptions) + len(policy.update_sources) > MAX_EXCEPTIONS_PER_HOST:
+            raise LifecycleError(
+                f"host {policy.address}: more than "
+                f"{MAX_EXCEPTIONS_PER_HOST} exceptions/update sources"
+            )
+        if len(policy.app_controls) > MAX_APP_CONTROLS_PER_HOST:
+            raise LifecycleError(
+                f"host {policy.address}: more than {MAX_APP_CONTROLS_PER_HOST} app-control rules"
+            )
+
+    @staticmethod
+    def _summary(h: HostPolicy) -> dict[str, Any]:
+        d = _host_to_json(h)
+        d.pop("updated_at", None)
+        d["learned"] = len(h.learned)  # the audit row stays small; tuples are in their table
+        return d
 
     # --- reading ---
 
     def hosts(self) -> list[HostPolicy]:
-        data = self._read()
-        return [
-            _host_from_json(d, f"{self.path}: hosts[{a}]") for a, d in sorted(data["hosts"].items())
-        ]
+        with self._store() as store:
+            rows = store.db.execute(
+                "SELECT * FROM hosts WHERE address NOT LIKE '%/%' ORDER BY address LIMIT ?",
+                (MAX_HOSTS,),
+            ).fetchall()
+            return [self._load(store.db, r) for r in rows]
 
     def host(self, address: str) -> HostPolicy:
         """The host's policy; a default (normal mode) policy when it has none yet."""
         address = check_address(address, "host")
-        d = self._read()["hosts"].get(address)
-        return (
-            HostPolicy(address)
-            if d is None
-            else _host_from_json(d, f"{self.path}: hosts[{address}]")
-        )
+        with self._store() as store:
+            return self._get(store.db, address)
 
     def history(self, host: str | None = None) -> list[HistoryEntry]:
-        out = []
-        for d in self._read()["history"]:
-            if host is None or d.get("host") == host:
-                out.append(
-                    HistoryEntry(
-                        float(d["ts"]),
-                        d["host"],
-                        d["action"],
-                        d["target"],
-                        d["reason"],
-                        tuple(tuple(e) for e in d.get("evidence", [])),
-                    )
-                )
-        return out
+        with self._store() as store:
+            if host is None:
+                rows = store.db.execute("SELECT * FROM lifecycle_history ORDER BY id").fetchall()
+            else:
+                rows = store.db.execute(
+                    "SELECT * FROM lifecycle_history WHERE host = ? ORDER BY id", (host,)
+                ).fetchall()
+        return [
+            HistoryEntry(
+                float(r["ts"]),
+                r["host"],
+                r["action"],
+                r["target"],
+                r["reason"],
+                tuple(tuple(e) for e in json.loads(r["evidence_json"])),
+            )
+            for r in rows
+        ]
 
     # --- writing ---
 
-    def put_host(self, policy: HostPolicy, history: list[HistoryEntry] | None = None) -> None:
-        with self._locked() as data:
-            if policy.address not in data["hosts"] and len(data["hosts"]) >= MAX_HOSTS:
-                raise LifecycleError(f"{self.path}: more than {MAX_HOSTS} hosts")
-            if len(policy.exceptions) + len(policy.update_sources) > MAX_EXCEPTIONS_PER_HOST:
-                raise LifecycleError(
-                    f"host {policy.address}: more than "
-                    f"{MAX_EXCEPTIONS_PER_HOST} exceptions/update sources"
-                )
-            data["hosts"][policy.address] = _host_to_json(replace(policy, updated_at=time.time()))
-            self._append_history(data, history or [])
+    def put_host(
+        self, policy: HostPolicy, history: list[HistoryEntry] | None = None, *, actor: str = "cli"
+    ) -> None:
+        self._check(policy)
+        with self._store() as store, store.transaction():
+            before = self._get(store.db, policy.address)
+            self._write(store, policy, time.time())
+            store.audit(
+                actor,
+                "lifecycle.host",
+                policy.address,
+                self._summary(before),
+                self._summary(policy),
+            )
+            self._append_history(store, history or [])
 
     def update_host(
-        self, address: str, history: list[HistoryEntry] | None = None, **changes: Any
+        self,
+        address: str,
+        history: list[HistoryEntry] | None = None,
+        *,
+        actor: str = "cli",
+        **changes: Any,
     ) -> HostPolicy:
-        """Read, change the given fields, write; returns the new policy."""
+        """Read, change the given fields, write (one transaction); returns the new policy."""
         address = check_address(address, "host")
-        with self._locked() as data:
-            d = data["hosts"].get(address)
-            current = HostPolicy(address) if d is None else _host_from_json(d, str(self.path))
-            new = replace(current, updated_at=time.time(), **changes)
-            data["hosts"][address] = _host_to_json(new)
-            self._append_history(data, history or [])
+        with self._store() as store, store.transaction():
+            current = self._get(store.db, address)
+            now = time.time()
+            new = replace(current, updated_at=now, **changes)
+            self._check(new)
+            self._write(store, new, now)
+            store.audit(
+                actor, "lifecycle.host", address, self._summary(current), self._summary(new)
+            )
+            self._append_history(store, history or [])
         return new
 
-    def add_learned(self, address: str, tuples: list[LearnedTuple]) -> int:
+    def add_learned(
+        self, address: str, tuples: list[LearnedTuple], *, actor: str = "monitor"
+    ) -> int:
         """Add tuples to a host's learned set; returns how many were new (bounded)."""
-        with self._locked() as data:
-            d = data["hosts"].get(address)
-            current = HostPolicy(address) if d is None else _host_from_json(d, str(self.path))
-            have = set(current.learned)
-            new = [t for t in dict.fromkeys(tuples) if t not in have][
-                : MAX_LEARNED_PER_HOST - len(have)
-            ]
-            if new:
-                data["hosts"][address] = _host_to_json(
-                    replace(current, learned=tuple(sorted(have | set(new))))
+        address = check_address(address, "host")
+        with self._store() as store, store.transaction():
+            db = store.db
+            hid = self._host_id(db, address)
+            if hid is None:
+                hid = self._write(store, HostPolicy(address), time.time())
+            count = int(
+                db.execute(
+                    "SELECT COUNT(*) FROM learned_tuples WHERE host_id = ?", (hid,)
+                ).fetchone()[0]
+            )
+            now = time.time()
+            added: list[str] = []
+            for t in dict.fromkeys(tuples):
+                if count >= MAX_LEARNED_PER_HOST:
+                    break
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO learned_tuples(host_id, src, dst, proto, port, "
+                    "learned_at) VALUES (?,?,?,?,?,?)",
+                    (hid, t.src, t.dst, t.proto, t.port, now),
                 )
-            return len(new)
+                if cur.rowcount:
+                    count += 1
+                    added.append(str(t))
+            if added:
+                store.audit(actor, "lifecycle.learn", address, None, added)
+            return len(added)
+
+    def record_scan(
+        self, address: str, services: list[dict[str, Any]], *, actor: str = "scan"
+    ) -> None:
+        """Replace the host's last scan results (rows of `scan_services`, shown by the UI)."""
+        address = check_address(address, "host")
+        with self._store() as store, store.transaction():
+            db = store.db
+            hid = self._host_id(db, address)
+            if hid is None:
+                hid = self._write(store, HostPolicy(address), time.time())
+            db.execute("DELETE FROM scan_services WHERE host_id = ?", (hid,))
+            now = time.time()
+            db.executemany(
+                "INSERT INTO scan_services(host_id, port, proto, service, product, version, "
+                "features_json, evidence_json, scanned_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        hid,
+                        int(s.get("port", 0)),
+                        str(s.get("transport", s.get("proto", ""))),
+                        str(s.get("service", "")),
+                        str(s.get("product") or ""),
+                        str(s.get("version") or ""),
+                        json.dumps(s.get("features", {})),
+                        json.dumps(s.get("evidence", [])),
+                        now,
+                    )
+                    for s in services[:MAX_SCAN_SERVICES_PER_HOST]
+                ],
+            )
+            store.audit(actor, "lifecycle.scan", address, None, len(services))
+
+    def scan_services(self, address: str) -> list[dict[str, Any]]:
+        address = check_address(address, "host")
+        with self._store() as store:
+            hid = self._host_id(store.db, address)
+            if hid is None:
+                return []
+            return store.host_services(hid)
 
     @staticmethod
-    def _append_history(data: dict[str, Any], entries: list[HistoryEntry]) -> None:
+    def _append_history(store: Store, entries: list[HistoryEntry]) -> None:
+        db = store.db
         for e in entries:
-            data["history"].append(
-                {
-                    "ts": e.ts,
-                    "host": e.host,
-                    "action": e.action,
-                    "target": e.target,
-                    "reason": e.reason,
-                    "evidence": [list(x) for x in e.evidence],
-                }
+            db.execute(
+                "INSERT INTO lifecycle_history(ts, host, action, target, reason, evidence_json) "
+                "VALUES (?,?,?,?,?,?)",
+                (
+                    e.ts,
+                    e.host,
+                    e.action,
+                    e.target,
+                    e.reason,
+                    json.dumps([list(x) for x in e.evidence]),
+                ),
             )
-        del data["history"][:-MAX_HISTORY]
+        if entries:
+            db.execute(
+                "DELETE FROM lifecycle_history WHERE id <= "
+                "(SELECT MAX(id) FROM lifecycle_history) - ?",
+                (MAX_HISTORY,),
+            )

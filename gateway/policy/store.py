@@ -116,6 +116,39 @@ MIGRATIONS: tuple[str, ...] = (
         settings_json TEXT NOT NULL DEFAULT '{}', updated_by TEXT NOT NULL,
         updated_at REAL NOT NULL);
     """,
+    # 3: host lifecycle (issue 5, docs/lifecycle.md): setup exceptions and update sources,
+    # lockdown action, scan-assigned rules, learned tuples, history, scan results, app control
+    """
+    CREATE TABLE host_lifecycle(
+        host_id INTEGER PRIMARY KEY REFERENCES hosts(id) ON DELETE CASCADE,
+        lockdown_action TEXT NOT NULL DEFAULT 'drop');
+    CREATE TABLE host_endpoints(
+        id INTEGER PRIMARY KEY, host_id INTEGER NOT NULL REFERENCES hosts(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL, endpoint TEXT NOT NULL, position INTEGER NOT NULL);
+    CREATE INDEX host_endpoints_host ON host_endpoints(host_id, kind, position);
+    CREATE TABLE host_rules(
+        host_id INTEGER NOT NULL REFERENCES hosts(id) ON DELETE CASCADE,
+        rule_id INTEGER NOT NULL, PRIMARY KEY(host_id, rule_id));
+    CREATE TABLE learned_tuples(
+        id INTEGER PRIMARY KEY, host_id INTEGER NOT NULL REFERENCES hosts(id) ON DELETE CASCADE,
+        src TEXT NOT NULL, dst TEXT NOT NULL, proto TEXT NOT NULL, port INTEGER NOT NULL,
+        learned_at REAL NOT NULL, UNIQUE(host_id, src, dst, proto, port));
+    CREATE TABLE lifecycle_history(
+        id INTEGER PRIMARY KEY, ts REAL NOT NULL, host TEXT NOT NULL, action TEXT NOT NULL,
+        target TEXT NOT NULL, reason TEXT NOT NULL, evidence_json TEXT NOT NULL DEFAULT '[]');
+    CREATE INDEX lifecycle_history_host ON lifecycle_history(host, id);
+    CREATE TABLE scan_services(
+        id INTEGER PRIMARY KEY, host_id INTEGER NOT NULL REFERENCES hosts(id) ON DELETE CASCADE,
+        port INTEGER NOT NULL, proto TEXT NOT NULL, service TEXT NOT NULL,
+        product TEXT NOT NULL DEFAULT '', version TEXT NOT NULL DEFAULT '',
+        features_json TEXT NOT NULL DEFAULT '{}', evidence_json TEXT NOT NULL DEFAULT '[]',
+        scanned_at REAL NOT NULL);
+    CREATE INDEX scan_services_host ON scan_services(host_id);
+    CREATE TABLE app_controls(
+        id INTEGER PRIMARY KEY, host_id INTEGER NOT NULL REFERENCES hosts(id) ON DELETE CASCADE,
+        rule TEXT NOT NULL, updated_by TEXT NOT NULL, updated_at REAL NOT NULL,
+        UNIQUE(host_id, rule));
+    """,
 )
 
 
@@ -767,6 +800,11 @@ class Store:
     def audit_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM audit").fetchone()[0])
 
+    def audit(self, actor: str, action: str, target: str, before: Any, after: Any) -> None:
+        """One audit row; call inside `transaction()` together with the change it describes
+        (used by gateway/lifecycle/state.py for the lifecycle tables of migration 3)."""
+        self._audit(actor, action, target, before, after)
+
     def record(self, actor: str, action: str, target: str, detail: Any = None) -> None:
         """An audit row for an action that changes nothing in this database (e.g. a reload)."""
         with self.transaction():
@@ -775,7 +813,7 @@ class Store:
     # -- the gateway's view -------------------------------------------------------------------
 
     def policy_snapshot(
-        self, now: float | None = None
+        self, now: float | None = None, fold_exceptions: bool = True
     ) -> tuple[list[Host], list[Group], list[Assignment]]:
         """(hosts, groups, assignments) for CompiledPolicy, read in one transaction.
 
@@ -783,7 +821,9 @@ class Store:
         host assignments with mode `off` and source `exception` (most specific, so they win);
         the host is matched by address (a host entry is synthesised, id < 0, when the address
         has none). Port- and URI-scoped exceptions are not part of the snapshot (see
-        docs/webui.md).
+        docs/webui.md). `fold_exceptions=False` leaves all exceptions out: the gateway passes
+        `list_exceptions(include_expired=False)` to CompiledPolicy's exception scopes instead,
+        which also expire on time without a reload.
         """
         now = time.time() if now is None else now
         self.db.execute("BEGIN")
@@ -796,7 +836,7 @@ class Store:
             self.db.execute("COMMIT")
         by_addr = {h.address: h for h in hosts}
         synthetic = -1
-        for exc in exceptions:
+        for exc in exceptions if fold_exceptions else ():
             if exc.port is not None or exc.uri is not None or exc.rule_id is None:
                 continue
             host = by_addr.get(exc.host)
