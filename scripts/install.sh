@@ -20,6 +20,8 @@ APT_PACKAGES=(
     nginx-light samba smbclient bind9 bind9-dnsutils curl
     # traffic tools for tests and benchmarks
     iperf3 wrk tcpdump tshark
+    # the real-browser UI test (tests/webui/test_browser.py): headless Chromium + chromedriver
+    chromium chromium-driver
     # building and running the Python package (netfilterqueue compiles against libnetfilter_queue)
     python3 python3-venv python3-dev python3-pip build-essential pkg-config libnetfilter-queue-dev
     ca-certificates git
