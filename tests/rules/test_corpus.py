@@ -11,9 +11,7 @@ replay` does). Counts are printed (pytest -s) and written to artifacts/rules-cor
 
 from __future__ import annotations
 
-import gzip
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,47 +20,21 @@ import pytest
 from gateway.decode.packet import PROTO_TCP, parse_frame
 from gateway.engine import Engine, EngineConfig
 from gateway.errors import DecodeError
-from gateway.events.eve import Event
 from gateway.intake.pcap import read_capture
 from gateway.match.matcher import Matcher
 from gateway.match.rules import default_rule_dir, load_rules
+from gateway.testing.corpora import NO_EXPLOIT, csic_requests, expected, replay_capture
 from gateway.testing.streams import tcp_streams
 from gateway.testing.traffic import contiguous, replay_packets, tcp_session
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts"
-# Captures in attacks/ that hold no exploit; the reason is asserted in its own test.
-NO_EXPLOIT = {"attacks/eternalblue-failed-patched-win7.pcap", "attacks/blaster-ms03-026.pcap"}
 CSIC_REQUESTS = 36000
-_CSIC_SPLIT = re.compile(rb"\r?\n(?:\r?\n)+(?=(?:GET|POST|PUT|HEAD|DELETE|OPTIONS) )")
 
 
 @pytest.fixture(scope="module")
 def matcher() -> Matcher:
     return Matcher(load_rules([default_rule_dir()]))
-
-
-def replay_capture(matcher: Matcher, path: Path) -> list[Event]:
-    engine = Engine(matcher.ruleset, EngineConfig(), matcher=matcher)
-    events: list[Event] = []
-    try:
-        for record in read_capture(path):
-            events.extend(
-                engine.process_frame(record.data, record.linktype, record.timestamp).events
-            )
-    finally:
-        engine.close()
-    return events
-
-
-def expected(corpora: Path) -> dict[str, tuple[str, set[str]]]:
-    rows: dict[str, tuple[str, set[str]]] = {}
-    for line in (corpora / "expected.tsv").read_text().splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 2 and not line.startswith("#"):
-            cves = set(parts[2].split("|")) if len(parts) > 2 and parts[2] else set()
-            rows[parts[0]] = (parts[1], cves)
-    return rows
 
 
 def _write_artifact(name: str, data: dict[str, object]) -> None:
@@ -146,18 +118,6 @@ def test_benign_captures_yield_no_event(corpora: Path, matcher: Matcher) -> None
     print(f"\nbenign captures: {len(captures)}, with events: {len(false_positives)}")
     _write_artifact("benign", {"captures": len(captures), "with_events": len(false_positives)})
     assert not false_positives, false_positives
-
-
-def csic_requests(path: Path) -> list[bytes]:
-    """The dataset's requests, each head + body cut to its Content-Length."""
-    text = gzip.decompress(path.read_bytes())
-    out = []
-    for chunk in _CSIC_SPLIT.split(text.strip()):
-        head, _sep, body = chunk.partition(b"\r\n\r\n")
-        match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-        length = int(match.group(1)) if match else 0
-        out.append(head + b"\r\n\r\n" + body.lstrip(b"\r\n")[:length])
-    return out
 
 
 # Appended after the dataset: proves that the same path (port 8080, constructed connections,

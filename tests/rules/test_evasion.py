@@ -27,9 +27,9 @@ import pytest
 from gateway.engine import Engine, EngineConfig
 from gateway.match.matcher import Matcher
 from gateway.match.rules import Rule, Sample, default_rule_dir, load_rules
+from gateway.testing.corpora import NO_EXPLOIT, expected
 from gateway.testing.streams import StreamKey, tcp_streams
 from gateway.testing.traffic import Segment, contiguous, replay_packets, tcp_session
-from tests.rules.test_corpus import NO_EXPLOIT, expected
 
 CORPORA = Path(__file__).resolve().parents[3] / "shared" / "corpora"
 WINDOW = 64
