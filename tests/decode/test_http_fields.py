@@ -1,0 +1,118 @@
+"""gateway/decode/http_fields.py and the derived http.* fields of the HTTP adapter."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.decode.app import HttpAdapter
+from gateway.decode.http_fields import (
+    MAX_DERIVED_BYTES,
+    basic_credentials,
+    climb_depth,
+    full_percent_decode,
+    header_lines,
+    lookup_text,
+    resolve_lookups,
+    url_params,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "resolved"),
+    [
+        ("${jndi:ldap://x/a}", "${jndi:ldap://x/a}"),
+        ("${${::-j}${::-n}${::-d}${::-i}:${::-l}dap://x}", "${jndi:ldap://x}"),
+        ("${${lower:J}ndi:x}", "${jndi:x}"),
+        ("${${lower:${lower:jndi}}:${lower:ldap}://x}", "${jndi:ldap://x}"),
+        ("${${env:NOPE:-j}${upper:n}di:x}", "${jNdi:x}"),
+        ("${${date:'j'}ndi:x}", "${jndi:x}"),
+        ("${j${k8s:k5:-ND}i:x}", "${jNDi:x}"),
+        ("Hello ${name} and ${env:HOME}", "Hello ${name} and ${env:HOME}"),
+        ("no lookup", "no lookup"),
+        ("${unclosed", "${unclosed"),
+    ],
+)
+def test_resolve_lookups(text: str, resolved: str) -> None:
+    assert resolve_lookups(text) == resolved
+
+
+def test_lookup_text_decodes_percent_forms_and_skips_plain_parts() -> None:
+    out = lookup_text(["GET", "/a?q=%24%7B%24%7Blower%3Aj%7Dndi%3Ax%7D", "curl/8"])
+    assert "${jndi:x}" in out
+    assert lookup_text(["GET", "/index.html"]) == ""
+
+
+def test_basic_credentials() -> None:
+    token = base64.b64encode(b"user:${jndi:x}").decode()
+    assert basic_credentials(f"Basic {token}") == "user:${jndi:x}"
+    assert basic_credentials(f"basic   {token.rstrip('=')}") == "user:${jndi:x}"
+    assert basic_credentials("Bearer abc") is None
+    assert basic_credentials(None) is None
+    basic_credentials("Basic !!!")  # undecodable: no exception
+
+
+def test_url_params_and_percent_decode() -> None:
+    assert url_params("a=%28%29+%7B&b=2&&c") == "a=() {\nb=2\nc"
+    assert full_percent_decode("%252e%u002e") == ".."
+    assert full_percent_decode("100%") == "100%"
+
+
+@pytest.mark.parametrize(
+    ("uri", "depth"),
+    [
+        ("/index.html", 0),
+        ("/a/b/../../c", 0),
+        ("/a/../../etc/passwd", 1),
+        ("/cgi-bin/.%2e/.%2e/.%2e/bin/sh", 2),
+        ("/cgi-bin/.%%32%65/.%%32%65/bin/sh", 1),
+        ("/scripts/..%c0%af../winnt/system32/cmd.exe", 1),
+        ("/scripts/..%c1%9c../winnt/system32/cmd.exe", 1),
+        ("/scripts/..%255c../winnt/system32/cmd.exe", 1),
+        ("/x?next=../../../etc", 0),
+    ],
+)
+def test_climb_depth(uri: str, depth: int) -> None:
+    assert climb_depth(uri) == depth
+
+
+def test_header_lines_bounded() -> None:
+    assert header_lines([("a", "1"), ("b", "() {")]) == "a: 1\nb: () {"
+    many = [("x", "y" * 1000)] * 100
+    assert len(header_lines(many)) <= MAX_DERIVED_BYTES
+
+
+def test_adapter_emits_derived_fields_whole_and_byte_by_byte() -> None:
+    body = b"x=%28%29+%7B+%3A%3B%7D%3B+id&t=%24%7Bjndi%3Aa%7D"
+    request = (
+        b"POST /cgi-bin/../../x?q=1 HTTP/1.1\r\nHost: h\r\nUser-Agent: () { :;}\r\n"
+        b"Authorization: Basic " + base64.b64encode(b"u:p") + b"\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    for pieces in ([request], [request[i : i + 1] for i in range(len(request))]):
+        adapter = HttpAdapter()
+        records = [r for piece in pieces for r in adapter.feed(piece)]
+        head, end = records
+        assert head.fields["http.header_lines"].endswith(
+            b"content-length: " + str(len(body)).encode()
+        )  # type: ignore[union-attr]
+        assert b"user-agent: () { :;}" in head.fields["http.header_lines"]  # type: ignore[operator]
+        assert head.fields["http.uri.climb"] == 1
+        assert head.fields["http.query"] == b"q=1"
+        assert head.fields["http.auth.basic"] == b"u:p"
+        assert "http.body_params" not in head.fields
+        assert end.fields["http.body_params"] == b"x=() { :;}; id\nt=${jndi:a}"
+        assert b"${jndi:a}" in end.fields["http.lookups"]  # type: ignore[operator]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="${}:-jndilowerupe%2479BDbcx'", max_size=300))
+def test_resolution_never_raises_and_stays_bounded(text: str) -> None:
+    assert len(resolve_lookups(text)) <= MAX_DERIVED_BYTES
+    assert len(lookup_text([text, text])) <= MAX_DERIVED_BYTES
+    climb_depth(text)
+    url_params(text)
