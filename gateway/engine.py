@@ -28,6 +28,15 @@ Pipeline and policy:
   leave the later ones unchecked (the weakness of Suricata's stream bypass on keep-alive
   connections). Requests are small, the reassembler keeps nothing once delivered, so memory
   stays bounded; the cost is that such connections are never bypassed in the kernel.
+- Exceptions (CompiledPolicy exception scopes, docs/webui.md "Exceptions"): when a rule fires
+  in a mode other than OFF, an active exception for (rule, server, server port, request URI)
+  makes the engine ignore that firing (counted in `events_excepted`, no event, no block). The
+  URI is the decoded record's `http.uri` for http rules; for raw rules it is the target of the
+  last HTTP request line in the bytes that completed the match (normalised the same way), and
+  only looked for when a URI-scoped exception could apply. Unknown URI: URI-scoped exceptions
+  do not apply. Expiry is judged on the packet time `now`.
+- Why (gateway/match/explain.py): each event records the field ("raw" for stream content), the
+  condition in short and an excerpt around the match end; computed only when a rule fires.
 - `Decision.final` is True once nothing more can be learnt from the flow: no rule covers it, or
   every inspected direction reached its depth. A blocked flow is never final (the kernel must
   keep queueing it so its packets keep being dropped).
@@ -49,6 +58,7 @@ What it guarantees:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -67,6 +77,7 @@ from gateway.errors import DecodeError as AppDecodeError
 from gateway.events.eve import Event
 from gateway.flow.reassembly import StreamReassembler
 from gateway.flow.table import DEFAULT_TCP_CLOSED_IDLE, Direction, Flow, FlowTable
+from gateway.match.explain import MAX_TARGET, Why, explain_fields, explain_raw, request_target
 from gateway.match.matcher import (
     DIRECTION_NAMES,
     NO_RULES,
@@ -84,6 +95,18 @@ if TYPE_CHECKING:
     from gateway.config import GatewayConfig
 
 __all__ = ["EXPIRE_INTERVAL", "Engine", "EngineConfig", "EngineStats"]
+
+
+def _normalized_uri(url: bytes, fields: Mapping[str, int | bytes] | None) -> str:
+    """The normalised request URI (what `http.uri` holds) for exception matching."""
+    if fields is not None:
+        uri = fields.get("http.uri")
+        if isinstance(uri, bytes):
+            return uri.decode("latin-1")
+    from gateway.decode.http import normalize_uri
+
+    return normalize_uri(url.decode("latin-1"))
+
 
 EXPIRE_INTERVAL: Final = 1.0  # seconds of packet time between idle-flow sweeps
 UNBOUNDED_DEPTH: Final = 1 << 62  # "no depth": an HTTP connection is inspected to its end
@@ -163,6 +186,7 @@ class EngineStats:
         "decode_errors",
         "events",
         "events_detect_only",
+        "events_excepted",
         "flows_blocked",
         "flows_final",
         "flows_inspected",
@@ -187,6 +211,7 @@ class EngineStats:
         self.blocked_packets = 0  # packets dropped/reset
         self.events = 0
         self.events_detect_only = 0  # events of rules in DETECT mode that would have blocked
+        self.events_excepted = 0  # firings ignored because an exception covered them
         self.app_records = 0  # decoded app-layer records evaluated
         self.app_decode_errors = 0  # directions whose decoder rejected the bytes (anomalies)
         self.app_internal_errors = 0  # directions whose decoder failed otherwise (bugs)
@@ -238,6 +263,7 @@ class _Inspection:
         "matcher",
         "raw_done",
         "reasm",
+        "records",
         "states",
     )
 
@@ -252,6 +278,9 @@ class _Inspection:
         # rules with both raw patterns and field conditions: which half is already satisfied
         self.raw_done: list[set[int]] = [set(), set()]
         self.cond_ok: list[set[int]] = [set(), set()]
+        # rule id -> fields of the record that satisfied its conditions (only for rules whose
+        # conditions held: at most one entry per rule), for the event's why and URI
+        self.records: list[dict[int, Mapping[str, int | bytes]] | None] = [None, None]
 
     def close(self, d: int) -> None:
         self.active[d] = False
@@ -429,6 +458,7 @@ class Engine:
         else:
             if not payload:
                 return _ACCEPT
+            data = payload
             group = insp.groups[d]
             assert group is not None
             fired = insp.matcher.scan_block(group, payload)
@@ -442,7 +472,7 @@ class Engine:
             if seen >= self._depth[d]:
                 self._direction_done(flow, insp, d)
         if fired:
-            return self._fire(flow, insp, pkt, d, fired, now)
+            return self._fire(flow, insp, pkt, d, fired, now, data)
         return _ACCEPT_FINAL if flow.final else _ACCEPT
 
     def _app_feed(
@@ -499,7 +529,14 @@ class Engine:
         for record in records:
             group = apps.get(record.app)
             if group is not None:
-                out.extend(matcher.evaluate(group, record.fields))
+                found = matcher.evaluate(group, record.fields)
+                if found:
+                    out.extend(found)
+                    seen = insp.records[d]
+                    if seen is None:
+                        seen = insp.records[d] = {}
+                    for rule in found:
+                        seen[rule.id] = record.fields
         return tuple(out)
 
     @staticmethod
@@ -569,17 +606,34 @@ class Engine:
         d: int,
         fired: tuple[Rule, ...],
         now: float,
+        data: bytes = b"",
     ) -> Decision:
         block: Action | None = None
         events: list[Event] = []
         key = flow.key
         policy = self.policy
+        records = insp.records[d]
+        handled: set[int] = set()  # a rule may come twice (head and end-of-request records)
         for rule in fired:
-            if rule.id in insp.fired:
+            if rule.id in insp.fired or rule.id in handled:
                 continue
-            mode = policy.mode(key.server, rule) if policy is not None else rule.default_mode
+            handled.add(rule.id)
+            mode = (
+                policy.mode(key.server, rule, key.server_port)
+                if policy is not None
+                else rule.default_mode
+            )
             if mode is Mode.OFF:
                 continue
+            fields = records.pop(rule.id, None) if records is not None else None
+            why, url = self._why(insp, d, rule, fields, data)
+            if policy is not None and policy.has_exceptions:
+                uri: str | None = None
+                if url is not None and policy.wants_uri(key.server, rule.id, now):
+                    uri = _normalized_uri(url, fields)
+                if policy.exception(key.server, rule.id, key.server_port, uri, now) is not None:
+                    self.stats.events_excepted += 1
+                    continue  # not remembered in insp.fired: another request may still fire
             insp.fired.add(rule.id)
             action = rule.action
             would_block = False
@@ -607,6 +661,10 @@ class Engine:
                     rule_action=action,
                     blocked=action.blocks and not would_block,
                     would_block=would_block,
+                    field=why.field,
+                    condition=why.condition,
+                    excerpt=why.excerpt,
+                    http_url=url or b"",
                 )
             )
         self.stats.events += len(events)
@@ -620,6 +678,36 @@ class Engine:
         if not events:
             return _ACCEPT_FINAL if flow.final else _ACCEPT
         return Decision(Action.ALERT, flow.final, tuple(events))
+
+    def _why(
+        self,
+        insp: _Inspection,
+        d: int,
+        rule: Rule,
+        fields: Mapping[str, int | bytes] | None,
+        data: bytes,
+    ) -> tuple[Why, bytes | None]:
+        """(why the rule fired, the HTTP request target if known); only called on a firing."""
+        if fields is not None:
+            target = fields.get("http.uri.raw")
+            url = target[:MAX_TARGET] if isinstance(target, bytes) else None
+            return explain_fields(rule, fields), url
+        located: tuple[int, int] | None = None
+        end: int | None = None
+        state = insp.states[d]
+        if state is not None and insp.groups[d] is not None and state.ends:
+            located = insp.matcher.raw_match_end(rule, state.ends)
+            if located is not None:
+                end = located[1] - (state.scanned - len(data))
+        elif insp.groups[d] is not None and data and state is None:
+            group = insp.groups[d]
+            assert group is not None
+            if not group.stream_mode:
+                located = insp.matcher.locate_block(group, data, rule)
+                end = located[1] if located is not None else None
+        why = explain_raw(rule, located[0] if located is not None else None, data, end)
+        url = request_target(data, end) if end is not None and end > 0 else None
+        return why, url
 
     def _release(self, flow: Flow) -> None:
         """FlowTable.on_evict: free the flow's Hyperscan streams and reassembly buffers."""

@@ -15,6 +15,11 @@ What it guarantees:
 - `alert.severity` follows Suricata (1 = most severe): critical/high -> 1, medium -> 2, low -> 3.
 - `app_proto` is a best guess from the server port (smb, http, dns, tls, rdp, dcerpc, ...),
   "failed" when the port says nothing.
+- Why the rule fired (gateway/match/explain.py, bounded there): `vpatch.field` (the decoded
+  field, or "raw" for stream/datagram content), `vpatch.condition` (the condition in short) and
+  `vpatch.excerpt` (the matching bytes as an escaped ASCII string: printable ASCII kept, the
+  backslash doubled, other bytes `\\xHH`); "" when unknown. `http.url` (the request target,
+  escaped the same way) is present only when the event knows the HTTP request it belongs to.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ __all__ = [
     "SEVERITY_NUMBERS",
     "Event",
     "app_proto_for_port",
+    "escape_bytes",
     "format_timestamp",
     "to_eve",
     "to_json",
@@ -86,6 +92,10 @@ class Event:
     rule_action: Action  # the rule's action
     blocked: bool  # the packet was dropped / reset
     would_block: bool = False  # DETECT mode: the rule would have blocked (docs/policy.md)
+    field: str = ""  # why: the field that matched ("raw": stream/datagram content)
+    condition: str = ""  # why: the condition in short
+    excerpt: bytes = b""  # why: the matching bytes (<= gateway.match.explain.MAX_EXCERPT)
+    http_url: bytes = b""  # the HTTP request target, when known (b"": unknown)
 
 
 def format_timestamp(ts: float) -> str:
@@ -95,8 +105,22 @@ def format_timestamp(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="microseconds")
 
 
+def escape_bytes(data: bytes) -> str:
+    """Printable ASCII kept (backslash doubled), every other byte as \\xHH."""
+    from gateway.match.explain import escape_excerpt
+
+    return escape_excerpt(data)
+
+
 def to_eve(event: Event) -> dict[str, Any]:
     """The EVE JSON object for an event (a fresh dict of JSON-safe values)."""
+    eve = _to_eve(event)
+    if event.http_url:
+        eve["http"] = {"url": escape_bytes(event.http_url)}
+    return eve
+
+
+def _to_eve(event: Event) -> dict[str, Any]:
     return {
         "timestamp": format_timestamp(event.timestamp),
         "flow_id": int(event.flow_id),
@@ -122,6 +146,9 @@ def to_eve(event: Event) -> dict[str, Any]:
             "rule_action": event.rule_action.value,
             "severity": str(event.severity),
             "would_block": bool(event.would_block),
+            "field": str(event.field),
+            "condition": str(event.condition),
+            "excerpt": escape_bytes(bytes(event.excerpt)),
         },
     }
 

@@ -373,7 +373,9 @@ def build_engine(config: GatewayConfig) -> EngineLike:
     from gateway.engine import Engine
     from gateway.match.rules import load_rules
 
-    engine: EngineLike = Engine(load_rules(config.rules), engine_config(config))
+    from gateway.policy.appcontrol import rule_paths
+
+    engine: EngineLike = Engine(load_rules(rule_paths(config)), engine_config(config))
     return engine
 
 
@@ -394,12 +396,15 @@ def load_policy(config: GatewayConfig) -> Any:
     """The CompiledPolicy of the policy store, or None when there is no store file yet."""
     if not config.policy.database.exists():
         return None
+    from gateway.policy.appcontrol import stored_controls
     from gateway.policy.compiled import CompiledPolicy
     from gateway.policy.store import Store
 
     with Store(config.policy.database) as store:
-        hosts, groups, assignments = store.policy_snapshot()
-    return CompiledPolicy(hosts, groups, assignments)
+        hosts, groups, assignments = store.policy_snapshot(fold_exceptions=False)
+        exceptions = store.list_exceptions(include_expired=False)
+        app_controls = stored_controls(store)
+    return CompiledPolicy(hosts, groups, assignments, exceptions, app_controls=app_controls)
 
 
 def apply_policy(engine: Any, config: GatewayConfig, stats: WorkerStats, wanted: int) -> None:

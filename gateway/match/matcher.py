@@ -81,6 +81,17 @@ def _collect(pattern_id: int, start: int, end: int, flags: int, hits: Any) -> No
     hits.append(pattern_id)
 
 
+def _collect_end(pattern_id: int, start: int, end: int, flags: int, state: Any) -> None:
+    # stream mode: also where each pattern's match ended (stream offset), for the event's
+    # "why" (gateway/match/explain.py); SINGLEMATCH keeps this one dict store per pattern
+    state.hits.append(pattern_id)
+    state.ends[pattern_id] = end
+
+
+def _collect_ends(pattern_id: int, start: int, end: int, flags: int, ends: Any) -> None:
+    ends.setdefault(pattern_id, end)
+
+
 @dataclass(frozen=True, slots=True)
 class MatcherStats:
     databases: int
@@ -175,17 +186,20 @@ class MatchGroup:
 
 
 class StreamState:
-    """Per flow direction: the open Hyperscan stream and which patterns have matched."""
+    """Per flow direction: the open Hyperscan stream and which patterns have matched
+    (`ends`: pattern id -> stream offset where its match ended; `scanned`: bytes scanned)."""
 
-    __slots__ = ("closed", "group", "hits", "masks", "matcher", "stream")
+    __slots__ = ("closed", "ends", "group", "hits", "masks", "matcher", "scanned", "stream")
 
     def __init__(self, matcher: Matcher, group: MatchGroup) -> None:
         self.matcher = matcher
         self.group = group
         self.hits: list[int] = []
         self.masks: dict[int, int] = {}  # rule index -> bit mask of matched patterns
+        self.ends: dict[int, int] = {}  # at most one entry per pattern (SINGLEMATCH)
+        self.scanned = 0
         assert group.database is not None
-        stream = group.database.stream(match_event_handler=_collect, context=self.hits)
+        stream = group.database.stream(match_event_handler=_collect_end, context=self)
         stream.__enter__()
         self.stream = stream
         self.closed = False
@@ -200,6 +214,7 @@ class Matcher:
         "_groups",
         "_pattern_bit",
         "_pattern_rule",
+        "_rule_pids",
         "_rules",
         "ruleset",
         "stats",
@@ -229,6 +244,7 @@ class Matcher:
         pattern_ids: list[list[int]] = [[] for _ in self._rules]
         for pid, ri in enumerate(self._pattern_rule):
             pattern_ids[ri].append(pid)
+        self._rule_pids = {rule.id: tuple(pattern_ids[ri]) for ri, rule in enumerate(self._rules)}
 
         # (proto, direction, port) -> the rule indices covering it
         coverage: dict[tuple[int, int, int], list[int]] = {}
@@ -316,6 +332,7 @@ class Matcher:
         """Scan the next in-order bytes of a stream; return the rules completed by them."""
         if state.closed:
             return NO_RULES
+        state.scanned += len(data)
         state.stream.scan(data, scratch=state.group.scratch)
         hits = state.hits
         if not hits:
@@ -341,6 +358,27 @@ class Matcher:
         if not hits:
             return NO_RULES
         return self._complete(hits, {})
+
+    def raw_match_end(self, rule: Rule, ends: dict[int, int]) -> tuple[int, int] | None:
+        """(index in rule.patterns, end offset) of the rule's raw pattern whose match ended
+        last (the one that completed it), from a pattern id -> end map; None if none."""
+        best: tuple[int, int] | None = None
+        for i, pid in enumerate(self._rule_pids.get(rule.id, ())):
+            end = ends.get(pid)
+            if end is not None and (best is None or end > best[1]):
+                best = (i, end)
+        return best
+
+    def locate_block(self, group: MatchGroup, data: bytes, rule: Rule) -> tuple[int, int] | None:
+        """Scan one datagram again (only when a rule fired) for where `rule`'s patterns
+        matched: as raw_match_end, offsets within `data`."""
+        if group.database is None:
+            return None
+        ends: dict[int, int] = {}
+        group.database.scan(
+            data, match_event_handler=_collect_ends, context=ends, scratch=group.scratch
+        )
+        return self.raw_match_end(rule, ends)
 
     def evaluate(self, group: AppGroup, fields: dict[str, int | bytes]) -> tuple[Rule, ...]:
         """The rules of `group` whose field conditions hold for one decoded record: pattern
