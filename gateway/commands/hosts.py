@@ -11,8 +11,13 @@
   monitor [--eve F] [--sqlite F] [--duration S]
                                NFLOG reader: learning tuples and lockdown events (run it in the
                                gateway namespace)
-Every state-changing command takes `--apply` to (re)install the kernel rules right away, and
-`--netns NS` to run the kernel commands inside that namespace (lab and tests).
+  app-control HOST [--add RULE]... [--remove RULE]... [--clear]
+                               per-host application control (gateway/policy/appcontrol.py)
+State lives in the policy store (`-c CONFIG`: its `policy.database`; `--state DB` overrides).
+After a change, a running `vpatch run` (control socket from the config, `--socket` overrides)
+is told to `reload`: it re-renders the host-mode kernel rules and the engine's app-control
+policy itself. Standalone use without a gateway: `--apply` installs the host-mode rules under
+the prefix VPHM, and `--netns NS` runs those kernel commands inside that namespace.
 Guarantees: exit status 0 on success, 2 on bad input (VpatchError naming the value); the kernel
 rules are replaced atomically by apply.apply_rules (all or nothing).
 """
@@ -28,7 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Backend
+from gateway.config import Backend, load_config
+from gateway.control.server import control_request
+from gateway.errors import VpatchError
 from gateway.events.sink import EventSink
 from gateway.firewall.apply import apply_rules, probe_backend, remove_rules, run_cmd
 from gateway.firewall.hostmodes import (
@@ -66,12 +73,15 @@ def register(subparsers: Any) -> None:
         description="Per-host modes (normal, setup, learning, lockdown), setup-protection "
         "exceptions and update sources, lockdown tuples and events.",
     )
+    parser.add_argument("-c", "--config", type=Path, help="gateway configuration (YAML)")
     parser.add_argument(
         "--state",
-        metavar="FILE",
+        metavar="DB",
         type=Path,
-        default=DEFAULT_STATE_PATH,
-        help="lifecycle state file (default %(default)s)",
+        help=f"policy database (default: the config's policy.database, {DEFAULT_STATE_PATH})",
+    )
+    parser.add_argument(
+        "--socket", type=Path, help="control socket of the running gateway (default: config)"
     )
     parser.add_argument("--netns", metavar="NS", help="run kernel commands in namespace NS")
     parser.add_argument("--learn-group", type=int, default=DEFAULT_LEARN_GROUP)
@@ -88,6 +98,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lockdown-action", choices=[a.value for a in LockdownAction])
     p.add_argument("--auto-apply", choices=["on", "off"])
     p.add_argument("--apply", action="store_true", help="install the kernel rules now")
+    p = sub.add_parser("app-control", help="per-host application control rules")
+    p.add_argument("host")
+    p.add_argument("--add", action="append", default=[], metavar="RULE")
+    p.add_argument("--remove", action="append", default=[], metavar="RULE")
+    p.add_argument("--clear", action="store_true")
     p = sub.add_parser("release", help="release a host from setup protection")
     p.add_argument("host")
     p.add_argument("--apply", action="store_true")
@@ -143,8 +158,22 @@ def _history(host: str, action: str, target: str, reason: str) -> list[HistoryEn
     return [HistoryEntry(time.time(), host, action, target, reason)]
 
 
+def notify_gateway(socket_path: Path) -> str:
+    """Ask a running gateway to reload (host modes, app control); a line saying what happened."""
+    if not socket_path.exists():
+        return f"no gateway running at {socket_path}: the change applies when `vpatch run` starts"
+    try:
+        reply = control_request(socket_path, "reload", timeout=30.0)
+    except VpatchError as err:
+        return f"gateway reload failed: {err}"
+    modes = reply.get("host_modes", {}) if isinstance(reply, dict) else {}
+    return f"gateway reloaded (policy version {reply.get('version')}, host modes {modes})"
+
+
 def run(args: argparse.Namespace) -> int:
-    store = LifecycleStore(args.state)
+    config = load_config(args.config)
+    store = LifecycleStore(args.state or config.policy.database)
+    socket_path = args.socket or config.control.socket
     cmd = args.hosts_command
     if cmd == "list":
         hosts = store.hosts()
@@ -214,6 +243,31 @@ def run(args: argparse.Namespace) -> int:
             name = set_names(STANDALONE_PREFIX, version)["tuples"]
             run_cmd(["ipset", "add", name, el, "-exist"], args.netns)
         print(f"{host}: allowed {t}")
+        if not args.apply:
+            print(notify_gateway(socket_path))
+        return 0
+    elif cmd == "app-control":
+        from gateway.policy.appcontrol import parse_control
+
+        host = check_address(args.host, "host")
+        current = store.host(host)
+        controls = [] if args.clear else list(current.app_controls)
+        for text in args.add:
+            rule = parse_control(text, "--add").text
+            if rule not in controls:
+                controls.append(rule)
+        for text in args.remove:
+            rule = parse_control(text, "--remove").text
+            if rule not in controls:
+                raise LifecycleError(f"host {host}: no app-control rule {rule!r} to remove")
+            controls.remove(rule)
+        store.update_host(
+            host,
+            history=_history(host, "app-control", ";".join(controls) or "-", "admin"),
+            app_controls=tuple(controls),
+        )
+        print(f"{host}: app control {', '.join(controls) or 'none'}")
+        print(notify_gateway(socket_path))
         return 0
     elif cmd in ("learned", "history"):
         host = check_address(args.host, "host")
@@ -269,6 +323,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if getattr(args, "apply", False):
         print(apply_kernel(store, args.netns, _settings(args)))
+    else:
+        print(notify_gateway(socket_path))
     return 0
 
 
@@ -286,5 +342,6 @@ def _host_dict(h: Any) -> dict[str, Any]:
         "lockdown_action": h.lockdown_action.value,
         "assigned": list(h.assigned),
         "learned": [str(t) for t in h.learned],
+        "app_controls": list(h.app_controls),
         "updated_at": h.updated_at,
     }

@@ -19,6 +19,14 @@ worker that is going away), then the workers are stopped (SIGTERM, SIGKILL after
 process (kill -9), `vpatch run --cleanup` removes what it left (all backends).
 
 `--print-rules` prints the rendered ipset/iptables text and exits without touching the kernel.
+
+Host modes (docs/lifecycle.md): the setup-protection / learning / lockdown chains are rendered
+from the lifecycle state in the policy store (`policy.database`) together with the queueing
+rules and the firewall policy, and applied with them atomically; filter FORWARD order is
+PREFIX-FW, then PREFIX-HM-FORWARD (gateway/firewall/hostmodes.py FORWARD_ORDER). `reload`
+refreshes them in place (sets swapped, chains rewritten). The lifecycle monitor (NFLOG:
+learned tuples, lockdown events into the gateway's event sinks) runs as a thread of this
+process; its failure is logged and never stops the gateway (the kernel enforces the modes).
 """
 
 from __future__ import annotations
@@ -98,8 +106,33 @@ def render_config(config: GatewayConfig) -> RenderedRules:
     """Load the rules (RuleError on any bad rule) and render the kernel rules for them."""
     from gateway.match.rules import load_rules
 
-    ruleset = load_rules(config.rules)
-    return merge(render(config, QueuePlan.from_rules(ruleset)), firewall_policy(config))
+    from gateway.policy.appcontrol import rule_paths
+
+    ruleset = load_rules(rule_paths(config))  # + built-in app-control rules (their ports)
+    base = merge(render(config, QueuePlan.from_rules(ruleset)), firewall_policy(config))
+    return merge(base, host_modes(config))
+
+
+def host_policies(config: GatewayConfig) -> list[Any]:
+    """The hosts of the lifecycle state (policy store); none when there is no database yet."""
+    from gateway.lifecycle.state import LifecycleStore
+
+    if not config.policy.database.exists():
+        return []
+    return list(LifecycleStore(config.policy.database).hosts())
+
+
+def host_modes(config: GatewayConfig) -> RenderedRules:
+    """Host-mode chains and sets for both families (always present, so `reload` can refresh
+    them), jumped to from FORWARD right after the firewall policy chain."""
+    from gateway.firewall.hostmodes import HM_POSITION_WITH_FIREWALL, render_hostmodes
+
+    return render_hostmodes(
+        host_policies(config),
+        config.firewall.chain_prefix,
+        always=True,
+        position=HM_POSITION_WITH_FIREWALL,
+    )
 
 
 def firewall_policy(config: GatewayConfig) -> RenderedRules:
@@ -141,6 +174,9 @@ class Gateway:
         self._alerts: Any = None  # gateway/alerts/dispatcher.py, when events go to SQLite
         self.policy_version = 1  # bumped by each `reload`; workers apply it between packets
         self._reload_lock = threading.Lock()
+        self._monitor_stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._monitor_sink: Any = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -163,6 +199,7 @@ class Gateway:
                 self.config.fail_policy.value,
                 len(self.rendered.sets),
             )
+            self._start_monitor()
             self._start_control()
             self._start_alerts()
             print("vpatch run: ready", flush=True)
@@ -180,6 +217,7 @@ class Gateway:
                 log.error("removing kernel rules failed: %s", err)
                 status = status or 2
             self._stop_workers()
+            self._stop_monitor()
             if self._control is not None:
                 self._control.stop()
             if self._alerts is not None:
@@ -292,6 +330,7 @@ class Gateway:
             started = time.monotonic()
             policy = load_policy(self.config)  # raises (ConfigError) on a bad policy
             firewall_rules = self._refresh_firewall()
+            host_modes = self._refresh_hostmodes()
             self.policy_version += 1
             version = self.policy_version
             for w in self.workers:
@@ -318,6 +357,7 @@ class Gateway:
                 "queues": {str(w.queue_num): w.stats.get("policy_version") for w in self.workers},
                 "policy_errors": sum(w.stats.get("policy_errors") for w in self.workers),
                 "firewall_rules": firewall_rules,
+                "host_modes": host_modes,
             }
 
     def _refresh_firewall(self) -> int:
@@ -329,6 +369,49 @@ class Gateway:
             return 0
         with Store(self.config.policy.database) as store:
             return refresh_policy(store, self.backend, self.config.firewall.chain_prefix)
+
+    def _refresh_hostmodes(self) -> dict[str, str]:
+        """Rewrite the host-mode sets and chains from the lifecycle state; {host: mode}."""
+        from gateway.firewall.hostmodes import refresh_hostmodes
+
+        policies = host_policies(self.config)
+        refresh_hostmodes(policies, self.backend, self.config.firewall.chain_prefix)
+        return {p.address: p.mode.value for p in policies if p.mode.value != "normal"}
+
+    def _start_monitor(self) -> None:
+        """The lifecycle monitor thread (NFLOG learning and lockdown events); waits until its
+        NFLOG groups are bound so no learning packet of the first connection is missed."""
+        from gateway.events.sink import EventSink
+        from gateway.firewall.hostmodes import DEFAULT_SETTINGS
+        from gateway.lifecycle.monitor import run_monitor
+        from gateway.lifecycle.state import LifecycleStore
+
+        ev = self.config.events
+        self._monitor_sink = EventSink(ev.sqlite, ev.jsonl, ev.max_queue)
+        store = LifecycleStore(self.config.policy.database)
+        ready = threading.Event()
+
+        def body() -> None:
+            try:
+                run_monitor(
+                    store, DEFAULT_SETTINGS, self._monitor_sink, None, sys.stdout,
+                    stop=self._monitor_stop, ready=ready,
+                )  # fmt: skip
+            except Exception as err:  # noqa: BLE001 - the kernel enforces; log and go on
+                log.error("lifecycle monitor stopped: %r (host modes stay enforced)", err)
+            finally:
+                ready.set()
+
+        self._monitor = threading.Thread(target=body, name="lifecycle-monitor", daemon=True)
+        self._monitor.start()
+        ready.wait(10.0)
+
+    def _stop_monitor(self) -> None:
+        self._monitor_stop.set()
+        if self._monitor is not None:
+            self._monitor.join(5.0)
+        if self._monitor_sink is not None:
+            self._monitor_sink.close()
 
     def policy(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
         """The stored policy as the workers see it, and the versions they applied."""

@@ -76,7 +76,7 @@ def register(subparsers: Any) -> None:
         metavar="FILE",
         type=Path,
         default=DEFAULT_STATE_PATH,
-        help="lifecycle state file (default %(default)s)",
+        help="policy database holding the lifecycle state (default %(default)s)",
     )
     parser.add_argument(
         "--apply",
@@ -176,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
         bar.finish()
         policy = store.host(result.host)
         recs = recommend(result, rules, policy.assigned)
+        findings = result_to_dict(result)["findings"]
+        store.record_scan(result.host, findings if isinstance(findings, list) else [])
         applied = bool(args.apply or policy.auto_apply)
         if applied:
             apply_recommendations(store, result.host, recs)

@@ -24,6 +24,16 @@ verdict applies whether or not the packet was inspected. Guarantees:
 - Chains are PREFIX-HM-*, sets prefix-hm-*, so apply.remove_rules(prefix) removes them with the
   rest of the gateway's objects (render.render includes them when given host policies);
   `vpatch hosts apply` installs them on their own with prefix STANDALONE_PREFIX.
+- Order in filter FORWARD (explicit, FORWARD_ORDER, checked by `forward_jumps`): the firewall
+  policy chain PREFIX-FW first (gateway/firewall/policy.py, inserted at position 1), then the
+  host-mode chain (`position` 2 when `vpatch run` renders both), then whatever else the box has
+  (accept paths). So a firewall `deny` drops before learning could record the connection or
+  lockdown could log it, and both come before any ACCEPT rule of someone else.
+- `vpatch run` renders with `always=True` (chains and sets for both families even when no
+  host is in a special mode), so `refresh_hostmodes` can later rewrite them in place on
+  `reload`: sets are filled beside the live ones and swapped (`ipset swap`, atomic per set),
+  chains are rewritten by one `iptables-restore --noflush` per family (atomic per family);
+  established connections are never cut.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gateway.errors import FirewallError
+from gateway.firewall.apply import BackendInfo, run_cmd
 from gateway.firewall.render import RenderedRules, set_prefix
 from gateway.lifecycle.state import Endpoint, HostMode, HostPolicy, LearnedTuple, LockdownAction
 
@@ -43,6 +55,9 @@ MAX_TUPLES = 65536
 MAX_HOSTS_PER_SET = 4096
 LEARN_PREFIX = "vpatch-learn"
 LOCKDOWN_PREFIX = "vpatch-lockdown"
+FORWARD_ORDER = ("FW", "HM-FORWARD")  # chain suffixes, in their order at the top of FORWARD
+HM_POSITION_WITH_FIREWALL = 2  # the host-mode jump's position when PREFIX-FW holds 1
+SWAP_SUFFIX = "-n"  # temporary set names during a refresh (ipset names: at most 31 chars)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +105,15 @@ def render_hostmodes(
     policies: Iterable[HostPolicy],
     prefix: str = STANDALONE_PREFIX,
     settings: HostModeSettings = DEFAULT_SETTINGS,
+    *,
+    always: bool = False,
+    position: int = 1,
 ) -> RenderedRules:
-    """Sets and filter-table rules for every host not in normal mode (both families)."""
+    """Sets and filter-table rules for every host not in normal mode (both families).
+
+    always: render both families' chains and sets even without such hosts (`vpatch run`,
+    so `reload` can refresh them in place). position: where the jump goes in FORWARD.
+    """
     hosts = [p for p in policies if p.mode is not HostMode.NORMAL]
     ipset_lines: list[str] = []
     sets: list[str] = []
@@ -99,7 +121,7 @@ def render_hostmodes(
     chains_all: list[str] = []
     for version in (4, 6):
         mine = [h for h in hosts if _family(h.address) == version]
-        if not mine:
+        if not mine and not always:
             continue
         names = set_names(prefix, version)
         fam = "inet" if version == 4 else "inet6"
@@ -131,7 +153,7 @@ def render_hostmodes(
                 )
                 ipset_lines.extend(f"add {name} {a}" for a in sorted(by_set[key]))
             sets.append(name)
-        text, chains = _render_family(version, prefix, names, mine, settings)
+        text, chains = _render_family(version, prefix, names, mine, settings, position)
         texts[version] = text
         chains_all.extend(c for c in chains if c not in chains_all)
     return RenderedRules(
@@ -150,12 +172,13 @@ def _render_family(
     names: dict[str, str],
     hosts: Sequence[HostPolicy],
     settings: HostModeSettings,
+    position: int = 1,
 ) -> tuple[str, list[str]]:
     p = f"{prefix}-HM"
     fwd, sin, sout, lock = f"{p}-FORWARD", f"{p}-SETUP-IN", f"{p}-SETUP-OUT", f"{p}-LOCK"
     chains = [fwd, sin, sout, lock]
     r: list[str] = [
-        f"-I FORWARD 1 -j {fwd}",
+        f"-I FORWARD {position} -j {fwd}",
         f"-A {fwd} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
     ]
     r.append(f"-A {fwd} -m set --match-set {names['setup']} dst -j {sin}")
@@ -205,3 +228,65 @@ def merge(base: RenderedRules, extra: RenderedRules) -> RenderedRules:
         chains=base.chains + tuple(c for c in extra.chains if c not in base.chains),
         prefix=base.prefix,
     )
+
+
+def forward_jumps(backend: BackendInfo, version: int, netns: str | None = None) -> list[str]:
+    """Targets of the jumps in filter FORWARD, in order (to check FORWARD_ORDER)."""
+    tool = backend.iptables if version == 4 else backend.ip6tables
+    proc = run_cmd([tool, "-S", "FORWARD"], netns)
+    out = []
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if parts[:2] == ["-A", "FORWARD"] and "-j" in parts:
+            out.append(parts[parts.index("-j") + 1])
+    return out
+
+
+def _hm_position(jumps: list[str], prefix: str) -> int:
+    """Where the host-mode jump belongs: right after PREFIX-FW when that is there, else first."""
+    fw = f"{prefix}-{FORWARD_ORDER[0]}"
+    return jumps.index(fw) + 2 if fw in jumps else 1
+
+
+def refresh_hostmodes(
+    policies: Iterable[HostPolicy],
+    backend: BackendInfo,
+    prefix: str,
+    settings: HostModeSettings = DEFAULT_SETTINGS,
+    netns: str | None = None,
+) -> RenderedRules:
+    """Rewrite the running host-mode sets and chains (rendered with always=True) in place.
+
+    Sets: filled under NAME-n, swapped with NAME, NAME-n destroyed (each swap atomic).
+    Chains: one `iptables-restore --noflush` per family declaring the chains (which flushes
+    them) and refilling them; the FORWARD jump is added (after PREFIX-FW) only if missing.
+    FirewallError naming the command when the kernel refuses.
+    """
+    rendered = render_hostmodes(policies, prefix, settings, always=True)
+    for name in rendered.sets:
+        run_cmd(["ipset", "destroy", name + SWAP_SUFFIX], netns, check=False)
+    lines: list[str] = []
+    for line in rendered.ipset.splitlines():
+        verb, name, rest = (line.split(" ", 2) + [""])[:3]
+        lines.append(f"{verb} {name}{SWAP_SUFFIX} {rest}".rstrip())
+    for name in rendered.sets:
+        lines += [f"swap {name} {name}{SWAP_SUFFIX}", f"destroy {name}{SWAP_SUFFIX}"]
+    run_cmd(["ipset", "restore"], netns, stdin="\n".join(lines) + "\n")
+    fwd = f"{prefix}-HM-FORWARD"
+    for version in (4, 6):
+        text = rendered.ipv4 if version == 4 else rendered.ipv6
+        jumps = forward_jumps(backend, version, netns)
+        body = [ln for ln in text.splitlines() if not ln.startswith("-I FORWARD ")]
+        if fwd not in jumps:
+            body.insert(body.index("COMMIT"), f"-I FORWARD {_hm_position(jumps, prefix)} -j {fwd}")
+        proc = run_cmd(
+            [backend.restore(version), "--noflush"],
+            netns,
+            stdin="\n".join(body) + "\n",
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise FirewallError(
+                f"{backend.restore(version)} --noflush (host modes) failed: {proc.stderr.strip()}"
+            )
+    return rendered

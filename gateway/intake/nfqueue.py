@@ -372,7 +372,6 @@ def engine_config(config: GatewayConfig) -> Any:
 def build_engine(config: GatewayConfig) -> EngineLike:
     from gateway.engine import Engine
     from gateway.match.rules import load_rules
-
     from gateway.policy.appcontrol import rule_paths
 
     engine: EngineLike = Engine(load_rules(rule_paths(config)), engine_config(config))

@@ -1,5 +1,6 @@
 """The lifecycle monitor: turns NFLOG copies from the host-mode rules into learned tuples and
-lockdown events. Runs in the gateway's network namespace (`vpatch hosts monitor`).
+lockdown events. Runs in the gateway's network namespace: as a thread of `vpatch run`
+(gateway/commands/run.py) or standalone (`vpatch hosts monitor`).
 
 - Learning group: each logged new connection gives a `LearnedTuple` (initiator, responder,
   protocol, destination port / ICMP type) for every learning host it involves; tuples are
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+import threading
 import time
 import zlib
 from collections import OrderedDict
@@ -95,6 +97,9 @@ class LifecycleMonitor:
         self.reload()
 
     def reload(self) -> None:
+        if not self.store.path.exists():  # no policy database yet: no host in a special mode
+            self.hosts = {}
+            return
         self.hosts = {h.address: h for h in self.store.hosts()}
 
     def handle(self, logged: LoggedPacket) -> Event | None:
@@ -181,9 +186,14 @@ def run_monitor(
     sink: EventSink | None,
     duration: float | None = None,
     out: TextIO = sys.stdout,
+    stop: threading.Event | None = None,
+    ready: threading.Event | None = None,
 ) -> LifecycleMonitor:
-    """Read NFLOG until duration seconds have passed (forever if None) or SIGINT/SIGTERM."""
+    """Read NFLOG until duration seconds have passed (forever if None), `stop` is set, or
+    SIGINT/SIGTERM; `ready` is set once the NFLOG groups are bound."""
     reader = NflogReader((settings.learn_group, settings.lockdown_group))
+    if ready is not None:
+        ready.set()
     mon = LifecycleMonitor(store, settings, sink, out)
     deadline = None if duration is None else time.monotonic() + duration
     next_flush = next_reload = time.monotonic()
@@ -193,7 +203,7 @@ def run_monitor(
     )
     out.flush()
     try:
-        while deadline is None or time.monotonic() < deadline:
+        while (deadline is None or time.monotonic() < deadline) and not (stop and stop.is_set()):
             for logged in reader.receive(0.2):
                 mon.handle(logged)
             now = time.monotonic()

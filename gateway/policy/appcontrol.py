@@ -1,0 +1,102 @@
+"""Application control: per-host policy on protocols identified by content, not by port.
+
+What it does: an app-control rule is one of these texts (stored per host in the policy store's
+`app_controls` table, written by `vpatch hosts app-control`):
+  refuse-smb1                          SMB1 NEGOTIATE offering no SMB2 dialect -> reset
+  min-tls 1.0|1.1|1.2                  ClientHello whose client_version is below -> reset
+  refuse-cleartext ftp[,telnet]        FTP commands other than AUTH / Telnet negotiation -> reset
+  refuse-http-port-other-than P[,P..]  an HTTP request on any other watched port -> reset
+Each maps to built-in virtual rules (APP_CONTROL_RULES, ids 9200000-9200099, `default_mode
+off`) that the engine evaluates like any rule on the fields of the app decoders
+(gateway/decode/app.py: smb.negotiate.dialects, tls.handshake.version, ftp.command, raw);
+`CompiledPolicy.mode(server, rule, server_port)` turns them on (PREVENT) only for the hosts
+whose policy names them, so the events name the cause ("app-control: SMB1 negotiation
+refused") and a reload changes the policy without restarting workers.
+
+Guarantees: `parse_control` accepts exactly the forms above and raises ConfigError naming the
+text and where it came from; `rule_paths(config)` is the configured rule paths plus
+APP_CONTROL_RULES, so the kernel queue plan covers the watched ports (listed in the YAML).
+TLS 1.3 floors are refused: a 1.3 ClientHello says 0x0303 and only supported_versions tells.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+    from gateway.policy.store import Store
+
+APP_CONTROL_RULES: Final = Path(__file__).with_name("appcontrol.yaml")
+SID_SMB1: Final = 9200001
+SID_TLS_MIN: Final = {"1.0": 9200010, "1.1": 9200011, "1.2": 9200012}
+SID_FTP: Final = 9200021
+SID_TELNET: Final = 9200022
+SID_HTTP_PORT: Final = 9200031
+SID_RANGE: Final = range(9200000, 9200100)
+CLEARTEXT: Final = {"ftp": SID_FTP, "telnet": SID_TELNET}
+MAX_CONTROL_TEXT: Final = 200
+
+
+@dataclass(frozen=True, slots=True)
+class AppControl:
+    """One parsed app-control rule: the virtual rule ids it enables."""
+
+    text: str  # normalised text, as stored
+    rule_ids: frozenset[int]
+    http_ports: frozenset[int] = frozenset()  # refuse-http-port-other-than: allowed ports
+
+
+def parse_control(text: str, source: str) -> AppControl:
+    words = text.strip().split(None, 1)
+    if not words or len(text) > MAX_CONTROL_TEXT:
+        raise ConfigError(f"{source}: app-control rule {text!r} is empty or too long")
+    kind, arg = words[0].lower(), (words[1].strip() if len(words) > 1 else "")
+    if kind == "refuse-smb1" and not arg:
+        return AppControl("refuse-smb1", frozenset({SID_SMB1}))
+    if kind == "min-tls" and arg in SID_TLS_MIN:
+        return AppControl(f"min-tls {arg}", frozenset({SID_TLS_MIN[arg]}))
+    items = [x.strip().lower() for x in arg.split(",") if x.strip()]
+    if kind == "refuse-cleartext" and items and all(x in CLEARTEXT for x in items):
+        names = sorted(set(items))
+        return AppControl(
+            f"refuse-cleartext {','.join(names)}", frozenset(CLEARTEXT[x] for x in names)
+        )
+    if kind == "refuse-http-port-other-than" and items:
+        try:
+            ports = sorted({int(x) for x in items})
+        except ValueError:
+            ports = []
+        if ports and all(0 < p < 65536 for p in ports):
+            return AppControl(
+                f"refuse-http-port-other-than {','.join(map(str, ports))}",
+                frozenset({SID_HTTP_PORT}),
+                frozenset(ports),
+            )
+    raise ConfigError(
+        f"{source}: app-control rule {text!r} is not one of: refuse-smb1 | min-tls "
+        f"{'|'.join(SID_TLS_MIN)} | refuse-cleartext ftp,telnet | "
+        "refuse-http-port-other-than PORT[,PORT...]"
+    )
+
+
+def rule_paths(config: GatewayConfig) -> list[Path]:
+    """The configured rule paths plus the built-in app-control rules."""
+    return [*config.rules, APP_CONTROL_RULES]
+
+
+def stored_controls(store: Store) -> list[tuple[str, str]]:
+    """(host address, rule text) of every stored app-control rule."""
+    try:
+        rows = store.db.execute(
+            "SELECT h.address, a.rule FROM app_controls a JOIN hosts h ON h.id = a.host_id "
+            "ORDER BY a.id"
+        ).fetchall()
+    except sqlite3.Error as err:
+        raise ConfigError(f"policy database {store.path}: app_controls: {err}") from err
+    return [(str(r[0]), str(r[1])) for r in rows]
