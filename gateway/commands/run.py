@@ -105,7 +105,6 @@ def run(args: argparse.Namespace) -> int:
 def render_config(config: GatewayConfig) -> RenderedRules:
     """Load the rules (RuleError on any bad rule) and render the kernel rules for them."""
     from gateway.match.rules import load_rules
-
     from gateway.policy.appcontrol import rule_paths
 
     ruleset = load_rules(rule_paths(config))  # + built-in app-control rules (their ports)
