@@ -32,6 +32,7 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 OBJ = {"type": "object"}
 ARR = {"type": "array", "items": OBJ}
 ENDPOINTS: list[dict[str, Any]] = []
+MAX_ID = 2**63 - 1  # SQLite INTEGER
 
 
 def endpoint(path: str, method: str, summary: str, *, write: bool = False,
@@ -44,6 +45,9 @@ def endpoint(path: str, method: str, summary: str, *, write: bool = False,
 
         def view(**kw: Any) -> Any:
             _authenticate(write)
+            for name, value in kw.items():  # ids beyond SQLite's INTEGER cannot exist
+                if isinstance(value, int) and not 0 <= value <= MAX_ID:
+                    return jsonify(error=f"{name} {value}: not found"), 404
             try:
                 return fn(**kw)
             except (InputError, StoreError) as err:
