@@ -155,6 +155,10 @@ def gateway_status() -> dict[str, Any]:
     except ControlError as err:
         return {"reachable": False, "error": str(err)}
     queues = status.get("queues", {})
+
+    def total(name: str) -> int:  # per-queue counters; None: the kernel did not list the queue
+        return sum(int(q.get(name) or 0) for q in queues.values())
+
     return {
         "reachable": True,
         "fail_policy": status.get("fail_policy"),
@@ -162,10 +166,12 @@ def gateway_status() -> dict[str, Any]:
         "uptime": status.get("uptime"),
         "workers": len(queues),
         "workers_alive": sum(1 for q in queues.values() if q.get("alive")),
-        "packets": sum(int(q.get("packets", 0)) for q in queues.values()),
-        "bytes": sum(int(q.get("bytes", 0)) for q in queues.values()),
-        "errors": sum(int(q.get("errors", 0)) for q in queues.values()),
-        "queue_drops": sum(int(q.get("queue_drops", 0)) for q in queues.values()),
+        "packets": total("packets"),
+        "bytes": total("bytes"),
+        "errors": total("errors"),
+        "queue_drops": total("queue_drops"),
+        "kernel_unseen": total("kernel_unseen"),
+        "kernel_counters": status.get("kernel_counters"),
         "rules_loaded": status.get("rules_loaded", len(get_rules().rules)),
         "policy_version": status.get("policy_version"),
     }
@@ -301,6 +307,8 @@ def explain_event(event: dict[str, Any], eve: dict[str, Any]) -> dict[str, Any]:
         "rule_known": rule is not None,
         "direction": rule.direction if rule else None,
         "conditions": conditions or vp.get("conditions") or [],
+        "condition": vp.get("condition") or None,  # the one that matched (gateway/match/explain.py)
+        "url": (eve.get("http") or {}).get("url") if isinstance(eve.get("http"), dict) else None,
         "field": vp.get("field")
         or (f"raw {rule.protocol} stream, {rule.direction}" if rule else None),
         "excerpt": excerpt,

@@ -301,19 +301,47 @@ class Gateway:
     # -- control socket -----------------------------------------------------------------------
 
     def status(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Health: per queue the worker's counters (packets, bytes inspected, verdicts, events,
+        policy version, rules loaded) and the kernel's counters for that queue from
+        /proc/net/netfilter/nfnetlink_queue in this namespace (queue_total, queue_dropped,
+        user_dropped, id_sequence, queue_drops = the two drop counters; all None when the
+        kernel does not list the queue); `rules_loaded` and totals at the top level."""
+        from gateway.intake.queuestats import read_queue_counters
+
+        kernel = read_queue_counters()
+        queues: dict[str, dict[str, Any]] = {}
+        for w in self.workers:
+            snap: dict[str, Any] = w.stats.snapshot()
+            alive = bool(w.proc is not None and w.proc.is_alive())
+            counters = kernel.queues.get(w.queue_num)
+            if counters is not None:
+                snap.update(counters.as_dict())
+                # queued to this queue but never seen by the worker (fail-open bypass of the
+                # netlink path, or losses the kernel does not count), racy by a few packets
+                snap["kernel_unseen"] = max(
+                    0, counters.id_sequence - counters.queue_total - snap["packets"]
+                )
+            else:
+                for name in ("queue_total", "queue_dropped", "user_dropped", "id_sequence",
+                             "queue_drops", "kernel_unseen"):  # fmt: skip
+                    snap[name] = None
+            snap["alive"] = alive
+            snap["restarts"] = w.total_restarts
+            queues[str(w.queue_num)] = snap
+        live = [q for q in queues.values() if q["alive"]]
         return {
             "backend": self.backend.name,
             "fail_policy": self.config.fail_policy.value,
             "uptime": time.time() - self.started,
             "policy_version": self.policy_version,
-            "queues": {
-                str(w.queue_num): {
-                    **w.stats.snapshot(),
-                    "alive": bool(w.proc is not None and w.proc.is_alive()),
-                    "restarts": w.total_restarts,
-                }
-                for w in self.workers
-            },
+            "rules_loaded": max((int(q["rules"]) for q in live), default=0),
+            "workers": len(queues),
+            "workers_alive": len(live),
+            "packets": sum(int(q["packets"]) for q in queues.values()),
+            "bytes": sum(int(q["bytes"]) for q in queues.values()),
+            "queue_drops": sum(int(q["queue_drops"] or 0) for q in queues.values()),
+            "kernel_counters": kernel.available,
+            "queues": queues,
         }
 
     def reload(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:

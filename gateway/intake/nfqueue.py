@@ -24,7 +24,8 @@ Guarantees:
   messages that arrive meanwhile are handed to netfilterqueue afterwards, none is lost.
   GSO is left off (netfilterqueue's 4 KiB receive buffer cannot take GSO super-packets).
 - Counters live in shared memory (`WorkerStats`, one writer: the worker) for the parent and
-  the control socket. Events go to a per-worker EventSink (SQLite WAL handles several writers).
+  the control socket: `packets` and `bytes` (IP datagram bytes handed to the engine, i.e.
+  inspected), verdict counts, `errors`, `events`, policy versions, `rules` (rules loaded). Events go to a per-worker EventSink (SQLite WAL handles several writers).
 - SIGTERM/SIGINT: the worker finishes the packet in hand, unbinds and exits 0.
 - Live policy (control socket `reload`): the parent writes the wanted policy version into the
   worker's `policy_wanted` counter; the worker compares it between packet batches (at least
@@ -84,6 +85,7 @@ ETH_P_ALL = 0x0003
 STAT_NAMES = (
     "packets", "accepted", "dropped", "reset", "bypassed", "errors", "events",
     "bound", "pid", "started", "policy_wanted", "policy_version", "policy_errors",
+    "bytes", "rules",
 )  # fmt: skip
 _IDX = {name: i for i, name in enumerate(STAT_NAMES)}
 
@@ -276,6 +278,7 @@ class PacketHandler:
         decision: Decision | None = None
         try:
             data = pkt.get_payload()
+            stats.add("bytes", len(data))
             decision = self.engine.process_ip(data, self.clock())
             action = decision.action
             if action is Action.ACCEPT or action is Action.ALERT:
@@ -435,6 +438,8 @@ def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> in
     stats.set("pid", os.getpid())
     stats.set("started", int(time.time()))
     engine = build_engine(config)
+    ruleset = getattr(engine, "ruleset", None)
+    stats.set("rules", len(ruleset.rules) if ruleset is not None else 0)
     applied = stats.get("policy_wanted")
     apply_policy(engine, config, stats, applied)
     sink = build_sink(config, queue_num)

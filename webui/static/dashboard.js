@@ -62,6 +62,7 @@
       setText("h-packets", hl.packets);
       setText("h-bytes", hl.bytes);
       setText("h-drops", hl.queue_drops);
+      setText("h-unseen", hl.kernel_unseen);
       setText("h-rules", hl.rules_loaded);
       setText("h-policy", hl.policy_version);
       setText("ev-total", data.events.total);
