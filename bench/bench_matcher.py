@@ -34,6 +34,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.decode import app as app_registry
+from gateway.errors import CaptureError, DecodeError
 from gateway.match.matcher import TO_SERVER, Matcher
 from gateway.match.rules import RuleSet, load_rules
 from gateway.testing.streams import tcp_streams
@@ -92,12 +93,19 @@ def generate_rules(n: int, seed: int = 7) -> list[dict[str, Any]]:
                 if k > 0 and rng.random() < 0.5:
                     item["distance"], item["within"] = 0, 200
                 items.append(item)
-            leaf = {"field": "raw", **items[0]} if len(items) == 1 else {"field": "raw", "match": items}
+            leaf = (
+                {"field": "raw", **items[0]}
+                if len(items) == 1
+                else {"field": "raw", "match": items}
+            )
             rule["conditions"] = [leaf]
         elif x < 0.80:
             rule["ports"] = _ports(rng)
             rule["conditions"] = [
-                {"field": "raw", "regex": rf"{_alnum(rng, 4, 8)}[=:]\s*[a-z0-9]{{8,}}{_alnum(rng, 3, 5)}"}
+                {
+                    "field": "raw",
+                    "regex": rf"{_alnum(rng, 4, 8)}[=:]\s*[a-z0-9]{{8,}}{_alnum(rng, 3, 5)}",
+                }
             ]
         else:
             rule["ports"] = [80, 8080]
@@ -105,7 +113,9 @@ def generate_rules(n: int, seed: int = 7) -> list[dict[str, Any]]:
             field = rng.choice(("http.uri", "http.uri", "http.header.user-agent", "http.body"))
             conds: list[dict[str, Any]] = []
             if rng.random() < 0.3 and field == "http.uri":
-                conds.append({"field": field, "regex": rf"/{_alnum(rng, 4, 8)}/[^?]*\.{_alnum(rng, 2, 4)}"})
+                conds.append(
+                    {"field": field, "regex": rf"/{_alnum(rng, 4, 8)}/[^?]*\.{_alnum(rng, 2, 4)}"}
+                )
             else:
                 conds.append({"field": field, "content": "/" + _word(rng, 6, 14), "nocase": True})
             if rng.random() < 0.3:
@@ -146,7 +156,7 @@ def load_traffic(
         for path in sorted((corpora / "benign" / folder).glob("*.pcap*")):
             try:
                 found = tcp_streams(path)
-            except Exception:  # a capture the reader refuses: not traffic for this benchmark
+            except CaptureError:  # a capture the reader refuses: not traffic for this benchmark
                 continue
             for key, data in found.items():
                 if not data or key.dport > key.sport:  # client->server: the lower port serves
@@ -160,7 +170,7 @@ def load_traffic(
                 try:
                     for seg in segs:
                         records.extend(r.fields for r in decoder.feed(seg))
-                except Exception:  # the decoder gave up on this stream: keep what it gave
+                except DecodeError:  # the decoder gave up on this stream: keep what it gave
                     pass
     return streams, records, http_packets
 
@@ -220,11 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[int, tuple[float, float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="vpatch-bench-matcher-") as tmp:
         for n in (10, args.rules):
-            matcher, ruleset, load_s, compile_s = build_matcher(n, Path(tmp))
+            matcher, _ruleset, load_s, compile_s = build_matcher(n, Path(tmp))
             in_group = {p: len(g.rule_indices) if (g := matcher.group(6, TO_SERVER, p)) else 0
                         for p in FOLDER_PORTS.values()}  # fmt: skip
             raw_us, raw_fired = time_raw(matcher, streams, args.repeat)
-            field_us, per_record, field_fired = time_fields(matcher, records, http_packets, args.repeat)
+            field_us, per_record, field_fired = time_fields(
+                matcher, records, http_packets, args.repeat
+            )
             results[n] = (raw_us, field_us, per_record)
             print(
                 f"{n:>6} rules (covering ports 80/445/443: {'/'.join(map(str, in_group.values()))}; loaded in {load_s:.1f} s, compiled in "

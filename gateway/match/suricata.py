@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import yaml
 
@@ -227,9 +227,11 @@ _EXPORT_BUFFERS: Final = {
     "http.version": "http.protocol",
     "dns.qname": "dns.query",
 }
-_HEADER_LINE_RE: Final = re.compile(rb"\A(?:\r\n)?([A-Za-z0-9!#$%&'*+.^_`|~-]+):[ \t]?(.*)\Z", re.S)
+_HEADER_LINE_RE: Final = re.compile(
+    rb"\A(?:\r\n)?([A-Za-z0-9!#$%&'*+.^_`|~-]+):[ \t]?(.*)\Z", re.DOTALL
+)
 _RULE_START_RE: Final = re.compile(r"\A(alert|drop|reject|rejectsrc|rejectdst|rejectboth|pass)\s")
-_CVE_RE: Final = re.compile(r"(?:CVE[-_])?(\d{4})[-_](\d{4,})\Z", re.I)
+_CVE_RE: Final = re.compile(r"(?:CVE[-_])?(\d{4})[-_](\d{4,})\Z", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------------- parsing
@@ -341,7 +343,9 @@ def _parse_options(body: str) -> list[SuricataOption]:
     return out
 
 
-def parse_rule(text: str, source: str = "<rule>", line: int = 0, enabled: bool = True) -> SuricataRule:
+def parse_rule(
+    text: str, source: str = "<rule>", line: int = 0, enabled: bool = True
+) -> SuricataRule:
     """Parse one rule line; ValueError naming what is malformed."""
     if len(text) > MAX_RULE_LINE_BYTES:
         raise ValueError(f"rule is {len(text)} characters, over {MAX_RULE_LINE_BYTES}")
@@ -608,7 +612,7 @@ def _byte_test(value: str, buffer: str) -> _Elem:
     relative = "relative" in flags
     if off < 0:
         raise _Skip(f"byte_test: negative offset {off}")
-    endian = "little" if "little" in flags else "big"
+    endian: Literal["little", "big"] = "little" if "little" in flags else "big"
     if op == "=" and not negate and n in (1, 2, 4) and 0 <= val < 1 << (8 * n):
         data = val.to_bytes(n, endian)
         elem = _Elem("content", buffer, data=data, relative=relative)
@@ -766,7 +770,7 @@ def _chain_condition(fieldname: str, chain: list[_Elem]) -> dict[str, Any]:
         if e.kind == "content" and e.startswith:
             e.offset, e.depth = 0, len(e.data)
     if first.kind == "pcre" and len(chain) == 1 and not first.min_after and not first.endswith:
-        m = re.fullmatch(r"\(\?(i?)(-s)?:(.*)\)", first.regex, re.S)
+        m = re.fullmatch(r"\(\?(i?)(-s)?:(.*)\)", first.regex, re.DOTALL)
         if m and m.group(2) is None:  # /.../s or /.../si: the leaf's own flags
             d = {"field": fieldname, "regex": m.group(3)}
             if m.group(1):
@@ -895,14 +899,20 @@ def _convert(
                     data = parse_content(text)
                 except ValueError as err:
                     raise _Skip(f"content: {text[:40]!r}: {err}") from None
-                elem = _Elem(
-                    "content", "http.uri" if name == "uricontent" else buffer, data=data
-                )
+                elem = _Elem("content", "http.uri" if name == "uricontent" else buffer, data=data)
                 elem.negated = negated
                 if buffer in dotprefixed and name == "content" and data.startswith(b"."):
                     elem.kind = "dotname"  # resolved when its modifiers are known
                 elems.append(elem)
-            elif name in ("nocase", "offset", "depth", "distance", "within", "startswith", "endswith"):
+            elif name in (
+                "nocase",
+                "offset",
+                "depth",
+                "distance",
+                "within",
+                "startswith",
+                "endswith",
+            ):
                 last = _last(elems, name, want="content")
                 if name == "nocase":
                     last.nocase = True
@@ -911,8 +921,8 @@ def _convert(
                 elif name == "endswith":
                     last.endswith = True
                 else:
-                    v = _int(value, name)
-                    setattr(last, name, v)
+                    number = _int(value, name)
+                    setattr(last, name, number)
                     if name in ("distance", "within"):
                         last.relative = True
             elif name in _CONTENT_MODIFIERS:
@@ -1123,7 +1133,9 @@ def import_rules(
         report.total += 1
         conv = convert(rule, any_ports)
         if conv.rule is not None and conv.sid in seen:
-            conv = Conversion(conv.sid, conv.source, conv.line, None, (f"sid: {conv.sid} repeated",))
+            conv = Conversion(
+                conv.sid, conv.source, conv.line, None, (f"sid: {conv.sid} repeated",)
+            )
         if conv.rule is None:
             report.skipped.append(conv)
             continue
@@ -1198,7 +1210,7 @@ def items_from_content_regex(expr: bytes) -> tuple[ContentItem, ...] | None:
                 break
             tok = m.group(0)
             if tok.startswith("\\x"):
-                data.append(int(tok[2:], 16))
+                data.append(int(tok.removeprefix("\\x"), 16))
             elif tok.startswith("["):
                 if m.group(1).lower() != m.group(2):
                     return None
@@ -1279,7 +1291,9 @@ def _content_opts(items: tuple[ContentItem, ...], negated: bool = False) -> list
                 out.append(f"depth:{item.depth}")
         else:
             out.append(f"distance:{item.distance or 0}")
-            if item.within is not None:  # ours counts from the previous end, Suricata's from distance
+            if (
+                item.within is not None
+            ):  # ours counts from the previous end, Suricata's from distance
                 out.append(f"within:{item.within - (item.distance or 0)}")
     return out
 
@@ -1386,15 +1400,15 @@ def _export_condition(c: Condition, field_opts: dict[str, list[str]], other: lis
             sym = {"lt": "<", "gt": ">", "equals": "", "le": "<", "ge": ">"}.get(c.op)
             if sym is None:
                 raise _Skip(f"field {c.field}: length {c.op}")
-            value = c.value + (1 if c.op == "le" else -1 if c.op == "ge" else 0)
+            bound = c.value + (1 if c.op == "le" else -1 if c.op == "ge" else 0)
             if c.field in ("http.uri", "http.uri.raw"):
                 suffix = ",raw" if c.field == "http.uri.raw" else ""
-                other.append(f"urilen:{sym}{value}{suffix}")
+                other.append(f"urilen:{sym}{bound}{suffix}")
                 return
             buf = _EXPORT_BUFFERS.get(c.field)
             if buf is None:
                 raise _Skip(f"field {c.field}: no Suricata 7 sticky buffer")
-            field_opts.setdefault(buf, []).append(f"bsize:{sym}{value}")
+            field_opts.setdefault(buf, []).append(f"bsize:{sym}{bound}")
             return
         if c.op == "equals" and isinstance(c.value, bytes) and not c.length:
             buf = _EXPORT_BUFFERS.get(c.field)

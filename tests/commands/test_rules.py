@@ -65,8 +65,9 @@ def test_validate_reports_problems_of_several_files_and_loads_nothing(
     good = "id: {id}\ntitle: t\nseverity: high\naction: alert\nprotocol: tcp\nports: [80]\n"
     (tmp_path / "a.yaml").write_text(good.format(id=1) + "patterns:\n  - content: x\n")
     (tmp_path / "b.yaml").write_text(good.format(id=1) + "patterns:\n  - content: y\n")
-    (tmp_path / "c.yaml").write_text(good.format(id=3) + "app: http\nconditions:\n"
-                                     "  - field: http.nope\n    content: x\n")
+    (tmp_path / "c.yaml").write_text(
+        good.format(id=3) + "app: http\nconditions:\n  - field: http.nope\n    content: x\n"
+    )
     assert main(["rules", "validate", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert f"{tmp_path / 'b.yaml'}:1: id 1 already used at {tmp_path / 'a.yaml'}:1" in err
@@ -87,7 +88,9 @@ def test_list_filters_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert "title:" in text and "VPATCH-TEST-EXPLOIT-7f3a" in text
 
 
-def test_enable_disable_write_assignments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_enable_disable_write_assignments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from gateway.policy.store import Store
 
     db = tmp_path / "policy.db"
@@ -116,7 +119,7 @@ def test_import_suricata_writes_files_that_validate(
         'http.uri; content:"/etc/passwd"; reference:cve,2021-41773; sid:1000001; rev:1;)\n'
         'alert tcp any any -> any 445 (msg:"jump"; content:"|FF|SMB"; byte_jump:2,0; '
         "sid:1000002;)\n"
-        "# alert tcp any any -> any 80 (msg:\"off\"; content:\"x\"; sid:1000003;)\n"
+        '# alert tcp any any -> any 80 (msg:"off"; content:"x"; sid:1000003;)\n'
     )
     out = tmp_path / "out"
     assert main(["rules", "import-suricata", str(src), "-o", str(out)]) == 0

@@ -213,7 +213,9 @@ def test_items_from_content_regex_inverts_content_regex(
         if i == 0:
             items.append(ContentItem(data, nocase, a or None, None if b is None else b + len(data)))
         else:
-            items.append(ContentItem(data, nocase, None, None, a, None if b is None else a + b + len(data)))
+            items.append(
+                ContentItem(data, nocase, None, None, a, None if b is None else a + b + len(data))
+            )
     expr = content_regex(tuple(items))
     back = items_from_content_regex(expr)
     if back is None:  # mixed-case letters inside one nocase literal etc.: falls back to pcre
@@ -225,7 +227,9 @@ def test_items_from_content_regex_inverts_content_regex(
 
 
 @pytest.mark.parametrize("name", ["etopen-target-cves.rules", "snort-community-target-cves.rules"])
-def test_corpus_import_figures(name: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_corpus_import_figures(
+    name: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     path = CORPUS_RULES / name
     if not path.is_file():
         pytest.skip(f"corpus file {path} is not here")
@@ -299,6 +303,7 @@ def _suricata_test(rules_file: Path, tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -311,7 +316,7 @@ def test_export_synthetic_forms_suricata_accepts_and_round_trip(tmp_path: Path) 
     assert written == 4
     text = out.read_text()
     assert "drop tcp any any -> any 445" in text and "reject http" in text
-    assert "http.method; content:\"POST\"; nocase; startswith; endswith" in text
+    assert 'http.method; content:"post"; nocase; startswith; endswith' in text
     assert 'content:!"intranet"' in text and "urilen:>100" in text
     _suricata_test(out, tmp_path)
 
