@@ -1,0 +1,279 @@
+"""The host lifecycle enforced by `vpatch run` itself, in the lab against real services: the
+gateway renders the host modes from the policy store (filter FORWARD order PREFIX-FW, then
+PREFIX-HM-FORWARD), `vpatch hosts ...` writes the store and calls `reload`, the lifecycle
+monitor runs inside the gateway (learning, lockdown events), and application control refuses
+SMB1 negotiation (real Samba, smbclient forced to NT1) and TLS below 1.2 (a Python ssl
+server) while SMB2+/TLS 1.2 pass."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.control.server import control_request
+from gateway.firewall.apply import probe_backend, run_cmd
+from gateway.firewall.hostmodes import forward_jumps
+from gateway.lab import LabSpec, netns_exec, netns_popen
+from gateway.lab.netns import stop_pids
+from gateway.lab.services import listening
+
+from .test_modes_lab import connects, dns_ok, http_ok, listeners, smb_ok
+
+pytestmark = pytest.mark.netns
+REPO = Path(__file__).resolve().parents[2]
+READY_TIMEOUT = 60.0
+TLS_PORT = 8443
+__all__ = ["listeners"]  # the fixture, imported for the tests below
+
+TLS_SERVER = """
+import socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.minimum_version = ssl.TLSVersion.TLSv1
+ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(16)
+while True:
+    c, _ = s.accept()
+    try:
+        t = ctx.wrap_socket(c, server_side=True); t.sendall(b"hello " + t.version().encode()); t.close()
+    except OSError:
+        c.close()
+"""
+TLS_CLIENT = """
+import socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+v = getattr(ssl.TLSVersion, sys.argv[3])
+ctx.minimum_version = v; ctx.maximum_version = v
+ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3) as raw:
+        with ctx.wrap_socket(raw) as t:
+            print(t.recv(64).decode())
+except (OSError, ssl.SSLError) as e:
+    print("failed", type(e).__name__, e)
+"""
+
+
+@dataclass(frozen=True)
+class Gateway:
+    config: Path
+    socket: Path
+    eve: Path
+    log: Path
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def gateway(lab: LabSpec, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """`vpatch run` in the lab's gateway namespace with the bundled rules and its own store."""
+    tmp = tmp_path_factory.mktemp("runlab")
+    gw = Gateway(tmp / "gateway.yaml", tmp / "control.sock", tmp / "eve.json", tmp / "gw.log")
+    cfg = {
+        "protected_hosts": [lab.server_addr],
+        "queues": {"first": 0, "count": 1},
+        "events": {"sqlite": None, "jsonl": str(gw.eve)},
+        "control": {"socket": str(gw.socket)},
+        "policy": {"database": str(tmp / "vpatch.db")},
+    }
+    gw.config.write_text(yaml.safe_dump(cfg))
+    with gw.log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab.gw_ns, sys.executable, "-m", "gateway.cli", "run",
+             "-c", str(gw.config)],
+            stdout=out, stderr=subprocess.STDOUT, env=_env(),
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while b"vpatch run: ready" not in gw.log.read_bytes():
+            assert proc.poll() is None, gw.log.read_text()
+            assert time.monotonic() < deadline, gw.log.read_text()
+            time.sleep(0.1)
+        yield gw
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        subprocess.run(
+            ["ip", "netns", "exec", lab.gw_ns, sys.executable, "-m", "gateway.cli", "run",
+             "-c", str(gw.config), "--cleanup"],
+            env=_env(), capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+
+
+def hosts(gw: Gateway, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "hosts", "-c", str(gw.config), *args],
+        capture_output=True, text=True, timeout=60, check=False, env=_env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "gateway reloaded" in proc.stdout or args[0] in ("learned", "history"), proc.stdout
+    return proc.stdout
+
+
+def events(gw: Gateway, signature: str, timeout: float = 10.0) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        if gw.eve.exists():
+            for line in gw.eve.read_text().splitlines():
+                ev = json.loads(line)
+                alert = ev.get("alert", {})
+                if isinstance(alert, dict) and alert.get("signature") == signature:
+                    found.append(ev)
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def normal_after(lab: LabSpec, gateway: Gateway) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        hosts(gateway, "set", lab.server_addr, "--mode", "normal", "--clear-exceptions")
+        hosts(gateway, "app-control", lab.server_addr, "--clear")
+
+
+def test_forward_order_firewall_then_host_modes(lab: LabSpec, gateway: Gateway) -> None:
+    backend = probe_backend(netns=lab.gw_ns)
+    for version in (4, 6):
+        jumps = forward_jumps(backend, version, lab.gw_ns)
+        assert jumps[:2] == ["VPATCH-FW", "VPATCH-HM-FORWARD"], (version, jumps)
+    # a reload that finds the host-mode jump gone puts it back right after the firewall chain
+    run_cmd(["iptables", "-D", "FORWARD", "-j", "VPATCH-HM-FORWARD"], lab.gw_ns)
+    run_cmd(["iptables", "-I", "FORWARD", "1", "-j", "ACCEPT"], lab.gw_ns)
+    try:
+        control_request(gateway.socket, "reload", timeout=30)
+        assert forward_jumps(backend, 4, lab.gw_ns)[:3] == [
+            "ACCEPT", "VPATCH-FW", "VPATCH-HM-FORWARD"
+        ]  # fmt: skip
+    finally:
+        run_cmd(["iptables", "-D", "FORWARD", "-j", "ACCEPT"], lab.gw_ns)
+
+
+def test_setup_protection_by_run(
+    lab: LabSpec, gateway: Gateway, listeners: None, normal_after: None
+) -> None:
+    host = lab.server_addr
+    assert http_ok(lab) and connects(lab, 3389)
+    hosts(gateway, "set", host, "--mode", "setup", "--exception", f"{lab.client_addr}/32:tcp/3389")
+    assert not http_ok(lab), "inbound HTTP must be refused in setup mode"
+    assert not smb_ok(lab), "inbound SMB must be refused in setup mode"
+    assert connects(lab, 3389), "RDP port from the exception subnet must pass"
+    hosts(gateway, "release", host)
+    assert http_ok(lab) and smb_ok(lab) and connects(lab, 8082)
+
+
+def test_lockdown_by_run(
+    lab: LabSpec, gateway: Gateway, listeners: None, normal_after: None
+) -> None:
+    host = lab.server_addr
+    hosts(gateway, "set", host, "--mode", "learning")
+    assert http_ok(lab) and dns_ok(lab) and connects(lab, 3389)
+    want = {
+        f"{lab.client_addr} -> {host}:80/tcp",
+        f"{lab.client_addr} -> {host}:53/udp",
+        f"{lab.client_addr} -> {host}:3389/tcp",
+    }
+    deadline = time.monotonic() + 10
+    learned: set[str] = set()
+    while not want <= learned:
+        assert time.monotonic() < deadline, f"not learned by the gateway's monitor: {learned}"
+        time.sleep(0.2)
+        learned = set(hosts(gateway, "learned", host).split("\n"))
+    hosts(gateway, "set", host, "--mode", "lockdown")
+    assert http_ok(lab) and dns_ok(lab) and connects(lab, 3389)
+    assert not connects(lab, 8082), "a new port must be blocked in lockdown"
+    signature = f"lockdown: new port {lab.client_addr} -> {host}:8082/tcp not learned"
+    found = events(gateway, signature)
+    assert found and found[0]["alert"]["action"] == "blocked"  # type: ignore[index]
+    hosts(gateway, "allow", host, f"{lab.client_addr} -> {host}:8082/tcp")
+    assert connects(lab, 8082)
+
+
+def smbclient(lab: LabSpec, *opts: str) -> subprocess.CompletedProcess[str]:
+    return netns_exec(
+        lab.client_ns,
+        ["smbclient", "-N", "-L", f"//{lab.server_addr}", "-t", "3", *opts],
+        check=False,
+        timeout=30,
+    )
+
+
+NT1 = ("-m", "NT1", "--option=client min protocol=NT1", "--option=client max protocol=NT1")
+
+
+def test_app_control_refuses_smb1_keeps_smb2(
+    lab: LabSpec, gateway: Gateway, normal_after: None
+) -> None:
+    assert "public" in smbclient(lab, *NT1).stdout, "SMB1 must work before the policy"
+    hosts(gateway, "app-control", lab.server_addr, "--add", "refuse-smb1")
+    refused = smbclient(lab, *NT1)
+    assert refused.returncode != 0 and "public" not in refused.stdout
+    assert "NT_STATUS_CONNECTION_RESET" in refused.stdout + refused.stderr
+    assert events(gateway, "app-control: SMB1 negotiation refused")
+    ok = smbclient(lab, "-m", "SMB3")
+    assert ok.returncode == 0 and "public" in ok.stdout, ok.stdout + ok.stderr
+
+
+@pytest.fixture
+def tls_server(lab: LabSpec, tmp_path: Path) -> Iterator[None]:
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=server.lab.test", "-keyout", str(key), "-out", str(cert)],
+        capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    proc = netns_popen(
+        lab.server_ns,
+        [sys.executable, "-c", TLS_SERVER, lab.server_addr, str(TLS_PORT), str(cert), str(key)],
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while TLS_PORT not in listening(lab.server_ns)[0]:
+            assert time.monotonic() < deadline, "TLS server did not start"
+            time.sleep(0.05)
+        yield
+    finally:
+        stop_pids([proc.pid])
+        proc.wait(5)
+
+
+def tls(lab: LabSpec, version: str) -> str:
+    return netns_exec(
+        lab.client_ns,
+        [sys.executable, "-c", TLS_CLIENT, lab.server_addr, str(TLS_PORT), version],
+        check=False,
+        timeout=30,
+    ).stdout.strip()
+
+
+def test_app_control_tls_floor(
+    lab: LabSpec, gateway: Gateway, tls_server: None, normal_after: None
+) -> None:
+    assert tls(lab, "TLSv1") == "hello TLSv1", "TLS 1.0 must work before the policy"
+    hosts(gateway, "app-control", lab.server_addr, "--add", "min-tls 1.2")
+    out = tls(lab, "TLSv1")
+    assert out.startswith("failed"), out
+    assert events(gateway, "app-control: TLS below 1.2 refused")
+    assert tls(lab, "TLSv1_2") == "hello TLSv1.2"
