@@ -317,6 +317,7 @@ class Engine:
             self.config.udp_idle,
             tcp_closed_idle=self.config.tcp_closed_idle,
             on_evict=self._release,
+            server_ports=self._is_service_port,
         )
         self.stats = EngineStats(self.table, self)
         self._depth = (self.config.depth_to_server, self.config.depth_to_client)
@@ -376,6 +377,10 @@ class Engine:
             self._release(flow)
             if flow.blocked is None:
                 flow.final = True
+
+    def _is_service_port(self, proto: int, port: int) -> bool:
+        """FlowTable's hint for orienting flows picked up mid-stream: a port a rule covers."""
+        return self.matcher.covers(proto, port)
 
     def swap_rules(self, ruleset: RuleSet) -> None:
         """Build a Matcher for `ruleset` and use it for new flows (raises RuleError if it

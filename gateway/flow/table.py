@@ -6,7 +6,8 @@ idle flows. The clock is always passed in (``now``, seconds); nothing here reads
 
 Who is the client (fixed when the flow is created): the sender of a SYN without ACK; the
 receiver of a SYN+ACK; for ICMP echo the sender of the request; otherwise (mid-stream pickup,
-UDP) the side with the higher port, the other side being the server (ties: the sender).
+UDP) the side whose port is a known service port (the ``server_ports`` hint) is the server, and
+failing that the side with the lower port (ties: the receiver).
 A SYN without ACK on a TCP flow that has closed (FIN both ways or RST) starts a new flow: the
 old one leaves the table first (port reuse in long captures).
 
@@ -172,6 +173,7 @@ class FlowTable:
         max_pending: int = DEFAULT_MAX_PENDING,
         on_evict: Callable[[Flow], None] | None = None,
         salt: int | None = None,
+        server_ports: Callable[[int, int], bool] | None = None,
     ) -> None:
         """Create an empty table.
 
@@ -179,6 +181,11 @@ class FlowTable:
         direction (max_depth from this mapping, max_pending as given) in ``flow.streams``;
         otherwise ``streams`` starts empty and the caller fills it.
         salt: mixed into flow ids; random when None (pass one for reproducible tests).
+        server_ports: `server_ports(proto, port)` is True for a port a service is known to
+            listen on (the engine passes "a rule covers it"). Used only to orient a flow picked
+            up mid-stream or a UDP flow: when exactly one side's port is a known service port,
+            that side is the server, whatever the port numbers' order (a backdoor shell on 4444
+            talking to a client on port 1793 is still the 4444 side's flow).
         """
         if max_flows < 1:
             raise ValueError(f"max_flows must be >= 1, got {max_flows}")
@@ -199,6 +206,7 @@ class FlowTable:
         self._stream_depth = dict(stream_depth) if stream_depth is not None else None
         self._max_pending = max_pending
         self._on_evict = on_evict
+        self._server_ports = server_ports
         self._salt = (
             int.from_bytes(os.urandom(7), "big") & _FLOW_ID_MASK if salt is None else salt
         ) & _FLOW_ID_MASK
@@ -300,10 +308,10 @@ class FlowTable:
             elif syn_ack == TCP_SYN | TCP_ACK:
                 sender_is_client = False
             else:
-                sender_is_client = pkt.sport >= pkt.dport
+                sender_is_client = self._sender_is_client(proto, pkt.sport, pkt.dport)
             cls = _Class.TCP_OPEN
         elif proto == PROTO_UDP:
-            sender_is_client = pkt.sport >= pkt.dport
+            sender_is_client = self._sender_is_client(proto, pkt.sport, pkt.dport)
             cls = _Class.UDP
         else:
             sender_is_client = (proto, itype) not in _ICMP_ECHO_REPLY
@@ -323,6 +331,15 @@ class FlowTable:
         self._lru[cls][tkey] = flow
         self.created += 1
         return flow, direction
+
+    def _sender_is_client(self, proto: int, sport: int, dport: int) -> bool:
+        """No handshake seen: a known service port marks the server, else the lower port."""
+        known = self._server_ports
+        if known is not None:
+            to_service, from_service = known(proto, dport), known(proto, sport)
+            if to_service != from_service:
+                return to_service
+        return sport >= dport
 
     def _evict_oldest(self) -> None:
         oldest: Flow | None = None

@@ -210,3 +210,27 @@ def test_corpus_capture_flows_are_consistent() -> None:
     counted = sum(f.pkts_to_server + f.pkts_to_client for f in ft)
     assert counted == packets
     assert gone == []
+
+
+def test_service_port_hint_orients_mid_stream_flows() -> None:
+    """Without a handshake the lower port is taken as the server, unless exactly one side's
+    port is a known service port (Blaster's shell on 4444 answering a client on port 1793)."""
+    from scapy.layers.inet import IP, TCP
+
+    from gateway.decode.packet import parse_ip
+
+    def mid_stream(sport: int, dport: int) -> Packet:
+        return parse_ip(bytes(IP(src="198.18.0.10", dst="198.18.0.20")
+                              / TCP(sport=sport, dport=dport, flags="PA") / b"x"))  # fmt: skip
+
+    plain = FlowTable(10, 60, 60, salt=1)
+    flow, direction = plain.lookup(mid_stream(4444, 1793), 0.0)
+    assert flow.key.server_port == 1793 and direction is Direction.TO_SERVER
+    hinted = FlowTable(10, 60, 60, salt=1, server_ports=lambda proto, port: port == 4444)
+    flow, direction = hinted.lookup(mid_stream(4444, 1793), 0.0)
+    assert flow.key.server_port == 4444 and direction is Direction.TO_CLIENT
+    flow, direction = hinted.lookup(mid_stream(1793, 4444), 1.0)
+    assert flow.key.server_port == 4444 and direction is Direction.TO_SERVER
+    # both or neither side known: the port order decides, as without the hint
+    both = FlowTable(10, 60, 60, salt=1, server_ports=lambda proto, port: True)
+    assert both.lookup(mid_stream(4444, 1793), 0.0)[0].key.server_port == 1793

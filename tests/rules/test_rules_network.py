@@ -135,11 +135,12 @@ def test_corpus_attacks_name_their_cve(
 
 
 def test_blaster_corpus_capture_starts_mid_stream(corpora: Path, tmp_path: Path) -> None:
-    """blaster-ms03-026.pcap has no SYN, and the flow table orients a mid-stream TCP flow by
-    the lower port (1793 here), so its 4444 shell is not on a covered server port and 9001013
-    cannot see it offline; the same bytes with a handshake (as inline, where the gateway sees
-    the SYN) are caught."""
-    assert _events(corpora / "attacks" / "blaster-ms03-026.pcap") == []
+    """blaster-ms03-026.pcap has no SYN: the flow table orients the mid-stream flow by the port
+    a rule covers (4444, not the client's lower port 1793), so 9001013 sees the worm's shell;
+    the same bytes with a handshake are caught too."""
+    events = _events(corpora / "attacks" / "blaster-ms03-026.pcap")
+    assert {e["alert"]["signature_id"] for e in events} == {9001013}
+    assert all(e["src_port"] == 4444 or e["dest_port"] == 4444 for e in events)
     path = tmp_path / "blaster-with-syn.pcap"
     nb.tcp_pcap(str(path), b"start msblast.exe\n", b"\r\nC:\\WINNT\\system32>", 4444)
     assert {e["alert"]["signature_id"] for e in _events(path)} == {9001013}
