@@ -543,3 +543,85 @@ def test_eternalblue_capture_fires_field_rule(corpora: Path, tmp_path: Path) -> 
             )
     assert ids == {7005}
     assert engine.stats.internal_errors == 0
+
+
+def _smb1(body: bytes) -> bytes:
+    """A NetBIOS session message around an SMB1 message (RFC 1002 section 4.3.1)."""
+    return b"\x00" + len(body).to_bytes(3, "big") + body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "fired"),
+    [
+        # NT Trans (0xA0) request, WordCount 20, TotalDataCount 0x000103d0 (66512): EternalBlue
+        (
+            _smb1(
+                b"\xffSMB\xa0"
+                + b"\x00" * 4
+                + b"\x18\x07\xc0"
+                + b"\x00" * 12
+                + b"\x00\x08\xff\xfe\x00\x08\x41\x00"
+                + b"\x14\x01\x00\x00\x1e\x00\x00\x00\xd0\x03\x01\x00"
+                + b"\x00" * 40
+                + b"\x00\x00"
+            ),
+            {9001001},
+        ),
+        # the same with 976 bytes of data: legitimate
+        (
+            _smb1(
+                b"\xffSMB\xa0"
+                + b"\x00" * 4
+                + b"\x18\x07\xc0"
+                + b"\x00" * 12
+                + b"\x00\x08\xff\xfe\x00\x08\x41\x00"
+                + b"\x14\x01\x00\x00\x1e\x00\x00\x00\xd0\x03\x00\x00"
+                + b"\x00" * 40
+                + b"\x00\x00"
+            ),
+            set(),
+        ),
+        # Trans2 (0x32) with the setup word SESSION_SETUP (0x000e): EternalBlue / DoublePulsar
+        (
+            _smb1(
+                b"\xffSMB\x32"
+                + b"\x00" * 27
+                + b"\x0f"
+                + b"\x0c\x00"
+                + b"\x00" * 24
+                + b"\x01\x00\x0e\x00"
+                + b"\x00\x00"
+            ),
+            {9001002},
+        ),
+        # Trans2 FIND_FIRST2 (0x0001): legitimate
+        (
+            _smb1(
+                b"\xffSMB\x32"
+                + b"\x00" * 27
+                + b"\x0f"
+                + b"\x0c\x00"
+                + b"\x00" * 24
+                + b"\x01\x00\x01\x00"
+                + b"\x00\x00"
+            ),
+            set(),
+        ),
+    ],
+    ids=["nt-trans-oversized", "nt-trans-normal", "trans2-session-setup", "trans2-find-first"],
+)
+def test_bundled_eternalblue_rules_describe_the_structure(
+    request_bytes: bytes, fired: set[int]
+) -> None:
+    engine = Engine(load_rules([default_rule_dir()]))
+    c = Conn(engine, dport=445)
+    c.handshake()
+    cut1, cut2 = 20, 45  # split across three segments
+    decisions = [
+        c.data(0, request_bytes[:cut1]),
+        c.data(cut1, request_bytes[cut1:cut2]),
+        c.data(cut2, request_bytes[cut2:]),
+    ]
+    got = {e.signature_id for d in decisions for e in d.events}
+    assert got == fired
+    assert (decisions[-1].action is Action.RESET) == bool(fired)

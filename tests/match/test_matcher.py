@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.match.matcher import TO_CLIENT, TO_SERVER, Matcher, literal_regex
-from gateway.match.rules import Pattern, Rule, RuleSet, default_rule_dir, load_rules
+from gateway.match.rules import Pattern, Rule, RuleSet
 from gateway.verdict import Action
 
 
@@ -171,29 +171,6 @@ def test_close_stream_is_idempotent_and_counted() -> None:
         m.close_stream(s)
     assert m.streams_open == 0
     assert m.scan_stream(states[0], b"x") == ()  # a closed stream is never scanned
-
-
-def test_bundled_eternalblue_rules_describe_the_exploit_structure() -> None:
-    rs = load_rules([default_rule_dir()])
-    m = Matcher(rs)
-    # NT Trans (0xA0) request, WordCount 20, TotalDataCount 0x000103d0 (66512) as sent by EternalBlue
-    hdr = (
-        b"\x00\x00\x04\x38\xffSMB\xa0"
-        + b"\x00" * 4
-        + b"\x18\x07\xc0"
-        + b"\x00" * 12
-        + b"\x00\x08\xff\xfe\x00\x08\x41\x00"
-    )
-    nt_trans = hdr + b"\x14\x01\x00\x00\x1e\x00\x00\x00\xd0\x03\x01\x00" + b"\x00" * 40
-    small = nt_trans.replace(b"\xd0\x03\x01\x00", b"\xd0\x03\x00\x00")  # 976 bytes: legitimate
-    fired = scan_chunks(m, [nt_trans[:20], nt_trans[20:45], nt_trans[45:]], port=445)
-    assert set().union(*fired) == {9001001}
-    assert scan_chunks(m, [small], port=445) == [set()]
-    # Trans2 request (0x32) with setup word SESSION_SETUP (0x000e)
-    t2 = b"\xffSMB\x32" + b"\x00" * 27 + b"\x0f" + b"\x0c\x00" + b"\x00" * 24 + b"\x01\x00\x0e\x00"
-    assert scan_chunks(m, [t2], port=139) == [{9001002}]
-    find_first = t2.replace(b"\x01\x00\x0e\x00", b"\x01\x00\x01\x00")  # TRANS2_FIND_FIRST2
-    assert scan_chunks(m, [find_first], port=445) == [set()]
 
 
 @settings(max_examples=200, deadline=None)
