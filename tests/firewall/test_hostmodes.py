@@ -77,3 +77,14 @@ def test_render_hook_merges_under_the_gateway_prefix() -> None:
     assert merged.ipv4.startswith(base.ipv4)
     assert "*filter" in merged.ipv4 and "VPATCH-HM-FORWARD" in merged.chains
     assert "vpatch-hm-setup4" in merged.sets and merged.prefix == base.prefix
+
+
+def test_always_renders_both_families_at_position() -> None:
+    from gateway.firewall.hostmodes import HM_POSITION_WITH_FIREWALL, render_hostmodes
+
+    empty = render_hostmodes([], "VPATCH", always=True, position=HM_POSITION_WITH_FIREWALL)
+    assert "-I FORWARD 2 -j VPATCH-HM-FORWARD" in empty.ipv4
+    assert "-I FORWARD 2 -j VPATCH-HM-FORWARD" in empty.ipv6
+    assert "create vpatch-hm-setup4 hash:ip" in empty.ipset
+    assert "create vpatch-hm-tuples6 hash:ip,port,ip" in empty.ipset
+    assert render_hostmodes([], "VPATCH").ipv4 == ""  # without always: nothing

@@ -90,3 +90,18 @@ def test_corrupt_file_is_named(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(LifecycleError, match="s.json"):
         LifecycleStore(path).hosts()
+
+
+def test_state_lives_in_the_policy_store_with_audit(tmp_path: Path) -> None:
+    from gateway.policy.store import Store
+
+    db = tmp_path / "vpatch.db"
+    store = LifecycleStore(db)
+    store.update_host("198.18.0.20", mode=HostMode.LOCKDOWN, actor="admin")
+    store.add_learned("198.18.0.20", [LearnedTuple("198.18.0.10", "198.18.0.20", "tcp", 80)])
+    with Store(db) as policy:
+        assert policy.schema_version >= 3
+        host = policy.host_by_address("198.18.0.20")
+        assert host is not None and host.mode == "lockdown"  # the hosts table's own column
+        actions = [(a.actor, a.action) for a in policy.list_audit()]
+        assert actions == [("monitor", "lifecycle.learn"), ("admin", "lifecycle.host")]
