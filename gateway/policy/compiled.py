@@ -242,9 +242,10 @@ class CompiledPolicy:
             else:
                 raise ConfigError(f"policy {where}: scope {a.scope!r} is not global/group/host")
         self._cache: dict[str, tuple[int, int | None] | None] = {}
-        # rule id (None: every rule) -> its exception scopes
-        self._exceptions: dict[int | None, tuple[ExceptionScope, ...]] = {}
-        by_rule: dict[int | None, list[ExceptionScope]] = {}
+        # (rule id or None for every rule, address or None for a CIDR) -> exception scopes:
+        # a firing looks at four keys at most, whatever the number of exceptions
+        self._exceptions: dict[tuple[int | None, str | None], tuple[ExceptionScope, ...]] = {}
+        by_rule: dict[tuple[int | None, str | None], list[ExceptionScope]] = {}
         for count, exc in enumerate(exceptions, 1):
             where = f"exception {exc.id}"
             if count > MAX_EXCEPTIONS:
@@ -261,10 +262,11 @@ class CompiledPolicy:
             prefix = False
             if exc.uri is not None:
                 uri, prefix = normalize_exception_uri(exc.uri)
-            by_rule.setdefault(exc.rule_id, []).append(
+            where_key = str(network.network_address) if network.num_addresses == 1 else None
+            by_rule.setdefault((exc.rule_id, where_key), []).append(
                 ExceptionScope(exc.id, exc.rule_id, network, exc.port, uri, prefix, exc.expires_at)
             )
-        self._exceptions = {rid: tuple(scopes) for rid, scopes in by_rule.items()}
+        self._exceptions = {key: tuple(scopes) for key, scopes in by_rule.items()}
         self.has_exceptions = bool(self._exceptions)
 
     def exception(
@@ -272,25 +274,32 @@ class CompiledPolicy:
     ) -> ExceptionScope | None:
         """The first active exception covering a firing of `rule_id` on (server, server port,
         normalised request URI or None) at `now`, or None. Never raises."""
-        table = self._exceptions
-        scopes = table.get(rule_id, ())
-        every = table.get(None, ())
-        if not scopes and not every:
+        scopes = self._candidates(server_ip, rule_id)
+        if not scopes:
             return None
         try:
             addr = ipaddress.ip_address(server_ip)
         except ValueError:
             return None
-        for scope in (*scopes, *every):
+        for scope in scopes:
             if scope.covers(addr, port, uri, now):
                 return scope
         return None
 
+    def _candidates(self, server_ip: str, rule_id: int) -> tuple[ExceptionScope, ...]:
+        table = self._exceptions
+        empty: tuple[ExceptionScope, ...] = ()
+        return (
+            *table.get((rule_id, server_ip), empty),
+            *table.get((None, server_ip), empty),
+            *table.get((rule_id, None), empty),
+            *table.get((None, None), empty),
+        )
+
     def wants_uri(self, server_ip: str, rule_id: int, now: float) -> bool:
         """True if some active URI-scoped exception of `rule_id` (or of every rule) might
         cover this server: only then is the request URI worth finding. Never raises."""
-        table = self._exceptions
-        for scope in (*table.get(rule_id, ()), *table.get(None, ())):
+        for scope in self._candidates(server_ip, rule_id):
             if scope.uri is None or (scope.expires_at is not None and now >= scope.expires_at):
                 continue
             try:
