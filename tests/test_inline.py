@@ -6,7 +6,6 @@ and stops it (SIGTERM, by PID) and removes any rule of ours afterwards, also on 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,21 +14,16 @@ import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from gateway.control.server import control_request
-from gateway.firewall.apply import cleanup_all
+from gateway.testing.inline import REPO, RunningGateway, in_ns, package_env, running_gateway
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]
 
-REPO = Path(__file__).resolve().parents[1]
 MARKER = b"VPATCH-TEST-EXPLOIT-7f3a"
-READY_TIMEOUT = 60.0
 # A second rule with the same marker on a port where the test runs its own TCP server, so the
 # server side of a reset can be observed (nginx on port 80 keeps serving the real rule).
 SERVER_RULE = """\
@@ -44,50 +38,6 @@ direction: to_server
 patterns:
   - content: "VPATCH-TEST-EXPLOIT-7f3a"
 """
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def in_ns(
-    ns: str, argv: list[str], timeout: float = 30, **kw: Any
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", ns, *argv],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **kw,
-    )
-
-
-@dataclass
-class RunningGateway:
-    proc: subprocess.Popen[bytes]
-    config: Path
-    log: Path
-    control: Path
-    jsonl: Path
-
-    def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = control_request(self.control, "status")
-        return result
-
-    def queued(self) -> int:
-        return sum(q["packets"] for q in self.status()["queues"].values())
-
-    def worker_pids(self) -> list[int]:
-        return [q["pid"] for q in self.status()["queues"].values()]
-
-    def events(self) -> list[dict[str, Any]]:
-        if not self.jsonl.exists():
-            return []
-        return [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
 
 
 @contextmanager
@@ -105,31 +55,8 @@ def vpatch_run(lab: Any, tmp_path: Path, **overrides: Any) -> Iterator[RunningGa
         "workers": {"restart_delay": 3.0},
     }
     cfg.update(overrides)
-    config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    log = tmp_path / "gateway.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", lab.gw_ns, sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
-            stdout=out, stderr=subprocess.STDOUT, env=_env(),
-        )  # fmt: skip
-    gw = RunningGateway(proc, config, log, Path(cfg["control"]["socket"]), tmp_path / "eve.json")
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while b"vpatch run: ready" not in log.read_bytes():
-            assert proc.poll() is None, f"vpatch run exited: {log.read_text()}"
-            assert time.monotonic() < deadline, f"vpatch run not ready: {log.read_text()}"
-            time.sleep(0.1)
+    with running_gateway(lab, tmp_path, cfg) as gw:
         yield gw
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        cleanup_all("VPATCH", netns=lab.gw_ns)  # whatever a failed test left behind
 
 
 def ours_in_kernel(ns: str) -> list[str]:
@@ -346,7 +273,7 @@ def test_run_process_killed_then_cleanup(lab: Any, tmp_path: Path, policy: str) 
         assert ours_in_kernel(lab.gw_ns)  # a crash leaves the rules in place...
         assert curl_ok(lab, timeout=1.5) is (policy == "open")  # ...following the fail policy
         cleanup = in_ns(lab.gw_ns, [sys.executable, "-m", "gateway.cli", "run", "--cleanup", "-c",
-                                    str(gw.config)], env=_env())  # fmt: skip
+                                    str(gw.config)], env=package_env())  # fmt: skip
         assert cleanup.returncode == 0, cleanup.stderr
         assert ours_in_kernel(lab.gw_ns) == []
         assert curl_ok(lab)

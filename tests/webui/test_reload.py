@@ -8,9 +8,7 @@ on failure; the lab's namespaces belong to the session-wide `lab` fixture."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -19,16 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from gateway.control.server import control_request
-from gateway.firewall.apply import cleanup_all
 from gateway.policy.store import Store
+from gateway.testing.inline import REPO, in_ns, running_gateway
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
-REPO = Path(__file__).resolve().parents[2]
-READY_TIMEOUT = 60.0
 
 MARKER_CLIENT = textwrap.dedent(
     """
@@ -75,18 +70,8 @@ KEEPALIVE_CLIENT = textwrap.dedent(
 )
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def marker(lab: Any) -> str:
-    r = subprocess.run(
-        ["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", MARKER_CLIENT, lab.server_addr],
-        capture_output=True, text=True, timeout=20, check=False,
-    )  # fmt: skip
+    r = in_ns(lab.client_ns, [sys.executable, "-c", MARKER_CLIENT, lab.server_addr], timeout=20)
     return r.stdout.strip() or r.stderr.strip()
 
 
@@ -103,80 +88,61 @@ def test_ui_mode_change_reaches_running_gateway(
         "control": {"socket": str(sock)},
         "policy": {"database": str(policy_db)},
     }
-    config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump(cfg))
     app.config.update(CONTROL_SOCKET=str(sock), RULE_PATHS=cfg["rules"], POLICY_DB=str(policy_db))
-    log = tmp_path / "gateway.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", lab.gw_ns, sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
-            stdout=out, stderr=subprocess.STDOUT, env=_env(),
-        )  # fmt: skip
     keepalive: subprocess.Popen[str] | None = None
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while b"vpatch run: ready" not in log.read_bytes():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        pids_before = [q["pid"] for q in control_request(sock, "status")["queues"].values()]
-        assert marker(lab) == "RESET"  # the rule's default mode: prevent
+    with running_gateway(lab, tmp_path, cfg) as gw:
+        log = gw.log
+        try:
+            pids_before = [q["pid"] for q in control_request(sock, "status")["queues"].values()]
+            assert marker(lab) == "RESET"  # the rule's default mode: prevent
 
-        keepalive = subprocess.Popen(
-            ["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", KEEPALIVE_CLIENT, lab.server_addr],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert keepalive.stdin is not None and keepalive.stdout is not None
+            keepalive = subprocess.Popen(
+                ["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", KEEPALIVE_CLIENT, lab.server_addr],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert keepalive.stdin is not None and keepalive.stdout is not None
 
-        def keepalive_request() -> str:
-            assert keepalive is not None and keepalive.stdin and keepalive.stdout
-            keepalive.stdin.write("go\n")
-            keepalive.stdin.flush()
-            return keepalive.stdout.readline().strip()
+            def keepalive_request() -> str:
+                assert keepalive is not None and keepalive.stdin and keepalive.stdout
+                keepalive.stdin.write("go\n")
+                keepalive.stdin.flush()
+                return keepalive.stdout.readline().strip()
 
-        first = keepalive_request()
-        assert first.startswith("HTTP/1.1 200"), first
-        # Users live in the test's policy database (the `app` fixture made them in its own
-        # tmp file); create the admin here.
-        with Store(policy_db) as store:
-            if store.get_user("admin") is None:
-                store.create_user("admin", "admin-password-1", "admin", "test")
-        assert auth.login().status_code == 302
+            first = keepalive_request()
+            assert first.startswith("HTTP/1.1 200"), first
+            # Users live in the test's policy database (the `app` fixture made them in its own
+            # tmp file); create the admin here.
+            with Store(policy_db) as store:
+                if store.get_user("admin") is None:
+                    store.create_user("admin", "admin-password-1", "admin", "test")
+            assert auth.login().status_code == 302
 
-        timings = []
-        for mode, expect in (
-            ("off", "DATA HTTP/1.1 404 Not Found"),
-            ("prevent", "RESET"),
-            ("detect", "DATA HTTP/1.1 404 Not Found"),
-        ):
-            t0 = time.monotonic()
-            resp = client.post("/rules/9000100/mode",
-                               data={"mode": mode, "scope": "global", "csrf_token": auth.token()})  # fmt: skip
-            took = time.monotonic() - t0
-            assert resp.status_code == 302
-            page = client.get("/rules/").get_data(as_text=True)
-            m = re.search(r"gateway reloaded in ([0-9.]+) s", page)
-            assert m, page[page.find("flash") :][:300]
-            policy = control_request(sock, "policy")
-            assert set(policy["queues"].values()) == {policy["version"]}  # every worker has it
-            timings.append((mode, took, float(m.group(1))))
-            assert marker(lab) == expect, (mode, log.read_text()[-2000:])
-            same = keepalive_request()
-            assert same == first, (mode, same, first)  # same connection (port), still served
-        print("\nUI POST -> all workers applied (s):", timings)
-        assert all(t[1] < 2.0 for t in timings), timings
-        status = control_request(sock, "status")
-        assert [q["pid"] for q in status["queues"].values()] == pids_before  # no restart
-        assert sum(q["policy_errors"] for q in status["queues"].values()) == 0
-    finally:
-        if keepalive is not None:
-            keepalive.kill()
-            keepalive.wait(5)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        cleanup_all("VPATCH", netns=lab.gw_ns)
+            timings = []
+            for mode, expect in (
+                ("off", "DATA HTTP/1.1 404 Not Found"),
+                ("prevent", "RESET"),
+                ("detect", "DATA HTTP/1.1 404 Not Found"),
+            ):
+                t0 = time.monotonic()
+                resp = client.post("/rules/9000100/mode",
+                                   data={"mode": mode, "scope": "global", "csrf_token": auth.token()})  # fmt: skip
+                took = time.monotonic() - t0
+                assert resp.status_code == 302
+                page = client.get("/rules/").get_data(as_text=True)
+                m = re.search(r"gateway reloaded in ([0-9.]+) s", page)
+                assert m, page[page.find("flash") :][:300]
+                policy = control_request(sock, "policy")
+                assert set(policy["queues"].values()) == {policy["version"]}  # every worker has it
+                timings.append((mode, took, float(m.group(1))))
+                assert marker(lab) == expect, (mode, log.read_text()[-2000:])
+                same = keepalive_request()
+                assert same == first, (mode, same, first)  # same connection (port), still served
+            print("\nUI POST -> all workers applied (s):", timings)
+            assert all(t[1] < 2.0 for t in timings), timings
+            status = control_request(sock, "status")
+            assert [q["pid"] for q in status["queues"].values()] == pids_before  # no restart
+            assert sum(q["policy_errors"] for q in status["queues"].values()) == 0
+        finally:
+            if keepalive is not None:
+                keepalive.kill()
+                keepalive.wait(5)
