@@ -49,7 +49,12 @@ def send_test(channel_id: int) -> tuple[bool, str]:
     try:
         send(ch, test_message(ch, g.user.username))
     except AlertSendError as err:
-        store.record(g.user.username, "alerts.test", f"alert channel {ch.name}", {"ok": False, "error": str(err)})
+        store.record(
+            g.user.username,
+            "alerts.test",
+            f"alert channel {ch.name}",
+            {"ok": False, "error": str(err)},
+        )
         return False, str(err)
     store.record(g.user.username, "alerts.test", f"alert channel {ch.name}", {"ok": True})
     return True, f"test message sent through {ch.name}"
@@ -141,20 +146,31 @@ def _json_body() -> dict[str, Any]:
     return data
 
 
-@endpoint("/alerts", "GET", "Alert channels (secrets masked)", result={"type": "array", "items": {"type": "object"}})
+@endpoint(
+    "/alerts",
+    "GET",
+    "Alert channels (secrets masked)",
+    result={"type": "array", "items": {"type": "object"}},
+)
 def api_alerts_list() -> Any:
     return jsonify([public(c) for c in list_channels(get_store())])
 
 
 @endpoint("/alerts", "POST", "Create an alert channel", write=True, body=CHANNEL_BODY)
 def api_alerts_add() -> Any:
-    return _api(lambda: (jsonify(public(save_channel(get_store(), _json_body(), g.user.username))), 201))
+    return _api(
+        lambda: (jsonify(public(save_channel(get_store(), _json_body(), g.user.username))), 201)
+    )
 
 
 @endpoint("/alerts/{channel_id}", "PUT", "Replace an alert channel's configuration", write=True,
           body=CHANNEL_BODY)  # fmt: skip
 def api_alerts_update(channel_id: int) -> Any:
-    return _api(lambda: jsonify(public(save_channel(get_store(), _json_body(), g.user.username, channel_id))))
+    return _api(
+        lambda: jsonify(
+            public(save_channel(get_store(), _json_body(), g.user.username, channel_id))
+        )
+    )
 
 
 @endpoint("/alerts/{channel_id}", "DELETE", "Delete an alert channel", write=True)
@@ -166,7 +182,9 @@ def api_alerts_delete(channel_id: int) -> Any:
     return _api(go)
 
 
-@endpoint("/alerts/{channel_id}/test", "POST", "Send a test message through a channel now", write=True)
+@endpoint(
+    "/alerts/{channel_id}/test", "POST", "Send a test message through a channel now", write=True
+)
 def api_alerts_test(channel_id: int) -> Any:
     def go() -> Any:
         ok, text = send_test(channel_id)

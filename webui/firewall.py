@@ -137,12 +137,19 @@ def _api(fn: Any) -> Any:
         return jsonify(error=str(err), field=err.field), 404 if err.field == "id" else 400
 
 
-@endpoint("/firewall", "GET", "Firewall rules in order", result={"type": "array", "items": {"type": "object"}})
+@endpoint(
+    "/firewall",
+    "GET",
+    "Firewall rules in order",
+    result={"type": "array", "items": {"type": "object"}},
+)
 def api_firewall_list() -> Any:
     return jsonify([asdict(r) for r in list_rules(get_store())])
 
 
-@endpoint("/firewall", "POST", "Add a firewall rule, then reload the gateway", write=True, body=FW_BODY)
+@endpoint(
+    "/firewall", "POST", "Add a firewall rule, then reload the gateway", write=True, body=FW_BODY
+)
 def api_firewall_add() -> Any:
     def go() -> Any:
         rule = add_rule(get_store(), _json_body(), g.user.username)
@@ -161,7 +168,9 @@ def api_firewall_update(rule_id: int) -> Any:
     return _api(go)
 
 
-@endpoint("/firewall/{rule_id}", "DELETE", "Delete a firewall rule, then reload the gateway", write=True)
+@endpoint(
+    "/firewall/{rule_id}", "DELETE", "Delete a firewall rule, then reload the gateway", write=True
+)
 def api_firewall_delete(rule_id: int) -> Any:
     def go() -> Any:
         delete_rule(get_store(), rule_id, g.user.username)

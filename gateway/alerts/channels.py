@@ -156,7 +156,17 @@ def _bool(data: dict[str, Any], key: str, default: bool) -> bool:
     v = data.get(key, default)
     if isinstance(v, bool):
         return v
-    if isinstance(v, str) and v.lower() in ("1", "true", "on", "yes", "0", "false", "off", "no", ""):
+    if isinstance(v, str) and v.lower() in (
+        "1",
+        "true",
+        "on",
+        "yes",
+        "0",
+        "false",
+        "off",
+        "no",
+        "",
+    ):
         return v.lower() in ("1", "true", "on", "yes")
     raise AlertChannelError(key, f"{v!r} must be true or false")
 
@@ -224,9 +234,13 @@ def validate_channel(data: dict[str, Any], old: Channel | None = None) -> dict[s
     try:
         rate = float(str(data.get("rate_per_min", 10)).strip() or 10)
     except ValueError as err:
-        raise AlertChannelError("rate_per_min", f"{data.get('rate_per_min')!r} is not a number") from err
+        raise AlertChannelError(
+            "rate_per_min", f"{data.get('rate_per_min')!r} is not a number"
+        ) from err
     if not 0 < rate <= MAX_RATE_PER_MIN:
-        raise AlertChannelError("rate_per_min", f"{rate} must be above 0 and at most {MAX_RATE_PER_MIN}")
+        raise AlertChannelError(
+            "rate_per_min", f"{rate} must be above 0 and at most {MAX_RATE_PER_MIN}"
+        )
     settings_in = data.get("settings")
     if settings_in is None:
         settings_in = data  # a flat HTML form
@@ -324,7 +338,9 @@ def syslog_severity(severity: int) -> int:
     return {1: 2, 2: 4}.get(severity, 5)
 
 
-def format_syslog(msg: AlertMessage, facility: str = "local0", hostname: str | None = None) -> bytes:
+def format_syslog(
+    msg: AlertMessage, facility: str = "local0", hostname: str | None = None
+) -> bytes:
     """One RFC 5424 message (section 6), truncated to MAX_SYSLOG_BYTES."""
     pri = SYSLOG_FACILITIES[facility] * 8 + syslog_severity(msg.severity)
     ts = datetime.fromtimestamp(msg.timestamp, UTC).isoformat(timespec="microseconds")
@@ -384,7 +400,7 @@ def _send_webhook(ch: Channel, msg: AlertMessage) -> None:
     if ch.settings.get("secret"):
         headers[SIGNATURE_HEADER] = sign(ch.settings["secret"], body)
     req = urllib.request.Request(ch.settings["url"], data=body, headers=headers, method="POST")
-    with urllib.request.urlopen(req, timeout=SEND_TIMEOUT) as resp:  # noqa: S310 (URL validated)
+    with urllib.request.urlopen(req, timeout=SEND_TIMEOUT) as resp:
         if not 200 <= resp.status < 300:
             raise AlertSendError(f"webhook {ch.name}: HTTP {resp.status}")
 

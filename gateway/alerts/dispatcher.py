@@ -70,7 +70,9 @@ class Dispatcher:
         conn = sqlite3.connect(f"file:{self.events_db}?mode=ro", uri=True, timeout=5)
         try:
             if self.last_id is None:
-                self.last_id = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+                self.last_id = int(
+                    conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+                )
                 return []
             rows = conn.execute(
                 "SELECT id, event_type, eve FROM events WHERE id > ? ORDER BY id LIMIT ?",
@@ -152,7 +154,7 @@ class Dispatcher:
         while not self._stop.is_set():
             try:
                 self.poll()
-            except Exception:  # noqa: BLE001 - the dispatcher must outlive any one bad round
+            except Exception:
                 log.exception("alert dispatcher round failed")
             self._stop.wait(POLL_INTERVAL)
 

@@ -309,9 +309,7 @@ def _rule_lines(
     elif rule.action == "deny":
         target = "DROP"
     else:
-        target = (
-            f"NFLOG --nflog-group {LOG_GROUP} --nflog-prefix {LOG_PREFIX}{rule.id}"
-        )
+        target = f"NFLOG --nflog-group {LOG_GROUP} --nflog-prefix {LOG_PREFIX}{rule.id}"
     lines = []
     for host in hosts:
         for direction in ("in", "out") if rule.direction == "both" else (rule.direction,):
@@ -322,8 +320,7 @@ def _rule_lines(
             if rule.address:
                 spec += f" {peer_side} {rule.address}"
             lines.append(
-                f"-A {chain}{spec}{match_proto}{mac} -m comment --comment fw{rule.id}"
-                f" -j {target}"
+                f"-A {chain}{spec}{match_proto}{mac} -m comment --comment fw{rule.id} -j {target}"
             )
     return lines
 
@@ -355,9 +352,10 @@ def render_policy(
     texts = {}
     for version in (4, 6):
         body = policy_lines(rules, hosts, groups, version, chain)
-        texts[version] = "\n".join(
-            ["*filter", f":{chain} - [0:0]", f"-I FORWARD 1 -j {chain}", *body, "COMMIT"]
-        ) + "\n"
+        texts[version] = (
+            "\n".join(["*filter", f":{chain} - [0:0]", f"-I FORWARD 1 -j {chain}", *body, "COMMIT"])
+            + "\n"
+        )
     return RenderedRules(
         ipset="", ipv4=texts[4], ipv6=texts[6], sets=(), chains=(chain,), prefix=prefix
     )

@@ -112,7 +112,7 @@ def webhook() -> Iterator[WebhookReceiver]:
     holder: list[WebhookReceiver] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             holder[0].requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
             self.send_response(holder[0].status)

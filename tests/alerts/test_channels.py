@@ -120,7 +120,8 @@ def test_webhook_connection_refused() -> None:
 
 RFC5424 = re.compile(
     rb"^<(\d+)>1 (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (\S+) vpatch (\d+) (\S+) "
-    rb"\[vpatch@32473 ((?:[a-z_]+=\"(?:[^\"\\\]]|\\.)*\" ?)+)\] \xef\xbb\xbf(.*)$", re.S
+    rb"\[vpatch@32473 ((?:[a-z_]+=\"(?:[^\"\\\]]|\\.)*\" ?)+)\] \xef\xbb\xbf(.*)$",
+    re.DOTALL,
 )
 
 

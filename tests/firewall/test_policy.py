@@ -6,7 +6,6 @@ chain in place."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import textwrap
@@ -70,7 +69,12 @@ def test_normalisation() -> None:
     v = validate_rule({"address": "198.18.0.10/24", "protocol": "TCP", "port_from": "80",
                        "port_to": "80", "mac": "02-AA-00-00-00-01", "action": "deny"})  # fmt: skip
     assert (v["address"], v["protocol"], v["port_from"], v["port_to"], v["mac"]) == (
-        "198.18.0.0/24", "tcp", 80, None, "02:aa:00:00:00:01")
+        "198.18.0.0/24",
+        "tcp",
+        80,
+        None,
+        "02:aa:00:00:00:01",
+    )
     assert validate_rule({"address": "any", "action": "log"})["address"] == ""
 
 
@@ -80,7 +84,7 @@ def test_order_audit_and_compile(store: Any) -> None:
     store.save_host("2001:db8::20", "alice", group_id=g.id)
     r1 = add_rule(store, {"scope": "global", "direction": "in", "protocol": "tcp",
                           "port_from": "22", "action": "deny"}, "alice")  # fmt: skip
-    r2 = add_rule(store, {"scope": f"host", "scope_id": h1.id, "direction": "both",
+    r2 = add_rule(store, {"scope": "host", "scope_id": h1.id, "direction": "both",
                           "address": "198.18.0.10", "action": "allow"}, "alice")  # fmt: skip
     r3 = add_rule(store, {"scope": "group", "scope_id": g.id, "direction": "in",
                           "protocol": "udp", "port_from": "1000", "port_to": "2000",
@@ -92,17 +96,23 @@ def test_order_audit_and_compile(store: Any) -> None:
     text = render_from_store(store, PREFIX)
     chain = chain_name(PREFIX)
     v4 = text.ipv4.splitlines()
-    assert v4[:4] == ["*filter", f":{chain} - [0:0]", f"-I FORWARD 1 -j {chain}",
-                      f"-A {chain} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN"]
+    assert v4[:4] == [
+        "*filter",
+        f":{chain} - [0:0]",
+        f"-I FORWARD 1 -j {chain}",
+        f"-A {chain} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
+    ]
     body = [line for line in v4[4:-1]]
     assert body == [
         f"-A {chain} -d 198.18.0.20 -s 198.18.0.10/32 -m comment --comment fw{r2.id} -j RETURN",
         f"-A {chain} -s 198.18.0.20 -d 198.18.0.10/32 -m comment --comment fw{r2.id} -j RETURN",
-        f"-A {chain} -d 198.18.0.20 -p udp --dport 1000:2000 -m mac --mac-source "
-        f"02:00:00:00:00:0a -m comment --comment fw{r3.id} -j NFLOG --nflog-group 19 "
-        f"--nflog-prefix vpatch-fw-{r3.id}",
+        (
+            f"-A {chain} -d 198.18.0.20 -p udp --dport 1000:2000 -m mac --mac-source "
+            f"02:00:00:00:00:0a -m comment --comment fw{r3.id} -j NFLOG --nflog-group 19 "
+            f"--nflog-prefix vpatch-fw-{r3.id}"
+        ),
     ]  # r1 disabled
-    assert f"-d 2001:db8::20 -p udp --dport 1000:2000" in text.ipv6
+    assert "-d 2001:db8::20 -p udp --dport 1000:2000" in text.ipv6
     assert "198.18.0.10" not in text.ipv6  # an IPv4 peer never lands in the IPv6 table
     delete_rule(store, r3.id, "bob")
     actions = [a.action for a in store.list_audit()]
@@ -151,7 +161,9 @@ def test_deny_blocks_real_connection_in_lab(lab: Any, store: Any) -> None:
         # an allow for the client's MAC placed before the deny wins (first match)
         allow = add_rule(store, {"scope": "host", "scope_id": host.id, "direction": "in",
                                  "mac": mac, "action": "allow", "position": "1"}, "alice")  # fmt: skip
-        assert refresh_policy(store, backend, PREFIX, lab.gw_ns) == 4  # v4: conntrack+2, v6: conntrack
+        assert (
+            refresh_policy(store, backend, PREFIX, lab.gw_ns) == 4
+        )  # v4: conntrack+2, v6: conntrack
         assert connect(lab).startswith("OK HTTP/1.1")
         # the MAC rule for another MAC does not match: denied again
         update_rule(store, allow.id, {"mac": "02:00:00:00:00:99"}, "alice")

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the receiver fixtures are imported from tests/alerts/conftest.py)
 """webui/alerts.py: channels configured through the real form (CSRF token), validation error
 names the field, the "send test" button delivers to a real webhook receiver and a real UDP
 syslog receiver on 127.0.0.1 and says so, a failed test says why, secrets are never shown back,

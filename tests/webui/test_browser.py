@@ -70,7 +70,9 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     for flag in CHROME_FLAGS:
         opts.add_argument(flag)
     opts.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log"))
+    service = Service(
+        executable_path=str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log")
+    )
     driver = webdriver.Chrome(options=opts, service=service)
     driver.set_page_load_timeout(30)
     try:
@@ -190,5 +192,9 @@ def test_browser_toggles_rule_on_running_gateway(lab: Any, tmp_path: Path, brows
         _stop(gateway)
         cleanup_all("VPATCH", netns=lab.gw_ns)
     assert sorted(p.name for p in SCREENSHOTS.glob("0*.png"))[:4] == [
-        "01-login.png", "02-rule-off.png", "03-rule-prevent.png", "04-dashboard.png"]
+        "01-login.png",
+        "02-rule-off.png",
+        "03-rule-prevent.png",
+        "04-dashboard.png",
+    ]
     assert shutil.which("true")

@@ -100,7 +100,9 @@ def test_api(app: Any, client: Any) -> None:
     assert resp.get_json()["reload"]["ok"] is False
     bad = client.put(f"/api/v1/firewall/{rid}", headers=h, json={"port_to": 10})
     assert bad.status_code == 400 and bad.get_json()["field"] == "port_to"
-    assert client.put(f"/api/v1/firewall/{rid}", headers=h, json={"enabled": False}).status_code == 200
+    assert (
+        client.put(f"/api/v1/firewall/{rid}", headers=h, json={"enabled": False}).status_code == 200
+    )
     assert client.get("/api/v1/firewall", headers=h).get_json()[0]["enabled"] is False
     assert client.put("/api/v1/firewall/999", headers=h, json={}).status_code == 404
     assert client.delete(f"/api/v1/firewall/{rid}", headers=h).status_code == 200
