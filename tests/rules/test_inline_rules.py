@@ -12,9 +12,6 @@ SIGTERM, and its kernel rules removed, also on failure (the `lab` fixture remove
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -24,15 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from gateway.firewall.apply import cleanup_all
 from gateway.match.rules import Rule, Sample, default_rule_dir, load_rules
+from gateway.testing.inline import in_ns, running_gateway
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
-REPO = Path(__file__).resolve().parents[2]
-READY_TIMEOUT = 60.0
 EVENT_WAIT = 5.0
 # (protocol, rule id, server port): one rule per protocol the lab's real servers speak.
 CASES = [("http-nginx", 9010020, 80), ("smb-samba", 9001001, 445), ("dns-named", 9001021, 53)]
@@ -96,13 +90,6 @@ def _smb1_negotiate() -> bytes:
 PRELUDES = {"smb-samba": _smb1_negotiate()}
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 @contextmanager
 def gateway_with_rule_pack(lab: Any, tmp_path: Path) -> Iterator[Path]:
     """`vpatch run` with rules/ protecting the lab server; yields the EVE JSON lines file."""
@@ -115,37 +102,15 @@ def gateway_with_rule_pack(lab: Any, tmp_path: Path) -> Iterator[Path]:
         "events": {"sqlite": str(tmp_path / "events.db"), "jsonl": str(eve)},
         "control": {"socket": str(tmp_path / "control.sock")},
     }
-    config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    log = tmp_path / "gateway.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", lab.gw_ns, sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
-            stdout=out, stderr=subprocess.STDOUT, env=_env(),
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while b"vpatch run: ready" not in log.read_bytes():
-            assert proc.poll() is None, f"vpatch run exited: {log.read_text()}"
-            assert time.monotonic() < deadline, f"vpatch run not ready: {log.read_text()}"
-            time.sleep(0.1)
+    with running_gateway(lab, tmp_path, cfg):
         yield eve
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        cleanup_all("VPATCH", netns=lab.gw_ns)
 
 
 def send(lab: Any, rule: Rule, sample: Sample, port: int, prelude: bytes) -> dict[str, Any]:
-    result = subprocess.run(
-        ["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", CLIENT, lab.server_addr,
-         str(port), rule.protocol, sample.to_server.hex(), prelude.hex()],
-        capture_output=True, text=True, timeout=30, check=False,
+    result = in_ns(
+        lab.client_ns,
+        [sys.executable, "-c", CLIENT, lab.server_addr, str(port), rule.protocol,
+         sample.to_server.hex(), prelude.hex()],
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     outcome: dict[str, Any] = json.loads(result.stdout)
