@@ -6,23 +6,40 @@ the namespace lab through `reload` and blocks a real connection from the client 
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from gateway.control.server import control_request
-from gateway.firewall.apply import cleanup_all
 from gateway.firewall.policy import list_rules
 from gateway.policy.store import Store
+from gateway.testing.inline import REPO, running_gateway
 from tests.firewall.test_policy import connect
 from tests.webui.conftest import ADMIN_PW, VIEWER_PW
-from tests.webui.test_reload import KEEPALIVE_CLIENT, READY_TIMEOUT, REPO, _env
+
+KEEPALIVE_CLIENT = textwrap.dedent(
+    """
+    import socket, sys
+    s = socket.create_connection((sys.argv[1], 80), timeout=5)
+    for line in sys.stdin:
+        try:
+            s.sendall(b"HEAD / HTTP/1.1\\r\\nHost: lab\\r\\n\\r\\n")
+            head = b""
+            while b"\\r\\n\\r\\n" not in head:
+                d = s.recv(4096)
+                if not d:
+                    raise OSError("EOF")
+                head += d
+            print(head.split(b"\\r\\n")[0].decode(), s.getsockname()[1], flush=True)
+        except OSError as err:
+            print("ERROR", err, flush=True)
+    """
+)
 
 
 def rules_of(app: Any) -> list[Any]:
@@ -123,63 +140,43 @@ def test_ui_deny_reaches_running_gateway(lab: Any, tmp_path: Path, app: Any, cli
         "control": {"socket": str(sock)},
         "policy": {"database": str(policy_db)},
     }
-    config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump(cfg))
     app.config.update(CONTROL_SOCKET=str(sock), POLICY_DB=str(policy_db))
-    log = tmp_path / "gateway.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", lab.gw_ns, sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
-            stdout=out, stderr=subprocess.STDOUT, env=_env(),
-        )  # fmt: skip
     keepalive: subprocess.Popen[str] | None = None
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while b"vpatch run: ready" not in log.read_bytes():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        assert connect(lab).startswith("OK HTTP/1.1")
-        keepalive = subprocess.Popen(
-            ["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", KEEPALIVE_CLIENT, lab.server_addr],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+    with running_gateway(lab, tmp_path, cfg) as gw:
+        try:
+            assert connect(lab).startswith("OK HTTP/1.1")
+            keepalive = subprocess.Popen(
+                ["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", KEEPALIVE_CLIENT,
+                 lab.server_addr],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
 
-        def keepalive_request() -> str:
-            assert keepalive is not None and keepalive.stdin and keepalive.stdout
-            keepalive.stdin.write("go\n")
-            keepalive.stdin.flush()
-            return keepalive.stdout.readline().strip()
+            def keepalive_request() -> str:
+                assert keepalive is not None and keepalive.stdin and keepalive.stdout
+                keepalive.stdin.write("go\n")
+                keepalive.stdin.flush()
+                return keepalive.stdout.readline().strip()
 
-        first = keepalive_request()
-        assert first.startswith("HTTP/1.1 200"), first
-        assert auth.login(password=ADMIN_PW).status_code == 302
-        with Store(policy_db) as store:
-            host = store.save_host(lab.server_addr, "test")
-        t0 = time.monotonic()
-        resp = post(client, auth, "/firewall/", scope=f"host:{host.id}", direction="in",
-                    address=lab.client_addr, protocol="tcp", port_from="80", action="deny")  # fmt: skip
-        took = time.monotonic() - t0
-        assert resp.status_code == 302
-        assert "gateway reloaded in" in client.get("/firewall/").get_data(as_text=True)
-        assert connect(lab) == "FAIL TimeoutError", log.read_text()[-2000:]
-        assert keepalive_request() == first  # the open connection is not cut
-        reply = control_request(sock, "reload")
-        assert reply["firewall_rules"] >= 2
-        (rule,) = rules_of(app)
-        post(client, auth, f"/firewall/{rule.id}/delete")
-        assert connect(lab).startswith("OK HTTP/1.1")
-        print(f"\nUI firewall POST -> kernel chain rewritten: {took:.2f} s")
-    finally:
-        if keepalive is not None:
-            keepalive.kill()
-            keepalive.wait(5)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        cleanup_all("VPATCH", netns=lab.gw_ns)
-    assert proc.returncode == 0, log.read_text()[-2000:]
+            first = keepalive_request()
+            assert first.startswith("HTTP/1.1 200"), first
+            assert auth.login(password=ADMIN_PW).status_code == 302
+            with Store(policy_db) as store:
+                host = store.save_host(lab.server_addr, "test")
+            t0 = time.monotonic()
+            resp = post(client, auth, "/firewall/", scope=f"host:{host.id}", direction="in",
+                        address=lab.client_addr, protocol="tcp", port_from="80", action="deny")  # fmt: skip
+            took = time.monotonic() - t0
+            assert resp.status_code == 302
+            assert "gateway reloaded in" in client.get("/firewall/").get_data(as_text=True)
+            assert connect(lab) == "FAIL TimeoutError", gw.log.read_text()[-2000:]
+            assert keepalive_request() == first  # the open connection is not cut
+            reply = control_request(sock, "reload")
+            assert reply["firewall_rules"] >= 2
+            (rule,) = rules_of(app)
+            post(client, auth, f"/firewall/{rule.id}/delete")
+            assert connect(lab).startswith("OK HTTP/1.1")
+            print(f"\nUI firewall POST -> kernel chain rewritten: {took:.2f} s")
+        finally:
+            if keepalive is not None:
+                keepalive.kill()
+                keepalive.wait(5)
