@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Final
 
 import pytest
 
@@ -164,6 +165,12 @@ def exploit_connection(path: Path, cves: set[str]) -> tuple[bytes, bytes, int]:
     raise AssertionError(f"{path.name}: no connection is caught even when replayed whole")
 
 
+# Captures whose event comes from the server side of the connection, where the client's
+# re-segmentation has nothing to evade: Blaster's capture holds the worm's bind shell answering
+# on 4444 (rule 9001013 matches the shell's output, to_client), not the RPC exploit itself.
+SERVER_SIDE_ONLY: Final = frozenset({"attacks/blaster-ms03-026.pcap"})
+
+
 def corpus_cases() -> list[tuple[str, set[str]]]:
     if not CORPORA.is_dir():
         return []
@@ -171,7 +178,9 @@ def corpus_cases() -> list[tuple[str, set[str]]]:
     return [
         (rel, cves)
         for rel, (kind, cves) in sorted(rows.items())
-        if kind == "attacks" and rel not in NO_EXPLOIT and (CORPORA / rel).is_file()
+        if kind == "attacks"
+        and rel not in NO_EXPLOIT | SERVER_SIDE_ONLY
+        and (CORPORA / rel).is_file()
     ]
 
 
