@@ -5,13 +5,13 @@ reloads the gateway; afterwards the marker on that URI passes while on another U
 reset. The control `status` reports bytes inspected, the kernel's queue counters and the rules
 loaded, and the dashboard's health endpoint shows the same figures.
 
-The gateway process is stopped (SIGTERM, by PID) and our kernel rules removed afterwards, also
-on failure; the lab's namespaces belong to the session-wide `lab` fixture."""
+The gateway runs through gateway.testing.inline.running_gateway (stopped by PID, our kernel
+rules removed afterwards, also on failure); the lab's namespaces belong to the session-wide
+`lab` fixture."""
 
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -21,12 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from gateway.control.server import control_request
-from gateway.firewall.apply import cleanup_all
 from gateway.policy.store import Store
-from tests.webui.test_reload import READY_TIMEOUT, REPO, _env
+from gateway.testing.inline import REPO, running_gateway
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
@@ -90,22 +88,9 @@ def test_uri_exception_from_the_ui_reaches_running_gateway(
         "control": {"socket": str(sock)},
         "policy": {"database": str(policy_db)},
     }
-    config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump(cfg))
     app.config.update(CONTROL_SOCKET=str(sock), RULE_PATHS=cfg["rules"], POLICY_DB=str(policy_db),
                       EVENTS_DB=str(events_db), RELOAD_TIMEOUT=5.0)  # fmt: skip
-    log = tmp_path / "gateway.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", lab.gw_ns, sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
-            stdout=out, stderr=subprocess.STDOUT, env=_env(),
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while b"vpatch run: ready" not in log.read_bytes():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+    with running_gateway(lab, tmp_path, cfg) as gw:
         assert get(lab, MARKER_PATH) == "RESET"
         ((event_id, eve),) = wait_events(events_db, 1)
         why = eve["vpatch"]
@@ -130,7 +115,7 @@ def test_uri_exception_from_the_ui_reaches_running_gateway(
         policy = control_request(sock, "policy")
         assert set(policy["queues"].values()) == {policy["version"]}  # every worker has it
 
-        assert get(lab, MARKER_PATH) == "DATA HTTP/1.1 404 Not Found", log.read_text()[-2000:]
+        assert get(lab, MARKER_PATH) == "DATA HTTP/1.1 404 Not Found", gw.log.read_text()[-2000:]
         assert get(lab, MARKER_PATH.lower() + "?x=1") == "DATA HTTP/1.1 404 Not Found"
         assert get(lab, "/other/" + MARKER_PATH) == "RESET"
         assert get(lab, "/?q=" + MARKER_PATH[1:]) == "RESET"
@@ -150,12 +135,3 @@ def test_uri_exception_from_the_ui_reaches_running_gateway(
             "\nstatus totals:",
             {k: status[k] for k in ("packets", "bytes", "queue_drops", "rules_loaded")},
         )
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        cleanup_all("VPATCH", netns=lab.gw_ns)
