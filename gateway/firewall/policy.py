@@ -45,6 +45,7 @@ from gateway.policy.store import Group, Host, Store
 MAX_RULES = 1000  # firewall rules kept in the store
 MAX_KERNEL_RULES = 20_000  # iptables lines one family may get (rules x hosts x directions)
 MAX_COMMENT_LEN = 200
+MAX_INT = 2**62  # any id, port or position beyond this is refused (SQLite INTEGER is 64-bit)
 LOG_GROUP = 19  # NFLOG group of `log` rules (host modes use 17 and 18)
 LOG_PREFIX = "vpatch-fw-"
 
@@ -96,9 +97,12 @@ def _int_field(data: dict[str, Any], key: str) -> int | None:
     if isinstance(v, bool):
         raise FirewallRuleError(key, f"{v!r} is not a number")
     try:
-        return int(str(v).strip())
+        n = int(str(v).strip())
     except ValueError as err:
         raise FirewallRuleError(key, f"{v!r} is not a number") from err
+    if not 0 <= n <= MAX_INT:
+        raise FirewallRuleError(key, f"{n} is out of range 0..{MAX_INT}")
+    return n
 
 
 def validate_rule(data: dict[str, Any], store: Store | None = None) -> dict[str, Any]:

@@ -180,3 +180,15 @@ def test_ui_deny_reaches_running_gateway(lab: Any, tmp_path: Path, app: Any, cli
             if keepalive is not None:
                 keepalive.kill()
                 keepalive.wait(5)
+
+
+def test_api_huge_numbers_refused_not_crashing(app: Any, client: Any) -> None:
+    """Found by schemathesis: an id or position beyond SQLite's INTEGER was a 500."""
+    with Store(Path(app.config["POLICY_DB"])) as store:
+        token = store.create_token("admin", "t", "test")
+    h = {"Authorization": f"Bearer {token}"}
+    for body, field in (({"action": "deny", "position": 2**70}, "position"),
+                        ({"action": "deny", "scope": "host", "scope_id": 2**64}, "scope_id"),
+                        ({"action": "deny", "scope": "group", "scope_id": -1}, "scope_id")):  # fmt: skip
+        resp = client.post("/api/v1/firewall", headers=h, json=body)
+        assert resp.status_code == 400 and resp.get_json()["field"] == field, resp.get_json()
