@@ -2,9 +2,12 @@
 Selenium through Debian's chromedriver, `vpatch ui` (waitress, on 127.0.0.1) and `vpatch run`
 in the namespace lab, sharing one configuration, policy store and control socket.
 
-The browser logs in, sets rule 9000100 (rules/vpatch-test-split.yaml) to `off` for the lab's
+The browser logs in, adds a syslog alert channel (to a local datagram socket) with the form and
+presses "Send test", sets rule 9000100 (rules/vpatch-test-split.yaml) to `off` for the lab's
 server host (the marker request from the client namespace then passes), then to `prevent`
-(the next marker request is reset), opens the dashboard (refreshed by its script), the
+(the next marker request is reset, and its alert reaches the syslog socket through the
+gateway's dispatcher), adds a firewall deny with the form (it shows up in the gateway's kernel
+rules), opens the dashboard (refreshed by its script), the
 firewall, alerts and events pages, and saves screenshots under artifacts/screenshots/.
 Everything it started (browser, UI, gateway) is stopped by PID and the kernel rules removed,
 also on failure."""
@@ -102,6 +105,42 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         driver.quit()  # ends chromedriver and the browser it started
 
 
+class UnixSyslog:
+    """A datagram socket standing in for /dev/log: collects what the gateway sends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[bytes] = []
+
+    def wait_for(self, needle: bytes, timeout: float = WAIT) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((m for m in self.messages if needle in m), None)
+            if found is not None:
+                return found
+            try:
+                self.messages.append(self.sock.recv(65535))
+            except TimeoutError:
+                pass
+        return None
+
+
+@pytest.fixture
+def syslog(tmp_path: Path) -> Iterator[UnixSyslog]:
+    rec = UnixSyslog(tmp_path / "syslog.sock")
+    try:
+        yield rec
+    finally:
+        rec.sock.close()
+
+
+def gw_rules(lab: Any) -> str:
+    return in_ns(lab.gw_ns, ["iptables-save", "-t", "filter"]).stdout
+
+
 def shot(driver: Any, name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
@@ -109,7 +148,9 @@ def shot(driver: Any, name: str) -> Path:
     return path
 
 
-def test_browser_toggles_rule_on_running_gateway(lab: Any, tmp_path: Path, browser: Any) -> None:
+def test_browser_toggles_rule_on_running_gateway(
+    lab: Any, tmp_path: Path, browser: Any, syslog: UnixSyslog
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -161,6 +202,23 @@ def test_browser_toggles_rule_on_running_gateway(lab: Any, tmp_path: Path, brows
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "span.user")))
         assert "admin (admin)" in browser.find_element(By.CSS_SELECTOR, "span.user").text
 
+        # an alert channel through the form: syslog (RFC 5424) to a local datagram socket,
+        # which the gateway's dispatcher (in the gateway namespace) reaches through the file
+        browser.get(base + "/alerts/")
+        form = wait.until(ec.presence_of_element_located((By.ID, "alerts-add")))
+        form.find_element(By.NAME, "name").send_keys("lab-syslog")
+        Select(form.find_element(By.NAME, "kind")).select_by_visible_text("syslog")
+        Select(form.find_element(By.NAME, "transport")).select_by_visible_text("unix")
+        form.find_element(By.NAME, "path").send_keys(str(syslog.path))
+        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        flash = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "p.flash")))
+        assert "alert channel lab-syslog saved" in flash.text, flash.text
+        row = browser.find_element(By.CSS_SELECTOR, "#alert-channels tr[id^=channel-]")
+        row.find_element(By.XPATH, ".//button[text()='Send test']").click()
+        flash = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "p.flash")))
+        assert "OK: test message sent through lab-syslog" in flash.text, flash.text
+        assert syslog.wait_for(b" test [vpatch@32473 ")
+
         def set_mode(mode: str) -> str:
             browser.get(base + "/rules/")
             row = wait.until(ec.presence_of_element_located((By.ID, "rule-9000100")))
@@ -180,6 +238,22 @@ def test_browser_toggles_rule_on_running_gateway(lab: Any, tmp_path: Path, brows
         assert "gateway reloaded in" in text, text
         shot(browser, "03-rule-prevent")
         assert marker(lab) == "RESET"  # the next marker request is reset by the gateway
+        # ... and the alert reaches the channel through the dispatcher of `vpatch run`
+        alert = syslog.wait_for(b'sid="9000100"')
+        assert alert is not None and b" alert [vpatch@32473 " in alert, syslog.messages
+
+        # a firewall rule through the form: applied by the running gateway on reload
+        browser.get(base + "/firewall/")
+        form = wait.until(ec.presence_of_element_located((By.ID, "firewall-add")))
+        Select(form.find_element(By.NAME, "scope")).select_by_value(f"host:{host.id}")
+        Select(form.find_element(By.NAME, "protocol")).select_by_visible_text("tcp")
+        form.find_element(By.NAME, "port_from").send_keys("8080")
+        Select(form.find_element(By.NAME, "action")).select_by_visible_text("deny")
+        form.find_element(By.NAME, "comment").send_keys("no proxy port")
+        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        flash = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "p.flash")))
+        assert "gateway reloaded in" in flash.text, flash.text
+        assert "--dport 8080" in gw_rules(lab)
 
         browser.get(base + "/dashboard/")
         # dashboard.js refreshes from /dashboard/data every few seconds (no page reload): the
