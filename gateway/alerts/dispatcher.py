@@ -144,6 +144,11 @@ class Dispatcher:
                     bucket.suppress(now, sig)
         return len(events)
 
+    def stats(self) -> dict[str, int]:
+        """Counters for `vpatch run status`: messages sent, alerts held back, failed sends."""
+        return {"sent": self.sent, "suppressed": self.suppressed, "failures": self.failures,
+                "channels": len(self.channels)}  # fmt: skip
+
     # -- thread -------------------------------------------------------------------------------
 
     def start(self) -> None:

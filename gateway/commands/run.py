@@ -341,6 +341,7 @@ class Gateway:
             "bytes": sum(int(q["bytes"]) for q in queues.values()),
             "queue_drops": sum(int(q["queue_drops"] or 0) for q in queues.values()),
             "kernel_counters": kernel.available,
+            "alerts": self._alerts.stats() if self._alerts is not None else None,
             "queues": queues,
         }
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from gateway.control.server import control_request
 from gateway.policy.store import Store
 from gateway.testing.inline import READY_TIMEOUT_S, REPO, in_ns, package_env, running_gateway
 
@@ -137,6 +138,16 @@ def syslog(tmp_path: Path) -> Iterator[UnixSyslog]:
         rec.sock.close()
 
 
+def submit(browser: Any, wait: Any, button: Any) -> Any:
+    """Click a submit button, wait until its page is gone, return the next page's flash."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    button.click()
+    wait.until(ec.staleness_of(button))
+    return wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "p.flash")))
+
+
 def gw_rules(lab: Any) -> str:
     return in_ns(lab.gw_ns, ["iptables-save", "-t", "filter"]).stdout
 
@@ -210,12 +221,10 @@ def test_browser_toggles_rule_on_running_gateway(
         Select(form.find_element(By.NAME, "kind")).select_by_visible_text("syslog")
         Select(form.find_element(By.NAME, "transport")).select_by_visible_text("unix")
         form.find_element(By.NAME, "path").send_keys(str(syslog.path))
-        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        flash = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "p.flash")))
+        flash = submit(browser, wait, form.find_element(By.CSS_SELECTOR, "button[type=submit]"))
         assert "alert channel lab-syslog saved" in flash.text, flash.text
         row = browser.find_element(By.CSS_SELECTOR, "#alert-channels tr[id^=channel-]")
-        row.find_element(By.XPATH, ".//button[text()='Send test']").click()
-        flash = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "p.flash")))
+        flash = submit(browser, wait, row.find_element(By.XPATH, ".//button[text()='Send test']"))
         assert "OK: test message sent through lab-syslog" in flash.text, flash.text
         assert syslog.wait_for(b" test [vpatch@32473 ")
 
@@ -224,8 +233,7 @@ def test_browser_toggles_rule_on_running_gateway(
             row = wait.until(ec.presence_of_element_located((By.ID, "rule-9000100")))
             Select(row.find_element(By.NAME, "scope")).select_by_value(f"host:{host.id}")
             Select(row.find_element(By.NAME, "mode")).select_by_visible_text(mode)
-            row.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-            flash = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "p.flash")))
+            flash = submit(browser, wait, row.find_element(By.CSS_SELECTOR, "button[type=submit]"))
             return str(flash.text)
 
         text = set_mode("off")
@@ -241,6 +249,8 @@ def test_browser_toggles_rule_on_running_gateway(
         # ... and the alert reaches the channel through the dispatcher of `vpatch run`
         alert = syslog.wait_for(b'sid="9000100"')
         assert alert is not None and b" alert [vpatch@32473 " in alert, syslog.messages
+        alerts = control_request(gw.control, "status")["alerts"]
+        assert alerts["sent"] >= 1 and alerts["failures"] == 0, alerts
 
         # a firewall rule through the form: applied by the running gateway on reload
         browser.get(base + "/firewall/")
@@ -250,8 +260,7 @@ def test_browser_toggles_rule_on_running_gateway(
         form.find_element(By.NAME, "port_from").send_keys("8080")
         Select(form.find_element(By.NAME, "action")).select_by_visible_text("deny")
         form.find_element(By.NAME, "comment").send_keys("no proxy port")
-        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        flash = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "p.flash")))
+        flash = submit(browser, wait, form.find_element(By.CSS_SELECTOR, "button[type=submit]"))
         assert "gateway reloaded in" in flash.text, flash.text
         assert "--dport 8080" in gw_rules(lab)
 
