@@ -149,6 +149,22 @@ MIGRATIONS: tuple[str, ...] = (
         rule TEXT NOT NULL, updated_by TEXT NOT NULL, updated_at REAL NOT NULL,
         UNIQUE(host_id, rule));
     """,
+    # 4: scan runs (UI, API, CLI and scheduled scans; one active run per host) and scan
+    # schedules (per host, or host '*' for every host) (gateway/scan/jobs.py)
+    """
+    CREATE TABLE scan_runs(
+        id INTEGER PRIMARY KEY, host TEXT NOT NULL, trigger TEXT NOT NULL, actor TEXT NOT NULL,
+        status TEXT NOT NULL, queued_at REAL NOT NULL, started_at REAL NULL,
+        finished_at REAL NULL, done INTEGER NOT NULL DEFAULT 0, total INTEGER NOT NULL DEFAULT 0,
+        step TEXT NOT NULL DEFAULT '', pid INTEGER NULL, report_json TEXT NULL,
+        applied INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '');
+    CREATE UNIQUE INDEX scan_runs_active ON scan_runs(host) WHERE status IN ('queued', 'running');
+    CREATE INDEX scan_runs_host ON scan_runs(host, id);
+    CREATE TABLE scan_schedules(
+        id INTEGER PRIMARY KEY, host TEXT NOT NULL UNIQUE, interval_s REAL NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 1, last_run REAL NULL, updated_by TEXT NOT NULL,
+        updated_at REAL NOT NULL);
+    """,
 )
 
 
