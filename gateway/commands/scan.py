@@ -10,6 +10,12 @@ state with history entries saying when and why (evidence included).
 
 Output: a progress bar on stderr when stderr is a terminal; a table on stdout, or with `--json`
 one JSON document {"hosts": [{scan..., "recommendations": [...], "applied": bool}]}.
+
+`--job ID` carries out a run queued in the policy store (gateway/scan/jobs.py; how the UI and
+the API start scans: a subprocess of the UI), writing progress and report into the run.
+`--scheduled -c CONFIG [--once]` is the scheduled-scan loop (systemd/vpatch-scan.service):
+scans the hosts whose schedule is due, auto-applies for auto-apply hosts and asks the running
+gateway to reload (the config's control socket).
 Guarantees: exit status 0 when every host was scanned (whatever was found), 2 on bad arguments
 (VpatchError); bounded timeouts (`--timeout` per socket operation).
 """
@@ -33,7 +39,7 @@ from gateway.scan.recommend import (
     recommend,
     recommendation_to_dict,
 )
-from gateway.scan.scanner import ScanResult, parse_ports, result_to_dict, scan_host
+from gateway.scan.scanner import ScanError, ScanResult, parse_ports, result_to_dict, scan_host
 
 __all__ = ["apply_recommendations", "register", "run"]
 
@@ -48,7 +54,18 @@ def register(subparsers: Any) -> None:
         "MSSQL resolution, FTP, SSH), identify products and versions, and recommend the rules "
         "to assign or unassign from the rules' `affected` metadata.",
     )
-    parser.add_argument("hosts", metavar="HOST", nargs="+", help="IP address to scan")
+    parser.add_argument("hosts", metavar="HOST", nargs="*", help="IP address to scan")
+    parser.add_argument(
+        "-c", "--config", type=Path, help="gateway configuration: policy database, rules, socket"
+    )
+    parser.add_argument("--job", type=int, metavar="ID", help="carry out queued scan run ID")
+    parser.add_argument(
+        "--socket", type=Path, help="control socket of the gateway to reload after an auto-apply"
+    )
+    parser.add_argument(
+        "--scheduled", action="store_true", help="run the scan schedules of the policy store"
+    )
+    parser.add_argument("--once", action="store_true", help="with --scheduled: one pass only")
     parser.add_argument("--json", action="store_true", help="JSON report on stdout")
     parser.add_argument(
         "--ports",
@@ -75,8 +92,9 @@ def register(subparsers: Any) -> None:
         "--state",
         metavar="FILE",
         type=Path,
-        default=DEFAULT_STATE_PATH,
-        help="policy database holding the lifecycle state (default %(default)s)",
+        default=None,
+        help="policy database holding the lifecycle state (default: the config's, or "
+        f"{DEFAULT_STATE_PATH})",
     )
     parser.add_argument(
         "--apply",
@@ -163,6 +181,19 @@ def _table(result: ScanResult, recs: list[Recommendation], applied: bool) -> str
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.config is not None or args.state is None:
+        from gateway.config import load_config
+
+        config = load_config(args.config) if args.config is not None else None
+        if args.state is None:
+            args.state = config.policy.database if config else DEFAULT_STATE_PATH
+        if config is not None:
+            args.rules = args.rules or list(config.rules)
+            args.socket = args.socket or config.control.socket
+    if args.scheduled or args.job is not None:
+        return _run_jobs(args)
+    if not args.hosts:
+        raise ScanError("vpatch scan: name at least one HOST (or --job / --scheduled)")
     if args.ports:
         tcp, udp = parse_ports(args.ports)
     else:
@@ -194,4 +225,48 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         json.dump({"hosts": reports}, sys.stdout, indent=2)
         sys.stdout.write("\n")
+    return 0
+
+
+def _run_jobs(args: argparse.Namespace) -> int:
+    """--job ID (one queued run) or --scheduled (the schedule loop)."""
+    import signal
+    import threading
+
+    from gateway.scan.jobs import ScanJobs, run_scheduler
+
+    if args.ports:
+        tcp, udp = parse_ports(args.ports)
+    else:
+        tcp, udp = probes.DEFAULT_TCP_PORTS, probes.DEFAULT_UDP_PORTS
+    paths = args.rules or [default_rule_dir()]
+    jobs = ScanJobs(args.state)
+    if args.job is not None:
+        queued = jobs.get(args.job)
+        if queued is None:
+            raise ScanError(f"--job {args.job}: no such scan run in {args.state}")
+        if args.hosts and args.hosts != [queued.host]:
+            raise ScanError(f"--job {args.job}: the run is for {queued.host}, not {args.hosts}")
+        try:
+            rules = load_affected(paths)
+        except Exception as err:
+            jobs.fail(args.job, f"rules: {err}")
+            raise
+        done = jobs.execute(args.job, rules, tcp, udp, args.timeout, control_socket=args.socket,
+                            force_apply=args.apply)  # fmt: skip
+        if args.json:
+            json.dump(done.as_dict(), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print(f"scan run {done.id} ({done.host}): {done.status} {done.error}".rstrip())
+        return 0 if done.status == "done" else 1
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _s, _f: stop.set())
+    print(f"vpatch scan --scheduled: schedules from {args.state}", flush=True)
+    count = run_scheduler(
+        jobs, lambda: load_affected(paths), tcp_ports=tcp, udp_ports=udp, timeout=args.timeout,
+        control_socket=args.socket, stop=stop, once=args.once, out=sys.stdout,
+    )  # fmt: skip
+    print(f"vpatch scan --scheduled: {count} run(s), stopping", flush=True)
     return 0

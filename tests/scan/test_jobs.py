@@ -1,0 +1,143 @@
+"""Scan runs and schedules (gateway/scan/jobs.py) against a real HTTP server on loopback:
+one active run per host, progress and report stored, history entries, apply once, stale runs
+expired, schedules (per host over global) due by their interval, the scheduler loop, and
+`vpatch scan --job` as the UI's subprocess runs it."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.lifecycle.state import LifecycleError, LifecycleStore
+from gateway.scan.jobs import GLOBAL, ScanBusy, ScanJobs, run_scheduler
+from gateway.scan.recommend import AffectedEntry, RuleAffected
+from gateway.testing.inline import package_env
+
+RULE = RuleAffected(9999001, "test nginx rule", ("CVE-0000-0002",),
+                    (AffectedEntry("nginx", ("<1.23",)),), Path("test.yaml"))  # fmt: skip
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "nginx/1.22.1"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    do_OPTIONS = do_GET
+
+    def log_message(self, *_a: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_port() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_run_records_report_history_and_applies_once(tmp_path: Path, http_port: int) -> None:
+    jobs = ScanJobs(tmp_path / "vpatch.db")
+    run = jobs.queue("127.0.0.1", "ui", "admin")
+    assert run.status == "queued"
+    with pytest.raises(ScanBusy, match=f"run {run.id} is queued"):
+        jobs.queue("127.0.0.1", "api", "admin")
+    done = jobs.execute(run.id, [RULE], [http_port], [], timeout=1.0)
+    assert done.status == "done", done.error
+    assert done.total > 0 and done.done == done.total
+    assert done.report is not None and not done.applied
+    finding = done.report["findings"][0]
+    assert (finding["product"], finding["version"]) == ("nginx", "1.22.1")
+    recs = done.report["recommendations"]
+    assert [(r["rule_id"], r["action"]) for r in recs] == [(9999001, "assign")]
+    assert recs[0]["evidence"]
+    life = LifecycleStore(tmp_path / "vpatch.db")
+    assert life.host("127.0.0.1").assigned == ()  # auto_apply off: only recommended
+    history = life.history("127.0.0.1")
+    assert history[-1].action == "scan" and "ui scan by admin" in history[-1].reason
+    # the host is free again; apply the finished run, once
+    applied, changes = jobs.apply(done.id, "admin")
+    assert applied.applied and changes == 1
+    assert life.host("127.0.0.1").assigned == (9999001,)
+    last = life.history("127.0.0.1")[-1]
+    assert last.action == "assign" and f"scan run {done.id} applied by admin" in last.reason
+    with pytest.raises(LifecycleError, match="already applied"):
+        jobs.apply(done.id, "admin")
+
+
+def test_auto_apply_host_and_failed_scan(tmp_path: Path, http_port: int) -> None:
+    jobs = ScanJobs(tmp_path / "vpatch.db")
+    LifecycleStore(tmp_path / "vpatch.db").update_host("127.0.0.1", auto_apply=True)
+    done = jobs.execute(jobs.queue("127.0.0.1", "api", "t").id, [RULE], [http_port], [], 1.0,
+                        control_socket=tmp_path / "no.sock")  # fmt: skip
+    assert done.applied and done.report is not None
+    assert done.report["reload"]["ok"] is False  # no gateway: said, not raised
+    assert LifecycleStore(tmp_path / "vpatch.db").host("127.0.0.1").assigned == (9999001,)
+    bad = jobs.execute(jobs.queue("127.0.0.1", "api", "t").id, [object()], [http_port], [], 1.0)  # type: ignore[list-item]
+    assert bad.status == "failed" and bad.error
+
+
+def test_stale_run_expires(tmp_path: Path) -> None:
+    jobs = ScanJobs(tmp_path / "vpatch.db")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    run = jobs.queue("127.0.0.2", "ui", "admin")
+    jobs._set(run.id, status="running", pid=proc.pid)  # a scan process that died
+    assert jobs.expire_stale() == 1
+    failed = jobs.get(run.id)
+    assert failed is not None and failed.status == "failed" and str(proc.pid) in failed.error
+    assert jobs.queue("127.0.0.2", "ui", "admin").status == "queued"
+
+
+def test_schedules_due_and_scheduler_loop(tmp_path: Path, http_port: int) -> None:
+    db = tmp_path / "vpatch.db"
+    jobs = ScanJobs(db)
+    life = LifecycleStore(db)
+    for h in ("127.0.0.1", "127.0.0.3"):
+        life.update_host(h)
+    assert jobs.due() == []
+    with pytest.raises(LifecycleError, match="interval 0.1s outside"):
+        jobs.set_schedule(GLOBAL, 0.1, "admin")
+    jobs.set_schedule(GLOBAL, 3600, "admin")
+    jobs.set_schedule("127.0.0.3", 60, "admin", enabled=False)  # own row overrides global
+    assert jobs.due() == ["127.0.0.1"]
+    assert run_scheduler(jobs, lambda: [RULE], tcp_ports=[http_port], udp_ports=[],
+                         timeout=1.0, once=True) == 1  # fmt: skip
+    assert jobs.due() == []  # scanned now, next in an hour
+    assert 3500 < (jobs.next_due_in() or 0) <= 3600
+    runs = jobs.runs("127.0.0.1")
+    assert [(r.trigger, r.status) for r in runs] == [("schedule", "done")]
+    assert jobs.due(time.time() + 3601) == ["127.0.0.1"]
+
+
+def test_cli_job_runs_queued_run(tmp_path: Path, http_port: int) -> None:
+    db = tmp_path / "vpatch.db"
+    run = ScanJobs(db).queue("127.0.0.1", "ui", "admin")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "scan", "127.0.0.1", "--state", str(db),
+         "--job", str(run.id), "--ports", str(http_port), "--timeout", "1", "--json"],
+        capture_output=True, text=True, timeout=60, env=package_env(), check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["status"] == "done" and out["report"]["findings"][0]["product"] == "nginx"
+    stored = ScanJobs(db).get(run.id)
+    assert stored is not None and stored.status == "done" and stored.pid != run.pid
