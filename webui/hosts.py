@@ -1,17 +1,26 @@
 """Hosts and groups: protected hosts with their services (from the last scan, if any), the
-rules assigned to them and their modes; groups share a policy."""
+rules assigned to them and their modes; groups share a policy. A host's page (`/hosts/<id>`)
+shows and changes its lifecycle (webui/lifecycle.py): mode, setup exceptions and update
+sources, learned tuples, application control, "release from setup", recommendation scans
+(start, progress polled by static/hosts.js, report with evidence, apply), the scan schedule
+and the history. Every change is admin-only, CSRF-checked, audited, then reloads the gateway."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, g, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template, request, url_for
 
+from gateway.lifecycle.state import LifecycleError
 from gateway.policy.store import StoreError
+from gateway.scan.jobs import GLOBAL
+from webui import lifecycle
 from webui.db import get_store
 from webui.security import admin_required, login_required
+from webui.services import InputError
 
 bp = Blueprint("hosts", __name__, url_prefix="/hosts")
+MODES = ("normal", "setup", "learning", "lockdown")
 
 
 @bp.route("/")
@@ -29,7 +38,8 @@ def index() -> Any:
                          or (a.scope == "group" and h.group_id is not None and a.scope_id == h.group_id)],
         })  # fmt: skip
     groups = {gr.id: gr for gr in store.list_groups()}
-    return render_template("hosts/index.html", rows=rows, groups=groups)
+    sched = {s.host: s for s in lifecycle._jobs().schedules()}.get(GLOBAL)
+    return render_template("hosts/index.html", rows=rows, groups=groups, global_schedule=sched)
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -79,3 +89,117 @@ def delete_group(group_id: int) -> Any:
     except StoreError as err:
         abort(404, description=str(err))
     return redirect(url_for("hosts.index"))
+
+
+# -- lifecycle (webui/lifecycle.py) -----------------------------------------------------------
+
+
+def _do(fn: Any, *args: Any) -> Any:
+    """Run a lifecycle change; 404/400 with the message naming the bad value."""
+    try:
+        return fn(*args)
+    except LookupError as err:
+        abort(404, description=str(err))
+    except (InputError, LifecycleError, StoreError) as err:
+        abort(400, description=str(err))
+
+
+@bp.route("/<int:host_id>")
+@login_required
+def detail(host_id: int) -> Any:
+    view = _do(lifecycle.host_view, host_id)
+    return render_template("hosts/detail.html", v=view, modes=MODES)
+
+
+def _back(host_id: int, message: str) -> Any:
+    flash(message)
+    return redirect(url_for("hosts.detail", host_id=host_id))
+
+
+def _reload_note(result: dict[str, Any]) -> str:
+    rl = result.get("reload") or {}
+    return "gateway reloaded" if rl.get("ok") else f"gateway not reloaded: {rl.get('error', '?')}"
+
+
+@bp.route("/<int:host_id>/lifecycle", methods=["POST"])
+@admin_required
+def update_lifecycle(host_id: int) -> Any:
+    form = request.form.to_dict()
+    form.pop("csrf_token", None)
+    form["auto_apply"] = "on" if request.form.get("auto_apply") else "off"
+    result = _do(lifecycle.update_lifecycle, host_id, form, g.user.username)
+    return _back(host_id, f"mode {result['policy']['mode']} saved; {_reload_note(result)}")
+
+
+@bp.route("/<int:host_id>/release", methods=["POST"])
+@admin_required
+def release(host_id: int) -> Any:
+    result = _do(lifecycle.release, host_id, g.user.username)
+    return _back(host_id, f"released from setup protection; {_reload_note(result)}")
+
+
+@bp.route("/<int:host_id>/app-control", methods=["POST"])
+@admin_required
+def app_control(host_id: int) -> Any:
+    data = {k: request.form.get(k, "") for k in ("add", "remove")}
+    result = _do(lifecycle.app_control, host_id, data, g.user.username)
+    return _back(host_id, f"application control saved; {_reload_note(result)}")
+
+
+@bp.route("/<int:host_id>/scan", methods=["POST"])
+@admin_required
+def start_scan(host_id: int) -> Any:
+    run = _do(lifecycle.start_scan, host_id, "ui", g.user.username)
+    if request.accept_mimetypes.best == "application/json":
+        return jsonify(run.progress()), 201
+    return _back(host_id, f"scan run {run.id} started")
+
+
+@bp.route("/<int:host_id>/scans/<int:run_id>")
+@login_required
+def scan_report(host_id: int, run_id: int) -> Any:
+    run = _do(lifecycle.scan_run, run_id, host_id)
+    return render_template("hosts/scan.html", run=run, host_id=host_id)
+
+
+@bp.route("/<int:host_id>/scans/<int:run_id>/progress")
+@login_required
+def scan_progress(host_id: int, run_id: int) -> Any:
+    return jsonify(_do(lifecycle.scan_run, run_id, host_id).progress())
+
+
+@bp.route("/<int:host_id>/scans/<int:run_id>/apply", methods=["POST"])
+@admin_required
+def apply_scan(host_id: int, run_id: int) -> Any:
+    result = _do(lifecycle.apply_scan, run_id, g.user.username, host_id)
+    return _back(host_id, f"scan run {run_id} applied: {result['changes']} change(s); "
+                          f"{_reload_note(result)}")  # fmt: skip
+
+
+@bp.route("/<int:host_id>/schedule", methods=["POST"])
+@admin_required
+def schedule(host_id: int) -> Any:
+    data = {"interval_minutes": request.form.get("interval_minutes", ""),
+            "enabled": "off" if request.form.get("never") else "on"}  # fmt: skip
+    _do(lifecycle.set_schedule, host_id, data, g.user.username)
+    return _back(host_id, "scan schedule saved")
+
+
+@bp.route("/schedule", methods=["POST"])
+@admin_required
+def global_schedule() -> Any:
+    data = {"interval_minutes": request.form.get("interval_minutes", "")}
+    _do(lifecycle.set_schedule, None, data, g.user.username)
+    flash("global scan schedule saved")
+    return redirect(url_for("hosts.index"))
+
+
+@bp.route("/allow-event/<int:event_id>", methods=["POST"])
+@admin_required
+def allow_event(event_id: int) -> Any:
+    result = _do(lifecycle.allow_event, event_id, g.user.username)
+    flash(f"allowed {result['allowed']} for {result['host']}; {_reload_note(result)}")
+    host = get_store().host_by_address(result["host"])
+    if host is None:
+        return redirect(url_for("events.detail", event_id=event_id))
+    return redirect(url_for("hosts.detail", host_id=host.id))
