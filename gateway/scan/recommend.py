@@ -74,6 +74,12 @@ class Recommendation:
     evidence: tuple[Evidence, ...]
 
 
+def product_id(name: str) -> str:
+    """A rule's product name as the probes spell product ids: lower case, words joined by
+    '-' ("Apache HTTPD" -> "apache-httpd", "microsoft iis" -> "microsoft-iis")."""
+    return re.sub(r"[\s_]+", "-", name.strip().lower())
+
+
 def version_key(text: str) -> tuple[int, ...]:
     """The leading dotted numbers of a version string, as a tuple (empty when none)."""
     m = re.match(r"\s*v?(\d+(?:\.\d+)*)", text)
@@ -132,7 +138,8 @@ def _parse_affected(raw: Any, where: str) -> tuple[AffectedEntry, ...]:
             version_matches("0", v, f"{loc}.versions")  # syntax check
         out.append(
             AffectedEntry(
-                entry["product"], versions, _strings(entry.get("features"), f"{loc}.features")
+                product_id(entry["product"]), versions,
+                _strings(entry.get("features"), f"{loc}.features"),
             )
         )
     return tuple(out)
