@@ -8,7 +8,6 @@ server) while SMB2+/TLS 1.2 pass."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from gateway.control.server import control_request
 from gateway.firewall.apply import probe_backend, run_cmd
@@ -25,6 +23,7 @@ from gateway.firewall.hostmodes import forward_jumps
 from gateway.lab import LabSpec, netns_exec, netns_popen
 from gateway.lab.netns import stop_pids
 from gateway.lab.services import listening
+from gateway.testing.inline import package_env, running_gateway
 
 from .test_modes_lab import connects, dns_ok, http_ok, listeners, smb_ok
 
@@ -74,50 +73,23 @@ class Gateway:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return package_env()
 
 
 @pytest.fixture(scope="module")
 def gateway(lab: LabSpec, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """`vpatch run` in the lab's gateway namespace with the bundled rules and its own store."""
+    """`vpatch run` in the lab's gateway namespace with the bundled rules and its own store
+    (gateway.testing.inline.running_gateway)."""
     tmp = tmp_path_factory.mktemp("runlab")
-    gw = Gateway(tmp / "gateway.yaml", tmp / "control.sock", tmp / "eve.json", tmp / "gw.log")
     cfg = {
         "protected_hosts": [lab.server_addr],
         "queues": {"first": 0, "count": 1},
-        "events": {"sqlite": None, "jsonl": str(gw.eve)},
-        "control": {"socket": str(gw.socket)},
+        "events": {"sqlite": None, "jsonl": str(tmp / "eve.json")},
+        "control": {"socket": str(tmp / "control.sock")},
         "policy": {"database": str(tmp / "vpatch.db")},
     }
-    gw.config.write_text(yaml.safe_dump(cfg))
-    with gw.log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", lab.gw_ns, sys.executable, "-m", "gateway.cli", "run",
-             "-c", str(gw.config)],
-            stdout=out, stderr=subprocess.STDOUT, env=_env(),
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while b"vpatch run: ready" not in gw.log.read_bytes():
-            assert proc.poll() is None, gw.log.read_text()
-            assert time.monotonic() < deadline, gw.log.read_text()
-            time.sleep(0.1)
-        yield gw
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        subprocess.run(
-            ["ip", "netns", "exec", lab.gw_ns, sys.executable, "-m", "gateway.cli", "run",
-             "-c", str(gw.config), "--cleanup"],
-            env=_env(), capture_output=True, timeout=60, check=False,
-        )  # fmt: skip
+    with running_gateway(lab, tmp, cfg) as gw:
+        yield Gateway(gw.config, gw.control, tmp / "eve.json", gw.log)
 
 
 def hosts(gw: Gateway, *args: str) -> str:
