@@ -71,7 +71,9 @@ class StreamDepth:
 @dataclass(frozen=True, slots=True)
 class MarkConfig:
     bypass: int = 0x10000000  # packet mark / connmark bit(s) meaning "stop queueing this flow"
-    mask: int = 0x10000000  # the mark bits vpatch owns; other bits are left alone
+    mask: int = 0x70000000  # the mark bits vpatch owns; other bits are left alone
+    bypass_to_server: int = 0x20000000  # "stop queueing this flow's client -> server packets"
+    bypass_to_client: int = 0x40000000  # "stop queueing this flow's server -> client packets"
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,13 +312,27 @@ def _parse(data_in: object, ctx: _Ctx, base: Path | None) -> GatewayConfig:
     )
 
     def marks(m: dict[str, Any], df: MarkConfig) -> MarkConfig:
-        bypass = _int(ctx, ("marks", "bypass"), m.get("bypass", df.bypass), 1, MAX_MARK)
         mask = _int(ctx, ("marks", "mask"), m.get("mask", df.mask), 1, MAX_MARK)
-        if bypass & ~mask:
-            raise ctx.fail(("marks", "bypass"), f"{bypass:#x} has bits outside mask {mask:#x}")
-        return MarkConfig(bypass, mask)
+        bits = {}
+        for key in ("bypass", "bypass_to_server", "bypass_to_client"):
+            bits[key] = _int(ctx, ("marks", key), m.get(key, getattr(df, key)), 1, MAX_MARK)
+            if bits[key] & ~mask:
+                raise ctx.fail(("marks", key), f"{bits[key]:#x} has bits outside mask {mask:#x}")
+        values = list(bits.values())
+        if any(a & b for i, a in enumerate(values) for b in values[i + 1 :]):
+            raise ctx.fail(
+                ("marks",), "bypass, bypass_to_server and bypass_to_client must not share bits"
+            )
+        return MarkConfig(bits["bypass"], mask, bits["bypass_to_server"], bits["bypass_to_client"])
 
-    kw["marks"] = _section(ctx, data, "marks", d.marks, marks, {"bypass", "mask"})
+    kw["marks"] = _section(
+        ctx,
+        data,
+        "marks",
+        d.marks,
+        marks,
+        {"bypass", "mask", "bypass_to_server", "bypass_to_client"},
+    )
 
     def engine(m: dict[str, Any], df: EngineSettings) -> EngineSettings:
         p = ("engine",)

@@ -38,7 +38,10 @@ Pipeline and policy:
 - Why (gateway/match/explain.py): each event records the field ("raw" for stream content), the
   condition in short and an excerpt around the match end; computed only when a rule fires.
 - `Decision.final` is True once nothing more can be learnt from the flow: no rule covers it, or
-  every inspected direction reached its depth. A blocked flow is never final (the kernel must
+  every inspected direction reached its depth. While only one direction is done (a bulk upload
+  reached the request depth, but the few response bytes never reach the response depth), that
+  direction's packets get `done_to_server` / `done_to_client`, so the kernel can stop queueing
+  that direction alone. A blocked flow is never final (the kernel must
   keep queueing it so its packets keep being dropped).
 - Per-flow Hyperscan streams are closed when a direction reaches depth, when the flow is
   blocked, and when it leaves the flow table (expiry, eviction, port reuse).
@@ -116,6 +119,11 @@ _HTTP_REQUEST_START: Final = re.compile(rb"[A-Z][A-Z_-]{2,15} [^\s]")
 
 _ACCEPT: Final = Decision(Action.ACCEPT)
 _ACCEPT_FINAL: Final = Decision(Action.ACCEPT, final=True)
+# A packet of a direction that finished inspecting while the other one has not (indexed by d).
+_ACCEPT_DONE: Final = (
+    Decision(Action.ACCEPT, done_to_server=True),
+    Decision(Action.ACCEPT, done_to_client=True),
+)
 _BLOCKED: Final = {Action.DROP: Decision(Action.DROP), Action.RESET: Decision(Action.RESET)}
 _FAIL_OPEN: Final = Decision(Action.ACCEPT)
 _FAIL_CLOSED: Final = Decision(Action.DROP)
@@ -429,7 +437,7 @@ class Engine:
         assert isinstance(insp, _Inspection)
         d = TO_SERVER if direction is Direction.TO_SERVER else TO_CLIENT
         if not insp.active[d]:
-            return _ACCEPT
+            return _ACCEPT_DONE[d]
         if proto == PROTO_TCP:
             syn = pkt.flags & TCP_SYN
             if not payload and not syn:
@@ -478,7 +486,9 @@ class Engine:
                 self._direction_done(flow, insp, d)
         if fired:
             return self._fire(flow, insp, pkt, d, fired, now, data)
-        return _ACCEPT_FINAL if flow.final else _ACCEPT
+        if flow.final:
+            return _ACCEPT_FINAL
+        return _ACCEPT if insp.active[d] else _ACCEPT_DONE[d]
 
     def _app_feed(
         self, insp: _Inspection, app: _AppState, d: int, data: bytes, proto: int, port: int

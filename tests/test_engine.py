@@ -149,7 +149,9 @@ def test_to_client_only_rule_ignores_requests_but_catches_responses() -> None:
     engine = engine_with(rule(1, b"SECRET", action=Action.DROP, direction="to_client"))
     c = Conn(engine)
     c.handshake()
-    assert c.data(0, b"GET /SECRET HTTP/1.0\r\n\r\n") == Decision(Action.ACCEPT)
+    # requests are not inspected at all: the kernel may stop queueing that direction
+    request = c.data(0, b"GET /SECRET HTTP/1.0\r\n\r\n")
+    assert request == Decision(Action.ACCEPT, done_to_server=True)
     d = c.reply(0, b"HTTP/1.0 200 OK\r\n\r\nSECRET")
     assert d.action is Action.DROP and d.events[0].direction == "to_client"
     assert d.events[0].src_port == 80 and d.events[0].dest_port == 40000
@@ -625,3 +627,21 @@ def test_bundled_eternalblue_rules_describe_the_structure(
     got = {e.signature_id for d in decisions for e in d.events}
     assert got == fired
     assert (decisions[-1].action is Action.RESET) == bool(fired)
+
+
+def test_one_direction_done_while_the_other_is_still_inspected() -> None:
+    engine = engine_with(
+        rule(1, MARKER),
+        rule(2, b"VPATCH-TEST-RESPONSE", action=Action.ALERT, direction="to_client"),
+        depth_to_server=100,
+        depth_to_client=1000,
+    )
+    c = Conn(engine)
+    c.handshake()
+    assert c.data(0, b"\x00" * 60) == Decision(Action.ACCEPT)
+    d = c.data(60, b"\x00" * 60)  # the request direction crosses its depth
+    assert d == Decision(Action.ACCEPT, done_to_server=True) and not d.final
+    assert c.data(120, b"\x00" * 60) == Decision(Action.ACCEPT, done_to_server=True)
+    assert c.reply(0, b"HTTP/1.1 200 OK\r\n") == Decision(Action.ACCEPT)  # still inspected
+    last = c.reply(17, b"x" * 1000)  # the response direction reaches its depth: all done
+    assert last.final

@@ -297,3 +297,49 @@ def test_sigterm_removes_every_rule(lab: Any, tmp_path: Path) -> None:
             assert strip(after) == strip(before)
         assert not any("VPATCH" in x for x in strip(after))
         assert not gw.control.exists()
+
+
+RESPONSE_RULE = """\
+id: 9000198
+title: vpatch inline test marker in responses on the test server port
+cve: [CVE-0000-0003]
+severity: high
+action: alert
+protocol: tcp
+ports: [8080]
+direction: to_client
+patterns:
+  - content: "VPATCH-TEST-RESPONSE-7f3a"
+"""
+
+
+def test_upload_bypassed_by_direction_while_responses_are_inspected(
+    lab: Any, tmp_path: Path
+) -> None:
+    """A rule looks at responses on 8080 too, and the upload's few response bytes never reach
+    the response depth, so the connection is never final; the request direction alone reaching
+    its depth must still stop the kernel queueing the upload (the per-direction bypass bit)."""
+    size = 400_000
+    (tmp_path / "rules").mkdir(exist_ok=True)
+    (tmp_path / "rules" / "inline-test-8080-responses.yaml").write_text(RESPONSE_RULE)
+    depth = {"to_server": 2048, "to_client": 65536}
+    with vpatch_run(lab, tmp_path, stream_depth=depth) as gw:
+        with recording_server(lab, "sink", size) as server:
+            upload = textwrap.dedent(
+                f"""
+                import socket
+                s = socket.create_connection(("{lab.server_addr}", 8080), timeout=10)
+                s.sendall(b"x" * {size})
+                print(s.recv(10).decode())
+                """
+            )
+            client = in_ns(lab.client_ns, [sys.executable, "-c", upload])
+            assert client.stdout.strip() == "OK", client.stdout + client.stderr
+            out, _ = server.communicate(timeout=15)
+            assert out.startswith("DONE")
+        queues = gw.status()["queues"].values()
+        assert sum(q["bypassed_direction"] for q in queues) >= 1
+        assert sum(q["bypassed"] for q in queues) == 0  # never final: responses still watched
+        assert gw.queued() < 20, gw.status()
+        ct = in_ns(lab.gw_ns, ["conntrack", "-L", "-p", "tcp", "--dport", "8080"])
+        assert "mark=536870912" in ct.stdout, ct.stdout + ct.stderr  # bypass_to_server only

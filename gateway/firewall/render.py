@@ -18,10 +18,13 @@ Pure: configuration + the ports enabled rules cover in, text out. Nothing here t
   (include/net/netfilter/nf_queue.h, hash_v4/hash_v6: "packets in either direction go into
   same queue") orders source and destination address before hashing them with the protocol, so
   it is symmetric; it ignores ports, so all flows between two hosts share a queue.
-- Bypass: a worker accepts the packet of a finished flow with the BYPASS packet-mark bit; the
-  NFQUEUE verdict ends the FORWARD traversal, so the bit is saved into the connmark in mangle
-  POSTROUTING (`CONNMARK --save-mark --nfmask --ctmask`, only the bits vpatch owns) and the
-  first rule of our FORWARD chain skips connections carrying it.
+- Bypass: a worker accepts the packet of a finished flow with the BYPASS packet-mark bit, or,
+  when only one direction finished (its depth reached while the other still needs looking at,
+  e.g. a bulk upload whose few response bytes never reach the response depth), with that
+  direction's bit (BYPASS_TO_SERVER / BYPASS_TO_CLIENT). The NFQUEUE verdict ends the FORWARD
+  traversal, so the bits are OR-ed into the connmark in mangle POSTROUTING (`CONNMARK
+  --or-mark`, only the bits vpatch owns); the first rule of our FORWARD chain skips connections
+  carrying BYPASS, and the first rule of each direction's chain those carrying its own bit.
 - Fail policy: open adds `--queue-bypass` (no reader -> accept); closed leaves it out (no reader
   -> drop). The queue-full behaviour is set by the worker on its queue (NFQA_CFG_F_FAIL_OPEN).
 
@@ -154,7 +157,8 @@ def _render_family(
     fwd, srv, cli, tcp, queue, post = (
         f"{p}-FORWARD", f"{p}-TO-SERVER", f"{p}-TO-CLIENT", f"{p}-TCP-DATA", f"{p}-QUEUE", f"{p}-POST",
     )  # fmt: skip
-    bypass, mask = config.marks.bypass, config.marks.mask
+    marks = config.marks
+    bypass = marks.bypass
     depth = config.stream_depth
     lines: list[str] = []
     rules: list[str] = []
@@ -164,15 +168,16 @@ def _render_family(
     rules.append(f"-A {fwd} -m connmark --mark {bypass:#x}/{bypass:#x} -j RETURN")
 
     dir_specs = (
-        ("to_server", srv, "dst", depth.to_server),
-        ("to_client", cli, "src", depth.to_client),
+        ("to_server", srv, "dst", depth.to_server, marks.bypass_to_server),
+        ("to_client", cli, "src", depth.to_client, marks.bypass_to_client),
     )
     protocols = PROTOCOLS if config.firewall.queue_udp else ("tcp",)
     uses_tcp = False
-    for direction, chain, side, dir_depth in dir_specs:
+    for direction, chain, side, dir_depth, dir_bit in dir_specs:
         if dir_depth <= 0:
             continue
-        body = []
+        # this direction of the connection finished inspecting: not queued any more
+        body = [f"-A {chain} -m connmark --mark {dir_bit:#x}/{dir_bit:#x} -j RETURN"]
         for proto in protocols:
             set_name = port_sets.get((proto, direction))
             if set_name is None:
@@ -180,7 +185,7 @@ def _render_family(
             target = tcp if proto == "tcp" else queue
             uses_tcp |= proto == "tcp"
             body.append(f"-A {chain} -p {proto} -m set --match-set {set_name} {side} -j {target}")
-        if body:
+        if len(body) > 1:
             chains.append(chain)
             rules.append(f"-A {fwd} -m set --match-set {host_set} {side} -j {chain}")
             rules.extend(body)
@@ -198,10 +203,10 @@ def _render_family(
             rules.append(f'-A {tcp} -m u32 ! --u32 "4>>8&0xFF=6" -j {queue}')
     chains += [queue, post]
     rules.append(f"-A {queue} -j {queue_target(config)}")
-    rules.append(
-        f"-A {post} -m mark --mark {bypass:#x}/{bypass:#x}"
-        f" -j CONNMARK --save-mark --nfmask {mask:#x} --ctmask {mask:#x}"
-    )
+    # Each bypass bit a worker put on a packet is OR-ed into the connmark (never cleared: a
+    # direction that finished stays finished), leaving every other connmark bit alone.
+    for bit in (bypass, marks.bypass_to_server, marks.bypass_to_client):
+        rules.append(f"-A {post} -m mark --mark {bit:#x}/{bit:#x} -j CONNMARK --or-mark {bit:#x}")
     lines.append("*mangle")
     lines.extend(f":{c} - [0:0]" for c in chains)
     lines.extend(rules)

@@ -83,8 +83,8 @@ SIOCGIFHWADDR = 0x8927
 ETH_P_ALL = 0x0003
 
 STAT_NAMES = (
-    "packets", "accepted", "dropped", "reset", "bypassed", "errors", "events",
-    "bound", "pid", "started", "policy_wanted", "policy_version", "policy_errors",
+    "packets", "accepted", "dropped", "reset", "bypassed", "bypassed_direction", "errors",
+    "events", "bound", "pid", "started", "policy_wanted", "policy_version", "policy_errors",
     "bytes", "rules",
 )  # fmt: skip
 _IDX = {name: i for i, name in enumerate(STAT_NAMES)}
@@ -260,8 +260,10 @@ class PacketHandler:
         sink: SinkLike | None = None,
         resets: ResetSender | None = None,
         clock: Callable[[], float] = time.time,
+        direction_bits: tuple[int, int] = (0, 0),
     ) -> None:
         self.engine = engine
+        self.bypass_to_server, self.bypass_to_client = direction_bits
         self.stats = stats
         self.fail_open = fail_policy is FailPolicy.OPEN
         self.bypass = bypass
@@ -285,6 +287,13 @@ class PacketHandler:
                 if decision.final:
                     pkt.set_mark((pkt.get_mark() & ~self.mask & 0xFFFFFFFF) | self.bypass)
                     stats.add("bypassed")
+                elif decision.done_to_server or decision.done_to_client:
+                    bit = (
+                        self.bypass_to_server if decision.done_to_server else self.bypass_to_client
+                    )
+                    if bit:
+                        pkt.set_mark((pkt.get_mark() & ~self.mask & 0xFFFFFFFF) | bit)
+                        stats.add("bypassed_direction")
                 done = True
                 pkt.accept()
                 stats.add("accepted")
@@ -443,9 +452,11 @@ def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> in
     applied = stats.get("policy_wanted")
     apply_policy(engine, config, stats, applied)
     sink = build_sink(config, queue_num)
+    marks = config.marks
     handler = PacketHandler(
-        engine, stats, config.fail_policy, config.marks.bypass, config.marks.mask, sink
-    )
+        engine, stats, config.fail_policy, marks.bypass, marks.mask, sink,
+        direction_bits=(marks.bypass_to_server, marks.bypass_to_client),
+    )  # fmt: skip
     nfq = NetfilterQueue()
     try:
         nfq.bind(queue_num, handler, max_len=config.queues.max_len)

@@ -30,11 +30,15 @@ class Decision:
     action: ACCEPT / ALERT pass the packet; DROP / RESET stop it.
     final: the flow needs no more inspection; the intake may bypass it in the kernel (connmark).
     events: alerts and drops raised by this packet (may be empty).
+    done_to_server / done_to_client: that direction of the flow needs no more inspection while
+        the other still does; the intake may stop the kernel queueing that direction only.
     """
 
     action: Action
     final: bool = False
     events: tuple[Event, ...] = field(default=())
+    done_to_server: bool = False
+    done_to_client: bool = False
 
 
 ACCEPT = Decision(Action.ACCEPT)

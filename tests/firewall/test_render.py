@@ -7,6 +7,7 @@ import re
 import pytest
 
 from gateway.config import parse_config
+from gateway.errors import ConfigError
 from gateway.firewall.render import (
     QueuePlan,
     RenderedRules,
@@ -64,24 +65,49 @@ def test_to_client_only_when_a_rule_and_depth_ask_for_it() -> None:
     rules = _rules(with_depth.ipv4)
     assert "-A VPATCH-FORWARD -m set --match-set vpatch-hosts4 src -j VPATCH-TO-CLIENT" in rules
     cli = [x for x in rules if x.startswith("-A VPATCH-TO-CLIENT")]
-    assert len(cli) == 1 and "vpatch-tcp-cli src" in cli[0]
+    # first: a connection whose responses finished inspecting is not queued that way any more
+    assert cli[0] == "-A VPATCH-TO-CLIENT -m connmark --mark 0x40000000/0x40000000 -j RETURN"
+    assert len(cli) == 2 and "vpatch-tcp-cli src" in cli[1]
     srv = [x for x in rules if x.startswith("-A VPATCH-TO-SERVER")]
-    assert len(srv) == 1 and "vpatch-tcp-srv dst" in srv[0]
+    assert srv[0] == "-A VPATCH-TO-SERVER -m connmark --mark 0x20000000/0x20000000 -j RETURN"
+    assert len(srv) == 2 and "vpatch-tcp-srv dst" in srv[1]
     # No connbytes bound: it counts header bytes, so tiny segments would end inspection early.
     assert "connbytes" not in with_depth.ipv4
 
 
 def test_bypass_mark_chain_and_connmark_skip() -> None:
-    r = _render("protected_hosts: [198.18.0.20]\nmarks: {bypass: 0x100, mask: 0x300}\n")
+    r = _render(
+        "protected_hosts: [198.18.0.20]\n"
+        "marks: {bypass: 0x100, bypass_to_server: 0x200, bypass_to_client: 0x400, mask: 0x700}\n"
+    )
     rules = _rules(r.ipv4)
     # The first rule of our chain skips bypassed connections.
     ours = [x for x in rules if x.startswith("-A VPATCH-FORWARD")]
     assert ours[0] == "-A VPATCH-FORWARD -m connmark --mark 0x100/0x100 -j RETURN"
     assert "-I POSTROUTING 1 -j VPATCH-POST" in rules
-    assert (
-        "-A VPATCH-POST -m mark --mark 0x100/0x100 -j CONNMARK --save-mark "
-        "--nfmask 0x300 --ctmask 0x300"
-    ) in rules
+    # each bit a worker set is OR-ed into the connmark; no other connmark bit is touched
+    post = [x for x in rules if x.startswith("-A VPATCH-POST")]
+    assert post == [
+        f"-A VPATCH-POST -m mark --mark {b}/{b} -j CONNMARK --or-mark {b}"
+        for b in ("0x100", "0x200", "0x400")
+    ]
+    srv = [x for x in rules if x.startswith("-A VPATCH-TO-SERVER")]
+    assert srv[0] == "-A VPATCH-TO-SERVER -m connmark --mark 0x200/0x200 -j RETURN"
+
+
+@pytest.mark.parametrize(
+    ("marks", "error"),
+    [
+        ("{bypass: 0x100, mask: 0x100}", "marks.bypass_to_server: 0x20000000 has bits outside"),
+        (
+            "{bypass: 0x100, bypass_to_server: 0x100, bypass_to_client: 0x400, mask: 0x700}",
+            "must not share bits",
+        ),
+    ],
+)
+def test_bad_mark_bits_are_refused(marks: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        _render(f"protected_hosts: [198.18.0.20]\nmarks: {marks}\n")
 
 
 @pytest.mark.parametrize(("policy", "bypass"), [("open", True), ("closed", False)])
