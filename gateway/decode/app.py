@@ -271,7 +271,9 @@ def _probe_http(data: bytes, direction: int) -> Probe:
 class HttpAdapter:
     """HTTP/1.x requests -> one "head" record per request head (method, URIs, version, every
     header) and one record at the end of the request that adds `http.body` (first
-    MAX_BODY_INSPECT bytes, de-chunked) and `http.body_length`."""
+    MAX_BODY_INSPECT bytes, de-chunked) and `http.body_length`. A request without a body
+    whose end arrives with its head yields the end record only (it holds every head field),
+    so each such request is evaluated once."""
 
     __slots__ = ("_body", "_body_len", "_decoder", "_head")
 
@@ -285,9 +287,14 @@ class HttpAdapter:
         decoder = self._decoder
         decoder.receive_data(data)
         out: list[AppRecord] = []
+        # A head is held back until we know whether a body follows: a request without a body
+        # (most of them) then yields ONE record, head and end together, evaluated once.
+        pending: dict[str, FieldValue] | None = None
         while len(out) < MAX_RECORDS_PER_FEED:
             event = decoder.next_event()
             if isinstance(event, _http.Request):
+                if pending is not None:
+                    out.append(AppRecord("http", pending))
                 head: dict[str, FieldValue] = {
                     "http.method": event.method.encode("latin-1"),
                     "http.uri": event.uri_normalized.encode("latin-1", "replace"),
@@ -295,20 +302,23 @@ class HttpAdapter:
                     "http.version": event.version.encode("latin-1"),
                     "http.header_count": len(event.headers),
                 }
-                names = []
-                for name, _value in event.headers:
-                    key = "http.header." + name
-                    if key not in head:
-                        value = event.header(name) or ""
-                        head[key] = value.encode("latin-1", "replace")
-                        names.append(name)
-                head["http.header_names"] = ",".join(names).encode("latin-1", "replace")
+                # every value of a repeated header joined by ", " (RFC 9110 section 5.3)
+                joined: dict[str, str] = {}
+                for name, value in event.headers:
+                    prev = joined.get(name)
+                    joined[name] = value if prev is None else f"{prev}, {value}"
+                for name, value in joined.items():
+                    head["http.header." + name] = value.encode("latin-1", "replace")
+                head["http.header_names"] = ",".join(joined).encode("latin-1", "replace")
                 _derived_head_fields(event, head)
                 self._head = head
                 self._body.clear()
                 self._body_len = 0
-                out.append(AppRecord("http", head))
+                pending = head
             elif isinstance(event, _http.Body):
+                if pending is not None:
+                    out.append(AppRecord("http", pending))
+                    pending = None
                 room = MAX_BODY_INSPECT - len(self._body)
                 if room > 0:
                     self._body += event.data[:room]
@@ -319,10 +329,13 @@ class HttpAdapter:
                 fields["http.body_length"] = event.body_length
                 _derived_body_fields(fields, bytes(self._body))
                 out.append(AppRecord("http", fields))
+                pending = None
                 self._head = None
                 self._body.clear()
             else:
                 break
+        if pending is not None:  # the body has not arrived yet: judge the head now
+            out.append(AppRecord("http", pending))
         return out
 
 

@@ -318,8 +318,15 @@ def _remove_dot_segments(path: str) -> str:
     return result if result.startswith("/") or not path.startswith("/") else "/" + result
 
 
+_PLAIN_URI = re.compile(r"/[A-Za-z0-9_\-~/]*(?:\.[A-Za-z0-9_\-~]+)?(?:\?[^%\\]*)?\Z")
+
+
 def normalize_uri(uri: str) -> str:
     """The path (and query) the server acts on, lower-cased, for matching on `http.uri`."""
+    if _PLAIN_URI.match(uri) and "//" not in uri.partition("?")[0]:
+        # Nothing to decode and no dot segment to remove (a single ".ext" in the last segment
+        # is not one): the general path below would return exactly this.
+        return uri.lower()
     text = uri
     for _ in range(MAX_DECODE_ROUNDS):
         decoded = _percent_decode_once(text)

@@ -168,6 +168,9 @@ def lookup_text(parts: Iterable[str]) -> str:
 def climb_depth(uri: str) -> int:
     """How far the fully decoded path (overlong UTF-8 and `\\` as `/` included) climbs above
     its root through `..` segments; 0 when it stays inside."""
+    head = uri.partition("?")[0]
+    if ".." not in head and "%" not in head and not any(c in head for c in "\xc0\xc1\xe0"):
+        return 0  # no dot-dot can appear: nothing decodes into one (fast path, same answer)
     path = full_percent_decode(_cap(uri).partition("?")[0])
     raw = path.encode("latin-1", "replace")
     raw = re.sub(
