@@ -381,7 +381,43 @@ class LifecycleStore:
                 actor, "lifecycle.host", address, self._summary(current), self._summary(new)
             )
             self._append_history(store, history or [])
+        if "assigned" in changes:
+            self._enforce_assignment(address, current, new, history or [], actor)
         return new
+
+    def _enforce_assignment(
+        self,
+        address: str,
+        current: HostPolicy,
+        new: HostPolicy,
+        history: list[HistoryEntry],
+        actor: str,
+    ) -> None:
+        """Make the scan's (un)assignments what the gateway enforces: a rule the scan retires
+        is switched `off` for this host (source "scan"); a rule it assigns again inherits
+        (group, global or the rule's default) once more. An assignment an admin made for the
+        host (any other source) is the admin's decision and is left as it is."""
+        added = set(new.assigned) - set(current.assigned)
+        removed = set(current.assigned) - set(new.assigned)
+        if not (added or removed):
+            return
+        why = {entry.target: entry.reason for entry in history}
+        with self._store() as store:
+            host = store.host_by_address(address)
+            if host is None:
+                return
+            for rule_id, mode in [(r, None) for r in sorted(added)] + [
+                (r, "off") for r in sorted(removed)
+            ]:
+                existing = store.find_assignment(rule_id, "host", host.id)
+                if existing is not None and existing.source != "scan":
+                    continue  # an admin's explicit choice for this host wins over the scan
+                if existing is None and mode is None:
+                    continue  # already inherits
+                store.set_assignment(
+                    rule_id, "host", host.id, mode, actor, source="scan",
+                    reason=why.get(str(rule_id), "scan recommendation"),
+                )  # fmt: skip
 
     def add_learned(
         self, address: str, tuples: list[LearnedTuple], *, actor: str = "monitor"

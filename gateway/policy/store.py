@@ -669,6 +669,10 @@ class Store:
             )
         return [self._assignment(r) for r in rows]
 
+    def find_assignment(self, rule_id: int, scope: str, scope_id: int | None) -> Assignment | None:
+        """The assignment of rule_id for exactly this scope, if there is one."""
+        return self._find_assignment(rule_id, scope, scope_id)
+
     def _find_assignment(self, rule_id: int, scope: str, scope_id: int | None) -> Assignment | None:
         r = self.db.execute(
             "SELECT * FROM assignments WHERE rule_id = ? AND scope = ? AND scope_id IS ?",

@@ -105,3 +105,35 @@ def test_state_lives_in_the_policy_store_with_audit(tmp_path: Path) -> None:
         assert host is not None and host.mode == "lockdown"  # the hosts table's own column
         actions = [(a.actor, a.action) for a in policy.list_audit()]
         assert actions == [("monitor", "lifecycle.learn"), ("admin", "lifecycle.host")]
+
+
+def test_scan_unassignment_is_enforced_and_admin_choices_win(tmp_path: Path) -> None:
+    """What the scan retires is switched off for the host in the assignments the gateway
+    compiles (source "scan"); assigned again, the rule inherits once more; a host assignment an
+    admin made is never overwritten by the scan."""
+    from gateway.policy.store import Store
+
+    db = tmp_path / "vpatch.db"
+    store = LifecycleStore(db)
+    addr = "198.18.0.20"
+    store.update_host(addr, assigned=(9001001, 9001002, 9010020), actor="scan")
+    with Store(db) as policy:
+        host = policy.host_by_address(addr)
+        assert host is not None
+        # an admin pins 9001002 to detect for this host
+        policy.set_assignment(9001002, "host", host.id, "detect", "admin")
+        assert policy.find_assignment(9001001, "host", host.id) is None  # assign = inherit
+    why = [HistoryEntry(1.0, addr, "unassign", "9001001", "scan: smb1 absent")]
+    store.update_host(addr, why, assigned=(9010020,), actor="scan")
+    with Store(db) as policy:
+        off = policy.find_assignment(9001001, "host", host.id)
+        assert off is not None and (off.mode, off.source, off.reason) == (
+            "off",
+            "scan",
+            "scan: smb1 absent",
+        )
+        pinned = policy.find_assignment(9001002, "host", host.id)
+        assert pinned is not None and (pinned.mode, pinned.source) == ("detect", "admin")
+    store.update_host(addr, assigned=(9001001, 9010020), actor="scan")  # SMB1 is back
+    with Store(db) as policy:
+        assert policy.find_assignment(9001001, "host", host.id) is None
