@@ -83,6 +83,7 @@ class EngineSettings:
     udp_idle: float = 60.0  # seconds before an idle UDP flow is forgotten
     max_pending: int = 262144  # out-of-order bytes held per direction before a gap is skipped
     http_whole_connection: bool = True  # HTTP keep-alive streams: inspect every request
+    http_memo_entries: int = 1024  # body-less requests that matched nothing, remembered exactly
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,9 +347,19 @@ def _parse(data_in: object, ctx: _Ctx, base: Path | None) -> GatewayConfig:
                 (*p, "http_whole_connection"),
                 m.get("http_whole_connection", df.http_whole_connection),
             ),
+            _int(
+                ctx,
+                (*p, "http_memo_entries"),
+                m.get("http_memo_entries", df.http_memo_entries),
+                0,
+                1 << 20,
+            ),
         )
 
-    engine_keys = {"max_flows", "tcp_idle", "udp_idle", "max_pending", "http_whole_connection"}
+    engine_keys = {
+        "max_flows", "tcp_idle", "udp_idle", "max_pending", "http_whole_connection",
+        "http_memo_entries",
+    }  # fmt: skip
     kw["engine"] = _section(ctx, data, "engine", d.engine, engine, engine_keys)
 
     def events(m: dict[str, Any], df: EventsConfig) -> EventsConfig:

@@ -645,3 +645,73 @@ def test_one_direction_done_while_the_other_is_still_inspected() -> None:
     assert c.reply(0, b"HTTP/1.1 200 OK\r\n") == Decision(Action.ACCEPT)  # still inspected
     last = c.reply(17, b"x" * 1000)  # the response direction reaches its depth: all done
     assert last.final
+
+
+def _http_field_rule(rule_id: int, needle: bytes) -> Rule:
+    return load_rules_text(
+        f"""
+id: {rule_id}
+title: header test {rule_id}
+cve: [CVE-0000-0001]
+severity: high
+action: reset
+protocol: tcp
+app: http
+ports: [80]
+direction: to_server
+conditions:
+  all:
+    - field: http.header.user-agent
+      content: "{needle.decode()}"
+"""
+    )
+
+
+def load_rules_text(text: str) -> Rule:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rule.yaml"
+        path.write_text(text)
+        (only,) = load_rules([path]).rules
+        return only
+
+
+def test_http_memo_skips_repeated_clean_requests_but_never_hides_a_match() -> None:
+    engine = Engine(RuleSet((_http_field_rule(7, b"evil-agent"),)), EngineConfig())
+    c = Conn(engine)
+    c.handshake()
+    clean = b"GET /1k.bin HTTP/1.1\r\nHost: lab\r\nUser-Agent: curl\r\n\r\n"
+    offset = 0
+    for _ in range(5):
+        assert c.data(offset, clean).action is Action.ACCEPT
+        offset += len(clean)
+    assert engine.stats.http_memo_hits == 4  # decoded once, then remembered
+    # pipelined pair, or a request with a body: never taken from the memo
+    assert c.data(offset, clean + clean).action is Action.ACCEPT
+    offset += 2 * len(clean)
+    post = b"POST / HTTP/1.1\r\nHost: lab\r\nContent-Length: 2\r\n\r\nhi"
+    assert c.data(offset, post).action is Action.ACCEPT
+    offset += len(post)
+    assert engine.stats.http_memo_hits == 4
+    bad = clean.replace(b"curl", b"evil-agent")
+    d = c.data(offset, bad)
+    assert d.action is Action.RESET and d.events[0].signature_id == 7
+    # new rules: a new rule group, so nothing remembered under the old one applies
+    engine.swap_rules(RuleSet((_http_field_rule(8, b"curl"),)))
+    c2 = Conn(engine, sport=40001)
+    c2.handshake()
+    d2 = c2.data(0, clean)
+    assert d2.action is Action.RESET and d2.events[0].signature_id == 8
+
+
+def test_http_memo_can_be_turned_off() -> None:
+    engine = Engine(
+        RuleSet((_http_field_rule(7, b"evil-agent"),)), EngineConfig(http_memo_entries=0)
+    )
+    c = Conn(engine)
+    c.handshake()
+    clean = b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n"
+    for i in range(3):
+        c.data(i * len(clean), clean)
+    assert engine.stats.http_memo_hits == 0

@@ -283,6 +283,11 @@ class HttpAdapter:
         self._body = bytearray()
         self._body_len = 0
 
+    def at_boundary(self) -> bool:
+        """Between two requests: nothing buffered, no request under way."""
+        decoder = self._decoder
+        return decoder.state is _http.State.HEAD and not decoder.buffered and self._head is None
+
     def feed(self, data: bytes) -> list[AppRecord]:
         decoder = self._decoder
         decoder.receive_data(data)

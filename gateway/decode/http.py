@@ -102,6 +102,11 @@ class HttpRequestDecoder:
         self._body_length = 0
         self.requests = 0
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet turned into events."""
+        return len(self._buf)
+
     def receive_data(self, data: bytes) -> None:
         if self.state is State.ERROR:
             raise HttpDecodeError("decoder is in ERROR state after an earlier error")
