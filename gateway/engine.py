@@ -349,7 +349,7 @@ class Engine:
         self._next_expire: float | None = None
         # (id of the rule group, exact request bytes) of body-less HTTP requests that fired no
         # rule -> that group (held, so its id cannot be reused while the entry exists)
-        self._http_memo: OrderedDict[tuple[int, bytes], object] = OrderedDict()
+        self._http_memo: OrderedDict[tuple[int, str, int, bytes], object] = OrderedDict()
 
     # ----------------------------------------------------------------- entry points
 
@@ -419,6 +419,7 @@ class Engine:
     def set_policy(self, policy: CompiledPolicy | None) -> None:
         """Use `policy` for every match from now on (None: each rule's default_mode)."""
         self.policy = policy
+        self._http_memo.clear()  # what is "off" for a server may have changed
 
     # ----------------------------------------------------------------- the pipeline
 
@@ -479,7 +480,9 @@ class Engine:
                     fired = state.matcher.scan_stream(state, data)
                 app = insp.apps[d]
                 if app is not None:
-                    found = self._app_feed(insp, app, d, data, PROTO_TCP, flow.key.server_port)
+                    found = self._app_feed(
+                        insp, app, d, data, PROTO_TCP, flow.key.server_port, flow.key.server
+                    )
                     fired = self._combine(insp, d, fired, found)
                 elif fired:
                     fired = self._combine(insp, d, fired, NO_RULES)
@@ -496,7 +499,9 @@ class Engine:
             fired = insp.matcher.scan_block(group, payload)
             app = insp.apps[d]
             if app is not None:
-                found = self._app_feed(insp, app, d, payload, PROTO_UDP, flow.key.server_port)
+                found = self._app_feed(
+                    insp, app, d, payload, PROTO_UDP, flow.key.server_port, flow.key.server
+                )
                 fired = self._combine(insp, d, fired, found)
             elif fired:
                 fired = self._combine(insp, d, fired, NO_RULES)
@@ -510,7 +515,14 @@ class Engine:
         return _ACCEPT if insp.active[d] else _ACCEPT_DONE[d]
 
     def _app_feed(
-        self, insp: _Inspection, app: _AppState, d: int, data: bytes, proto: int, port: int
+        self,
+        insp: _Inspection,
+        app: _AppState,
+        d: int,
+        data: bytes,
+        proto: int,
+        port: int,
+        server: str,
     ) -> tuple[Rule, ...]:
         """Identify (first bytes), decode and evaluate the field conditions; never raises
         (a failing decoder ends app-layer inspection of this direction, counted)."""
@@ -544,7 +556,7 @@ class Engine:
             app.name = name
             data = head
             app.buf = b""
-        memo_key = self._memo_key(app, data)
+        memo_key = self._memo_key(app, data, server, port)
         if memo_key is not None and self._http_memo.get(memo_key) is app.group:
             # The very same body-less request fired nothing before: decoding it again would
             # give the same fields and the same (empty) answer. The decoder is at a request
@@ -571,10 +583,18 @@ class Engine:
         apps = app.group.apps
         matcher = insp.matcher
         out: list[Rule] = []
+        policy = self.policy
         for record in records:
             group = apps.get(record.app)
             if group is not None:
                 found = matcher.evaluate(group, record.fields)
+                if found:  # a rule switched off for this server is ignored here already
+                    found = tuple(
+                        rule
+                        for rule in found
+                        if (policy.mode(server, rule, port) if policy else rule.default_mode)
+                        is not Mode.OFF
+                    )
                 if found:
                     out.extend(found)
                     seen = insp.records[d]
@@ -594,9 +614,12 @@ class Engine:
                 memo.popitem(last=False)
         return tuple(out)
 
-    def _memo_key(self, app: _AppState, data: bytes) -> tuple[int, bytes] | None:
+    def _memo_key(
+        self, app: _AppState, data: bytes, server: str, port: int
+    ) -> tuple[int, str, int, bytes] | None:
         """The memo key of `data` if it is exactly one complete HTTP request head without a body
-        and the decoder sits at a request boundary, else None."""
+        and the decoder sits at a request boundary, else None. The server is part of the key:
+        which rules are off (ignored) depends on the policy for that server."""
         if (
             app.name != "http"
             or not self.config.http_memo_entries
@@ -609,7 +632,7 @@ class Engine:
         decoder = app.decoder
         if not isinstance(decoder, app_registry.HttpAdapter) or not decoder.at_boundary():
             return None
-        return (id(app.group), data)
+        return (id(app.group), server, port, data)
 
     @staticmethod
     def _combine(

@@ -715,3 +715,37 @@ def test_http_memo_can_be_turned_off() -> None:
     for i in range(3):
         c.data(i * len(clean), clean)
     assert engine.stats.http_memo_hits == 0
+
+
+def test_http_memo_follows_the_policy_for_the_server() -> None:
+    """A rule switched off for this server is ignored, so the request is remembered as clean
+    for this server; switching the rule on again (a new policy) must not be hidden by that."""
+    from dataclasses import dataclass as _dc
+
+    from gateway.policy.compiled import CompiledPolicy
+
+    @_dc(frozen=True)
+    class Host:
+        id: int
+        address: str
+        group_id: int | None
+
+    @_dc(frozen=True)
+    class Assign:
+        rule_id: int
+        scope: str
+        scope_id: int | None
+        mode: str
+
+    engine = Engine(RuleSet((_http_field_rule(7, b"curl"),)), EngineConfig())
+    host = Host(1, SERVER, None)
+    engine.set_policy(CompiledPolicy([host], [], [Assign(7, "host", 1, "off")]))
+    c = Conn(engine)
+    c.handshake()
+    request = b"GET / HTTP/1.1\r\nHost: lab\r\nUser-Agent: curl\r\n\r\n"
+    assert c.data(0, request).action is Action.ACCEPT
+    assert c.data(len(request), request).action is Action.ACCEPT
+    assert engine.stats.http_memo_hits == 1
+    engine.set_policy(CompiledPolicy([host], [], [Assign(7, "host", 1, "prevent")]))
+    d = c.data(2 * len(request), request)
+    assert d.action is Action.RESET and d.events[0].signature_id == 7
