@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import logging
 import multiprocessing
 import multiprocessing.sharedctypes
@@ -79,6 +80,7 @@ MAX_EARLY_MESSAGES = 4096  # packet messages buffered while waiting for that ans
 POLL_INTERVAL = 0.2  # seconds between checks of the stop flag when idle
 EXPIRE_INTERVAL = 1.0  # seconds between engine.expire() calls
 ERROR_LOG_INTERVAL = 5.0  # at most one error log line per this many seconds
+GC_THRESHOLD_YOUNG = 50_000  # allocations between young-generation collections (default 700)
 SIOCGIFHWADDR = 0x8927
 ETH_P_ALL = 0x0003
 
@@ -452,6 +454,12 @@ def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> in
     applied = stats.get("policy_wanted")
     apply_policy(engine, config, stats, applied)
     sink = build_sink(config, queue_num)
+    # The rule set, compiled databases and decoders live as long as the worker: move them out
+    # of the collector's sight, and collect the young generation less often, so that a full
+    # collection over them does not stall a packet for milliseconds (it showed as p99 latency).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD_YOUNG, 20, 100)
     marks = config.marks
     handler = PacketHandler(
         engine, stats, config.fail_policy, marks.bypass, marks.mask, sink,
