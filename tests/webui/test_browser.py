@@ -140,11 +140,23 @@ def syslog(tmp_path: Path) -> Iterator[UnixSyslog]:
 
 def submit(browser: Any, wait: Any, button: Any) -> Any:
     """Click a submit button, wait until its page is gone, return the next page's flash."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
 
+    def page_gone(_driver: Any) -> bool:
+        try:
+            button.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException:
+            # chromedriver answers "unhandled inspector error" while the old document is being
+            # torn down (neither stale nor present yet): ask again on the next poll
+            return False
+        return False
+
     button.click()
-    wait.until(ec.staleness_of(button))
+    wait.until(page_gone)
     return wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "p.flash")))
 
 
@@ -162,6 +174,7 @@ def shot(driver: Any, name: str) -> Path:
 def test_browser_toggles_rule_on_running_gateway(
     lab: Any, tmp_path: Path, browser: Any, syslog: UnixSyslog
 ) -> None:
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -202,7 +215,8 @@ def test_browser_toggles_rule_on_running_gateway(
                 assert ui.poll() is None, ui_log.read_text()
                 assert time.monotonic() < deadline, ui_log.read_text()
                 time.sleep(0.1)
-        wait = WebDriverWait(browser, WAIT)
+        # a transient chromedriver error between two documents is retried, not fatal
+        wait = WebDriverWait(browser, WAIT, ignored_exceptions=(WebDriverException,))
 
         browser.get(base + "/")
         wait.until(ec.presence_of_element_located((By.NAME, "username")))
