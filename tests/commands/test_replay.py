@@ -124,7 +124,7 @@ def test_attacks_and_malformed_never_break_the_engine(
         for p in (corpora / sub).rglob("*")
         if p.is_file() and p.suffix in (".pcap", ".pcapng")
     )
-    status, events, err = run_replay(capsys, "--stats", *map(str, captures))
+    status, _events, err = run_replay(capsys, "--stats", *map(str, captures))
     stats = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert len(stats) == len(captures)
     assert sum(s["internal_errors"] for s in stats) == 0
