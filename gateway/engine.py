@@ -153,6 +153,9 @@ class EngineConfig:
     http_memo_entries: how many body-less HTTP requests that matched no rule are remembered
         (exact bytes, per rule group) so that the same request again skips decoding and field
         evaluation; 0 turns the memo off.
+    kernel_checked_syn: the packets come from the inline queue, whose kernel rule passes on
+        only the SYNs conntrack found to open a new connection: a client port reused for a
+        new connection then starts a new flow at its SYN (gateway/flow/table.py).
     """
 
     max_flows: int = 65536
@@ -165,6 +168,7 @@ class EngineConfig:
     fail_open: bool = True
     http_whole_connection: bool = True
     http_memo_entries: int = 1024
+    kernel_checked_syn: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_flows", "depth_to_server", "depth_to_client", "max_pending"):
@@ -342,6 +346,7 @@ class Engine:
             tcp_closed_idle=self.config.tcp_closed_idle,
             on_evict=self._release,
             server_ports=self._is_service_port,
+            kernel_checked_syn=self.config.kernel_checked_syn,
         )
         self.stats = EngineStats(self.table, self)
         self._depth = (self.config.depth_to_server, self.config.depth_to_client)

@@ -749,3 +749,38 @@ def test_http_memo_follows_the_policy_for_the_server() -> None:
     engine.set_policy(CompiledPolicy([host], [], [Assign(7, "host", 1, "prevent")]))
     d = c.data(2 * len(request), request)
     assert d.action is Action.RESET and d.events[0].signature_id == 7
+
+
+@pytest.mark.parametrize("isn_shift", [100_000, -100_000])
+def test_client_port_reused_without_a_seen_fin_is_inspected_from_its_first_request(
+    isn_shift: int,
+) -> None:
+    # The gateway does not queue FINs (no payload) nor bypassed connections, so a client port
+    # reused by a new connection arrives on a flow that never closed. The server's SYN+ACK
+    # confirms the new connection: its first request is inspected at once (before, its bytes
+    # sat out of order under the old sequence numbers, or were taken as old data).
+    engine = engine_with(rule(1, MARKER), depth_to_server=100_000)
+    old = Conn(engine, cseq=500_000)
+    old.handshake()
+    request = b"GET /page HTTP/1.1\r\nHost: lab\r\n\r\n"
+    assert old.data(0, request) == Decision(Action.ACCEPT)
+    new = Conn(engine, cseq=old.cseq + isn_shift, sseq=9000, now=old.now)
+    new.handshake()
+    d = new.data(0, b"GET /?q=" + MARKER + b" HTTP/1.1\r\n\r\n")
+    assert d.action is Action.RESET and d.events[0].signature_id == 1
+    assert engine.table.created == 2
+
+
+def test_syn_injected_into_a_live_connection_does_not_reset_its_inspection() -> None:
+    # A SYN with another sequence number inside a live connection draws a challenge ACK from
+    # the server, not a SYN+ACK: the flow, its reassembly and its partial match stay.
+    engine = engine_with(rule(1, MARKER))
+    c = Conn(engine)
+    c.handshake()
+    req = b"GET /?q=" + MARKER + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert c.data(0, req[:15]) == Decision(Action.ACCEPT)
+    assert c.send("S", c.cseq + 777_777).action is Action.ACCEPT  # the injected SYN
+    assert c.send("A", c.sseq + 1, to_server=False).action is Action.ACCEPT  # challenge ACK
+    d = c.data(15, req[15:])
+    assert d.action is Action.RESET and d.events[0].signature_id == 1
+    assert engine.table.created == 1

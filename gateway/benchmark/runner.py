@@ -1,7 +1,8 @@
 """Run the side-by-side benchmark and render its report (table and JSON).
 
-One run: build a bridge lab (`gateway.lab`, nginx only on the server), start an iperf3 server
-beside nginx, then for each subject (kernel, suricata-default, suricata-tuned, vpatch) start it,
+One run: build a bridge lab (`gateway.lab`, nginx only on the server; TIME_WAIT reuse on in the
+client namespace so that repeated new-connection runs do not exhaust its ports), start an
+iperf3 server beside nginx, then for each subject (kernel, suricata-default, suricata-tuned, vpatch) start it,
 check one HTTP request gets through, and measure from the client namespace:
 bulk TCP each direction (`iperf3 -c` / `-R`), HTTP requests/s and p50/p99 latency with
 keep-alive and with a new connection per request (`wrk --latency`, `-H "Connection: close"`,
@@ -38,7 +39,7 @@ from gateway.benchmark.parse import (
 )
 from gateway.benchmark.subjects import Subject, make_subjects, suricata_version
 from gateway.errors import VpatchError
-from gateway.lab import LabSpec, lab_down, lab_up
+from gateway.lab import LabSpec, lab_down, lab_up, netns
 from gateway.lab import services as lab_services
 from gateway.lab.netns import netns_exec, pid_alive, stop_pids
 
@@ -223,6 +224,10 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     _log(f"lab {spec.name}: up (bridge mode, nginx on the server)")
     lab_up(spec, services=False, gateway=False)
     try:
+        # wrk's new-connection test leaves the client some 50,000 TIME_WAIT sockets per run;
+        # without reuse (the default, 2, allows it on loopback only) the later runs spend
+        # their time in connect()'s port search and measure the client, not the subject.
+        netns.sysctl(spec.client_ns, "net.ipv4.tcp_tw_reuse", "1")
         lab_services.start_services(spec, names=("nginx",))
         iperf_pid = _start_iperf_server(spec, opts.iperf_port)
         for subject in make_subjects(names, spec, opts.suricata_rules):

@@ -9,8 +9,9 @@ Pure: configuration + the ports enabled rules cover in, text out. Nothing here t
 - Queued (NFQUEUE) are only packets an enabled rule could care about: a protected host as the
   destination (to_server) or the source (to_client, only if a rule inspects responses and
   stream_depth.to_client > 0), TCP/UDP to a port an enabled rule covers, on connections not
-  bypassed by connmark, and for TCP only segments that carry payload (or SYN, which seeds
-  reassembly). The stream depth is enforced by the engine, see below.
+  bypassed by connmark, and for TCP only segments that carry payload, SYN+ACKs and the SYNs
+  conntrack finds to open a new connection (they seed reassembly; a SYN injected into a live
+  connection is not queued). The stream depth is enforced by the engine, see below.
 - Forwarded traffic only: routed and bridged traffic (br_netfilter) both pass FORWARD.
   Mangle FORWARD runs before filter FORWARD, so a packet we accept still meets the host's own
   filter rules.
@@ -193,8 +194,14 @@ def _render_family(
         return "", []  # nothing to queue for this family
     if uses_tcp:
         chains.append(tcp)
-        # SYN (and SYN+ACK): no payload, but it carries the initial sequence number.
-        rules.append(f"-A {tcp} -p tcp --tcp-flags SYN SYN -j {queue}")
+        # SYN and SYN+ACK: no payload, but they carry the initial sequence numbers. A client
+        # SYN only when conntrack found it opens a new connection: one injected into a live
+        # connection (conntrack ignores it) is not queued, so the engine may take every queued
+        # payload-less SYN with a new sequence number as a reused port (kernel_checked_syn).
+        rules.append(
+            f"-A {tcp} -p tcp --tcp-flags SYN,ACK SYN -m conntrack --ctstate NEW -j {queue}"
+        )
+        rules.append(f"-A {tcp} -p tcp --tcp-flags SYN,ACK SYN,ACK -j {queue}")
         for test in _tcp_payload_tests(version):
             rules.append(f'-A {tcp} -m u32 --u32 "{test}" -j {queue}')
         if version == 4:

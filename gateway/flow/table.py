@@ -10,6 +10,15 @@ UDP) the side whose port is a known service port (the ``server_ports`` hint) is 
 failing that the side with the lower port (ties: the receiver).
 A SYN without ACK on a TCP flow that has closed (FIN both ways or RST) starts a new flow: the
 old one leaves the table first (port reuse in long captures).
+A SYN without ACK on a flow that has not closed, with another sequence number than the SYN that
+opened it, is a candidate reuse: the gateway does not see every FIN (packets without payload
+and bypassed connections are not queued), so a client port reused after its old connection
+ended looks like this. The flow is replaced when the server answers that SYN with a SYN+ACK
+acknowledging it (its own TCP took it as a new connection), or at once when the kernel vouches
+for the SYN (``kernel_checked_syn``: inline, only SYNs that conntrack found to open a new
+connection are queued). A SYN injected into a live connection draws a challenge ACK instead,
+and conntrack keeps it in the old connection: it changes nothing, so an attacker cannot reset
+the inspection state of a connection that way (as in Suricata's session-reuse check).
 
 Keys: TCP/UDP on (proto, addresses, ports); ICMP/ICMPv6 echo request/reply on the
 identifier (as both ports), other ICMP and other protocols on addresses with ports 0.
@@ -49,7 +58,7 @@ from gateway.decode.packet import (
     TCP_SYN,
     Packet,
 )
-from gateway.flow.reassembly import StreamReassembler
+from gateway.flow.reassembly import SEQ_MOD, StreamReassembler
 from gateway.verdict import Action
 
 __all__ = [
@@ -120,8 +129,10 @@ class Flow:
         "last_seen",
         "pkts_to_client",
         "pkts_to_server",
+        "reuse_syn",
         "rst",
         "streams",
+        "syn_seq",
     )
 
     def __init__(
@@ -142,6 +153,8 @@ class Flow:
         self.fin_to_server = False
         self.fin_to_client = False
         self.rst = False
+        self.syn_seq: int | None = None  # sequence number of the client's SYN, when seen
+        self.reuse_syn: int | None = None  # a later SYN with another sequence number (unconfirmed)
         self._cls = cls
         self._tkey = tkey
 
@@ -174,6 +187,7 @@ class FlowTable:
         on_evict: Callable[[Flow], None] | None = None,
         salt: int | None = None,
         server_ports: Callable[[int, int], bool] | None = None,
+        kernel_checked_syn: bool = False,
     ) -> None:
         """Create an empty table.
 
@@ -186,6 +200,11 @@ class FlowTable:
             up mid-stream or a UDP flow: when exactly one side's port is a known service port,
             that side is the server, whatever the port numbers' order (a backdoor shell on 4444
             talking to a client on port 1793 is still the 4444 side's flow).
+        kernel_checked_syn: every payload-less SYN that reaches the table was found by the
+            kernel's conntrack to open a new connection (inline: the queue rule takes only
+            ctstate NEW SYNs; see gateway/firewall/render.py), so one with another sequence
+            number than the flow's own SYN replaces the flow at once. False (captures): it
+            waits for the server's SYN+ACK.
         """
         if max_flows < 1:
             raise ValueError(f"max_flows must be >= 1, got {max_flows}")
@@ -207,6 +226,7 @@ class FlowTable:
         self._max_pending = max_pending
         self._on_evict = on_evict
         self._server_ports = server_ports
+        self._kernel_checked_syn = kernel_checked_syn
         self._salt = (
             int.from_bytes(os.urandom(7), "big") & _FLOW_ID_MASK if salt is None else salt
         ) & _FLOW_ID_MASK
@@ -249,13 +269,8 @@ class FlowTable:
             direction = Direction.TO_CLIENT
             if flow is None:
                 flow, direction = self._create(pkt, now, fwd, rev, itype)
-        if (
-            proto == PROTO_TCP and flow.closed and pkt.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-        ):  # a new connection reusing the ports of a finished one
-            self._remove(flow)
-            flow, direction = self._create(
-                pkt, now, fwd, (proto, pkt.dst, dport, pkt.src, sport), itype
-            )
+        if proto == PROTO_TCP and pkt.flags & TCP_SYN:
+            flow, direction = self._syn_on_flow(pkt, now, flow, direction, fwd)
         flow.last_seen = now
         if direction is Direction.TO_SERVER:
             flow.pkts_to_server += 1
@@ -277,6 +292,40 @@ class FlowTable:
                 return flow, direction
         self._lru[flow._cls].move_to_end(flow._tkey)
         return flow, direction
+
+    def _syn_on_flow(
+        self, pkt: Packet, now: float, flow: Flow, direction: Direction, fwd: _KeyTuple
+    ) -> tuple[Flow, Direction]:
+        """A SYN or SYN+ACK on a flow found in the table: the flow it belongs to (see the
+        module comment on port reuse)."""
+        rev: _KeyTuple = (pkt.proto, pkt.dst, pkt.dport, pkt.src, pkt.sport)
+        if pkt.flags & TCP_ACK:  # SYN+ACK: does the server confirm a new connection?
+            pending = flow.reuse_syn
+            if pending is None or direction is not Direction.TO_CLIENT:
+                return flow, direction
+            if pkt.ack != (pending + 1) % SEQ_MOD:
+                return flow, direction
+            self._remove(flow)
+            return self._create_tcp(now, rev, pending)
+        if flow.closed:  # a new connection reusing the ports of a finished one
+            self._remove(flow)
+            return self._create(pkt, now, fwd, rev, -1)
+        if direction is Direction.TO_SERVER and pkt.seq != flow.syn_seq:
+            if self._kernel_checked_syn and not pkt.payload:
+                self._remove(flow)
+                return self._create(pkt, now, fwd, rev, -1)
+            flow.reuse_syn = pkt.seq  # replaced once the server's SYN+ACK confirms it
+        return flow, direction
+
+    def _create_tcp(self, now: float, client: _KeyTuple, client_isn: int) -> tuple[Flow, Direction]:
+        """A new TCP flow for a connection whose client SYN (ISN `client_isn`) was seen earlier;
+        returns it with the direction of a packet from the server."""
+        flow = self._new_flow(now, _Class.TCP_OPEN, client, PROTO_TCP)
+        flow.syn_seq = client_isn
+        stream = flow.streams.get(Direction.TO_SERVER)
+        if stream is not None:
+            stream.receive(client_isn, b"", syn=True)
+        return flow, Direction.TO_CLIENT
 
     def expire(self, now: float) -> list[Flow]:
         """Remove and return every flow idle for longer than its class's timeout."""
@@ -319,6 +368,13 @@ class FlowTable:
         tkey, direction = (
             (fwd, Direction.TO_SERVER) if sender_is_client else (rev, Direction.TO_CLIENT)
         )
+        flow = self._new_flow(now, cls, tkey, proto)
+        if proto == PROTO_TCP and pkt.flags & (TCP_SYN | TCP_ACK) == TCP_SYN:
+            flow.syn_seq = pkt.seq
+        return flow, direction
+
+    def _new_flow(self, now: float, cls: _Class, tkey: _KeyTuple, proto: int) -> Flow:
+        """Make room (evicting the least recently seen flows) and add a flow keyed `tkey`."""
         while len(self._flows) >= self.max_flows:
             self._evict_oldest()
         self._counter += 1
@@ -330,7 +386,7 @@ class FlowTable:
         self._flows[tkey] = flow
         self._lru[cls][tkey] = flow
         self.created += 1
-        return flow, direction
+        return flow
 
     def _sender_is_client(self, proto: int, sport: int, dport: int) -> bool:
         """No handshake seen: a known service port marks the server, else the lower port."""

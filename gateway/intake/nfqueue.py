@@ -377,10 +377,13 @@ class PacketHandler:
 
 
 def engine_config(config: GatewayConfig) -> Any:
-    """The engine's EngineConfig from the gateway configuration."""
+    """The engine's EngineConfig from the gateway configuration, for packets from the queue
+    (whose SYNs the kernel rules have checked with conntrack)."""
+    from dataclasses import replace
+
     from gateway.engine import EngineConfig
 
-    return EngineConfig.from_gateway(config)
+    return replace(EngineConfig.from_gateway(config), kernel_checked_syn=True)
 
 
 def build_engine(config: GatewayConfig) -> EngineLike:

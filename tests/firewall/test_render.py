@@ -142,7 +142,11 @@ def test_tcp_payload_tests_are_exact_per_data_offset() -> None:
         # queued only when total length > 20 (IPv4) + 4 * data offset, i.e. payload >= 1 byte
         assert int(low) == 20 + 4 * int(d) + 1
     # SYN seeds reassembly; IP options: always queued.
-    assert "-A VPATCH-TCP-DATA -p tcp --tcp-flags SYN SYN -j VPATCH-QUEUE" in r.ipv4
+    assert (
+        "-A VPATCH-TCP-DATA -p tcp --tcp-flags SYN,ACK SYN -m conntrack --ctstate NEW "
+        "-j VPATCH-QUEUE" in r.ipv4
+    )
+    assert "-A VPATCH-TCP-DATA -p tcp --tcp-flags SYN,ACK SYN,ACK -j VPATCH-QUEUE" in r.ipv4
     assert '-m u32 ! --u32 "0>>22&0x3C=20" -j VPATCH-QUEUE' in r.ipv4
 
 

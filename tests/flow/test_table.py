@@ -234,3 +234,38 @@ def test_service_port_hint_orients_mid_stream_flows() -> None:
     # both or neither side known: the port order decides, as without the hint
     both = FlowTable(10, 60, 60, salt=1, server_ports=lambda proto, port: True)
     assert both.lookup(mid_stream(4444, 1793), 0.0)[0].key.server_port == 1793
+
+
+def tcp_seq(
+    src: str, sport: int, dst: str, dport: int, flags: int, seq: int, ack: int = 0
+) -> Packet:
+    return Packet(4, src, dst, PROTO_TCP, sport, dport, flags, seq, ack, b"")
+
+
+def test_port_reuse_on_an_open_flow_needs_the_servers_syn_ack() -> None:
+    ft, gone = table()
+    old, _ = ft.lookup(tcp_seq(C, 40000, S, 80, TCP_SYN, 1000), 0.0)
+    assert ft.lookup(tcp_seq(C, 40000, S, 80, TCP_SYN, 1000), 0.5)[0] is old  # retransmitted
+    ft.lookup(tcp_seq(C, 40000, S, 80, TCP_ACK | TCP_PSH, 1001, 1), 1.0)
+    # a SYN with another ISN: a candidate, the old flow stays until the server confirms
+    assert ft.lookup(tcp_seq(C, 40000, S, 80, TCP_SYN, 9000), 2.0)[0] is old
+    # a challenge ACK, then a SYN+ACK acknowledging some other sequence number: still the old
+    assert ft.lookup(tcp_seq(S, 80, C, 40000, TCP_ACK, 1, 1001), 2.1)[0] is old
+    assert ft.lookup(tcp_seq(S, 80, C, 40000, TCP_SYN | TCP_ACK, 50, 1001), 2.2)[0] is old
+    assert gone == []
+    # the server's SYN+ACK for the new ISN: a new flow, same orientation, ISN anchored
+    new, d = ft.lookup(tcp_seq(S, 80, C, 40000, TCP_SYN | TCP_ACK, 50, 9001), 2.3)
+    assert new is not old and gone == [old] and len(ft) == 1
+    assert d is Direction.TO_CLIENT and new.key.client == C and new.key.client_port == 40000
+    assert new.syn_seq == 9000
+
+
+def test_port_reuse_anchors_the_client_stream_at_the_new_isn() -> None:
+    ft, _ = table(stream_depth={Direction.TO_SERVER: 1000, Direction.TO_CLIENT: 1000})
+    ft.lookup(tcp_seq(C, 40000, S, 80, TCP_SYN, 1000), 0.0)
+    ft.lookup(tcp_seq(C, 40000, S, 80, TCP_SYN, 7000), 1.0)
+    new, _ = ft.lookup(tcp_seq(S, 80, C, 40000, TCP_SYN | TCP_ACK, 50, 7001), 1.1)
+    stream = new.streams[Direction.TO_SERVER]
+    assert stream.isn == 7000 and stream.next_seq == 7001
+    assert stream.receive(7006, b"world") == b""  # out of order: held, not taken as the start
+    assert stream.receive(7001, b"hello") == b"helloworld"
