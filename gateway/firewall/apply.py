@@ -1,7 +1,7 @@
 """Put the rendered kernel rules in place, and take them away again.
 
 - `probe_backend(choice)`: which iptables flavour to drive. Both iptables-nft and
-  iptables-legacy use the xtables NFQUEUE/CONNMARK/connbytes/set/u32 extensions; nft's native
+  iptables-legacy use the xtables NFQUEUE/CONNMARK/conntrack/set/u32 extensions; nft's native
   `queue` statement is not used (it is missing on kernels without CONFIG_NFT_QUEUE). `auto`
   takes the flavour `iptables` points at, unless only the other one already holds rules here.
 - `apply_rules(rendered, backend)`: removes any leftovers of ours, creates the ipsets
