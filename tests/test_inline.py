@@ -343,3 +343,54 @@ def test_upload_bypassed_by_direction_while_responses_are_inspected(
         assert gw.queued() < 20, gw.status()
         ct = in_ns(lab.gw_ns, ["conntrack", "-L", "-p", "tcp", "--dport", "8080"])
         assert "mark=536870912" in ct.stdout, ct.stdout + ct.stderr  # bypass_to_server only
+
+
+REUSED_PORT_CLIENT = textwrap.dedent(
+    """
+    import socket, sys
+    host, port, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+    def exchange(request):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", sport))
+        s.settimeout(5)
+        s.connect((host, port))
+        s.sendall(request)
+        got = b""
+        try:
+            while True:
+                data = s.recv(4096)
+                if not data:
+                    break
+                got += data
+        except ConnectionResetError:
+            return "RESET"
+        finally:
+            s.close()
+        return "DATA " + got.split(b"\\r\\n")[0].decode(errors="replace")
+
+    print(exchange(b"GET / HTTP/1.1\\r\\nHost: lab\\r\\nConnection: close\\r\\n\\r\\n"))
+    print(exchange(b"GET /?q=VPATCH-TEST-EXPLOIT-7f3a HTTP/1.1\\r\\nHost: lab\\r\\n"
+                   b"Connection: close\\r\\n\\r\\n"))
+    """
+)
+
+
+def test_exploit_on_a_reused_client_port_is_stopped(lab: Any, tmp_path: Path) -> None:
+    # The gateway queues no FIN (no payload), so the first connection's flow is still open
+    # when the second one arrives from the same client port: the kernel-checked SYN must start
+    # a new flow, or the new request sits under the old sequence numbers and passes unseen.
+    with vpatch_run(lab, tmp_path) as gw:
+        client = in_ns(
+            lab.client_ns,
+            [sys.executable, "-c", REUSED_PORT_CLIENT, lab.server_addr, "80", "41234"],
+        )
+        first, second = client.stdout.splitlines()[:2]
+        assert first.startswith("DATA HTTP/1.1 200"), client.stdout + client.stderr
+        assert second == "RESET", client.stdout + client.stderr
+        deadline = time.monotonic() + 5
+        while not gw.events() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (event,) = gw.events()
+        assert event["alert"]["signature_id"] == 9000100 and event["src_port"] == 41234
