@@ -34,7 +34,9 @@ Pipeline and policy:
   URI is the decoded record's `http.uri` for http rules; for raw rules it is the target of the
   last HTTP request line in the bytes that completed the match (normalised the same way), and
   only looked for when a URI-scoped exception could apply. Unknown URI: URI-scoped exceptions
-  do not apply. Expiry is judged on the packet time `now`.
+  do not apply. Expiry is judged on the packet time `now`. A raw stream match excused by a
+  URI-scoped exception restarts that direction's Hyperscan stream right after the match
+  (`Engine._rearm`), or the rule could never fire again on the connection.
 - Why (gateway/match/explain.py): each event records the field ("raw" for stream content), the
   condition in short and an excerpt around the match end; computed only when a rule fires.
 - HTTP memo: a body-less request (one complete head, at most MAX_MEMO_REQUEST bytes, the
@@ -120,6 +122,10 @@ def _normalized_uri(url: bytes, fields: Mapping[str, int | bytes] | None) -> str
 EXPIRE_INTERVAL: Final = 1.0  # seconds of packet time between idle-flow sweeps
 UNBOUNDED_DEPTH: Final = 1 << 62  # "no depth": an HTTP connection is inspected to its end
 MAX_MEMO_REQUEST: Final = 2048  # bytes: longer requests are never memoised
+# Restarts of a raw stream after URI-excused matches that may fire again within one packet;
+# past it the packet's further firings are not excused (a pipeline of excused requests must
+# not buy unbounded rescanning, nor a way around the rule).
+MAX_REARM_ROUNDS: Final = 16
 # One complete request head without a body (no Content-Length, no Transfer-Encoding).
 _BODY_HEADERS: Final = re.compile(rb"(?i)\r\n(?:content-length|transfer-encoding)\s*:")
 # An HTTP/1.x request line at the start of a client stream (RFC 9112 section 3): method token,
@@ -197,6 +203,17 @@ class EngineConfig:
         )
 
 
+def _merge_decisions(first: Decision, second: Decision) -> Decision:
+    """One packet's two decisions as one: the stronger verdict, every event."""
+    events = first.events + second.events
+    if second.action.blocks:
+        return Decision(second.action, second.final, events)
+    if first.action.blocks:
+        return Decision(first.action, first.final, events)
+    action = Action.ALERT if events else first.action
+    return Decision(action, first.final or second.final, events)
+
+
 class EngineStats:
     """Counters of one engine (one worker). Plain ints; read them any time."""
 
@@ -221,6 +238,7 @@ class EngineStats:
         "internal_errors",
         "not_inspected",
         "packets",
+        "raw_rearms",
         "unsupported_frames",
     )
 
@@ -239,6 +257,7 @@ class EngineStats:
         self.events = 0
         self.events_detect_only = 0  # events of rules in DETECT mode that would have blocked
         self.events_excepted = 0  # firings ignored because an exception covered them
+        self.raw_rearms = 0  # raw streams restarted after a URI-excused match (Engine._rearm)
         self.app_records = 0  # decoded app-layer records evaluated
         self.http_memo_hits = 0  # requests answered from the HTTP memo (no decode, no evaluate)
         self.app_decode_errors = 0  # directions whose decoder rejected the bytes (anomalies)
@@ -290,6 +309,7 @@ class _Inspection:
         "groups",
         "matcher",
         "raw_done",
+        "rearm",
         "reasm",
         "records",
         "states",
@@ -309,6 +329,9 @@ class _Inspection:
         # rule id -> fields of the record that satisfied its conditions (only for rules whose
         # conditions held: at most one entry per rule), for the event's why and URI
         self.records: list[dict[int, Mapping[str, int | bytes]] | None] = [None, None]
+        # raw stream rules whose firing a URI-scoped exception excused in the packet at hand:
+        # (offset in its bytes where the match ended, rule), see Engine._rearm
+        self.rearm: list[tuple[int, Rule]] = []
 
     def close(self, d: int) -> None:
         self.active[d] = False
@@ -514,7 +537,10 @@ class Engine:
             if seen >= self._depth[d]:
                 self._direction_done(flow, insp, d)
         if fired:
-            return self._fire(flow, insp, pkt, d, fired, now, data)
+            decision = self._fire(flow, insp, pkt, d, fired, now, data)
+            if insp.rearm:
+                decision = self._rearm(flow, insp, pkt, d, now, data, decision)
+            return decision
         if flow.final:
             return _ACCEPT_FINAL
         return _ACCEPT if insp.active[d] else _ACCEPT_DONE[d]
@@ -707,6 +733,7 @@ class Engine:
         fired: tuple[Rule, ...],
         now: float,
         data: bytes = b"",
+        exceptions: bool = True,
     ) -> Decision:
         block: Action | None = None
         events: list[Event] = []
@@ -726,13 +753,22 @@ class Engine:
             if mode is Mode.OFF:
                 continue
             fields = records.pop(rule.id, None) if records is not None else None
-            why, url = self._why(insp, d, rule, fields, data)
-            if policy is not None and policy.has_exceptions:
+            why, url, end = self._why(insp, d, rule, fields, data)
+            if exceptions and policy is not None and policy.has_exceptions:
                 uri: str | None = None
                 if url is not None and policy.wants_uri(key.server, rule.id, now):
                     uri = _normalized_uri(url, fields)
-                if policy.exception(key.server, rule.id, key.server_port, uri, now) is not None:
+                scope = policy.exception(key.server, rule.id, key.server_port, uri, now)
+                if scope is not None:
                     self.stats.events_excepted += 1
+                    if (
+                        scope.uri is not None
+                        and fields is None
+                        and end is not None
+                        and insp.states[d] is not None
+                        and rule.conditions is None
+                    ):
+                        insp.rearm.append((end, rule))  # its stream must look again
                     continue  # not remembered in insp.fired: another request may still fire
             insp.fired.add(rule.id)
             action = rule.action
@@ -786,12 +822,13 @@ class Engine:
         rule: Rule,
         fields: Mapping[str, int | bytes] | None,
         data: bytes,
-    ) -> tuple[Why, bytes | None]:
-        """(why the rule fired, the HTTP request target if known); only called on a firing."""
+    ) -> tuple[Why, bytes | None, int | None]:
+        """(why the rule fired, the HTTP request target if known, for raw patterns the offset in
+        `data` where the completing match ended if known); only called on a firing."""
         if fields is not None:
             target = fields.get("http.uri.raw")
             url = target[:MAX_TARGET] if isinstance(target, bytes) else None
-            return explain_fields(rule, fields), url
+            return explain_fields(rule, fields), url, None
         located: tuple[int, int] | None = None
         end: int | None = None
         state = insp.states[d]
@@ -807,7 +844,45 @@ class Engine:
                 end = located[1] if located is not None else None
         why = explain_raw(rule, located[0] if located is not None else None, data, end)
         url = request_target(data, end) if end is not None and end > 0 else None
-        return why, url
+        return why, url, end
+
+    def _rearm(
+        self,
+        flow: Flow,
+        insp: _Inspection,
+        pkt: Packet,
+        d: int,
+        now: float,
+        data: bytes,
+        decision: Decision,
+    ) -> Decision:
+        """A URI-scoped exception excused raw stream rules in `data`. A Hyperscan stream
+        reports each pattern once, so left alone those rules would never fire again on this
+        connection: a keep-alive request to another URI would pass unchecked. Restart the
+        direction's stream right after the excused match (the other rules keep what they had
+        matched) and scan the rest of `data` again; repeat while that excuses more. After
+        MAX_REARM_ROUNDS in one packet the exceptions stop applying to it (fail safe)."""
+        rounds = 0
+        while insp.rearm and flow.blocked is None:
+            state = insp.states[d]
+            if state is None:
+                break
+            start = min(end for end, _ in insp.rearm)
+            forget = [rule for _, rule in insp.rearm]
+            insp.rearm.clear()
+            new, more = insp.matcher.restart_stream(state, data, start, forget)
+            insp.states[d] = new
+            self.stats.raw_rearms += 1
+            more = self._combine(insp, d, more, NO_RULES)
+            if not more:
+                continue
+            rounds += 1
+            fired = self._fire(
+                flow, insp, pkt, d, more, now, data, exceptions=rounds < MAX_REARM_ROUNDS
+            )
+            decision = _merge_decisions(decision, fired)
+        insp.rearm.clear()
+        return decision
 
     def _release(self, flow: Flow) -> None:
         """FlowTable.on_evict: free the flow's Hyperscan streams and reassembly buffers."""

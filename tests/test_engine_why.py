@@ -3,16 +3,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
 
-from gateway.engine import Engine
+from gateway.engine import MAX_REARM_ROUNDS, Engine
 from gateway.events.eve import to_eve
 from gateway.match.explain import MAX_EXCERPT
-from gateway.match.rules import RuleSet, default_rule_dir, load_rules
+from gateway.match.rules import Pattern, RuleSet, default_rule_dir, load_rules
 from gateway.policy.compiled import CompiledPolicy
 from gateway.verdict import Action
 from tests.test_engine import CLIENT, MARKER, SERVER, Conn, app_rules, rule
@@ -86,6 +86,53 @@ def test_uri_exception_on_a_raw_rule_passes_that_uri_only() -> None:
     assert fire(engine, request("/VPATCH-TEST-EXPLOIT-7f3a?a=1"), 40002) is Action.ACCEPT
     assert fire(engine, request("/other?" + MARKER.decode()), 40003) is Action.RESET
     assert engine.stats.events_excepted == 2 and engine.stats.events == 1
+
+
+def test_raw_rule_excused_for_one_uri_still_fires_on_the_next_keep_alive_request() -> None:
+    # A Hyperscan stream reports each pattern once: without the restart after the excused
+    # match, the second request on the connection would pass unchecked.
+    engine = marker_engine(Exc(1, 9000100, SERVER, uri="/VPATCH-TEST-EXPLOIT-7f3a"))
+    c = Conn(engine, sport=40001)
+    c.handshake()
+    first = request("/VPATCH-TEST-EXPLOIT-7f3a")
+    assert c.data(0, first).action is Action.ACCEPT
+    second = request("/other?q=" + MARKER.decode())
+    cut = len(second) // 2  # the marker split over two segments, after the restart
+    assert c.data(len(first), second[:cut]).action is Action.ACCEPT
+    d = c.data(len(first) + cut, second[cut:])
+    assert d.action is Action.RESET and d.events[0].signature_id == 9000100
+    assert engine.stats.events_excepted == 1 and engine.stats.raw_rearms == 1
+
+
+def test_raw_rule_excused_request_pipelined_with_an_exploit_in_one_segment() -> None:
+    engine = marker_engine(Exc(1, 9000100, SERVER, uri="/VPATCH-TEST-EXPLOIT-7f3a"))
+    excused = request("/VPATCH-TEST-EXPLOIT-7f3a")
+    assert fire(engine, excused * 3, 40001) is Action.ACCEPT  # all three excused
+    assert engine.stats.events_excepted == 3
+    d_action = fire(engine, excused * 2 + request("/x?" + MARKER.decode()), 40002)
+    assert d_action is Action.RESET and engine.stats.events == 1
+
+
+def test_a_flood_of_excused_matches_in_one_packet_stops_being_excused() -> None:
+    engine = marker_engine(Exc(1, 9000100, SERVER, uri="/VPATCH-TEST-EXPLOIT-7f3a"))
+    excused = request("/VPATCH-TEST-EXPLOIT-7f3a")
+    assert fire(engine, excused * (MAX_REARM_ROUNDS + 4), 40001) is Action.RESET
+    assert engine.stats.events_excepted == MAX_REARM_ROUNDS
+
+
+def test_restart_keeps_what_other_rules_had_matched() -> None:
+    # rule 2 needs "alpha" then "omega"; "alpha" comes before the excused match of rule 1,
+    # "omega" after it: rule 2 still fires
+    both = replace(
+        rule(2, b"alpha"), patterns=(Pattern("content", b"alpha"), Pattern("content", b"omega"))
+    )
+    engine = Engine(RuleSet((rule(1, MARKER), both)), policy=policy(Exc(1, 1, SERVER, uri="/ok")))
+    c = Conn(engine, sport=40001)
+    c.handshake()
+    first = request("/ok", b"X-A: alpha " + MARKER + b"\r\n")
+    assert c.data(0, first).action is Action.ACCEPT
+    d = c.data(len(first), request("/next", b"X-B: omega\r\n"))
+    assert d.action is Action.RESET and [e.signature_id for e in d.events] == [2]
 
 
 def test_uri_prefix_exception_and_other_rule_or_host_not_covered() -> None:

@@ -28,6 +28,7 @@ What it guarantees:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -85,7 +86,7 @@ def _collect_end(pattern_id: int, start: int, end: int, flags: int, state: Any) 
     # stream mode: also where each pattern's match ended (stream offset), for the event's
     # "why" (gateway/match/explain.py); SINGLEMATCH keeps this one dict store per pattern
     state.hits.append(pattern_id)
-    state.ends[pattern_id] = end
+    state.ends[pattern_id] = state.base + end
 
 
 def _collect_ends(pattern_id: int, start: int, end: int, flags: int, ends: Any) -> None:
@@ -187,9 +188,13 @@ class MatchGroup:
 
 class StreamState:
     """Per flow direction: the open Hyperscan stream and which patterns have matched
-    (`ends`: pattern id -> stream offset where its match ended; `scanned`: bytes scanned)."""
+    (`ends`: pattern id -> stream offset where its match ended; `scanned`: stream offset after
+    the bytes scanned; `base`: the stream offset where this Hyperscan stream began, 0 unless
+    it was restarted by `Matcher.restart_stream`)."""
 
-    __slots__ = ("closed", "ends", "group", "hits", "masks", "matcher", "scanned", "stream")
+    __slots__ = (
+        "base", "closed", "ends", "group", "hits", "masks", "matcher", "scanned", "stream",
+    )  # fmt: skip
 
     def __init__(self, matcher: Matcher, group: MatchGroup) -> None:
         self.matcher = matcher
@@ -198,6 +203,7 @@ class StreamState:
         self.masks: dict[int, int] = {}  # rule index -> bit mask of matched patterns
         self.ends: dict[int, int] = {}  # at most one entry per pattern (SINGLEMATCH)
         self.scanned = 0
+        self.base = 0
         assert group.database is not None
         stream = group.database.stream(match_event_handler=_collect_end, context=self)
         stream.__enter__()
@@ -340,6 +346,27 @@ class Matcher:
         fired = self._complete(hits, state.masks)
         hits.clear()
         return fired
+
+    def restart_stream(
+        self, state: StreamState, data: bytes, start: int, forget: Iterable[Rule]
+    ) -> tuple[StreamState, tuple[Rule, ...]]:
+        """Replace `state`, whose last scan was `data`, by a new stream that begins at
+        `data[start:]` and in which the rules `forget` can match again (a stream reports each
+        pattern once: SINGLEMATCH). Every other rule keeps the patterns it had matched. Scans
+        `data[start:]` and returns (the new state, the rules completed by that scan)."""
+        chunk_start = state.scanned - len(data)
+        begin = chunk_start + start
+        dropped: set[int] = set()
+        for rule in forget:
+            for pid in self._rule_pids.get(rule.id, ()):
+                dropped.add(self._pattern_rule[pid])
+        new = self.open_stream(state.group)
+        new.base = new.scanned = begin
+        new.masks = {ri: m for ri, m in state.masks.items() if ri not in dropped}
+        pattern_rule = self._pattern_rule
+        new.ends = {p: e for p, e in state.ends.items() if pattern_rule[p] not in dropped}
+        self.close_stream(state)
+        return new, self.scan_stream(new, data[start:])
 
     def close_stream(self, state: StreamState) -> None:
         """Free the stream's Hyperscan state; idempotent. Matches at close are ignored."""
