@@ -310,10 +310,14 @@ class FlowTable:
         if flow.closed:  # a new connection reusing the ports of a finished one
             self._remove(flow)
             return self._create(pkt, now, fwd, rev, -1)
-        if direction is Direction.TO_SERVER and pkt.seq != flow.syn_seq:
-            if self._kernel_checked_syn and not pkt.payload:
-                self._remove(flow)
-                return self._create(pkt, now, fwd, rev, -1)
+        if direction is Direction.TO_SERVER and pkt.seq == flow.syn_seq:
+            return flow, direction  # the same SYN again (retransmitted)
+        if self._kernel_checked_syn and not pkt.payload:
+            # conntrack found a new connection (from either side: a flow picked up mid-stream
+            # may have its sides the wrong way round); the SYN orients the new flow
+            self._remove(flow)
+            return self._create(pkt, now, fwd, rev, -1)
+        if direction is Direction.TO_SERVER:
             flow.reuse_syn = pkt.seq  # replaced once the server's SYN+ACK confirms it
         return flow, direction
 

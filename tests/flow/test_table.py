@@ -269,3 +269,21 @@ def test_port_reuse_anchors_the_client_stream_at_the_new_isn() -> None:
     assert stream.isn == 7000 and stream.next_seq == 7001
     assert stream.receive(7006, b"world") == b""  # out of order: held, not taken as the start
     assert stream.receive(7001, b"hello") == b"helloworld"
+
+
+def test_kernel_checked_syn_replaces_at_once_and_orients_the_new_flow() -> None:
+    gone: list[Flow] = []
+    ft = FlowTable(100, 600.0, 60.0, on_evict=gone.append, salt=1, kernel_checked_syn=True)
+    # picked up mid-stream with the sides the wrong way round (no handshake seen, no service
+    # port known: the lower port is taken for the server)
+    old, _ = ft.lookup(tcp_seq(S, 8080, C, 1000, TCP_ACK | TCP_PSH, 5, 1), 0.0)
+    assert old.key.client == S
+    again, _ = ft.lookup(tcp_seq(S, 8080, C, 1000, TCP_ACK | TCP_PSH, 6, 1), 0.1)
+    assert again is old
+    new, d = ft.lookup(tcp_seq(C, 1000, S, 8080, TCP_SYN, 7000), 1.0)
+    assert new is not old and gone == [old] and d is Direction.TO_SERVER
+    assert new.key.client == C and new.syn_seq == 7000
+    assert ft.lookup(tcp_seq(C, 1000, S, 8080, TCP_SYN, 7000), 1.5)[0] is new  # retransmitted
+    # a SYN carrying data is never taken on the kernel's word (the payload rule queues it too)
+    with_data = Packet(4, C, S, PROTO_TCP, 1000, 8080, TCP_SYN, 9000, 0, b"x")
+    assert ft.lookup(with_data, 2.0)[0] is new and new.reuse_syn == 9000
