@@ -147,7 +147,10 @@ def recommendations_from(report: dict[str, Any]) -> list[Recommendation]:
     for r in report.get("recommendations", []):
         out.append(
             Recommendation(
-                int(r["rule_id"]), str(r["title"]), RecAction(r["action"]), str(r["reason"]),
+                int(r["rule_id"]),
+                str(r["title"]),
+                RecAction(r["action"]),
+                str(r["reason"]),
                 tuple(Evidence(str(e["probe"]), str(e["saw"])) for e in r.get("evidence", [])),
             )
         )
@@ -233,7 +236,9 @@ class ScanJobs:
                         "DELETE FROM scan_runs WHERE id <= ? AND status IN ('done', 'failed')",
                         (run_id - MAX_RUNS_KEPT,),
                     )
-                    store.audit(actor, "scan.queue", host, None, {"run": run_id, "trigger": trigger})
+                    store.audit(
+                        actor, "scan.queue", host, None, {"run": run_id, "trigger": trigger}
+                    )
             except sqlite3.IntegrityError:
                 row = store.db.execute(
                     "SELECT id, status FROM scan_runs WHERE host = ? AND status IN "
@@ -241,9 +246,7 @@ class ScanJobs:
                     (host,),
                 ).fetchone()
                 what = f"run {row['id']} is {row['status']}" if row else "a run is active"
-                raise ScanBusy(
-                    f"host {host}: scan {what} (one scan per host at a time)"
-                ) from None
+                raise ScanBusy(f"host {host}: scan {what} (one scan per host at a time)") from None
             row = store.db.execute("SELECT * FROM scan_runs WHERE id = ?", (run_id,)).fetchone()
             return _run(row)
 
@@ -364,7 +367,11 @@ class ScanJobs:
             changes += 1
             history.append(
                 HistoryEntry(
-                    now, host, rec.action.value, str(rec.rule_id), f"{why}: {rec.reason}",
+                    now,
+                    host,
+                    rec.action.value,
+                    str(rec.rule_id),
+                    f"{why}: {rec.reason}",
                     tuple((e.probe, e.saw) for e in rec.evidence),
                 )
             )

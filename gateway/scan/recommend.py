@@ -138,7 +138,8 @@ def _parse_affected(raw: Any, where: str) -> tuple[AffectedEntry, ...]:
             version_matches("0", v, f"{loc}.versions")  # syntax check
         out.append(
             AffectedEntry(
-                product_id(entry["product"]), versions,
+                product_id(entry["product"]),
+                versions,
                 _strings(entry.get("features"), f"{loc}.features"),
             )
         )

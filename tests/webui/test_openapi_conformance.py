@@ -46,6 +46,7 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
     write_events(tmp / "events.db", [(make_event(flow_id=i), {}) for i in range(5)])
     server = create_server(app, host="127.0.0.1", port=0, threads=4)
     port = server.effective_port  # type: ignore[union-attr]
+
     def serve() -> None:
         try:
             server.run()
