@@ -410,4 +410,3 @@ def api_global_schedule() -> Any:
           "host's learned set; reload", write=True)  # fmt: skip
 def api_allow_event(event_id: int) -> Any:
     return _api(lambda: (jsonify(allow_event(event_id, g.user.username)), 201))
-

@@ -441,6 +441,7 @@ class TlsAdapter:
                             "tls.handshake.type": event.msg_type,
                             "tls.handshake.length": event.length,
                             "tls.handshake.version": event.version,
+                            "tls.handshake.effective_version": event.effective_version,
                             "tls.handshake.cipher_count": len(event.cipher_suites),
                         },
                     )
@@ -677,6 +678,7 @@ register(
             "tls.handshake.type": _I,
             "tls.handshake.length": _I,
             "tls.handshake.version": _I,
+            "tls.handshake.effective_version": _I,
             "tls.handshake.cipher_count": _I,
         },
         new_decoder=_new_tls,

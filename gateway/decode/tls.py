@@ -8,7 +8,13 @@ whose claimed payload does not fit in its record). Guarantees:
 - records longer than 2**14 + 2048 bytes (RFC 5246 section 6.2.3) are an error, so the buffer is
   bounded; handshake messages are reassembled across records up to MAX_HANDSHAKE_BYTES;
 - after ChangeCipherSpec the direction is marked encrypted: later heartbeats report
-  `encrypted=True` and their inner lengths are not read.
+  `encrypted=True` and their inner lengths are not read;
+- a hello's `effective_version` is what a version floor must compare: for a ClientHello the
+  highest version offered (the supported_versions extension, RFC 8446 section 4.2.1, GREASE
+  values of RFC 8701 skipped; else legacy client_version), for a ServerHello the version chosen
+  (its supported_versions, else legacy server_version). A TLS 1.3 hello says 0x0303 in its
+  legacy field, so only this tells 1.3 from 1.2. Malformed extensions are not an error (the
+  legacy version stands): the hello itself was well formed up to its cipher suites.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ _CONTENT_TYPES = frozenset({20, 21, 22, 23, 24})
 
 HANDSHAKE_CLIENT_HELLO = 1
 HANDSHAKE_SERVER_HELLO = 2
+EXT_HEARTBEAT = 15
+EXT_SUPPORTED_VERSIONS = 43
 HEARTBEAT_REQUEST = 1
 HEARTBEAT_RESPONSE = 2
 
@@ -61,6 +69,8 @@ class Handshake:
     length: int
     version: int = 0  # client/server hello: the legacy_version field
     cipher_suites: tuple[int, ...] = ()  # client hello: offered; server hello: the chosen one
+    effective_version: int = 0  # client hello: highest offered; server hello: chosen
+    extensions: tuple[int, ...] = ()  # extension types, in order (hellos only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +147,47 @@ class TlsDecoder:
                     break
                 msg = bytes(self._handshake[_HANDSHAKE.size : end])
                 del self._handshake[:end]
-                events.append(_parse_handshake(msg_type, msg))
+                events.append(parse_hello(msg_type, msg))
 
 
-def _parse_handshake(msg_type: int, msg: bytes) -> Handshake:
-    """Hello messages (RFC 5246 section 7.4.1.2/7.4.1.3); others keep only type and length."""
+def _is_grease(value: int) -> bool:
+    """RFC 8701 section 2: 0x0A0A, 0x1A1A, ... 0xFAFA, never a real version."""
+    return value & 0x0F0F == 0x0A0A and value >> 8 == value & 0xFF
+
+
+def _extensions(msg: bytes, pos: int) -> list[tuple[int, bytes]]:
+    """The (type, data) pairs of a hello's extensions block at `pos`; stops at the first that
+    does not fit (RFC 5246 section 7.4.1.4: the block is optional, a 2-byte length first)."""
+    out: list[tuple[int, bytes]] = []
+    if pos + 2 > len(msg):
+        return out
+    end = min(len(msg), pos + 2 + int.from_bytes(msg[pos : pos + 2], "big"))
+    pos += 2
+    while pos + 4 <= end:
+        kind, length = struct.unpack_from("!HH", msg, pos)
+        if pos + 4 + length > end:
+            break
+        out.append((kind, msg[pos + 4 : pos + 4 + length]))
+        pos += 4 + length
+    return out
+
+
+def _offered_max(data: bytes) -> int:
+    """ClientHello supported_versions: a 1-byte length, then 2-byte versions; 0 if none."""
+    versions = (
+        [
+            int.from_bytes(data[i : i + 2], "big")
+            for i in range(1, min(len(data), 1 + data[0]) - 1, 2)
+        ]
+        if data
+        else []
+    )
+    return max((v for v in versions if not _is_grease(v)), default=0)
+
+
+def parse_hello(msg_type: int, msg: bytes) -> Handshake:
+    """A handshake message body (after its 4-byte header): hellos are parsed (RFC 5246 section
+    7.4.1.2/7.4.1.3, RFC 8446 section 4.1.2/4.1.3); others keep only type and length."""
     if msg_type not in (HANDSHAKE_CLIENT_HELLO, HANDSHAKE_SERVER_HELLO) or len(msg) < 35:
         return Handshake(msg_type, len(msg))
     version = int.from_bytes(msg[0:2], "big")
@@ -151,12 +197,20 @@ def _parse_handshake(msg_type: int, msg: bytes) -> Handshake:
     if msg_type == HANDSHAKE_SERVER_HELLO:
         if pos + 2 > len(msg):
             raise TlsDecodeError("server hello truncated before the cipher suite")
-        return Handshake(msg_type, len(msg), version, (int.from_bytes(msg[pos : pos + 2], "big"),))
-    if pos + 2 > len(msg):
-        raise TlsDecodeError("client hello truncated before the cipher suites")
-    cs_len = int.from_bytes(msg[pos : pos + 2], "big")
-    pos += 2
-    if cs_len % 2 or pos + cs_len > len(msg):
-        raise TlsDecodeError(f"client hello cipher suites length {cs_len} is invalid")
-    suites = tuple(int.from_bytes(msg[i : i + 2], "big") for i in range(pos, pos + cs_len, 2))
-    return Handshake(msg_type, len(msg), version, suites)
+        suites: tuple[int, ...] = (int.from_bytes(msg[pos : pos + 2], "big"),)
+        exts = _extensions(msg, pos + 3)  # cipher suite, compression method
+        chosen = [d for k, d in exts if k == EXT_SUPPORTED_VERSIONS and len(d) == 2]
+        effective = int.from_bytes(chosen[0], "big") if chosen else version
+    else:
+        if pos + 2 > len(msg):
+            raise TlsDecodeError("client hello truncated before the cipher suites")
+        cs_len = int.from_bytes(msg[pos : pos + 2], "big")
+        pos += 2
+        if cs_len % 2 or pos + cs_len > len(msg):
+            raise TlsDecodeError(f"client hello cipher suites length {cs_len} is invalid")
+        suites = tuple(int.from_bytes(msg[i : i + 2], "big") for i in range(pos, pos + cs_len, 2))
+        pos += cs_len
+        exts = _extensions(msg, pos + 1 + msg[pos]) if pos < len(msg) else []
+        offered = [_offered_max(d) for k, d in exts if k == EXT_SUPPORTED_VERSIONS]
+        effective = offered[0] if offered and offered[0] else version
+    return Handshake(msg_type, len(msg), version, suites, effective, tuple(k for k, _ in exts))

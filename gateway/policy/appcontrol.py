@@ -3,12 +3,14 @@
 What it does: an app-control rule is one of these texts (stored per host in the policy store's
 `app_controls` table, written by `vpatch hosts app-control`):
   refuse-smb1                          SMB1 NEGOTIATE offering no SMB2 dialect -> reset
-  min-tls 1.0|1.1|1.2                  ClientHello whose client_version is below -> reset
+  min-tls 1.0|1.1|1.2|1.3              ClientHello offering nothing at or above the floor, or a
+                                       ServerHello choosing a version below it -> reset
   refuse-cleartext ftp[,telnet]        FTP commands other than AUTH / Telnet negotiation -> reset
   refuse-http-port-other-than P[,P..]  an HTTP request on any other watched port -> reset
 Each maps to built-in virtual rules (APP_CONTROL_RULES, ids 9200000-9200099, `default_mode
 off`) that the engine evaluates like any rule on the fields of the app decoders
-(gateway/decode/app.py: smb.negotiate.dialects, tls.handshake.version, ftp.command, raw);
+(gateway/decode/app.py: smb.negotiate.dialects, tls.handshake.effective_version, ftp.command,
+raw);
 `CompiledPolicy.mode(server, rule, server_port)` turns them on (PREVENT) only for the hosts
 whose policy names them, so the events name the cause ("app-control: SMB1 negotiation
 refused") and a reload changes the policy without restarting workers.
@@ -16,7 +18,10 @@ refused") and a reload changes the policy without restarting workers.
 Guarantees: `parse_control` accepts exactly the forms above and raises ConfigError naming the
 text and where it came from; `rule_paths(config)` is the configured rule paths plus
 APP_CONTROL_RULES, so the kernel queue plan covers the watched ports (listed in the YAML).
-TLS 1.3 floors are refused: a 1.3 ClientHello says 0x0303 and only supported_versions tells.
+A TLS floor is checked on both hellos: the client's highest offered version (a client that
+cannot reach the floor is reset at once) and the server's choice (a modern client downgraded by
+an old server, the usual case in front of legacy hosts, is reset at the ServerHello, before any
+application data). Both read supported_versions, so a 1.3 floor is enforceable.
 """
 
 from __future__ import annotations
@@ -34,7 +39,13 @@ if TYPE_CHECKING:
 
 APP_CONTROL_RULES: Final = Path(__file__).with_name("appcontrol.yaml")
 SID_SMB1: Final = 9200001
-SID_TLS_MIN: Final = {"1.0": 9200010, "1.1": 9200011, "1.2": 9200012}
+# min-tls floor -> (ClientHello rule, ServerHello rule)
+SID_TLS_MIN: Final = {
+    "1.0": (9200010, 9200015),
+    "1.1": (9200011, 9200016),
+    "1.2": (9200012, 9200017),
+    "1.3": (9200013, 9200018),
+}
 SID_FTP: Final = 9200021
 SID_TELNET: Final = 9200022
 SID_HTTP_PORT: Final = 9200031
@@ -60,7 +71,7 @@ def parse_control(text: str, source: str) -> AppControl:
     if kind == "refuse-smb1" and not arg:
         return AppControl("refuse-smb1", frozenset({SID_SMB1}))
     if kind == "min-tls" and arg in SID_TLS_MIN:
-        return AppControl(f"min-tls {arg}", frozenset({SID_TLS_MIN[arg]}))
+        return AppControl(f"min-tls {arg}", frozenset(SID_TLS_MIN[arg]))
     items = [x.strip().lower() for x in arg.split(",") if x.strip()]
     if kind == "refuse-cleartext" and items and all(x in CLEARTEXT for x in items):
         names = sorted(set(items))

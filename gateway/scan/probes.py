@@ -31,6 +31,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.decode.tls import EXT_HEARTBEAT, HANDSHAKE_SERVER_HELLO, TlsDecodeError, parse_hello
+
 DEFAULT_TIMEOUT_S = 3.0  # per socket operation
 MAX_READ_BYTES = 65536  # bytes read from one answer
 MAX_EVIDENCE_TEXT = 200  # characters of a peer's text quoted in evidence
@@ -558,26 +560,15 @@ def parse_server_hello(data: bytes) -> TlsAnswer:
         return TlsAnswer(False, text=f"alert level {data[5]} description {data[6]}")
     if ctype != 22 or len(data) < 5 + 4 + 38 or data[5] != 2:
         return TlsAnswer(False, text=f"not a ServerHello: {_printable(data[:16])!r}")
-    p = 9
-    version = struct.unpack_from("!H", data, p)[0]
-    p += 2 + 32
-    sid_len = data[p]
-    p += 1 + sid_len
-    if p + 3 > len(data):
+    body = data[9 : 9 + int.from_bytes(data[6:9], "big")]
+    try:
+        hello = parse_hello(HANDSHAKE_SERVER_HELLO, body)
+    except TlsDecodeError:
+        hello = None
+    if hello is None or not hello.cipher_suites:
         return TlsAnswer(False, text="truncated ServerHello")
-    cipher = struct.unpack_from("!H", data, p)[0]
-    p += 3
-    heartbeat = False
-    if p + 2 <= len(data):
-        end = min(len(data), p + 2 + struct.unpack_from("!H", data, p)[0])
-        p += 2
-        while p + 4 <= end:
-            kind, elen = struct.unpack_from("!HH", data, p)
-            if kind == 15:
-                heartbeat = True
-            if kind == 43 and elen == 2:
-                version = struct.unpack_from("!H", data, p + 4)[0]
-            p += 4 + elen
+    version, cipher = hello.effective_version, hello.cipher_suites[0]
+    heartbeat = EXT_HEARTBEAT in hello.extensions
     name = TLS_VERSIONS.get(version, hex(version))
     return TlsAnswer(
         True,

@@ -38,7 +38,7 @@ CASES = [
         record(22, CLIENT_HELLO),
         [
             Record(22, 0x0302, len(CLIENT_HELLO)),
-            Handshake(1, len(CLIENT_HELLO) - 4, 0x0302, (0xC02F, 0x0035)),
+            Handshake(1, len(CLIENT_HELLO) - 4, 0x0302, (0xC02F, 0x0035), 0x0302),
         ],
     ),
     (
@@ -47,7 +47,7 @@ CASES = [
         [
             Record(22, 0x0302, 10),
             Record(22, 0x0302, len(CLIENT_HELLO) - 10),
-            Handshake(1, len(CLIENT_HELLO) - 4, 0x0302, (0xC02F, 0x0035)),
+            Handshake(1, len(CLIENT_HELLO) - 4, 0x0302, (0xC02F, 0x0035), 0x0302),
         ],
     ),
     ("heartbleed request", HEARTBLEED, [Record(24, 0x0302, 3), Heartbeat(1, 0x4000, 3, False)]),
@@ -136,3 +136,67 @@ def test_fuzz_only_decode_errors(data: bytes, step: int) -> None:
     except TlsDecodeError:
         pass
     assert len(dec._buf) <= 5 + 2**14 + 2048
+
+
+def hello(msg_type: int, body: bytes) -> bytes:
+    return record(22, bytes([msg_type]) + len(body).to_bytes(3, "big") + body, 0x0301)
+
+
+def ext(kind: int, data: bytes) -> bytes:
+    return struct.pack("!HH", kind, len(data)) + data
+
+
+def server_hello(version: int, extensions: bytes | None) -> bytes:
+    body = struct.pack("!H", version) + b"\x11" * 32 + b"\x00" + b"\x13\x01" + b"\x00"
+    return hello(
+        2, body if extensions is None else body + struct.pack("!H", len(extensions)) + extensions
+    )
+
+
+def client_hello(extensions: bytes) -> bytes:
+    body = b"\x03\x03" + b"\x22" * 32 + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+    return hello(1, body + struct.pack("!H", len(extensions)) + extensions)
+
+
+def only_hello(stream: bytes) -> Handshake:
+    (found,) = [e for e in TlsDecoder().receive_data(stream) if isinstance(e, Handshake)]
+    return found
+
+
+@pytest.mark.parametrize(
+    ("stream", "legacy", "effective"),
+    [
+        # RFC 8446 4.2.1: a 1.3 client says 0x0303 and lists 0x0304 first; GREASE (RFC 8701) skipped
+        (client_hello(ext(43, b"\x06\x7a\x7a\x03\x04\x03\x03")), 0x0303, 0x0304),
+        (client_hello(ext(0, b"") + ext(43, b"\x04\x03\x03\x03\x02")), 0x0303, 0x0303),
+        (client_hello(ext(10, b"\x00\x02\x00\x1d")), 0x0303, 0x0303),  # no supported_versions
+        (client_hello(ext(43, b"\x02\xfa\xfa")), 0x0303, 0x0303),  # only GREASE: legacy stands
+        (client_hello(ext(43, b"\x04\x03")), 0x0303, 0x0303),  # extension runs past the block
+        (server_hello(0x0303, ext(43, b"\x03\x04")), 0x0303, 0x0304),
+        (server_hello(0x0301, ext(15, b"\x01")), 0x0301, 0x0301),
+        (server_hello(0x0301, None), 0x0301, 0x0301),  # no extensions block (RFC 5246 7.4.1.3)
+    ],
+)
+def test_effective_version(stream: bytes, legacy: int, effective: int) -> None:
+    found = only_hello(stream)
+    assert (found.version, found.effective_version) == (legacy, effective)
+
+
+def test_effective_version_of_real_hellos(corpora: Path) -> None:
+    """The benign TLS captures: 1.3 hellos are told from 1.2 ones only by supported_versions, and
+    no hello's effective version is below its legacy field."""
+    seen: dict[tuple[int, int], int] = {}
+    for path in sorted((corpora / "benign" / "tls").glob("*.pcap")):
+        for data in client_streams(path).values():
+            try:
+                events = TlsDecoder().receive_data(data)
+            except TlsDecodeError:
+                continue
+            for e in events:
+                if isinstance(e, Handshake) and e.msg_type in (1, 2):
+                    seen[(e.msg_type, e.effective_version)] = (
+                        seen.get((e.msg_type, e.effective_version), 0) + 1
+                    )
+                    assert e.effective_version >= e.version, (path.name, e)
+    assert seen.get((1, 0x0304), 0) > 0 and seen.get((2, 0x0304), 0) > 0, seen
+    assert seen.get((2, 0x0303), 0) > 0, seen

@@ -30,13 +30,15 @@ from .test_modes_lab import connects, dns_ok, http_ok, listeners, smb_ok
 pytestmark = pytest.mark.netns
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 60.0
-TLS_PORT = 8443
+TLS_PORT = 8443  # a modern server: TLS 1.0 to 1.3
+OLD_TLS_PORT = 993  # an old server: TLS 1.0 at most (both are watched app-control TLS ports)
 __all__ = ["listeners"]  # the fixture, imported for the tests below
 
 TLS_SERVER = """
 import socket, ssl, sys
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.minimum_version = ssl.TLSVersion.TLSv1
+ctx.maximum_version = getattr(ssl.TLSVersion, sys.argv[5])
 ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
 ctx.load_cert_chain(sys.argv[3], sys.argv[4])
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -52,8 +54,8 @@ TLS_CLIENT = """
 import socket, ssl, sys
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
-v = getattr(ssl.TLSVersion, sys.argv[3])
-ctx.minimum_version = v; ctx.maximum_version = v
+ctx.minimum_version = getattr(ssl.TLSVersion, sys.argv[3])
+ctx.maximum_version = getattr(ssl.TLSVersion, sys.argv[4])
 ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
 try:
     with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3) as raw:
@@ -216,25 +218,40 @@ def tls_server(lab: LabSpec, tmp_path: Path) -> Iterator[None]:
          "/CN=server.lab.test", "-keyout", str(key), "-out", str(cert)],
         capture_output=True, check=True, timeout=60,
     )  # fmt: skip
-    proc = netns_popen(
-        lab.server_ns,
-        [sys.executable, "-c", TLS_SERVER, lab.server_addr, str(TLS_PORT), str(cert), str(key)],
-    )
+    procs = [
+        netns_popen(
+            lab.server_ns,
+            [
+                sys.executable,
+                "-c",
+                TLS_SERVER,
+                lab.server_addr,
+                str(port),
+                str(cert),
+                str(key),
+                top,
+            ],
+        )
+        for port, top in ((TLS_PORT, "TLSv1_3"), (OLD_TLS_PORT, "TLSv1"))
+    ]
     try:
         deadline = time.monotonic() + 10
-        while TLS_PORT not in listening(lab.server_ns)[0]:
-            assert time.monotonic() < deadline, "TLS server did not start"
+        while not {TLS_PORT, OLD_TLS_PORT} <= set(listening(lab.server_ns)[0]):
+            assert time.monotonic() < deadline, "TLS servers did not start"
             time.sleep(0.05)
         yield
     finally:
-        stop_pids([proc.pid])
-        proc.wait(5)
+        stop_pids([p.pid for p in procs])
+        for p in procs:
+            p.wait(5)
 
 
-def tls(lab: LabSpec, version: str) -> str:
+def tls(lab: LabSpec, lowest: str, highest: str | None = None, port: int = TLS_PORT) -> str:
+    """A TLS client offering `lowest`..`highest` (default: only `lowest`): the server's greeting
+    with the negotiated version, or `failed ...`."""
     return netns_exec(
         lab.client_ns,
-        [sys.executable, "-c", TLS_CLIENT, lab.server_addr, str(TLS_PORT), version],
+        [sys.executable, "-c", TLS_CLIENT, lab.server_addr, str(port), lowest, highest or lowest],
         check=False,
         timeout=30,
     ).stdout.strip()
@@ -244,8 +261,22 @@ def test_app_control_tls_floor(
     lab: LabSpec, gateway: Gateway, tls_server: None, normal_after: None
 ) -> None:
     assert tls(lab, "TLSv1") == "hello TLSv1", "TLS 1.0 must work before the policy"
+    downgraded = tls(lab, "TLSv1", "TLSv1_3", OLD_TLS_PORT)
+    assert downgraded == "hello TLSv1", "the old server must negotiate 1.0 before the policy"
     hosts(gateway, "app-control", lab.server_addr, "--add", "min-tls 1.2")
     out = tls(lab, "TLSv1")
     assert out.startswith("failed"), out
     assert events(gateway, "app-control: TLS below 1.2 refused")
     assert tls(lab, "TLSv1_2") == "hello TLSv1.2"
+    # a client offering 1.0..1.3 to a server that only speaks 1.0: refused at the ServerHello
+    out = tls(lab, "TLSv1", "TLSv1_3", OLD_TLS_PORT)
+    assert out.startswith("failed"), out
+    assert events(gateway, "app-control: TLS below 1.2 chosen by the server refused")
+    assert tls(lab, "TLSv1", "TLSv1_3") == "hello TLSv1.3"
+    # a 1.3 floor: only supported_versions tells a 1.3 hello from a 1.2 one
+    hosts(gateway, "app-control", lab.server_addr, "--clear")
+    hosts(gateway, "app-control", lab.server_addr, "--add", "min-tls 1.3")
+    out = tls(lab, "TLSv1_2")
+    assert out.startswith("failed"), out
+    assert events(gateway, "app-control: TLS below 1.3 refused")
+    assert tls(lab, "TLSv1_3") == "hello TLSv1.3"

@@ -28,7 +28,8 @@ HOST = "198.18.0.20"
 
 def test_parse_forms_normalised() -> None:
     assert parse_control(" refuse-smb1 ", "t").rule_ids == {SID_SMB1}
-    assert parse_control("min-tls 1.2", "t").rule_ids == {SID_TLS_MIN["1.2"]}
+    assert parse_control("min-tls 1.2", "t").rule_ids == set(SID_TLS_MIN["1.2"])
+    assert parse_control("min-tls 1.3", "t").text == "min-tls 1.3"
     c = parse_control("refuse-cleartext telnet, FTP", "t")
     assert c.text == "refuse-cleartext ftp,telnet" and c.rule_ids == {SID_FTP, SID_TELNET}
     h = parse_control("refuse-http-port-other-than 8080,80", "t")
@@ -37,7 +38,14 @@ def test_parse_forms_normalised() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "refuse-smb2", "min-tls 1.3", "refuse-cleartext ssh", "refuse-http-port-other-than x"],
+    [
+        "",
+        "refuse-smb2",
+        "min-tls 1.4",
+        "min-tls 0.9",
+        "refuse-cleartext ssh",
+        "refuse-http-port-other-than x",
+    ],
 )
 def test_parse_refuses_with_text_and_source(text: str) -> None:
     with pytest.raises(ConfigError, match="--add"):
@@ -58,7 +66,7 @@ def test_modes_per_host_and_port() -> None:
     )
     assert policy.mode(HOST, by_id[SID_SMB1], 445) is Mode.PREVENT
     assert policy.mode("198.18.0.21", by_id[SID_SMB1], 445) is Mode.OFF
-    assert policy.mode(HOST, by_id[SID_TLS_MIN["1.2"]], 443) is Mode.OFF
+    assert all(policy.mode(HOST, by_id[i], 443) is Mode.OFF for i in SID_TLS_MIN["1.2"])
     assert policy.mode(HOST, by_id[SID_HTTP_PORT], 80) is Mode.OFF
     assert policy.mode(HOST, by_id[SID_HTTP_PORT], 8080) is Mode.PREVENT
     assert CompiledPolicy().mode(HOST, by_id[SID_SMB1], 445) is Mode.OFF
