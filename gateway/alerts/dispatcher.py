@@ -10,8 +10,13 @@ thread. Guarantees:
   as one summary message as soon as a token is free again (at the next poll).
 - Bounds: at most MAX_EVENTS_PER_POLL events read per poll; channels are re-read from the
   policy store every CHANNEL_REFRESH seconds (a changed rate resets that channel's bucket).
-- A failed send is counted (`failures`) and logged with the channel's name; the next message
-  is tried again normally (no retry queue: alerts are also in the event store).
+- A failed send is counted (`failures`), logged with the channel's name, and the message
+  waits in that channel's outbox (memory, at most OUTBOX_LIMIT messages: the oldest goes first
+  when it is full). While a channel has an outbox, new messages join it in order instead of
+  being tried one by one against a dead receiver; the outbox is retried after RETRY_DELAYS
+  (5 s, 30 s, 2 min, then every 5 min). A message still undelivered RETRY_FOR seconds after its
+  first failure, or pushed out of a full outbox, is given up: counted (`dropped`) and logged.
+  The outbox is lost when `vpatch run` stops; the alerts themselves stay in the event store.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.alerts.channels import (
@@ -41,8 +48,21 @@ log = logging.getLogger("vpatch.alerts")
 MAX_EVENTS_PER_POLL = 1000
 POLL_INTERVAL = 0.5  # seconds between polls of the event store
 CHANNEL_REFRESH = 2.0  # seconds between re-reads of the channel table
+OUTBOX_LIMIT = 200  # undelivered messages kept per channel
+RETRY_DELAYS = (5.0, 30.0, 120.0, 300.0)  # seconds before the 1st, 2nd, 3rd, later retries
+RETRY_FOR = 3600.0  # seconds after its first failure that a message is given up
+MAX_RETRY_SENDS = 100  # messages of one outbox sent per poll once the receiver answers again
 
 Sender = Callable[[Channel, AlertMessage], None]
+
+
+@dataclass
+class Outbox:
+    """A channel's undelivered messages, oldest first, each with the time it first failed."""
+
+    messages: deque[tuple[float, AlertMessage]] = field(default_factory=deque)
+    failed_tries: int = 0  # consecutive failed retries
+    next_try: float = 0.0
 
 
 class Dispatcher:
@@ -57,6 +77,8 @@ class Dispatcher:
         self.sent = 0
         self.suppressed = 0
         self.failures = 0
+        self.dropped = 0
+        self.outboxes: dict[int, Outbox] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -98,6 +120,9 @@ class Dispatcher:
             return
         with Store(self.policy_db) as store:
             self.channels = [c for c in list_channels(store) if c.enabled]
+        live = {c.id for c in self.channels}
+        for cid in [cid for cid in self.outboxes if cid not in live]:
+            self.dropped += len(self.outboxes.pop(cid).messages)  # channel removed or disabled
 
     def _bucket(self, ch: Channel) -> TokenBucket:
         key = (ch.rate_per_min, ch.burst)
@@ -107,13 +132,57 @@ class Dispatcher:
             self.buckets[ch.id] = held
         return held[1]
 
-    def _deliver(self, ch: Channel, msg: AlertMessage) -> None:
+    def _send(self, ch: Channel, msg: AlertMessage) -> bool:
         try:
             self.sender(ch, msg)
-            self.sent += 1
         except AlertSendError as err:
             self.failures += 1
             log.warning("alert not delivered: %s", err)
+            return False
+        self.sent += 1
+        return True
+
+    def _deliver(self, ch: Channel, msg: AlertMessage, now: float) -> None:
+        box = self.outboxes.get(ch.id)
+        if box is not None:  # the receiver is failing: keep the order, do not hammer it
+            self._hold(ch, box, now, msg)
+        elif not self._send(ch, msg):
+            box = self.outboxes[ch.id] = Outbox(next_try=now + RETRY_DELAYS[0])
+            self._hold(ch, box, now, msg)
+
+    def _hold(self, ch: Channel, box: Outbox, now: float, msg: AlertMessage) -> None:
+        box.messages.append((now, msg))
+        if len(box.messages) > OUTBOX_LIMIT:
+            box.messages.popleft()
+            self.dropped += 1
+            log.warning("alert channel %r: outbox full, oldest undelivered alert given up", ch.name)
+
+    def _expire(self, ch: Channel, box: Outbox, now: float) -> None:
+        expired = 0
+        while box.messages and now - box.messages[0][0] > RETRY_FOR:
+            box.messages.popleft()
+            expired += 1
+        if expired:
+            self.dropped += expired
+            log.warning(
+                "alert channel %r: %d alert(s) undelivered for %.0f s, given up",
+                ch.name, expired, RETRY_FOR,
+            )  # fmt: skip
+
+    def _retry(self, ch: Channel, box: Outbox, now: float) -> None:
+        """Send from the head of the outbox while that works."""
+        sent = 0
+        while box.messages and sent < MAX_RETRY_SENDS:
+            if not self._send(ch, box.messages[0][1]):
+                box.failed_tries += 1
+                box.next_try = now + RETRY_DELAYS[min(box.failed_tries, len(RETRY_DELAYS) - 1)]
+                return
+            box.messages.popleft()
+            sent += 1
+        if box.messages:
+            box.next_try = now  # the rest at the next poll
+        else:
+            del self.outboxes[ch.id]
 
     def poll(self, now: float | None = None) -> int:
         """One round: read new events, send or count them; returns the events read."""
@@ -121,9 +190,16 @@ class Dispatcher:
         self._refresh_channels(now)
         events = self._events()
         for ch in self.channels:
+            box = self.outboxes.get(ch.id)
+            if box is not None:
+                self._expire(ch, box, now)
+                if now >= box.next_try:
+                    self._retry(ch, box, now)
+                elif not box.messages:
+                    del self.outboxes[ch.id]
             bucket = self._bucket(ch)
             if bucket.suppressed and bucket.take(now):
-                self._deliver(ch, summary_message(*bucket.take_summary()))
+                self._deliver(ch, summary_message(*bucket.take_summary()), now)
         for _id, event_type, eve_text in events:
             if event_type != "alert":
                 continue
@@ -137,7 +213,7 @@ class Dispatcher:
                     continue
                 bucket = self._bucket(ch)
                 if bucket.take(now):
-                    self._deliver(ch, msg)
+                    self._deliver(ch, msg, now)
                 else:
                     self.suppressed += 1
                     sig = f"{(eve.get('alert') or {}).get('signature_id', '?')}"
@@ -145,9 +221,11 @@ class Dispatcher:
         return len(events)
 
     def stats(self) -> dict[str, int]:
-        """Counters for `vpatch run status`: messages sent, alerts held back, failed sends."""
+        """Counters for `vpatch run status`: messages sent, alerts held back by the rate limit,
+        failed sends, messages waiting for a retry, messages given up."""
         return {"sent": self.sent, "suppressed": self.suppressed, "failures": self.failures,
-                "channels": len(self.channels)}  # fmt: skip
+                "queued": sum(len(b.messages) for b in self.outboxes.values()),
+                "dropped": self.dropped, "channels": len(self.channels)}  # fmt: skip
 
     # -- thread -------------------------------------------------------------------------------
 

@@ -85,8 +85,48 @@ def test_dead_receiver_counted(tmp_path: Path) -> None:
     d = Dispatcher(events, policy)
     d.poll(0.0)
     add_events(events, 2)
+    d.poll(1.0)  # the first fails; the second joins the outbox without being tried
+    assert (d.failures, d.sent, d.stats()["queued"]) == (1, 0, 2)
+
+
+def test_failed_alerts_retried_in_order(tmp_path: Path, webhook: Any) -> None:
+    events, policy = setup(tmp_path, webhook.url)
+    d = Dispatcher(events, policy)
+    d.poll(0.0)
+    webhook.status = 503  # the receiver is up but failing
+    add_events(events, 2)
     d.poll(1.0)
-    assert d.failures == 2 and d.sent == 0
+    assert (d.failures, d.stats()["queued"]) == (1, 2)
+    d.poll(3.0)  # before the first retry delay: nothing tried
+    assert len(wait_for(webhook.requests, 2, timeout=0.3)) == 1
+    d.poll(6.5)  # first retry, still failing: the next waits longer
+    assert (d.failures, d.stats()["queued"]) == (2, 2)
+    webhook.status = 204
+    add_events(events, 1)
+    d.poll(20.0)  # before the second retry: the new alert waits behind the others
+    assert (d.sent, d.stats()["queued"]) == (0, 3)
+    d.poll(37.0)
+    reqs = wait_for(webhook.requests, 5)
+    assert [json.loads(b)["event"]["flow_id"] for _, b in reqs[2:]] == [1000, 1001, 1000]
+    assert (d.sent, d.dropped, d.stats()["queued"]) == (3, 0, 0)
+    add_events(events, 1)
+    d.poll(38.0)  # the channel works again: no outbox, sent at once
+    assert d.sent == 4 and len(wait_for(webhook.requests, 6)) == 6
+
+
+def test_undeliverable_alerts_given_up(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr("gateway.alerts.dispatcher.OUTBOX_LIMIT", 3)
+    events, policy = setup(tmp_path, f"http://127.0.0.1:{free_port()}/none")
+    d = Dispatcher(events, policy)
+    d.poll(0.0)
+    add_events(events, 5)
+    d.poll(1.0)  # a full outbox gives up its oldest
+    assert (d.stats()["queued"], d.dropped) == (3, 2)
+    d.poll(3600.0)
+    assert (d.stats()["queued"], d.dropped) == (3, 2)
+    d.poll(3602.0)  # an hour after their first failure: given up, counted
+    assert (d.stats()["queued"], d.dropped, d.sent) == (0, 5, 0)
+    assert d.outboxes == {}
 
 
 def test_thread_start_stop(tmp_path: Path, webhook: Any) -> None:
