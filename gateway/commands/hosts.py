@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.commands import raise_interrupt
 from gateway.config import Backend, load_config
 from gateway.control.server import control_request
 from gateway.errors import VpatchError
@@ -311,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     elif cmd == "monitor":
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+        signal.signal(signal.SIGTERM, raise_interrupt)
         sink = EventSink(args.sqlite, args.eve) if (args.sqlite or args.eve) else None
         try:
             run_monitor(store, _settings(args), sink, args.duration)
@@ -326,10 +327,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(notify_gateway(socket_path))
     return 0
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _host_dict(h: Any) -> dict[str, Any]:

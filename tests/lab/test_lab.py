@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -327,3 +328,31 @@ def test_lab_up_starts_the_admin_ui_and_down_stops_it() -> None:
     finally:
         lab_down(spec.name)
     assert not pid_alive(ui_pid)
+
+
+def test_sigterm_during_bench_removes_its_lab(tmp_path: Path) -> None:
+    """`kill PID` of a running `vpatch bench` unwinds like Ctrl-C: the lab, its nginx and the
+    iperf3 server it started are gone, exit status 130 (before, SIGTERM left all of them)."""
+    spec = LabSpec(name=lab_name("s"))
+    argv = [sys.executable, "-m", "gateway.cli", "bench", "--only", "kernel", "--duration", "30",
+            "--lab-name", spec.name, "--json-out", str(tmp_path / "b.json")]  # fmt: skip
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "measuring" in line:
+                break
+        assert any("measuring" in line for line in lines), "".join(lines)
+        time.sleep(1)  # iperf3 and wrk are running now
+        pids = netns_pids(spec.server_ns) + netns_pids(spec.client_ns)
+        assert pids, "expected the bench's servers in the lab"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 130
+        assert_gone(spec, pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        lab_down(spec.name)
