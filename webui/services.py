@@ -174,6 +174,7 @@ def gateway_status() -> dict[str, Any]:
         "kernel_counters": status.get("kernel_counters"),
         "rules_loaded": status.get("rules_loaded", len(get_rules().rules)),
         "policy_version": status.get("policy_version"),
+        "alerts": status.get("alerts"),  # None: no dispatcher (no SQLite event store)
     }
 
 

@@ -15,6 +15,7 @@ also on failure."""
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import socket
 import subprocess
@@ -285,6 +286,8 @@ def test_browser_toggles_rule_on_running_gateway(
             lambda d: "exploit marker" in d.find_element(By.ID, "top-rules").text
         )
         assert browser.find_element(By.ID, "h-workers").text == "1 / 1"
+        alerts = browser.find_element(By.ID, "h-alerts").text  # sent / failed / waiting / given up
+        assert re.fullmatch(r"\d+ / \d+ / \d+ / \d+", alerts), alerts
         assert "CVE-0000-0001" in browser.find_element(By.ID, "top-cves").text
         shot(browser, "04-dashboard")
         for name, path in (("05-events", "/events/"), ("06-firewall", "/firewall/"),

@@ -65,6 +65,9 @@
       setText("h-unseen", hl.kernel_unseen);
       setText("h-rules", hl.rules_loaded);
       setText("h-policy", hl.policy_version);
+      const al = hl.alerts;
+      setText("h-alerts", al ? [al.sent, al.failures, al.queued, al.dropped].join(" / ")
+                             : "no alert dispatcher");
       setText("ev-total", data.events.total);
       drawChart(data.events.buckets);
       for (const name of ["rules", "cves", "sources", "hosts"]) fillTop(name, data.events.top[name]);
