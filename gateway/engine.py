@@ -87,7 +87,7 @@ from gateway.decode.packet import (
 from gateway.errors import DecodeError as AppDecodeError
 from gateway.events.eve import Event
 from gateway.flow.reassembly import StreamReassembler
-from gateway.flow.table import DEFAULT_TCP_CLOSED_IDLE, Direction, Flow, FlowTable
+from gateway.flow.table import DEFAULT_TCP_CLOSED_IDLE, Direction, Flow, FlowKey, FlowTable
 from gateway.match.explain import MAX_TARGET, Why, explain_fields, explain_raw, request_target
 from gateway.match.matcher import (
     DIRECTION_NAMES,
@@ -690,7 +690,7 @@ class Engine:
         """Set up inspection of a new flow, or mark it final when nothing covers it."""
         key = flow.key
         matcher = self.matcher
-        if not matcher.covers(key.proto, key.server_port):
+        if not matcher.covers(key.proto, key.server_port) and not self._any_port_wanted(key):
             flow.final = True
             self.stats.flows_final += 1
             return None
@@ -717,6 +717,21 @@ class Engine:
         flow.inspection = insp
         self.stats.flows_inspected += 1
         return insp
+
+    def _any_port_wanted(self, key: FlowKey) -> bool:
+        """A flow on a port no rule names is inspected only if a `ports: any` rule is on for
+        its server (app control, e.g. HTTP on a port other than the allowed ones)."""
+        policy = self.policy
+        for d in (TO_SERVER, TO_CLIENT):
+            for rule in self.matcher.any_port_rules(key.proto, d):
+                mode = (
+                    policy.mode(key.server, rule, key.server_port)
+                    if policy is not None
+                    else rule.default_mode
+                )
+                if mode is not Mode.OFF:
+                    return True
+        return False
 
     def _direction_done(self, flow: Flow, insp: _Inspection, d: int) -> None:
         insp.close(d)

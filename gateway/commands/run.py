@@ -105,11 +105,24 @@ def run(args: argparse.Namespace) -> int:
 def render_config(config: GatewayConfig) -> RenderedRules:
     """Load the rules (RuleError on any bad rule) and render the kernel rules for them."""
     from gateway.match.rules import load_rules
-    from gateway.policy.appcontrol import rule_paths
+    from gateway.policy.appcontrol import plan_rules, rule_paths
 
     ruleset = load_rules(rule_paths(config))  # + built-in app-control rules (their ports)
-    base = merge(render(config, QueuePlan.from_rules(ruleset)), firewall_policy(config))
+    plan = QueuePlan.from_rules(plan_rules(ruleset))
+    base = merge(render(config, plan, any_port_hosts=app_any_port_hosts(config)),
+                 firewall_policy(config))  # fmt: skip
     return merge(base, host_modes(config))
+
+
+def app_any_port_hosts(config: GatewayConfig) -> list[Any]:
+    """Hosts whose app control looks at every TCP port (none without a policy database)."""
+    from gateway.policy.appcontrol import any_port_hosts
+    from gateway.policy.store import Store
+
+    if not config.policy.database.exists():
+        return []
+    with Store(config.policy.database) as store:
+        return any_port_hosts(store)
 
 
 def host_policies(config: GatewayConfig) -> list[Any]:
@@ -359,6 +372,7 @@ class Gateway:
             policy = load_policy(self.config)  # raises (ConfigError) on a bad policy
             firewall_rules = self._refresh_firewall()
             host_modes = self._refresh_hostmodes()
+            any_port = self._refresh_any_port_hosts()
             self.policy_version += 1
             version = self.policy_version
             for w in self.workers:
@@ -386,6 +400,7 @@ class Gateway:
                 "policy_errors": sum(w.stats.get("policy_errors") for w in self.workers),
                 "firewall_rules": firewall_rules,
                 "host_modes": host_modes,
+                "any_port_hosts": any_port,
             }
 
     def _refresh_firewall(self) -> int:
@@ -397,6 +412,17 @@ class Gateway:
             return 0
         with Store(self.config.policy.database) as store:
             return refresh_policy(store, self.backend, self.config.firewall.chain_prefix)
+
+    def _refresh_any_port_hosts(self) -> list[str]:
+        """Refill the sets of hosts whose every TCP port is queued (app control)."""
+        from gateway.firewall.apply import refill_sets
+        from gateway.firewall.render import render_any_port_hosts
+
+        hosts = app_any_port_hosts(self.config)
+        text, names = render_any_port_hosts(self.config.firewall.chain_prefix, hosts)
+        if set(names) <= set(self.rendered.sets):  # nothing queued at all: no sets to fill
+            refill_sets(text, names)
+        return [str(h) for h in hosts]
 
     def _refresh_hostmodes(self) -> dict[str, str]:
         """Rewrite the host-mode sets and chains from the lifecycle state; {host: mode}."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.config import Backend
@@ -135,6 +135,26 @@ def apply_rules(rendered: RenderedRules, backend: BackendInfo, netns: str | None
         except FirewallError:
             pass  # the original error is the one worth reporting
         raise
+
+
+SWAP_SUFFIX = "-n"  # temporary set names during a refill (ipset names: at most 31 chars)
+
+
+def refill_sets(ipset_text: str, names: Iterable[str], netns: str | None = None) -> None:
+    """Replace the contents of the running sets `names` by those `ipset_text` (`ipset restore`
+    create/add lines for exactly those sets) describes: each set is filled under NAME-n, then
+    swapped with NAME (atomic per set) and the old contents destroyed. Rules referring to
+    the sets never see a missing or half-filled set. FirewallError when ipset refuses."""
+    names = list(names)
+    for name in names:
+        run_cmd(["ipset", "destroy", name + SWAP_SUFFIX], netns, check=False)
+    lines: list[str] = []
+    for line in ipset_text.splitlines():
+        verb, name, rest = (line.split(" ", 2) + [""])[:3]
+        lines.append(f"{verb} {name}{SWAP_SUFFIX} {rest}".rstrip())
+    for name in names:
+        lines += [f"swap {name} {name}{SWAP_SUFFIX}", f"destroy {name}{SWAP_SUFFIX}"]
+    run_cmd(["ipset", "restore"], netns, stdin="\n".join(lines) + "\n")
 
 
 _RULE_JUMP = re.compile(r"^-A (\S+) (.*)-j (\S+)(.*)$")

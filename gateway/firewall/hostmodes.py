@@ -43,7 +43,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.errors import FirewallError
-from gateway.firewall.apply import BackendInfo, run_cmd
+from gateway.firewall.apply import BackendInfo, refill_sets, run_cmd
 from gateway.firewall.render import RenderedRules, set_prefix
 from gateway.lifecycle.state import Endpoint, HostMode, HostPolicy, LearnedTuple, LockdownAction
 
@@ -57,7 +57,6 @@ LEARN_PREFIX = "vpatch-learn"
 LOCKDOWN_PREFIX = "vpatch-lockdown"
 FORWARD_ORDER = ("FW", "HM-FORWARD")  # chain suffixes, in their order at the top of FORWARD
 HM_POSITION_WITH_FIREWALL = 2  # the host-mode jump's position when PREFIX-FW holds 1
-SWAP_SUFFIX = "-n"  # temporary set names during a refresh (ipset names: at most 31 chars)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,15 +262,7 @@ def refresh_hostmodes(
     FirewallError naming the command when the kernel refuses.
     """
     rendered = render_hostmodes(policies, prefix, settings, always=True)
-    for name in rendered.sets:
-        run_cmd(["ipset", "destroy", name + SWAP_SUFFIX], netns, check=False)
-    lines: list[str] = []
-    for line in rendered.ipset.splitlines():
-        verb, name, rest = (line.split(" ", 2) + [""])[:3]
-        lines.append(f"{verb} {name}{SWAP_SUFFIX} {rest}".rstrip())
-    for name in rendered.sets:
-        lines += [f"swap {name} {name}{SWAP_SUFFIX}", f"destroy {name}{SWAP_SUFFIX}"]
-    run_cmd(["ipset", "restore"], netns, stdin="\n".join(lines) + "\n")
+    refill_sets(rendered.ipset, rendered.sets, netns)
     fwd = f"{prefix}-HM-FORWARD"
     for version in (4, 6):
         text = rendered.ipv4 if version == 4 else rendered.ipv6

@@ -8,7 +8,8 @@ Pure: configuration + the ports enabled rules cover in, text out. Nothing here t
   `iptables-restore --noflush`: nobody else's rule is flushed or reordered.
 - Queued (NFQUEUE) are only packets an enabled rule could care about: a protected host as the
   destination (to_server) or the source (to_client, only if a rule inspects responses and
-  stream_depth.to_client > 0), TCP/UDP to a port an enabled rule covers, on connections not
+  stream_depth.to_client > 0), TCP/UDP to a port an enabled rule covers (any port when the
+  plan holds ANY_PORT: a `ports: any` rule; every TCP port to the hosts of the any-port sets), on connections not
   bypassed by connmark, and for TCP only segments that carry payload, SYN+ACKs and the SYNs
   conntrack finds to open a new connection (they seed reassembly; a SYN injected into a live
   connection is not queued). The stream depth is enforced by the engine, see below.
@@ -54,10 +55,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.config import FailPolicy, GatewayConfig, Network
+from gateway.match.rules import ANY_PORT
 
 if TYPE_CHECKING:
     from gateway.lifecycle.state import HostPolicy
 
+MAX_ANY_PORT_HOSTS = 4096  # hosts with a whole-port-range app control
 # Common TCP data offsets first: 8 (timestamps, Linux default), 5 (no options, Windows default).
 TCP_DATA_OFFSETS = (8, 5, 10, 6, 7, 9, 11, 12, 13, 14, 15)
 PROTOCOLS = ("tcp", "udp")
@@ -153,6 +156,7 @@ def _render_family(
     plan: QueuePlan,
     port_sets: dict[tuple[str, str], str],
     host_set: str,
+    any_port_set: str,
 ) -> tuple[str, list[str]]:
     p = config.firewall.chain_prefix
     fwd, srv, cli, tcp, queue, post = (
@@ -185,7 +189,12 @@ def _render_family(
                 continue
             target = tcp if proto == "tcp" else queue
             uses_tcp |= proto == "tcp"
-            body.append(f"-A {chain} -p {proto} -m set --match-set {set_name} {side} -j {target}")
+            port_match = f" -m set --match-set {set_name} {side}" if set_name else ""  # "": any
+            body.append(f"-A {chain} -p {proto}{port_match} -j {target}")
+        if direction == "to_server" and any_port_set:
+            # hosts whose app control looks at every TCP port (identification by content)
+            uses_tcp = True
+            body.append(f"-A {chain} -p tcp -m set --match-set {any_port_set} dst -j {tcp}")
         if len(body) > 1:
             chains.append(chain)
             rules.append(f"-A {fwd} -m set --match-set {host_set} {side} -j {chain}")
@@ -225,15 +234,41 @@ def _port_spec(ports: Iterable[int]) -> list[str]:
     return [str(x) for x in sorted(set(ports))]
 
 
+def any_port_sets(prefix: str) -> dict[int, str]:
+    """IP version -> name of the set of hosts whose every TCP port is queued (to_server)."""
+    sp = set_prefix(prefix)
+    return {4: f"{sp}anyport4", 6: f"{sp}anyport6"}
+
+
+def render_any_port_hosts(prefix: str, hosts: Iterable[Network]) -> tuple[str, list[str]]:
+    """`ipset restore` text creating and filling both families' any-port host sets."""
+    lines: list[str] = []
+    chosen = _collapse(list(hosts))
+    for version, name in any_port_sets(prefix).items():
+        family = "inet" if version == 4 else "inet6"
+        mine = [h for h in chosen if h.version == version]
+        lines.append(f"create {name} hash:net family {family} maxelem {MAX_ANY_PORT_HOSTS}")
+        lines.extend(f"add {name} {h.with_prefixlen}" for h in mine)
+    return "\n".join(lines) + "\n", list(any_port_sets(prefix).values())
+
+
 def render(
-    config: GatewayConfig, plan: QueuePlan, host_policies: Sequence[HostPolicy] = ()
+    config: GatewayConfig,
+    plan: QueuePlan,
+    host_policies: Sequence[HostPolicy] = (),
+    any_port_hosts: Sequence[Network] = (),
 ) -> RenderedRules:
     """Render ipsets and both families' mangle rules for this configuration and port plan.
 
     Hook for the host modes (setup protection, learning, lockdown): host_policies not in normal
     mode add filter-table chains PREFIX-HM-* and sets prefix-hm-* (gateway/firewall/hostmodes.py).
+    `any_port_hosts`: protected hosts whose every TCP port is queued to the server (payload
+    only, up to the stream depth), for app control that identifies protocols by content on any
+    port; the sets prefix-anyport4/6 always exist so `reload` can refill them
+    (render_any_port_hosts, apply.refill_sets).
     """
-    sp = set_prefix(config.firewall.chain_prefix)
+    prefix = config.firewall.chain_prefix
+    sp = set_prefix(prefix)
     ipset_lines: list[str] = []
     sets: list[str] = []
     port_sets: dict[tuple[str, str], str] = {}
@@ -242,11 +277,15 @@ def render(
             ports = plan.get(proto, direction)
             if not ports:
                 continue
+            if ANY_PORT in ports:  # a `ports: any` rule: no port test at all
+                port_sets[(proto, direction)] = ""
+                continue
             name = f"{sp}{proto}-{'srv' if direction == 'to_server' else 'cli'}"
             port_sets[(proto, direction)] = name
             sets.append(name)
             ipset_lines.append(f"create {name} bitmap:port range 0-65535")
             ipset_lines.extend(f"add {name} {port}" for port in _port_spec(ports))
+    any_text, any_names = render_any_port_hosts(prefix, any_port_hosts)
     texts: dict[int, str] = {}
     all_chains: list[str] = []
     for version, family in ((4, "inet"), (6, "inet6")):
@@ -255,7 +294,8 @@ def render(
             texts[version] = ""
             continue
         host_set = f"{sp}hosts{version}"
-        text, chains = _render_family(version, config, plan, port_sets, host_set)
+        any_set = any_port_sets(prefix)[version]
+        text, chains = _render_family(version, config, plan, port_sets, host_set, any_set)
         texts[version] = text
         if not text:
             continue
@@ -265,6 +305,9 @@ def render(
         )
         ipset_lines.extend(f"add {host_set} {h.with_prefixlen}" for h in _collapse(hosts))
         all_chains.extend(c for c in chains if c not in all_chains)
+    if any(texts.values()):
+        sets.extend(any_names)
+        ipset_lines.extend(any_text.splitlines())
     rendered = RenderedRules(
         ipset="\n".join(ipset_lines) + "\n" if ipset_lines else "",
         ipv4=texts[4],

@@ -37,7 +37,7 @@ import hyperscan
 from gateway.decode import app as app_registry
 from gateway.errors import RuleError
 from gateway.match.conditions import evaluate, fields_of, matches_of, required_match
-from gateway.match.rules import Rule, RuleSet
+from gateway.match.rules import ANY_PORT, Rule, RuleSet
 
 __all__ = [
     "DIRECTION_NAMES",
@@ -252,14 +252,24 @@ class Matcher:
             pattern_ids[ri].append(pid)
         self._rule_pids = {rule.id: tuple(pattern_ids[ri]) for ri, rule in enumerate(self._rules)}
 
-        # (proto, direction, port) -> the rule indices covering it
+        # (proto, direction, port) -> the rule indices covering it; `ports: any` rules join
+        # every port's group and alone make the ANY_PORT group, used for every other port
         coverage: dict[tuple[int, int, int], list[int]] = {}
+        any_port: dict[tuple[int, int], list[int]] = {}
         for ri, rule in enumerate(self._rules):
             for d, name in enumerate(DIRECTION_NAMES):
                 if not rule.inspects(name):
                     continue
+                if rule.any_port:
+                    any_port.setdefault((rule.proto_number, d), []).append(ri)
                 for port in rule.ports:
                     coverage.setdefault((rule.proto_number, d, port), []).append(ri)
+        for (proto, d, _port), indices in coverage.items():
+            extra = any_port.get((proto, d))
+            if extra:
+                indices[:] = sorted(set(indices) | set(extra))
+        for (proto, d), indices in any_port.items():
+            coverage[(proto, d, ANY_PORT)] = indices
         built: dict[tuple[int, tuple[int, ...]], MatchGroup] = {}
         app_built: dict[tuple[str, tuple[int, ...]], AppGroup] = {}
         field_dbs = 0
@@ -309,7 +319,8 @@ class Matcher:
                 group = MatchGroup(tuple(indices), db, stream_mode, apps)
                 built[ident] = group
             self._groups[key] = group
-            self._covered.add((proto, key[2]))
+            if key[2] != ANY_PORT:
+                self._covered.add((proto, key[2]))
         self.stats = MatcherStats(
             databases=sum(1 for g in built.values() if g.database is not None) + field_dbs,
             database_bytes=db_bytes,
@@ -319,11 +330,20 @@ class Matcher:
         self.streams_open = 0
 
     def group(self, proto: int, direction: int, server_port: int) -> MatchGroup | None:
-        """The compiled group for (proto, TO_SERVER|TO_CLIENT, server port), or None."""
-        return self._groups.get((proto, direction, server_port))
+        """The compiled group for (proto, TO_SERVER|TO_CLIENT, server port): the port's own,
+        else that of the `ports: any` rules, or None."""
+        groups = self._groups
+        found = groups.get((proto, direction, server_port))
+        return found if found is not None else groups.get((proto, direction, ANY_PORT))
+
+    def any_port_rules(self, proto: int, direction: int) -> tuple[Rule, ...]:
+        """The `ports: any` rules of (proto, TO_SERVER|TO_CLIENT)."""
+        group = self._groups.get((proto, direction, ANY_PORT))
+        return tuple(self._rules[i] for i in group.rule_indices) if group is not None else ()
 
     def covers(self, proto: int, server_port: int) -> bool:
-        """True if any rule inspects (proto, server port) in either direction."""
+        """True if a rule names (proto, server port) in either direction (`ports: any` rules
+        do not count: this orients flows picked up mid-stream by their well-known port)."""
         return (proto, server_port) in self._covered
 
     def open_stream(self, group: MatchGroup) -> StreamState:

@@ -42,6 +42,7 @@ from gateway.policy.compiled import Mode
 from gateway.verdict import Action
 
 __all__ = [
+    "ANY_PORT",
     "DIRECTIONS",
     "MAX_PATTERNS_PER_RULE",
     "MAX_PATTERN_BYTES",
@@ -68,6 +69,7 @@ MAX_RULES: Final = 100_000  # rules in one RuleSet
 SEVERITIES: Final = ("low", "medium", "high", "critical")
 DIRECTIONS: Final = ("to_server", "to_client", "both")
 PROTOCOLS: Final = ("tcp", "udp")
+ANY_PORT: Final = 0  # in port sets: "every port" (`ports: any`); no real service listens on 0
 _ACTIONS: Final = {"alert": Action.ALERT, "drop": Action.DROP, "reset": Action.RESET}
 _PROTO_NUMBERS: Final = {"tcp": 6, "udp": 17}
 
@@ -145,7 +147,7 @@ class Rule:
     severity: str
     action: Action
     protocol: str  # "tcp" | "udp"
-    ports: tuple[int, ...]  # server ports
+    ports: tuple[int, ...]  # server ports; () for `ports: any` (every port)
     direction: str  # "to_server" | "to_client" | "both"
     patterns: tuple[Pattern, ...]
     references: tuple[str, ...]
@@ -161,6 +163,11 @@ class Rule:
     @property
     def proto_number(self) -> int:
         return _PROTO_NUMBERS[self.protocol]
+
+    @property
+    def any_port(self) -> bool:
+        """`ports: any`: the rule looks at every server port (identification by content)."""
+        return not self.ports
 
     def inspects(self, direction: str) -> bool:
         """True if this rule looks at the given direction ("to_server" / "to_client")."""
@@ -186,13 +193,14 @@ class RuleSet:
 
     def ports(self, protocol: str | int, direction: object) -> set[int]:
         """Server ports covered by rules of `protocol` ("tcp"/"udp" or 6/17) that inspect
-        `direction` ("to_server"/"to_client", or an enum member with that name)."""
+        `direction` ("to_server"/"to_client", or an enum member with that name); ANY_PORT (0)
+        among them when a `ports: any` rule does."""
         proto = _proto_name(protocol)
         d = _direction_name(direction)
         out: set[int] = set()
         for rule in self.rules:
             if rule.protocol == proto and rule.inspects(d):
-                out.update(rule.ports)
+                out.update(rule.ports or (ANY_PORT,))
         return out
 
 
@@ -704,10 +712,13 @@ def _choice(
 
 
 def _ports(vnode: Node | None, path: Path, problems: _Problems) -> list[int]:
+    """The `ports` list; [] for `ports: any`."""
     if vnode is None:
         return []
+    if isinstance(vnode, ScalarNode) and vnode.value == "any":
+        return []
     if not isinstance(vnode, SequenceNode) or not vnode.value:
-        problems.add(path, vnode, "ports must be a non-empty list of port numbers")
+        problems.add(path, vnode, "ports must be `any` or a non-empty list of port numbers")
         return []
     out = []
     for item in vnode.value:

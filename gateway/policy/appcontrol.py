@@ -6,7 +6,7 @@ What it does: an app-control rule is one of these texts (stored per host in the 
   min-tls 1.0|1.1|1.2|1.3              ClientHello offering nothing at or above the floor, or a
                                        ServerHello choosing a version below it -> reset
   refuse-cleartext ftp[,telnet]        FTP commands other than AUTH / Telnet negotiation -> reset
-  refuse-http-port-other-than P[,P..]  an HTTP request on any other watched port -> reset
+  refuse-http-port-other-than P[,P..]  an HTTP request on any other TCP port -> reset
 Each maps to built-in virtual rules (APP_CONTROL_RULES, ids 9200000-9200099, `default_mode
 off`) that the engine evaluates like any rule on the fields of the app decoders
 (gateway/decode/app.py: smb.negotiate.dialects, tls.handshake.effective_version, ftp.command,
@@ -18,6 +18,9 @@ refused") and a reload changes the policy without restarting workers.
 Guarantees: `parse_control` accepts exactly the forms above and raises ConfigError naming the
 text and where it came from; `rule_paths(config)` is the configured rule paths plus
 APP_CONTROL_RULES, so the kernel queue plan covers the watched ports (listed in the YAML).
+The HTTP-port rule has `ports: any`: it is left out of the plan (`plan_rules`), and only the
+hosts whose policy names it (`any_port_hosts`) have every TCP port queued, through the
+prefix-anyport4/6 sets that `vpatch run` fills at start and refills on every reload.
 A TLS floor is checked on both hellos: the client's highest offered version (a client that
 cannot reach the floor is reset at once) and the server's choice (a modern client downgraded by
 an old server, the usual case in front of legacy hosts, is reset at the ServerHello, before any
@@ -26,15 +29,17 @@ application data). Both read supported_versions, so a 1.3 floor is enforceable.
 
 from __future__ import annotations
 
+import ipaddress
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from gateway.errors import ConfigError
+from gateway.match.rules import RuleSet
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
+    from gateway.config import GatewayConfig, Network
     from gateway.policy.store import Store
 
 APP_CONTROL_RULES: Final = Path(__file__).with_name("appcontrol.yaml")
@@ -50,6 +55,9 @@ SID_FTP: Final = 9200021
 SID_TELNET: Final = 9200022
 SID_HTTP_PORT: Final = 9200031
 SID_RANGE: Final = range(9200000, 9200100)
+# Virtual rules with `ports: any`: a host whose policy names one has every TCP port queued
+# (render.any_port_hosts) instead of every protected host (the plan leaves them out).
+ANY_PORT_SIDS: Final = frozenset({SID_HTTP_PORT})
 CLEARTEXT: Final = {"ftp": SID_FTP, "telnet": SID_TELNET}
 MAX_CONTROL_TEXT: Final = 200
 
@@ -61,6 +69,11 @@ class AppControl:
     text: str  # normalised text, as stored
     rule_ids: frozenset[int]
     http_ports: frozenset[int] = frozenset()  # refuse-http-port-other-than: allowed ports
+
+    @property
+    def every_port(self) -> bool:
+        """The host's every TCP port must be seen (a `ports: any` virtual rule)."""
+        return bool(self.rule_ids & ANY_PORT_SIDS)
 
 
 def parse_control(text: str, source: str) -> AppControl:
@@ -99,6 +112,27 @@ def parse_control(text: str, source: str) -> AppControl:
 def rule_paths(config: GatewayConfig) -> list[Path]:
     """The configured rule paths plus the built-in app-control rules."""
     return [*config.rules, APP_CONTROL_RULES]
+
+
+def plan_rules(ruleset: RuleSet) -> RuleSet:
+    """The rules whose ports every protected host has queued: all but the `ports: any`
+    app-control rules (those queue only the hosts of any_port_hosts)."""
+    return RuleSet(r for r in ruleset if r.id not in ANY_PORT_SIDS)
+
+
+def any_port_hosts(store: Store) -> list[Network]:
+    """The hosts whose stored app control needs every TCP port seen. A stored text that no
+    longer parses is skipped here (CompiledPolicy reports it)."""
+    out: list[Network] = []
+    for address, text in stored_controls(store):
+        try:
+            control = parse_control(text, "app_controls")
+            network = ipaddress.ip_network(address, strict=False)
+        except (ConfigError, ValueError):
+            continue
+        if control.every_port and network not in out:
+            out.append(network)
+    return out
 
 
 def stored_controls(store: Store) -> list[tuple[str, str]]:

@@ -25,13 +25,14 @@ from gateway.testing.traffic import (
 )
 
 __all__ = ["sample_events", "sample_packets", "sample_pcap"]
+ANY_PORT_SAMPLE_PORT = 8000  # the server port of inline samples of a `ports: any` rule
 
 
 def sample_packets(rule: Rule, sample: Sample, sport: int = 40000) -> list[bytes]:
     """IPv4 packets of an inline sample (ValueError for a pcap sample: use its file)."""
     if sample.pcap is not None:
         raise ValueError(f"rule {rule.id} line {sample.line}: sample is a pcap ({sample.pcap})")
-    port = rule.ports[0]
+    port = rule.ports[0] if rule.ports else ANY_PORT_SAMPLE_PORT
     if rule.protocol == "udp":
         return udp_exchange(sample.to_server, sample.to_client, sport=sport, dport=port)
     return tcp_session(contiguous(sample.to_server), sample.to_client, sport=sport, dport=port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 import pytest
@@ -14,6 +15,7 @@ from gateway.firewall.render import (
     queue_target,
     render,
 )
+from gateway.match.rules import ANY_PORT
 
 HTTP_ONLY = QueuePlan(tcp_to_server=frozenset({80}))
 
@@ -70,7 +72,12 @@ def test_to_client_only_when_a_rule_and_depth_ask_for_it() -> None:
     assert len(cli) == 2 and "vpatch-tcp-cli src" in cli[1]
     srv = [x for x in rules if x.startswith("-A VPATCH-TO-SERVER")]
     assert srv[0] == "-A VPATCH-TO-SERVER -m connmark --mark 0x20000000/0x20000000 -j RETURN"
-    assert len(srv) == 2 and "vpatch-tcp-srv dst" in srv[1]
+    assert len(srv) == 3 and "vpatch-tcp-srv dst" in srv[1]
+    # hosts whose app control looks at every TCP port (empty set unless the policy names some)
+    assert (
+        srv[2]
+        == "-A VPATCH-TO-SERVER -p tcp -m set --match-set vpatch-anyport4 dst -j VPATCH-TCP-DATA"
+    )
     # No connbytes bound: it counts header bytes, so tiny segments would end inspection early.
     assert "connbytes" not in with_depth.ipv4
 
@@ -177,3 +184,27 @@ def test_plan_from_ruleset(repo_root: object) -> None:
     plan = QueuePlan.from_rules(ruleset)
     assert plan.tcp_to_server == frozenset({80})
     assert plan.tcp_to_client == frozenset() and plan.udp_to_server == frozenset()
+
+
+def test_any_port_rule_queues_every_port() -> None:
+    plan = QueuePlan(tcp_to_server=frozenset({ANY_PORT, 80}))
+    r = _render("protected_hosts: [198.18.0.20]\n", plan)
+    srv = [x for x in _rules(r.ipv4) if x.startswith("-A VPATCH-TO-SERVER")]
+    assert "-A VPATCH-TO-SERVER -p tcp -j VPATCH-TCP-DATA" in srv  # no port test at all
+    assert "vpatch-tcp-srv" not in r.ipset and "vpatch-tcp-srv" not in r.sets
+
+
+def test_any_port_hosts_fill_their_own_set() -> None:
+    config = parse_config("protected_hosts: [198.18.0.0/24, 2001:2::/64]\n")
+    hosts = [ipaddress.ip_network("198.18.0.20/32"), ipaddress.ip_network("2001:2::20/128")]
+    r = render(config, HTTP_ONLY, any_port_hosts=hosts)
+    assert {"vpatch-anyport4", "vpatch-anyport6"} <= set(r.sets)
+    assert "add vpatch-anyport4 198.18.0.20/32" in r.ipset.splitlines()
+    assert "add vpatch-anyport6 2001:2::20/128" in r.ipset.splitlines()
+    for text, name in ((r.ipv4, "vpatch-anyport4"), (r.ipv6, "vpatch-anyport6")):
+        assert f"-A VPATCH-TO-SERVER -p tcp -m set --match-set {name} dst -j VPATCH-TCP-DATA" in (
+            _rules(text)
+        )
+    # the sets exist even when empty, so a reload can refill them
+    empty = render(config, HTTP_ONLY)
+    assert "create vpatch-anyport4 hash:net family inet maxelem 4096" in empty.ipset.splitlines()

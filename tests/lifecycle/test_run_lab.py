@@ -280,3 +280,75 @@ def test_app_control_tls_floor(
     assert out.startswith("failed"), out
     assert events(gateway, "app-control: TLS below 1.3 refused")
     assert tls(lab, "TLSv1_3") == "hello TLSv1.3"
+
+
+ODD_HTTP_PORT = 5000  # no rule names it: only `ports: any` app control looks at it
+
+
+@pytest.fixture
+def odd_http_server(lab: LabSpec, tmp_path: Path) -> Iterator[None]:
+    (tmp_path / "index.html").write_text("odd-port page\n")
+    proc = netns_popen(
+        lab.server_ns,
+        [sys.executable, "-m", "http.server", str(ODD_HTTP_PORT), "--bind", lab.server_addr,
+         "--directory", str(tmp_path)],
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while ODD_HTTP_PORT not in listening(lab.server_ns)[0]:
+            assert time.monotonic() < deadline, "HTTP server on the odd port did not start"
+            time.sleep(0.05)
+        yield
+    finally:
+        stop_pids([proc.pid])
+        proc.wait(5)
+
+
+def fetch(lab: LabSpec, port: int) -> subprocess.CompletedProcess[str]:
+    return netns_exec(
+        lab.client_ns,
+        ["curl", "-sS", "--max-time", "5", f"http://{lab.server_addr}:{port}/"],
+        check=False,
+        timeout=30,
+    )
+
+
+def non_http_answer(lab: LabSpec, port: int) -> str:
+    """An SSH banner sent to `port`: what comes back (up to 300 bytes), or the error."""
+    code = (
+        "import socket, sys\n"
+        "s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)\n"
+        "s.sendall(b'SSH-2.0-OpenSSH_9.2\\r\\n\\r\\n')\n"
+        "try:\n    print(s.recv(300).decode(errors='replace'))\n"
+        "except OSError as e:\n    print('error', type(e).__name__)\n"
+    )
+    return netns_exec(
+        lab.client_ns, [sys.executable, "-c", code, lab.server_addr, str(port)],
+        check=False, timeout=30,
+    ).stdout.strip()  # fmt: skip
+
+
+def any_port_members(lab: LabSpec) -> list[str]:
+    out = run_cmd(["ipset", "list", "vpatch-anyport4"], lab.gw_ns).stdout
+    return out.split("Members:", 1)[1].split()
+
+
+def test_app_control_http_on_any_port(
+    lab: LabSpec, gateway: Gateway, odd_http_server: None, normal_after: None
+) -> None:
+    """HTTP is identified by content on a port no rule names: the kernel queues every TCP port
+    of the host with the policy, and only of that host."""
+    assert "odd-port page" in fetch(lab, ODD_HTTP_PORT).stdout
+    assert any_port_members(lab) == []
+    hosts(gateway, "app-control", lab.server_addr, "--add", "refuse-http-port-other-than 80")
+    assert any_port_members(lab) == [lab.server_addr]
+    refused = fetch(lab, ODD_HTTP_PORT)
+    assert refused.returncode == 56 and "reset" in refused.stderr, refused  # curl: recv failure
+    found = events(gateway, "app-control: HTTP on a port not allowed for this host")
+    assert found and found[0]["dest_port"] == ODD_HTTP_PORT
+    assert fetch(lab, 80).returncode == 0, "HTTP on the allowed port must pass"
+    # not HTTP on the same port: not identified as HTTP, passed (http.server answers 400)
+    assert "Error code: 400" in non_http_answer(lab, ODD_HTTP_PORT), "non-HTTP must pass"
+    hosts(gateway, "app-control", lab.server_addr, "--clear")
+    assert any_port_members(lab) == []
+    assert "odd-port page" in fetch(lab, ODD_HTTP_PORT).stdout

@@ -8,6 +8,7 @@ import pytest
 
 from gateway.errors import RuleError
 from gateway.match.rules import (
+    ANY_PORT,
     MAX_PATTERNS_PER_RULE,
     Pattern,
     RuleSet,
@@ -15,6 +16,7 @@ from gateway.match.rules import (
     load_rules,
     parse_content,
 )
+from gateway.match.suricata import export_rule
 from gateway.verdict import Action
 
 GOOD = """\
@@ -160,7 +162,7 @@ def test_missing_keys_wrong_types_and_duplicate_keys(tmp_path: Path) -> None:
     assert f"{bad}:1: id 'true' must be an integer" in msg
     assert f"{bad}:2: title '' must be a non-empty string" in msg
     assert f"{bad}:4: protocol 'sctp' must be one of: tcp, udp" in msg
-    assert f"{bad}:5: ports must be a non-empty list" in msg
+    assert f"{bad}:5: ports must be `any` or a non-empty list" in msg
     assert f"{bad}:1: missing required key 'severity'" in msg
     assert f"{bad}:1: a rule needs `conditions` (or the older `patterns`)" in msg
 
@@ -223,3 +225,17 @@ def test_too_many_patterns_and_missing_path(tmp_path: Path) -> None:
 def test_empty_file(tmp_path: Path) -> None:
     with pytest.raises(RuleError, match=r"empty.yaml:1: empty file"):
         load_rules([write(tmp_path, "empty.yaml", "# nothing\n")])
+
+
+def test_ports_any(tmp_path: Path) -> None:
+    text = (
+        "id: 77\ntitle: any port\nseverity: low\naction: alert\nprotocol: tcp\nports: any\n"
+        "app: http\nconditions: [{field: http.method, equals: TRACE}]\n"
+    )
+    (rule,) = load_rules([write(tmp_path, "any.yaml", text)]).rules
+    assert rule.any_port and rule.ports == ()
+    assert RuleSet([rule]).ports("tcp", "to_server") == {ANY_PORT}
+    assert export_rule(rule)[0].split()[5] == "any"  # alert http any any -> any any
+    bad = write(tmp_path, "any.yaml", text.replace("ports: any", "ports: all"))
+    with pytest.raises(RuleError, match=r"any.yaml:6: ports must be `any` or a non-empty list"):
+        load_rules([bad])
