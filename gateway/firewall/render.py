@@ -9,10 +9,11 @@ Pure: configuration + the ports enabled rules cover in, text out. Nothing here t
 - Queued (NFQUEUE) are only packets an enabled rule could care about: a protected host as the
   destination (to_server) or the source (to_client, only if a rule inspects responses and
   stream_depth.to_client > 0), TCP/UDP to a port an enabled rule covers (any port when the
-  plan holds ANY_PORT: a `ports: any` rule; every TCP port to the hosts of the any-port sets), on connections not
-  bypassed by connmark, and for TCP only segments that carry payload, SYN+ACKs and the SYNs
-  conntrack finds to open a new connection (they seed reassembly; a SYN injected into a live
-  connection is not queued). The stream depth is enforced by the engine, see below.
+  plan holds ANY_PORT: a `ports: any` rule; every TCP port to the hosts of the any-port
+  sets), on connections not bypassed by connmark, and for TCP only segments that carry
+  payload, SYN+ACKs and the SYNs conntrack finds to open a new connection (they seed
+  reassembly; a SYN injected into a live connection is not queued). The stream depth is
+  enforced by the engine, see below.
 - Forwarded traffic only: routed and bridged traffic (br_netfilter) both pass FORWARD.
   Mangle FORWARD runs before filter FORWARD, so a packet we accept still meets the host's own
   filter rules.
@@ -60,7 +61,7 @@ from gateway.match.rules import ANY_PORT
 if TYPE_CHECKING:
     from gateway.lifecycle.state import HostPolicy
 
-MAX_ANY_PORT_HOSTS = 4096  # hosts with a whole-port-range app control
+MIN_ANY_PORT_MAXELEM = 4096  # room in the any-port host sets (more if more hosts need it)
 # Common TCP data offsets first: 8 (timestamps, Linux default), 5 (no options, Windows default).
 TCP_DATA_OFFSETS = (8, 5, 10, 6, 7, 9, 11, 12, 13, 14, 15)
 PROTOCOLS = ("tcp", "udp")
@@ -247,7 +248,8 @@ def render_any_port_hosts(prefix: str, hosts: Iterable[Network]) -> tuple[str, l
     for version, name in any_port_sets(prefix).items():
         family = "inet" if version == 4 else "inet6"
         mine = [h for h in chosen if h.version == version]
-        lines.append(f"create {name} hash:net family {family} maxelem {MAX_ANY_PORT_HOSTS}")
+        room = max(MIN_ANY_PORT_MAXELEM, len(mine))
+        lines.append(f"create {name} hash:net family {family} maxelem {room}")
         lines.extend(f"add {name} {h.with_prefixlen}" for h in mine)
     return "\n".join(lines) + "\n", list(any_port_sets(prefix).values())
 
