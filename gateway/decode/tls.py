@@ -174,14 +174,10 @@ def _extensions(msg: bytes, pos: int) -> list[tuple[int, bytes]]:
 
 def _offered_max(data: bytes) -> int:
     """ClientHello supported_versions: a 1-byte length, then 2-byte versions; 0 if none."""
-    versions = (
-        [
-            int.from_bytes(data[i : i + 2], "big")
-            for i in range(1, min(len(data), 1 + data[0]) - 1, 2)
-        ]
-        if data
-        else []
-    )
+    if not data:
+        return 0
+    end = min(len(data), 1 + data[0])
+    versions = (int.from_bytes(data[i : i + 2], "big") for i in range(1, end - 1, 2))
     return max((v for v in versions if not _is_grease(v)), default=0)
 
 

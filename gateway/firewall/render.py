@@ -245,13 +245,14 @@ def render_any_port_hosts(prefix: str, hosts: Iterable[Network]) -> tuple[str, l
     """`ipset restore` text creating and filling both families' any-port host sets."""
     lines: list[str] = []
     chosen = _collapse(list(hosts))
-    for version, name in any_port_sets(prefix).items():
+    names = any_port_sets(prefix)
+    for version, name in names.items():
         family = "inet" if version == 4 else "inet6"
         mine = [h for h in chosen if h.version == version]
         room = max(MIN_ANY_PORT_MAXELEM, len(mine))
         lines.append(f"create {name} hash:net family {family} maxelem {room}")
         lines.extend(f"add {name} {h.with_prefixlen}" for h in mine)
-    return "\n".join(lines) + "\n", list(any_port_sets(prefix).values())
+    return "\n".join(lines) + "\n", list(names.values())
 
 
 def render(
@@ -288,6 +289,7 @@ def render(
             ipset_lines.append(f"create {name} bitmap:port range 0-65535")
             ipset_lines.extend(f"add {name} {port}" for port in _port_spec(ports))
     any_text, any_names = render_any_port_hosts(prefix, any_port_hosts)
+    any_sets = any_port_sets(prefix)
     texts: dict[int, str] = {}
     all_chains: list[str] = []
     for version, family in ((4, "inet"), (6, "inet6")):
@@ -296,8 +298,7 @@ def render(
             texts[version] = ""
             continue
         host_set = f"{sp}hosts{version}"
-        any_set = any_port_sets(prefix)[version]
-        text, chains = _render_family(version, config, plan, port_sets, host_set, any_set)
+        text, chains = _render_family(version, config, plan, port_sets, host_set, any_sets[version])
         texts[version] = text
         if not text:
             continue

@@ -215,6 +215,7 @@ class Matcher:
     """All enabled rules compiled for scanning. Build a new one to change rules."""
 
     __slots__ = (
+        "_any_port_rules",
         "_covered",
         "_full_mask",
         "_groups",
@@ -270,6 +271,9 @@ class Matcher:
                 indices[:] = sorted(set(indices) | set(extra))
         for (proto, d), indices in any_port.items():
             coverage[(proto, d, ANY_PORT)] = indices
+        self._any_port_rules = {
+            key: tuple(self._rules[i] for i in indices) for key, indices in any_port.items()
+        }
         built: dict[tuple[int, tuple[int, ...]], MatchGroup] = {}
         app_built: dict[tuple[str, tuple[int, ...]], AppGroup] = {}
         field_dbs = 0
@@ -338,8 +342,7 @@ class Matcher:
 
     def any_port_rules(self, proto: int, direction: int) -> tuple[Rule, ...]:
         """The `ports: any` rules of (proto, TO_SERVER|TO_CLIENT)."""
-        group = self._groups.get((proto, direction, ANY_PORT))
-        return tuple(self._rules[i] for i in group.rule_indices) if group is not None else ()
+        return self._any_port_rules.get((proto, direction), ())
 
     def covers(self, proto: int, server_port: int) -> bool:
         """True if a rule names (proto, server port) in either direction (`ports: any` rules
