@@ -50,7 +50,7 @@ find_mirror() {
     done
 }
 
-if ! command -v suricata >/dev/null || ! suricata -V 2>/dev/null | grep -q 'version 7\.'; then
+if ! command -v suricata >/dev/null || [[ $(suricata -V 2>/dev/null) != *'version 7.'* ]]; then
     MIRROR=$(find_mirror | head -n1)
     if [[ -z $MIRROR ]]; then
         echo "install-bench.sh: no Debian source for suite '$CODENAME' found in /etc/apt/sources.list(.d)" >&2
@@ -97,9 +97,12 @@ if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
 fi
 
 suricata -V
-if ! suricata --build-info | grep -qi 'NFQueue support:[[:space:]]*yes'; then
+# Read the whole build info first: `suricata --build-info | grep -q` under pipefail fails at
+# random, because grep exits at the first match and suricata then dies of SIGPIPE (status 141).
+build_info=$(suricata --build-info)
+if ! grep -qi 'NFQueue support:[[:space:]]*yes' <<<"$build_info"; then
     echo "install-bench.sh: installed suricata lacks NFQueue support" >&2
-    suricata --build-info | grep -i nfq >&2 || true
+    grep -i nfq <<<"$build_info" >&2 || true
     exit 1
 fi
 echo "install-bench.sh: suricata with NFQueue support is ready"
