@@ -16,7 +16,15 @@ thread. Guarantees:
   being tried one by one against a dead receiver; the outbox is retried after RETRY_DELAYS
   (5 s, 30 s, 2 min, then every 5 min). A message still undelivered RETRY_FOR seconds after its
   first failure, or pushed out of a full outbox, is given up: counted (`dropped`) and logged.
-  The outbox is lost when `vpatch run` stops; the alerts themselves stay in the event store.
+- Durable state (`state_db`, optional; `vpatch run` keeps it beside the event store): the
+  outboxes and the id of the last event read survive a restart. A restarted dispatcher first
+  sends what the last one read but could not deliver (at once, oldest first, each still given
+  up RETRY_FOR seconds after its first failure, measured on the wall clock), then the events
+  written after its last read (those the workers flushed as `vpatch run` stopped included),
+  instead of starting at the newest event. The state is written in one transaction at the end
+  of every poll that changed it. An unreadable or unwritable state file is logged with its
+  path and reason and the dispatcher goes on in memory; a stored message that does not parse
+  is given up and counted.
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gateway.alerts.channels import (
     AlertMessage,
@@ -65,11 +74,117 @@ class Outbox:
     next_try: float = 0.0
 
 
+def alert_state_path(events_db: Path) -> Path:
+    """Where `vpatch run` keeps the dispatcher's durable state: beside the event store, named
+    after it (events.db -> events.alert-state.db)."""
+    return events_db.with_name(f"{events_db.stem}.alert-state.db")
+
+
+_STATE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cursor (
+    events_db TEXT PRIMARY KEY,
+    last_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    channel_id INTEGER NOT NULL,
+    first_failed REAL NOT NULL,  -- wall clock (Unix time) of the first failed send
+    message TEXT NOT NULL        -- AlertMessage fields as JSON
+);
+"""
+
+
+class DispatcherState:
+    """The dispatcher's durable part: read cursor and outboxes in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ok = True
+
+    def _fail(self, doing: str, err: Exception) -> None:
+        if self.ok:
+            log.error(
+                "alert state %s: cannot %s (%s); undelivered alerts are kept in memory only",
+                self.path, doing, err,
+            )  # fmt: skip
+        self.ok = False
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), timeout=5)
+        conn.executescript(_STATE_SCHEMA)
+        return conn
+
+    def load(self, events_db: Path) -> tuple[int | None, list[tuple[int, float, str]]]:
+        """(last event id read from `events_db` or None, [(channel, wall time, message)])."""
+        if not self.path.exists():
+            return None, []
+        try:
+            conn = self._connect()
+            try:
+                row = conn.execute(
+                    "SELECT last_id FROM cursor WHERE events_db = ?", (str(events_db),)
+                ).fetchone()
+                rows = conn.execute(
+                    "SELECT channel_id, first_failed, message FROM outbox ORDER BY seq"
+                ).fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as err:
+            self._fail("read it", err)
+            return None, []
+        last = int(row[0]) if row is not None else None
+        return last, [(int(c), float(t), str(m)) for c, t, m in rows]
+
+    def save(self, events_db: Path, last_id: int, outbox: list[tuple[int, float, str]]) -> None:
+        try:
+            conn = self._connect()
+            try:
+                with conn:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO cursor (events_db, last_id) VALUES (?, ?)",
+                        (str(events_db), last_id),
+                    )
+                    conn.execute("DELETE FROM outbox")
+                    conn.executemany(
+                        "INSERT INTO outbox (channel_id, first_failed, message) VALUES (?, ?, ?)",
+                        outbox,
+                    )
+            finally:
+                conn.close()
+        except sqlite3.Error as err:
+            self._fail("write it", err)
+            return
+        self.ok = True
+
+
+def _message_from_json(text: str) -> AlertMessage:
+    data: Any = json.loads(text)
+    if not isinstance(data, dict):
+        raise TypeError("not an object")
+    msg = AlertMessage(**data)
+    if not isinstance(msg.kind, str) or not isinstance(msg.text, str):
+        raise TypeError("kind and text must be strings")
+    return msg
+
+
 class Dispatcher:
-    def __init__(self, events_db: Path, policy_db: Path, sender: Sender = send) -> None:
+    def __init__(
+        self,
+        events_db: Path,
+        policy_db: Path,
+        sender: Sender = send,
+        state_db: Path | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.events_db = events_db
         self.policy_db = policy_db
         self.sender = sender
+        self.state = DispatcherState(state_db) if state_db is not None else None
+        self.wall_clock = wall_clock  # stored failure times are wall-clock, `now` is monotonic
+        self._restored = False
+        self._saved: tuple[int | None, int] = (None, 0)  # (last_id, outbox changes) last saved
+        self._changes = 0  # outbox changes so far
+        self._resume_from: int | None = None  # last event id read before a restart
         self.last_id: int | None = None
         self.buckets: dict[int, tuple[tuple[float, int], TokenBucket]] = {}
         self.channels: list[Channel] = []
@@ -92,10 +207,11 @@ class Dispatcher:
         conn = sqlite3.connect(f"file:{self.events_db}?mode=ro", uri=True, timeout=5)
         try:
             if self.last_id is None:
-                self.last_id = int(
-                    conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
-                )
-                return []
+                newest = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+                if self._resume_from is None or self._resume_from > newest:
+                    self.last_id = newest  # first start, or the store was replaced: no history
+                    return []
+                self.last_id = self._resume_from
             rows = conn.execute(
                 "SELECT id, event_type, eve FROM events WHERE id > ? ORDER BY id LIMIT ?",
                 (self.last_id, MAX_EVENTS_PER_POLL),
@@ -123,6 +239,7 @@ class Dispatcher:
         live = {c.id for c in self.channels}
         for cid in [cid for cid in self.outboxes if cid not in live]:
             self.dropped += len(self.outboxes.pop(cid).messages)  # channel removed or disabled
+            self._changes += 1
 
     def _bucket(self, ch: Channel) -> TokenBucket:
         key = (ch.rate_per_min, ch.burst)
@@ -152,6 +269,7 @@ class Dispatcher:
 
     def _hold(self, ch: Channel, box: Outbox, now: float, msg: AlertMessage) -> None:
         box.messages.append((now, msg))
+        self._changes += 1
         if len(box.messages) > OUTBOX_LIMIT:
             box.messages.popleft()
             self.dropped += 1
@@ -164,6 +282,7 @@ class Dispatcher:
             expired += 1
         if expired:
             self.dropped += expired
+            self._changes += 1
             log.warning(
                 "alert channel %r: %d alert(s) undelivered for %.0f s, given up",
                 ch.name, expired, RETRY_FOR,
@@ -178,6 +297,7 @@ class Dispatcher:
                 box.next_try = now + RETRY_DELAYS[min(box.failed_tries, len(RETRY_DELAYS) - 1)]
                 return
             box.messages.popleft()
+            self._changes += 1
             sent += 1
         if box.messages:
             box.next_try = now  # the rest at the next poll
@@ -187,6 +307,8 @@ class Dispatcher:
     def poll(self, now: float | None = None) -> int:
         """One round: read new events, send or count them; returns the events read."""
         now = time.monotonic() if now is None else now
+        if not self._restored:
+            self._restore(now)
         self._refresh_channels(now)
         events = self._events()
         for ch in self.channels:
@@ -218,14 +340,56 @@ class Dispatcher:
                     self.suppressed += 1
                     sig = f"{(eve.get('alert') or {}).get('signature_id', '?')}"
                     bucket.suppress(now, sig)
+        self._save(now)
         return len(events)
+
+    # -- durable state ------------------------------------------------------------------------
+
+    def _restore(self, now: float) -> None:
+        """Before the first round: the cursor and outboxes a previous run left (retried now)."""
+        self._restored = True
+        if self.state is None:
+            return
+        self._resume_from, rows = self.state.load(self.events_db)
+        wall = self.wall_clock()
+        restored = 0
+        for channel_id, first_failed, text in rows:
+            try:
+                msg = _message_from_json(text)
+            except (ValueError, TypeError) as err:
+                self.dropped += 1
+                log.warning("alert state %s: stored alert unreadable (%s), given up",
+                            self.state.path, err)  # fmt: skip
+                continue
+            box = self.outboxes.setdefault(channel_id, Outbox(next_try=now))
+            box.messages.append((now - max(0.0, wall - first_failed), msg))
+            restored += 1
+        if restored:
+            log.info("alerts: %d undelivered alert(s) restored from %s", restored, self.state.path)
+        self._saved = (self._resume_from, self._changes)
+
+    def _save(self, now: float) -> None:
+        if self.state is None or self.last_id is None:
+            return
+        if (self.last_id, self._changes) == self._saved and self.state.ok:
+            return
+        wall = self.wall_clock()
+        outbox = [
+            (cid, wall - (now - failed), json.dumps(asdict(msg)))
+            for cid, box in self.outboxes.items()
+            for failed, msg in box.messages
+        ]
+        self.state.save(self.events_db, self.last_id, outbox)
+        self._saved = (self.last_id, self._changes)
 
     def stats(self) -> dict[str, int]:
         """Counters for `vpatch run status`: messages sent, alerts held back by the rate limit,
-        failed sends, messages waiting for a retry, messages given up."""
+        failed sends, messages waiting for a retry, messages given up, and whether the waiting
+        ones are on disk (`durable`: false without a state file or when it cannot be written)."""
         return {"sent": self.sent, "suppressed": self.suppressed, "failures": self.failures,
                 "queued": sum(len(b.messages) for b in self.outboxes.values()),
-                "dropped": self.dropped, "channels": len(self.channels)}  # fmt: skip
+                "dropped": self.dropped, "channels": len(self.channels),
+                "durable": self.state is not None and self.state.ok}  # fmt: skip
 
     # -- thread -------------------------------------------------------------------------------
 

@@ -496,9 +496,12 @@ class Gateway:
         if self.config.events.sqlite is None:
             log.info("alerts: no SQLite event store configured, no alert dispatcher")
             return
-        from gateway.alerts.dispatcher import Dispatcher
+        from gateway.alerts.dispatcher import Dispatcher, alert_state_path
 
-        self._alerts = Dispatcher(self.config.events.sqlite, self.config.policy.database)
+        events_db = self.config.events.sqlite
+        self._alerts = Dispatcher(
+            events_db, self.config.policy.database, state_db=alert_state_path(events_db)
+        )
         self._alerts.start()
 
     def _start_control(self) -> None:

@@ -144,3 +144,81 @@ def test_thread_start_stop(tmp_path: Path, webhook: Any) -> None:
     finally:
         d.stop()
     assert d._thread is not None and not d._thread.is_alive()
+
+
+def test_outbox_and_cursor_survive_a_restart(tmp_path: Path, webhook: Any) -> None:
+    events, policy = setup(tmp_path, webhook.url)
+    state = tmp_path / "events.alert-state.db"
+    first = Dispatcher(events, policy, state_db=state)
+    first.poll(0.0)
+    webhook.status = 503
+    add_events(events, 2)
+    first.poll(1.0)
+    assert (first.failures, first.stats()["queued"], first.stats()["durable"]) == (1, 2, True)
+    del first  # `vpatch run` stops; one more event is flushed after the dispatcher's last read
+    add_events(events, 1)
+    webhook.status = 204
+    second = Dispatcher(events, policy, state_db=state)
+    assert second.poll(500.0) == 1  # the event it had not read yet, not the whole history
+    reqs = wait_for(webhook.requests, 4)
+    assert [json.loads(b)["event"]["flow_id"] for _, b in reqs[1:]] == [1000, 1001, 1000]
+    assert (second.sent, second.stats()["queued"], second.dropped) == (3, 0, 0)
+    third = Dispatcher(events, policy, state_db=state)  # nothing left to send
+    assert third.poll(600.0) == 0 and third.stats()["queued"] == 0
+    assert len(wait_for(webhook.requests, 5, timeout=0.3)) == 4
+
+
+def test_first_start_with_state_does_not_replay_history(tmp_path: Path, webhook: Any) -> None:
+    events, policy = setup(tmp_path, webhook.url)
+    add_events(events, 3)
+    d = Dispatcher(events, policy, state_db=tmp_path / "state.db")
+    assert d.poll(0.0) == 0 and d.sent == 0
+    # a cursor past the newest event (the event store was replaced): start at the newest
+    with sqlite3.connect(str(tmp_path / "state.db")) as conn:
+        conn.execute("UPDATE cursor SET last_id = 99")
+    again = Dispatcher(events, policy, state_db=tmp_path / "state.db")
+    assert again.poll(1.0) == 0
+    add_events(events, 1)
+    assert again.poll(2.0) == 1 and len(wait_for(webhook.requests)) == 1
+
+
+def test_restored_alerts_given_up_by_wall_clock(tmp_path: Path) -> None:
+    events, policy = setup(tmp_path, f"http://127.0.0.1:{free_port()}/none")
+    state, wall = tmp_path / "state.db", [1_000_000.0]
+    first = Dispatcher(events, policy, state_db=state, wall_clock=lambda: wall[0])
+    first.poll(0.0)
+    add_events(events, 2)
+    first.poll(1.0)
+    assert first.stats()["queued"] == 2
+    wall[0] += 3000.0  # down for 50 minutes: still within the hour
+    second = Dispatcher(events, policy, state_db=state, wall_clock=lambda: wall[0])
+    second.poll(7.0)  # retried at once, fails again
+    assert (second.failures, second.stats()["queued"], second.dropped) == (1, 2, 0)
+    wall[0] += 700.0
+    third = Dispatcher(events, policy, state_db=state, wall_clock=lambda: wall[0])
+    third.poll(3.0)  # an hour and 40 s after the first failure: given up, counted
+    assert (third.stats()["queued"], third.dropped, third.failures) == (0, 2, 0)
+
+
+def test_bad_state_file_and_bad_rows(tmp_path: Path, webhook: Any, caplog: Any) -> None:
+    events, policy = setup(tmp_path, webhook.url)
+    state = tmp_path / "state.db"
+    state.write_bytes(b"this is not an SQLite database" * 100)
+    d = Dispatcher(events, policy, state_db=state)
+    d.poll(0.0)
+    add_events(events, 1)
+    d.poll(1.0)  # alerts still go out, in memory only; the file is named in the log
+    assert d.sent == 1 and d.stats()["durable"] is False
+    assert any(str(state) in r.getMessage() and "memory only" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    assert state.read_bytes().startswith(b"this is not")  # left for the admin to look at
+    good = tmp_path / "good.db"
+    Dispatcher(events, policy, state_db=good).poll(2.0)
+    with sqlite3.connect(str(good)) as conn:
+        conn.execute("INSERT INTO outbox (channel_id, first_failed, message) VALUES (1, ?, ?)",
+                     (time.time(), '{"kind": "alert", "no_such_field": 1}'))  # fmt: skip
+        conn.execute("INSERT INTO outbox (channel_id, first_failed, message) VALUES (1, ?, ?)",
+                     (time.time(), "[not json"))  # fmt: skip
+    restarted = Dispatcher(events, policy, state_db=good)
+    restarted.poll(3.0)
+    assert (restarted.dropped, restarted.stats()["queued"], restarted.sent) == (2, 0, 0)
