@@ -157,14 +157,23 @@ class DispatcherState:
         self.ok = True
 
 
+_MESSAGE_TYPES: dict[str, tuple[type, ...]] = {
+    "kind": (str,), "title": (str,), "text": (str,), "severity": (int,),
+    "timestamp": (int, float), "event": (dict, type(None)), "suppressed": (dict, type(None)),
+}  # fmt: skip
+
+
 def _message_from_json(text: str) -> AlertMessage:
+    """A stored AlertMessage; ValueError/TypeError naming the field when it is not one."""
     data: Any = json.loads(text)
     if not isinstance(data, dict):
-        raise TypeError("not an object")
-    msg = AlertMessage(**data)
-    if not isinstance(msg.kind, str) or not isinstance(msg.text, str):
-        raise TypeError("kind and text must be strings")
-    return msg
+        raise TypeError("not a JSON object")
+    if set(data) != set(_MESSAGE_TYPES):
+        raise ValueError(f"fields {sorted(data)} instead of {sorted(_MESSAGE_TYPES)}")
+    for name, types in _MESSAGE_TYPES.items():
+        if not isinstance(data[name], types) or isinstance(data[name], bool):
+            raise TypeError(f"field {name!r} has type {type(data[name]).__name__}")
+    return AlertMessage(**data)
 
 
 class Dispatcher:

@@ -219,6 +219,12 @@ def test_bad_state_file_and_bad_rows(tmp_path: Path, webhook: Any, caplog: Any) 
                      (time.time(), '{"kind": "alert", "no_such_field": 1}'))  # fmt: skip
         conn.execute("INSERT INTO outbox (channel_id, first_failed, message) VALUES (1, ?, ?)",
                      (time.time(), "[not json"))  # fmt: skip
+        ok = {"kind": "alert", "title": "t", "text": "x", "severity": 1, "timestamp": 1.0,
+              "event": None, "suppressed": None}  # fmt: skip
+        conn.execute("INSERT INTO outbox (channel_id, first_failed, message) VALUES (1, ?, ?)",
+                     (time.time(), json.dumps({**ok, "severity": "high"})))  # fmt: skip
     restarted = Dispatcher(events, policy, state_db=good)
+    caplog.clear()
     restarted.poll(3.0)
-    assert (restarted.dropped, restarted.stats()["queued"], restarted.sent) == (2, 0, 0)
+    assert (restarted.dropped, restarted.stats()["queued"], restarted.sent) == (3, 0, 0)
+    assert any("field 'severity' has type str" in r.getMessage() for r in caplog.records)
