@@ -2,7 +2,8 @@
 cyclic garbage collection off (gateway/intake/nfqueue.py): everything it allocates for a packet
 or a flow must be freed by reference counting. Fed every capture of the corpora (attacks,
 malformed, benign) and a few thousand HTTP connections, then all flows expired, a collection
-must find nothing. Also the worker's safety valve, `collect_if_grown`, on real cycles."""
+must find nothing; the same after policy reloads with a stored policy. Also the worker's safety
+valve, `collect_if_grown`, on real cycles."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ import pytest
 
 from gateway.config import load_config
 from gateway.errors import CaptureError
-from gateway.intake.nfqueue import WorkerStats, build_engine, collect_if_grown
+from gateway.intake.nfqueue import WorkerStats, apply_policy, build_engine, collect_if_grown
 from gateway.intake.pcap import read_capture
+from gateway.lifecycle.state import LifecycleStore
+from gateway.policy.compiled import Mode
+from gateway.policy.store import Store
 from gateway.testing.traffic import SERVER, contiguous, tcp_session
 
 
@@ -47,14 +51,18 @@ def cyclic_garbage() -> Counter[str]:
     return found
 
 
-def worker_engine(tmp_path: Path) -> Any:
+def worker_config(tmp_path: Path) -> Any:
     conf = tmp_path / "gateway.yaml"
     conf.write_text(
         f"protected_hosts: [{SERVER}]\n"
         f"policy: {{database: {tmp_path / 'policy.db'}}}\n"
         "events: {sqlite: null, jsonl: null}\n"
     )
-    engine = build_engine(load_config(conf))
+    return load_config(conf)
+
+
+def worker_engine(tmp_path: Path) -> Any:
+    engine = build_engine(worker_config(tmp_path))
     cyclic_garbage()  # what loading the rules left, collected once as the worker does
     return engine
 
@@ -112,3 +120,31 @@ def test_safety_valve_collects_cycles_past_the_limit(
     assert any("queue 3" in r.getMessage() and "reference cycles" in r.getMessage()
                for r in caplog.records)  # fmt: skip
     assert gc.get_count()[0] < 1000  # the count starts again
+
+
+def test_policy_reloads_leave_no_cycles(tmp_path: Path, no_auto_gc: None) -> None:
+    """A worker applies the stored policy on every reload (control `reload`, UI changes)."""
+    config = worker_config(tmp_path)
+    engine = build_engine(config)
+    sids = sorted(rule.id for rule in engine.ruleset.rules)[:3]
+    with Store(config.policy.database) as store:
+        group = store.create_group("legacy", "", "t")
+        host = store.save_host(SERVER, "t", name="srv", group_id=group.id)
+        store.set_assignment(sids[0], "host", host.id, "prevent", "t")
+        store.set_assignment(sids[1], "group", group.id, "detect", "t")
+        store.set_assignment(sids[2], "global", None, "off", "t")
+        store.add_exception(SERVER, "test", "t", rule_id=sids[0], uri="/x")
+        store.add_exception(SERVER, "test", "t", port=8080)
+    LifecycleStore(config.policy.database).update_host(
+        SERVER, app_controls=("refuse-smb1", "min-tls 1.2"), actor="t"
+    )
+    cyclic_garbage()  # what building the engine left, collected once as the worker does
+    stats = WorkerStats()
+    for version in range(1, 6):
+        apply_policy(engine, config, stats, version)
+    assert stats.get("policy_version") == 5 and stats.get("policy_errors") == 0
+    rules = {rule.id: rule for rule in engine.ruleset.rules}
+    assert engine.policy is not None  # the stored policy really was applied
+    assert engine.policy.mode(SERVER, rules[sids[0]]) is Mode.PREVENT
+    assert engine.policy.mode(SERVER, rules[sids[1]]) is Mode.DETECT
+    assert cyclic_garbage() == Counter()
