@@ -121,7 +121,7 @@ def rule_to_dict(rule: Rule) -> dict[str, Any]:
         "default_mode": rule.default_mode.value,
         "protocol": rule.protocol,
         "app": rule.app,
-        "ports": list(rule.ports) if rule.ports else "any",
+        "ports": rule.ports_json,
         "direction": rule.direction,
         "patterns": [
             {
@@ -189,7 +189,7 @@ def _list(args: argparse.Namespace) -> int:
         print(json.dumps([rule_to_dict(r) for r in rules], indent=2))
         return 0
     for r in rules:
-        ports = ",".join(str(p) for p in r.ports) or "any"
+        ports = r.ports_text
         cves = ",".join(r.cves) or "-"
         print(
             f"{r.id:>10}  {r.action.value:<6} {r.protocol}/{ports:<12} {r.app:<6} "

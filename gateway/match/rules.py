@@ -169,6 +169,16 @@ class Rule:
         """`ports: any`: the rule looks at every server port (identification by content)."""
         return not self.ports
 
+    @property
+    def ports_text(self) -> str:
+        """The server ports as written for people and Suricata: "80,8080", or "any"."""
+        return ",".join(str(p) for p in self.ports) or "any"
+
+    @property
+    def ports_json(self) -> list[int] | str:
+        """The server ports in JSON output: a list of numbers, or "any"."""
+        return list(self.ports) or "any"
+
     def inspects(self, direction: str) -> bool:
         """True if this rule looks at the given direction ("to_server" / "to_client")."""
         return self.direction == "both" or self.direction == direction

@@ -1336,7 +1336,7 @@ def export_rule(rule: Rule) -> tuple[str | None, str]:
     opts.extend(other)
     if not opts:
         return None, "no condition that Suricata can express"
-    ports = ",".join(str(p) for p in rule.ports) or "any"  # `ports: any`
+    ports = rule.ports_text
     ports = f"[{ports}]" if len(rule.ports) > 1 else ports
     if rule.direction == "to_client":
         head = f"any {ports} -> any any"
