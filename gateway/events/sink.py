@@ -28,12 +28,12 @@ import json
 import queue
 import sqlite3
 import threading
-import time
 from pathlib import Path
 from typing import IO, Any, Final, Self
 
 from gateway.errors import ConfigError
 from gateway.events.eve import Event, to_eve
+from gateway.sqlite_wal import use_wal
 
 __all__ = ["BATCH_WAIT", "DEFAULT_MAX_QUEUE", "MAX_BATCH", "SCHEMA", "EventSink"]
 
@@ -78,33 +78,27 @@ _INSERT: Final = (
 _STOP: Final = object()
 
 
-OPEN_ATTEMPTS: Final = 50  # x OPEN_RETRY_S: how long two workers may race to create the store
-OPEN_RETRY_S: Final = 0.1
+OPEN_TIMEOUT_S: Final = 10.0  # how long a writer waits for another's lock, WAL switch included
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn = sqlite3.connect(str(path), timeout=OPEN_TIMEOUT_S, isolation_level=None)
+    try:
+        use_wal(conn, OPEN_TIMEOUT_S)  # several workers start at once and race to create it
+        conn.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.Error:
+        conn.close()
+        raise
     return conn
 
 
 def _create(path: Path) -> None:
-    """Open (creating if needed) the store and its schema. Several workers start at once and
-    race here: switching to WAL takes an exclusive lock for which SQLite does not always call
-    its busy handler, so "database is locked" is retried for a bounded time."""
-    for attempt in range(OPEN_ATTEMPTS):
-        try:
-            conn = _connect(path)
-            try:
-                conn.executescript(SCHEMA)
-            finally:
-                conn.close()
-            return
-        except sqlite3.OperationalError as err:
-            if "locked" not in str(err) or attempt == OPEN_ATTEMPTS - 1:
-                raise
-            time.sleep(OPEN_RETRY_S)
+    """Open (creating if needed) the store and its schema."""
+    conn = _connect(path)
+    try:
+        conn.executescript(SCHEMA)
+    finally:
+        conn.close()
 
 
 def _row(eve: dict[str, Any], text: str) -> tuple[Any, ...]:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from gateway.errors import VpatchError
+from gateway.sqlite_wal import use_wal
 
 DEFAULT_DATABASE = Path("/var/lib/vpatch/vpatch.db")
 BUSY_TIMEOUT_MS = 5000
@@ -323,7 +324,7 @@ class Store:
             raise StoreError(f"policy database {path}: cannot open: {err}") from err
         self.db.row_factory = sqlite3.Row
         self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self.db.execute("PRAGMA journal_mode = WAL")
+        use_wal(self.db, BUSY_TIMEOUT_MS / 1000)
         self.db.execute("PRAGMA foreign_keys = ON")
         self._migrate()
 
