@@ -1,12 +1,12 @@
 """Switching an SQLite connection to WAL when several processes open a new database at once.
 
-Guarantee: `use_wal(conn, timeout_s)` returns once SQLite has run the switch (`conn` is then in
-WAL mode wherever the file system allows it), or raises the `sqlite3.OperationalError` it last
-saw. Turning a fresh (rollback-journal) file into WAL needs
-an exclusive lock, and SQLite does not call the busy handler for it when another connection
-holds a lock on that file, so `busy_timeout` does not help: the pragma fails at once with
-"database is locked". Here that error is retried for up to `timeout_s`. Once the file is in
-WAL mode the pragma takes no lock, so later opens pay nothing.
+Guarantee: `use_wal(conn, timeout_s)` returns once SQLite has run the switch (`conn` is then
+in WAL mode wherever the file system allows it), or raises the `sqlite3.OperationalError` it
+last saw. Turning a fresh (rollback-journal) file into WAL needs an exclusive lock, and SQLite
+does not call the busy handler for it when another connection holds a lock on that file, so
+`busy_timeout` does not help: the pragma fails at once with "database is locked". Here that
+error is retried for up to `timeout_s`. Once the file is in WAL mode the pragma succeeds at
+once, even while another connection writes, so later opens pay nothing.
 
 Seen on the policy store, which the workers and threads of `vpatch run` and the UI can open at
 about the same moment on a first start: 6 processes opening one new file together failed 3-6
