@@ -113,6 +113,7 @@ def rules_view(filters: dict[str, str]) -> list[dict[str, Any]]:
         out.append({
             "id": rule.id, "title": rule.title, "cves": list(rule.cves),
             "severity": rule.severity, "protocol": rule.protocol, "ports": rule.ports_json,
+            "ports_text": rule.ports_text,
             "action": rule.action.value, "products": products,
             "default_mode": rule_default_mode(rule),
             "global_mode": glob or rule_default_mode(rule), "global_explicit": glob is not None,

@@ -167,6 +167,22 @@ def test_rules_filters(client: FlaskClient, auth: Auth) -> None:
     assert 'id="rule-9000100"' in page and "1 flows" in page  # the would_block event
 
 
+def test_rules_page_and_api_show_ports_or_any(app: Flask, client: FlaskClient, auth: Auth) -> None:
+    from gateway.policy.appcontrol import APP_CONTROL_RULES  # holds a `ports: any` rule
+
+    app.config["RULE_PATHS"] = [*app.config["RULE_PATHS"], str(APP_CONTROL_RULES)]
+    auth.login()
+    page = client.get("/rules/").get_data(as_text=True)
+    rows = dict(re.findall(r'<tr id="rule-(\d+)">(.*?)</tr>', page, re.DOTALL))
+    assert "<td>tcp/any</td>" in rows["9200031"]  # app control: HTTP on any port
+    assert re.search(r"<td>tcp/\d+(,\d+)*</td>", rows["9001001"]), rows["9001001"]
+    api = {
+        r["id"]: r for r in client.get("/api/v1/rules", headers=api_token(app, "admin")).get_json()
+    }
+    assert (api[9200031]["ports"], api[9200031]["ports_text"]) == ("any", "any")
+    assert api[9001001]["ports_text"] == ",".join(map(str, api[9001001]["ports"]))
+
+
 def _evil_row_id(client: FlaskClient) -> int:
     page = client.get("/events/?address=198.18.0.11").get_data(as_text=True)
     ids = re.findall(r'href="/events/(\d+)"', page)
