@@ -11,7 +11,7 @@ What it does:
   config's `policy.database`); without --host/--group the assignment is global. A running
   gateway picks it up on the control socket's `reload`.
 - `import-suricata FILE [-o DIR] [--include-disabled] [--any-ports P,...]`: converts the rules
-  that map (gateway/match/suricata.py, docs/suricata.md), writes them as YAML (one file per
+  that map (gateway/match/suricata/, docs/suricata.md), writes them as YAML (one file per
   rule in DIR, or one `rules:` document on stdout) and reports every rule it did not convert
   with its sid, line and reason, then the counts and the reasons histogram.
 - `export-suricata [PATH...] [-o FILE]`: the rules as Suricata 7 rules; a rule that cannot be
@@ -21,7 +21,7 @@ PATH defaults to the bundled rules/ directory.
 What it guarantees: exit status 0 on success; `validate` exits 1 when any rule is invalid and
 loads nothing; `show` of an unknown id and `enable|disable` of an unknown rule exit 1; other
 VpatchErrors are printed by gateway.cli (exit status 2). Files written by `import-suricata`
-pass `validate` (each was loaded by the real loader before it was written).
+pass `validate` (each was validated by gateway.match.rules.build_rule before it was written).
 """
 
 from __future__ import annotations

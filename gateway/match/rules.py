@@ -3,12 +3,17 @@
 What it does: reads the minimal rule format of docs/architecture.md ("match/rules.py"): one rule
 per YAML file (a mapping), or several rules in one file as a list under a single top-level key
 `rules:` (used for one vulnerability that needs several signatures). Rule files are `*.yaml` /
-`*.yml`; a directory is searched recursively, in sorted order.
+`*.yml`; a directory is searched recursively, in sorted order. `build_rule(mapping, source,
+line)` validates and builds one rule given in memory (the Suricata importer's way in), with
+the same checks: both validate the YAML node tree, the form that carries a line for every
+value; an in-memory mapping is represented as that tree by PyYAML's representer (no YAML text
+is written or read), every node at the given line.
 
 What it guarantees:
 - Nothing is loaded unless every rule in every given path is valid: `load_rules` raises one
   RuleError listing every problem found, each as `file:line: reason` (line numbers come from the
-  YAML node tree, `yaml.compose`), so an operator fixes all of them in one round.
+  YAML node tree, `yaml.compose`), so an operator fixes all of them in one round; the error's
+  `problems` hold the same as data (RuleProblem: path, line, reason).
 - Unknown keys, duplicate keys, wrong types, out-of-range values, duplicate rule ids (across
   files), malformed Suricata-style content and regexes that Hyperscan refuses are all errors.
 - Content strings follow Suricata's content syntax: text with `|hex bytes|` parts (e.g.
@@ -21,15 +26,17 @@ What it guarantees:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
+from yaml.error import Mark
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.representer import SafeRepresenter
 
-from gateway.errors import RuleError
+from gateway.errors import RuleError, RuleProblem
 from gateway.match.conditions import (
     RAW,
     All,
@@ -56,6 +63,8 @@ __all__ = [
     "Rule",
     "RuleSet",
     "Sample",
+    "build_rule",
+    "check_regex",
     "default_rule_dir",
     "load_rules",
     "parse_content",
@@ -283,22 +292,32 @@ def parse_content(text: str) -> bytes:
 
 
 class _Problems:
-    """Collects `file:line: reason` strings."""
+    """Collects problems (RuleProblem: path, line, reason) and turns them into one RuleError."""
 
     def __init__(self) -> None:
-        self.found: list[tuple[int, int, int, str]] = []  # file order, line, seq, text
+        self.found: list[tuple[int, int, int, RuleProblem]] = []  # file order, line, seq, problem
         self._file_order: dict[Path, int] = {}
 
     def add(self, path: Path, node: Node | None, reason: str, line: int | None = None) -> None:
         if line is None:
             line = node.start_mark.line + 1 if node is not None else 0
         order = self._file_order.setdefault(path, len(self._file_order))
-        self.found.append((order, line, len(self.found), f"{path}:{line}: {reason}"))
+        self.found.append((order, line, len(self.found), RuleProblem(path, line, reason)))
 
     @property
-    def items(self) -> list[str]:
+    def items(self) -> list[RuleProblem]:
         """Problems in file order, then line order."""
-        return [text for *_, text in sorted(self.found)]
+        return [problem for *_, problem in sorted(self.found)]
+
+    def error(self) -> RuleError:
+        """One RuleError listing every problem as `file:line: reason`."""
+        items = self.items
+        count = len(items)
+        return RuleError(
+            f"{count} problem{'s' if count > 1 else ''} in rules, nothing loaded:\n  "
+            + "\n  ".join(str(p) for p in items),
+            items,
+        )
 
 
 def _rule_files(paths: Iterable[Path | str], problems: _Problems) -> list[Path]:
@@ -336,12 +355,46 @@ def load_rules(paths: Iterable[Path | str]) -> RuleSet:
     if len(rules) > MAX_RULES:
         problems.add(Path("rule set"), None, f"{len(rules)} rules, more than {MAX_RULES}", 0)
     if problems.found:
-        count = len(problems.found)
-        raise RuleError(
-            f"{count} problem{'s' if count > 1 else ''} in rules, nothing loaded:\n  "
-            + "\n  ".join(problems.items)
-        )
+        raise problems.error()
     return RuleSet(rules)
+
+
+def build_rule(data: Mapping[str, Any], source: Path | str, line: int = 0) -> Rule:
+    """Validate one rule given in memory (the mapping a rule file holds, as plain data: str,
+    int, bool, lists and mappings) and build it, with exactly the checks of `load_rules`.
+
+    `source` and `line` say where the rule came from: they become `Rule.path` and `Rule.line`
+    and every problem is reported there. Raises RuleError listing every problem (its
+    `problems` hold them as data).
+    """
+    problems = _Problems()
+    try:
+        node = _node_of(data, line)
+    except yaml.YAMLError as err:  # an object that is not plain data
+        what = ": ".join(str(a) for a in err.args) or type(err).__name__
+        problems.add(Path(source), None, f"not plain data: {what}", line)
+        raise problems.error() from err
+    rule = _build_rule(node, Path(source), problems)
+    if problems.found or rule is None:
+        raise problems.error()
+    return rule
+
+
+def _node_of(data: Mapping[str, Any], line: int) -> Node:
+    """`data` as the node tree the YAML loader validates (PyYAML's representer, in memory: no
+    YAML text is written or read), every node placed at `line`."""
+    representer = SafeRepresenter(default_flow_style=False, sort_keys=False)
+    root: Node = representer.represent_data(data)
+    mark = Mark("<memory>", 0, line - 1, 0, None, 0)
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        node.start_mark = node.end_mark = mark
+        if isinstance(node, SequenceNode):
+            todo.extend(node.value)
+        elif isinstance(node, MappingNode):
+            todo.extend(n for pair in node.value for n in pair)
+    return root
 
 
 def _load_file(path: Path, problems: _Problems) -> list[Rule]:
@@ -545,7 +598,7 @@ def _conditions(
     def problem(node: Node | None, reason: str) -> None:
         problems.add(path, node if node is not None else vnode, reason)
 
-    cond = parse_condition(vnode, problem, field_kind, parse_content, _check_regex)
+    cond = parse_condition(vnode, problem, field_kind, parse_content, check_regex)
     if cond is None:
         return [], None
     members = cond.items if isinstance(cond, All) else (cond,)
@@ -819,7 +872,7 @@ def _pattern(node: Node, path: Path, problems: _Problems) -> Pattern | None:
             return None
     else:
         expr = text.encode("utf-8")
-        reason = _check_regex(expr, nocase)
+        reason = check_regex(expr, nocase)
         if reason:
             problems.add(path, vnode, f"regex {text!r} rejected by Hyperscan: {reason}")
             return None
@@ -831,7 +884,7 @@ def _pattern(node: Node, path: Path, problems: _Problems) -> Pattern | None:
     return Pattern(kind=kind, expr=expr, nocase=nocase)
 
 
-def _check_regex(expr: bytes, nocase: bool) -> str | None:
+def check_regex(expr: bytes, nocase: bool) -> str | None:
     """Compile one regex alone in stream mode; return Hyperscan's complaint, or None."""
     import hyperscan
 

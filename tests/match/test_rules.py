@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
-from gateway.errors import RuleError
+from gateway.errors import RuleError, RuleProblem
 from gateway.match.rules import (
     ANY_PORT,
     MAX_PATTERNS_PER_RULE,
     Pattern,
     RuleSet,
+    build_rule,
     default_rule_dir,
     load_rules,
     parse_content,
@@ -142,6 +146,13 @@ patterns:
     assert f"{bad}:11: regex 'a(b' rejected by Hyperscan" in msg
     assert f"{bad}:12: a pattern needs exactly one of" in msg
     assert msg.startswith("7 problems")
+    # the same as data, in the message's order
+    problems = info.value.problems
+    assert [(p.path, p.line) for p in problems] == [(bad, n) for n in (3, 6, 7, 8, 10, 11, 12)]
+    assert problems[1] == RuleProblem(bad, 6, "port '70000' must be an integer 1..65535")
+    assert msg.endswith("\n  ".join(str(p) for p in problems))
+    assert (info.value.path, info.value.line) == (bad, 3)
+    assert info.value.reason.startswith("severity 'extreme' must be one of")
 
 
 def test_missing_keys_wrong_types_and_duplicate_keys(tmp_path: Path) -> None:
@@ -239,3 +250,35 @@ def test_ports_any(tmp_path: Path) -> None:
     bad = write(tmp_path, "any.yaml", text.replace("ports: any", "ports: all"))
     with pytest.raises(RuleError, match=r"any.yaml:6: ports must be `any` or a non-empty list"):
         load_rules([bad])
+
+
+def test_build_rule_from_a_mapping_checks_what_the_loader_checks(tmp_path: Path) -> None:
+    data = yaml.safe_load(GOOD)
+    from_file = load_rules([write(tmp_path, "r.yaml", GOOD)]).rules[0]
+    built = build_rule(data, "imported.rules", 42)
+    assert built.path == Path("imported.rules") and built.line == 42
+    assert replace(built, path=from_file.path, line=from_file.line) == from_file
+    bad = {**data, "severity": "extreme", "ports": [445, 70000], "colour": "red"}
+    bad["patterns"] = [{"regex": "a(b"}]
+    with pytest.raises(RuleError) as info:
+        build_rule(bad, "imported.rules", 42)
+    assert [(p.path, p.line) for p in info.value.problems] == [(Path("imported.rules"), 42)] * 4
+    assert [p.reason.split(" ", 1)[0] for p in info.value.problems] == [
+        "unknown",
+        "severity",
+        "port",
+        "regex",
+    ]
+    assert "imported.rules:42: port '70000' must be an integer 1..65535" in str(info.value)
+    assert str(info.value).startswith("4 problems in rules, nothing loaded:")
+    with pytest.raises(RuleError, match=r"imported.rules:42: not plain data: cannot represent"):
+        build_rule({**data, "title": object()}, "imported.rules", 42)
+
+
+def test_rule_error_without_a_place() -> None:
+    err = RuleError("rule set: duplicate rule ids")
+    assert err.problems == () and err.path is None and err.line == 0
+    assert err.reason == str(err) == "rule set: duplicate rule ids"
+    one = RuleError("x", [RuleProblem(Path("a.yaml"), 3, "why")])
+    again = pickle.loads(pickle.dumps(one))
+    assert str(again) == "x" and again.problems == one.problems
