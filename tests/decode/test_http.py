@@ -7,11 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.decode.http import (
+    MAX_HEAD_BYTES,
     NEED_DATA,
     Body,
     EndOfRequest,
     HttpDecodeError,
-    MAX_HEAD_BYTES,
     HttpRequestDecoder,
     Request,
     State,
