@@ -393,6 +393,12 @@ def _new_http(transport: int, direction: int) -> AppDecoder:
 
 
 def _probe_tls(data: bytes, direction: int) -> Probe:
+    if (
+        data and data[0] & 0x80
+    ):  # SSLv2-format ClientHello: 2-byte length, type 1, version 0x0002/0x03xx
+        if len(data) < 4:
+            return Probe.NEED_DATA
+        return Probe.YES if data[2] == 1 and data[3] in (0x00, 0x03) else Probe.NO
     if len(data) < 3:
         if data and data[0] not in _tls._CONTENT_TYPES:
             return Probe.NO

@@ -56,6 +56,7 @@ def test_register_validates() -> None:
         (b"GET\t/x HTTP/1.1\r\n", 8080, ("http", True)),
         (b"POST    /x HTTP/1.1\r\n", 8080, ("http", True)),
         (b"\r\n" * 3000, 8080, (None, True)),
+        (b"\x80\x2b\x01\x03\x01\x00\x09", 443, ("tls", True)),  # SSLv2-format ClientHello
     ],
 )
 def test_identify(data: bytes, port: int, expected: tuple[str | None, bool]) -> None:
