@@ -139,9 +139,8 @@ class TlsDecoder:
         events: list[Event] = []
         try:
             if self._first and self._buf:
-                if self._buf[0] & 0x80:
-                    if not self._sslv2_hello(events):
-                        return events
+                if self._buf[0] & 0x80 and not self._sslv2_hello(events):
+                    return events
                 self._first = False
             while len(self._buf) >= _RECORD.size:
                 ctype, version, length = _RECORD.unpack_from(self._buf)

@@ -19,7 +19,6 @@ from gateway.decode.tls import (
     TlsDecoder,
 )
 
-
 # SSLv2 CLIENT-HELLO (RFC 5246 appendix E.2): msg type 1, version 3.1, three cipher specs (one
 # SSLv2-only, dropped), no session id, a 16-byte challenge.
 _V2_BODY = (
