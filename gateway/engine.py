@@ -128,9 +128,6 @@ MAX_MEMO_REQUEST: Final = 2048  # bytes: longer requests are never memoised
 MAX_REARM_ROUNDS: Final = 16
 # One complete request head without a body (no Content-Length, no Transfer-Encoding).
 _BODY_HEADERS: Final = re.compile(rb"(?i)\r\n(?:content-length|transfer-encoding)\s*:")
-# An HTTP/1.x request line at the start of a client stream (RFC 9112 section 3): method token,
-# one space, then a request target; enough to tell HTTP from SMB, TLS, RDP or DNS.
-_HTTP_REQUEST_START: Final = re.compile(rb"[A-Z][A-Z_-]{2,15} [^\s]")
 
 _ACCEPT: Final = Decision(Action.ACCEPT)
 _ACCEPT_FINAL: Final = Decision(Action.ACCEPT, final=True)
@@ -497,7 +494,7 @@ class Engine:
                 and reasm.position == 0
                 and payload
                 and self.config.http_whole_connection
-                and _HTTP_REQUEST_START.match(payload)
+                and app_registry.HTTP_REQUEST_START.match(payload)
             ):
                 reasm.max_depth = UNBOUNDED_DEPTH
             data = reasm.receive(pkt.seq, payload, bool(syn))
@@ -568,12 +565,8 @@ class Engine:
                 app.attempts += 1
             name, decided = app_registry.identify(app.group.app_candidates, proto, port, d, head)
             if not decided:
-                if (
-                    proto == PROTO_UDP
-                    and app.attempts >= UDP_PROBE_ATTEMPTS
-                    or proto == PROTO_TCP
-                    and len(head) >= app_registry.MAX_PROBE_BYTES
-                ):
+                # TCP: identify decides by itself once it has its budget of bytes
+                if proto == PROTO_UDP and app.attempts >= UDP_PROBE_ATTEMPTS:
                     name = None
                 else:
                     return NO_RULES

@@ -26,7 +26,7 @@ from gateway.errors import CaptureError
 from gateway.events.eve import to_eve
 from gateway.intake.pcap import read_capture
 from gateway.match.matcher import Matcher
-from gateway.match.rules import default_rule_dir, load_rules
+from gateway.match.rules import all_rules_on, default_rule_dir, load_rules
 
 __all__ = ["register", "replay_file", "run"]
 
@@ -59,6 +59,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--eve", metavar="FILE", type=Path, help="also append the EVE JSON lines to FILE"
+    )
+    parser.add_argument(
+        "--all-rules",
+        action="store_true",
+        help="judge the rules that are off by default (default_mode: off, e.g. the TLS "
+        "heartbeat restriction) as if assigned in prevent mode",
     )
     parser.add_argument(
         "--stats",
@@ -102,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         paths = args.rules or [default_rule_dir()]
         config = EngineConfig()
     ruleset = load_rules(paths)
+    if args.all_rules:
+        ruleset = all_rules_on(ruleset)
     matcher = Matcher(ruleset)
     status = 0
     eve: IO[str] | None = open(args.eve, "a", encoding="utf-8") if args.eve else None  # noqa: SIM115

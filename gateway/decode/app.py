@@ -74,6 +74,7 @@ PROTO_UDP: Final = 17
 TO_SERVER: Final = 0  # same numbering as gateway.match.matcher
 TO_CLIENT: Final = 1
 MAX_PROBE_BYTES: Final = 64  # bytes a direction may buffer while its protocol is undecided
+MAX_BLANK_PREFIX: Final = 4096  # leading CR/LF bytes a probe looks past (not counted above)
 MAX_BODY_INSPECT: Final = _http.MAX_BODY_INSPECT
 MAX_RECORDS_PER_FEED: Final = 4096  # records one feed may return (bounds a hostile stream)
 PLUGIN_MODULES: Final = (
@@ -229,7 +230,10 @@ def identify(
     `server_port` being one of their ports. Never raises.
     """
     undecided = False
-    head = data[:MAX_PROBE_BYTES]
+    # Empty lines before an HTTP request line are skipped by the servers (RFC 9112 section
+    # 2.2; Apache takes up to 100): they do not count against the probe's budget.
+    blank = min(len(data) - len(data.lstrip(b"\r\n")), MAX_BLANK_PREFIX)
+    head = data[: blank + MAX_PROBE_BYTES]
     by_port: str | None = None
     for name in candidates:
         app = get(name)
@@ -249,21 +253,23 @@ def identify(
             undecided = True
     if by_port is not None:
         return by_port, True
-    if undecided and len(data) < MAX_PROBE_BYTES:
+    if undecided and len(data) < blank + MAX_PROBE_BYTES:
         return None, False
     return None, True
 
 
 # ------------------------------------------------------------------------- HTTP
 
-_HTTP_START: Final = re.compile(rb"[A-Z][A-Z_-]{2,15} [^\s]")
-_HTTP_PREFIX: Final = re.compile(rb"[A-Z][A-Z_-]{0,15}( )?\Z")
+# A request line's start after any empty lines: an upper-case method, any run of blanks (Apache
+# splits the line on whitespace), the first byte of the target.
+HTTP_REQUEST_START: Final = re.compile(rb"[\r\n]*[A-Z][A-Z_-]{2,15}[ \t]+[^\s]")
+_HTTP_PREFIX: Final = re.compile(rb"[\r\n]*(?:[A-Z][A-Z_-]{0,15}[ \t]*)?\Z")
 
 
 def _probe_http(data: bytes, direction: int) -> Probe:
-    if _HTTP_START.match(data):
+    if HTTP_REQUEST_START.match(data):
         return Probe.YES
-    if _HTTP_PREFIX.match(data) or not data:
+    if _HTTP_PREFIX.match(data):
         return Probe.NEED_DATA
     return Probe.NO
 
@@ -387,6 +393,12 @@ def _new_http(transport: int, direction: int) -> AppDecoder:
 
 
 def _probe_tls(data: bytes, direction: int) -> Probe:
+    if (
+        data and data[0] & 0x80
+    ):  # SSLv2-format ClientHello: 2-byte length, type 1, version 0x0002/0x03xx
+        if len(data) < 4:
+            return Probe.NEED_DATA
+        return Probe.YES if data[2] == 1 and data[3] in (0x00, 0x03) else Probe.NO
     if len(data) < 3:
         if data and data[0] not in _tls._CONTENT_TYPES:
             return Probe.NO

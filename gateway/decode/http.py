@@ -23,8 +23,10 @@ from dataclasses import dataclass
 
 from gateway.errors import DecodeError
 
-MAX_HEAD_BYTES = 64 * 1024
-MAX_HEADERS = 256
+# Apache accepts 100 header lines of 8190 bytes (about 800 KiB); a longer head is refused
+# (policy: the decode error path), so one must fit.
+MAX_HEAD_BYTES = 1024 * 1024
+MAX_HEADERS = 1024
 MAX_BODY_INSPECT = 64 * 1024
 MAX_CHUNK_LINE = 1024
 
@@ -40,6 +42,7 @@ class State(enum.Enum):
     CHUNK_DATA = "chunk-data"
     CHUNK_DATA_END = "chunk-data-end"
     TRAILERS = "trailers"
+    RESYNC = "resync"  # after recover(): skipping to the next line that starts a request
     ERROR = "error"
 
 
@@ -82,8 +85,9 @@ NEED_DATA = _NeedData()
 Event = Request | Body | EndOfRequest
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_VERSION = re.compile(rb"HTTP/\d\.\d\Z")
-_CHUNK_SIZE = re.compile(rb"\s*([0-9A-Fa-f]{1,16})\s*(?:;.*)?\Z")
+# A chunk size as Apache reads it (apr_strtoi64 base 16): blanks, then hex digits (any number
+# of leading zeros), then anything up to the line end is ignored (extensions, junk).
+_CHUNK_SIZE = re.compile(rb"[ \t]*0*([0-9A-Fa-f]{1,16})(?![0-9A-Fa-f])")
 
 
 class HttpRequestDecoder:
@@ -119,10 +123,34 @@ class HttpRequestDecoder:
             self.state = State.ERROR
             raise
 
+    def recover(self) -> None:
+        """Leave the ERROR state: skip to the next line that starts an HTTP request and decode on
+        from there. For a caller whose policy lets the connection go on after an anomaly: what
+        the server makes of the skipped bytes is unknown, so every later request is still
+        found and inspected instead of none."""
+        self.state = State.RESYNC
+        self._remaining = 0
+        self._body_length = 0
+
+    def _resync(self) -> Event | _NeedData:
+        buf = self._buf
+        found = _REQUEST_LINE_START.search(buf)
+        if found is not None:
+            del buf[: found.start() + 1]
+            self.state = State.HEAD
+            return self._parse_head()
+        # Keep the last line's start (a request line may be arriving), bounded.
+        cut = max(buf.rfind(b"\n"), len(buf) - MAX_RESYNC_TAIL)
+        if cut > 0:
+            del buf[:cut]
+        return NEED_DATA
+
     def _next_event(self) -> Event | _NeedData:
         state = self.state
         if state is State.ERROR:
             raise HttpDecodeError("decoder is in ERROR state after an earlier error")
+        if state is State.RESYNC:
+            return self._resync()
         if state is State.HEAD:
             return self._parse_head()
         if state is State.BODY_LENGTH or state is State.CHUNK_DATA:
@@ -193,61 +221,54 @@ class HttpRequestDecoder:
         return line
 
     def _parse_head(self) -> Request | _NeedData:
-        # RFC 9112 section 2.2: ignore at least one empty line before a request line.
-        while self._buf[:2] == b"\r\n" or self._buf[:1] == b"\n":
-            del self._buf[: 2 if self._buf[:1] == b"\r" else 1]
-        end = self._buf.find(b"\r\n\r\n")
-        sep = 4
-        lf_end = self._buf.find(b"\n\n")
-        if lf_end >= 0 and (end < 0 or lf_end < end):
-            end, sep = lf_end, 2
-        if end < 0:
-            if len(self._buf) > self.max_head_bytes:
+        buf = self._buf
+        # RFC 9112 section 2.2: ignore at least one empty line before a request line (Apache
+        # skips any number of them).
+        skip = 0
+        while True:
+            if buf[skip : skip + 2] == b"\r\n":
+                skip += 2
+            elif buf[skip : skip + 1] == b"\n":
+                skip += 1
+            else:
+                break
+        if skip:
+            del buf[:skip]
+        # The head ends at the first empty line; a line ends at LF with an optional CR before it
+        # (Apache's and IIS's getline), so CRLF CRLF, LF LF, CRLF LF and LF CRLF all end it.
+        found = _HEAD_END.search(buf)
+        if found is None:
+            if len(buf) > self.max_head_bytes:
                 raise HttpDecodeError(f"request head longer than {self.max_head_bytes} bytes")
             return NEED_DATA
+        end = found.start()
         if end > self.max_head_bytes:
             raise HttpDecodeError(f"request head longer than {self.max_head_bytes} bytes")
-        head = bytes(self._buf[:end])
-        del self._buf[: end + sep]
-        lines = head.replace(b"\r\n", b"\n").split(b"\n")
-        method, target, version = self._parse_request_line(lines[0])
+        head = bytes(buf[:end])
+        del buf[: found.end()]
+        lines = [line.rstrip(b"\r") for line in head.split(b"\n")]
+        method, target, version = parse_request_line(lines[0])
         headers = self._parse_headers(lines[1:])
         request = Request(method, target, normalize_uri(target), version, headers)
         self._start_body(request)
         return request
 
-    @staticmethod
-    def _parse_request_line(line: bytes) -> tuple[str, str, str]:
-        parts = line.split()
-        if len(parts) == 2:  # HTTP/0.9 style "GET /path"
-            parts.append(b"HTTP/0.9")
-        if len(parts) != 3:
-            raise HttpDecodeError(f"bad request line {line[:80]!r}")
-        method, target, version = parts
-        if not _TOKEN.match(method):
-            raise HttpDecodeError(f"bad method {method[:40]!r} in request line")
-        if not _VERSION.match(version):
-            raise HttpDecodeError(f"bad version {version[:20]!r} in request line")
-        return (
-            method.decode("latin-1"),
-            target.decode("latin-1"),
-            version.decode("latin-1"),
-        )
-
     def _parse_headers(self, lines: list[bytes]) -> tuple[tuple[str, str], ...]:
         headers: list[tuple[str, str]] = []
         for raw in lines:
-            if raw[:1] in (b" ", b"\t"):
+            if raw[:1] in (b" ", b"\t") and headers:
                 # Obsolete line folding (RFC 9112 section 5.2): replace with a space.
-                if not headers:
-                    raise HttpDecodeError("header block starts with a folded line")
                 last_name, last_value = headers[-1]
                 headers[-1] = (last_name, f"{last_value} {raw.strip().decode('latin-1')}")
                 continue
             name, colon, value = raw.partition(b":")
-            if not colon or not _TOKEN.match(name):
+            name = name.strip(_WS)
+            if not colon or not name:
+                # Apache and IIS answer 400 and close: nothing after it reaches the application.
                 raise HttpDecodeError(f"bad header line {raw[:80]!r}")
-            headers.append((name.decode("latin-1").lower(), value.strip().decode("latin-1")))
+            # Apache 2.2 strips whitespace between the name and the colon and takes any byte in
+            # a name; the value loses surrounding SP/HTAB (RFC 9112 section 5.1).
+            headers.append((name.decode("latin-1").lower(), value.strip(_WS).decode("latin-1")))
             if len(headers) > self.max_headers:
                 raise HttpDecodeError(f"more than {self.max_headers} header fields")
         return tuple(headers)
@@ -262,11 +283,63 @@ class HttpRequestDecoder:
             self._remaining = 0
             self.state = State.BODY_LENGTH
             return
-        values = {v.strip() for v in length.split(",")}
-        if len(values) != 1 or not next(iter(values)).isdigit():
-            raise HttpDecodeError(f"bad Content-Length {length[:40]!r}")
-        self._remaining = int(next(iter(values)))
+        self._remaining = parse_content_length(length)
         self.state = State.BODY_LENGTH
+
+
+_WS = b" \t"
+MAX_RESYNC_TAIL = 8192  # bytes kept while looking for the next request line after recover()
+# A line that starts a request: LF, a method token, blanks, a target, blanks, "HTTP/".
+_REQUEST_LINE_START = re.compile(rb"\n[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}[ \t]+\S+[ \t]+(?i:HTTP/)")
+_HEAD_END = re.compile(rb"\n\r?\n")
+# "HTTP/" then major.minor the way Apache 2.2 reads it (sscanf "HTTP/%u.%u": optional
+# whitespace and sign before each number, any number of leading zeros).
+_LENIENT_VERSION = re.compile(rb"(?i)HTTP/\s*\+?(\d+)\.\s*\+?(\d+)")
+# A Content-Length value as strtoll reads it (leading blanks, optional '+'), nothing after.
+_CONTENT_LENGTH = re.compile(r"[ \t]*\+?(\d{1,18})[ \t]*\Z")
+
+
+def parse_request_line(line: bytes) -> tuple[str, str, str]:
+    """(method, target, version) of a request line, as leniently as Apache 2.2 reads it.
+
+    Words are separated by any run of whitespace (ap_getword_white). The method is the first
+    word, the target the second; a third word that is not "HTTP/major.minor" (any case,
+    leading zeros) is read as HTTP/1.0, as Apache 2.2 does (RFC 9112 section 2.3 lets a
+    server treat an unknown version so), and words after it are ignored. Two words are an HTTP/0.9 request. The method must still be a token (RFC 9110
+    section 9.1): bytes such as '(' or ':' make it something other than HTTP.
+    """
+    parts = line.split()
+    if len(parts) == 2:  # HTTP/0.9 style "GET /path"
+        parts.append(b"HTTP/0.9")
+    if len(parts) < 3:
+        raise HttpDecodeError(f"bad request line {line[:80]!r}")
+    method, target, version = parts[0], parts[1], parts[2]
+    if not _TOKEN.match(method):
+        raise HttpDecodeError(f"bad method {method[:40]!r} in request line")
+    found = _LENIENT_VERSION.match(version)
+    if found is not None:
+        text = f"HTTP/{int(found.group(1))}.{int(found.group(2))}"
+    else:
+        text = "HTTP/1.0"
+    return method.decode("latin-1"), target.decode("latin-1"), text
+
+
+def parse_content_length(value: str) -> int:
+    """The body length a Content-Length value gives, or HttpDecodeError when servers refuse it.
+
+    Repeats (joined by ", ") must agree (RFC 9110 section 8.6). Leading zeros, blanks and a
+    '+' sign are taken, as strtoll does in Apache; anything else is refused, as the servers do.
+    """
+    values = {v.strip(" \t") for v in value.split(",")}
+    lengths = set()
+    for item in values:
+        found = _CONTENT_LENGTH.match(item)
+        if found is None:
+            raise HttpDecodeError(f"bad Content-Length {value[:40]!r}")
+        lengths.add(int(found.group(1)))
+    if len(lengths) != 1:
+        raise HttpDecodeError(f"bad Content-Length {value[:40]!r} (values disagree)")
+    return lengths.pop()
 
 
 # --- URI normalisation -------------------------------------------------------------------

@@ -8,7 +8,11 @@ whose claimed payload does not fit in its record). Guarantees:
 - records longer than 2**14 + 2048 bytes (RFC 5246 section 6.2.3) are an error, so the buffer is
   bounded; handshake messages are reassembled across records up to MAX_HANDSHAKE_BYTES;
 - after ChangeCipherSpec the direction is marked encrypted: later heartbeats report
-  `encrypted=True` and their inner lengths are not read;
+  `encrypted=True` and their inner lengths are not read (an early ChangeCipherSpec can make
+  that so for an attacker, so rules/cve-2014-0160-heartbeat-restrict.yaml refuses heartbeats
+  whatever they hold); a plaintext heartbeat too short to hold its length claims 0xFFFF;
+- an SSLv2-format ClientHello as the first message (RFC 5246 appendix E.2) is decoded as a
+  ClientHello; records follow it as usual;
 - a hello's `effective_version` is what a version floor must compare: for a ClientHello the
   highest version offered (the supported_versions extension, RFC 8446 section 4.2.1, GREASE
   values of RFC 8701 skipped; else legacy client_version), for a ServerHello the version chosen
@@ -95,8 +99,37 @@ class TlsDecoder:
     def __init__(self) -> None:
         self.state = State.RECORDS
         self.encrypted = False
+        self._first = True  # nothing decoded yet: an SSLv2-format ClientHello may come
         self._buf = bytearray()
         self._handshake = bytearray()
+
+    def _sslv2_hello(self, events: list[Event]) -> bool:
+        """An SSLv2-format CLIENT-HELLO (RFC 6101 appendix E.2, RFC 5246 appendix E.2), which
+        OpenSSL, Schannel and NSS servers still take as the first message of a TLS 1.0-1.2
+        handshake. Emitted as a handshake record and a ClientHello (cipher specs of the form
+        00 xx yy are the TLS suites). False: more bytes needed."""
+        buf = self._buf
+        if len(buf) < 2:
+            return False
+        length = (buf[0] & 0x7F) << 8 | buf[1]
+        if length < 9 or buf[2:3] not in (b"\x01", b""):
+            raise TlsDecodeError(f"not an SSLv2 CLIENT-HELLO: length {length}, type {buf[2:3]!r}")
+        if len(buf) < 2 + length:
+            return False
+        msg = bytes(buf[2 : 2 + length])
+        del buf[: 2 + length]
+        version, spec_len, sid_len, challenge_len = struct.unpack_from("!HHHH", msg, 1)
+        if 9 + spec_len + sid_len + challenge_len > length or spec_len % 3:
+            raise TlsDecodeError(f"SSLv2 CLIENT-HELLO lengths do not fit its {length} bytes")
+        specs = msg[9 : 9 + spec_len]
+        suites = tuple(
+            int.from_bytes(specs[i + 1 : i + 3], "big")
+            for i in range(0, spec_len, 3)
+            if specs[i] == 0
+        )
+        events.append(Record(CONTENT_HANDSHAKE, version, length))
+        events.append(Handshake(HANDSHAKE_CLIENT_HELLO, length, version, suites, version))
+        return True
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes, get the events they complete."""
@@ -105,6 +138,10 @@ class TlsDecoder:
         self._buf += data
         events: list[Event] = []
         try:
+            if self._first and self._buf:
+                if self._buf[0] & 0x80 and not self._sslv2_hello(events):
+                    return events
+                self._first = False
             while len(self._buf) >= _RECORD.size:
                 ctype, version, length = _RECORD.unpack_from(self._buf)
                 if ctype not in _CONTENT_TYPES or version >> 8 not in (0x03, 0xFE):
@@ -128,8 +165,12 @@ class TlsDecoder:
         if ctype == CONTENT_CHANGE_CIPHER_SPEC:
             self.encrypted = True
         elif ctype == CONTENT_HEARTBEAT:
-            if self.encrypted or len(body) < _HEARTBEAT.size:
+            if self.encrypted:
                 events.append(Heartbeat(0, 0, len(body), True))
+            elif len(body) < _HEARTBEAT.size:
+                # Too short to hold its own length: OpenSSL 1.0.1a-f reads the length from
+                # whatever follows in its buffer, so the claimed payload is unknown: the worst.
+                events.append(Heartbeat(body[0] if body else 0, 0xFFFF, len(body), False))
             else:
                 hb_type, payload_length = _HEARTBEAT.unpack_from(body)
                 events.append(Heartbeat(hb_type, payload_length, len(body), False))

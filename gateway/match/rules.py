@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -332,6 +332,15 @@ def _rule_files(paths: Iterable[Path | str], problems: _Problems) -> list[Path]:
         else:
             problems.add(p, None, "no such rule file or directory", line=0)
     return files
+
+
+def all_rules_on(ruleset: RuleSet) -> RuleSet:
+    """The same rules with every `default_mode: off` rule in PREVENT: what they do once an admin
+    or the recommendation scan assigns them (`vpatch replay --all-rules`, the sample tests)."""
+    return RuleSet(
+        replace(rule, default_mode=Mode.PREVENT) if rule.default_mode is Mode.OFF else rule
+        for rule in ruleset.rules
+    )
 
 
 def load_rules(paths: Iterable[Path | str]) -> RuleSet:

@@ -50,6 +50,13 @@ def test_register_validates() -> None:
         (b"\x81\x00\x00\x44", 139, ("smb", True)),
         (b"\x05\x00\x0b\x03", 445, (None, True)),
         (b"SSH-2.0-x", 80, (None, True)),
+        # what Apache accepts before and inside a request line: empty lines, blank runs, tabs
+        (b"\r\n" * 100 + b"GET /x HTTP/1.1\r\n", 8080, ("http", True)),
+        (b"\n\r\n" * 40, 8080, (None, False)),
+        (b"GET\t/x HTTP/1.1\r\n", 8080, ("http", True)),
+        (b"POST    /x HTTP/1.1\r\n", 8080, ("http", True)),
+        (b"\r\n" * 3000, 8080, (None, True)),
+        (b"\x80\x2b\x01\x03\x01\x00\x09", 443, ("tls", True)),  # SSLv2-format ClientHello
     ],
 )
 def test_identify(data: bytes, port: int, expected: tuple[str | None, bool]) -> None:

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.decode.http import (
+    MAX_HEAD_BYTES,
     NEED_DATA,
     Body,
     EndOfRequest,
@@ -59,6 +60,35 @@ CASES = [
         b"GET / HTTP/1.1\nUser-Agent: a\n  b\n\n",
         [("GET", "/", {"user-agent": "a b"}), None, 0],
     ),
+    # Leniency: what Apache 2.2 (the servers vpatch protects) accepts, the decoder accepts.
+    (
+        "tabs and runs of blanks in the request line, unknown version read as HTTP/1.0",
+        b"GET \t /a   FOO/9\r\nHost: a\r\n\r\n",
+        [("GET", "/a", {"host": "a"}), None, 0],
+    ),
+    (
+        "whitespace before the colon and any byte in a header name (Apache 2.2)",
+        b"GET / HTTP/1.1\r\nRange : bytes=0-1\r\nX(y): z\r\n\r\n",
+        [("GET", "/", {"range": "bytes=0-1", "x(y)": "z"}), None, 0],
+    ),
+    (
+        "head ended by LF CRLF, then a pipelined request",
+        b"GET /1 HTTP/1.1\nHost: a\n\r\nGET /2 HTTP/1.1\r\n\r\n",
+        [("GET", "/1", {"host": "a"}), None, 0, ("GET", "/2", {}), None, 0],
+    ),
+    (
+        "Content-Length with '+', leading zeros and blanks; equal repeats",
+        b"POST /f HTTP/1.1\r\nContent-Length: +0003 \r\nContent-Length: 3\r\n\r\nabc",
+        [("POST", "/f", {"content-length": "3"}), b"abc", 3],
+    ),
+    (
+        "chunk sizes with many leading zeros and junk after the digits",
+        (
+            b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"000000000000000000000003 junk\r\nabc\r\n0\r\n\r\n"
+        ),
+        [("POST", "/c", {"transfer-encoding": "chunked"}), b"abc", 3],
+    ),
     (
         "HTTP/0.9 style request line",
         b"GET /old\r\n\r\n",
@@ -91,11 +121,13 @@ def test_cases(name: str, stream: bytes, expected: list[object], step: int | Non
     ("stream", "error"),
     [
         (b"GE(T / HTTP/1.1\r\n\r\n", "bad method"),
-        (b"GET / HTTP/x\r\n\r\n", "bad version"),
+        (b"GET\r\n\r\n", "bad request line"),
+        (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "bad Content-Length"),
+        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", "disagree"),
         (b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", "bad header line"),
         (b"POST / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n", "bad Content-Length"),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
-        (b"GET / HTTP/1.1\r\nA: " + b"x" * 70000, "longer than"),
+        (b"GET / HTTP/1.1\r\nA: " + b"x" * (MAX_HEAD_BYTES + 1), "longer than"),
     ],
 )
 def test_errors_are_sticky_and_named(stream: bytes, error: str) -> None:
@@ -107,6 +139,49 @@ def test_errors_are_sticky_and_named(stream: bytes, error: str) -> None:
     assert dec.state is State.ERROR
     with pytest.raises(HttpDecodeError, match="ERROR state"):
         dec.receive_data(b"GET / HTTP/1.1\r\n\r\n")
+
+
+@pytest.mark.parametrize("step", [None, 1, 5])
+def test_recover_finds_the_next_request(step: int | None) -> None:
+    """After an error, recover() skips to the next request line, whatever lies between."""
+    stream = (
+        b"GET / HTTP/1.1\r\nno colon\r\n\r\n"
+        + b"garbage\r\n" * 3
+        + b"GET /evil HTTP/1.1\r\nX: 1\r\n\r\n"
+    )
+    dec = HttpRequestDecoder()
+    pieces = (
+        [stream] if step is None else [stream[i : i + step] for i in range(0, len(stream), step)]
+    )
+    seen: list[str] = []
+    errors = 0
+    for piece in pieces:
+        dec.receive_data(piece)
+        while True:
+            try:
+                ev = dec.next_event()
+            except HttpDecodeError:
+                errors += 1
+                dec.recover()
+                continue
+            if ev is NEED_DATA:
+                break
+            if isinstance(ev, Request):
+                seen.append(ev.uri)
+    assert errors == 1
+    assert seen == ["/evil"]
+
+
+def test_recover_keeps_memory_bounded() -> None:
+    dec = HttpRequestDecoder()
+    dec.receive_data(b"GET / HTTP/1.1\r\nbad\r\n\r\n")
+    with pytest.raises(HttpDecodeError):
+        dec.next_event()
+    dec.recover()
+    for _ in range(100):
+        dec.receive_data(b"x" * 4096)
+        assert dec.next_event() is NEED_DATA
+    assert dec.buffered <= 8192
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,16 @@ from gateway.decode.tls import (
     TlsDecoder,
 )
 
+# SSLv2 CLIENT-HELLO (RFC 5246 appendix E.2): msg type 1, version 3.1, three cipher specs (one
+# SSLv2-only, dropped), no session id, a 16-byte challenge.
+_V2_BODY = (
+    bytes([1])
+    + struct.pack("!HHHH", 0x0301, 9, 0, 16)
+    + bytes.fromhex("00003500002f010080")
+    + b"\x11" * 16
+)
+SSLV2_HELLO = struct.pack("!H", 0x8000 | len(_V2_BODY)) + _V2_BODY
+
 
 def record(ctype: int, body: bytes, version: int = 0x0302) -> bytes:
     return struct.pack("!BHH", ctype, version, len(body)) + body
@@ -56,6 +66,21 @@ CASES = [
         "heartbeat after change cipher spec is opaque",
         record(20, b"\x01") + HEARTBLEED,
         [Record(20, 0x0302, 1), Record(24, 0x0302, 3), Heartbeat(0, 0, 3, True)],
+    ),
+    (
+        "heartbeat too short to hold its length claims the worst",
+        record(24, b"\x01"),
+        [Record(24, 0x0302, 1), Heartbeat(1, 0xFFFF, 1, False)],
+    ),
+    (
+        "SSLv2-format ClientHello, then a heartbeat record",
+        SSLV2_HELLO + HEARTBLEED,
+        [
+            Record(22, 0x0301, len(SSLV2_HELLO) - 2),
+            Handshake(1, len(SSLV2_HELLO) - 2, 0x0301, (0x0035, 0x002F), 0x0301),
+            Record(24, 0x0302, 3),
+            Heartbeat(1, 0x4000, 3, False),
+        ],
     ),
 ]
 

@@ -27,7 +27,7 @@ import pytest
 
 from gateway.engine import Engine, EngineConfig
 from gateway.match.matcher import Matcher
-from gateway.match.rules import Rule, Sample, default_rule_dir, load_rules
+from gateway.match.rules import Rule, Sample, all_rules_on, default_rule_dir, load_rules
 from gateway.testing.corpora import NO_EXPLOIT, expected
 from gateway.testing.streams import StreamKey, tcp_streams
 from gateway.testing.traffic import Segment, contiguous, replay_packets, tcp_session
@@ -38,7 +38,7 @@ WINDOW = 64
 
 @cache
 def matcher() -> Matcher:
-    return Matcher(load_rules([default_rule_dir()]))
+    return Matcher(all_rules_on(load_rules([default_rule_dir()])))
 
 
 def caught(
