@@ -1,5 +1,6 @@
 """Login, logout, own API tokens. Logins are throttled per user and per source address
-(exponential backoff, gateway/policy/store.py) and every failure is audited."""
+(exponential backoff, gateway/policy/store.py) and every failure is audited. `ensure_admin`
+creates the first account (`vpatch ui` on a store without users)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,21 @@ from typing import Any
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
 
+from gateway.policy.store import Store, new_password
 from webui.db import get_store
 from webui.security import admin_required, csrf_token, login_required
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
+
+
+def ensure_admin(store: Store) -> str | None:
+    """Create `admin` with a random password when there is no account (the first start of
+    `vpatch ui`: there is no default password); return that password, None otherwise."""
+    if store.user_count():
+        return None
+    password = new_password()
+    store.create_user("admin", password, "admin", "vpatch-ui")
+    return password
 
 
 @bp.route("/login", methods=["GET", "POST"])

@@ -36,6 +36,7 @@ from gateway.lifecycle.state import (
     LifecycleError,
     LifecycleStore,
     LockdownAction,
+    parse_tuple,
 )
 from gateway.policy.store import Host
 from gateway.scan.jobs import GLOBAL, ScanJobs, ScanRun
@@ -207,8 +208,6 @@ def allow_tuple(host: str, t: LearnedTuple, actor: str, why: str) -> dict[str, A
 
 def lockdown_tuple(event_id: int) -> tuple[str, LearnedTuple] | None:
     """(locked-down host, tuple) of a lockdown event, None for any other event."""
-    from gateway.commands.hosts import parse_tuple
-
     conn = get_events()
     if conn is None:
         return None

@@ -26,45 +26,41 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gateway.commands import raise_interrupt
 from gateway.config import Backend, load_config
-from gateway.control.server import control_request
-from gateway.errors import VpatchError
+from gateway.control.server import notify_gateway
 from gateway.events.sink import EventSink
-from gateway.firewall.apply import apply_rules, probe_backend, remove_rules, run_cmd
+from gateway.firewall.apply import apply_hostmodes, probe_backend, remove_rules
 from gateway.firewall.hostmodes import (
     DEFAULT_LEARN_GROUP,
     DEFAULT_LOCKDOWN_GROUP,
-    DEFAULT_SETTINGS,
     STANDALONE_PREFIX,
     HostModeSettings,
     render_hostmodes,
-    set_names,
-    tuple_element,
 )
+from gateway.firewall.refresh import add_learned_tuple
 from gateway.lifecycle.monitor import run_monitor
 from gateway.lifecycle.state import (
     DEFAULT_STATE_PATH,
     Endpoint,
     HistoryEntry,
     HostMode,
-    LearnedTuple,
     LifecycleError,
     LifecycleStore,
     LockdownAction,
     check_address,
+    parse_tuple,
 )
+from gateway.policy.appcontrol import parse_control
 
-__all__ = ["apply_kernel", "parse_tuple", "register", "run"]
-
-_TUPLE = re.compile(r"\s*\[?([0-9A-Fa-f.:]+?)\]?\s*->\s*\[?([0-9A-Fa-f.:]+?)\]?:(\d+)/(\w+)\s*\Z")
+__all__ = ["register", "run"]
 
 
 def register(subparsers: Any) -> None:
@@ -125,208 +121,204 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_tuple(text: str, source: str = "tuple") -> LearnedTuple:
-    """'198.18.0.10 -> 198.18.0.20:8080/tcp' -> LearnedTuple."""
-    m = _TUPLE.match(text)
-    if not m:
-        raise LifecycleError(f"{source}: {text!r} is not 'SRC -> DST:PORT/PROTO'")
-    src = check_address(m.group(1), source)
-    dst = check_address(m.group(2), source)
-    proto = m.group(4).lower()
-    if proto not in ("tcp", "udp", "icmp", "icmpv6"):
-        raise LifecycleError(f"{source}: protocol {proto!r} in {text!r} is not tcp/udp/icmp")
-    return LearnedTuple(src, dst, proto, int(m.group(3)))
-
-
 def _settings(args: argparse.Namespace) -> HostModeSettings:
     return HostModeSettings(args.learn_group, args.lockdown_group)
-
-
-def apply_kernel(
-    store: LifecycleStore, netns: str | None, settings: HostModeSettings = DEFAULT_SETTINGS
-) -> str:
-    """Install the host-mode rules for the whole state (atomic replace); returns a summary."""
-    rendered = render_hostmodes(store.hosts(), STANDALONE_PREFIX, settings)
-    backend = probe_backend(Backend.AUTO, netns)
-    if not rendered.ipv4 and not rendered.ipv6:
-        remove_rules(backend, STANDALONE_PREFIX, netns)
-        return "no host in setup/learning/lockdown mode: host-mode rules removed"
-    apply_rules(rendered, backend, netns)
-    return f"host-mode rules installed: {len(rendered.chains)} chains, {len(rendered.sets)} sets"
 
 
 def _history(host: str, action: str, target: str, reason: str) -> list[HistoryEntry]:
     return [HistoryEntry(time.time(), host, action, target, reason)]
 
 
-def notify_gateway(socket_path: Path) -> str:
-    """Ask a running gateway to reload (host modes, app control); a line saying what happened."""
-    if not socket_path.exists():
-        return f"no gateway running at {socket_path}: the change applies when `vpatch run` starts"
-    try:
-        reply = control_request(socket_path, "reload", timeout=30.0)
-    except VpatchError as err:
-        return f"gateway reload failed: {err}"
-    modes = reply.get("host_modes", {}) if isinstance(reply, dict) else {}
-    return f"gateway reloaded (policy version {reply.get('version')}, host modes {modes})"
-
-
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     store = LifecycleStore(args.state or config.policy.database)
     socket_path = args.socket or config.control.socket
-    cmd = args.hosts_command
-    if cmd == "list":
-        hosts = store.hosts()
-        if args.json:
-            print(json.dumps([_host_dict(h) for h in hosts], indent=2))
-        for h in [] if args.json else hosts:
-            print(
-                f"{h.address:<20} {h.mode.value:<9} auto_apply={'on' if h.auto_apply else 'off'}"
-                f" exceptions={','.join(map(str, h.exceptions)) or '-'} "
-                f"update_sources={','.join(map(str, h.update_sources)) or '-'} "
-                f"lockdown={h.lockdown_action.value} learned={len(h.learned)} "
-                f"rules={','.join(map(str, h.assigned)) or '-'}"
-            )
-        return 0
-    if cmd == "set":
-        host = check_address(args.host, "host")
-        current = store.host(host)
-        changes: dict[str, Any] = {}
-        history: list[HistoryEntry] = []
-        if args.mode:
-            mode = HostMode(args.mode)
-            changes["mode"] = mode
-            if mode is HostMode.LEARNING and current.mode is not HostMode.LEARNING:
-                changes["learned"] = ()  # a learning period starts empty
-            history += _history(
-                host, "mode", mode.value, f"admin: {current.mode.value} -> {mode.value}"
-            )
-        base_exc = () if args.clear_exceptions else current.exceptions
-        base_upd = () if args.clear_exceptions else current.update_sources
-        if args.exception or args.clear_exceptions:
-            changes["exceptions"] = base_exc + tuple(
-                Endpoint.parse(e, "--exception") for e in args.exception
-            )
-        if args.update_source or args.clear_exceptions:
-            changes["update_sources"] = base_upd + tuple(
-                Endpoint.parse(e, "--update-source") for e in args.update_source
-            )
-        if args.lockdown_action:
-            changes["lockdown_action"] = LockdownAction(args.lockdown_action)
-        if args.auto_apply:
-            changes["auto_apply"] = args.auto_apply == "on"
-        new = store.update_host(host, history=history, **changes)
-        print(f"{host}: mode {new.mode.value}")
-    elif cmd == "release":
-        host = check_address(args.host, "host")
-        current = store.host(host)
-        if current.mode is not HostMode.SETUP:
-            raise LifecycleError(
-                f"host {host} is in mode {current.mode.value}, not setup: nothing to release"
-            )
-        store.update_host(
-            host,
-            history=_history(host, "release", "normal", "admin released setup protection"),
-            mode=HostMode.NORMAL,
-        )
-        print(f"{host}: released from setup protection (mode normal)")
-    elif cmd == "allow":
-        host = check_address(args.host, "host")
-        t = parse_tuple(args.tuple)
-        if host not in (t.src, t.dst):
-            raise LifecycleError(f"tuple {args.tuple!r} does not involve host {host}")
-        store.add_learned(host, [t])
-        store.update_host(host, history=_history(host, "allow", str(t), "admin: allow this"))
-        el = tuple_element(t)
-        if args.apply and el is not None:
-            version = 6 if ":" in t.src else 4
-            name = set_names(STANDALONE_PREFIX, version)["tuples"]
-            run_cmd(["ipset", "add", name, el, "-exist"], args.netns)
-        print(f"{host}: allowed {t}")
-        if not args.apply:
-            print(notify_gateway(socket_path))
-        return 0
-    elif cmd == "app-control":
-        from gateway.policy.appcontrol import parse_control
+    return ACTIONS[args.hosts_command](args, store, socket_path)
 
-        host = check_address(args.host, "host")
-        current = store.host(host)
-        controls = [] if args.clear else list(current.app_controls)
-        for text in args.add:
-            rule = parse_control(text, "--add").text
-            if rule not in controls:
-                controls.append(rule)
-        for text in args.remove:
-            rule = parse_control(text, "--remove").text
-            if rule not in controls:
-                raise LifecycleError(f"host {host}: no app-control rule {rule!r} to remove")
-            controls.remove(rule)
-        store.update_host(
-            host,
-            history=_history(host, "app-control", ";".join(controls) or "-", "admin"),
-            app_controls=tuple(controls),
-        )
-        print(f"{host}: app control {', '.join(controls) or 'none'}")
-        print(notify_gateway(socket_path))
-        return 0
-    elif cmd in ("learned", "history"):
-        host = check_address(args.host, "host")
-        rows: list[Any]
-        if cmd == "learned":
-            rows = [str(t) for t in store.host(host).learned]
-        else:
-            rows = [
-                {
-                    "ts": e.ts,
-                    "action": e.action,
-                    "target": e.target,
-                    "reason": e.reason,
-                    "evidence": [list(x) for x in e.evidence],
-                }
-                for e in store.history(host)
-            ]
-        if args.json:
-            print(json.dumps(rows, indent=2))
-        else:
-            for row in rows:
-                print(
-                    row
-                    if isinstance(row, str)
-                    else f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(row['ts']))} "
-                    f"{row['action']:<9} {row['target']:<10} {row['reason']}"
-                )
-        return 0
-    elif cmd == "apply":
-        print(apply_kernel(store, args.netns, _settings(args)))
-        return 0
-    elif cmd == "remove":
-        removed = remove_rules(
-            probe_backend(Backend.AUTO, args.netns), STANDALONE_PREFIX, args.netns
-        )
-        print(f"removed: {', '.join(removed) or 'nothing'}")
-        return 0
-    elif cmd == "print-rules":
-        sys.stdout.write(
-            render_hostmodes(store.hosts(), STANDALONE_PREFIX, _settings(args)).describe()
-        )
-        return 0
-    elif cmd == "monitor":
-        signal.signal(signal.SIGTERM, raise_interrupt)
-        sink = EventSink(args.sqlite, args.eve) if (args.sqlite or args.eve) else None
-        try:
-            run_monitor(store, _settings(args), sink, args.duration)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            if sink is not None:
-                sink.close()
-        return 0
-    if getattr(args, "apply", False):
-        print(apply_kernel(store, args.netns, _settings(args)))
+
+def _after_change(args: argparse.Namespace, store: LifecycleStore, socket_path: Path) -> int:
+    """Install the standalone kernel rules (--apply), or have the running gateway reload."""
+    if args.apply:
+        print(apply_hostmodes(store.hosts(), args.netns, _settings(args)))
     else:
         print(notify_gateway(socket_path))
     return 0
+
+
+def _list(args: argparse.Namespace, store: LifecycleStore, _socket: Path) -> int:
+    hosts = store.hosts()
+    if args.json:
+        print(json.dumps([_host_dict(h) for h in hosts], indent=2))
+    for h in [] if args.json else hosts:
+        print(
+            f"{h.address:<20} {h.mode.value:<9} auto_apply={'on' if h.auto_apply else 'off'}"
+            f" exceptions={','.join(map(str, h.exceptions)) or '-'} "
+            f"update_sources={','.join(map(str, h.update_sources)) or '-'} "
+            f"lockdown={h.lockdown_action.value} learned={len(h.learned)} "
+            f"rules={','.join(map(str, h.assigned)) or '-'}"
+        )
+    return 0
+
+
+def _set(args: argparse.Namespace, store: LifecycleStore, socket_path: Path) -> int:
+    host = check_address(args.host, "host")
+    current = store.host(host)
+    changes: dict[str, Any] = {}
+    history: list[HistoryEntry] = []
+    if args.mode:
+        mode = HostMode(args.mode)
+        changes["mode"] = mode
+        if mode is HostMode.LEARNING and current.mode is not HostMode.LEARNING:
+            changes["learned"] = ()  # a learning period starts empty
+        history += _history(
+            host, "mode", mode.value, f"admin: {current.mode.value} -> {mode.value}"
+        )
+    base_exc = () if args.clear_exceptions else current.exceptions
+    base_upd = () if args.clear_exceptions else current.update_sources
+    if args.exception or args.clear_exceptions:
+        changes["exceptions"] = base_exc + tuple(
+            Endpoint.parse(e, "--exception") for e in args.exception
+        )
+    if args.update_source or args.clear_exceptions:
+        changes["update_sources"] = base_upd + tuple(
+            Endpoint.parse(e, "--update-source") for e in args.update_source
+        )
+    if args.lockdown_action:
+        changes["lockdown_action"] = LockdownAction(args.lockdown_action)
+    if args.auto_apply:
+        changes["auto_apply"] = args.auto_apply == "on"
+    new = store.update_host(host, history=history, **changes)
+    print(f"{host}: mode {new.mode.value}")
+    return _after_change(args, store, socket_path)
+
+
+def _release(args: argparse.Namespace, store: LifecycleStore, socket_path: Path) -> int:
+    host = check_address(args.host, "host")
+    current = store.host(host)
+    if current.mode is not HostMode.SETUP:
+        raise LifecycleError(
+            f"host {host} is in mode {current.mode.value}, not setup: nothing to release"
+        )
+    store.update_host(
+        host,
+        history=_history(host, "release", "normal", "admin released setup protection"),
+        mode=HostMode.NORMAL,
+    )
+    print(f"{host}: released from setup protection (mode normal)")
+    return _after_change(args, store, socket_path)
+
+
+def _allow(args: argparse.Namespace, store: LifecycleStore, socket_path: Path) -> int:
+    host = check_address(args.host, "host")
+    t = parse_tuple(args.tuple)
+    if host not in (t.src, t.dst):
+        raise LifecycleError(f"tuple {args.tuple!r} does not involve host {host}")
+    store.add_learned(host, [t])
+    store.update_host(host, history=_history(host, "allow", str(t), "admin: allow this"))
+    if args.apply:
+        add_learned_tuple(t, args.netns)
+    print(f"{host}: allowed {t}")
+    if not args.apply:
+        print(notify_gateway(socket_path))
+    return 0
+
+
+def _app_control(args: argparse.Namespace, store: LifecycleStore, socket_path: Path) -> int:
+    host = check_address(args.host, "host")
+    current = store.host(host)
+    controls = [] if args.clear else list(current.app_controls)
+    for text in args.add:
+        rule = parse_control(text, "--add").text
+        if rule not in controls:
+            controls.append(rule)
+    for text in args.remove:
+        rule = parse_control(text, "--remove").text
+        if rule not in controls:
+            raise LifecycleError(f"host {host}: no app-control rule {rule!r} to remove")
+        controls.remove(rule)
+    store.update_host(
+        host,
+        history=_history(host, "app-control", ";".join(controls) or "-", "admin"),
+        app_controls=tuple(controls),
+    )
+    print(f"{host}: app control {', '.join(controls) or 'none'}")
+    print(notify_gateway(socket_path))
+    return 0
+
+
+def _entries(args: argparse.Namespace, store: LifecycleStore, _socket: Path) -> int:
+    """`learned` and `history`."""
+    host = check_address(args.host, "host")
+    rows: list[Any]
+    if args.hosts_command == "learned":
+        rows = [str(t) for t in store.host(host).learned]
+    else:
+        rows = [
+            {
+                "ts": e.ts,
+                "action": e.action,
+                "target": e.target,
+                "reason": e.reason,
+                "evidence": [list(x) for x in e.evidence],
+            }
+            for e in store.history(host)
+        ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(
+                row
+                if isinstance(row, str)
+                else f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(row['ts']))} "
+                f"{row['action']:<9} {row['target']:<10} {row['reason']}"
+            )
+    return 0
+
+
+def _apply(args: argparse.Namespace, store: LifecycleStore, _socket: Path) -> int:
+    print(apply_hostmodes(store.hosts(), args.netns, _settings(args)))
+    return 0
+
+
+def _remove(args: argparse.Namespace, _store: LifecycleStore, _socket: Path) -> int:
+    removed = remove_rules(probe_backend(Backend.AUTO, args.netns), STANDALONE_PREFIX, args.netns)
+    print(f"removed: {', '.join(removed) or 'nothing'}")
+    return 0
+
+
+def _print_rules(args: argparse.Namespace, store: LifecycleStore, _socket: Path) -> int:
+    sys.stdout.write(render_hostmodes(store.hosts(), STANDALONE_PREFIX, _settings(args)).describe())
+    return 0
+
+
+def _monitor(args: argparse.Namespace, store: LifecycleStore, _socket: Path) -> int:
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    sink = EventSink(args.sqlite, args.eve) if (args.sqlite or args.eve) else None
+    try:
+        run_monitor(store, _settings(args), sink, args.duration)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if sink is not None:
+            sink.close()
+    return 0
+
+
+Action = Callable[[argparse.Namespace, LifecycleStore, Path], int]
+ACTIONS: dict[str, Action] = {
+    "list": _list,
+    "set": _set,
+    "release": _release,
+    "allow": _allow,
+    "app-control": _app_control,
+    "learned": _entries,
+    "history": _entries,
+    "apply": _apply,
+    "remove": _remove,
+    "print-rules": _print_rules,
+    "monitor": _monitor,
+}
 
 
 def _host_dict(h: Any) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """`vpatch replay`: run the inspection engine over capture files, like `suricata -r`.
 
 What it does: for every capture (pcap or pcapng) in order, a fresh Engine (same rules, one
-compiled Matcher shared by all files; bounds from `-c CONFIG` or EngineConfig defaults) processes every frame with the capture's own timestamps
-as the clock, and every event (alert, or alert with action "blocked") is printed on stdout as
-one EVE JSON object per line; `--eve FILE` also appends them to FILE.
+compiled Matcher shared by all files; bounds from `-c CONFIG` or EngineConfig defaults)
+processes every frame with the capture's own timestamps as the clock
+(gateway/intake/replay.py), and every event (alert, or alert with action "blocked") is printed
+on stdout as one EVE JSON object per line; `--eve FILE` also appends them to FILE.
 
 What it guarantees:
 - Exit status 0 when every capture was read to its end, whatever was found.
@@ -21,14 +22,12 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from gateway.engine import Engine, EngineConfig
-from gateway.errors import CaptureError
-from gateway.events.eve import to_eve
-from gateway.intake.pcap import read_capture
+from gateway.engine import EngineConfig
+from gateway.intake.replay import replay_file
 from gateway.match.matcher import Matcher
 from gateway.match.rules import all_rules_on, default_rule_dir, load_rules
 
-__all__ = ["register", "replay_file", "run"]
+__all__ = ["register", "run"]
 
 
 def register(subparsers: Any) -> None:
@@ -73,28 +72,6 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("pcaps", metavar="PCAP", nargs="+", type=Path, help="capture files")
     parser.set_defaults(func=run)
-
-
-def replay_file(
-    path: Path, matcher: Matcher, config: EngineConfig, out: IO[str], eve: IO[str] | None
-) -> tuple[Engine, CaptureError | None]:
-    """Replay one capture; write its events; return the engine and the capture error, if any."""
-    engine = Engine(matcher.ruleset, config, matcher=matcher)
-    error: CaptureError | None = None
-    try:
-        for record in read_capture(path):
-            decision = engine.process_frame(record.data, record.linktype, record.timestamp)
-            for event in decision.events:
-                line = json.dumps(to_eve(event), separators=(",", ":"))
-                out.write(line + "\n")
-                if eve is not None:
-                    eve.write(line + "\n")
-    except CaptureError as err:
-        error = err
-    finally:
-        engine.close()
-    out.flush()
-    return engine, error
 
 
 def run(args: argparse.Namespace) -> int:

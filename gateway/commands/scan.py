@@ -25,15 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.lifecycle.state import DEFAULT_STATE_PATH, HistoryEntry, LifecycleStore
+from gateway.lifecycle.state import DEFAULT_STATE_PATH, LifecycleStore
 from gateway.match.rules import default_rule_dir
 from gateway.scan import probes
+from gateway.scan.assign import apply_recommendations
 from gateway.scan.recommend import (
-    RecAction,
     Recommendation,
     load_affected,
     recommend,
@@ -41,7 +40,7 @@ from gateway.scan.recommend import (
 )
 from gateway.scan.scanner import ScanError, ScanResult, parse_ports, result_to_dict, scan_host
 
-__all__ = ["apply_recommendations", "register", "run"]
+__all__ = ["register", "run"]
 
 BAR_WIDTH = 30
 
@@ -126,36 +125,6 @@ class ProgressBar:
             self.stream.flush()
 
 
-def apply_recommendations(
-    store: LifecycleStore, host: str, recs: list[Recommendation]
-) -> list[int]:
-    """Assign/unassign per the recommendations, with history; returns the new assignment."""
-    policy = store.host(host)
-    assigned = set(policy.assigned)
-    history = []
-    now = time.time()
-    for rec in recs:
-        if rec.action is RecAction.KEEP:
-            continue
-        if rec.action is RecAction.ASSIGN:
-            assigned.add(rec.rule_id)
-        else:
-            assigned.discard(rec.rule_id)
-        history.append(
-            HistoryEntry(
-                now,
-                host,
-                rec.action.value,
-                str(rec.rule_id),
-                f"scan: {rec.reason}",
-                tuple((e.probe, e.saw) for e in rec.evidence),
-            )
-        )
-    new = tuple(sorted(assigned))
-    store.update_host(host, history=history, assigned=new)
-    return list(new)
-
-
 def _table(result: ScanResult, recs: list[Recommendation], applied: bool) -> str:
     ports = ", ".join(map(str, result.open_tcp)) or "none"
     took = result.finished - result.started
@@ -211,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         store.record_scan(result.host, findings if isinstance(findings, list) else [])
         applied = bool(args.apply or policy.auto_apply)
         if applied:
-            apply_recommendations(store, result.host, recs)
+            apply_recommendations(store, result.host, recs, "scan")
         if args.json:
             reports.append(
                 {

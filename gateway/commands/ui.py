@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
+from gateway.policy.store import Store
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
 UI_THREADS = 8
@@ -38,19 +39,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def ensure_admin(store: Any) -> str | None:
-    """Create `admin` with a random password when there is no account; return the password."""
-    from gateway.policy.store import new_password
-
-    if store.user_count():
-        return None
-    password = new_password()
-    store.create_user("admin", password, "admin", "vpatch-ui")
-    return password
-
-
 def run(args: argparse.Namespace) -> int:
-    from gateway.policy.store import Store
+    from webui.auth import ensure_admin
 
     config = load_config(args.config)
     store = Store(config.policy.database)

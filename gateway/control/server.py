@@ -7,6 +7,8 @@ talk to the gateway only through it. Guarantees:
 - a handler's exception is turned into an error reply: the server never dies of a request;
 - a request line is bounded (MAX_REQUEST_BYTES) and a client that stalls is timed out, so one
   client cannot hold the gateway's memory or its only control thread.
+The client side: `control_request` (one command, ControlError on failure) and `notify_gateway`
+(`reload`, summed up in one line for the CLI; never raises).
 """
 
 from __future__ import annotations
@@ -153,3 +155,16 @@ def control_request(path: Path, command: str, timeout: float = 5.0, **arguments:
     if not reply.get("ok"):
         raise ControlError(f"gateway refused {command!r}: {reply.get('error')}")
     return reply.get("result")
+
+
+def notify_gateway(socket_path: Path, timeout: float = 30.0) -> str:
+    """Ask a running gateway to reload (host modes, app control, policy); never raises, returns
+    one line saying what happened (no gateway there, reload failed, or the new version)."""
+    if not socket_path.exists():
+        return f"no gateway running at {socket_path}: the change applies when `vpatch run` starts"
+    try:
+        reply = control_request(socket_path, "reload", timeout=timeout)
+    except VpatchError as err:
+        return f"gateway reload failed: {err}"
+    modes = reply.get("host_modes", {}) if isinstance(reply, dict) else {}
+    return f"gateway reloaded (policy version {reply.get('version')}, host modes {modes})"

@@ -11,6 +11,11 @@
 - `remove_rules(backend, prefix)`: deletes every jump into a PREFIX-* chain, flushes and deletes
   those chains (one restore per family and table: atomic), then destroys our ipsets. Idempotent:
   safe after a crash (`vpatch run --cleanup`) and when nothing is there.
+- `apply_hostmodes(policies, netns)`: the host-mode rules on their own (`vpatch hosts apply`,
+  prefix hostmodes.STANDALONE_PREFIX), replaced atomically like apply_rules; removed when no
+  host is in a special mode.
+- Rendering is elsewhere and pure (render.py, hostmodes.py, policy.py); this module and
+  refresh.py (in-place rewrites on `reload`) are the only ones that run firewall commands.
 - Nobody else's rules are touched. Every failure raises FirewallError naming the command and
   its stderr.
 - `netns`: run every command inside that network namespace (`ip netns exec`), for tests and
@@ -28,7 +33,14 @@ from dataclasses import dataclass
 
 from gateway.config import Backend
 from gateway.errors import FirewallError
+from gateway.firewall.hostmodes import (
+    DEFAULT_SETTINGS,
+    STANDALONE_PREFIX,
+    HostModeSettings,
+    render_hostmodes,
+)
 from gateway.firewall.render import RenderedRules, set_prefix
+from gateway.lifecycle.state import HostPolicy
 
 COMMAND_TIMEOUT = 30.0  # seconds for any one iptables/ipset invocation
 TABLES = ("mangle", "filter", "raw", "nat")  # tables searched for our chains on removal
@@ -135,6 +147,22 @@ def apply_rules(rendered: RenderedRules, backend: BackendInfo, netns: str | None
         except FirewallError:
             pass  # the original error is the one worth reporting
         raise
+
+
+def apply_hostmodes(
+    policies: Iterable[HostPolicy],
+    netns: str | None = None,
+    settings: HostModeSettings = DEFAULT_SETTINGS,
+) -> str:
+    """Install the standalone host-mode rules for these host policies (atomic replace), or
+    remove them when no host is in setup/learning/lockdown mode; returns a summary line."""
+    rendered = render_hostmodes(policies, STANDALONE_PREFIX, settings)
+    backend = probe_backend(Backend.AUTO, netns)
+    if not rendered.ipv4 and not rendered.ipv6:
+        remove_rules(backend, STANDALONE_PREFIX, netns)
+        return "no host in setup/learning/lockdown mode: host-mode rules removed"
+    apply_rules(rendered, backend, netns)
+    return f"host-mode rules installed: {len(rendered.chains)} chains, {len(rendered.sets)} sets"
 
 
 SWAP_SUFFIX = "-n"  # temporary set names during a refill (ipset names: at most 31 chars)

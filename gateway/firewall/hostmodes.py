@@ -22,15 +22,16 @@ verdict applies whether or not the packet was inspected. Guarantees:
   `drop`) or let through (`alert`).
 - Named bounds: MAX_TUPLES learned tuples in the kernel set, MAX_HOSTS_PER_SET hosts per mode.
 - Chains are PREFIX-HM-*, sets prefix-hm-*, so apply.remove_rules(prefix) removes them with the
-  rest of the gateway's objects (render.render includes them when given host policies);
-  `vpatch hosts apply` installs them on their own with prefix STANDALONE_PREFIX.
-- Order in filter FORWARD (explicit, FORWARD_ORDER, checked by `forward_jumps`): the firewall
-  policy chain PREFIX-FW first (gateway/firewall/policy.py, inserted at position 1), then the
-  host-mode chain (`position` 2 when `vpatch run` renders both), then whatever else the box has
-  (accept paths). So a firewall `deny` drops before learning could record the connection or
-  lockdown could log it, and both come before any ACCEPT rule of someone else.
+  rest of the gateway's objects (`vpatch run` merges them into its rules, firewall/compose.py);
+  `vpatch hosts apply` installs them on their own with prefix STANDALONE_PREFIX
+  (apply.apply_hostmodes).
+- Order in filter FORWARD (explicit, FORWARD_ORDER, read back by refresh.forward_jumps): the
+  firewall policy chain PREFIX-FW first (gateway/firewall/policy.py, inserted at position 1),
+  then the host-mode chain (`position` 2 when `vpatch run` renders both), then whatever else
+  the box has (accept paths). So a firewall `deny` drops before learning could record the
+  connection or lockdown could log it, and both come before any ACCEPT rule of someone else.
 - `vpatch run` renders with `always=True` (chains and sets for both families even when no
-  host is in a special mode), so `refresh_hostmodes` can later rewrite them in place on
+  host is in a special mode), so refresh.refresh_hostmodes can later rewrite them in place on
   `reload`: sets are filled beside the live ones and swapped (`ipset swap`, atomic per set),
   chains are rewritten by one `iptables-restore --noflush` per family (atomic per family);
   established connections are never cut.
@@ -42,8 +43,6 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.errors import FirewallError
-from gateway.firewall.apply import BackendInfo, refill_sets, run_cmd
 from gateway.firewall.render import RenderedRules, set_prefix
 from gateway.lifecycle.state import Endpoint, HostMode, HostPolicy, LearnedTuple, LockdownAction
 
@@ -211,73 +210,3 @@ def _render_family(
         r.append(f"-A {lock} -m set --match-set {names['lockdrop']} {side} -j DROP")
     lines = ["*filter", *(f":{c} - [0:0]" for c in chains), *r, "COMMIT"]
     return "\n".join(lines) + "\n", chains
-
-
-def merge(base: RenderedRules, extra: RenderedRules) -> RenderedRules:
-    """One RenderedRules holding both (same prefix): the hook render.render uses."""
-
-    def cat(a: str, b: str) -> str:
-        return a + b
-
-    return RenderedRules(
-        ipset=cat(base.ipset, extra.ipset),
-        ipv4=cat(base.ipv4, extra.ipv4),
-        ipv6=cat(base.ipv6, extra.ipv6),
-        sets=base.sets + extra.sets,
-        chains=base.chains + tuple(c for c in extra.chains if c not in base.chains),
-        prefix=base.prefix,
-    )
-
-
-def forward_jumps(backend: BackendInfo, version: int, netns: str | None = None) -> list[str]:
-    """Targets of the jumps in filter FORWARD, in order (to check FORWARD_ORDER)."""
-    tool = backend.iptables if version == 4 else backend.ip6tables
-    proc = run_cmd([tool, "-S", "FORWARD"], netns)
-    out = []
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if parts[:2] == ["-A", "FORWARD"] and "-j" in parts:
-            out.append(parts[parts.index("-j") + 1])
-    return out
-
-
-def _hm_position(jumps: list[str], prefix: str) -> int:
-    """Where the host-mode jump belongs: right after PREFIX-FW when that is there, else first."""
-    fw = f"{prefix}-{FORWARD_ORDER[0]}"
-    return jumps.index(fw) + 2 if fw in jumps else 1
-
-
-def refresh_hostmodes(
-    policies: Iterable[HostPolicy],
-    backend: BackendInfo,
-    prefix: str,
-    settings: HostModeSettings = DEFAULT_SETTINGS,
-    netns: str | None = None,
-) -> RenderedRules:
-    """Rewrite the running host-mode sets and chains (rendered with always=True) in place.
-
-    Sets: filled under NAME-n, swapped with NAME, NAME-n destroyed (each swap atomic).
-    Chains: one `iptables-restore --noflush` per family declaring the chains (which flushes
-    them) and refilling them; the FORWARD jump is added (after PREFIX-FW) only if missing.
-    FirewallError naming the command when the kernel refuses.
-    """
-    rendered = render_hostmodes(policies, prefix, settings, always=True)
-    refill_sets(rendered.ipset, rendered.sets, netns)
-    fwd = f"{prefix}-HM-FORWARD"
-    for version in (4, 6):
-        text = rendered.ipv4 if version == 4 else rendered.ipv6
-        jumps = forward_jumps(backend, version, netns)
-        body = [ln for ln in text.splitlines() if not ln.startswith("-I FORWARD ")]
-        if fwd not in jumps:
-            body.insert(body.index("COMMIT"), f"-I FORWARD {_hm_position(jumps, prefix)} -j {fwd}")
-        proc = run_cmd(
-            [backend.restore(version), "--noflush"],
-            netns,
-            stdin="\n".join(body) + "\n",
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise FirewallError(
-                f"{backend.restore(version)} --noflush (host modes) failed: {proc.stderr.strip()}"
-            )
-    return rendered

@@ -23,8 +23,9 @@ Guarantees:
 - Kernel objects: one chain PREFIX-FW in the filter table of each family, jumped to from the
   top of FORWARD (routed and bridged traffic via br_netfilter), before the host-mode chain.
   `render.render` output and this chain are applied together by apply.apply_rules at start; on
-  `reload`, `refresh_policy` rewrites the chain with one `iptables-restore --noflush` per family
-  (declaring a chain in a restore flushes it, so the swap is atomic per family).
+  `reload`, refresh.refresh_policy rewrites the chain with one `iptables-restore --noflush` per
+  family (declaring a chain in a restore flushes it, so the swap is atomic per family). Nothing
+  in this module runs a command.
 - Bounds: MAX_RULES rules in the store; a compiled family holds at most MAX_KERNEL_RULES lines.
 """
 
@@ -38,7 +39,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from gateway.errors import FirewallError
-from gateway.firewall.apply import BackendInfo, run_cmd
 from gateway.firewall.render import RenderedRules
 from gateway.policy.store import Group, Host, Store
 
@@ -367,33 +367,3 @@ def render_policy(
 
 def render_from_store(store: Store, prefix: str) -> RenderedRules:
     return render_policy(list_rules(store), store.list_hosts(), store.list_groups(), prefix)
-
-
-def refresh_policy(
-    store: Store, backend: BackendInfo, prefix: str, netns: str | None = None
-) -> int:
-    """Rewrite the running chain PREFIX-FW from the store (one atomic restore per family);
-    returns the number of kernel rules now in it (both families)."""
-    chain = chain_name(prefix)
-    rules, hosts, groups = list_rules(store), store.list_hosts(), store.list_groups()
-    total = 0
-    for version in (4, 6):
-        body = policy_lines(rules, hosts, groups, version, chain)
-        jump = run_cmd(
-            [backend.iptables if version == 4 else backend.ip6tables, "-C", "FORWARD", "-j", chain],
-            netns, check=False,
-        )  # fmt: skip
-        head = ["*filter", f":{chain} - [0:0]"]
-        if jump.returncode != 0:
-            head.append(f"-I FORWARD 1 -j {chain}")
-        text = "\n".join([*head, *body, "COMMIT"]) + "\n"
-        proc = run_cmd([backend.restore(version), "--noflush"], netns, stdin=text, check=False)
-        if proc.returncode != 0:
-            if version == 6 and "ip6" in proc.stderr.lower() and "table" in proc.stderr.lower():
-                continue  # no IPv6 filter table here
-            raise FirewallError(
-                f"{backend.restore(version)} --noflush (firewall policy) failed: "
-                f"{proc.stderr.strip()}"
-            )
-        total += len(body)
-    return total

@@ -53,13 +53,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from gateway.config import FailPolicy, GatewayConfig, Network
 from gateway.match.rules import ANY_PORT
-
-if TYPE_CHECKING:
-    from gateway.lifecycle.state import HostPolicy
 
 MIN_ANY_PORT_MAXELEM = 4096  # room in the any-port host sets (more if more hosts need it)
 # Common TCP data offsets first: 8 (timestamps, Linux default), 5 (no options, Windows default).
@@ -119,6 +116,19 @@ class RenderedRules:
             self.ipv6 or "# (nothing queued for IPv6)",
         ]
         return "\n".join(p.rstrip("\n") for p in parts) + "\n"
+
+
+def merge(base: RenderedRules, extra: RenderedRules) -> RenderedRules:
+    """One RenderedRules holding both (base's prefix): each tool's text is base's then extra's,
+    so both are applied (and removed) in one step."""
+    return RenderedRules(
+        ipset=base.ipset + extra.ipset,
+        ipv4=base.ipv4 + extra.ipv4,
+        ipv6=base.ipv6 + extra.ipv6,
+        sets=base.sets + extra.sets,
+        chains=base.chains + tuple(c for c in extra.chains if c not in base.chains),
+        prefix=base.prefix,
+    )
 
 
 def set_prefix(chain_prefix: str) -> str:
@@ -258,17 +268,16 @@ def render_any_port_hosts(prefix: str, hosts: Iterable[Network]) -> tuple[str, l
 def render(
     config: GatewayConfig,
     plan: QueuePlan,
-    host_policies: Sequence[HostPolicy] = (),
     any_port_hosts: Sequence[Network] = (),
 ) -> RenderedRules:
     """Render ipsets and both families' mangle rules for this configuration and port plan.
 
-    Hook for the host modes (setup protection, learning, lockdown): host_policies not in normal
-    mode add filter-table chains PREFIX-HM-* and sets prefix-hm-* (gateway/firewall/hostmodes.py).
+    The host modes and the firewall policy are rendered by their own modules (hostmodes.py,
+    policy.py) and joined with `merge` (compose.py does it for `vpatch run`).
     `any_port_hosts`: protected hosts whose every TCP port is queued to the server (payload
     only, up to the stream depth), for app control that identifies protocols by content on any
     port; the sets prefix-anyport4/6 always exist so `reload` can refill them
-    (render_any_port_hosts, apply.refill_sets).
+    (render_any_port_hosts, refresh.refresh_any_port_hosts).
     """
     prefix = config.firewall.chain_prefix
     sp = set_prefix(prefix)
@@ -311,7 +320,7 @@ def render(
     if any(texts.values()):
         sets.extend(any_names)
         ipset_lines.extend(any_text.splitlines())
-    rendered = RenderedRules(
+    return RenderedRules(
         ipset="\n".join(ipset_lines) + "\n" if ipset_lines else "",
         ipv4=texts[4],
         ipv6=texts[6],
@@ -319,12 +328,6 @@ def render(
         chains=tuple(all_chains),
         prefix=config.firewall.chain_prefix,
     )
-    if host_policies:
-        from gateway.firewall.hostmodes import merge, render_hostmodes
-
-        modes = render_hostmodes(host_policies, prefix=config.firewall.chain_prefix)
-        rendered = merge(rendered, modes)
-    return rendered
 
 
 def _collapse(hosts: list[Network]) -> list[Network]:

@@ -1,6 +1,6 @@
 """The lifecycle monitor: turns NFLOG copies from the host-mode rules into learned tuples and
 lockdown events. Runs in the gateway's network namespace: as a thread of `vpatch run`
-(gateway/commands/run.py) or standalone (`vpatch hosts monitor`).
+(gateway/supervisor.py) or standalone (`vpatch hosts monitor`).
 
 - Learning group: each logged new connection gives a `LearnedTuple` (initiator, responder,
   protocol, destination port / ICMP type) for every learning host it involves; tuples are

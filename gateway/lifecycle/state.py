@@ -57,6 +57,7 @@ class LockdownAction(enum.Enum):
 
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
 _ENDPOINT = re.compile(r"\[?([0-9A-Fa-f.:/]+?)\]?(?::(tcp|udp|icmp|icmpv6)(?:/(\d+))?)?")
+_TUPLE = re.compile(r"\s*\[?([0-9A-Fa-f.:]+?)\]?\s*->\s*\[?([0-9A-Fa-f.:]+?)\]?:(\d+)/(\w+)\s*\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,20 @@ def check_address(text: str, source: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError as err:
         raise LifecycleError(f"{source}: {text!r} is not an IP address") from err
+
+
+def parse_tuple(text: str, source: str = "tuple") -> LearnedTuple:
+    """'198.18.0.10 -> 198.18.0.20:8080/tcp' (as LearnedTuple prints) -> LearnedTuple;
+    LifecycleError naming `source` and the text otherwise."""
+    m = _TUPLE.match(text)
+    if not m:
+        raise LifecycleError(f"{source}: {text!r} is not 'SRC -> DST:PORT/PROTO'")
+    src = check_address(m.group(1), source)
+    dst = check_address(m.group(2), source)
+    proto = m.group(4).lower()
+    if proto not in ("tcp", "udp", "icmp", "icmpv6"):
+        raise LifecycleError(f"{source}: protocol {proto!r} in {text!r} is not tcp/udp/icmp")
+    return LearnedTuple(src, dst, proto, int(m.group(3)))
 
 
 class LifecycleStore:

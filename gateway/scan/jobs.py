@@ -44,6 +44,7 @@ from gateway.lifecycle.state import (
 )
 from gateway.policy.store import Store, StoreError
 from gateway.scan import probes
+from gateway.scan.assign import apply_recommendations
 from gateway.scan.probes import Evidence
 from gateway.scan.recommend import (
     RecAction,
@@ -326,8 +327,10 @@ class ScanJobs:
                 tuple((f"{f['port']}/{f['transport']} {f['service']}",
                        f"{f['product'] or '?'} {f['version'] or ''}".strip()) for f in findings),
             )  # fmt: skip
-            changed = self._apply(run.host, recs, [entry], f"scan run {run_id} (auto-apply)",
-                                  run.actor) if applied else 0  # fmt: skip
+            changed = apply_recommendations(
+                self.lifecycle, run.host, recs, f"scan run {run_id} (auto-apply)", run.actor,
+                [entry],
+            ) if applied else 0  # fmt: skip
             if not applied:
                 self.lifecycle.update_host(run.host, history=[entry], actor=run.actor)
             report["applied"] = applied
@@ -344,42 +347,6 @@ class ScanJobs:
         assert finished is not None
         return finished
 
-    def _apply(
-        self, host: str, recs: list[Recommendation], extra: list[HistoryEntry], why: str,
-        actor: str,
-    ) -> int:  # fmt: skip
-        """Assign/unassign per recs with one history entry each; returns the changes made."""
-        policy = self.lifecycle.host(host)
-        assigned = set(policy.assigned)
-        history = list(extra)
-        now = time.time()
-        changes = 0
-        for rec in recs:
-            if rec.action is RecAction.KEEP:
-                continue
-            before = len(assigned)
-            if rec.action is RecAction.ASSIGN:
-                assigned.add(rec.rule_id)
-            else:
-                assigned.discard(rec.rule_id)
-            if len(assigned) == before:
-                continue  # already so (applied twice, or changed by an admin since)
-            changes += 1
-            history.append(
-                HistoryEntry(
-                    now,
-                    host,
-                    rec.action.value,
-                    str(rec.rule_id),
-                    f"{why}: {rec.reason}",
-                    tuple((e.probe, e.saw) for e in rec.evidence),
-                )
-            )
-        self.lifecycle.update_host(
-            host, history=history, actor=actor, assigned=tuple(sorted(assigned))
-        )
-        return changes
-
     def apply(self, run_id: int, actor: str) -> tuple[ScanRun, int]:
         """Apply a finished run's recommendation (once); returns the run and the changes."""
         run = self.get(run_id)
@@ -389,9 +356,9 @@ class ScanJobs:
             raise LifecycleError(f"scan run {run_id}: is {run.status}; only a finished run applies")
         if run.applied:
             raise LifecycleError(f"scan run {run_id}: already applied")
-        changes = self._apply(
-            run.host, recommendations_from(run.report), [], f"scan run {run_id} applied by {actor}",
-            actor,
+        changes = apply_recommendations(
+            self.lifecycle, run.host, recommendations_from(run.report),
+            f"scan run {run_id} applied by {actor}", actor,
         )  # fmt: skip
         report = dict(run.report, applied=True)
         self._set(run_id, applied=1, report_json=json.dumps(report))

@@ -1,9 +1,9 @@
 """Parsers of `vpatch bench` (gateway/benchmark/parse.py) on real tool outputs captured in the
-lab (tests/data/bench/), plus the CLI's --only parsing. The benchmark itself is not a test."""
+lab (tests/data/bench/). The benchmark itself is not a test; the CLI's --only parsing is tested
+in tests/commands/test_bench.py."""
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -21,7 +21,6 @@ from gateway.benchmark.parse import (
     process_tree,
 )
 from gateway.benchmark.runner import BenchOptions, SubjectResult, build_report, render_table
-from gateway.commands.bench import parse_only
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bench"
 
@@ -152,13 +151,6 @@ def test_cpu_accounting_of_own_process_tree() -> None:
     assert cpu_seconds_between({me: 0}, {me: 3 * CLOCK_TICKS}) == pytest.approx(3.0)
     # a process born in between counts from zero
     assert cpu_seconds_between({}, {1: CLOCK_TICKS}) == pytest.approx(1.0)
-
-
-def test_parse_only() -> None:
-    assert parse_only("vpatch,kernel") == ("kernel", "vpatch")
-    assert parse_only("suricata") == ("suricata-default", "suricata-tuned")
-    with pytest.raises(argparse.ArgumentTypeError, match="'snort'"):
-        parse_only("kernel,snort")
 
 
 def test_report_ratios_and_table() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gateway.config import parse_config
 from gateway.firewall.hostmodes import render_hostmodes, set_names, tuple_element
-from gateway.firewall.render import QueuePlan, render
+from gateway.firewall.render import QueuePlan, merge, render
 from gateway.lifecycle.state import (
     Endpoint,
     HostMode,
@@ -70,10 +70,10 @@ def test_tuple_element_for_other_protocols_is_none() -> None:
     assert tuple_element(LearnedTuple("198.18.0.1", "198.18.0.2", "47", 0)) is None
 
 
-def test_render_hook_merges_under_the_gateway_prefix() -> None:
+def test_merge_under_the_gateway_prefix() -> None:
     config = parse_config("protected_hosts: [198.18.0.20]\n")
     base = render(config, QueuePlan(tcp_to_server=frozenset({80})))
-    merged = render(config, QueuePlan(tcp_to_server=frozenset({80})), [SETUP])
+    merged = merge(base, render_hostmodes([SETUP], config.firewall.chain_prefix))
     assert merged.ipv4.startswith(base.ipv4)
     assert "*filter" in merged.ipv4 and "VPATCH-HM-FORWARD" in merged.chains
     assert "vpatch-hm-setup4" in merged.sets and merged.prefix == base.prefix

@@ -1,8 +1,8 @@
 """gateway/firewall/policy.py: validation names the field, storage is ordered and audited,
 the compiled text is what iptables-restore needs (first match wins, both families, group
 expansion), and in the namespace lab a real deny blocks a real connection while an allow
-placed before it wins, a MAC rule matches only that MAC, and `refresh_policy` swaps the
-chain in place."""
+placed before it wins, a MAC rule matches only that MAC, and `refresh_policy`
+(gateway/firewall/refresh.py) swaps the chain in place."""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ from gateway.firewall.policy import (
     delete_rule,
     list_rules,
     move_rule,
-    refresh_policy,
     render_from_store,
     update_rule,
     validate_rule,
 )
+from gateway.firewall.refresh import refresh_policy
 from gateway.lab.topology import HOST_PORT
 from gateway.policy.store import Store
 

@@ -19,7 +19,7 @@ import pytest
 
 from gateway.control.server import control_request
 from gateway.firewall.apply import probe_backend, run_cmd
-from gateway.firewall.hostmodes import forward_jumps
+from gateway.firewall.refresh import forward_jumps
 from gateway.lab import LabSpec, netns_exec, netns_popen
 from gateway.lab.netns import stop_pids
 from gateway.lab.services import listening

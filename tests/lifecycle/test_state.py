@@ -15,6 +15,7 @@ from gateway.lifecycle.state import (
     LearnedTuple,
     LifecycleError,
     LifecycleStore,
+    parse_tuple,
 )
 
 
@@ -39,6 +40,32 @@ def test_endpoint_parse_roundtrip(text: str, net: str, proto: str | None, port: 
 def test_endpoint_errors_name_the_value(text: str) -> None:
     with pytest.raises(LifecycleError, match="--exception"):
         Endpoint.parse(text, "--exception")
+
+
+@pytest.mark.parametrize(
+    "t",
+    [
+        LearnedTuple("198.18.0.10", "198.18.0.20", "tcp", 8080),
+        LearnedTuple("2001:2::10", "2001:2::20", "udp", 53),
+        LearnedTuple("198.18.0.10", "198.18.0.20", "icmp", 8),
+    ],
+)
+def test_tuple_parse_roundtrip(t: LearnedTuple) -> None:
+    assert parse_tuple(str(t)) == t
+    assert parse_tuple(f"  [{t.src}] -> [{t.dst}]:{t.port}/{t.proto.upper()} ") == t
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("198.18.0.10 -> 198.18.0.20", "is not 'SRC -> DST:PORT/PROTO'"),
+        ("198.18.0.10 -> 198.18.0.20:1/gre", "protocol 'gre'"),
+        ("198.18.0.300 -> 198.18.0.20:1/tcp", "'198.18.0.300' is not an IP address"),
+    ],
+)
+def test_tuple_errors_name_source_and_value(text: str, match: str) -> None:
+    with pytest.raises(LifecycleError, match=f"event 7: .*{match}"):
+        parse_tuple(text, "event 7")
 
 
 def test_host_defaults_update_and_history(tmp_path: Path) -> None:

@@ -1,0 +1,401 @@
+"""The running gateway (`vpatch run`): worker processes, kernel rules, control socket.
+
+`Gateway(config, backend, rendered).serve()` runs until SIGTERM/SIGINT or an error and returns
+the exit status (0, or 2 after a VpatchError, which is logged). In this order: one worker
+process per queue (gateway/intake/nfqueue.py), waiting until each has bound its queue
+(BIND_TIMEOUT), then the rendered kernel rules applied atomically (gateway/firewall/apply.py),
+the lifecycle monitor thread, the control socket and the alert dispatcher.
+
+While running: a worker that dies is logged and restarted after `workers.restart_delay`, at most
+`workers.max_restarts` times per `workers.restart_window` seconds per queue; past that the
+gateway stops (GatewayError). Workers die with the parent (PR_SET_PDEATHSIG), so a killed
+gateway leaves no reader behind: its rules then follow the fail policy until `vpatch run
+--cleanup`. While a worker is gone, fail_policy open lets the kernel bypass its queue
+(`--queue-bypass`), fail_policy closed drops that queue's packets.
+
+Exit: the kernel rules are removed first (so no packet waits for a worker that is going away),
+then the workers are stopped (SIGTERM, SIGKILL after `workers.stop_timeout`), then the monitor,
+the control socket and the dispatcher. The rule removal runs in a `finally`: whatever happened,
+no rule of ours stays behind.
+
+Control socket commands: `status`/`stats` (per-queue worker and kernel counters), `rules` (the
+rendered text), `policy` (the stored policy and the versions applied) and `reload`: the policy
+store is compiled here first (a bad policy is refused before any worker sees it), the firewall
+policy chain, host-mode sets/chains and any-port host sets are rewritten in place
+(gateway/firewall/refresh.py), then every worker applies the new policy version between
+packets (no restart, flows kept). The lifecycle monitor (NFLOG: learned tuples, lockdown
+events into the gateway's event sinks) runs as a thread; its failure is logged and never stops
+the gateway (the kernel enforces the modes).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import asdict
+from typing import Any
+
+from gateway.alerts.dispatcher import Dispatcher, alert_state_path
+from gateway.config import GatewayConfig
+from gateway.control.server import ControlServer
+from gateway.errors import VpatchError
+from gateway.events.sink import EventSink
+from gateway.firewall.apply import BackendInfo, apply_rules, remove_rules
+from gateway.firewall.compose import app_any_port_hosts, host_policies
+from gateway.firewall.hostmodes import DEFAULT_SETTINGS
+from gateway.firewall.refresh import refresh_any_port_hosts, refresh_hostmodes, refresh_policy
+from gateway.firewall.render import RenderedRules
+from gateway.intake.nfqueue import WorkerStats, load_policy, start_worker
+from gateway.intake.queuestats import read_queue_counters
+from gateway.lifecycle.monitor import run_monitor
+from gateway.lifecycle.state import LifecycleStore
+from gateway.policy.store import Store
+
+log = logging.getLogger("vpatch.run")
+
+RELOAD_WAIT = 2.0  # seconds `reload` waits for every live worker to apply the new policy
+BIND_TIMEOUT = 60.0  # seconds a worker may take to load rules and bind its queue
+SUPERVISE_INTERVAL = 0.2  # seconds between checks of the workers
+
+
+class GatewayError(VpatchError):
+    """The gateway could not start or keep running (names the queue and the cause)."""
+
+
+class _Worker:
+    def __init__(self, queue_num: int) -> None:
+        self.queue_num = queue_num
+        self.stats = WorkerStats()
+        self.proc: multiprocessing.process.BaseProcess | None = None
+        self.restarts: deque[float] = deque()
+        self.total_restarts = 0
+        self.died: float | None = None  # monotonic time the current death was noticed
+
+
+class Gateway:
+    """The running gateway: workers, kernel rules, control socket."""
+
+    def __init__(
+        self, config: GatewayConfig, backend: BackendInfo, rendered: RenderedRules
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.rendered = rendered
+        self.workers = [_Worker(q) for q in config.queues.numbers]
+        self.started = time.time()
+        self._stop = False
+        self._control: ControlServer | None = None
+        self._alerts: Dispatcher | None = None  # when events go to SQLite
+        self.policy_version = 1  # bumped by each `reload`; workers apply it between packets
+        self._reload_lock = threading.Lock()
+        self._monitor_stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._monitor_sink: EventSink | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        self._stop = True
+
+    def serve(self) -> int:
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        status = 0
+        try:
+            for w in self.workers:
+                self._start(w)
+            self._wait_bound()
+            apply_rules(self.rendered, self.backend)
+            log.info(
+                "kernel rules applied (%s): queues %s, fail policy %s, %d ipset(s)",
+                self.backend.name,
+                ",".join(str(w.queue_num) for w in self.workers),
+                self.config.fail_policy.value,
+                len(self.rendered.sets),
+            )
+            self._start_monitor()
+            self._start_control()
+            self._start_alerts()
+            print("vpatch run: ready", flush=True)
+            while not self._stop:
+                time.sleep(SUPERVISE_INTERVAL)
+                self._supervise()
+        except VpatchError as err:
+            log.error("%s", err)
+            status = 2
+        finally:
+            try:
+                removed = remove_rules(self.backend, self.rendered.prefix)
+                log.info("kernel rules removed (%d objects)", len(removed))
+            except VpatchError as err:
+                log.error("removing kernel rules failed: %s", err)
+                status = status or 2
+            self._stop_workers()
+            self._stop_monitor()
+            if self._control is not None:
+                self._control.stop()
+            if self._alerts is not None:
+                self._alerts.stop()
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        return status
+
+    def _start(self, w: _Worker) -> None:
+        w.stats.reset()
+        w.stats.set("policy_wanted", self.policy_version)
+        w.proc = start_worker(w.queue_num, self.config, w.stats)
+        log.info("worker for queue %d started (pid %s)", w.queue_num, w.proc.pid)
+
+    def _wait_bound(self) -> None:
+        deadline = time.monotonic() + BIND_TIMEOUT
+        for w in self.workers:
+            while not w.stats.get("bound"):
+                if self._stop:
+                    raise GatewayError("stopped during start-up")
+                assert w.proc is not None
+                if not w.proc.is_alive():
+                    raise GatewayError(
+                        f"worker for queue {w.queue_num} exited during start-up "
+                        f"(exit status {w.proc.exitcode}); see its log above"
+                    )
+                if time.monotonic() > deadline:
+                    raise GatewayError(
+                        f"worker for queue {w.queue_num} did not bind within {BIND_TIMEOUT:.0f}s"
+                    )
+                time.sleep(0.05)
+
+    def _supervise(self) -> None:
+        wc = self.config.workers
+        for w in self.workers:
+            assert w.proc is not None
+            if w.proc.is_alive():
+                continue
+            now = time.monotonic()
+            if w.died is not None:
+                if now - w.died >= wc.restart_delay:
+                    w.died = None
+                    self._start(w)
+                continue
+            w.died = now
+            code = w.proc.exitcode
+            w.proc.join(0)
+            while w.restarts and now - w.restarts[0] > wc.restart_window:
+                w.restarts.popleft()
+            effect = (
+                "bypassed by the kernel" if self.config.fail_policy.value == "open" else "dropped"
+            )
+            log.error(
+                "worker for queue %d (pid %s) died with exit status %s; its packets are %s "
+                "until it is restarted in %.1fs",
+                w.queue_num, w.proc.pid, code, effect, wc.restart_delay,
+            )  # fmt: skip
+            if len(w.restarts) >= wc.max_restarts:
+                raise GatewayError(
+                    f"worker for queue {w.queue_num} died {len(w.restarts) + 1} times within "
+                    f"{wc.restart_window:.0f}s (workers.max_restarts = {wc.max_restarts}); giving up"
+                )
+            w.restarts.append(now)
+            w.total_restarts += 1
+
+    def _stop_workers(self) -> None:
+        procs = [w.proc for w in self.workers if w.proc is not None and w.proc.is_alive()]
+        for p in procs:
+            if p.pid is not None:
+                try:
+                    os.kill(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + self.config.workers.stop_timeout
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                log.warning("worker pid %s ignored SIGTERM; killing it", p.pid)
+                p.kill()
+                p.join(2.0)
+
+    # -- control socket -----------------------------------------------------------------------
+
+    def status(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Health: per queue the worker's counters (packets, bytes inspected, verdicts, events,
+        policy version, rules loaded) and the kernel's counters for that queue from
+        /proc/net/netfilter/nfnetlink_queue in this namespace (queue_total, queue_dropped,
+        user_dropped, id_sequence, queue_drops = the two drop counters; all None when the
+        kernel does not list the queue); `rules_loaded` and totals at the top level."""
+        kernel = read_queue_counters()
+        queues: dict[str, dict[str, Any]] = {}
+        for w in self.workers:
+            snap: dict[str, Any] = w.stats.snapshot()
+            alive = bool(w.proc is not None and w.proc.is_alive())
+            counters = kernel.queues.get(w.queue_num)
+            if counters is not None:
+                snap.update(counters.as_dict())
+                # queued to this queue but never seen by the worker (fail-open bypass of the
+                # netlink path, or losses the kernel does not count), racy by a few packets
+                snap["kernel_unseen"] = max(
+                    0, counters.id_sequence - counters.queue_total - snap["packets"]
+                )
+            else:
+                for name in ("queue_total", "queue_dropped", "user_dropped", "id_sequence",
+                             "queue_drops", "kernel_unseen"):  # fmt: skip
+                    snap[name] = None
+            snap["alive"] = alive
+            snap["restarts"] = w.total_restarts
+            queues[str(w.queue_num)] = snap
+        live = [q for q in queues.values() if q["alive"]]
+        return {
+            "backend": self.backend.name,
+            "fail_policy": self.config.fail_policy.value,
+            "uptime": time.time() - self.started,
+            "policy_version": self.policy_version,
+            "rules_loaded": max((int(q["rules"]) for q in live), default=0),
+            "workers": len(queues),
+            "workers_alive": len(live),
+            "packets": sum(int(q["packets"]) for q in queues.values()),
+            "bytes": sum(int(q["bytes"]) for q in queues.values()),
+            "queue_drops": sum(int(q["queue_drops"] or 0) for q in queues.values()),
+            "kernel_counters": kernel.available,
+            "alerts": self._alerts.stats() if self._alerts is not None else None,
+            "queues": queues,
+        }
+
+    def reload(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Re-read the policy store and have every worker apply it (no restart, flows kept).
+
+        The policy is compiled here first, so a bad one is refused (ControlError reply) before
+        any worker sees it. Returns the new version, per-queue applied versions and the seconds
+        until all live workers had it (or `complete: false` after RELOAD_WAIT).
+        """
+        with self._reload_lock:
+            started = time.monotonic()
+            policy = load_policy(self.config)  # raises (ConfigError) on a bad policy
+            firewall_rules = self._refresh_firewall()
+            host_modes = self._refresh_hostmodes()
+            any_port = self._refresh_any_port_hosts()
+            self.policy_version += 1
+            version = self.policy_version
+            for w in self.workers:
+                w.stats.set("policy_wanted", version)
+            deadline = started + RELOAD_WAIT
+            while True:
+                live = [w for w in self.workers if w.proc is not None and w.proc.is_alive()]
+                if all(w.stats.get("policy_version") == version for w in live):
+                    complete = True
+                    break
+                if time.monotonic() > deadline:
+                    complete = False
+                    break
+                time.sleep(0.01)
+            took = time.monotonic() - started
+            log.info("policy version %d: %s in %.3fs", version,
+                     "applied by every worker" if complete else "NOT yet applied by all", took)  # fmt: skip
+            return {
+                "version": version,
+                "complete": complete,
+                "seconds": took,
+                "store": str(self.config.policy.database),
+                "policy": policy is not None,
+                "queues": {str(w.queue_num): w.stats.get("policy_version") for w in self.workers},
+                "policy_errors": sum(w.stats.get("policy_errors") for w in self.workers),
+                "firewall_rules": firewall_rules,
+                "host_modes": host_modes,
+                "any_port_hosts": any_port,
+            }
+
+    def _refresh_firewall(self) -> int:
+        """Rewrite the firewall-policy chain from the store (atomic per family)."""
+        if not self.config.policy.database.exists():
+            return 0
+        with Store(self.config.policy.database) as store:
+            return refresh_policy(store, self.backend, self.config.firewall.chain_prefix)
+
+    def _refresh_any_port_hosts(self) -> list[str]:
+        """Refill the sets of hosts whose every TCP port is queued (app control)."""
+        hosts = app_any_port_hosts(self.config)
+        refresh_any_port_hosts(self.rendered, hosts)  # no sets when nothing is queued at all
+        return [str(h) for h in hosts]
+
+    def _refresh_hostmodes(self) -> dict[str, str]:
+        """Rewrite the host-mode sets and chains from the lifecycle state; {host: mode}."""
+        policies = host_policies(self.config)
+        refresh_hostmodes(policies, self.backend, self.config.firewall.chain_prefix)
+        return {p.address: p.mode.value for p in policies if p.mode.value != "normal"}
+
+    def _start_monitor(self) -> None:
+        """The lifecycle monitor thread (NFLOG learning and lockdown events); waits until its
+        NFLOG groups are bound so no learning packet of the first connection is missed."""
+        ev = self.config.events
+        self._monitor_sink = EventSink(ev.sqlite, ev.jsonl, ev.max_queue)
+        store = LifecycleStore(self.config.policy.database)
+        ready = threading.Event()
+
+        def body() -> None:
+            try:
+                run_monitor(
+                    store, DEFAULT_SETTINGS, self._monitor_sink, None, sys.stdout,
+                    stop=self._monitor_stop, ready=ready,
+                )  # fmt: skip
+            except Exception as err:  # noqa: BLE001 - the kernel enforces; log and go on
+                log.error("lifecycle monitor stopped: %r (host modes stay enforced)", err)
+            finally:
+                ready.set()
+
+        self._monitor = threading.Thread(target=body, name="lifecycle-monitor", daemon=True)
+        self._monitor.start()
+        ready.wait(10.0)
+
+    def _stop_monitor(self) -> None:
+        self._monitor_stop.set()
+        if self._monitor is not None:
+            self._monitor.join(5.0)
+        if self._monitor_sink is not None:
+            self._monitor_sink.close()
+
+    def policy(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The stored policy as the workers see it, and the versions they applied."""
+        hosts: list[Any] = []
+        groups: list[Any] = []
+        assignments: list[Any] = []
+        if self.config.policy.database.exists():
+            with Store(self.config.policy.database) as store:
+                hosts, groups, assignments = store.policy_snapshot()
+            hosts, groups, assignments = (
+                [asdict(x) for x in hosts], [asdict(x) for x in groups], [asdict(x) for x in assignments]
+            )  # fmt: skip
+        return {
+            "version": self.policy_version,
+            "store": str(self.config.policy.database),
+            "queues": {str(w.queue_num): w.stats.get("policy_version") for w in self.workers},
+            "hosts": hosts,
+            "groups": groups,
+            "assignments": assignments,
+        }
+
+    def _start_alerts(self) -> None:
+        """The alert dispatcher thread: tails the event store, sends through the channels."""
+        if self.config.events.sqlite is None:
+            log.info("alerts: no SQLite event store configured, no alert dispatcher")
+            return
+        events_db = self.config.events.sqlite
+        self._alerts = Dispatcher(
+            events_db, self.config.policy.database, state_db=alert_state_path(events_db)
+        )
+        self._alerts.start()
+
+    def _start_control(self) -> None:
+        self._control = ControlServer(
+            self.config.control.socket,
+            {
+                "status": self.status,
+                "stats": self.status,
+                "rules": lambda _r: self.rendered.describe(),
+                "reload": self.reload,
+                "policy": self.policy,
+            },
+        )
+        self._control.start()
