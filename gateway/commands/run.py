@@ -475,10 +475,11 @@ class Gateway:
         if self.config.policy.database.exists():
             from dataclasses import asdict
 
+            from gateway.policy.snapshot import policy_snapshot
             from gateway.policy.store import Store
 
             with Store(self.config.policy.database) as store:
-                hosts, groups, assignments = store.policy_snapshot()
+                hosts, groups, assignments = policy_snapshot(store)
             hosts, groups, assignments = (
                 [asdict(x) for x in hosts], [asdict(x) for x in groups], [asdict(x) for x in assignments]
             )  # fmt: skip

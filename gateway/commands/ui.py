@@ -40,16 +40,18 @@ def register(sub: Any) -> None:
 
 def ensure_admin(store: Any) -> str | None:
     """Create `admin` with a random password when there is no account; return the password."""
-    from gateway.policy.store import new_password
+    from gateway.policy.accounts import Accounts, new_password
 
-    if store.user_count():
+    accounts = Accounts(store)
+    if accounts.user_count():
         return None
     password = new_password()
-    store.create_user("admin", password, "admin", "vpatch-ui")
+    accounts.create_user("admin", password, "admin", "vpatch-ui")
     return password
 
 
 def run(args: argparse.Namespace) -> int:
+    from gateway.policy.accounts import Accounts
     from gateway.policy.store import Store
 
     config = load_config(args.config)
@@ -60,14 +62,15 @@ def run(args: argparse.Namespace) -> int:
                 pw = getpass.getpass(f"new password for {args.set_password}: ")
             else:
                 pw = sys.stdin.readline().rstrip("\n")
-            if store.get_user(args.set_password) is None:
-                store.create_user(args.set_password, pw, "admin", "cli")
+            accounts = Accounts(store)
+            if accounts.get_user(args.set_password) is None:
+                accounts.create_user(args.set_password, pw, "admin", "cli")
             else:
-                store.set_password(args.set_password, pw, "cli")
+                accounts.set_password(args.set_password, pw, "cli")
             print(f"vpatch ui: password of {args.set_password!r} set")
             return 0
         if args.create_token:
-            print(store.create_token(args.create_token, "cli", "cli"))
+            print(Accounts(store).create_token(args.create_token, "cli", "cli"))
             return 0
         password = ensure_admin(store)
     finally:
