@@ -55,6 +55,7 @@ from gateway.intake.nfqueue import WorkerStats, load_policy, start_worker
 from gateway.intake.queuestats import read_queue_counters
 from gateway.lifecycle.monitor import run_monitor
 from gateway.lifecycle.state import LifecycleStore
+from gateway.policy.snapshot import policy_snapshot
 from gateway.policy.store import Store
 
 log = logging.getLogger("vpatch.run")
@@ -363,7 +364,7 @@ class Gateway:
         assignments: list[Any] = []
         if self.config.policy.database.exists():
             with Store(self.config.policy.database) as store:
-                hosts, groups, assignments = store.policy_snapshot()
+                hosts, groups, assignments = policy_snapshot(store)
             hosts, groups, assignments = (
                 [asdict(x) for x in hosts], [asdict(x) for x in groups], [asdict(x) for x in assignments]
             )  # fmt: skip

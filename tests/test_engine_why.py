@@ -46,7 +46,7 @@ conditions:
 
 @dataclass(frozen=True)
 class Exc:
-    """An exception record as the store gives it (gateway.policy.store.PolicyException)."""
+    """An exception record as the store gives it (gateway.policy.exceptions.PolicyException)."""
 
     id: int
     rule_id: int | None

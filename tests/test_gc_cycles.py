@@ -21,7 +21,10 @@ from gateway.errors import CaptureError
 from gateway.intake.nfqueue import WorkerStats, apply_policy, build_engine, collect_if_grown
 from gateway.intake.pcap import read_capture
 from gateway.lifecycle.state import LifecycleStore
+from gateway.policy.assignments import Assignments
 from gateway.policy.compiled import Mode
+from gateway.policy.exceptions import PolicyExceptions
+from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
 from gateway.testing.traffic import SERVER, contiguous, tcp_session
 
@@ -128,13 +131,14 @@ def test_policy_reloads_leave_no_cycles(tmp_path: Path, no_auto_gc: None) -> Non
     engine = build_engine(config)
     sids = sorted(rule.id for rule in engine.ruleset.rules)[:3]
     with Store(config.policy.database) as store:
-        group = store.create_group("legacy", "", "t")
-        host = store.save_host(SERVER, "t", name="srv", group_id=group.id)
-        store.set_assignment(sids[0], "host", host.id, "prevent", "t")
-        store.set_assignment(sids[1], "group", group.id, "detect", "t")
-        store.set_assignment(sids[2], "global", None, "off", "t")
-        store.add_exception(SERVER, "test", "t", rule_id=sids[0], uri="/x")
-        store.add_exception(SERVER, "test", "t", port=8080)
+        hosts, assignments, exceptions = Hosts(store), Assignments(store), PolicyExceptions(store)
+        group = hosts.create_group("legacy", "", "t")
+        host = hosts.save_host(SERVER, "t", name="srv", group_id=group.id)
+        assignments.set_assignment(sids[0], "host", host.id, "prevent", "t")
+        assignments.set_assignment(sids[1], "group", group.id, "detect", "t")
+        assignments.set_assignment(sids[2], "global", None, "off", "t")
+        exceptions.add_exception(SERVER, "test", "t", rule_id=sids[0], uri="/x")
+        exceptions.add_exception(SERVER, "test", "t", port=8080)
     LifecycleStore(config.policy.database).update_host(
         SERVER, app_controls=("refuse-smb1", "min-tls 1.2"), actor="t"
     )

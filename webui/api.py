@@ -11,6 +11,10 @@ from typing import Any
 
 from flask import Blueprint, abort, g, jsonify, request
 
+from gateway.lifecycle.state import host_services
+from gateway.policy.accounts import Accounts
+from gateway.policy.exceptions import PolicyExceptions
+from gateway.policy.hosts import Hosts
 from gateway.policy.store import StoreError
 from webui.db import get_store
 from webui.events import add_exception_from
@@ -65,7 +69,7 @@ def _authenticate(write: bool) -> None:
     kind, _, token = header.partition(" ")
     if kind.lower() != "bearer" or not token:
         abort(401, description="bearer token required (Authorization: Bearer TOKEN)")
-    user = get_store().token_user(token.strip())
+    user = Accounts(get_store()).token_user(token.strip())
     if user is None:
         abort(401, description="unknown or revoked token")
     if write and user.role != "admin":
@@ -133,7 +137,7 @@ def rule_mode(rule_id: int) -> Any:
 def hosts() -> Any:
     store = get_store()
     return jsonify(
-        [{**asdict(h), "services": store.host_services(h.id)} for h in store.list_hosts()]
+        [{**asdict(h), "services": host_services(store, h.id)} for h in Hosts(store).list_hosts()]
     )
 
 
@@ -146,20 +150,22 @@ HOST_BODY = {"type": "object", "required": ["address"], "properties": {
 @endpoint("/hosts", "POST", "Create or update a host (by address)", write=True, body=HOST_BODY)
 def save_host() -> Any:
     data = _body()
-    h = get_store().save_host(str(data.get("address", "")), g.user.username, str(data.get("name", "")),
-                              _opt_int(data, "group_id"), str(data.get("mode", "normal")))  # fmt: skip
+    h = Hosts(get_store()).save_host(
+        str(data.get("address", "")), g.user.username, str(data.get("name", "")),
+        _opt_int(data, "group_id"), str(data.get("mode", "normal")),
+    )  # fmt: skip
     return jsonify(asdict(h)), 201
 
 
 @endpoint("/hosts/{host_id}", "DELETE", "Delete a host and its assignments", write=True)
 def delete_host(host_id: int) -> Any:
-    get_store().delete_host(host_id, g.user.username)
+    Hosts(get_store()).delete_host(host_id, g.user.username)
     return jsonify(ok=True)
 
 
 @endpoint("/groups", "GET", "Host groups", result=ARR)
 def groups() -> Any:
-    return jsonify([asdict(gr) for gr in get_store().list_groups()])
+    return jsonify([asdict(gr) for gr in Hosts(get_store()).list_groups()])
 
 
 GROUP_BODY = {"type": "object", "required": ["name"], "properties": {
@@ -169,7 +175,7 @@ GROUP_BODY = {"type": "object", "required": ["name"], "properties": {
 @endpoint("/groups", "POST", "Create a group", write=True, body=GROUP_BODY)
 def create_group() -> Any:
     data = _body()
-    gr = get_store().create_group(
+    gr = Hosts(get_store()).create_group(
         str(data.get("name", "")), str(data.get("description", "")), g.user.username
     )
     return jsonify(asdict(gr)), 201
@@ -177,7 +183,7 @@ def create_group() -> Any:
 
 @endpoint("/groups/{group_id}", "DELETE", "Delete a group", write=True)
 def delete_group(group_id: int) -> Any:
-    get_store().delete_group(group_id, g.user.username)
+    Hosts(get_store()).delete_group(group_id, g.user.username)
     return jsonify(ok=True)
 
 
@@ -213,13 +219,13 @@ def event_exception(event_id: int) -> Any:
 
 @endpoint("/exceptions", "GET", "Exceptions (also expired ones)", result=ARR)
 def exceptions() -> Any:
-    return jsonify([asdict(e) for e in get_store().list_exceptions()])
+    return jsonify([asdict(e) for e in PolicyExceptions(get_store()).list_exceptions()])
 
 
 @endpoint("/exceptions/{exception_id}", "DELETE", "Delete an exception", write=True)
 def delete_exception(exception_id: int) -> Any:
     store = get_store()
-    store.delete_exception(exception_id, g.user.username)
+    PolicyExceptions(store).delete_exception(exception_id, g.user.username)
     return jsonify(ok=True, reload=reload_gateway(store, g.user.username))
 
 

@@ -1,5 +1,5 @@
 """Login, logout, own API tokens. Logins are throttled per user and per source address
-(exponential backoff, gateway/policy/store.py) and every failure is audited. `ensure_admin`
+(exponential backoff, gateway/policy/accounts.py) and every failure is audited. `ensure_admin`
 creates the first account (`vpatch ui` on a store without users)."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from typing import Any
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
 
-from gateway.policy.store import Store, new_password
+from gateway.policy.accounts import Accounts, new_password
+from gateway.policy.store import Store
 from webui.db import get_store
 from webui.security import admin_required, csrf_token, login_required
 
@@ -18,10 +19,11 @@ bp = Blueprint("auth", __name__, url_prefix="/auth")
 def ensure_admin(store: Store) -> str | None:
     """Create `admin` with a random password when there is no account (the first start of
     `vpatch ui`: there is no default password); return that password, None otherwise."""
-    if store.user_count():
+    accounts = Accounts(store)
+    if accounts.user_count():
         return None
     password = new_password()
-    store.create_user("admin", password, "admin", "vpatch-ui")
+    accounts.create_user("admin", password, "admin", "vpatch-ui")
     return password
 
 
@@ -33,12 +35,12 @@ def login() -> Any:
     username = request.form.get("username", "")[:128]
     password = request.form.get("password", "")[:1024]
     source = request.remote_addr or "unknown"
-    store = get_store()
-    wait = store.login_wait(username, source)
+    accounts = Accounts(get_store())
+    wait = accounts.login_wait(username, source)
     if wait > 0:
         abort(429, description=f"too many failed logins; try again in {wait:.0f} s")
-    user = store.authenticate(username, password)
-    store.record_login(username, source, user is not None)
+    user = accounts.authenticate(username, password)
+    accounts.record_login(username, source, user is not None)
     if user is None:
         flash("wrong user name or password")
         return render_template("auth/login.html"), 401
@@ -61,24 +63,24 @@ def logout() -> Any:
 @bp.route("/tokens", methods=["GET", "POST"])
 @login_required
 def tokens() -> Any:
-    store = get_store()
+    accounts = Accounts(get_store())
     new_token = None
     if request.method == "POST":
         if g.user.role != "admin":
             abort(403, description="viewers cannot create API tokens")
-        new_token = store.create_token(
+        new_token = accounts.create_token(
             g.user.username, request.form.get("name", "")[:128], g.user.username
         )
     return render_template(
-        "auth/tokens.html", tokens=store.list_tokens(g.user.username), new_token=new_token
+        "auth/tokens.html", tokens=accounts.list_tokens(g.user.username), new_token=new_token
     )
 
 
 @bp.route("/tokens/<int:token_id>/revoke", methods=["POST"])
 @admin_required
 def revoke(token_id: int) -> Any:
-    store = get_store()
-    if token_id not in {t.id for t in store.list_tokens(g.user.username)}:
+    accounts = Accounts(get_store())
+    if token_id not in {t.id for t in accounts.list_tokens(g.user.username)}:
         abort(404, description=f"token {token_id}: not one of yours")
-    store.revoke_token(token_id, g.user.username)
+    accounts.revoke_token(token_id, g.user.username)
     return redirect(url_for("auth.tokens"))

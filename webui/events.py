@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, g, redirect, render_template, request, url_for
 
+from gateway.policy.exceptions import PolicyExceptions
 from gateway.policy.store import StoreError
 from webui.db import get_store
 from webui.security import admin_required, csv_safe, login_required
@@ -112,7 +113,7 @@ def add_exception_from(event_id: int, form: dict[str, Any], actor: str) -> Any:
     elif scope != "host":
         raise InputError(f"scope {scope!r}: host, port or uri")
     store = get_store()
-    exc = store.add_exception(
+    exc = PolicyExceptions(store).add_exception(
         str(event["dest_ip"]), str(form.get("reason", "")), actor, int(event["signature_id"]),
         port, uri, parse_expiry(str(form.get("expires", ""))), event_id,
     )  # fmt: skip
@@ -132,7 +133,8 @@ def add_exception(event_id: int) -> Any:
 @bp.route("/exceptions")
 @login_required
 def exceptions() -> Any:
-    return render_template("events/exceptions.html", exceptions=get_store().list_exceptions())
+    exceptions = PolicyExceptions(get_store()).list_exceptions()
+    return render_template("events/exceptions.html", exceptions=exceptions)
 
 
 @bp.route("/exceptions/<int:exc_id>/delete", methods=["POST"])
@@ -140,7 +142,7 @@ def exceptions() -> Any:
 def delete_exception(exc_id: int) -> Any:
     store = get_store()
     try:
-        store.delete_exception(exc_id, g.user.username)
+        PolicyExceptions(store).delete_exception(exc_id, g.user.username)
     except StoreError as err:
         abort(404, description=str(err))
     reload_gateway(store, g.user.username)

@@ -21,6 +21,7 @@ from gateway.firewall.policy import (
     move_rule,
     update_rule,
 )
+from gateway.policy.hosts import Hosts
 from webui.api import endpoint
 from webui.db import get_store
 from webui.security import admin_required, login_required
@@ -55,8 +56,8 @@ def _reloaded(what: str) -> None:
 @login_required
 def index() -> Any:
     store = get_store()
-    hosts = {h.id: h for h in store.list_hosts()}
-    groups = {gr.id: gr for gr in store.list_groups()}
+    hosts = {h.id: h for h in Hosts(store).list_hosts()}
+    groups = {gr.id: gr for gr in Hosts(store).list_groups()}
     return render_template(
         "firewall/index.html", rules=list_rules(store), hosts=hosts, groups=groups,
         directions=DIRECTIONS, protocols=PROTOCOLS, actions=ACTIONS,

@@ -11,7 +11,9 @@ from typing import Any
 
 from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template, request, url_for
 
-from gateway.lifecycle.state import LifecycleError
+from gateway.lifecycle.state import LifecycleError, host_services
+from gateway.policy.assignments import Assignments
+from gateway.policy.hosts import Hosts
 from gateway.policy.store import StoreError
 from gateway.scan.jobs import GLOBAL
 from webui import lifecycle
@@ -27,17 +29,17 @@ MODES = ("normal", "setup", "learning", "lockdown")
 @login_required
 def index() -> Any:
     store = get_store()
-    hosts = store.list_hosts()
-    assignments = store.list_assignments()
+    hosts = Hosts(store).list_hosts()
+    assignments = Assignments(store).list_assignments()
     rows = []
     for h in hosts:
         rows.append({
             "host": h,
-            "services": store.host_services(h.id),
+            "services": host_services(store, h.id),
             "assigned": [a for a in assignments if (a.scope == "host" and a.scope_id == h.id)
                          or (a.scope == "group" and h.group_id is not None and a.scope_id == h.group_id)],
         })  # fmt: skip
-    groups = {gr.id: gr for gr in store.list_groups()}
+    groups = {gr.id: gr for gr in Hosts(store).list_groups()}
     sched = {s.host: s for s in lifecycle._jobs().schedules()}.get(GLOBAL)
     return render_template("hosts/index.html", rows=rows, groups=groups, global_schedule=sched)
 
@@ -50,7 +52,7 @@ def _int_or_none(value: str | None) -> int | None:
 @admin_required
 def save() -> Any:
     try:
-        get_store().save_host(
+        Hosts(get_store()).save_host(
             request.form.get("address", ""), g.user.username, request.form.get("name", ""),
             _int_or_none(request.form.get("group_id")), request.form.get("mode", "normal"),
         )  # fmt: skip
@@ -63,7 +65,7 @@ def save() -> Any:
 @admin_required
 def delete(host_id: int) -> Any:
     try:
-        get_store().delete_host(host_id, g.user.username)
+        Hosts(get_store()).delete_host(host_id, g.user.username)
     except StoreError as err:
         abort(404, description=str(err))
     return redirect(url_for("hosts.index"))
@@ -73,7 +75,7 @@ def delete(host_id: int) -> Any:
 @admin_required
 def add_group() -> Any:
     try:
-        get_store().create_group(
+        Hosts(get_store()).create_group(
             request.form.get("name", ""), request.form.get("description", ""), g.user.username
         )
     except StoreError as err:
@@ -85,7 +87,7 @@ def add_group() -> Any:
 @admin_required
 def delete_group(group_id: int) -> Any:
     try:
-        get_store().delete_group(group_id, g.user.username)
+        Hosts(get_store()).delete_group(group_id, g.user.username)
     except StoreError as err:
         abort(404, description=str(err))
     return redirect(url_for("hosts.index"))
@@ -199,7 +201,7 @@ def global_schedule() -> Any:
 def allow_event(event_id: int) -> Any:
     result = _do(lifecycle.allow_event, event_id, g.user.username)
     flash(f"allowed {result['allowed']} for {result['host']}; {_reload_note(result)}")
-    host = get_store().host_by_address(result["host"])
+    host = Hosts(get_store()).host_by_address(result["host"])
     if host is None:
         return redirect(url_for("events.detail", event_id=event_id))
     return redirect(url_for("hosts.detail", host_id=host.id))

@@ -37,8 +37,9 @@ from gateway.lifecycle.state import (
     LifecycleStore,
     LockdownAction,
     parse_tuple,
+    host_services,
 )
-from gateway.policy.store import Host
+from gateway.policy.hosts import Host, Hosts
 from gateway.scan.jobs import GLOBAL, ScanJobs, ScanRun
 from webui.api import ARR, _body, endpoint
 from webui.db import get_events, get_store
@@ -61,7 +62,7 @@ def _jobs() -> ScanJobs:
 
 
 def host_record(host_id: int) -> Host:
-    host = get_store().get_host(host_id)
+    host = Hosts(get_store()).get_host(host_id)
     if host is None:
         raise LookupError(f"host {host_id}: not found")
     if "/" in host.address:
@@ -98,7 +99,7 @@ def host_view(host_id: int) -> dict[str, Any]:
         "history": [history_dict(e) for e in reversed(life.history(host.address)[-HISTORY_SHOWN:])],
         "runs": [r.as_dict() for r in jobs.runs(host.address, 20)],
         "schedule": None if sched is None else asdict(sched),
-        "services": get_store().host_services(host.id),
+        "services": host_services(get_store(), host.id),
     }
 
 

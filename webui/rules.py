@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
+from gateway.policy.hosts import Hosts
 from gateway.policy.store import StoreError
 from webui.db import get_store
 from webui.security import admin_required, login_required
@@ -25,7 +26,7 @@ def index() -> Any:
     }
     return render_template(
         "rules/index.html", rules=rules_view(filters), filters=filters,
-        hosts=store.list_hosts(), groups=store.list_groups(),
+        hosts=Hosts(store).list_hosts(), groups=Hosts(store).list_groups(),
     )  # fmt: skip
 
 

@@ -20,6 +20,8 @@ from typing import Any, TypeVar, cast
 from flask import Flask, abort, g, jsonify, redirect, request, session, url_for
 from markupsafe import Markup, escape
 
+from gateway.policy.accounts import Accounts
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -55,7 +57,7 @@ def _load_user() -> None:
     if uid:
         from webui.db import get_store
 
-        g.user = get_store().get_user(str(uid))
+        g.user = Accounts(get_store()).get_user(str(uid))
         if g.user is None:
             session.clear()
 

@@ -17,6 +17,8 @@ from flask import current_app
 
 from gateway.control.server import ControlError, control_request
 from gateway.match.rules import Rule
+from gateway.policy.assignments import Assignments
+from gateway.policy.hosts import Hosts
 from gateway.policy.store import MODES, Store
 from webui.db import get_events, get_rules, get_store
 
@@ -66,9 +68,9 @@ def would_block_counts() -> dict[int, int]:
 
 def rules_view(filters: dict[str, str]) -> list[dict[str, Any]]:
     store = get_store()
-    assignments = store.list_assignments()
-    hosts = {h.id: h for h in store.list_hosts()}
-    groups = {gr.id: gr for gr in store.list_groups()}
+    assignments = Assignments(store).list_assignments()
+    hosts = {h.id: h for h in Hosts(store).list_hosts()}
+    groups = {gr.id: gr for gr in Hosts(store).list_groups()}
     counts = would_block_counts()
     q_cve = filters.get("cve", "").strip().upper()
     q_product = filters.get("product", "").strip().lower()
@@ -131,7 +133,9 @@ def set_rule_mode(
     if mode is not None and mode not in MODES:
         raise InputError(f"mode {mode!r}: must be one of {', '.join(MODES)} or inherit")
     store = get_store()
-    after = store.set_assignment(rule_id, scope, scope_id, mode, actor, "admin", reason)
+    after = Assignments(store).set_assignment(
+        rule_id, scope, scope_id, mode, actor, "admin", reason
+    )
     return {"assignment": asdict(after) if after else None, "reload": reload_gateway(store, actor)}
 
 

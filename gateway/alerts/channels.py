@@ -310,8 +310,8 @@ def save_channel(
                 "WHERE id = ?", (*row, channel_id),
             )  # fmt: skip
         new = get_channel(store, channel_id)
-        store._audit(actor, "alerts.save", f"alert channel {v['name']}", _audit_view(old),
-                     _audit_view(new))  # fmt: skip
+        store.audit(actor, "alerts.save", f"alert channel {v['name']}", _audit_view(old),
+                    _audit_view(new))  # fmt: skip
     assert new is not None
     return new
 
@@ -322,7 +322,7 @@ def delete_channel(store: Store, channel_id: int, actor: str) -> None:
         if old is None:
             raise AlertChannelError("id", f"alert channel {channel_id} does not exist")
         store.db.execute("DELETE FROM alert_channels WHERE id = ?", (channel_id,))
-        store._audit(actor, "alerts.delete", f"alert channel {old.name}", _audit_view(old), None)
+        store.audit(actor, "alerts.delete", f"alert channel {old.name}", _audit_view(old), None)
 
 
 # -- formats ----------------------------------------------------------------------------------

@@ -216,6 +216,8 @@ def _show(args: argparse.Namespace) -> int:
 
 def _assign(args: argparse.Namespace) -> int:
     from gateway.config import load_config
+    from gateway.policy.assignments import Assignments
+    from gateway.policy.hosts import Hosts
     from gateway.policy.store import Store
 
     ruleset = _load(args.rules)
@@ -225,16 +227,17 @@ def _assign(args: argparse.Namespace) -> int:
     database = args.database or load_config(args.config).policy.database
     mode = "off" if args.rules_command == "disable" else args.mode
     with Store(database) as store:
+        hosts = Hosts(store)
         scope, scope_id, where = "global", None, "globally"
         if args.host:
-            host = store.host_by_address(args.host) or store.save_host(args.host, actor="cli")
+            host = hosts.host_by_address(args.host) or hosts.save_host(args.host, actor="cli")
             scope, scope_id, where = "host", host.id, f"for host {host.address}"
         elif args.group:
-            found = [g for g in store.list_groups() if g.name == args.group]
+            found = [g for g in hosts.list_groups() if g.name == args.group]
             if not found:
                 raise VpatchError(f"group {args.group!r}: no such group in {database}")
             scope, scope_id, where = "group", found[0].id, f"for group {args.group}"
-        store.set_assignment(
+        Assignments(store).set_assignment(
             args.rule_id, scope, scope_id, mode, actor="cli", source="cli", reason=args.reason
         )
     print(f"rule {args.rule_id}: {mode} {where} (policy store {database}); reload to apply")

@@ -40,6 +40,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gateway.policy.accounts import Accounts
     from webui.auth import ensure_admin
 
     config = load_config(args.config)
@@ -50,14 +51,15 @@ def run(args: argparse.Namespace) -> int:
                 pw = getpass.getpass(f"new password for {args.set_password}: ")
             else:
                 pw = sys.stdin.readline().rstrip("\n")
-            if store.get_user(args.set_password) is None:
-                store.create_user(args.set_password, pw, "admin", "cli")
+            accounts = Accounts(store)
+            if accounts.get_user(args.set_password) is None:
+                accounts.create_user(args.set_password, pw, "admin", "cli")
             else:
-                store.set_password(args.set_password, pw, "cli")
+                accounts.set_password(args.set_password, pw, "cli")
             print(f"vpatch ui: password of {args.set_password!r} set")
             return 0
         if args.create_token:
-            print(store.create_token(args.create_token, "cli", "cli"))
+            print(Accounts(store).create_token(args.create_token, "cli", "cli"))
             return 0
         password = ensure_admin(store)
     finally:

@@ -112,7 +112,7 @@ class TlsDecoder:
         if len(buf) < 2:
             return False
         length = (buf[0] & 0x7F) << 8 | buf[1]
-        if length < 9 or buf[2:3] not in (b"\x01", b""):
+        if length < 9 or (len(buf) > 2 and buf[2] != 1):
             raise TlsDecodeError(f"not an SSLv2 CLIENT-HELLO: length {length}, type {buf[2:3]!r}")
         if len(buf) < 2 + length:
             return False

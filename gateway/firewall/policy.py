@@ -40,7 +40,8 @@ from typing import Any
 
 from gateway.errors import FirewallError
 from gateway.firewall.render import RenderedRules
-from gateway.policy.store import Group, Host, Store
+from gateway.policy.hosts import Group, Host, Hosts
+from gateway.policy.store import Store
 
 MAX_RULES = 1000  # firewall rules kept in the store
 MAX_KERNEL_RULES = 20_000  # iptables lines one family may get (rules x hosts x directions)
@@ -117,9 +118,9 @@ def validate_rule(data: dict[str, Any], store: Store | None = None) -> dict[str,
     elif scope_id is None:
         raise FirewallRuleError("scope_id", f"required for scope {scope!r}")
     elif store is not None:
-        if scope == "host" and store.get_host(scope_id) is None:
+        if scope == "host" and Hosts(store).get_host(scope_id) is None:
             raise FirewallRuleError("scope_id", f"host {scope_id} does not exist")
-        if scope == "group" and store.get_group(scope_id) is None:
+        if scope == "group" and Hosts(store).get_group(scope_id) is None:
             raise FirewallRuleError("scope_id", f"group {scope_id} does not exist")
     direction = str(data.get("direction", "in")).strip()
     if direction not in DIRECTIONS:
@@ -216,7 +217,7 @@ def add_rule(store: Store, data: dict[str, Any], actor: str) -> FirewallRule:
         )
         rule = get_rule(store, int(cur.lastrowid or 0))
         assert rule is not None
-        store._audit(actor, "firewall.add", f"firewall rule {rule.id}", None, asdict(rule))
+        store.audit(actor, "firewall.add", f"firewall rule {rule.id}", None, asdict(rule))
     return rule
 
 
@@ -236,7 +237,7 @@ def update_rule(store: Store, rule_id: int, data: dict[str, Any], actor: str) ->
              "id": rule_id},
         )  # fmt: skip
         after = get_rule(store, rule_id)
-        store._audit(
+        store.audit(
             actor, "firewall.update", f"firewall rule {rule_id}", asdict(before),
             asdict(after) if after else None,
         )  # fmt: skip
@@ -250,7 +251,7 @@ def delete_rule(store: Store, rule_id: int, actor: str) -> None:
         if before is None:
             raise FirewallRuleError("id", f"firewall rule {rule_id} does not exist")
         store.db.execute("DELETE FROM firewall_rules WHERE id = ?", (rule_id,))
-        store._audit(actor, "firewall.delete", f"firewall rule {rule_id}", asdict(before), None)
+        store.audit(actor, "firewall.delete", f"firewall rule {rule_id}", asdict(before), None)
 
 
 def move_rule(store: Store, rule_id: int, offset: int, actor: str) -> list[FirewallRule]:
@@ -267,7 +268,7 @@ def move_rule(store: Store, rule_id: int, offset: int, actor: str) -> list[Firew
             store.db.execute(
                 "UPDATE firewall_rules SET position = ? WHERE id = ?", (pos * 10, r.id)
             )
-        store._audit(actor, "firewall.move", f"firewall rule {rule_id}", index + 1, target + 1)
+        store.audit(actor, "firewall.move", f"firewall rule {rule_id}", index + 1, target + 1)
     return list_rules(store)
 
 
@@ -366,4 +367,5 @@ def render_policy(
 
 
 def render_from_store(store: Store, prefix: str) -> RenderedRules:
-    return render_policy(list_rules(store), store.list_hosts(), store.list_groups(), prefix)
+    hosts = Hosts(store)
+    return render_policy(list_rules(store), hosts.list_hosts(), hosts.list_groups(), prefix)

@@ -36,6 +36,7 @@ from gateway.firewall.hostmodes import (
 from gateway.firewall.policy import chain_name, list_rules, policy_lines
 from gateway.firewall.render import RenderedRules, render_any_port_hosts
 from gateway.lifecycle.state import HostPolicy, LearnedTuple
+from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
 
 
@@ -45,7 +46,8 @@ def refresh_policy(
     """Rewrite the running chain PREFIX-FW from the store (one atomic restore per family);
     returns the number of kernel rules now in it (both families)."""
     chain = chain_name(prefix)
-    rules, hosts, groups = list_rules(store), store.list_hosts(), store.list_groups()
+    inventory = Hosts(store)
+    rules, hosts, groups = list_rules(store), inventory.list_hosts(), inventory.list_groups()
     total = 0
     for version in (4, 6):
         body = policy_lines(rules, hosts, groups, version, chain)

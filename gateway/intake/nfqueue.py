@@ -36,10 +36,11 @@ Guarantees:
 - SIGTERM/SIGINT: the worker finishes the packet in hand, unbinds and exits 0.
 - Live policy (control socket `reload`): the parent writes the wanted policy version into the
   worker's `policy_wanted` counter; the worker compares it between packet batches (at least
-  every POLL_INTERVAL when idle), reads `Store.policy_snapshot()` from `policy.database`,
-  builds a CompiledPolicy and hands it to `Engine.set_policy`, then publishes the version in
-  `policy_version`. Flows in progress keep flowing; nothing is unbound or restarted. A policy
-  that fails to load is logged and counted (`policy_errors`); the previous one stays.
+  every POLL_INTERVAL when idle), reads `policy_snapshot()` (gateway/policy/snapshot.py) from
+  `policy.database`, builds a CompiledPolicy and hands it to `Engine.set_policy`, then
+  publishes the version in `policy_version`. Flows in progress keep flowing; nothing is
+  unbound or restarted. A policy that fails to load is logged and counted (`policy_errors`);
+  the previous one stays.
 """
 
 from __future__ import annotations
@@ -423,11 +424,13 @@ def load_policy(config: GatewayConfig) -> Any:
         return None
     from gateway.policy.appcontrol import stored_controls
     from gateway.policy.compiled import CompiledPolicy
+    from gateway.policy.exceptions import PolicyExceptions
+    from gateway.policy.snapshot import policy_snapshot
     from gateway.policy.store import Store
 
     with Store(config.policy.database) as store:
-        hosts, groups, assignments = store.policy_snapshot(fold_exceptions=False)
-        exceptions = store.list_exceptions(include_expired=False)
+        hosts, groups, assignments = policy_snapshot(store, fold_exceptions=False)
+        exceptions = PolicyExceptions(store).list_exceptions(include_expired=False)
         app_controls = stored_controls(store)
     return CompiledPolicy(hosts, groups, assignments, exceptions, app_controls=app_controls)
 

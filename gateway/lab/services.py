@@ -453,7 +453,8 @@ def start_ui(
     is sent without the Secure flag (`--insecure-cookies`, lab use only).
     """
     from gateway.config import load_config
-    from gateway.policy.store import Store, new_password
+    from gateway.policy.accounts import Accounts, new_password
+    from gateway.policy.store import Store
 
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
@@ -464,10 +465,11 @@ def start_ui(
     password = new_password()
     store = Store(load_config(conf).policy.database)
     try:
-        if store.get_user("admin") is None:
-            store.create_user("admin", password, "admin", "vpatch lab up")
+        accounts = Accounts(store)
+        if accounts.get_user("admin") is None:
+            accounts.create_user("admin", password, "admin", "vpatch lab up")
         else:
-            store.set_password("admin", password, "vpatch lab up")
+            accounts.set_password("admin", password, "vpatch lab up")
     finally:
         store.close()
     env = dict(os.environ)

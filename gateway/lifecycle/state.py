@@ -5,10 +5,11 @@ scan results, and the history of changes.
 Kept behind a small interface (`LifecycleStore`) over the SQLite policy store
 (gateway/policy/store.py, migration 3; docs/policy.md, docs/lifecycle.md): `hosts.mode` and
 `hosts.auto_apply` plus the tables host_lifecycle, host_endpoints, host_rules, learned_tuples,
-lifecycle_history, scan_services and app_controls. Guarantees: every update is one
-`BEGIN IMMEDIATE` transaction (read-modify-write, so the CLI, the UI and the NFLOG monitor
-inside `vpatch run` can write concurrently without losing writes) and writes one audit row
-(`lifecycle.*` actions, before/after) in the same transaction; tables are bounded
+lifecycle_history, scan_services and app_controls; `host_services(store, host_id)` reads a
+host's scan_services over a store the caller already has open (the UI's). Guarantees: every
+update is one `BEGIN IMMEDIATE` transaction (read-modify-write, so the CLI, the UI and the
+NFLOG monitor inside `vpatch run` can write concurrently without losing writes) and writes one
+audit row (`lifecycle.*` actions, before/after) in the same transaction; tables are bounded
 (MAX_HISTORY entries kept, newest last; MAX_LEARNED_PER_HOST tuples per host; MAX_HOSTS;
 MAX_APP_CONTROLS_PER_HOST). Errors name the database and the offending value.
 """
@@ -28,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import VpatchError
-from gateway.policy.store import DEFAULT_DATABASE, Store, StoreError
+from gateway.policy.assignments import Assignments
+from gateway.policy.hosts import Hosts
+from gateway.policy.store import DEFAULT_DATABASE, MAX_LIST, Store, StoreError
 
 DEFAULT_STATE_PATH = DEFAULT_DATABASE  # the policy database (config `policy.database`)
 MAX_HOSTS = 4096
@@ -162,6 +165,18 @@ def parse_tuple(text: str, source: str = "tuple") -> LearnedTuple:
     if proto not in ("tcp", "udp", "icmp", "icmpv6"):
         raise LifecycleError(f"{source}: protocol {proto!r} in {text!r} is not tcp/udp/icmp")
     return LearnedTuple(src, dst, proto, int(m.group(3)))
+
+
+def host_services(store: Store, host_id: int) -> list[dict[str, Any]]:
+    """The services of the host's last scan (rows of `scan_services`, written by
+    `LifecycleStore.record_scan`), over the caller's open store; none when they cannot be read."""
+    try:
+        rows = store.db.execute(
+            "SELECT * FROM scan_services WHERE host_id = ? LIMIT ?", (host_id, MAX_LIST)
+        )
+        return [dict(r) for r in rows]
+    except sqlite3.Error:
+        return []
 
 
 class LifecycleStore:
@@ -418,18 +433,19 @@ class LifecycleStore:
             return
         why = {entry.target: entry.reason for entry in history}
         with self._store() as store:
-            host = store.host_by_address(address)
+            host = Hosts(store).host_by_address(address)
             if host is None:
                 return
+            assignments = Assignments(store)
             for rule_id, mode in [(r, None) for r in sorted(added)] + [
                 (r, "off") for r in sorted(removed)
             ]:
-                existing = store.find_assignment(rule_id, "host", host.id)
+                existing = assignments.find_assignment(rule_id, "host", host.id)
                 if existing is not None and existing.source != "scan":
                     continue  # an admin's explicit choice for this host wins over the scan
                 if existing is None and mode is None:
                     continue  # already inherits
-                store.set_assignment(
+                assignments.set_assignment(
                     rule_id, "host", host.id, mode, actor, source="scan",
                     reason=why.get(str(rule_id), "scan recommendation"),
                 )  # fmt: skip
@@ -504,7 +520,7 @@ class LifecycleStore:
             hid = self._host_id(store.db, address)
             if hid is None:
                 return []
-            return store.host_services(hid)
+            return host_services(store, hid)
 
     @staticmethod
     def _append_history(store: Store, entries: list[HistoryEntry]) -> None:

@@ -1,7 +1,7 @@
 """The engine side of the policy (docs/policy.md): which mode each rule has for each server.
 
 What it does: `CompiledPolicy(hosts, groups, assignments)` is built from plain lists (the
-records of gateway.policy.store's `policy_snapshot()`, or any objects with the same attributes)
+records of gateway.policy.snapshot's `policy_snapshot()`, or any objects with the same attributes)
 and answers `mode(server_ip, rule) -> Mode` (OFF / DETECT / PREVENT) by the most specific
 assignment: host > group (the host's group) > global > the rule's `default_mode`. A host entry
 is an address or a CIDR; an address is matched exactly first, then the most specific prefix

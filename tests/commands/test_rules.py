@@ -91,19 +91,21 @@ def test_list_filters_and_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_enable_disable_write_assignments(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from gateway.policy.assignments import Assignments
+    from gateway.policy.hosts import Hosts
     from gateway.policy.store import Store
 
     db = tmp_path / "policy.db"
     with Store(db) as store:
-        store.create_group("legacy", "old boxes", actor="test")
+        Hosts(store).create_group("legacy", "old boxes", actor="test")
     assert main(["rules", "disable", "9000100", "--database", str(db)]) == 0
     assert main(["rules", "enable", "9000100", "--host", "198.18.0.20", "--mode", "detect",
                  "--database", str(db), "--reason", "staged"]) == 0  # fmt: skip
     assert main(["rules", "disable", "9000100", "--group", "legacy", "--database", str(db)]) == 0
     assert "reload to apply" in capsys.readouterr().out
     with Store(db) as store:
-        got = {(a.scope, a.mode, a.source) for a in store.list_assignments(9000100)}
-        host = store.host_by_address("198.18.0.20")
+        got = {(a.scope, a.mode, a.source) for a in Assignments(store).list_assignments(9000100)}
+        host = Hosts(store).host_by_address("198.18.0.20")
     assert got == {("global", "off", "cli"), ("host", "detect", "cli"), ("group", "off", "cli")}
     assert host is not None
     assert main(["rules", "enable", "424242", "--database", str(db)]) == 1

@@ -28,6 +28,7 @@ from gateway.firewall.policy import (
 )
 from gateway.firewall.refresh import refresh_policy
 from gateway.lab.topology import HOST_PORT
+from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
 
 PREFIX = "VPFWT"
@@ -79,9 +80,10 @@ def test_normalisation() -> None:
 
 
 def test_order_audit_and_compile(store: Any) -> None:
-    g = store.create_group("web", "", "alice")
-    h1 = store.save_host("198.18.0.20", "alice", group_id=g.id)
-    store.save_host("2001:db8::20", "alice", group_id=g.id)
+    hosts = Hosts(store)
+    g = hosts.create_group("web", "", "alice")
+    h1 = hosts.save_host("198.18.0.20", "alice", group_id=g.id)
+    hosts.save_host("2001:db8::20", "alice", group_id=g.id)
     r1 = add_rule(store, {"scope": "global", "direction": "in", "protocol": "tcp",
                           "port_from": "22", "action": "deny"}, "alice")  # fmt: skip
     r2 = add_rule(store, {"scope": "host", "scope_id": h1.id, "direction": "both",
@@ -146,7 +148,7 @@ def connect(lab: Any, port: int = 80) -> str:
 @pytest.mark.netns
 def test_deny_blocks_real_connection_in_lab(lab: Any, store: Any) -> None:
     backend = probe_backend(netns=lab.gw_ns)
-    host = store.save_host(lab.server_addr, "alice")
+    host = Hosts(store).save_host(lab.server_addr, "alice")
     mac = subprocess.run(
         ["ip", "netns", "exec", lab.client_ns, "cat", f"/sys/class/net/{HOST_PORT}/address"],
         capture_output=True, text=True, check=True,

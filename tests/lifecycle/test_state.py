@@ -121,6 +121,7 @@ def test_corrupt_file_is_named(tmp_path: Path) -> None:
 
 
 def test_state_lives_in_the_policy_store_with_audit(tmp_path: Path) -> None:
+    from gateway.policy.hosts import Hosts
     from gateway.policy.store import Store
 
     db = tmp_path / "vpatch.db"
@@ -129,7 +130,7 @@ def test_state_lives_in_the_policy_store_with_audit(tmp_path: Path) -> None:
     store.add_learned("198.18.0.20", [LearnedTuple("198.18.0.10", "198.18.0.20", "tcp", 80)])
     with Store(db) as policy:
         assert policy.schema_version >= 3
-        host = policy.host_by_address("198.18.0.20")
+        host = Hosts(policy).host_by_address("198.18.0.20")
         assert host is not None and host.mode == "lockdown"  # the hosts table's own column
         actions = [(a.actor, a.action) for a in policy.list_audit()]
         assert actions == [("monitor", "lifecycle.learn"), ("admin", "lifecycle.host")]
@@ -139,6 +140,8 @@ def test_scan_unassignment_is_enforced_and_admin_choices_win(tmp_path: Path) -> 
     """What the scan retires is switched off for the host in the assignments the gateway
     compiles (source "scan"); assigned again, the rule inherits once more; a host assignment an
     admin made is never overwritten by the scan."""
+    from gateway.policy.assignments import Assignments
+    from gateway.policy.hosts import Hosts
     from gateway.policy.store import Store
 
     db = tmp_path / "vpatch.db"
@@ -146,22 +149,40 @@ def test_scan_unassignment_is_enforced_and_admin_choices_win(tmp_path: Path) -> 
     addr = "198.18.0.20"
     store.update_host(addr, assigned=(9001001, 9001002, 9010020), actor="scan")
     with Store(db) as policy:
-        host = policy.host_by_address(addr)
+        host = Hosts(policy).host_by_address(addr)
         assert host is not None
         # an admin pins 9001002 to detect for this host
-        policy.set_assignment(9001002, "host", host.id, "detect", "admin")
-        assert policy.find_assignment(9001001, "host", host.id) is None  # assign = inherit
+        assignments = Assignments(policy)
+        assignments.set_assignment(9001002, "host", host.id, "detect", "admin")
+        assert assignments.find_assignment(9001001, "host", host.id) is None  # assign = inherit
     why = [HistoryEntry(1.0, addr, "unassign", "9001001", "scan: smb1 absent")]
     store.update_host(addr, why, assigned=(9010020,), actor="scan")
     with Store(db) as policy:
-        off = policy.find_assignment(9001001, "host", host.id)
+        off = Assignments(policy).find_assignment(9001001, "host", host.id)
         assert off is not None and (off.mode, off.source, off.reason) == (
             "off",
             "scan",
             "scan: smb1 absent",
         )
-        pinned = policy.find_assignment(9001002, "host", host.id)
+        pinned = Assignments(policy).find_assignment(9001002, "host", host.id)
         assert pinned is not None and (pinned.mode, pinned.source) == ("detect", "admin")
     store.update_host(addr, assigned=(9001001, 9010020), actor="scan")  # SMB1 is back
     with Store(db) as policy:
-        assert policy.find_assignment(9001001, "host", host.id) is None
+        assert Assignments(policy).find_assignment(9001001, "host", host.id) is None
+
+
+def test_scan_services_are_read_back_for_the_host(tmp_path: Path) -> None:
+    from gateway.lifecycle.state import host_services
+    from gateway.policy.hosts import Hosts
+    from gateway.policy.store import Store
+
+    db = tmp_path / "vpatch.db"
+    life = LifecycleStore(db)
+    assert life.scan_services("198.18.0.20") == []
+    life.record_scan("198.18.0.20", [{"port": 80, "transport": "tcp", "service": "http"}])
+    (row,) = life.scan_services("198.18.0.20")
+    assert (row["port"], row["proto"], row["service"]) == (80, "tcp", "http")
+    with Store(db) as store:
+        host = Hosts(store).host_by_address("198.18.0.20")
+        assert host is not None and host_services(store, host.id) == [row]
+        assert host_services(store, host.id + 1) == []

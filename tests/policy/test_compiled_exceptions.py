@@ -12,6 +12,8 @@ import pytest
 
 from gateway.errors import ConfigError
 from gateway.policy.compiled import MAX_EXCEPTIONS, CompiledPolicy, normalize_exception_uri
+from gateway.policy.exceptions import PolicyExceptions
+from gateway.policy.snapshot import policy_snapshot
 from gateway.policy.store import Store
 
 
@@ -92,12 +94,13 @@ def test_normalize_exception_uri() -> None:
 
 def test_unfolded_snapshot_and_active_exceptions_from_the_store(tmp_path: Path) -> None:
     with Store(tmp_path / "p.db") as store:
-        store.add_exception("198.18.0.20", "fp", "a", rule_id=10)
-        store.add_exception("198.18.0.20", "fp", "a", rule_id=11, expires_at=time.time() + 3600)
-        store.add_exception("198.18.0.30", "uri", "a", rule_id=10, uri="/x")
-        hosts, groups, assignments = store.policy_snapshot(fold_exceptions=False)
+        stored = PolicyExceptions(store)
+        stored.add_exception("198.18.0.20", "fp", "a", rule_id=10)
+        stored.add_exception("198.18.0.20", "fp", "a", rule_id=11, expires_at=time.time() + 3600)
+        stored.add_exception("198.18.0.30", "uri", "a", rule_id=10, uri="/x")
+        hosts, groups, assignments = policy_snapshot(store, fold_exceptions=False)
         assert not hosts and not assignments  # nothing folded in
-        exceptions = store.list_exceptions(include_expired=False)
+        exceptions = stored.list_exceptions(include_expired=False)
     p = CompiledPolicy(hosts, groups, assignments, exceptions)
     assert p.exception("198.18.0.20", 10, 80, None, time.time()) is not None
     assert p.exception("198.18.0.20", 11, 80, None, time.time() + 7200) is None  # expired

@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 
 from gateway.events.eve import Event, to_eve
 from gateway.events.sink import _INSERT, SCHEMA, _row
+from gateway.policy.accounts import Accounts
 from gateway.policy.store import Store
 from gateway.verdict import Action
 from webui import create_app
@@ -67,8 +68,9 @@ def app(tmp_path: Path) -> Iterator[Flask]:
         "RELOAD_TIMEOUT": 1.0,
     })  # fmt: skip
     with Store(tmp_path / "vpatch.db") as store:
-        store.create_user("admin", ADMIN_PW, "admin", "test")
-        store.create_user("viewer", VIEWER_PW, "viewer", "test")
+        accounts = Accounts(store)
+        accounts.create_user("admin", ADMIN_PW, "admin", "test")
+        accounts.create_user("viewer", VIEWER_PW, "viewer", "test")
     write_events(tmp_path / "events.db", [
         (make_event(), {}),
         (make_event(flow_id=99, signature=EVIL, src_ip="198.18.0.11", blocked=False,

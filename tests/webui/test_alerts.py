@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from gateway.alerts.channels import list_channels
+from gateway.policy.accounts import Accounts
 from gateway.policy.store import Store
 from tests.alerts.conftest import free_port, syslog_udp, wait_for, webhook  # noqa: F401 (fixtures)
 from tests.webui.conftest import VIEWER_PW
@@ -86,8 +87,8 @@ def test_csrf_viewer_anonymous(client: Any, auth: Any, app: Any) -> None:
 
 def test_api(client: Any, app: Any, webhook: Any) -> None:
     with store_of(app) as store:
-        admin = store.create_token("admin", "t", "test")
-        viewer = store.create_token("viewer", "t", "test")
+        admin = Accounts(store).create_token("admin", "t", "test")
+        viewer = Accounts(store).create_token("viewer", "t", "test")
     h = {"Authorization": f"Bearer {admin}"}
     body = {"name": "api-hook", "kind": "webhook", "settings": {"url": webhook.url, "secret": "zz"}}
     resp = client.post("/api/v1/alerts", json=body, headers=h)

@@ -30,6 +30,8 @@ from typing import Any
 import pytest
 
 from gateway.control.server import control_request
+from gateway.policy.accounts import Accounts
+from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
 from gateway.testing.inline import READY_TIMEOUT_S, REPO, in_ns, package_env, running_gateway
 
@@ -192,8 +194,8 @@ def test_browser_toggles_rule_on_running_gateway(
         "policy": {"database": str(policy_db)},
     }
     with Store(policy_db) as store:
-        store.create_user("admin", PASSWORD, "admin", "test")
-        host = store.save_host(lab.server_addr, "test", name="legacy web server")
+        Accounts(store).create_user("admin", PASSWORD, "admin", "test")
+        host = Hosts(store).save_host(lab.server_addr, "test", name="legacy web server")
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     ui_log = tmp_path / "ui.log"

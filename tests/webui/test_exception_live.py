@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 
 from gateway.control.server import control_request
+from gateway.policy.accounts import Accounts
+from gateway.policy.exceptions import PolicyExceptions
 from gateway.policy.store import Store
 from gateway.testing.inline import REPO, running_gateway
 
@@ -99,8 +101,9 @@ def test_uri_exception_from_the_ui_reaches_running_gateway(
         assert eve["http"]["url"] == MARKER_PATH
 
         with Store(policy_db) as store:
-            if store.get_user("admin") is None:
-                store.create_user("admin", "admin-password-1", "admin", "test")
+            accounts = Accounts(store)
+            if accounts.get_user("admin") is None:
+                accounts.create_user("admin", "admin-password-1", "admin", "test")
         assert auth.login().status_code == 302
         detail = client.get(f"/events/{event_id}").get_data(as_text=True)
         assert "Matched condition" in detail and "VPATCH-TEST-EXPLOIT-7f3a" in detail
@@ -110,7 +113,7 @@ def test_uri_exception_from_the_ui_reaches_running_gateway(
         })  # fmt: skip
         assert resp.status_code == 302, resp.get_data(as_text=True)[:500]
         with Store(policy_db) as store:
-            (exc,) = store.list_exceptions()
+            (exc,) = PolicyExceptions(store).list_exceptions()
         assert (exc.uri, exc.port, exc.rule_id) == (MARKER_PATH, None, 9000100)
         policy = control_request(sock, "policy")
         assert set(policy["queues"].values()) == {policy["version"]}  # every worker has it

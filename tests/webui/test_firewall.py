@@ -17,6 +17,8 @@ import pytest
 
 from gateway.control.server import control_request
 from gateway.firewall.policy import list_rules
+from gateway.policy.accounts import Accounts
+from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
 from gateway.testing.inline import REPO, running_gateway
 from tests.firewall.test_policy import connect
@@ -54,7 +56,7 @@ def post(client: Any, auth: Any, url: str, **form: str) -> Any:
 def test_add_move_toggle_delete(app: Any, client: Any, auth: Any) -> None:
     auth.login()
     with Store(Path(app.config["POLICY_DB"])) as store:
-        host = store.save_host("198.18.0.20", "test")
+        host = Hosts(store).save_host("198.18.0.20", "test")
     r = post(client, auth, "/firewall/", scope=f"host:{host.id}", direction="in",
              address="198.18.0.0/24", protocol="tcp", port_from="445", action="deny",
              comment="<b>no smb</b>")  # fmt: skip
@@ -108,7 +110,7 @@ def test_viewer_and_csrf(app: Any, client: Any, auth: Any) -> None:
 
 def test_api(app: Any, client: Any) -> None:
     with Store(Path(app.config["POLICY_DB"])) as store:
-        token = store.create_token("admin", "t", "test")
+        token = Accounts(store).create_token("admin", "t", "test")
     h = {"Authorization": f"Bearer {token}"}
     resp = client.post("/api/v1/firewall", headers=h, json={
         "direction": "in", "protocol": "udp", "port_from": 53, "action": "deny"})  # fmt: skip
@@ -161,7 +163,7 @@ def test_ui_deny_reaches_running_gateway(lab: Any, tmp_path: Path, app: Any, cli
             assert first.startswith("HTTP/1.1 200"), first
             assert auth.login(password=ADMIN_PW).status_code == 302
             with Store(policy_db) as store:
-                host = store.save_host(lab.server_addr, "test")
+                host = Hosts(store).save_host(lab.server_addr, "test")
             t0 = time.monotonic()
             resp = post(client, auth, "/firewall/", scope=f"host:{host.id}", direction="in",
                         address=lab.client_addr, protocol="tcp", port_from="80", action="deny")  # fmt: skip
@@ -185,7 +187,7 @@ def test_ui_deny_reaches_running_gateway(lab: Any, tmp_path: Path, app: Any, cli
 def test_api_huge_numbers_refused_not_crashing(app: Any, client: Any) -> None:
     """Found by schemathesis: an id or position beyond SQLite's INTEGER was a 500."""
     with Store(Path(app.config["POLICY_DB"])) as store:
-        token = store.create_token("admin", "t", "test")
+        token = Accounts(store).create_token("admin", "t", "test")
     h = {"Authorization": f"Bearer {token}"}
     for body, field in (({"action": "deny", "position": 2**70}, "position"),
                         ({"action": "deny", "scope": "host", "scope_id": 2**64}, "scope_id"),

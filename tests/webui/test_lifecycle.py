@@ -20,6 +20,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from gateway.lifecycle.state import LearnedTuple, LifecycleStore
+from gateway.policy.accounts import Accounts
+from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
 from tests.webui.conftest import Auth, make_event, write_events
 
@@ -28,7 +30,7 @@ SCAN_DEADLINE_S = 60.0
 
 def host_id(app: Flask, address: str = "198.18.0.20") -> int:
     with Store(Path(app.config["POLICY_DB"])) as store:
-        h = store.host_by_address(address) or store.save_host(address, "test")
+        h = Hosts(store).host_by_address(address) or Hosts(store).save_host(address, "test")
         return h.id
 
 
@@ -190,8 +192,8 @@ def test_api_lifecycle_scan_schedule_allow(
 ) -> None:
     app.config.update(SCAN_PORTS=str(loopback_http), SCAN_TIMEOUT=1.0)
     with Store(Path(app.config["POLICY_DB"])) as store:
-        admin = store.create_token("admin", "t", "test")
-        viewer = store.create_token("viewer", "t", "test")
+        admin = Accounts(store).create_token("admin", "t", "test")
+        viewer = Accounts(store).create_token("viewer", "t", "test")
     hid = host_id(app, "127.0.0.1")
     A = {"Authorization": f"Bearer {admin}"}
     V = {"Authorization": f"Bearer {viewer}"}

@@ -21,6 +21,8 @@ import pytest
 from gateway.lab import LabSpec
 from gateway.lab.netns import stop_pids
 from gateway.lifecycle.state import HostMode, LifecycleStore
+from gateway.policy.accounts import Accounts
+from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
 from gateway.scan.jobs import GLOBAL, ScanJobs
 from gateway.testing.inline import RunningGateway, package_env, running_gateway
@@ -47,8 +49,8 @@ def gateway(lab: LabSpec, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "policy": {"database": str(tmp / "vpatch.db")},
     }
     with Store(tmp / "vpatch.db") as store:
-        store.create_user("admin", ADMIN_PW, "admin", "test")
-        store.save_host(lab.server_addr, "test")
+        Accounts(store).create_user("admin", ADMIN_PW, "admin", "test")
+        Hosts(store).save_host(lab.server_addr, "test")
     with running_gateway(lab, tmp, cfg) as gw:
         yield gw
 
@@ -81,7 +83,7 @@ def db(gw: RunningGateway) -> Path:
 
 def host_id(gw: RunningGateway, lab: LabSpec) -> int:
     with Store(db(gw)) as store:
-        h = store.host_by_address(lab.server_addr)
+        h = Hosts(store).host_by_address(lab.server_addr)
         assert h is not None
         return h.id
 

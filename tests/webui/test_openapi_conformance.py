@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from gateway.policy.accounts import Accounts
+from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
 from tests.webui.conftest import REPO, make_event, write_events
 from webui import create_app
@@ -39,10 +41,11 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
         "SESSION_COOKIE_SECURE": False, "RELOAD_TIMEOUT": 0.5,
     })  # fmt: skip
     with Store(tmp / "vpatch.db") as store:
-        store.create_user("admin", "admin-password-1", "admin", "test")
-        token = store.create_token("admin", "schemathesis", "test")
-        store.save_host("198.18.0.20", "test")
-        store.create_group("web", "", "test")
+        accounts, hosts = Accounts(store), Hosts(store)
+        accounts.create_user("admin", "admin-password-1", "admin", "test")
+        token = accounts.create_token("admin", "schemathesis", "test")
+        hosts.save_host("198.18.0.20", "test")
+        hosts.create_group("web", "", "test")
     write_events(tmp / "events.db", [(make_event(flow_id=i), {}) for i in range(5)])
     server = create_server(app, host="127.0.0.1", port=0, threads=4)
     port = server.effective_port  # type: ignore[union-attr]

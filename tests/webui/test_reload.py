@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from gateway.control.server import control_request
+from gateway.policy.accounts import Accounts
 from gateway.policy.store import Store
 from gateway.testing.inline import REPO, in_ns, running_gateway
 
@@ -113,8 +114,9 @@ def test_ui_mode_change_reaches_running_gateway(
             # Users live in the test's policy database (the `app` fixture made them in its own
             # tmp file); create the admin here.
             with Store(policy_db) as store:
-                if store.get_user("admin") is None:
-                    store.create_user("admin", "admin-password-1", "admin", "test")
+                accounts = Accounts(store)
+                if accounts.get_user("admin") is None:
+                    accounts.create_user("admin", "admin-password-1", "admin", "test")
             assert auth.login().status_code == 302
 
             timings = []

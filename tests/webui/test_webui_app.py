@@ -13,6 +13,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from gateway.policy.accounts import Accounts
+from gateway.policy.assignments import Assignments
+from gateway.policy.exceptions import PolicyExceptions
+from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
 
 ADMIN_PW = "admin-password-1"  # as in tests/webui/conftest.py
@@ -102,11 +106,11 @@ def test_form_without_csrf_token_is_refused(client: FlaskClient, auth: Auth, app
     resp = client.post("/hosts/groups", data={"name": "web", "csrf_token": "forged"})
     assert resp.status_code == 400
     with store_of(app) as s:
-        assert s.list_groups() == []
+        assert Hosts(s).list_groups() == []
     resp = client.post("/hosts/groups", data={"name": "web", "csrf_token": auth.token()})
     assert resp.status_code == 302
     with store_of(app) as s:
-        assert [g.name for g in s.list_groups()] == ["web"]
+        assert [g.name for g in Hosts(s).list_groups()] == ["web"]
 
 
 def test_login_form_needs_csrf(client: FlaskClient) -> None:
@@ -120,10 +124,10 @@ def test_viewer_cannot_change_anything(
     client: FlaskClient, auth: Auth, app: Flask, path: str, form: dict[str, str]
 ) -> None:
     with store_of(app) as s:
-        s.create_group("g", "", "test")
-        s.save_host("198.18.0.30", "test")
-        s.add_exception("198.18.0.30", "r", "test", rule_id=1)
-        s.create_token("viewer", "mine", "test")
+        Hosts(s).create_group("g", "", "test")
+        Hosts(s).save_host("198.18.0.30", "test")
+        PolicyExceptions(s).add_exception("198.18.0.30", "r", "test", rule_id=1)
+        Accounts(s).create_token("viewer", "mine", "test")
         before = s.audit_count()
     auth.login("viewer", "viewer-password-1")
     resp = client.post(path, data={**form, "csrf_token": auth.token()})
@@ -142,7 +146,7 @@ def test_rule_mode_change_is_stored_audited_and_reload_reported(
     )
     assert resp.status_code == 302
     with store_of(app) as s:
-        assert [(a.rule_id, a.scope, a.mode) for a in s.list_assignments()] == [
+        assert [(a.rule_id, a.scope, a.mode) for a in Assignments(s).list_assignments()] == [
             (9000100, "global", "detect")
         ]
         actions = [e.action for e in s.list_audit()]
@@ -237,7 +241,7 @@ def test_exception_needs_reason_and_is_stored(client: FlaskClient, auth: Auth, a
         "csrf_token": auth.token()})  # fmt: skip
     assert resp.status_code == 302
     with store_of(app) as s:
-        (exc,) = s.list_exceptions()
+        (exc,) = PolicyExceptions(s).list_exceptions()
         assert exc.uri == "/" + EVIL and exc.host == "198.18.0.20" and exc.rule_id == 9000100
     assert "&lt;script&gt;" in client.get("/events/exceptions").get_data(as_text=True)
 
@@ -278,7 +282,7 @@ def test_logout(client: FlaskClient, auth: Auth) -> None:
 
 def api_token(app: Flask, user: str) -> dict[str, str]:
     with store_of(app) as s:
-        return {"Authorization": f"Bearer {s.create_token(user, 'test', 'test')}"}
+        return {"Authorization": f"Bearer {Accounts(s).create_token(user, 'test', 'test')}"}
 
 
 def test_api_refuses_without_token_and_ignores_cookies(client: FlaskClient, auth: Auth) -> None:

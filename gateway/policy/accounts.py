@@ -1,0 +1,255 @@
+"""The UI's and the API's accounts in the policy store: users, API tokens and login throttling
+(tables users, api_tokens, login_attempts of gateway/policy/store.py, migration 1).
+
+Guarantees:
+- passwords are stored only as scrypt hashes (hashlib.scrypt, random salt, SCRYPT_N/R/P), API
+  tokens only as SHA-256 digests (they are 256-bit random, so a fast hash is enough);
+- an unknown user costs the same scrypt hash as a wrong password;
+- login throttling: after THROTTLE_FREE_FAILURES failures (per user and per source address,
+  counted since the last success within THROTTLE_WINDOW_S) each further attempt must wait
+  2**k seconds (k = failures beyond the free ones), capped at THROTTLE_MAX_DELAY_S; at most
+  MAX_LOGIN_ATTEMPT_ROWS attempts are kept (the oldest are pruned);
+- every change writes one audit row in its transaction (a failed login too).
+Errors are `StoreError` naming the value and the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.policy.store import MAX_LIST, MAX_NAME_LEN, ROLES, Store, StoreError, check_name
+
+SCRYPT_N = 2**14  # ~50 ms per hash here: slow for guessing, fine for a login
+SCRYPT_R = 8
+SCRYPT_P = 1
+SALT_BYTES = 16
+TOKEN_BYTES = 32
+THROTTLE_FREE_FAILURES = 3
+THROTTLE_WINDOW_S = 3600.0
+THROTTLE_MAX_DELAY_S = 900.0
+MAX_LOGIN_ATTEMPT_ROWS = 100_000  # older rows are pruned beyond this
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    username: str
+    role: str
+    created: float
+    last_login: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    id: int
+    username: str
+    name: str
+    created: float
+    last_used: float | None
+
+
+# --------------------------------------------------------------------------------------------
+# Passwords and tokens
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(SALT_BYTES)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32
+    )
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        kind, n, r, p, salt, want = stored.split("$")
+        if kind != "scrypt":
+            return False
+        got = hashlib.scrypt(
+            password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32
+        )
+    except ValueError:
+        return False
+    return hmac.compare_digest(got.hex(), want)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(15)
+
+
+# --------------------------------------------------------------------------------------------
+# The tables
+
+
+class Accounts:
+    """Users, API tokens and login attempts, over one `Store` (its connection and audit)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.db = store.db
+
+    # -- users --------------------------------------------------------------------------------
+
+    def user_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM users").fetchone()[0])
+
+    @staticmethod
+    def _user(row: sqlite3.Row) -> User:
+        return User(row["id"], row["username"], row["role"], row["created"], row["last_login"])
+
+    def get_user(self, username: str) -> User | None:
+        row = self.db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+        return self._user(row) if row else None
+
+    def list_users(self) -> list[User]:
+        rows = self.db.execute("SELECT * FROM users ORDER BY username LIMIT ?", (MAX_LIST,))
+        return [self._user(r) for r in rows]
+
+    def create_user(self, username: str, password: str, role: str, actor: str) -> User:
+        username = check_name(username, "users.username")
+        if role not in ROLES:
+            raise StoreError(f"users.role {role!r}: must be one of {', '.join(ROLES)}")
+        if len(password) < 8:
+            raise StoreError(f"users.password for {username!r}: at least 8 characters")
+        with self.store.transaction():
+            if self.get_user(username) is not None:
+                raise StoreError(f"users.username {username!r}: already exists")
+            self.db.execute(
+                "INSERT INTO users(username, password_hash, role, created) VALUES (?,?,?,?)",
+                (username, hash_password(password), role, time.time()),
+            )
+            self.store.audit(actor, "user.create", username, None, {"role": role})
+        user = self.get_user(username)
+        assert user is not None
+        return user
+
+    def set_password(self, username: str, password: str, actor: str) -> None:
+        if len(password) < 8:
+            raise StoreError(f"users.password for {username!r}: at least 8 characters")
+        with self.store.transaction():
+            cur = self.db.execute(
+                "UPDATE users SET password_hash = ? WHERE username = ?",
+                (hash_password(password), username),
+            )
+            if cur.rowcount == 0:
+                raise StoreError(f"users.username {username!r}: no such user")
+            self.store.audit(actor, "user.password", username, None, None)
+
+    def delete_user(self, username: str, actor: str) -> None:
+        with self.store.transaction():
+            user = self.get_user(username)
+            if user is None:
+                raise StoreError(f"users.username {username!r}: no such user")
+            self.db.execute("DELETE FROM users WHERE id = ?", (user.id,))
+            self.store.audit(actor, "user.delete", username, {"role": user.role}, None)
+
+    def authenticate(self, username: str, password: str) -> User | None:
+        """The user when the password is right (last_login updated), else None."""
+        row = self.db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+        if row is None:
+            check_password(password, hash_password("x" * 8))  # same cost for unknown users
+            return None
+        if not check_password(password, row["password_hash"]):
+            return None
+        self.db.execute("UPDATE users SET last_login = ? WHERE id = ?", (time.time(), row["id"]))
+        return self.get_user(username)
+
+    # -- login throttling ---------------------------------------------------------------------
+
+    def _failures(self, column: str, value: str, now: float) -> tuple[int, float]:
+        since_row = self.db.execute(
+            f"SELECT MAX(ts) FROM login_attempts WHERE {column} = ? AND success = 1", (value,)
+        ).fetchone()
+        since = max(since_row[0] or 0.0, now - THROTTLE_WINDOW_S)
+        row = self.db.execute(
+            f"SELECT COUNT(*), MAX(ts) FROM login_attempts "
+            f"WHERE {column} = ? AND success = 0 AND ts > ?",
+            (value, since),
+        ).fetchone()
+        return int(row[0]), float(row[1] or 0.0)
+
+    def login_wait(self, username: str, source: str, now: float | None = None) -> float:
+        """Seconds the next login attempt for this user or from this source must still wait."""
+        now = time.time() if now is None else now
+        wait = 0.0
+        for column, value in (("username", username), ("source", source)):
+            count, last = self._failures(column, value, now)
+            extra = count - THROTTLE_FREE_FAILURES
+            if extra >= 0:
+                delay = min(2.0**extra, THROTTLE_MAX_DELAY_S)
+                wait = max(wait, last + delay - now)
+        return max(wait, 0.0)
+
+    def record_login(
+        self, username: str, source: str, success: bool, now: float | None = None
+    ) -> None:
+        now = time.time() if now is None else now
+        with self.store.transaction():
+            self.db.execute(
+                "INSERT INTO login_attempts(ts, username, source, success) VALUES (?,?,?,?)",
+                (now, username[:MAX_NAME_LEN], source[:64], int(success)),
+            )
+            self.db.execute(
+                "DELETE FROM login_attempts WHERE id <= (SELECT MAX(id) FROM login_attempts) - ?",
+                (MAX_LOGIN_ATTEMPT_ROWS,),
+            )
+            if not success:
+                self.store.audit(username[:MAX_NAME_LEN], "login.failed", source[:64], None, None)
+
+    # -- API tokens ---------------------------------------------------------------------------
+
+    def create_token(self, username: str, name: str, actor: str) -> str:
+        """A new bearer token for `username`; the plaintext is returned once, only its hash kept."""
+        user = self.get_user(username)
+        if user is None:
+            raise StoreError(f"api_tokens: user {username!r} does not exist")
+        token = "vpt_" + secrets.token_urlsafe(TOKEN_BYTES)
+        with self.store.transaction():
+            self.db.execute(
+                "INSERT INTO api_tokens(token_hash, user_id, name, created) VALUES (?,?,?,?)",
+                (token_digest(token), user.id, name[:MAX_NAME_LEN], time.time()),
+            )
+            self.store.audit(actor, "token.create", username, None, {"name": name[:MAX_NAME_LEN]})
+        return token
+
+    def token_user(self, token: str) -> User | None:
+        row = self.db.execute(
+            "SELECT t.id AS tid, u.* FROM api_tokens t JOIN users u ON u.id = t.user_id "
+            "WHERE t.token_hash = ?",
+            (token_digest(token),),
+        ).fetchone()
+        if row is None:
+            return None
+        self.db.execute(
+            "UPDATE api_tokens SET last_used = ? WHERE id = ?", (time.time(), row["tid"])
+        )
+        return self._user(row)
+
+    def list_tokens(self, username: str | None = None) -> list[ApiToken]:
+        sql = (
+            "SELECT t.id, u.username, t.name, t.created, t.last_used FROM api_tokens t "
+            "JOIN users u ON u.id = t.user_id"
+        )
+        args: tuple[Any, ...] = ()
+        if username is not None:
+            sql += " WHERE u.username = ?"
+            args = (username,)
+        rows = self.db.execute(sql + " ORDER BY t.id LIMIT ?", (*args, MAX_LIST))
+        return [ApiToken(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    def revoke_token(self, token_id: int, actor: str) -> None:
+        with self.store.transaction():
+            cur = self.db.execute("DELETE FROM api_tokens WHERE id = ?", (token_id,))
+            if cur.rowcount == 0:
+                raise StoreError(f"api_tokens.id {token_id}: no such token")
+            self.store.audit(actor, "token.revoke", str(token_id), None, None)
