@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.commands.replay import replay_file
-from gateway.engine import EngineConfig
+from gateway.engine_config import EngineConfig
 from gateway.match.matcher import Matcher
 from gateway.match.rules import Rule, Sample, default_rule_dir, load_rules
 from tests.rules import network_builders as nb
