@@ -58,9 +58,10 @@ What it guarantees:
   `stats.internal_errors`; an undecodable datagram in `stats.decode_errors`; both get the
   fail policy's decision: ACCEPT when `config.fail_open`, else DROP. Frames that carry no IP
   (ARP...) are counted in `stats.unsupported_frames` and accepted.
-- Memory is bounded by `EngineConfig`: max_flows flows (LRU eviction), max_pending out-of-order
-  bytes and depth bytes per direction; idle flows are expired from within `process` at most
-  every `EXPIRE_INTERVAL` seconds of packet time (and by `expire(now)`).
+- Memory is bounded by `EngineConfig` (gateway/engine_config.py): max_flows flows (LRU
+  eviction), max_pending out-of-order bytes and depth bytes per direction; idle flows are
+  expired from within `process` at most every `EXPIRE_INTERVAL` seconds of packet time (and by
+  `expire(now)`).
 - Changing rules: `swap_rules(ruleset)` builds a new Matcher beside the old one and swaps it in;
   new flows use the new rules, flows already inspected finish with the old ones.
 """
@@ -70,8 +71,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from gateway.decode import app as app_registry
 from gateway.decode.packet import (
@@ -84,10 +84,11 @@ from gateway.decode.packet import (
     parse_frame,
     parse_ip,
 )
+from gateway.engine_config import EngineConfig
 from gateway.errors import DecodeError as AppDecodeError
 from gateway.events.eve import Event
 from gateway.flow.reassembly import StreamReassembler
-from gateway.flow.table import DEFAULT_TCP_CLOSED_IDLE, Direction, Flow, FlowKey, FlowTable
+from gateway.flow.table import Direction, Flow, FlowKey, FlowTable
 from gateway.match.explain import MAX_TARGET, Why, explain_fields, explain_raw, request_target
 from gateway.match.matcher import (
     DIRECTION_NAMES,
@@ -102,10 +103,7 @@ from gateway.match.rules import Rule, RuleSet
 from gateway.policy.compiled import CompiledPolicy, Mode
 from gateway.verdict import Action, Decision
 
-if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
-
-__all__ = ["EXPIRE_INTERVAL", "Engine", "EngineConfig", "EngineStats"]
+__all__ = ["EXPIRE_INTERVAL", "Engine", "EngineStats"]
 
 
 def _normalized_uri(url: bytes, fields: Mapping[str, int | bytes] | None) -> str:
@@ -139,65 +137,6 @@ _ACCEPT_DONE: Final = (
 _BLOCKED: Final = {Action.DROP: Decision(Action.DROP), Action.RESET: Decision(Action.RESET)}
 _FAIL_OPEN: Final = Decision(Action.ACCEPT)
 _FAIL_CLOSED: Final = Decision(Action.DROP)
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """Every bound of the engine, with its default.
-
-    depth_to_server: bytes of each client->server stream inspected (1 MiB: far beyond where
-        the exploits of the target vulnerabilities sit, small enough that a bulk transfer
-        stops costing CPU quickly). 0: never inspect that direction.
-    depth_to_client: bytes of each server->client stream inspected, used only where a rule
-        looks at responses (64 KiB: response headers and first records).
-    max_pending: out-of-order bytes held per direction before a gap is skipped.
-    http_whole_connection: inspect a client stream that starts like an HTTP request for the
-        whole connection instead of up to depth_to_server (see the module comment).
-    http_memo_entries: how many body-less HTTP requests that matched no rule are remembered
-        (exact bytes, per rule group) so that the same request again skips decoding and field
-        evaluation; 0 turns the memo off.
-    kernel_checked_syn: the packets come from the inline queue, whose kernel rule passes on
-        only the SYNs conntrack found to open a new connection: a client port reused for a
-        new connection then starts a new flow at its SYN (gateway/flow/table.py).
-    """
-
-    max_flows: int = 65536
-    tcp_idle: float = 600.0
-    udp_idle: float = 60.0
-    tcp_closed_idle: float = DEFAULT_TCP_CLOSED_IDLE
-    depth_to_server: int = 1 << 20
-    depth_to_client: int = 64 << 10
-    max_pending: int = 262144
-    fail_open: bool = True
-    http_whole_connection: bool = True
-    http_memo_entries: int = 1024
-    kernel_checked_syn: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("max_flows", "depth_to_server", "depth_to_client", "max_pending"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < (1 if name == "max_flows" else 0):
-                raise ValueError(f"EngineConfig.{name} out of range: {value!r}")
-        for name in ("tcp_idle", "udp_idle", "tcp_closed_idle"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"EngineConfig.{name} must be > 0: {getattr(self, name)!r}")
-
-    @classmethod
-    def from_gateway(cls, config: GatewayConfig) -> EngineConfig:
-        """The engine bounds from a loaded gateway configuration (gateway.config)."""
-        from gateway.config import FailPolicy
-
-        return cls(
-            max_flows=config.engine.max_flows,
-            tcp_idle=config.engine.tcp_idle,
-            udp_idle=config.engine.udp_idle,
-            depth_to_server=config.stream_depth.to_server,
-            depth_to_client=config.stream_depth.to_client,
-            max_pending=config.engine.max_pending,
-            fail_open=config.fail_policy is FailPolicy.OPEN,
-            http_whole_connection=config.engine.http_whole_connection,
-            http_memo_entries=config.engine.http_memo_entries,
-        )
 
 
 def _merge_decisions(first: Decision, second: Decision) -> Decision:

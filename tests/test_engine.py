@@ -14,7 +14,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
 from gateway.decode.packet import Packet
-from gateway.engine import Engine, EngineConfig
+from gateway.engine import Engine
+from gateway.engine_config import EngineConfig
 from gateway.intake.pcap import read_capture
 from gateway.match.rules import Pattern, Rule, RuleSet, default_rule_dir, load_rules
 from gateway.verdict import Action, Decision

@@ -36,8 +36,8 @@ from gateway.lifecycle.state import (
     LifecycleError,
     LifecycleStore,
     LockdownAction,
-    parse_tuple,
     host_services,
+    parse_tuple,
 )
 from gateway.policy.hosts import Host, Hosts
 from gateway.scan.jobs import GLOBAL, ScanJobs, ScanRun

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from gateway.engine import EngineConfig
+from gateway.engine_config import EngineConfig
 from gateway.intake.replay import replay_file
 from gateway.match.matcher import Matcher
 from gateway.match.rules import all_rules_on, default_rule_dir, load_rules

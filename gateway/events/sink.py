@@ -31,13 +31,14 @@ import threading
 from pathlib import Path
 from typing import IO, Any, Final, Self
 
+from gateway.config import EventsConfig, check_value
 from gateway.errors import ConfigError
 from gateway.events.eve import Event, to_eve
 from gateway.sqlite_wal import use_wal
 
 __all__ = ["BATCH_WAIT", "DEFAULT_MAX_QUEUE", "MAX_BATCH", "SCHEMA", "EventSink"]
 
-DEFAULT_MAX_QUEUE: Final = 10000  # events held for the writer (config events.max_queue)
+DEFAULT_MAX_QUEUE: Final = EventsConfig().max_queue  # declared as events.max_queue
 MAX_BATCH: Final = 500  # events per SQLite transaction / JSONL flush
 BATCH_WAIT: Final = 0.2  # seconds the writer waits to fill a batch
 
@@ -133,8 +134,7 @@ class EventSink:
         jsonl_path: Path | str | None,
         max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
-        if max_queue < 1:
-            raise ConfigError(f"events.max_queue must be >= 1, got {max_queue}")
+        check_value("events.max_queue", max_queue, "EventSink")
         self.db_path = Path(db_path) if db_path is not None else None
         self.jsonl_path = Path(jsonl_path) if jsonl_path is not None else None
         self.max_queue = max_queue

@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from gateway.config import EngineSettings
 from gateway.decode.packet import (
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -75,7 +76,7 @@ FLOW_ID_BITS: Final = 52
 _FLOW_ID_MASK: Final = (1 << FLOW_ID_BITS) - 1
 _FLOW_ID_MULT: Final = 0x9E3779B97F4B5  # odd: multiplication is a bijection modulo 2**52
 DEFAULT_TCP_CLOSED_IDLE: Final = 10.0  # seconds a TCP flow is kept after FIN both ways / RST
-DEFAULT_MAX_PENDING: Final = 262144  # out-of-order bytes per direction (config engine.max_pending)
+DEFAULT_MAX_PENDING: Final = EngineSettings().max_pending  # declared as engine.max_pending
 
 _ICMP_ECHO_REQUEST: Final = frozenset(((PROTO_ICMP, 8), (PROTO_ICMPV6, 128)))
 _ICMP_ECHO_REPLY: Final = frozenset(((PROTO_ICMP, 0), (PROTO_ICMPV6, 129)))

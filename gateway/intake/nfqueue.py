@@ -391,7 +391,7 @@ def engine_config(config: GatewayConfig) -> Any:
     (whose SYNs the kernel rules have checked with conntrack)."""
     from dataclasses import replace
 
-    from gateway.engine import EngineConfig
+    from gateway.engine_config import EngineConfig
 
     return replace(EngineConfig.from_gateway(config), kernel_checked_syn=True)
 

@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 from typing import IO
 
-from gateway.engine import Engine, EngineConfig
+from gateway.engine import Engine
+from gateway.engine_config import EngineConfig
 from gateway.errors import CaptureError
 from gateway.events.eve import to_eve
 from gateway.intake.pcap import read_capture

@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 from typing import Final
 
-from gateway.engine import Engine, EngineConfig
+from gateway.engine import Engine
+from gateway.engine_config import EngineConfig
 from gateway.events.eve import Event
 from gateway.intake.pcap import read_capture
 from gateway.match.matcher import Matcher

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.engine import Engine, EngineConfig
+from gateway.engine import Engine
+from gateway.engine_config import EngineConfig
 from gateway.events.eve import Event
 from gateway.intake.pcap import read_capture
 from gateway.match.matcher import Matcher

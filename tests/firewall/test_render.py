@@ -8,7 +8,6 @@ import re
 import pytest
 
 from gateway.config import parse_config
-from gateway.errors import ConfigError
 from gateway.firewall.render import (
     QueuePlan,
     RenderedRules,
@@ -100,21 +99,6 @@ def test_bypass_mark_chain_and_connmark_skip() -> None:
     ]
     srv = [x for x in rules if x.startswith("-A VPATCH-TO-SERVER")]
     assert srv[0] == "-A VPATCH-TO-SERVER -m connmark --mark 0x200/0x200 -j RETURN"
-
-
-@pytest.mark.parametrize(
-    ("marks", "error"),
-    [
-        ("{bypass: 0x100, mask: 0x100}", "marks.bypass_to_server: 0x20000000 has bits outside"),
-        (
-            "{bypass: 0x100, bypass_to_server: 0x100, bypass_to_client: 0x400, mask: 0x700}",
-            "must not share bits",
-        ),
-    ],
-)
-def test_bad_mark_bits_are_refused(marks: str, error: str) -> None:
-    with pytest.raises(ConfigError, match=error):
-        _render(f"protected_hosts: [198.18.0.20]\nmarks: {marks}\n")
 
 
 @pytest.mark.parametrize(("policy", "bypass"), [("open", True), ("closed", False)])

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from gateway.decode.packet import PROTO_TCP, parse_frame
-from gateway.engine import Engine, EngineConfig
+from gateway.engine import Engine
+from gateway.engine_config import EngineConfig
 from gateway.errors import DecodeError
 from gateway.intake.pcap import read_capture
 from gateway.match.matcher import Matcher

@@ -25,7 +25,8 @@ from typing import Final
 
 import pytest
 
-from gateway.engine import Engine, EngineConfig
+from gateway.engine import Engine
+from gateway.engine_config import EngineConfig
 from gateway.match.matcher import Matcher
 from gateway.match.rules import Rule, Sample, all_rules_on, default_rule_dir, load_rules
 from gateway.testing.corpora import NO_EXPLOIT, expected

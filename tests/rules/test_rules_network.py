@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.engine import EngineConfig
+from gateway.engine_config import EngineConfig
 from gateway.intake.replay import replay_file
 from gateway.match.matcher import Matcher
 from gateway.match.rules import Rule, Sample, default_rule_dir, load_rules
