@@ -21,9 +21,9 @@ from gateway.errors import CaptureError
 from gateway.intake.nfqueue import WorkerStats, apply_policy, build_engine, collect_if_grown
 from gateway.intake.pcap import read_capture
 from gateway.lifecycle.state import LifecycleStore
-from gateway.policy.compiled import Mode
 from gateway.policy.store import Store
 from gateway.testing.traffic import SERVER, contiguous, tcp_session
+from gateway.vocabulary import Mode
 
 
 @pytest.fixture

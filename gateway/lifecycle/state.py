@@ -29,6 +29,7 @@ from typing import Any
 
 from gateway.errors import VpatchError
 from gateway.policy.store import DEFAULT_DATABASE, Store, StoreError
+from gateway.vocabulary import PROTO_NAMES
 
 DEFAULT_STATE_PATH = DEFAULT_DATABASE  # the policy database (config `policy.database`)
 MAX_HOSTS = 4096
@@ -55,7 +56,7 @@ class LockdownAction(enum.Enum):
     ALERT = "alert"
 
 
-PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
+PROTOCOLS = {name: number for number, name in PROTO_NAMES.items()}
 _ENDPOINT = re.compile(r"\[?([0-9A-Fa-f.:/]+?)\]?(?::(tcp|udp|icmp|icmpv6)(?:/(\d+))?)?")
 
 

@@ -48,7 +48,8 @@ from gateway.match.conditions import (
     Not,
     content_regex,
 )
-from gateway.match.rules import Rule, load_rules
+from gateway.match.rules import Rule, direction_text, load_rules
+from gateway.vocabulary import Action, Direction, Mode
 
 __all__ = [
     "MAX_PORT_RANGE",
@@ -72,14 +73,15 @@ MAX_RULE_LINE_BYTES: Final = 65536  # one (joined) rule line
 MAX_PORT_RANGE: Final = 1024  # a port range is expanded only up to this many ports
 
 _ACTIONS: Final = {
-    "alert": "alert",
-    "drop": "drop",
-    "reject": "reset",
-    "rejectsrc": "reset",
-    "rejectdst": "reset",
-    "rejectboth": "reset",
+    "alert": Action.ALERT,
+    "drop": Action.DROP,
+    "reject": Action.RESET,
+    "rejectsrc": Action.RESET,
+    "rejectdst": Action.RESET,
+    "rejectboth": Action.RESET,
 }
-_EXPORT_ACTIONS: Final = {"alert": "alert", "drop": "drop", "reset": "reject"}
+_EXPORT_ACTIONS: Final = {Action.ALERT: "alert", Action.DROP: "drop", Action.RESET: "reject"}
+_MODES: Final = {m.value: m for m in Mode}
 
 # Header protocol -> (our transport, app that gives default ports when the header says `any`).
 _HEADER_PROTOS: Final[dict[str, tuple[str, str | None]]] = {
@@ -830,7 +832,7 @@ def _convert(
         raise _Skip(f"protocol: {rule.protocol} (only tcp, udp and the apps we decode)")
     transport, header_app = _HEADER_PROTOS[rule.protocol]
 
-    direction = "to_server"
+    directions = frozenset({Direction.TO_SERVER})
     direction_given = False
     elems: list[_Elem] = []
     buffer = "raw"
@@ -839,7 +841,7 @@ def _convert(
     cves: list[str] = []
     severity: str | None = None
     classtype = ""
-    mode = "detect"
+    mode = Mode.DETECT
     compares: list[dict[str, Any]] = []
     established = False
     app_from_meta: str | None = None
@@ -872,17 +874,17 @@ def _convert(
                             meta_cves.append(f"CVE-{m.group(1)}-{m.group(2)}")
                     elif key == "signature_severity" and val.lower() in _SEVERITY_META:
                         severity = _SEVERITY_META[val.lower()]
-                    elif key == "vpatch_default_mode" and val in ("off", "detect", "prevent"):
-                        mode = val
+                    elif key == "vpatch_default_mode" and val in _MODES:
+                        mode = _MODES[val]
                     elif key == "vpatch_app":
                         app_from_meta = val
             elif name == "flow":
                 for part in (value or "").split(","):
                     p = part.strip()
                     if p in ("to_server", "from_client"):
-                        direction, direction_given = "to_server", True
+                        directions, direction_given = frozenset({Direction.TO_SERVER}), True
                     elif p in ("to_client", "from_server"):
-                        direction, direction_given = "to_client", True
+                        directions, direction_given = frozenset({Direction.TO_CLIENT}), True
                     elif p == "established":
                         established = True
                     elif p in ("stateless", "only_stream"):
@@ -982,14 +984,14 @@ def _convert(
     if reasons:
         return None
     if not direction_given and rule.dst_ports.strip() == "any" and rule.src_ports.strip() != "any":
-        direction = "to_client"
+        directions = frozenset({Direction.TO_CLIENT})
     if rule.bidirectional:
-        direction = "both"
+        directions = frozenset(Direction)
 
     # FILE: the request body when the rule inspects requests (Suricata 7), else a response.
     for e in elems:
         if e.buffer == "FILE":
-            if direction != "to_server":
+            if directions != {Direction.TO_SERVER}:
                 raise _Skip("file_data: response bodies are not decoded")
             e.buffer = "http.body"
 
@@ -1047,8 +1049,8 @@ def _convert(
         proto = app_registry.get(default_app)
         if proto is not None:
             default_ports = tuple(sorted(proto.ports))
-    server_side = rule.src_ports if direction == "to_client" else rule.dst_ports
-    if direction == "both" and server_side.strip() == "any":
+    server_side = rule.src_ports if directions == {Direction.TO_CLIENT} else rule.dst_ports
+    if len(directions) > 1 and server_side.strip() == "any":
         server_side = rule.src_ports
     if not default_ports and any_ports:
         default_ports = any_ports
@@ -1072,15 +1074,15 @@ def _convert(
     out.update(
         {
             "severity": severity,
-            "action": _ACTIONS[rule.action],
-            "default_mode": mode,
+            "action": _ACTIONS[rule.action].value,
+            "default_mode": mode.value,
             "protocol": transport,
         }
     )
     if app != "raw":
         out["app"] = app
     out["ports"] = list(ports)
-    out["direction"] = direction
+    out["direction"] = direction_text(directions)
     out["conditions"] = conditions
     if refs:
         out["references"] = refs
@@ -1338,17 +1340,17 @@ def export_rule(rule: Rule) -> tuple[str | None, str]:
         return None, "no condition that Suricata can express"
     ports = rule.ports_text
     ports = f"[{ports}]" if len(rule.ports) > 1 else ports
-    if rule.direction == "to_client":
+    if rule.directions == {Direction.TO_CLIENT}:
         head = f"any {ports} -> any any"
-    elif rule.direction == "both":
+    elif len(rule.directions) > 1:
         head = f"any any <> any {ports}"
     else:
         head = f"any any -> any {ports}"
     flow = []
     if rule.protocol == "tcp":
         flow.append("established")
-    if rule.direction != "both":
-        flow.append(rule.direction)
+    if len(rule.directions) == 1:
+        flow.append(rule.direction)  # Suricata's flow keywords are spelt like Direction.label
     lead = [f'msg:"{_escape_msg(rule.title)}"']
     if flow:
         lead.append("flow:" + ",".join(flow))
@@ -1362,7 +1364,7 @@ def export_rule(rule: Rule) -> tuple[str | None, str]:
     tail.append("metadata:" + ", ".join(meta))
     tail += [f"sid:{rule.id}", "rev:1"]
     text = (
-        f"{_EXPORT_ACTIONS[rule.action.value]} {header_proto} {head} ("
+        f"{_EXPORT_ACTIONS[rule.action]} {header_proto} {head} ("
         + "; ".join(lead + opts + tail)
         + ";)"
     )

@@ -36,6 +36,7 @@ from typing import Any, Self
 
 from gateway.errors import VpatchError
 from gateway.sqlite_wal import use_wal
+from gateway.vocabulary import Mode
 
 DEFAULT_DATABASE = Path("/var/lib/vpatch/vpatch.db")
 BUSY_TIMEOUT_MS = 5000
@@ -53,7 +54,7 @@ MAX_REASON_LEN = 1000
 MAX_URI_LEN = 2048
 MAX_LIST = 10_000  # rows any list method returns at most
 
-MODES = ("off", "detect", "prevent")
+_MODE_NAMES = tuple(m.value for m in Mode)  # as stored in assignments.mode
 SCOPES = ("global", "group", "host")
 SOURCES = ("admin", "scan", "cli", "exception")
 ROLES = ("admin", "viewer")
@@ -299,8 +300,8 @@ def _check_address(address: str) -> str:
 
 
 def _check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise StoreError(f"assignments.mode {mode!r}: must be one of {', '.join(MODES)}")
+    if mode not in _MODE_NAMES:
+        raise StoreError(f"assignments.mode {mode!r}: must be one of {', '.join(_MODE_NAMES)}")
     return mode
 
 
