@@ -4,7 +4,11 @@ What it does: `Engine(ruleset, config)` owns a FlowTable, one StreamReassembler 
 Hyperscan stream per inspected TCP flow direction, and a Matcher. For each packet
 (`process_ip` for raw datagrams from NFQUEUE, `process_frame` for capture frames, `process`
 for a decoded Packet) it returns a `Decision` (gateway.verdict). The clock is passed in (`now`),
-so replaying a capture uses the capture's timestamps.
+so replaying a capture uses the capture's timestamps. Two collaborators take the protocol
+knowledge and the consequences off the pipeline: each flow direction's `AppSession`
+(gateway/decode/session.py: protocol identification, app decoding, the memo of whole units)
+and the `Judge` (gateway/verdict/judge.py: modes, exceptions, events and their why, blocking);
+the per-flow state is an `Inspection` (gateway/match/inspection.py).
 
 Pipeline and policy:
 - Only TCP and UDP are inspected; other protocols and non-first IP fragments are accepted
@@ -14,44 +18,21 @@ Pipeline and policy:
   not 0. TCP bytes go through first-wins reassembly (gateway.flow.reassembly) and only the
   newly contiguous bytes are scanned, in Hyperscan stream mode, so a pattern split over any
   number of segments, or sent out of order, is found. UDP datagrams are scanned one by one
-  (block mode) until the direction's depth in bytes is used up.
+  (block mode) until the direction's depth in bytes is used up. Where the rules judge decoded
+  fields, the same bytes feed the direction's AppSession and its records are evaluated.
 - Out-of-order data: the packet that makes the matching bytes contiguous (the gap filler) is
   the one blocked. Inline, the receiver cannot deliver data past a gap either, so blocking the
   gap filler stops the attack.
-- Rule actions: ALERT -> an event, the packet passes (Decision ALERT). DROP / RESET -> an event
-  and the flow is blocked: this and every later packet of the flow, in both directions, get
-  the same action (RESET wins over DROP when both fire). Each rule raises at most one event per
-  flow.
-- HTTP keep-alive: a client-to-server stream that starts with an HTTP/1.x request line is
-  inspected for the whole life of the connection (`EngineConfig.http_whole_connection`), not
-  up to the depth: one connection carries any number of requests, and a depth bound would
-  leave the later ones unchecked (the weakness of Suricata's stream bypass on keep-alive
-  connections). Requests are small, the reassembler keeps nothing once delivered, so memory
-  stays bounded; the cost is that such connections are never bypassed in the kernel.
-- Exceptions (CompiledPolicy exception scopes, docs/webui.md "Exceptions"): when a rule fires
-  in a mode other than OFF, an active exception for (rule, server, server port, request URI)
-  makes the engine ignore that firing (counted in `events_excepted`, no event, no block). The
-  URI is the decoded record's `http.uri` for http rules; for raw rules it is the target of the
-  last HTTP request line in the bytes that completed the match (normalised the same way), and
-  only looked for when a URI-scoped exception could apply. Unknown URI: URI-scoped exceptions
-  do not apply. Expiry is judged on the packet time `now`. A raw stream match excused by a
-  URI-scoped exception restarts that direction's Hyperscan stream right after the match
-  (`Engine._rearm`), or the rule could never fire again on the connection.
-- Why (gateway/match/explain.py): each event records the field ("raw" for stream content), the
-  condition in short and an excerpt around the match end; computed only when a rule fires.
-- HTTP memo: a body-less request (one complete head, at most MAX_MEMO_REQUEST bytes, the
-  decoder between requests) that fired no rule is remembered exactly, per rule group; the very
-  same bytes again skip decoding and field evaluation, which are pure functions of those bytes
-  and that group (health checks, polling and repeated asset requests cost 7.6 instead of 32 µs).
-  Raw stream patterns are still scanned; a swapped rule set has new groups, so an empty memo.
+- Whole connections: a TCP stream whose first bytes a `whole_connection` protocol recognises
+  (HTTP keep-alive) is inspected for the whole life of the connection
+  (`EngineConfig.http_whole_connection`), not up to the depth. Requests are small, the
+  reassembler keeps nothing once delivered, so memory stays bounded; the cost is that such
+  connections are never bypassed in the kernel.
 - `Decision.final` is True once nothing more can be learnt from the flow: no rule covers it, or
   every inspected direction reached its depth. While only one direction is done (a bulk upload
   reached the request depth, but the few response bytes never reach the response depth), that
   direction's packets get `done_to_server` / `done_to_client`, so the kernel can stop queueing
-  that direction alone. A blocked flow is never final (the kernel must
-  keep queueing it so its packets keep being dropped).
-- Per-flow Hyperscan streams are closed when a direction reaches depth, when the flow is
-  blocked, and when it leaves the flow table (expiry, eviction, port reuse).
+  that direction alone. A blocked flow is never final.
 
 What it guarantees:
 - `process`, `process_ip` and `process_frame` never raise. An exception inside is counted in
@@ -59,21 +40,20 @@ What it guarantees:
   fail policy's decision: ACCEPT when `config.fail_open`, else DROP. Frames that carry no IP
   (ARP...) are counted in `stats.unsupported_frames` and accepted.
 - Memory is bounded by `EngineConfig` (gateway/engine_config.py): max_flows flows (LRU
-  eviction), max_pending out-of-order bytes and depth bytes per direction; idle flows are
-  expired from within `process` at most every `EXPIRE_INTERVAL` seconds of packet time (and by
-  `expire(now)`).
+  eviction), max_pending out-of-order bytes and depth bytes per direction, http_memo_entries
+  memoised units; idle flows are expired from within `process` at most every
+  `EXPIRE_INTERVAL` seconds of packet time (and by `expire(now)`).
+- Per-flow Hyperscan streams are closed when a direction reaches depth, when the flow is
+  blocked, and when it leaves the flow table (expiry, eviction, port reuse).
 - Changing rules: `swap_rules(ruleset)` builds a new Matcher beside the old one and swaps it in;
-  new flows use the new rules, flows already inspected finish with the old ones.
+  new flows use the new rules, flows already inspected finish with the old ones. Changing the
+  policy (`set_policy`) applies to every later firing and empties the memo.
 """
 
 from __future__ import annotations
 
-import re
-from collections import OrderedDict
-from collections.abc import Mapping
 from typing import Final
 
-from gateway.decode import app as app_registry
 from gateway.decode.packet import (
     TCP_SYN,
     DecodeError,
@@ -82,44 +62,28 @@ from gateway.decode.packet import (
     parse_frame,
     parse_ip,
 )
+from gateway.decode.session import (
+    AppSession,
+    UnitMemo,
+    starts_whole_connection,
+    whole_connection_probes,
+)
 from gateway.engine_config import EngineConfig
-from gateway.errors import DecodeError as AppDecodeError
-from gateway.events.eve import Event
 from gateway.flow.reassembly import StreamReassembler
 from gateway.flow.table import Flow, FlowKey, FlowTable
-from gateway.match.explain import MAX_TARGET, Why, explain_fields, explain_raw, request_target
-from gateway.match.matcher import NO_RULES, Matcher, MatchGroup, StreamState
+from gateway.match.inspection import Inspection
+from gateway.match.matcher import NO_RULES, Matcher
 from gateway.match.rules import Rule, RuleSet
 from gateway.policy.compiled import CompiledPolicy
-from gateway.verdict import Decision
+from gateway.verdict import ACCEPT, ACCEPT_FINAL, Decision
+from gateway.verdict.judge import Judge
 from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Action, Direction, Mode
 
 __all__ = ["EXPIRE_INTERVAL", "Engine", "EngineStats"]
 
-
-def _normalized_uri(url: bytes, fields: Mapping[str, int | bytes] | None) -> str:
-    """The normalised request URI (what `http.uri` holds) for exception matching."""
-    if fields is not None:
-        uri = fields.get("http.uri")
-        if isinstance(uri, bytes):
-            return uri.decode("latin-1")
-    from gateway.decode.http import normalize_uri
-
-    return normalize_uri(url.decode("latin-1"))
-
-
 EXPIRE_INTERVAL: Final = 1.0  # seconds of packet time between idle-flow sweeps
-UNBOUNDED_DEPTH: Final = 1 << 62  # "no depth": an HTTP connection is inspected to its end
-MAX_MEMO_REQUEST: Final = 2048  # bytes: longer requests are never memoised
-# Restarts of a raw stream after URI-excused matches that may fire again within one packet;
-# past it the packet's further firings are not excused (a pipeline of excused requests must
-# not buy unbounded rescanning, nor a way around the rule).
-MAX_REARM_ROUNDS: Final = 16
-# One complete request head without a body (no Content-Length, no Transfer-Encoding).
-_BODY_HEADERS: Final = re.compile(rb"(?i)\r\n(?:content-length|transfer-encoding)\s*:")
+UNBOUNDED_DEPTH: Final = 1 << 62  # "no depth": a whole connection is inspected to its end
 
-_ACCEPT: Final = Decision(Action.ACCEPT)
-_ACCEPT_FINAL: Final = Decision(Action.ACCEPT, final=True)
 # A packet of a direction that finished inspecting while the other one has not (indexed by d).
 _ACCEPT_DONE: Final = (
     Decision(Action.ACCEPT, done_to_server=True),
@@ -128,17 +92,6 @@ _ACCEPT_DONE: Final = (
 _BLOCKED: Final = {Action.DROP: Decision(Action.DROP), Action.RESET: Decision(Action.RESET)}
 _FAIL_OPEN: Final = Decision(Action.ACCEPT)
 _FAIL_CLOSED: Final = Decision(Action.DROP)
-
-
-def _merge_decisions(first: Decision, second: Decision) -> Decision:
-    """One packet's two decisions as one: the stronger verdict, every event."""
-    events = first.events + second.events
-    if second.action.blocks:
-        return Decision(second.action, second.final, events)
-    if first.action.blocks:
-        return Decision(first.action, first.final, events)
-    action = Action.ALERT if events else first.action
-    return Decision(action, first.final or second.final, events)
 
 
 class EngineStats:
@@ -184,7 +137,7 @@ class EngineStats:
         self.events = 0
         self.events_detect_only = 0  # events of rules in DETECT mode that would have blocked
         self.events_excepted = 0  # firings ignored because an exception covered them
-        self.raw_rearms = 0  # raw streams restarted after a URI-excused match (Engine._rearm)
+        self.raw_rearms = 0  # raw streams restarted after a URI-excused match (verdict/judge.py)
         self.app_records = 0  # decoded app-layer records evaluated
         self.http_memo_hits = 0  # requests answered from the HTTP memo (no decode, no evaluate)
         self.app_decode_errors = 0  # directions whose decoder rejected the bytes (anomalies)
@@ -206,71 +159,6 @@ class EngineStats:
         out["flows_active"] = self.flows_active
         out["streams_open"] = self.streams_open
         return out
-
-
-UDP_PROBE_ATTEMPTS: Final = 4  # datagrams a UDP direction may take to be identified
-
-
-class _AppState:
-    """Per flow direction: protocol identification, then the app decoder feeding records."""
-
-    __slots__ = ("attempts", "buf", "decoder", "failed", "group", "name")
-
-    def __init__(self, group: MatchGroup) -> None:
-        self.group = group
-        self.buf = b""  # bytes seen while the protocol is undecided (< MAX_PROBE_BYTES + 1 chunk)
-        self.decoder: app_registry.AppDecoder | None = None
-        self.name: str | None = None
-        self.failed = False
-        self.attempts = 0
-
-
-class _Inspection:
-    """Per-flow engine state (Flow.inspection)."""
-
-    __slots__ = (
-        "active",
-        "apps",
-        "cond_ok",
-        "fired",
-        "groups",
-        "matcher",
-        "raw_done",
-        "rearm",
-        "reasm",
-        "records",
-        "states",
-    )
-
-    def __init__(self, matcher: Matcher) -> None:
-        self.matcher = matcher
-        self.groups: list[MatchGroup | None] = [None, None]
-        self.states: list[StreamState | None] = [None, None]
-        self.reasm: list[StreamReassembler | None] = [None, None]
-        self.apps: list[_AppState | None] = [None, None]
-        self.active = [False, False]
-        self.fired: set[int] = set()
-        # rules with both raw patterns and field conditions: which half is already satisfied
-        self.raw_done: list[set[int]] = [set(), set()]
-        self.cond_ok: list[set[int]] = [set(), set()]
-        # rule id -> fields of the record that satisfied its conditions (only for rules whose
-        # conditions held: at most one entry per rule), for the event's why and URI
-        self.records: list[dict[int, Mapping[str, int | bytes]] | None] = [None, None]
-        # raw stream rules whose firing a URI-scoped exception excused in the packet at hand:
-        # (offset in its bytes where the match ended, rule), see Engine._rearm
-        self.rearm: list[tuple[int, Rule]] = []
-
-    def close(self, d: Direction) -> None:
-        self.active[d] = False
-        self.apps[d] = None
-        state = self.states[d]
-        if state is not None:
-            self.states[d] = None
-            state.matcher.close_stream(state)
-
-    def close_all(self) -> None:
-        for d in Direction:
-            self.close(d)
 
 
 class Engine:
@@ -299,12 +187,13 @@ class Engine:
             kernel_checked_syn=self.config.kernel_checked_syn,
         )
         self.stats = EngineStats(self.table, self)
+        self._judge = Judge(self.stats, policy)
+        self._memo = UnitMemo(self.config.http_memo_entries)
         self._depth = (self.config.depth_to_server, self.config.depth_to_client)
         self._fail = _FAIL_OPEN if self.config.fail_open else _FAIL_CLOSED
         self._next_expire: float | None = None
-        # (id of the rule group, exact request bytes) of body-less HTTP requests that fired no
-        # rule -> that group (held, so its id cannot be reused while the entry exists)
-        self._http_memo: OrderedDict[tuple[int, str, int, bytes], object] = OrderedDict()
+        # per direction: probes of the protocols inspected for the whole connection
+        self._whole = whole_connection_probes() if self.config.http_whole_connection else ((), ())
 
     # ----------------------------------------------------------------- entry points
 
@@ -329,7 +218,7 @@ class Engine:
         except UnsupportedFrame:
             self.stats.packets += 1
             self.stats.unsupported_frames += 1
-            return _ACCEPT_FINAL
+            return ACCEPT_FINAL
         except DecodeError:
             self.stats.packets += 1
             self.stats.decode_errors += 1
@@ -374,7 +263,8 @@ class Engine:
     def set_policy(self, policy: CompiledPolicy | None) -> None:
         """Use `policy` for every match from now on (None: each rule's default_mode)."""
         self.policy = policy
-        self._http_memo.clear()  # what is "off" for a server may have changed
+        self._judge.policy = policy
+        self._memo.clear()  # what is "off" for a server may have changed
 
     # ----------------------------------------------------------------- the pipeline
 
@@ -386,10 +276,10 @@ class Engine:
         proto = pkt.proto
         if proto != PROTO_TCP and proto != PROTO_UDP:
             stats.not_inspected += 1
-            return _ACCEPT_FINAL
+            return ACCEPT_FINAL
         if pkt.fragment:
             stats.fragments += 1
-            return _ACCEPT
+            return ACCEPT
         if (
             self._next_expire is None
             or now >= self._next_expire
@@ -403,27 +293,26 @@ class Engine:
             stats.blocked_packets += 1
             return _BLOCKED[blocked]
         if flow.final:
-            return _ACCEPT_FINAL
+            return ACCEPT_FINAL
         insp = flow.inspection
         if insp is None:
             insp = self._start(flow)
             if insp is None:
-                return _ACCEPT_FINAL
-        assert isinstance(insp, _Inspection)
+                return ACCEPT_FINAL
+        assert isinstance(insp, Inspection)
         if not insp.active[d]:
             return _ACCEPT_DONE[d]
         if proto == PROTO_TCP:
             syn = pkt.flags & TCP_SYN
             if not payload and not syn:
-                return _ACCEPT
+                return ACCEPT
             reasm = insp.reasm[d]
             assert reasm is not None
             if (
                 reasm.position == 0
-                and d is Direction.TO_SERVER
                 and payload
-                and self.config.http_whole_connection
-                and app_registry.HTTP_REQUEST_START.match(payload)
+                and self._whole[d]
+                and starts_whole_connection(self._whole[d], payload, d)
             ):
                 reasm.max_depth = UNBOUNDED_DEPTH
             data = reasm.receive(pkt.seq, payload, bool(syn))
@@ -434,113 +323,57 @@ class Engine:
                     fired = state.matcher.scan_stream(state, data)
                 app = insp.apps[d]
                 if app is not None:
-                    found = self._app_feed(
-                        insp, app, d, data, PROTO_TCP, flow.key.server_port, flow.key.server
-                    )
-                    fired = self._combine(insp, d, fired, found)
+                    fired = insp.combine(d, fired, self._app_rules(insp, app, d, data, flow))
                 elif fired:
-                    fired = self._combine(insp, d, fired, NO_RULES)
+                    fired = insp.combine(d, fired, NO_RULES)
             if reasm.depth_reached:
                 self._direction_done(flow, insp, d)
             elif data and insp.states[d] is None and insp.apps[d] is None:
                 self._direction_done(flow, insp, d)  # app layer failed, no raw patterns left
         else:
             if not payload:
-                return _ACCEPT
+                return ACCEPT
             data = payload
             group = insp.groups[d]
             assert group is not None
             fired = insp.matcher.scan_block(group, payload)
             app = insp.apps[d]
             if app is not None:
-                found = self._app_feed(
-                    insp, app, d, payload, PROTO_UDP, flow.key.server_port, flow.key.server
-                )
-                fired = self._combine(insp, d, fired, found)
+                fired = insp.combine(d, fired, self._app_rules(insp, app, d, payload, flow))
             elif fired:
-                fired = self._combine(insp, d, fired, NO_RULES)
+                fired = insp.combine(d, fired, NO_RULES)
             seen = (flow.bytes_to_server, flow.bytes_to_client)[d]
             if seen >= self._depth[d]:
                 self._direction_done(flow, insp, d)
         if fired:
-            decision = self._fire(flow, insp, pkt, d, fired, now, data)
-            if insp.rearm:
-                decision = self._rearm(flow, insp, pkt, d, now, data, decision)
-            return decision
+            return self._judge.decide(flow, insp, pkt, d, fired, now, data)
         if flow.final:
-            return _ACCEPT_FINAL
-        return _ACCEPT if insp.active[d] else _ACCEPT_DONE[d]
+            return ACCEPT_FINAL
+        return ACCEPT if insp.active[d] else _ACCEPT_DONE[d]
 
-    def _app_feed(
-        self,
-        insp: _Inspection,
-        app: _AppState,
-        d: Direction,
-        data: bytes,
-        proto: int,
-        port: int,
-        server: str,
+    def _app_rules(
+        self, insp: Inspection, app: AppSession, d: Direction, data: bytes, flow: Flow
     ) -> tuple[Rule, ...]:
-        """Identify (first bytes), decode and evaluate the field conditions; never raises
-        (a failing decoder ends app-layer inspection of this direction, counted)."""
-        stats = self.stats
-        decoder = app.decoder
-        if decoder is None:
-            if proto == PROTO_TCP:
-                app.buf += data
-                head = app.buf
-            else:
-                head = data
-                app.attempts += 1
-            name, decided = app_registry.identify(app.group.app_candidates, proto, port, d, head)
-            if not decided:
-                # TCP: identify decides by itself once it has its budget of bytes
-                if proto == PROTO_UDP and app.attempts >= UDP_PROBE_ATTEMPTS:
-                    name = None
-                else:
-                    return NO_RULES
-            protocol = app_registry.get(name) if name is not None else None
-            if protocol is None:
-                stats.app_unidentified += 1
-                insp.apps[d] = None
-                return NO_RULES
-            decoder = protocol.new_decoder(proto, d)
-            app.decoder = decoder
-            app.name = name
-            data = head
-            app.buf = b""
-        memo_key = self._memo_key(app, data, server, port)
-        if memo_key is not None and self._http_memo.get(memo_key) is app.group:
-            # The very same body-less request fired nothing before: decoding it again would
-            # give the same fields and the same (empty) answer. The decoder is at a request
-            # boundary before and after it, so skipping it leaves its state as it would be.
-            self._http_memo.move_to_end(memo_key)
-            stats.app_records += 1
-            stats.http_memo_hits += 1
-            return NO_RULES
-        try:
-            records = decoder.feed(data)
-        except AppDecodeError:
-            stats.app_decode_errors += 1
-            insp.apps[d] = None
-            return NO_RULES
-        except Exception:  # noqa: BLE001 (a decoder bug must not stop raw inspection)
-            stats.app_internal_errors += 1
-            insp.apps[d] = None
-            return NO_RULES
+        """The rules whose field conditions the app records `data` completes hold on (rules
+        off for the server left out); never raises (a failing app layer ends app-layer
+        inspection of this direction, counted by the session)."""
+        records = app.feed(data)
         if not records:
+            if records is None:
+                insp.apps[d] = None
             return NO_RULES
-        stats.app_records += len(records)
-        if memo_key is not None and len(records) != 1:
-            memo_key = None
-        apps = app.group.apps
+        group = insp.groups[d]
+        assert group is not None
+        apps = group.apps
         matcher = insp.matcher
-        out: list[Rule] = []
         policy = self.policy
+        server = flow.key.server
+        port = flow.key.server_port
+        out: list[Rule] = []
         for record in records:
-            group = apps.get(record.app)
-            if group is not None:
-                found = matcher.evaluate(group, record.fields)
+            app_group = apps.get(record.app)
+            if app_group is not None:
+                found = matcher.evaluate(app_group, record.fields)
                 if found:  # a rule switched off for this server is ignored here already
                     found = tuple(
                         rule
@@ -555,60 +388,13 @@ class Engine:
                         seen = insp.records[d] = {}
                     for rule in found:
                         seen[rule.id] = record.fields
-        if (
-            not out
-            and memo_key is not None
-            and isinstance(decoder, app_registry.HttpAdapter)
-            and decoder.at_boundary()
-        ):
-            memo = self._http_memo
-            memo[memo_key] = app.group
-            if len(memo) > self.config.http_memo_entries:
-                memo.popitem(last=False)
+        if not out:
+            if app.pending is not None:
+                app.remember()  # the memo may answer these very bytes next time
+            return NO_RULES
         return tuple(out)
 
-    def _memo_key(
-        self, app: _AppState, data: bytes, server: str, port: int
-    ) -> tuple[int, str, int, bytes] | None:
-        """The memo key of `data` if it is exactly one complete HTTP request head without a body
-        and the decoder sits at a request boundary, else None. The server is part of the key:
-        which rules are off (ignored) depends on the policy for that server."""
-        if (
-            app.name != "http"
-            or not self.config.http_memo_entries
-            or len(data) > MAX_MEMO_REQUEST
-            or not data.endswith(b"\r\n\r\n")
-            or data.find(b"\r\n\r\n") != len(data) - 4
-            or _BODY_HEADERS.search(data)
-        ):
-            return None
-        decoder = app.decoder
-        if not isinstance(decoder, app_registry.HttpAdapter) or not decoder.at_boundary():
-            return None
-        return (id(app.group), server, port, data)
-
-    @staticmethod
-    def _combine(
-        insp: _Inspection, d: Direction, raw: tuple[Rule, ...], cond: tuple[Rule, ...]
-    ) -> tuple[Rule, ...]:
-        """Rules that fire now: raw patterns complete and (no conditions, or a record already
-        satisfied them), or conditions satisfied and (no raw patterns, or they completed)."""
-        out: list[Rule] = []
-        raw_done = insp.raw_done[d]
-        cond_ok = insp.cond_ok[d]
-        for rule in raw:
-            if rule.conditions is None or rule.id in cond_ok:
-                out.append(rule)
-            else:
-                raw_done.add(rule.id)
-        for rule in cond:
-            if not rule.patterns or rule.id in raw_done:
-                out.append(rule)
-            else:
-                cond_ok.add(rule.id)
-        return tuple(out)
-
-    def _start(self, flow: Flow) -> _Inspection | None:
+    def _start(self, flow: Flow) -> Inspection | None:
         """Set up inspection of a new flow, or mark it final when nothing covers it."""
         key = flow.key
         matcher = self.matcher
@@ -616,7 +402,7 @@ class Engine:
             flow.final = True
             self.stats.flows_final += 1
             return None
-        insp = _Inspection(matcher)
+        insp = Inspection(matcher)
         for d in Direction:
             depth = self._depth[d]
             group = matcher.group(key.proto, d, key.server_port)
@@ -631,7 +417,16 @@ class Engine:
                 if group.database is not None:
                     insp.states[d] = matcher.open_stream(group)
             if group.apps:
-                insp.apps[d] = _AppState(group)
+                insp.apps[d] = AppSession(
+                    group.app_candidates,
+                    key.proto,
+                    d,
+                    key.server,
+                    key.server_port,
+                    self.stats,
+                    self._memo,
+                    group,
+                )
         if not any(insp.active):
             flow.final = True
             self.stats.flows_final += 1
@@ -655,177 +450,16 @@ class Engine:
                     return True
         return False
 
-    def _direction_done(self, flow: Flow, insp: _Inspection, d: Direction) -> None:
+    def _direction_done(self, flow: Flow, insp: Inspection, d: Direction) -> None:
         insp.close(d)
         if not any(insp.active) and flow.blocked is None:
             flow.final = True
             self.stats.flows_final += 1
 
-    def _fire(
-        self,
-        flow: Flow,
-        insp: _Inspection,
-        pkt: Packet,
-        d: Direction,
-        fired: tuple[Rule, ...],
-        now: float,
-        data: bytes = b"",
-        exceptions: bool = True,
-    ) -> Decision:
-        block: Action | None = None
-        events: list[Event] = []
-        key = flow.key
-        policy = self.policy
-        records = insp.records[d]
-        handled: set[int] = set()  # a rule may come twice (head and end-of-request records)
-        for rule in fired:
-            if rule.id in insp.fired or rule.id in handled:
-                continue
-            handled.add(rule.id)
-            mode = (
-                policy.mode(key.server, rule, key.server_port)
-                if policy is not None
-                else rule.default_mode
-            )
-            if mode is Mode.OFF:
-                continue
-            fields = records.pop(rule.id, None) if records is not None else None
-            why, url, end = self._why(insp, d, rule, fields, data)
-            if exceptions and policy is not None and policy.has_exceptions:
-                uri: str | None = None
-                if url is not None and policy.wants_uri(key.server, rule.id, now):
-                    uri = _normalized_uri(url, fields)
-                scope = policy.exception(key.server, rule.id, key.server_port, uri, now)
-                if scope is not None:
-                    self.stats.events_excepted += 1
-                    if (
-                        scope.uri is not None
-                        and fields is None
-                        and end is not None
-                        and insp.states[d] is not None
-                        and rule.conditions is None
-                    ):
-                        insp.rearm.append((end, rule))  # its stream must look again
-                    continue  # not remembered in insp.fired: another request may still fire
-            insp.fired.add(rule.id)
-            action = rule.action
-            would_block = False
-            if mode is Mode.DETECT:
-                would_block = action.blocks
-                if would_block:
-                    self.stats.events_detect_only += 1
-            elif action is Action.RESET or (action is Action.DROP and block is None):
-                block = action
-            events.append(
-                Event(
-                    timestamp=now,
-                    flow_id=flow.flow_id,
-                    src_ip=pkt.src,
-                    src_port=pkt.sport,
-                    dest_ip=pkt.dst,
-                    dest_port=pkt.dport,
-                    proto=pkt.proto,
-                    server_port=key.server_port,
-                    direction=d,
-                    signature_id=rule.id,
-                    signature=rule.title,
-                    severity=rule.severity,
-                    cves=rule.cves,
-                    rule_action=action,
-                    blocked=action.blocks and not would_block,
-                    would_block=would_block,
-                    field=why.field,
-                    condition=why.condition,
-                    excerpt=why.excerpt,
-                    http_url=url or b"",
-                )
-            )
-        self.stats.events += len(events)
-        if block is not None:
-            flow.blocked = block
-            flow.final = False
-            insp.close_all()
-            self.stats.flows_blocked += 1
-            self.stats.blocked_packets += 1
-            return Decision(block, False, tuple(events))
-        if not events:
-            return _ACCEPT_FINAL if flow.final else _ACCEPT
-        return Decision(Action.ALERT, flow.final, tuple(events))
-
-    def _why(
-        self,
-        insp: _Inspection,
-        d: Direction,
-        rule: Rule,
-        fields: Mapping[str, int | bytes] | None,
-        data: bytes,
-    ) -> tuple[Why, bytes | None, int | None]:
-        """(why the rule fired, the HTTP request target if known, for raw patterns the offset in
-        `data` where the completing match ended if known); only called on a firing."""
-        if fields is not None:
-            target = fields.get("http.uri.raw")
-            url = target[:MAX_TARGET] if isinstance(target, bytes) else None
-            return explain_fields(rule, fields), url, None
-        located: tuple[int, int] | None = None
-        end: int | None = None
-        state = insp.states[d]
-        if state is not None and insp.groups[d] is not None and state.ends:
-            located = insp.matcher.raw_match_end(rule, state.ends)
-            if located is not None:
-                end = located[1] - (state.scanned - len(data))
-        elif insp.groups[d] is not None and data and state is None:
-            group = insp.groups[d]
-            assert group is not None
-            if not group.stream_mode:
-                located = insp.matcher.locate_block(group, data, rule)
-                end = located[1] if located is not None else None
-        why = explain_raw(rule, located[0] if located is not None else None, data, end)
-        url = request_target(data, end) if end is not None and end > 0 else None
-        return why, url, end
-
-    def _rearm(
-        self,
-        flow: Flow,
-        insp: _Inspection,
-        pkt: Packet,
-        d: Direction,
-        now: float,
-        data: bytes,
-        decision: Decision,
-    ) -> Decision:
-        """A URI-scoped exception excused raw stream rules in `data`. A Hyperscan stream
-        reports each pattern once, so left alone those rules would never fire again on this
-        connection: a keep-alive request to another URI would pass unchecked. Restart the
-        direction's stream right after the excused match (the other rules keep what they had
-        matched) and scan the rest of `data` again; repeat while that excuses more. After
-        MAX_REARM_ROUNDS in one packet the exceptions stop applying to it (fail safe)."""
-        rounds = 0
-        while insp.rearm and flow.blocked is None:
-            state = insp.states[d]
-            if state is None:
-                break
-            start = min(end for end, _ in insp.rearm)
-            forget = [rule for _, rule in insp.rearm]
-            insp.rearm.clear()
-            new, more = insp.matcher.restart_stream(state, data, start, forget)
-            insp.states[d] = new
-            self.stats.raw_rearms += 1
-            more = self._combine(insp, d, more, NO_RULES)
-            if not more:
-                continue
-            rounds += 1
-            fired = self._fire(
-                flow, insp, pkt, d, more, now, data, exceptions=rounds < MAX_REARM_ROUNDS
-            )
-            decision = _merge_decisions(decision, fired)
-        insp.rearm.clear()
-        return decision
-
     def _release(self, flow: Flow) -> None:
         """FlowTable.on_evict: free the flow's Hyperscan streams and reassembly buffers."""
         insp = flow.inspection
-        if isinstance(insp, _Inspection):
-            insp.close_all()
-            insp.reasm[:] = [None, None]
+        if isinstance(insp, Inspection):
+            insp.release()
         flow.inspection = None
         flow.streams.clear()

@@ -37,7 +37,7 @@ class EngineConfig:
         looks at responses (64 KiB: response headers and first records).
     max_pending: out-of-order bytes held per direction before a gap is skipped.
     http_whole_connection: inspect a client stream that starts like an HTTP request for the
-        whole connection instead of up to depth_to_server (see gateway/engine.py).
+        whole connection instead of up to depth_to_server (gateway/decode/session.py).
     http_memo_entries: how many body-less HTTP requests that matched no rule are remembered
         (exact bytes, per rule group) so that the same request again skips decoding and field
         evaluation; 0 turns the memo off.

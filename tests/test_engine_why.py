@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from scapy.layers.inet import IP, UDP
 
-from gateway.engine import MAX_REARM_ROUNDS, Engine
+from gateway.engine import Engine
 from gateway.events.eve import to_eve
 from gateway.match.explain import MAX_EXCERPT
 from gateway.match.rules import Pattern, RuleSet, default_rule_dir, load_rules
 from gateway.policy.compiled import CompiledPolicy
+from gateway.verdict.judge import MAX_REARM_ROUNDS
 from gateway.vocabulary import Action
 from tests.test_engine import CLIENT, MARKER, SERVER, Conn, app_rules, rule
 

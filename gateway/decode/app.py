@@ -20,6 +20,11 @@ TCP: `feed` gets the next in-order bytes of the reassembled stream, in any slici
 gets exactly one datagram's payload per call. `feed` raises nothing but a
 gateway.errors.DecodeError subclass; after one the engine stops feeding that direction (its app
 layer is "failed": raw-stream conditions keep working). Buffers must be bounded.
+The decoders of a protocol registered with `memo=True` are `MemoDecoder`s (HttpAdapter): besides
+`feed`, `memo_unit(data)` says that `data` is exactly one whole unit whose records depend on those
+bytes alone (the decoder between units, nothing carried over) and `at_boundary()` that the
+decoder sits between units; the engine may then remember that those very bytes fired no rule and
+skip decoding them next time (gateway/decode/session.py).
 An `AppRecord` is one decoded unit (an HTTP request, a TLS record, an SMB command, a DNS
 resource record...): `app` (the protocol whose rules judge it; an adapter may emit records of
 another app, e.g. DCE/RPC inside SMB named pipes) and `fields`, a dict of field name -> int or
@@ -58,6 +63,7 @@ __all__ = [
     "AppRecord",
     "FieldKind",
     "FieldValue",
+    "MemoDecoder",
     "Probe",
     "field_kind",
     "get",
@@ -109,6 +115,16 @@ class AppDecoder(Protocol):
     def feed(self, data: bytes) -> list[AppRecord]: ...
 
 
+class MemoDecoder(Protocol):
+    """The decoder of an AppProtocol with `memo=True` (see the module comment)."""
+
+    def feed(self, data: bytes) -> list[AppRecord]: ...
+
+    def memo_unit(self, data: bytes) -> bool: ...
+
+    def at_boundary(self) -> bool: ...
+
+
 # (transport, direction) -> decoder for one flow direction
 DecoderFactory = Callable[[int, Direction], AppDecoder]
 ProbeFunc = Callable[[bytes, Direction], Probe]  # (first bytes, direction) -> Probe
@@ -130,6 +146,10 @@ class AppProtocol:
     carried_by: protocols whose adapters emit this protocol's records (DCE/RPC inside SMB
         named pipes: carried_by={"smb"}); where rules of this protocol cover a port, those
         decoders are candidates for identification too.
+    whole_connection: one connection carries any number of units (HTTP keep-alive): a TCP
+        direction whose first bytes `probe` recognises is inspected to the connection's end,
+        not up to the stream depth (EngineConfig.http_whole_connection turns this off).
+    memo: its decoders are MemoDecoders (see the module comment).
     """
 
     name: str
@@ -141,6 +161,8 @@ class AppProtocol:
     directions: frozenset[Direction] = frozenset(Direction)
     late_fields: frozenset[str] = field(default_factory=frozenset)
     carried_by: frozenset[str] = field(default_factory=frozenset)
+    whole_connection: bool = False
+    memo: bool = False
     description: str = ""
 
 
@@ -257,6 +279,8 @@ def identify(
 # splits the line on whitespace), the first byte of the target.
 HTTP_REQUEST_START: Final = re.compile(rb"[\r\n]*[A-Z][A-Z_-]{2,15}[ \t]+[^\s]")
 _HTTP_PREFIX: Final = re.compile(rb"[\r\n]*(?:[A-Z][A-Z_-]{0,15}[ \t]*)?\Z")
+# A header announcing a body (RFC 9112 section 6.3): such a request head is no whole unit.
+_BODY_HEADERS: Final = re.compile(rb"(?i)\r\n(?:content-length|transfer-encoding)\s*:")
 
 
 def _probe_http(data: bytes, direction: Direction) -> Probe:
@@ -286,6 +310,16 @@ class HttpAdapter:
         """Between two requests: nothing buffered, no request under way."""
         decoder = self._decoder
         return decoder.state is _http.State.HEAD and not decoder.buffered and self._head is None
+
+    def memo_unit(self, data: bytes) -> bool:
+        """`data` is exactly one complete request head without a body (no Content-Length, no
+        Transfer-Encoding) and the decoder is between requests (MemoDecoder)."""
+        return (
+            data.endswith(b"\r\n\r\n")
+            and data.find(b"\r\n\r\n") == len(data) - 4
+            and not _BODY_HEADERS.search(data)
+            and self.at_boundary()
+        )
 
     def feed(self, data: bytes) -> list[AppRecord]:
         decoder = self._decoder
@@ -665,6 +699,8 @@ register(
         probe=_probe_http,
         directions=frozenset({Direction.TO_SERVER}),
         late_fields=frozenset({"http.body", "http.body_length", "http.body_params"}),
+        whole_connection=True,
+        memo=True,
         description="HTTP/1.x requests (RFC 9112); uri normalised as IIS/Apache would",
     )
 )

@@ -31,3 +31,4 @@ class Decision:
 
 
 ACCEPT = Decision(Action.ACCEPT)
+ACCEPT_FINAL = Decision(Action.ACCEPT, final=True)

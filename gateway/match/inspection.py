@@ -1,0 +1,101 @@
+"""The matching state of one inspected flow (what the engine keeps on `Flow.inspection`).
+
+What it does: `Inspection(matcher)` holds, per direction (indexed by gateway.vocabulary
+Direction), the rule group covering it, its TCP reassembler, its Hyperscan stream, its app
+session (gateway/decode/session.py) and whether it is still inspected; for the flow, the rules
+that already raised their event. A rule with both raw patterns and field conditions fires only
+once both halves held in that direction, in either order (`combine`).
+
+What it guarantees:
+- The flow keeps the Matcher it started with: a swapped rule set leaves it finishing with the
+  old rules (and the old matcher alive until then).
+- A direction's Hyperscan stream is closed as soon as it is no longer inspected (`close`: depth
+  reached, app layer and raw patterns both done) or the flow is blocked or forgotten
+  (`close_all`, `release`); closing twice is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gateway.decode.session import AppSession
+from gateway.flow.reassembly import StreamReassembler
+from gateway.match.matcher import Matcher, MatchGroup, StreamState
+from gateway.match.rules import Rule
+from gateway.vocabulary import Direction
+
+__all__ = ["Inspection"]
+
+
+class Inspection:
+    """Per-flow engine state (Flow.inspection)."""
+
+    __slots__ = (
+        "active",
+        "apps",
+        "cond_ok",
+        "fired",
+        "groups",
+        "matcher",
+        "raw_done",
+        "rearm",
+        "reasm",
+        "records",
+        "states",
+    )
+
+    def __init__(self, matcher: Matcher) -> None:
+        self.matcher = matcher
+        self.groups: list[MatchGroup | None] = [None, None]
+        self.states: list[StreamState | None] = [None, None]
+        self.reasm: list[StreamReassembler | None] = [None, None]
+        self.apps: list[AppSession | None] = [None, None]
+        self.active = [False, False]
+        self.fired: set[int] = set()
+        # rules with both raw patterns and field conditions: which half is already satisfied
+        self.raw_done: list[set[int]] = [set(), set()]
+        self.cond_ok: list[set[int]] = [set(), set()]
+        # rule id -> fields of the record that satisfied its conditions (only for rules whose
+        # conditions held: at most one entry per rule), for the event's why and URI
+        self.records: list[dict[int, Mapping[str, int | bytes]] | None] = [None, None]
+        # raw stream rules whose firing a URI-scoped exception excused in the packet at hand:
+        # (offset in its bytes where the match ended, rule), see gateway/verdict/judge.py
+        self.rearm: list[tuple[int, Rule]] = []
+
+    def combine(
+        self, d: Direction, raw: tuple[Rule, ...], cond: tuple[Rule, ...]
+    ) -> tuple[Rule, ...]:
+        """Rules that fire now: raw patterns complete and (no conditions, or a record already
+        satisfied them), or conditions satisfied and (no raw patterns, or they completed)."""
+        out: list[Rule] = []
+        raw_done = self.raw_done[d]
+        cond_ok = self.cond_ok[d]
+        for rule in raw:
+            if rule.conditions is None or rule.id in cond_ok:
+                out.append(rule)
+            else:
+                raw_done.add(rule.id)
+        for rule in cond:
+            if not rule.patterns or rule.id in raw_done:
+                out.append(rule)
+            else:
+                cond_ok.add(rule.id)
+        return tuple(out)
+
+    def close(self, d: Direction) -> None:
+        """Stop inspecting direction `d` (its app session and Hyperscan stream freed)."""
+        self.active[d] = False
+        self.apps[d] = None
+        state = self.states[d]
+        if state is not None:
+            self.states[d] = None
+            state.matcher.close_stream(state)
+
+    def close_all(self) -> None:
+        for d in Direction:
+            self.close(d)
+
+    def release(self) -> None:
+        """The flow leaves the table: free its streams and reassembly buffers."""
+        self.close_all()
+        self.reasm[:] = [None, None]
