@@ -329,7 +329,7 @@ def s2_046(content_length: int | None = None) -> bytes:
 
 
 def webdav_search(uri_length: int, body_length: int = 0) -> bytes:
-    body = b"<?xml version=\"1.0\"?><g:searchrequest xmlns:g=\"DAV:\"><g:sql>" + b"x" * body_length
+    body = b'<?xml version="1.0"?><g:searchrequest xmlns:g="DAV:"><g:sql>' + b"x" * body_length
     body += b"</g:sql></g:searchrequest>"
     uri = b"/" + b"A" * (uri_length - 1)
     return (
@@ -366,20 +366,27 @@ def samples() -> dict[str, bytes]:
         "ms07-029.benign": _pipe_call(
             DNSSERVER, 5, 1, dnssrv_query(b"my\\032zone.example", b"ZoneInfo")
         ),
-        "ms10-061.attack": _pipe_call(SPOOLSS, 1, 17, start_doc_printer("wbem\\mof\\sysnullevnt.mof")),
+        "ms10-061.attack": _pipe_call(
+            SPOOLSS, 1, 17, start_doc_printer("wbem\\mof\\sysnullevnt.mof")
+        ),
         "ms10-061.benign": _pipe_call(SPOOLSS, 1, 17, start_doc_printer(None)),
         "printnightmare.attack": _pipe_call(
             SPOOLSS, 1, 89, add_printer_driver_ex((UNIDRV, unc_dll, unc_dll), warned)
         ),
         "printnightmare.attack.2": _pipe_call(
-            SPOOLSS, 1, 89,
+            SPOOLSS,
+            1,
+            89,
             add_printer_driver_ex((UNIDRV, local + "old\\1\\n.dll", local + "n.dll"), warned),
-        ),  # fmt: skip
+        ),
         "printnightmare.benign": _pipe_call(
-            SPOOLSS, 1, 89,
-            add_printer_driver_ex((UNIDRV, local + "unidrv.gpd", local + "UNIDRVUI.DLL"),
-                                  APD_COPY_NEW_FILES),
-        ),  # fmt: skip
+            SPOOLSS,
+            1,
+            89,
+            add_printer_driver_ex(
+                (UNIDRV, local + "unidrv.gpd", local + "UNIDRVUI.DLL"), APD_COPY_NEW_FILES
+            ),
+        ),
         "printnightmare-par.attack": nb.rpc_bind(PAR, 1)
         + nb.rpc_request(39, b"\x6c" * 40 + b"\x00\x80\x00\x00"),
         "printnightmare-par.benign": nb.rpc_bind(PAR, 1) + nb.rpc_request(0, b"\x6c" * 40),
@@ -392,7 +399,9 @@ def samples() -> dict[str, bytes]:
         "ms14-066.benign.rsa": client_hello()
         + client_flight(bytes((i * 37 + 11) & 0xFF for i in range(256))),
         "iis-ftp-nlst.attack": ftp_session(
-            b"MKD SXV" + b"A" * 210, b"PORT 198,18,0,10,4,1", b"NLST SXV" + b"A" * 210 + b"*/../SXV*/"
+            b"MKD SXV" + b"A" * 210,
+            b"PORT 198,18,0,10,4,1",
+            b"NLST SXV" + b"A" * 210 + b"*/../SXV*/",
         ),
         "iis-ftp-nlst.attack.dos": ftp_session(b"LIST -R p*/../"),
         "iis-ftp-nlst.benign": ftp_session(b"CWD ../pub", b"NLST *.txt", b"LIST ../pub/*"),
@@ -402,11 +411,14 @@ def samples() -> dict[str, bytes]:
         "bind-2016-2776.benign": bind_tsig_query("transfer-key.example.org"),
         "bind-2016-2776.attack.tcp": nb.dns_tcp(bind_tsig_query(LONG_NAME)),
         "bind-2016-2776.benign.tcp": nb.dns_tcp(bind_tsig_query("transfer-key.example.org")),
-        "ghostcat.attack": ajp_forward("/index.txt", [
-            ("javax.servlet.include.request_uri", "/"),
-            ("javax.servlet.include.path_info", "WEB-INF/web.xml"),
-            ("javax.servlet.include.servlet_path", "/"),
-        ]),  # fmt: skip
+        "ghostcat.attack": ajp_forward(
+            "/index.txt",
+            [
+                ("javax.servlet.include.request_uri", "/"),
+                ("javax.servlet.include.path_info", "WEB-INF/web.xml"),
+                ("javax.servlet.include.servlet_path", "/"),
+            ],
+        ),
         "ghostcat.benign": ajp_forward("/index.jsp", [("AJP_REMOTE_PORT", "49152")]),
         "s2-046.attack": s2_046(),
         "s2-046-raw.attack": s2_046(content_length=1000000000),
