@@ -2,7 +2,7 @@
 MS07-029, MS10-061, PrintNightmare, MS14-068 (Kerberos), MS14-066 (TLS), IIS FTP, BIND, MC-SQLR,
 AJP, S2-046 and MS03-007.
 
-Each builder follows the published structure (MS-CIFS, MS-RPRN, MS-PAR, MS-PNPR, MS-DNSP, C706 NDR,
+Each builder follows the published structure (MS-CIFS, MS-RPRN, MS-PNPR, MS-DNSP, C706 NDR,
 RFC 4120 DER, RFC 5246, RFC 959, RFC 1035, MC-SQLR, the AJP13 protocol reference) or the public
 exploit whose bytes it reproduces (named in each function), so a sample is a well-formed
 message with exactly the anomaly the rule looks for; the benign look-alikes differ in that one
@@ -18,7 +18,6 @@ import sys
 from tests.rules import network_builders as nb
 
 SPOOLSS = "12345678-1234-abcd-ef00-0123456789ab"  # MS-RPRN (\pipe\spoolss)
-PAR = "76f03f96-cdfd-44fc-a22c-64950a001209"  # MS-PAR (ncacn_ip_tcp, dynamic endpoint)
 PNP = "8d9f4e40-a03d-11ce-8f69-08003e30051b"  # MS-PNPR umpnpmgr (\pipe\ntsvcs, \pipe\browser)
 DNSSERVER = "50abc2a4-574d-40b3-9d66-ee4fd5fba076"  # MS-DNSP (\pipe\DNSSERVER, dynamic TCP)
 
@@ -387,9 +386,6 @@ def samples() -> dict[str, bytes]:
                 (UNIDRV, local + "unidrv.gpd", local + "UNIDRVUI.DLL"), APD_COPY_NEW_FILES
             ),
         ),
-        "printnightmare-par.attack": nb.rpc_bind(PAR, 1)
-        + nb.rpc_request(39, b"\x6c" * 40 + b"\x00\x80\x00\x00"),
-        "printnightmare-par.benign": nb.rpc_bind(PAR, 1) + nb.rpc_request(0, b"\x6c" * 40),
         "ms14-068.attack.tcp": krb_tcp(as_req(False)),
         "ms14-068.benign.tcp": krb_tcp(as_req(True)),
         "ms14-068.attack.udp": as_req(False),
