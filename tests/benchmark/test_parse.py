@@ -1,5 +1,7 @@
 """Parsers of `vpatch bench` (gateway/benchmark/parse.py) on real tool outputs captured in the
-lab (tests/data/bench/), plus the CLI's --only parsing. The benchmark itself is not a test."""
+lab (tests/data/bench/), plus the CLI's --only parsing (gateway/commands/bench.py, left here
+while commands/ is being restructured). The report is in test_runner.py; the benchmark itself
+is not a test."""
 
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ from gateway.benchmark.parse import (
     parse_wrk_time_ms,
     process_tree,
 )
-from gateway.benchmark.runner import BenchOptions, SubjectResult, build_report, render_table
 from gateway.commands.bench import parse_only
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bench"
@@ -159,19 +160,3 @@ def test_parse_only() -> None:
     assert parse_only("suricata") == ("suricata-default", "suricata-tuned")
     with pytest.raises(argparse.ArgumentTypeError, match="'snort'"):
         parse_only("kernel,snort")
-
-
-def test_report_ratios_and_table() -> None:
-    results = {
-        "kernel": SubjectResult("kernel", metrics={"bulk_up_gbps": 10.0, "http_close_rps": 0.0}),
-        "vpatch": SubjectResult(
-            "vpatch", metrics={"bulk_up_gbps": 2.5, "http_close_rps": 100.0}, errors=["boom"]
-        ),
-    }
-    report = build_report(BenchOptions(duration=2), results, ["a note"], 12.0)
-    ratios = report["ratios"]["vpatch/kernel"]
-    assert ratios["bulk_up_gbps"] == pytest.approx(0.25)
-    assert ratios["http_close_rps"] is None  # division by zero is no ratio
-    table = render_table(report)
-    assert "| bulk TCP client->server | Gbit/s | 10.00 | 2.50 | 0.25x |" in table
-    assert "! vpatch: boom" in table
