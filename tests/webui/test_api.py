@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.webui.conftest import EVIL, Auth, api_token
+from tests.webui.conftest import EVIL, Auth, api_token, store_of
 
 
 def test_api_refuses_without_token_and_ignores_cookies(client: FlaskClient, auth: Auth) -> None:
@@ -100,3 +101,40 @@ def test_openapi_every_get_answers_without_server_error(client: FlaskClient, app
                 url,
                 resp.status_code,
             )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "reason"),
+    [
+        ("POST", "/api/v1/hosts", "not json", "request body must be a JSON object"),
+        ("POST", "/api/v1/hosts", [1, 2], "request body must be a JSON object"),
+        ("POST", "/api/v1/hosts", {"address": "198.18.0.20", "group_id": "1"},
+         "group_id '1': must be an integer"),
+        ("POST", "/api/v1/hosts", {"address": "198.18.0.20", "group_id": True},
+         "group_id True: must be an integer"),
+        ("PUT", "/api/v1/rules/9000100/mode", {"mode": 1}, "mode: required string"),
+        ("PUT", "/api/v1/rules/9000100/mode", {"mode": "off", "scope_id": 1.5},
+         "scope_id 1.5: must be an integer"),
+    ],
+)  # fmt: skip
+def test_api_input_errors_are_400_naming_the_value(
+    client: FlaskClient, app: Flask, method: str, path: str, body: object, reason: str
+) -> None:
+    h = api_token(app, "admin")
+    if isinstance(body, str):
+        resp = client.open(path, method=method, headers=h, data=body)
+    else:
+        resp = client.open(path, method=method, headers=h, json=body)
+    assert resp.status_code == 400 and resp.get_json() == {"error": reason}
+    with store_of(app) as s:
+        assert s.list_hosts() == [] and s.list_assignments() == []
+
+
+def test_api_authorization_header_forms(client: FlaskClient, app: Flask) -> None:
+    token = api_token(app, "viewer")["Authorization"].split(" ", 1)[1]
+    for header in (f"bearer {token}", f"Bearer  {token} "):
+        assert client.get("/api/v1/hosts", headers={"Authorization": header}).status_code == 200
+    for header in (token, f"Basic {token}", "Bearer", "Bearer "):
+        resp = client.get("/api/v1/hosts", headers={"Authorization": header})
+        # (the 401 body is Werkzeug's HTML page: security.init_app has no 401 JSON handler)
+        assert resp.status_code == 401 and b"bearer token required" in resp.data

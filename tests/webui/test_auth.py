@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -59,3 +60,45 @@ def test_ui_token_page_creates_token(client: FlaskClient, auth: Auth) -> None:
         ).status_code
         == 200
     )
+
+
+@pytest.mark.parametrize(
+    ("next_path", "target"),
+    [
+        ("/events/?rule=1", "/events/?rule=1"),
+        ("//evil.example/x", "/dashboard/"),  # scheme-relative: another site
+        ("https://evil.example/", "/dashboard/"),
+        ("", "/dashboard/"),
+    ],
+)
+def test_login_goes_to_the_next_path_on_this_site_only(
+    client: FlaskClient, auth: Auth, next_path: str, target: str
+) -> None:
+    resp = client.post(
+        "/auth/login?next=" + next_path,
+        data={"username": "admin", "password": ADMIN_PW, "csrf_token": auth.csrf()},
+    )
+    assert resp.status_code == 302 and resp.headers["Location"] == target
+
+
+def test_tokens_are_revoked_by_their_owner_only(
+    client: FlaskClient, auth: Auth, app: Flask
+) -> None:
+    with store_of(app) as s:
+        theirs = s.create_token("viewer", "viewer's", "test")
+    auth.login()
+    page = client.post("/auth/tokens", data={"name": "ci", "csrf_token": auth.token()})
+    token = re.search(r'id="new-token">([^<]+)<', page.get_data(as_text=True))
+    assert token
+    bearer = {"Authorization": f"Bearer {token.group(1)}"}
+    assert client.get("/api/v1/hosts", headers=bearer).status_code == 200
+    with store_of(app) as s:
+        (mine,) = s.list_tokens("admin")
+        (other,) = s.list_tokens("viewer")
+    resp = client.post(f"/auth/tokens/{other.id}/revoke", data={"csrf_token": auth.token()})
+    assert resp.status_code == 404 and "not one of yours" in resp.get_data(as_text=True)
+    other_bearer = {"Authorization": f"Bearer {theirs}"}
+    assert client.get("/api/v1/hosts", headers=other_bearer).status_code == 200
+    resp = client.post(f"/auth/tokens/{mine.id}/revoke", data={"csrf_token": auth.token()})
+    assert resp.status_code == 302
+    assert client.get("/api/v1/hosts", headers=bearer).status_code == 401

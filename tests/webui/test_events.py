@@ -5,14 +5,18 @@ stored; and the CSV writer and expiry parser on their own."""
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import re
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.webui.conftest import EVIL, Auth, store_of
+from tests.webui.conftest import EVIL, Auth, api_token, store_of
+from webui.events import csv_text, parse_expiry
+from webui.services import EVENT_COLUMNS, InputError
 
 
 def _evil_row_id(client: FlaskClient) -> int:
@@ -72,3 +76,72 @@ def test_exception_needs_reason_and_is_stored(client: FlaskClient, auth: Auth, a
         (exc,) = s.list_exceptions()
         assert exc.uri == "/" + EVIL and exc.host == "198.18.0.20" and exc.rule_id == 9000100
     assert "&lt;script&gt;" in client.get("/events/exceptions").get_data(as_text=True)
+
+
+def test_csv_text_header_cves_and_formula_cells() -> None:
+    row = {c: "" for c in EVENT_COLUMNS} | {
+        "id": 1,
+        "signature": "=cmd|' /C calc'!A0",
+        "cves": ["CVE-2017-0144", "CVE-2017-0145"],
+        "src_port": 40000,
+    }
+    header, line = list(csv.reader(io.StringIO(csv_text([row]))))
+    assert header == list(EVENT_COLUMNS)
+    cells = dict(zip(header, line))
+    assert cells["signature"] == "'=cmd|' /C calc'!A0"
+    assert cells["cves"] == "CVE-2017-0144,CVE-2017-0145" and cells["src_port"] == "40000"
+    assert list(csv.reader(io.StringIO(csv_text([])))) == [list(EVENT_COLUMNS)]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", None),
+        ("  ", None),
+        ("2030-01-02T03:04:05", 1893553445.0),  # no zone: UTC
+        ("2030-01-02T05:04:05+02:00", 1893553445.0),
+        (" 2030-01-02 03:04:05 ", 1893553445.0),
+    ],
+)
+def test_parse_expiry(value: str, expected: float | None) -> None:
+    assert parse_expiry(value) == expected
+
+
+def test_parse_expiry_names_a_bad_value() -> None:
+    with pytest.raises(InputError, match="expires 'next week': not an ISO 8601 time"):
+        parse_expiry("next week")
+
+
+def test_exception_errors_name_what_is_wrong(client: FlaskClient, auth: Auth, app: Flask) -> None:
+    auth.login()
+    plain = next(e for e in client.get("/api/v1/events", headers=api_token(app, "admin")).get_json()
+                 ["events"] if e["signature_id"] == 9000001)  # fmt: skip
+    cases = [
+        (plain["id"], {"scope": "uri"}, "this event records no URI"),
+        (plain["id"], {"scope": "flow"}, "scope 'flow': host, port or uri"),
+        (plain["id"], {"scope": "host", "expires": "soon"}, "expires 'soon'"),
+        (999, {"scope": "host"}, "event 999: not found"),
+    ]
+    for event_id, form, reason in cases:
+        resp = client.post(
+            f"/events/{event_id}/exception",
+            data={"reason": "why not", "csrf_token": auth.token(), **form},
+        )
+        assert resp.status_code == 400, reason
+        assert reason in html.unescape(resp.get_data(as_text=True))
+    # a URI typed by the admin is taken even where the event records none
+    resp = client.post(f"/events/{plain['id']}/exception", data={
+        "scope": "uri", "uri": "/typed", "reason": "ok", "csrf_token": auth.token()})  # fmt: skip
+    assert resp.status_code == 302
+    with store_of(app) as s:
+        (exc,) = s.list_exceptions()
+        assert (exc.uri, exc.rule_id, exc.host) == ("/typed", 9000001, "198.18.0.20")
+
+
+def test_export_formats(client: FlaskClient, auth: Auth) -> None:
+    auth.login()
+    assert client.get("/events/export.xml").status_code == 404
+    resp = client.get("/events/export.csv?rule=9000001")
+    assert resp.headers["Content-Disposition"] == "attachment; filename=vpatch-events.csv"
+    assert len(list(csv.reader(io.StringIO(resp.get_data(as_text=True))))) == 2
+    assert client.get("/events/export.json?action=maybe").status_code == 400

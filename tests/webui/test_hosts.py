@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.webui.conftest import Auth
+from tests.webui.conftest import Auth, store_of
 
 
 def test_hosts_and_groups(client: FlaskClient, auth: Auth, app: Flask) -> None:
@@ -25,3 +25,24 @@ def test_hosts_and_groups(client: FlaskClient, auth: Auth, app: Flask) -> None:
     )
     page = client.get("/hosts/").get_data(as_text=True)
     assert "198.18.0.20" in page and "rule 9000100 (group): off" in page
+
+
+def test_delete_host_and_group_and_errors(client: FlaskClient, auth: Auth, app: Flask) -> None:
+    with store_of(app) as s:
+        group = s.create_group("db", "", "test")
+        host = s.save_host("198.18.0.21", "test", group_id=group.id)
+    auth.login()
+    token = auth.token()
+    assert client.post(f"/hosts/{host.id}/delete", data={"csrf_token": token}).status_code == 302
+    assert (
+        client.post(f"/hosts/groups/{group.id}/delete", data={"csrf_token": token}).status_code
+        == 302
+    )
+    with store_of(app) as s:
+        assert s.list_hosts() == [] and s.list_groups() == []
+        actions = [e.action for e in s.list_audit()]
+    assert actions[:2] == ["group.delete", "host.delete"]  # newest first
+    for path in (f"/hosts/{host.id}/delete", f"/hosts/groups/{group.id}/delete"):
+        assert client.post(path, data={"csrf_token": token}).status_code == 404
+    assert client.post("/hosts/groups", data={"name": "", "csrf_token": token}).status_code == 400
+    assert "198.18.0.21" not in client.get("/hosts/").get_data(as_text=True)

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.webui.conftest import Auth, api_token, store_of
+from webui.rules import parse_scope
+from webui.services import InputError
 
 
 def test_rule_mode_change_is_stored_audited_and_reload_reported(
@@ -61,3 +64,38 @@ def test_rules_page_and_api_show_ports_or_any(app: Flask, client: FlaskClient, a
     }
     assert (api[9200031]["ports"], api[9200031]["ports_text"]) == ("any", "any")
     assert api[9001001]["ports_text"] == ",".join(map(str, api[9001001]["ports"]))
+
+
+@pytest.mark.parametrize(
+    ("value", "scope"),
+    [("global", ("global", None)), ("host:7", ("host", 7)), ("group:12", ("group", 12))],
+)
+def test_parse_scope(value: str, scope: tuple[str, int | None]) -> None:
+    assert parse_scope(value) == scope
+
+
+@pytest.mark.parametrize("value", ["", "Global", "host", "host:", "host:x", "group:-1", "zone:1"])
+def test_parse_scope_names_a_bad_value(value: str) -> None:
+    with pytest.raises(InputError, match=re.escape(f"scope {value!r}: expected global")):
+        parse_scope(value)
+
+
+def test_host_scope_and_inherit(client: FlaskClient, auth: Auth, app: Flask) -> None:
+    with store_of(app) as s:
+        host = s.save_host("198.18.0.20", "test")
+    auth.login()
+    form = {"mode": "off", "scope": f"host:{host.id}", "csrf_token": auth.token()}
+    assert client.post("/rules/9000100/mode", data=form).status_code == 302
+    with store_of(app) as s:
+        assert [(a.scope, a.scope_id, a.mode) for a in s.list_assignments()] == [
+            ("host", host.id, "off")
+        ]
+    page = client.get("/rules/?q=9000100").get_data(as_text=True)
+    assert 'id="rule-9000100"' in page and "198.18.0.20" in page
+    form["mode"] = "inherit"  # removes the host's own mode
+    assert client.post("/rules/9000100/mode", data=form).status_code == 302
+    with store_of(app) as s:
+        assert s.list_assignments() == []
+    form["scope"] = "zone:1"
+    resp = client.post("/rules/9000100/mode", data=form)
+    assert resp.status_code == 400 and "zone:1" in resp.get_data(as_text=True)

@@ -9,7 +9,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.webui.conftest import Auth, store_of
+from tests.webui.conftest import Auth, api_token, store_of
+from webui.security import bytes_escape, csv_safe
 
 PAGES = ["/", "/dashboard/", "/dashboard/data", "/rules/", "/hosts/", "/events/", "/events/1",
          "/events/export.csv", "/events/export.json", "/events/exceptions", "/audit/", "/auth/tokens"]  # fmt: skip
@@ -81,3 +82,78 @@ def test_viewer_cannot_change_anything(
     assert resp.status_code == 403, (path, resp.status_code)
     with store_of(app) as s:
         assert s.audit_count() == before
+
+
+def test_json_clients_get_401_and_json_errors_not_pages(client: FlaskClient) -> None:
+    resp = client.get("/rules/", headers={"Accept": "application/json"})
+    assert resp.status_code == 401 and resp.get_json() == {"error": "authentication required"}
+    resp = client.get("/api/v1/no-such-thing")
+    assert resp.status_code == 404 and "error" in resp.get_json()
+    page = client.get("/no-such-page")
+    assert page.status_code == 404 and page.mimetype == "text/html"
+
+
+def test_more_security_headers_and_the_login_redirect_keeps_the_path(client: FlaskClient) -> None:
+    resp = client.get("/events/?rule=1")
+    assert resp.headers["X-Frame-Options"] == "DENY" and resp.headers["Cache-Control"] == "no-store"
+    assert resp.headers["Location"].endswith("/auth/login?next=/events/")
+
+
+def test_csrf_token_in_a_header_is_accepted_and_the_api_needs_none(
+    client: FlaskClient, auth: Auth, app: Flask
+) -> None:
+    auth.login()
+    resp = client.post(
+        "/hosts/groups", data={"name": "web"}, headers={"X-CSRF-Token": auth.token()}
+    )
+    assert resp.status_code == 302
+    # /api/v1 takes no CSRF token: its bearer token cannot ride on a browser's cookies
+    resp = client.post("/api/v1/groups", json={"name": "db"}, headers=api_token(app, "admin"))
+    assert resp.status_code == 201
+    with store_of(app) as s:
+        assert sorted(g.name for g in s.list_groups()) == ["db", "web"]
+
+
+def test_a_deleted_users_session_ends(client: FlaskClient, auth: Auth, app: Flask) -> None:
+    with store_of(app) as s:
+        s.create_user("temp", "temp-password-1", "admin", "test")
+    assert auth.login("temp", "temp-password-1").status_code == 302
+    assert client.get("/rules/").status_code == 200
+    with store_of(app) as s:
+        s.delete_user("temp", "test")
+    assert client.get("/rules/").status_code == 302  # back to the login page
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (None, ""),
+        (b"GET /\x00\xff\\", "GET /\\x00\\xff\\"),
+        ("tab\tnl\ndel\x7f", "tab\\x09nl\\x0adel\\x7f"),
+        ("c1\x85 \u00e9 \u4e2d", "c1\\x85 \u00e9 \u4e2d"),  # C1 controls shown, letters kept
+        ("\u200b\u2028", "\\u200b\\u2028"),  # invisible and line-breaking characters shown
+        ('<a href="x">&', "&lt;a href=&#34;x&#34;&gt;&amp;"),
+        (42, "42"),
+    ],
+)
+def test_bytes_escape(value: object, shown: str) -> None:
+    assert str(bytes_escape(value)) == shown
+
+
+@pytest.mark.parametrize(
+    ("value", "cell"),
+    [
+        ("=1+1", "'=1+1"),
+        ("+cmd", "'+cmd"),
+        ("-2", "'-2"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\tx", "'\tx"),
+        ("\rx", "'\rx"),
+        ("a=b", "a=b"),
+        (None, ""),
+        (-5, "'-5"),
+        (7, "7"),
+    ],
+)
+def test_csv_safe(value: object, cell: str) -> None:
+    assert csv_safe(value) == cell
