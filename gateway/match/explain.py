@@ -63,7 +63,8 @@ EXCERPT_AFTER: Final = MAX_EXCERPT - EXCERPT_BEFORE
 MAX_CONDITION_TEXT: Final = 120  # characters of the condition's short form
 MAX_TARGET: Final = 1024  # bytes of a request target kept (URI exceptions, EVE http.url)
 MAX_REQUEST_SEARCH: Final = 16384  # bytes before the match end searched for a request line
-_REQUEST_LINE: Final = re.compile(rb"(?:^|\n)[A-Z][A-Z_-]{2,15} ([^\s]+) HTTP/\d")
+# the match starts where the request line does (not at the newline before it)
+_REQUEST_LINE: Final = re.compile(rb"(?:^|(?<=\n))[A-Z][A-Z_-]{2,15} ([^\s]+) HTTP/\d")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +182,7 @@ def _content_end(items: tuple[ContentItem, ...], value: bytes) -> int | None:
     while pos >= 0 and tries < 64:
         tries += 1
         tail = value[pos:]
-        head = ContentItem(first.data, first.nocase)
+        head = ContentItem(first.data, first.nocase, depth=len(first.data))  # at pos, no later
         if reference_match((head, *items[1:]), tail):
             return pos + len(first.data)
         pos = hay.find(needle, pos + 1, limit)
