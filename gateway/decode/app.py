@@ -393,12 +393,12 @@ def _new_http(transport: int, direction: int) -> AppDecoder:
 
 
 def _probe_tls(data: bytes, direction: int) -> Probe:
-    if (
-        data and data[0] & 0x80
-    ):  # SSLv2-format ClientHello: 2-byte length, type 1, version 0x0002/0x03xx
+    if data and data[0] & 0x80:  # SSLv2 format: a 2-byte length, then the message type
         if len(data) < 4:
             return Probe.NEED_DATA
-        return Probe.YES if data[2] == 1 and data[3] in (0x00, 0x03) else Probe.NO
+        client = data[2] == 1 and data[3] in (0x00, 0x03)  # CLIENT-HELLO, version 2.0 or 3.x
+        server = data[2] == 4 and data[3] in (0x00, 0x01)  # SERVER-HELLO, session-id-hit
+        return Probe.YES if client or server else Probe.NO
     if len(data) < 3:
         if data and data[0] not in _tls._CONTENT_TYPES:
             return Probe.NO
