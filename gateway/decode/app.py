@@ -630,8 +630,10 @@ class SmbAdapter:
                     "smb.compression.offset": event.offset,
                     "smb.compression.message_length": event.message_length,
                 }
-            else:
+            elif isinstance(event, _smb.NetbiosMessage):
                 fields = {"smb.netbios.type": event.msg_type, "smb.netbios.length": event.length}
+            else:  # SmbMalformed: counted by the decoder, nothing to judge
+                continue
             out.append(AppRecord("smb", fields))
             if isinstance(event, (_smb.Smb1Command, _smb.Smb2Command)) and event.data:
                 out.extend(self._pipe_records(self._pipes, event))

@@ -7,7 +7,10 @@ abuses (Trans 0x25, Trans2 0x32, NT Transact 0xA0 and their secondaries), SMB2/3
 2.2.1, chained with NextCommand), the SMB3 transform header (2.2.41) and the compression transform
 header (2.2.42, whose OriginalCompressedSegmentSize and Offset CVE-2020-0796 overflows).
 Guarantees:
-- only SmbDecodeError escapes, and after it the decoder is in the ERROR state;
+- only SmbDecodeError escapes, for a broken NetBIOS framing, and after it the decoder is in
+  the ERROR state; an SMB message that does not decode inside an intact frame is reported as
+  SmbMalformed (counted in `malformed`) and decoding goes on with the next frame, as servers
+  do (one bad PDU does not blind the rest of the connection);
 - at most MAX_MESSAGE bytes are buffered: a longer message (SMB2 READ/WRITE carry up to 8 MiB)
   is decoded from its first MAX_MESSAGE bytes (headers only) and the rest is skipped as it
   arrives; AndX and NextCommand chains must move forward and are followed at most MAX_CHAIN times;
@@ -128,7 +131,14 @@ class NetbiosMessage:
     length: int
 
 
-Event = NetbiosMessage | Smb1Command | Smb2Command | Smb3Transform | Smb3Compressed
+@dataclass(frozen=True, slots=True)
+class SmbMalformed:
+    """An SMB message inside an intact NetBIOS frame that did not decode: what was wrong."""
+
+    reason: str
+
+
+Event = SmbMalformed | NetbiosMessage | Smb1Command | Smb2Command | Smb3Transform | Smb3Compressed
 
 
 class SmbDecoder:
@@ -139,6 +149,7 @@ class SmbDecoder:
         self.state = State.MESSAGES
         self._buf = bytearray()
         self._skip = 0  # bytes of an oversized message still to be skipped
+        self.malformed = 0  # SMB messages that did not decode (framing intact, decoding went on)
 
     def receive_data(self, data: bytes) -> list[Event]:
         if self.state is State.ERROR:
@@ -171,7 +182,13 @@ class SmbDecoder:
                 del self._buf[: 4 + length]
                 events.append(NetbiosMessage(msg_type, length))
                 if msg_type == 0x00 and body:
-                    events.extend(parse_smb(body))
+                    try:
+                        events.extend(parse_smb(body))
+                    except SmbDecodeError as err:
+                        # The NetBIOS length still frames the next message: the server answers
+                        # this one with an error status and reads on, and so do we.
+                        self.malformed += 1
+                        events.append(SmbMalformed(str(err)))
         except SmbDecodeError:
             self.state = State.ERROR
             raise
