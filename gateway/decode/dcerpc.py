@@ -9,7 +9,9 @@ context id, opnum, optional object UUID, stub data, then the auth verifier of 12
 Multi-fragment requests (PFC_FIRST_FRAG .. PFC_LAST_FRAG, 12.6.3.1) are reassembled per call id
 and reported once as a `Request` carrying the interface UUID the context id was bound to.
 Guarantees:
-- only DceRpcDecodeError escapes, and after it the decoder stays in the ERROR state;
+- only DceRpcDecodeError escapes, for a PDU header that breaks the framing, and after it the
+  decoder stays in the ERROR state; a PDU whose body does not decode inside an intact frame is
+  counted in `malformed` and decoding goes on with the next PDU;
 - the byte buffer holds at most one PDU (frag length is 16 bits, MAX_FRAG_LENGTH); a call's
   stub is kept up to MAX_STUB_KEEP bytes (its full length is still counted), at most
   MAX_PENDING_CALLS calls may be incomplete at once and at most MAX_CONTEXTS contexts bound;
@@ -154,6 +156,8 @@ class DceRpcDecoder:
 
     def __init__(self, max_stub_keep: int = MAX_STUB_KEEP) -> None:
         self.max_stub_keep = max_stub_keep
+        self.malformed = 0  # PDUs whose body did not decode (framing intact, decoding went on)
+        self.evicted_calls = 0  # calls in progress forgotten at MAX_PENDING_CALLS (oldest first)
         self.state = State.PDUS
         self._buf = bytearray()
         self._contexts: dict[int, tuple[str, int]] = {}
@@ -182,7 +186,12 @@ class DceRpcDecoder:
                 body = bytes(self._buf[HEADER_SIZE : pdu.frag_length])
                 del self._buf[: pdu.frag_length]
                 events.append(pdu)
-                self._pdu(pdu, body, events)
+                try:
+                    self._pdu(pdu, body, events)
+                except DceRpcDecodeError:
+                    # frag_length still frames the next PDU: the server rejects this one and
+                    # reads on, and so do we (a bad PDU must not blind the rest of the pipe)
+                    self.malformed += 1
         except DceRpcDecodeError:
             self.state = State.ERROR
             raise
@@ -262,10 +271,11 @@ class DceRpcDecoder:
         call = self._calls.get(pdu.call_id)
         if call is None or pdu.flags & PFC_FIRST_FRAG:
             if pdu.call_id not in self._calls and len(self._calls) >= MAX_PENDING_CALLS:
-                raise DceRpcDecodeError(
-                    f"more than {MAX_PENDING_CALLS} fragmented calls in progress"
-                    f" (call {pdu.call_id})"
-                )
+                # Bound reached: the oldest call in progress is forgotten (its later fragments
+                # start a call of their own), never the new one, so that keeping 16 calls open
+                # cannot blind the decoder to every later call.
+                del self._calls[next(iter(self._calls))]
+                self.evicted_calls += 1
             call = _Call(context_id, opnum, alloc_hint, object_uuid)
             self._calls[pdu.call_id] = call
         call.fragments += 1
