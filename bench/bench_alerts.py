@@ -35,13 +35,13 @@ from gateway.alerts.ratelimit import TokenBucket
 from gateway.events.eve import Event, to_eve
 from gateway.events.sink import _INSERT, SCHEMA, _row
 from gateway.policy.store import Store
-from gateway.verdict import Action
+from gateway.vocabulary import Action, Direction
 
 
 def eve(i: int) -> dict[str, Any]:
     return to_eve(Event(
         timestamp=time.time(), flow_id=i, src_ip="198.18.0.10", src_port=40000 + i % 20000,
-        dest_ip="198.18.0.20", dest_port=80, proto=6, server_port=80, direction="to_server",
+        dest_ip="198.18.0.20", dest_port=80, proto=6, server_port=80, direction=Direction.TO_SERVER,
         signature_id=9000100, signature="vpatch lab test exploit marker", severity="high",
         cves=("CVE-0000-0001",), rule_action=Action.RESET, blocked=True,
     ))  # fmt: skip

@@ -27,8 +27,9 @@ from gateway.decode.packet import (
     parse_ip,
 )
 from gateway.flow.reassembly import StreamReassembler
-from gateway.flow.table import Direction, FlowTable
+from gateway.flow.table import FlowTable
 from gateway.intake.pcap import read_capture
+from gateway.vocabulary import Direction
 
 
 def ipv4_tcp(payload: bytes, sport: int = 40000, dport: int = 80, seq: int = 1) -> bytes:

@@ -28,9 +28,9 @@ from gateway.decode.packet import DecodeError, Packet, parse_frame
 from gateway.engine import Engine
 from gateway.errors import CaptureError
 from gateway.intake.pcap import read_capture
-from gateway.match.matcher import TO_SERVER, Matcher
+from gateway.match.matcher import Matcher
 from gateway.match.rules import Pattern, Rule, RuleSet, default_rule_dir, load_rules
-from gateway.verdict import Action
+from gateway.vocabulary import Action, Direction
 
 DEFAULT_CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 
@@ -131,7 +131,7 @@ def synthetic_rules(n_rules: int, n_ports: int, all_ports: bool) -> RuleSet:
                 action=Action.ALERT,
                 protocol="tcp",
                 ports=tuple(1000 + p for p in range(n_ports)) if all_ports else (port,),
-                direction="to_server",
+                directions=frozenset({Direction.TO_SERVER}),
                 patterns=(Pattern("content", os.urandom(6).hex().encode()),),
                 references=(),
                 path=Path("synthetic"),
@@ -148,7 +148,7 @@ def bench_layout(repeat: int) -> None:
     )
     for label, all_ports in (("db per port set (used) ", False), ("one db for all ports   ", True)):
         matcher = Matcher(synthetic_rules(n_rules, n_ports, all_ports))
-        group = matcher.group(6, TO_SERVER, 1000)
+        group = matcher.group(6, Direction.TO_SERVER, 1000)
         assert group is not None
         best = float("inf")
         for _ in range(repeat):

@@ -35,9 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.decode import app as app_registry
 from gateway.errors import CaptureError, DecodeError
-from gateway.match.matcher import TO_SERVER, Matcher
+from gateway.match.matcher import Matcher
 from gateway.match.rules import RuleSet, load_rules
 from gateway.testing.streams import tcp_streams
+from gateway.vocabulary import Direction
 
 DEFAULT_CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 SEGMENT = 1460
@@ -166,7 +167,7 @@ def load_traffic(
                 if folder != "http":
                     continue
                 http_packets += len(segs)
-                decoder = http.new_decoder(6, TO_SERVER)
+                decoder = http.new_decoder(6, Direction.TO_SERVER)
                 try:
                     for seg in segs:
                         records.extend(r.fields for r in decoder.feed(seg))
@@ -185,7 +186,7 @@ def time_raw(
         fired = 0
         t0 = time.perf_counter()
         for port, segs in streams:
-            group = matcher.group(6, TO_SERVER, port)
+            group = matcher.group(6, Direction.TO_SERVER, port)
             if group is None or group.database is None:
                 continue
             state = matcher.open_stream(group)
@@ -199,7 +200,7 @@ def time_raw(
 def time_fields(
     matcher: Matcher, records: list[dict[str, int | bytes]], packets: int, repeat: int
 ) -> tuple[float, float, int]:
-    group = matcher.group(6, TO_SERVER, 80)
+    group = matcher.group(6, Direction.TO_SERVER, 80)
     assert group is not None and "http" in group.apps
     app_group = group.apps["http"]
     best = float("inf")
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="vpatch-bench-matcher-") as tmp:
         for n in (10, args.rules):
             matcher, _ruleset, load_s, compile_s = build_matcher(n, Path(tmp))
-            in_group = {p: len(g.rule_indices) if (g := matcher.group(6, TO_SERVER, p)) else 0
+            to_server = Direction.TO_SERVER
+            in_group = {p: len(g.rule_indices) if (g := matcher.group(6, to_server, p)) else 0
                         for p in FOLDER_PORTS.values()}  # fmt: skip
             raw_us, raw_fired = time_raw(matcher, streams, args.repeat)
             field_us, per_record, field_fired = time_fields(

@@ -75,8 +75,6 @@ from typing import Final
 
 from gateway.decode import app as app_registry
 from gateway.decode.packet import (
-    PROTO_TCP,
-    PROTO_UDP,
     TCP_SYN,
     DecodeError,
     Packet,
@@ -88,20 +86,13 @@ from gateway.engine_config import EngineConfig
 from gateway.errors import DecodeError as AppDecodeError
 from gateway.events.eve import Event
 from gateway.flow.reassembly import StreamReassembler
-from gateway.flow.table import Direction, Flow, FlowKey, FlowTable
+from gateway.flow.table import Flow, FlowKey, FlowTable
 from gateway.match.explain import MAX_TARGET, Why, explain_fields, explain_raw, request_target
-from gateway.match.matcher import (
-    DIRECTION_NAMES,
-    NO_RULES,
-    TO_CLIENT,
-    TO_SERVER,
-    Matcher,
-    MatchGroup,
-    StreamState,
-)
+from gateway.match.matcher import NO_RULES, Matcher, MatchGroup, StreamState
 from gateway.match.rules import Rule, RuleSet
-from gateway.policy.compiled import CompiledPolicy, Mode
-from gateway.verdict import Action, Decision
+from gateway.policy.compiled import CompiledPolicy
+from gateway.verdict import Decision
+from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Action, Direction, Mode
 
 __all__ = ["EXPIRE_INTERVAL", "Engine", "EngineStats"]
 
@@ -269,7 +260,7 @@ class _Inspection:
         # (offset in its bytes where the match ended, rule), see Engine._rearm
         self.rearm: list[tuple[int, Rule]] = []
 
-    def close(self, d: int) -> None:
+    def close(self, d: Direction) -> None:
         self.active[d] = False
         self.apps[d] = None
         state = self.states[d]
@@ -278,8 +269,8 @@ class _Inspection:
             state.matcher.close_stream(state)
 
     def close_all(self) -> None:
-        self.close(TO_SERVER)
-        self.close(TO_CLIENT)
+        for d in Direction:
+            self.close(d)
 
 
 class Engine:
@@ -406,7 +397,7 @@ class Engine:
         ):
             self._next_expire = now + EXPIRE_INTERVAL
             self.table.expire(now)
-        flow, direction = self.table.lookup(pkt, now)
+        flow, d = self.table.lookup(pkt, now)
         blocked = flow.blocked
         if blocked is not None:
             stats.blocked_packets += 1
@@ -419,7 +410,6 @@ class Engine:
             if insp is None:
                 return _ACCEPT_FINAL
         assert isinstance(insp, _Inspection)
-        d = TO_SERVER if direction is Direction.TO_SERVER else TO_CLIENT
         if not insp.active[d]:
             return _ACCEPT_DONE[d]
         if proto == PROTO_TCP:
@@ -429,8 +419,8 @@ class Engine:
             reasm = insp.reasm[d]
             assert reasm is not None
             if (
-                d == TO_SERVER
-                and reasm.position == 0
+                reasm.position == 0
+                and d is Direction.TO_SERVER
                 and payload
                 and self.config.http_whole_connection
                 and app_registry.HTTP_REQUEST_START.match(payload)
@@ -469,7 +459,7 @@ class Engine:
                 fired = self._combine(insp, d, fired, found)
             elif fired:
                 fired = self._combine(insp, d, fired, NO_RULES)
-            seen = flow.bytes_to_server if d == TO_SERVER else flow.bytes_to_client
+            seen = (flow.bytes_to_server, flow.bytes_to_client)[d]
             if seen >= self._depth[d]:
                 self._direction_done(flow, insp, d)
         if fired:
@@ -485,7 +475,7 @@ class Engine:
         self,
         insp: _Inspection,
         app: _AppState,
-        d: int,
+        d: Direction,
         data: bytes,
         proto: int,
         port: int,
@@ -599,7 +589,7 @@ class Engine:
 
     @staticmethod
     def _combine(
-        insp: _Inspection, d: int, raw: tuple[Rule, ...], cond: tuple[Rule, ...]
+        insp: _Inspection, d: Direction, raw: tuple[Rule, ...], cond: tuple[Rule, ...]
     ) -> tuple[Rule, ...]:
         """Rules that fire now: raw patterns complete and (no conditions, or a record already
         satisfied them), or conditions satisfied and (no raw patterns, or they completed)."""
@@ -627,7 +617,7 @@ class Engine:
             self.stats.flows_final += 1
             return None
         insp = _Inspection(matcher)
-        for d in (TO_SERVER, TO_CLIENT):
+        for d in Direction:
             depth = self._depth[d]
             group = matcher.group(key.proto, d, key.server_port)
             if group is None or depth == 0:
@@ -637,12 +627,12 @@ class Engine:
             if key.proto == PROTO_TCP:
                 reasm = StreamReassembler(depth, self.config.max_pending)
                 insp.reasm[d] = reasm
-                flow.streams[Direction.TO_SERVER if d == TO_SERVER else Direction.TO_CLIENT] = reasm
+                flow.streams[d] = reasm
                 if group.database is not None:
                     insp.states[d] = matcher.open_stream(group)
             if group.apps:
                 insp.apps[d] = _AppState(group)
-        if not (insp.active[TO_SERVER] or insp.active[TO_CLIENT]):
+        if not any(insp.active):
             flow.final = True
             self.stats.flows_final += 1
             return None
@@ -654,7 +644,7 @@ class Engine:
         """A flow on a port no rule names is inspected only if a `ports: any` rule is on for
         its server (app control, e.g. HTTP on a port other than the allowed ones)."""
         policy = self.policy
-        for d in (TO_SERVER, TO_CLIENT):
+        for d in Direction:
             for rule in self.matcher.any_port_rules(key.proto, d):
                 mode = (
                     policy.mode(key.server, rule, key.server_port)
@@ -665,9 +655,9 @@ class Engine:
                     return True
         return False
 
-    def _direction_done(self, flow: Flow, insp: _Inspection, d: int) -> None:
+    def _direction_done(self, flow: Flow, insp: _Inspection, d: Direction) -> None:
         insp.close(d)
-        if not (insp.active[TO_SERVER] or insp.active[TO_CLIENT]) and flow.blocked is None:
+        if not any(insp.active) and flow.blocked is None:
             flow.final = True
             self.stats.flows_final += 1
 
@@ -676,7 +666,7 @@ class Engine:
         flow: Flow,
         insp: _Inspection,
         pkt: Packet,
-        d: int,
+        d: Direction,
         fired: tuple[Rule, ...],
         now: float,
         data: bytes = b"",
@@ -736,7 +726,7 @@ class Engine:
                     dest_port=pkt.dport,
                     proto=pkt.proto,
                     server_port=key.server_port,
-                    direction=DIRECTION_NAMES[d],
+                    direction=d,
                     signature_id=rule.id,
                     signature=rule.title,
                     severity=rule.severity,
@@ -765,7 +755,7 @@ class Engine:
     def _why(
         self,
         insp: _Inspection,
-        d: int,
+        d: Direction,
         rule: Rule,
         fields: Mapping[str, int | bytes] | None,
         data: bytes,
@@ -798,7 +788,7 @@ class Engine:
         flow: Flow,
         insp: _Inspection,
         pkt: Packet,
-        d: int,
+        d: Direction,
         now: float,
         data: bytes,
         decision: Decision,
@@ -836,6 +826,6 @@ class Engine:
         insp = flow.inspection
         if isinstance(insp, _Inspection):
             insp.close_all()
-            insp.reasm[TO_SERVER] = insp.reasm[TO_CLIENT] = None
+            insp.reasm[:] = [None, None]
         flow.inspection = None
         flow.streams.clear()

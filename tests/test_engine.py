@@ -17,8 +17,9 @@ from gateway.decode.packet import Packet
 from gateway.engine import Engine
 from gateway.engine_config import EngineConfig
 from gateway.intake.pcap import read_capture
-from gateway.match.rules import Pattern, Rule, RuleSet, default_rule_dir, load_rules
-from gateway.verdict import Action, Decision
+from gateway.match.rules import DIRECTIONS, Pattern, Rule, RuleSet, default_rule_dir, load_rules
+from gateway.verdict import Decision
+from gateway.vocabulary import Action, Direction
 
 CLIENT, SERVER = "198.18.0.10", "198.18.0.20"
 MARKER = b"VPATCH-TEST-EXPLOIT-7f3a"
@@ -40,7 +41,7 @@ def rule(
         action=action,
         protocol=protocol,
         ports=ports,
-        direction=direction,
+        directions=DIRECTIONS[direction],
         patterns=(Pattern("content", expr),),
         references=(),
         path=Path("test.yaml"),
@@ -154,7 +155,7 @@ def test_to_client_only_rule_ignores_requests_but_catches_responses() -> None:
     request = c.data(0, b"GET /SECRET HTTP/1.0\r\n\r\n")
     assert request == Decision(Action.ACCEPT, done_to_server=True)
     d = c.reply(0, b"HTTP/1.0 200 OK\r\n\r\nSECRET")
-    assert d.action is Action.DROP and d.events[0].direction == "to_client"
+    assert d.action is Action.DROP and d.events[0].direction is Direction.TO_CLIENT
     assert d.events[0].src_port == 80 and d.events[0].dest_port == 40000
 
 

@@ -13,7 +13,7 @@ from gateway.events.eve import to_eve
 from gateway.match.explain import MAX_EXCERPT
 from gateway.match.rules import Pattern, RuleSet, default_rule_dir, load_rules
 from gateway.policy.compiled import CompiledPolicy
-from gateway.verdict import Action
+from gateway.vocabulary import Action
 from tests.test_engine import CLIENT, MARKER, SERVER, Conn, app_rules, rule
 
 HTTP_URI_RULE = """\

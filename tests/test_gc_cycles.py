@@ -22,11 +22,11 @@ from gateway.intake.nfqueue import WorkerStats, apply_policy, build_engine, coll
 from gateway.intake.pcap import read_capture
 from gateway.lifecycle.state import LifecycleStore
 from gateway.policy.assignments import Assignments
-from gateway.policy.compiled import Mode
 from gateway.policy.exceptions import PolicyExceptions
 from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
 from gateway.testing.traffic import SERVER, contiguous, tcp_session
+from gateway.vocabulary import Mode
 
 
 @pytest.fixture

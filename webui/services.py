@@ -19,7 +19,8 @@ from gateway.control.server import ControlError, control_request
 from gateway.match.rules import Rule
 from gateway.policy.assignments import Assignments
 from gateway.policy.hosts import Hosts
-from gateway.policy.store import MODES, Store
+from gateway.policy.store import Store
+from gateway.vocabulary import Mode
 from webui.db import get_events, get_rules, get_store
 
 MAX_PAGE_SIZE = 200
@@ -38,9 +39,7 @@ class InputError(ValueError):
 
 
 def rule_default_mode(rule: Rule) -> str:
-    mode = getattr(rule, "default_mode", None)
-    name = getattr(mode, "value", mode)  # a policy Mode member, or a plain string
-    return str(name) if name in MODES else "prevent"
+    return rule.default_mode.value
 
 
 def rule_products(rule: Rule) -> list[str]:
@@ -130,8 +129,9 @@ def set_rule_mode(
     """Store the mode (None: inherit) and ask the running gateway to reload; returns both."""
     if rule_id not in get_rules().by_id:
         raise InputError(f"rule {rule_id}: no such rule in the loaded rule set")
-    if mode is not None and mode not in MODES:
-        raise InputError(f"mode {mode!r}: must be one of {', '.join(MODES)} or inherit")
+    names = tuple(m.value for m in Mode)
+    if mode is not None and mode not in names:
+        raise InputError(f"mode {mode!r}: must be one of {', '.join(names)} or inherit")
     store = get_store()
     after = Assignments(store).set_assignment(
         rule_id, scope, scope_id, mode, actor, "admin", reason

@@ -48,14 +48,11 @@ from gateway.decode import http as _http
 from gateway.decode import http_fields as _httpf
 from gateway.decode import smb as _smb
 from gateway.decode import tls as _tls
+from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Direction
 
 __all__ = [
     "MAX_PROBE_BYTES",
     "PLUGIN_MODULES",
-    "PROTO_TCP",
-    "PROTO_UDP",
-    "TO_CLIENT",
-    "TO_SERVER",
     "AppDecoder",
     "AppProtocol",
     "AppRecord",
@@ -69,10 +66,6 @@ __all__ = [
     "register",
 ]
 
-PROTO_TCP: Final = 6
-PROTO_UDP: Final = 17
-TO_SERVER: Final = 0  # same numbering as gateway.match.matcher
-TO_CLIENT: Final = 1
 MAX_PROBE_BYTES: Final = 64  # bytes a direction may buffer while its protocol is undecided
 MAX_BLANK_PREFIX: Final = 4096  # leading CR/LF bytes a probe looks past (not counted above)
 MAX_BODY_INSPECT: Final = _http.MAX_BODY_INSPECT
@@ -117,8 +110,8 @@ class AppDecoder(Protocol):
 
 
 # (transport, direction) -> decoder for one flow direction
-DecoderFactory = Callable[[int, int], AppDecoder]
-ProbeFunc = Callable[[bytes, int], Probe]  # (first bytes, direction) -> Probe
+DecoderFactory = Callable[[int, Direction], AppDecoder]
+ProbeFunc = Callable[[bytes, Direction], Probe]  # (first bytes, direction) -> Probe
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +124,7 @@ class AppProtocol:
     fields: field name (or "prefix.*" family) -> FieldKind.
     new_decoder: factory (transport, direction) -> AppDecoder.
     probe: content identification on the first bytes of a direction; None: by port only.
-    directions: which directions (TO_SERVER, TO_CLIENT) the decoder understands.
+    directions: which directions the decoder understands.
     late_fields: fields present only in a record emitted at the end of a unit (e.g. the HTTP
         body): a rule that references one is evaluated only on records that carry it.
     carried_by: protocols whose adapters emit this protocol's records (DCE/RPC inside SMB
@@ -145,7 +138,7 @@ class AppProtocol:
     fields: Mapping[str, FieldKind]
     new_decoder: DecoderFactory
     probe: ProbeFunc | None = None
-    directions: frozenset[int] = frozenset({TO_SERVER, TO_CLIENT})
+    directions: frozenset[Direction] = frozenset(Direction)
     late_fields: frozenset[str] = field(default_factory=frozenset)
     carried_by: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
@@ -220,7 +213,7 @@ def field_kind(name: str) -> FieldKind | None:
 
 
 def identify(
-    candidates: Iterable[str], transport: int, server_port: int, direction: int, data: bytes
+    candidates: Iterable[str], transport: int, server_port: int, direction: Direction, data: bytes
 ) -> tuple[str | None, bool]:
     """Which of `candidates` (protocol names) the direction whose first bytes are `data` speaks.
 
@@ -266,7 +259,7 @@ HTTP_REQUEST_START: Final = re.compile(rb"[\r\n]*[A-Z][A-Z_-]{2,15}[ \t]+[^\s]")
 _HTTP_PREFIX: Final = re.compile(rb"[\r\n]*(?:[A-Z][A-Z_-]{0,15}[ \t]*)?\Z")
 
 
-def _probe_http(data: bytes, direction: int) -> Probe:
+def _probe_http(data: bytes, direction: Direction) -> Probe:
     if HTTP_REQUEST_START.match(data):
         return Probe.YES
     if _HTTP_PREFIX.match(data):
@@ -385,14 +378,14 @@ def _derived_body_fields(fields: dict[str, FieldValue], body: bytes) -> None:
             fields["http.lookups"] = previous + b"\n" + more if previous else more
 
 
-def _new_http(transport: int, direction: int) -> AppDecoder:
+def _new_http(transport: int, direction: Direction) -> AppDecoder:
     return HttpAdapter()
 
 
 # ------------------------------------------------------------------------- TLS
 
 
-def _probe_tls(data: bytes, direction: int) -> Probe:
+def _probe_tls(data: bytes, direction: Direction) -> Probe:
     if data and data[0] & 0x80:  # SSLv2 format: a 2-byte length, then the message type
         if len(data) < 4:
             return Probe.NEED_DATA
@@ -461,7 +454,7 @@ class TlsAdapter:
         return out
 
 
-def _new_tls(transport: int, direction: int) -> AppDecoder:
+def _new_tls(transport: int, direction: Direction) -> AppDecoder:
     return TlsAdapter()
 
 
@@ -523,7 +516,7 @@ class DnsTcpAdapter:
         return out
 
 
-def _new_dns(transport: int, direction: int) -> AppDecoder:
+def _new_dns(transport: int, direction: Direction) -> AppDecoder:
     return DnsUdpAdapter() if transport == PROTO_UDP else DnsTcpAdapter()
 
 
@@ -551,7 +544,7 @@ _TRANS_FIELDS: Final = (
 )
 
 
-def _probe_smb(data: bytes, direction: int) -> Probe:
+def _probe_smb(data: bytes, direction: Direction) -> Probe:
     if not data:
         return Probe.NEED_DATA
     if data[0] not in _NBSS_TYPES:
@@ -640,7 +633,7 @@ class SmbAdapter:
         return out
 
 
-def _new_smb(transport: int, direction: int) -> AppDecoder:
+def _new_smb(transport: int, direction: Direction) -> AppDecoder:
     return SmbAdapter()
 
 
@@ -672,7 +665,7 @@ register(
         },
         new_decoder=_new_http,
         probe=_probe_http,
-        directions=frozenset({TO_SERVER}),
+        directions=frozenset({Direction.TO_SERVER}),
         late_fields=frozenset({"http.body", "http.body_length", "http.body_params"}),
         description="HTTP/1.x requests (RFC 9112); uri normalised as IIS/Apache would",
     )

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from gateway.decode import app as _app
 from gateway.decode import smb as _smb
 from gateway.errors import DecodeError
+from gateway.vocabulary import PROTO_TCP, Direction
 
 MAX_FRAG_LENGTH = 0xFFFF  # frag_length is an unsigned 16-bit field
 MAX_STUB_KEEP = 64 * 1024  # stub bytes kept per call for matching
@@ -410,7 +411,7 @@ def smb_pipe_records(pipes: DceRpcPipes, event: object) -> list[_app.AppRecord]:
     return [r for e in pipes.feed(key, event.data) for r in event_records(e)]
 
 
-def _probe(data: bytes, direction: int) -> _app.Probe:
+def _probe(data: bytes, direction: Direction) -> _app.Probe:
     if len(data) < 3:
         return _app.Probe.NEED_DATA if data[:1] in (b"", b"\x05") else _app.Probe.NO
     if data[0] == 5 and data[1] in (0, 1) and data[2] in _PTYPES:
@@ -418,7 +419,7 @@ def _probe(data: bytes, direction: int) -> _app.Probe:
     return _app.Probe.NO
 
 
-def _new_decoder(transport: int, direction: int) -> _app.AppDecoder:
+def _new_decoder(transport: int, direction: Direction) -> _app.AppDecoder:
     return DceRpcAdapter()
 
 
@@ -426,7 +427,7 @@ _I, _B = _app.FieldKind.INT, _app.FieldKind.BYTES
 _app.register(
     _app.AppProtocol(
         name="dcerpc",
-        transports=frozenset({_app.PROTO_TCP}),
+        transports=frozenset({PROTO_TCP}),
         ports=frozenset({135, 593}),
         fields={
             "dcerpc.ptype": _I,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from gateway.decode import app as _app
 from gateway.errors import DecodeError
+from gateway.vocabulary import PROTO_TCP, Direction
 
 MAX_LINE = 4096
 MAX_VERB = 16
@@ -199,14 +200,14 @@ def event_fields(event: Event) -> dict[str, int | bytes]:
     }
 
 
-def _new_decoder(transport: int, direction: int) -> _app.AppDecoder:
-    return FtpAdapter(client=direction == _app.TO_SERVER)
+def _new_decoder(transport: int, direction: Direction) -> _app.AppDecoder:
+    return FtpAdapter(client=direction is Direction.TO_SERVER)
 
 
 _app.register(
     _app.AppProtocol(
         name="ftp",
-        transports=frozenset({_app.PROTO_TCP}),
+        transports=frozenset({PROTO_TCP}),
         ports=frozenset({21}),
         fields={
             "ftp.command": _app.FieldKind.BYTES,

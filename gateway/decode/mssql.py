@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from gateway.decode import app as _app
 from gateway.errors import DecodeError
+from gateway.vocabulary import PROTO_UDP, Direction
 
 MAX_DATAGRAM = 65535
 MAX_INSTANCE_NAME = 32  # [MC-SQLR] 2.2.3: at most 32 bytes excluding the terminating NUL
@@ -115,14 +116,14 @@ def message_fields(message: SqlrMessage) -> dict[str, int | bytes]:
     }
 
 
-def _new_decoder(transport: int, direction: int) -> _app.AppDecoder:
+def _new_decoder(transport: int, direction: Direction) -> _app.AppDecoder:
     return SqlrAdapter()
 
 
 _app.register(
     _app.AppProtocol(
         name="mssql",
-        transports=frozenset({_app.PROTO_UDP}),
+        transports=frozenset({PROTO_UDP}),
         ports=frozenset({1434}),
         fields={
             "mssql.type": _app.FieldKind.INT,

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from gateway.errors import DecodeError
+from gateway.vocabulary import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 
 __all__ = [
     "LINKTYPE_ETHERNET",
@@ -49,10 +50,6 @@ __all__ = [
     "LINKTYPE_RAW_BSD14",
     "MAX_IPV6_EXT_HEADERS",
     "MAX_VLAN_TAGS",
-    "PROTO_ICMP",
-    "PROTO_ICMPV6",
-    "PROTO_TCP",
-    "PROTO_UDP",
     "TCP_ACK",
     "TCP_CWR",
     "TCP_ECE",
@@ -79,10 +76,6 @@ TCP_ECE: Final = 0x40
 TCP_CWR: Final = 0x80
 
 # IP protocol numbers (IANA "Assigned Internet Protocol Numbers").
-PROTO_ICMP: Final = 1
-PROTO_TCP: Final = 6
-PROTO_UDP: Final = 17
-PROTO_ICMPV6: Final = 58
 _PROTO_HOPOPT: Final = 0
 _PROTO_ROUTING: Final = 43
 _PROTO_FRAGMENT: Final = 44

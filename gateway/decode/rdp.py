@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from gateway.decode import app as _app
 from gateway.errors import DecodeError
+from gateway.vocabulary import PROTO_TCP, Direction
 
 MAX_PDU = 0xFFFF
 MAX_CHANNELS = 64  # names read per CS_NET (the protocol allows 31; counts are reported as sent)
@@ -476,16 +477,16 @@ class RdpAdapter:
         return [r for e in self._decoder.receive_data(data) for r in event_records(e)]
 
 
-def _probe(data: bytes, direction: int) -> _app.Probe:
+def _probe(data: bytes, direction: Direction) -> _app.Probe:
     """A TPKT holding an X.224 Connection Request (client) or Confirm (server)."""
     if len(data) < 6:
         return _app.Probe.NEED_DATA if data[:2] in (b"", b"\x03", b"\x03\x00") else _app.Probe.NO
-    code = TPDU_CR if direction == _app.TO_SERVER else TPDU_CC
+    code = TPDU_CR if direction is Direction.TO_SERVER else TPDU_CC
     ok = data[:2] == b"\x03\x00" and data[5] & 0xF0 == code
     return _app.Probe.YES if ok else _app.Probe.NO
 
 
-def _new_decoder(transport: int, direction: int) -> _app.AppDecoder:
+def _new_decoder(transport: int, direction: Direction) -> _app.AppDecoder:
     return RdpAdapter()
 
 
@@ -493,7 +494,7 @@ _I, _B = _app.FieldKind.INT, _app.FieldKind.BYTES
 _app.register(
     _app.AppProtocol(
         name="rdp",
-        transports=frozenset({_app.PROTO_TCP}),
+        transports=frozenset({PROTO_TCP}),
         ports=frozenset({3389}),
         fields={
             "rdp.cookie": _B,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from gateway.verdict import Action
+from gateway.vocabulary import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Action, Direction
 
 __all__ = [
     "EVENT_CATEGORY",
@@ -45,7 +45,12 @@ __all__ = [
 
 SEVERITY_NUMBERS: Final = {"critical": 1, "high": 1, "medium": 2, "low": 3}
 EVENT_CATEGORY: Final = "Attempted exploitation of a known vulnerability (virtual patch)"
-_PROTO_NAMES: Final = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "IPv6-ICMP"}
+_PROTO_NAMES: Final = {
+    PROTO_TCP: "TCP",
+    PROTO_UDP: "UDP",
+    PROTO_ICMP: "ICMP",
+    PROTO_ICMPV6: "IPv6-ICMP",
+}
 _APP_PROTO_BY_PORT: Final = {
     80: "http",
     8080: "http",
@@ -84,7 +89,7 @@ class Event:
     dest_port: int
     proto: int  # IP protocol number
     server_port: int  # the flow's server port (for app_proto)
-    direction: str  # "to_server" | "to_client"
+    direction: Direction
     signature_id: int
     signature: str
     severity: str  # rule severity name: low | medium | high | critical
@@ -131,7 +136,7 @@ def _to_eve(event: Event) -> dict[str, Any]:
         "dest_port": int(event.dest_port),
         "proto": _PROTO_NAMES.get(event.proto, str(event.proto)),
         "app_proto": app_proto_for_port(event.server_port),
-        "direction": "to_server" if event.direction == "to_server" else "to_client",
+        "direction": event.direction.label,
         "alert": {
             "action": "blocked" if event.blocked else "allowed",
             "gid": 1,

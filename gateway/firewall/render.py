@@ -57,18 +57,18 @@ from typing import Protocol
 
 from gateway.config import FailPolicy, GatewayConfig, Network
 from gateway.match.rules import ANY_PORT
+from gateway.vocabulary import Direction
 
 MIN_ANY_PORT_MAXELEM = 4096  # room in the any-port host sets (more if more hosts need it)
 # Common TCP data offsets first: 8 (timestamps, Linux default), 5 (no options, Windows default).
 TCP_DATA_OFFSETS = (8, 5, 10, 6, 7, 9, 11, 12, 13, 14, 15)
 PROTOCOLS = ("tcp", "udp")
-DIRECTIONS = ("to_server", "to_client")
 
 
 class PortSource(Protocol):
     """What render needs from a RuleSet: ports covered by enabled rules."""
 
-    def ports(self, protocol: str, direction: str) -> set[int]: ...
+    def ports(self, protocol: str, direction: Direction) -> set[int]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,17 +80,17 @@ class QueuePlan:
     udp_to_server: frozenset[int] = frozenset()
     udp_to_client: frozenset[int] = frozenset()
 
-    def get(self, protocol: str, direction: str) -> frozenset[int]:
-        value: frozenset[int] = getattr(self, f"{protocol}_{direction}")
+    def get(self, protocol: str, direction: Direction) -> frozenset[int]:
+        value: frozenset[int] = getattr(self, f"{protocol}_{direction.label}")
         return value
 
     @classmethod
     def from_rules(cls, rules: PortSource) -> QueuePlan:
         return cls(
             **{
-                f"{p}_{d}": frozenset(int(x) for x in rules.ports(p, d))
+                f"{p}_{d.label}": frozenset(int(x) for x in rules.ports(p, d))
                 for p in PROTOCOLS
-                for d in DIRECTIONS
+                for d in Direction
             }
         )
 
@@ -165,7 +165,7 @@ def _render_family(
     version: int,
     config: GatewayConfig,
     plan: QueuePlan,
-    port_sets: dict[tuple[str, str], str],
+    port_sets: dict[tuple[str, Direction], str],
     host_set: str,
     any_port_set: str,
 ) -> tuple[str, list[str]]:
@@ -184,8 +184,8 @@ def _render_family(
     rules.append(f"-A {fwd} -m connmark --mark {bypass:#x}/{bypass:#x} -j RETURN")
 
     dir_specs = (
-        ("to_server", srv, "dst", depth.to_server, marks.bypass_to_server),
-        ("to_client", cli, "src", depth.to_client, marks.bypass_to_client),
+        (Direction.TO_SERVER, srv, "dst", depth.to_server, marks.bypass_to_server),
+        (Direction.TO_CLIENT, cli, "src", depth.to_client, marks.bypass_to_client),
     )
     protocols = PROTOCOLS if config.firewall.queue_udp else ("tcp",)
     uses_tcp = False
@@ -202,7 +202,7 @@ def _render_family(
             uses_tcp |= proto == "tcp"
             port_match = f" -m set --match-set {set_name} {side}" if set_name else ""  # "": any
             body.append(f"-A {chain} -p {proto}{port_match} -j {target}")
-        if direction == "to_server" and any_port_set:
+        if direction is Direction.TO_SERVER and any_port_set:
             # hosts whose app control looks at every TCP port (identification by content)
             uses_tcp = True
             body.append(f"-A {chain} -p tcp -m set --match-set {any_port_set} dst -j {tcp}")
@@ -283,16 +283,16 @@ def render(
     sp = set_prefix(prefix)
     ipset_lines: list[str] = []
     sets: list[str] = []
-    port_sets: dict[tuple[str, str], str] = {}
+    port_sets: dict[tuple[str, Direction], str] = {}
     for proto in PROTOCOLS:
-        for direction in DIRECTIONS:
+        for direction in Direction:
             ports = plan.get(proto, direction)
             if not ports:
                 continue
             if ANY_PORT in ports:  # a `ports: any` rule: no port test at all
                 port_sets[(proto, direction)] = ""
                 continue
-            name = f"{sp}{proto}-{'srv' if direction == 'to_server' else 'cli'}"
+            name = f"{sp}{proto}-{'srv' if direction is Direction.TO_SERVER else 'cli'}"
             port_sets[(proto, direction)] = name
             sets.append(name)
             ipset_lines.append(f"create {name} bitmap:port range 0-65535")

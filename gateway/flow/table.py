@@ -1,8 +1,9 @@
 """The flow table: packets -> bidirectional flows, bounded, with idle timeouts (sans-I/O).
 
 What it does: ``FlowTable.lookup(pkt, now)`` finds or creates the ``Flow`` a decoded packet
-belongs to, tells which way it travels (``Direction``) and counts it; ``expire(now)`` removes
-idle flows. The clock is always passed in (``now``, seconds); nothing here reads a clock.
+belongs to, tells which way it travels (gateway.vocabulary ``Direction``) and counts it;
+``expire(now)`` removes idle flows. The clock is always passed in (``now``, seconds); nothing
+here reads a clock.
 
 Who is the client (fixed when the flow is created): the sender of a SYN without ACK; the
 receiver of a SYN+ACK; for ICMP echo the sender of the request; otherwise (mid-stream pickup,
@@ -48,25 +49,14 @@ from dataclasses import dataclass
 from typing import Final
 
 from gateway.config import EngineSettings
-from gateway.decode.packet import (
-    PROTO_ICMP,
-    PROTO_ICMPV6,
-    PROTO_TCP,
-    PROTO_UDP,
-    TCP_ACK,
-    TCP_FIN,
-    TCP_RST,
-    TCP_SYN,
-    Packet,
-)
+from gateway.decode.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet
 from gateway.flow.reassembly import SEQ_MOD, StreamReassembler
-from gateway.verdict import Action
+from gateway.vocabulary import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Action, Direction
 
 __all__ = [
     "DEFAULT_MAX_PENDING",
     "DEFAULT_TCP_CLOSED_IDLE",
     "FLOW_ID_BITS",
-    "Direction",
     "Flow",
     "FlowKey",
     "FlowTable",
@@ -82,13 +72,6 @@ _ICMP_ECHO_REQUEST: Final = frozenset(((PROTO_ICMP, 8), (PROTO_ICMPV6, 128)))
 _ICMP_ECHO_REPLY: Final = frozenset(((PROTO_ICMP, 0), (PROTO_ICMPV6, 129)))
 
 _KeyTuple = tuple[int, str, int, str, int]  # proto, client, client_port, server, server_port
-
-
-class Direction(enum.Enum):
-    """Which way a packet travels within its flow."""
-
-    TO_SERVER = "to_server"
-    TO_CLIENT = "to_client"
 
 
 class _Class(enum.IntEnum):

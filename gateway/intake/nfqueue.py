@@ -62,9 +62,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from gateway.config import FailPolicy, GatewayConfig
-from gateway.decode.packet import PROTO_TCP, parse_ip
-from gateway.verdict import Action, Decision
+from gateway.decode.packet import parse_ip
+from gateway.verdict import Decision
 from gateway.verdict.reset import build_ethernet, rst_to_client, rst_to_server
+from gateway.vocabulary import PROTO_TCP, Action
 
 log = logging.getLogger("vpatch.nfqueue")
 

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TextIO
 
-from gateway.decode.packet import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, parse_ip
+from gateway.decode.packet import parse_ip
 from gateway.errors import DecodeError
 from gateway.events.eve import Event
 from gateway.events.sink import EventSink
@@ -39,7 +39,15 @@ from gateway.lifecycle.state import (
     LifecycleStore,
     LockdownAction,
 )
-from gateway.verdict import Action
+from gateway.vocabulary import (
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_NAMES,
+    PROTO_TCP,
+    PROTO_UDP,
+    Action,
+    Direction,
+)
 
 FLUSH_INTERVAL_S = 1.0
 RELOAD_INTERVAL_S = 1.0  # re-read host modes from the state this often
@@ -48,7 +56,7 @@ MAX_PENDING = 65536
 MAX_RATE_ENTRIES = 65536
 SID_NEW_PEER = 9100001
 SID_NEW_PORT = 9100002
-_PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", PROTO_ICMPV6: "icmpv6"}
+_PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
 
 
 def tuple_of(payload: bytes) -> tuple[LearnedTuple, int] | None:
@@ -57,7 +65,7 @@ def tuple_of(payload: bytes) -> tuple[LearnedTuple, int] | None:
         pkt = parse_ip(payload)
     except DecodeError:
         return None
-    proto = _PROTO_NAMES.get(pkt.proto, str(pkt.proto))
+    proto = PROTO_NAMES.get(pkt.proto, str(pkt.proto))
     if pkt.proto in (PROTO_TCP, PROTO_UDP):
         port = pkt.dport
     elif pkt.proto in (PROTO_ICMP, PROTO_ICMPV6):
@@ -149,9 +157,9 @@ class LifecycleMonitor:
             src_port=sport,
             dest_ip=t.dst,
             dest_port=t.port if t.proto in ("tcp", "udp") else 0,
-            proto={"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}.get(t.proto, 0),
+            proto=_PROTO_NUMBERS.get(t.proto, 0),
             server_port=t.port,
-            direction="to_server",
+            direction=Direction.TO_SERVER,
             signature_id=sid,
             signature=f"lockdown: {kind} {t} not learned",
             severity="medium",

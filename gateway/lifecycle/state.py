@@ -32,6 +32,7 @@ from gateway.errors import VpatchError
 from gateway.policy.assignments import Assignments
 from gateway.policy.hosts import Hosts
 from gateway.policy.store import DEFAULT_DATABASE, MAX_LIST, Store, StoreError
+from gateway.vocabulary import PROTO_NAMES
 
 DEFAULT_STATE_PATH = DEFAULT_DATABASE  # the policy database (config `policy.database`)
 MAX_HOSTS = 4096
@@ -58,7 +59,7 @@ class LockdownAction(enum.Enum):
     ALERT = "alert"
 
 
-PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
+PROTOCOLS = {name: number for number, name in PROTO_NAMES.items()}
 _ENDPOINT = re.compile(r"\[?([0-9A-Fa-f.:/]+?)\]?(?::(tcp|udp|icmp|icmpv6)(?:/(\d+))?)?")
 _TUPLE = re.compile(r"\s*\[?([0-9A-Fa-f.:]+?)\]?\s*->\s*\[?([0-9A-Fa-f.:]+?)\]?:(\d+)/(\w+)\s*\Z")
 

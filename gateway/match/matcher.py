@@ -38,11 +38,9 @@ from gateway.decode import app as app_registry
 from gateway.errors import RuleError
 from gateway.match.conditions import evaluate, fields_of, matches_of, required_match
 from gateway.match.rules import ANY_PORT, Rule, RuleSet
+from gateway.vocabulary import PROTO_TCP, Direction
 
 __all__ = [
-    "DIRECTION_NAMES",
-    "TO_CLIENT",
-    "TO_SERVER",
     "AppGroup",
     "MatchGroup",
     "Matcher",
@@ -53,9 +51,6 @@ __all__ = [
     "regex_flags",
 ]
 
-TO_SERVER: Final = 0
-TO_CLIENT: Final = 1
-DIRECTION_NAMES: Final = ("to_server", "to_client")
 NO_RULES: Final[tuple[Rule, ...]] = ()
 
 _SAFE_BYTES: Final = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
@@ -255,11 +250,11 @@ class Matcher:
 
         # (proto, direction, port) -> the rule indices covering it; `ports: any` rules join
         # every port's group and alone make the ANY_PORT group, used for every other port
-        coverage: dict[tuple[int, int, int], list[int]] = {}
-        any_port: dict[tuple[int, int], list[int]] = {}
+        coverage: dict[tuple[int, Direction, int], list[int]] = {}
+        any_port: dict[tuple[int, Direction], list[int]] = {}
         for ri, rule in enumerate(self._rules):
-            for d, name in enumerate(DIRECTION_NAMES):
-                if not rule.inspects(name):
+            for d in Direction:
+                if not rule.inspects(d):
                     continue
                 if rule.any_port:
                     any_port.setdefault((rule.proto_number, d), []).append(ri)
@@ -277,7 +272,7 @@ class Matcher:
         built: dict[tuple[int, tuple[int, ...]], MatchGroup] = {}
         app_built: dict[tuple[str, tuple[int, ...]], AppGroup] = {}
         field_dbs = 0
-        self._groups: dict[tuple[int, int, int], MatchGroup] = {}
+        self._groups: dict[tuple[int, Direction, int], MatchGroup] = {}
         self._covered: set[tuple[int, int]] = set()
         db_bytes = 0
         for key, indices in coverage.items():
@@ -285,7 +280,7 @@ class Matcher:
             ident = (proto, tuple(indices))
             group = built.get(ident)
             if group is None:
-                stream_mode = proto == 6
+                stream_mode = proto == PROTO_TCP
                 ids = [pid for ri in indices for pid in pattern_ids[ri]]
                 db: hyperscan.Database | None = None
                 if ids:
@@ -333,15 +328,15 @@ class Matcher:
         )
         self.streams_open = 0
 
-    def group(self, proto: int, direction: int, server_port: int) -> MatchGroup | None:
-        """The compiled group for (proto, TO_SERVER|TO_CLIENT, server port): the port's own,
+    def group(self, proto: int, direction: Direction, server_port: int) -> MatchGroup | None:
+        """The compiled group for (proto, direction, server port): the port's own,
         else that of the `ports: any` rules, or None."""
         groups = self._groups
         found = groups.get((proto, direction, server_port))
         return found if found is not None else groups.get((proto, direction, ANY_PORT))
 
-    def any_port_rules(self, proto: int, direction: int) -> tuple[Rule, ...]:
-        """The `ports: any` rules of (proto, TO_SERVER|TO_CLIENT)."""
+    def any_port_rules(self, proto: int, direction: Direction) -> tuple[Rule, ...]:
+        """The `ports: any` rules of (proto, direction)."""
         return self._any_port_rules.get((proto, direction), ())
 
     def covers(self, proto: int, server_port: int) -> bool:

@@ -45,8 +45,7 @@ from gateway.match.conditions import (
     fields_of,
     parse_condition,
 )
-from gateway.policy.compiled import Mode
-from gateway.verdict import Action
+from gateway.vocabulary import PROTO_NAMES, PROTO_TCP, PROTO_UDP, Action, Direction, Mode
 
 __all__ = [
     "ANY_PORT",
@@ -55,7 +54,6 @@ __all__ = [
     "MAX_PATTERN_BYTES",
     "MAX_RULES",
     "MAX_RULE_FILE_BYTES",
-    "MODES",
     "PROTOCOLS",
     "SEVERITIES",
     "Affected",
@@ -66,6 +64,7 @@ __all__ = [
     "build_rule",
     "check_regex",
     "default_rule_dir",
+    "direction_text",
     "load_rules",
     "parse_content",
 ]
@@ -76,11 +75,15 @@ MAX_RULE_FILE_BYTES: Final = 1 << 20  # a rule file larger than this is refused 
 MAX_RULES: Final = 100_000  # rules in one RuleSet
 
 SEVERITIES: Final = ("low", "medium", "high", "critical")
-DIRECTIONS: Final = ("to_server", "to_client", "both")
-PROTOCOLS: Final = ("tcp", "udp")
+# How rule files spell the directions a rule inspects: one direction's label, or "both".
+DIRECTIONS: Final[dict[str, frozenset[Direction]]] = {
+    **{d.label: frozenset({d}) for d in Direction},
+    "both": frozenset(Direction),
+}
+_PROTO_NUMBERS: Final = {PROTO_NAMES[p]: p for p in (PROTO_TCP, PROTO_UDP)}  # a rule's transports
+PROTOCOLS: Final = tuple(_PROTO_NUMBERS)
 ANY_PORT: Final = 0  # in port sets: "every port" (`ports: any`); no real service listens on 0
-_ACTIONS: Final = {"alert": Action.ALERT, "drop": Action.DROP, "reset": Action.RESET}
-_PROTO_NUMBERS: Final = {"tcp": 6, "udp": 17}
+_ACTIONS: Final = {a.value: a for a in Action if a is not Action.ACCEPT}  # a rule's actions
 
 _REQUIRED: Final = ("id", "title", "severity", "action", "protocol", "ports")
 _OPTIONAL: Final = (
@@ -95,7 +98,7 @@ _OPTIONAL: Final = (
     "affected",
     "samples",
 )
-MODES: Final = ("off", "detect", "prevent")
+_MODES: Final = {m.value: m for m in Mode}
 SAMPLE_KINDS: Final = ("attack", "benign")
 MAX_SAMPLES_PER_RULE: Final = 16
 MAX_SAMPLE_BYTES: Final = 65536
@@ -157,7 +160,7 @@ class Rule:
     action: Action
     protocol: str  # "tcp" | "udp"
     ports: tuple[int, ...]  # server ports; () for `ports: any` (every port)
-    direction: str  # "to_server" | "to_client" | "both"
+    directions: frozenset[Direction]  # the directions whose traffic the rule inspects
     patterns: tuple[Pattern, ...]
     references: tuple[str, ...]
     path: Path
@@ -188,9 +191,14 @@ class Rule:
         """The server ports in JSON output: a list of numbers, or "any"."""
         return list(self.ports) or "any"
 
-    def inspects(self, direction: str) -> bool:
-        """True if this rule looks at the given direction ("to_server" / "to_client")."""
-        return self.direction == "both" or self.direction == direction
+    @property
+    def direction(self) -> str:
+        """The directions as rule files spell them: "to_server", "to_client" or "both"."""
+        return direction_text(self.directions)
+
+    def inspects(self, direction: Direction) -> bool:
+        """True if this rule looks at the given direction."""
+        return direction in self.directions
 
 
 class RuleSet:
@@ -210,15 +218,13 @@ class RuleSet:
     def __iter__(self) -> Iterator[Rule]:
         return iter(self.rules)
 
-    def ports(self, protocol: str | int, direction: object) -> set[int]:
+    def ports(self, protocol: str | int, direction: Direction) -> set[int]:
         """Server ports covered by rules of `protocol` ("tcp"/"udp" or 6/17) that inspect
-        `direction` ("to_server"/"to_client", or an enum member with that name); ANY_PORT (0)
-        among them when a `ports: any` rule does."""
+        `direction`; ANY_PORT (0) among them when a `ports: any` rule does."""
         proto = _proto_name(protocol)
-        d = _direction_name(direction)
         out: set[int] = set()
         for rule in self.rules:
-            if rule.protocol == proto and rule.inspects(d):
+            if rule.protocol == proto and direction in rule.directions:
                 out.update(rule.ports or (ANY_PORT,))
         return out
 
@@ -235,11 +241,11 @@ def _proto_name(protocol: str | int) -> str:
     return p
 
 
-def _direction_name(direction: object) -> str:
-    name = getattr(direction, "name", direction)
-    if not isinstance(name, str) or name.lower() not in ("to_server", "to_client"):
-        raise RuleError(f"rule set: direction {direction!r} is not to_server or to_client")
-    return name.lower()
+def direction_text(directions: frozenset[Direction]) -> str:
+    """How rule files spell `directions`: one direction's label, or "both"."""
+    if len(directions) == 1:
+        return next(iter(directions)).label
+    return "both"
 
 
 def default_rule_dir() -> Path:
@@ -517,7 +523,7 @@ def _build_rule(node: Node, path: Path, problems: _Problems) -> Rule | None:
     severity = _choice(get("severity"), "severity", SEVERITIES, path, problems)
     action_name = _choice(get("action"), "action", tuple(_ACTIONS), path, problems)
     protocol = _choice(get("protocol"), "protocol", PROTOCOLS, path, problems)
-    direction = _choice(get("direction"), "direction", DIRECTIONS, path, problems) or "to_server"
+    direction = _choice(get("direction"), "direction", tuple(DIRECTIONS), path, problems)
     ports = _ports(keys.get("ports", (None, None))[1], path, problems)
     cves = _string_list(keys.get("cve", (None, None))[1], "cve", path, problems)
     for vnode_cve, cve in cves:
@@ -526,7 +532,7 @@ def _build_rule(node: Node, path: Path, problems: _Problems) -> Rule | None:
     refs = _string_list(keys.get("references", (None, None))[1], "references", path, problems)
     patterns = _patterns(keys.get("patterns", (None, None))[1], path, problems)
     app = _app(get("app"), protocol, path, problems)
-    mode_name = _choice(get("default_mode"), "default_mode", MODES, path, problems) or "prevent"
+    mode_name = _choice(get("default_mode"), "default_mode", tuple(_MODES), path, problems)
     affected = _affected(keys.get("affected", (None, None))[1], path, problems)
     samples = _samples(keys.get("samples", (None, None))[1], path, problems)
     conditions: Condition | None = None
@@ -554,14 +560,14 @@ def _build_rule(node: Node, path: Path, problems: _Problems) -> Rule | None:
         action=_ACTIONS[action_name],
         protocol=protocol,
         ports=tuple(sorted(set(ports))),
-        direction=direction,
+        directions=DIRECTIONS[direction or Direction.TO_SERVER.label],
         patterns=tuple(patterns),
         references=tuple(r for _, r in refs),
         path=path,
         line=node.start_mark.line + 1,
         description=description or "",
         app=app,
-        default_mode=Mode(mode_name),
+        default_mode=_MODES[mode_name] if mode_name else Mode.PREVENT,
         conditions=conditions,
         affected=tuple(affected),
         samples=tuple(samples),
@@ -689,9 +695,9 @@ def _samples(vnode: Node | None, path: Path, problems: _Problems) -> list[Sample
                 f"sample kind must be one of: {', '.join(SAMPLE_KINDS)}",
             )
             ok = False
-        data = {"to_server": b"", "to_client": b""}
-        for d in ("to_server", "to_client"):
-            for key, is_hex in ((d, False), ("hex_" + d, True)):
+        data = [b"", b""]  # indexed by Direction
+        for d in Direction:
+            for key, is_hex in ((d.label, False), ("hex_" + d.label, True)):
                 if key not in keys:
                     continue
                 dnode = keys[key][1]
@@ -729,7 +735,7 @@ def _samples(vnode: Node | None, path: Path, problems: _Problems) -> list[Sample
                 ok = False
             else:
                 pcap = candidate
-        if ok and not (data["to_server"] or data["to_client"] or pcap):
+        if ok and not (any(data) or pcap):
             problems.add(path, item, "a sample needs to_server/to_client bytes or a pcap")
             ok = False
         descr = _scalar(keys["description"][1]) if "description" in keys else ""
@@ -737,8 +743,8 @@ def _samples(vnode: Node | None, path: Path, problems: _Problems) -> list[Sample
             out.append(
                 Sample(
                     str(kind),
-                    data["to_server"],
-                    data["to_client"],
+                    data[Direction.TO_SERVER],
+                    data[Direction.TO_CLIENT],
                     pcap,
                     str(descr or ""),
                     item.start_mark.line + 1,

@@ -34,13 +34,13 @@ At most MAX_EXCEPTIONS scopes (ConfigError past that).
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
 from gateway.errors import ConfigError
+from gateway.vocabulary import Mode
 
 if TYPE_CHECKING:
     from gateway.match.rules import Rule
@@ -50,7 +50,6 @@ __all__ = [
     "MAX_EXCEPTIONS",
     "CompiledPolicy",
     "ExceptionScope",
-    "Mode",
     "normalize_exception_uri",
 ]
 
@@ -60,14 +59,6 @@ APP_CONTROL_LAST: Final = 9200099
 MAX_EXCEPTIONS: Final = 10000  # exception scopes in one policy (the store lists at most this)
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class Mode(enum.Enum):
-    """How a rule applies to a server (docs/policy.md "Modes")."""
-
-    OFF = "off"  # not evaluated: a match is ignored
-    DETECT = "detect"  # a match raises an event (alert.action "allowed", would_block)
-    PREVENT = "prevent"  # a match applies the rule's own action
 
 
 class HostLike(Protocol):

@@ -30,6 +30,7 @@ from typing import Any, Self
 
 from gateway.errors import VpatchError
 from gateway.sqlite_wal import use_wal
+from gateway.vocabulary import Mode
 
 DEFAULT_DATABASE = Path("/var/lib/vpatch/vpatch.db")
 BUSY_TIMEOUT_MS = 5000
@@ -38,7 +39,7 @@ MAX_REASON_LEN = 1000
 MAX_LIST = 10_000  # rows any list method returns at most
 
 # The values the schema's text columns take (checked by the modules that write them)
-MODES = ("off", "detect", "prevent")
+MODES = tuple(m.value for m in Mode)  # as stored in assignments.mode
 SCOPES = ("global", "group", "host")
 SOURCES = ("admin", "scan", "cli", "exception")
 ROLES = ("admin", "viewer")

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.decode.packet import PROTO_TCP, TCP_ACK, TCP_SYN, parse_frame
+from gateway.decode.packet import TCP_ACK, TCP_SYN, parse_frame
 from gateway.errors import DecodeError
 from gateway.flow.reassembly import StreamReassembler
 from gateway.intake.pcap import read_capture
+from gateway.vocabulary import PROTO_TCP
 
 MAX_STREAM_BYTES = 16 * 1024 * 1024
 

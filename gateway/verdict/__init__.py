@@ -1,26 +1,15 @@
-"""Verdicts: what the gateway does with a packet, and the decision record the engine returns."""
+"""Verdicts: the decision record the engine returns for a packet (its action is a
+gateway.vocabulary.Action)."""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from gateway.vocabulary import Action
+
 if TYPE_CHECKING:
     from gateway.events.eve import Event
-
-
-class Action(enum.Enum):
-    """A rule's action (and the per-packet verdict)."""
-
-    ACCEPT = "accept"
-    ALERT = "alert"  # detect only: log, let through
-    DROP = "drop"  # silently
-    RESET = "reset"  # drop and send TCP RST to both ends
-
-    @property
-    def blocks(self) -> bool:
-        return self in (Action.DROP, Action.RESET)
 
 
 @dataclass(frozen=True, slots=True)

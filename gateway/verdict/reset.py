@@ -20,8 +20,8 @@ import ipaddress
 import struct
 
 from gateway.decode.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet
+from gateway.vocabulary import PROTO_TCP
 
-IPPROTO_TCP = 6
 DEFAULT_TTL = 64
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
@@ -60,16 +60,16 @@ def build_tcp_rst(
         sport, dport, seq & 0xFFFFFFFF, (ack or 0) & 0xFFFFFFFF, 5 << 4, flags, 0, 0, 0
     )
     if s.version == 4:
-        pseudo = s.packed + d.packed + struct.pack("!BBH", 0, IPPROTO_TCP, tcp_len)
+        pseudo = s.packed + d.packed + struct.pack("!BBH", 0, PROTO_TCP, tcp_len)
     else:
-        pseudo = s.packed + d.packed + struct.pack("!I3xB", tcp_len, IPPROTO_TCP)
+        pseudo = s.packed + d.packed + struct.pack("!I3xB", tcp_len, PROTO_TCP)
     tcp_sum = checksum(pseudo + tcp_no_sum)
     tcp = tcp_no_sum[:16] + struct.pack("!H", tcp_sum) + tcp_no_sum[18:]
     if s.version == 4:
-        hdr = _IPV4.pack(0x45, 0, 20 + tcp_len, 0, 0x4000, ttl, IPPROTO_TCP, 0, s.packed, d.packed)
+        hdr = _IPV4.pack(0x45, 0, 20 + tcp_len, 0, 0x4000, ttl, PROTO_TCP, 0, s.packed, d.packed)
         hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
         return hdr + tcp
-    return _IPV6.pack(6 << 28, tcp_len, IPPROTO_TCP, ttl, s.packed, d.packed) + tcp
+    return _IPV6.pack(6 << 28, tcp_len, PROTO_TCP, ttl, s.packed, d.packed) + tcp
 
 
 def _segment_end(pkt: Packet) -> int:

@@ -8,16 +8,9 @@ from pathlib import Path
 import pytest
 
 from gateway.decode import app
-from gateway.decode.app import (
-    PROTO_TCP,
-    PROTO_UDP,
-    TO_CLIENT,
-    TO_SERVER,
-    AppProtocol,
-    FieldKind,
-    Probe,
-)
+from gateway.decode.app import AppProtocol, FieldKind, Probe
 from gateway.testing.streams import tcp_streams
+from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Direction
 
 
 def test_bundled_protocols_and_field_kinds() -> None:
@@ -60,14 +53,17 @@ def test_register_validates() -> None:
     ],
 )
 def test_identify(data: bytes, port: int, expected: tuple[str | None, bool]) -> None:
-    assert app.identify(["http", "tls", "smb"], PROTO_TCP, port, TO_SERVER, data) == expected
+    assert (
+        app.identify(["http", "tls", "smb"], PROTO_TCP, port, Direction.TO_SERVER, data) == expected
+    )
 
 
 def test_identify_dns_by_port_only() -> None:
-    assert app.identify(["dns"], PROTO_UDP, 53, TO_SERVER, b"\x00" * 12) == ("dns", True)
-    assert app.identify(["dns"], PROTO_UDP, 5353, TO_SERVER, b"\x00" * 12) == (None, True)
-    assert app.get("http") is not None and app.get("http").probe is not None  # type: ignore[union-attr]
-    assert app.get("http").probe(b"", TO_SERVER) is Probe.NEED_DATA  # type: ignore[union-attr]
+    assert app.identify(["dns"], PROTO_UDP, 53, Direction.TO_SERVER, b"\x00" * 12) == ("dns", True)
+    assert app.identify(["dns"], PROTO_UDP, 5353, Direction.TO_SERVER, b"\x00" * 12) == (None, True)
+    http = app.get("http")
+    assert http is not None and http.probe is not None
+    assert http.probe(b"", Direction.TO_SERVER) is Probe.NEED_DATA
 
 
 def test_smb_records_from_the_eternalblue_capture_whole_and_bytewise(corpora: Path) -> None:
@@ -75,9 +71,11 @@ def test_smb_records_from_the_eternalblue_capture_whole_and_bytewise(corpora: Pa
     streams = [d for k, d in tcp_streams(pcap).items() if k.dport == 445 and b"\xa0" in d]
     assert streams
     data = max(streams, key=len)
-    whole = app.get("smb").new_decoder(PROTO_TCP, TO_SERVER).feed(data)  # type: ignore[union-attr]
+    smb = app.get("smb")
+    assert smb is not None
+    whole = smb.new_decoder(PROTO_TCP, Direction.TO_SERVER).feed(data)
     bytewise = []
-    decoder = app.get("smb").new_decoder(PROTO_TCP, TO_SERVER)  # type: ignore[union-attr]
+    decoder = smb.new_decoder(PROTO_TCP, Direction.TO_SERVER)
     for i in range(len(data)):
         bytewise.extend(decoder.feed(data[i : i + 1]))
     assert whole == bytewise
@@ -86,8 +84,8 @@ def test_smb_records_from_the_eternalblue_capture_whole_and_bytewise(corpora: Pa
 
 
 def test_http_body_record_carries_head_and_body() -> None:
-    dec = app.get("http").new_decoder(PROTO_TCP, TO_SERVER)  # type: ignore[union-attr]
+    dec = app.get("http").new_decoder(PROTO_TCP, Direction.TO_SERVER)  # type: ignore[union-attr]
     recs = dec.feed(b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
     assert recs[0].fields["http.method"] == b"POST" and "http.body" not in recs[0].fields
     assert recs[1].fields["http.body"] == b"abc" and recs[1].fields["http.uri"] == b"/a"
-    assert TO_CLIENT not in app.get("http").directions  # type: ignore[union-attr]
+    assert Direction.TO_CLIENT not in app.get("http").directions  # type: ignore[union-attr]

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from gateway.decode import app
-from gateway.decode.app import PROTO_TCP, TO_SERVER, AppRecord
+from gateway.decode.app import AppRecord
 from gateway.testing.streams import tcp_streams
+from gateway.vocabulary import PROTO_TCP, Direction
 
 SRVSVC = b"4b324fc8-1670-01d3-1278-5a47bf6ee188"
 SAMR = b"12345778-1234-abcd-ef00-0123456789ab"
@@ -20,7 +21,7 @@ SAMR = b"12345778-1234-abcd-ef00-0123456789ab"
 def _smb_records(data: bytes, step: int = 0) -> list[AppRecord]:
     smb = app.get("smb")
     assert smb is not None
-    adapter = smb.new_decoder(PROTO_TCP, TO_SERVER)
+    adapter = smb.new_decoder(PROTO_TCP, Direction.TO_SERVER)
     if not step:
         return adapter.feed(data)
     out: list[AppRecord] = []

@@ -27,6 +27,7 @@ from gateway.decode.dcerpc import (
 )
 from gateway.decode.smb import SmbDecodeError, SmbDecoder
 from gateway.testing.streams import tcp_streams
+from gateway.vocabulary import PROTO_TCP, Direction
 
 NDR = "8a885d04-1ceb-11c9-9fe8-08002b104860"
 ISYSTEM_ACTIVATOR = "000001a0-0000-0000-c000-000000000046"  # MS03-026 (Blaster) target
@@ -276,11 +277,11 @@ def test_real_smb_pipes(corpora: Path, name: str, expected: list[tuple[str, int]
 def test_registered_adapter_gives_interface_per_request() -> None:
     proto = app.get("dcerpc")
     assert proto is not None
-    assert app.identify(["dcerpc"], app.PROTO_TCP, 135, app.TO_SERVER, BLASTER_LIKE) == (
+    assert app.identify(["dcerpc"], PROTO_TCP, 135, Direction.TO_SERVER, BLASTER_LIKE) == (
         "dcerpc",
         True,
     )
-    records = proto.new_decoder(app.PROTO_TCP, app.TO_SERVER).feed(BLASTER_LIKE)
+    records = proto.new_decoder(PROTO_TCP, Direction.TO_SERVER).feed(BLASTER_LIKE)
     (req,) = [r for r in records if r.fields.get("dcerpc.opnum") == 4]
     assert req.fields["dcerpc.interface"] == ISYSTEM_ACTIVATOR.encode()
     assert req.fields["dcerpc.stub_length"] == 2 + len(OVERSIZED_NAME)

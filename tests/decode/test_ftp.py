@@ -13,6 +13,7 @@ from gateway.decode.ftp import (
     Reply,
     State,
 )
+from gateway.vocabulary import PROTO_TCP, Direction
 
 LONG = b"A" * 10000
 
@@ -89,11 +90,11 @@ def test_errors_are_sticky(client: bool, stream: bytes, error: str) -> None:
 def test_registered_adapter() -> None:
     proto = app.get("ftp")
     assert proto is not None
-    assert app.identify(["ftp"], app.PROTO_TCP, 21, app.TO_SERVER, b"USER x\r\n") == ("ftp", True)
-    records = proto.new_decoder(app.PROTO_TCP, app.TO_SERVER).feed(b"SITE " + LONG + b"\r\n")
+    assert app.identify(["ftp"], PROTO_TCP, 21, Direction.TO_SERVER, b"USER x\r\n") == ("ftp", True)
+    records = proto.new_decoder(PROTO_TCP, Direction.TO_SERVER).feed(b"SITE " + LONG + b"\r\n")
     assert records[0].fields["ftp.command"] == b"SITE"
     assert records[0].fields["ftp.argument_length"] == MAX_LINE + 1 - 5
-    (reply,) = proto.new_decoder(app.PROTO_TCP, app.TO_CLIENT).feed(b"220 hi\r\n")
+    (reply,) = proto.new_decoder(PROTO_TCP, Direction.TO_CLIENT).feed(b"220 hi\r\n")
     assert reply.fields["ftp.reply.code"] == 220
     for rec in records + [reply]:
         assert set(rec.fields) <= set(proto.fields)

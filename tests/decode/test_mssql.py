@@ -15,6 +15,7 @@ from gateway.decode.mssql import (
     parse_datagram,
 )
 from gateway.decode.packet import parse_ip
+from gateway.vocabulary import PROTO_UDP, Direction
 
 # MS02-039 (SQL Slammer): 0x04 and 375 bytes of name with no NUL (the worm's shape).
 SLAMMER_PAYLOAD = b"\x04" + b"\x01" * 96 + b"\xdc\xc9\xb0\x42\xeb\x0e" + b"\x01" * 273
@@ -66,10 +67,10 @@ def test_errors(payload: bytes, error: str) -> None:
 def test_registered_adapter() -> None:
     proto = app.get("mssql")
     assert proto is not None
-    assert app.identify(["mssql"], app.PROTO_UDP, 1434, app.TO_SERVER, SLAMMER_PAYLOAD) == (
+    assert app.identify(["mssql"], PROTO_UDP, 1434, Direction.TO_SERVER, SLAMMER_PAYLOAD) == (
         "mssql",
         True,
     )
-    (rec,) = proto.new_decoder(app.PROTO_UDP, app.TO_SERVER).feed(SLAMMER_PAYLOAD)
+    (rec,) = proto.new_decoder(PROTO_UDP, Direction.TO_SERVER).feed(SLAMMER_PAYLOAD)
     assert rec.fields["mssql.type"] == 4 and rec.fields["mssql.instance_length"] == 375
     assert set(rec.fields) <= set(proto.fields)

@@ -43,10 +43,6 @@ from gateway.decode.packet import (
     LINKTYPE_RAW_BSD14,
     MAX_IPV6_EXT_HEADERS,
     MAX_VLAN_TAGS,
-    PROTO_ICMP,
-    PROTO_ICMPV6,
-    PROTO_TCP,
-    PROTO_UDP,
     TCP_ACK,
     TCP_PSH,
     TCP_SYN,
@@ -57,6 +53,7 @@ from gateway.decode.packet import (
     parse_ip,
 )
 from gateway.intake.pcap import read_capture
+from gateway.vocabulary import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 
 CORPORA = Path(__file__).resolve().parents[3] / "shared" / "corpora"
 C4 = "198.18.0.10"

@@ -24,6 +24,7 @@ from gateway.decode.rdp import (
     State,
 )
 from gateway.testing.streams import tcp_streams
+from gateway.vocabulary import PROTO_TCP, Direction
 
 
 def tpkt(payload: bytes) -> bytes:
@@ -209,8 +210,8 @@ def test_benign_rdp_captures(corpora: Path) -> None:
 def test_registered_adapter_has_one_record_per_channel() -> None:
     proto = app.get("rdp")
     assert proto is not None
-    assert app.identify(["rdp"], app.PROTO_TCP, 3389, app.TO_SERVER, BLUEKEEP) == ("rdp", True)
-    records = proto.new_decoder(app.PROTO_TCP, app.TO_SERVER).feed(BLUEKEEP)
+    assert app.identify(["rdp"], PROTO_TCP, 3389, Direction.TO_SERVER, BLUEKEEP) == ("rdp", True)
+    records = proto.new_decoder(PROTO_TCP, Direction.TO_SERVER).feed(BLUEKEEP)
     assert [r.fields["rdp.channel"] for r in records if "rdp.channel" in r.fields] == [
         b"rdpdr",
         b"MS_T120",

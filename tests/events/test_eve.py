@@ -8,7 +8,7 @@ from datetime import datetime
 import pytest
 
 from gateway.events.eve import Event, app_proto_for_port, format_timestamp, to_eve, to_json
-from gateway.verdict import Action
+from gateway.vocabulary import Action, Direction
 
 
 def make_event(**kw: object) -> Event:
@@ -21,7 +21,7 @@ def make_event(**kw: object) -> Event:
         "dest_port": 445,
         "proto": 6,
         "server_port": 445,
-        "direction": "to_server",
+        "direction": Direction.TO_SERVER,
         "signature_id": 9001002,
         "signature": "MS17-010 EternalBlue",
         "severity": "critical",
@@ -43,13 +43,17 @@ def test_eve_fields() -> None:
         "198.18.0.20",
         445,
     )
-    assert eve["proto"] == "TCP" and eve["app_proto"] == "smb"
+    assert eve["proto"] == "TCP" and eve["app_proto"] == "smb" and eve["direction"] == "to_server"
     alert = eve["alert"]
     assert alert["action"] == "blocked" and alert["signature_id"] == 9001002
     assert alert["signature"] == "MS17-010 EternalBlue" and alert["severity"] == 1
     assert alert["metadata"]["cve"] == ["CVE-2017-0143", "CVE-2017-0144"]
     assert isinstance(alert["category"], str) and alert["category"]
     assert eve["vpatch"]["rule_action"] == "reset"
+
+
+def test_direction_is_written_as_its_label() -> None:
+    assert to_eve(make_event(direction=Direction.TO_CLIENT))["direction"] == "to_client"
 
 
 def test_allowed_udp_and_severity_mapping() -> None:

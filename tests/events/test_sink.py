@@ -13,7 +13,7 @@ import pytest
 from gateway.errors import ConfigError
 from gateway.events.eve import Event
 from gateway.events.sink import BATCH_WAIT, EventSink
-from gateway.verdict import Action
+from gateway.vocabulary import Action, Direction
 
 
 def event(i: int, blocked: bool = True) -> Event:
@@ -26,7 +26,7 @@ def event(i: int, blocked: bool = True) -> Event:
         dest_port=445,
         proto=6,
         server_port=445,
-        direction="to_server",
+        direction=Direction.TO_SERVER,
         signature_id=9001001 + i % 2,
         signature="MS17-010 test",
         severity="critical",

@@ -7,9 +7,6 @@ from pathlib import Path
 import pytest
 
 from gateway.decode.packet import (
-    PROTO_ICMP,
-    PROTO_TCP,
-    PROTO_UDP,
     TCP_ACK,
     TCP_FIN,
     TCP_PSH,
@@ -19,8 +16,9 @@ from gateway.decode.packet import (
     Packet,
     parse_frame,
 )
-from gateway.flow.table import FLOW_ID_BITS, Direction, Flow, FlowKey, FlowTable
+from gateway.flow.table import FLOW_ID_BITS, Flow, FlowKey, FlowTable
 from gateway.intake.pcap import read_capture
+from gateway.vocabulary import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Direction
 
 C = "198.18.0.10"
 S = "198.18.0.20"

@@ -34,7 +34,8 @@ SCRIPT = textwrap.dedent(
     from gateway.config import FailPolicy
     from gateway.intake.nfqueue import (PacketHandler, WorkerStats, set_queue_flags,
                                         NFQA_CFG_F_FAIL_OPEN)
-    from gateway.verdict import Action, Decision
+    from gateway.verdict import Decision
+    from gateway.vocabulary import Action
 
     mode, policy = sys.argv[1], FailPolicy(sys.argv[2])
     sh = lambda *a: subprocess.run(a, check=True, capture_output=True, text=True).stdout

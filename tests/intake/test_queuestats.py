@@ -22,7 +22,8 @@ from gateway.intake.queuestats import (
     parse_queue_counters,
     read_queue_counters,
 )
-from gateway.verdict import Action, Decision
+from gateway.verdict import Decision
+from gateway.vocabulary import Action
 
 REPO = Path(__file__).resolve().parents[2]
 

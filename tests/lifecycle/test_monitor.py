@@ -16,7 +16,7 @@ from gateway.lifecycle.state import (
     LifecycleStore,
     LockdownAction,
 )
-from gateway.verdict import Action
+from gateway.vocabulary import Action
 
 S = HostModeSettings()
 HOST = "198.18.0.20"

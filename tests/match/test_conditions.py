@@ -17,7 +17,7 @@ from gateway.errors import RuleError
 from gateway.match.conditions import ContentItem, content_regex, reference_match
 from gateway.match.matcher import Matcher
 from gateway.match.rules import Rule, load_rules
-from gateway.policy.compiled import Mode
+from gateway.vocabulary import Mode
 
 HEAD = """\
 id: {id}

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.match.matcher import TO_CLIENT, TO_SERVER, Matcher, literal_regex
-from gateway.match.rules import Pattern, Rule, RuleSet
-from gateway.verdict import Action
+from gateway.match.matcher import Matcher, literal_regex
+from gateway.match.rules import DIRECTIONS, Pattern, Rule, RuleSet
+from gateway.vocabulary import Action, Direction
 
 
 def rule(
@@ -30,7 +30,7 @@ def rule(
         action=Action.ALERT,
         protocol=protocol,
         ports=ports,
-        direction=direction,
+        directions=DIRECTIONS[direction],
         patterns=patterns,
         references=(),
         path=Path("test.yaml"),
@@ -46,7 +46,7 @@ def regex(expr: bytes, nocase: bool = False) -> Pattern:
 
 
 def scan_chunks(
-    m: Matcher, chunks: list[bytes], port: int = 80, d: int = TO_SERVER
+    m: Matcher, chunks: list[bytes], port: int = 80, d: int = Direction.TO_SERVER
 ) -> list[set[int]]:
     """Scan chunks through one stream; the set of rule ids fired after each chunk."""
     group = m.group(6, d, port)
@@ -122,7 +122,7 @@ def test_port_filtering_and_grouping() -> None:
     )
     assert m.covers(6, 80) and m.covers(6, 8080) and m.covers(17, 53)
     assert not m.covers(6, 443) and not m.covers(6, 53) and not m.covers(17, 80)
-    assert m.group(6, TO_SERVER, 443) is None
+    assert m.group(6, Direction.TO_SERVER, 443) is None
     assert scan_chunks(m, [b"one two"], port=80) == [{1}]
     assert scan_chunks(m, [b"one two"], port=8080) == [{1, 2}]
     # 80 and 8080 cover different rule sets: two TCP databases plus one UDP database
@@ -131,7 +131,7 @@ def test_port_filtering_and_grouping() -> None:
 
 def test_same_port_set_shares_one_database() -> None:
     m = Matcher(RuleSet([rule(1, content(b"x"), ports=(139, 445))]))
-    assert m.group(6, TO_SERVER, 139) is m.group(6, TO_SERVER, 445)
+    assert m.group(6, Direction.TO_SERVER, 139) is m.group(6, Direction.TO_SERVER, 445)
     assert m.stats.databases == 1
 
 
@@ -145,13 +145,13 @@ def test_direction_filtering() -> None:
             ]
         )
     )
-    assert scan_chunks(m, [b"request response either"], d=TO_SERVER) == [{1, 3}]
-    assert scan_chunks(m, [b"request response either"], d=TO_CLIENT) == [{2, 3}]
+    assert scan_chunks(m, [b"request response either"], d=Direction.TO_SERVER) == [{1, 3}]
+    assert scan_chunks(m, [b"request response either"], d=Direction.TO_CLIENT) == [{2, 3}]
 
 
 def test_udp_block_mode_per_datagram() -> None:
     m = Matcher(RuleSet([rule(1, content(b"tkey"), content(b"sig"), protocol="udp", ports=(53,))]))
-    group = m.group(17, TO_SERVER, 53)
+    group = m.group(17, Direction.TO_SERVER, 53)
     assert group is not None and not group.stream_mode
     assert {r.id for r in m.scan_block(group, b"..tkey..sig..")} == {1}
     assert m.scan_block(group, b"..tkey..") == ()
@@ -162,7 +162,7 @@ def test_udp_block_mode_per_datagram() -> None:
 
 def test_close_stream_is_idempotent_and_counted() -> None:
     m = Matcher(RuleSet([rule(1, content(b"x"))]))
-    group = m.group(6, TO_SERVER, 80)
+    group = m.group(6, Direction.TO_SERVER, 80)
     assert group is not None
     states = [m.open_stream(group) for _ in range(5)]
     assert m.streams_open == 5

@@ -21,7 +21,7 @@ from gateway.match.rules import (
     parse_content,
 )
 from gateway.match.suricata import export_rule
-from gateway.verdict import Action
+from gateway.vocabulary import Action, Direction
 
 GOOD = """\
 id: 9100001
@@ -212,9 +212,9 @@ def test_list_form_and_ruleset_ports(tmp_path: Path) -> None:
     rs = load_rules([write(tmp_path, "multi.yaml", text)])
     assert [r.id for r in rs] == [9100001, 9100003]
     assert rs.by_id[9100003].line == 15
-    assert rs.ports("tcp", "to_server") == {139, 445}
-    assert rs.ports(6, "to_client") == set()
-    assert rs.ports("udp", "to_client") == {53}
+    assert rs.ports("tcp", Direction.TO_SERVER) == {139, 445}
+    assert rs.ports(6, Direction.TO_CLIENT) == set()
+    assert rs.ports("udp", Direction.TO_CLIENT) == {53}
     assert isinstance(rs, RuleSet) and len(rs) == 2
 
 
@@ -245,7 +245,7 @@ def test_ports_any(tmp_path: Path) -> None:
     )
     (rule,) = load_rules([write(tmp_path, "any.yaml", text)]).rules
     assert rule.any_port and rule.ports == ()
-    assert RuleSet([rule]).ports("tcp", "to_server") == {ANY_PORT}
+    assert RuleSet([rule]).ports("tcp", Direction.TO_SERVER) == {ANY_PORT}
     assert export_rule(rule)[0].split()[5] == "any"  # alert http any any -> any any
     bad = write(tmp_path, "any.yaml", text.replace("ports: any", "ports: all"))
     with pytest.raises(RuleError, match=r"any.yaml:6: ports must be `any` or a non-empty list"):

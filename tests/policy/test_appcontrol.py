@@ -25,9 +25,10 @@ from gateway.policy.appcontrol import (
     plan_rules,
     stored_controls,
 )
-from gateway.policy.compiled import CompiledPolicy, Mode
+from gateway.policy.compiled import CompiledPolicy
 from gateway.policy.store import Store
 from gateway.testing.traffic import contiguous, replay_packets, tcp_session
+from gateway.vocabulary import Mode
 
 HOST = "198.18.0.20"
 

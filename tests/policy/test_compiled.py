@@ -10,8 +10,8 @@ import pytest
 
 from gateway.errors import ConfigError
 from gateway.match.rules import Pattern, Rule
-from gateway.policy.compiled import CompiledPolicy, Mode
-from gateway.verdict import Action
+from gateway.policy.compiled import CompiledPolicy
+from gateway.vocabulary import Action, Direction, Mode
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ RULE = Rule(
     Action.DROP,
     "tcp",
     (80,),
-    "to_server",
+    frozenset({Direction.TO_SERVER}),
     (Pattern("content", b"x"),),
     (),
     Path("t.yaml"),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.decode.packet import PROTO_TCP, parse_frame
+from gateway.decode.packet import parse_frame
 from gateway.engine import Engine
 from gateway.engine_config import EngineConfig
 from gateway.errors import DecodeError
@@ -27,6 +27,7 @@ from gateway.match.rules import default_rule_dir, load_rules
 from gateway.testing.corpora import NO_EXPLOIT, csic_requests, expected, replay_capture
 from gateway.testing.streams import tcp_streams
 from gateway.testing.traffic import contiguous, replay_packets, tcp_session
+from gateway.vocabulary import PROTO_TCP
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts"

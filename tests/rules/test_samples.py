@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from gateway.match.rules import Rule, Sample, default_rule_dir, load_rules
-from gateway.policy.compiled import Mode
 from gateway.testing.samples import sample_pcap
+from gateway.vocabulary import Mode
 
 REPO = Path(__file__).resolve().parents[2]
 OFF_BY_DEFAULT = frozenset(

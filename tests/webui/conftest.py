@@ -20,7 +20,7 @@ from gateway.events.eve import Event, to_eve
 from gateway.events.sink import _INSERT, SCHEMA, _row
 from gateway.policy.accounts import Accounts
 from gateway.policy.store import Store
-from gateway.verdict import Action
+from gateway.vocabulary import Action, Direction
 from webui import create_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +48,8 @@ def write_events(db: Path, events: list[tuple[Event, dict[str, Any]]]) -> None:
 def make_event(**kw: Any) -> Event:
     base: dict[str, Any] = {
         "timestamp": time.time() - 60, "flow_id": 1234, "src_ip": "198.18.0.10", "src_port": 40000,
-        "dest_ip": "198.18.0.20", "dest_port": 80, "proto": 6, "server_port": 80, "direction": "to_server",
+        "dest_ip": "198.18.0.20", "dest_port": 80, "proto": 6, "server_port": 80,
+        "direction": Direction.TO_SERVER,
         "signature_id": 9000100, "signature": "vpatch lab test exploit marker (split-pattern test)",
         "severity": "high", "cves": ("CVE-0000-0001",), "rule_action": Action.RESET, "blocked": True,
     }  # fmt: skip
