@@ -28,12 +28,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.decode import app, dcerpc, dns, ftp, http, mssql, rdp, smb, tls
-from gateway.decode.app import PROTO_TCP, PROTO_UDP, TO_CLIENT, TO_SERVER, AppRecord, FieldKind
+from gateway.decode.app import AppRecord, FieldKind
 from gateway.decode.packet import parse_frame
 from gateway.errors import CaptureError, DecodeError
 from gateway.intake.pcap import read_capture
 from gateway.match.rules import default_rule_dir, load_rules
 from gateway.testing.streams import tcp_streams
+from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Direction
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ def test_dns_tcp_decoder_is_not_sticky() -> None:
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 MAX_SEED = 4096  # bytes of a table case that hypothesis mutates
-BOTH = frozenset({TO_SERVER, TO_CLIENT})
+BOTH = frozenset({Direction.TO_SERVER, Direction.TO_CLIENT})
 
 # Messages of declared fields that neither the rules' samples nor tests/data carry (see
 # test_table_reaches_every_declared_field): an RDP Connection Confirm (MS-RDPBCGR 2.2.1.2,
@@ -275,7 +276,7 @@ class Adapter:
 
     def __str__(self) -> str:
         transport = "tcp" if self.transport == PROTO_TCP else "udp"
-        direction = "to_server" if self.direction == TO_SERVER else "to_client"
+        direction = self.direction.label
         return f"{self.app}-{transport}-{direction}"
 
 
@@ -318,7 +319,7 @@ def _sample_table() -> list[Case]:
                 captures.add(sample.pcap.resolve())
                 continue
             name = f"rule {rule.id} line {sample.line} {sample.kind}"
-            for direction, data in ((TO_SERVER, sample.to_server), (TO_CLIENT, sample.to_client)):
+            for direction, data in ((Direction.TO_SERVER, sample.to_server), (Direction.TO_CLIENT, sample.to_client)):
                 if data:
                     cases.append(Case(name, rule.proto_number, frozenset({direction}), (data,)))
     for path in sorted(captures):

@@ -29,7 +29,7 @@ from gateway.match.explain import (
     request_target,
 )
 from gateway.match.rules import Pattern, Rule, default_rule_dir, load_rules
-from gateway.verdict import Action
+from gateway.vocabulary import PROTO_TCP, Action, Direction
 
 HEAD = """\
 id: 7300
@@ -60,7 +60,7 @@ def raw_rule(*patterns: Pattern) -> Rule:
         action=Action.DROP,
         protocol="tcp",
         ports=(80,),
-        direction="to_server",
+        directions=frozenset({Direction.TO_SERVER}),
         patterns=patterns,
         references=(),
         path=Path("explain.yaml"),
@@ -326,7 +326,7 @@ def test_rule_pack_heartbleed_on_the_tls_records_of_its_own_attack_sample() -> N
     (attack,) = [s for s in rule.samples if s.kind == "attack"]
     tls = app.get("tls")
     assert tls is not None
-    records = tls.new_decoder(app.PROTO_TCP, app.TO_SERVER).feed(attack.to_server)
+    records = tls.new_decoder(PROTO_TCP, Direction.TO_SERVER).feed(attack.to_server)
     (heartbeat,) = [r for r in records if "tls.heartbeat.payload_length" in r.fields]
     why = explain_fields(rule, heartbeat.fields)
     assert why == Why("tls.heartbeat.encrypted", "tls.heartbeat.encrypted equals 0", b"0")
@@ -337,7 +337,7 @@ def test_rule_pack_ms08_067_on_the_dcerpc_record_of_its_own_attack_sample() -> N
     (attack,) = [s for s in rule.samples if s.kind == "attack"]
     smb = app.get("smb")
     assert smb is not None
-    records = smb.new_decoder(app.PROTO_TCP, app.TO_SERVER).feed(attack.to_server)
+    records = smb.new_decoder(PROTO_TCP, Direction.TO_SERVER).feed(attack.to_server)
     (call,) = [r for r in records if r.app == "dcerpc" and r.fields.get("dcerpc.opnum") == 0x1F]
     why = explain_fields(rule, call.fields)
     stub = call.fields["dcerpc.stub"]

@@ -13,7 +13,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from gateway.verdict import Action
+from gateway.vocabulary import Action
 from tests.webui.conftest import Auth, make_event, write_events
 from webui.services import CHART_BUCKETS
 
