@@ -71,9 +71,13 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-from gateway.decode import app as app_registry
+from gateway.config import FailPolicy, GatewayConfig
+from gateway.decode import bundled  # noqa: F401 (registers the bundled app decoders)
+from gateway.decode import registry as app_registry
+from gateway.decode.app import HttpAdapter
+from gateway.decode.http import normalize_uri
 from gateway.decode.packet import (
     TCP_SYN,
     DecodeError,
@@ -93,9 +97,6 @@ from gateway.policy.compiled import CompiledPolicy
 from gateway.verdict import Decision
 from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Action, Direction, Mode
 
-if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
-
 __all__ = ["EXPIRE_INTERVAL", "Engine", "EngineConfig", "EngineStats"]
 
 
@@ -105,8 +106,6 @@ def _normalized_uri(url: bytes, fields: Mapping[str, int | bytes] | None) -> str
         uri = fields.get("http.uri")
         if isinstance(uri, bytes):
             return uri.decode("latin-1")
-    from gateway.decode.http import normalize_uri
-
     return normalize_uri(url.decode("latin-1"))
 
 
@@ -179,8 +178,6 @@ class EngineConfig:
     @classmethod
     def from_gateway(cls, config: GatewayConfig) -> EngineConfig:
         """The engine bounds from a loaded gateway configuration (gateway.config)."""
-        from gateway.config import FailPolicy
-
         return cls(
             max_flows=config.engine.max_flows,
             tcp_idle=config.engine.tcp_idle,
@@ -626,7 +623,7 @@ class Engine:
         if (
             not out
             and memo_key is not None
-            and isinstance(decoder, app_registry.HttpAdapter)
+            and isinstance(decoder, HttpAdapter)
             and decoder.at_boundary()
         ):
             memo = self._http_memo
@@ -651,7 +648,7 @@ class Engine:
         ):
             return None
         decoder = app.decoder
-        if not isinstance(decoder, app_registry.HttpAdapter) or not decoder.at_boundary():
+        if not isinstance(decoder, HttpAdapter) or not decoder.at_boundary():
             return None
         return (id(app.group), server, port, data)
 

@@ -10,7 +10,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 
 from gateway.engine import MAX_REARM_ROUNDS, Engine
-from gateway.events.eve import to_eve
+from gateway.events.eve import escape_bytes, to_eve
 from gateway.match.explain import MAX_EXCERPT
 from gateway.match.rules import Pattern, RuleSet, default_rule_dir, load_rules
 from gateway.policy.compiled import CompiledPolicy
@@ -257,8 +257,6 @@ def fire_events(engine: Engine, payload: bytes) -> tuple[object, ...]:
 
 @pytest.mark.parametrize("value", [b"\\", b"\x00\xff", "é".encode(), b'"<>&'])
 def test_eve_excerpt_is_an_ascii_escape(value: bytes) -> None:
-    from gateway.match.explain import escape_excerpt
-
-    text = escape_excerpt(value)
+    text = escape_bytes(value)
     assert text.isascii() and all(0x20 <= ord(ch) < 0x7F for ch in text)
     assert text.encode().decode("unicode_escape").encode("latin-1") == value

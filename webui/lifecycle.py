@@ -27,6 +27,7 @@ from typing import Any
 
 from flask import current_app, g, jsonify
 
+from gateway.errors import ConfigError
 from gateway.lifecycle.state import (
     Endpoint,
     HistoryEntry,
@@ -37,6 +38,7 @@ from gateway.lifecycle.state import (
     LifecycleStore,
     LockdownAction,
 )
+from gateway.policy.appcontrol import parse_control
 from gateway.policy.store import Host
 from gateway.scan.jobs import GLOBAL, ScanJobs, ScanRun
 from webui.api import ARR, _body, endpoint
@@ -169,9 +171,6 @@ def release(host_id: int, actor: str) -> dict[str, Any]:
 
 
 def app_control(host_id: int, data: dict[str, Any], actor: str) -> dict[str, Any]:
-    from gateway.errors import ConfigError
-    from gateway.policy.appcontrol import parse_control
-
     host = host_record(host_id)
     life = _life()
     controls = list(life.host(host.address).app_controls)

@@ -29,6 +29,8 @@ from typing import Any, Final
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from gateway.decode import bundled  # noqa: F401 (registers the bundled app decoders)
+from gateway.decode import registry as app_registry
 from gateway.errors import RuleError
 from gateway.match.conditions import (
     RAW,
@@ -38,6 +40,7 @@ from gateway.match.conditions import (
     fields_of,
     parse_condition,
 )
+from gateway.match.expressions import check_regex
 from gateway.vocabulary import PROTO_NAMES, PROTO_TCP, PROTO_UDP, Action, Direction, Mode
 
 __all__ = [
@@ -515,8 +518,6 @@ def _build_rule(node: Node, path: Path, problems: _Problems) -> Rule | None:
 def _app(
     got: tuple[Node, Any] | None, protocol: str | None, path: Path, problems: _Problems
 ) -> str | None:
-    from gateway.decode import app as app_registry
-
     if got is None:
         return "raw"
     vnode, value = got
@@ -540,7 +541,6 @@ def _conditions(
 ) -> tuple[list[Pattern], Condition | None]:
     """Parse `conditions`; split the top-level raw matches (-> raw stream patterns) from the
     field conditions (-> Rule.conditions)."""
-    from gateway.decode import app as app_registry
 
     def field_kind(name: str) -> str | None:
         if app == "raw" or not name.startswith(app + "."):
@@ -551,7 +551,7 @@ def _conditions(
     def problem(node: Node | None, reason: str) -> None:
         problems.add(path, node if node is not None else vnode, reason)
 
-    cond = parse_condition(vnode, problem, field_kind, parse_content, _check_regex)
+    cond = parse_condition(vnode, problem, field_kind, parse_content, check_regex)
     if cond is None:
         return [], None
     members = cond.items if isinstance(cond, All) else (cond,)
@@ -825,7 +825,7 @@ def _pattern(node: Node, path: Path, problems: _Problems) -> Pattern | None:
             return None
     else:
         expr = text.encode("utf-8")
-        reason = _check_regex(expr, nocase)
+        reason = check_regex(expr, nocase)
         if reason:
             problems.add(path, vnode, f"regex {text!r} rejected by Hyperscan: {reason}")
             return None
@@ -835,17 +835,3 @@ def _pattern(node: Node, path: Path, problems: _Problems) -> Pattern | None:
     if bad:
         return None
     return Pattern(kind=kind, expr=expr, nocase=nocase)
-
-
-def _check_regex(expr: bytes, nocase: bool) -> str | None:
-    """Compile one regex alone in stream mode; return Hyperscan's complaint, or None."""
-    import hyperscan
-
-    from gateway.match.matcher import regex_flags
-
-    db = hyperscan.Database(mode=hyperscan.HS_MODE_STREAM)
-    try:
-        db.compile(expressions=[expr], ids=[0], flags=[regex_flags(nocase)])
-    except hyperscan.error as err:
-        return str(err) or type(err).__name__
-    return None

@@ -36,6 +36,8 @@ from typing import Any, Final, Literal
 
 import yaml
 
+from gateway.decode import bundled  # noqa: F401 (registers the bundled app decoders)
+from gateway.decode import registry as app_registry
 from gateway.errors import RuleError
 from gateway.match.conditions import (
     All,
@@ -48,7 +50,7 @@ from gateway.match.conditions import (
     Not,
     content_regex,
 )
-from gateway.match.rules import Rule, direction_text, load_rules
+from gateway.match.rules import Rule, direction_text, load_rules, parse_content
 from gateway.vocabulary import Action, Direction, Mode
 
 __all__ = [
@@ -503,8 +505,6 @@ def _ports(spec: str, default: tuple[int, ...]) -> tuple[int, ...]:
     if spec.startswith("$"):
         name = spec[1:]
         if name == "HTTP_PORTS":
-            from gateway.decode import app as app_registry
-
             proto = app_registry.get("http")
             return tuple(sorted(proto.ports)) if proto else (80,)
         if name not in _PORT_VARS:
@@ -895,8 +895,6 @@ def _convert(
                         raise _Skip(f"flow: {p}")
             elif name == "content" or name == "uricontent":
                 text, negated = _unquote(value or "")
-                from gateway.match.rules import parse_content
-
                 try:
                     data = parse_content(text)
                 except ValueError as err:
@@ -1044,8 +1042,6 @@ def _convert(
     default_app = app if app != "raw" else (app_from_meta or header_app)
     default_ports: tuple[int, ...] = ()
     if default_app is not None:
-        from gateway.decode import app as app_registry
-
         proto = app_registry.get(default_app)
         if proto is not None:
             default_ports = tuple(sorted(proto.ports))
