@@ -73,7 +73,10 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Final
 
-from gateway.decode import app as app_registry
+from gateway.decode import bundled  # noqa: F401 (registers the bundled app decoders)
+from gateway.decode import registry as app_registry
+from gateway.decode.app import HTTP_REQUEST_START, HttpAdapter
+from gateway.decode.http import normalize_uri
 from gateway.decode.packet import (
     TCP_SYN,
     DecodeError,
@@ -103,8 +106,6 @@ def _normalized_uri(url: bytes, fields: Mapping[str, int | bytes] | None) -> str
         uri = fields.get("http.uri")
         if isinstance(uri, bytes):
             return uri.decode("latin-1")
-    from gateway.decode.http import normalize_uri
-
     return normalize_uri(url.decode("latin-1"))
 
 
@@ -423,7 +424,7 @@ class Engine:
                 and d is Direction.TO_SERVER
                 and payload
                 and self.config.http_whole_connection
-                and app_registry.HTTP_REQUEST_START.match(payload)
+                and HTTP_REQUEST_START.match(payload)
             ):
                 reasm.max_depth = UNBOUNDED_DEPTH
             data = reasm.receive(pkt.seq, payload, bool(syn))
@@ -558,7 +559,7 @@ class Engine:
         if (
             not out
             and memo_key is not None
-            and isinstance(decoder, app_registry.HttpAdapter)
+            and isinstance(decoder, HttpAdapter)
             and decoder.at_boundary()
         ):
             memo = self._http_memo
@@ -583,7 +584,7 @@ class Engine:
         ):
             return None
         decoder = app.decoder
-        if not isinstance(decoder, app_registry.HttpAdapter) or not decoder.at_boundary():
+        if not isinstance(decoder, HttpAdapter) or not decoder.at_boundary():
             return None
         return (id(app.group), server, port, data)
 

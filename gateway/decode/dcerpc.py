@@ -16,8 +16,10 @@ Guarantees:
   stub is kept up to MAX_STUB_KEEP bytes (its full length is still counted), at most
   MAX_PENDING_CALLS calls may be incomplete at once and at most MAX_CONTEXTS contexts bound;
 - lengths are reported as sent and never trusted for slicing beyond the PDU.
-`DceRpcPipes` feeds SMB named-pipe payloads (the `data` of smb.py events) to one decoder per
-open pipe and never raises: a file whose bytes are not DCE/RPC is remembered and skipped.
+`DceRpcPipes` feeds SMB named-pipe payloads (the `data` of smb.py events; smb.pipe_records) to
+one decoder per open pipe and never raises: a file whose bytes are not DCE/RPC is remembered and
+skipped. `event_records` turns decoder events into "dcerpc" records; importing this module
+registers the "dcerpc" protocol (gateway/decode/registry.py).
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ import uuid
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from gateway.decode import app as _app
-from gateway.decode import smb as _smb
+from gateway.decode.registry import AppDecoder, AppProtocol, AppRecord, FieldKind, Probe, register
 from gateway.errors import DecodeError
 from gateway.vocabulary import PROTO_TCP, Direction
 
@@ -335,11 +336,11 @@ class DceRpcPipes:
             return []
 
 
-def event_records(event: Event) -> list[_app.AppRecord]:
+def event_records(event: Event) -> list[AppRecord]:
     """A decoder event as rule records (dcerpc.*): a BIND gives one record per context."""
     if isinstance(event, Request):
         return [
-            _app.AppRecord(
+            AppRecord(
                 "dcerpc",
                 {
                     "dcerpc.ptype": PTYPE_REQUEST,
@@ -357,7 +358,7 @@ def event_records(event: Event) -> list[_app.AppRecord]:
         ]
     if isinstance(event, Bind):
         return [
-            _app.AppRecord(
+            AppRecord(
                 "dcerpc",
                 {
                     "dcerpc.ptype": event.ptype,
@@ -371,7 +372,7 @@ def event_records(event: Event) -> list[_app.AppRecord]:
             for item in event.contexts
         ]
     return [
-        _app.AppRecord(
+        AppRecord(
             "dcerpc",
             {
                 "dcerpc.ptype": event.ptype,
@@ -392,40 +393,25 @@ class DceRpcAdapter:
     def __init__(self) -> None:
         self._decoder = DceRpcDecoder()
 
-    def feed(self, data: bytes) -> list[_app.AppRecord]:
+    def feed(self, data: bytes) -> list[AppRecord]:
         return [r for e in self._decoder.receive_data(data) for r in event_records(e)]
 
 
-def smb_pipe_records(pipes: DceRpcPipes, event: object) -> list[_app.AppRecord]:
-    """DCE/RPC records from the pipe data an smb.py event carries (never raises).
-
-    For the SMB adapter: call it with every Smb1Command / Smb2Command of one direction, using one
-    DceRpcPipes per direction; events without data give nothing.
-    """
-    if isinstance(event, _smb.Smb1Command) and event.data:
-        key: Hashable = ("smb1", event.tid, event.fid)
-    elif isinstance(event, _smb.Smb2Command) and event.data:
-        key = ("smb2", event.file_id)
-    else:
-        return []
-    return [r for e in pipes.feed(key, event.data) for r in event_records(e)]
-
-
-def _probe(data: bytes, direction: Direction) -> _app.Probe:
+def _probe(data: bytes, direction: Direction) -> Probe:
     if len(data) < 3:
-        return _app.Probe.NEED_DATA if data[:1] in (b"", b"\x05") else _app.Probe.NO
+        return Probe.NEED_DATA if data[:1] in (b"", b"\x05") else Probe.NO
     if data[0] == 5 and data[1] in (0, 1) and data[2] in _PTYPES:
-        return _app.Probe.YES
-    return _app.Probe.NO
+        return Probe.YES
+    return Probe.NO
 
 
-def _new_decoder(transport: int, direction: Direction) -> _app.AppDecoder:
+def _new_decoder(transport: int, direction: Direction) -> AppDecoder:
     return DceRpcAdapter()
 
 
-_I, _B = _app.FieldKind.INT, _app.FieldKind.BYTES
-_app.register(
-    _app.AppProtocol(
+_I, _B = FieldKind.INT, FieldKind.BYTES
+register(
+    AppProtocol(
         name="dcerpc",
         transports=frozenset({PROTO_TCP}),
         ports=frozenset({135, 593}),

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.decode import app
+from gateway.decode import (
+    bundled,  # noqa: F401 (registers the bundled app decoders)
+    registry,
+)
 from gateway.decode.dcerpc import (
     MAX_PENDING_CALLS,
     MAX_STUB_KEEP,
@@ -23,9 +26,8 @@ from gateway.decode.dcerpc import (
     Pdu,
     Request,
     State,
-    smb_pipe_records,
 )
-from gateway.decode.smb import SmbDecodeError, SmbDecoder
+from gateway.decode.smb import SmbDecodeError, SmbDecoder, pipe_records
 from gateway.testing.streams import tcp_streams
 from gateway.vocabulary import PROTO_TCP, Direction
 
@@ -251,7 +253,7 @@ def pipe_requests(path: Path) -> list[tuple[bytes, int]]:
         except SmbDecodeError:
             continue
         for ev in events:
-            for rec in smb_pipe_records(pipes, ev):
+            for rec in pipe_records(pipes, ev):
                 if "dcerpc.opnum" in rec.fields:
                     iface, opnum = rec.fields["dcerpc.interface"], rec.fields["dcerpc.opnum"]
                     assert isinstance(iface, bytes) and isinstance(opnum, int)
@@ -275,9 +277,9 @@ def test_real_smb_pipes(corpora: Path, name: str, expected: list[tuple[str, int]
 
 
 def test_registered_adapter_gives_interface_per_request() -> None:
-    proto = app.get("dcerpc")
+    proto = registry.get("dcerpc")
     assert proto is not None
-    assert app.identify(["dcerpc"], PROTO_TCP, 135, Direction.TO_SERVER, BLASTER_LIKE) == (
+    assert registry.identify(["dcerpc"], PROTO_TCP, 135, Direction.TO_SERVER, BLASTER_LIKE) == (
         "dcerpc",
         True,
     )

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.decode import app
+from gateway.events.eve import escape_bytes
 from gateway.match.conditions import All, ContentItem, Match
 from gateway.match.explain import (
     EXCERPT_AFTER,
@@ -23,7 +24,6 @@ from gateway.match.explain import (
     MAX_REQUEST_SEARCH,
     MAX_TARGET,
     Why,
-    escape_excerpt,
     explain_fields,
     explain_raw,
     request_target,
@@ -72,20 +72,20 @@ def pack_rule(rule_id: int) -> Rule:
     return rule
 
 
-# ------------------------------------------------------------------------ escape_excerpt
+# ------------------------------------------------------------------------ escape_bytes
 
 
 def test_escape_keeps_printable_ascii_doubles_the_backslash_and_hexes_the_rest() -> None:
-    assert escape_excerpt(b"GET /a b~") == "GET /a b~"
-    assert escape_excerpt(b"a\\b") == "a\\\\b"
-    assert escape_excerpt(b"\x00\x1f\x7f\x80\xff") == "\\x00\\x1f\\x7f\\x80\\xff"
-    assert escape_excerpt(b"\r\n\t") == "\\x0d\\x0a\\x09"
-    assert escape_excerpt(b"") == ""
+    assert escape_bytes(b"GET /a b~") == "GET /a b~"
+    assert escape_bytes(b"a\\b") == "a\\\\b"
+    assert escape_bytes(b"\x00\x1f\x7f\x80\xff") == "\\x00\\x1f\\x7f\\x80\\xff"
+    assert escape_bytes(b"\r\n\t") == "\\x0d\\x0a\\x09"
+    assert escape_bytes(b"") == ""
 
 
 @pytest.mark.parametrize("value", [b"\\", b"\x00\xff", "é".encode(), b'"<>&', b"\\x41"])
 def test_eve_excerpt_is_an_ascii_escape(value: bytes) -> None:
-    text = escape_excerpt(value)
+    text = escape_bytes(value)
     assert text.isascii() and all(0x20 <= ord(ch) < 0x7F for ch in text)
     assert text.encode().decode("unicode_escape").encode("latin-1") == value
 
@@ -93,7 +93,7 @@ def test_eve_excerpt_is_an_ascii_escape(value: bytes) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300))
 def test_escape_is_printable_and_reversible_for_any_bytes(value: bytes) -> None:
-    text = escape_excerpt(value)
+    text = escape_bytes(value)
     assert all(0x20 <= ord(ch) < 0x7F for ch in text)
     assert text.encode().decode("unicode_escape").encode("latin-1") == value
 
