@@ -26,14 +26,6 @@ VOCABULARY: Final = "gateway.vocabulary"
 VOCABULARY_TYPES: Final = frozenset({"Direction", "Mode", "Action"})
 CLI_MODULES: Final = ("gateway.cli", "gateway.commands")  # may import gateway.commands
 
-# Known offenders, removed by the commands/firewall branch (delete this allow-list when merging).
-ALLOWED_CYCLES: Final[frozenset[frozenset[str]]] = frozenset(
-    {frozenset({"gateway.firewall.apply", "gateway.firewall.hostmodes", "gateway.firewall.render"})}
-)
-ALLOWED_COMMANDS_IMPORTS: Final[frozenset[tuple[str, str]]] = frozenset(
-    {("webui.lifecycle", "gateway.commands.hosts")}
-)
-
 Graph = dict[str, set[str]]
 
 
@@ -167,7 +159,7 @@ def _describe(graph: Graph, component: list[str]) -> str:
 
 def test_no_import_cycles() -> None:
     graph = import_graph(project_modules(ROOT))
-    found = [c for c in cycles(graph) if frozenset(c) not in ALLOWED_CYCLES]
+    found = cycles(graph)
     assert not found, "import cycles:\n" + "\n".join(_describe(graph, c) for c in found)
 
 
@@ -179,7 +171,7 @@ def test_gateway_commands_is_imported_only_by_the_cli() -> None:
             continue
         for target, line in import_edges(name, path, mods):
             is_cli = target == "gateway.commands" or target.startswith("gateway.commands.")
-            if is_cli and (name, target) not in ALLOWED_COMMANDS_IMPORTS:
+            if is_cli:
                 bad.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
     assert not bad, "library code or the web UI imports the CLI:\n" + "\n".join(bad)
 
