@@ -7,7 +7,7 @@ random slices.
 
 The registered app decoders (gateway/decode/app.py adapters, what the engine feeds): every
 record carries only fields its app declares (`AppProtocol.fields`, which rule validation in
-gateway/match/rules.py reads through `app.field_kind`), each value of the declared kind (an
+gateway/match/rules.py reads through `registry.field_kind`), each value of the declared kind (an
 `int` for INT, `bytes` for BYTES: no bool, bytearray or memoryview), and a record of another app
 only where that app is `carried_by` the emitting one (dcerpc from smb named pipes). Inputs: one
 shared table of cases -- every rule's samples (rules/, inline and pcap), every capture under
@@ -27,9 +27,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.decode import app, dcerpc, dns, ftp, http, mssql, rdp, smb, tls
-from gateway.decode.app import AppRecord, FieldKind
+from gateway.decode import bundled, dcerpc, dns, ftp, http, mssql, rdp, registry, smb, tls  # noqa: F401
 from gateway.decode.packet import parse_frame
+from gateway.decode.registry import AppRecord, FieldKind
 from gateway.errors import CaptureError, DecodeError
 from gateway.intake.pcap import read_capture
 from gateway.match.rules import default_rule_dir, load_rules
@@ -269,8 +269,8 @@ class Adapter:
     transport: int
     direction: int
 
-    def new(self) -> app.AppDecoder:
-        protocol = app.get(self.app)
+    def new(self) -> registry.AppDecoder:
+        protocol = registry.get(self.app)
         assert protocol is not None
         return protocol.new_decoder(self.transport, self.direction)
 
@@ -282,7 +282,7 @@ class Adapter:
 
 ADAPTERS = [
     Adapter(p.name, transport, direction)
-    for p in app.protocols()
+    for p in registry.protocols()
     for transport in sorted(p.transports)
     for direction in sorted(p.directions)
 ]
@@ -319,7 +319,10 @@ def _sample_table() -> list[Case]:
                 captures.add(sample.pcap.resolve())
                 continue
             name = f"rule {rule.id} line {sample.line} {sample.kind}"
-            for direction, data in ((Direction.TO_SERVER, sample.to_server), (Direction.TO_CLIENT, sample.to_client)):
+            for direction, data in (
+                (Direction.TO_SERVER, sample.to_server),
+                (Direction.TO_CLIENT, sample.to_client),
+            ):
                 if data:
                     cases.append(Case(name, rule.proto_number, frozenset({direction}), (data,)))
     for path in sorted(captures):
@@ -338,14 +341,14 @@ SAMPLE_TABLE = _sample_table()
 def assert_declared(record: AppRecord, emitter: str) -> None:
     """The record's app is registered and may come from `emitter`; every field is declared by
     that app with the kind of its value."""
-    protocol = app.get(record.app)
+    protocol = registry.get(record.app)
     assert protocol is not None, f"{emitter}: record of unregistered app {record.app!r}"
     assert record.app == emitter or emitter in protocol.carried_by, (
         f"{emitter}: emits {record.app!r} records, which {record.app!r} does not declare "
         "carried_by it"
     )
     for name, value in record.fields.items():
-        kind = app.field_kind(name)
+        kind = registry.field_kind(name)
         assert name.startswith(record.app + ".") and kind is not None, (
             f"{emitter}: field {name!r} is not declared by {record.app!r}"
         )
@@ -356,7 +359,7 @@ def assert_declared(record: AppRecord, emitter: str) -> None:
         )
 
 
-def feed(decoder: app.AppDecoder, chunks: Sequence[bytes]) -> tuple[list[AppRecord], bool]:
+def feed(decoder: registry.AppDecoder, chunks: Sequence[bytes]) -> tuple[list[AppRecord], bool]:
     """The records of feeding `chunks` in order, up to the first DecodeError; and whether one
     came (the engine then stops feeding that direction)."""
     out: list[AppRecord] = []
@@ -454,7 +457,7 @@ def test_table_reaches_every_declared_field() -> None:
                 emitted.update(record.fields)
     missing = [
         f"{protocol.name}: {name}"
-        for protocol in app.protocols()
+        for protocol in registry.protocols()
         for name in protocol.fields
         if not (
             name in emitted
