@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "decode"))
 
-from gateway.decode import app, dcerpc, dns, ftp, http, mssql, rdp, smb, tls
+from gateway.decode import dcerpc, dns, ftp, http, mssql, rdp, registry, smb, tls
+from gateway.vocabulary import PROTO_TCP, Direction
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,10 +110,12 @@ def main() -> int:
         mbps = size / (us * units) if us else 0.0
         print(f"{name:44} {us:9.2f} {units:6d} {mbps:8.1f}")
     # The registry adapters (records with field dicts) cost on top of the decoders:
-    proto = app.get("dcerpc")
+    proto = registry.get("dcerpc")
     if proto is None:
         return 1
-    us, units = best_us(lambda: len(proto.new_decoder(6, 0).feed(rpc)), args.repeat)
+    us, units = best_us(
+        lambda: len(proto.new_decoder(PROTO_TCP, Direction.TO_SERVER).feed(rpc)), args.repeat
+    )
     print(f"{'dcerpc adapter: bind + 1000 requests (records)':44} {us:9.2f} {units:6d}")
     return 0
 

@@ -33,7 +33,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.decode import app as app_registry
+from gateway.decode import bundled  # noqa: F401 (registers the bundled app decoders)
+from gateway.decode import registry as app_registry
 from gateway.errors import CaptureError, DecodeError
 from gateway.match.matcher import Matcher
 from gateway.match.rules import RuleSet, load_rules

@@ -24,6 +24,20 @@ from typing import Any
 
 from flask import Flask
 
+from webui import (
+    alerts,
+    api,
+    audit,
+    auth,
+    dashboard,
+    db,
+    events,
+    firewall,
+    hosts,
+    rules,
+    security,
+)
+
 log = logging.getLogger("vpatch.ui")
 
 SECRET_FILE = "ui-secret.key"
@@ -74,14 +88,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             "Use this only in a lab; serve the UI over HTTPS in production."
         )
 
-    from webui import db, security
-
     db.init_app(app)
     security.init_app(app)
 
-    from webui import alerts, api, audit, auth, dashboard, events, firewall, hosts, rules
-
-    # alerts and firewall add their /api/v1 endpoints to api.bp on import, so before this loop
+    # alerts and firewall added their /api/v1 endpoints to api.bp when imported (at the top),
+    # before api.bp is registered here
     for bp in (auth.bp, dashboard.bp, rules.bp, hosts.bp, events.bp, audit.bp, api.bp,
                firewall.bp, alerts.bp):  # fmt: skip
         app.register_blueprint(bp)

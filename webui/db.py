@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Flask, current_app, g
 
+from gateway.config import BUNDLED_RULES
 from gateway.match.rules import RuleSet, load_rules
 from gateway.policy.store import Store
 
@@ -40,8 +41,6 @@ def get_events() -> sqlite3.Connection | None:
 def get_rules() -> RuleSet:
     paths = current_app.config["RULE_PATHS"]
     if paths is None:
-        from gateway.config import BUNDLED_RULES
-
         paths = [BUNDLED_RULES]
     key = repr(sorted(str(p) for p in paths))
     if key not in _RULES_CACHE:

@@ -27,6 +27,7 @@ from typing import Any
 
 from flask import current_app, g, jsonify
 
+from gateway.errors import ConfigError
 from gateway.lifecycle.state import (
     Endpoint,
     HistoryEntry,
@@ -39,6 +40,7 @@ from gateway.lifecycle.state import (
     host_services,
     parse_tuple,
 )
+from gateway.policy.appcontrol import parse_control
 from gateway.policy.hosts import Host, Hosts
 from gateway.scan.jobs import GLOBAL, ScanJobs, ScanRun
 from webui.api import ARR, _body, endpoint
@@ -171,9 +173,6 @@ def release(host_id: int, actor: str) -> dict[str, Any]:
 
 
 def app_control(host_id: int, data: dict[str, Any], actor: str) -> dict[str, Any]:
-    from gateway.errors import ConfigError
-    from gateway.policy.appcontrol import parse_control
-
     host = host_record(host_id)
     life = _life()
     controls = list(life.host(host.address).app_controls)

@@ -17,10 +17,21 @@ import secrets
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from flask import Flask, abort, g, jsonify, redirect, request, session, url_for
+from flask import (
+    Flask,
+    abort,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from markupsafe import Markup, escape
 
 from gateway.policy.accounts import Accounts
+from webui.db import get_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,8 +66,6 @@ def _load_user() -> None:
         return  # the API blueprint authenticates by bearer token
     uid = session.get("user")
     if uid:
-        from webui.db import get_store
-
         g.user = Accounts(get_store()).get_user(str(uid))
         if g.user is None:
             session.clear()
@@ -138,6 +147,4 @@ def init_app(app: Flask) -> None:
     def _error(err: Any) -> Any:
         if wants_json():
             return jsonify(error=err.description), err.code
-        from flask import render_template
-
         return render_template("error.html", error=err), err.code

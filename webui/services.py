@@ -7,6 +7,7 @@ store (audited) and are followed by the gateway's `reload` over its control sock
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -269,8 +270,6 @@ EVENT_COLUMNS = (
 
 
 def event_dict(row: Any) -> dict[str, Any]:
-    import json
-
     d = {k: row[k] for k in EVENT_COLUMNS}
     d["cves"] = [c for c in (row["cves"] or "").split(",") if c]
     try:
@@ -284,8 +283,6 @@ def event_dict(row: Any) -> dict[str, Any]:
 
 
 def get_event(event_id: int) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    import json
-
     conn = get_events()
     if conn is None:
         return None

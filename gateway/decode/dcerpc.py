@@ -9,13 +9,17 @@ context id, opnum, optional object UUID, stub data, then the auth verifier of 12
 Multi-fragment requests (PFC_FIRST_FRAG .. PFC_LAST_FRAG, 12.6.3.1) are reassembled per call id
 and reported once as a `Request` carrying the interface UUID the context id was bound to.
 Guarantees:
-- only DceRpcDecodeError escapes, and after it the decoder stays in the ERROR state;
+- only DceRpcDecodeError escapes, for a PDU header that breaks the framing, and after it the
+  decoder stays in the ERROR state; a PDU whose body does not decode inside an intact frame is
+  counted in `malformed` and decoding goes on with the next PDU;
 - the byte buffer holds at most one PDU (frag length is 16 bits, MAX_FRAG_LENGTH); a call's
   stub is kept up to MAX_STUB_KEEP bytes (its full length is still counted), at most
   MAX_PENDING_CALLS calls may be incomplete at once and at most MAX_CONTEXTS contexts bound;
 - lengths are reported as sent and never trusted for slicing beyond the PDU.
-`DceRpcPipes` feeds SMB named-pipe payloads (the `data` of smb.py events) to one decoder per
-open pipe and never raises: a file whose bytes are not DCE/RPC is remembered and skipped.
+`DceRpcPipes` feeds SMB named-pipe payloads (the `data` of smb.py events; smb.pipe_records) to
+one decoder per open pipe and never raises: a file whose bytes are not DCE/RPC is remembered and
+skipped. `event_records` turns decoder events into "dcerpc" records; importing this module
+registers the "dcerpc" protocol (gateway/decode/registry.py).
 """
 
 from __future__ import annotations
@@ -26,8 +30,7 @@ import uuid
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from gateway.decode import app as _app
-from gateway.decode import smb as _smb
+from gateway.decode.registry import AppDecoder, AppProtocol, AppRecord, FieldKind, Probe, register
 from gateway.errors import DecodeError
 from gateway.vocabulary import PROTO_TCP, Direction
 
@@ -155,6 +158,8 @@ class DceRpcDecoder:
 
     def __init__(self, max_stub_keep: int = MAX_STUB_KEEP) -> None:
         self.max_stub_keep = max_stub_keep
+        self.malformed = 0  # PDUs whose body did not decode (framing intact, decoding went on)
+        self.evicted_calls = 0  # calls in progress forgotten at MAX_PENDING_CALLS (oldest first)
         self.state = State.PDUS
         self._buf = bytearray()
         self._contexts: dict[int, tuple[str, int]] = {}
@@ -183,7 +188,12 @@ class DceRpcDecoder:
                 body = bytes(self._buf[HEADER_SIZE : pdu.frag_length])
                 del self._buf[: pdu.frag_length]
                 events.append(pdu)
-                self._pdu(pdu, body, events)
+                try:
+                    self._pdu(pdu, body, events)
+                except DceRpcDecodeError:
+                    # frag_length still frames the next PDU: the server rejects this one and
+                    # reads on, and so do we (a bad PDU must not blind the rest of the pipe)
+                    self.malformed += 1
         except DceRpcDecodeError:
             self.state = State.ERROR
             raise
@@ -263,10 +273,11 @@ class DceRpcDecoder:
         call = self._calls.get(pdu.call_id)
         if call is None or pdu.flags & PFC_FIRST_FRAG:
             if pdu.call_id not in self._calls and len(self._calls) >= MAX_PENDING_CALLS:
-                raise DceRpcDecodeError(
-                    f"more than {MAX_PENDING_CALLS} fragmented calls in progress"
-                    f" (call {pdu.call_id})"
-                )
+                # Bound reached: the oldest call in progress is forgotten (its later fragments
+                # start a call of their own), never the new one, so that keeping 16 calls open
+                # cannot blind the decoder to every later call.
+                del self._calls[next(iter(self._calls))]
+                self.evicted_calls += 1
             call = _Call(context_id, opnum, alloc_hint, object_uuid)
             self._calls[pdu.call_id] = call
         call.fragments += 1
@@ -325,11 +336,11 @@ class DceRpcPipes:
             return []
 
 
-def event_records(event: Event) -> list[_app.AppRecord]:
+def event_records(event: Event) -> list[AppRecord]:
     """A decoder event as rule records (dcerpc.*): a BIND gives one record per context."""
     if isinstance(event, Request):
         return [
-            _app.AppRecord(
+            AppRecord(
                 "dcerpc",
                 {
                     "dcerpc.ptype": PTYPE_REQUEST,
@@ -347,7 +358,7 @@ def event_records(event: Event) -> list[_app.AppRecord]:
         ]
     if isinstance(event, Bind):
         return [
-            _app.AppRecord(
+            AppRecord(
                 "dcerpc",
                 {
                     "dcerpc.ptype": event.ptype,
@@ -361,7 +372,7 @@ def event_records(event: Event) -> list[_app.AppRecord]:
             for item in event.contexts
         ]
     return [
-        _app.AppRecord(
+        AppRecord(
             "dcerpc",
             {
                 "dcerpc.ptype": event.ptype,
@@ -382,40 +393,25 @@ class DceRpcAdapter:
     def __init__(self) -> None:
         self._decoder = DceRpcDecoder()
 
-    def feed(self, data: bytes) -> list[_app.AppRecord]:
+    def feed(self, data: bytes) -> list[AppRecord]:
         return [r for e in self._decoder.receive_data(data) for r in event_records(e)]
 
 
-def smb_pipe_records(pipes: DceRpcPipes, event: object) -> list[_app.AppRecord]:
-    """DCE/RPC records from the pipe data an smb.py event carries (never raises).
-
-    For the SMB adapter: call it with every Smb1Command / Smb2Command of one direction, using one
-    DceRpcPipes per direction; events without data give nothing.
-    """
-    if isinstance(event, _smb.Smb1Command) and event.data:
-        key: Hashable = ("smb1", event.tid, event.fid)
-    elif isinstance(event, _smb.Smb2Command) and event.data:
-        key = ("smb2", event.file_id)
-    else:
-        return []
-    return [r for e in pipes.feed(key, event.data) for r in event_records(e)]
-
-
-def _probe(data: bytes, direction: Direction) -> _app.Probe:
+def _probe(data: bytes, direction: Direction) -> Probe:
     if len(data) < 3:
-        return _app.Probe.NEED_DATA if data[:1] in (b"", b"\x05") else _app.Probe.NO
+        return Probe.NEED_DATA if data[:1] in (b"", b"\x05") else Probe.NO
     if data[0] == 5 and data[1] in (0, 1) and data[2] in _PTYPES:
-        return _app.Probe.YES
-    return _app.Probe.NO
+        return Probe.YES
+    return Probe.NO
 
 
-def _new_decoder(transport: int, direction: Direction) -> _app.AppDecoder:
+def _new_decoder(transport: int, direction: Direction) -> AppDecoder:
     return DceRpcAdapter()
 
 
-_I, _B = _app.FieldKind.INT, _app.FieldKind.BYTES
-_app.register(
-    _app.AppProtocol(
+_I, _B = FieldKind.INT, FieldKind.BYTES
+register(
+    AppProtocol(
         name="dcerpc",
         transports=frozenset({PROTO_TCP}),
         ports=frozenset({135, 593}),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from gateway.decode import app as _app
+from gateway.decode.registry import AppDecoder, AppProtocol, AppRecord, FieldKind, register
 from gateway.errors import DecodeError
 from gateway.vocabulary import PROTO_TCP, Direction
 
@@ -177,8 +177,8 @@ class FtpAdapter:
     def __init__(self, client: bool) -> None:
         self._decoder = FtpDecoder(client)
 
-    def feed(self, data: bytes) -> list[_app.AppRecord]:
-        return [_app.AppRecord("ftp", event_fields(e)) for e in self._decoder.receive_data(data)]
+    def feed(self, data: bytes) -> list[AppRecord]:
+        return [AppRecord("ftp", event_fields(e)) for e in self._decoder.receive_data(data)]
 
 
 def event_fields(event: Event) -> dict[str, int | bytes]:
@@ -200,25 +200,25 @@ def event_fields(event: Event) -> dict[str, int | bytes]:
     }
 
 
-def _new_decoder(transport: int, direction: Direction) -> _app.AppDecoder:
+def _new_decoder(transport: int, direction: Direction) -> AppDecoder:
     return FtpAdapter(client=direction is Direction.TO_SERVER)
 
 
-_app.register(
-    _app.AppProtocol(
+register(
+    AppProtocol(
         name="ftp",
         transports=frozenset({PROTO_TCP}),
         ports=frozenset({21}),
         fields={
-            "ftp.command": _app.FieldKind.BYTES,
-            "ftp.argument": _app.FieldKind.BYTES,
-            "ftp.argument_length": _app.FieldKind.INT,
-            "ftp.line_length": _app.FieldKind.INT,
-            "ftp.complete": _app.FieldKind.INT,
-            "ftp.reply.code": _app.FieldKind.INT,
-            "ftp.reply.text": _app.FieldKind.BYTES,
-            "ftp.reply.lines": _app.FieldKind.INT,
-            "ftp.reply.length": _app.FieldKind.INT,
+            "ftp.command": FieldKind.BYTES,
+            "ftp.argument": FieldKind.BYTES,
+            "ftp.argument_length": FieldKind.INT,
+            "ftp.line_length": FieldKind.INT,
+            "ftp.complete": FieldKind.INT,
+            "ftp.reply.code": FieldKind.INT,
+            "ftp.reply.text": FieldKind.BYTES,
+            "ftp.reply.lines": FieldKind.INT,
+            "ftp.reply.length": FieldKind.INT,
         },
         new_decoder=_new_decoder,
         probe=None,  # by port: the client speaks first only after the server's greeting

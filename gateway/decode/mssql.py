@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.decode import app as _app
+from gateway.decode.registry import AppDecoder, AppProtocol, AppRecord, FieldKind, register
 from gateway.errors import DecodeError
 from gateway.vocabulary import PROTO_UDP, Direction
 
@@ -99,8 +99,8 @@ class SqlrAdapter:
 
     __slots__ = ()
 
-    def feed(self, data: bytes) -> list[_app.AppRecord]:
-        return [_app.AppRecord("mssql", message_fields(parse_datagram(data)))]
+    def feed(self, data: bytes) -> list[AppRecord]:
+        return [AppRecord("mssql", message_fields(parse_datagram(data)))]
 
 
 def message_fields(message: SqlrMessage) -> dict[str, int | bytes]:
@@ -116,23 +116,23 @@ def message_fields(message: SqlrMessage) -> dict[str, int | bytes]:
     }
 
 
-def _new_decoder(transport: int, direction: Direction) -> _app.AppDecoder:
+def _new_decoder(transport: int, direction: Direction) -> AppDecoder:
     return SqlrAdapter()
 
 
-_app.register(
-    _app.AppProtocol(
+register(
+    AppProtocol(
         name="mssql",
         transports=frozenset({PROTO_UDP}),
         ports=frozenset({1434}),
         fields={
-            "mssql.type": _app.FieldKind.INT,
-            "mssql.length": _app.FieldKind.INT,
-            "mssql.instance": _app.FieldKind.BYTES,
-            "mssql.instance_length": _app.FieldKind.INT,
-            "mssql.instance_terminated": _app.FieldKind.INT,
-            "mssql.protocol_version": _app.FieldKind.INT,
-            "mssql.resp_size": _app.FieldKind.INT,
+            "mssql.type": FieldKind.INT,
+            "mssql.length": FieldKind.INT,
+            "mssql.instance": FieldKind.BYTES,
+            "mssql.instance_length": FieldKind.INT,
+            "mssql.instance_terminated": FieldKind.INT,
+            "mssql.protocol_version": FieldKind.INT,
+            "mssql.resp_size": FieldKind.INT,
         },
         new_decoder=_new_decoder,
         probe=None,  # by port: Slammer's first byte is a legal message type

@@ -29,7 +29,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from gateway.decode import app as _app
+from gateway.decode.registry import AppDecoder, AppProtocol, AppRecord, FieldKind, Probe, register
 from gateway.errors import DecodeError
 from gateway.vocabulary import PROTO_TCP, Direction
 
@@ -421,7 +421,7 @@ def _connection_confirm(pdu: bytes, li: int) -> ConnectionConfirm:
     )
 
 
-def event_records(event: Event) -> list[_app.AppRecord]:
+def event_records(event: Event) -> list[AppRecord]:
     """A decoder event as rule records (rdp.*); a Connect-Initial adds one record per channel."""
     fields: dict[str, int | bytes]
     if isinstance(event, McsConnect):
@@ -436,11 +436,11 @@ def event_records(event: Event) -> list[_app.AppRecord]:
             "rdp.channel_count": event.channel_count,
             "rdp.malformed": event.malformed.encode("latin-1", "replace"),
         }
-        records = [_app.AppRecord("rdp", fields)]
+        records = [AppRecord("rdp", fields)]
         for name in event.channels:
             per_channel = dict(fields)
             per_channel["rdp.channel"] = name.encode("latin-1")
-            records.append(_app.AppRecord("rdp", per_channel))
+            records.append(AppRecord("rdp", per_channel))
         return records
     if isinstance(event, McsDomainPdu):
         fields = {"rdp.mcs.type": event.pdu_type, "rdp.mcs.length": event.length}
@@ -462,7 +462,7 @@ def event_records(event: Event) -> list[_app.AppRecord]:
         fields = {"rdp.x224.code": event.code, "rdp.pdu_length": event.length}
     else:
         fields = {"rdp.fastpath": 1, "rdp.pdu_length": event.length}
-    return [_app.AppRecord("rdp", fields)]
+    return [AppRecord("rdp", fields)]
 
 
 class RdpAdapter:
@@ -473,26 +473,26 @@ class RdpAdapter:
     def __init__(self) -> None:
         self._decoder = RdpDecoder()
 
-    def feed(self, data: bytes) -> list[_app.AppRecord]:
+    def feed(self, data: bytes) -> list[AppRecord]:
         return [r for e in self._decoder.receive_data(data) for r in event_records(e)]
 
 
-def _probe(data: bytes, direction: Direction) -> _app.Probe:
+def _probe(data: bytes, direction: Direction) -> Probe:
     """A TPKT holding an X.224 Connection Request (client) or Confirm (server)."""
     if len(data) < 6:
-        return _app.Probe.NEED_DATA if data[:2] in (b"", b"\x03", b"\x03\x00") else _app.Probe.NO
+        return Probe.NEED_DATA if data[:2] in (b"", b"\x03", b"\x03\x00") else Probe.NO
     code = TPDU_CR if direction is Direction.TO_SERVER else TPDU_CC
     ok = data[:2] == b"\x03\x00" and data[5] & 0xF0 == code
-    return _app.Probe.YES if ok else _app.Probe.NO
+    return Probe.YES if ok else Probe.NO
 
 
-def _new_decoder(transport: int, direction: Direction) -> _app.AppDecoder:
+def _new_decoder(transport: int, direction: Direction) -> AppDecoder:
     return RdpAdapter()
 
 
-_I, _B = _app.FieldKind.INT, _app.FieldKind.BYTES
-_app.register(
-    _app.AppProtocol(
+_I, _B = FieldKind.INT, FieldKind.BYTES
+register(
+    AppProtocol(
         name="rdp",
         transports=frozenset({PROTO_TCP}),
         ports=frozenset({3389}),

@@ -43,7 +43,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Protocol, cast
 
-from gateway.decode.app import (
+from gateway.decode import bundled  # noqa: F401 (registers the bundled app decoders)
+from gateway.decode.http import normalize_uri
+from gateway.decode.registry import (
     AppDecoder,
     AppRecord,
     MemoDecoder,
@@ -53,7 +55,6 @@ from gateway.decode.app import (
     identify,
     protocols,
 )
-from gateway.decode.http import normalize_uri
 from gateway.errors import DecodeError
 from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Direction
 

@@ -7,7 +7,10 @@ abuses (Trans 0x25, Trans2 0x32, NT Transact 0xA0 and their secondaries), SMB2/3
 2.2.1, chained with NextCommand), the SMB3 transform header (2.2.41) and the compression transform
 header (2.2.42, whose OriginalCompressedSegmentSize and Offset CVE-2020-0796 overflows).
 Guarantees:
-- only SmbDecodeError escapes, and after it the decoder is in the ERROR state;
+- only SmbDecodeError escapes, for a broken NetBIOS framing, and after it the decoder is in
+  the ERROR state; an SMB message that does not decode inside an intact frame is reported as
+  SmbMalformed (counted in `malformed`) and decoding goes on with the next frame, as servers
+  do (one bad PDU does not blind the rest of the connection);
 - at most MAX_MESSAGE bytes are buffered: a longer message (SMB2 READ/WRITE carry up to 8 MiB)
   is decoded from its first MAX_MESSAGE bytes (headers only) and the rest is skipped as it
   arrives; AndX and NextCommand chains must move forward and are followed at most MAX_CHAIN times;
@@ -17,15 +20,31 @@ file carry the bytes in `data` with the file in `fid` (SMB1 WriteAndX [MS-CIFS] 
 TransactNmPipe / WriteNmPipe 2.2.5.6 / 2.2.5.7, whose Setup[1] is the FID) or `file_id` (SMB2
 WRITE [MS-SMB2] 2.2.21, IOCTL FSCTL_PIPE_TRANSCEIVE input 2.2.31); `data` is a slice of the
 message, so it is bounded by MAX_MESSAGE.
+App layer (gateway/decode/registry.py): `SmbAdapter` turns the events into "smb" records and,
+through `pipe_records` and one dcerpc.DceRpcPipes per flow direction, the DCE/RPC calls written
+to named pipes into "dcerpc" records; importing this module registers the "smb" protocol.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Final
 
+from gateway.decode import dcerpc as _dcerpc
+from gateway.decode.registry import (
+    AppDecoder,
+    AppProtocol,
+    AppRecord,
+    FieldKind,
+    FieldValue,
+    Probe,
+    register,
+)
 from gateway.errors import DecodeError
+from gateway.vocabulary import PROTO_TCP, Direction
 
 MAX_MESSAGE = 0x20000  # 128 KiB: SMB1 max buffer and the SMB2 messages we inspect fit
 MAX_CHAIN = 16
@@ -128,7 +147,14 @@ class NetbiosMessage:
     length: int
 
 
-Event = NetbiosMessage | Smb1Command | Smb2Command | Smb3Transform | Smb3Compressed
+@dataclass(frozen=True, slots=True)
+class SmbMalformed:
+    """An SMB message inside an intact NetBIOS frame that did not decode: what was wrong."""
+
+    reason: str
+
+
+Event = SmbMalformed | NetbiosMessage | Smb1Command | Smb2Command | Smb3Transform | Smb3Compressed
 
 
 class SmbDecoder:
@@ -139,6 +165,7 @@ class SmbDecoder:
         self.state = State.MESSAGES
         self._buf = bytearray()
         self._skip = 0  # bytes of an oversized message still to be skipped
+        self.malformed = 0  # SMB messages that did not decode (framing intact, decoding went on)
 
     def receive_data(self, data: bytes) -> list[Event]:
         if self.state is State.ERROR:
@@ -171,7 +198,13 @@ class SmbDecoder:
                 del self._buf[: 4 + length]
                 events.append(NetbiosMessage(msg_type, length))
                 if msg_type == 0x00 and body:
-                    events.extend(parse_smb(body))
+                    try:
+                        events.extend(parse_smb(body))
+                    except SmbDecodeError as err:
+                        # The NetBIOS length still frames the next message: the server answers
+                        # this one with an error status and reads on, and so do we.
+                        self.malformed += 1
+                        events.append(SmbMalformed(str(err)))
         except SmbDecodeError:
             self.state = State.ERROR
             raise
@@ -372,3 +405,174 @@ def _smb2_write(msg: bytes, pos: int, end: int, command: int) -> tuple[bytes, by
         start = pos + offset
         return msg[body + 8 : body + 24], msg[start : min(start + length, end)]
     return b"", b""
+
+
+# ------------------------------------------------------------------------- app layer
+
+_NBSS_TYPES: Final = frozenset({0x00, 0x81, 0x82, 0x83, 0x84, 0x85})
+_SMB_MAGICS: Final = frozenset({b"\xffSMB", b"\xfeSMB", b"\xfdSMB", b"\xfcSMB"})
+_TRANS_PREFIX: Final = {
+    SMB1_TRANS: "smb.trans.",
+    SMB1_TRANS_SECONDARY: "smb.trans.",
+    SMB1_TRANS2: "smb.trans2.",
+    SMB1_TRANS2_SECONDARY: "smb.trans2.",
+    SMB1_NT_TRANS: "smb.nt_trans.",
+    SMB1_NT_TRANS_SECONDARY: "smb.nt_trans.",
+}
+_TRANS_FIELDS: Final = (
+    "subcommand",
+    "total_parameter_count",
+    "total_data_count",
+    "parameter_count",
+    "parameter_offset",
+    "data_count",
+    "data_offset",
+    "max_data_count",
+)
+
+
+def _probe_smb(data: bytes, direction: Direction) -> Probe:
+    if not data:
+        return Probe.NEED_DATA
+    if data[0] not in _NBSS_TYPES:
+        return Probe.NO
+    if data[0] != 0x00:
+        return Probe.YES  # session request / response / keep-alive (port 139)
+    if len(data) < 8:
+        return Probe.NEED_DATA
+    return Probe.YES if data[4:8] in _SMB_MAGICS else Probe.NO
+
+
+class SmbAdapter:
+    """NetBIOS + SMB1/2/3 -> a record per NetBIOS message and per SMB command, followed by the
+    "dcerpc" records of the DCE/RPC PDUs that command writes to a named pipe (SMB1 WriteAndX /
+    Trans TransactNmPipe / WriteNmPipe, SMB2 WRITE / IOCTL FSCTL_PIPE_TRANSCEIVE), decoded by
+    one dcerpc.DceRpcPipes per adapter, i.e. per flow direction (bounded by its MAX_PIPES)."""
+
+    __slots__ = ("_decoder", "_pipes")
+
+    def __init__(self) -> None:
+        self._decoder = SmbDecoder()
+        self._pipes = _dcerpc.DceRpcPipes()
+
+    def feed(self, data: bytes) -> list[AppRecord]:
+        out: list[AppRecord] = []
+        for event in self._decoder.receive_data(data):
+            fields: dict[str, FieldValue]
+            if isinstance(event, Smb1Command):
+                fields = {
+                    "smb.version": 1,
+                    "smb.command": event.command,
+                    "smb.status": event.status,
+                    "smb.is_response": int(event.is_response),
+                    "smb.flags2": event.flags2,
+                    "smb.tid": event.tid,
+                    "smb.uid": event.uid,
+                    "smb.mid": event.mid,
+                    "smb.word_count": event.word_count,
+                    "smb.byte_count": event.byte_count,
+                }
+                trans = event.transaction
+                prefix = _TRANS_PREFIX.get(event.command)
+                if trans is not None and prefix is not None:
+                    for name in _TRANS_FIELDS:
+                        fields[prefix + name] = getattr(trans, name)
+                if event.dialects:
+                    fields["smb.negotiate.dialects"] = "\n".join(event.dialects).encode(
+                        "latin-1", "replace"
+                    )
+            elif isinstance(event, Smb2Command):
+                fields = {
+                    "smb.version": 2,
+                    "smb.command": event.command,
+                    "smb.status": event.status,
+                    "smb.is_response": int(event.is_response),
+                    "smb.message_id": event.message_id,
+                    "smb.tree_id": event.tree_id,
+                    "smb.session_id": event.session_id,
+                }
+            elif isinstance(event, Smb3Transform):
+                fields = {
+                    "smb.version": 3,
+                    "smb.transform.original_size": event.original_size,
+                    "smb.session_id": event.session_id,
+                }
+            elif isinstance(event, Smb3Compressed):
+                fields = {
+                    "smb.version": 3,
+                    "smb.compression.original_size": event.original_size,
+                    "smb.compression.algorithm": event.algorithm,
+                    "smb.compression.flags": event.flags,
+                    "smb.compression.offset": event.offset,
+                    "smb.compression.message_length": event.message_length,
+                }
+            elif isinstance(event, NetbiosMessage):
+                fields = {"smb.netbios.type": event.msg_type, "smb.netbios.length": event.length}
+            else:  # SmbMalformed: counted by the decoder, nothing to judge
+                continue
+            out.append(AppRecord("smb", fields))
+            if isinstance(event, (Smb1Command, Smb2Command)) and event.data:
+                out.extend(pipe_records(self._pipes, event))
+        return out
+
+
+def pipe_records(pipes: _dcerpc.DceRpcPipes, event: Event) -> list[AppRecord]:
+    """DCE/RPC records from the named-pipe data an SMB event carries (never raises).
+
+    For the SMB adapter: call it with every Smb1Command / Smb2Command of one direction, using one
+    DceRpcPipes per direction; events without data give nothing.
+    """
+    if isinstance(event, Smb1Command) and event.data:
+        key: Hashable = ("smb1", event.tid, event.fid)
+    elif isinstance(event, Smb2Command) and event.data:
+        key = ("smb2", event.file_id)
+    else:
+        return []
+    return [r for e in pipes.feed(key, event.data) for r in _dcerpc.event_records(e)]
+
+
+def _new_smb(transport: int, direction: Direction) -> AppDecoder:
+    return SmbAdapter()
+
+
+_I, _B = FieldKind.INT, FieldKind.BYTES
+
+register(
+    AppProtocol(
+        name="smb",
+        transports=frozenset({PROTO_TCP}),
+        ports=frozenset({139, 445}),
+        fields={
+            "smb.version": _I,
+            "smb.command": _I,
+            "smb.status": _I,
+            "smb.is_response": _I,
+            "smb.flags2": _I,
+            "smb.tid": _I,
+            "smb.uid": _I,
+            "smb.mid": _I,
+            "smb.word_count": _I,
+            "smb.byte_count": _I,
+            **{
+                p + f: _I
+                for p in ("smb.trans.", "smb.trans2.", "smb.nt_trans.")
+                for f in _TRANS_FIELDS
+            },
+            "smb.negotiate.dialects": _B,
+            "smb.message_id": _I,
+            "smb.tree_id": _I,
+            "smb.session_id": _I,
+            "smb.transform.original_size": _I,
+            "smb.compression.original_size": _I,
+            "smb.compression.algorithm": _I,
+            "smb.compression.flags": _I,
+            "smb.compression.offset": _I,
+            "smb.compression.message_length": _I,
+            "smb.netbios.type": _I,
+            "smb.netbios.length": _I,
+        },
+        new_decoder=_new_smb,
+        probe=_probe_smb,
+        description="NetBIOS session + SMB1/SMB2/SMB3 (RFC 1002, MS-CIFS, MS-SMB2)",
+    )
+)

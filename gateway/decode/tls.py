@@ -39,6 +39,8 @@ CONTENT_APPLICATION_DATA = 23
 CONTENT_HEARTBEAT = 24
 _CONTENT_TYPES = frozenset({20, 21, 22, 23, 24})
 
+SSL2_VERSION = 0x0002
+SSL2_SERVER_HELLO = 4
 HANDSHAKE_CLIENT_HELLO = 1
 HANDSHAKE_SERVER_HELLO = 2
 EXT_HEARTBEAT = 15
@@ -100,6 +102,7 @@ class TlsDecoder:
         self.state = State.RECORDS
         self.encrypted = False
         self._first = True  # nothing decoded yet: an SSLv2-format ClientHello may come
+        self._sslv2 = False  # the hello asked for SSL 2.0 itself: SSLv2 records follow
         self._buf = bytearray()
         self._handshake = bytearray()
 
@@ -129,7 +132,21 @@ class TlsDecoder:
         )
         events.append(Record(CONTENT_HANDSHAKE, version, length))
         events.append(Handshake(HANDSHAKE_CLIENT_HELLO, length, version, suites, version))
+        self._sslv2 = version == SSL2_VERSION
         return True
+
+    def _skip_sslv2_records(self) -> None:
+        """An SSL 2.0 session (RFC 6101 appendix E; no heartbeat exists there): its records, a
+        2-byte header (high bit set) or a 3-byte one with padding, are skipped whole."""
+        buf = self._buf
+        while len(buf) >= 3:
+            if buf[0] & 0x80:
+                size = 2 + ((buf[0] & 0x7F) << 8 | buf[1])
+            else:
+                size = 3 + ((buf[0] & 0x3F) << 8 | buf[1])
+            if len(buf) < size:
+                return
+            del buf[:size]
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes, get the events they complete."""
@@ -139,9 +156,17 @@ class TlsDecoder:
         events: list[Event] = []
         try:
             if self._first and self._buf:
-                if self._buf[0] & 0x80 and not self._sslv2_hello(events):
-                    return events
+                if self._buf[0] & 0x80:
+                    if len(self._buf) < 3:
+                        return events
+                    if self._buf[2] == SSL2_SERVER_HELLO:
+                        self._sslv2 = True  # an SSL 2.0 server answering in kind
+                    elif not self._sslv2_hello(events):
+                        return events
                 self._first = False
+            if self._sslv2:
+                self._skip_sslv2_records()
+                return events
             while len(self._buf) >= _RECORD.size:
                 ctype, version, length = _RECORD.unpack_from(self._buf)
                 if ctype not in _CONTENT_TYPES or version >> 8 not in (0x03, 0xFE):

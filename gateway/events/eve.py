@@ -111,10 +111,18 @@ def format_timestamp(ts: float) -> str:
 
 
 def escape_bytes(data: bytes) -> str:
-    """Printable ASCII kept (backslash doubled), every other byte as \\xHH."""
-    from gateway.match.explain import escape_excerpt
-
-    return escape_excerpt(data)
+    """Printable ASCII kept (backslash doubled), every other byte as \\xHH: an ASCII string
+    that survives JSON, CSV and HTML escaping and is reversible (excerpts, URLs, and the
+    condition texts of gateway/match/explain.py)."""
+    out: list[str] = []
+    for b in data:
+        if b == 0x5C:
+            out.append("\\\\")
+        elif 0x20 <= b < 0x7F:
+            out.append(chr(b))
+        else:
+            out.append(f"\\x{b:02x}")
+    return "".join(out)
 
 
 def to_eve(event: Event) -> dict[str, Any]:

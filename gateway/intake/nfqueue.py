@@ -45,6 +45,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import gc
@@ -59,10 +60,20 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from gateway.config import FailPolicy, GatewayConfig
 from gateway.decode.packet import parse_ip
+from gateway.engine import Engine
+from gateway.engine_config import EngineConfig
+from gateway.events.sink import EventSink
+from gateway.match.rules import load_rules
+from gateway.policy.appcontrol import parse_host_controls, rule_paths, stored_controls
+from gateway.policy.compiled import CompiledPolicy
+from gateway.policy.exceptions import PolicyExceptions
+from gateway.policy.snapshot import policy_snapshot
+from gateway.policy.store import Store
 from gateway.verdict import Decision
 from gateway.verdict.reset import build_ethernet, rst_to_client, rst_to_server
 from gateway.vocabulary import PROTO_TCP, Action
@@ -387,21 +398,13 @@ class PacketHandler:
 # The worker process
 
 
-def engine_config(config: GatewayConfig) -> Any:
+def engine_config(config: GatewayConfig) -> EngineConfig:
     """The engine's EngineConfig from the gateway configuration, for packets from the queue
     (whose SYNs the kernel rules have checked with conntrack)."""
-    from dataclasses import replace
-
-    from gateway.engine_config import EngineConfig
-
     return replace(EngineConfig.from_gateway(config), kernel_checked_syn=True)
 
 
 def build_engine(config: GatewayConfig) -> EngineLike:
-    from gateway.engine import Engine
-    from gateway.match.rules import load_rules
-    from gateway.policy.appcontrol import rule_paths
-
     engine: EngineLike = Engine(load_rules(rule_paths(config)), engine_config(config))
     return engine
 
@@ -410,8 +413,6 @@ def build_sink(config: GatewayConfig, queue_num: int) -> SinkLike | None:
     ev = config.events
     if ev.sqlite is None and ev.jsonl is None:
         return None
-    from gateway.events.sink import EventSink
-
     for p in (ev.sqlite, ev.jsonl):
         if p is not None:
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -419,20 +420,14 @@ def build_sink(config: GatewayConfig, queue_num: int) -> SinkLike | None:
     return sink
 
 
-def load_policy(config: GatewayConfig) -> Any:
+def load_policy(config: GatewayConfig) -> CompiledPolicy | None:
     """The CompiledPolicy of the policy store, or None when there is no store file yet."""
     if not config.policy.database.exists():
         return None
-    from gateway.policy.appcontrol import stored_controls
-    from gateway.policy.compiled import CompiledPolicy
-    from gateway.policy.exceptions import PolicyExceptions
-    from gateway.policy.snapshot import policy_snapshot
-    from gateway.policy.store import Store
-
     with Store(config.policy.database) as store:
         hosts, groups, assignments = policy_snapshot(store, fold_exceptions=False)
         exceptions = PolicyExceptions(store).list_exceptions(include_expired=False)
-        app_controls = stored_controls(store)
+        app_controls = parse_host_controls(stored_controls(store))
     return CompiledPolicy(hosts, groups, assignments, exceptions, app_controls=app_controls)
 
 
@@ -555,8 +550,6 @@ PR_SET_PDEATHSIG = 1
 
 def _die_with_parent(parent: int) -> None:
     """Ask the kernel for SIGTERM when the parent goes (a killed `vpatch run` leaves no reader)."""
-    import ctypes
-
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before prctl took effect

@@ -26,9 +26,12 @@ from pathlib import Path
 
 import yaml
 
+from gateway.config import load_config
 from gateway.errors import LabError
 from gateway.lab.netns import netns_exec, netns_popen, pid_alive, pid_cmdline
 from gateway.lab.topology import LabSpec
+from gateway.policy.accounts import Accounts, new_password
+from gateway.policy.store import Store
 
 # Longest wait for a service to listen (or the gateway to open its control socket).
 START_TIMEOUT_S = 20.0
@@ -452,10 +455,6 @@ def start_ui(
     SQLite stores, so it needs no address in the lab. Plain HTTP on loopback: the session cookie
     is sent without the Secure flag (`--insecure-cookies`, lab use only).
     """
-    from gateway.config import load_config
-    from gateway.policy.accounts import Accounts, new_password
-    from gateway.policy.store import Store
-
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise LabError(f"--ui-listen {listen!r}: expected HOST:PORT")

@@ -14,8 +14,8 @@ fill the event's `field`, `condition` and `excerpt` (EVE `vpatch.field`, `vpatch
 - `request_target(data, end)`: the request target of the last HTTP/1.x request line (RFC 9112
   section 3) that starts before `end` in `data`: the URI of a raw rule's match on an HTTP
   stream, when it lies in the bytes at hand.
-- `escape_excerpt(b)`: bytes as an ASCII string, printable ASCII kept except the backslash,
-  everything else `\\xHH` (so it survives JSON, CSV and HTML escaping, and is reversible).
+Bytes in condition texts are escaped as the events write excerpts (gateway.events.eve
+`escape_bytes`).
 
 What it guarantees: nothing here raises on any rule or input (bad regexes, odd fields, offsets
 outside `data`); every excerpt is at most MAX_EXCERPT bytes, every condition text at most
@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from gateway.events.eve import escape_bytes
 from gateway.match.conditions import (
     RAW,
     All,
@@ -51,7 +52,6 @@ __all__ = [
     "MAX_EXCERPT",
     "MAX_TARGET",
     "Why",
-    "escape_excerpt",
     "explain_fields",
     "explain_raw",
     "request_target",
@@ -63,7 +63,8 @@ EXCERPT_AFTER: Final = MAX_EXCERPT - EXCERPT_BEFORE
 MAX_CONDITION_TEXT: Final = 120  # characters of the condition's short form
 MAX_TARGET: Final = 1024  # bytes of a request target kept (URI exceptions, EVE http.url)
 MAX_REQUEST_SEARCH: Final = 16384  # bytes before the match end searched for a request line
-_REQUEST_LINE: Final = re.compile(rb"(?:^|\n)[A-Z][A-Z_-]{2,15} ([^\s]+) HTTP/\d")
+# the match starts where the request line does (not at the newline before it)
+_REQUEST_LINE: Final = re.compile(rb"(?:^|(?<=\n))[A-Z][A-Z_-]{2,15} ([^\s]+) HTTP/\d")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,19 +74,6 @@ class Why:
     field: str
     condition: str
     excerpt: bytes
-
-
-def escape_excerpt(data: bytes) -> str:
-    """Printable ASCII as is (backslash doubled), every other byte as \\xHH."""
-    out: list[str] = []
-    for b in data:
-        if b == 0x5C:
-            out.append("\\\\")
-        elif 0x20 <= b < 0x7F:
-            out.append(chr(b))
-        else:
-            out.append(f"\\x{b:02x}")
-    return "".join(out)
 
 
 def _short(text: str) -> str:
@@ -125,7 +113,7 @@ def explain_raw(rule: Rule, pattern_index: int | None, data: bytes, end: int | N
         if p.kind == "content":
             condition = f'content "{_content_text(p.expr)}"'
         else:
-            condition = "regex /" + escape_excerpt(p.expr) + "/"
+            condition = "regex /" + escape_bytes(p.expr) + "/"
         if p.nocase:
             condition += " nocase"
     elif rule.patterns:
@@ -145,7 +133,7 @@ def _leaf_text(leaf: Match | Compare) -> str:
                 for i in leaf.items
             )
         else:
-            text = "regex /" + escape_excerpt(leaf.regex or leaf.expr) + "/"
+            text = "regex /" + escape_bytes(leaf.regex or leaf.expr) + "/"
             if leaf.nocase:
                 text += " nocase"
         return text
@@ -158,11 +146,11 @@ def _leaf_text(leaf: Match | Compare) -> str:
         shown = value.field + (f" + {value.plus}" if value.plus else "")
     elif isinstance(value, frozenset):
         members = sorted(
-            (escape_excerpt(v) if isinstance(v, bytes) else str(v) for v in value), key=str
+            (escape_bytes(v) if isinstance(v, bytes) else str(v) for v in value), key=str
         )
         shown = "[" + ", ".join(members[:8]) + (", ..." if len(members) > 8 else "") + "]"
     elif isinstance(value, bytes):
-        shown = '"' + escape_excerpt(value) + '"'
+        shown = '"' + escape_bytes(value) + '"'
     else:
         shown = str(value)
     return f"{left} {leaf.op} {shown}" + (" nocase" if leaf.nocase else "")
@@ -181,7 +169,7 @@ def _content_end(items: tuple[ContentItem, ...], value: bytes) -> int | None:
     while pos >= 0 and tries < 64:
         tries += 1
         tail = value[pos:]
-        head = ContentItem(first.data, first.nocase)
+        head = ContentItem(first.data, first.nocase, depth=len(first.data))  # at pos, no later
         if reference_match((head, *items[1:]), tail):
             return pos + len(first.data)
         pos = hay.find(needle, pos + 1, limit)

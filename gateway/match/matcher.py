@@ -34,9 +34,11 @@ from typing import Any, Final
 
 import hyperscan
 
-from gateway.decode import app as app_registry
+from gateway.decode import bundled  # noqa: F401 (registers the bundled app decoders)
+from gateway.decode import registry as app_registry
 from gateway.errors import RuleError
 from gateway.match.conditions import evaluate, fields_of, matches_of, required_match
+from gateway.match.expressions import literal_flags, literal_regex, regex_flags
 from gateway.match.rules import ANY_PORT, Rule, RuleSet
 from gateway.vocabulary import PROTO_TCP, Direction
 
@@ -46,31 +48,9 @@ __all__ = [
     "Matcher",
     "MatcherStats",
     "StreamState",
-    "literal_flags",
-    "literal_regex",
-    "regex_flags",
 ]
 
 NO_RULES: Final[tuple[Rule, ...]] = ()
-
-_SAFE_BYTES: Final = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-
-
-def regex_flags(nocase: bool) -> int:
-    """Hyperscan flags for a rule regex."""
-    flags = hyperscan.HS_FLAG_DOTALL | hyperscan.HS_FLAG_SINGLEMATCH
-    return flags | hyperscan.HS_FLAG_CASELESS if nocase else flags
-
-
-def literal_flags(nocase: bool) -> int:
-    """Hyperscan flags for a content literal (escaped into a regex)."""
-    flags = hyperscan.HS_FLAG_SINGLEMATCH
-    return flags | hyperscan.HS_FLAG_CASELESS if nocase else flags
-
-
-def literal_regex(data: bytes) -> bytes:
-    """A regex matching exactly `data`: every byte outside [A-Za-z0-9_] becomes `\\xHH`."""
-    return b"".join(bytes((b,)) if b in _SAFE_BYTES else b"\\x%02x" % b for b in data)
 
 
 def _collect(pattern_id: int, start: int, end: int, flags: int, hits: Any) -> None:

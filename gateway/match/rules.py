@@ -36,6 +36,8 @@ from yaml.error import Mark
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.representer import SafeRepresenter
 
+from gateway.decode import bundled  # noqa: F401 (registers the bundled app decoders)
+from gateway.decode import registry as app_registry
 from gateway.errors import RuleError, RuleProblem
 from gateway.match.conditions import (
     RAW,
@@ -45,6 +47,7 @@ from gateway.match.conditions import (
     fields_of,
     parse_condition,
 )
+from gateway.match.expressions import check_regex
 from gateway.vocabulary import PROTO_NAMES, PROTO_TCP, PROTO_UDP, Action, Direction, Mode
 
 __all__ = [
@@ -62,7 +65,6 @@ __all__ = [
     "RuleSet",
     "Sample",
     "build_rule",
-    "check_regex",
     "default_rule_dir",
     "direction_text",
     "load_rules",
@@ -577,8 +579,6 @@ def _build_rule(node: Node, path: Path, problems: _Problems) -> Rule | None:
 def _app(
     got: tuple[Node, Any] | None, protocol: str | None, path: Path, problems: _Problems
 ) -> str | None:
-    from gateway.decode import app as app_registry
-
     if got is None:
         return "raw"
     vnode, value = got
@@ -602,7 +602,6 @@ def _conditions(
 ) -> tuple[list[Pattern], Condition | None]:
     """Parse `conditions`; split the top-level raw matches (-> raw stream patterns) from the
     field conditions (-> Rule.conditions)."""
-    from gateway.decode import app as app_registry
 
     def field_kind(name: str) -> str | None:
         if app == "raw" or not name.startswith(app + "."):
@@ -897,17 +896,3 @@ def _pattern(node: Node, path: Path, problems: _Problems) -> Pattern | None:
     if bad:
         return None
     return Pattern(kind=kind, expr=expr, nocase=nocase)
-
-
-def check_regex(expr: bytes, nocase: bool) -> str | None:
-    """Compile one regex alone in stream mode; return Hyperscan's complaint, or None."""
-    import hyperscan
-
-    from gateway.match.matcher import regex_flags
-
-    db = hyperscan.Database(mode=hyperscan.HS_MODE_STREAM)
-    try:
-        db.compile(expressions=[expr], ids=[0], flags=[regex_flags(nocase)])
-    except hyperscan.error as err:
-        return str(err) or type(err).__name__
-    return None

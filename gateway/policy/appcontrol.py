@@ -9,7 +9,7 @@ What it does: an app-control rule is one of these texts (stored per host in the 
   refuse-http-port-other-than P[,P..]  an HTTP request on any other TCP port -> reset
 Each maps to built-in virtual rules (APP_CONTROL_RULES, ids 9200000-9200099, `default_mode
 off`) that the engine evaluates like any rule on the fields of the app decoders
-(gateway/decode/app.py: smb.negotiate.dialects, tls.handshake.effective_version, ftp.command,
+(gateway/decode/registry.py: smb.negotiate.dialects, tls.handshake.effective_version, ftp.command,
 raw);
 `CompiledPolicy.mode(server, rule, server_port)` turns them on (PREVENT) only for the hosts
 whose policy names them, so the events name the cause ("app-control: SMB1 negotiation
@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import ipaddress
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from gateway.errors import ConfigError
 from gateway.match.rules import RuleSet
+from gateway.policy.compiled import APP_CONTROL_FIRST, APP_CONTROL_LAST
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig, Network
@@ -54,7 +56,7 @@ SID_TLS_MIN: Final = {
 SID_FTP: Final = 9200021
 SID_TELNET: Final = 9200022
 SID_HTTP_PORT: Final = 9200031
-SID_RANGE: Final = range(9200000, 9200100)
+SID_RANGE: Final = range(APP_CONTROL_FIRST, APP_CONTROL_LAST + 1)
 # Virtual rules with `ports: any`: a host whose policy names one has every TCP port queued
 # (render.any_port_hosts) instead of every protected host (the plan leaves them out).
 ANY_PORT_SIDS: Final = frozenset({SID_HTTP_PORT})
@@ -133,6 +135,15 @@ def any_port_hosts(store: Store) -> list[Network]:
         if control.every_port and network not in out:
             out.append(network)
     return out
+
+
+def parse_host_controls(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, AppControl]]:
+    """(host address, parsed control) of (host address, rule text) pairs, as CompiledPolicy
+    takes them; ConfigError naming the text and the host for one that does not parse."""
+    return [
+        (address, parse_control(text, f"policy app control of {address}"))
+        for address, text in pairs
+    ]
 
 
 def stored_controls(store: Store) -> list[tuple[str, str]]:

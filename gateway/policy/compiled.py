@@ -7,8 +7,9 @@ assignment: host > group (the host's group) > global > the rule's `default_mode`
 is an address or a CIDR; an address is matched exactly first, then the most specific prefix
 that contains it.
 
-Application control (gateway/policy/appcontrol.py): `app_controls` ((host address, rule text)
-pairs) turn the built-in virtual rules (ids in appcontrol.SID_RANGE, default_mode off) to
+Application control (gateway/policy/appcontrol.py): `app_controls` ((host address, parsed
+AppControl) pairs, as appcontrol.parse_host_controls gives them; this module never parses the
+text) turn the built-in virtual rules (ids APP_CONTROL_FIRST..LAST, default_mode off) to
 PREVENT for those hosts only; `mode(server_ip, rule, server_port)` also needs the server port
 for "refuse-http-port-other-than" (the allowed ports stay OFF). Virtual rules ignore
 assignments: the app-control policy alone decides them.
@@ -39,6 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
+from gateway.decode.http import normalize_uri
 from gateway.errors import ConfigError
 from gateway.vocabulary import Mode
 
@@ -54,7 +56,7 @@ __all__ = [
 ]
 
 MAX_CACHED_ADDRESSES: Final = 65536
-APP_CONTROL_FIRST: Final = 9200000  # gateway/policy/appcontrol.py SID_RANGE
+APP_CONTROL_FIRST: Final = 9200000  # the ids of the app-control rules (appcontrol.SID_RANGE)
 APP_CONTROL_LAST: Final = 9200099
 MAX_EXCEPTIONS: Final = 10000  # exception scopes in one policy (the store lists at most this)
 
@@ -101,6 +103,17 @@ class ExceptionLike(Protocol):
     def expires_at(self) -> float | None: ...
 
 
+class AppControlLike(Protocol):
+    """A parsed app-control rule (gateway/policy/appcontrol.py AppControl)."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def rule_ids(self) -> frozenset[int]: ...
+    @property
+    def http_ports(self) -> frozenset[int]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ExceptionScope:
     """One compiled exception: where a rule's firing is ignored (see the module comment)."""
@@ -136,8 +149,6 @@ class ExceptionScope:
 
 def normalize_exception_uri(uri: str) -> tuple[str, bool]:
     """(normalised URI, is a prefix) for an exception's URI, compared with `http.uri`."""
-    from gateway.decode.http import normalize_uri
-
     text = uri.strip()
     prefix = text.endswith("*")
     if prefix:
@@ -174,20 +185,17 @@ class CompiledPolicy:
         assignments: Iterable[AssignmentLike] = (),
         exceptions: Iterable[ExceptionLike] = (),
         *,
-        app_controls: Iterable[tuple[str, str]] = (),
+        app_controls: Iterable[tuple[str, AppControlLike]] = (),
     ) -> None:
-        from gateway.policy.appcontrol import parse_control
-
         # address -> (virtual rule ids on, allowed HTTP ports or None when no port control)
         self._apps: dict[str, tuple[frozenset[int], frozenset[int] | None]] = {}
-        for address, text in app_controls:
+        for address, control in app_controls:
             try:
                 addr = str(ipaddress.ip_address(address))
             except ValueError:
                 raise ConfigError(
-                    f"policy app control {text!r}: host {address!r} is not an address"
+                    f"policy app control {control.text!r}: host {address!r} is not an address"
                 ) from None
-            control = parse_control(text, f"policy app control of {addr}")
             ids, ports = self._apps.get(addr, (frozenset(), None))
             if control.http_ports:
                 ports = control.http_ports | (ports or frozenset())

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from gateway.control.server import ControlError, control_request
 from gateway.lifecycle.state import (
     HistoryEntry,
     LifecycleError,
@@ -162,8 +163,6 @@ def notify_reload(control_socket: Path | None) -> dict[str, Any]:
     """Ask the running gateway to reload; never raises (the result says what happened)."""
     if control_socket is None:
         return {"ok": False, "error": "no control socket given"}
-    from gateway.control.server import ControlError, control_request
-
     try:
         result = control_request(control_socket, "reload", timeout=RELOAD_TIMEOUT_S)
     except ControlError as err:

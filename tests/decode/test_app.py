@@ -1,5 +1,6 @@
-"""Tests for gateway/decode/app.py: the registry, identification by content and port, and
-the adapters' records over real captures (the corpora) and fed one byte at a time."""
+"""Tests for gateway/decode/registry.py (registration, identification by content and port) with
+the bundled decoders (gateway/decode/bundled.py), and the adapters' records (app.py, smb.py) over
+real captures (the corpora) and fed one byte at a time."""
 
 from __future__ import annotations
 
@@ -7,28 +8,31 @@ from pathlib import Path
 
 import pytest
 
-from gateway.decode import app
-from gateway.decode.app import AppProtocol, FieldKind, Probe
+from gateway.decode import (
+    bundled,  # noqa: F401 (registers the bundled app decoders)
+    registry,
+)
+from gateway.decode.registry import AppProtocol, FieldKind, Probe
 from gateway.testing.streams import tcp_streams
 from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Direction
 
 
 def test_bundled_protocols_and_field_kinds() -> None:
-    names = {p.name for p in app.protocols()}
+    names = {p.name for p in registry.protocols()}
     assert {"http", "tls", "dns", "smb"} <= names
-    assert app.field_kind("http.header.x-anything") is FieldKind.BYTES
-    assert app.field_kind("smb.trans2.subcommand") is FieldKind.INT
-    assert app.field_kind("http.nope") is None and app.field_kind("zzz.x") is None
+    assert registry.field_kind("http.header.x-anything") is FieldKind.BYTES
+    assert registry.field_kind("smb.trans2.subcommand") is FieldKind.INT
+    assert registry.field_kind("http.nope") is None and registry.field_kind("zzz.x") is None
 
 
 def test_register_validates() -> None:
-    def new(transport: int, direction: int) -> app.AppDecoder:
+    def new(transport: int, direction: Direction) -> registry.AppDecoder:
         raise AssertionError
 
     with pytest.raises(ValueError, match="'http' is already registered"):
-        app.register(AppProtocol("http", frozenset({PROTO_TCP}), frozenset(), {}, new))
+        registry.register(AppProtocol("http", frozenset({PROTO_TCP}), frozenset(), {}, new))
     with pytest.raises(ValueError, match="field 'other.x'"):
-        app.register(
+        registry.register(
             AppProtocol("zz", frozenset({PROTO_TCP}), frozenset(), {"other.x": FieldKind.INT}, new)
         )
 
@@ -54,14 +58,21 @@ def test_register_validates() -> None:
 )
 def test_identify(data: bytes, port: int, expected: tuple[str | None, bool]) -> None:
     assert (
-        app.identify(["http", "tls", "smb"], PROTO_TCP, port, Direction.TO_SERVER, data) == expected
+        registry.identify(["http", "tls", "smb"], PROTO_TCP, port, Direction.TO_SERVER, data)
+        == expected
     )
 
 
 def test_identify_dns_by_port_only() -> None:
-    assert app.identify(["dns"], PROTO_UDP, 53, Direction.TO_SERVER, b"\x00" * 12) == ("dns", True)
-    assert app.identify(["dns"], PROTO_UDP, 5353, Direction.TO_SERVER, b"\x00" * 12) == (None, True)
-    http = app.get("http")
+    assert registry.identify(["dns"], PROTO_UDP, 53, Direction.TO_SERVER, b"\x00" * 12) == (
+        "dns",
+        True,
+    )
+    assert registry.identify(["dns"], PROTO_UDP, 5353, Direction.TO_SERVER, b"\x00" * 12) == (
+        None,
+        True,
+    )
+    http = registry.get("http")
     assert http is not None and http.probe is not None
     assert http.probe(b"", Direction.TO_SERVER) is Probe.NEED_DATA
 
@@ -71,7 +82,7 @@ def test_smb_records_from_the_eternalblue_capture_whole_and_bytewise(corpora: Pa
     streams = [d for k, d in tcp_streams(pcap).items() if k.dport == 445 and b"\xa0" in d]
     assert streams
     data = max(streams, key=len)
-    smb = app.get("smb")
+    smb = registry.get("smb")
     assert smb is not None
     whole = smb.new_decoder(PROTO_TCP, Direction.TO_SERVER).feed(data)
     bytewise = []
@@ -84,8 +95,8 @@ def test_smb_records_from_the_eternalblue_capture_whole_and_bytewise(corpora: Pa
 
 
 def test_http_body_record_carries_head_and_body() -> None:
-    dec = app.get("http").new_decoder(PROTO_TCP, Direction.TO_SERVER)  # type: ignore[union-attr]
+    dec = registry.get("http").new_decoder(PROTO_TCP, Direction.TO_SERVER)  # type: ignore[union-attr]
     recs = dec.feed(b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
     assert recs[0].fields["http.method"] == b"POST" and "http.body" not in recs[0].fields
     assert recs[1].fields["http.body"] == b"abc" and recs[1].fields["http.uri"] == b"/a"
-    assert Direction.TO_CLIENT not in app.get("http").directions  # type: ignore[union-attr]
+    assert Direction.TO_CLIENT not in registry.get("http").directions  # type: ignore[union-attr]

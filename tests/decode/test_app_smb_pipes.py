@@ -1,5 +1,5 @@
-"""Tests for the SMB adapter's DCE/RPC-over-named-pipe records (gateway/decode/app.py SmbAdapter
-with gateway/decode/dcerpc.smb_pipe_records): real srvsvc / samr calls in the benign corpora,
+"""Tests for the SMB adapter's DCE/RPC-over-named-pipe records (gateway/decode/smb.py SmbAdapter
+with smb.pipe_records): real srvsvc / samr calls in the benign corpora,
 the same records when the stream arrives one byte at a time, and an engine run in which a
 dcerpc rule on port 445 fires on a pipe call."""
 
@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.decode import app
-from gateway.decode.app import AppRecord
+from gateway.decode import (
+    bundled,  # noqa: F401 (registers the bundled app decoders)
+    registry,
+)
+from gateway.decode.registry import AppRecord
 from gateway.testing.streams import tcp_streams
 from gateway.vocabulary import PROTO_TCP, Direction
 
@@ -19,7 +22,7 @@ SAMR = b"12345778-1234-abcd-ef00-0123456789ab"
 
 
 def _smb_records(data: bytes, step: int = 0) -> list[AppRecord]:
-    smb = app.get("smb")
+    smb = registry.get("smb")
     assert smb is not None
     adapter = smb.new_decoder(PROTO_TCP, Direction.TO_SERVER)
     if not step:
@@ -89,5 +92,5 @@ def test_non_rpc_file_writes_give_no_dcerpc_records(corpora: Path) -> None:
 
 
 def test_dcerpc_is_carried_by_smb() -> None:
-    proto = app.get("dcerpc")
+    proto = registry.get("dcerpc")
     assert proto is not None and proto.carried_by == frozenset({"smb"})

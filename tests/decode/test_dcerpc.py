@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.decode import app
+from gateway.decode import (
+    bundled,  # noqa: F401 (registers the bundled app decoders)
+    registry,
+)
 from gateway.decode.dcerpc import (
     MAX_PENDING_CALLS,
     MAX_STUB_KEEP,
@@ -23,9 +26,8 @@ from gateway.decode.dcerpc import (
     Pdu,
     Request,
     State,
-    smb_pipe_records,
 )
-from gateway.decode.smb import SmbDecodeError, SmbDecoder
+from gateway.decode.smb import SmbDecodeError, SmbDecoder, pipe_records
 from gateway.testing.streams import tcp_streams
 from gateway.vocabulary import PROTO_TCP, Direction
 
@@ -184,21 +186,38 @@ def test_stub_kept_up_to_bound_but_counted_in_full() -> None:
         (b"GET / HTTP/1.1\r\n\r\n", "not a DCE/RPC CO header"),
         (pdu(0, b"")[:8] + b"\x08\x00\0\0\1\0\0\0", "frag length 8"),
         (pdu(42, b"xxxx"), "unknown DCE/RPC packet type 42"),
-        (pdu(0, b"abc"), "REQUEST of call 1 too short"),
-        (pdu(11, struct.pack("<HHIB3x", 1, 1, 0, 2)), "context item 0 runs past"),
-        (
-            b"".join(request(0, 1, b"x", i, PFC_FIRST_FRAG) for i in range(MAX_PENDING_CALLS + 1)),
-            "more than 16 fragmented calls",
-        ),
     ],
 )
-def test_errors_are_sticky(stream: bytes, error: str) -> None:
+def test_framing_errors_are_sticky(stream: bytes, error: str) -> None:
     dec = DceRpcDecoder()
     with pytest.raises(DceRpcDecodeError, match=error):
         dec.receive_data(stream)
     assert dec.state is State.ERROR
     with pytest.raises(DceRpcDecodeError, match="ERROR state"):
         dec.receive_data(b"")
+
+
+def test_pending_call_bound_forgets_the_oldest_call() -> None:
+    dec = DceRpcDecoder()
+    opened = b"".join(request(0, 1, b"x", i, PFC_FIRST_FRAG) for i in range(MAX_PENDING_CALLS + 1))
+    events = dec.receive_data(opened + request(0, 7, b"stub", 99))
+    assert dec.evicted_calls == 2 and dec.malformed == 0  # the 17th call, then call 99
+    assert any(isinstance(e, Request) and e.opnum == 7 for e in events)
+
+
+@pytest.mark.parametrize(
+    ("stream", "bad"),
+    [
+        (pdu(0, b"abc"), 1),
+        (pdu(11, struct.pack("<HHIB3x", 1, 1, 0, 2)), 1),
+    ],
+)
+def test_a_bad_pdu_in_an_intact_frame_does_not_stop_decoding(stream: bytes, bad: int) -> None:
+    """The server rejects a malformed PDU and reads the next one: so does the decoder."""
+    dec = DceRpcDecoder()
+    events = dec.receive_data(stream + request(0, 7, b"stub", 99))
+    assert dec.malformed == bad and dec.state is not State.ERROR
+    assert any(isinstance(e, Request) and e.opnum == 7 for e in events)
 
 
 def test_pipes_skip_files_that_are_not_rpc() -> None:
@@ -234,7 +253,7 @@ def pipe_requests(path: Path) -> list[tuple[bytes, int]]:
         except SmbDecodeError:
             continue
         for ev in events:
-            for rec in smb_pipe_records(pipes, ev):
+            for rec in pipe_records(pipes, ev):
                 if "dcerpc.opnum" in rec.fields:
                     iface, opnum = rec.fields["dcerpc.interface"], rec.fields["dcerpc.opnum"]
                     assert isinstance(iface, bytes) and isinstance(opnum, int)
@@ -258,9 +277,9 @@ def test_real_smb_pipes(corpora: Path, name: str, expected: list[tuple[str, int]
 
 
 def test_registered_adapter_gives_interface_per_request() -> None:
-    proto = app.get("dcerpc")
+    proto = registry.get("dcerpc")
     assert proto is not None
-    assert app.identify(["dcerpc"], PROTO_TCP, 135, Direction.TO_SERVER, BLASTER_LIKE) == (
+    assert registry.identify(["dcerpc"], PROTO_TCP, 135, Direction.TO_SERVER, BLASTER_LIKE) == (
         "dcerpc",
         True,
     )

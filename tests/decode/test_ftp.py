@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.decode import app
+from gateway.decode import (
+    bundled,  # noqa: F401 (registers the bundled app decoders)
+    registry,
+)
 from gateway.decode.ftp import (
     MAX_LINE,
     Command,
@@ -88,9 +91,12 @@ def test_errors_are_sticky(client: bool, stream: bytes, error: str) -> None:
 
 
 def test_registered_adapter() -> None:
-    proto = app.get("ftp")
+    proto = registry.get("ftp")
     assert proto is not None
-    assert app.identify(["ftp"], PROTO_TCP, 21, Direction.TO_SERVER, b"USER x\r\n") == ("ftp", True)
+    assert registry.identify(["ftp"], PROTO_TCP, 21, Direction.TO_SERVER, b"USER x\r\n") == (
+        "ftp",
+        True,
+    )
     records = proto.new_decoder(PROTO_TCP, Direction.TO_SERVER).feed(b"SITE " + LONG + b"\r\n")
     assert records[0].fields["ftp.command"] == b"SITE"
     assert records[0].fields["ftp.argument_length"] == MAX_LINE + 1 - 5

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 from scapy.all import IP, UDP, Raw
 
-from gateway.decode import app
+from gateway.decode import (
+    bundled,  # noqa: F401 (registers the bundled app decoders)
+    registry,
+)
 from gateway.decode.mssql import (
     CLNT_UCAST_DAC,
     CLNT_UCAST_INST,
@@ -65,9 +68,9 @@ def test_errors(payload: bytes, error: str) -> None:
 
 
 def test_registered_adapter() -> None:
-    proto = app.get("mssql")
+    proto = registry.get("mssql")
     assert proto is not None
-    assert app.identify(["mssql"], PROTO_UDP, 1434, Direction.TO_SERVER, SLAMMER_PAYLOAD) == (
+    assert registry.identify(["mssql"], PROTO_UDP, 1434, Direction.TO_SERVER, SLAMMER_PAYLOAD) == (
         "mssql",
         True,
     )

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.decode import app
+from gateway.decode import (
+    bundled,  # noqa: F401 (registers the bundled app decoders)
+    registry,
+)
 from gateway.decode.rdp import (
     CS_NET,
     MCS_ATTACH_USER_REQUEST,
@@ -208,9 +211,12 @@ def test_benign_rdp_captures(corpora: Path) -> None:
 
 
 def test_registered_adapter_has_one_record_per_channel() -> None:
-    proto = app.get("rdp")
+    proto = registry.get("rdp")
     assert proto is not None
-    assert app.identify(["rdp"], PROTO_TCP, 3389, Direction.TO_SERVER, BLUEKEEP) == ("rdp", True)
+    assert registry.identify(["rdp"], PROTO_TCP, 3389, Direction.TO_SERVER, BLUEKEEP) == (
+        "rdp",
+        True,
+    )
     records = proto.new_decoder(PROTO_TCP, Direction.TO_SERVER).feed(BLUEKEEP)
     assert [r.fields["rdp.channel"] for r in records if "rdp.channel" in r.fields] == [
         b"rdpdr",

@@ -73,6 +73,18 @@ CASES = [
         [Record(24, 0x0302, 1), Heartbeat(1, 0xFFFF, 1, False)],
     ),
     (
+        "an SSL 2.0 session: its records are skipped, not taken for TLS",
+        SSLV2_HELLO[:3]
+        + b"\x00\x02"
+        + SSLV2_HELLO[5:]
+        + b"\x80\x03\x02\xaa\xbb"
+        + b"\x00\x02\x01\x07\x07",
+        [
+            Record(22, 0x0002, len(SSLV2_HELLO) - 2),
+            Handshake(1, len(SSLV2_HELLO) - 2, 0x0002, (0x0035, 0x002F), 0x0002),
+        ],
+    ),
+    (
         "SSLv2-format ClientHello, then a heartbeat record",
         SSLV2_HELLO + HEARTBLEED,
         [

@@ -1,17 +1,15 @@
 """The lifecycle monitor's core (no sockets): NFLOG messages -> learned tuples and lockdown
-events; and the NFLOG message parser on netlink bytes laid out as the kernel sends them."""
+events. The NFLOG message parser is in test_nflog.py."""
 
 from __future__ import annotations
 
-import socket
-import struct
 from pathlib import Path
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP  # type: ignore[import-untyped]
 
 from gateway.firewall.hostmodes import HostModeSettings
 from gateway.lifecycle.monitor import SID_NEW_PEER, SID_NEW_PORT, LifecycleMonitor
-from gateway.lifecycle.nflog import LoggedPacket, parse_messages
+from gateway.lifecycle.nflog import LoggedPacket
 from gateway.lifecycle.state import (
     HostMode,
     LearnedTuple,
@@ -68,22 +66,3 @@ def test_lockdown_events_name_new_peer_or_port_once(tmp_path: Path) -> None:
     assert "new peer 198.18.0.99" in ev2.signature
     now[0] += 61
     assert mon.handle(LoggedPacket(S.lockdown_group, 2, "", _syn("198.18.0.10", 8080)))
-
-
-def _nlmsg(group: int, attrs: list[tuple[int, bytes]]) -> bytes:
-    body = struct.pack("=BBH", socket.AF_INET, 0, socket.htons(group))
-    for kind, data in attrs:
-        a = struct.pack("=HH", 4 + len(data), kind) + data
-        body += a + b"\x00" * (-len(a) % 4)
-    return struct.pack("=IHHII", 16 + len(body), (4 << 8) | 0, 0, 0, 0) + body
-
-
-def test_parse_messages_reads_prefix_and_payload_of_each_message() -> None:
-    pkt = _syn("198.18.0.10", 80)
-    data = _nlmsg(17, [(1, b"\x08\x00\x03\x00"), (10, b"vpatch-learn\x00"), (9, pkt)])
-    data += _nlmsg(18, [(9, pkt[:40])])
-    got = parse_messages(data + b"\x01\x02")  # trailing garbage is ignored
-    assert [(g.group, g.prefix, g.payload) for g in got] == [
-        (17, "vpatch-learn", pkt),
-        (18, "", pkt[:40]),
-    ]

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.match.matcher import Matcher, literal_regex
+from gateway.match.expressions import literal_regex
+from gateway.match.matcher import Matcher
 from gateway.match.rules import DIRECTIONS, Pattern, Rule, RuleSet
 from gateway.vocabulary import Action, Direction
 

@@ -22,6 +22,7 @@ from gateway.policy.appcontrol import (
     SID_TLS_MIN,
     any_port_hosts,
     parse_control,
+    parse_host_controls,
     plan_rules,
     stored_controls,
 )
@@ -69,7 +70,9 @@ def test_virtual_rules_load_off_by_default() -> None:
 def test_modes_per_host_and_port() -> None:
     by_id = load_rules([APP_CONTROL_RULES]).by_id
     policy = CompiledPolicy(
-        app_controls=[(HOST, "refuse-smb1"), (HOST, "refuse-http-port-other-than 80")]
+        app_controls=parse_host_controls(
+            [(HOST, "refuse-smb1"), (HOST, "refuse-http-port-other-than 80")]
+        )
     )
     assert policy.mode(HOST, by_id[SID_SMB1], 445) is Mode.PREVENT
     assert policy.mode("198.18.0.21", by_id[SID_SMB1], 445) is Mode.OFF
@@ -78,7 +81,9 @@ def test_modes_per_host_and_port() -> None:
     assert policy.mode(HOST, by_id[SID_HTTP_PORT], 8080) is Mode.PREVENT
     assert CompiledPolicy().mode(HOST, by_id[SID_SMB1], 445) is Mode.OFF
     with pytest.raises(ConfigError, match="not an address"):
-        CompiledPolicy(app_controls=[("nope", "refuse-smb1")])
+        CompiledPolicy(app_controls=parse_host_controls([("nope", "refuse-smb1")]))
+    with pytest.raises(ConfigError, match="policy app control of 198.18.0.20: app-control rule"):
+        parse_host_controls([(HOST, "refuse-everything")])
 
 
 def test_stored_controls_and_audit(tmp_path: Path) -> None:
@@ -113,12 +118,15 @@ def test_http_on_any_port_but_the_allowed_ones() -> None:
     hosts pass."""
     rules = load_rules([APP_CONTROL_RULES])
     title = rules.by_id[SID_HTTP_PORT].title
-    policy = CompiledPolicy(app_controls=[(HOST, "refuse-http-port-other-than 80")])
+    policy = CompiledPolicy(
+        app_controls=parse_host_controls([(HOST, "refuse-http-port-other-than 80")])
+    )
     engine = Engine(rules, policy=policy)
     assert http_events(engine, 5000, REQUEST, 40001) == [title]
     assert http_events(engine, 80, REQUEST, 40002) == []
     assert http_events(engine, 5000, b"SSH-2.0-OpenSSH_9.2\r\n" + b"x" * 600, 40003) == []
-    other = Engine(rules, policy=CompiledPolicy(app_controls=[("198.18.0.21", "refuse-smb1")]))
+    controls = parse_host_controls([("198.18.0.21", "refuse-smb1")])
+    other = Engine(rules, policy=CompiledPolicy(app_controls=controls))
     assert http_events(other, 5000, REQUEST, 40004) == []
     # no policy naming an any-port rule: flows on unnamed ports are not inspected at all
     assert other.stats.flows_inspected == 0

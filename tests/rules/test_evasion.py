@@ -30,6 +30,7 @@ from gateway.engine_config import EngineConfig
 from gateway.match.matcher import Matcher
 from gateway.match.rules import Rule, Sample, all_rules_on, default_rule_dir, load_rules
 from gateway.testing.corpora import NO_EXPLOIT, expected
+from gateway.testing.samples import ANY_PORT_SAMPLE_PORT
 from gateway.testing.streams import StreamKey, tcp_streams
 from gateway.testing.traffic import Segment, contiguous, replay_packets, tcp_session
 
@@ -219,11 +220,10 @@ def sample_cases() -> list[tuple[Rule, Sample]]:
 def test_rule_attack_sample_survives_segmentation(rule: Rule, sample: Sample) -> None:
     """Caught by the rule or by a sibling naming the same CVE (the first to block ends the flow,
     so which sibling fires first depends on where the segment boundaries fall)."""
+    port = rule.ports[0] if rule.ports else ANY_PORT_SAMPLE_PORT  # `ports: any`
     failed = [
         name
         for name, segment in SEGMENTATIONS.items()
-        if not caught(
-            segment(sample.to_server), sample.to_client, rule.ports[0], set(rule.cves), rule.id
-        )
+        if not caught(segment(sample.to_server), sample.to_client, port, set(rule.cves), rule.id)
     ]
     assert not failed, f"rule {rule.id} sample line {sample.line}: evaded by {failed}"

@@ -12,7 +12,6 @@ import pytest
 from scapy.layers.dns import DNS, DNSQR, DNSRR  # type: ignore[import-untyped]
 
 from gateway.scan import probes
-from gateway.scan.scanner import ScanError, parse_ports
 
 
 def test_version_bind_query_is_chaos_txt() -> None:
@@ -163,13 +162,3 @@ def test_probe_on_closed_port_finds_nothing() -> None:
     assert not probes.tcp_open("127.0.0.1", port, 1)
     assert probes.probe_http("127.0.0.1", port, 1) is None
     assert probes.probe_smb("127.0.0.1", port, 1) is None
-
-
-def test_parse_ports() -> None:
-    assert parse_ports("80, 443,1000-1002,u53,u1434") == ((80, 443, 1000, 1001, 1002), (53, 1434))
-    with pytest.raises(ScanError, match="'x80'"):
-        parse_ports("x80")
-    with pytest.raises(ScanError, match="outside"):
-        parse_ports("70000")
-    with pytest.raises(ScanError, match="at most"):
-        parse_ports("1-5000")

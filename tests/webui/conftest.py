@@ -1,6 +1,6 @@
 """Fixtures for the web UI: a fresh policy database and event store per test (tmp_path), the
 Flask test client, users `admin` and `viewer`, and an `auth` helper that logs in (through the
-real login form, with its CSRF token)."""
+real login form, with its CSRF token); helpers `store_of(app)` and `api_token(app, user)`."""
 
 from __future__ import annotations
 
@@ -116,3 +116,14 @@ class Auth:
 @pytest.fixture
 def auth(client: FlaskClient) -> Auth:
     return Auth(client)
+
+
+def store_of(app: Flask) -> Store:
+    """The app's policy store, opened by the test (use as a context manager)."""
+    return Store(Path(app.config["POLICY_DB"]))
+
+
+def api_token(app: Flask, user: str) -> dict[str, str]:
+    """Authorization headers with a new API token of `user`."""
+    with store_of(app) as s:
+        return {"Authorization": f"Bearer {Accounts(s).create_token(user, 'test', 'test')}"}

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from gateway.decode import app as app_registry
+from gateway.decode import bundled  # noqa: F401 (registers the bundled app decoders)
+from gateway.decode import registry as app_registry
 from gateway.match.rules import parse_content
 from gateway.match.suricata.elements import (
     Element,

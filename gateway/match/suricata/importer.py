@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 
 from gateway.errors import RuleError
-from gateway.match.rules import build_rule, check_regex
+from gateway.match.expressions import check_regex
+from gateway.match.rules import build_rule
 from gateway.match.suricata.convert import Conversion, convert
 from gateway.match.suricata.parse import ParseProblem, SuricataRule
 

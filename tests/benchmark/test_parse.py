@@ -1,6 +1,6 @@
 """Parsers of `vpatch bench` (gateway/benchmark/parse.py) on real tool outputs captured in the
-lab (tests/data/bench/). The benchmark itself is not a test; the CLI's --only parsing is tested
-in tests/commands/test_bench.py."""
+lab (tests/data/bench/). The report is in test_runner.py, the CLI's --only parsing in
+tests/commands/test_bench.py; the benchmark itself is not a test."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from gateway.benchmark.parse import (
     parse_wrk_time_ms,
     process_tree,
 )
-from gateway.benchmark.runner import BenchOptions, SubjectResult, build_report, render_table
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bench"
 
@@ -152,18 +151,3 @@ def test_cpu_accounting_of_own_process_tree() -> None:
     # a process born in between counts from zero
     assert cpu_seconds_between({}, {1: CLOCK_TICKS}) == pytest.approx(1.0)
 
-
-def test_report_ratios_and_table() -> None:
-    results = {
-        "kernel": SubjectResult("kernel", metrics={"bulk_up_gbps": 10.0, "http_close_rps": 0.0}),
-        "vpatch": SubjectResult(
-            "vpatch", metrics={"bulk_up_gbps": 2.5, "http_close_rps": 100.0}, errors=["boom"]
-        ),
-    }
-    report = build_report(BenchOptions(duration=2), results, ["a note"], 12.0)
-    ratios = report["ratios"]["vpatch/kernel"]
-    assert ratios["bulk_up_gbps"] == pytest.approx(0.25)
-    assert ratios["http_close_rps"] is None  # division by zero is no ratio
-    table = render_table(report)
-    assert "| bulk TCP client->server | Gbit/s | 10.00 | 2.50 | 0.25x |" in table
-    assert "! vpatch: boom" in table

@@ -1,0 +1,130 @@
+"""The report of `vpatch bench` (gateway/benchmark/runner.py) without a lab: ratios of vpatch to
+every other subject, the report's JSON form, the Markdown table (one row per metric, units,
+missing values, errors and notes), and which subjects run when Suricata is or is not
+installed. Running the benchmark itself is not a test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.benchmark import BenchError
+from gateway.benchmark.runner import (
+    METRICS,
+    BenchOptions,
+    SubjectResult,
+    build_report,
+    ratio,
+    render_table,
+    resolve_subjects,
+    write_json,
+)
+from gateway.benchmark.subjects import suricata_version
+
+
+def test_report_ratios_and_table() -> None:
+    results = {
+        "kernel": SubjectResult("kernel", metrics={"bulk_up_gbps": 10.0, "http_close_rps": 0.0}),
+        "vpatch": SubjectResult(
+            "vpatch", metrics={"bulk_up_gbps": 2.5, "http_close_rps": 100.0}, errors=["boom"]
+        ),
+    }
+    report = build_report(BenchOptions(duration=2), results, ["a note"], 12.0)
+    ratios = report["ratios"]["vpatch/kernel"]
+    assert ratios["bulk_up_gbps"] == pytest.approx(0.25)
+    assert ratios["http_close_rps"] is None  # division by zero is no ratio
+    table = render_table(report)
+    assert "| bulk TCP client->server | Gbit/s | 10.00 | 2.50 | 0.25x |" in table
+    assert "! vpatch: boom" in table
+
+
+@pytest.mark.parametrize(
+    ("num", "den", "expected"),
+    [(1.0, 3.0, 0.333), (2.0, 1.0, 2.0), (None, 1.0, None), (1.0, None, None), (1.0, 0.0, None)],
+)
+def test_ratio(num: float | None, den: float | None, expected: float | None) -> None:
+    assert ratio(num, den) == expected
+
+
+def test_report_has_a_ratio_column_per_other_subject_and_none_without_vpatch() -> None:
+    kernel = SubjectResult("kernel", metrics={"http_keepalive_rps": 1000.0})
+    tuned = SubjectResult("suricata-tuned", metrics={"http_keepalive_rps": 400.0})
+    vpatch = SubjectResult("vpatch", metrics={"http_keepalive_rps": 200.0})
+    both = build_report(BenchOptions(), {"kernel": kernel, "suricata-tuned": tuned,
+                                         "vpatch": vpatch}, [], 1.0)  # fmt: skip
+    assert set(both["ratios"]) == {"vpatch/kernel", "vpatch/suricata-tuned"}
+    assert both["ratios"]["vpatch/suricata-tuned"]["http_keepalive_rps"] == 0.5
+    # every metric has a ratio entry, None where a side did not measure it
+    assert set(both["ratios"]["vpatch/kernel"]) == {key for key, *_ in METRICS}
+    assert both["ratios"]["vpatch/kernel"]["bulk_up_gbps"] is None
+    assert build_report(BenchOptions(), {"kernel": kernel}, [], 1.0)["ratios"] == {}
+
+
+def test_report_records_options_and_metric_declarations(tmp_path: Path) -> None:
+    opts = BenchOptions(duration=7, repeat=3, connections=8, threads=1, iperf_port=5201)
+    report = build_report(opts, {"kernel": SubjectResult("kernel")}, ["n"], 12.345)
+    assert report["options"]["duration_s"] == 7 and report["options"]["repeat"] == 3
+    assert report["options"]["wrk"] == {"threads": 1, "connections": 8, "page": "/1k.bin"}
+    assert report["options"]["iperf3_port"] == 5201
+    assert [m["key"] for m in report["metrics"]] == [key for key, *_ in METRICS]
+    assert report["metrics"][3] == {
+        "key": "http_keepalive_p50_ms",
+        "label": "latency p50",
+        "unit": "ms",
+        "higher_is_better": False,
+    }
+    assert report["wall_seconds"] == 12.3 and report["notes"] == ["n"]
+    path = tmp_path / "new" / "dir" / "bench.json"
+    write_json(report, path)
+    assert json.loads(path.read_text()) == report and path.read_text().endswith("}\n")
+
+
+def test_table_rows_units_missing_values_errors_and_notes() -> None:
+    results = {
+        "kernel": SubjectResult(
+            "kernel", metrics={"http_keepalive_rps": 105367.4, "http_keepalive_p50_ms": 0.278}
+        ),
+        "vpatch": SubjectResult(
+            "vpatch",
+            metrics={"http_keepalive_rps": 5000.0},
+            errors=["vpatch: did not start", "wrk failed"],
+        ),
+    }
+    report = build_report(BenchOptions(duration=3), results, ["suricata skipped"], 1.0)
+    report["machine"] = {"cores": 2, "kernel": "6.1", "python": "3.11", "suricata": None}
+    lines = render_table(report).splitlines()
+    assert lines[0] == "| metric | unit | kernel | vpatch | vpatch/kernel |"
+    assert lines[1] == "| --- | --- | --- | --- | --- |"
+    rows = lines[2 : 2 + len(METRICS)]
+    assert len(rows) == len(METRICS) and lines[2 + len(METRICS)] == ""
+    assert "| HTTP keep-alive | req/s | 105,367 | 5,000 | 0.05x |" in rows
+    assert "| ↳ latency p50 | ms | 0.28 | - | - |" in rows  # sub-rows, missing values
+    assert "Suricata n/a, 3 s per test, median of 1 run(s)" in lines[3 + len(METRICS)]
+    # an error that already names its subject is not prefixed twice
+    assert lines[-3:] == [
+        "! vpatch: did not start",
+        "! vpatch: wrk failed",
+        "note: suricata skipped",
+    ]
+
+
+def test_resolve_subjects_without_suricata_needs_no_suricata() -> None:
+    assert resolve_subjects(BenchOptions(subjects=("kernel", "vpatch"))) == (
+        ["kernel", "vpatch"],
+        [],
+    )
+
+
+def test_resolve_subjects_with_suricata_depends_on_it_being_installed() -> None:
+    wanted = ("kernel", "suricata-default", "vpatch")
+    if suricata_version() is not None:
+        assert resolve_subjects(BenchOptions(subjects=wanted)) == (list(wanted), [])
+        return
+    with pytest.raises(BenchError, match="suricata is not installed"):
+        resolve_subjects(BenchOptions(subjects=wanted))
+    names, notes = resolve_subjects(BenchOptions(subjects=wanted, skip_suricata_if_missing=True))
+    assert names == ["kernel", "vpatch"] and notes == [
+        "suricata not installed: Suricata columns skipped"
+    ]
