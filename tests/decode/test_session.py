@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.decode.app import Probe
+from gateway.decode.registry import Probe
 from gateway.decode.session import (
     MAX_MEMO_UNIT,
     AppSession,

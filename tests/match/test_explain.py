@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.decode import app
+from gateway.decode import bundled, registry  # noqa: F401 (bundled registers the decoders)
 from gateway.events.eve import escape_bytes
 from gateway.match.conditions import All, ContentItem, Match
 from gateway.match.explain import (
@@ -324,7 +324,7 @@ def test_comparison_texts(tmp_path: Path, condition: str, text: str) -> None:
 def test_rule_pack_heartbleed_on_the_tls_records_of_its_own_attack_sample() -> None:
     rule = pack_rule(9010070)
     (attack,) = [s for s in rule.samples if s.kind == "attack"]
-    tls = app.get("tls")
+    tls = registry.get("tls")
     assert tls is not None
     records = tls.new_decoder(PROTO_TCP, Direction.TO_SERVER).feed(attack.to_server)
     (heartbeat,) = [r for r in records if "tls.heartbeat.payload_length" in r.fields]
@@ -335,7 +335,7 @@ def test_rule_pack_heartbleed_on_the_tls_records_of_its_own_attack_sample() -> N
 def test_rule_pack_ms08_067_on_the_dcerpc_record_of_its_own_attack_sample() -> None:
     rule = pack_rule(9001010)
     (attack,) = [s for s in rule.samples if s.kind == "attack"]
-    smb = app.get("smb")
+    smb = registry.get("smb")
     assert smb is not None
     records = smb.new_decoder(PROTO_TCP, Direction.TO_SERVER).feed(attack.to_server)
     (call,) = [r for r in records if r.app == "dcerpc" and r.fields.get("dcerpc.opnum") == 0x1F]
