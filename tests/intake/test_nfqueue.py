@@ -2,7 +2,8 @@
 
 Packets are UDP datagrams on the namespace's loopback, queued from OUTPUT. The engine is the
 real one where behaviour depends on rules (tests/test_inline.py); here small engine stand-ins
-inject what the real engine never does on purpose (exceptions) or fix the decision.
+inject what the real engine never does on purpose (exceptions) or fix the decision. Without a
+queue: the PacketHandler's byte counter, the queue config message and its ack.
 """
 
 from __future__ import annotations
@@ -17,15 +18,71 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from scapy.layers.inet import IP, UDP
 
+from gateway.config import FailPolicy
 from gateway.intake.nfqueue import (
     CONFIG_SEQ,
     NFQA_CFG_F_FAIL_OPEN,
+    PacketHandler,
+    WorkerStats,
     _config_message,
     _find_ack,
 )
+from gateway.verdict import Decision
+from gateway.vocabulary import Action
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+# a packet and an engine as PacketHandler sees them (the real ones run in the tests below)
+class _Pkt:
+    indev = physindev = 0
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.verdict = ""
+
+    def get_payload(self) -> bytes:
+        return self.data
+
+    def get_mark(self) -> int:
+        return 0
+
+    def get_hw(self) -> bytes | None:
+        return None
+
+    def set_mark(self, mark: int) -> None:
+        pass
+
+    def set_payload(self, payload: bytes) -> None:
+        self.data = payload
+
+    def accept(self) -> None:
+        self.verdict = "accept"
+
+    def drop(self) -> None:
+        self.verdict = "drop"
+
+
+class _Engine:
+    def process_ip(self, data: bytes, now: float) -> Decision:
+        return Decision(Action.ACCEPT)
+
+    def expire(self, now: float) -> None:
+        pass
+
+
+def test_handler_counts_bytes_handed_to_the_engine() -> None:
+    stats = WorkerStats()
+    handler = PacketHandler(_Engine(), stats, FailPolicy.OPEN, 1 << 28, 1 << 28)
+    sizes = []
+    for n in (0, 10, 1400):
+        data = bytes(IP(src="198.18.0.10", dst="198.18.0.20") / UDP(sport=1, dport=53) / (b"x" * n))
+        sizes.append(len(data))
+        handler(_Pkt(data))
+    assert stats.get("packets") == 3 and stats.get("bytes") == sum(sizes)
+
 
 SCRIPT = textwrap.dedent(
     """

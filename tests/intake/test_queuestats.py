@@ -1,6 +1,6 @@
 """The kernel's per-queue NFQUEUE counters: parsing, and the real counters of a full queue in
 a namespace of the test's own (UDP on that namespace's loopback, queued from OUTPUT), with and
-without the fail-open flag; also the PacketHandler's byte counter."""
+without the fail-open flag."""
 
 from __future__ import annotations
 
@@ -13,17 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scapy.layers.inet import IP, UDP
 
-from gateway.config import FailPolicy
-from gateway.intake.nfqueue import PacketHandler, WorkerStats
 from gateway.intake.queuestats import (
     QueueCounters,
     parse_queue_counters,
     read_queue_counters,
 )
-from gateway.verdict import Decision
-from gateway.vocabulary import Action
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,54 +43,6 @@ def test_missing_file_is_an_empty_unavailable_reading(tmp_path: Path) -> None:
     path = tmp_path / "nfq"
     path.write_text(SAMPLE)
     assert read_queue_counters(path).queues[0].id_sequence == 120
-
-
-class _Pkt:
-    indev = physindev = 0
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.verdict = ""
-
-    def get_payload(self) -> bytes:
-        return self.data
-
-    def get_mark(self) -> int:
-        return 0
-
-    def get_hw(self) -> bytes | None:
-        return None
-
-    def set_mark(self, mark: int) -> None:
-        pass
-
-    def set_payload(self, payload: bytes) -> None:
-        self.data = payload
-
-    def accept(self) -> None:
-        self.verdict = "accept"
-
-    def drop(self) -> None:
-        self.verdict = "drop"
-
-
-class _Engine:
-    def process_ip(self, data: bytes, now: float) -> Decision:
-        return Decision(Action.ACCEPT)
-
-    def expire(self, now: float) -> None:
-        pass
-
-
-def test_handler_counts_bytes_handed_to_the_engine() -> None:
-    stats = WorkerStats()
-    handler = PacketHandler(_Engine(), stats, FailPolicy.OPEN, 1 << 28, 1 << 28)
-    sizes = []
-    for n in (0, 10, 1400):
-        data = bytes(IP(src="198.18.0.10", dst="198.18.0.20") / UDP(sport=1, dport=53) / (b"x" * n))
-        sizes.append(len(data))
-        handler(_Pkt(data))
-    assert stats.get("packets") == 3 and stats.get("bytes") == sum(sizes)
 
 
 SCRIPT = textwrap.dedent(

@@ -5,13 +5,10 @@ expired, schedules (per host over global) due by their interval, the scheduler l
 
 from __future__ import annotations
 
-import http.server
 import json
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,35 +20,6 @@ from gateway.testing.inline import package_env
 
 RULE = RuleAffected(9999001, "test nginx rule", ("CVE-0000-0002",),
                     (AffectedEntry("nginx", ("<1.23",)),), Path("test.yaml"))  # fmt: skip
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server_version = "nginx/1.22.1"
-    sys_version = ""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    do_OPTIONS = do_GET
-
-    def log_message(self, *_a: object) -> None:
-        pass
-
-
-@pytest.fixture
-def http_port() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def test_run_records_report_history_and_applies_once(tmp_path: Path, http_port: int) -> None:

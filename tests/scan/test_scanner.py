@@ -6,7 +6,6 @@ through the job runner in test_jobs.py; against the lab's services in test_scan_
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
 import threading
@@ -61,22 +60,6 @@ def test_check_host_takes_address_literals_only() -> None:
         scan_host("server.example", tcp_ports=(80,), udp_ports=())  # before any socket
 
 
-class _Http(http.server.BaseHTTPRequestHandler):
-    server_version = "nginx/1.22.1"
-    sys_version = ""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    do_OPTIONS = do_GET
-
-    def log_message(self, *_a: object) -> None:
-        pass
-
-
 def _serve_banner(listener: socket.socket, banner: bytes, stop: threading.Event) -> None:
     listener.settimeout(0.05)
     while not stop.is_set():
@@ -92,17 +75,16 @@ def _serve_banner(listener: socket.socket, banner: bytes, stop: threading.Event)
 
 
 @pytest.fixture
-def servers() -> Iterator[dict[str, int]]:
-    """Ports on 127.0.0.1: ssh (banner), http (nginx), silent (accepts, never speaks),
-    closed (TCP, nothing listens), udp_closed."""
-    http_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Http)
+def servers(http_port: int) -> Iterator[dict[str, int]]:
+    """Ports on 127.0.0.1: ssh (banner), http (nginx, conftest.py), silent (accepts, never
+    speaks), closed (TCP, nothing listens), udp_closed."""
     ssh = socket.create_server(("127.0.0.1", 0))
     silent = socket.create_server(("127.0.0.1", 0), backlog=64)
     closed = socket.create_server(("127.0.0.1", 0))
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
     ports = {
-        "http": int(http_server.server_address[1]),
+        "http": http_port,
         "ssh": ssh.getsockname()[1],
         "silent": silent.getsockname()[1],
         "closed": closed.getsockname()[1],
@@ -111,21 +93,14 @@ def servers() -> Iterator[dict[str, int]]:
     closed.close()
     udp.close()
     stop = threading.Event()
-    threads = [
-        threading.Thread(target=http_server.serve_forever, daemon=True),
-        threading.Thread(target=_serve_banner, args=(ssh, b"SSH-2.0-OpenSSH_4.3\r\n", stop)),
-    ]
-    for t in threads:
-        t.start()
+    banner = threading.Thread(target=_serve_banner, args=(ssh, b"SSH-2.0-OpenSSH_4.3\r\n", stop))
+    banner.start()
     try:
         yield ports
     finally:
-        http_server.shutdown()
-        http_server.server_close()
         stop.set()
         silent.close()
-        for t in threads:
-            t.join(5)
+        banner.join(5)
         ssh.close()
 
 
