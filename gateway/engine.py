@@ -101,6 +101,7 @@ class EngineStats:
         "_engine",
         "_table",
         "app_decode_errors",
+        "app_recoveries",
         "app_internal_errors",
         "app_records",
         "app_unidentified",
@@ -140,7 +141,8 @@ class EngineStats:
         self.raw_rearms = 0  # raw streams restarted after a URI-excused match (verdict/judge.py)
         self.app_records = 0  # decoded app-layer records evaluated
         self.http_memo_hits = 0  # requests answered from the HTTP memo (no decode, no evaluate)
-        self.app_decode_errors = 0  # directions whose decoder rejected the bytes (anomalies)
+        self.app_decode_errors = 0  # times a decoder refused the bytes (anomaly records)
+        self.app_recoveries = 0  # ... after which it resynchronised and decoding went on
         self.app_internal_errors = 0  # directions whose decoder failed otherwise (bugs)
         self.app_unidentified = 0  # directions where no expected app protocol was recognised
         self._table = table

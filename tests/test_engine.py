@@ -449,6 +449,42 @@ def test_decoder_error_keeps_raw_rules_and_counts(tmp_path: Path) -> None:
     assert got.action is Action.ALERT and got.events[0].signature_id == 7002
 
 
+def test_a_malformed_request_does_not_blind_the_http_rules_after_it(tmp_path: Path) -> None:
+    """A request the decoder refuses, then the exploit, in one segment and in the next."""
+    malformed = b"GET /x HTTP/1.1\r\nno colon here\r\n\r\n"
+    bad = b"GET /2 HTTP/1.1\r\nUser-Agent: () { :; }; id\r\n\r\n"
+    engine = Engine(app_rules(tmp_path, HTTP_RULE))
+    conn = Conn(engine)
+    conn.handshake()
+    got = conn.send("PA", conn.cseq + 1, malformed + bad)
+    assert got.action is Action.RESET and got.events[0].signature_id == 7001
+    engine = Engine(app_rules(tmp_path, HTTP_RULE))
+    conn = Conn(engine)
+    conn.handshake()
+    assert conn.send("PA", conn.cseq + 1, malformed).action is Action.ACCEPT
+    got = conn.send("PA", conn.cseq + 1 + len(malformed), bad)
+    assert got.action is Action.RESET and got.events[0].signature_id == 7001
+    assert engine.stats.app_decode_errors == 1 and engine.stats.app_recoveries == 1
+
+
+@pytest.mark.parametrize(("mode", "action"), [("detect", Action.ALERT), ("prevent", Action.RESET)])
+def test_the_anomaly_rule_decides_what_a_refused_request_gets(
+    tmp_path: Path, mode: str, action: Action
+) -> None:
+    ruleset = app_rules(
+        tmp_path,
+        "id: 9300001\ntitle: anomaly\nseverity: medium\naction: reset\n"
+        f"default_mode: {mode}\nprotocol: tcp\nports: [80]\napp: http\n"
+        "conditions:\n  - {field: http.anomaly, length: true, gt: 0}\n",
+    )
+    engine = Engine(ruleset)
+    conn = Conn(engine)
+    conn.handshake()
+    got = conn.send("PA", conn.cseq + 1, b"GET /x HTTP/1.1\r\nno colon here\r\n\r\n")
+    assert got.action is action and got.events[0].signature_id == 9300001
+    assert got.events[0].field == "http.anomaly" and b"bad header line" in got.events[0].excerpt
+
+
 def test_unidentified_protocol_is_counted_not_decoded(tmp_path: Path) -> None:
     engine = Engine(app_rules(tmp_path, HTTP_RULE))
     conn = Conn(engine)

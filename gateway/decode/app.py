@@ -28,6 +28,7 @@ from gateway.decode.registry import (
     Probe,
     register,
 )
+from gateway.errors import DecodeError
 from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Direction
 
 __all__ = ["MAX_RECORDS_PER_FEED", "DnsTcpAdapter", "DnsUdpAdapter", "HttpAdapter", "TlsAdapter"]
@@ -60,18 +61,28 @@ class HttpAdapter:
     whose end arrives with its head yields the end record only (it holds every head field),
     so each such request is evaluated once."""
 
-    __slots__ = ("_body", "_body_len", "_decoder", "_head")
+    __slots__ = ("_body", "_body_len", "_decoder", "_head", "refused")
 
     def __init__(self) -> None:
         self._decoder = _http.HttpRequestDecoder()
         self._head: dict[str, FieldValue] | None = None
         self._body = bytearray()
         self._body_len = 0
+        self.refused: DecodeError | None = None  # the error that stopped the last feed
 
     def at_boundary(self) -> bool:
         """Between two requests: nothing buffered, no request under way."""
         decoder = self._decoder
         return decoder.state is _http.State.HEAD and not decoder.buffered and self._head is None
+
+    def recover(self) -> None:
+        """After an HttpDecodeError: drop the request under way and resume at the next request
+        line (RecoverableDecoder, HttpRequestDecoder.recover)."""
+        self.refused = None
+        self._decoder.recover()
+        self._head = None
+        self._body.clear()
+        self._body_len = 0
 
     def memo_unit(self, data: bytes) -> bool:
         """`data` is exactly one complete request head without a body (no Content-Length, no
@@ -91,7 +102,14 @@ class HttpAdapter:
         # (most of them) then yields ONE record, head and end together, evaluated once.
         pending: dict[str, FieldValue] | None = None
         while len(out) < MAX_RECORDS_PER_FEED:
-            event = decoder.next_event()
+            try:
+                event = decoder.next_event()
+            except _http.HttpDecodeError as err:
+                # Kept, not raised: the records of the requests before the error are returned
+                # with it (RecoverableDecoder.refused), so a valid request and a malformed one
+                # in the same segment cannot hide the first.
+                self.refused = err
+                break
             if isinstance(event, _http.Request):
                 if pending is not None:
                     out.append(AppRecord("http", pending))

@@ -104,6 +104,7 @@ class HttpRequestDecoder:
         self._buf = bytearray()
         self._remaining = 0  # body bytes left in the current Content-Length body or chunk
         self._body_length = 0
+        self._refused_consumed = False  # the bytes of the last error left the buffer
         self.requests = 0
 
     @property
@@ -117,10 +118,14 @@ class HttpRequestDecoder:
         self._buf += data
 
     def next_event(self) -> Event | _NeedData:
+        before = len(self._buf)
         try:
             return self._next_event()
         except HttpDecodeError:
             self.state = State.ERROR
+            # recover() may resume right at the buffer's start only if the refused bytes are
+            # gone from it, or it would refuse them again
+            self._refused_consumed = len(self._buf) < before
             raise
 
     def recover(self) -> None:
@@ -134,6 +139,15 @@ class HttpRequestDecoder:
 
     def _resync(self) -> Event | _NeedData:
         buf = self._buf
+        if self._refused_consumed:
+            # The refused bytes are gone: the next request may start right here.
+            if _REQUEST_LINE_AT_START.match(buf):
+                self.state = State.HEAD
+                return self._parse_head()
+            first = bytes(buf[:MAX_RESYNC_TAIL]).lstrip(b"\r\n")
+            if b"\n" not in first and len(buf) < MAX_RESYNC_TAIL:
+                return NEED_DATA  # the first line is not complete yet
+            self._refused_consumed = False  # it is complete and no request line
         found = _REQUEST_LINE_START.search(buf)
         if found is not None:
             del buf[: found.start() + 1]
@@ -291,6 +305,9 @@ _WS = b" \t"
 MAX_RESYNC_TAIL = 8192  # bytes kept while looking for the next request line after recover()
 # A line that starts a request: LF, a method token, blanks, a target, blanks, "HTTP/".
 _REQUEST_LINE_START = re.compile(rb"\n[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}[ \t]+\S+[ \t]+(?i:HTTP/)")
+_REQUEST_LINE_AT_START = re.compile(
+    rb"[\r\n]*[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}[ \t]+\S+[ \t]+(?i:HTTP/)"
+)
 _HEAD_END = re.compile(rb"\n\r?\n")
 # "HTTP/" then major.minor the way Apache 2.2 reads it (sscanf "HTTP/%u.%u": optional
 # whitespace and sign before each number, any number of leading zeros).

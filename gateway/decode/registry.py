@@ -43,9 +43,10 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, Protocol
 
+from gateway.errors import DecodeError
 from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Direction
 
 __all__ = [
@@ -58,6 +59,8 @@ __all__ = [
     "FieldValue",
     "Probe",
     "ProbeFunc",
+    "RecoverableDecoder",
+    "anomaly_field",
     "field_kind",
     "get",
     "identify",
@@ -98,6 +101,18 @@ class AppDecoder(Protocol):
     """A per-flow-direction decoder adapter (see the module comment)."""
 
     def feed(self, data: bytes) -> list[AppRecord]: ...
+
+
+class RecoverableDecoder(Protocol):
+    """A decoder that can go on after refusing bytes. Its `feed` does not raise: it returns the
+    records decoded before the problem and sets `refused` to the DecodeError; `recover()`
+    clears it and resynchronises on the next unit it can find (HTTP: the next request line)."""
+
+    refused: DecodeError | None
+
+    def feed(self, data: bytes) -> list[AppRecord]: ...
+
+    def recover(self) -> None: ...
 
 
 class MemoDecoder(Protocol):
@@ -173,7 +188,17 @@ def register(protocol: AppProtocol) -> None:
     for fname in protocol.late_fields:
         if fname not in protocol.fields:
             raise ValueError(f"app protocol {name!r}: late field {fname!r} is not declared")
+    anomaly = anomaly_field(name)
+    if anomaly not in protocol.fields:
+        protocol = replace(protocol, fields={**protocol.fields, anomaly: FieldKind.BYTES})
     _REGISTRY[name] = protocol
+
+
+def anomaly_field(name: str) -> str:
+    """The field every protocol carries in the record the app session emits when its decoder
+    refuses the bytes: what was wrong, as the decoder said it (gateway/decode/session.py;
+    rules/vpatch-anomalies.yaml turns it into a policy per host)."""
+    return name + ".anomaly"
 
 
 def get(name: str) -> AppProtocol | None:

@@ -24,10 +24,14 @@ What it does:
   and the normalised URI (what `http.uri` holds) exceptions are matched against.
 
 What it guarantees:
-- `feed` never raises. It returns None once the direction's app layer is over: no candidate
-  recognised (counted in `app_unidentified`), or the decoder raised (a gateway.errors
-  DecodeError: `app_decode_errors`, an anomaly; anything else: `app_internal_errors`, a bug);
-  raw stream patterns keep working, only field conditions stop for that direction.
+- `feed` never raises. A decoder that refuses the bytes (a gateway.errors DecodeError, counted
+  in `app_decode_errors`) never ends inspection silently: the feed returns one anomaly record
+  (`<app>.anomaly`: the decoder's complaint) that the anomaly rules judge per host (off: pass,
+  detect: alert, prevent: reset; rules/vpatch-anomalies.yaml), then the decoder resynchronises
+  when it can (`recover()`, HTTP: the next request line; `app_recoveries`) and feeding goes on.
+  Otherwise, and when no candidate is recognised (`app_unidentified`) or the decoder fails
+  otherwise (`app_internal_errors`, a bug), `feed` returns None from then on: the direction's
+  app layer is over, raw stream patterns keep working.
 - Bounded: while undecided a TCP direction buffers less than MAX_PROBE_BYTES plus one chunk
   (identify decides once it has its budget); a UDP direction gets UDP_PROBE_ATTEMPTS datagrams
   to be identified. The memo holds at most its `limit` entries of at most MAX_MEMO_UNIT bytes
@@ -51,6 +55,8 @@ from gateway.decode.registry import (
     MemoDecoder,
     Probe,
     ProbeFunc,
+    RecoverableDecoder,
+    anomaly_field,
     get,
     identify,
     protocols,
@@ -71,6 +77,11 @@ __all__ = [
 ]
 
 UDP_PROBE_ATTEMPTS: Final = 4  # datagrams a UDP direction may take to be identified
+MAX_ANOMALY_DETAIL: Final = 200  # bytes of a decoder's complaint kept in the anomaly record
+# Recoveries within one feed: past them the direction's app layer is over (a segment of many
+# malformed requests must not buy unbounded resynchronising; raw rules and the anomaly rule
+# still see it)
+MAX_RECOVERIES_PER_FEED: Final = 16
 MAX_MEMO_UNIT: Final = 2048  # bytes: longer units are never memoised
 NO_RECORDS: Final[tuple[AppRecord, ...]] = ()
 
@@ -83,6 +94,7 @@ class AppCounters(Protocol):
     app_records: int  # decoded app-layer records (a memo hit counts as one)
     http_memo_hits: int  # units answered from the memo (no decode, no evaluate)
     app_decode_errors: int
+    app_recoveries: int  # decode errors after which the decoder resynchronised
     app_internal_errors: int
     app_unidentified: int
 
@@ -122,14 +134,18 @@ class AppSession:
     """One flow direction: protocol identification, then the app decoder feeding records."""
 
     __slots__ = (
+        "_anomaly",
+        "_app",
         "_attempts",
         "_buf",
         "_candidates",
         "_decoder",
         "_direction",
         "_memo",
+        "_over",
         "_owner",
         "_port",
+        "_recoverable",
         "_server",
         "_stats",
         "_transport",
@@ -159,6 +175,10 @@ class AppSession:
         self._buf = b""  # bytes seen while the protocol is undecided (< MAX_PROBE_BYTES + 1 chunk)
         self._attempts = 0  # UDP datagrams seen while undecided
         self._decoder: AppDecoder | None = None
+        self._app = ""  # the identified protocol's name
+        self._anomaly = ""  # its anomaly field (registry.anomaly_field)
+        self._over = False  # the decoder failed and cannot recover: app layer over
+        self._recoverable: RecoverableDecoder | None = None  # the decoder, when it can recover
         self._unit: MemoDecoder | None = None  # the decoder, when its units may be memoised
         # the memo key of the records the last feed returned, when they may be memoised
         self.pending: MemoKey | None = None
@@ -169,6 +189,8 @@ class AppSession:
         stats = self._stats
         decoder = self._decoder
         if decoder is None:
+            if self._over:
+                return None
             transport = self._transport
             if transport == PROTO_TCP:
                 self._buf += data
@@ -187,6 +209,10 @@ class AppSession:
                 stats.app_unidentified += 1
                 return None
             decoder = self._decoder = protocol.new_decoder(transport, self._direction)
+            self._app = protocol.name
+            self._anomaly = anomaly_field(protocol.name)
+            if hasattr(decoder, "recover"):
+                self._recoverable = cast(RecoverableDecoder, decoder)
             if protocol.memo and self._memo.limit:
                 self._unit = cast(MemoDecoder, decoder)
             self._buf = b""
@@ -203,16 +229,71 @@ class AppSession:
                 return NO_RECORDS
         try:
             records = decoder.feed(data)
-        except DecodeError:
+        except DecodeError as err:
             stats.app_decode_errors += 1
-            return None
+            self.pending = None
+            return self._refused(decoder, err)
         except Exception:  # noqa: BLE001 (a decoder bug must not stop raw inspection)
             stats.app_internal_errors += 1
             return None
+        recoverable = self._recoverable
+        if recoverable is not None and recoverable.refused is not None:
+            return self._recover(recoverable, records)
         if records:
             stats.app_records += len(records)
             self.pending = key if key is not None and len(records) == 1 else None
         return records
+
+    def _recover(
+        self, decoder: RecoverableDecoder, records: Sequence[AppRecord]
+    ) -> Sequence[AppRecord]:
+        """The records before the decoder's complaint, its anomaly record, and what the bytes
+        already received hold after it (they go to the server with this packet, so they are
+        decoded now): at most MAX_RECOVERIES_PER_FEED rounds, then the app layer is over."""
+        out = list(records)
+        self.pending = None
+        for _ in range(MAX_RECOVERIES_PER_FEED):
+            err = decoder.refused
+            if err is None:
+                break
+            self._stats.app_decode_errors += 1
+            out.extend(self._refused(decoder, err))
+            if self._over:
+                break
+            try:
+                out.extend(decoder.feed(b""))
+            except Exception:  # noqa: BLE001 (a decoder bug ends the app layer, counted)
+                self._stats.app_internal_errors += 1
+                self._refused(None, DecodeError("decoder failed while resynchronising"))
+                break
+        else:
+            if decoder.refused is not None:
+                self._stats.app_decode_errors += 1
+                out.extend(self._refused(None, decoder.refused))
+        self._stats.app_records += len(out)
+        return out
+
+    def _refused(self, decoder: AppDecoder | None, err: DecodeError) -> Sequence[AppRecord]:
+        """The decoder refused the bytes: one anomaly record naming what was wrong (judged by
+        the anomaly rules, rules/vpatch-anomalies.yaml), then the decoder recovers when it
+        can (HTTP: on the next request line), else this direction's app layer is over; raw
+        stream rules go on either way."""
+        detail = str(err).encode("latin-1", "replace")[:MAX_ANOMALY_DETAIL]
+        record = AppRecord(self._app, {self._anomaly: detail})
+        if decoder is not None and self._transport == PROTO_UDP:
+            return (record,)  # one datagram, decoded whole: the next one stands on its own
+        if decoder is not None and self._recoverable is not None:
+            try:
+                self._recoverable.recover()
+                self._stats.app_recoveries += 1
+                return (record,)
+            except Exception:  # noqa: BLE001 (a recovery bug ends the app layer, counted)
+                self._stats.app_internal_errors += 1
+        self._decoder = None
+        self._unit = None
+        self._recoverable = None
+        self._over = True
+        return (record,)
 
     def remember(self) -> None:
         """The records the last `feed` returned fired no rule: remember their unit when it was

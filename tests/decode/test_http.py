@@ -141,14 +141,11 @@ def test_errors_are_sticky_and_named(stream: bytes, error: str) -> None:
         dec.receive_data(b"GET / HTTP/1.1\r\n\r\n")
 
 
+@pytest.mark.parametrize("between", [b"", b"\r\n", b"garbage\r\n" * 3, b"GET /a b c\r\n"])
 @pytest.mark.parametrize("step", [None, 1, 5])
-def test_recover_finds_the_next_request(step: int | None) -> None:
+def test_recover_finds_the_next_request(step: int | None, between: bytes) -> None:
     """After an error, recover() skips to the next request line, whatever lies between."""
-    stream = (
-        b"GET / HTTP/1.1\r\nno colon\r\n\r\n"
-        + b"garbage\r\n" * 3
-        + b"GET /evil HTTP/1.1\r\nX: 1\r\n\r\n"
-    )
+    stream = b"GET / HTTP/1.1\r\nno colon\r\n\r\n" + between + b"GET /evil HTTP/1.1\r\nX: 1\r\n\r\n"
     dec = HttpRequestDecoder()
     pieces = (
         [stream] if step is None else [stream[i : i + step] for i in range(0, len(stream), step)]

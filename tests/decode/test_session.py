@@ -26,6 +26,7 @@ class Counters:
     app_records: int = 0
     http_memo_hits: int = 0
     app_decode_errors: int = 0
+    app_recoveries: int = 0
     app_internal_errors: int = 0
     app_unidentified: int = 0
 
@@ -56,8 +57,40 @@ def test_identifies_then_decodes_in_any_slicing() -> None:
 def test_unidentified_and_failing_decoders_end_the_session() -> None:
     s, stats = session(("http",))
     assert s.feed(b"\x16\x03\x01\x00\x05hello") is None and stats.app_unidentified == 1
+    s, stats = session(("tls",), port=443)
+    (anomaly,) = s.feed(b"\x16\x03\x01\x00\x05hello\x99\x99\x99\x99\x99") or ()
+    assert b"exceeds" in anomaly.fields["tls.anomaly"]
+    assert s.feed(b"\x16\x03\x01\x00\x05hello") is None and stats.app_decode_errors == 1
+
+
+def test_a_refused_datagram_is_an_anomaly_and_the_next_one_is_decoded() -> None:
     s, stats = session(("dns",), transport=PROTO_UDP, port=53)
-    assert s.feed(b"\x00") is None and stats.app_decode_errors == 1
+    (anomaly,) = s.feed(b"\x00") or ()
+    assert anomaly.app == "dns" and anomaly.fields["dns.anomaly"]
+    query = bytes.fromhex("12340100000100000000000003777777076578616d706c6503636f6d0000010001")
+    records = s.feed(query) or ()
+    assert any(r.fields.get("dns.qname") == b"www.example.com." for r in records)
+    assert stats.app_decode_errors == 1
+
+
+def test_http_resynchronises_after_a_malformed_request_in_the_same_segment() -> None:
+    """A malformed request, then an attack, in one feed: both are judged before the verdict."""
+    s, stats = session(("http",))
+    records = (
+        s.feed(
+            b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /x HTTP/1.1\r\nno colon here\r\n\r\n"
+            b"junk\r\n"
+            b"GET /evil HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        or ()
+    )
+    uris = [r.fields.get("http.uri") for r in records if "http.uri" in r.fields]
+    assert uris == [b"/ok", b"/evil"]
+    assert [r.fields["http.anomaly"] for r in records if "http.anomaly" in r.fields] == [
+        b"bad header line b'no colon here'"
+    ]
+    assert stats.app_decode_errors == 1 and stats.app_recoveries == 1
 
 
 def test_memo_answers_the_same_whole_unit_only_once_remembered() -> None:
