@@ -360,13 +360,15 @@ def assert_declared(record: AppRecord, emitter: str) -> None:
 
 
 def feed(decoder: registry.AppDecoder, chunks: Sequence[bytes]) -> tuple[list[AppRecord], bool]:
-    """The records of feeding `chunks` in order, up to the first DecodeError; and whether one
-    came (the engine then stops feeding that direction)."""
+    """The records of feeding `chunks` in order, up to the first DecodeError (raised, or kept in
+    a RecoverableDecoder's `refused` with the records before it); and whether one came."""
     out: list[AppRecord] = []
     for chunk in chunks:
         try:
             out.extend(decoder.feed(chunk))
         except DecodeError:
+            return out, True
+        if getattr(decoder, "refused", None) is not None:
             return out, True
     return out, False
 
