@@ -117,11 +117,19 @@ def main() -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            rate = dispatcher_rate(Path(tmp), args.events, "syslog", {
-                "transport": "udp", "host": "127.0.0.1", "port": str(udp.getsockname()[1])})  # fmt: skip
+            rate = dispatcher_rate(
+                Path(tmp),
+                args.events,
+                "syslog",
+                {"transport": "udp", "host": "127.0.0.1", "port": str(udp.getsockname()[1])},
+            )
             print(f"dispatcher -> syslog/UDP  {rate:8.0f} alerts/s ({args.events} events)")
-            rate = dispatcher_rate(Path(tmp), min(args.events, 500), "webhook", {
-                "url": f"http://127.0.0.1:{server.server_address[1]}/h", "secret": "k"})  # fmt: skip
+            rate = dispatcher_rate(
+                Path(tmp),
+                min(args.events, 500),
+                "webhook",
+                {"url": f"http://127.0.0.1:{server.server_address[1]}/h", "secret": "k"},
+            )
             print(
                 f"dispatcher -> webhook     {rate:8.0f} alerts/s ({min(args.events, 500)} events)"
             )

@@ -97,9 +97,8 @@ def main() -> int:
     for i, p in enumerate(pkts[:60_000]):
         churn.lookup(p, float(i))
     dt = time.perf_counter() - t0
-    print(
-        f"  lookup with LRU eviction (1k cap)  {dt / 60_000 * 1e6:6.2f} us (evicted {churn.evicted})"
-    )
+    per_us = dt / 60_000 * 1e6
+    print(f"  lookup with LRU eviction (1k cap)  {per_us:6.2f} us (evicted {churn.evicted})")
 
     print("reassembly")
     seg = b"y" * 1460

@@ -17,6 +17,7 @@ Figures:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -61,10 +62,8 @@ def bench_process(
     for _, frames in captures:
         pkts = []
         for ts, lt, data in frames:
-            try:
+            with contextlib.suppress(DecodeError):
                 pkts.append((ts, parse_frame(data, lt)))
-            except DecodeError:
-                pass
         decoded.append(pkts)
     n_decoded = sum(len(p) for p in decoded)
     for _ in range(repeat):
@@ -144,7 +143,8 @@ def bench_layout(repeat: int) -> None:
     n_rules, n_ports, segments = 2000, 50, 2000
     payload = os.urandom(1460)
     print(
-        f"matcher layout: {n_rules} content rules over {n_ports} ports, {segments} x 1460-byte segments"
+        f"matcher layout: {n_rules} content rules over {n_ports} ports, "
+        f"{segments} x 1460-byte segments"
     )
     for label, all_ports in (("db per port set (used) ", False), ("one db for all ports   ", True)):
         matcher = Matcher(synthetic_rules(n_rules, n_ports, all_ports))
@@ -158,9 +158,11 @@ def bench_layout(repeat: int) -> None:
                 matcher.scan_stream(state, payload)
             best = min(best, time.perf_counter() - started)
             matcher.close_stream(state)
+        stats = matcher.stats
         print(
-            f"  {label}: {best / segments * 1e6:6.2f} us/segment, {matcher.stats.databases} databases, "
-            f"{matcher.stats.database_bytes / 1024:.0f} KiB, compiled in {matcher.stats.compile_seconds * 1000:.0f} ms"
+            f"  {label}: {best / segments * 1e6:6.2f} us/segment, {stats.databases} databases, "
+            f"{stats.database_bytes / 1024:.0f} KiB, "
+            f"compiled in {stats.compile_seconds * 1000:.0f} ms"
         )
 
 

@@ -2,7 +2,8 @@
 
 Traffic: the client-to-server TCP streams of the benign HTTP, SMB and TLS captures of the
 corpora (reassembled with gateway.testing.streams), cut into 1,460-byte segments, scanned with
-the group of port 80, 445 or 443 by folder; field mode uses the HTTP ones. Rules: a generated, realistic mix (fixed seed) across ports and fields:
+the group of port 80, 445 or 443 by folder; field mode uses the HTTP ones. Rules: a generated,
+realistic mix (fixed seed) across ports and fields:
 - 70% raw-stream rules: 1-3 contents (6-16 bytes: protocol-looking prefixes such as "GET /",
   "|FF|SMB" or "${" plus random text; some nocase, some with offset/depth, later ones with
   distance/within), 10% raw regexes;
@@ -241,9 +242,11 @@ def main(argv: list[str] | None = None) -> int:
                 matcher, records, http_packets, args.repeat
             )
             results[n] = (raw_us, field_us, per_record)
+            covering = "/".join(map(str, in_group.values()))
             print(
-                f"{n:>6} rules (covering ports 80/445/443: {'/'.join(map(str, in_group.values()))}; loaded in {load_s:.1f} s, compiled in "
-                f"{compile_s:.1f} s, {matcher.stats.databases} databases, "
+                f"{n:>6} rules (covering ports 80/445/443: {covering}; "
+                f"loaded in {load_s:.1f} s, compiled in {compile_s:.1f} s, "
+                f"{matcher.stats.databases} databases, "
                 f"{matcher.stats.database_bytes / 1e6:.1f} MB): raw stream mode "
                 f"{raw_us:.2f} us/packet ({raw_fired} hits), field block mode {field_us:.2f} "
                 f"us/packet ({per_record:.2f} us/record, {field_fired} hits)"

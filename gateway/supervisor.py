@@ -30,6 +30,7 @@ the gateway (the kernel enforces the modes).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -199,7 +200,8 @@ class Gateway:
             if len(w.restarts) >= wc.max_restarts:
                 raise GatewayError(
                     f"worker for queue {w.queue_num} died {len(w.restarts) + 1} times within "
-                    f"{wc.restart_window:.0f}s (workers.max_restarts = {wc.max_restarts}); giving up"
+                    f"{wc.restart_window:.0f}s (workers.max_restarts = {wc.max_restarts}); "
+                    "giving up"
                 )
             w.restarts.append(now)
             w.total_restarts += 1
@@ -208,10 +210,8 @@ class Gateway:
         procs = [w.proc for w in self.workers if w.proc is not None and w.proc.is_alive()]
         for p in procs:
             if p.pid is not None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + self.config.workers.stop_timeout
         for p in procs:
             p.join(max(0.0, deadline - time.monotonic()))
@@ -293,8 +293,12 @@ class Gateway:
                     break
                 time.sleep(0.01)
             took = time.monotonic() - started
-            log.info("policy version %d: %s in %.3fs", version,
-                     "applied by every worker" if complete else "NOT yet applied by all", took)  # fmt: skip
+            log.info(
+                "policy version %d: %s in %.3fs",
+                version,
+                "applied by every worker" if complete else "NOT yet applied by all",
+                took,
+            )
             return {
                 "version": version,
                 "complete": complete,
@@ -365,9 +369,9 @@ class Gateway:
         if self.config.policy.database.exists():
             with Store(self.config.policy.database) as store:
                 hosts, groups, assignments = policy_snapshot(store)
-            hosts, groups, assignments = (
-                [asdict(x) for x in hosts], [asdict(x) for x in groups], [asdict(x) for x in assignments]
-            )  # fmt: skip
+            hosts = [asdict(x) for x in hosts]
+            groups = [asdict(x) for x in groups]
+            assignments = [asdict(x) for x in assignments]
         return {
             "version": self.policy_version,
             "store": str(self.config.policy.database),

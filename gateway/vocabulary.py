@@ -6,7 +6,7 @@ loader, the policy, the events and the UI say it the same way:
 - `Mode`: how a rule applies to a server (OFF / DETECT / PREVENT, docs/policy.md "Modes");
 - `Action`: a rule's action and the per-packet verdict (ACCEPT / ALERT / DROP / RESET);
 - `PROTO_*`: the IANA IP protocol numbers the gateway handles, `PROTO_NAMES` their lower-case
-  names.
+  names, `ICMP_PROTOS` the ICMP of either IP version.
 
 What it guarantees:
 - It imports nothing from the project, so every module may import it without an import cycle;
@@ -25,6 +25,7 @@ import enum
 from typing import Final
 
 __all__ = [
+    "ICMP_PROTOS",
     "PROTO_ICMP",
     "PROTO_ICMPV6",
     "PROTO_NAMES",
@@ -39,6 +40,8 @@ PROTO_ICMP: Final = 1
 PROTO_TCP: Final = 6
 PROTO_UDP: Final = 17
 PROTO_ICMPV6: Final = 58
+# ICMP for IPv4 or IPv6 (a set: the packet path tests membership once per packet)
+ICMP_PROTOS: Final = frozenset((PROTO_ICMP, PROTO_ICMPV6))
 # lower-case names, as written in lifecycle lines and shown to people
 PROTO_NAMES: Final = {
     PROTO_ICMP: "icmp",

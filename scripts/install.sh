@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything vpatch, its lab and its tests need on Debian 12, as root, then create the
-# virtualenv ./.venv with vpatch installed editable plus its test extras.
+# virtualenv ./.venv with vpatch installed editable plus its test and dev (ruff, mypy) extras.
 # Idempotent: apt runs only when a package is missing, pip only when pyproject.toml changed
 # since the last successful run (or the venv is new). Never starts or stops system services:
 # a temporary policy-rc.d forbids package scripts from starting nginx/smbd/named in the root
@@ -59,8 +59,8 @@ fi
 stamp=.venv/.vpatch-installed
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x .venv/bin/vpatch ]; then
-    echo "install.sh: pip install -e '.[test]'"
-    .venv/bin/python -m pip install --quiet -e '.[test]'
+    echo "install.sh: pip install -e '.[test,dev]'"
+    .venv/bin/python -m pip install --quiet -e '.[test,dev]'
     echo "$want" > "$stamp"
 else
     echo "install.sh: .venv up to date"

@@ -30,8 +30,8 @@ def test_defaults_are_the_declared_ones() -> None:
     assert config.fail_open and not config.kernel_checked_syn
     assert config.tcp_closed_idle == DEFAULT_TCP_CLOSED_IDLE
     assert EngineConfig.from_gateway(parse_config("")) == config
-    assert DEFAULT_MAX_PENDING == config.max_pending
-    assert DEFAULT_MAX_QUEUE == SETTINGS["events.max_queue"].default
+    assert config.max_pending == DEFAULT_MAX_PENDING
+    assert SETTINGS["events.max_queue"].default == DEFAULT_MAX_QUEUE
 
 
 def test_from_gateway_takes_every_key() -> None:

@@ -70,8 +70,8 @@ def ours_in_kernel(ns: str) -> list[str]:
 
 
 def curl_ok(lab: Any, timeout: float = 3) -> bool:
-    r = in_ns(lab.client_ns, ["curl", "-s", "-m", str(timeout), "-o", "/dev/null", "-w", "%{http_code}",
-                              f"http://{lab.server_addr}/"], timeout=timeout + 5)  # fmt: skip
+    curl = ["curl", "-s", "-m", str(timeout), "-o", "/dev/null", "-w", "%{http_code}"]
+    r = in_ns(lab.client_ns, [*curl, f"http://{lab.server_addr}/"], timeout=timeout + 5)
     return r.stdout == "200"
 
 
@@ -227,8 +227,8 @@ def test_bypass_after_stream_depth(lab: Any, tmp_path: Path) -> None:
         assert "mark=268435456" in ct.stdout, ct.stdout + ct.stderr
         # A large download: only SYN and the request are queued, not the client's pure ACKs.
         before = gw.queued()
-        r = in_ns(lab.client_ns, ["curl", "-s", "-m", "10", "-o", "/dev/null", "-w", "%{size_download}",
-                                  f"http://{lab.server_addr}/"])  # fmt: skip
+        curl = ["curl", "-s", "-m", "10", "-o", "/dev/null", "-w", "%{size_download}"]
+        r = in_ns(lab.client_ns, [*curl, f"http://{lab.server_addr}/"])
         assert int(r.stdout) > 0
         assert gw.queued() - before <= 3
 

@@ -53,7 +53,9 @@ def load_secret(state_dir: Path) -> bytes:
     except FileExistsError:
         data = path.read_bytes()
         if len(data) < 32:
-            raise RuntimeError(f"{path}: secret shorter than 32 bytes; delete it to regenerate")
+            raise RuntimeError(
+                f"{path}: secret shorter than 32 bytes; delete it to regenerate"
+            ) from None
         return data
     with os.fdopen(fd, "wb") as out:
         data = secrets.token_bytes(32)

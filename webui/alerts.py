@@ -123,13 +123,25 @@ def delete(channel_id: int) -> Any:
 
 # -- JSON API ---------------------------------------------------------------------------------
 
-CHANNEL_BODY = {"type": "object", "required": ["name", "kind", "settings"], "properties": {
-    "name": {"type": "string"}, "kind": {"type": "string", "enum": list(KINDS)},
-    "enabled": {"type": "boolean"}, "min_severity": {"type": "integer", "minimum": 1, "maximum": 3},
-    "rate_per_min": {"type": "number"}, "burst": {"type": "integer"},
-    "settings": {"type": "object", "description": "email: host, port, starttls, username, "
-                 "password, sender, to, ca_file; webhook: url, secret; syslog: transport "
-                 "(udp|tcp|unix), host, port, path, facility"}}}  # fmt: skip
+CHANNEL_BODY = {
+    "type": "object",
+    "required": ["name", "kind", "settings"],
+    "properties": {
+        "name": {"type": "string"},
+        "kind": {"type": "string", "enum": list(KINDS)},
+        "enabled": {"type": "boolean"},
+        "min_severity": {"type": "integer", "minimum": 1, "maximum": 3},
+        "rate_per_min": {"type": "number"},
+        "burst": {"type": "integer"},
+        "settings": {
+            "type": "object",
+            "description": (
+                "email: host, port, starttls, username, password, sender, to, ca_file; "
+                "webhook: url, secret; syslog: transport (udp|tcp|unix), host, port, path, facility"
+            ),
+        },
+    },
+}
 
 
 def _api(fn: Any) -> Any:

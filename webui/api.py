@@ -39,9 +39,16 @@ ENDPOINTS: list[dict[str, Any]] = []
 MAX_ID = 2**63 - 1  # SQLite INTEGER
 
 
-def endpoint(path: str, method: str, summary: str, *, write: bool = False,
-             params: tuple[str, ...] = (), body: dict[str, Any] | None = None,
-             result: dict[str, Any] = OBJ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:  # fmt: skip
+def endpoint(
+    path: str,
+    method: str,
+    summary: str,
+    *,
+    write: bool = False,
+    params: tuple[str, ...] = (),
+    body: dict[str, Any] | None = None,
+    result: dict[str, Any] = OBJ,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         ENDPOINTS.append({"path": path, "method": method, "summary": summary, "write": write,
                           "params": params, "body": body, "result": result})  # fmt: skip
@@ -115,10 +122,16 @@ def rules() -> Any:
     )
 
 
-MODE_BODY = {"type": "object", "required": ["mode"], "properties": {
-    "mode": {"type": "string", "enum": ["off", "detect", "prevent", "inherit"]},
-    "scope": {"type": "string", "enum": ["global", "host", "group"]},
-    "scope_id": {"type": "integer", "nullable": True}, "reason": {"type": "string"}}}  # fmt: skip
+MODE_BODY = {
+    "type": "object",
+    "required": ["mode"],
+    "properties": {
+        "mode": {"type": "string", "enum": ["off", "detect", "prevent", "inherit"]},
+        "scope": {"type": "string", "enum": ["global", "host", "group"]},
+        "scope_id": {"type": "integer", "nullable": True},
+        "reason": {"type": "string"},
+    },
+}
 
 
 @endpoint("/rules/{rule_id}/mode", "PUT", "Set a rule's mode for a scope, then reload the gateway",
@@ -128,9 +141,15 @@ def rule_mode(rule_id: int) -> Any:
     mode = data.get("mode")
     if not isinstance(mode, str):
         raise InputError("mode: required string")
-    return jsonify(set_rule_mode(
-        rule_id, str(data.get("scope", "global")), _opt_int(data, "scope_id"),
-        None if mode == "inherit" else mode, g.user.username, str(data.get("reason", ""))[:1000]))  # fmt: skip
+    result = set_rule_mode(
+        rule_id,
+        str(data.get("scope", "global")),
+        _opt_int(data, "scope_id"),
+        None if mode == "inherit" else mode,
+        g.user.username,
+        str(data.get("reason", ""))[:1000],
+    )
+    return jsonify(result)
 
 
 @endpoint("/hosts", "GET", "Protected hosts", result=ARR)
@@ -141,10 +160,16 @@ def hosts() -> Any:
     )
 
 
-HOST_BODY = {"type": "object", "required": ["address"], "properties": {
-    "address": {"type": "string"}, "name": {"type": "string"},
-    "group_id": {"type": "integer", "nullable": True},
-    "mode": {"type": "string", "enum": ["normal", "setup", "learning", "lockdown"]}}}  # fmt: skip
+HOST_BODY = {
+    "type": "object",
+    "required": ["address"],
+    "properties": {
+        "address": {"type": "string"},
+        "name": {"type": "string"},
+        "group_id": {"type": "integer", "nullable": True},
+        "mode": {"type": "string", "enum": ["normal", "setup", "learning", "lockdown"]},
+    },
+}
 
 
 @endpoint("/hosts", "POST", "Create or update a host (by address)", write=True, body=HOST_BODY)
@@ -168,8 +193,11 @@ def groups() -> Any:
     return jsonify([asdict(gr) for gr in Hosts(get_store()).list_groups()])
 
 
-GROUP_BODY = {"type": "object", "required": ["name"], "properties": {
-    "name": {"type": "string"}, "description": {"type": "string"}}}  # fmt: skip
+GROUP_BODY = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": {"type": "string"}, "description": {"type": "string"}},
+}
 
 
 @endpoint("/groups", "POST", "Create a group", write=True, body=GROUP_BODY)
@@ -205,13 +233,25 @@ def event(event_id: int) -> Any:
     return jsonify(event=ev, eve=eve, why=explain_event(ev, eve))
 
 
-EXC_BODY = {"type": "object", "required": ["reason"], "properties": {
-    "scope": {"type": "string", "enum": ["host", "port", "uri"]}, "reason": {"type": "string"},
-    "uri": {"type": "string"}, "expires": {"type": "string", "description": "ISO 8601"}}}  # fmt: skip
+EXC_BODY = {
+    "type": "object",
+    "required": ["reason"],
+    "properties": {
+        "scope": {"type": "string", "enum": ["host", "port", "uri"]},
+        "reason": {"type": "string"},
+        "uri": {"type": "string"},
+        "expires": {"type": "string", "description": "ISO 8601"},
+    },
+}
 
 
-@endpoint("/events/{event_id}/exception", "POST", "Exception from an event (host, port or URI)",
-          write=True, body=EXC_BODY)  # fmt: skip
+@endpoint(
+    "/events/{event_id}/exception",
+    "POST",
+    "Exception from an event (host, port or URI)",
+    write=True,
+    body=EXC_BODY,
+)
 def event_exception(event_id: int) -> Any:
     exc, rl = add_exception_from(event_id, _body(), g.user.username)
     return jsonify(exception=asdict(exc), reload=rl), 201
@@ -243,14 +283,17 @@ def reload() -> Any:
 
 def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
-    err = {"description": "error", "content": {"application/json": {"schema": {
-        "type": "object", "properties": {"error": {"type": "string"}}}}}}  # fmt: skip
+    error_schema = {"type": "object", "properties": {"error": {"type": "string"}}}
+    err = {"description": "error", "content": {"application/json": {"schema": error_schema}}}
     for ep in ENDPOINTS:
-        op: dict[str, Any] = {"summary": ep["summary"], "operationId": f"{ep['method'].lower()}_{ep['path']}",
-                              "security": [{"bearer": []}], "responses": {
-            "200" if ep["method"] != "POST" or ep["path"] == "/reload" else "201":
-                {"description": "ok", "content": {"application/json": {"schema": ep["result"]}}},
-            "400": err, "401": err, "404": err}}  # fmt: skip
+        created = ep["method"] == "POST" and ep["path"] != "/reload"
+        ok = {"description": "ok", "content": {"application/json": {"schema": ep["result"]}}}
+        op: dict[str, Any] = {
+            "summary": ep["summary"],
+            "operationId": f"{ep['method'].lower()}_{ep['path']}",
+            "security": [{"bearer": []}],
+            "responses": {"201" if created else "200": ok, "400": err, "401": err, "404": err},
+        }
         if ep["write"]:
             op["responses"]["403"] = err
         parameters = [{"name": p, "in": "query", "required": False, "schema": {"type": "string"}}

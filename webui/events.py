@@ -76,11 +76,17 @@ def export(fmt: str) -> Any:
     except InputError as err:
         abort(400, description=str(err))
     if fmt == "csv":
-        return Response(csv_text(rows), mimetype="text/csv",
-                        headers={"Content-Disposition": "attachment; filename=vpatch-events.csv"})  # fmt: skip
+        return Response(
+            csv_text(rows),
+            mimetype="text/csv",
+            headers={"Content-Disposition": "attachment; filename=vpatch-events.csv"},
+        )
     if fmt == "json":
-        return Response(json.dumps(rows, indent=1), mimetype="application/json",
-                        headers={"Content-Disposition": "attachment; filename=vpatch-events.json"})  # fmt: skip
+        return Response(
+            json.dumps(rows, indent=1),
+            mimetype="application/json",
+            headers={"Content-Disposition": "attachment; filename=vpatch-events.json"},
+        )
     abort(404, description=f"export format {fmt!r}: csv or json")
 
 

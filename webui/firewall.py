@@ -112,16 +112,24 @@ def delete(rule_id: int) -> Any:
 
 # -- JSON API (registered on the api blueprint through its endpoint table) --------------------
 
-FW_BODY = {"type": "object", "required": ["action"], "properties": {
-    "scope": {"type": "string", "enum": ["global", "host", "group"]},
-    "scope_id": {"type": "integer", "nullable": True},
-    "direction": {"type": "string", "enum": list(DIRECTIONS)},
-    "address": {"type": "string", "description": "peer address or CIDR; empty: any"},
-    "protocol": {"type": "string", "enum": list(PROTOCOLS)},
-    "port_from": {"type": "integer", "nullable": True}, "port_to": {"type": "integer", "nullable": True},
-    "mac": {"type": "string"}, "action": {"type": "string", "enum": list(ACTIONS)},
-    "comment": {"type": "string"}, "enabled": {"type": "boolean"},
-    "position": {"type": "integer", "nullable": True}}}  # fmt: skip
+FW_BODY = {
+    "type": "object",
+    "required": ["action"],
+    "properties": {
+        "scope": {"type": "string", "enum": ["global", "host", "group"]},
+        "scope_id": {"type": "integer", "nullable": True},
+        "direction": {"type": "string", "enum": list(DIRECTIONS)},
+        "address": {"type": "string", "description": "peer address or CIDR; empty: any"},
+        "protocol": {"type": "string", "enum": list(PROTOCOLS)},
+        "port_from": {"type": "integer", "nullable": True},
+        "port_to": {"type": "integer", "nullable": True},
+        "mac": {"type": "string"},
+        "action": {"type": "string", "enum": list(ACTIONS)},
+        "comment": {"type": "string"},
+        "enabled": {"type": "boolean"},
+        "position": {"type": "integer", "nullable": True},
+    },
+}
 
 
 def _json_body() -> dict[str, Any]:
@@ -159,8 +167,13 @@ def api_firewall_add() -> Any:
     return _api(go)
 
 
-@endpoint("/firewall/{rule_id}", "PUT", "Change a firewall rule, then reload the gateway", write=True,
-          body={**FW_BODY, "required": []})  # fmt: skip
+@endpoint(
+    "/firewall/{rule_id}",
+    "PUT",
+    "Change a firewall rule, then reload the gateway",
+    write=True,
+    body={**FW_BODY, "required": []},
+)
 def api_firewall_update(rule_id: int) -> Any:
     def go() -> Any:
         rule = update_rule(get_store(), rule_id, _json_body(), g.user.username)

@@ -12,8 +12,8 @@ from typing import Any
 from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template, request, url_for
 
 from gateway.lifecycle.state import LifecycleError, host_services
-from gateway.policy.assignments import Assignments
-from gateway.policy.hosts import Hosts
+from gateway.policy.assignments import Assignment, Assignments
+from gateway.policy.hosts import Host, Hosts
 from gateway.policy.store import StoreError
 from gateway.scan.jobs import GLOBAL
 from webui import lifecycle
@@ -36,12 +36,21 @@ def index() -> Any:
         rows.append({
             "host": h,
             "services": host_services(store, h.id),
-            "assigned": [a for a in assignments if (a.scope == "host" and a.scope_id == h.id)
-                         or (a.scope == "group" and h.group_id is not None and a.scope_id == h.group_id)],
+            "assigned": _assigned_to(h, assignments),
         })  # fmt: skip
     groups = {gr.id: gr for gr in Hosts(store).list_groups()}
     sched = {s.host: s for s in lifecycle._jobs().schedules()}.get(GLOBAL)
     return render_template("hosts/index.html", rows=rows, groups=groups, global_schedule=sched)
+
+
+def _assigned_to(host: Host, assignments: list[Assignment]) -> list[Assignment]:
+    """The assignments that name the host itself or its group."""
+    return [
+        a
+        for a in assignments
+        if (a.scope == "host" and a.scope_id == host.id)
+        or (a.scope == "group" and host.group_id is not None and a.scope_id == host.group_id)
+    ]
 
 
 def _int_or_none(value: str | None) -> int | None:

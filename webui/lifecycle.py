@@ -143,8 +143,15 @@ def update_lifecycle(host_id: int, data: dict[str, Any], actor: str) -> dict[str
             if mode is HostMode.LEARNING and current.mode is not HostMode.LEARNING:
                 changes["learned"] = ()  # a learning period starts empty
             if mode is not current.mode:
-                history.append(HistoryEntry(time.time(), host.address, "mode", mode.value,
-                                            f"{actor}: {current.mode.value} -> {mode.value}"))  # fmt: skip
+                history.append(
+                    HistoryEntry(
+                        time.time(),
+                        host.address,
+                        "mode",
+                        mode.value,
+                        f"{actor}: {current.mode.value} -> {mode.value}",
+                    )
+                )
         if "lockdown_action" in data:
             changes["lockdown_action"] = LockdownAction(str(data["lockdown_action"]))
     except ValueError as err:
@@ -324,16 +331,27 @@ def set_schedule(host_id: int | None, data: dict[str, Any], actor: str) -> dict[
 
 # -- API (added to webui/api.py's table: listed in the OpenAPI document) ----------------------
 
-LIFECYCLE_BODY = {"type": "object", "properties": {
-    "mode": {"type": "string", "enum": [m.value for m in HostMode]},
-    "lockdown_action": {"type": "string", "enum": ["drop", "alert"]},
-    "auto_apply": {"type": "boolean"},
-    "exceptions": {"type": "array", "items": {"type": "string"}},
-    "update_sources": {"type": "array", "items": {"type": "string"}}}}  # fmt: skip
-APP_BODY = {"type": "object", "properties": {"add": {"type": "string"},
-                                             "remove": {"type": "string"}}}  # fmt: skip
-SCHEDULE_BODY = {"type": "object", "properties": {
-    "interval_minutes": {"type": "number", "minimum": 0}, "enabled": {"type": "boolean"}}}  # fmt: skip
+LIFECYCLE_BODY = {
+    "type": "object",
+    "properties": {
+        "mode": {"type": "string", "enum": [m.value for m in HostMode]},
+        "lockdown_action": {"type": "string", "enum": ["drop", "alert"]},
+        "auto_apply": {"type": "boolean"},
+        "exceptions": {"type": "array", "items": {"type": "string"}},
+        "update_sources": {"type": "array", "items": {"type": "string"}},
+    },
+}
+APP_BODY = {
+    "type": "object",
+    "properties": {"add": {"type": "string"}, "remove": {"type": "string"}},
+}
+SCHEDULE_BODY = {
+    "type": "object",
+    "properties": {
+        "interval_minutes": {"type": "number", "minimum": 0},
+        "enabled": {"type": "boolean"},
+    },
+}
 
 
 def _api(fn: Any, *args: Any) -> Any:

@@ -2,8 +2,8 @@
 
 One run: build a bridge lab (`gateway.lab`, nginx only on the server; TIME_WAIT reuse on in the
 client namespace so that repeated new-connection runs do not exhaust its ports), start an
-iperf3 server beside nginx, then for each subject (kernel, suricata-default, suricata-tuned, vpatch) start it,
-check one HTTP request gets through, and measure from the client namespace:
+iperf3 server beside nginx, then for each subject (kernel, suricata-default, suricata-tuned,
+vpatch) start it, check one HTTP request gets through, and measure from the client namespace:
 bulk TCP each direction (`iperf3 -c` / `-R`), HTTP requests/s and p50/p99 latency with
 keep-alive and with a new connection per request (`wrk --latency`, `-H "Connection: close"`,
 nginx's 1 KiB /1k.bin), and the CPU seconds of the subject's processes during each measurement

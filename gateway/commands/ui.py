@@ -24,8 +24,11 @@ UI_THREADS = 8
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("ui", help="serve the admin web UI (waitress)",
-                       description="Serve the admin web UI; manage UI accounts and API tokens.")  # fmt: skip
+    p = sub.add_parser(
+        "ui",
+        help="serve the admin web UI (waitress)",
+        description="Serve the admin web UI; manage UI accounts and API tokens.",
+    )
     p.add_argument("-c", "--config", type=Path, help="gateway configuration (YAML)")
     p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
     p.add_argument(
@@ -34,8 +37,11 @@ def register(sub: Any) -> None:
         help="set USER's password (creates an admin USER if absent)",
     )
     p.add_argument("--create-token", metavar="USER", help="print a new API token for USER")
-    p.add_argument("--insecure-cookies", action="store_true",
-                   help="session cookies without the Secure flag (plain-HTTP lab use ONLY)")  # fmt: skip
+    p.add_argument(
+        "--insecure-cookies",
+        action="store_true",
+        help="session cookies without the Secure flag (plain-HTTP lab use ONLY)",
+    )
     p.set_defaults(func=run)
 
 
@@ -71,9 +77,10 @@ def run(args: argparse.Namespace) -> int:
 
     from webui import create_app
 
+    events_db = str(config.events.sqlite) if config.events.sqlite else "/nonexistent/events.db"
     app = create_app({
         "POLICY_DB": str(config.policy.database),
-        "EVENTS_DB": str(config.events.sqlite) if config.events.sqlite else "/nonexistent/events.db",
+        "EVENTS_DB": events_db,
         "CONTROL_SOCKET": str(config.control.socket),
         "RULE_PATHS": [str(p) for p in config.rules],
         "SESSION_COOKIE_SECURE": not args.insecure_cookies,

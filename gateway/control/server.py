@@ -74,10 +74,7 @@ class ControlServer:
             self._thread.join(timeout=2)
         if self._sock is not None:
             self._sock.close()
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        self.path.unlink(missing_ok=True)
 
     def _serve(self) -> None:
         assert self._sock is not None

@@ -322,8 +322,9 @@ def parse_request_line(line: bytes) -> tuple[str, str, str]:
     Words are separated by any run of whitespace (ap_getword_white). The method is the first
     word, the target the second; a third word that is not "HTTP/major.minor" (any case,
     leading zeros) is read as HTTP/1.0, as Apache 2.2 does (RFC 9112 section 2.3 lets a
-    server treat an unknown version so), and words after it are ignored. Two words are an HTTP/0.9 request. The method must still be a token (RFC 9110
-    section 9.1): bytes such as '(' or ':' make it something other than HTTP.
+    server treat an unknown version so), and words after it are ignored. Two words are an
+    HTTP/0.9 request. The method must still be a token (RFC 9110 section 9.1): bytes such as '('
+    or ':' make it something other than HTTP.
     """
     parts = line.split()
     if len(parts) == 2:  # HTTP/0.9 style "GET /path"
@@ -334,10 +335,7 @@ def parse_request_line(line: bytes) -> tuple[str, str, str]:
     if not _TOKEN.match(method):
         raise HttpDecodeError(f"bad method {method[:40]!r} in request line")
     found = _LENIENT_VERSION.match(version)
-    if found is not None:
-        text = f"HTTP/{int(found.group(1))}.{int(found.group(2))}"
-    else:
-        text = "HTTP/1.0"
+    text = f"HTTP/{int(found.group(1))}.{int(found.group(2))}" if found else "HTTP/1.0"
     return method.decode("latin-1"), target.decode("latin-1"), text
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from gateway.errors import DecodeError
-from gateway.vocabulary import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
+from gateway.vocabulary import ICMP_PROTOS, PROTO_TCP, PROTO_UDP
 
 __all__ = [
     "LINKTYPE_ETHERNET",
@@ -288,7 +288,8 @@ def _parse_ipv6(data: bytes, off: int) -> Packet:
         plen = avail - 40
     if 40 + plen > avail:
         raise DecodeError(
-            f"ipv6: payload length {plen} at offset {off + 4} exceeds the {avail - 40} bytes present"
+            f"ipv6: payload length {plen} at offset {off + 4} exceeds "
+            f"the {avail - 40} bytes present"
         )
     src = _ntop(_AF_INET6, data[off + 8 : off + 24])
     dst = _ntop(_AF_INET6, data[off + 24 : off + 40])
@@ -366,7 +367,7 @@ def _parse_l4(
         return Packet(
             version, src, dst, proto, sport, dport, 0, 0, 0, data[start + 8 : start + ulen]
         )
-    if proto == PROTO_ICMP or proto == PROTO_ICMPV6:
+    if proto in ICMP_PROTOS:
         if avail < 4:
             raise DecodeError(f"icmp: {avail} bytes at offset {start}, header needs 4")
         itype, icode = _ICMP_HDR.unpack_from(data, start)

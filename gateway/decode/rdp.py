@@ -142,7 +142,7 @@ class McsConnect:
 
     @property
     def requests_ms_t120(self) -> bool:
-        """A client asking for the internal MS_T120 channel (CVE-2019-0708); names are case-blind."""
+        """A client asking for the internal MS_T120 channel (CVE-2019-0708), case-blind."""
         return any(name.upper() == "MS_T120" for name in self.channels)
 
 

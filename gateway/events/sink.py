@@ -24,6 +24,7 @@ What it guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import sqlite3
@@ -234,10 +235,8 @@ class EventSink:
             except sqlite3.Error:
                 ok = False
                 self.write_errors += 1
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
         if self._jsonl is not None and lines:
             try:
                 self._jsonl.write("\n".join(lines) + "\n")

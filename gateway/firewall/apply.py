@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -142,10 +143,9 @@ def apply_rules(rendered: RenderedRules, backend: BackendInfo, netns: str | None
             if text:
                 run_cmd([backend.restore(family), "--noflush"], netns, stdin=text)
     except FirewallError:
-        try:
+        # the original error is the one worth reporting
+        with contextlib.suppress(FirewallError):
             remove_rules(backend, rendered.prefix, netns)
-        except FirewallError:
-            pass  # the original error is the one worth reporting
         raise
 
 

@@ -295,11 +295,9 @@ def _rule_lines(
 ) -> list[str]:
     if rule.address and _family(rule.address) != version:
         return []
-    hosts: list[str | None]
-    if host_addrs is None:
-        hosts = [None]
-    else:
-        hosts = [a for a in host_addrs if _family(a) == version]
+    hosts: list[str | None] = (
+        [None] if host_addrs is None else [a for a in host_addrs if _family(a) == version]
+    )
     match_proto = ""
     if rule.protocol in ("tcp", "udp"):
         match_proto = f" -p {rule.protocol}"

@@ -171,8 +171,13 @@ def _render_family(
 ) -> tuple[str, list[str]]:
     p = config.firewall.chain_prefix
     fwd, srv, cli, tcp, queue, post = (
-        f"{p}-FORWARD", f"{p}-TO-SERVER", f"{p}-TO-CLIENT", f"{p}-TCP-DATA", f"{p}-QUEUE", f"{p}-POST",
-    )  # fmt: skip
+        f"{p}-FORWARD",
+        f"{p}-TO-SERVER",
+        f"{p}-TO-CLIENT",
+        f"{p}-TCP-DATA",
+        f"{p}-QUEUE",
+        f"{p}-POST",
+    )
     marks = config.marks
     bypass = marks.bypass
     depth = config.stream_depth

@@ -145,7 +145,7 @@ class StreamReassembler:
         return data
 
     def _check_recent(self, off: int, data: bytes) -> None:
-        """Count a conflict if `data` at stream offset `off` disagrees with recent delivered bytes."""
+        """Count a conflict if `data` at stream offset `off` disagrees with bytes just delivered."""
         if not self._recent:
             return
         recent_start = self._pos - len(self._recent)

@@ -51,7 +51,15 @@ from typing import Final
 from gateway.config import EngineSettings
 from gateway.decode.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet
 from gateway.flow.reassembly import SEQ_MOD, StreamReassembler
-from gateway.vocabulary import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Action, Direction
+from gateway.vocabulary import (
+    ICMP_PROTOS,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    Action,
+    Direction,
+)
 
 __all__ = [
     "DEFAULT_MAX_PENDING",
@@ -239,7 +247,7 @@ class FlowTable:
         sport = pkt.sport
         dport = pkt.dport
         itype = -1
-        if proto == PROTO_ICMP or proto == PROTO_ICMPV6:
+        if proto in ICMP_PROTOS:
             itype = pkt.icmp_type
             if (proto, itype) in _ICMP_ECHO_REQUEST or (proto, itype) in _ICMP_ECHO_REPLY:
                 ident = int.from_bytes(pkt.payload[:2], "big") if len(pkt.payload) >= 2 else 0

@@ -9,6 +9,7 @@ lab made) or to PIDs whose identity was checked, never by process name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -156,10 +157,8 @@ def stop_pids(pids: Iterable[int], grace: float = TERM_GRACE_S) -> list[int]:
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def sysctl(ns: str, key: str, value: str) -> None:

@@ -40,8 +40,7 @@ from gateway.lifecycle.state import (
     LockdownAction,
 )
 from gateway.vocabulary import (
-    PROTO_ICMP,
-    PROTO_ICMPV6,
+    ICMP_PROTOS,
     PROTO_NAMES,
     PROTO_TCP,
     PROTO_UDP,
@@ -68,7 +67,7 @@ def tuple_of(payload: bytes) -> tuple[LearnedTuple, int] | None:
     proto = PROTO_NAMES.get(pkt.proto, str(pkt.proto))
     if pkt.proto in (PROTO_TCP, PROTO_UDP):
         port = pkt.dport
-    elif pkt.proto in (PROTO_ICMP, PROTO_ICMPV6):
+    elif pkt.proto in ICMP_PROTOS:
         port = max(pkt.icmp_type, 0)
     else:
         port = 0

@@ -95,7 +95,7 @@ def scan_host(
 
     with ThreadPoolExecutor(max_workers=CONNECT_WORKERS) as pool:
         states = list(pool.map(lambda p: probes.tcp_open(host, p, timeout), tcp))
-    open_tcp = [p for p, is_open in zip(tcp, states) if is_open]
+    open_tcp = [p for p, is_open in zip(tcp, states, strict=True) if is_open]
     tick(f"{host}: {len(open_tcp)} open TCP ports", len(tcp) + len(tcp) - len(open_tcp))
     findings: list[Finding] = []
     unidentified: list[int] = []

@@ -51,8 +51,16 @@ def channel(kind: str, settings: dict[str, Any], **kw: Any) -> Channel:
 
 
 def test_email_plain(smtp: Any) -> None:
-    ch = channel("email", {"host": "127.0.0.1", "port": smtp.port, "starttls": False,
-                           "sender": "gw@lab.test", "to": "ops@lab.test, sec@lab.test"})  # fmt: skip
+    ch = channel(
+        "email",
+        {
+            "host": "127.0.0.1",
+            "port": smtp.port,
+            "starttls": False,
+            "sender": "gw@lab.test",
+            "to": "ops@lab.test, sec@lab.test",
+        },
+    )
     send(ch, message_from_eve(EVE))
     (env,) = wait_for(smtp.messages)
     assert env.mail_from == "gw@lab.test"
@@ -155,6 +163,9 @@ def test_syslog_structured_data_escaped_and_bounded() -> None:
     assert len(format_syslog(long)) == MAX_SYSLOG_BYTES
 
 
+EMAIL_OK = {"name": "a", "kind": "email", "host": "h", "sender": "a@b", "to": "a@b"}
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [
@@ -164,15 +175,15 @@ def test_syslog_structured_data_escaped_and_bounded() -> None:
         ({"name": "a", "kind": "webhook", "url": "http://x/", "rate_per_min": "0"}, "rate_per_min"),
         ({"name": "a", "kind": "webhook", "url": "http://x/", "burst": "1000"}, "burst"),
         ({"name": "a", "kind": "webhook", "url": "http://x/", "min_severity": "4"}, "min_severity"),
-        ({"name": "a", "kind": "email", "host": "h", "sender": "a@b", "to": "nobody"}, "to"),
-        ({"name": "a", "kind": "email", "host": "h", "sender": "x", "to": "a@b"}, "sender"),
-        ({"name": "a", "kind": "email", "host": "", "sender": "a@b", "to": "a@b"}, "host"),
-        ({"name": "a", "kind": "email", "host": "h", "port": "70000", "sender": "a@b", "to": "a@b"}, "port"),
-        ({"name": "a", "kind": "email", "host": "h\r\nRCPT", "sender": "a@b", "to": "a@b"}, "host"),
+        ({**EMAIL_OK, "to": "nobody"}, "to"),
+        ({**EMAIL_OK, "sender": "x"}, "sender"),
+        ({**EMAIL_OK, "host": ""}, "host"),
+        ({**EMAIL_OK, "port": "70000"}, "port"),
+        ({**EMAIL_OK, "host": "h\r\nRCPT"}, "host"),
         ({"name": "a", "kind": "syslog", "transport": "sctp", "host": "h"}, "transport"),
         ({"name": "a", "kind": "syslog", "facility": "kern", "host": "h"}, "facility"),
     ],
-)  # fmt: skip
+)
 def test_validation_names_the_field(data: dict[str, Any], field: str) -> None:
     with pytest.raises(AlertChannelError) as info:
         validate_channel(data)

@@ -150,4 +150,3 @@ def test_cpu_accounting_of_own_process_tree() -> None:
     assert cpu_seconds_between({me: 0}, {me: 3 * CLOCK_TICKS}) == pytest.approx(3.0)
     # a process born in between counts from zero
     assert cpu_seconds_between({}, {1: CLOCK_TICKS}) == pytest.approx(1.0)
-

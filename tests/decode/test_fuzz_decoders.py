@@ -89,7 +89,8 @@ TARGETS = {
         _http_feed,
         _buf,
         http.MAX_HEAD_BYTES + MAX_FEED,
-        b"GET /a%20b/../c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"GET /a%20b/../c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
     ),
     "tls": Target(
         tls.TlsDecodeError,

@@ -1,7 +1,8 @@
-"""TLS record decoder: synthetic records whole and byte by byte, and the real Heartbleed captures."""
+"""TLS record decoder: synthetic records whole and byte by byte, and real Heartbleed captures."""
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from pathlib import Path
 
@@ -131,7 +132,7 @@ def test_errors_are_sticky(stream: bytes, error: str) -> None:
 
 
 def client_streams(path: Path) -> dict[tuple[str, int, int], bytes]:
-    """Each direction's payload, in sequence order, keyed by (source, sport, dport) (test helper)."""
+    """Each direction's payload in sequence order, keyed by (source, sport, dport) (test helper)."""
     segments: dict[tuple[str, int, int], dict[int, bytes]] = {}
     for pkt in rdpcap(str(path)):
         ip = pkt.getlayer(IP) or pkt.getlayer(IPv6)
@@ -145,10 +146,9 @@ def client_streams(path: Path) -> dict[tuple[str, int, int], bytes]:
 def heartbeats(path: Path) -> list[Heartbeat]:
     found = []
     for data in client_streams(path).values():
-        try:
+        # not TLS (STARTTLS preambles, HTTP): nothing to say about heartbeats
+        with contextlib.suppress(TlsDecodeError):
             found += [e for e in TlsDecoder().receive_data(data) if isinstance(e, Heartbeat)]
-        except TlsDecodeError:
-            pass  # not TLS (STARTTLS preambles, HTTP): nothing to say about heartbeats
     return found
 
 

@@ -1,4 +1,4 @@
-"""Applying and removing kernel rules in a namespace of the test's own, with foreign rules present."""
+"""Applying and removing kernel rules in the test's own namespace, with foreign rules present."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def test_apply_then_remove_restores_exact_state(ns: str) -> None:
     apply_rules(rendered, backend, ns)
     assert _state(ns) == during
     removed = remove_rules(backend, "VPATCH", ns)
-    assert any("ipset vpatch-hosts4" == r for r in removed)
+    assert any(r == "ipset vpatch-hosts4" for r in removed)
     assert _state(ns) == before
     # Idempotent: nothing left, nothing to do, no error.
     assert remove_rules(backend, "VPATCH", ns) == []

@@ -138,10 +138,14 @@ CONNECT = textwrap.dedent(
 
 
 def connect(lab: Any, port: int = 80) -> str:
+    argv = [sys.executable, "-c", CONNECT, lab.server_addr, str(port)]
     r = subprocess.run(
-        ["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", CONNECT, lab.server_addr, str(port)],
-        capture_output=True, text=True, timeout=20, check=False,
-    )  # fmt: skip
+        ["ip", "netns", "exec", lab.client_ns, *argv],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
     return r.stdout.strip() or r.stderr.strip()
 
 
@@ -161,8 +165,18 @@ def test_deny_blocks_real_connection_in_lab(lab: Any, store: Any) -> None:
         apply_rules(render_from_store(store, PREFIX), backend, lab.gw_ns)
         assert connect(lab) == "FAIL TimeoutError"
         # an allow for the client's MAC placed before the deny wins (first match)
-        allow = add_rule(store, {"scope": "host", "scope_id": host.id, "direction": "in",
-                                 "mac": mac, "action": "allow", "position": "1"}, "alice")  # fmt: skip
+        allow = add_rule(
+            store,
+            {
+                "scope": "host",
+                "scope_id": host.id,
+                "direction": "in",
+                "mac": mac,
+                "action": "allow",
+                "position": "1",
+            },
+            "alice",
+        )
         assert (
             refresh_policy(store, backend, PREFIX, lab.gw_ns) == 4
         )  # v4: conntrack+2, v6: conntrack

@@ -175,7 +175,7 @@ def test_pcapng_packet_on_undescribed_interface(tmp_path: Path) -> None:
     got: list[CaptureRecord] = []
     with pytest.raises(CaptureError, match="names interface 3, only 1 described"):
         for rec in read_capture(path):
-            got.append(rec)  # noqa: PERF402 (keep what came before the error)
+            got.append(rec)  # keep what came before the error
     assert [r.data for r in got] == [b"ok"]
 
 
@@ -186,7 +186,7 @@ def _read_until_error(path: Path) -> tuple[list[CaptureRecord], CaptureError | N
     got: list[CaptureRecord] = []
     try:
         for rec in read_capture(path):
-            got.append(rec)  # noqa: PERF402 (keep what came before the error)
+            got.append(rec)  # keep what came before the error
     except CaptureError as err:
         return got, err
     return got, None

@@ -33,8 +33,12 @@ def test_parse_counters_and_skip_malformed_lines() -> None:
     assert q == QueueCounters(0, 12345, 3, 2, 65531, 7, 2, 120)
     assert q.drops == 9
     assert q.as_dict() == {
-        "queue_total": 3, "queue_dropped": 7, "user_dropped": 2, "id_sequence": 120, "queue_drops": 9,
-    }  # fmt: skip
+        "queue_total": 3,
+        "queue_dropped": 7,
+        "user_dropped": 2,
+        "id_sequence": 120,
+        "queue_drops": 9,
+    }
 
 
 def test_missing_file_is_an_empty_unavailable_reading(tmp_path: Path) -> None:

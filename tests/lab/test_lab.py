@@ -116,7 +116,7 @@ def test_bridge_has_no_addresses_and_traverses_forward(lab: LabSpec) -> None:
             ).returncode
             == 0
         )
-        for tool, match in rules.items():
+        for tool in rules:
             out = netns_exec(lab.gw_ns, [tool, "-x", "-n", "-v", "-L", "FORWARD", "1"]).stdout
             assert int(out.split()[0]) > 0, f"{tool}: bridged packets did not reach FORWARD"
     finally:

@@ -15,7 +15,12 @@ import pytest
 from gateway.errors import LabError
 from gateway.lab.netns import netns_argv, pid_alive, pid_cmdline, run, stop_pids
 
-IGNORE_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+IGNORE_TERM = """
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print('ready', flush=True)
+time.sleep(60)
+"""
 
 
 def test_pid_alive_running_zombie_gone() -> None:

@@ -46,7 +46,9 @@ s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(16)
 while True:
     c, _ = s.accept()
     try:
-        t = ctx.wrap_socket(c, server_side=True); t.sendall(b"hello " + t.version().encode()); t.close()
+        t = ctx.wrap_socket(c, server_side=True)
+        t.sendall(b"hello " + t.version().encode())
+        t.close()
     except OSError:
         c.close()
 """

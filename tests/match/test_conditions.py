@@ -85,15 +85,18 @@ CASES = [
     ("- field: http.uri\n  content: test\n  depth: 12\n", False),
     ("- field: http.uri.raw\n  content: '%74'\n", True),
     (
-        "- field: http.uri\n  match:\n    - content: /cgi-bin/\n    - content: .cgi\n      distance: 4\n      within: 8\n",
+        "- field: http.uri\n  match:\n    - content: /cgi-bin/\n"
+        "    - content: .cgi\n      distance: 4\n      within: 8\n",
         True,
     ),
     (
-        "- field: http.uri\n  match:\n    - content: /cgi-bin/\n    - content: .cgi\n      distance: 5\n",
+        "- field: http.uri\n  match:\n    - content: /cgi-bin/\n"
+        "    - content: .cgi\n      distance: 5\n",
         False,
     ),
     (
-        "- field: http.uri\n  match:\n    - content: /cgi-bin/\n    - content: .cgi\n      within: 7\n",
+        "- field: http.uri\n  match:\n    - content: /cgi-bin/\n"
+        "    - content: .cgi\n      within: 7\n",
         False,
     ),
     ("- field: http.header.user-agent\n  regex: '^\\(\\)\\s*\\{'\n", True),
@@ -109,7 +112,8 @@ CASES = [
         False,
     ),
     (
-        "all:\n  - field: http.method\n    equals: POST\n  - not:\n      field: http.uri\n      content: test\n",
+        "all:\n  - field: http.method\n    equals: POST\n"
+        "  - not:\n      field: http.uri\n      content: test\n",
         False,
     ),
     ("- field: http.header_count\n  equals: {field: http.header_count}\n", True),

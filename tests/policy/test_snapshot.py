@@ -35,8 +35,10 @@ def test_snapshot_folds_active_host_exceptions_in_as_off(store: Store) -> None:
     )
     by_addr = {x.address: x for x in snap_hosts}
     assert "198.18.5.0/24" in by_addr and [gr.name for gr in groups] == ["web"]
-    host_modes = {(by_addr_inv, a.mode, a.source) for a in snap_assignments if a.scope == "host"
-                  for by_addr_inv in [next(x.address for x in snap_hosts if x.id == a.scope_id)]}  # fmt: skip
+    address_of = {x.id: x.address for x in snap_hosts}
+    host_modes = {
+        (address_of[a.scope_id], a.mode, a.source) for a in snap_assignments if a.scope == "host"
+    }
     assert ("198.18.0.20", "off", "exception") in host_modes
     assert ("198.18.0.20", "prevent", "admin") not in host_modes  # the exception replaced it
     assert "198.18.0.40" not in by_addr  # port-scoped: not part of the snapshot

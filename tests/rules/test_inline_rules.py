@@ -34,7 +34,8 @@ CASES = [("http-nginx", 9010020, 80), ("smb-samba", 9001001, 445), ("dns-named",
 CLIENT = textwrap.dedent(
     """
     import json, socket, sys
-    host, port, proto, payload = sys.argv[1], int(sys.argv[2]), sys.argv[3], bytes.fromhex(sys.argv[4])
+    host, port, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    payload = bytes.fromhex(sys.argv[4])
     prelude = bytes.fromhex(sys.argv[5])
     got, outcome, first = b"", "EOF", 0
     if proto == "udp":

@@ -6,6 +6,7 @@ through the job runner in test_jobs.py; against the lab's services in test_scan_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -67,11 +68,8 @@ def _serve_banner(listener: socket.socket, banner: bytes, stop: threading.Event)
             conn, _ = listener.accept()
         except TimeoutError:
             continue
-        with conn:
-            try:
-                conn.sendall(banner)
-            except OSError:
-                pass
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(banner)
 
 
 @pytest.fixture

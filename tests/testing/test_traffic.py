@@ -58,7 +58,8 @@ def test_tcp_session_handshake_data_and_close() -> None:
     parsed = [IP(p) for p in packets]
     assert all(checksums_ok(p) for p in packets)
     assert all(
-        p.len == len(raw) and p.ttl == 64 and p.flags == "DF" for p, raw in zip(parsed, packets)
+        p.len == len(raw) and p.ttl == 64 and p.flags == "DF"
+        for p, raw in zip(parsed, packets, strict=True)
     )
     flags = [str(p[TCP].flags) for p in parsed]
     assert flags == ["S", "SA", "A", "PA", "PA", "PA", "FA", "FA", "A"]

@@ -47,12 +47,22 @@ def write_events(db: Path, events: list[tuple[Event, dict[str, Any]]]) -> None:
 
 def make_event(**kw: Any) -> Event:
     base: dict[str, Any] = {
-        "timestamp": time.time() - 60, "flow_id": 1234, "src_ip": "198.18.0.10", "src_port": 40000,
-        "dest_ip": "198.18.0.20", "dest_port": 80, "proto": 6, "server_port": 80,
+        "timestamp": time.time() - 60,
+        "flow_id": 1234,
+        "src_ip": "198.18.0.10",
+        "src_port": 40000,
+        "dest_ip": "198.18.0.20",
+        "dest_port": 80,
+        "proto": 6,
+        "server_port": 80,
         "direction": Direction.TO_SERVER,
-        "signature_id": 9000100, "signature": "vpatch lab test exploit marker (split-pattern test)",
-        "severity": "high", "cves": ("CVE-0000-0001",), "rule_action": Action.RESET, "blocked": True,
-    }  # fmt: skip
+        "signature_id": 9000100,
+        "signature": "vpatch lab test exploit marker (split-pattern test)",
+        "severity": "high",
+        "cves": ("CVE-0000-0001",),
+        "rule_action": Action.RESET,
+        "blocked": True,
+    }
     base.update(kw)
     return Event(**base)
 

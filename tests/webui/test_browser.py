@@ -39,7 +39,10 @@ MARKER_CLIENT = textwrap.dedent(
     """
     import socket, sys
     s = socket.create_connection((sys.argv[1], 80), timeout=5)
-    s.sendall(b"GET /VPATCH-TEST-EXPLOIT-7f3a HTTP/1.1\\r\\nHost: lab\\r\\nConnection: close\\r\\n\\r\\n")
+    s.sendall(
+        b"GET /VPATCH-TEST-EXPLOIT-7f3a HTTP/1.1\\r\\n"
+        b"Host: lab\\r\\nConnection: close\\r\\n\\r\\n"
+    )
     try:
         data = s.recv(4096)
         print("EOF" if not data else "DATA " + data.split(b"\\r\\n")[0].decode())
@@ -125,10 +128,8 @@ class UnixSyslog:
             found = next((m for m in self.messages if needle in m), None)
             if found is not None:
                 return found
-            try:
+            with contextlib.suppress(TimeoutError):
                 self.messages.append(self.sock.recv(65535))
-            except TimeoutError:
-                pass
         return None
 
 

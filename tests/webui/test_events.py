@@ -88,7 +88,7 @@ def test_csv_text_header_cves_and_formula_cells() -> None:
     }
     header, line = list(csv.reader(io.StringIO(csv_text([row]))))
     assert header == list(EVENT_COLUMNS)
-    cells = dict(zip(header, line))
+    cells = dict(zip(header, line, strict=True))
     assert cells["signature"] == "'=cmd|' /C calc'!A0"
     assert cells["cves"] == "CVE-2017-0144,CVE-2017-0145" and cells["src_port"] == "40000"
     assert list(csv.reader(io.StringIO(csv_text([])))) == [list(EVENT_COLUMNS)]

@@ -35,7 +35,8 @@ CLIENT = textwrap.dedent(
     """
     import socket, sys
     s = socket.create_connection((sys.argv[1], 80), timeout=5)
-    s.sendall(b"GET " + sys.argv[2].encode() + b" HTTP/1.1\\r\\nHost: lab\\r\\nConnection: close\\r\\n\\r\\n")
+    path = sys.argv[2].encode()
+    s.sendall(b"GET " + path + b" HTTP/1.1\\r\\nHost: lab\\r\\nConnection: close\\r\\n\\r\\n")
     try:
         data = s.recv(4096)
         print("EOF" if not data else "DATA " + data.split(b"\\r\\n")[0].decode())

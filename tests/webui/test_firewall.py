@@ -165,8 +165,17 @@ def test_ui_deny_reaches_running_gateway(lab: Any, tmp_path: Path, app: Any, cli
             with Store(policy_db) as store:
                 host = Hosts(store).save_host(lab.server_addr, "test")
             t0 = time.monotonic()
-            resp = post(client, auth, "/firewall/", scope=f"host:{host.id}", direction="in",
-                        address=lab.client_addr, protocol="tcp", port_from="80", action="deny")  # fmt: skip
+            resp = post(
+                client,
+                auth,
+                "/firewall/",
+                scope=f"host:{host.id}",
+                direction="in",
+                address=lab.client_addr,
+                protocol="tcp",
+                port_from="80",
+                action="deny",
+            )
             took = time.monotonic() - t0
             assert resp.status_code == 302
             assert "gateway reloaded in" in client.get("/firewall/").get_data(as_text=True)
@@ -189,8 +198,10 @@ def test_api_huge_numbers_refused_not_crashing(app: Any, client: Any) -> None:
     with Store(Path(app.config["POLICY_DB"])) as store:
         token = Accounts(store).create_token("admin", "t", "test")
     h = {"Authorization": f"Bearer {token}"}
-    for body, field in (({"action": "deny", "position": 2**70}, "position"),
-                        ({"action": "deny", "scope": "host", "scope_id": 2**64}, "scope_id"),
-                        ({"action": "deny", "scope": "group", "scope_id": -1}, "scope_id")):  # fmt: skip
+    for body, field in (
+        ({"action": "deny", "position": 2**70}, "position"),
+        ({"action": "deny", "scope": "host", "scope_id": 2**64}, "scope_id"),
+        ({"action": "deny", "scope": "group", "scope_id": -1}, "scope_id"),
+    ):
         resp = client.post("/api/v1/firewall", headers=h, json=body)
         assert resp.status_code == 400 and resp.get_json()["field"] == field, resp.get_json()

@@ -19,7 +19,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from gateway.lifecycle.state import LearnedTuple, LifecycleStore
+from gateway.lifecycle.state import HostMode, LearnedTuple, LifecycleStore
 from gateway.policy.accounts import Accounts
 from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
@@ -37,9 +37,12 @@ def host_id(app: Flask, address: str = "198.18.0.20") -> int:
 def test_host_page_shows_lifecycle(app: Flask, client: FlaskClient, auth: Auth) -> None:
     life = LifecycleStore(Path(app.config["POLICY_DB"]))
     hid = host_id(app)
-    life.update_host("198.18.0.20", mode=__import__("gateway.lifecycle.state", fromlist=["x"]).HostMode.LOCKDOWN,
-                     learned=(LearnedTuple("198.18.0.10", "198.18.0.20", "tcp", 80),),
-                     app_controls=("refuse-smb1",))  # fmt: skip
+    life.update_host(
+        "198.18.0.20",
+        mode=HostMode.LOCKDOWN,
+        learned=(LearnedTuple("198.18.0.10", "198.18.0.20", "tcp", 80),),
+        app_controls=("refuse-smb1",),
+    )
     auth.login("viewer", "viewer-password-1")
     page = client.get(f"/hosts/{hid}").get_data(as_text=True)
     assert "lockdown" in page and "198.18.0.10 -&gt; 198.18.0.20:80/tcp" in page
@@ -86,8 +89,8 @@ def test_admin_changes_mode_audited_viewer_refused_csrf_required(
     assert life.host("198.18.0.20").mode.value == "normal"
     assert [e.action for e in life.history("198.18.0.20")][-2:] == ["mode", "release"]
     # app control: validated, canonical text stored
-    assert client.post(f"/hosts/{hid}/app-control",
-                       data={"add": "min-tls 0.9", "csrf_token": auth.token()}).status_code == 400  # fmt: skip
+    bad = {"add": "min-tls 0.9", "csrf_token": auth.token()}
+    assert client.post(f"/hosts/{hid}/app-control", data=bad).status_code == 400
     client.post(
         f"/hosts/{hid}/app-control", data={"add": "REFUSE-smb1", "csrf_token": auth.token()}
     )
@@ -95,14 +98,14 @@ def test_admin_changes_mode_audited_viewer_refused_csrf_required(
 
 
 def test_allow_this_on_a_lockdown_event(app: Flask, client: FlaskClient, auth: Auth) -> None:
-    from gateway.lifecycle.state import HostMode
-
     life = LifecycleStore(Path(app.config["POLICY_DB"]))
     host_id(app)
     life.update_host("198.18.0.20", mode=HostMode.LOCKDOWN)
     sig = "lockdown: new port 198.18.0.10 -> 198.18.0.20:8082/tcp not learned"
-    write_events(Path(app.config["EVENTS_DB"]),
-                 [(make_event(signature_id=9100002, signature=sig, dest_port=8082, cves=()), {})])  # fmt: skip
+    write_events(
+        Path(app.config["EVENTS_DB"]),
+        [(make_event(signature_id=9100002, signature=sig, dest_port=8082, cves=()), {})],
+    )
     auth.login()
     page = client.get("/events/?rule=9100002").get_data(as_text=True)
     assert "Allow this" in page

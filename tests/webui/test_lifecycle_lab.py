@@ -26,13 +26,12 @@ from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
 from gateway.scan.jobs import GLOBAL, ScanJobs
 from gateway.testing.inline import RunningGateway, package_env, running_gateway
-from tests.lifecycle.test_modes_lab import connects, http_ok
+from tests.lifecycle.test_modes_lab import connects, http_ok, listeners
 from tests.webui.conftest import ADMIN_PW
 from webui import create_app
 
 pytestmark = pytest.mark.netns
-__all__ = ["listeners"]
-from tests.lifecycle.test_modes_lab import listeners
+__all__ = ["listeners"]  # a fixture the tests below use
 
 SCAN_PORTS = "80,445,u53"
 TEST_RULES = Path(__file__).resolve().parents[1] / "data" / "lifecycle"  # nginx/samba/bind

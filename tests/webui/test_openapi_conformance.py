@@ -7,6 +7,7 @@ whatever host a generated channel names (tests/webui/test_alerts.py covers it on
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -21,8 +22,8 @@ from tests.webui.conftest import REPO, make_event, write_events
 from webui import create_app
 
 schemathesis = pytest.importorskip("schemathesis")
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
+from schemathesis.checks import not_a_server_error  # noqa: E402 (skipped, not failed, if missing)
+from schemathesis.specs.openapi.checks import (  # noqa: E402 (after importorskip, as above)
     response_schema_conformance,
     status_code_conformance,
 )
@@ -51,10 +52,8 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
     port = server.effective_port  # type: ignore[union-attr]
 
     def serve() -> None:
-        try:
+        with contextlib.suppress(OSError):  # the socket was closed by the teardown below
             server.run()
-        except OSError:
-            pass  # the socket was closed by the teardown below
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

@@ -30,7 +30,10 @@ MARKER_CLIENT = textwrap.dedent(
     """
     import socket, sys
     s = socket.create_connection((sys.argv[1], 80), timeout=5)
-    s.sendall(b"GET /VPATCH-TEST-EXPLOIT-7f3a HTTP/1.1\\r\\nHost: lab\\r\\nConnection: close\\r\\n\\r\\n")
+    s.sendall(
+        b"GET /VPATCH-TEST-EXPLOIT-7f3a HTTP/1.1\\r\\n"
+        b"Host: lab\\r\\nConnection: close\\r\\n\\r\\n"
+    )
     try:
         data = s.recv(4096)
         print("EOF" if not data else "DATA " + data.split(b"\\r\\n")[0].decode())
@@ -97,10 +100,13 @@ def test_ui_mode_change_reaches_running_gateway(
             pids_before = [q["pid"] for q in control_request(sock, "status")["queues"].values()]
             assert marker(lab) == "RESET"  # the rule's default mode: prevent
 
+            client_argv = [sys.executable, "-c", KEEPALIVE_CLIENT, lab.server_addr]
             keepalive = subprocess.Popen(
-                ["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", KEEPALIVE_CLIENT, lab.server_addr],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
+                ["ip", "netns", "exec", lab.client_ns, *client_argv],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             assert keepalive.stdin is not None and keepalive.stdout is not None
 
             def keepalive_request() -> str:
@@ -126,8 +132,10 @@ def test_ui_mode_change_reaches_running_gateway(
                 ("detect", "DATA HTTP/1.1 404 Not Found"),
             ):
                 t0 = time.monotonic()
-                resp = client.post("/rules/9000100/mode",
-                                   data={"mode": mode, "scope": "global", "csrf_token": auth.token()})  # fmt: skip
+                resp = client.post(
+                    "/rules/9000100/mode",
+                    data={"mode": mode, "scope": "global", "csrf_token": auth.token()},
+                )
                 took = time.monotonic() - t0
                 assert resp.status_code == 302
                 page = client.get("/rules/").get_data(as_text=True)

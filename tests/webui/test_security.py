@@ -15,8 +15,20 @@ from gateway.policy.hosts import Hosts
 from tests.webui.conftest import Auth, api_token, store_of
 from webui.security import bytes_escape, csv_safe
 
-PAGES = ["/", "/dashboard/", "/dashboard/data", "/rules/", "/hosts/", "/events/", "/events/1",
-         "/events/export.csv", "/events/export.json", "/events/exceptions", "/audit/", "/auth/tokens"]  # fmt: skip
+PAGES = [
+    "/",
+    "/dashboard/",
+    "/dashboard/data",
+    "/rules/",
+    "/hosts/",
+    "/events/",
+    "/events/1",
+    "/events/export.csv",
+    "/events/export.json",
+    "/events/exceptions",
+    "/audit/",
+    "/auth/tokens",
+]
 WRITES = [("/rules/9000100/mode", {"mode": "off", "scope": "global"}),
           ("/hosts/", {"address": "198.18.0.20"}), ("/hosts/groups", {"name": "web"}),
           ("/hosts/1/delete", {}), ("/hosts/groups/1/delete", {}),
