@@ -3,7 +3,7 @@
 What it does:
 - `AppSession(candidates, transport, direction, port, ...)`: the engine gives it the in-order
   bytes of one flow direction (TCP: the reassembled stream, in any slicing; UDP: one datagram
-  per call) and gets back the app records they complete (gateway/decode/app.py `AppRecord`).
+  per call) and gets back the app records they complete (gateway/decode/registry.py `AppRecord`).
   First the protocol is identified among `candidates` (the protocols the rules covering the
   flow judge) with `identify` (content probes, else the port); then the protocol's decoder is
   fed.

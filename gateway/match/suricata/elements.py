@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from gateway.errors import VpatchError
 from gateway.match.suricata.parse import format_content, unquote
 
 __all__ = [
@@ -57,8 +58,9 @@ _HEADER_LINE_RE: Final = re.compile(
 _BYTE_TEST_FORMS: Final = frozenset({"string", "hex", "dec", "oct", "dce", "bitmask"})
 
 
-class Unconvertible(Exception):
-    """A construct that has no vpatch equivalent; `reason` names it."""
+class Unconvertible(VpatchError):
+    """A construct that has no vpatch equivalent; `reason` names it (caught by the importer,
+    which reports the rule as skipped for that reason)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
