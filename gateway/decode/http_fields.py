@@ -17,8 +17,8 @@ Pure functions over one decoded request (no I/O, no state). The HTTP adapter in
 - `climb_depth`: how many `..` segments of a fully decoded path reach above the root, which
   `normalize_uri` clamps (RFC 3986 section 5.2.4) and a traversal exploit relies on.
 
-Guarantees: never raises on any input; every output is bounded (`MAX_DERIVED_BYTES`, at most
-`MAX_LOOKUP_ROUNDS` substitution rounds, `MAX_PARAMS` parameters).
+Guarantees: never raises on any input; every output is bounded (`MAX_DERIVED_BYTES`,
+`MAX_PARAMS` parameters); lookups are resolved in one linear pass, whatever their nesting.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Final
 
 __all__ = [
     "MAX_DERIVED_BYTES",
-    "MAX_LOOKUP_ROUNDS",
+    "MAX_LOOKUP_INPUT",
     "MAX_PARAMS",
     "basic_credentials",
     "climb_depth",
@@ -43,15 +43,14 @@ __all__ = [
 ]
 
 MAX_DERIVED_BYTES: Final = 16 * 1024  # bound of every derived field value
-MAX_LOOKUP_ROUNDS: Final = 64  # innermost-first substitution passes
+MAX_LOOKUP_INPUT: Final = 1024 * 1024  # characters of one request part resolved (a head's bound)
 MAX_PARAMS: Final = 256  # parameters kept from one query string or form body
 MAX_DECODE_ROUNDS: Final = 3  # as gateway.decode.http.MAX_DECODE_ROUNDS
 
 _PCT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
 _PCT_U: Final = re.compile(r"%[uU]([0-9A-Fa-f]{4})")
-# An innermost lookup: "${" then text without "${" or "}" then "}".
-_INNERMOST: Final = re.compile(r"\$\{((?:[^$}]|\$(?!\{))*)\}")
-_OPEN, _CLOSE = "\x01", "\x02"  # stand-ins for a kept lookup's "${" and "}"
+_LOOKUP_TOKEN: Final = re.compile(r"\$\{|\}")  # what opens and closes a lookup
+_KEPT: Final = re.compile(r"\$\{")
 
 
 def _cap(text: str) -> str:
@@ -118,8 +117,8 @@ def url_params(text: str) -> str:
     return "\n".join(out)
 
 
-def _substitute(match: re.Match[str]) -> str:
-    body = match.group(1)
+def _substitute(body: str) -> str:
+    """One lookup's replacement, its nested lookups already resolved."""
     prefix, colon, rest = body.partition(":")
     key = prefix.strip().lower()
     if colon and key == "lower":
@@ -132,18 +131,38 @@ def _substitute(match: re.Match[str]) -> str:
         quoted = re.fullmatch(r"\s*'([^']*)'\s*", rest)
         if quoted:
             return quoted.group(1)
-    return _OPEN + body + _CLOSE  # a lookup that runs as written (jndi, env, ...): keep it
+    return "${" + body + "}"  # a lookup that runs as written (jndi, env, ...): keep it
 
 
 def resolve_lookups(text: str) -> str:
-    """Log4j-style substitution of `text`, innermost lookups first (bounded, see module)."""
-    text = _cap(text).replace(_OPEN, "").replace(_CLOSE, "")
-    for _ in range(MAX_LOOKUP_ROUNDS):
-        resolved = _INNERMOST.sub(_substitute, text)
-        if resolved == text:
-            break
-        text = _cap(resolved)
-    return text.replace(_OPEN, "${").replace(_CLOSE, "}")
+    """Log4j-style substitution of `text`, innermost lookups first, in one pass over it: a
+    lookup is replaced when its "}" arrives, its nested ones already resolved, so any nesting
+    depth costs time linear in the text (at most MAX_LOOKUP_INPUT characters). An unclosed
+    "${" stays as written. When the result is longer than MAX_DERIVED_BYTES, the text around
+    each lookup Log4j would still run is kept instead of the head, so no padding before a
+    lookup hides it."""
+    text = text[:MAX_LOOKUP_INPUT]
+    stack: list[list[str]] = [[]]
+    pos = 0
+    for token in _LOOKUP_TOKEN.finditer(text):
+        stack[-1].append(text[pos : token.start()])
+        pos = token.end()
+        if token.group() == "${":
+            stack.append([])
+        elif len(stack) > 1:
+            body = "".join(stack.pop())
+            stack[-1].append(_substitute(body))
+        else:
+            stack[-1].append("}")
+    stack[-1].append(text[pos:])
+    while len(stack) > 1:  # unclosed lookups: as written
+        inner = "".join(stack.pop())
+        stack[-1].append("${" + inner)
+    result = "".join(stack[0])
+    if len(result) <= MAX_DERIVED_BYTES:
+        return result
+    windows = [result[max(0, m.start() - 64) : m.start() + 256] for m in _KEPT.finditer(result)]
+    return _cap("\n".join(windows) if windows else result)
 
 
 def lookup_text(parts: Iterable[str]) -> str:

