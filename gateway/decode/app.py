@@ -178,16 +178,32 @@ def _derived_head_fields(request: _http.Request, head: dict[str, FieldValue]) ->
 
 
 def _derived_body_fields(fields: dict[str, FieldValue], body: bytes) -> None:
-    """Body parameters (urlencoded forms) and lookups in the body, on the end-of-request record."""
-    content_type = fields.get("http.header.content-type", b"")
+    """On the end-of-request record: the body as the application reads it (Content-Encoding
+    inflated: `http.body` is then the inflated body), its parameters (urlencoded forms,
+    multipart/form-data field names, values and filenames, JSON keys and values with escapes
+    decoded) and the lookups in both."""
+    encoding = fields.get("http.header.content-encoding")
+    if isinstance(encoding, bytes) and body:
+        inflated = _httpf.decode_content(body, encoding.decode("latin-1"), _http.MAX_BODY_INSPECT)
+        if inflated is not None:
+            body = inflated
+            fields["http.body"] = body
+    raw_type = fields.get("http.header.content-type", b"")
+    type_text = raw_type.decode("latin-1") if isinstance(raw_type, bytes) else ""
+    content_type = type_text.lower()
     text = body.decode("latin-1")
     params = ""
-    if isinstance(content_type, bytes) and b"x-www-form-urlencoded" in content_type.lower():
+    if "x-www-form-urlencoded" in content_type:
         params = _httpf.url_params(text)
+    elif "multipart/" in content_type:
+        params = _httpf.multipart_params(body, type_text)
+    elif "json" in content_type or (body[:1] in (b"{", b"[") and b"\\u" in body):
+        params = _httpf.json_params(body)
     fields["http.body_params"] = _latin(params)
-    if "${" in text or "%24" in text.lower():
+    parts = [p for p in (text, params) if "${" in p or "%24" in p.lower()]
+    if parts:
         previous = fields.get("http.lookups", b"")
-        more = _latin(_httpf.lookup_text([text]))
+        more = _latin(_httpf.lookup_text(parts))
         if isinstance(previous, bytes) and more:
             fields["http.lookups"] = previous + b"\n" + more if previous else more
 

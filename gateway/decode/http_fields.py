@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
+import zlib
 from collections.abc import Iterable
 from typing import Final
 
@@ -35,6 +37,9 @@ __all__ = [
     "MAX_PARAMS",
     "basic_credentials",
     "climb_depth",
+    "decode_content",
+    "json_params",
+    "multipart_params",
     "full_percent_decode",
     "header_lines",
     "lookup_text",
@@ -181,6 +186,109 @@ def lookup_text(parts: Iterable[str]) -> str:
             if size > MAX_DERIVED_BYTES:
                 return "\n".join(out)
             out.append(resolved)
+    return "\n".join(out)
+
+
+def decode_content(body: bytes, encoding: str, limit: int) -> bytes | None:
+    """The body as the application reads it after its server's inflate filter (Apache
+    mod_deflate's input filter, a framework's gzip middleware): `Content-Encoding` gzip, x-gzip
+    or deflate (zlib or raw), applied in the order listed (RFC 9110 section 8.4), at most
+    `limit` bytes out. None when nothing applies or the data does not inflate."""
+    data = body
+    changed = False
+    for coding in reversed([c.strip().lower() for c in encoding.split(",") if c.strip()]):
+        if coding in ("gzip", "x-gzip"):
+            wbits = 16 + zlib.MAX_WBITS
+        elif coding == "deflate":
+            wbits = zlib.MAX_WBITS if data[:1] == b"\x78" else -zlib.MAX_WBITS
+        elif coding == "identity":
+            continue
+        else:
+            return None
+        try:
+            data = zlib.decompressobj(wbits).decompress(data, limit)
+        except zlib.error:
+            return None
+        changed = True
+    return data if changed else None
+
+
+_BOUNDARY: Final = re.compile(r'(?i)boundary\s*=\s*(?:"([^"]{1,200})"|([^\s;,]{1,200}))')
+_DISPOSITION_PARAM: Final = re.compile(
+    r'(?i)(?:^|;)\s*(name|filename\*?)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;]*))'
+)
+MAX_PART_VALUE: Final = 1024  # bytes of each multipart field value kept in the params
+_PART_END: Final = b"\r\n-"  # the CRLF (and dashes) before the next delimiter
+
+
+def multipart_params(body: bytes, content_type: str) -> str:
+    """`name=value` lines of a multipart/form-data body (RFC 7578), and `filename=NAME` for
+    file parts: what the application's form parser hands it, field names and filenames
+    included (Struts S2-046 runs the filename). Values are cut at MAX_PART_VALUE bytes; bounded
+    like every derived field."""
+    found = _BOUNDARY.search(content_type)
+    if found is None:
+        return ""
+    delimiter = b"--" + (found.group(1) or found.group(2)).encode("latin-1")
+    out: list[str] = []
+    size = 0
+    for part in body.split(delimiter)[1 : MAX_PARAMS + 1]:
+        head, sep, value = part.partition(b"\r\n\r\n")
+        if not sep:
+            head, sep, value = part.partition(b"\n\n")
+        if not sep:
+            continue
+        lines = []
+        for raw in head.decode("latin-1").splitlines():
+            name, colon, text = raw.partition(":")
+            if colon and name.strip().lower() == "content-disposition":
+                params = {
+                    m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+                    for m in _DISPOSITION_PARAM.finditer(text)
+                }
+                field = params.get("name", "")
+                kept = value[:MAX_PART_VALUE].rstrip(_PART_END).decode("latin-1")
+                lines.append(f"{field}={kept}")
+                for key in ("filename", "filename*"):
+                    if key in params:
+                        lines.append(f"filename={params[key].strip()}")
+        for line in lines:
+            size += len(line) + 1
+            if size > MAX_DERIVED_BYTES:
+                return "\n".join(out)
+            out.append(line)
+    return "\n".join(out)
+
+
+_JSON_ESCAPE: Final = re.compile(r"\\u([0-9A-Fa-f]{4})")
+
+
+def json_params(body: bytes) -> str:
+    """`path=value` lines of a JSON body's strings and numbers, keys and values with their
+    escapes decoded (backslash-u0024{jndi: is ${jndi: to the application). A body that does
+    not parse (or nests too deep for the parser) still has its backslash-u escapes decoded, as
+    one line. Bounded like every derived field."""
+    text = body.decode("utf-8", "replace")
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        return _cap(_JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text))
+    out: list[str] = []
+    size = 0
+    stack: list[tuple[str, object]] = [("", document)]
+    while stack and len(out) < MAX_PARAMS:
+        path, node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((f"{path}.{key}" if path else str(key), v) for key, v in node.items())
+            continue
+        if isinstance(node, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(node))
+            continue
+        line = f"{path}={node}"
+        size += len(line) + 1
+        if size > MAX_DERIVED_BYTES:
+            break
+        out.append(line)
     return "\n".join(out)
 
 

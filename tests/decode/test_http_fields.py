@@ -124,3 +124,35 @@ def test_lookups_of_any_nesting_and_behind_any_padding_are_resolved() -> None:
     padded = "A" * 100_000 + "${${lower:J}ndi:ldap://x/b}"
     assert "${jndi:ldap://x/b}" in resolve_lookups(padded)
     assert resolve_lookups("a}b${c") == "a}b${c"  # stray and unclosed braces stay as written
+
+
+def test_request_bodies_are_decoded_as_the_application_reads_them() -> None:
+    import gzip
+    import zlib
+
+    from gateway.decode.http_fields import decode_content, json_params, multipart_params
+
+    assert decode_content(gzip.compress(b"abc"), "gzip", 100) == b"abc"
+    assert decode_content(zlib.compress(b"abc"), "deflate", 100) == b"abc"
+    raw = zlib.compressobj(wbits=-15)
+    assert decode_content(raw.compress(b"abc") + raw.flush(), "deflate", 100) == b"abc"
+    assert decode_content(gzip.compress(b"x" * 10_000), "gzip", 64) == b"x" * 64  # bounded
+    assert decode_content(b"not gzip", "gzip", 100) is None
+    assert decode_content(b"abc", "br", 100) is None  # a coding it cannot undo: the body as sent
+    body = (
+        b'--b1\r\nContent-Disposition: form-data; name="f"; filename="%{#x}.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\nfile data\r\n--b1\r\n"
+        b'Content-Disposition: form-data; name="note"\r\n\r\nhi\r\n--b1--\r\n'
+    )
+    assert multipart_params(body, 'multipart/form-data; boundary="b1"').split("\n") == [
+        "f=file data",
+        "filename=%{#x}.txt",
+        "note=hi",
+    ]
+    assert multipart_params(body, "multipart/form-data") == ""  # no boundary, no parts
+    assert json_params(b'{"a": {"b": "\\u0024{x}"}, "c": [1]}').split("\n") == [
+        "c[0]=1",
+        "a.b=${x}",
+    ]
+    assert json_params(b'{"a": "\\u0024{x}"') == '{"a": "${x}"'  # unparsable: escapes decoded
+    assert len(json_params(b"[" * 100_000)) <= 16 * 1024  # too deep for the parser: bounded
