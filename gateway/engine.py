@@ -7,8 +7,11 @@ for a decoded Packet) it returns a `Decision` (gateway.verdict). The clock is pa
 so replaying a capture uses the capture's timestamps.
 
 Pipeline and policy:
-- Only TCP and UDP are inspected; other protocols and non-first IP fragments are accepted
-  (the live path sees reassembled datagrams: conntrack defragments before NFQUEUE).
+- Only TCP and UDP are inspected; other protocols are accepted. IP fragments are reassembled
+  first (gateway/flow/defrag.py) and the whole datagram inspected, its verdict given to the
+  fragment that completes it; the others pass, and a fragment that contradicts one already
+  received is dropped with the rest of its datagram (the live path sees reassembled
+  datagrams anyway: conntrack defragments before NFQUEUE).
 - A flow is inspected in a direction only when a rule covers (protocol, server port, direction)
   and that direction's stream depth (`EngineConfig.depth_to_server` / `depth_to_client`) is
   not 0. TCP bytes go through first-wins reassembly (gateway.flow.reassembly) and only the
@@ -86,6 +89,7 @@ from gateway.decode.packet import (
 )
 from gateway.errors import DecodeError as AppDecodeError
 from gateway.events.eve import Event
+from gateway.flow.defrag import Defragmenter
 from gateway.flow.reassembly import StreamReassembler
 from gateway.flow.table import DEFAULT_TCP_CLOSED_IDLE, Direction, Flow, FlowKey, FlowTable
 from gateway.match.explain import MAX_TARGET, Why, explain_fields, explain_raw, request_target
@@ -140,6 +144,7 @@ _ACCEPT_DONE: Final = (
     Decision(Action.ACCEPT, done_to_client=True),
 )
 _BLOCKED: Final = {Action.DROP: Decision(Action.DROP), Action.RESET: Decision(Action.RESET)}
+_DROP: Final = _BLOCKED[Action.DROP]
 _FAIL_OPEN: Final = Decision(Action.ACCEPT)
 _FAIL_CLOSED: Final = Decision(Action.DROP)
 
@@ -249,7 +254,7 @@ class EngineStats:
         self.unsupported_frames = 0  # frames carrying no IP (ARP, STP...)
         self.internal_errors = 0  # exceptions caught on the packet path (bugs)
         self.not_inspected = 0  # packets of protocols no rule can cover (ICMP...)
-        self.fragments = 0  # non-first IP fragments (accepted uninspected)
+        self.fragments = 0  # IP fragments (reassembled, gateway/flow/defrag.py)
         self.flows_inspected = 0  # flows some rule covers
         self.flows_final = 0  # flows that reached "final"
         self.flows_blocked = 0
@@ -278,6 +283,13 @@ class EngineStats:
         out = {name: getattr(self, name) for name in self.__slots__ if not name.startswith("_")}
         out["flows_active"] = self.flows_active
         out["streams_open"] = self.streams_open
+        defrag = self._engine.defrag
+        out.update(
+            frag_held=defrag.held,
+            frag_completed=defrag.completed,
+            frag_poisoned=defrag.poisoned,
+            frag_refused=defrag.refused,
+        )
         return out
 
 
@@ -362,6 +374,7 @@ class Engine:
         self.matcher = (
             matcher if matcher is not None and matcher.ruleset is ruleset else Matcher(ruleset)
         )
+        self.defrag = Defragmenter()  # IP fragments (gateway/flow/defrag.py)
         self.table = FlowTable(
             self.config.max_flows,
             self.config.tcp_idle,
@@ -456,13 +469,24 @@ class Engine:
         stats.packets += 1
         payload = pkt.payload
         stats.bytes += len(payload)
+        # ---- defragmentation hook (gateway/flow/defrag.py), before the protocol test: an
+        # IPv6 fragment's next header may be an extension header
+        if pkt.fragment or pkt.first_fragment:
+            stats.fragments += 1
+            action, whole = self.defrag.add(pkt, now)
+            if whole is None:
+                return _ACCEPT if action is Action.ACCEPT else _DROP
+            try:
+                pkt = parse_ip(whole)
+            except DecodeError:
+                stats.decode_errors += 1
+                return self._fail
+            payload = pkt.payload
+        # ---- end of hook
         proto = pkt.proto
         if proto != PROTO_TCP and proto != PROTO_UDP:
             stats.not_inspected += 1
             return _ACCEPT_FINAL
-        if pkt.fragment:
-            stats.fragments += 1
-            return _ACCEPT
         if (
             self._next_expire is None
             or now >= self._next_expire

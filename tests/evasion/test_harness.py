@@ -57,9 +57,6 @@ GAPS: dict[str, str] = {
     "before the SYN orients the flow the wrong way round",
     "rst": "any RST closes the flow, so a SYN after an out-of-window RST starts a new one",
     "ttl": "junk copies that expire before the server are inspected (first wins)",
-    "ip-frag": "IP fragments are not reassembled (in process): the data in them is never inspected",
-    "ipv6": "IPv6 fragments are not reassembled; a chain of more than 8 extension headers "
-    "fails to decode and is accepted uninspected",
     "http": "HTTP decoding: two spaces in the request line end HTTP decoding; the IIS "
     "traversal rule (9010060) misses %-encoded, double-encoded and %u-encoded paths",
     "combined": "the combinations carry the TCP/IP gaps above",
