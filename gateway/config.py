@@ -84,6 +84,7 @@ class EngineSettings:
     max_pending: int = 262144  # out-of-order bytes held per direction before a gap is skipped
     http_whole_connection: bool = True  # HTTP keep-alive streams: inspect every request
     http_memo_entries: int = 1024  # body-less requests that matched nothing, remembered exactly
+    retransmit_history: int = 8192  # delivered bytes kept per TCP direction to check resends
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,11 +355,18 @@ def _parse(data_in: object, ctx: _Ctx, base: Path | None) -> GatewayConfig:
                 0,
                 1 << 20,
             ),
+            _int(
+                ctx,
+                (*p, "retransmit_history"),
+                m.get("retransmit_history", df.retransmit_history),
+                0,
+                1 << 24,
+            ),
         )
 
     engine_keys = {
         "max_flows", "tcp_idle", "udp_idle", "max_pending", "http_whole_connection",
-        "http_memo_entries",
+        "http_memo_entries", "retransmit_history",
     }  # fmt: skip
     kw["engine"] = _section(ctx, data, "engine", d.engine, engine, engine_keys)
 

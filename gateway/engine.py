@@ -12,6 +12,14 @@ Pipeline and policy:
   fragment that completes it; the others pass, and a fragment that contradicts one already
   received is dropped with the rest of its datagram (the live path sees reassembled
   datagrams anyway: conntrack defragments before NFQUEUE).
+- TCP normalisation (gateway/flow/normalize.py): a TCP datagram whose IPv4 header or TCP
+  checksum is wrong is dropped: a SYN, FIN, RST or payload-less one before the flow table sees
+  it, one with data when its direction is inspected (the checksum costs about as much as the
+  decoding, so it is not computed for data nobody inspects); on an inspected flow, segments
+  the receiver would drop (data on a SYN, data without ACK, PAWS, bytes before the stream or
+  beyond any window, out-of-order data past the reassembly bounds) are dropped, the urgent
+  byte is taken out of the inspected bytes, and a segment whose bytes differ from bytes
+  already inspected resets the flow (no event: the counters say why, `norm_*` in stats).
 - A flow is inspected in a direction only when a rule covers (protocol, server port, direction)
   and that direction's stream depth (`EngineConfig.depth_to_server` / `depth_to_client`) is
   not 0. TCP bytes go through first-wins reassembly (gateway.flow.reassembly) and only the
@@ -80,6 +88,8 @@ from gateway.decode import app as app_registry
 from gateway.decode.packet import (
     PROTO_TCP,
     PROTO_UDP,
+    TCP_FIN,
+    TCP_RST,
     TCP_SYN,
     DecodeError,
     Packet,
@@ -90,6 +100,7 @@ from gateway.decode.packet import (
 from gateway.errors import DecodeError as AppDecodeError
 from gateway.events.eve import Event
 from gateway.flow.defrag import Defragmenter
+from gateway.flow.normalize import ChecksumMode, Normalizer, Verdict
 from gateway.flow.reassembly import StreamReassembler
 from gateway.flow.table import DEFAULT_TCP_CLOSED_IDLE, Direction, Flow, FlowKey, FlowTable
 from gateway.match.explain import MAX_TARGET, Why, explain_fields, explain_raw, request_target
@@ -145,6 +156,7 @@ _ACCEPT_DONE: Final = (
 )
 _BLOCKED: Final = {Action.DROP: Decision(Action.DROP), Action.RESET: Decision(Action.RESET)}
 _DROP: Final = _BLOCKED[Action.DROP]
+_CONTROL: Final = TCP_SYN | TCP_FIN | TCP_RST  # segments that open or close flows
 _FAIL_OPEN: Final = Decision(Action.ACCEPT)
 _FAIL_CLOSED: Final = Decision(Action.DROP)
 
@@ -167,6 +179,13 @@ class EngineConfig:
     kernel_checked_syn: the packets come from the inline queue, whose kernel rule passes on
         only the SYNs conntrack found to open a new connection: a client port reused for a
         new connection then starts a new flow at its SYN (gateway/flow/table.py).
+    checksums: which TCP datagrams with a wrong checksum are dropped (gateway/flow/
+        normalize.py): AUTO (captures, the default: unless most of them are wrong, as in
+        captures whose addresses were rewritten) or VERIFY (every one: the inline queue).
+    retransmit_history: delivered bytes kept per inspected TCP direction to compare with
+        retransmissions (a copy that differs resets the flow, gateway/flow/normalize.py);
+        older retransmitted bytes are not compared (counted in the reassembler's
+        `unverified`).
     """
 
     max_flows: int = 65536
@@ -180,9 +199,13 @@ class EngineConfig:
     http_whole_connection: bool = True
     http_memo_entries: int = 1024
     kernel_checked_syn: bool = False
+    retransmit_history: int = 8192
+    checksums: ChecksumMode = ChecksumMode.AUTO
 
     def __post_init__(self) -> None:
-        for name in ("max_flows", "depth_to_server", "depth_to_client", "max_pending"):
+        for name in (
+            "max_flows", "depth_to_server", "depth_to_client", "max_pending", "retransmit_history",
+        ):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or value < (1 if name == "max_flows" else 0):
                 raise ValueError(f"EngineConfig.{name} out of range: {value!r}")
@@ -205,6 +228,7 @@ class EngineConfig:
             fail_open=config.fail_policy is FailPolicy.OPEN,
             http_whole_connection=config.engine.http_whole_connection,
             http_memo_entries=config.engine.http_memo_entries,
+            retransmit_history=config.engine.retransmit_history,
         )
 
 
@@ -283,7 +307,9 @@ class EngineStats:
         out = {name: getattr(self, name) for name in self.__slots__ if not name.startswith("_")}
         out["flows_active"] = self.flows_active
         out["streams_open"] = self.streams_open
-        defrag = self._engine.defrag
+        engine = self._engine
+        out.update({f"norm_{k}": v for k, v in engine.normalizer.counts.items()})
+        defrag = engine.defrag
         out.update(
             frag_held=defrag.held,
             frag_completed=defrag.completed,
@@ -374,6 +400,7 @@ class Engine:
         self.matcher = (
             matcher if matcher is not None and matcher.ruleset is ruleset else Matcher(ruleset)
         )
+        self.normalizer = Normalizer(self.config.checksums)  # gateway/flow/normalize.py
         self.defrag = Defragmenter()  # IP fragments (gateway/flow/defrag.py)
         self.table = FlowTable(
             self.config.max_flows,
@@ -383,6 +410,7 @@ class Engine:
             on_evict=self._release,
             server_ports=self._is_service_port,
             kernel_checked_syn=self.config.kernel_checked_syn,
+            close_check=self.normalizer.closes,
         )
         self.stats = EngineStats(self.table, self)
         self._depth = (self.config.depth_to_server, self.config.depth_to_client)
@@ -469,8 +497,8 @@ class Engine:
         stats.packets += 1
         payload = pkt.payload
         stats.bytes += len(payload)
-        # ---- defragmentation hook (gateway/flow/defrag.py), before the protocol test: an
-        # IPv6 fragment's next header may be an extension header
+        # ---- normalisation hook 1 of 3 (gateway/flow/defrag.py, gateway/flow/normalize.py)
+        # (before the protocol test: an IPv6 fragment's next header may be an extension header)
         if pkt.fragment or pkt.first_fragment:
             stats.fragments += 1
             action, whole = self.defrag.add(pkt, now)
@@ -482,7 +510,13 @@ class Engine:
                 stats.decode_errors += 1
                 return self._fail
             payload = pkt.payload
-        # ---- end of hook
+        if (
+            pkt.proto == PROTO_TCP
+            and (not payload or pkt.flags & _CONTROL)  # data: checked if inspected (hook 2)
+            and not self.normalizer.intact(pkt)
+        ):
+            return _DROP
+        # ---- end of hook 1
         proto = pkt.proto
         if proto != PROTO_TCP and proto != PROTO_UDP:
             stats.not_inspected += 1
@@ -508,6 +542,13 @@ class Engine:
                 return _ACCEPT_FINAL
         assert isinstance(insp, _Inspection)
         d = TO_SERVER if direction is Direction.TO_SERVER else TO_CLIENT
+        # ---- normalisation hook 2 of 3: segments the receiver would drop
+        if proto == PROTO_TCP and (
+            (payload and insp.active[d] and not self.normalizer.intact(pkt))
+            or not self.normalizer.admit(flow, pkt, d, insp.reasm[d])
+        ):
+            return _DROP
+        # ---- end of hook 2
         if not insp.active[d]:
             return _ACCEPT_DONE[d]
         if proto == PROTO_TCP:
@@ -524,7 +565,13 @@ class Engine:
                 and _HTTP_REQUEST_START.match(payload)
             ):
                 reasm.max_depth = UNBOUNDED_DEPTH
-            data = reasm.receive(pkt.seq, payload, bool(syn))
+            # ---- normalisation hook 3 of 3: reassembly; differing bytes reset the flow
+            verdict, data = self.normalizer.receive(flow, pkt, d, reasm)
+            if verdict is Verdict.RESET:
+                return self._refuse(flow, insp)
+            if verdict is Verdict.DROP:
+                return _DROP
+            # ---- end of hook 3
             fired = NO_RULES
             if data:
                 state = insp.states[d]
@@ -540,8 +587,10 @@ class Engine:
                     fired = self._combine(insp, d, fired, NO_RULES)
             if reasm.depth_reached:
                 self._direction_done(flow, insp, d)
-            elif data and insp.states[d] is None and insp.apps[d] is None:
-                self._direction_done(flow, insp, d)  # app layer failed, no raw patterns left
+            # A direction whose decoder gave up and that has no raw patterns scans nothing more,
+            # but stays queued up to its depth: a retransmission whose bytes differ from those
+            # the decoder rejected must still be refused (normalisation hook 3), or bytes that
+            # were made to fail the decoder would buy the real ones a bypass.
         else:
             if not payload:
                 return _ACCEPT
@@ -727,7 +776,9 @@ class Engine:
             insp.groups[d] = group
             insp.active[d] = True
             if key.proto == PROTO_TCP:
-                reasm = StreamReassembler(depth, self.config.max_pending)
+                reasm = StreamReassembler(
+                    depth, self.config.max_pending, self.config.retransmit_history, True
+                )
                 insp.reasm[d] = reasm
                 flow.streams[Direction.TO_SERVER if d == TO_SERVER else Direction.TO_CLIENT] = reasm
                 if group.database is not None:
@@ -741,6 +792,15 @@ class Engine:
         flow.inspection = insp
         self.stats.flows_inspected += 1
         return insp
+
+    def _refuse(self, flow: Flow, insp: _Inspection) -> Decision:
+        """The normaliser refused the flow (gateway/flow/normalize.py): reset it."""
+        flow.blocked = Action.RESET
+        flow.final = False
+        insp.close_all()
+        self.stats.flows_blocked += 1
+        self.stats.blocked_packets += 1
+        return _BLOCKED[Action.RESET]
 
     def _any_port_wanted(self, key: FlowKey) -> bool:
         """A flow on a port no rule names is inspected only if a `ports: any` rule is on for

@@ -387,12 +387,16 @@ class PacketHandler:
 
 def engine_config(config: GatewayConfig) -> Any:
     """The engine's EngineConfig from the gateway configuration, for packets from the queue
-    (whose SYNs the kernel rules have checked with conntrack)."""
+    (whose SYNs the kernel rules have checked with conntrack, and whose checksums are those on
+    the wire: every wrong one is dropped)."""
     from dataclasses import replace
 
     from gateway.engine import EngineConfig
+    from gateway.flow.normalize import ChecksumMode
 
-    return replace(EngineConfig.from_gateway(config), kernel_checked_syn=True)
+    return replace(
+        EngineConfig.from_gateway(config), kernel_checked_syn=True, checksums=ChecksumMode.VERIFY
+    )
 
 
 def build_engine(config: GatewayConfig) -> EngineLike:

@@ -44,22 +44,8 @@ def of_class(cls: str) -> list[Technique]:
 
 # Classes the gateway does not handle yet, and why (the gap a fix must close).
 GAPS: dict[str, str] = {
-    "checksum": "TCP and IPv4 header checksums are not verified: junk copies the server drops "
-    "are inspected (first wins) and the real bytes after them are not",
-    "window": "data beyond the server's window is held and inspected; the real bytes that come "
-    "when the window opens are not",
-    "ack": "segments without ACK, or acknowledging unsent data, are inspected",
-    "paws": "segments failing PAWS (old timestamp) are inspected",
-    "overlap": "out-of-order overlaps that differ are resolved first-wins only; a last-wins "
-    "server (Linux) reads the other copy",
-    "urgent": "the urgent byte, which the server takes out of the stream, is inspected inline",
-    "syn": "SYN payload is inspected; a second SYN re-seeds the stream before data; a SYN+ACK "
-    "before the SYN orients the flow the wrong way round",
-    "rst": "any RST closes the flow, so a SYN after an out-of-window RST starts a new one",
-    "ttl": "junk copies that expire before the server are inspected (first wins)",
     "http": "HTTP decoding: two spaces in the request line end HTTP decoding; the IIS "
     "traversal rule (9010060) misses %-encoded, double-encoded and %u-encoded paths",
-    "combined": "the combinations carry the TCP/IP gaps above",
 }
 
 
