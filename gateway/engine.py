@@ -52,9 +52,11 @@ What it guarantees:
   fail policy's decision: ACCEPT when `config.fail_open`, else DROP. Frames that carry no IP
   (ARP...) are counted in `stats.unsupported_frames` and accepted.
 - Memory is bounded by `EngineConfig` (gateway/engine_config.py): max_flows flows (LRU
-  eviction), max_pending out-of-order bytes and depth bytes per direction, http_memo_entries
-  memoised units; idle flows are expired from within `process` at most every
-  `EXPIRE_INTERVAL` seconds of packet time (and by `expire(now)`).
+  eviction), max_pending out-of-order bytes, retransmit_history bytes and depth bytes per
+  direction, http_memo_entries memoised units, and the defragmenter's bounds (incomplete
+  datagrams, fragments each, seconds: gateway/flow/defrag.py); idle flows are expired from
+  within `process` at most every `EXPIRE_INTERVAL` seconds of packet time (and by
+  `expire(now)`).
 - Per-flow Hyperscan streams are closed when a direction reaches depth, when the flow is
   blocked, and when it leaves the flow table (expiry, eviction, port reuse).
 - Changing rules: `swap_rules(ruleset)` builds a new Matcher beside the old one and swaps it in;
