@@ -252,7 +252,9 @@ class EngineSettings:
     )
     max_pending: int = setting(
         262144,
-        "Out-of-order bytes held per direction before a gap is skipped.",
+        "Out-of-order bytes held per direction. Inline, an out-of-order segment past it (or "
+        "past 1024 held pieces) is dropped, and its sender retransmits it once the hole before "
+        "it is filled (gateway/flow/normalize.py); nothing is skipped uninspected.",
         lo=0,
         hi=1 << 26,
     )
@@ -271,6 +273,15 @@ class EngineSettings:
         "when remembered.",
         lo=0,
         hi=1 << 20,
+    )
+    retransmit_history: int = setting(
+        8192,
+        "Delivered bytes kept per inspected TCP direction (up to twice that, at most) to compare "
+        "with retransmissions: a copy whose bytes differ from the inspected ones resets the flow. "
+        "Older retransmitted bytes are not compared (counted as `unverified` by the "
+        "reassembler). 0: only bytes still held out of order are compared.",
+        lo=0,
+        hi=1 << 24,
     )
 
 

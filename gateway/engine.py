@@ -11,8 +11,20 @@ and the `Judge` (gateway/verdict/judge.py: modes, exceptions, events and their w
 the per-flow state is an `Inspection` (gateway/match/inspection.py).
 
 Pipeline and policy:
-- Only TCP and UDP are inspected; other protocols and non-first IP fragments are accepted
-  (the live path sees reassembled datagrams: conntrack defragments before NFQUEUE).
+- Only TCP and UDP are inspected; other protocols are accepted. IP fragments are reassembled
+  first (gateway/flow/defrag.py) and the whole datagram inspected, its verdict given to the
+  fragment that completes it; the others pass, and a fragment that contradicts one already
+  received is dropped with the rest of its datagram (the live path sees reassembled
+  datagrams anyway: conntrack defragments before NFQUEUE).
+- TCP normalisation (gateway/flow/normalize.py): a TCP datagram whose IPv4 header or TCP
+  checksum is wrong is dropped: a SYN, FIN, RST or payload-less one before the flow table sees
+  it, one with data when its direction is inspected (the checksum costs about as much as the
+  decoding, so it is not computed for data nobody inspects); on an inspected flow, segments
+  the receiver would drop (data on a SYN, data without ACK, PAWS, bytes before the stream or
+  beyond any window, out-of-order data past the reassembly bounds) are dropped, the urgent
+  byte is taken out of the inspected bytes, and a segment whose bytes differ from bytes
+  already inspected resets the flow (no event: the counters say why, `norm_*` in stats).
+  These are three delimited hooks in `_process`; the logic lives in gateway/flow/.
 - A flow is inspected in a direction only when a rule covers (protocol, server port, direction)
   and that direction's stream depth (`EngineConfig.depth_to_server` / `depth_to_client`) is
   not 0. TCP bytes go through first-wins reassembly (gateway.flow.reassembly) and only the
@@ -40,9 +52,11 @@ What it guarantees:
   fail policy's decision: ACCEPT when `config.fail_open`, else DROP. Frames that carry no IP
   (ARP...) are counted in `stats.unsupported_frames` and accepted.
 - Memory is bounded by `EngineConfig` (gateway/engine_config.py): max_flows flows (LRU
-  eviction), max_pending out-of-order bytes and depth bytes per direction, http_memo_entries
-  memoised units; idle flows are expired from within `process` at most every
-  `EXPIRE_INTERVAL` seconds of packet time (and by `expire(now)`).
+  eviction), max_pending out-of-order bytes, retransmit_history bytes and depth bytes per
+  direction, http_memo_entries memoised units, and the defragmenter's bounds (incomplete
+  datagrams, fragments each, seconds: gateway/flow/defrag.py); idle flows are expired from
+  within `process` at most every `EXPIRE_INTERVAL` seconds of packet time (and by
+  `expire(now)`).
 - Per-flow Hyperscan streams are closed when a direction reaches depth, when the flow is
   blocked, and when it leaves the flow table (expiry, eviction, port reuse).
 - Changing rules: `swap_rules(ruleset)` builds a new Matcher beside the old one and swaps it in;
@@ -55,6 +69,8 @@ from __future__ import annotations
 from typing import Final
 
 from gateway.decode.packet import (
+    TCP_FIN,
+    TCP_RST,
     TCP_SYN,
     DecodeError,
     Packet,
@@ -69,6 +85,8 @@ from gateway.decode.session import (
     whole_connection_probes,
 )
 from gateway.engine_config import EngineConfig
+from gateway.flow.defrag import Defragmenter
+from gateway.flow.normalize import Normalizer, Verdict
 from gateway.flow.reassembly import StreamReassembler
 from gateway.flow.table import Flow, FlowKey, FlowTable
 from gateway.match.inspection import Inspection
@@ -90,6 +108,8 @@ _ACCEPT_DONE: Final = (
     Decision(Action.ACCEPT, done_to_client=True),
 )
 _BLOCKED: Final = {Action.DROP: Decision(Action.DROP), Action.RESET: Decision(Action.RESET)}
+_DROP: Final = _BLOCKED[Action.DROP]
+_CONTROL: Final = TCP_SYN | TCP_FIN | TCP_RST  # segments that open or close flows
 _FAIL_OPEN: Final = Decision(Action.ACCEPT)
 _FAIL_CLOSED: Final = Decision(Action.DROP)
 
@@ -130,7 +150,7 @@ class EngineStats:
         self.unsupported_frames = 0  # frames carrying no IP (ARP, STP...)
         self.internal_errors = 0  # exceptions caught on the packet path (bugs)
         self.not_inspected = 0  # packets of protocols no rule can cover (ICMP...)
-        self.fragments = 0  # non-first IP fragments (accepted uninspected)
+        self.fragments = 0  # IP fragments (reassembled, gateway/flow/defrag.py)
         self.flows_inspected = 0  # flows some rule covers
         self.flows_final = 0  # flows that reached "final"
         self.flows_blocked = 0
@@ -160,6 +180,15 @@ class EngineStats:
         out = {name: getattr(self, name) for name in self.__slots__ if not name.startswith("_")}
         out["flows_active"] = self.flows_active
         out["streams_open"] = self.streams_open
+        engine = self._engine
+        out.update({f"norm_{k}": v for k, v in engine.normalizer.counts.items()})
+        defrag = engine.defrag
+        out.update(
+            frag_held=defrag.held,
+            frag_completed=defrag.completed,
+            frag_poisoned=defrag.poisoned,
+            frag_refused=defrag.refused,
+        )
         return out
 
 
@@ -179,6 +208,8 @@ class Engine:
         self.matcher = (
             matcher if matcher is not None and matcher.ruleset is ruleset else Matcher(ruleset)
         )
+        self.normalizer = Normalizer(self.config.checksums)  # gateway/flow/normalize.py
+        self.defrag = Defragmenter()  # IP fragments (gateway/flow/defrag.py)
         self.table = FlowTable(
             self.config.max_flows,
             self.config.tcp_idle,
@@ -187,6 +218,7 @@ class Engine:
             on_evict=self._release,
             server_ports=self._is_service_port,
             kernel_checked_syn=self.config.kernel_checked_syn,
+            close_check=self.normalizer.closes,
         )
         self.stats = EngineStats(self.table, self)
         self._judge = Judge(self.stats, policy)
@@ -275,13 +307,24 @@ class Engine:
         stats.packets += 1
         payload = pkt.payload
         stats.bytes += len(payload)
+        # ---- normalisation hook 1 of 3 (gateway/flow/defrag.py, gateway/flow/normalize.py)
+        # (before the protocol test: an IPv6 fragment's next header may be an extension header)
+        if pkt.fragment or pkt.first_fragment:
+            whole = self._defragment(pkt, now)
+            if isinstance(whole, Decision):
+                return whole
+            pkt, payload = whole, whole.payload
+        if (
+            pkt.proto == PROTO_TCP
+            and (not payload or pkt.flags & _CONTROL)  # data: checked if inspected (hook 2)
+            and not self.normalizer.intact(pkt)
+        ):
+            return _DROP
+        # ---- end of hook 1
         proto = pkt.proto
         if proto != PROTO_TCP and proto != PROTO_UDP:
             stats.not_inspected += 1
             return ACCEPT_FINAL
-        if pkt.fragment:
-            stats.fragments += 1
-            return ACCEPT
         if (
             self._next_expire is None
             or now >= self._next_expire
@@ -302,6 +345,13 @@ class Engine:
             if insp is None:
                 return ACCEPT_FINAL
         assert isinstance(insp, Inspection)
+        # ---- normalisation hook 2 of 3: segments the receiver would drop
+        if proto == PROTO_TCP and (
+            (payload and insp.active[d] and not self.normalizer.intact(pkt))
+            or not self.normalizer.admit(flow, pkt, d, insp.reasm[d])
+        ):
+            return _DROP
+        # ---- end of hook 2
         if not insp.active[d]:
             return _ACCEPT_DONE[d]
         if proto == PROTO_TCP:
@@ -317,7 +367,11 @@ class Engine:
                 and starts_whole_connection(self._whole[d], payload, d)
             ):
                 reasm.max_depth = UNBOUNDED_DEPTH
-            data = reasm.receive(pkt.seq, payload, bool(syn))
+            # ---- normalisation hook 3 of 3: reassembly; differing bytes reset the flow
+            verdict, data = self.normalizer.receive(flow, pkt, d, reasm)
+            if verdict is not Verdict.PASS:
+                return self._judge.refuse(flow, insp) if verdict is Verdict.RESET else _DROP
+            # ---- end of hook 3
             fired = NO_RULES
             if data:
                 state = insp.states[d]
@@ -330,8 +384,10 @@ class Engine:
                     fired = insp.combine(d, fired, NO_RULES)
             if reasm.depth_reached:
                 self._direction_done(flow, insp, d)
-            elif data and insp.states[d] is None and insp.apps[d] is None:
-                self._direction_done(flow, insp, d)  # app layer failed, no raw patterns left
+            # A direction whose decoder gave up and that has no raw patterns scans nothing more,
+            # but stays queued up to its depth: a retransmission whose bytes differ from those
+            # the decoder rejected must still be refused (normalisation hook 3), or bytes that
+            # were made to fail the decoder would buy the real ones a bypass.
         else:
             if not payload:
                 return ACCEPT
@@ -352,6 +408,19 @@ class Engine:
         if flow.final:
             return ACCEPT_FINAL
         return ACCEPT if insp.active[d] else _ACCEPT_DONE[d]
+
+    def _defragment(self, pkt: Packet, now: float) -> Packet | Decision:
+        """Hook 1's fragment step (gateway/flow/defrag.py): the whole datagram once `pkt`
+        completes it, else the fragment's decision (held: ACCEPT; refused: DROP)."""
+        self.stats.fragments += 1
+        action, whole = self.defrag.add(pkt, now)
+        if whole is None:
+            return ACCEPT if action is Action.ACCEPT else _DROP
+        try:
+            return parse_ip(whole)
+        except DecodeError:
+            self.stats.decode_errors += 1
+            return self._fail
 
     def _app_rules(
         self, insp: Inspection, app: AppSession, d: Direction, data: bytes, flow: Flow
@@ -413,7 +482,9 @@ class Engine:
             insp.groups[d] = group
             insp.active[d] = True
             if key.proto == PROTO_TCP:
-                reasm = StreamReassembler(depth, self.config.max_pending)
+                reasm = StreamReassembler(
+                    depth, self.config.max_pending, self.config.retransmit_history, True
+                )
                 insp.reasm[d] = reasm
                 flow.streams[d] = reasm
                 if group.database is not None:

@@ -3,8 +3,8 @@
 Every field that a configuration key sets (gateway/config.py) takes that key's declared default
 and is held to its declared bounds: `EngineConfig()` is the engine of an empty configuration,
 `EngineConfig.from_gateway(config)` the engine of a loaded one, and a value out of its key's
-bounds raises ConfigError naming the field, the key and the value. The two fields no key sets
-(`tcp_closed_idle`, `kernel_checked_syn`) are the caller's to choose.
+bounds raises ConfigError naming the field, the key and the value. The fields no key sets
+(`tcp_closed_idle`, `kernel_checked_syn`, `checksums`) are the caller's to choose.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from gateway.config import SETTINGS, FailPolicy, GatewayConfig, check_value, value_at
 from gateway.errors import ConfigError
+from gateway.flow.normalize import ChecksumMode
 from gateway.flow.table import DEFAULT_TCP_CLOSED_IDLE
 
 __all__ = ["EngineConfig"]
@@ -35,7 +36,8 @@ class EngineConfig:
         stops costing CPU quickly). 0: never inspect that direction.
     depth_to_client: bytes of each server->client stream inspected, used only where a rule
         looks at responses (64 KiB: response headers and first records).
-    max_pending: out-of-order bytes held per direction before a gap is skipped.
+    max_pending: out-of-order bytes held per direction; an out-of-order segment past it is
+        dropped (gateway/flow/normalize.py), its sender retransmits it once the hole is filled.
     http_whole_connection: inspect a client stream that starts like an HTTP request for the
         whole connection instead of up to depth_to_server (gateway/decode/session.py).
     http_memo_entries: how many body-less HTTP requests that matched no rule are remembered
@@ -46,6 +48,13 @@ class EngineConfig:
     kernel_checked_syn: the packets come from the inline queue, whose kernel rule passes on
         only the SYNs conntrack found to open a new connection: a client port reused for a
         new connection then starts a new flow at its SYN (gateway/flow/table.py).
+    checksums: which TCP datagrams with a wrong checksum are dropped (gateway/flow/
+        normalize.py): AUTO (captures, the default: unless most of them are wrong, as in
+        captures whose addresses were rewritten) or VERIFY (every one: the inline queue).
+    retransmit_history: delivered bytes kept per inspected TCP direction to compare with
+        retransmissions (a copy that differs resets the flow, gateway/flow/normalize.py);
+        older retransmitted bytes are not compared (counted in the reassembler's
+        `unverified`).
     """
 
     max_flows: int = _from_key("engine.max_flows")
@@ -59,6 +68,8 @@ class EngineConfig:
     http_whole_connection: bool = _from_key("engine.http_whole_connection")
     http_memo_entries: int = _from_key("engine.http_memo_entries")
     kernel_checked_syn: bool = False
+    retransmit_history: int = _from_key("engine.retransmit_history")
+    checksums: ChecksumMode = ChecksumMode.AUTO
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -171,9 +171,11 @@ def test_out_of_order_gap_filler_is_the_packet_blocked() -> None:
     assert d.action is Action.RESET and d.events
 
 
-def test_overlap_harmless_first_wins_no_alert() -> None:
-    """Harmless bytes arrive first, the exploit later for the same sequence range: like the
-    (first-wins) server, the engine keeps the harmless ones, so nothing fires."""
+def test_overlap_with_other_bytes_resets_the_flow() -> None:
+    """Harmless bytes arrive first, the exploit later for the same sequence range: the server
+    may keep either copy (Windows the first, Linux the last), so the engine resets the flow at
+    the second copy (gateway/flow/normalize.py), without an event, and the exploit's copy is
+    never forwarded."""
     engine = engine_with(rule(1, MARKER))
     c = Conn(engine)
     c.handshake()
@@ -181,31 +183,30 @@ def test_overlap_harmless_first_wins_no_alert() -> None:
     harmless = b"X" * len(MARKER)
     assert c.data(len(prefix) + len(MARKER), b" HTTP/1.1\r\n\r\n").action is Action.ACCEPT
     assert c.data(len(prefix), harmless).action is Action.ACCEPT  # held out of order
-    assert c.data(len(prefix), MARKER).action is Action.ACCEPT  # overlap: loses
-    d = c.data(0, prefix)  # gap filled: the server sees GET /XXXX...
-    assert d == Decision(Action.ACCEPT)
-    assert engine.stats.events == 0
+    assert c.data(len(prefix), MARKER) == Decision(Action.RESET)  # another copy: refused
+    assert c.data(0, prefix).action is Action.RESET  # the flow stays blocked
+    assert engine.stats.events == 0 and engine.stats.as_dict()["norm_conflict"] == 1
 
 
-def test_overlap_exploit_first_wins_alert() -> None:
+def test_overlap_exploit_first_then_other_bytes_resets_the_flow() -> None:
     engine = engine_with(rule(1, MARKER))
     c = Conn(engine)
     c.handshake()
     prefix = b"GET /"
     harmless = b"X" * len(MARKER)
     assert c.data(len(prefix), MARKER).action is Action.ACCEPT  # held out of order
-    assert c.data(len(prefix), harmless).action is Action.ACCEPT  # overlap: loses
-    d = c.data(0, prefix)
-    assert d.action is Action.RESET and d.events[0].signature_id == 1
+    assert c.data(len(prefix), harmless) == Decision(Action.RESET)  # another copy: refused
+    assert c.data(0, prefix).action is Action.RESET
 
 
-def test_retransmission_with_different_bytes_after_delivery_is_ignored() -> None:
+def test_retransmission_with_different_bytes_after_delivery_resets_the_flow() -> None:
     engine = engine_with(rule(1, MARKER))
     c = Conn(engine)
     c.handshake()
     harmless = b"GET /" + b"X" * len(MARKER)
     assert c.data(0, harmless) == Decision(Action.ACCEPT)
-    assert c.data(0, b"GET /" + MARKER) == Decision(Action.ACCEPT)  # already delivered
+    assert c.data(0, harmless) == Decision(Action.ACCEPT)  # the same bytes again: fine
+    assert c.data(0, b"GET /" + MARKER) == Decision(Action.RESET)  # other bytes: refused
     assert engine.stats.events == 0
 
 

@@ -15,10 +15,16 @@ What it guarantees:
   is an error, not a silently shorter payload. An IPv4 total length of 0 is read as "TSO
   segment, length = bytes present", as captured on hosts with segmentation offload.
 - IPv4 fragments (RFC 791): a non-first fragment (offset != 0) yields ``fragment=True`` with
-  ports 0 and the raw fragment data as payload; a first fragment is parsed normally.
+  ports 0 and the raw fragment data as payload; a first fragment (offset 0, more fragments)
+  is parsed normally and marked ``first_fragment=True``.
 - IPv6 extension headers (RFC 8200 section 4: hop-by-hop, routing, fragment, destination
-  options; also AH, RFC 4302) are walked up to ``MAX_IPV6_EXT_HEADERS``; a non-first fragment
-  yields ``fragment=True``. Next header 59 (no next header) yields an empty payload.
+  options; also AH, RFC 4302) are walked to the end of the chain, however many there are, as a
+  receiver does (RFC 8200 section 4.1: any number, any order); each is at least 8 bytes, so
+  the walk is bounded by the datagram's length. Fragments are marked as for IPv4. Next header
+  59 (no next header) yields an empty payload.
+- ``raw``, ``l3`` and ``l4`` give the bytes the packet was decoded from, where its IP header
+  starts and (TCP only) where its TCP header starts, for the checks that need the headers
+  themselves (gateway/flow/normalize.py, gateway/flow/defrag.py); no copy is made.
 - TCP (RFC 9293 section 3.1): the data offset is checked (>= 5 words, within the segment).
   UDP (RFC 768): the length field is checked and honoured (except in a first fragment).
   ICMP (RFC 792) / ICMPv6 (RFC 4443 section 2.1): type and code; the payload is the body after
@@ -31,7 +37,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from gateway.errors import DecodeError
@@ -48,7 +54,6 @@ __all__ = [
     "LINKTYPE_RAW",
     "LINKTYPE_RAW_BSD12",
     "LINKTYPE_RAW_BSD14",
-    "MAX_IPV6_EXT_HEADERS",
     "MAX_VLAN_TAGS",
     "TCP_ACK",
     "TCP_CWR",
@@ -97,7 +102,6 @@ LINKTYPE_LINUX_SLL2: Final = 276
 
 # Bounds.
 MAX_VLAN_TAGS: Final = 4  # stacked 802.1Q/802.1ad tags accepted before the frame is refused
-MAX_IPV6_EXT_HEADERS: Final = 8  # IPv6 extension headers walked before the datagram is refused
 
 _ETH_IPV4: Final = 0x0800
 _ETH_IPV6: Final = 0x86DD
@@ -134,6 +138,9 @@ class Packet:
     sport/dport are 0 for ICMP and non-first fragments; flags/seq/ack are 0 except for TCP;
     icmp_type/icmp_code are -1 except for ICMP/ICMPv6; payload is the L4 payload (TCP/UDP data,
     ICMP body after type/code/checksum; the fragment data for a non-first fragment).
+    fragment: a non-first fragment; first_fragment: offset 0 with more fragments to come.
+    raw: the buffer decoded (frame or datagram), l3: offset of the IP header in it, l4: offset
+    of the TCP header (TCP only, else 0).
     """
 
     version: int
@@ -149,6 +156,10 @@ class Packet:
     icmp_type: int = -1
     icmp_code: int = -1
     fragment: bool = False
+    first_fragment: bool = False
+    raw: bytes = field(default=b"", compare=False, repr=False)
+    l3: int = field(default=0, compare=False, repr=False)
+    l4: int = field(default=0, compare=False, repr=False)
 
 
 def parse_ip(data: bytes) -> Packet:
@@ -273,8 +284,10 @@ def _parse_ipv4(data: bytes, off: int) -> Packet:
     start = off + hlen
     end = off + total
     if frag & 0x1FFF:
-        return Packet(4, src, dst, proto, 0, 0, 0, 0, 0, data[start:end], fragment=True)
-    return _parse_l4(data, 4, src, dst, proto, start, end, bool(frag & 0x2000))
+        return Packet(
+            4, src, dst, proto, 0, 0, 0, 0, 0, data[start:end], fragment=True, raw=data, l3=off
+        )
+    return _parse_l4(data, 4, src, dst, proto, start, end, bool(frag & 0x2000), off)
 
 
 def _parse_ipv6(data: bytes, off: int) -> Packet:
@@ -296,13 +309,7 @@ def _parse_ipv6(data: bytes, off: int) -> Packet:
     end = off + 40 + plen
     pos = off + 40
     more_fragments = False
-    headers = 0
     while nh in (_PROTO_HOPOPT, _PROTO_ROUTING, _PROTO_DSTOPTS, _PROTO_FRAGMENT, _PROTO_AH):
-        headers += 1
-        if headers > MAX_IPV6_EXT_HEADERS:
-            raise DecodeError(
-                f"ipv6: more than {MAX_IPV6_EXT_HEADERS} extension headers (offset {pos})"
-            )
         if end - pos < 8:
             raise DecodeError(
                 f"ipv6: extension header {nh} at offset {pos} needs 8 bytes, {end - pos} left"
@@ -311,7 +318,9 @@ def _parse_ipv6(data: bytes, off: int) -> Packet:
             nh, offflags = _FRAG6_HDR.unpack_from(data, pos)
             pos += 8
             if offflags & 0xFFF8:
-                return Packet(6, src, dst, nh, 0, 0, 0, 0, 0, data[pos:end], fragment=True)
+                return Packet(
+                    6, src, dst, nh, 0, 0, 0, 0, 0, data[pos:end], fragment=True, raw=data, l3=off
+                )
             more_fragments = bool(offflags & 1)
             continue
         nxt, hlen = _EXT_HDR.unpack_from(data, pos)
@@ -325,7 +334,7 @@ def _parse_ipv6(data: bytes, off: int) -> Packet:
         pos += size
     if nh == _PROTO_NONE:
         return Packet(6, src, dst, nh, 0, 0, 0, 0, 0, b"")
-    return _parse_l4(data, 6, src, dst, nh, pos, end, more_fragments)
+    return _parse_l4(data, 6, src, dst, nh, pos, end, more_fragments, off)
 
 
 def _parse_l4(
@@ -337,8 +346,19 @@ def _parse_l4(
     start: int,
     end: int,
     more_fragments: bool,
+    l3: int,
 ) -> Packet:
     avail = end - start
+    if more_fragments and avail < (20 if proto == PROTO_TCP else 8):
+        # a first fragment too short for its transport header (RFC 1858 tiny fragments): what
+        # it holds is inspected once the datagram is reassembled (gateway/flow/defrag.py)
+        sport = dport = 0
+        if avail >= 4:
+            sport, dport = _PORTS.unpack_from(data, start)[:2]
+        return Packet(
+            version, src, dst, proto, sport, dport, 0, 0, 0, b"",
+            first_fragment=True, raw=data, l3=l3,
+        )  # fmt: skip
     if proto == PROTO_TCP:
         if avail < 20:
             raise DecodeError(f"tcp: {avail} bytes at offset {start}, header needs 20")
@@ -346,14 +366,20 @@ def _parse_l4(
         hlen = (doff >> 4) * 4
         if hlen < 20:
             raise DecodeError(f"tcp: data offset {hlen // 4} at offset {start + 12} is below 5")
+        if hlen > avail and more_fragments:  # the options go on in the next fragment
+            return Packet(
+                version, src, dst, proto, sport, dport, flags, seq, ack, b"",
+                first_fragment=True, raw=data, l3=l3,
+            )  # fmt: skip
         if hlen > avail:
             raise DecodeError(
                 f"tcp: header length {hlen} at offset {start + 12} exceeds the {avail} bytes "
                 f"of the segment"
             )
         return Packet(
-            version, src, dst, proto, sport, dport, flags, seq, ack, data[start + hlen : end]
-        )
+            version, src, dst, proto, sport, dport, flags, seq, ack, data[start + hlen : end],
+            first_fragment=more_fragments, raw=data, l3=l3, l4=start,
+        )  # fmt: skip
     if proto == PROTO_UDP:
         if avail < 8:
             raise DecodeError(f"udp: {avail} bytes at offset {start}, header needs 8")
@@ -365,8 +391,9 @@ def _parse_l4(
                 f"udp: length {ulen} at offset {start + 4} is outside 8..{avail} bytes present"
             )
         return Packet(
-            version, src, dst, proto, sport, dport, 0, 0, 0, data[start + 8 : start + ulen]
-        )
+            version, src, dst, proto, sport, dport, 0, 0, 0, data[start + 8 : start + ulen],
+            first_fragment=more_fragments, raw=data, l3=l3,
+        )  # fmt: skip
     if proto in ICMP_PROTOS:
         if avail < 4:
             raise DecodeError(f"icmp: {avail} bytes at offset {start}, header needs 4")

@@ -10,15 +10,20 @@ What it guarantees:
   relative to the next expected byte, within +/- 2**31, so streams wrap and may exceed 4 GiB.
 - The initial sequence number comes from the SYN (which consumes one sequence number; data
   carried on the SYN starts at ISN + 1) or, when the stream is picked up mid-way, from the
-  first segment seen.
+  first segment seen. Once a SYN has set it, a later SYN with another sequence number changes
+  nothing (a receiver ignores it, RFC 5961 section 4): it cannot re-seed the stream.
 - Duplicates are ignored. Overlaps are resolved first-wins (like Windows): bytes already
   held -- pending out of order, or delivered -- are kept and the newer copy is dropped. A
   segment that disagrees with bytes already held counts once in ``overlaps_conflicting``
   (compared against pending data always, against delivered data within the last ``history``
-  bytes kept for that purpose; 0 by default to keep per-flow memory small).
+  bytes kept for that purpose; 0 by default to keep per-flow memory small). Parts of a
+  segment older than that history are not compared (counted in ``unverified``).
 - Memory is bounded: out-of-order data is held up to ``max_pending`` bytes in at most
-  ``MAX_PENDING_SEGMENTS`` pieces; past either bound the oldest hole is skipped (counted in
-  ``gaps``) and delivery resumes at the next held byte. Skipped bytes are never delivered.
+  ``MAX_PENDING_SEGMENTS`` pieces. Past either bound, by default, the oldest hole is skipped
+  (counted in ``gaps``) and delivery resumes at the next held byte; skipped bytes are never
+  delivered. With ``refuse_excess`` (inline), the out-of-order segment that would exceed a
+  bound is not taken instead (``refused`` is set for it, counted in ``refusals``): the caller
+  drops it and the sender retransmits it once the hole is filled, so nothing is skipped.
 - Depth: at most ``max_depth`` bytes of stream (counted from the stream's first byte, skipped
   holes included) are ever delivered; once the stream position reaches it ``depth_reached``
   is set, later data is discarded and nothing is held any more.
@@ -54,9 +59,15 @@ class StreamReassembler:
         "max_pending",
         "overlaps_conflicting",
         "pending_bytes",
+        "refusals",
+        "refuse_excess",
+        "refused",
+        "unverified",
     )
 
-    def __init__(self, max_depth: int, max_pending: int, history: int = 0) -> None:
+    def __init__(
+        self, max_depth: int, max_pending: int, history: int = 0, refuse_excess: bool = False
+    ) -> None:
         if max_depth < 0 or max_pending < 0 or history < 0:
             raise ValueError(
                 f"reassembly bounds must be >= 0 (max_depth={max_depth}, "
@@ -70,12 +81,16 @@ class StreamReassembler:
         self.pending_bytes = 0  # bytes held out of order
         self.overlaps_conflicting = 0  # segments that disagreed with bytes already held
         self.gaps = 0  # holes skipped because the pending bound was exceeded
+        self.refuse_excess = refuse_excess
+        self.refused = False  # the last segment was not taken (refuse_excess, a bound reached)
+        self.refusals = 0
+        self.unverified = 0  # segments reaching back before the history: not compared
         self.isn: int | None = None  # from the SYN; None when picked up mid-stream
         self._next_seq: int | None = None  # sequence number of the stream byte at _pos
         self._pos = 0  # stream offset of the next byte to deliver (delivered + skipped)
         self._starts: list[int] = []  # stream offsets of held pieces, sorted, disjoint
         self._chunks: list[bytes] = []
-        self._recent = b""  # the last `history` delivered bytes
+        self._recent = bytearray()  # the last `history` (up to 2x) delivered bytes
 
     @property
     def next_seq(self) -> int | None:
@@ -90,8 +105,9 @@ class StreamReassembler:
     def receive(self, seq: int, payload: bytes, syn: bool = False) -> bytes:
         """Add one segment; return the bytes that became contiguous because of it."""
         seq %= SEQ_MOD
+        self.refused = False
         if syn:
-            if self._next_seq is None or (self._pos == 0 and not self._starts):
+            if self._next_seq is None or (self.isn is None and self._pos == 0 and not self._starts):
                 self.isn = seq
                 self._next_seq = (seq + 1) % SEQ_MOD
             seq = (seq + 1) % SEQ_MOD
@@ -118,6 +134,17 @@ class StreamReassembler:
             return b""  # entirely past the depth: never deliverable
         if end > self.max_depth:
             payload = payload[: self.max_depth - off]
+        if (
+            self.refuse_excess
+            and off > self._pos
+            and (
+                self.pending_bytes + len(payload) > self.max_pending
+                or len(self._starts) >= MAX_PENDING_SEGMENTS
+            )
+        ):
+            self.refused = True
+            self.refusals += 1
+            return b""
         self._hold(off, payload)
         out = self._pull()
         while self._starts and (
@@ -141,14 +168,20 @@ class StreamReassembler:
         self._next_seq = (self._next_seq + n) % SEQ_MOD
         self.delivered += n
         if self.history:
-            self._recent = (self._recent + data)[-self.history :]
+            recent = self._recent
+            recent += data
+            if len(recent) > 2 * self.history:
+                del recent[: len(recent) - self.history]
         return data
 
     def _check_recent(self, off: int, data: bytes) -> None:
-        """Count a conflict if `data` at stream offset `off` disagrees with bytes just delivered."""
-        if not self._recent:
+        """Count a conflict if `data` at stream offset `off` disagrees with recent delivered
+        bytes (older bytes are not compared: counted in `unverified`)."""
+        if not self.history:
             return
         recent_start = self._pos - len(self._recent)
+        if off < recent_start:
+            self.unverified += 1
         a = max(off, recent_start)
         b = min(off + len(data), self._pos)
         if a < b and data[a - off : b - off] != self._recent[a - recent_start : b - recent_start]:
@@ -208,4 +241,4 @@ class StreamReassembler:
         self._pos += skip
         assert self._next_seq is not None
         self._next_seq = (self._next_seq + skip) % SEQ_MOD
-        self._recent = b""
+        self._recent.clear()

@@ -17,7 +17,15 @@ and bypassed connections are not queued), so a client port reused after its old 
 ended looks like this. The flow is replaced when the server answers that SYN with a SYN+ACK
 acknowledging it (its own TCP took it as a new connection), or at once when the kernel vouches
 for the SYN (``kernel_checked_syn``: inline, only SYNs that conntrack found to open a new
-connection are queued). A SYN injected into a live connection draws a challenge ACK instead,
+connection are queued). The same holds for a flow that has closed, unless the kernel vouches,
+the SYN comes from the former server or repeats the old SYN's number: a reset or FIN the server
+never got (its TTL ran out on the way, say) must not let a SYN the server ignores start a new
+flow numbered otherwise.
+A FIN or RST closes the flow only when ``close_check`` (the TCP normaliser,
+gateway/flow/normalize.py) finds it one the receiver would act on.
+A SYN+ACK that opens a flow names its sender the server, unless it is sent to a known service
+port from a port that is not one: a client that sends a SYN+ACK before its SYN does not turn
+the connection round. A SYN injected into a live connection draws a challenge ACK instead,
 and conntrack keeps it in the old connection: it changes nothing, so an attacker cannot reset
 the inspection state of a connection that way (as in Suricata's session-reuse check).
 
@@ -125,6 +133,7 @@ class Flow:
         "rst",
         "streams",
         "syn_seq",
+        "tcp",
     )
 
     def __init__(
@@ -140,6 +149,7 @@ class Flow:
         self.bytes_to_client = 0
         self.streams: dict[Direction, StreamReassembler] = {}
         self.inspection: object | None = None  # matcher per-flow state, owned by the engine
+        self.tcp: object | None = None  # TCP normaliser state (gateway/flow/normalize.py)
         self.blocked: Action | None = None
         self.final = False
         self.fin_to_server = False
@@ -180,6 +190,7 @@ class FlowTable:
         salt: int | None = None,
         server_ports: Callable[[int, int], bool] | None = None,
         kernel_checked_syn: bool = False,
+        close_check: Callable[[Flow, Packet, Direction], bool] | None = None,
     ) -> None:
         """Create an empty table.
 
@@ -197,6 +208,8 @@ class FlowTable:
             ctstate NEW SYNs; see gateway/firewall/render.py), so one with another sequence
             number than the flow's own SYN replaces the flow at once. False (captures): it
             waits for the server's SYN+ACK.
+        close_check: `close_check(flow, pkt, direction)` is False for a FIN or RST that does
+            not close the flow (see the module comment); None: every FIN and RST counts.
         """
         if max_flows < 1:
             raise ValueError(f"max_flows must be >= 1, got {max_flows}")
@@ -219,6 +232,7 @@ class FlowTable:
         self._on_evict = on_evict
         self._server_ports = server_ports
         self._kernel_checked_syn = kernel_checked_syn
+        self._close_check = close_check
         self._salt = (
             int.from_bytes(os.urandom(7), "big") & _FLOW_ID_MASK if salt is None else salt
         ) & _FLOW_ID_MASK
@@ -270,7 +284,11 @@ class FlowTable:
         else:
             flow.pkts_to_client += 1
             flow.bytes_to_client += len(pkt.payload)
-        if proto == PROTO_TCP and pkt.flags & (TCP_FIN | TCP_RST):
+        if (
+            proto == PROTO_TCP
+            and pkt.flags & (TCP_FIN | TCP_RST)
+            and (self._close_check is None or self._close_check(flow, pkt, direction))
+        ):
             if pkt.flags & TCP_RST:
                 flow.rst = True
             elif direction is Direction.TO_SERVER:
@@ -299,8 +317,12 @@ class FlowTable:
                 return flow, direction
             self._remove(flow)
             return self._create_tcp(now, rev, pending)
-        if flow.closed:  # a new connection reusing the ports of a finished one
-            self._remove(flow)
+        if flow.closed and (
+            self._kernel_checked_syn
+            or direction is Direction.TO_CLIENT
+            or pkt.seq == flow.syn_seq  # the same numbering: nothing for a stale RST to gain
+        ):
+            self._remove(flow)  # a new connection reusing the ports of a finished one
             return self._create(pkt, now, fwd, rev, -1)
         if direction is Direction.TO_SERVER and pkt.seq == flow.syn_seq:
             return flow, direction  # the same SYN again (retransmitted)
@@ -351,7 +373,7 @@ class FlowTable:
             if syn_ack == TCP_SYN:
                 sender_is_client = True
             elif syn_ack == TCP_SYN | TCP_ACK:
-                sender_is_client = False
+                sender_is_client = self._to_service_only(proto, pkt.sport, pkt.dport)
             else:
                 sender_is_client = self._sender_is_client(proto, pkt.sport, pkt.dport)
             cls = _Class.TCP_OPEN
@@ -392,6 +414,11 @@ class FlowTable:
             if to_service != from_service:
                 return to_service
         return sport >= dport
+
+    def _to_service_only(self, proto: int, sport: int, dport: int) -> bool:
+        """The destination is a known service port and the source is not."""
+        known = self._server_ports
+        return known is not None and known(proto, dport) and not known(proto, sport)
 
     def _evict_oldest(self) -> None:
         oldest: Flow | None = None

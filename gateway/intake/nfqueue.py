@@ -68,6 +68,7 @@ from gateway.decode.packet import parse_ip
 from gateway.engine import Engine
 from gateway.engine_config import EngineConfig
 from gateway.events.sink import EventSink
+from gateway.flow.normalize import ChecksumMode
 from gateway.match.rules import load_rules
 from gateway.policy.appcontrol import parse_host_controls, rule_paths, stored_controls
 from gateway.policy.compiled import CompiledPolicy
@@ -400,8 +401,11 @@ class PacketHandler:
 
 def engine_config(config: GatewayConfig) -> EngineConfig:
     """The engine's EngineConfig from the gateway configuration, for packets from the queue
-    (whose SYNs the kernel rules have checked with conntrack)."""
-    return replace(EngineConfig.from_gateway(config), kernel_checked_syn=True)
+    (whose SYNs the kernel rules have checked with conntrack, and whose checksums are those on
+    the wire: every wrong one is dropped)."""
+    return replace(
+        EngineConfig.from_gateway(config), kernel_checked_syn=True, checksums=ChecksumMode.VERIFY
+    )
 
 
 def build_engine(config: GatewayConfig) -> EngineLike:

@@ -151,15 +151,26 @@ class Judge:
             events.append(_event(flow, pkt, d, rule, now, why, url, would_block))
         self.stats.events += len(events)
         if block is not None:
-            flow.blocked = block
-            flow.final = False
-            insp.close_all()
-            self.stats.flows_blocked += 1
-            self.stats.blocked_packets += 1
-            return Decision(block, False, tuple(events))
+            return self._block(flow, insp, block, tuple(events))
         if not events:
             return ACCEPT_FINAL if flow.final else ACCEPT
         return Decision(Action.ALERT, flow.final, tuple(events))
+
+    def refuse(self, flow: Flow, insp: Inspection) -> Decision:
+        """The TCP normaliser refused the flow (gateway/flow/normalize.py: bytes that differ
+        from inspected ones): it is reset like a blocking rule's, without an event."""
+        return self._block(flow, insp, Action.RESET, ())
+
+    def _block(
+        self, flow: Flow, insp: Inspection, action: Action, events: tuple[Event, ...]
+    ) -> Decision:
+        """Block the flow: this and every later packet of it get `action`; never final."""
+        flow.blocked = action
+        flow.final = False
+        insp.close_all()
+        self.stats.flows_blocked += 1
+        self.stats.blocked_packets += 1
+        return Decision(action, False, events)
 
     def _excused(
         self,

@@ -285,3 +285,40 @@ def test_kernel_checked_syn_replaces_at_once_and_orients_the_new_flow() -> None:
     # a SYN carrying data is never taken on the kernel's word (the payload rule queues it too)
     with_data = Packet(4, C, S, PROTO_TCP, 1000, 8080, TCP_SYN, 9000, 0, b"x")
     assert ft.lookup(with_data, 2.0)[0] is new and new.reuse_syn == 9000
+
+
+def test_a_new_isn_on_a_closed_flow_needs_the_servers_syn_ack() -> None:
+    """A reset the server never got (TTL-limited, say) closes the flow in the gateway's view
+    only; a SYN with another ISN then must not start a new flow numbered otherwise until the
+    server confirms it."""
+    ft, gone = table()
+    old, _ = ft.lookup(tcp_seq(C, 40000, S, 80, TCP_SYN, 1000), 0.0)
+    ft.lookup(tcp_seq(C, 40000, S, 80, TCP_RST, 1001), 1.0)
+    assert old.closed
+    assert ft.lookup(tcp_seq(C, 40000, S, 80, TCP_SYN, 9000), 2.0)[0] is old
+    new, _ = ft.lookup(tcp_seq(S, 80, C, 40000, TCP_SYN | TCP_ACK, 50, 9001), 2.1)
+    assert new is not old and gone == [old] and new.syn_seq == 9000
+
+
+def test_syn_ack_sent_to_a_service_port_does_not_turn_the_flow_round() -> None:
+    ft = FlowTable(10, 60, 60, salt=1, server_ports=lambda proto, port: port == 80)
+    flow, d = ft.lookup(tcp_seq(C, 40000, S, 80, TCP_SYN | TCP_ACK, 5, 7), 0.0)
+    assert flow.key.server_port == 80 and d is Direction.TO_SERVER
+    # an ordinary SYN+ACK from the service port names its sender the server
+    other, d = ft.lookup(tcp_seq(S, 80, C, 40001, TCP_SYN | TCP_ACK, 5, 7), 0.0)
+    assert other.key.server_port == 80 and d is Direction.TO_CLIENT
+
+
+def test_close_check_decides_which_fin_and_rst_close() -> None:
+    seen: list[tuple[int, Direction]] = []
+
+    def check(flow: Flow, pkt: Packet, d: Direction) -> bool:
+        seen.append((pkt.seq, d))
+        return pkt.seq == 1001
+
+    ft = FlowTable(10, 60, 60, salt=1, close_check=check)
+    flow, _ = ft.lookup(tcp_seq(C, 40000, S, 80, TCP_SYN, 1000), 0.0)
+    ft.lookup(tcp_seq(C, 40000, S, 80, TCP_RST, 99999), 1.0)
+    assert not flow.closed
+    ft.lookup(tcp_seq(C, 40000, S, 80, TCP_RST, 1001), 2.0)
+    assert flow.closed and seen == [(99999, Direction.TO_SERVER), (1001, Direction.TO_SERVER)]

@@ -9,7 +9,9 @@ raw IPv4 bytes -> Engine.process_ip, in process):
 - out of order: 1-byte segments in reversed windows of 64, and 7-byte segments shuffled
   (seeded) within windows of 24;
 - every segment followed by an overlapping retransmission of harmless bytes over what was
-  already sent (first-wins reassembly must keep the real bytes);
+  already sent: bytes that differ from those inspected, so the TCP normaliser resets the flow
+  (gateway/flow/normalize.py), which counts as caught (the server never gets the harmless
+  copy, nor anything after it; tests/evasion judges that with a model of the server);
 - for HTTP, the request URI re-encoded: %-encoding, double encoding, IIS %u, hex-digit case,
   extra /./ segments (the server resolves each to the same resource).
 """
@@ -51,6 +53,8 @@ def caught(
         events = replay_packets(engine, tcp_session(segments, to_client, dport=dport))
     finally:
         engine.close()
+    if engine.normalizer.counts["conflict"]:
+        return True  # refused: the flow was reset at the first copy that differed
     return any((cves and set(e.cves) & cves) or e.signature_id == sid for e in events)
 
 

@@ -1,0 +1,335 @@
+"""Application-level evasions: rewrites of a client byte stream that keep its meaning for the
+server it targets (tests, benchmarks; see gateway/testing/evasion.py).
+
+Each function takes the client stream and returns the rewritten stream, or None when it does
+not apply (not that protocol, nothing to rewrite). What "keeps its meaning" rests on the
+servers the rules protect, as documented per function (the TCP model cannot judge it):
+- HTTP (RFC 9112, and the leniency of IIS and Apache described in Ristic's "HTTP evasion"
+  catalogue and libhtp): URI %-encoding, double encoding, IIS %u, `./` segments, `\\` for
+  `/`, repeated slashes, absolute-form targets; spaces and tabs around header values
+  (OWS), obsolete line folding, header-name case, bare LF line ends, extra spaces in the
+  request line; a pipelined request after an ordinary one or after a keep-alive request with
+  a body longer than the inspection depth; chunked transfer coding with tiny chunks, chunk
+  extensions and zero-padded sizes; %-encoding of form bodies.
+- SMB (RFC 1002 NetBIOS session service; [MS-CIFS], [MS-SMB2]): NetBIOS keep-alive messages
+  between SMB messages; an SMB ECHO before the first message in the same segment.
+- DCE/RPC (C706 12.6): a request's stub cut into many fragments (PFC_FIRST_FRAG ..
+  PFC_LAST_FRAG), over TCP.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable
+from typing import Final
+
+__all__ = ["HTTP_REWRITES", "IIS_ONLY", "SMB_REWRITES"]
+
+Rewrite = Callable[[bytes], "bytes | None"]
+
+_REQUEST_LINE: Final = re.compile(rb"(?m)^([A-Z]+) (\S+) (HTTP/1\.[01])\r?\n")
+_UNRESERVED: Final = re.compile(rb"[A-Za-z0-9._~-]")
+LONG_BODY: Final = (1 << 20) + (64 << 10)  # past the default inspection depth (1 MiB)
+
+
+def _requests(data: bytes) -> list[tuple[bytes, bytes]] | None:
+    """(head without the blank line, body) of each pipelined request, or None if `data` is
+    not a sequence of complete HTTP/1.x requests framed by Content-Length."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\r\n\r\n", pos)
+        if end < 0 or not _REQUEST_LINE.match(data, pos):
+            return None
+        head = data[pos:end]
+        m = re.search(rb"(?im)^content-length:[ \t]*(\d+)[ \t]*$", head)
+        length = int(m.group(1)) if m else 0
+        body = data[end + 4 : end + 4 + length]
+        if re.search(rb"(?im)^transfer-encoding:", head) or len(body) < length:
+            return None
+        out.append((head, body))
+        pos = end + 4 + length
+    return out or None
+
+
+def _join(requests: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(head + b"\r\n\r\n" + body for head, body in requests)
+
+
+def _changed(old: bytes, new: bytes) -> bytes | None:
+    return new if new != old else None
+
+
+def _map_uri(fn: Callable[[int, bool], bytes]) -> Rewrite:
+    """Apply fn(byte, in_query) to every byte of every request target."""
+
+    def rewrite(data: bytes) -> bytes | None:
+        if _requests(data) is None:
+            return None
+
+        def one(m: re.Match[bytes]) -> bytes:
+            path, q, query = m.group(2).partition(b"?")
+            out = b"".join(fn(c, False) for c in path)
+            if q:
+                out += b"?" + b"".join(fn(c, True) for c in query)
+            return m.group(1) + b" " + out + b" " + m.group(3) + b"\r\n"
+
+        return _changed(data, _REQUEST_LINE.sub(one, data))
+
+    return rewrite
+
+
+def _pct(c: int, q: bool) -> bytes:
+    b = bytes([c])
+    return b"%%%02X" % c if _UNRESERVED.fullmatch(b) and c != 0x2E else b
+
+
+def _double(c: int, q: bool) -> bytes:  # IIS 5 decodes twice (MS01-026)
+    b = bytes([c])
+    return b"%%25%02X" % c if _UNRESERVED.fullmatch(b) and c != 0x2E else b
+
+
+def _iis_u(c: int, q: bool) -> bytes:  # IIS: %uXXXX
+    return b"%%u%04X" % c if bytes([c]).isalpha() and not q else bytes([c])
+
+
+def _dot(c: int, q: bool) -> bytes:
+    return b"/./" if c == 0x2F and not q else bytes([c])
+
+
+def _backslash(c: int, q: bool) -> bytes:  # IIS takes "\" as "/" in the path
+    return b"\\" if c == 0x2F and not q else bytes([c])
+
+
+def _slashes(c: int, q: bool) -> bytes:  # both servers merge repeated slashes
+    return b"//" if c == 0x2F and not q else bytes([c])
+
+
+def _absolute(data: bytes) -> bytes | None:
+    """origin-form -> absolute-form (RFC 9112 section 3.2.2: servers must accept it)."""
+    if _requests(data) is None:
+        return None
+    return _changed(data, re.sub(rb"(?m)^([A-Z]+) /", rb"\1 http://vpatch.example/", data))
+
+
+def _map_heads(fn: Callable[[bytes], bytes]) -> Rewrite:
+    def rewrite(data: bytes) -> bytes | None:
+        reqs = _requests(data)
+        if reqs is None:
+            return None
+        return _changed(data, _join([(fn(head), body) for head, body in reqs]))
+
+    return rewrite
+
+
+def _header_lines(fn: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    def head(h: bytes) -> bytes:
+        first, _, rest = h.partition(b"\r\n")
+        if not rest:
+            return h
+        return first + b"\r\n" + b"\r\n".join(fn(line) for line in rest.split(b"\r\n"))
+
+    return head
+
+
+def _ows(line: bytes) -> bytes:
+    name, colon, value = line.partition(b":")
+    return name + b":  \t " + value.lstrip(b" \t") + b" \t" if colon else line
+
+
+def _fold(line: bytes) -> bytes:
+    """obs-fold (RFC 9112 section 5.2; RFC 2616 allowed it): the value continues on a line
+    starting with a space; the server reads the fold as one space."""
+    name, colon, value = line.partition(b":")
+    if not colon:
+        return line
+    value = value.lstrip(b" \t")
+    if b" " in value:
+        a, _, b = value.partition(b" ")
+        return name + b": " + a + b"\r\n " + b
+    return name + b":\r\n " + value
+
+
+def _case(line: bytes) -> bytes:
+    name, colon, value = line.partition(b":")
+    return name.swapcase() + colon + value if colon else line
+
+
+def _request_line_spaces(head: bytes) -> bytes:
+    first, sep, rest = head.partition(b"\r\n")
+    return first.replace(b" ", b"  ") + sep + rest
+
+
+def _lf_only(data: bytes) -> bytes | None:
+    """Bare LF ends the request line and the header lines (Apache, IIS and RFC 9112 section 2.2
+    accept it); bodies are untouched."""
+    reqs = _requests(data)
+    if reqs is None:
+        return None
+    return _changed(data, b"".join(h.replace(b"\r\n", b"\n") + b"\n\n" + body for h, body in reqs))
+
+
+def _pipeline_short(data: bytes) -> bytes | None:
+    if _requests(data) is None:
+        return None
+    return b"GET /index.html HTTP/1.1\r\nHost: vpatch.example\r\n\r\n" + data
+
+
+def _pipeline_long(data: bytes) -> bytes | None:
+    """A keep-alive upload longer than the inspection depth, then the request."""
+    if _requests(data) is None:
+        return None
+    first = (
+        b"POST /upload HTTP/1.1\r\nHost: vpatch.example\r\nContent-Type: "
+        b"application/octet-stream\r\nContent-Length: %d\r\n\r\n" % LONG_BODY
+    )
+    return first + b"A" * LONG_BODY + data
+
+
+def _chunked(size: int, ext: bool) -> Rewrite:
+    """Bodies framed by Content-Length re-sent with chunked transfer coding (RFC 9112
+    section 7.1): `size`-byte chunks; with `ext`, chunk extensions and zero-padded sizes."""
+
+    def rewrite(data: bytes) -> bytes | None:
+        reqs = _requests(data)
+        if reqs is None or not any(body for _, body in reqs):
+            return None
+        out = []
+        for head, body in reqs:
+            if not body:
+                out.append(head + b"\r\n\r\n")
+                continue
+            head = re.sub(rb"(?im)^content-length:[^\r\n]*", b"Transfer-Encoding: chunked", head)
+            chunks = []
+            for i in range(0, len(body), size):
+                piece = body[i : i + size]
+                line = b"%04x;v=%d" % (len(piece), i) if ext else b"%x" % len(piece)
+                chunks.append(line + b"\r\n" + piece + b"\r\n")
+            tail = b"0000;end\r\n\r\n" if ext else b"0\r\n\r\n"
+            out.append(head + b"\r\n\r\n" + b"".join(chunks) + tail)
+        return b"".join(out)
+
+    return rewrite
+
+
+def _form_percent(data: bytes) -> bytes | None:
+    """Every unreserved byte of a urlencoded form body %-encoded (the server decodes it)."""
+    reqs = _requests(data)
+    if reqs is None:
+        return None
+    out = []
+    for head, body in reqs:
+        if body and re.search(rb"(?im)^content-type:[ \t]*application/x-www-form-urlencoded", head):
+            body = b"".join(
+                b"%%%02X" % c if _UNRESERVED.fullmatch(bytes([c])) else bytes([c]) for c in body
+            )
+            head = re.sub(rb"(?im)^(content-length:[ \t]*)\d+", rb"\g<1>%d" % len(body), head)
+        out.append((head, body))
+    return _changed(data, _join(out))
+
+
+# Rewrites only IIS reads as the original (double decoding, %u, backslashes); the others
+# every server the rules protect.
+IIS_ONLY: Final = frozenset({"http-uri-double", "http-uri-iis-u", "http-uri-backslash"})
+
+HTTP_REWRITES: Final[dict[str, tuple[Rewrite, str]]] = {
+    "http-uri-percent": (_map_uri(_pct), "URI bytes %-encoded"),
+    "http-uri-double": (_map_uri(_double), "URI bytes %25-encoded twice (IIS)"),
+    "http-uri-iis-u": (_map_uri(_iis_u), "URI letters as IIS %uXXXX"),
+    "http-uri-dot": (_map_uri(_dot), "every / as /./"),
+    "http-uri-backslash": (_map_uri(_backslash), "every / of the path as \\ (IIS)"),
+    "http-uri-slashes": (_map_uri(_slashes), "every / of the path doubled"),
+    "http-uri-absolute": (_absolute, "absolute-form request target"),
+    "http-ows": (_map_heads(_header_lines(_ows)), "spaces and tabs around header values"),
+    "http-fold": (_map_heads(_header_lines(_fold)), "obs-fold in every header value"),
+    "http-name-case": (_map_heads(_header_lines(_case)), "header names in flipped case"),
+    "http-line-spaces": (_map_heads(_request_line_spaces), "two spaces in the request line"),
+    "http-lf": (_lf_only, "bare LF line ends"),
+    "http-pipeline": (_pipeline_short, "after a pipelined GET"),
+    "http-pipeline-long": (_pipeline_long, "after a keep-alive upload past the depth"),
+    "http-chunked": (_chunked(1, False), "body as 1-byte chunks"),
+    "http-chunked-ext": (_chunked(3, True), "chunk extensions, zero-padded sizes"),
+    "http-form-percent": (_form_percent, "form body %-encoded"),
+}
+
+
+# ----------------------------------------------------------------------------- SMB, DCE/RPC
+
+
+def _nbss_messages(data: bytes) -> list[bytes] | None:
+    """The NetBIOS session messages of `data` (4-byte header each), or None."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < 4 or data[pos] not in (0x00, 0x85):
+            return None
+        length = int.from_bytes(data[pos + 1 : pos + 4], "big") & 0x1FFFF
+        if pos + 4 + length > len(data):
+            return None
+        out.append(data[pos : pos + 4 + length])
+        pos += 4 + length
+    return out
+
+
+def _keepalives(data: bytes) -> bytes | None:
+    """A NetBIOS SESSION KEEP ALIVE (RFC 1002 section 4.3.7) before every message."""
+    msgs = _nbss_messages(data)
+    if msgs is None or not any(m[4:8] in (b"\xffSMB", b"\xfeSMB") for m in msgs):
+        return None
+    return b"".join(b"\x85\x00\x00\x00" + m for m in msgs)
+
+
+def _echo_first(data: bytes) -> bytes | None:
+    """An SMB ECHO request ([MS-CIFS] 2.2.4.39, [MS-SMB2] 2.2.28) before the first message,
+    with the first message's header fields; the server answers it and goes on."""
+    msgs = _nbss_messages(data)
+    if not msgs:
+        return None
+    first = msgs[0]
+    if first[4:8] == b"\xffSMB" and len(first) >= 36:
+        header = first[4:8] + b"\x2b" + first[9:36]
+        smb = header + b"\x01\x01\x00\x04\x00ping"
+    elif first[4:8] == b"\xfeSMB" and len(first) >= 68:
+        header = first[4:16] + struct.pack("<H", 13) + first[18:68]
+        smb = header + struct.pack("<HH", 4, 0)
+    else:
+        return None
+    return struct.pack("!I", len(smb)) + smb + data
+
+
+_DCE: Final = struct.Struct("<BBBB4sHHI")
+
+
+def _dce_split(data: bytes) -> bytes | None:
+    """DCE/RPC over TCP: every REQUEST cut into fragments of at most 8 stub bytes."""
+    out = []
+    pos = 0
+    split = False
+    while pos < len(data):
+        if len(data) - pos < 16 or data[pos] != 5 or data[pos + 4] & 0xF0 != 0x10:
+            return None  # not little-endian connection-oriented DCE/RPC
+        ver, minor, ptype, flags, drep, frag_len, auth_len, call_id = _DCE.unpack_from(data, pos)
+        pdu = data[pos : pos + frag_len]
+        if frag_len < 16 or len(pdu) < frag_len:
+            return None
+        pos += frag_len
+        if ptype != 0 or auth_len or flags & 0x80 or flags & 3 != 3 or frag_len < 24:
+            out.append(pdu)
+            continue
+        fixed = pdu[16:24]  # alloc hint, context id, opnum
+        stub = pdu[24:]
+        cuts = [stub[i : i + 8] for i in range(0, len(stub), 8)] or [b""]
+        for i, cut in enumerate(cuts):
+            f = flags & ~3 | (1 if i == 0 else 0) | (2 if i == len(cuts) - 1 else 0)
+            header = _DCE.pack(ver, minor, ptype, f, drep, 24 + len(cut), 0, call_id)
+            out.append(header + fixed + cut)
+        split = split or len(cuts) > 1
+    return b"".join(out) if split else None
+
+
+SMB_REWRITES: Final[dict[str, tuple[Rewrite, str]]] = {
+    "smb-keepalive": (_keepalives, "NetBIOS keep-alive before every SMB message"),
+    "smb-echo-first": (_echo_first, "an SMB ECHO first, in the same segment"),
+    "dcerpc-fragments": (_dce_split, "DCE/RPC requests cut into 8-byte-stub fragments"),
+}
