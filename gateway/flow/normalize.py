@@ -158,6 +158,9 @@ def _ttl(pkt: Packet) -> int | None:
     return raw[pkt.l3 + (8 if pkt.version == 4 else 7)]
 
 
+_NOP_NOP_TS: Final = b"\x01\x01\x08\x0a"  # NOP, NOP, timestamp option of 10 bytes
+
+
 def _options(pkt: Packet) -> tuple[int | None, int | None]:
     """(window scale, TSval) from the packet's TCP options (None where absent)."""
     raw, l4 = pkt.raw, pkt.l4
@@ -165,6 +168,8 @@ def _options(pkt: Packet) -> tuple[int | None, int | None]:
         return None, None
     end = l4 + (raw[l4 + 12] >> 4) * 4
     i = l4 + 20
+    if end == i + 12 and raw[i : i + 4] == _NOP_NOP_TS:  # what Linux and Windows send on data
+        return None, _TS.unpack_from(raw, i + 4)[0]
     wscale = tsval = None
     while i < end:
         kind = raw[i]
