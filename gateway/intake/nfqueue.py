@@ -67,6 +67,7 @@ from gateway.config import FailPolicy, GatewayConfig
 from gateway.decode.packet import parse_ip
 from gateway.engine import Engine
 from gateway.engine_config import EngineConfig
+from gateway.events.eve import Event
 from gateway.events.sink import EventSink
 from gateway.flow.normalize import ChecksumMode
 from gateway.match.rules import load_rules
@@ -159,8 +160,8 @@ class EngineLike(Protocol):
 
 
 class SinkLike(Protocol):
-    def emit(self, event: Any) -> Any: ...
-    def close(self) -> Any: ...
+    def emit(self, event: Event) -> object: ...
+    def close(self) -> object: ...
 
 
 # --------------------------------------------------------------------------------------------
