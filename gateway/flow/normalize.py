@@ -109,12 +109,6 @@ def _diff(a: int, b: int) -> int:
     return d - SEQ_MOD if d >= _HALF else d
 
 
-def _sum(data: bytes | memoryview) -> int:
-    """The one's complement sum of 16-bit words, modulo 0xFFFF (RFC 1071: 2**16 = 1 there)."""
-    value = int.from_bytes(data, "big")
-    return (value << 8 if len(data) & 1 else value) % 0xFFFF
-
-
 class _Side:
     """What the normaliser knows about one sender."""
 
@@ -209,21 +203,22 @@ class Normalizer:
         if not raw or l4 <= l3 or pkt.first_fragment:
             return True  # no headers at hand; a fragment is checked once reassembled
         seg_end = l4 + (raw[l4 + 12] >> 4) * 4 + len(pkt.payload)
-        view = memoryview(raw)
+        # One's complement sums as big integers modulo 0xFFFF (RFC 1071: 2**16 = 1 there),
+        # written out here because this runs for every inspected data segment.
         if pkt.version == 4:
-            if _sum(view[l3 : l3 + (raw[l3] & 0x0F) * 4]) != 0:
+            if int.from_bytes(raw[l3 : l3 + (raw[l3] & 0x0F) * 4], "big") % 0xFFFF:
                 return self._wrong_one(Reason.IP_CHECKSUM)
-            addresses = view[l3 + 12 : l3 + 20]
-            tail = 6
+            pseudo = (int.from_bytes(raw[l3 + 12 : l3 + 20], "big") + 6) % 0xFFFF
         else:
-            addresses = view[l3 + 8 : l3 + 40]
-            tail = 6
+            pseudo = (int.from_bytes(raw[l3 + 8 : l3 + 40], "big") + 6) % 0xFFFF
         length = seg_end - l4
-        pseudo = (_sum(addresses) + tail) % 0xFFFF
-        if (pseudo + length + _sum(view[l4:seg_end])) % 0xFFFF == 0:
+        segment = int.from_bytes(raw[l4:seg_end], "big")
+        if length & 1:
+            segment <<= 8
+        if (pseudo + length + segment) % 0xFFFF == 0:
             self._right += 1
             return True
-        field = int.from_bytes(view[l4 + 16 : l4 + 18], "big") % 0xFFFF
+        field = int.from_bytes(raw[l4 + 16 : l4 + 18], "big") % 0xFFFF
         if field in ((pseudo + length) % 0xFFFF, pseudo):
             return True  # offload: the pseudo-header sum, with the length or with 0
         return self._wrong_one(Reason.TCP_CHECKSUM)
@@ -247,7 +242,8 @@ class Normalizer:
             state = flow.tcp = TcpState()
         side = state.sides[d]
         flags = pkt.flags
-        wscale, tsval = _options(pkt)
+        # options matter on a SYN (window scale, timestamps offered) and for PAWS
+        wscale, tsval = _options(pkt) if flags & TCP_SYN or state.ts_ok else (None, None)
         if flags & TCP_ACK:
             self._offered(state, side, pkt, bool(flags & TCP_SYN))
         if flags & TCP_SYN:
