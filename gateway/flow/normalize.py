@@ -278,8 +278,8 @@ class Normalizer:
                 return False
             if rel is None or rel <= 0:
                 side.ts_recent = tsval
-        if rel is None or not pkt.payload or reasm is None:
-            return True
+        if rel is None or rel == 0 or not pkt.payload or reasm is None:
+            return True  # in order (the common case) or nothing to place
         if reasm.isn is not None and reasm.position + rel < 0:
             self._count(Reason.BEFORE_STREAM)
             return False
