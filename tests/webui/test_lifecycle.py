@@ -9,7 +9,6 @@ through the JSON API, listed in the OpenAPI document."""
 from __future__ import annotations
 
 import http.server
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from gateway.lifecycle.state import HostMode, LearnedTuple, LifecycleStore
 from gateway.policy.accounts import Accounts
 from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
+from gateway.testing.loopback import serve_http
 from tests.webui.conftest import Auth, make_event, write_events
 
 SCAN_DEADLINE_S = 60.0
@@ -139,15 +139,8 @@ class _Nginx(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def loopback_http() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Nginx)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve_http(_Nginx) as port:
+        yield port
 
 
 def wait_done(client: FlaskClient, url: str) -> dict[str, Any]:
