@@ -303,11 +303,11 @@ class HttpRequestDecoder:
 
 _WS = b" \t"
 MAX_RESYNC_TAIL = 8192  # bytes kept while looking for the next request line after recover()
-# A line that starts a request: LF, a method token, blanks, a target, blanks, "HTTP/".
-_REQUEST_LINE_START = re.compile(rb"\n[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}[ \t]+\S+[ \t]+(?i:HTTP/)")
-_REQUEST_LINE_AT_START = re.compile(
-    rb"[\r\n]*[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}[ \t]+\S+[ \t]+(?i:HTTP/)"
-)
+# The start of a request line: a method token, blanks, a target, blanks, "HTTP/"; resync looks
+# for it after a LF, or at the buffer's start (after empty lines) when that is allowed.
+_REQUEST_LINE = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}[ \t]+\S+[ \t]+(?i:HTTP/)"
+_REQUEST_LINE_START = re.compile(rb"\n" + _REQUEST_LINE)
+_REQUEST_LINE_AT_START = re.compile(rb"[\r\n]*" + _REQUEST_LINE)
 _HEAD_END = re.compile(rb"\n\r?\n")
 # "HTTP/" then major.minor the way Apache 2.2 reads it (sscanf "HTTP/%u.%u": optional
 # whitespace and sign before each number, any number of leading zeros).

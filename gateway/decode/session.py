@@ -232,7 +232,7 @@ class AppSession:
         except DecodeError as err:
             stats.app_decode_errors += 1
             self.pending = None
-            return self._refused(decoder, err)
+            return self._refused(err)
         except Exception:  # noqa: BLE001 (a decoder bug must not stop raw inspection)
             stats.app_internal_errors += 1
             return None
@@ -257,43 +257,48 @@ class AppSession:
             if err is None:
                 break
             self._stats.app_decode_errors += 1
-            out.extend(self._refused(decoder, err))
+            out.extend(self._refused(err))
             if self._over:
                 break
             try:
                 out.extend(decoder.feed(b""))
             except Exception:  # noqa: BLE001 (a decoder bug ends the app layer, counted)
                 self._stats.app_internal_errors += 1
-                self._refused(None, DecodeError("decoder failed while resynchronising"))
+                self._end()
                 break
         else:
             if decoder.refused is not None:
                 self._stats.app_decode_errors += 1
-                out.extend(self._refused(None, decoder.refused))
+                out.extend(self._refused(decoder.refused, may_go_on=False))
         self._stats.app_records += len(out)
         return out
 
-    def _refused(self, decoder: AppDecoder | None, err: DecodeError) -> Sequence[AppRecord]:
+    def _refused(self, err: DecodeError, may_go_on: bool = True) -> Sequence[AppRecord]:
         """The decoder refused the bytes: one anomaly record naming what was wrong (judged by
-        the anomaly rules, rules/vpatch-anomalies.yaml), then the decoder recovers when it
-        can (HTTP: on the next request line), else this direction's app layer is over; raw
+        the anomaly rules, rules/vpatch-anomalies.yaml), then, unless `may_go_on` is False,
+        decoding goes on where it can (UDP: with the next datagram; a RecoverableDecoder: on
+        the next unit, HTTP's next request line); else this direction's app layer is over. Raw
         stream rules go on either way."""
         detail = str(err).encode("latin-1", "replace")[:MAX_ANOMALY_DETAIL]
         record = AppRecord(self._app, {self._anomaly: detail})
-        if decoder is not None and self._transport == PROTO_UDP:
+        if may_go_on and self._transport == PROTO_UDP:
             return (record,)  # one datagram, decoded whole: the next one stands on its own
-        if decoder is not None and self._recoverable is not None:
+        if may_go_on and self._recoverable is not None:
             try:
                 self._recoverable.recover()
                 self._stats.app_recoveries += 1
                 return (record,)
             except Exception:  # noqa: BLE001 (a recovery bug ends the app layer, counted)
                 self._stats.app_internal_errors += 1
+        self._end()
+        return (record,)
+
+    def _end(self) -> None:
+        """This direction's app layer is over: `feed` returns None from now on."""
         self._decoder = None
         self._unit = None
         self._recoverable = None
         self._over = True
-        return (record,)
 
     def remember(self) -> None:
         """The records the last `feed` returned fired no rule: remember their unit when it was
