@@ -341,6 +341,16 @@ class FirewallConfig:
         chars=(str.isalnum, "letters or digits"),
     )
     queue_udp: bool = setting(True, "Queue UDP datagrams to ports covered by UDP rules.")
+    drop_invalid: bool = setting(
+        True,
+        "Drop TCP segments to and from protected hosts that conntrack finds INVALID (a wrong "
+        "TCP checksum, a sequence or acknowledgment number outside the tracked window, "
+        "impossible flags) before they are queued: the receiver would drop them too, and the "
+        "engine then leaves those checks to the kernel (docs/evasion.md). The kernel does them "
+        "only while `net.netfilter.nf_conntrack_checksum` is 1 and "
+        "`nf_conntrack_tcp_be_liberal` is 0 in the gateway's namespace; otherwise, or with "
+        "false, the engine checks checksums and windows itself (slower).",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -208,7 +208,9 @@ class Engine:
         self.matcher = (
             matcher if matcher is not None and matcher.ruleset is ruleset else Matcher(ruleset)
         )
-        self.normalizer = Normalizer(self.config.checksums)  # gateway/flow/normalize.py
+        self.normalizer = Normalizer(
+            self.config.checksums, self.config.kernel_checked_tcp
+        )  # gateway/flow/normalize.py
         self.defrag = Defragmenter()  # IP fragments (gateway/flow/defrag.py)
         self.table = FlowTable(
             self.config.max_flows,

@@ -4,7 +4,8 @@ Every field that a configuration key sets (gateway/config.py) takes that key's d
 and is held to its declared bounds: `EngineConfig()` is the engine of an empty configuration,
 `EngineConfig.from_gateway(config)` the engine of a loaded one, and a value out of its key's
 bounds raises ConfigError naming the field, the key and the value. The fields no key sets
-(`tcp_closed_idle`, `kernel_checked_syn`, `checksums`) are the caller's to choose.
+(`tcp_closed_idle`, `kernel_checked_syn`, `kernel_checked_tcp`, `checksums`) are the caller's
+to choose.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class EngineConfig:
     kernel_checked_syn: the packets come from the inline queue, whose kernel rule passes on
         only the SYNs conntrack found to open a new connection: a client port reused for a
         new connection then starts a new flow at its SYN (gateway/flow/table.py).
+    kernel_checked_tcp: the packets come from the inline queue, and the kernel rules dropped
+        the TCP segments conntrack found INVALID (wrong checksum, outside the tracked window:
+        `firewall.drop_invalid`, gateway/firewall/render.py): the normaliser leaves the
+        checksum test and its window tracking to the kernel (gateway/flow/normalize.py).
     checksums: which TCP datagrams with a wrong checksum are dropped (gateway/flow/
         normalize.py): AUTO (captures, the default: unless most of them are wrong, as in
         captures whose addresses were rewritten) or VERIFY (every one: the inline queue).
@@ -68,6 +73,7 @@ class EngineConfig:
     http_whole_connection: bool = _from_key("engine.http_whole_connection")
     http_memo_entries: int = _from_key("engine.http_memo_entries")
     kernel_checked_syn: bool = False
+    kernel_checked_tcp: bool = False
     retransmit_history: int = _from_key("engine.retransmit_history")
     checksums: ChecksumMode = ChecksumMode.AUTO
 

@@ -394,3 +394,93 @@ def test_exploit_on_a_reused_client_port_is_stopped(lab: Any, tmp_path: Path) ->
             time.sleep(0.1)
         (event,) = gw.events()
         assert event["alert"]["signature_id"] == 9000100 and event["src_port"] == 41234
+
+
+RAW_CLIENT = textwrap.dedent(
+    """
+    import socket, struct, sys, time
+    from dataclasses import replace
+    from gateway.testing.wire import ACK, PSH, SYN, Checksum, Seg, build
+    client, server, sport = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    rx.settimeout(5)
+
+    def send(seg):
+        for datagram in build(seg):
+            tx.sendto(datagram, (server, 0))
+        time.sleep(0.3)
+
+    def reply():
+        while True:
+            d = rx.recv(4096)
+            ihl = (d[0] & 15) * 4
+            sp, dp, seq, ack, off, flags = struct.unpack_from("!HHIIBB", d, ihl)
+            if sp == 80 and dp == sport:
+                return seq, flags
+
+    send(Seg(client, server, sport, 80, 1000, 0, SYN))
+    isn, _ = reply()
+    request = b"GET /?q=VPATCH-TEST-EXPLOIT-7f3a HTTP/1.1\\r\\nHost: lab\\r\\n\\r\\n"
+    data = Seg(client, server, sport, 80, 1001, isn + 1, ACK | PSH, request)
+    send(Seg(client, server, sport, 80, 1001, isn + 1, ACK))
+    send(replace(data, checksum=Checksum.BAD))
+    send(replace(data, seq=1001 + 50_000_000))
+    print("SENT", flush=True)
+    sys.stdin.readline()  # the test looks at the gateway, then lets the real copy go
+    send(data)
+    try:
+        while True:
+            _, flags = reply()
+            if flags & 0x04:
+                print("RESET")
+                break
+    except socket.timeout:
+        print("NO RESET")
+    """
+)
+
+
+def _invalid_drops(lab: Any) -> int:
+    out = in_ns(lab.gw_ns, ["iptables", "-t", "mangle", "-L", "VPATCH-TCP-DATA", "-v", "-n", "-x"])
+    rows = [line.split() for line in out.stdout.splitlines() if "ctstate INVALID" in line]
+    assert len(rows) == 1, out.stdout
+    return int(rows[0][0])
+
+
+def test_kernel_drops_wrong_checksum_and_out_of_window_before_the_queue(
+    lab: Any, tmp_path: Path
+) -> None:
+    # firewall.drop_invalid (on by default): conntrack verifies the TCP checksum and the window,
+    # so the engine leaves both to the kernel; a copy of the exploit with a wrong checksum and
+    # one beyond the window never reach the queue (no event, no reset), the real one does.
+    no_rst = ["iptables", "-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"]
+    assert in_ns(lab.client_ns, no_rst).returncode == 0  # the raw client has no socket
+    try:
+        with vpatch_run(lab, tmp_path) as gw:
+            assert "conntrack drops INVALID" in gw.log.read_text()
+            before, queued = _invalid_drops(lab), gw.queued()
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", RAW_CLIENT,
+                 lab.client_addr, lab.server_addr, "41777"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=package_env(),
+            )  # fmt: skip
+            try:
+                assert proc.stdout is not None and proc.stdin is not None
+                assert proc.stdout.readline().strip() == "SENT"
+                assert _invalid_drops(lab) - before == 2
+                assert gw.events() == []
+                assert gw.queued() - queued <= 2  # at most the SYN and the SYN+ACK, no data
+                proc.stdin.write("\n")
+                proc.stdin.flush()
+                assert proc.stdout.readline().strip() == "RESET"
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait(5)
+            deadline = time.monotonic() + 5
+            while not gw.events() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert [e["src_port"] for e in gw.events()] == [41777]
+    finally:
+        in_ns(lab.client_ns, [*no_rst[:1], "-D", *no_rst[2:]])

@@ -28,6 +28,7 @@ from typing import Any
 from gateway.config import load_config
 from gateway.firewall.apply import cleanup_all, probe_backend
 from gateway.firewall.compose import render_config
+from gateway.intake.nfqueue import conntrack_lax
 from gateway.supervisor import Gateway
 
 
@@ -63,4 +64,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     backend = probe_backend(config.firewall.backend)
     print(f"vpatch run: firewall backend iptables-{backend.name} ({backend.version})", flush=True)
+    lax = conntrack_lax(config)
+    print(
+        "vpatch run: conntrack drops INVALID TCP segments (wrong checksum, outside the window) "
+        "before the queue"
+        if lax is None
+        else f"vpatch run: the engine checks TCP checksums and windows itself ({lax})",
+        flush=True,
+    )
     return Gateway(config, backend, rendered).serve()

@@ -31,6 +31,14 @@ Pure: configuration + the ports enabled rules cover in, text out. Nothing here t
 - Fail policy: open adds `--queue-bypass` (no reader -> accept); closed leaves it out (no reader
   -> drop). The queue-full behaviour is set by the worker on its queue (NFQA_CFG_F_FAIL_OPEN).
 
+Invalid segments (`firewall.drop_invalid`, on by default): the first rule of the TCP chain drops
+segments to or from protected hosts that conntrack marked INVALID. Conntrack verifies the TCP
+checksum at PRE_ROUTING (net.netfilter.nf_conntrack_checksum, skipped for CHECKSUM_PARTIAL and
+CHECKSUM_UNNECESSARY skbs, i.e. offload on the sender's host or a verified NIC checksum) and
+tracks each side's window (nf_conntrack_proto_tcp.c tcp_in_window, unless
+nf_conntrack_tcp_be_liberal); the IPv4 header checksum is verified before any hook (ip_rcv,
+br_validate_ipv4). Only queued packets meet the rule: pure ACKs are never dropped by it.
+
 Payload test (TCP): `-m length` cannot tell a pure ACK with options from a short data segment
 (52 bytes is both a timestamped ACK and 12 bytes of data without options), and a peer chooses
 its options, so that test would be evadable. We use u32 instead, exact for the usual header
@@ -219,6 +227,11 @@ def _render_family(
         return "", []  # nothing to queue for this family
     if uses_tcp:
         chains.append(tcp)
+        if config.firewall.drop_invalid:
+            # what conntrack finds INVALID (wrong TCP checksum, outside the tracked window,
+            # impossible flags) the receiver would drop too: dropped here, never queued, and
+            # the engine leaves those checks to the kernel (EngineConfig.kernel_checked_tcp)
+            rules.append(f"-A {tcp} -m conntrack --ctstate INVALID -j DROP")
         # SYN and SYN+ACK: no payload, but they carry the initial sequence numbers. A client
         # SYN only when conntrack found it opens a new connection: one injected into a live
         # connection (conntrack ignores it) is not queued, so the engine may take every queued

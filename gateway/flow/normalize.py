@@ -46,6 +46,15 @@ The rules, in the order they apply:
    the default). A server reading urgent data inline would read that byte: such services
    should not be protected by rules that a single byte can split.
 
+Kernel-checked (`Normalizer(kernel_checked=True)`, the inline queue with `firewall.drop_invalid`
+and conntrack strict, gateway/intake/nfqueue.py `conntrack_lax`): the kernel rules drop what
+conntrack finds INVALID before it is queued, which covers rule 1 (conntrack verifies the TCP
+checksum with the same offload exception, the IP stack the IPv4 header checksum) and the
+window edges of rule 2 (tcp_in_window: sequence numbers beyond the receiver's advertised
+window, with scaling, and acknowledgments of unsent data). Those two are skipped then; the
+rest (SYN data, data without ACK, PAWS, before-stream, the largest possible window, conflicts,
+urgent data, closing) still runs: conntrack does not check them.
+
 What it guarantees: every decision is counted by reason; state is per flow (`Flow.tcp`),
 a few integers per direction; nothing here raises on any packet (a packet whose headers are not
 available, e.g. built by hand without `raw`, passes the checksum rule untested).
@@ -186,8 +195,14 @@ def _options(pkt: Packet) -> tuple[int | None, int | None]:
 class Normalizer:
     """The rules above for one engine; `counts` by reason."""
 
-    def __init__(self, checksums: ChecksumMode = ChecksumMode.VERIFY) -> None:
+    def __init__(
+        self, checksums: ChecksumMode = ChecksumMode.VERIFY, kernel_checked: bool = False
+    ) -> None:
         self.checksums = checksums
+        # the kernel dropped segments with a wrong checksum or outside conntrack's window
+        # before queueing them (see "Kernel-checked" above): rule 1 and the window edges of
+        # rule 2 are left to it
+        self.kernel_checked = kernel_checked
         self.counts: dict[str, int] = {r.value: 0 for r in Reason}
         self._right = 0  # datagrams whose checksums verified
         self._wrong = 0
@@ -200,8 +215,9 @@ class Normalizer:
     def intact(self, pkt: Packet) -> bool:
         """False (and counted) when the receiver would discard the datagram for a checksum."""
         raw, l3, l4 = pkt.raw, pkt.l3, pkt.l4
-        if not raw or l4 <= l3 or pkt.first_fragment:
-            return True  # no headers at hand; a fragment is checked once reassembled
+        if self.kernel_checked or not raw or l4 <= l3 or pkt.first_fragment:
+            return True  # checked by the kernel; no headers at hand; a fragment is checked
+            # once reassembled
         seg_end = l4 + (raw[l4 + 12] >> 4) * 4 + len(pkt.payload)
         # One's complement sums as big integers modulo 0xFFFF (RFC 1071: 2**16 = 1 there),
         # written out here because this runs for every inspected data segment.
@@ -244,7 +260,7 @@ class Normalizer:
         flags = pkt.flags
         # options matter on a SYN (window scale, timestamps offered) and for PAWS
         wscale, tsval = _options(pkt) if flags & TCP_SYN or state.ts_ok else (None, None)
-        if flags & TCP_ACK:
+        if flags & TCP_ACK and not self.kernel_checked:
             self._offered(state, side, pkt, bool(flags & TCP_SYN))
         if flags & TCP_SYN:
             if pkt.payload:

@@ -61,6 +61,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.config import FailPolicy, GatewayConfig
@@ -400,12 +401,36 @@ class PacketHandler:
 # The worker process
 
 
-def engine_config(config: GatewayConfig) -> EngineConfig:
+CONNTRACK_SYSCTLS = Path("/proc/sys/net/netfilter")
+# sysctl -> the value under which conntrack marks wrong segments INVALID
+_CONNTRACK_STRICT = {"nf_conntrack_checksum": "1", "nf_conntrack_tcp_be_liberal": "0"}
+
+
+def conntrack_lax(config: GatewayConfig, sysctls: Path = CONNTRACK_SYSCTLS) -> str | None:
+    """None when the kernel rules drop the TCP segments with a wrong checksum or outside the
+    tracked window before they are queued (`firewall.drop_invalid` on, and conntrack in this
+    namespace verifying both); otherwise why not (then the engine checks them itself)."""
+    if not config.firewall.drop_invalid:
+        return "firewall.drop_invalid is off"
+    for name, strict in _CONNTRACK_STRICT.items():
+        try:
+            value = (sysctls / name).read_text().strip()
+        except OSError as err:
+            return f"cannot read net.netfilter.{name}: {err.strerror}"
+        if value != strict:
+            return f"net.netfilter.{name} is {value}, not {strict}"
+    return None
+
+
+def engine_config(config: GatewayConfig, sysctls: Path = CONNTRACK_SYSCTLS) -> EngineConfig:
     """The engine's EngineConfig from the gateway configuration, for packets from the queue
     (whose SYNs the kernel rules have checked with conntrack, and whose checksums are those on
-    the wire: every wrong one is dropped)."""
+    the wire: every wrong one is dropped, by the kernel when `conntrack_lax` is None)."""
     return replace(
-        EngineConfig.from_gateway(config), kernel_checked_syn=True, checksums=ChecksumMode.VERIFY
+        EngineConfig.from_gateway(config),
+        kernel_checked_syn=True,
+        kernel_checked_tcp=conntrack_lax(config, sysctls) is None,
+        checksums=ChecksumMode.VERIFY,
     )
 
 

@@ -192,3 +192,11 @@ def test_any_port_hosts_fill_their_own_set() -> None:
     # the sets exist even when empty, so a reload can refill them
     empty = render(config, HTTP_ONLY)
     assert "create vpatch-anyport4 hash:net family inet maxelem 4096" in empty.ipset.splitlines()
+
+
+def test_invalid_segments_dropped_before_the_queue_unless_turned_off() -> None:
+    rules = _rules(_render("protected_hosts: [198.18.0.20]\n").ipv4)
+    tcp = [r for r in rules if r.startswith("-A VPATCH-TCP-DATA ")]
+    assert tcp[0] == "-A VPATCH-TCP-DATA -m conntrack --ctstate INVALID -j DROP"
+    off = _rules(_render("protected_hosts: [198.18.0.20]\nfirewall: {drop_invalid: false}\n").ipv4)
+    assert not any("INVALID" in r for r in off)

@@ -32,8 +32,8 @@ def pkt(seg: Seg) -> Packet:
 class Run:
     """A flow table, a normaliser and the client's reassembler, fed like the engine does."""
 
-    def __init__(self, mode: ChecksumMode = ChecksumMode.VERIFY) -> None:
-        self.norm = Normalizer(mode)
+    def __init__(self, mode: ChecksumMode = ChecksumMode.VERIFY, kernel: bool = False) -> None:
+        self.norm = Normalizer(mode, kernel_checked=kernel)
         self.table = FlowTable(10, 60, 60, salt=1, close_check=self.norm.closes)
         self.reasm = StreamReassembler(1 << 20, 1 << 16, history=1024, refuse_excess=True)
         self.out = b""
@@ -124,6 +124,25 @@ def test_out_of_order_data_beyond_the_offered_window_is_dropped_in_order_passes(
     for seg in s[3:-3]:
         assert run.feed(seg) is Verdict.PASS  # in order: window updates may go unseen
     assert run.out == DATA
+
+
+def test_kernel_checked_leaves_checksums_and_window_edges_to_the_kernel() -> None:
+    # Inline with firewall.drop_invalid the kernel dropped these before the queue; what
+    # conntrack does not check (SYN data, data without ACK, PAWS, the largest window) stays.
+    conn = Conn(server_window=16)
+    s = segs(conn)
+    run = Run(kernel=True)
+    assert run.norm.intact(pkt(replace(s[3], checksum=Checksum.BAD)))
+    run.all(s[:3])
+    assert run.feed(s[5]) is Verdict.PASS  # beyond the offered edge: the kernel's to drop
+    assert run.feed(replace(s[4], seq=s[4].seq + (65535 << 14) + 1)) is Verdict.DROP
+    assert run.feed(replace(s[4], flags=PSH)) is Verdict.DROP
+    ts = s[4].ts
+    assert ts is not None
+    assert run.feed(replace(s[4], ts=(ts[0] - 100, ts[1]))) is Verdict.DROP
+    counts = run.norm.counts
+    assert counts["tcp_checksum"] == 0 and counts["beyond_window"] == 1
+    assert counts["no_ack"] == 1 and counts["paws"] == 1
 
 
 def test_bytes_that_differ_from_inspected_ones_reset_the_flow() -> None:

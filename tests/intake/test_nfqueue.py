@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from scapy.layers.inet import IP, UDP
 
-from gateway.config import FailPolicy
+from gateway.config import FailPolicy, parse_config
 from gateway.intake.nfqueue import (
     CONFIG_SEQ,
     NFQA_CFG_F_FAIL_OPEN,
@@ -28,6 +28,8 @@ from gateway.intake.nfqueue import (
     WorkerStats,
     _config_message,
     _find_ack,
+    conntrack_lax,
+    engine_config,
 )
 from gateway.verdict import Decision
 from gateway.vocabulary import Action
@@ -88,7 +90,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, socket, subprocess, sys
     from netfilterqueue import NetfilterQueue
-    from gateway.config import FailPolicy
+    from gateway.config import FailPolicy, parse_config
     from gateway.intake.nfqueue import (PacketHandler, WorkerStats, set_queue_flags,
                                         NFQA_CFG_F_FAIL_OPEN)
     from gateway.verdict import Decision
@@ -237,3 +239,25 @@ def test_find_ack() -> None:
     assert _find_ack(other + ack) == -1
     assert _find_ack(other) is None
     assert _find_ack(b"") is None
+
+
+@pytest.mark.parametrize(
+    ("checksum", "liberal", "config", "reason"),
+    [
+        ("1", "0", "", None),
+        ("0", "0", "", "net.netfilter.nf_conntrack_checksum is 0, not 1"),
+        ("1", "1", "", "net.netfilter.nf_conntrack_tcp_be_liberal is 1, not 0"),
+        (None, "0", "", "cannot read net.netfilter.nf_conntrack_checksum"),
+        ("1", "0", "firewall: {drop_invalid: false}\n", "firewall.drop_invalid is off"),
+    ],
+)
+def test_engine_leaves_tcp_checks_to_conntrack_only_when_it_does_them(
+    tmp_path: Path, checksum: str | None, liberal: str, config: str, reason: str | None
+) -> None:
+    if checksum is not None:
+        (tmp_path / "nf_conntrack_checksum").write_text(checksum + "\n")
+    (tmp_path / "nf_conntrack_tcp_be_liberal").write_text(liberal + "\n")
+    cfg = parse_config("protected_hosts: [198.18.0.20]\n" + config)
+    lax = conntrack_lax(cfg, tmp_path)
+    assert (lax is None) if reason is None else (lax is not None and lax.startswith(reason))
+    assert engine_config(cfg, tmp_path).kernel_checked_tcp is (reason is None)
