@@ -259,7 +259,15 @@ class Normalizer:
         side = state.sides[d]
         flags = pkt.flags
         # options matter on a SYN (window scale, timestamps offered) and for PAWS
-        wscale, tsval = _options(pkt) if flags & TCP_SYN or state.ts_ok else (None, None)
+        wscale = tsval = None
+        if flags & TCP_SYN:
+            wscale, tsval = _options(pkt)
+        elif state.ts_ok:
+            raw, i = pkt.raw, pkt.l4 + 20
+            if raw and raw[i - 8] >> 4 == 8 and raw[i : i + 4] == _NOP_NOP_TS:
+                tsval = _TS.unpack_from(raw, i + 4)[0]  # what Linux and Windows send on data
+            else:
+                wscale, tsval = _options(pkt)
         if flags & TCP_ACK and not self.kernel_checked:
             self._offered(state, side, pkt, bool(flags & TCP_SYN))
         if flags & TCP_SYN:
