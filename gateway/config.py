@@ -379,9 +379,11 @@ class WorkerConfig:
 class GatewayConfig:
     protected_hosts: tuple[Network, ...] = setting(
         (),
-        "Addresses or CIDRs (IPv4 and IPv6) whose traffic is inspected. Empty: nothing is "
-        "queued, the gateway forwards everything uninspected. The kernel holds them in an "
-        "ipset `hash:net`.",
+        "Addresses or CIDRs (IPv4 and IPv6) whose traffic is inspected: the seed. The hosts "
+        "of the policy store (`vpatch hosts add|remove`, the UI's and the API's hosts) are "
+        "protected as well, and a `reload` (which those commands trigger) refills the "
+        "kernel's ipsets (`hash:net`) with both, without a restart. None in either: nothing "
+        "is queued, the gateway forwards everything uninspected.",
         hi=MAX_PROTECTED_HOSTS,
         example='[198.18.0.20, "2001:2::20", 198.18.5.0/24]',
     )

@@ -48,9 +48,14 @@ from gateway.control.server import ControlServer
 from gateway.errors import VpatchError
 from gateway.events.sink import EventSink
 from gateway.firewall.apply import BackendInfo, apply_rules, remove_rules
-from gateway.firewall.compose import app_any_port_hosts, host_policies
+from gateway.firewall.compose import app_any_port_hosts, host_policies, protected_hosts
 from gateway.firewall.hostmodes import DEFAULT_SETTINGS
-from gateway.firewall.refresh import refresh_any_port_hosts, refresh_hostmodes, refresh_policy
+from gateway.firewall.refresh import (
+    refresh_any_port_hosts,
+    refresh_hostmodes,
+    refresh_policy,
+    refresh_protected_hosts,
+)
 from gateway.firewall.render import RenderedRules
 from gateway.intake.nfqueue import WorkerStats, load_policy, start_worker
 from gateway.intake.queuestats import read_queue_counters
@@ -89,6 +94,8 @@ class Gateway:
         self.config = config
         self.backend = backend
         self.rendered = rendered
+        # what the kernel's protected-host sets hold (the config's seed and the store's hosts)
+        self.protected = [str(h) for h in protected_hosts(config)]
         self.workers = [_Worker(q) for q in config.queues.numbers]
         self.started = time.time()
         self._stop = False
@@ -227,7 +234,8 @@ class Gateway:
         policy version, rules loaded) and the kernel's counters for that queue from
         /proc/net/netfilter/nfnetlink_queue in this namespace (queue_total, queue_dropped,
         user_dropped, id_sequence, queue_drops = the two drop counters; all None when the
-        kernel does not list the queue); `rules_loaded` and totals at the top level."""
+        kernel does not list the queue); `rules_loaded` and totals at the top level;
+        `protected_hosts`: what the kernel's protected-host sets hold now."""
         kernel = read_queue_counters()
         queues: dict[str, dict[str, Any]] = {}
         for w in self.workers:
@@ -262,6 +270,7 @@ class Gateway:
             "queue_drops": sum(int(q["queue_drops"] or 0) for q in queues.values()),
             "kernel_counters": kernel.available,
             "alerts": self._alerts.stats() if self._alerts is not None else None,
+            "protected_hosts": self.protected,
             "queues": queues,
         }
 
@@ -275,6 +284,7 @@ class Gateway:
         with self._reload_lock:
             started = time.monotonic()
             policy = load_policy(self.config)  # raises (ConfigError) on a bad policy
+            protected = self._refresh_protected_hosts()
             firewall_rules = self._refresh_firewall()
             host_modes = self._refresh_hostmodes()
             any_port = self._refresh_any_port_hosts()
@@ -310,7 +320,16 @@ class Gateway:
                 "firewall_rules": firewall_rules,
                 "host_modes": host_modes,
                 "any_port_hosts": any_port,
+                "protected_hosts": protected,
             }
+
+    def _refresh_protected_hosts(self) -> list[str]:
+        """Refill the protected-host sets from the configuration and the store (no rule is
+        reloaded; established flows keep their state)."""
+        hosts = protected_hosts(self.config)
+        refresh_protected_hosts(self.rendered, hosts)
+        self.protected = [str(h) for h in hosts]
+        return self.protected
 
     def _refresh_firewall(self) -> int:
         """Rewrite the firewall-policy chain from the store (atomic per family)."""

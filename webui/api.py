@@ -179,13 +179,14 @@ def save_host() -> Any:
         str(data.get("address", "")), g.user.username, str(data.get("name", "")),
         _opt_int(data, "group_id"), str(data.get("mode", "normal")),
     )  # fmt: skip
-    return jsonify(asdict(h)), 201
+    # the running gateway refills its protected-host sets: the host is queued at once
+    return jsonify({**asdict(h), "reload": reload_gateway(get_store(), g.user.username)}), 201
 
 
 @endpoint("/hosts/{host_id}", "DELETE", "Delete a host and its assignments", write=True)
 def delete_host(host_id: int) -> Any:
     Hosts(get_store()).delete_host(host_id, g.user.username)
-    return jsonify(ok=True)
+    return jsonify(ok=True, reload=reload_gateway(get_store(), g.user.username))
 
 
 @endpoint("/groups", "GET", "Host groups", result=ARR)

@@ -3,7 +3,9 @@ rules assigned to them and their modes; groups share a policy. A host's page (`/
 shows and changes its lifecycle (webui/lifecycle.py): mode, setup exceptions and update
 sources, learned tuples, application control, "release from setup", recommendation scans
 (start, progress polled by static/hosts.js, report with evidence, apply), the scan schedule
-and the history. Every change is admin-only, CSRF-checked, audited, then reloads the gateway."""
+and the history. Every change is admin-only, CSRF-checked, audited, then reloads the gateway
+(adding or deleting a host refills the gateway's protected-host sets: queued at once, no
+restart). The list says for every host whether the running gateway inspects it now."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from gateway.scan.jobs import GLOBAL
 from webui import lifecycle
 from webui.db import get_store
 from webui.security import admin_required, login_required
-from webui.services import InputError
+from webui.services import InputError, gateway_status, inspected_now, reload_gateway
 
 bp = Blueprint("hosts", __name__, url_prefix="/hosts")
 MODES = ("normal", "setup", "learning", "lockdown")
@@ -40,7 +42,12 @@ def index() -> Any:
         })  # fmt: skip
     groups = {gr.id: gr for gr in Hosts(store).list_groups()}
     sched = {s.host: s for s in lifecycle._jobs().schedules()}.get(GLOBAL)
-    return render_template("hosts/index.html", rows=rows, groups=groups, global_schedule=sched)
+    status = gateway_status()
+    inspected = inspected_now([h.address for h in hosts], status)
+    return render_template(
+        "hosts/index.html", rows=rows, groups=groups, global_schedule=sched,
+        inspected=inspected, gateway=status,
+    )  # fmt: skip
 
 
 def _assigned_to(host: Host, assignments: list[Assignment]) -> list[Assignment]:
@@ -67,6 +74,7 @@ def save() -> Any:
         )  # fmt: skip
     except StoreError as err:
         abort(400, description=str(err))
+    flash(f"host saved; {_reload_note({'reload': reload_gateway(get_store(), g.user.username)})}")
     return redirect(url_for("hosts.index"))
 
 
@@ -77,6 +85,7 @@ def delete(host_id: int) -> Any:
         Hosts(get_store()).delete_host(host_id, g.user.username)
     except StoreError as err:
         abort(404, description=str(err))
+    flash(f"host deleted; {_reload_note({'reload': reload_gateway(get_store(), g.user.username)})}")
     return redirect(url_for("hosts.index"))
 
 

@@ -7,6 +7,7 @@ store (audited) and are followed by the gateway's `reload` over its control sock
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from dataclasses import asdict
@@ -181,7 +182,26 @@ def gateway_status() -> dict[str, Any]:
         "rules_loaded": status.get("rules_loaded", len(get_rules().rules)),
         "policy_version": status.get("policy_version"),
         "alerts": status.get("alerts"),  # None: no dispatcher (no SQLite event store)
+        "protected_hosts": status.get("protected_hosts"),  # what the kernel queues now
     }
+
+
+def inspected_now(addresses: list[str], status: dict[str, Any]) -> dict[str, bool | None]:
+    """address -> whether the running gateway's protected-host sets cover it (with a live
+    worker); None for every address when the gateway cannot say (unreachable, older)."""
+    protected = status.get("protected_hosts")
+    if not status.get("reachable") or protected is None:
+        return dict.fromkeys(addresses)
+    alive = bool(status.get("workers_alive"))
+    nets = [ipaddress.ip_network(n, strict=False) for n in protected]
+    out: dict[str, bool | None] = {}
+    for address in addresses:
+        net = ipaddress.ip_network(address, strict=False)
+        out[address] = alive and any(
+            net.version == n.version and net.subnet_of(n)  # type: ignore[arg-type]
+            for n in nets
+        )
+    return out
 
 
 # -- events -----------------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """`vpatch hosts ...`: per-host protection modes (docs/lifecycle.md).
 
   list                         hosts with mode, exceptions, update sources, assignments
+  add ADDR|CIDR [--name N]     protect a host or network: stored, and the running gateway
+                               queues it within a reload (no restart, flows kept)
+  remove ADDR|CIDR             stop protecting it (its assignments are deleted with it)
   set HOST [--mode M] [--exception CIDR[:proto[/port]]]... [--update-source ...]...
            [--lockdown-action drop|alert] [--auto-apply on|off]
   release HOST                 end setup protection (mode normal), with history
   allow HOST 'A -> B:P/proto'  one-step "allow this" for a lockdown event (also live in the
                                kernel set when --netns/--live is given)
   learned HOST | history HOST  what was learned / what changed, when and why
-  apply | remove               install / remove the host-mode kernel rules (standalone prefix)
+  apply | unapply              install / remove the host-mode kernel rules (standalone prefix)
   monitor [--eve F] [--sqlite F] [--duration S]
                                NFLOG reader: learning tuples and lockdown events (run it in the
                                gateway namespace)
@@ -59,6 +62,9 @@ from gateway.lifecycle.state import (
     parse_tuple,
 )
 from gateway.policy.appcontrol import parse_control
+from gateway.policy.hosts import Hosts
+from gateway.policy.hosts import check_address as check_store_address
+from gateway.policy.store import Store, StoreError
 
 __all__ = ["register", "run"]
 
@@ -86,6 +92,15 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="hosts_command", metavar="ACTION", required=True)
     p = sub.add_parser("list", help="hosts and their modes")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "add", help="protect a host or network (the running gateway queues it at once)"
+    )
+    p.add_argument("host", metavar="ADDR|CIDR")
+    p.add_argument("--name", default="", help="a label for the UI")
+    p = sub.add_parser(
+        "remove", help="stop protecting a host or network (its assignments go with it)"
+    )
+    p.add_argument("host", metavar="ADDR|CIDR")
     p = sub.add_parser("set", help="change a host's mode and settings")
     p.add_argument("host")
     p.add_argument("--mode", choices=[m.value for m in HostMode])
@@ -112,7 +127,7 @@ def register(subparsers: Any) -> None:
         p.add_argument("host")
         p.add_argument("--json", action="store_true")
     sub.add_parser("apply", help="install the host-mode kernel rules from the state")
-    sub.add_parser("remove", help="remove the host-mode kernel rules")
+    sub.add_parser("unapply", help="remove the standalone host-mode kernel rules")
     p = sub.add_parser("print-rules", help="print the rendered host-mode kernel rules")
     p = sub.add_parser("monitor", help="NFLOG reader: learning and lockdown events")
     p.add_argument("--eve", type=Path, help="EVE JSON lines file for lockdown events")
@@ -281,7 +296,27 @@ def _apply(args: argparse.Namespace, store: LifecycleStore, _socket: Path) -> in
     return 0
 
 
-def _remove(args: argparse.Namespace, _store: LifecycleStore, _socket: Path) -> int:
+def _add(args: argparse.Namespace, store: LifecycleStore, socket_path: Path) -> int:
+    with Store(store.path) as db:
+        host = Hosts(db).save_host(args.host, "cli", args.name)
+    print(f"{host.address}: protected")
+    print(notify_gateway(socket_path))
+    return 0
+
+
+def _remove_host(args: argparse.Namespace, store: LifecycleStore, socket_path: Path) -> int:
+    with Store(store.path) as db:
+        hosts = Hosts(db)
+        host = hosts.host_by_address(check_store_address(args.host))
+        if host is None:
+            raise StoreError(f"hosts.address {args.host!r}: no such host")
+        hosts.delete_host(host.id, "cli")
+    print(f"{host.address}: no longer protected (unless protected_hosts in the config names it)")
+    print(notify_gateway(socket_path))
+    return 0
+
+
+def _unapply(args: argparse.Namespace, _store: LifecycleStore, _socket: Path) -> int:
     removed = remove_rules(probe_backend(Backend.AUTO, args.netns), STANDALONE_PREFIX, args.netns)
     print(f"removed: {', '.join(removed) or 'nothing'}")
     return 0
@@ -314,8 +349,10 @@ ACTIONS: dict[str, Action] = {
     "app-control": _app_control,
     "learned": _entries,
     "history": _entries,
+    "add": _add,
+    "remove": _remove_host,
     "apply": _apply,
-    "remove": _remove,
+    "unapply": _unapply,
     "print-rules": _print_rules,
     "monitor": _monitor,
 }

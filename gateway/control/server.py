@@ -164,4 +164,8 @@ def notify_gateway(socket_path: Path, timeout: float = 30.0) -> str:
     except VpatchError as err:
         return f"gateway reload failed: {err}"
     modes = reply.get("host_modes", {}) if isinstance(reply, dict) else {}
-    return f"gateway reloaded (policy version {reply.get('version')}, host modes {modes})"
+    protected = reply.get("protected_hosts") if isinstance(reply, dict) else None
+    return (
+        f"gateway reloaded (policy version {reply.get('version')}, protected hosts "
+        f"{', '.join(protected) if protected else 'none'}, host modes {modes})"
+    )

@@ -3,7 +3,8 @@
 `render_config(config)` loads the rules (RuleError on any bad rule: fail fast, before anything
 touches the kernel) and joins, with render.merge, in this order:
 1. the queueing rules (render.py) for the ports enabled rules and the built-in app-control
-   rules cover, with the hosts whose app control looks at every TCP port (`any_port_hosts`);
+   rules cover, for the configuration's protected hosts and the store's (`protected_hosts`),
+   with the hosts whose app control looks at every TCP port (`any_port_hosts`);
 2. the firewall policy chain PREFIX-FW (policy.py) from the policy store;
 3. the host-mode chains and sets (hostmodes.py) from the lifecycle state, for both families
    even when no host is in a special mode, with their FORWARD jump after PREFIX-FW
@@ -14,6 +15,8 @@ later `reload` fills them). Reads files and the store; runs no command (apply.py
 
 from __future__ import annotations
 
+import ipaddress
+
 from gateway.config import GatewayConfig, Network
 from gateway.firewall.hostmodes import HM_POSITION_WITH_FIREWALL, render_hostmodes
 from gateway.firewall.policy import render_from_store, render_policy
@@ -21,6 +24,7 @@ from gateway.firewall.render import QueuePlan, RenderedRules, merge, render
 from gateway.lifecycle.state import HostPolicy, LifecycleStore
 from gateway.match.rules import load_rules
 from gateway.policy.appcontrol import any_port_hosts, plan_rules, rule_paths
+from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
 
 
@@ -28,9 +32,26 @@ def render_config(config: GatewayConfig) -> RenderedRules:
     """Load the rules (RuleError on any bad rule) and render the kernel rules for them."""
     ruleset = load_rules(rule_paths(config))  # + built-in app-control rules (their ports)
     plan = QueuePlan.from_rules(plan_rules(ruleset))
-    base = merge(render(config, plan, any_port_hosts=app_any_port_hosts(config)),
-                 firewall_policy(config))  # fmt: skip
+    queueing = render(
+        config, plan, any_port_hosts=app_any_port_hosts(config), stored_hosts=stored_hosts(config)
+    )
+    base = merge(queueing, firewall_policy(config))
     return merge(base, host_modes(config))
+
+
+def stored_hosts(config: GatewayConfig) -> list[Network]:
+    """The policy store's hosts (addresses and networks), protected like the configuration's
+    `protected_hosts`; none without a policy database."""
+    if not config.policy.database.exists():
+        return []
+    with Store(config.policy.database) as store:
+        return [ipaddress.ip_network(h.address, strict=False) for h in Hosts(store).list_hosts()]
+
+
+def protected_hosts(config: GatewayConfig) -> list[Network]:
+    """Every protected host: the configuration's seed, then the store's, without repeats."""
+    seen = dict.fromkeys([*config.protected_hosts, *stored_hosts(config)])
+    return list(seen)
 
 
 def app_any_port_hosts(config: GatewayConfig) -> list[Network]:

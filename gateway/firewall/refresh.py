@@ -11,6 +11,7 @@ no packet ever meets a missing chain or set and established connections are neve
   atomic per set) and chains (one restore per family); the FORWARD jump goes after PREFIX-FW
   (hostmodes.FORWARD_ORDER) and only when missing. `forward_jumps` reads that order back.
 - `refresh_any_port_hosts`: the sets of hosts whose every TCP port is queued (app control).
+- `refresh_protected_hosts`: the protected-host sets (the configuration's and the store's).
 - `add_learned_tuple`: one tuple into a standalone lockdown set (`vpatch hosts allow --apply`).
 
 Every failure raises FirewallError naming the command and its stderr. `netns`: run the commands
@@ -34,7 +35,7 @@ from gateway.firewall.hostmodes import (
     tuple_element,
 )
 from gateway.firewall.policy import chain_name, list_rules, policy_lines
-from gateway.firewall.render import RenderedRules, render_any_port_hosts
+from gateway.firewall.render import RenderedRules, render_any_port_hosts, render_protected_hosts
 from gateway.lifecycle.state import HostPolicy, LearnedTuple
 from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
@@ -131,6 +132,17 @@ def refresh_any_port_hosts(
     """Refill the any-port host sets of the running `rendered` rules with `hosts`; nothing
     to do when `rendered` has no such sets (nothing is queued at all)."""
     text, names = render_any_port_hosts(rendered.prefix, hosts)
+    if set(names) <= set(rendered.sets):
+        refill_sets(text, names, netns)
+
+
+def refresh_protected_hosts(
+    rendered: RenderedRules, hosts: Sequence[Network], netns: str | None = None
+) -> None:
+    """Refill the protected-host sets of the running `rendered` rules with `hosts` (each set
+    filled beside the live one, then swapped: atomic); nothing to do when `rendered` has no
+    such sets (no rule needs queueing)."""
+    text, names = render_protected_hosts(rendered.prefix, hosts)
     if set(names) <= set(rendered.sets):
         refill_sets(text, names, netns)
 

@@ -14,6 +14,11 @@ Pure: configuration + the ports enabled rules cover in, text out. Nothing here t
   payload, SYN+ACKs and the SYNs conntrack finds to open a new connection (they seed
   reassembly; a SYN injected into a live connection is not queued). The stream depth is
   enforced by the engine, see below.
+- Protected hosts are the configuration's `protected_hosts` (the seed) plus the hosts of the
+  policy store, in the sets prefix-hosts4/6 (hash:net: addresses and networks). The sets and
+  the chains that match them exist whenever a rule needs queueing, even while empty, so that
+  `reload` refills them in place when hosts are added or removed (refresh.py): no rule reload,
+  established flows untouched.
 - Forwarded traffic only: routed and bridged traffic (br_netfilter) both pass FORWARD.
   Mangle FORWARD runs before filter FORWARD, so a packet we accept still meets the host's own
   filter rules.
@@ -68,6 +73,7 @@ from gateway.match.rules import ANY_PORT
 from gateway.vocabulary import Direction
 
 MIN_ANY_PORT_MAXELEM = 4096  # room in the any-port host sets (more if more hosts need it)
+MIN_HOST_MAXELEM = 4096  # room in the protected-host sets (config.MAX_PROTECTED_HOSTS)
 # Common TCP data offsets first: 8 (timestamps, Linux default), 5 (no options, Windows default).
 TCP_DATA_OFFSETS = (8, 5, 10, 6, 7, 9, 11, 12, 13, 14, 15)
 PROTOCOLS = ("tcp", "udp")
@@ -283,15 +289,39 @@ def render_any_port_hosts(prefix: str, hosts: Iterable[Network]) -> tuple[str, l
     return "\n".join(lines) + "\n", list(names.values())
 
 
+def protected_host_sets(prefix: str) -> dict[int, str]:
+    """IP version -> name of the set of protected hosts (what the queueing rules inspect)."""
+    sp = set_prefix(prefix)
+    return {4: f"{sp}hosts4", 6: f"{sp}hosts6"}
+
+
+def render_protected_hosts(prefix: str, hosts: Iterable[Network]) -> tuple[str, list[str]]:
+    """`ipset restore` text creating and filling both families' protected-host sets (room for
+    MIN_HOST_MAXELEM entries at least, so hosts added later fit without re-creating them)."""
+    lines: list[str] = []
+    chosen = _collapse(list(hosts))
+    names = protected_host_sets(prefix)
+    for version, name in names.items():
+        family = "inet" if version == 4 else "inet6"
+        mine = [h for h in chosen if h.version == version]
+        lines.append(
+            f"create {name} hash:net family {family} maxelem {max(MIN_HOST_MAXELEM, len(mine))}"
+        )
+        lines.extend(f"add {name} {h.with_prefixlen}" for h in mine)
+    return "\n".join(lines) + "\n", list(names.values())
+
+
 def render(
     config: GatewayConfig,
     plan: QueuePlan,
     any_port_hosts: Sequence[Network] = (),
+    stored_hosts: Sequence[Network] = (),
 ) -> RenderedRules:
     """Render ipsets and both families' mangle rules for this configuration and port plan.
 
     The host modes and the firewall policy are rendered by their own modules (hostmodes.py,
     policy.py) and joined with `merge` (compose.py does it for `vpatch run`).
+    `stored_hosts`: the policy store's hosts, protected as well as config.protected_hosts.
     `any_port_hosts`: protected hosts whose every TCP port is queued to the server (payload
     only, up to the stream depth), for app control that identifies protocols by content on any
     port; the sets prefix-anyport4/6 always exist so `reload` can refill them
@@ -317,25 +347,24 @@ def render(
             ipset_lines.extend(f"add {name} {port}" for port in _port_spec(ports))
     any_text, any_names = render_any_port_hosts(prefix, any_port_hosts)
     any_sets = any_port_sets(prefix)
+    host_text, host_names = render_protected_hosts(prefix, [*config.protected_hosts, *stored_hosts])
+    host_sets = protected_host_sets(prefix)
     texts: dict[int, str] = {}
     all_chains: list[str] = []
-    for version, family in ((4, "inet"), (6, "inet6")):
-        hosts = [h for h in config.protected_hosts if h.version == version]
-        if not hosts or not port_sets:
-            texts[version] = ""
+    for version in (4, 6):
+        # Rendered whenever a rule needs queueing, even with no protected host of the family
+        # yet: `reload` refills the host sets when hosts are added or removed (refresh.py).
+        texts[version] = ""
+        if not port_sets:
             continue
-        host_set = f"{sp}hosts{version}"
-        text, chains = _render_family(version, config, plan, port_sets, host_set, any_sets[version])
-        texts[version] = text
-        if not text:
-            continue
-        sets.append(host_set)
-        ipset_lines.append(
-            f"create {host_set} hash:net family {family} maxelem {max(len(hosts), 64)}"
+        text, chains = _render_family(
+            version, config, plan, port_sets, host_sets[version], any_sets[version]
         )
-        ipset_lines.extend(f"add {host_set} {h.with_prefixlen}" for h in _collapse(hosts))
+        texts[version] = text
         all_chains.extend(c for c in chains if c not in all_chains)
     if any(texts.values()):
+        sets.extend(host_names)
+        ipset_lines.extend(host_text.splitlines())
         sets.extend(any_names)
         ipset_lines.extend(any_text.splitlines())
     return RenderedRules(

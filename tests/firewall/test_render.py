@@ -27,10 +27,25 @@ def _rules(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(("-A", "-I"))]
 
 
-def test_nothing_queued_without_protected_hosts() -> None:
+def test_without_protected_hosts_the_host_sets_are_empty_but_ready() -> None:
+    # Hosts may be added later (policy store, `reload` refills the sets): the queueing rules
+    # exist and match the empty sets, so nothing is queued until then.
     r = _render("fail_policy: open\n")
-    assert r.ipv4 == "" and r.ipv6 == ""
-    assert "hosts" not in r.ipset
+    assert "--match-set vpatch-hosts4 dst" in r.ipv4 and "--match-set vpatch-hosts6 dst" in r.ipv6
+    assert "create vpatch-hosts4 hash:net family inet maxelem 4096" in r.ipset
+    assert not any(line.startswith("add vpatch-hosts") for line in r.ipset.splitlines())
+
+
+def test_stored_hosts_are_protected_with_the_configured_ones() -> None:
+    config = parse_config("protected_hosts: [198.18.0.20]\n")
+    stored = [ipaddress.ip_network("198.18.5.0/24"), ipaddress.ip_network("2001:2::20")]
+    r = render(config, HTTP_ONLY, stored_hosts=stored)
+    adds = {line for line in r.ipset.splitlines() if line.startswith("add vpatch-hosts")}
+    assert adds == {
+        "add vpatch-hosts4 198.18.0.20/32",
+        "add vpatch-hosts4 198.18.5.0/24",
+        "add vpatch-hosts6 2001:2::20/128",
+    }
 
 
 def test_nothing_queued_without_covered_ports() -> None:
@@ -52,7 +67,9 @@ def test_only_covered_ports_and_protected_hosts() -> None:
     # Every path to the queue passes the hosts set and a port set.
     assert any("-p tcp -m set --match-set vpatch-tcp-srv dst" in x for x in rules)
     assert any("-p udp -m set --match-set vpatch-udp-srv dst" in x for x in rules)
-    assert r.ipv6 == ""  # no IPv6 protected host
+    # no IPv6 protected host yet: the IPv6 rules match the empty set, ready for one
+    assert "--match-set vpatch-hosts6 dst" in r.ipv6
+    assert not any(line.startswith("add vpatch-hosts6") for line in r.ipset.splitlines())
 
 
 def test_to_client_only_when_a_rule_and_depth_ask_for_it() -> None:

@@ -131,7 +131,7 @@ def state(lab: LabSpec, tmp_path: Path) -> Iterator[Path]:
     try:
         yield path
     finally:
-        vpatch_hosts(lab, path, "remove")
+        vpatch_hosts(lab, path, "unapply")
 
 
 def test_setup_protection_until_release(lab: LabSpec, state: Path, listeners: None) -> None:

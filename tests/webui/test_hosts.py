@@ -41,7 +41,7 @@ def test_delete_host_and_group_and_errors(client: FlaskClient, auth: Auth, app: 
     )
     with store_of(app) as s:
         assert Hosts(s).list_hosts() == [] and Hosts(s).list_groups() == []
-        actions = [e.action for e in s.list_audit()]
+        actions = [e.action for e in s.list_audit() if e.action != "gateway.reload"]
     assert actions[:2] == ["group.delete", "host.delete"]  # newest first
     for path in (f"/hosts/{host.id}/delete", f"/hosts/groups/{group.id}/delete"):
         assert client.post(path, data={"csrf_token": token}).status_code == 404
