@@ -4,6 +4,7 @@ creates the first account (`vpatch ui` on a store without users)."""
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
@@ -14,6 +15,7 @@ from webui.db import get_store
 from webui.security import admin_required, csrf_token, login_required
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
+MAX_NEXT_LEN = 2000  # a longer `next` is not one of our pages
 
 
 def ensure_admin(store: Store) -> str | None:
@@ -25,6 +27,23 @@ def ensure_admin(store: Store) -> str | None:
     password = new_password()
     accounts.create_user("admin", password, "admin", "vpatch-ui")
     return password
+
+
+def safe_next(target: str) -> str | None:
+    """`target` when it is a path on this site, else None. Refused: anything but printable
+    ASCII without spaces and backslashes (browsers drop tabs and newlines, read `\\` as `/`
+    and normalise some non-ASCII look-alikes; our own paths are %-encoded), anything
+    that parses with a scheme or a host, a path not starting with exactly one `/`, and one
+    whose %-decoded form would (`/%2F/evil`)."""
+    if len(target) > MAX_NEXT_LEN or any(not 0x20 < ord(c) < 0x7F or c == "\\" for c in target):
+        return None
+    parts = urllib.parse.urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/"):
+        return None
+    decoded = urllib.parse.unquote(parts.path)
+    if decoded.startswith(("//", "/\\")) or target.startswith("//"):
+        return None
+    return target
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -48,10 +67,7 @@ def login() -> Any:
     session.permanent = True
     session["user"] = user.username
     csrf_token()
-    target = request.args.get("next", "")
-    if not target.startswith("/") or target.startswith("//"):
-        target = url_for("dashboard.index")
-    return redirect(target)
+    return redirect(safe_next(request.args.get("next", "")) or url_for("dashboard.index"))
 
 
 @bp.route("/logout", methods=["POST"])

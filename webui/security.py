@@ -140,6 +140,7 @@ def init_app(app: Flask) -> None:
     app.jinja_env.filters["bx"] = bytes_escape
 
     @app.errorhandler(400)
+    @app.errorhandler(401)
     @app.errorhandler(403)
     @app.errorhandler(404)
     @app.errorhandler(405)
