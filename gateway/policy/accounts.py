@@ -4,7 +4,7 @@
 Guarantees:
 - passwords are stored only as scrypt hashes (hashlib.scrypt, random salt, SCRYPT_N/R/P), API
   tokens only as SHA-256 digests (they are 256-bit random, so a fast hash is enough);
-- an unknown user costs the same scrypt hash as a wrong password;
+- an unknown user name costs one scrypt run, exactly as a wrong password does (DUMMY_HASH);
 - login throttling: after THROTTLE_FREE_FAILURES failures (per user and per source address,
   counted since the last success within THROTTLE_WINDOW_S) each further attempt must wait
   2**k seconds (k = failures beyond the free ones), capped at THROTTLE_MAX_DELAY_S; at most
@@ -64,6 +64,12 @@ def hash_password(password: str) -> str:
         password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32
     )
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+# What an unknown user name is checked against: a well-formed hash with our parameters that no
+# password matches (its digest is zeros), so an unknown name costs exactly one scrypt run, like
+# a wrong password (computing a fresh hash here would cost a second one)
+DUMMY_HASH = f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${'00' * SALT_BYTES}${'00' * 32}"
 
 
 def check_password(password: str, stored: str) -> bool:
@@ -157,7 +163,7 @@ class Accounts:
         """The user when the password is right (last_login updated), else None."""
         row = self.db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
         if row is None:
-            check_password(password, hash_password("x" * 8))  # same cost for unknown users
+            check_password(password, DUMMY_HASH)  # one scrypt run, as for a wrong password
             return None
         if not check_password(password, row["password_hash"]):
             return None

@@ -3,9 +3,13 @@ authentication, login throttling, API tokens stored hashed."""
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 import pytest
 
 from gateway.policy.accounts import (
+    SCRYPT_N,
     THROTTLE_FREE_FAILURES,
     Accounts,
     check_password,
@@ -48,6 +52,27 @@ def test_users_and_authentication(accounts: Accounts, store: Store) -> None:
     assert accounts.user_count() == 0
     actions = [a.action for a in reversed(store.list_audit())]
     assert actions == ["user.create", "user.password", "user.delete"]
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [("alice", "long-password"), ("alice", "wrong-password"), ("nobody", "long-password")],
+)
+def test_every_login_costs_one_scrypt_run(
+    accounts: Accounts, monkeypatch: pytest.MonkeyPatch, username: str, password: str
+) -> None:
+    """Unknown names, wrong and right passwords do the same work (no timing oracle)."""
+    accounts.create_user("alice", "long-password", "viewer", "root")
+    calls: list[int] = []
+    real = hashlib.scrypt
+
+    def counting(*args: Any, **kwargs: Any) -> bytes:
+        calls.append(kwargs["n"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "scrypt", counting)
+    accounts.authenticate(username, password)
+    assert calls == [SCRYPT_N]
 
 
 def test_throttling_backs_off_exponentially_per_user_and_source(accounts: Accounts) -> None:
