@@ -190,9 +190,7 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
-def _kept_secret(
-    new: dict[str, Any], old: dict[str, Any], key: str, bound: tuple[str, ...]
-) -> str:
+def _kept_secret(new: dict[str, Any], old: dict[str, Any], key: str, bound: tuple[str, ...]) -> str:
     """The secret `key` of `new`: the one entered, else the old one as long as every setting
     in `bound` (where and how the secret travels) is unchanged; a stored secret is never sent
     to a destination it was not entered for (AlertChannelError naming `key` otherwise)."""

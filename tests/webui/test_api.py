@@ -139,8 +139,6 @@ def test_api_authorization_header_forms(client: FlaskClient, app: Flask) -> None
     for header in (token, f"Basic {token}", "Bearer", "Bearer "):
         resp = client.get("/api/v1/hosts", headers={"Authorization": header})
         assert resp.status_code == 401 and resp.mimetype == "application/json"
-        assert resp.get_json() == {
-            "error": "bearer token required (Authorization: Bearer TOKEN)"
-        }
+        assert resp.get_json() == {"error": "bearer token required (Authorization: Bearer TOKEN)"}
     resp = client.get("/api/v1/hosts", headers={"Authorization": "Bearer vpt_unknown"})
     assert resp.status_code == 401 and resp.get_json() == {"error": "unknown or revoked token"}
