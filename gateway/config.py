@@ -376,6 +376,45 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UiConfig:
+    """The admin web UI (`vpatch ui`, docs/webui.md): sessions, clients, connection limits."""
+
+    trusted_proxies: tuple[Network, ...] = setting(
+        (),
+        "Reverse proxies in front of the UI. Only when the connecting peer is one of them is "
+        "`X-Forwarded-For` read, and the client is its right-most address that is not a trusted "
+        "proxy (login throttling counts per client). Empty: the connecting address is the client.",
+        hi=64,
+    )
+    session_idle: float = setting(
+        1800.0, "Seconds without a request after which a UI session ends.", lo=60, hi=MAX_SECONDS
+    )
+    session_lifetime: float = setting(
+        28800.0,
+        "Seconds after login at which a UI session ends, however active (absolute lifetime).",
+        lo=300,
+        hi=30 * MAX_SECONDS,
+    )
+    connection_limit: int = setting(
+        500,
+        "Open connections waitress serves at once; beyond it new ones wait in the listen "
+        "backlog. Slow clients are cut by `request_timeout`, so they cannot hold them all.",
+        lo=10,
+        hi=10000,
+    )
+    request_timeout: float = setting(
+        15.0,
+        "Seconds a client gets to send one whole request (head and body) once it has started; "
+        "slower ones (slowloris) are disconnected.",
+        lo=1,
+        hi=600,
+    )
+    idle_timeout: float = setting(
+        30.0, "Seconds an idle keep-alive connection stays open.", lo=1, hi=3600
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     protected_hosts: tuple[Network, ...] = setting(
         (),
@@ -408,6 +447,7 @@ class GatewayConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     workers: WorkerConfig = field(default_factory=WorkerConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
     source: str = "<defaults>"  # the file this came from (for messages); not a key
 
 

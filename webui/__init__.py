@@ -24,6 +24,7 @@ from typing import Any
 
 from flask import Flask
 
+from gateway.config import UiConfig
 from webui import (
     alerts,
     api,
@@ -41,7 +42,8 @@ from webui import (
 log = logging.getLogger("vpatch.ui")
 
 SECRET_FILE = "ui-secret.key"
-SESSION_HOURS = 8
+SESSION_IDLE_S = UiConfig().session_idle  # the defaults of `ui.*` (gateway/config.py)
+SESSION_LIFETIME_S = UiConfig().session_lifetime
 
 
 def load_secret(state_dir: Path) -> bytes:
@@ -75,12 +77,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_NAME="vpatch_session",
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
+        SESSION_IDLE=SESSION_IDLE_S,
+        SESSION_LIFETIME=SESSION_LIFETIME_S,
+        TRUSTED_PROXIES=(),  # networks (ipaddress) whose X-Forwarded-For is believed
         RELOAD_TIMEOUT=5.0,
         MAX_CONTENT_LENGTH=1 << 20,
     )
     if test_config is not None:
         app.config.from_mapping(test_config)
+    app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(seconds=app.config["SESSION_LIFETIME"])
     state_dir = Path(app.config["STATE_DIR"] or Path(app.config["POLICY_DB"]).parent)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = load_secret(state_dir)

@@ -1,19 +1,46 @@
-"""Login, logout, own API tokens. Logins are throttled per user and per source address
-(exponential backoff, gateway/policy/accounts.py) and every failure is audited. `ensure_admin`
-creates the first account (`vpatch ui` on a store without users)."""
+"""Login, logout, API tokens. Logins are throttled per real client, per account and per known
+device (gateway/policy/throttle.py; the client comes from X-Forwarded-For only through the
+configured trusted proxies, `ui.trusted_proxies`) and every failure is audited. A successful
+login starts a server-side session (gateway/policy/sessions.py) and leaves a signed device
+cookie naming the account's id, so the same browser can log in during an attack. After login
+the browser goes to `next` only when it is a path on this site (`safe_next`). Admins see and
+revoke every user's tokens. `ensure_admin` creates the first account (`vpatch ui` on a store
+without users)."""
 
 from __future__ import annotations
 
+import ipaddress
+import secrets
+import time
+import urllib.parse
 from typing import Any
 
-from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from itsdangerous import BadData, URLSafeTimedSerializer
+from werkzeug.wrappers import Response
 
-from gateway.policy.accounts import Accounts, new_password
+from gateway.policy.accounts import Accounts, User, new_password
 from gateway.policy.store import Store
+from gateway.policy.throttle import LoginAttempt, LoginThrottle
 from webui.db import get_store
-from webui.security import admin_required, csrf_token, login_required
+from webui.security import admin_required, csrf_token, login_required, ui_sessions
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
+MAX_NEXT_LEN = 2000  # a longer `next` is not one of our pages
+DEVICE_COOKIE = "vpatch_device"
+DEVICE_DAYS = 90
+MAX_FORWARDED_HOPS = 32
 
 
 def ensure_admin(store: Store) -> str | None:
@@ -27,6 +54,69 @@ def ensure_admin(store: Store) -> str | None:
     return password
 
 
+def safe_next(target: str) -> str | None:
+    """`target` when it is a path on this site, else None. Refused: anything but printable
+    ASCII without spaces and backslashes (browsers drop tabs and newlines, read `\\` as `/`
+    and normalise some non-ASCII look-alikes; our own paths are %-encoded), anything
+    that parses with a scheme or a host, a path not starting with exactly one `/`, and one
+    whose %-decoded form would (`/%2F/evil`)."""
+    if len(target) > MAX_NEXT_LEN or any(not 0x20 < ord(c) < 0x7F or c == "\\" for c in target):
+        return None
+    parts = urllib.parse.urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/"):
+        return None
+    decoded = urllib.parse.unquote(parts.path)
+    if decoded.startswith(("//", "/\\")) or target.startswith("//"):
+        return None
+    return target
+
+
+def client_address() -> str:
+    """The real client: the connecting peer, or when that is a trusted proxy the right-most
+    X-Forwarded-For address that is not one (a proxy appends the peer it saw; what a client
+    wrote to the left of that is not believed)."""
+    peer = request.remote_addr or "unknown"
+    proxies = current_app.config["TRUSTED_PROXIES"]
+    try:
+        hop = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    forwarded = ",".join(request.headers.getlist("X-Forwarded-For")).split(",")
+    for text in reversed(forwarded[-MAX_FORWARDED_HOPS:]):
+        if not any(hop in net for net in proxies):
+            return str(hop)
+        try:
+            hop = ipaddress.ip_address(text.strip())
+        except ValueError:
+            return str(hop)  # the last trusted proxy wrote no address: it is the client
+    return str(hop)
+
+
+def _devices() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="vpatch-device")
+
+
+def _device_of(user: User | None) -> str:
+    """The device id of this browser's device cookie when it belongs to `user`, else ""."""
+    raw = request.cookies.get(DEVICE_COOKIE, "")
+    if user is None or not raw:
+        return ""
+    try:
+        user_id, created, device = _devices().loads(raw, max_age=DEVICE_DAYS * 86400)
+    except (BadData, TypeError, ValueError):
+        return ""
+    # the creation time too: SQLite may give a user deleted and created again the same id
+    return str(device) if [user_id, created] == [user.id, user.created] else ""
+
+
+def _remember_device(response: Response, user: User, device: str) -> None:
+    value = _devices().dumps([user.id, user.created, device or secrets.token_urlsafe(16)])
+    response.set_cookie(
+        DEVICE_COOKIE, value, max_age=DEVICE_DAYS * 86400, path="/auth/", httponly=True,
+        samesite="Strict", secure=bool(current_app.config["SESSION_COOKIE_SECURE"]),
+    )  # fmt: skip
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
     if request.method == "GET":
@@ -34,28 +124,32 @@ def login() -> Any:
         return render_template("auth/login.html")
     username = request.form.get("username", "")[:128]
     password = request.form.get("password", "")[:1024]
-    source = request.remote_addr or "unknown"
     accounts = Accounts(get_store())
-    wait = accounts.login_wait(username, source)
+    account = accounts.get_user(username)
+    attempt = LoginAttempt(username, client_address(), _device_of(account))
+    throttle = LoginThrottle(get_store())
+    wait = throttle.wait(attempt, time.time())
     if wait > 0:
         abort(429, description=f"too many failed logins; try again in {wait:.0f} s")
     user = accounts.authenticate(username, password)
-    accounts.record_login(username, source, user is not None)
+    throttle.record(attempt, user is not None, account is not None, time.time())
     if user is None:
         flash("wrong user name or password")
         return render_template("auth/login.html"), 401
     session.clear()
     session.permanent = True
-    session["user"] = user.username
+    session["uid"] = user.id
+    session["sid"] = ui_sessions().begin(user.id, time.time())
     csrf_token()
-    target = request.args.get("next", "")
-    if not target.startswith("/") or target.startswith("//"):
-        target = url_for("dashboard.index")
-    return redirect(target)
+    response = redirect(safe_next(request.args.get("next", "")) or url_for("dashboard.index"))
+    _remember_device(response, user, attempt.device)
+    return response
 
 
 @bp.route("/logout", methods=["POST"])
 def logout() -> Any:
+    if session.get("sid"):
+        ui_sessions().end(str(session["sid"]))
     session.clear()
     return redirect(url_for("auth.login"))
 

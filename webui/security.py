@@ -1,6 +1,9 @@
 """Authentication, roles, CSRF and response hardening shared by every blueprint.
 
-- `g.user` is the logged-in User (session, HTML blueprints) or the token's User (API);
+- `g.user` is the logged-in User (HTML blueprints) or the token's User (API); the session
+  cookie holds a random id of a server-side session (gateway/policy/sessions.py) and the user's
+  id, and a session that ended (logout, password or role change, deleted user, idle or
+  lifetime over: config `ui.session_idle`, `ui.session_lifetime`) is cleared;
 - `login_required` refuses anonymous requests (HTML: redirect to the login page; JSON: 401);
 - `admin_required` refuses viewers (403): viewers can read everything and change nothing;
 - CSRF: a random per-session token, compared in constant time on every POST/PUT/PATCH/DELETE
@@ -14,12 +17,14 @@ from __future__ import annotations
 import functools
 import hmac
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from flask import (
     Flask,
     abort,
+    current_app,
     g,
     jsonify,
     redirect,
@@ -31,6 +36,7 @@ from flask import (
 from markupsafe import Markup, escape
 
 from gateway.policy.accounts import Accounts
+from gateway.policy.sessions import Sessions
 from webui.db import get_store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,15 +66,23 @@ def _check_csrf() -> None:
         abort(400, description="missing or invalid CSRF token; reload the page and try again")
 
 
+def ui_sessions() -> Sessions:
+    cfg = current_app.config
+    return Sessions(get_store(), float(cfg["SESSION_IDLE"]), float(cfg["SESSION_LIFETIME"]))
+
+
 def _load_user() -> None:
     g.user = None
     if request.path.startswith("/api/v1/"):
         return  # the API blueprint authenticates by bearer token
-    uid = session.get("user")
-    if uid:
-        g.user = Accounts(get_store()).get_user(str(uid))
-        if g.user is None:
-            session.clear()
+    sid, uid = session.get("sid"), session.get("uid")
+    if not sid:
+        return
+    live = ui_sessions().user_id(str(sid), time.time())
+    if live is not None and live == uid:
+        g.user = Accounts(get_store()).user_by_id(live)
+    if g.user is None:
+        session.clear()
 
 
 def _headers(response: Any) -> Any:
@@ -140,6 +154,7 @@ def init_app(app: Flask) -> None:
     app.jinja_env.filters["bx"] = bytes_escape
 
     @app.errorhandler(400)
+    @app.errorhandler(401)
     @app.errorhandler(403)
     @app.errorhandler(404)
     @app.errorhandler(405)

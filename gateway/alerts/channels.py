@@ -15,7 +15,8 @@ Guarantees: every send has a timeout (SEND_TIMEOUT) and reports failure as Alert
 the channel and the cause; nothing here raises anything else for network trouble. Validation
 raises AlertChannelError whose `field` names the offending field. Secrets (SMTP password,
 webhook secret) are kept in the store (0600) and never written to the audit trail or returned
-by `public_settings`.
+by `public_settings`; a stored secret is kept on update only while its destination is unchanged
+(`_kept_secret`), so it is never sent to a server it was not entered for.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ SYSLOG_FACILITIES = {
     "local4": 20, "local5": 21, "local6": 22, "local7": 23,
 }  # fmt: skip
 SECRET_KEYS = ("password", "secret")
+# The SMTP settings a stored password is bound to: change one and the password must be entered
+# again (else "send test" would hand the stored password to a new server, or in clear text)
+SMTP_SECRET_BOUND = ("host", "port", "username", "starttls")
 SD_ID = "vpatch@32473"
 SIGNATURE_HEADER = "X-Vpatch-Signature"
 
@@ -181,8 +185,29 @@ def _text(data: dict[str, Any], key: str, max_len: int = 512, required: bool = F
     return text
 
 
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _kept_secret(new: dict[str, Any], old: dict[str, Any], key: str, bound: tuple[str, ...]) -> str:
+    """The secret `key` of `new`: the one entered, else the old one as long as every setting
+    in `bound` (where and how the secret travels) is unchanged; a stored secret is never sent
+    to a destination it was not entered for (AlertChannelError naming `key` otherwise)."""
+    if new[key] or not old.get(key):
+        return str(new[key])
+    changed = [k for k in bound if new.get(k) != old.get(k)]
+    if changed:
+        raise AlertChannelError(
+            key, f"{', '.join(changed)} changed: enter the {key} again (the stored one is kept "
+            "only for the destination it was entered for)",
+        )  # fmt: skip
+    return str(old[key])
+
+
 def validate_settings(kind: str, data: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
-    """Settings for a channel of `kind`; a secret left empty keeps the old one."""
+    """Settings for a channel of `kind`; a secret left empty keeps the old one while its
+    destination (SMTP host, port, user, STARTTLS; webhook scheme, host and port) is unchanged."""
     if kind == "email":
         to = [a.strip() for a in _text(data, "to", 2000, True).split(",") if a.strip()]
         if not to or len(to) > MAX_RECIPIENTS or not all("@" in a for a in to):
@@ -193,9 +218,10 @@ def validate_settings(kind: str, data: dict[str, Any], old: dict[str, Any]) -> d
         out: dict[str, Any] = {
             "host": _text(data, "host", 253, True), "port": _int(data, "port", 25, 1, 65535),
             "starttls": _bool(data, "starttls", False), "username": _text(data, "username"),
-            "password": _text(data, "password") or old.get("password", ""),
+            "password": _text(data, "password"),
             "sender": sender, "to": ", ".join(to), "ca_file": _text(data, "ca_file"),
         }  # fmt: skip
+        out["password"] = _kept_secret(out, old, "password", SMTP_SECRET_BOUND)
         if out["ca_file"] and not os.path.isfile(out["ca_file"]):
             raise AlertChannelError("ca_file", f"{out['ca_file']!r}: no such file")
         return out
@@ -204,7 +230,12 @@ def validate_settings(kind: str, data: dict[str, Any], old: dict[str, Any]) -> d
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise AlertChannelError("url", f"{url!r} must be an http:// or https:// URL")
-        return {"url": url, "secret": _text(data, "secret") or old.get("secret", "")}
+        out = {"url": url, "secret": _text(data, "secret"), "origin": _origin(url)}
+        if old.get("url"):
+            old = {**old, "origin": _origin(old["url"])}
+        out["secret"] = _kept_secret(out, old, "secret", ("origin",))
+        del out["origin"]
+        return out
     if kind == "syslog":
         transport = _text(data, "transport") or "udp"
         if transport not in SYSLOG_TRANSPORTS:

@@ -84,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
         "CONTROL_SOCKET": str(config.control.socket),
         "RULE_PATHS": [str(p) for p in config.rules],
         "SESSION_COOKIE_SECURE": not args.insecure_cookies,
+        "SESSION_IDLE": config.ui.session_idle,
+        "SESSION_LIFETIME": config.ui.session_lifetime,
+        "TRUSTED_PROXIES": config.ui.trusted_proxies,
     })  # fmt: skip
     if password is not None:
         print(f"vpatch ui: created user 'admin' with password: {password}", flush=True)

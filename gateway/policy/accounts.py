@@ -1,14 +1,14 @@
-"""The UI's and the API's accounts in the policy store: users, API tokens and login throttling
-(tables users, api_tokens, login_attempts of gateway/policy/store.py, migration 1).
+"""The UI's and the API's accounts in the policy store: users and API tokens (tables users,
+api_tokens of gateway/policy/store.py, migrations 1 and 5). Login throttling is
+gateway/policy/throttle.py, UI sessions gateway/policy/sessions.py.
 
 Guarantees:
 - passwords are stored only as scrypt hashes (hashlib.scrypt, random salt, SCRYPT_N/R/P), API
   tokens only as SHA-256 digests (they are 256-bit random, so a fast hash is enough);
-- an unknown user costs the same scrypt hash as a wrong password;
-- login throttling: after THROTTLE_FREE_FAILURES failures (per user and per source address,
-  counted since the last success within THROTTLE_WINDOW_S) each further attempt must wait
-  2**k seconds (k = failures beyond the free ones), capped at THROTTLE_MAX_DELAY_S; at most
-  MAX_LOGIN_ATTEMPT_ROWS attempts are kept (the oldest are pruned);
+- an unknown user name costs one scrypt run, exactly as a wrong password does (DUMMY_HASH);
+- a password change, a role change and a deletion end every UI session of the user, in the
+  same transaction;
+- an API token works until it is revoked (by its owner or any admin) or its expiry passes;
 - every change writes one audit row in its transaction (a failed login too).
 Errors are `StoreError` naming the value and the table.
 """
@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.policy.sessions import end_all
 from gateway.policy.store import MAX_LIST, MAX_NAME_LEN, ROLES, Store, StoreError, check_name
 
 SCRYPT_N = 2**14  # ~50 ms per hash here: slow for guessing, fine for a login
@@ -30,10 +31,7 @@ SCRYPT_R = 8
 SCRYPT_P = 1
 SALT_BYTES = 16
 TOKEN_BYTES = 32
-THROTTLE_FREE_FAILURES = 3
-THROTTLE_WINDOW_S = 3600.0
-THROTTLE_MAX_DELAY_S = 900.0
-MAX_LOGIN_ATTEMPT_ROWS = 100_000  # older rows are pruned beyond this
+MAX_TOKEN_DAYS = 3650  # the longest expiry a token can be given
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +50,7 @@ class ApiToken:
     name: str
     created: float
     last_used: float | None
+    expires: float | None = None  # None: until revoked
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,6 +63,12 @@ def hash_password(password: str) -> str:
         password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32
     )
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+# What an unknown user name is checked against: a well-formed hash with our parameters that no
+# password matches (its digest is zeros), so an unknown name costs exactly one scrypt run, like
+# a wrong password (computing a fresh hash here would cost a second one)
+DUMMY_HASH = f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${'00' * SALT_BYTES}${'00' * 32}"
 
 
 def check_password(password: str, stored: str) -> bool:
@@ -111,6 +116,10 @@ class Accounts:
         row = self.db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
         return self._user(row) if row else None
 
+    def user_by_id(self, user_id: int) -> User | None:
+        row = self.db.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+        return self._user(row) if row else None
+
     def list_users(self) -> list[User]:
         rows = self.db.execute("SELECT * FROM users ORDER BY username LIMIT ?", (MAX_LIST,))
         return [self._user(r) for r in rows]
@@ -137,13 +146,27 @@ class Accounts:
         if len(password) < 8:
             raise StoreError(f"users.password for {username!r}: at least 8 characters")
         with self.store.transaction():
-            cur = self.db.execute(
-                "UPDATE users SET password_hash = ? WHERE username = ?",
-                (hash_password(password), username),
-            )
-            if cur.rowcount == 0:
+            user = self.get_user(username)
+            if user is None:
                 raise StoreError(f"users.username {username!r}: no such user")
+            self.db.execute(
+                "UPDATE users SET password_hash = ? WHERE id = ?",
+                (hash_password(password), user.id),
+            )
+            end_all(self.db, user.id)
             self.store.audit(actor, "user.password", username, None, None)
+
+    def set_role(self, username: str, role: str, actor: str) -> None:
+        """Change a user's role; their sessions end (they log in again with the new role)."""
+        if role not in ROLES:
+            raise StoreError(f"users.role {role!r}: must be one of {', '.join(ROLES)}")
+        with self.store.transaction():
+            user = self.get_user(username)
+            if user is None:
+                raise StoreError(f"users.username {username!r}: no such user")
+            self.db.execute("UPDATE users SET role = ? WHERE id = ?", (role, user.id))
+            end_all(self.db, user.id)
+            self.store.audit(actor, "user.role", username, {"role": user.role}, {"role": role})
 
     def delete_user(self, username: str, actor: str) -> None:
         with self.store.transaction():
@@ -157,87 +180,52 @@ class Accounts:
         """The user when the password is right (last_login updated), else None."""
         row = self.db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
         if row is None:
-            check_password(password, hash_password("x" * 8))  # same cost for unknown users
+            check_password(password, DUMMY_HASH)  # one scrypt run, as for a wrong password
             return None
         if not check_password(password, row["password_hash"]):
             return None
         self.db.execute("UPDATE users SET last_login = ? WHERE id = ?", (time.time(), row["id"]))
         return self.get_user(username)
 
-    # -- login throttling ---------------------------------------------------------------------
-
-    def _failures(self, column: str, value: str, now: float) -> tuple[int, float]:
-        since_row = self.db.execute(
-            f"SELECT MAX(ts) FROM login_attempts WHERE {column} = ? AND success = 1", (value,)
-        ).fetchone()
-        since = max(since_row[0] or 0.0, now - THROTTLE_WINDOW_S)
-        row = self.db.execute(
-            f"SELECT COUNT(*), MAX(ts) FROM login_attempts "
-            f"WHERE {column} = ? AND success = 0 AND ts > ?",
-            (value, since),
-        ).fetchone()
-        return int(row[0]), float(row[1] or 0.0)
-
-    def login_wait(self, username: str, source: str, now: float | None = None) -> float:
-        """Seconds the next login attempt for this user or from this source must still wait."""
-        now = time.time() if now is None else now
-        wait = 0.0
-        for column, value in (("username", username), ("source", source)):
-            count, last = self._failures(column, value, now)
-            extra = count - THROTTLE_FREE_FAILURES
-            if extra >= 0:
-                delay = min(2.0**extra, THROTTLE_MAX_DELAY_S)
-                wait = max(wait, last + delay - now)
-        return max(wait, 0.0)
-
-    def record_login(
-        self, username: str, source: str, success: bool, now: float | None = None
-    ) -> None:
-        now = time.time() if now is None else now
-        with self.store.transaction():
-            self.db.execute(
-                "INSERT INTO login_attempts(ts, username, source, success) VALUES (?,?,?,?)",
-                (now, username[:MAX_NAME_LEN], source[:64], int(success)),
-            )
-            self.db.execute(
-                "DELETE FROM login_attempts WHERE id <= (SELECT MAX(id) FROM login_attempts) - ?",
-                (MAX_LOGIN_ATTEMPT_ROWS,),
-            )
-            if not success:
-                self.store.audit(username[:MAX_NAME_LEN], "login.failed", source[:64], None, None)
-
     # -- API tokens ---------------------------------------------------------------------------
 
-    def create_token(self, username: str, name: str, actor: str) -> str:
-        """A new bearer token for `username`; the plaintext is returned once, only its hash kept."""
+    def create_token(self, username: str, name: str, actor: str, days: float | None = None) -> str:
+        """A new bearer token for `username`, valid for `days` (None: until revoked); the
+        plaintext is returned once, only its hash kept."""
         user = self.get_user(username)
         if user is None:
             raise StoreError(f"api_tokens: user {username!r} does not exist")
+        if days is not None and not 0 < days <= MAX_TOKEN_DAYS:
+            raise StoreError(f"api_tokens.expires {days!r} days: must be 0..{MAX_TOKEN_DAYS}")
         token = "vpt_" + secrets.token_urlsafe(TOKEN_BYTES)
+        now = time.time()
+        expires = None if days is None else now + days * 86400
         with self.store.transaction():
             self.db.execute(
-                "INSERT INTO api_tokens(token_hash, user_id, name, created) VALUES (?,?,?,?)",
-                (token_digest(token), user.id, name[:MAX_NAME_LEN], time.time()),
+                "INSERT INTO api_tokens(token_hash, user_id, name, created, expires) "
+                "VALUES (?,?,?,?,?)",
+                (token_digest(token), user.id, name[:MAX_NAME_LEN], now, expires),
             )
-            self.store.audit(actor, "token.create", username, None, {"name": name[:MAX_NAME_LEN]})
+            self.store.audit(actor, "token.create", username, None,
+                             {"name": name[:MAX_NAME_LEN], "expires": expires})  # fmt: skip
         return token
 
-    def token_user(self, token: str) -> User | None:
+    def token_user(self, token: str, now: float | None = None) -> User | None:
+        """The user of a live token (last_used updated), None when unknown, revoked or expired."""
+        now = time.time() if now is None else now
         row = self.db.execute(
-            "SELECT t.id AS tid, u.* FROM api_tokens t JOIN users u ON u.id = t.user_id "
-            "WHERE t.token_hash = ?",
+            "SELECT t.id AS tid, t.expires AS texp, u.* FROM api_tokens t "
+            "JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?",
             (token_digest(token),),
         ).fetchone()
-        if row is None:
+        if row is None or (row["texp"] is not None and row["texp"] <= now):
             return None
-        self.db.execute(
-            "UPDATE api_tokens SET last_used = ? WHERE id = ?", (time.time(), row["tid"])
-        )
+        self.db.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?", (now, row["tid"]))
         return self._user(row)
 
     def list_tokens(self, username: str | None = None) -> list[ApiToken]:
         sql = (
-            "SELECT t.id, u.username, t.name, t.created, t.last_used FROM api_tokens t "
+            "SELECT t.id, u.username, t.name, t.created, t.last_used, t.expires FROM api_tokens t "
             "JOIN users u ON u.id = t.user_id"
         )
         args: tuple[Any, ...] = ()
@@ -245,11 +233,17 @@ class Accounts:
             sql += " WHERE u.username = ?"
             args = (username,)
         rows = self.db.execute(sql + " ORDER BY t.id LIMIT ?", (*args, MAX_LIST))
-        return [ApiToken(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        return [ApiToken(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     def revoke_token(self, token_id: int, actor: str) -> None:
         with self.store.transaction():
-            cur = self.db.execute("DELETE FROM api_tokens WHERE id = ?", (token_id,))
-            if cur.rowcount == 0:
+            row = self.db.execute(
+                "SELECT u.username, t.name FROM api_tokens t JOIN users u ON u.id = t.user_id "
+                "WHERE t.id = ?",
+                (token_id,),
+            ).fetchone()
+            if row is None:
                 raise StoreError(f"api_tokens.id {token_id}: no such token")
-            self.store.audit(actor, "token.revoke", str(token_id), None, None)
+            self.db.execute("DELETE FROM api_tokens WHERE id = ?", (token_id,))
+            self.store.audit(actor, "token.revoke", str(token_id),
+                             {"user": row[0], "name": row[1]}, None)  # fmt: skip

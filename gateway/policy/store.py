@@ -5,10 +5,11 @@ Owns the schema of docs/policy.md (hosts, groups, assignments, audit, and the ta
 feature added), created by numbered migrations (`MIGRATIONS`, applied in order, recorded in
 `PRAGMA user_version`; a migration is never edited once shipped, a new one is appended).
 The rows of each table are read and written by the module of the feature that owns it, over a
-`Store`: gateway/policy/accounts.py (users, api_tokens, login_attempts), hosts.py (hosts,
-groups), assignments.py, exceptions.py, snapshot.py (the gateway's read of them),
-gateway/lifecycle/state.py (migration 3), gateway/firewall/policy.py and gateway/alerts/
-(migration 2), gateway/scan/jobs.py (migration 4). Guarantees:
+`Store`: gateway/policy/accounts.py (users, api_tokens), throttle.py (login_attempts),
+sessions.py (ui_sessions, migration 5), hosts.py (hosts, groups), assignments.py,
+exceptions.py, snapshot.py (the gateway's read of them), gateway/lifecycle/state.py
+(migration 3), gateway/firewall/policy.py and gateway/alerts/ (migration 2),
+gateway/scan/jobs.py (migration 4). Guarantees:
 - every connection runs with WAL, `busy_timeout` (BUSY_TIMEOUT_MS) and foreign keys on;
 - the database file is created owner-only (it holds password hashes);
 - `audit()` writes one audit row (actor, action, target, before/after as JSON); every change
@@ -151,6 +152,19 @@ MIGRATIONS: tuple[str, ...] = (
         id INTEGER PRIMARY KEY, host TEXT NOT NULL UNIQUE, interval_s REAL NOT NULL,
         enabled INTEGER NOT NULL DEFAULT 1, last_run REAL NULL, updated_by TEXT NOT NULL,
         updated_at REAL NOT NULL);
+    """,
+    # 5: server-side UI sessions, API token expiry, login attempts per client and account
+    # (issue 15: gateway/policy/sessions.py, accounts.py, throttle.py)
+    """
+    CREATE TABLE ui_sessions(
+        id_hash TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created REAL NOT NULL, last_seen REAL NOT NULL);
+    CREATE INDEX ui_sessions_user ON ui_sessions(user_id);
+    ALTER TABLE api_tokens ADD COLUMN expires REAL NULL;
+    ALTER TABLE login_attempts ADD COLUMN account INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE login_attempts ADD COLUMN device TEXT NOT NULL DEFAULT '';
+    CREATE INDEX login_attempts_device ON login_attempts(device, ts);
     """,
 )
 

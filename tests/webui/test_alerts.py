@@ -6,13 +6,22 @@ viewers and anonymous users change nothing, the JSON API does the same with a to
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
 from gateway.alerts.channels import list_channels
 from gateway.policy.accounts import Accounts
 from gateway.policy.store import Store
-from tests.alerts.conftest import free_port, syslog_udp, wait_for, webhook  # noqa: F401 (fixtures)
+from tests.alerts.conftest import (  # noqa: F401 (fixtures)
+    _smtp,
+    free_port,
+    smtp_tls,
+    syslog_udp,
+    tls_cert,
+    wait_for,
+    webhook,
+)
 from tests.webui.conftest import VIEWER_PW
 
 
@@ -104,3 +113,33 @@ def test_api(client: Any, app: Any, webhook: Any) -> None:
     assert client.delete(f"/api/v1/alerts/{cid}", headers=vh).status_code == 403
     assert client.delete(f"/api/v1/alerts/{cid}", headers=h).status_code == 200
     assert client.delete(f"/api/v1/alerts/{cid}", headers=h).status_code == 404
+
+
+def test_stored_smtp_password_never_goes_to_a_new_server(
+    client: Any, app: Any, smtp_tls: Any, tls_cert: Any
+) -> None:
+    """Changing where an email channel sends (host, port, user, STARTTLS) and pressing "send
+    test" must not hand the stored password to the new server: the password is asked again."""
+    with store_of(app) as store:
+        h = {"Authorization": f"Bearer {Accounts(store).create_token('admin', 't', 'test')}"}
+    settings = {"host": "127.0.0.1", "port": smtp_tls.port, "starttls": True, "username": "gw",
+                "password": "smtp-secret", "sender": "gw@lab.test", "to": "ops@lab.test",
+                "ca_file": str(smtp_tls.cert)}  # fmt: skip
+    body = {"name": "mail", "kind": "email", "settings": settings}
+    cid = client.post("/api/v1/alerts", json=body, headers=h).get_json()["id"]
+    with contextlib.contextmanager(_smtp)(tls_cert) as other:
+        for change in ({"port": other.port}, {"host": "localhost", "port": other.port},
+                       {"username": "someone"}, {"starttls": False}):  # fmt: skip
+            moved = {**body, "settings": {**settings, "password": "", **change}}
+            resp = client.put(f"/api/v1/alerts/{cid}", json=moved, headers=h)
+            assert resp.status_code == 400 and resp.get_json()["field"] == "password", change
+            assert "enter the password again" in resp.get_json()["error"]
+        # unchanged destination: an empty password keeps the stored one
+        same = {**body, "min_severity": 2, "settings": {**settings, "password": ""}}
+        assert client.put(f"/api/v1/alerts/{cid}", json=same, headers=h).status_code == 200
+        assert client.post(f"/api/v1/alerts/{cid}/test", headers=h).get_json()["ok"] is True
+        wait_for(smtp_tls.messages)
+        assert other.logins == [] and smtp_tls.logins == [("gw", "smtp-secret")]
+        # a new server with the password entered again is fine
+        moved = {**body, "settings": {**settings, "port": other.port}}
+        assert client.put(f"/api/v1/alerts/{cid}", json=moved, headers=h).status_code == 200

@@ -138,5 +138,7 @@ def test_api_authorization_header_forms(client: FlaskClient, app: Flask) -> None
         assert client.get("/api/v1/hosts", headers={"Authorization": header}).status_code == 200
     for header in (token, f"Basic {token}", "Bearer", "Bearer "):
         resp = client.get("/api/v1/hosts", headers={"Authorization": header})
-        # (the 401 body is Werkzeug's HTML page: security.init_app has no 401 JSON handler)
-        assert resp.status_code == 401 and b"bearer token required" in resp.data
+        assert resp.status_code == 401 and resp.mimetype == "application/json"
+        assert resp.get_json() == {"error": "bearer token required (Authorization: Bearer TOKEN)"}
+    resp = client.get("/api/v1/hosts", headers={"Authorization": "Bearer vpt_unknown"})
+    assert resp.status_code == 401 and resp.get_json() == {"error": "unknown or revoked token"}
