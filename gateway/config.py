@@ -428,8 +428,10 @@ class GatewayConfig:
     )
     rules: tuple[Path, ...] = setting(
         (BUNDLED_RULES,),
-        "Rule files or directories. One bad rule stops start-up (file:line and reason). Only "
-        "ports covered by these rules are queued.",
+        "Rule files or directories, e.g. the pack plus a local directory such as "
+        "`/etc/vpatch/rules.d`. One bad rule stops start-up (file:line and reason). Only "
+        "ports covered by these rules are queued. `vpatch rules reload` loads them again "
+        "into the running gateway (no restart; a bad rule refuses the reload).",
         shown="the bundled `rules/` directory",
         example="[/etc/vpatch/rules]",
     )

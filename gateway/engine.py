@@ -289,10 +289,12 @@ class Engine:
         """FlowTable's hint for orienting flows picked up mid-stream: a port a rule covers."""
         return self.matcher.covers(proto, port)
 
-    def swap_rules(self, ruleset: RuleSet) -> None:
-        """Build a Matcher for `ruleset` and use it for new flows (raises RuleError if it
-        cannot compile; the old matcher then stays in place)."""
-        matcher = Matcher(ruleset)
+    def swap_rules(self, ruleset: RuleSet, matcher: Matcher | None = None) -> None:
+        """Use `ruleset` for new flows, with `matcher` if it was built for it, else a Matcher
+        built here (raises RuleError if it cannot compile; the old matcher then stays in
+        place). Flows in progress finish with the matcher they started with."""
+        if matcher is None or matcher.ruleset is not ruleset:
+            matcher = Matcher(ruleset)
         self.ruleset = ruleset
         self.matcher = matcher
 

@@ -23,9 +23,13 @@ rendered text), `policy` (the stored policy and the versions applied) and `reloa
 store is compiled here first (a bad policy is refused before any worker sees it), the firewall
 policy chain, host-mode sets/chains and any-port host sets are rewritten in place
 (gateway/firewall/refresh.py), then every worker applies the new policy version between
-packets (no restart, flows kept). The lifecycle monitor (NFLOG: learned tuples, lockdown
-events into the gateway's event sinks) runs as a thread; its failure is logged and never stops
-the gateway (the kernel enforces the modes).
+packets (no restart, flows kept); the protected-host sets are refilled from the configuration
+and the store. `rules-reload`: the rule files are loaded and compiled here first (any bad rule
+refuses the whole reload, RuleError naming file, line and reason, and nothing changes), every
+worker builds and swaps in the new set in the background (gateway/intake/nfqueue.py
+RuleLoader: verdicts go on meanwhile), then the kernel's port sets follow. The lifecycle
+monitor (NFLOG: learned tuples, lockdown events into the gateway's event sinks) runs as a
+thread; its failure is logged and never stops the gateway (the kernel enforces the modes).
 """
 
 from __future__ import annotations
@@ -54,19 +58,24 @@ from gateway.firewall.refresh import (
     refresh_any_port_hosts,
     refresh_hostmodes,
     refresh_policy,
+    refresh_port_sets,
     refresh_protected_hosts,
 )
-from gateway.firewall.render import RenderedRules
+from gateway.firewall.render import QueuePlan, RenderedRules
 from gateway.intake.nfqueue import WorkerStats, load_policy, start_worker
 from gateway.intake.queuestats import read_queue_counters
 from gateway.lifecycle.monitor import run_monitor
 from gateway.lifecycle.state import LifecycleStore
+from gateway.match.matcher import Matcher
+from gateway.match.rules import load_rules
+from gateway.policy.appcontrol import plan_rules, rule_paths
 from gateway.policy.snapshot import policy_snapshot
 from gateway.policy.store import Store
 
 log = logging.getLogger("vpatch.run")
 
 RELOAD_WAIT = 2.0  # seconds `reload` waits for every live worker to apply the new policy
+RULES_RELOAD_WAIT = 120.0  # seconds `rules-reload` waits for every live worker's new rules
 BIND_TIMEOUT = 60.0  # seconds a worker may take to load rules and bind its queue
 SUPERVISE_INTERVAL = 0.2  # seconds between checks of the workers
 
@@ -102,6 +111,7 @@ class Gateway:
         self._control: ControlServer | None = None
         self._alerts: Dispatcher | None = None  # when events go to SQLite
         self.policy_version = 1  # bumped by each `reload`; workers apply it between packets
+        self.rules_version = 0  # bumped by each `rules-reload`; workers swap between packets
         self._reload_lock = threading.Lock()
         self._monitor_stop = threading.Event()
         self._monitor: threading.Thread | None = None
@@ -331,6 +341,50 @@ class Gateway:
         self.protected = [str(h) for h in hosts]
         return self.protected
 
+    def rules_reload(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Load the configuration's rule files again and have every worker use them, without a
+        restart. The whole set is loaded and compiled here first: any bad rule refuses the
+        reload (RuleError naming file, line and reason) and nothing changes. Then every worker
+        builds the set in the background and swaps it in between packets (flows in progress
+        finish with the rules they started with), and only then do the kernel's port sets
+        follow the new rules' ports (a flow the kernel queues must meet rules that cover it).
+        Returns the version, the rule count, per-queue versions and the seconds it took."""
+        with self._reload_lock:
+            started = time.monotonic()
+            ruleset = load_rules(rule_paths(self.config))
+            Matcher(ruleset)  # compiles every pattern: RuleError before any worker sees it
+            self.rules_version += 1
+            version = self.rules_version
+            for w in self.workers:
+                w.stats.set("rules_wanted", version)
+            deadline = started + RULES_RELOAD_WAIT
+            while True:
+                live = [w for w in self.workers if w.proc is not None and w.proc.is_alive()]
+                if all(w.stats.get("rules_version") == version for w in live):
+                    complete = True
+                    break
+                if time.monotonic() > deadline:
+                    complete = False
+                    break
+                time.sleep(0.02)
+            refresh_port_sets(self.rendered, QueuePlan.from_rules(plan_rules(ruleset)))
+            took = time.monotonic() - started
+            log.info(
+                "rules version %d (%d rules): %s in %.3fs",
+                version,
+                len(ruleset.rules),
+                "in use by every worker" if complete else "NOT yet in use by all",
+                took,
+            )
+            return {
+                "version": version,
+                "rules": len(ruleset.rules),
+                "complete": complete,
+                "seconds": took,
+                "queues": {str(w.queue_num): w.stats.get("rules_version") for w in self.workers},
+                "rules_errors": sum(w.stats.get("rules_errors") for w in self.workers),
+            }
+
     def _refresh_firewall(self) -> int:
         """Rewrite the firewall-policy chain from the store (atomic per family)."""
         if not self.config.policy.database.exists():
@@ -419,6 +473,7 @@ class Gateway:
                 "stats": self.status,
                 "rules": lambda _r: self.rendered.describe(),
                 "reload": self.reload,
+                "rules-reload": self.rules_reload,
                 "policy": self.policy,
             },
         )

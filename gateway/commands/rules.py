@@ -10,6 +10,9 @@ What it does:
   `cli`) to the policy store (gateway/policy/store.py; database from `--database`, else the
   config's `policy.database`); without --host/--group the assignment is global. A running
   gateway picks it up on the control socket's `reload`.
+- `reload [-c CONFIG] [--socket S]`: validates the configuration's rule files (the whole set:
+  nothing changes when any rule is bad; exit 1 with `file:line: reason`), then asks the
+  running gateway (`rules-reload` on the control socket) to use them without a restart.
 - `import-suricata FILE [-o DIR] [--include-disabled] [--any-ports P,...]`: converts the rules
   that map (gateway/match/suricata/, docs/suricata.md), writes them as YAML (one file per
   rule in DIR, or one `rules:` document on stdout) and reports every rule it did not convert
@@ -32,6 +35,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.config import load_config
+from gateway.control.server import ControlError, control_request
 from gateway.errors import RuleError, VpatchError
 from gateway.match.matcher import Matcher
 from gateway.match.rules import SEVERITIES, Rule, RuleSet, default_rule_dir, load_rules
@@ -42,10 +47,12 @@ from gateway.match.suricata import (
     import_rules,
     parse_rules_text,
 )
+from gateway.policy.appcontrol import rule_paths
 
 __all__ = ["format_content", "register", "rule_to_dict", "run"]
 
 MAX_IMPORT_FILE_BYTES = 64 << 20  # a .rules file larger than this is refused unread
+RELOAD_TIMEOUT_S = 180.0  # the gateway compiles, then waits for every worker (up to 120 s)
 
 
 def register(subparsers: Any) -> None:
@@ -86,6 +93,16 @@ def register(subparsers: Any) -> None:
         p.add_argument(
             "--rules", metavar="PATH", action="append", type=Path, help="rule files/dirs"
         )
+    p = sub.add_parser(
+        "reload",
+        help="have the running gateway load its rule files again (no restart)",
+        description="Validate the configuration's rule files (the whole set; any bad rule "
+        "refuses the reload and names file, line and reason), then have the running `vpatch "
+        "run` use them: every worker swaps to the new set between packets, flows in progress "
+        "finish with the rules they started with, and the kernel queues the new rules' ports.",
+    )
+    p.add_argument("-c", "--config", type=Path, help="gateway configuration (YAML)")
+    p.add_argument("--socket", type=Path, help="control socket (default: the config's)")
     p = sub.add_parser("import-suricata", help="convert Suricata/Snort rules to vpatch YAML")
     p.add_argument("file", metavar="FILE", type=Path)
     p.add_argument("-o", "--output", metavar="DIR", type=Path, help="write one YAML per rule")
@@ -156,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
         return _show(args)
     if command in ("enable", "disable"):
         return _assign(args)
+    if command == "reload":
+        return _reload(args)
     if command == "import-suricata":
         return _import(args)
     return _export(args)
@@ -175,6 +194,29 @@ def _validate(paths: list[Path]) -> int:
         f"{matcher.stats.compile_seconds * 1000:.1f} ms"
     )
     return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    paths = rule_paths(config)
+    try:
+        ruleset = load_rules(paths)
+        Matcher(ruleset)
+    except RuleError as err:
+        print(f"vpatch rules reload: nothing changed: {err}", file=sys.stderr)
+        return 1
+    socket_path = args.socket or config.control.socket
+    try:
+        reply = control_request(socket_path, "rules-reload", timeout=RELOAD_TIMEOUT_S)
+    except ControlError as err:
+        print(f"vpatch rules reload: {err}", file=sys.stderr)
+        return 1
+    state = "in use by every worker" if reply.get("complete") else "NOT yet in use by every worker"
+    print(
+        f"rules version {reply.get('version')}: {reply.get('rules')} rules from "
+        f"{', '.join(map(str, paths))}, {state} after {reply.get('seconds', 0):.2f} s"
+    )
+    return 0 if reply.get("complete") and not reply.get("rules_errors") else 1
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ no packet ever meets a missing chain or set and established connections are neve
   (hostmodes.FORWARD_ORDER) and only when missing. `forward_jumps` reads that order back.
 - `refresh_any_port_hosts`: the sets of hosts whose every TCP port is queued (app control).
 - `refresh_protected_hosts`: the protected-host sets (the configuration's and the store's).
+- `refresh_port_sets`: the ports the enabled rules cover (`rules reload`).
 - `add_learned_tuple`: one tuple into a standalone lockdown set (`vpatch hosts allow --apply`).
 
 Every failure raises FirewallError naming the command and its stderr. `netns`: run the commands
@@ -35,7 +36,13 @@ from gateway.firewall.hostmodes import (
     tuple_element,
 )
 from gateway.firewall.policy import chain_name, list_rules, policy_lines
-from gateway.firewall.render import RenderedRules, render_any_port_hosts, render_protected_hosts
+from gateway.firewall.render import (
+    QueuePlan,
+    RenderedRules,
+    render_any_port_hosts,
+    render_port_sets,
+    render_protected_hosts,
+)
 from gateway.lifecycle.state import HostPolicy, LearnedTuple
 from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
@@ -143,6 +150,14 @@ def refresh_protected_hosts(
     filled beside the live one, then swapped: atomic); nothing to do when `rendered` has no
     such sets (no rule needs queueing)."""
     text, names = render_protected_hosts(rendered.prefix, hosts)
+    if set(names) <= set(rendered.sets):
+        refill_sets(text, names, netns)
+
+
+def refresh_port_sets(rendered: RenderedRules, plan: QueuePlan, netns: str | None = None) -> None:
+    """Refill the port sets of the running `rendered` rules for the ports `plan` covers (a
+    rule reload: the kernel queues what the new rules look at, nothing else changes)."""
+    text, names = render_port_sets(rendered.prefix, plan)
     if set(names) <= set(rendered.sets):
         refill_sets(text, names, netns)
 

@@ -7,13 +7,16 @@ Pure: configuration + the ports enabled rules cover in, text out. Nothing here t
   one jump from each of the built-in chains FORWARD and POSTROUTING. The text is meant for
   `iptables-restore --noflush`: nobody else's rule is flushed or reordered.
 - Queued (NFQUEUE) are only packets an enabled rule could care about: a protected host as the
-  destination (to_server) or the source (to_client, only if a rule inspects responses and
-  stream_depth.to_client > 0), TCP/UDP to a port an enabled rule covers (any port when the
-  plan holds ANY_PORT: a `ports: any` rule; every TCP port to the hosts of the any-port
-  sets), on connections not bypassed by connmark, and for TCP only segments that carry
-  payload, SYN+ACKs and the SYNs conntrack finds to open a new connection (they seed
+  destination (to_server) or the source (to_client, when stream_depth.to_client > 0), TCP/UDP
+  to a port an enabled rule covers in that direction (the port sets prefix-{tcp,udp}-{srv,cli},
+  every port when the plan holds ANY_PORT: a `ports: any` rule; every TCP port to the hosts
+  of the any-port sets), on connections not bypassed by connmark, and for TCP only segments
+  that carry payload, SYN+ACKs and the SYNs conntrack finds to open a new connection (they seed
   reassembly; a SYN injected into a live connection is not queued). The stream depth is
   enforced by the engine, see below.
+- The rules' shape depends on the configuration only; what the rules cover is in sets. The
+  four port sets always exist (empty where no rule looks), so a rule reload (`vpatch rules
+  reload`) only refills them, like the host sets below (refresh.py).
 - Protected hosts are the configuration's `protected_hosts` (the seed) plus the hosts of the
   policy store, in the sets prefix-hosts4/6 (hash:net: addresses and networks). The sets and
   the chains that match them exist whenever a rule needs queueing, even while empty, so that
@@ -214,13 +217,10 @@ def _render_family(
         # this direction of the connection finished inspecting: not queued any more
         body = [f"-A {chain} -m connmark --mark {dir_bit:#x}/{dir_bit:#x} -j RETURN"]
         for proto in protocols:
-            set_name = port_sets.get((proto, direction))
-            if set_name is None:
-                continue
             target = tcp if proto == "tcp" else queue
             uses_tcp |= proto == "tcp"
-            port_match = f" -m set --match-set {set_name} {side}" if set_name else ""  # "": any
-            body.append(f"-A {chain} -p {proto}{port_match} -j {target}")
+            set_name = port_sets[(proto, direction)]
+            body.append(f"-A {chain} -p {proto} -m set --match-set {set_name} {side} -j {target}")
         if direction is Direction.TO_SERVER and any_port_set:
             # hosts whose app control looks at every TCP port (identification by content)
             uses_tcp = True
@@ -267,6 +267,32 @@ def _render_family(
 
 def _port_spec(ports: Iterable[int]) -> list[str]:
     return [str(x) for x in sorted(set(ports))]
+
+
+def port_set_names(prefix: str) -> dict[tuple[str, Direction], str]:
+    """(protocol, direction) -> name of the set of ports enabled rules cover there."""
+    sp = set_prefix(prefix)
+    return {
+        (proto, d): f"{sp}{proto}-{'srv' if d is Direction.TO_SERVER else 'cli'}"
+        for proto in PROTOCOLS
+        for d in Direction
+    }
+
+
+def render_port_sets(prefix: str, plan: QueuePlan) -> tuple[str, list[str]]:
+    """`ipset restore` text creating and filling the four port sets (tcp/udp, to the server /
+    to the client) from the plan, every port for a plan holding ANY_PORT (a `ports: any`
+    rule); empty sets where no rule looks, so a rule reload can fill them (refresh.py)."""
+    lines: list[str] = []
+    names = port_set_names(prefix)
+    for (proto, direction), name in names.items():
+        ports = plan.get(proto, direction)
+        lines.append(f"create {name} bitmap:port range 0-65535")
+        if ANY_PORT in ports:
+            lines.append(f"add {name} 0-65535")
+        else:
+            lines.extend(f"add {name} {port}" for port in _port_spec(ports))
+    return "\n".join(lines) + "\n", list(names.values())
 
 
 def any_port_sets(prefix: str) -> dict[int, str]:
@@ -328,23 +354,12 @@ def render(
     (render_any_port_hosts, refresh.refresh_any_port_hosts).
     """
     prefix = config.firewall.chain_prefix
-    sp = set_prefix(prefix)
     ipset_lines: list[str] = []
     sets: list[str] = []
-    port_sets: dict[tuple[str, Direction], str] = {}
-    for proto in PROTOCOLS:
-        for direction in Direction:
-            ports = plan.get(proto, direction)
-            if not ports:
-                continue
-            if ANY_PORT in ports:  # a `ports: any` rule: no port test at all
-                port_sets[(proto, direction)] = ""
-                continue
-            name = f"{sp}{proto}-{'srv' if direction is Direction.TO_SERVER else 'cli'}"
-            port_sets[(proto, direction)] = name
-            sets.append(name)
-            ipset_lines.append(f"create {name} bitmap:port range 0-65535")
-            ipset_lines.extend(f"add {name} {port}" for port in _port_spec(ports))
+    port_sets = port_set_names(prefix)
+    port_text, port_names = render_port_sets(prefix, plan)
+    sets.extend(port_names)
+    ipset_lines.extend(port_text.splitlines())
     any_text, any_names = render_any_port_hosts(prefix, any_port_hosts)
     any_sets = any_port_sets(prefix)
     host_text, host_names = render_protected_hosts(prefix, [*config.protected_hosts, *stored_hosts])
@@ -352,11 +367,9 @@ def render(
     texts: dict[int, str] = {}
     all_chains: list[str] = []
     for version in (4, 6):
-        # Rendered whenever a rule needs queueing, even with no protected host of the family
-        # yet: `reload` refills the host sets when hosts are added or removed (refresh.py).
-        texts[version] = ""
-        if not port_sets:
-            continue
+        # Rendered even with no protected host of the family and no port any rule covers
+        # yet: `reload` refills the host sets when hosts are added or removed, `rules reload`
+        # the port sets when the rules change (refresh.py); the rules themselves never change.
         text, chains = _render_family(
             version, config, plan, port_sets, host_sets[version], any_sets[version]
         )

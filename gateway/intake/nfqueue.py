@@ -41,6 +41,13 @@ Guarantees:
   publishes the version in `policy_version`. Flows in progress keep flowing; nothing is
   unbound or restarted. A policy that fails to load is logged and counted (`policy_errors`);
   the previous one stays.
+- Live rules (control socket `rules-reload`, after the parent validated the new set): the
+  parent writes the wanted rules version into `rules_wanted`; the worker loads and compiles
+  the rules in a background thread (`RuleLoader`) while its main loop keeps giving verdicts,
+  then swaps them in between two packet batches (`Engine.swap_rules`: new flows get the new
+  rules, flows in progress finish with the ones they started with) and publishes
+  `rules_version` and `rules`. A set that fails to load here is counted (`rules_errors`) and
+  the previous one stays.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -71,7 +79,8 @@ from gateway.engine_config import EngineConfig
 from gateway.events.eve import Event
 from gateway.events.sink import EventSink
 from gateway.flow.normalize import ChecksumMode
-from gateway.match.rules import load_rules
+from gateway.match.matcher import Matcher
+from gateway.match.rules import RuleSet, load_rules
 from gateway.policy.appcontrol import parse_host_controls, rule_paths, stored_controls
 from gateway.policy.compiled import CompiledPolicy
 from gateway.policy.exceptions import PolicyExceptions
@@ -112,7 +121,7 @@ ETH_P_ALL = 0x0003
 STAT_NAMES = (
     "packets", "accepted", "dropped", "reset", "bypassed", "bypassed_direction", "errors",
     "events", "bound", "pid", "started", "policy_wanted", "policy_version", "policy_errors",
-    "bytes", "rules", "gc_runs", "gc_found",
+    "bytes", "rules", "gc_runs", "gc_found", "rules_wanted", "rules_version", "rules_errors",
 )  # fmt: skip
 _IDX = {name: i for i, name in enumerate(STAT_NAMES)}
 
@@ -461,6 +470,50 @@ def load_policy(config: GatewayConfig) -> CompiledPolicy | None:
     return CompiledPolicy(hosts, groups, assignments, exceptions, app_controls=app_controls)
 
 
+class RuleLoader:
+    """Loads and compiles the configuration's rules in a background thread for one worker,
+    so that its packets keep getting verdicts meanwhile; `poll` swaps them in when ready."""
+
+    def __init__(self, config: GatewayConfig, stats: WorkerStats) -> None:
+        self._config = config
+        self._stats = stats
+        self._thread: threading.Thread | None = None
+        self._version = 0
+        self._result: tuple[RuleSet, Matcher] | BaseException | None = None
+
+    def _build(self) -> None:
+        try:
+            ruleset = load_rules(rule_paths(self._config))
+            self._result = (ruleset, Matcher(ruleset))
+        except BaseException as err:  # noqa: BLE001 - reported by poll in the main thread
+            self._result = err
+
+    def poll(self, engine: Any) -> None:
+        """Start a build when a new version is wanted; swap a finished one in (main thread)."""
+        stats = self._stats
+        if self._thread is None:
+            wanted = stats.get("rules_wanted")
+            if wanted != stats.get("rules_version"):
+                self._version, self._result = wanted, None
+                self._thread = threading.Thread(target=self._build, daemon=True)
+                self._thread.start()
+            return
+        if self._thread.is_alive():
+            return
+        self._thread, result = None, self._result
+        if isinstance(result, tuple):
+            ruleset, matcher = result
+            engine.swap_rules(ruleset, matcher)
+            stats.set("rules", len(ruleset.rules))
+            log.info("rules version %d: %d rules in use", self._version, len(ruleset.rules))
+        else:
+            stats.add("rules_errors")
+            log.error("rules version %d not loaded, previous rules kept: %r", self._version, result)
+        stats.set("rules_version", self._version)  # also on failure: no retry in a loop
+        gc.collect()  # the old set's objects once no flow holds them; then out of sight again
+        gc.freeze()
+
+
 def apply_policy(engine: Any, config: GatewayConfig, stats: WorkerStats, wanted: int) -> None:
     """Load the stored policy into the engine and publish `wanted` as applied (never raises)."""
     try:
@@ -522,6 +575,8 @@ def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> in
     stats.set("rules", len(ruleset.rules) if ruleset is not None else 0)
     applied = stats.get("policy_wanted")
     apply_policy(engine, config, stats, applied)
+    stats.set("rules_version", stats.get("rules_wanted"))  # what build_engine just loaded
+    loader = RuleLoader(config, stats)
     sink = build_sink(config, queue_num)
     # Reference counting frees everything the engine allocates (tests/test_gc_cycles.py holds
     # it to that), so the cyclic collector would only stall packets: a young-generation pass
@@ -557,6 +612,7 @@ def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> in
             if wanted != applied:
                 applied = wanted
                 apply_policy(engine, config, stats, wanted)
+            loader.poll(engine)
             mono = time.monotonic()
             if mono - last_expire >= EXPIRE_INTERVAL:
                 last_expire = mono

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from gateway.config import load_config
+from gateway.config import BUNDLED_RULES, load_config
 from gateway.errors import LabError
 from gateway.lab.netns import netns_exec, netns_popen, pid_alive, pid_cmdline
 from gateway.lab.topology import LabSpec
@@ -393,9 +393,14 @@ def gateway_config(spec: LabSpec) -> dict[str, object]:
         "control": {"socket": str(control_socket_path(spec))},
         "policy": {"database": str(spec.state_dir / "vpatch.db")},
     }
-    if spec.rules:
-        config["rules"] = list(spec.rules)
+    # the pack (the bundled one unless the spec names rules) plus a local directory an admin
+    # drops rule files into, then `vpatch rules reload` (docs/lab.md)
+    config["rules"] = [*(spec.rules or [str(BUNDLED_RULES)]), str(local_rules_dir(spec))]
     return config
+
+
+def local_rules_dir(spec: LabSpec) -> Path:
+    return spec.state_dir / "rules.d"
 
 
 def write_gateway_config(spec: LabSpec) -> Path:
@@ -416,6 +421,7 @@ def start_gateway(spec: LabSpec, timeout: float = START_TIMEOUT_S) -> int:
     the socket does not appear within timeout seconds.
     """
     conf = write_gateway_config(spec)
+    local_rules_dir(spec).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)

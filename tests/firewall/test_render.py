@@ -48,9 +48,14 @@ def test_stored_hosts_are_protected_with_the_configured_ones() -> None:
     }
 
 
-def test_nothing_queued_without_covered_ports() -> None:
+def test_nothing_queued_without_covered_ports_but_the_port_sets_are_ready() -> None:
+    # A rule reload may bring ports (refresh.py refills the sets): the rules exist, the port
+    # sets are empty, so nothing is queued until then.
     r = _render("protected_hosts: [198.18.0.20]\n", QueuePlan())
-    assert r.ipv4 == "" and r.ipset == "" and r.sets == ()
+    assert "--match-set vpatch-tcp-srv dst" in r.ipv4
+    for name in ("vpatch-tcp-srv", "vpatch-tcp-cli", "vpatch-udp-srv", "vpatch-udp-cli"):
+        assert f"create {name} bitmap:port range 0-65535" in r.ipset and name in r.sets
+        assert not any(line.startswith(f"add {name} ") for line in r.ipset.splitlines())
 
 
 def test_only_covered_ports_and_protected_hosts() -> None:
@@ -60,10 +65,10 @@ def test_only_covered_ports_and_protected_hosts() -> None:
     assert "add vpatch-udp-srv 53" in r.ipset
     assert "add vpatch-hosts4 198.18.0.20/32" in r.ipset
     assert "add vpatch-hosts4 198.18.5.0/24" in r.ipset
-    assert "vpatch-tcp-cli" not in r.ipset  # no rule inspects responses
+    # no rule inspects responses: their port set is empty, so no response is queued
+    assert not any(x.startswith("add vpatch-tcp-cli") for x in r.ipset.splitlines())
     rules = _rules(r.ipv4)
     assert "-A VPATCH-FORWARD -m set --match-set vpatch-hosts4 dst -j VPATCH-TO-SERVER" in rules
-    assert not any("VPATCH-TO-CLIENT" in x for x in rules)
     # Every path to the queue passes the hosts set and a port set.
     assert any("-p tcp -m set --match-set vpatch-tcp-srv dst" in x for x in rules)
     assert any("-p udp -m set --match-set vpatch-udp-srv dst" in x for x in rules)
@@ -85,13 +90,14 @@ def test_to_client_only_when_a_rule_and_depth_ask_for_it() -> None:
     cli = [x for x in rules if x.startswith("-A VPATCH-TO-CLIENT")]
     # first: a connection whose responses finished inspecting is not queued that way any more
     assert cli[0] == "-A VPATCH-TO-CLIENT -m connmark --mark 0x40000000/0x40000000 -j RETURN"
-    assert len(cli) == 2 and "vpatch-tcp-cli src" in cli[1]
+    assert "vpatch-tcp-cli src" in cli[1] and "vpatch-udp-cli src" in cli[2] and len(cli) == 3
+    assert "add vpatch-tcp-cli 443" in with_depth.ipset
     srv = [x for x in rules if x.startswith("-A VPATCH-TO-SERVER")]
     assert srv[0] == "-A VPATCH-TO-SERVER -m connmark --mark 0x20000000/0x20000000 -j RETURN"
-    assert len(srv) == 3 and "vpatch-tcp-srv dst" in srv[1]
+    assert len(srv) == 4 and "vpatch-tcp-srv dst" in srv[1] and "vpatch-udp-srv dst" in srv[2]
     # hosts whose app control looks at every TCP port (empty set unless the policy names some)
     assert (
-        srv[2]
+        srv[3]
         == "-A VPATCH-TO-SERVER -p tcp -m set --match-set vpatch-anyport4 dst -j VPATCH-TCP-DATA"
     )
     # No connbytes bound: it counts header bytes, so tiny segments would end inspection early.
@@ -191,8 +197,11 @@ def test_any_port_rule_queues_every_port() -> None:
     plan = QueuePlan(tcp_to_server=frozenset({ANY_PORT, 80}))
     r = _render("protected_hosts: [198.18.0.20]\n", plan)
     srv = [x for x in _rules(r.ipv4) if x.startswith("-A VPATCH-TO-SERVER")]
-    assert "-A VPATCH-TO-SERVER -p tcp -j VPATCH-TCP-DATA" in srv  # no port test at all
-    assert "vpatch-tcp-srv" not in r.ipset and "vpatch-tcp-srv" not in r.sets
+    assert (
+        "-A VPATCH-TO-SERVER -p tcp -m set --match-set vpatch-tcp-srv dst -j VPATCH-TCP-DATA" in srv
+    )
+    adds = [x for x in r.ipset.splitlines() if x.startswith("add vpatch-tcp-srv ")]
+    assert adds == ["add vpatch-tcp-srv 0-65535"]  # every port, in the set a reload refills
 
 
 def test_any_port_hosts_fill_their_own_set() -> None:

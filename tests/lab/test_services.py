@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gateway.config import BUNDLED_RULES
 from gateway.errors import LabError
 from gateway.lab.services import (
     WRITERS,
@@ -73,7 +74,9 @@ def test_gateway_config_protects_the_server_and_keeps_files_in_the_state_dir(
     spec = spec_in(tmp_path, rules=("/r/x.yaml",))
     config = gateway_config(spec)
     assert config["protected_hosts"] == [spec.server_addr, spec.server_addr6]
-    assert config["rules"] == ["/r/x.yaml"] and "rules" not in gateway_config(spec_in(tmp_path))
+    local = str(spec.state_dir / "rules.d")  # where an admin drops rules, then `rules reload`
+    assert config["rules"] == ["/r/x.yaml", local]
+    assert gateway_config(spec_in(tmp_path))["rules"] == [str(BUNDLED_RULES), local]
     assert config["control"] == {"socket": str(control_socket_path(spec))}
     events, policy = config["events"], config["policy"]
     assert isinstance(events, dict) and isinstance(policy, dict)
