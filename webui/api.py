@@ -27,6 +27,7 @@ from webui.services import (
     get_event,
     list_events,
     reload_gateway,
+    reload_rules,
     rules_view,
     set_rule_mode,
 )  # fmt: skip
@@ -120,6 +121,12 @@ def rules() -> Any:
             {k: request.args.get(k, "") for k in ("q", "cve", "product", "severity", "protocol")}
         )
     )
+
+
+@endpoint("/rules/reload", "POST", "Load the rule files again in the running gateway (no "
+          "restart; a bad rule refuses the whole set)", write=True)  # fmt: skip
+def rules_reload() -> Any:
+    return jsonify(reload_rules(get_store(), g.user.username))  # "ok": false says why not
 
 
 MODE_BODY = {
@@ -287,7 +294,7 @@ def openapi_document() -> dict[str, Any]:
     error_schema = {"type": "object", "properties": {"error": {"type": "string"}}}
     err = {"description": "error", "content": {"application/json": {"schema": error_schema}}}
     for ep in ENDPOINTS:
-        created = ep["method"] == "POST" and ep["path"] != "/reload"
+        created = ep["method"] == "POST" and not ep["path"].endswith("/reload")
         ok = {"description": "ok", "content": {"application/json": {"schema": ep["result"]}}}
         op: dict[str, Any] = {
             "summary": ep["summary"],

@@ -49,6 +49,11 @@ def get_rules() -> RuleSet:
     return ruleset
 
 
+def forget_rules() -> None:
+    """Drop the cached rule sets: the next get_rules() reads the files again (rules reload)."""
+    _RULES_CACHE.clear()
+
+
 def close(_exc: BaseException | None = None) -> None:
     store = g.pop("store", None)
     if store is not None:

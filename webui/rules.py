@@ -1,6 +1,7 @@
 """Rules: search/filter by CVE, product, severity, protocol; mode per rule globally, per host
 and per group (off / detect / prevent / inherit); each change is stored, audited and followed
-by a `reload` of the running gateway."""
+by a `reload` of the running gateway. "Reload rule files" (admin) has the gateway load its rule
+files again without a restart (`rules-reload`; a bad rule refuses the whole set)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from gateway.policy.hosts import Hosts
 from gateway.policy.store import StoreError
 from webui.db import get_store
 from webui.security import admin_required, login_required
-from webui.services import InputError, rules_view, set_rule_mode
+from webui.services import InputError, reload_rules, rules_view, set_rule_mode
 
 bp = Blueprint("rules", __name__, url_prefix="/rules")
 
@@ -28,6 +29,22 @@ def index() -> Any:
         "rules/index.html", rules=rules_view(filters), filters=filters,
         hosts=Hosts(store).list_hosts(), groups=Hosts(store).list_groups(),
     )  # fmt: skip
+
+
+@bp.route("/reload", methods=["POST"])
+@admin_required
+def reload() -> Any:
+    result = reload_rules(get_store(), g.user.username)
+    if result["ok"]:
+        r = result["result"]
+        every = "every" if r["complete"] else "NOT every"
+        flash(
+            f"rule files reloaded: version {r['version']}, {r['rules']} rules, in use by "
+            f"{every} worker after {r['seconds']:.2f} s"
+        )
+    else:
+        flash(f"rule files NOT reloaded, the rules in force stay: {result['error']}")
+    return redirect(url_for("rules.index"))
 
 
 def parse_scope(value: str) -> tuple[str, int | None]:

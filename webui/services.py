@@ -23,7 +23,7 @@ from gateway.policy.assignments import Assignments
 from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
 from gateway.vocabulary import Mode
-from webui.db import get_events, get_rules, get_store
+from webui.db import forget_rules, get_events, get_rules, get_store
 
 MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50
@@ -153,6 +153,24 @@ def reload_gateway(store: Store, actor: str) -> dict[str, Any]:
     took = time.monotonic() - started
     store.record(actor, "gateway.reload", str(sock), {"ok": True, "seconds": round(took, 3)})
     return {"ok": True, "seconds": took, "result": result}
+
+
+RULES_RELOAD_TIMEOUT = 180.0  # the gateway compiles, then waits for every worker
+
+
+def reload_rules(store: Store, actor: str) -> dict[str, Any]:
+    """Ask the gateway to load its rule files again (`rules-reload`: the whole set validated
+    first, nothing changes on a bad rule), then let this UI read them again too. Never
+    raises: the result says what happened (a refused set names file, line and reason)."""
+    sock = Path(current_app.config["CONTROL_SOCKET"])
+    try:
+        result = control_request(sock, "rules-reload", timeout=RULES_RELOAD_TIMEOUT)
+    except ControlError as err:
+        store.record(actor, "rules.reload", str(sock), {"ok": False, "error": str(err)})
+        return {"ok": False, "error": str(err)}
+    forget_rules()
+    store.record(actor, "rules.reload", str(sock), {"ok": True, "version": result.get("version")})
+    return {"ok": True, "result": result}
 
 
 def gateway_status() -> dict[str, Any]:

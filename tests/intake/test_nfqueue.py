@@ -14,8 +14,10 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -25,6 +27,7 @@ from gateway.intake.nfqueue import (
     CONFIG_SEQ,
     NFQA_CFG_F_FAIL_OPEN,
     PacketHandler,
+    RuleLoader,
     WorkerStats,
     _config_message,
     _find_ack,
@@ -261,3 +264,44 @@ def test_engine_leaves_tcp_checks_to_conntrack_only_when_it_does_them(
     lax = conntrack_lax(cfg, tmp_path)
     assert (lax is None) if reason is None else (lax is not None and lax.startswith(reason))
     assert engine_config(cfg, tmp_path).kernel_checked_tcp is (reason is None)
+
+
+class _SwapEngine:
+    def __init__(self) -> None:
+        self.swapped: list[tuple[Any, Any]] = []
+
+    def swap_rules(self, ruleset: Any, matcher: Any) -> None:
+        self.swapped.append((ruleset, matcher))
+
+
+def _poll_until_done(loader: RuleLoader, engine: _SwapEngine, stats: WorkerStats) -> None:
+    loader.poll(engine)  # starts the background build
+    for _ in range(3000):
+        loader.poll(engine)
+        if stats.get("rules_version") == stats.get("rules_wanted"):
+            return
+        time.sleep(0.01)
+    raise AssertionError("the rule loader did not finish")
+
+
+def test_rule_loader_builds_in_the_background_and_keeps_the_old_set_on_error(
+    tmp_path: Path,
+) -> None:
+    rule = (REPO / "rules" / "vpatch-test-split.yaml").read_text()
+    (tmp_path / "r.yaml").write_text(rule)
+    config = parse_config(f"rules: [{tmp_path}]\n")
+    stats, engine = WorkerStats(), _SwapEngine()
+    loader = RuleLoader(config, stats)
+    loader.poll(engine)
+    assert engine.swapped == []  # nothing wanted yet
+    stats.set("rules_wanted", 1)
+    _poll_until_done(loader, engine, stats)
+    ((ruleset, matcher),) = engine.swapped
+    ids = [r.id for r in ruleset]  # the file's rule, and the built-in app-control rules
+    assert 9000100 in ids and matcher.ruleset is ruleset
+    assert stats.get("rules") == len(ids) and stats.get("rules_errors") == 0
+    (tmp_path / "bad.yaml").write_text("id: [not a rule\n")
+    stats.set("rules_wanted", 2)
+    _poll_until_done(loader, engine, stats)
+    assert len(engine.swapped) == 1  # the bad set was not swapped in
+    assert stats.get("rules_errors") == 1 and stats.get("rules") == len(ids)
