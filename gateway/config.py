@@ -325,6 +325,17 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RulePackConfig:
+    dir: Path = setting(
+        Path("/var/lib/vpatch/rule-packs"),
+        "Where `vpatch rules update` keeps the packs it installed (`<version>/`), the one in "
+        "force (`current`) and their history. While `current` exists it takes the place of "
+        "the bundled pack in `rules` (gateway/rulepack.py).",
+    )
+    keep: int = setting(3, "Installed packs kept for `vpatch rules rollback`.", lo=2, hi=100)
+
+
+@dataclass(frozen=True, slots=True)
 class FirewallConfig:
     backend: Backend = setting(
         Backend.AUTO,
@@ -447,6 +458,7 @@ class GatewayConfig:
     events: EventsConfig = field(default_factory=EventsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    rule_pack: RulePackConfig = field(default_factory=RulePackConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     workers: WorkerConfig = field(default_factory=WorkerConfig)
     ui: UiConfig = field(default_factory=UiConfig)

@@ -9,9 +9,12 @@ connection and every queued packet got its verdict.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +173,52 @@ def test_fifty_reloads_under_load_drop_no_connection(lab: Any, tmp_path: Path) -
     assert status["queue_drops"] == 0
     assert sum(q["kernel_unseen"] or 0 for q in status["queues"].values()) == 0
     assert sum(q["errors"] for q in status["queues"].values()) == 0
+
+
+PACK_RULE = (
+    NEW_RULE.replace("9000301", "9000311")
+    .replace("0301", "0311")
+    .replace("VPATCH-RELOAD-MARK-301", "VPATCH-PACK-MARK-311")
+)
+
+
+def _pack(tmp_path: Path, version: str) -> tuple[Path, str]:
+    """A rule pack: the bundled rules plus one marker rule, and its SHA-256."""
+    path = tmp_path / f"pack-{version}.tgz"
+    with tarfile.open(path, "w:gz") as tar:
+        for rule in sorted((REPO / "rules").glob("*.yaml")):
+            tar.add(rule, arcname=f"rules/{rule.name}")
+        for name, text in (("manifest.yaml", f"version: {version}\n"), ("mark.yaml", PACK_RULE)):
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_rule_pack_update_and_rollback_reach_the_running_gateway(lab: Any, tmp_path: Path) -> None:
+    rules_d = tmp_path / "rules.d"
+    rules_d.mkdir()
+    config = _config(lab, tmp_path, rules_d)
+    config["rules"] = [str(REPO / "rules"), str(rules_d)]
+    config["rule_pack"] = {"dir": str(tmp_path / "packs")}
+    pack, sha = _pack(tmp_path, "2026.12.6")
+    with running_gateway(lab, tmp_path, config) as gw:
+
+        def vpatch(*argv: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "gateway.cli", "rules", *argv, "-c", str(gw.config)],
+                capture_output=True, text=True, env=package_env(), timeout=200, check=False,
+            )  # fmt: skip
+
+        mark = "X-Test: VPATCH-PACK-MARK-311"
+        assert _curl(lab, mark) == 0
+        bad = vpatch("update", str(pack), "--sha256", "0" * 64)
+        assert bad.returncode == 2 and "SHA-256 mismatch" in bad.stderr
+        done = vpatch("update", str(pack), "--sha256", sha)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "rule pack 2026.12.6 installed" in done.stdout
+        assert "in use by every worker" in done.stdout
+        assert _curl(lab, mark) == 56  # the pack's rule is in force
+        back = vpatch("rollback")
+        assert back.returncode == 0 and "the bundled pack" in back.stdout, back.stderr
+        assert _curl(lab, mark) == 0

@@ -12,6 +12,7 @@ from flask import Flask, current_app, g
 from gateway.config import BUNDLED_RULES
 from gateway.match.rules import RuleSet, load_rules
 from gateway.policy.store import Store
+from gateway.rulepack import effective_rule_paths
 
 _RULES_CACHE: dict[str, Any] = {}
 
@@ -39,12 +40,13 @@ def get_events() -> sqlite3.Connection | None:
 
 
 def get_rules() -> RuleSet:
-    paths = current_app.config["RULE_PATHS"]
-    if paths is None:
-        paths = [BUNDLED_RULES]
-    key = repr(sorted(str(p) for p in paths))
+    paths = [Path(p) for p in current_app.config["RULE_PATHS"] or [BUNDLED_RULES]]
+    pack_dir = current_app.config.get("RULE_PACK_DIR")
+    if pack_dir:  # an installed rule pack in force takes the bundled pack's place
+        paths = effective_rule_paths(paths, Path(pack_dir))
+    key = repr(sorted(str(p.resolve()) for p in paths))  # a pack switch is a new key
     if key not in _RULES_CACHE:
-        _RULES_CACHE[key] = load_rules([Path(p) for p in paths])
+        _RULES_CACHE[key] = load_rules(paths)
     ruleset: RuleSet = _RULES_CACHE[key]
     return ruleset
 

@@ -5,12 +5,25 @@ files again without a restart (`rules-reload`; a bad rule refuses the whole set)
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 
 from gateway.policy.hosts import Hosts
 from gateway.policy.store import StoreError
+from gateway.rulepack import RulePackError, RulePacks
 from webui.db import get_store
 from webui.security import admin_required, login_required
 from webui.services import InputError, reload_rules, rules_view, set_rule_mode
@@ -25,9 +38,17 @@ def index() -> Any:
     filters = {
         k: request.args.get(k, "")[:128] for k in ("q", "cve", "product", "severity", "protocol")
     }
+    pack_dir = current_app.config.get("RULE_PACK_DIR")
+    try:
+        pack = RulePacks(Path(pack_dir)).current() if pack_dir else None
+    except RulePackError as err:
+        flash(str(err))
+        pack = None
     return render_template(
         "rules/index.html", rules=rules_view(filters), filters=filters,
-        hosts=Hosts(store).list_hosts(), groups=Hosts(store).list_groups(),
+        hosts=Hosts(store).list_hosts(), groups=Hosts(store).list_groups(), pack=pack,
+        pack_installed=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(pack.installed_at))
+        if pack else "",
     )  # fmt: skip
 
 

@@ -13,6 +13,10 @@ What it does:
 - `reload [-c CONFIG] [--socket S]`: validates the configuration's rule files (the whole set:
   nothing changes when any rule is bad; exit 1 with `file:line: reason`), then asks the
   running gateway (`rules-reload` on the control socket) to use them without a restart.
+- `update SOURCE [--sha256 HEX]`, `rollback [--to VERSION|bundled]`, `packs [--json]`: rule
+  pack updates (gateway/rulepack.py: fetched, verified, validated with the other configured
+  rules, switched atomically), then a `reload` as above; when the gateway does not take the
+  new rules the switch is undone.
 - `import-suricata FILE [-o DIR] [--include-disabled] [--any-ports P,...]`: converts the rules
   that map (gateway/match/suricata/, docs/suricata.md), writes them as YAML (one file per
   rule in DIR, or one `rules:` document on stdout) and reports every rule it did not convert
@@ -32,10 +36,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from gateway.config import load_config
+from gateway.config import BUNDLED_RULES, load_config
 from gateway.control.server import ControlError, control_request
 from gateway.errors import RuleError, VpatchError
 from gateway.match.matcher import Matcher
@@ -48,6 +53,7 @@ from gateway.match.suricata import (
     parse_rules_text,
 )
 from gateway.policy.appcontrol import rule_paths
+from gateway.rulepack import RulePackError, RulePacks
 
 __all__ = ["format_content", "register", "rule_to_dict", "run"]
 
@@ -103,6 +109,27 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("-c", "--config", type=Path, help="gateway configuration (YAML)")
     p.add_argument("--socket", type=Path, help="control socket (default: the config's)")
+    p = sub.add_parser(
+        "update",
+        help="install a rule pack (URL or path, SHA-256 verified) and reload the gateway",
+        description="Fetch a rule pack (tarball with manifest.yaml and rule files) from an "
+        "http(s) URL or a local path, verify its SHA-256 (--sha256, else <SOURCE>.sha256), "
+        "validate every rule with the rest of the configured rules, switch to it atomically "
+        "and have the running gateway reload its rules; nothing changes on any error.",
+    )
+    p.add_argument("source", metavar="SOURCE", help="http(s) URL or local path of the tarball")
+    p.add_argument("--sha256", metavar="HEX", help="the pack's SHA-256 (64 hex digits)")
+    p.add_argument("-c", "--config", type=Path, help="gateway configuration (YAML)")
+    p.add_argument("--socket", type=Path, help="control socket (default: the config's)")
+    p = sub.add_parser(
+        "rollback", help="go back to the previous rule pack (or the bundled one) and reload"
+    )
+    p.add_argument("--to", metavar="VERSION", help="an installed version, or `bundled`")
+    p.add_argument("-c", "--config", type=Path, help="gateway configuration (YAML)")
+    p.add_argument("--socket", type=Path, help="control socket (default: the config's)")
+    p = sub.add_parser("packs", help="the rule pack in force and the installed ones")
+    p.add_argument("-c", "--config", type=Path, help="gateway configuration (YAML)")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("import-suricata", help="convert Suricata/Snort rules to vpatch YAML")
     p.add_argument("file", metavar="FILE", type=Path)
     p.add_argument("-o", "--output", metavar="DIR", type=Path, help="write one YAML per rule")
@@ -175,6 +202,8 @@ def run(args: argparse.Namespace) -> int:
         return _assign(args)
     if command == "reload":
         return _reload(args)
+    if command in ("update", "rollback", "packs"):
+        return _packs(args, command)
     if command == "import-suricata":
         return _import(args)
     return _export(args)
@@ -206,6 +235,9 @@ def _reload(args: argparse.Namespace) -> int:
         print(f"vpatch rules reload: nothing changed: {err}", file=sys.stderr)
         return 1
     socket_path = args.socket or config.control.socket
+    if not socket_path.exists():
+        print(f"no gateway running at {socket_path}: the rules apply when `vpatch run` starts")
+        return 0
     try:
         reply = control_request(socket_path, "rules-reload", timeout=RELOAD_TIMEOUT_S)
     except ControlError as err:
@@ -217,6 +249,63 @@ def _reload(args: argparse.Namespace) -> int:
         f"{', '.join(map(str, paths))}, {state} after {reply.get('seconds', 0):.2f} s"
     )
     return 0 if reply.get("complete") and not reply.get("rules_errors") else 1
+
+
+def _packs(args: argparse.Namespace, command: str) -> int:
+    """update / rollback / packs (gateway/rulepack.py); a switch the gateway refuses is undone."""
+    config = load_config(args.config)
+    packs = RulePacks(config.rule_pack.dir, config.rule_pack.keep)
+    if command == "packs":
+        listing = packs.describe()
+        if args.json:
+            print(json.dumps(listing, indent=2))
+            return 0
+        current = listing["current"]
+        print(f"in force: {_pack_line(current) if current else 'the bundled pack'}")
+        for pack in listing["history"]:
+            print(f"  installed: {_pack_line(pack)}")
+        return 0
+    before = packs.current()
+    if command == "update":
+        source = args.source
+        bundled = BUNDLED_RULES.resolve()
+        if not any(p.resolve() == bundled for p in config.rules):
+            raise RulePackError(
+                f"{config.source}: `rules` does not list the bundled pack ({BUNDLED_RULES}), "
+                "whose place an installed pack takes: add it, or drop rule files into a local "
+                "rules directory and use `vpatch rules reload`"
+            )
+        others = [p for p in rule_paths(config) if p != config.rule_pack.dir / "current"]
+        others = [p for p in others if p.resolve() != bundled]
+
+        def validate(pack: Path) -> int:
+            ruleset = load_rules([pack, *others])
+            Matcher(ruleset)
+            return len(load_rules([pack]))
+
+        new = packs.install(source, args.sha256, validate)
+        if before is not None and new == before:
+            print(f"rule pack {new.version} is in force already: nothing to do")
+            return 0
+        print(f"rule pack {new.version} installed ({new.rules} rules, sha256 {new.sha256})")
+    else:
+        target = args.to if args.to is not None else packs.previous()
+        packs.switch(None if target in (None, "bundled") else target)
+        print(f"rule pack in force: {target or 'the bundled pack'}")
+    status = _reload(argparse.Namespace(config=args.config, socket=args.socket))
+    if status != 0:
+        packs.switch(before.version if before else None)
+        print(
+            "vpatch rules: the gateway did not take the new rules; switched back to "
+            f"{before.version if before else 'the bundled pack'}",
+            file=sys.stderr,
+        )
+    return status
+
+
+def _pack_line(pack: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(pack["installed_at"]))
+    return f"{pack['version']} ({pack['rules']} rules, installed {when} from {pack['source']})"
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         "EVENTS_DB": events_db,
         "CONTROL_SOCKET": str(config.control.socket),
         "RULE_PATHS": [str(p) for p in config.rules],
+        "RULE_PACK_DIR": str(config.rule_pack.dir),
         "SESSION_COOKIE_SECURE": not args.insecure_cookies,
         "SESSION_IDLE": config.ui.session_idle,
         "SESSION_LIFETIME": config.ui.session_lifetime,

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Final
 from gateway.errors import ConfigError
 from gateway.match.rules import RuleSet
 from gateway.policy.compiled import APP_CONTROL_FIRST, APP_CONTROL_LAST
+from gateway.rulepack import effective_rule_paths
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig, Network
@@ -112,8 +113,9 @@ def parse_control(text: str, source: str) -> AppControl:
 
 
 def rule_paths(config: GatewayConfig) -> list[Path]:
-    """The configured rule paths plus the built-in app-control rules."""
-    return [*config.rules, APP_CONTROL_RULES]
+    """The configured rule paths (the installed rule pack in force in place of the bundled
+    one, gateway/rulepack.py) plus the built-in app-control rules."""
+    return [*effective_rule_paths(config.rules, config.rule_pack.dir), APP_CONTROL_RULES]
 
 
 def plan_rules(ruleset: RuleSet) -> RuleSet:
