@@ -158,6 +158,11 @@ class HttpAdapter:
             out.append(AppRecord("http", pending))
         return out
 
+    def take_derived(self) -> bytes:
+        """HTTP/2 requests decoded since the last call, as HTTP/1 text, for the raw stream
+        patterns (DerivingDecoder); b"" for HTTP/1, whose bytes they scan already."""
+        return self._h2.take_derived() if self._h2 is not None else b""
+
     def _feed_h2(self, data: bytes, out: list[AppRecord]) -> list[AppRecord]:
         """HTTP/2 from here on; back to HTTP/1 when what followed `PRI * HTTP/2.0` is not the
         rest of the client preface (the server reads it as HTTP/1 then)."""
@@ -227,7 +232,7 @@ class H2cRequests:
     connection error the server ends the connection, and so the rest of the stream is not
     decoded (`recover()` leaves it to the raw stream rules)."""
 
-    __slots__ = ("_bodies", "_decoder", "_drained", "_heads", "_held", "refused")
+    __slots__ = ("_bodies", "_decoder", "_derived", "_drained", "_heads", "_held", "refused")
 
     def __init__(self) -> None:
         self._decoder = _h2.H2RequestDecoder(preface=_h2.PREFACE_TAIL)
@@ -235,6 +240,7 @@ class H2cRequests:
         self._bodies: dict[int, bytearray] = {}
         self._held = 0  # body bytes kept over all streams
         self._drained = False  # after a connection error: nothing more to decode
+        self._derived = bytearray()  # requests as HTTP/1 text, for the raw stream patterns
         self.refused: DecodeError | None = None
 
     @property
@@ -244,6 +250,14 @@ class H2cRequests:
 
     def take_buffer(self) -> bytes:
         return self._decoder.take_buffer()
+
+    def take_derived(self) -> bytes:
+        """Each request decoded since the last call as HTTP/1 text: its head when its header
+        block is complete, its body (what is kept of it, contiguous whatever the interleaving
+        of DATA frames) when its stream ends."""
+        data = bytes(self._derived)
+        self._derived.clear()
+        return data
 
     def recover(self) -> None:
         self.refused = None
@@ -272,6 +286,7 @@ class H2cRequests:
                 self._bodies[event.stream_id] = bytearray()
                 pending[event.stream_id] = len(out)
                 out.append(AppRecord("http", head))
+                self._derived += _h1_text(event.request)
             elif isinstance(event, _h2.StreamData):
                 if not self._keep(event.stream_id, event.data):
                     break
@@ -307,7 +322,15 @@ class H2cRequests:
         head = self._heads.pop(event.stream_id, {})
         body = self._bodies.pop(event.stream_id, bytearray())
         self._held -= len(body)
+        self._derived += body
         return AppRecord("http", end_fields(head, bytes(body), event.body_length))
+
+
+def _h1_text(request: _http.Request) -> bytes:
+    """A request head as HTTP/1 text (RFC 9112 sections 3 and 5)."""
+    lines = [f"{request.method} {request.uri} {request.version}"]
+    lines.extend(f"{name}: {value}" for name, value in request.headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
 
 
 def _latin(text: str) -> bytes:
