@@ -26,7 +26,7 @@ from typing import Final
 
 from gateway.testing.h2c import h2c_stream
 
-__all__ = ["H2C_REWRITES", "HTTP_REWRITES", "IIS_ONLY", "SMB_REWRITES", "h1_requests"]
+__all__ = ["H2C_REWRITES", "HTTP_REWRITES", "IIS_ONLY", "SMB_REWRITES"]
 
 Rewrite = Callable[[bytes], "bytes | None"]
 
@@ -53,12 +53,6 @@ def _requests(data: bytes) -> list[tuple[bytes, bytes]] | None:
         out.append((head, body))
         pos = end + 4 + length
     return out or None
-
-
-def h1_requests(data: bytes) -> list[tuple[bytes, bytes]] | None:
-    """(head, body) of each request of an HTTP/1 client stream framed by Content-Length, or
-    None (see _requests)."""
-    return _requests(data)
 
 
 def _join(requests: list[tuple[bytes, bytes]]) -> bytes:
@@ -270,9 +264,17 @@ def _h2c(upgrade: bool) -> Rewrite:
 
     def rewrite(data: bytes) -> bytes | None:
         reqs = _requests(data)
-        return None if reqs is None else h2c_stream(reqs, upgrade=upgrade)
+        if reqs is None or any(_not_h2_expressible(head) for head, _ in reqs):
+            return None
+        return h2c_stream(reqs, upgrade=upgrade)
 
     return rewrite
+
+
+def _not_h2_expressible(head: bytes) -> bool:
+    """A header line without a colon or folded: HTTP/2 has no way to send it (the anomaly it
+    stands for does not exist there)."""
+    return any(b":" not in line or line[:1] in b" \t" for line in head.split(b"\r\n")[1:])
 
 
 H2C_REWRITES: Final[dict[str, tuple[Rewrite, str]]] = {

@@ -28,7 +28,7 @@ from gateway.engine import Engine
 from gateway.engine_config import EngineConfig
 from gateway.match.matcher import Matcher
 from gateway.match.rules import RuleSet, default_rule_dir, load_rules
-from gateway.testing.evasion_app import h1_requests
+from gateway.testing.evasion_app import H2C_REWRITES
 from gateway.testing.h2c import HpackEncoder, frame, h2c_stream, parse_h1_request
 from gateway.testing.traffic import contiguous, replay_packets, tcp_session
 
@@ -273,8 +273,7 @@ def _http_attack_samples() -> list[tuple[int, bytes, int]]:
 
 
 def _as_h2c(data: bytes, upgrade: bool) -> bytes | None:
-    reqs = h1_requests(data)
-    return None if reqs is None else h2c_stream(reqs, upgrade=upgrade)
+    return H2C_REWRITES["h2c-upgrade" if upgrade else "h2c-prior-knowledge"][0](data)
 
 
 @pytest.mark.parametrize("upgrade", [False, True])
