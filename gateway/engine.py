@@ -384,6 +384,8 @@ class Engine:
                 app = insp.apps[d]
                 if app is not None:
                     fired = insp.combine(d, fired, self._app_rules(insp, app, d, data, flow))
+                    if state is not None:  # h2c: raw patterns see its requests as HTTP/1
+                        fired += insp.scan_derived(d, app.take_derived())
                 elif fired:
                     fired = insp.combine(d, fired, NO_RULES)
             if reasm.depth_reached:

@@ -201,6 +201,26 @@ def test_split_exploit_is_reset_both_ways(lab: Any, tmp_path: Path) -> None:
         assert "VPATCH-TEST-EXPLOIT" not in nginx_log.read_text()
 
 
+def test_h2c_prior_knowledge_exploit_is_reset(lab: Any, tmp_path: Path) -> None:
+    """A real HTTP/2 client (curl with nghttp2, prior knowledge) whose header value holds the
+    marker, HPACK-coded (Huffman) so that no raw byte of it is on the wire: the gateway decodes
+    the h2c request, the raw-pattern rule fires on it and the connection is reset."""
+    with vpatch_run(lab, tmp_path) as gw:
+        curl = ["curl", "-s", "-m", "5", "--http2-prior-knowledge", "-o", "/dev/null"]
+        headers = ["-H", f"X-Test: {MARKER.decode()}"]
+        r = in_ns(lab.client_ns, [*curl, *headers, f"http://{lab.server_addr}/"], timeout=15)
+        assert r.returncode != 0, r.stdout + r.stderr  # reset: curl never gets an answer
+        deadline = time.monotonic() + 5
+        while not gw.events() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        events = gw.events()
+        assert [e["alert"]["signature_id"] for e in events] == [9000100], events
+        assert events[0]["alert"]["action"] == "blocked"
+        # the blocked flow's later packets (curl's retransmissions) are reset too
+        assert sum(q["reset"] for q in gw.status()["queues"].values()) >= 1
+        assert curl_ok(lab)  # HTTP/1 still passes
+
+
 def test_bypass_after_stream_depth(lab: Any, tmp_path: Path) -> None:
     size = 400_000
     with vpatch_run(lab, tmp_path, stream_depth={"to_server": 2048, "to_client": 0}) as gw:

@@ -16,6 +16,7 @@ import re
 from typing import Final
 
 from gateway.decode import dns as _dns
+from gateway.decode import h2 as _h2
 from gateway.decode import http as _http
 from gateway.decode import http_fields as _httpf
 from gateway.decode import tls as _tls
@@ -59,26 +60,38 @@ class HttpAdapter:
     header) and one record at the end of the request that adds `http.body` (first
     http.MAX_BODY_INSPECT bytes, de-chunked) and `http.body_length`. A request without a body
     whose end arrives with its head yields the end record only (it holds every head field),
-    so each such request is evaluated once."""
+    so each such request is evaluated once. After the HTTP/2 client preface (prior knowledge,
+    or after an `Upgrade: h2c` request) the stream is HTTP/2: `H2cRequests` gives the same
+    records for each of its requests."""
 
-    __slots__ = ("_body", "_body_len", "_decoder", "_head", "refused")
+    __slots__ = ("_body", "_body_len", "_decoder", "_h2", "_head", "refused")
 
     def __init__(self) -> None:
         self._decoder = _http.HttpRequestDecoder()
         self._head: dict[str, FieldValue] | None = None
         self._body = bytearray()
         self._body_len = 0
+        self._h2: H2cRequests | None = None  # the stream is HTTP/2 from the preface on
         self.refused: DecodeError | None = None  # the error that stopped the last feed
 
     def at_boundary(self) -> bool:
-        """Between two requests: nothing buffered, no request under way."""
+        """Between two requests: nothing buffered, no request under way (never in HTTP/2,
+        whose header blocks depend on the connection's HPACK table)."""
         decoder = self._decoder
-        return decoder.state is _http.State.HEAD and not decoder.buffered and self._head is None
+        return (
+            self._h2 is None
+            and decoder.state is _http.State.HEAD
+            and not decoder.buffered
+            and self._head is None
+        )
 
     def recover(self) -> None:
         """After an HttpDecodeError: drop the request under way and resume at the next request
-        line (RecoverableDecoder, HttpRequestDecoder.recover)."""
+        line (RecoverableDecoder, HttpRequestDecoder.recover); in HTTP/2, H2cRequests.recover."""
         self.refused = None
+        if self._h2 is not None:
+            self._h2.recover()
+            return
         self._decoder.recover()
         self._head = None
         self._body.clear()
@@ -95,6 +108,8 @@ class HttpAdapter:
         )
 
     def feed(self, data: bytes) -> list[AppRecord]:
+        if self._h2 is not None:
+            return self._feed_h2(data, [])
         decoder = self._decoder
         decoder.receive_data(data)
         out: list[AppRecord] = []
@@ -113,22 +128,11 @@ class HttpAdapter:
             if isinstance(event, _http.Request):
                 if pending is not None:
                     out.append(AppRecord("http", pending))
-                head: dict[str, FieldValue] = {
-                    "http.method": event.method.encode("latin-1"),
-                    "http.uri": event.uri_normalized.encode("latin-1", "replace"),
-                    "http.uri.raw": event.uri.encode("latin-1"),
-                    "http.version": event.version.encode("latin-1"),
-                    "http.header_count": len(event.headers),
-                }
-                # every value of a repeated header joined by ", " (RFC 9110 section 5.3)
-                joined: dict[str, str] = {}
-                for name, value in event.headers:
-                    prev = joined.get(name)
-                    joined[name] = value if prev is None else f"{prev}, {value}"
-                for name, value in joined.items():
-                    head["http.header." + name] = value.encode("latin-1", "replace")
-                head["http.header_names"] = ",".join(joined).encode("latin-1", "replace")
-                _derived_head_fields(event, head)
+                    pending = None
+                if _is_h2_preface(event):
+                    self._h2 = H2cRequests()
+                    return self._feed_h2(decoder.take_buffer(), out)
+                head = head_fields(event)
                 self._head = head
                 self._body.clear()
                 self._body_len = 0
@@ -142,10 +146,8 @@ class HttpAdapter:
                     self._body += event.data[:room]
                 self._body_len += len(event.data)
             elif isinstance(event, _http.EndOfRequest):
-                fields = dict(self._head) if self._head is not None else {}
-                fields["http.body"] = bytes(self._body)
-                fields["http.body_length"] = event.body_length
-                _derived_body_fields(fields, bytes(self._body))
+                head = self._head if self._head is not None else {}
+                fields = end_fields(head, bytes(self._body), event.body_length)
                 out.append(AppRecord("http", fields))
                 pending = None
                 self._head = None
@@ -155,6 +157,180 @@ class HttpAdapter:
         if pending is not None:  # the body has not arrived yet: judge the head now
             out.append(AppRecord("http", pending))
         return out
+
+    def take_derived(self) -> bytes:
+        """HTTP/2 requests decoded since the last call, as HTTP/1 text, for the raw stream
+        patterns (DerivingDecoder); b"" for HTTP/1, whose bytes they scan already."""
+        return self._h2.take_derived() if self._h2 is not None else b""
+
+    def _feed_h2(self, data: bytes, out: list[AppRecord]) -> list[AppRecord]:
+        """HTTP/2 from here on; back to HTTP/1 when what followed `PRI * HTTP/2.0` is not the
+        rest of the client preface (the server reads it as HTTP/1 then)."""
+        h2 = self._h2
+        assert h2 is not None
+        out.extend(h2.feed(data))
+        self.refused = h2.refused
+        if h2.refused is not None and h2.not_h2:
+            self._h2 = None
+            self.refused = None
+            self._decoder = _http.HttpRequestDecoder()
+            out.extend(self.feed(h2.take_buffer()))
+        return out
+
+
+def _is_h2_preface(request: _http.Request) -> bool:
+    """The request line and empty head of the HTTP/2 client preface (RFC 9113 section 3.4)."""
+    return (
+        request.method == "PRI"
+        and request.uri == "*"
+        and request.version == "HTTP/2.0"
+        and not request.headers
+    )
+
+
+def head_fields(request: _http.Request) -> dict[str, FieldValue]:
+    """The fields of a request head (HTTP/1 or HTTP/2)."""
+    head: dict[str, FieldValue] = {
+        "http.method": request.method.encode("latin-1"),
+        "http.uri": request.uri_normalized.encode("latin-1", "replace"),
+        "http.uri.raw": request.uri.encode("latin-1"),
+        "http.version": request.version.encode("latin-1"),
+        "http.header_count": len(request.headers),
+    }
+    # every value of a repeated header joined by ", " (RFC 9110 section 5.3)
+    joined: dict[str, str] = {}
+    for name, value in request.headers:
+        prev = joined.get(name)
+        joined[name] = value if prev is None else f"{prev}, {value}"
+    for name, value in joined.items():
+        head["http.header." + name] = value.encode("latin-1", "replace")
+    head["http.header_names"] = ",".join(joined).encode("latin-1", "replace")
+    _derived_head_fields(request, head)
+    return head
+
+
+def end_fields(head: dict[str, FieldValue], body: bytes, body_length: int) -> dict[str, FieldValue]:
+    """The fields of a request's end record: its head's, the body kept and the derived ones."""
+    fields = dict(head)
+    fields["http.body"] = body
+    fields["http.body_length"] = body_length
+    _derived_body_fields(fields, body)
+    return fields
+
+
+# Body bytes kept for matching over all the open streams of one HTTP/2 connection (each stream
+# keeps at most http.MAX_BODY_INSPECT, as an HTTP/1 request does).
+H2_BODY_BUDGET: Final = 16 * _http.MAX_BODY_INSPECT
+
+
+class H2cRequests:
+    """The records of an h2c connection (gateway/decode/h2.py), per stream as HttpAdapter's
+    for HTTP/1: a head record when a request's header block is complete, an end record (body,
+    body length, derived body fields) when its stream ends; a request whose stream ends with
+    its head yields the end record only. A stream complaint (`H2DecodeError.stream`, or a body
+    cut short by H2_BODY_BUDGET) is `refused` and decoding goes on after `recover()`; after a
+    connection error the server ends the connection, and so the rest of the stream is not
+    decoded (`recover()` leaves it to the raw stream rules)."""
+
+    __slots__ = ("_bodies", "_decoder", "_derived", "_drained", "_heads", "_held", "refused")
+
+    def __init__(self) -> None:
+        self._decoder = _h2.H2RequestDecoder(preface=_h2.PREFACE_TAIL)
+        self._heads: dict[int, dict[str, FieldValue]] = {}
+        self._bodies: dict[int, bytearray] = {}
+        self._held = 0  # body bytes kept over all streams
+        self._drained = False  # after a connection error: nothing more to decode
+        self._derived = bytearray()  # requests as HTTP/1 text, for the raw stream patterns
+        self.refused: DecodeError | None = None
+
+    @property
+    def not_h2(self) -> bool:
+        """What followed `PRI * HTTP/2.0` is not the rest of the preface (see take_buffer)."""
+        return self._decoder.in_preface and self._decoder.state is _h2.State.ERROR
+
+    def take_buffer(self) -> bytes:
+        return self._decoder.take_buffer()
+
+    def take_derived(self) -> bytes:
+        """Each request decoded since the last call as HTTP/1 text: its head when its header
+        block is complete, its body (what is kept of it, contiguous whatever the interleaving
+        of DATA frames) when its stream ends."""
+        data = bytes(self._derived)
+        self._derived.clear()
+        return data
+
+    def recover(self) -> None:
+        self.refused = None
+        if self._decoder.state is _h2.State.ERROR:
+            self._drained = True
+            self._heads.clear()
+            self._bodies.clear()
+            self._held = 0
+
+    def feed(self, data: bytes) -> list[AppRecord]:
+        if self._drained:
+            return []
+        decoder = self._decoder
+        decoder.receive_data(data)
+        out: list[AppRecord | None] = []
+        pending: dict[int, int] = {}  # stream -> index in out of its head record, this feed
+        while len(out) < MAX_RECORDS_PER_FEED:
+            try:
+                event = decoder.next_event()
+            except (_h2.H2DecodeError, DecodeError) as err:
+                self.refused = err
+                break
+            if isinstance(event, _h2.StreamHead):
+                head = head_fields(event.request)
+                self._heads[event.stream_id] = head
+                self._bodies[event.stream_id] = bytearray()
+                pending[event.stream_id] = len(out)
+                out.append(AppRecord("http", head))
+                self._derived += _h1_text(event.request)
+            elif isinstance(event, _h2.StreamData):
+                if not self._keep(event.stream_id, event.data):
+                    break
+            elif isinstance(event, _h2.StreamEnd):
+                at = pending.pop(event.stream_id, None)
+                if at is not None:
+                    out[at] = None  # the end record holds every head field
+                out.append(self._end(event))
+            else:
+                break
+        return [record for record in out if record is not None]
+
+    def _keep(self, stream: int, data: bytes) -> bool:
+        """Keep a DATA piece for matching; False (and `refused`) when the connection's budget
+        cut it short."""
+        body = self._bodies.get(stream)
+        if body is None:
+            return True
+        room = min(_http.MAX_BODY_INSPECT - len(body), H2_BODY_BUDGET - self._held)
+        kept = data[: max(room, 0)]
+        body += kept
+        self._held += len(kept)
+        if len(kept) < len(data) and len(body) < _http.MAX_BODY_INSPECT:
+            self.refused = _h2.H2DecodeError(
+                f"h2c: over {H2_BODY_BUDGET} body bytes held over open streams: "
+                f"the body of stream {stream} is inspected in part",
+                stream=stream,
+            )
+            return False
+        return True
+
+    def _end(self, event: _h2.StreamEnd) -> AppRecord:
+        head = self._heads.pop(event.stream_id, {})
+        body = self._bodies.pop(event.stream_id, bytearray())
+        self._held -= len(body)
+        self._derived += body
+        return AppRecord("http", end_fields(head, bytes(body), event.body_length))
+
+
+def _h1_text(request: _http.Request) -> bytes:
+    """A request head as HTTP/1 text (RFC 9112 sections 3 and 5)."""
+    lines = [f"{request.method} {request.uri} {request.version}"]
+    lines.extend(f"{name}: {value}" for name, value in request.headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
 
 
 def _latin(text: str) -> bytes:

@@ -128,6 +128,13 @@ class HttpRequestDecoder:
             self._refused_consumed = len(self._buf) < before
             raise
 
+    def take_buffer(self) -> bytes:
+        """The bytes received and not yet turned into events, handed over to whoever decodes
+        the stream from here (the h2c decoder after the preface's `PRI * HTTP/2.0` head)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
     def recover(self) -> None:
         """Leave the ERROR state: skip to the next line that starts an HTTP request and decode on
         from there. For a caller whose policy lets the connection go on after an anomaly: what

@@ -55,6 +55,7 @@ __all__ = [
     "AppProtocol",
     "AppRecord",
     "DecoderFactory",
+    "DerivingDecoder",
     "FieldKind",
     "FieldValue",
     "Probe",
@@ -113,6 +114,17 @@ class RecoverableDecoder(Protocol):
     def feed(self, data: bytes) -> list[AppRecord]: ...
 
     def recover(self) -> None: ...
+
+
+class DerivingDecoder(Protocol):
+    """A decoder whose stream carries units in a form the raw stream patterns cannot read
+    (HTTP/2's HPACK-coded requests): `take_derived()` gives them, as the protocol's plain
+    form (HTTP/1 text), for the bytes fed since the last call; the engine scans those with
+    the direction's raw patterns too (gateway/match/inspection.py `scan_derived`)."""
+
+    def feed(self, data: bytes) -> list[AppRecord]: ...
+
+    def take_derived(self) -> bytes: ...
 
 
 class MemoDecoder(Protocol):

@@ -52,6 +52,7 @@ from gateway.decode.http import normalize_uri
 from gateway.decode.registry import (
     AppDecoder,
     AppRecord,
+    DerivingDecoder,
     MemoDecoder,
     Probe,
     ProbeFunc,
@@ -140,6 +141,7 @@ class AppSession:
         "_buf",
         "_candidates",
         "_decoder",
+        "_deriving",
         "_direction",
         "_memo",
         "_over",
@@ -180,6 +182,7 @@ class AppSession:
         self._over = False  # the decoder failed and cannot recover: app layer over
         self._recoverable: RecoverableDecoder | None = None  # the decoder, when it can recover
         self._unit: MemoDecoder | None = None  # the decoder, when its units may be memoised
+        self._deriving: DerivingDecoder | None = None  # the decoder, when it derives bytes
         # the memo key of the records the last feed returned, when they may be memoised
         self.pending: MemoKey | None = None
 
@@ -213,6 +216,8 @@ class AppSession:
             self._anomaly = anomaly_field(protocol.name)
             if hasattr(decoder, "recover"):
                 self._recoverable = cast(RecoverableDecoder, decoder)
+            if hasattr(decoder, "take_derived"):
+                self._deriving = cast(DerivingDecoder, decoder)
             if protocol.memo and self._memo.limit:
                 self._unit = cast(MemoDecoder, decoder)
             self._buf = b""
@@ -298,7 +303,20 @@ class AppSession:
         self._decoder = None
         self._unit = None
         self._recoverable = None
+        self._deriving = None
         self._over = True
+
+    def take_derived(self) -> bytes:
+        """What the decoder derived for the raw stream patterns from the bytes fed since the
+        last call (registry.DerivingDecoder: h2c requests as HTTP/1 text); b"" for most."""
+        deriving = self._deriving
+        if deriving is None:
+            return b""
+        try:
+            return deriving.take_derived()
+        except Exception:  # noqa: BLE001 (a decoder bug must not break the packet path)
+            self._stats.app_internal_errors += 1
+            return b""
 
     def remember(self) -> None:
         """The records the last `feed` returned fired no rule: remember their unit when it was

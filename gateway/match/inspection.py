@@ -34,6 +34,7 @@ class Inspection:
         "active",
         "apps",
         "cond_ok",
+        "derived",
         "fired",
         "groups",
         "matcher",
@@ -48,6 +49,9 @@ class Inspection:
         self.matcher = matcher
         self.groups: list[MatchGroup | None] = [None, None]
         self.states: list[StreamState | None] = [None, None]
+        # the Hyperscan stream of what the app decoder derived for the raw patterns (h2c
+        # requests as HTTP/1 text: gateway/decode/registry.py DerivingDecoder), opened on use
+        self.derived: list[StreamState | None] = [None, None]
         self.reasm: list[StreamReassembler | None] = [None, None]
         self.apps: list[AppSession | None] = [None, None]
         self.active = [False, False]
@@ -82,14 +86,27 @@ class Inspection:
                 cond_ok.add(rule.id)
         return tuple(out)
 
+    def scan_derived(self, d: Direction, data: bytes) -> tuple[Rule, ...]:
+        """The raw-pattern rules that `data`, derived by the direction's app decoder, fires
+        (combined as `combine` does); scanned as a stream of its own, so that a pattern is
+        never matched across wire bytes and derived ones."""
+        group = self.groups[d]
+        if not data or group is None or group.database is None or not group.stream_mode:
+            return ()
+        state = self.derived[d]
+        if state is None:
+            state = self.derived[d] = self.matcher.open_stream(group)
+        return self.combine(d, self.matcher.scan_stream(state, data), ())
+
     def close(self, d: Direction) -> None:
         """Stop inspecting direction `d` (its app session and Hyperscan stream freed)."""
         self.active[d] = False
         self.apps[d] = None
-        state = self.states[d]
-        if state is not None:
-            self.states[d] = None
-            state.matcher.close_stream(state)
+        for states in (self.states, self.derived):
+            state = states[d]
+            if state is not None:
+                states[d] = None
+                state.matcher.close_stream(state)
 
     def close_all(self) -> None:
         for d in Direction:

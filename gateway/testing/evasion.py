@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Final
 
-from gateway.testing.evasion_app import HTTP_REWRITES, IIS_ONLY, SMB_REWRITES
+from gateway.testing.evasion_app import H2C_REWRITES, HTTP_REWRITES, IIS_ONLY, SMB_REWRITES
 from gateway.testing.wire import (
     ACK,
     FIN,
@@ -636,6 +636,10 @@ SINGLE: Final[tuple[Technique, ...]] = (
         for name, (fn, doc) in HTTP_REWRITES.items()
     ),
     *(
+        _t(name, "h2c", doc, rewrite=(fn,), apps=frozenset({"http"}))
+        for name, (fn, doc) in H2C_REWRITES.items()
+    ),
+    *(
         _t(name, "smb", doc, rewrite=(fn,), apps=frozenset({"smb", "dcerpc"}))
         for name, (fn, doc) in SMB_REWRITES.items()
     ),
@@ -657,7 +661,7 @@ def _carried() -> list[Technique]:
             continue
         for carrier in _CARRIERS:
             if carrier == "ipv6" and (
-                tech.cls in ("http", "smb") or _v6 in tech.conn or tech.name in _V4_ONLY
+                tech.cls in ("http", "h2c", "smb") or _v6 in tech.conn or tech.name in _V4_ONLY
             ):
                 continue
             both = combine(tech, _BY_NAME[carrier])
@@ -677,6 +681,7 @@ _CROSS: Final = (
     ("second-syn", "frag-reverse"),
     ("http-fold", "http-lf", "http-chunked"),
     ("http-uri-iis-u", "http-name-case", "tcp-checksum-partial"),
+    ("h2c-prior-knowledge", "seg-1byte", "ttl-insertion"),
     ("smb-keepalive", "smb-echo-first", "seg-1byte"),
 )
 

@@ -24,7 +24,9 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["HTTP_REWRITES", "IIS_ONLY", "SMB_REWRITES"]
+from gateway.testing.h2c import h2c_stream
+
+__all__ = ["H2C_REWRITES", "HTTP_REWRITES", "IIS_ONLY", "SMB_REWRITES"]
 
 Rewrite = Callable[[bytes], "bytes | None"]
 
@@ -251,6 +253,33 @@ HTTP_REWRITES: Final[dict[str, tuple[Rewrite, str]]] = {
     "http-chunked": (_chunked(1, False), "body as 1-byte chunks"),
     "http-chunked-ext": (_chunked(3, True), "chunk extensions, zero-padded sizes"),
     "http-form-percent": (_form_percent, "form body %-encoded"),
+}
+
+
+def _h2c(upgrade: bool) -> Rewrite:
+    """The same requests over HTTP/2 cleartext (gateway/testing/h2c.py): HPACK-coded heads
+    (Huffman, dynamic table), bodies in padded DATA frames, header blocks over CONTINUATION;
+    after the preface (prior knowledge: nginx `listen ... http2`, Apache `H2Direct`) or after
+    an `Upgrade: h2c` request (Apache mod_http2, Tomcat)."""
+
+    def rewrite(data: bytes) -> bytes | None:
+        reqs = _requests(data)
+        if reqs is None or any(_not_h2_expressible(head) for head, _ in reqs):
+            return None
+        return h2c_stream(reqs, upgrade=upgrade)
+
+    return rewrite
+
+
+def _not_h2_expressible(head: bytes) -> bool:
+    """A header line without a colon or folded: HTTP/2 has no way to send it (the anomaly it
+    stands for does not exist there)."""
+    return any(b":" not in line or line[:1] in b" \t" for line in head.split(b"\r\n")[1:])
+
+
+H2C_REWRITES: Final[dict[str, tuple[Rewrite, str]]] = {
+    "h2c-prior-knowledge": (_h2c(False), "as HTTP/2 cleartext, prior knowledge"),
+    "h2c-upgrade": (_h2c(True), "as HTTP/2 cleartext after Upgrade: h2c"),
 }
 
 
