@@ -18,9 +18,14 @@ from gateway.policy.hosts import Hosts
 from gateway.policy.store import StoreError
 from webui.db import get_store
 from webui.events import add_exception_from
+from webui.inputs import MAX_SQL_INT, InputError, int_arg
 from webui.services import (
+    DEFAULT_HOURS,
+    DEFAULT_PAGE_SIZE,
     EVENT_FILTERS,
-    InputError,
+    MAX_HOURS,
+    MAX_PAGE,
+    MAX_PAGE_SIZE,
     dashboard_data,
     explain_event,
     gateway_status,
@@ -36,7 +41,6 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 OBJ = {"type": "object"}
 ARR = {"type": "array", "items": OBJ}
 ENDPOINTS: list[dict[str, Any]] = []
-MAX_ID = 2**63 - 1  # SQLite INTEGER
 
 
 def endpoint(
@@ -56,9 +60,6 @@ def endpoint(
 
         def view(**kw: Any) -> Any:
             _authenticate(write)
-            for name, value in kw.items():  # ids beyond SQLite's INTEGER cannot exist
-                if isinstance(value, int) and not 0 <= value <= MAX_ID:
-                    return jsonify(error=f"{name} {value}: not found"), 404
             try:
                 return fn(**kw)
             except (InputError, StoreError) as err:
@@ -109,7 +110,7 @@ def status() -> Any:
     "/dashboard", "GET", "Events over time and top rules/CVEs/sources/hosts", params=("hours",)
 )
 def dashboard() -> Any:
-    return jsonify(dashboard_data(max(1, min(request.args.get("hours", 24, type=int) or 24, 720))))
+    return jsonify(dashboard_data(int_arg("hours", DEFAULT_HOURS, 1, MAX_HOURS)))
 
 
 @endpoint("/rules", "GET", "Rules with modes and would-block counts",
@@ -219,9 +220,9 @@ def delete_group(group_id: int) -> Any:
     "/events", "GET", "Events, filtered and paginated", params=(*EVENT_FILTERS, "page", "per_page")
 )
 def events() -> Any:
-    return jsonify(list_events({k: request.args.get(k, "") for k in EVENT_FILTERS},
-                               request.args.get("page", 1, type=int) or 1,
-                               request.args.get("per_page", 50, type=int) or 50))  # fmt: skip
+    page = int_arg("page", 1, 1, MAX_PAGE)
+    per_page = int_arg("per_page", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
+    return jsonify(list_events({k: request.args.get(k, "") for k in EVENT_FILTERS}, page, per_page))
 
 
 @endpoint("/events/{event_id}", "GET", "One event, its EVE record and why it fired")
@@ -271,8 +272,8 @@ def delete_exception(exception_id: int) -> Any:
 
 @endpoint("/audit", "GET", "Audit trail, newest first", params=("limit", "offset"), result=ARR)
 def audit() -> Any:
-    lim = max(1, min(request.args.get("limit", 100, type=int) or 100, 1000))
-    off = max(0, request.args.get("offset", 0, type=int) or 0)
+    lim = int_arg("limit", 100, 1, 1000)
+    off = int_arg("offset", 0, 0, MAX_SQL_INT)
     return jsonify([asdict(e) for e in get_store().list_audit(lim, off)])
 
 

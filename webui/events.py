@@ -15,11 +15,14 @@ from flask import Blueprint, Response, abort, g, redirect, render_template, requ
 from gateway.policy.exceptions import PolicyExceptions
 from gateway.policy.store import StoreError
 from webui.db import get_store
+from webui.inputs import InputError, int_arg
 from webui.security import admin_required, csv_safe, login_required
 from webui.services import (
+    DEFAULT_PAGE_SIZE,
     EVENT_COLUMNS,
     EVENT_FILTERS,
-    InputError,
+    MAX_PAGE,
+    MAX_PAGE_SIZE,
     explain_event,
     export_events,
     get_event,
@@ -39,8 +42,8 @@ def _filters() -> dict[str, str]:
 def index() -> Any:
     filters = _filters()
     try:
-        result = list_events(filters, request.args.get("page", 1, type=int) or 1,
-                             request.args.get("per_page", 50, type=int) or 50)  # fmt: skip
+        result = list_events(filters, int_arg("page", 1, 1, MAX_PAGE),
+                             int_arg("per_page", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE))  # fmt: skip
     except InputError as err:
         abort(400, description=str(err))
     return render_template("events/index.html", result=result, filters=filters)

@@ -23,17 +23,17 @@ from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
 from gateway.vocabulary import Mode
 from webui.db import get_events, get_rules, get_store
+from webui.inputs import MAX_SQL_INT, InputError, parse_int
 
 MAX_PAGE_SIZE = 200
+MAX_PAGE = MAX_SQL_INT // MAX_PAGE_SIZE  # the OFFSET stays an SQLite INTEGER
 DEFAULT_PAGE_SIZE = 50
 MAX_EXPORT_ROWS = 10_000
 TOP_N = 10
 CHART_BUCKETS = 24
+DEFAULT_HOURS = 24
+MAX_HOURS = 24 * 30  # the dashboard's window: 1 hour .. 30 days
 EVENT_FILTERS = ("since", "until", "host", "rule", "cve", "action", "address")
-
-
-class InputError(ValueError):
-    """A request parameter is not acceptable (message names it)."""
 
 
 # -- rules and modes --------------------------------------------------------------------------
@@ -61,9 +61,10 @@ def would_block_counts() -> dict[int, int]:
         return {}
     rows = conn.execute(
         "SELECT signature_id, COUNT(DISTINCT flow_id) FROM events "
-        "WHERE json_extract(eve, '$.vpatch.would_block') = 1 GROUP BY signature_id"
+        "WHERE json_extract(CASE WHEN json_valid(eve) THEN eve END, '$.vpatch.would_block') = 1 "
+        "GROUP BY signature_id"
     )
-    return {int(r[0]): int(r[1]) for r in rows}
+    return {int(r[0]): int(r[1]) for r in rows if r[0] is not None}
 
 
 def rules_view(filters: dict[str, str]) -> list[dict[str, Any]]:
@@ -211,10 +212,8 @@ def event_where(filters: dict[str, str]) -> tuple[str, list[Any]]:
         clauses.append("dest_ip = ?")
         args.append(f["host"])
     if f["rule"]:
-        if not f["rule"].isdigit():
-            raise InputError(f"rule {f['rule']!r}: not a rule id")
         clauses.append("signature_id = ?")
-        args.append(int(f["rule"]))
+        args.append(parse_int(f["rule"], "rule"))
     if f["cve"]:
         clauses.append("cves LIKE ?")
         args.append(f"%,{f['cve'].upper()},%")
@@ -233,7 +232,7 @@ def list_events(
     filters: dict[str, str], page: int = 1, per_page: int = DEFAULT_PAGE_SIZE
 ) -> dict[str, Any]:
     per_page = max(1, min(per_page, MAX_PAGE_SIZE))
-    page = max(1, page)
+    page = max(1, min(page, MAX_PAGE))  # past the end: an empty page, never an overflow
     conn = get_events()
     if conn is None:
         return {"events": [], "total": 0, "page": page, "per_page": per_page}

@@ -42,11 +42,19 @@ def test_counts_buckets_and_tops(client: FlaskClient, auth: Auth) -> None:
     assert body["health"]["reachable"] is False
 
 
-@pytest.mark.parametrize(("query", "hours"), [("?hours=1", 1), ("?hours=0", 24),
-                         ("?hours=-5", 1), ("?hours=100000", 720), ("?hours=x", 24)])  # fmt: skip
+@pytest.mark.parametrize(("query", "hours"), [("?hours=1", 1), ("?hours=", 24), ("?hours=0", 1),
+                         ("?hours=-5", 1), ("?hours=100000", 720)])  # fmt: skip
 def test_window_bounds(client: FlaskClient, auth: Auth, query: str, hours: int) -> None:
     auth.login()
     assert data(client, query)["events"]["hours"] == hours
+
+
+def test_a_window_that_is_not_a_number_is_refused(client: FlaskClient, auth: Auth) -> None:
+    auth.login()
+    resp = client.get("/dashboard/data?hours=x", headers={"Accept": "application/json"})
+    assert resp.status_code == 400 and resp.get_json() == {"error": "hours 'x': not an integer"}
+    page = client.get("/dashboard/data?hours=x")  # a browser's address bar: the error page
+    assert page.status_code == 400 and "hours &#39;x&#39;: not an integer" in page.text
 
 
 def test_events_outside_the_window_are_left_out(

@@ -17,7 +17,8 @@ from flask.testing import FlaskClient
 from gateway.policy.exceptions import PolicyExceptions
 from tests.webui.conftest import EVIL, Auth, api_token, store_of
 from webui.events import csv_text, parse_expiry
-from webui.services import EVENT_COLUMNS, InputError
+from webui.inputs import InputError
+from webui.services import EVENT_COLUMNS
 
 
 def _evil_row_id(client: FlaskClient) -> int:
