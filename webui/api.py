@@ -17,7 +17,7 @@ from gateway.policy.exceptions import PolicyExceptions
 from gateway.policy.hosts import Hosts
 from gateway.policy.store import StoreError
 from webui.db import get_store
-from webui.events import add_exception_from
+from webui.events import exception_draft, save_exception
 from webui.inputs import MAX_SQL_INT, InputError, int_arg
 from webui.services import (
     DEFAULT_HOURS,
@@ -240,7 +240,16 @@ EXC_BODY = {
     "properties": {
         "scope": {"type": "string", "enum": ["host", "port", "uri"]},
         "reason": {"type": "string"},
-        "uri": {"type": "string"},
+        "uri": {
+            "type": "string",
+            "description": "literal (a * matches a *); default: the "
+            "request target the event recorded, without its query",
+        },
+        "match": {
+            "type": "string",
+            "enum": ["exact", "prefix"],
+            "description": "prefix: every URI starting with the normalised uri",
+        },
         "expires": {"type": "string", "description": "ISO 8601"},
     },
 }
@@ -254,13 +263,19 @@ EXC_BODY = {
     body=EXC_BODY,
 )
 def event_exception(event_id: int) -> Any:
-    exc, rl = add_exception_from(event_id, _body(), g.user.username)
-    return jsonify(exception=asdict(exc), reload=rl), 201
+    data = _body()
+    draft = exception_draft(event_id, data)
+    exc, rl = save_exception(draft, data, g.user.username)
+    return jsonify(exception=asdict(exc), scope=draft.as_dict(), reload=rl), 201
 
 
 @endpoint("/exceptions", "GET", "Exceptions (also expired ones)", result=ARR)
 def exceptions() -> Any:
-    return jsonify([asdict(e) for e in PolicyExceptions(get_store()).list_exceptions()])
+    out = []
+    for e in PolicyExceptions(get_store()).list_exceptions():
+        scope = e.uri_scope()  # what the engine compares: {path, prefix}
+        out.append(asdict(e) | {"uri_scope": None if scope is None else asdict(scope)})
+    return jsonify(out)
 
 
 @endpoint("/exceptions/{exception_id}", "DELETE", "Delete an exception", write=True)
