@@ -350,8 +350,8 @@ def dashboard_data(hours: int = DEFAULT_HOURS, now: float | None = None) -> dict
             b["blocked"] += blocked
             total += allowed + blocked
         for name, dim in TOP_DIMENSIONS.items():
-            top[name] = [{"key": k, "label": label, "count": n}
-                         for k, label, n in top_keys(conn, dim, since_hour, end, TOP_N)]  # fmt: skip
+            rows = top_keys(conn, dim, since_hour, end, TOP_N)
+            top[name] = [{"key": k, "label": label, "count": n} for k, label, n in rows]
         cves: dict[str, int] = {}
         for text, _label, n in top_keys(conn, "cves", since_hour, end, MAX_CVE_SETS):
             for c in str(text).split(","):

@@ -122,29 +122,36 @@ def _add_tops(
     tops: Counter[tuple[str, int, Any]],
     labels: dict[tuple[str, int, Any], Any],
 ) -> None:
-    kept: dict[tuple[str, int], int] = {}  # (dim, hour) -> keys stored so far
-    for (dim, hour, key), n in tops.items():
-        label = labels[(dim, hour, key)]
-        cur = conn.execute(
-            "UPDATE event_tops SET n = n + ?, label = ? WHERE dim = ? AND hour = ? AND key = ?",
-            (n, label, dim, hour, key),
-        )
-        if cur.rowcount:
-            continue
-        if (dim, hour) not in kept:
-            kept[(dim, hour)] = conn.execute(
-                "SELECT COUNT(*) FROM event_tops WHERE dim = ? AND hour = ? AND key != ?",
-                (dim, hour, OTHER_KEY),
-            ).fetchone()[0]
-        if key != OTHER_KEY and kept[(dim, hour)] >= MAX_KEYS_PER_HOUR:
-            key, label = OTHER_KEY, OTHER_LABEL  # the bound: counted, under "(other)"
-        elif key != OTHER_KEY:
-            kept[(dim, hour)] += 1
-        conn.execute(
-            "INSERT INTO event_tops (dim, hour, key, label, n) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT(dim, hour, key) DO UPDATE SET n = n + excluded.n",
-            (dim, hour, key, label if key != OTHER_KEY else OTHER_LABEL, n),
-        )
+    by_hour: dict[tuple[str, int], list[Any]] = {}
+    for dim, hour, key in tops:
+        by_hour.setdefault((dim, hour), []).append(key)
+    updates: list[tuple[Any, ...]] = []
+    inserts: list[tuple[Any, ...]] = []
+    for (dim, hour), keys in by_hour.items():
+        stored = {k for (k,) in conn.execute(  # at most MAX_KEYS_PER_HOUR + 1 rows
+            "SELECT key FROM event_tops WHERE dim = ? AND hour = ?", (dim, hour))}  # fmt: skip
+        room = MAX_KEYS_PER_HOUR - len(stored - {OTHER_KEY})
+        other = 0
+        for key in keys:
+            n, label = tops[(dim, hour, key)], labels[(dim, hour, key)]
+            if key != OTHER_KEY and key in stored:
+                updates.append((n, label, dim, hour, key))
+            elif key != OTHER_KEY and room > 0:
+                inserts.append((dim, hour, key, label, n))
+                room -= 1
+            else:
+                other += n  # the bound (or no key): counted, under "(other)"
+        if other:
+            inserts.append((dim, hour, OTHER_KEY, OTHER_LABEL, other))
+    conn.executemany(
+        "UPDATE event_tops SET n = n + ?, label = ? WHERE dim = ? AND hour = ? AND key = ?",
+        updates,
+    )
+    conn.executemany(
+        "INSERT INTO event_tops (dim, hour, key, label, n) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT(dim, hour, key) DO UPDATE SET n = n + excluded.n",
+        inserts,
+    )
 
 
 MINUTES_SQL: Final = (
