@@ -1,9 +1,9 @@
 """A URI-scoped exception end to end: the marker request is reset by a real `vpatch run` in the
 namespace lab, its event (with the why: field, condition, excerpt, http.url) lands in the
 gateway's event store, the UI's exception route (scope uri, reviewed, then saved) stores the
-exception and reloads the gateway; afterwards the marker on that URI passes while on another
-URI it is still reset. The control `status` reports bytes inspected, the kernel's queue counters and the rules
-loaded, and the dashboard's health endpoint shows the same figures.
+exception and reloads the gateway; afterwards the marker on that URI passes while on another URI
+it is still reset. The control `status` reports bytes inspected, the kernel's queue counters and
+the rules loaded, and the dashboard's health endpoint shows the same figures.
 
 The gateway runs through gateway.testing.inline.running_gateway (stopped by PID, our kernel
 rules removed afterwards, also on failure); the lab's namespaces belong to the session-wide
