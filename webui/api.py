@@ -26,7 +26,6 @@ from webui.services import (
     MAX_HOURS,
     MAX_PAGE,
     MAX_PAGE_SIZE,
-    dashboard_data,
     explain_event,
     gateway_status,
     get_event,
@@ -34,6 +33,7 @@ from webui.services import (
     reload_gateway,
     rules_view,
     set_rule_mode,
+    shared_dashboard_data,
 )  # fmt: skip
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -110,7 +110,7 @@ def status() -> Any:
     "/dashboard", "GET", "Events over time and top rules/CVEs/sources/hosts", params=("hours",)
 )
 def dashboard() -> Any:
-    return jsonify(dashboard_data(int_arg("hours", DEFAULT_HOURS, 1, MAX_HOURS)))
+    return jsonify(shared_dashboard_data(int_arg("hours", DEFAULT_HOURS, 1, MAX_HOURS)))
 
 
 @endpoint("/rules", "GET", "Rules with modes and would-block counts",

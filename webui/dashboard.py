@@ -9,7 +9,7 @@ from flask import Blueprint, jsonify, render_template
 
 from webui.inputs import int_arg
 from webui.security import login_required
-from webui.services import DEFAULT_HOURS, MAX_HOURS, dashboard_data, gateway_status
+from webui.services import DEFAULT_HOURS, MAX_HOURS, gateway_status, shared_dashboard_data
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
@@ -17,11 +17,13 @@ bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 @bp.route("/")
 @login_required
 def index() -> Any:
-    return render_template("dashboard/index.html", data=dashboard_data(), health=gateway_status())
+    return render_template(
+        "dashboard/index.html", data=shared_dashboard_data(), health=gateway_status()
+    )
 
 
 @bp.route("/data")
 @login_required
 def data() -> Any:
     hours = int_arg("hours", DEFAULT_HOURS, 1, MAX_HOURS)
-    return jsonify(events=dashboard_data(hours), health=gateway_status())
+    return jsonify(events=shared_dashboard_data(hours), health=gateway_status())

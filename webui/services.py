@@ -8,6 +8,7 @@ store (audited) and are followed by the gateway's `reload` over its control sock
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -322,6 +323,27 @@ def explain_event(event: dict[str, Any], eve: dict[str, Any]) -> dict[str, Any]:
 
 
 TOP_DIMENSIONS = {"rules": "rule", "sources": "source", "hosts": "host"}  # answer -> rollup
+DASHBOARD_CACHE_S = 2.0  # open dashboards share one reading of a window for this long
+MAX_CACHED_WINDOWS = 64  # (event store, hours) pairs kept; cleared when full
+_dashboards: dict[tuple[str, int], tuple[float, dict[str, Any]]] = {}
+_dashboards_lock = threading.Lock()
+
+
+def shared_dashboard_data(hours: int = DEFAULT_HOURS) -> dict[str, Any]:
+    """`dashboard_data(hours)`, computed at most once per DASHBOARD_CACHE_S for all requests:
+    fifty open dashboards cost what one does."""
+    key = (str(current_app.config["EVENTS_DB"]), hours)
+    now = time.monotonic()
+    with _dashboards_lock:
+        hit = _dashboards.get(key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    data = dashboard_data(hours)
+    with _dashboards_lock:
+        if len(_dashboards) >= MAX_CACHED_WINDOWS:
+            _dashboards.clear()
+        _dashboards[key] = (now + DASHBOARD_CACHE_S, data)
+    return data
 
 
 def dashboard_data(hours: int = DEFAULT_HOURS, now: float | None = None) -> dict[str, Any]:

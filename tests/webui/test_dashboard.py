@@ -21,7 +21,7 @@ from flask.testing import FlaskClient
 from gateway.vocabulary import Action
 from tests.webui.conftest import Auth, make_event, write_events
 from webui.db import get_events
-from webui.services import CHART_BUCKETS, TOP_N, dashboard_data
+from webui.services import CHART_BUCKETS, TOP_N, dashboard_data, shared_dashboard_data
 
 
 def data(client: FlaskClient, query: str = "") -> dict[str, Any]:
@@ -133,3 +133,11 @@ def test_the_dashboard_reads_rollups_never_the_events(app: Flask) -> None:
         assert dashboard_data(720)["total"] == 3
     assert statements and not [s for s in statements if re.search(r"\bevents\b", s)]
     assert {"event_minutes", "event_tops"} <= set(re.findall(r"event_\w+", " ".join(statements)))
+
+
+def test_open_dashboards_share_one_reading(app: Flask, tmp_path: Path) -> None:
+    with app.app_context():
+        first = shared_dashboard_data(5)
+        write_events(tmp_path / "events.db", [(make_event(flow_id=77), {})])
+        assert shared_dashboard_data(5) is first  # within DASHBOARD_CACHE_S: not read again
+        assert dashboard_data(5)["total"] == first["total"] + 1
