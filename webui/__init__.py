@@ -35,6 +35,7 @@ from webui import (
     events,
     firewall,
     hosts,
+    inputs,
     rules,
     security,
 )
@@ -97,6 +98,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     db.init_app(app)
     security.init_app(app)
+    inputs.init_app(app)
 
     # alerts and firewall added their /api/v1 endpoints to api.bp when imported (at the top),
     # before api.bp is registered here

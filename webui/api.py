@@ -17,11 +17,15 @@ from gateway.policy.exceptions import PolicyExceptions
 from gateway.policy.hosts import Hosts
 from gateway.policy.store import StoreError
 from webui.db import get_store
-from webui.events import add_exception_from
+from webui.events import exception_draft, save_exception
+from webui.inputs import MAX_SQL_INT, InputError, int_arg
 from webui.services import (
+    DEFAULT_HOURS,
+    DEFAULT_PAGE_SIZE,
     EVENT_FILTERS,
-    InputError,
-    dashboard_data,
+    MAX_HOURS,
+    MAX_PAGE,
+    MAX_PAGE_SIZE,
     explain_event,
     gateway_status,
     get_event,
@@ -30,6 +34,7 @@ from webui.services import (
     reload_rules,
     rules_view,
     set_rule_mode,
+    shared_dashboard_data,
 )  # fmt: skip
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -37,7 +42,6 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 OBJ = {"type": "object"}
 ARR = {"type": "array", "items": OBJ}
 ENDPOINTS: list[dict[str, Any]] = []
-MAX_ID = 2**63 - 1  # SQLite INTEGER
 
 
 def endpoint(
@@ -57,9 +61,6 @@ def endpoint(
 
         def view(**kw: Any) -> Any:
             _authenticate(write)
-            for name, value in kw.items():  # ids beyond SQLite's INTEGER cannot exist
-                if isinstance(value, int) and not 0 <= value <= MAX_ID:
-                    return jsonify(error=f"{name} {value}: not found"), 404
             try:
                 return fn(**kw)
             except (InputError, StoreError) as err:
@@ -110,7 +111,7 @@ def status() -> Any:
     "/dashboard", "GET", "Events over time and top rules/CVEs/sources/hosts", params=("hours",)
 )
 def dashboard() -> Any:
-    return jsonify(dashboard_data(max(1, min(request.args.get("hours", 24, type=int) or 24, 720))))
+    return jsonify(shared_dashboard_data(int_arg("hours", DEFAULT_HOURS, 1, MAX_HOURS)))
 
 
 @endpoint("/rules", "GET", "Rules with modes and would-block counts",
@@ -227,9 +228,9 @@ def delete_group(group_id: int) -> Any:
     "/events", "GET", "Events, filtered and paginated", params=(*EVENT_FILTERS, "page", "per_page")
 )
 def events() -> Any:
-    return jsonify(list_events({k: request.args.get(k, "") for k in EVENT_FILTERS},
-                               request.args.get("page", 1, type=int) or 1,
-                               request.args.get("per_page", 50, type=int) or 50))  # fmt: skip
+    page = int_arg("page", 1, 1, MAX_PAGE)
+    per_page = int_arg("per_page", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
+    return jsonify(list_events({k: request.args.get(k, "") for k in EVENT_FILTERS}, page, per_page))
 
 
 @endpoint("/events/{event_id}", "GET", "One event, its EVE record and why it fired")
@@ -247,7 +248,16 @@ EXC_BODY = {
     "properties": {
         "scope": {"type": "string", "enum": ["host", "port", "uri"]},
         "reason": {"type": "string"},
-        "uri": {"type": "string"},
+        "uri": {
+            "type": "string",
+            "description": "literal (a * matches a *); default: the "
+            "request target the event recorded, without its query",
+        },
+        "match": {
+            "type": "string",
+            "enum": ["exact", "prefix"],
+            "description": "prefix: every URI starting with the normalised uri",
+        },
         "expires": {"type": "string", "description": "ISO 8601"},
     },
 }
@@ -261,13 +271,19 @@ EXC_BODY = {
     body=EXC_BODY,
 )
 def event_exception(event_id: int) -> Any:
-    exc, rl = add_exception_from(event_id, _body(), g.user.username)
-    return jsonify(exception=asdict(exc), reload=rl), 201
+    data = _body()
+    draft = exception_draft(event_id, data)
+    exc, rl = save_exception(draft, data, g.user.username)
+    return jsonify(exception=asdict(exc), scope=draft.as_dict(), reload=rl), 201
 
 
 @endpoint("/exceptions", "GET", "Exceptions (also expired ones)", result=ARR)
 def exceptions() -> Any:
-    return jsonify([asdict(e) for e in PolicyExceptions(get_store()).list_exceptions()])
+    out = []
+    for e in PolicyExceptions(get_store()).list_exceptions():
+        scope = e.uri_scope()  # what the engine compares: {path, prefix}
+        out.append(asdict(e) | {"uri_scope": None if scope is None else asdict(scope)})
+    return jsonify(out)
 
 
 @endpoint("/exceptions/{exception_id}", "DELETE", "Delete an exception", write=True)
@@ -279,8 +295,8 @@ def delete_exception(exception_id: int) -> Any:
 
 @endpoint("/audit", "GET", "Audit trail, newest first", params=("limit", "offset"), result=ARR)
 def audit() -> Any:
-    lim = max(1, min(request.args.get("limit", 100, type=int) or 100, 1000))
-    off = max(0, request.args.get("offset", 0, type=int) or 0)
+    lim = int_arg("limit", 100, 1, 1000)
+    off = int_arg("offset", 0, 0, MAX_SQL_INT)
     return jsonify([asdict(e) for e in get_store().list_audit(lim, off)])
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, render_template
 
 from webui.db import get_store
+from webui.inputs import MAX_SQL_INT, int_arg
 from webui.security import login_required
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
@@ -16,7 +17,7 @@ PAGE = 100
 @bp.route("/")
 @login_required
 def index() -> Any:
-    page = max(1, request.args.get("page", 1, type=int) or 1)
+    page = int_arg("page", 1, 1, MAX_SQL_INT // PAGE)
     store = get_store()
     return render_template(
         "audit/index.html", entries=store.list_audit(PAGE, (page - 1) * PAGE), page=page,

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify, render_template, request
+from flask import Blueprint, jsonify, render_template
 
+from webui.inputs import int_arg
 from webui.security import login_required
-from webui.services import dashboard_data, gateway_status
+from webui.services import DEFAULT_HOURS, MAX_HOURS, gateway_status, shared_dashboard_data
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
@@ -16,11 +17,13 @@ bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 @bp.route("/")
 @login_required
 def index() -> Any:
-    return render_template("dashboard/index.html", data=dashboard_data(), health=gateway_status())
+    return render_template(
+        "dashboard/index.html", data=shared_dashboard_data(), health=gateway_status()
+    )
 
 
 @bp.route("/data")
 @login_required
 def data() -> Any:
-    hours = max(1, min(request.args.get("hours", 24, type=int) or 24, 24 * 30))
-    return jsonify(events=dashboard_data(hours), health=gateway_status())
+    hours = int_arg("hours", DEFAULT_HOURS, 1, MAX_HOURS)
+    return jsonify(events=shared_dashboard_data(hours), health=gateway_status())

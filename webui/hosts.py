@@ -20,8 +20,9 @@ from gateway.policy.store import StoreError
 from gateway.scan.jobs import GLOBAL
 from webui import lifecycle
 from webui.db import get_store
+from webui.inputs import InputError, parse_int
 from webui.security import admin_required, login_required
-from webui.services import InputError, gateway_status, inspected_now, reload_gateway
+from webui.services import gateway_status, inspected_now, reload_gateway
 
 bp = Blueprint("hosts", __name__, url_prefix="/hosts")
 MODES = ("normal", "setup", "learning", "lockdown")
@@ -60,8 +61,8 @@ def _assigned_to(host: Host, assignments: list[Assignment]) -> list[Assignment]:
     ]
 
 
-def _int_or_none(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
+def _int_or_none(value: str | None, name: str) -> int | None:
+    return parse_int(value, name, 0) if value and value.strip() else None
 
 
 @bp.route("/", methods=["POST"])
@@ -70,7 +71,8 @@ def save() -> Any:
     try:
         Hosts(get_store()).save_host(
             request.form.get("address", ""), g.user.username, request.form.get("name", ""),
-            _int_or_none(request.form.get("group_id")), request.form.get("mode", "normal"),
+            _int_or_none(request.form.get("group_id"), "group_id"),
+            request.form.get("mode", "normal"),
         )  # fmt: skip
     except StoreError as err:
         abort(400, description=str(err))

@@ -45,7 +45,8 @@ from gateway.policy.hosts import Host, Hosts
 from gateway.scan.jobs import GLOBAL, ScanJobs, ScanRun
 from webui.api import ARR, _body, endpoint
 from webui.db import get_events, get_store
-from webui.services import InputError, reload_gateway
+from webui.inputs import InputError
+from webui.services import reload_gateway
 
 MAX_UI_SCANS = 4  # scan subprocesses the UI runs at once
 MAX_ENDPOINT_LINES = 64  # exceptions / update sources one form may carry

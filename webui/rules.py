@@ -25,8 +25,9 @@ from gateway.policy.hosts import Hosts
 from gateway.policy.store import StoreError
 from gateway.rulepack import RulePackError, RulePacks
 from webui.db import get_store
+from webui.inputs import InputError, parse_int
 from webui.security import admin_required, login_required
-from webui.services import InputError, reload_rules, rules_view, set_rule_mode
+from webui.services import reload_rules, rules_view, set_rule_mode
 
 bp = Blueprint("rules", __name__, url_prefix="/rules")
 
@@ -73,8 +74,8 @@ def parse_scope(value: str) -> tuple[str, int | None]:
     if value == "global":
         return "global", None
     kind, _, ident = value.partition(":")
-    if kind in ("host", "group") and ident.isdigit():
-        return kind, int(ident)
+    if kind in ("host", "group") and ident.isascii() and ident.isdigit():
+        return kind, parse_int(ident, "scope", 0)
     raise InputError(f"scope {value!r}: expected global, host:ID or group:ID")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import threading
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -18,23 +19,25 @@ from typing import Any
 from flask import current_app
 
 from gateway.control.server import ControlError, control_request
+from gateway.events.rollup import minute_counts, rollups_exist, top_keys
 from gateway.match.rules import Rule
 from gateway.policy.assignments import Assignments
 from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
 from gateway.vocabulary import Mode
 from webui.db import forget_rules, get_events, get_rules, get_store
+from webui.inputs import MAX_SQL_INT, InputError, parse_int
 
 MAX_PAGE_SIZE = 200
+MAX_PAGE = MAX_SQL_INT // MAX_PAGE_SIZE  # the OFFSET stays an SQLite INTEGER
 DEFAULT_PAGE_SIZE = 50
 MAX_EXPORT_ROWS = 10_000
 TOP_N = 10
+MAX_CVE_SETS = 10_000  # distinct `cves` texts read per dashboard (one per rule's CVE list)
 CHART_BUCKETS = 24
+DEFAULT_HOURS = 24
+MAX_HOURS = 24 * 30  # the dashboard's window: 1 hour .. 30 days
 EVENT_FILTERS = ("since", "until", "host", "rule", "cve", "action", "address")
-
-
-class InputError(ValueError):
-    """A request parameter is not acceptable (message names it)."""
 
 
 # -- rules and modes --------------------------------------------------------------------------
@@ -62,9 +65,10 @@ def would_block_counts() -> dict[int, int]:
         return {}
     rows = conn.execute(
         "SELECT signature_id, COUNT(DISTINCT flow_id) FROM events "
-        "WHERE json_extract(eve, '$.vpatch.would_block') = 1 GROUP BY signature_id"
+        "WHERE json_extract(CASE WHEN json_valid(eve) THEN eve END, '$.vpatch.would_block') = 1 "
+        "GROUP BY signature_id"
     )
-    return {int(r[0]): int(r[1]) for r in rows}
+    return {int(r[0]): int(r[1]) for r in rows if r[0] is not None}
 
 
 def rules_view(filters: dict[str, str]) -> list[dict[str, Any]]:
@@ -249,10 +253,8 @@ def event_where(filters: dict[str, str]) -> tuple[str, list[Any]]:
         clauses.append("dest_ip = ?")
         args.append(f["host"])
     if f["rule"]:
-        if not f["rule"].isdigit():
-            raise InputError(f"rule {f['rule']!r}: not a rule id")
         clauses.append("signature_id = ?")
-        args.append(int(f["rule"]))
+        args.append(parse_int(f["rule"], "rule"))
     if f["cve"]:
         clauses.append("cves LIKE ?")
         args.append(f"%,{f['cve'].upper()},%")
@@ -271,7 +273,7 @@ def list_events(
     filters: dict[str, str], page: int = 1, per_page: int = DEFAULT_PAGE_SIZE
 ) -> dict[str, Any]:
     per_page = max(1, min(per_page, MAX_PAGE_SIZE))
-    page = max(1, page)
+    page = max(1, min(page, MAX_PAGE))  # past the end: an empty page, never an overflow
     conn = get_events()
     if conn is None:
         return {"events": [], "total": 0, "page": page, "per_page": per_page}
@@ -358,59 +360,68 @@ def explain_event(event: dict[str, Any], eve: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def dashboard_data(hours: int = 24) -> dict[str, Any]:
-    conn = get_events()
-    now = datetime.now(UTC)
-    start = now.timestamp() - hours * 3600
-    bucket_s = hours * 3600 / CHART_BUCKETS
+TOP_DIMENSIONS = {"rules": "rule", "sources": "source", "hosts": "host"}  # answer -> rollup
+DASHBOARD_CACHE_S = 2.0  # open dashboards share one reading of a window for this long
+MAX_CACHED_WINDOWS = 64  # (event store, hours) pairs kept; cleared when full
+_dashboards: dict[tuple[str, int], tuple[float, dict[str, Any]]] = {}
+_dashboards_lock = threading.Lock()
+
+
+def shared_dashboard_data(hours: int = DEFAULT_HOURS) -> dict[str, Any]:
+    """`dashboard_data(hours)`, computed at most once per DASHBOARD_CACHE_S for all requests:
+    fifty open dashboards cost what one does."""
+    key = (str(current_app.config["EVENTS_DB"]), hours)
+    now = time.monotonic()
+    with _dashboards_lock:
+        hit = _dashboards.get(key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    data = dashboard_data(hours)
+    with _dashboards_lock:
+        if len(_dashboards) >= MAX_CACHED_WINDOWS:
+            _dashboards.clear()
+        _dashboards[key] = (now + DASHBOARD_CACHE_S, data)
+    return data
+
+
+def dashboard_data(hours: int = DEFAULT_HOURS, now: float | None = None) -> dict[str, Any]:
+    """Events over the last `hours` before `now` (CHART_BUCKETS buckets of whole minutes,
+    ending with the current minute; an event counts in the bucket where its minute starts) and
+    the top rules, CVEs, sources and hosts of the hours the window touches (from `tops_since`),
+    read from the rollups (gateway/events/rollup.py): the work is bounded by the window, not by
+    the number of events."""
+    clock = int(time.time() if now is None else now)
+    end = clock - clock % 60 + 60
+    start = end - hours * 3600
+    bucket_s = hours * 3600 // CHART_BUCKETS
+    since_hour = start - start % 3600
     buckets: list[dict[str, Any]] = [
-        {
-            "start": datetime.fromtimestamp(start + i * bucket_s, UTC).isoformat(),
-            "allowed": 0,
-            "blocked": 0,
-        }
+        {"start": _utc(start + i * bucket_s), "allowed": 0, "blocked": 0}
         for i in range(CHART_BUCKETS)
     ]
     top: dict[str, list[dict[str, Any]]] = {"rules": [], "cves": [], "sources": [], "hosts": []}
     total = 0
-    if conn is not None:
-        since = datetime.fromtimestamp(start, UTC).isoformat(timespec="microseconds")
-        for r in conn.execute(
-            "SELECT timestamp, action FROM events WHERE timestamp >= ? LIMIT 1000000", (since,)
-        ):
-            try:
-                ts = datetime.fromisoformat(r[0]).timestamp()
-            except ValueError:
-                continue
-            i = min(int((ts - start) // bucket_s), CHART_BUCKETS - 1)
-            if i >= 0:
-                buckets[i]["blocked" if r[1] == "blocked" else "allowed"] += 1
-                total += 1
-
-        def topq(sql: str) -> list[dict[str, Any]]:
-            return [{"key": r[0], "label": r[1], "count": r[2]}
-                    for r in conn.execute(sql, (since, TOP_N))]  # fmt: skip
-
-        top["rules"] = topq(
-            "SELECT signature_id, MAX(signature), COUNT(*) c FROM events "
-            "WHERE timestamp >= ? GROUP BY signature_id ORDER BY c DESC LIMIT ?"
-        )
-        top["sources"] = topq(
-            "SELECT src_ip, src_ip, COUNT(*) c FROM events WHERE timestamp >= ? "
-            "GROUP BY src_ip ORDER BY c DESC LIMIT ?"
-        )
-        top["hosts"] = topq(
-            "SELECT dest_ip, dest_ip, COUNT(*) c FROM events WHERE timestamp >= ? "
-            "GROUP BY dest_ip ORDER BY c DESC LIMIT ?"
-        )
+    conn = get_events()
+    ready = conn is not None and rollups_exist(conn)
+    if conn is not None and ready:
+        for minute, allowed, blocked in minute_counts(conn, start, end):
+            b = buckets[min((minute - start) // bucket_s, CHART_BUCKETS - 1)]
+            b["allowed"] += allowed
+            b["blocked"] += blocked
+            total += allowed + blocked
+        for name, dim in TOP_DIMENSIONS.items():
+            rows = top_keys(conn, dim, since_hour, end, TOP_N)
+            top[name] = [{"key": k, "label": label, "count": n} for k, label, n in rows]
         cves: dict[str, int] = {}
-        for r in conn.execute(
-            "SELECT cves, COUNT(*) FROM events WHERE timestamp >= ? GROUP BY cves LIMIT 10000",
-            (since,),
-        ):
-            for c in (r[0] or "").split(","):
+        for text, _label, n in top_keys(conn, "cves", since_hour, end, MAX_CVE_SETS):
+            for c in str(text).split(","):
                 if c:
-                    cves[c] = cves.get(c, 0) + int(r[1])
+                    cves[c] = cves.get(c, 0) + n
         top["cves"] = [{"key": c, "label": c, "count": n}
                        for c, n in sorted(cves.items(), key=lambda kv: -kv[1])[:TOP_N]]  # fmt: skip
-    return {"hours": hours, "total": total, "buckets": buckets, "top": top}
+    return {"hours": hours, "total": total, "buckets": buckets, "top": top,
+            "tops_since": _utc(since_hour), "counted": ready}  # fmt: skip
+
+
+def _utc(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat()

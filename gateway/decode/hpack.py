@@ -5,13 +5,13 @@ and its CONTINUATION frames, joined) into its header fields, as (name, value) by
 order, and keeps the dynamic table (section 2.3.2) in step with the client's encoder: every
 block of a connection must be decoded, in order, whatever is done with its fields.
 
-Why our own decoder rather than python-hyper's `hpack` (what mitmproxy uses): the gateway's
-decoders are dependency-free sans-I/O state machines whose every bound is a named limit with an
-event (docs/rules.md, HTTP/2 cleartext), and each of those bounds had to be checked and wrapped anyway (hpack
-raises its own exceptions, bounds the header list but not the number of table size updates or
-fields in a block). The decoder is small: integers (section 5.1), string literals with the
-Huffman code of Appendix B (section 5.2), the static table of Appendix A, the four field
-representations (section 6) and dynamic table size updates (section 6.3).
+Why our own decoder rather than python-hyper's `hpack` (what mitmproxy uses): the gateway's decoders
+are dependency-free sans-I/O state machines whose every bound is a named limit with an event
+(docs/rules.md, HTTP/2 cleartext), and each of those bounds had to be checked and wrapped anyway
+(hpack raises its own exceptions, bounds the header list but not the number of table size updates or
+fields in a block). The decoder is small: integers (section 5.1), string literals with the Huffman
+code of Appendix B (section 5.2), the static table of Appendix A, the four field representations
+(section 6) and dynamic table size updates (section 6.3).
 
 What it guarantees:
 - Only HpackError (a DecodeError) escapes; after one the connection's table is unknown and

@@ -20,12 +20,14 @@ What it guarantees:
   `vpatch.excerpt` (the matching bytes as an escaped ASCII string: printable ASCII kept, the
   backslash doubled, other bytes `\\xHH`); "" when unknown. `http.url` (the request target,
   escaped the same way) is present only when the event knows the HTTP request it belongs to.
+  `unescape_bytes` gives the bytes back (the UI's exception from an event starts from them).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -41,6 +43,7 @@ __all__ = [
     "format_timestamp",
     "to_eve",
     "to_json",
+    "unescape_bytes",
 ]
 
 SEVERITY_NUMBERS: Final = {"critical": 1, "high": 1, "medium": 2, "low": 3}
@@ -123,6 +126,16 @@ def escape_bytes(data: bytes) -> str:
         else:
             out.append(f"\\x{b:02x}")
     return "".join(out)
+
+
+_ESCAPED: Final = re.compile(r"\\\\|\\x([0-9a-fA-F]{2})")
+
+
+def unescape_bytes(text: str) -> bytes:
+    """The bytes `escape_bytes` made `text` from (its inverse). Text it cannot have made (from
+    another writer) is still read: characters past U+00FF become `?`."""
+    raw = _ESCAPED.sub(lambda m: "\\" if m.group(1) is None else chr(int(m.group(1), 16)), text)
+    return raw.encode("latin-1", "replace")
 
 
 def to_eve(event: Event) -> dict[str, Any]:

@@ -20,6 +20,9 @@ What it guarantees:
       `cves LIKE '%,CVE-2017-0144,%'` finds one), eve TEXT (the EVE JSON object)
 - The database (and its directory) is created and checked in the constructor, so a bad path
   fails at start-up with a ConfigError naming it, not later in the thread.
+- The dashboard's rollups (gateway/events/rollup.py) are written in the same transaction as the
+  events they count (`store_rows`); events stored before the rollups existed are counted by
+  the writer in chunks, between batches (`rollup.backfill_step`).
 """
 
 from __future__ import annotations
@@ -29,15 +32,25 @@ import json
 import queue
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import IO, Any, Final, Self
 
 from gateway.config import EventsConfig, check_value
 from gateway.errors import ConfigError
 from gateway.events.eve import Event, to_eve
+from gateway.events.rollup import add_rollups, backfill_pending, backfill_step, create_rollups
 from gateway.sqlite_wal import use_wal
 
-__all__ = ["BATCH_WAIT", "DEFAULT_MAX_QUEUE", "MAX_BATCH", "SCHEMA", "EventSink"]
+__all__ = [
+    "BATCH_WAIT",
+    "DEFAULT_MAX_QUEUE",
+    "MAX_BATCH",
+    "SCHEMA",
+    "EventSink",
+    "create_store",
+    "store_rows",
+]
 
 DEFAULT_MAX_QUEUE: Final = EventsConfig().max_queue  # declared as events.max_queue
 MAX_BATCH: Final = 500  # events per SQLite transaction / JSONL flush
@@ -94,11 +107,25 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _create(path: Path) -> None:
-    """Open (creating if needed) the store and its schema."""
+def create_store(conn: sqlite3.Connection) -> None:
+    """The events table, its indexes and the rollups, unless they exist (autocommit `conn`)."""
+    conn.executescript(SCHEMA)
+    create_rollups(conn)
+
+
+def store_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert events rows (`_row`) and count them in the rollups, in the caller's transaction."""
+    conn.executemany(_INSERT, rows)
+    add_rollups(conn, rows)
+
+
+def _create(path: Path) -> bool:
+    """Open (creating if needed) the store and its schema; True when old events still need
+    counting in the rollups."""
     conn = _connect(path)
     try:
-        conn.executescript(SCHEMA)
+        create_store(conn)
+        return backfill_pending(conn)
     finally:
         conn.close()
 
@@ -145,10 +172,11 @@ class EventSink:
         self.write_errors = 0
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
         self._closed = False
+        self._backfill = False
         if self.db_path is not None:
             try:
                 self.db_path.parent.mkdir(parents=True, exist_ok=True)
-                _create(self.db_path)
+                self._backfill = _create(self.db_path)
             except (OSError, sqlite3.Error) as err:
                 raise ConfigError(f"events.sqlite {self.db_path}: cannot open: {err}") from err
         self._jsonl: IO[str] | None = None
@@ -191,7 +219,12 @@ class EventSink:
         try:
             stop = False
             while not stop:
-                item = self._queue.get()
+                if conn is not None and self._backfill:
+                    self._backfill_step(conn)
+                try:
+                    item = self._queue.get(timeout=BATCH_WAIT if self._backfill else None)
+                except queue.Empty:
+                    continue
                 batch: list[Event] = []
                 if item is _STOP:
                     stop = True
@@ -214,6 +247,12 @@ class EventSink:
             if self._jsonl is not None:
                 self._jsonl.close()
 
+    def _backfill_step(self, conn: sqlite3.Connection) -> None:
+        try:
+            self._backfill = backfill_step(conn, time.time())
+        except sqlite3.Error:
+            self.write_errors += 1  # tried again after the next batch
+
     def _write(self, conn: sqlite3.Connection | None, batch: list[Event]) -> None:
         rows = []
         lines = []
@@ -229,8 +268,8 @@ class EventSink:
         ok = True
         if conn is not None and rows:
             try:
-                conn.execute("BEGIN")
-                conn.executemany(_INSERT, rows)
+                conn.execute("BEGIN IMMEDIATE")
+                store_rows(conn, rows)
                 conn.execute("COMMIT")
             except sqlite3.Error:
                 ok = False

@@ -17,7 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from gateway.events.eve import Event, to_eve
-from gateway.events.sink import _INSERT, SCHEMA, _row
+from gateway.events.sink import _row, create_store, store_rows
 from gateway.policy.accounts import Accounts
 from gateway.policy.store import Store
 from gateway.vocabulary import Action, Direction
@@ -32,7 +32,8 @@ EVIL = '<script>alert("x")</script>\'\x00\x1b\x7f'
 def write_events(db: Path, events: list[tuple[Event, dict[str, Any]]]) -> None:
     """Events into the real event-store schema (gateway/events/sink.py), with EVE extras."""
     conn = sqlite3.connect(str(db))
-    conn.executescript(SCHEMA)
+    create_store(conn)
+    rows = []
     for event, extra in events:
         eve = to_eve(event)
         for key, value in extra.items():
@@ -40,7 +41,8 @@ def write_events(db: Path, events: list[tuple[Event, dict[str, Any]]]) -> None:
                 eve.setdefault(key, {}).update(value)
             else:
                 eve[key] = value
-        conn.execute(_INSERT, _row(eve, json.dumps(eve)))
+        rows.append(_row(eve, json.dumps(eve)))
+    store_rows(conn, rows)  # with the dashboard's rollups, as the gateway's writer does
     conn.commit()
     conn.close()
 

@@ -14,10 +14,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from gateway.policy.exceptions import PolicyExceptions
+from gateway.policy.exceptions import PolicyExceptions, UriScope
 from tests.webui.conftest import EVIL, Auth, api_token, store_of
+from tests.webui.exception_review import add_exception, review
 from webui.events import csv_text, parse_expiry
-from webui.services import EVENT_COLUMNS, InputError
+from webui.inputs import InputError
+from webui.services import EVENT_COLUMNS
 
 
 def _evil_row_id(client: FlaskClient) -> int:
@@ -65,17 +67,18 @@ def test_event_filters_and_pagination(client: FlaskClient, auth: Auth) -> None:
 def test_exception_needs_reason_and_is_stored(client: FlaskClient, auth: Auth, app: Flask) -> None:
     auth.login()
     ev = _evil_row_id(client)
-    resp = client.post(
-        f"/events/{ev}/exception", data={"scope": "port", "reason": " ", "csrf_token": auth.token()}
-    )
-    assert resp.status_code == 400
-    resp = client.post(f"/events/{ev}/exception", data={
-        "scope": "uri", "reason": "scanner of ours", "expires": "2999-01-01T00:00:00",
-        "csrf_token": auth.token()})  # fmt: skip
+    assert add_exception(client, auth.token(), ev, " ", scope="port").status_code == 400
+    resp = add_exception(client, auth.token(), ev, "scanner of ours", scope="uri",
+                         expires="2999-01-01T00:00:00")  # fmt: skip
     assert resp.status_code == 302
     with store_of(app) as s:
         (exc,) = PolicyExceptions(s).list_exceptions()
-        assert exc.uri == "/" + EVIL and exc.host == "198.18.0.20" and exc.rule_id == 9000100
+        assert exc.host == "198.18.0.20" and exc.rule_id == 9000100
+        # the recorded target, every character literal: control characters %-escaped
+        assert exc.uri == "/" + EVIL.replace("\x00", "%00").replace("\x1b", "%1b").replace(
+            "\x7f", "%7f"
+        )
+        assert exc.uri_scope() == UriScope("/" + EVIL, prefix=False)
     assert "&lt;script&gt;" in client.get("/events/exceptions").get_data(as_text=True)
 
 
@@ -120,19 +123,18 @@ def test_exception_errors_name_what_is_wrong(client: FlaskClient, auth: Auth, ap
     cases = [
         (plain["id"], {"scope": "uri"}, "this event records no URI"),
         (plain["id"], {"scope": "flow"}, "scope 'flow': host, port or uri"),
-        (plain["id"], {"scope": "host", "expires": "soon"}, "expires 'soon'"),
+        (plain["id"], {"scope": "uri", "uri": "/x", "match": "glob"}, "match 'glob'"),
+        (plain["id"], {"scope": "uri", "uri": "/", "match": "prefix"}, "covers every URI"),
         (999, {"scope": "host"}, "event 999: not found"),
     ]
     for event_id, form, reason in cases:
-        resp = client.post(
-            f"/events/{event_id}/exception",
-            data={"reason": "why not", "csrf_token": auth.token(), **form},
-        )
+        resp = review(client, auth.token(), event_id, reason="why not", **form)
         assert resp.status_code == 400, reason
         assert reason in html.unescape(resp.get_data(as_text=True))
+    resp = add_exception(client, auth.token(), plain["id"], "why not", expires="soon")
+    assert resp.status_code == 400 and "expires 'soon'" in html.unescape(resp.text)
     # a URI typed by the admin is taken even where the event records none
-    resp = client.post(f"/events/{plain['id']}/exception", data={
-        "scope": "uri", "uri": "/typed", "reason": "ok", "csrf_token": auth.token()})  # fmt: skip
+    resp = add_exception(client, auth.token(), plain["id"], "ok", scope="uri", uri="/typed")
     assert resp.status_code == 302
     with store_of(app) as s:
         (exc,) = PolicyExceptions(s).list_exceptions()

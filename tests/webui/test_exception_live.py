@@ -1,9 +1,9 @@
 """A URI-scoped exception end to end: the marker request is reset by a real `vpatch run` in the
 namespace lab, its event (with the why: field, condition, excerpt, http.url) lands in the
-gateway's event store, the UI's one-click exception route (scope uri) stores the exception and
-reloads the gateway; afterwards the marker on that URI passes while on another URI it is still
-reset. The control `status` reports bytes inspected, the kernel's queue counters and the rules
-loaded, and the dashboard's health endpoint shows the same figures.
+gateway's event store, the UI's exception route (scope uri, reviewed, then saved) stores the
+exception and reloads the gateway; afterwards the marker on that URI passes while on another URI
+it is still reset. The control `status` reports bytes inspected, the kernel's queue counters and
+the rules loaded, and the dashboard's health endpoint shows the same figures.
 
 The gateway runs through gateway.testing.inline.running_gateway (stopped by PID, our kernel
 rules removed afterwards, also on failure); the lab's namespaces belong to the session-wide
@@ -27,6 +27,7 @@ from gateway.policy.accounts import Accounts
 from gateway.policy.exceptions import PolicyExceptions
 from gateway.policy.store import Store
 from gateway.testing.inline import REPO, running_gateway
+from tests.webui.exception_review import add_exception
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
@@ -108,14 +109,13 @@ def test_uri_exception_from_the_ui_reaches_running_gateway(
         assert auth.login().status_code == 302
         detail = client.get(f"/events/{event_id}").get_data(as_text=True)
         assert "Matched condition" in detail and "VPATCH-TEST-EXPLOIT-7f3a" in detail
-        resp = client.post(f"/events/{event_id}/exception", data={
-            "scope": "uri", "reason": "lab: marker URI is a known false positive",
-            "csrf_token": auth.token(),
-        })  # fmt: skip
+        resp = add_exception(client, auth.token(), event_id,
+                             "lab: marker URI is a known false positive", scope="uri")  # fmt: skip
         assert resp.status_code == 302, resp.get_data(as_text=True)[:500]
         with Store(policy_db) as store:
             (exc,) = PolicyExceptions(store).list_exceptions()
-        assert (exc.uri, exc.port, exc.rule_id) == (MARKER_PATH, None, 9000100)
+        # stored as the engine compares it: normalised (lower case), exact
+        assert (exc.uri, exc.port, exc.rule_id) == (MARKER_PATH.lower(), None, 9000100)
         policy = control_request(sock, "policy")
         assert set(policy["queues"].values()) == {policy["version"]}  # every worker has it
 

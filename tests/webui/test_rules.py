@@ -13,8 +13,8 @@ from flask.testing import FlaskClient
 from gateway.policy.assignments import Assignments
 from gateway.policy.hosts import Hosts
 from tests.webui.conftest import Auth, api_token, store_of
+from webui.inputs import InputError
 from webui.rules import parse_scope
-from webui.services import InputError
 
 
 def test_rule_mode_change_is_stored_audited_and_reload_reported(

@@ -63,7 +63,7 @@ def test_event_where_builds_bound_clauses() -> None:
     [
         ({"since": "yesterday"}, "since 'yesterday': not an ISO 8601 time"),
         ({"until": "2030-13-01"}, "until '2030-13-01': not an ISO 8601 time"),
-        ({"rule": "9000100 OR 1=1"}, "rule '9000100 OR 1=1': not a rule id"),
+        ({"rule": "9000100 OR 1=1"}, "rule '9000100 OR 1=1': not an integer"),
         ({"action": "dropped"}, "action 'dropped': must be allowed or blocked"),
     ],
 )

@@ -1,5 +1,7 @@
-// Dashboard: draws the events-over-time chart as SVG and refreshes health and chart every
-// few seconds with fetch() (same-origin, session cookie). No inline script: CSP script-src 'self'.
+// Dashboard: draws the events-over-time chart as SVG and refreshes health and chart with fetch()
+// (same-origin, session cookie). The next refresh is planned only once the previous answer has
+// arrived (or failed), REFRESH_MS later: a slow server is never asked again before it answered,
+// so open dashboards cannot pile requests up on it. No inline script: CSP script-src 'self'.
 "use strict";
 (function () {
   const REFRESH_MS = 5000;
@@ -52,27 +54,33 @@
 
   async function refresh() {
     try {
-      const resp = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
-      if (!resp.ok) return;
-      const data = await resp.json();
-      const hl = data.health;
-      setText("h-reachable", hl.reachable);
-      setText("h-workers", (hl.workers_alive ?? "") + " / " + (hl.workers ?? ""));
-      setText("h-fail", hl.fail_policy);
-      setText("h-packets", hl.packets);
-      setText("h-bytes", hl.bytes);
-      setText("h-drops", hl.queue_drops);
-      setText("h-unseen", hl.kernel_unseen);
-      setText("h-rules", hl.rules_loaded);
-      setText("h-policy", hl.policy_version);
-      const al = hl.alerts;
-      setText("h-alerts", al ? [al.sent, al.failures, al.queued, al.dropped].join(" / ")
-                             : "no alert dispatcher");
-      setText("ev-total", data.events.total);
-      drawChart(data.events.buckets);
-      for (const name of ["rules", "cves", "sources", "hosts"]) fillTop(name, data.events.top[name]);
+      await update();
     } catch (e) { /* gateway or UI briefly unreachable: keep the last figures */ }
+    finally {
+      setTimeout(refresh, REFRESH_MS);  // after the answer, never on a fixed beat
+    }
+  }
+
+  async function update() {  // throws when the UI cannot be reached
+    const resp = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+    if (!resp.ok) return;
+    const data = await resp.json();
+    const hl = data.health;
+    setText("h-reachable", hl.reachable);
+    setText("h-workers", (hl.workers_alive ?? "") + " / " + (hl.workers ?? ""));
+    setText("h-fail", hl.fail_policy);
+    setText("h-packets", hl.packets);
+    setText("h-bytes", hl.bytes);
+    setText("h-drops", hl.queue_drops);
+    setText("h-unseen", hl.kernel_unseen);
+    setText("h-rules", hl.rules_loaded);
+    setText("h-policy", hl.policy_version);
+    const al = hl.alerts;
+    setText("h-alerts", al ? [al.sent, al.failures, al.queued, al.dropped].join(" / ")
+                           : "no alert dispatcher");
+    setText("ev-total", data.events.total);
+    drawChart(data.events.buckets);
+    for (const name of ["rules", "cves", "sources", "hosts"]) fillTop(name, data.events.top[name]);
   }
   refresh();
-  setInterval(refresh, REFRESH_MS);
 })();
