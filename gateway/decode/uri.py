@@ -15,10 +15,11 @@ Tomcat (path parameters after `;` removed from every segment).
   application; unmapped ones become `?`), overlong UTF-8 (2, 3 and 4 bytes) read as the ASCII byte
   it spells, valid UTF-8 whose code point best-fits to ASCII read as that byte (fullwidth `.` is
   `.`); then `\\` read as `/`, an absolute-form target reduced to its path, `.` and `..` segments
-  removed and `//` merged (RFC 3986 section 5.2.4, never above the root), and everything lower
-  case. The other forms, when they differ: the path decoded once only (what Apache, Tomcat and
-  IIS 6 act on) and twice, cut at its first NUL (CGI and file-system calls stop there), and with
-  Tomcat's path parameters removed (`/a/..;/b` is `/b` to Tomcat).
+  removed and `//` merged (RFC 3986 section 5.2.4, never above the root), and ASCII letters in
+  lower case (other bytes, of UTF-8 say, are kept). The other forms, when they differ: the path
+  decoded once only (what Apache, Tomcat and IIS 6 act on) and twice, cut at its first NUL (CGI
+  and file-system calls stop there), and with Tomcat's path parameters removed (`/a/..;/b` is
+  `/b` to Tomcat).
 - `raw_variants(target)`: the target with superfluous encoding layers peeled, for rules that
   describe the encoding a vulnerable component mis-decodes (`http.uri.raw`). Two kinds of pass:
   one decodes only the escapes of unreserved characters (RFC 3986 section 2.3: no client needs
@@ -105,6 +106,8 @@ _UNRESERVED: Final = frozenset(
 )
 _PERCENT: Final = re.compile(r"%(?:25|[uU]0025)")
 _PATH_PARAMETER: Final = re.compile(r";[^/]*")
+# Lower case for ASCII letters only: the other characters are bytes (of UTF-8, say) to keep.
+_ASCII_LOWER: Final = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 _PLAIN: Final = re.compile(r"/[A-Za-z0-9_\-~/]*(?:\.[A-Za-z0-9_\-~]+)?(?:\?[^%\\\x80-\uffff]*)?\Z")
 
 
@@ -183,7 +186,8 @@ def _normalize(path: str, question: str, query: str) -> str:
     if path[:7].lower() == "http://" or path[:8].lower() == "https://":  # absolute-form
         slash = path.find("/", path.index("//") + 2)
         path = "/" if slash < 0 else path[slash:]
-    return (remove_dot_segments(path) + question + query).lower()
+    text = remove_dot_segments(path) + question + query
+    return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
 
 
 def uri_forms(target: str) -> tuple[str, ...]:
