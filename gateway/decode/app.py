@@ -20,6 +20,7 @@ from gateway.decode import h2 as _h2
 from gateway.decode import http as _http
 from gateway.decode import http_fields as _httpf
 from gateway.decode import tls as _tls
+from gateway.decode import uri as _uri
 from gateway.decode.registry import (
     AppDecoder,
     AppProtocol,
@@ -28,6 +29,7 @@ from gateway.decode.registry import (
     FieldValue,
     Probe,
     register,
+    variant_key,
 )
 from gateway.errors import DecodeError
 from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Direction
@@ -338,7 +340,14 @@ def _latin(text: str) -> bytes:
 
 
 def _derived_head_fields(request: _http.Request, head: dict[str, FieldValue]) -> None:
-    """The derived fields of gateway/decode/http_fields.py that a request head yields."""
+    """The derived fields of gateway/decode/http_fields.py that a request head yields, and the
+    variants of `http.uri` (the other forms a server may act on) and of `http.uri.raw` (the
+    target with superfluous encoding layers peeled), gateway/decode/uri.py."""
+    for n, form in enumerate(request.uri_variants, 1):
+        head[variant_key("http.uri", n)] = _latin(form)
+    if "%" in request.uri:
+        for n, layer in enumerate(_uri.raw_variants(request.uri), 1):
+            head[variant_key("http.uri.raw", n)] = _latin(layer)
     head["http.header_lines"] = _latin(_httpf.header_lines(request.headers))
     head["http.uri.climb"] = _httpf.climb_depth(request.uri)
     query = request.uri.partition("?")[2]

@@ -10,9 +10,10 @@ touches a socket or a clock. Guarantees:
 - every buffer is bounded: a request head longer than `max_head_bytes` is an error, body data
   is passed on in pieces and at most `max_body_inspect` bytes of each body are kept for matching.
 
-`normalize_uri` undoes the encodings that IIS and Apache decode but a naive matcher does not:
-%-encoding (also applied twice), IIS `%uXXXX`, overlong UTF-8 sequences, backslashes as path
-separators, `.` and `..` segments (RFC 3986 section 5.2.4), and letter case.
+A request's target is decoded as the servers decode it (gateway/decode/uri.py `uri_forms`:
+%-encoding, also applied twice, IIS `%uXXXX` and best-fit, overlong UTF-8, backslashes as path
+separators, `.` and `..` segments, NUL, Tomcat path parameters, letter case): `uri_normalized`
+is the primary form, `uri_variants` the others.
 """
 
 from __future__ import annotations
@@ -21,7 +22,23 @@ import enum
 import re
 from dataclasses import dataclass
 
+from gateway.decode.uri import normalize_uri, uri_forms
 from gateway.errors import DecodeError
+
+__all__ = [
+    "MAX_BODY_INSPECT",
+    "NEED_DATA",
+    "Body",
+    "EndOfRequest",
+    "Event",
+    "HttpDecodeError",
+    "HttpRequestDecoder",
+    "Request",
+    "State",
+    "normalize_uri",
+    "parse_content_length",
+    "parse_request_line",
+]
 
 # Apache accepts 100 header lines of 8190 bytes (about 800 KiB); a longer head is refused
 # (policy: the decode error path), so one must fit.
@@ -48,13 +65,15 @@ class State(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A request head. `uri` is as sent; `uri_normalized` as the server would see the path."""
+    """A request head. `uri` is as sent; `uri_normalized` as the server would see the path,
+    `uri_variants` the other forms a server may act on (gateway/decode/uri.py `uri_forms`)."""
 
     method: str
     uri: str
     uri_normalized: str
     version: str
     headers: tuple[tuple[str, str], ...]  # (lower-case name, value), in order, repeats kept
+    uri_variants: tuple[str, ...] = ()
 
     def header(self, name: str) -> str | None:
         """Every value of `name` joined by ', ' (RFC 9110 section 5.3), or None."""
@@ -270,7 +289,8 @@ class HttpRequestDecoder:
         lines = [line.rstrip(b"\r") for line in head.split(b"\n")]
         method, target, version = parse_request_line(lines[0])
         headers = self._parse_headers(lines[1:])
-        request = Request(method, target, normalize_uri(target), version, headers)
+        forms = uri_forms(target)
+        request = Request(method, target, forms[0], version, headers, forms[1:])
         self._start_body(request)
         return request
 
@@ -362,82 +382,3 @@ def parse_content_length(value: str) -> int:
     if len(lengths) != 1:
         raise HttpDecodeError(f"bad Content-Length {value[:40]!r} (values disagree)")
     return lengths.pop()
-
-
-# --- URI normalisation -------------------------------------------------------------------
-
-_PCT = re.compile(r"%([0-9A-Fa-f]{2})")
-_PCT_U = re.compile(r"%[uU]([0-9A-Fa-f]{4})")
-MAX_DECODE_ROUNDS = 3
-
-
-def _decode_overlong_utf8(data: bytes) -> bytes:
-    """Map overlong UTF-8 forms of ASCII (C0 AF, E0 80 AF, ...) to the ASCII byte (MS00-078)."""
-    out = bytearray()
-    i, n = 0, len(data)
-    while i < n:
-        b = data[i]
-        if b in (0xC0, 0xC1) and i + 1 < n and data[i + 1] & 0xC0 == 0x80:
-            out.append(((b & 0x1F) << 6 | (data[i + 1] & 0x3F)) & 0x7F)
-            i += 2
-            continue
-        if b == 0xE0 and i + 2 < n and data[i + 1] & 0xE0 == 0x80 and data[i + 2] & 0xC0 == 0x80:
-            out.append(((data[i + 1] & 0x3F) << 6 | (data[i + 2] & 0x3F)) & 0x7F)
-            i += 3
-            continue
-        out.append(b)
-        i += 1
-    return bytes(out)
-
-
-def _percent_decode_once(text: str) -> str:
-    text = _PCT_U.sub(lambda m: chr(int(m.group(1), 16)), text)
-    raw = _PCT.sub(lambda m: chr(int(m.group(1), 16)), text).encode("latin-1", "replace")
-    return _decode_overlong_utf8(raw).decode("latin-1")
-
-
-def _remove_dot_segments(path: str) -> str:
-    """RFC 3986 section 5.2.4, on '/'-separated segments; never climbs above the root."""
-    out: list[str] = []
-    segments = path.split("/")
-    for i, seg in enumerate(segments):
-        last = i == len(segments) - 1
-        if seg == "..":
-            if len(out) > 1:
-                out.pop()
-            if last:
-                out.append("")
-        elif seg == ".":
-            if last:
-                out.append("")
-        elif seg == "" and out and not last:
-            continue  # collapse '//'
-        else:
-            out.append(seg)
-    result = "/".join(out)
-    return result if result.startswith("/") or not path.startswith("/") else "/" + result
-
-
-_PLAIN_URI = re.compile(r"/[A-Za-z0-9_\-~/]*(?:\.[A-Za-z0-9_\-~]+)?(?:\?[^%\\]*)?\Z")
-
-
-def normalize_uri(uri: str) -> str:
-    """The path (and query) the server acts on, lower-cased, for matching on `http.uri`."""
-    if _PLAIN_URI.match(uri) and "//" not in uri.partition("?")[0]:
-        # Nothing to decode and no dot segment to remove (a single ".ext" in the last segment
-        # is not one): the general path below would return exactly this.
-        return uri.lower()
-    text = uri
-    for _ in range(MAX_DECODE_ROUNDS):
-        decoded = _percent_decode_once(text)
-        if decoded == text:
-            break
-        text = decoded
-    path, question, query = text.partition("?")
-    path = path.replace("\\", "/")
-    if path.startswith(("http://", "https://")):  # absolute-form (proxy requests)
-        scheme_end = path.index("//") + 2
-        slash = path.find("/", scheme_end)
-        path = "/" if slash < 0 else path[slash:]
-    path = _remove_dot_segments(path)
-    return (path + question + query).lower()

@@ -31,6 +31,8 @@ import zlib
 from collections.abc import Iterable
 from typing import Final
 
+from gateway.decode.uri import MAX_DECODE_ROUNDS, decode_once
+
 __all__ = [
     "MAX_DERIVED_BYTES",
     "MAX_LOOKUP_INPUT",
@@ -50,12 +52,12 @@ __all__ = [
 MAX_DERIVED_BYTES: Final = 16 * 1024  # bound of every derived field value
 MAX_LOOKUP_INPUT: Final = 1024 * 1024  # characters of one request part resolved (a head's bound)
 MAX_PARAMS: Final = 256  # parameters kept from one query string or form body
-MAX_DECODE_ROUNDS: Final = 3  # as gateway.decode.http.MAX_DECODE_ROUNDS
 
 _PCT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
 _PCT_U: Final = re.compile(r"%[uU]([0-9A-Fa-f]{4})")
 _LOOKUP_TOKEN: Final = re.compile(r"\$\{|\}")  # what opens and closes a lookup
 _KEPT: Final = re.compile(r"\$\{")
+_HIGH: Final = re.compile("[\xc0-\uffff]")  # a byte that may start a UTF-8 form of "." or "/"
 
 
 def _cap(text: str) -> str:
@@ -293,26 +295,19 @@ def json_params(body: bytes) -> str:
 
 
 def climb_depth(uri: str) -> int:
-    """How far the fully decoded path (overlong UTF-8 and `\\` as `/` included) climbs above
-    its root through `..` segments; 0 when it stays inside."""
-    head = uri.partition("?")[0]
-    if ".." not in head and "%" not in head and not any(c in head for c in "\xc0\xc1\xe0"):
+    """How far the fully decoded path (as `http.uri` decodes it, `\\` as `/` included) climbs
+    above its root through `..` segments; 0 when it stays inside."""
+    head = _cap(uri).partition("?")[0]
+    if ".." not in head and "%" not in head and not _HIGH.search(head):
         return 0  # no dot-dot can appear: nothing decodes into one (fast path, same answer)
-    path = full_percent_decode(_cap(uri).partition("?")[0])
-    raw = path.encode("latin-1", "replace")
-    raw = re.sub(
-        rb"([\xc0\xc1])([\x80-\xbf])",
-        lambda m: bytes([((m.group(1)[0] & 0x1F) << 6 | (m.group(2)[0] & 0x3F)) & 0x7F]),
-        raw,
-    )
-    raw = re.sub(
-        rb"\xe0([\x80-\x9f])([\x80-\xbf])",
-        lambda m: bytes([((m.group(1)[0] & 0x3F) << 6 | (m.group(2)[0] & 0x3F)) & 0x7F]),
-        raw,
-    )
-    path = raw.decode("latin-1").replace("\\", "/")
+    path = head
+    for _ in range(MAX_DECODE_ROUNDS):
+        decoded = decode_once(path)
+        if decoded == path:
+            break
+        path = decoded
     depth = climbed = 0
-    for seg in path.split("/"):
+    for seg in path.replace("\\", "/").split("/"):
         if seg in ("", "."):
             continue
         if seg == "..":

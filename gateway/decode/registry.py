@@ -31,6 +31,10 @@ resource record...): `app` (the protocol whose rules judge it; an adapter may em
 another app, e.g. DCE/RPC inside SMB named pipes) and `fields`, a dict of field name -> int or
 bytes. Field names start with "<app>." and are declared in `AppProtocol.fields`; a declared name
 ending in ".*" declares a family (`http.header.*` covers `http.header.user-agent`).
+A record may also carry variants of a byte-string field: the same field as another target
+decodes it (HTTP: the URI decoded once as well as fully), under `variant_key(name, n)` for
+n = 1..MAX_VARIANTS. A pattern condition (content, regex) on the field holds when it matches the
+field or one of its variants; comparisons use the field's own value.
 
 What it guarantees:
 - Registration validates names (unique protocol names, field names prefixed by the protocol
@@ -51,6 +55,7 @@ from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Direction
 
 __all__ = [
     "MAX_PROBE_BYTES",
+    "MAX_VARIANTS",
     "AppDecoder",
     "AppProtocol",
     "AppRecord",
@@ -67,12 +72,21 @@ __all__ = [
     "identify",
     "protocols",
     "register",
+    "variant_key",
 ]
 
 MAX_PROBE_BYTES: Final = 64  # bytes a direction may buffer while its protocol is undecided
 MAX_BLANK_PREFIX: Final = 4096  # leading CR/LF bytes a probe looks past (not counted above)
 
+MAX_VARIANTS: Final = 6  # variants of one field a record may carry (see the module comment)
+
 FieldValue = int | bytes
+
+
+def variant_key(name: str, n: int) -> str:
+    """The record key of the n-th variant (1..MAX_VARIANTS) of byte-string field `name`; no
+    rule can name it (field names hold no "#")."""
+    return f"{name}#{n}"
 
 
 class FieldKind(enum.Enum):

@@ -8,9 +8,10 @@ fill the event's `field`, `condition` and `excerpt` (EVE `vpatch.field`, `vpatch
   excerpt the bytes of `data` around the match end (EXCERPT_BEFORE before, EXCERPT_AFTER after).
 - `explain_fields(rule, fields)`: a field-condition rule on a decoded record. The first leaf of
   the condition tree that holds on the record names the field; the excerpt is that field's
-  value around the match (content leaves: located with the content semantics of
-  gateway.match.conditions `reference_match`; regex leaves with Python `re` when the
-  expression compiles there), else its first MAX_EXCERPT bytes; integers are shown in decimal.
+  value (or the variant's that matched, gateway/decode/registry.py) around the match (content
+  leaves: located with the content semantics of gateway.match.conditions `reference_match`;
+  regex leaves with Python `re` when the expression compiles there), else its first
+  MAX_EXCERPT bytes; integers are shown in decimal.
 - `request_target(data, end)`: the request target of the last HTTP/1.x request line (RFC 9112
   section 3) that starts before `end` in `data`: the URI of a raw rule's match on an HTTP
   stream, when it lies in the bytes at hand.
@@ -29,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from gateway.decode.registry import MAX_VARIANTS, variant_key
 from gateway.events.eve import escape_bytes
 from gateway.match.conditions import (
     RAW,
@@ -185,18 +187,34 @@ def _regex_end(leaf: Match, value: bytes) -> int | None:
     return found.end() if found is not None else None
 
 
-def _holds(leaf: Match | Compare, fields: Mapping[str, int | bytes]) -> tuple[bool, int | None]:
-    """(does the leaf hold on the record, match end in the field when known)."""
-    value = fields.get(leaf.field)
+def _forms(fields: Mapping[str, int | bytes], name: str) -> list[bytes]:
+    """The byte-string value of field `name` and its variants (registry `variant_key`)."""
+    out: list[bytes] = []
+    for key in (name, *(variant_key(name, n) for n in range(1, MAX_VARIANTS + 1))):
+        value = fields.get(key)
+        if not isinstance(value, bytes):
+            break
+        out.append(value)
+    return out
+
+
+def _holds(
+    leaf: Match | Compare, fields: Mapping[str, int | bytes]
+) -> tuple[bool, int | None, bytes | None]:
+    """(does the leaf hold on the record, match end when known, the value it matched: the
+    field's own or one of its variants)."""
     if isinstance(leaf, Compare):
-        return evaluate(leaf, fields, frozenset()), None
-    if not isinstance(value, bytes):
-        return False, None
+        return evaluate(leaf, fields, frozenset()), None, None
+    forms = _forms(fields, leaf.field)
+    if not forms:
+        return False, None, None
+    for value in forms:
+        end = _content_end(leaf.items, value) if leaf.items else _regex_end(leaf, value)
+        if end is not None:
+            return True, end, value
     if leaf.items:
-        end = _content_end(leaf.items, value)
-        return end is not None, end
-    end = _regex_end(leaf, value)
-    return True, end  # Hyperscan said it matched; Python re may not speak the syntax
+        return False, None, None
+    return True, None, forms[0]  # Hyperscan said it matched; Python re may not speak the syntax
 
 
 def _leaves(cond: Condition, negated: bool, out: list[Match | Compare]) -> None:
@@ -217,11 +235,12 @@ def explain_fields(rule: Rule, fields: Mapping[str, int | bytes]) -> Why:
         _leaves(rule.conditions, False, leaves)
     chosen: Match | Compare | None = None
     chosen_end: int | None = None
+    chosen_value: bytes | None = None
     for leaf in leaves:  # pattern leaves first: they say most about the bytes
         if isinstance(leaf, Match):
-            ok, end = _holds(leaf, fields)
+            ok, end, matched = _holds(leaf, fields)
             if ok:
-                chosen, chosen_end = leaf, end
+                chosen, chosen_end, chosen_value = leaf, end, matched
                 break
     if chosen is None:
         for leaf in leaves:
@@ -232,7 +251,7 @@ def explain_fields(rule: Rule, fields: Mapping[str, int | bytes]) -> Why:
         chosen = leaves[0]
     if chosen is None:
         return Why(rule.app, "", b"")
-    value = fields.get(chosen.field)
+    value = chosen_value if chosen_value is not None else fields.get(chosen.field)
     if isinstance(value, bytes):
         excerpt = _window(value, chosen_end)
     elif isinstance(value, int):

@@ -78,7 +78,8 @@ class MatcherStats:
 
 class AppGroup:
     """The rules of one app covering one (protocol, direction, port): one Hyperscan BLOCK-mode
-    database per byte-string field their patterns look at, and the condition trees."""
+    database per byte-string field their patterns look at (with the record keys of that
+    field's variants, gateway/decode/registry.py `variant_key`), and the condition trees."""
 
     __slots__ = ("always", "always_set", "app", "field_dbs", "late", "leaf_owner", "rule_indices")
 
@@ -107,7 +108,7 @@ class AppGroup:
                 flags.append(regex_flags(leaf.nocase))
         self.always = tuple(always)
         self.always_set = frozenset(always)
-        dbs: list[tuple[str, hyperscan.Database, hyperscan.Scratch]] = []
+        dbs: list[tuple[str, hyperscan.Database, hyperscan.Scratch, tuple[str, ...]]] = []
         for name, (exprs, ids, flags) in sorted(per_field.items()):
             db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
             try:
@@ -117,11 +118,14 @@ class AppGroup:
                 raise RuleError(
                     f"Hyperscan could not compile field {name!r} of rules {names}: {err}"
                 ) from err
-            dbs.append((name, db, hyperscan.Scratch(db)))
+            variants = tuple(
+                app_registry.variant_key(name, n) for n in range(1, app_registry.MAX_VARIANTS + 1)
+            )
+            dbs.append((name, db, hyperscan.Scratch(db), variants))
         self.field_dbs = tuple(dbs)
 
     def database_bytes(self) -> int:
-        return sum(db.size() for _, db, _ in self.field_dbs)
+        return sum(db.size() for _, db, _, _ in self.field_dbs)
 
 
 class MatchGroup:
@@ -408,15 +412,22 @@ class Matcher:
     def evaluate(self, group: AppGroup, fields: dict[str, int | bytes]) -> tuple[Rule, ...]:
         """The rules of `group` whose field conditions hold for one decoded record: pattern
         leaves are found by one block-mode scan per field, the rest checked in Python on the
-        candidate rules only (rules whose required pattern matched, or that need none)."""
+        candidate rules only (rules whose required pattern matched, or that need none). A
+        pattern leaf on a field also holds when it matches one of the field's variants."""
         matched: dict[int, set[int]] = {}
         owner = group.leaf_owner
-        for name, db, scratch in group.field_dbs:
+        for name, db, scratch, variants in group.field_dbs:
             value = fields.get(name)
             if type(value) is not bytes:
                 continue
             hits: list[int] = []
             db.scan(value, match_event_handler=_collect, context=hits, scratch=scratch)
+            if variants[0] in fields:
+                for key in variants:
+                    other = fields.get(key)
+                    if type(other) is not bytes:
+                        break
+                    db.scan(other, match_event_handler=_collect, context=hits, scratch=scratch)
             for pid in hits:
                 ri, leaf = owner[pid]
                 got = matched.get(ri)

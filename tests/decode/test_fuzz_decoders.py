@@ -341,14 +341,20 @@ SAMPLE_TABLE = _sample_table()
 
 def assert_declared(record: AppRecord, emitter: str) -> None:
     """The record's app is registered and may come from `emitter`; every field is declared by
-    that app with the kind of its value."""
+    that app with the kind of its value (a variant, `registry.variant_key`, is declared by its
+    field, which must hold bytes, and numbered 1..MAX_VARIANTS)."""
     protocol = registry.get(record.app)
     assert protocol is not None, f"{emitter}: record of unregistered app {record.app!r}"
     assert record.app == emitter or emitter in protocol.carried_by, (
         f"{emitter}: emits {record.app!r} records, which {record.app!r} does not declare "
         "carried_by it"
     )
-    for name, value in record.fields.items():
+    for key, value in record.fields.items():
+        name, variant, number = key.partition("#")
+        if variant:
+            assert registry.variant_key(name, int(number)) == key, key
+            assert 1 <= int(number) <= registry.MAX_VARIANTS, key
+            assert registry.field_kind(name) is FieldKind.BYTES, key
         kind = registry.field_kind(name)
         assert name.startswith(record.app + ".") and kind is not None, (
             f"{emitter}: field {name!r} is not declared by {record.app!r}"

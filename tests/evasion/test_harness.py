@@ -43,11 +43,7 @@ def of_class(cls: str) -> list[Technique]:
 
 
 # Classes the gateway does not handle yet, and why (the gap a fix must close).
-GAPS: dict[str, str] = {
-    "http": "HTTP URI re-encoding: rules written on the encoded request line (9010060 IIS "
-    "traversal, 9010080 WebDAV overlong UTF-8, 9010041 Apache %2e traversal, 9010088 PHP-CGI, "
-    "9010089 Tomcat PUT) miss their URI %-encoded, double-encoded or %u-encoded",
-}
+GAPS: dict[str, str] = {}
 
 
 def summary(results: list[Result]) -> str:

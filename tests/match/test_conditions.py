@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.decode import registry
 from gateway.errors import RuleError
 from gateway.match.conditions import ContentItem, content_regex, reference_match
 from gateway.match.matcher import Matcher
@@ -318,3 +319,20 @@ def test_evaluator_never_raises_on_any_record(
         fields.pop(name, None)
     for conditions, _ in CASES[::5]:
         fires(tmp, conditions, fields)
+
+
+def test_a_pattern_on_a_field_also_matches_its_variants(tmp_path: Path) -> None:
+    """A record may carry variants of a byte-string field (registry.variant_key: the URI as
+    another server decodes it): a content or regex leaf holds on any of them, comparisons look
+    at the field's own value only."""
+    fields: dict[str, int | bytes] = {
+        "http.uri.raw": b"/prot%%63%30%%61%66ected",
+        registry.variant_key("http.uri.raw", 1): b"/prot%c0%afected",
+    }
+    assert fires(tmp_path, "- field: http.uri.raw\n  content: '%c0%af'\n", fields)
+    assert fires(tmp_path, "- field: http.uri.raw\n  regex: '^/prot%c0'\n", fields)
+    assert not fires(tmp_path, "- field: http.uri.raw\n  equals: /prot%c0%afected\n", fields)
+    assert not fires(tmp_path, "- not:\n    field: http.uri.raw\n    content: '%c0%af'\n", fields)
+    # a variant past a missing one is not looked at (they are numbered from 1 without gaps)
+    gap = {"http.uri.raw": b"/a", registry.variant_key("http.uri.raw", 2): b"/%c0%af"}
+    assert not fires(tmp_path, "- field: http.uri.raw\n  content: '%c0%af'\n", gap)

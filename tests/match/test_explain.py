@@ -183,6 +183,15 @@ def test_content_leaf_names_the_field_and_shows_the_window_around_the_match(
     assert len(why.excerpt) == MAX_EXCERPT
 
 
+def test_a_match_in_a_variant_shows_the_variant(tmp_path: Path) -> None:
+    rule = field_rule(tmp_path, '  - field: http.uri.raw\n    content: "%c0%af"\n')
+    fields: dict[str, int | bytes] = {
+        "http.uri.raw": b"/%%63%30%%61%66",
+        registry.variant_key("http.uri.raw", 1): b"/%c0%af",
+    }
+    assert explain_fields(rule, fields) == Why("http.uri.raw", 'content "%c0%af"', b"/%c0%af")
+
+
 def test_content_with_offset_uses_the_occurrence_the_rule_matched(tmp_path: Path) -> None:
     rule = field_rule(tmp_path, '  - field: http.uri\n    content: "AB"\n    offset: 10\n')
     value = b"AB" + b"-" * 20 + b"AB" + b"z" * 30
