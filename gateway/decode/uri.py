@@ -101,9 +101,7 @@ _NOT_LATIN1: Final = re.compile("[^\x00-\xff]")
 _SUPERFLUOUS: Final = re.compile(
     r"%(?:[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DdEe]|5[Ff]|7[Ee]|[uU][0-9A-Fa-f]{4})"
 )
-_UNRESERVED: Final = frozenset(
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
-)
+_UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PERCENT: Final = re.compile(r"%(?:25|[uU]0025)")
 _PATH_PARAMETER: Final = re.compile(r";[^/]*")
 # Lower case for ASCII letters only: the other characters are bytes (of UTF-8, say) to keep.
