@@ -10,19 +10,34 @@ Guarantees:
 - only SmbDecodeError escapes, for a broken NetBIOS framing, and after it the decoder is in
   the ERROR state; an SMB message that does not decode inside an intact frame is reported as
   SmbMalformed (counted in `malformed`) and decoding goes on with the next frame, as servers
-  do (one bad PDU does not blind the rest of the connection);
+  do (one bad PDU does not blind the rest of the connection); a chain (AndX, SMB2 compound)
+  broken after its first command keeps the commands before the break (Windows executes them
+  one at a time) and reports the rest as SmbMalformed;
 - at most MAX_MESSAGE bytes are buffered: a longer message (SMB2 READ/WRITE carry up to 8 MiB)
-  is decoded from its first MAX_MESSAGE bytes (headers only) and the rest is skipped as it
-  arrives; AndX and NextCommand chains must move forward and are followed at most MAX_CHAIN times;
+  is decoded from its first MAX_MESSAGE bytes (headers only: the first SMB2 header, or the
+  first SMB1 command with its parameter words) and the rest is skipped as it arrives; AndX
+  chains must move forward and chains are followed at most MAX_CHAIN commands; at most
+  MAX_PENDING_TRANSACTIONS pipe transactions await their secondaries;
 - offsets and counts are reported as sent, never trusted for slicing beyond the message.
-Named-pipe payloads (for DCE/RPC over SMB, see dcerpc.DceRpcPipes): requests that write to a
-file carry the bytes in `data` with the file in `fid` (SMB1 WriteAndX [MS-CIFS] 2.2.4.43.1, Trans
-TransactNmPipe / WriteNmPipe 2.2.5.6 / 2.2.5.7, whose Setup[1] is the FID) or `file_id` (SMB2
-WRITE [MS-SMB2] 2.2.21, IOCTL FSCTL_PIPE_TRANSCEIVE input 2.2.31); `data` is a slice of the
-message, so it is bounded by MAX_MESSAGE.
+Named-pipe payloads (for DCE/RPC over SMB, see dcerpc.DceRpcPipes): a request that writes to a
+file carries the bytes in `data` with the file in `fid` (SMB1) or `file_id` (SMB2), however
+the client writes: SMB1 WRITE / WRITE_AND_UNLOCK ([MS-CIFS] 2.2.4.12, 2.2.4.21: the count in
+the words, as Samba reads it), WRITE_AND_CLOSE (2.2.4.40), WriteAndX (2.2.4.43, DataOffset from
+the header; DataLengthHigh only where the data fits; named-pipe raw mode with MSG_START: the
+2-byte message length that leads the data is not written, as Samba and Snort's dcerpc2 read it),
+WRITE_RAW (2.2.4.25: the bytes in the request, then the next message is raw data without a
+header, a RawWriteData event; a raw message that also looks like SMB is decoded both ways),
+Trans TransactNmPipe / WriteNmPipe (2.2.5.6, 2.2.5.7, Setup[1] is the FID) whose data is
+completed by Trans secondaries (PipeTransactions: placed at DataDisplacement in any order, the
+last write winning; complete when the counts received reach the totals, as srv.sys and Samba
+do); SMB2 WRITE ([MS-SMB2] 2.2.21) and IOCTL FSCTL_PIPE_TRANSCEIVE input (2.2.31), where a
+related compound operation's FileId 0xFF..FF is the previous command's file (3.3.5.2.7.2; for a
+CREATE, named after it until the server's FileId appears). SMB1 CLOSE and SMB2 CLOSE requests
+carry the file they close. `data` is a slice of the message, so it is bounded by MAX_MESSAGE.
 App layer (gateway/decode/registry.py): `SmbAdapter` turns the events into "smb" records and,
 through `pipe_records` and one dcerpc.DceRpcPipes per flow direction, the DCE/RPC calls written
-to named pipes into "dcerpc" records; importing this module registers the "smb" protocol.
+to named pipes into "dcerpc" records (every write method of one file feeds one pipe);
+importing this module registers the "smb" protocol.
 """
 
 from __future__ import annotations
@@ -663,9 +678,9 @@ def _probe_smb(data: bytes, direction: Direction) -> Probe:
 
 class SmbAdapter:
     """NetBIOS + SMB1/2/3 -> a record per NetBIOS message and per SMB command, followed by the
-    "dcerpc" records of the DCE/RPC PDUs that command writes to a named pipe (SMB1 WriteAndX /
-    Trans TransactNmPipe / WriteNmPipe, SMB2 WRITE / IOCTL FSCTL_PIPE_TRANSCEIVE), decoded by
-    one dcerpc.DceRpcPipes per adapter, i.e. per flow direction (bounded by its MAX_PIPES)."""
+    "dcerpc" records of the DCE/RPC PDUs that command (or WRITE_RAW's raw data) writes to a
+    named pipe, decoded by one dcerpc.DceRpcPipes per adapter, i.e. per flow direction (bounded
+    by its MAX_PIPES). An encrypted SMB3 message's record carries `smb.anomaly` (ENCRYPTED)."""
 
     __slots__ = ("_decoder", "_pipes")
 
