@@ -165,6 +165,19 @@ def test_http_and_smb_pass_through_gateway(lab: Any, tmp_path: Path) -> None:
             ],
         )
         assert "public" in smb.stdout, smb.stdout + smb.stderr
+        # SMB3 (srvsvc over SMB2 WRITE/IOCTL, compounded CREATEs) and an SMB1 file read
+        smb3 = in_ns(
+            lab.client_ns,
+            ["smbclient", "-N", "-L", f"//{lab.server_addr}", "-m", "SMB3",
+             "--option=client min protocol=SMB3"],
+        )  # fmt: skip
+        assert "public" in smb3.stdout, smb3.stdout + smb3.stderr
+        got = in_ns(
+            lab.client_ns,
+            ["smbclient", "-N", f"//{lab.server_addr}/public", "--option=client min protocol=NT1",
+             "-m", "NT1", "-c", "get readme.txt -"],
+        )  # fmt: skip
+        assert "vpatch lab" in got.stdout, got.stdout + got.stderr
         status = gw.status()
         assert status["backend"] in ("nft", "legacy")
         # HTTP (rule on 80) and SMB (MS17-010 rule on 445/139) were inspected...

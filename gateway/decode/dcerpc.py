@@ -16,9 +16,10 @@ Guarantees:
   stub is kept up to MAX_STUB_KEEP bytes (its full length is still counted), at most
   MAX_PENDING_CALLS calls may be incomplete at once and at most MAX_CONTEXTS contexts bound;
 - lengths are reported as sent and never trusted for slicing beyond the PDU.
-`DceRpcPipes` feeds SMB named-pipe payloads (the `data` of smb.py events; smb.pipe_records) to
-one decoder per open pipe and never raises: a file whose bytes are not DCE/RPC is remembered and
-skipped. `event_records` turns decoder events into "dcerpc" records; importing this module
+`DceRpcPipes` feeds SMB named-pipe writes (the `data` of smb.py events; smb.pipe_records) to
+one decoder per open pipe and never raises: a write that breaks the PDU framing (a file's bytes,
+garbage, a malformed PDU) is dropped and the pipe's next write is decoded afresh.
+`event_records` turns decoder events into "dcerpc" records; importing this module
 registers the "dcerpc" protocol (gateway/decode/registry.py).
 """
 
@@ -28,7 +29,7 @@ import enum
 import struct
 import uuid
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.decode.registry import AppDecoder, AppProtocol, AppRecord, FieldKind, Probe, register
 from gateway.errors import DecodeError
@@ -39,6 +40,7 @@ MAX_STUB_KEEP = 64 * 1024  # stub bytes kept per call for matching
 MAX_PENDING_CALLS = 16  # fragmented calls in progress at once
 MAX_CONTEXTS = 256  # presentation contexts bound on one association
 MAX_PIPES = 64  # pipes followed at once by DceRpcPipes
+MAX_CANDIDATES = 4  # interfaces a REQUEST on a context its pipe never bound is reported with
 
 PTYPE_REQUEST = 0
 PTYPE_RESPONSE = 2
@@ -160,6 +162,7 @@ class DceRpcDecoder:
         self.max_stub_keep = max_stub_keep
         self.malformed = 0  # PDUs whose body did not decode (framing intact, decoding went on)
         self.evicted_calls = 0  # calls in progress forgotten at MAX_PENDING_CALLS (oldest first)
+        self.resyncs = 0  # pipe writes dropped for a broken PDU header (receive_write)
         self.state = State.PDUS
         self._buf = bytearray()
         self._contexts: dict[int, tuple[str, int]] = {}
@@ -181,23 +184,44 @@ class DceRpcDecoder:
         self._buf += data
         events: list[Event] = []
         try:
-            while len(self._buf) >= HEADER_SIZE:
-                pdu = self._header()
-                if len(self._buf) < pdu.frag_length:
-                    break
-                body = bytes(self._buf[HEADER_SIZE : pdu.frag_length])
-                del self._buf[: pdu.frag_length]
-                events.append(pdu)
-                try:
-                    self._pdu(pdu, body, events)
-                except DceRpcDecodeError:
-                    # frag_length still frames the next PDU: the server rejects this one and
-                    # reads on, and so do we (a bad PDU must not blind the rest of the pipe)
-                    self.malformed += 1
+            self._drain(events)
         except DceRpcDecodeError:
             self.state = State.ERROR
             raise
         return events
+
+    def receive_write(self, data: bytes) -> list[Event]:
+        """Feed one write to a named pipe (never raises): a PDU header that breaks the framing
+        drops the bytes buffered, the rest of this write with them, and decoding starts again
+        with the next write (counted in `resyncs`), so that one bad PDU on a pipe does not
+        blind it for good. Contexts bound and calls in progress are kept."""
+        if not self._buf and data[:1] != b"\x05":
+            self.resyncs += 1  # not a PDU start (a file's contents, or garbage): not buffered
+            return []
+        self._buf += data
+        events: list[Event] = []
+        try:
+            self._drain(events)
+        except DceRpcDecodeError:
+            self._buf.clear()
+            self.resyncs += 1
+        return events
+
+    def _drain(self, events: list[Event]) -> None:
+        """Decode the whole PDUs buffered into `events`."""
+        while len(self._buf) >= HEADER_SIZE:
+            pdu = self._header()
+            if len(self._buf) < pdu.frag_length:
+                break
+            body = bytes(self._buf[HEADER_SIZE : pdu.frag_length])
+            del self._buf[: pdu.frag_length]
+            events.append(pdu)
+            try:
+                self._pdu(pdu, body, events)
+            except DceRpcDecodeError:
+                # frag_length still frames the next PDU: the server rejects this one and
+                # reads on, and so do we (a bad PDU must not blind the rest of the pipe)
+                self.malformed += 1
 
     def _header(self) -> Pdu:
         little = bool(self._buf[4] & 0x10)
@@ -304,20 +328,42 @@ class DceRpcDecoder:
 
 
 class DceRpcPipes:
-    """DCE/RPC over SMB named pipes: one decoder per open pipe (SMB1 FID or SMB2 FileId).
+    """DCE/RPC over SMB named pipes: one decoder per open pipe (SMB1 TID+FID or SMB2 FileId).
 
-    `feed(pipe, data)` never raises: a pipe whose bytes do not decode (an ordinary file, or
-    garbage) is remembered as not DCE/RPC and its later data is ignored. At most MAX_PIPES pipes
-    are followed; the least recently fed is forgotten first.
+    `feed(pipe, data)` takes one write and never raises: a write that breaks the PDU framing
+    (an ordinary file's contents, garbage, a malformed PDU) is dropped and decoding starts again
+    with the pipe's next write (DceRpcDecoder.receive_write), so a bad PDU does not disable the
+    pipe. A REQUEST on a context its own pipe never bound (the BIND went to the pipe under
+    another id the server takes for the same one: a related SMB2 operation's FileId, a pipe
+    forgotten at CLOSE or at the bound) is reported once for each interface bound to that
+    context id on any pipe of the connection (at most MAX_CANDIDATES, the latest first). At
+    most MAX_PIPES pipes are followed; the least recently fed is forgotten first.
     """
 
     def __init__(self, max_pipes: int = MAX_PIPES) -> None:
         self.max_pipes = max_pipes
-        self._pipes: dict[Hashable, DceRpcDecoder | None] = {}
-        self.errors = 0
+        self._pipes: dict[Hashable, DceRpcDecoder] = {}
+        # context id -> interfaces bound to it on any pipe, latest first (MAX_CONTEXTS ids)
+        self._bound: dict[int, list[tuple[str, int]]] = {}
+        self.errors = 0  # writes dropped for a broken PDU header
 
     def __len__(self) -> int:
         return len(self._pipes)
+
+    def __contains__(self, pipe: Hashable) -> bool:
+        return pipe in self._pipes
+
+    def pipe_ids(self) -> list[Hashable]:
+        return list(self._pipes)
+
+    def rename(self, old: Hashable, new: Hashable) -> None:
+        """The pipe known as `old` is known as `new` from now on."""
+        if old in self._pipes:
+            self._pipes[new] = self._pipes.pop(old)
+
+    def forget(self, pipe: Hashable) -> None:
+        """The pipe was closed: a later pipe under the same id starts afresh."""
+        self._pipes.pop(pipe, None)
 
     def feed(self, pipe: Hashable, data: bytes) -> list[Event]:
         if not data:
@@ -326,14 +372,30 @@ class DceRpcPipes:
         self._pipes[pipe] = decoder
         if len(self._pipes) > self.max_pipes:
             del self._pipes[next(iter(self._pipes))]
-        if decoder is None:
-            return []
-        try:
-            return decoder.receive_data(data)
-        except DceRpcDecodeError:
-            self.errors += 1
-            self._pipes[pipe] = None
-            return []
+        before = decoder.resyncs
+        events = decoder.receive_write(data)
+        self.errors += decoder.resyncs - before
+        if not any(isinstance(e, (Bind, Request)) for e in events):
+            return events
+        return [out for event in events for out in self._bound_to(event)]
+
+    def _bound_to(self, event: Event) -> list[Event]:
+        if isinstance(event, Bind):
+            for item in event.contexts:
+                bound = self._bound.pop(item.context_id, [])
+                entry = (item.interface, item.interface_version)
+                self._bound[item.context_id] = [entry, *(b for b in bound if b != entry)][
+                    :MAX_CANDIDATES
+                ]
+                if len(self._bound) > MAX_CONTEXTS:
+                    del self._bound[next(iter(self._bound))]
+            return [event]
+        if isinstance(event, Request) and not event.interface:
+            candidates = self._bound.get(event.context_id, ())
+            return [replace(event, interface=i, interface_version=v) for i, v in candidates] or [
+                event
+            ]
+        return [event]
 
 
 def event_records(event: Event) -> list[AppRecord]:

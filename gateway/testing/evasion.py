@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from gateway.testing.evasion_app import H2C_REWRITES, HTTP_REWRITES, IIS_ONLY, SMB_REWRITES
+from gateway.testing.smb_writes import WRITE_METHODS
 from gateway.testing.wire import (
     ACK,
     FIN,
@@ -643,6 +644,10 @@ SINGLE: Final[tuple[Technique, ...]] = (
         _t(name, "smb", doc, rewrite=(fn,), apps=frozenset({"smb", "dcerpc"}))
         for name, (fn, doc) in SMB_REWRITES.items()
     ),
+    *(
+        _t(name, "smb-write", doc, rewrite=(fn,), apps=frozenset({"smb", "dcerpc"}))
+        for name, (fn, doc) in WRITE_METHODS.items()
+    ),
 )
 
 _BY_NAME: Final = {t.name: t for t in SINGLE}
@@ -661,7 +666,9 @@ def _carried() -> list[Technique]:
             continue
         for carrier in _CARRIERS:
             if carrier == "ipv6" and (
-                tech.cls in ("http", "h2c", "smb") or _v6 in tech.conn or tech.name in _V4_ONLY
+                tech.cls in ("http", "h2c", "smb", "smb-write")
+                or _v6 in tech.conn
+                or tech.name in _V4_ONLY
             ):
                 continue
             both = combine(tech, _BY_NAME[carrier])
@@ -683,6 +690,10 @@ _CROSS: Final = (
     ("http-uri-iis-u", "http-name-case", "tcp-checksum-partial"),
     ("h2c-prior-knowledge", "seg-1byte", "ttl-insertion"),
     ("smb-keepalive", "smb-echo-first", "seg-1byte"),
+    ("smb-keepalive", "smb1-trans-secondary", "netbios-session-request", "seg-1byte"),
+    ("smb2-create-related", "smb2-compound", "smb-keepalive", "order-shuffle"),
+    ("smb1-andx-chain", "smb-echo-first", "netbios-session-request"),
+    ("smb1-write-raw", "smb-keepalive", "tcp-checksum-bad"),
 )
 
 

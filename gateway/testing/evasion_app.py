@@ -12,7 +12,10 @@ servers the rules protect, as documented per function (the TCP model cannot judg
   a body longer than the inspection depth; chunked transfer coding with tiny chunks, chunk
   extensions and zero-padded sizes; %-encoding of form bodies.
 - SMB (RFC 1002 NetBIOS session service; [MS-CIFS], [MS-SMB2]): NetBIOS keep-alive messages
-  between SMB messages; an SMB ECHO before the first message in the same segment.
+  between SMB messages; an SMB ECHO before the first message in the same segment; a NetBIOS
+  session request first (TCP 139). Every way of writing to a named pipe (SMB1 WRITE,
+  WriteAndX raw mode, AndX chains, Trans + secondaries, WRITE_RAW; SMB2 WRITE, IOCTL,
+  compounds with related operations) is gateway/testing/smb_writes.py's WRITE_METHODS.
 - DCE/RPC (C706 12.6): a request's stub cut into many fragments (PFC_FIRST_FRAG ..
   PFC_LAST_FRAG), over TCP.
 """
@@ -25,6 +28,7 @@ from collections.abc import Callable
 from typing import Final
 
 from gateway.testing.h2c import h2c_stream
+from gateway.testing.smb_writes import session_first
 
 __all__ = ["H2C_REWRITES", "HTTP_REWRITES", "IIS_ONLY", "SMB_REWRITES"]
 
@@ -361,4 +365,5 @@ SMB_REWRITES: Final[dict[str, tuple[Rewrite, str]]] = {
     "smb-keepalive": (_keepalives, "NetBIOS keep-alive before every SMB message"),
     "smb-echo-first": (_echo_first, "an SMB ECHO first, in the same segment"),
     "dcerpc-fragments": (_dce_split, "DCE/RPC requests cut into 8-byte-stub fragments"),
+    "netbios-session-request": (session_first, "a NetBIOS session request first (TCP 139)"),
 }

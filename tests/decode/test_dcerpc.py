@@ -220,11 +220,16 @@ def test_a_bad_pdu_in_an_intact_frame_does_not_stop_decoding(stream: bytes, bad:
     assert any(isinstance(e, Request) and e.opnum == 7 for e in events)
 
 
-def test_pipes_skip_files_that_are_not_rpc() -> None:
+def test_pipes_skip_writes_that_are_not_rpc_but_not_the_pipe() -> None:
+    """A write that is not DCE/RPC (a file's contents, garbage, a broken PDU header) is dropped;
+    the pipe's next write is decoded afresh (a bad PDU does not disable the pipe for good)."""
     pipes = DceRpcPipes(max_pipes=2)
     assert pipes.feed("file", b"plain file contents....") == []
-    assert pipes.feed("file", BLASTER_LIKE) == []  # remembered as not DCE/RPC
-    assert pipes.errors == 1
+    broken = b"\x05\x00\x00\x03\x10\x00\x00\x00\x08\x00\x00\x00\x01\x00\x00\x00"  # frag length 8
+    assert pipes.feed("file", broken + BLASTER_LIKE) == []  # the rest of that write goes too
+    assert pipes.errors == 2
+    events = pipes.feed("file", BLASTER_LIKE)
+    assert [e.interface for e in events if isinstance(e, Request)] == [ISYSTEM_ACTIVATOR]
     events = pipes.feed("pipe", BLASTER_LIKE)
     assert [e.interface for e in events if isinstance(e, Request)] == [ISYSTEM_ACTIVATOR]
     pipes.feed("other", BLASTER_LIKE)

@@ -76,6 +76,8 @@ def test_every_class_has_valid_cases_for_each_target_it_aims_at(cls: str) -> Non
     attack = next(s for s in subjects() if s.kind == "attack" and s.app == "http")
     if cls == "smb":
         attack = next(s for s in subjects() if s.kind == "attack" and s.app == "smb")
+    if cls == "smb-write":  # the pipe writes of an SMB DCE/RPC sample (MS08-067's)
+        attack = next(s for s in subjects() if s.kind == "attack" and s.sid == 9001010)
     for tech in techs:
         results = run_case(matcher(), attack, tech, TARGETS)
         if not results:
