@@ -55,7 +55,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.config import FailPolicy, GatewayConfig, Network
+from gateway.config import FailPolicy, GatewayConfig, Network, QueueBalance
 from gateway.match.rules import ANY_PORT
 from gateway.vocabulary import Direction
 
@@ -63,6 +63,7 @@ MIN_ANY_PORT_MAXELEM = 4096  # room in the any-port host sets (more if more host
 # Common TCP data offsets first: 8 (timestamps, Linux default), 5 (no options, Windows default).
 TCP_DATA_OFFSETS = (8, 5, 10, 6, 7, 9, 11, 12, 13, 14, 15)
 PROTOCOLS = ("tcp", "udp")
+HMARK_SEED = 0x76706174  # xt_HMARK's hash seed (--hmark-rnd): fixed, so a re-render is the same
 
 
 class PortSource(Protocol):
@@ -135,16 +136,53 @@ def set_prefix(chain_prefix: str) -> str:
     return chain_prefix.lower() + "-"
 
 
-def queue_target(config: GatewayConfig) -> str:
+def queue_target(config: GatewayConfig, queue_num: int | None = None) -> str:
+    """The NFQUEUE target: to `queue_num`, or the configured queue(s) (--queue-balance)."""
     q = config.queues
-    target = (
-        f"NFQUEUE --queue-num {q.first}"
-        if q.count == 1
-        else f"NFQUEUE --queue-balance {q.first}:{q.first + q.count - 1}"
-    )
+    if queue_num is not None:
+        target = f"NFQUEUE --queue-num {queue_num}"
+    elif q.count == 1:
+        target = f"NFQUEUE --queue-num {q.first}"
+    else:
+        target = f"NFQUEUE --queue-balance {q.first}:{q.first + q.count - 1}"
     if config.fail_policy is FailPolicy.OPEN:
         target += " --queue-bypass"
     return target
+
+
+def spreads_by_flow(config: GatewayConfig) -> bool:
+    """True when packets are spread over several queues by the flow hash (HMARK)."""
+    return config.queues.count > 1 and config.queues.balance is QueueBalance.FLOW
+
+
+def queue_rules(config: GatewayConfig, chain: str) -> list[str]:
+    """The body of the QUEUE chain: mark the packet "queued", then hand it to its queue.
+
+    Spread by flow: xt_HMARK writes a hash of the 5-tuple, reduced to 0..count-1, into the
+    packet mark (the whole mark: the target has no mask), symmetric in both directions
+    (net/netfilter/xt_HMARK.c sorts the two addresses and the two ports before hashing), so
+    both directions of a flow meet the same worker; one NFQUEUE rule per hash value. The
+    "queued" bit is OR-ed in after the hash; the worker's verdict clears it (see
+    gateway/intake/nfqueue.py), so a packet that still carries it in POSTROUTING was passed
+    by the kernel without a verdict: the counter of the POST chain's first rule.
+    """
+    queued = config.marks.queued
+    if not spreads_by_flow(config):
+        return [
+            f"-A {chain} -j MARK --or-mark {queued:#x}",
+            f"-A {chain} -j {queue_target(config)}",
+        ]
+    q = config.queues
+    out = [
+        f"-A {chain} -j HMARK --hmark-tuple src,dst,sport,dport,proto "
+        f"--hmark-mod {q.count} --hmark-rnd {HMARK_SEED:#x}",
+        f"-A {chain} -j MARK --or-mark {queued:#x}",
+    ]
+    out.extend(
+        f"-A {chain} -m mark --mark {i | queued:#x} -j {queue_target(config, q.first + i)}"
+        for i in range(q.count)
+    )
+    return out
 
 
 def _tcp_payload_tests(version: int) -> list[str]:
@@ -186,6 +224,7 @@ def _render_family(
     chains = [fwd]
     rules.append(f"-I FORWARD 1 -j {fwd}")
     rules.append(f"-I POSTROUTING 1 -j {post}")
+    blocked = marks.blocked
     rules.append(f"-A {fwd} -m connmark --mark {bypass:#x}/{bypass:#x} -j RETURN")
 
     dir_specs = (
@@ -219,6 +258,15 @@ def _render_family(
         return "", []  # nothing to queue for this family
     if uses_tcp:
         chains.append(tcp)
+        # A SYN or SYN+ACK on the ports of a connection a block reset: conntrack never saw
+        # the resets, so the entry is still ESTABLISHED and a new SYN from a reused client
+        # port is not NEW. Queued first, before any bypass, so the engine sees the new
+        # connection replace the blocked flow (gateway/flow/table.py).
+        rules.insert(
+            rules.index(f"-A {fwd} -m connmark --mark {bypass:#x}/{bypass:#x} -j RETURN"),
+            f"-A {fwd} -p tcp --tcp-flags SYN SYN -m connmark --mark {blocked:#x}/{blocked:#x} "
+            f"-j {queue}",
+        )
         # SYN and SYN+ACK: no payload, but they carry the initial sequence numbers. A client
         # SYN only when conntrack found it opens a new connection: one injected into a live
         # connection (conntrack ignores it) is not queued, so the engine may take every queued
@@ -234,10 +282,22 @@ def _render_family(
         else:
             rules.append(f'-A {tcp} -m u32 ! --u32 "4>>8&0xFF=6" -j {queue}')
     chains += [queue, post]
-    rules.append(f"-A {queue} -j {queue_target(config)}")
-    # Each bypass bit a worker put on a packet is OR-ed into the connmark (never cleared: a
+    rules.extend(queue_rules(config, queue))
+    # Passed by the kernel without a verdict (queue full with fail-open, or no reader with
+    # --queue-bypass: both go on to the next hook with the mark unchanged, see
+    # net/netfilter/nfnetlink_queue.c and nf_queue.c): counted by this rule, nothing else.
+    queued = marks.queued
+    rules.append(f"-A {post} -m mark --mark {queued:#x}/{queued:#x} -j RETURN")
+    # The server answered a new SYN on a blocked connection's ports: a new connection. Its
+    # connmark starts afresh (the engine replaced the blocked flow); conntrack resynchronises
+    # the entry itself from the SYN it ignored and this SYN+ACK.
+    rules.append(
+        f"-A {post} -p tcp --tcp-flags SYN,ACK SYN,ACK -m connmark --mark {blocked:#x}/{blocked:#x}"
+        f" -j CONNMARK --set-xmark 0x0/{marks.mask:#x}"
+    )
+    # Each bit a worker put on a packet is OR-ed into the connmark (never cleared: a
     # direction that finished stays finished), leaving every other connmark bit alone.
-    for bit in (bypass, marks.bypass_to_server, marks.bypass_to_client):
+    for bit in (bypass, marks.bypass_to_server, marks.bypass_to_client, blocked):
         rules.append(f"-A {post} -m mark --mark {bit:#x}/{bit:#x} -j CONNMARK --or-mark {bit:#x}")
     lines.append("*mangle")
     lines.extend(f":{c} - [0:0]" for c in chains)

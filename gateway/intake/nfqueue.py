@@ -4,14 +4,18 @@ A worker binds its queue (netfilterqueue), feeds every packet's IP datagram to
 `Engine.process_ip(data, now)` with `now = time.time()` (wall clock, the same clock as capture
 timestamps in `vpatch replay`, so event times agree) and applies the Decision:
 
-- ACCEPT / ALERT: accept; when `decision.final`, with the BYPASS bit added to the packet mark
-  (other mark bits kept), which mangle POSTROUTING saves into the connmark so the kernel stops
-  queueing the connection (see gateway/firewall/render.py).
+- ACCEPT / ALERT: accept, with vpatch's mark bits replaced (other mark bits kept): none, which
+  clears the "queued" bit the kernel rules set before queueing (what still carries it in
+  POSTROUTING was passed uninspected and is counted there); when `decision.final` the BYPASS
+  bit, which mangle POSTROUTING saves into the connmark so the kernel stops queueing the
+  connection (see gateway/firewall/render.py).
 - DROP: drop.
 - RESET (TCP): the offending packet is rewritten into a RST|ACK towards its destination (its own
   addresses, ports and seq; set_payload + accept) and a RST is sent back to its sender out of
   the interface it came in on (physindev when bridged, else indev), over AF_PACKET to the
-  sender's MAC with that interface's MAC as source. RESET on non-TCP degrades to DROP.
+  sender's MAC with that interface's MAC as source. The rewritten packet carries the BLOCKED
+  mark bit, kept in the connmark, so the kernel queues the next SYN on these ports (conntrack
+  never sees these resets). RESET on non-TCP degrades to DROP.
 
 Guarantees:
 - Every packet gets exactly one verdict. Any exception while deciding gives the fail-policy
@@ -25,8 +29,10 @@ Guarantees:
   GSO is left off (netfilterqueue's 4 KiB receive buffer cannot take GSO super-packets).
 - Counters live in shared memory (`WorkerStats`, one writer: the worker) for the parent and
   the control socket: `packets` and `bytes` (IP datagram bytes handed to the engine, i.e.
-  inspected), verdict counts, `errors`, `events`, policy versions, `rules` (rules loaded),
-  `gc_runs`/`gc_found` (safety-valve garbage collections and the cyclic garbage they found).
+  inspected), verdict counts, `errors`, `events` (queued for writing) and `events_dropped`
+  (the event sink's queue was full: see gateway/events/sink.py), policy versions, `rules`
+  (rules loaded), `gc_runs`/`gc_found` (safety-valve garbage collections and the cyclic
+  garbage they found).
   Events go to a per-worker EventSink (SQLite WAL handles several writers).
 - No garbage-collection pauses: the worker turns Python's automatic cyclic collection off
   (reference counting frees what the engine allocates) and runs a full collection only when
@@ -111,7 +117,7 @@ ETH_P_ALL = 0x0003
 STAT_NAMES = (
     "packets", "accepted", "dropped", "reset", "bypassed", "bypassed_direction", "errors",
     "events", "bound", "pid", "started", "policy_wanted", "policy_version", "policy_errors",
-    "bytes", "rules", "gc_runs", "gc_found",
+    "bytes", "rules", "gc_runs", "gc_found", "events_dropped",
 )  # fmt: skip
 _IDX = {name: i for i, name in enumerate(STAT_NAMES)}
 
@@ -287,6 +293,7 @@ class PacketHandler:
         resets: ResetSender | None = None,
         clock: Callable[[], float] = time.time,
         direction_bits: tuple[int, int] = (0, 0),
+        blocked_bit: int = 0,
     ) -> None:
         self.engine = engine
         self.bypass_to_server, self.bypass_to_client = direction_bits
@@ -294,6 +301,8 @@ class PacketHandler:
         self.fail_open = fail_policy is FailPolicy.OPEN
         self.bypass = bypass
         self.mask = mask
+        self.keep = ~mask & 0xFFFFFFFF  # the mark bits that are not ours
+        self.blocked_bit = blocked_bit
         self.sink = sink
         self.resets = resets if resets is not None else ResetSender()
         self.clock = clock
@@ -310,16 +319,19 @@ class PacketHandler:
             decision = self.engine.process_ip(data, self.clock())
             action = decision.action
             if action is Action.ACCEPT or action is Action.ALERT:
+                # our bits replace the ones the packet came with: the kernel's "queued" bit
+                # is cleared on every packet given a verdict here (render.py counts the rest)
+                bits = 0
                 if decision.final:
-                    pkt.set_mark((pkt.get_mark() & ~self.mask & 0xFFFFFFFF) | self.bypass)
+                    bits = self.bypass
                     stats.add("bypassed")
                 elif decision.done_to_server or decision.done_to_client:
-                    bit = (
+                    bits = (
                         self.bypass_to_server if decision.done_to_server else self.bypass_to_client
                     )
-                    if bit:
-                        pkt.set_mark((pkt.get_mark() & ~self.mask & 0xFFFFFFFF) | bit)
+                    if bits:
                         stats.add("bypassed_direction")
+                pkt.set_mark((pkt.get_mark() & self.keep) | bits)
                 done = True
                 pkt.accept()
                 stats.add("accepted")
@@ -353,6 +365,9 @@ class PacketHandler:
             self.stats.add("dropped")
             return True
         pkt.set_payload(replacement)
+        # the "blocked" bit goes into the connmark (render.py): the next SYN on these ports
+        # is queued, so a reused client port opens a new flow instead of meeting this one
+        pkt.set_mark((pkt.get_mark() & self.keep) | self.blocked_bit)
         pkt.accept()
         self.stats.add("reset")
         try:
@@ -381,7 +396,9 @@ class PacketHandler:
             return
         for event in decision.events:
             try:
-                self.sink.emit(event)
+                if self.sink.emit(event) is False:  # the sink's queue is full (it logs them)
+                    self.stats.add("events_dropped")
+                    continue
                 self.stats.add("events")
             except Exception as err:  # noqa: BLE001
                 self.stats.add("errors")
@@ -511,6 +528,7 @@ def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> in
     handler = PacketHandler(
         engine, stats, config.fail_policy, marks.bypass, marks.mask, sink,
         direction_bits=(marks.bypass_to_server, marks.bypass_to_client),
+        blocked_bit=marks.blocked,
     )  # fmt: skip
     nfq = NetfilterQueue()
     try:
