@@ -49,6 +49,7 @@ from gateway.errors import VpatchError
 from gateway.events.sink import EventSink
 from gateway.firewall.apply import BackendInfo, apply_rules, remove_rules
 from gateway.firewall.compose import app_any_port_hosts, host_policies
+from gateway.firewall.counters import Uninspected, read_uninspected
 from gateway.firewall.hostmodes import DEFAULT_SETTINGS
 from gateway.firewall.refresh import refresh_any_port_hosts, refresh_hostmodes, refresh_policy
 from gateway.firewall.render import RenderedRules
@@ -64,6 +65,7 @@ log = logging.getLogger("vpatch.run")
 RELOAD_WAIT = 2.0  # seconds `reload` waits for every live worker to apply the new policy
 BIND_TIMEOUT = 60.0  # seconds a worker may take to load rules and bind its queue
 SUPERVISE_INTERVAL = 0.2  # seconds between checks of the workers
+UNINSPECTED_INTERVAL = 1.0  # seconds a reading of the uninspected-packet counters is reused
 
 
 class GatewayError(VpatchError):
@@ -99,6 +101,8 @@ class Gateway:
         self._monitor_stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._monitor_sink: EventSink | None = None
+        self._uninspected_last = Uninspected()
+        self._uninspected_at: float | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -227,7 +231,10 @@ class Gateway:
         policy version, rules loaded) and the kernel's counters for that queue from
         /proc/net/netfilter/nfnetlink_queue in this namespace (queue_total, queue_dropped,
         user_dropped, id_sequence, queue_drops = the two drop counters; all None when the
-        kernel does not list the queue); `rules_loaded` and totals at the top level."""
+        kernel does not list the queue); `rules_loaded` and totals at the top level, among
+        them `uninspected_packets` / `uninspected_bytes`: what the kernel passed without a
+        worker's verdict (fail-open on a full queue, --queue-bypass with no reader; all
+        queues, both families: gateway/firewall/counters.py) and `events_dropped`."""
         kernel = read_queue_counters()
         queues: dict[str, dict[str, Any]] = {}
         for w in self.workers:
@@ -260,10 +267,23 @@ class Gateway:
             "packets": sum(int(q["packets"]) for q in queues.values()),
             "bytes": sum(int(q["bytes"]) for q in queues.values()),
             "queue_drops": sum(int(q["queue_drops"] or 0) for q in queues.values()),
+            **self._uninspected().as_dict(),
+            "events_dropped": sum(int(q["events_dropped"]) for q in queues.values()),
             "kernel_counters": kernel.available,
             "alerts": self._alerts.stats() if self._alerts is not None else None,
             "queues": queues,
         }
+
+    def _uninspected(self) -> Uninspected:
+        """The kernel's count of packets passed without a verdict (gateway/firewall/
+        counters.py), read at most once per UNINSPECTED_INTERVAL (it runs iptables-save)."""
+        now = time.monotonic()
+        if self._uninspected_at is None or now - self._uninspected_at >= UNINSPECTED_INTERVAL:
+            self._uninspected_last = read_uninspected(
+                self.backend, self.rendered.prefix, self.config.marks.queued
+            )
+            self._uninspected_at = now
+        return self._uninspected_last
 
     def reload(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
         """Re-read the policy store and have every worker apply it (no restart, flows kept).

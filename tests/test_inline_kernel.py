@@ -120,3 +120,52 @@ def test_storm_of_blocks_on_reused_ports(lab: Any, tmp_path: Path) -> None:
         status = gw.status()
         assert sum(q["reset"] for q in status["queues"].values()) == len(blocked)
         assert sum(q["events_dropped"] for q in status["queues"].values()) == 0
+
+
+SYN_BURST = textwrap.dedent(
+    """
+    import socket, sys
+    host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    socks = []
+    for _ in range(n):  # SYNs as fast as the kernel sends them, nobody waits for an answer
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex((host, port))
+        socks.append(s)
+    for s in socks:
+        s.close()
+    """
+)
+
+
+def test_packets_passed_by_a_full_queue_are_counted(lab: Any, tmp_path: Path) -> None:
+    """One worker, a queue of 2: a burst of SYNs overflows it; with fail-open the kernel lets
+    the rest through uninspected, and the status counts them."""
+    with vpatch_run(lab, tmp_path, queues={"first": 0, "count": 1, "max_len": 2}) as gw:
+        assert same_port(lab, 41500, "ok")[0][1].startswith("DATA HTTP/1.1 200")
+        assert gw.status()["uninspected_packets"] == 0  # everything so far had its verdict
+        burst = in_ns(lab.client_ns, [sys.executable, "-c", SYN_BURST, lab.server_addr, "80",
+                                      "400"])  # fmt: skip
+        assert burst.returncode == 0, burst.stderr
+        time.sleep(1.1)  # the status reuses a reading for a second
+        status = gw.status()
+        assert status["uninspected_available"] is True
+        assert status["uninspected_packets"] > 0, status
+        assert status["uninspected_bytes"] >= 40 * status["uninspected_packets"]
+        # what the worker saw plus what passed it: every SYN of the burst, at least
+        assert status["packets"] + status["uninspected_packets"] >= 400
+
+
+@pytest.mark.parametrize(("balance", "spread"), [("flow", True), ("address", False)])
+def test_flows_from_one_address_spread_over_the_queues(
+    lab: Any, tmp_path: Path, balance: str, spread: bool
+) -> None:
+    queues = {"first": 0, "count": 2, "balance": balance}
+    with vpatch_run(lab, tmp_path, queues=queues) as gw:
+        results = same_port(lab, 41600, "ok", ports=24)
+        assert all(res.startswith("DATA HTTP/1.1 200") for _, res in results), results
+        per_queue = [q["packets"] for q in gw.status()["queues"].values()]
+        assert sum(per_queue) >= 24 * 2  # a SYN and a request each, at least
+        # 24 connections from one address on 24 ports: by flow both queues get some (all on
+        # one: a chance of 2**-23); by address pair, all on one
+        assert (min(per_queue) > 0) is spread, per_queue

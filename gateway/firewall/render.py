@@ -17,10 +17,26 @@ Pure: configuration + the ports enabled rules cover in, text out. Nothing here t
 - Forwarded traffic only: routed and bridged traffic (br_netfilter) both pass FORWARD.
   Mangle FORWARD runs before filter FORWARD, so a packet we accept still meets the host's own
   filter rules.
-- Both directions of a flow land in the same queue: the kernel's `--queue-balance` hash
-  (include/net/netfilter/nf_queue.h, hash_v4/hash_v6: "packets in either direction go into
-  same queue") orders source and destination address before hashing them with the protocol, so
-  it is symmetric; it ignores ports, so all flows between two hosts share a queue.
+- Both directions of a flow land in the same queue. `queues.balance: flow` (the default):
+  xt_HMARK hashes addresses, ports and protocol, each pair sorted first (net/netfilter/
+  xt_HMARK.c, hmark_hash and hmark_swap_ports), into the packet mark, and one NFQUEUE rule
+  per value takes it to its queue (`queue_rules`), so one client's flows are spread. `address`:
+  the kernel's `--queue-balance` hash (include/net/netfilter/nf_queue.h, hash_v4/hash_v6:
+  "packets in either direction go into same queue") orders source and destination address
+  before hashing them with the protocol; it ignores ports, so all flows between two hosts
+  share a queue.
+- Uninspected packets are counted: every way into a queue sets the `marks.queued` bit; the
+  worker's verdict clears it; the first rule of PREFIX-POST counts (and returns) packets still
+  carrying it, which the kernel passed without a verdict (fail-open on a full queue,
+  --queue-bypass with no reader). gateway/firewall/counters.py reads its counters.
+- Blocked connections: the reset a worker puts in place of a blocked packet carries the
+  `marks.blocked` bit, OR-ed into the connmark in POSTROUTING. Conntrack never sees these
+  resets (they replace the packet after it), so the entry stays ESTABLISHED and a SYN from a
+  reused client port is not NEW: the first rule of our FORWARD chain queues every SYN and
+  SYN+ACK of a blocked connection, so the engine sees the new connection (it replaces the
+  flow on the server's SYN+ACK, gateway/flow/table.py), and that SYN+ACK clears our connmark
+  bits in POSTROUTING (conntrack resynchronises the entry from the SYN it ignored and the
+  SYN+ACK answering it).
 - Bypass: a worker accepts the packet of a finished flow with the BYPASS packet-mark bit, or,
   when only one direction finished (its depth reached while the other still needs looking at,
   e.g. a bulk upload whose few response bytes never reach the response depth), with that
@@ -162,7 +178,8 @@ def queue_rules(config: GatewayConfig, chain: str) -> list[str]:
     packet mark (the whole mark: the target has no mask), symmetric in both directions
     (net/netfilter/xt_HMARK.c sorts the two addresses and the two ports before hashing), so
     both directions of a flow meet the same worker; one NFQUEUE rule per hash value. The
-    "queued" bit is OR-ed in after the hash; the worker's verdict clears it (see
+    "queued" bit is OR-ed in after the hash, and a last rule takes a packet HMARK could not
+    hash (it then leaves the mark alone) to the first queue; the worker's verdict clears it (see
     gateway/intake/nfqueue.py), so a packet that still carries it in POSTROUTING was passed
     by the kernel without a verdict: the counter of the POST chain's first rule.
     """
@@ -182,6 +199,8 @@ def queue_rules(config: GatewayConfig, chain: str) -> list[str]:
         f"-A {chain} -m mark --mark {i | queued:#x} -j {queue_target(config, q.first + i)}"
         for i in range(q.count)
     )
+    # HMARK leaves the mark as it was when it cannot read the headers: never fall through
+    out.append(f"-A {chain} -j {queue_target(config, q.first)}")
     return out
 
 

@@ -117,7 +117,7 @@ def test_bypass_mark_chain_and_connmark_skip() -> None:
 def test_fail_policy_flags(policy: str, bypass: bool) -> None:
     r = _render(f"protected_hosts: [198.18.0.20]\nfail_policy: {policy}\n")
     queue_rules = [x for x in _rules(r.ipv4) if "-j NFQUEUE" in x]
-    assert len(queue_rules) == 2  # one per queue (spread by flow)
+    assert len(queue_rules) == 3  # one per queue (spread by flow), one catch-all
     for queue_rule in queue_rules:
         assert queue_rule.startswith("-A VPATCH-QUEUE ")
         assert ("--queue-bypass" in queue_rule) is bypass
@@ -157,6 +157,8 @@ def test_flows_spread_over_queues_by_a_symmetric_hash() -> None:
             "-A VPATCH-QUEUE -m mark --mark 0x4000000 -j NFQUEUE --queue-num 4 --queue-bypass",
             "-A VPATCH-QUEUE -m mark --mark 0x4000001 -j NFQUEUE --queue-num 5 --queue-bypass",
             "-A VPATCH-QUEUE -m mark --mark 0x4000002 -j NFQUEUE --queue-num 6 --queue-bypass",
+            # a packet HMARK could not hash keeps its mark: it still goes to a queue
+            "-A VPATCH-QUEUE -j NFQUEUE --queue-num 4 --queue-bypass",
         ]
 
 
