@@ -383,6 +383,12 @@ class FirewallConfig:
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
+    standby: bool = setting(
+        True,
+        "Keep a standby worker per queue, its rules loaded, that binds the queue the moment "
+        "the active one dies (milliseconds instead of the seconds a new process takes to "
+        "load the rules); a new standby is then started. Costs one idle process per queue.",
+    )
     max_restarts: int = setting(
         5,
         "A dead worker is restarted at most this many times per `restart_window` (per "
@@ -395,9 +401,10 @@ class WorkerConfig:
         5.0, "Seconds a worker gets to exit after SIGTERM before it is killed.", lo=0.1, hi=600
     )
     restart_delay: float = setting(
-        1.0,
-        "Seconds between a worker's death and its restart (its queue follows `fail_policy` "
-        "meanwhile).",
+        0.0,
+        "Seconds between a worker's death (noticed at once) and its restart; its queue "
+        "follows `fail_policy` until the new worker has bound it. `max_restarts` bounds a "
+        "crash loop.",
         lo=0,
         hi=3600,
     )

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import textwrap
 import time
@@ -169,3 +171,32 @@ def test_flows_from_one_address_spread_over_the_queues(
         # 24 connections from one address on 24 ports: by flow both queues get some (all on
         # one: a chance of 2**-23); by address pair, all on one
         assert (min(per_queue) > 0) is spread, per_queue
+
+
+def test_a_killed_worker_is_replaced_and_its_counters_kept(lab: Any, tmp_path: Path) -> None:
+    queues = {"first": 0, "count": 1}
+    with vpatch_run(lab, tmp_path, queues=queues, workers={"restart_delay": 0}) as gw:
+        assert same_port(lab, 41700, "x", "ok")[1][1].startswith("DATA HTTP/1.1 200")
+        deadline = time.monotonic() + 60
+        while not gw.status()["queues"]["0"]["standby_ready"]:  # rules loaded, waiting
+            assert time.monotonic() < deadline, gw.log.read_text()
+            time.sleep(0.1)
+        before = gw.status()["queues"]["0"]
+        assert before["packets"] > 0 and before["reset"] == 1 and before["events"] == 1
+        os.kill(before["pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        while True:
+            now = gw.status()["queues"]["0"]
+            if now["bound"] and now["pid"] != before["pid"]:
+                break
+            assert time.monotonic() - killed < 30, gw.log.read_text()
+            time.sleep(0.02)
+        print(f"worker replaced and bound {time.monotonic() - killed:.2f}s after SIGKILL")
+        assert now["restarts"] == 1
+        assert b"standby worker for queue 0 took over" in gw.log.read_bytes()
+        # the queue's counters go on from where the dead worker left them
+        for name in ("packets", "bytes", "reset", "events", "accepted"):
+            assert now[name] >= before[name], name
+        assert same_port(lab, 41701, "x")[0][1] == "RESET"
+        after = gw.status()["queues"]["0"]
+        assert after["reset"] == before["reset"] + 1 and after["events"] == before["events"] + 1

@@ -40,6 +40,9 @@ Guarantees:
   max_flows (`collect_if_grown`, checked once a second), so memory stays bounded even if a
   reference cycle slipped in.
 - SIGTERM/SIGINT: the worker finishes the packet in hand, unbinds and exits 0.
+- Standby (`start_worker(..., go=Event)`): the process loads the rules and the policy, then
+  waits for `go` without touching the queue or its counters; once set, it binds the queue in
+  milliseconds (the supervisor sets it when the active worker dies).
 - Live policy (control socket `reload`): the parent writes the wanted policy version into the
   worker's `policy_wanted` counter; the worker compares it between packet batches (at least
   every POLL_INTERVAL when idle), reads `policy_snapshot()` (gateway/policy/snapshot.py) from
@@ -117,7 +120,7 @@ ETH_P_ALL = 0x0003
 STAT_NAMES = (
     "packets", "accepted", "dropped", "reset", "bypassed", "bypassed_direction", "errors",
     "events", "bound", "pid", "started", "policy_wanted", "policy_version", "policy_errors",
-    "bytes", "rules", "gc_runs", "gc_found", "events_dropped",
+    "bytes", "rules", "gc_runs", "gc_found", "events_dropped", "standby_ready",
 )  # fmt: skip
 _IDX = {name: i for i, name in enumerate(STAT_NAMES)}
 
@@ -495,8 +498,51 @@ def collect_if_grown(stats: WorkerStats, limit: int, queue_num: int) -> int | No
     return found
 
 
-def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> int:
-    """Body of one queue's worker process; returns the exit status."""
+class GoSignal(Protocol):
+    """What a standby worker waits on (multiprocessing.Event)."""
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+def _prepare(
+    config: GatewayConfig, stats: WorkerStats, go: GoSignal | None, stopped: Callable[[], bool]
+) -> tuple[EngineLike, int] | None:
+    """Build the engine and load the policy; a standby then waits for `go` (None when it was
+    stopped first). Writes the queue's counters only once it is the active worker: a standby
+    shares them with the worker it stands in for."""
+    engine = build_engine(config)
+    ruleset = getattr(engine, "ruleset", None)
+    scratch = WorkerStats()  # the policy outcome, published when active
+    applied = stats.get("policy_wanted")
+    apply_policy(engine, config, scratch, applied)
+    # Reference counting frees everything the engine allocates (tests/test_gc_cycles.py holds
+    # it to that), so the cyclic collector would only stall packets: a young-generation pass
+    # over the objects of thousands of new flows took up to 150 ms, the p99 of the
+    # new-connection benchmark. The rule set and decoders built so far are frozen out of its
+    # sight; automatic collection is off; collect_if_grown() is the safety valve.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    if go is not None:
+        stats.set("standby_ready", 1)  # the one counter a standby writes
+        while not go.wait(POLL_INTERVAL):
+            if stopped():
+                return None
+        stats.set("standby_ready", 0)
+        log.info("standby taking over")
+    stats.set("pid", os.getpid())
+    stats.set("started", int(time.time()))
+    stats.set("rules", len(ruleset.rules) if ruleset is not None else 0)
+    stats.set("policy_version", scratch.get("policy_version"))
+    stats.add("policy_errors", scratch.get("policy_errors"))
+    return engine, applied
+
+
+def worker_main(
+    queue_num: int, config: GatewayConfig, stats: WorkerStats, go: GoSignal | None = None
+) -> int:
+    """Body of one queue's worker process; returns the exit status. With `go`, a standby: it
+    prepares everything, then waits for `go` before it binds the queue."""
     from netfilterqueue import NetfilterQueue
 
     stop = False
@@ -507,22 +553,11 @@ def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> in
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    stats.set("pid", os.getpid())
-    stats.set("started", int(time.time()))
-    engine = build_engine(config)
-    ruleset = getattr(engine, "ruleset", None)
-    stats.set("rules", len(ruleset.rules) if ruleset is not None else 0)
-    applied = stats.get("policy_wanted")
-    apply_policy(engine, config, stats, applied)
+    prepared = _prepare(config, stats, go, lambda: stop)
+    if prepared is None:
+        return 0
+    engine, applied = prepared
     sink = build_sink(config, queue_num)
-    # Reference counting frees everything the engine allocates (tests/test_gc_cycles.py holds
-    # it to that), so the cyclic collector would only stall packets: a young-generation pass
-    # over the objects of thousands of new flows took up to 150 ms, the p99 of the
-    # new-connection benchmark. The rule set and decoders built so far are frozen out of its
-    # sight; automatic collection is off; collect_if_grown() is the safety valve.
-    gc.collect()
-    gc.freeze()
-    gc.disable()
     gc_limit = GC_BASE_OBJECTS + GC_OBJECTS_PER_FLOW * config.engine.max_flows
     marks = config.marks
     handler = PacketHandler(
@@ -579,13 +614,15 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _process_entry(queue_num: int, config: GatewayConfig, stats: WorkerStats, parent: int) -> None:
+def _process_entry(
+    queue_num: int, config: GatewayConfig, stats: WorkerStats, parent: int, go: GoSignal | None
+) -> None:
     _die_with_parent(parent)
     logging.basicConfig(
         level=logging.INFO, format=f"vpatch[queue {queue_num}] %(levelname)s %(message)s"
     )
     try:
-        code = worker_main(queue_num, config, stats)
+        code = worker_main(queue_num, config, stats, go)
     except Exception as err:  # noqa: BLE001
         log.error("worker for queue %d failed: %s", queue_num, err)
         code = 1
@@ -594,9 +631,9 @@ def _process_entry(queue_num: int, config: GatewayConfig, stats: WorkerStats, pa
 
 
 def start_worker(
-    queue_num: int, config: GatewayConfig, stats: WorkerStats
+    queue_num: int, config: GatewayConfig, stats: WorkerStats, go: GoSignal | None = None
 ) -> multiprocessing.process.BaseProcess:
-    """Start the worker process of one queue.
+    """Start the worker process of one queue (a standby when `go` is given, see worker_main).
 
     spawn, not fork: the parent runs the control-socket thread, and forking a threaded process
     can copy a lock held by that thread. The worker loads the rules itself.
@@ -604,8 +641,8 @@ def start_worker(
     ctx = multiprocessing.get_context("spawn")
     proc = ctx.Process(
         target=_process_entry,
-        args=(queue_num, config, stats, os.getpid()),
-        name=f"vpatch-queue-{queue_num}",
+        args=(queue_num, config, stats, os.getpid(), go),
+        name=f"vpatch-queue-{queue_num}" + ("-standby" if go is not None else ""),
     )
     proc.daemon = False
     proc.start()
