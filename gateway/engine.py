@@ -112,6 +112,7 @@ _BLOCKED: Final = {Action.DROP: Decision(Action.DROP), Action.RESET: Decision(Ac
 _DROP: Final = _BLOCKED[Action.DROP]
 _CONTROL: Final = TCP_SYN | TCP_FIN | TCP_RST  # segments that open or close flows
 _SYN_ACK: Final = TCP_SYN | TCP_ACK
+_REOPENING: Final = Decision(Action.ACCEPT, reopening=True)  # see gateway/flow/table.py
 _FAIL_OPEN: Final = Decision(Action.ACCEPT)
 _FAIL_CLOSED: Final = Decision(Action.DROP)
 
@@ -343,7 +344,7 @@ class Engine:
                 and not payload
                 and d is Direction.TO_SERVER
             ):
-                return ACCEPT  # a new connection on these ports, if the server agrees (table.py)
+                return _REOPENING  # a new connection on these ports if the server agrees
             stats.blocked_packets += 1
             return _BLOCKED[blocked]
         if flow.final:

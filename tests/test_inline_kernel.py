@@ -25,7 +25,8 @@ from tests.test_inline import vpatch_run
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
-# Requests ("x": the test exploit, "ok": benign) over new connections from fixed client ports.
+# Requests ("x": the test exploit, reset; "d": one the drop rule below drops; "ok": benign)
+# over new connections from fixed client ports.
 # argv: host port first_port ports rounds kinds...: each of `ports` ports (first_port, ...),
 # in its own thread, runs `rounds` times through `kinds`, one connection each; prints
 # "<kind> <result>" per connection, port by port, in order.
@@ -39,6 +40,7 @@ SAME_PORT_CLIENT = textwrap.dedent(
         "x": b"GET /?q=VPATCH-TEST-EXPLOIT-7f3a HTTP/1.1\\r\\nHost: lab\\r\\n"
              b"Connection: close\\r\\n\\r\\n",
         "ok": b"GET / HTTP/1.1\\r\\nHost: lab\\r\\nConnection: close\\r\\n\\r\\n",
+        "d": b"GET /?q=VPATCH-TEST-DROP-5b1c HTTP/1.1\\r\\nHost: lab\\r\\n\\r\\n",
     }
 
     def exchange(request, sport):
@@ -47,7 +49,7 @@ SAME_PORT_CLIENT = textwrap.dedent(
         # close with a reset: no TIME_WAIT, the port is free for the next connection at once
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.bind(("0.0.0.0", sport))
-        s.settimeout(5)
+        s.settimeout(1.5 if request == REQUEST["d"] else 5)  # "d" is dropped: it times out
         got = b""
         try:
             s.connect((host, port))
@@ -74,6 +76,20 @@ SAME_PORT_CLIENT = textwrap.dedent(
                 print(kind, result, flush=True)
     """
 )
+
+
+DROP_RULE = """\
+id: 9000197
+title: vpatch inline test marker dropped
+cve: [CVE-0000-0004]
+severity: high
+action: drop
+protocol: tcp
+ports: [80]
+direction: to_server
+patterns:
+  - content: "VPATCH-TEST-DROP-5b1c"
+"""
 
 
 def same_port(
@@ -106,6 +122,24 @@ def test_blocked_request_does_not_poison_the_client_port(lab: Any, tmp_path: Pat
         assert len(events) == 2, events
         assert {e["src_port"] for e in events} == {41301}
         assert len({e["flow_id"] for e in events}) == 2  # one flow per connection
+
+
+def test_dropped_request_does_not_poison_the_client_port(lab: Any, tmp_path: Path) -> None:
+    """A drop leaves the server's connection open and conntrack's entry ESTABLISHED; the
+    client gives up (here with a reset, which conntrack sees and the gateway does not queue),
+    and its next connection from the same port must still get through and be inspected."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "inline-test-drop.yaml").write_text(DROP_RULE)
+    with vpatch_run(lab, tmp_path) as gw:
+        results = [res for _, res in same_port(lab, 41350, "d", "ok", "d", "ok", "x", "ok")]
+        assert results[0].startswith("ERROR"), results  # timed out: dropped
+        assert results[1].startswith("DATA HTTP/1.1 200"), results
+        assert results[2].startswith("ERROR"), results
+        assert results[3].startswith("DATA HTTP/1.1 200"), results
+        assert results[4] == "RESET", results
+        assert results[5].startswith("DATA HTTP/1.1 200"), results
+        events = wait_events(gw, 3)
+        assert [e["alert"]["signature_id"] for e in events] == [9000197, 9000197, 9000100]
 
 
 def test_storm_of_blocks_on_reused_ports(lab: Any, tmp_path: Path) -> None:

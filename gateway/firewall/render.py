@@ -244,6 +244,12 @@ def _render_family(
     rules.append(f"-I FORWARD 1 -j {fwd}")
     rules.append(f"-I POSTROUTING 1 -j {post}")
     blocked = marks.blocked
+    # A packet a worker dropped comes back (`repeat` verdict) with the "blocked" bit: into the
+    # connmark, then dropped (no packet reaches FORWARD with that bit otherwise).
+    rules.append(
+        f"-A {fwd} -m mark --mark {blocked:#x}/{blocked:#x} -j CONNMARK --or-mark {blocked:#x}"
+    )
+    rules.append(f"-A {fwd} -m mark --mark {blocked:#x}/{blocked:#x} -j DROP")
     rules.append(f"-A {fwd} -m connmark --mark {bypass:#x}/{bypass:#x} -j RETURN")
 
     dir_specs = (

@@ -9,7 +9,8 @@ timestamps in `vpatch replay`, so event times agree) and applies the Decision:
   POSTROUTING was passed uninspected and is counted there); when `decision.final` the BYPASS
   bit, which mangle POSTROUTING saves into the connmark so the kernel stops queueing the
   connection (see gateway/firewall/render.py).
-- DROP: drop.
+- DROP: drop; with the BLOCKED bit configured, by a `repeat` verdict carrying that bit, which
+  the first rules of our FORWARD chain turn into the connmark and a drop (render.py).
 - RESET (TCP): the offending packet is rewritten into a RST|ACK towards its destination (its own
   addresses, ports and seq; set_payload + accept) and a RST is sent back to its sender out of
   the interface it came in on (physindev when bridged, else indev), over AF_PACKET to the
@@ -161,6 +162,7 @@ class PacketLike(Protocol):
     def set_payload(self, payload: bytes) -> None: ...
     def accept(self) -> None: ...
     def drop(self) -> None: ...
+    def repeat(self) -> None: ...
 
 
 class EngineLike(Protocol):
@@ -334,6 +336,8 @@ class PacketHandler:
                     )
                     if bits:
                         stats.add("bypassed_direction")
+                if decision.reopening:
+                    bits |= self.blocked_bit  # keep the kernel queueing the handshake
                 pkt.set_mark((pkt.get_mark() & self.keep) | bits)
                 done = True
                 pkt.accept()
@@ -342,7 +346,7 @@ class PacketHandler:
                 done = self._reset(pkt, data)
             else:
                 done = True
-                pkt.drop()
+                self._drop(pkt)
                 stats.add("dropped")
             done = True
         except Exception as err:  # noqa: BLE001 - the catch-all of the fail policy
@@ -382,6 +386,18 @@ class PacketHandler:
             self.stats.add("errors")
             self._log_error(err)
         return True
+
+    def _drop(self, pkt: PacketLike) -> None:
+        """DROP verdict. With a blocked bit: the packet goes back through the hook (`repeat`)
+        carrying it, where the kernel rules put it in the connmark and drop the packet
+        (render.py), as the RESET's rewritten packet does on its way out; a packet that came
+        with the bit (the rules are not there) is dropped here, so it never loops."""
+        mark = pkt.get_mark()
+        if not self.blocked_bit or mark & self.blocked_bit:
+            pkt.drop()
+            return
+        pkt.set_mark((mark & self.keep) | self.blocked_bit)
+        pkt.repeat()
 
     def _fail_verdict(self, pkt: PacketLike) -> None:
         try:

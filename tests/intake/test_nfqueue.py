@@ -64,6 +64,9 @@ class _Pkt:
     def drop(self) -> None:
         self.verdict = "drop"
 
+    def repeat(self) -> None:
+        self.verdict = "repeat"
+
 
 class _Engine:
     def process_ip(self, data: bytes, now: float) -> Decision:
@@ -115,6 +118,10 @@ def test_verdict_marks_clear_queued_and_keep_other_bits() -> None:
         Decision(Action.ACCEPT): (0x1, "accept"),
         Decision(Action.ACCEPT, final=True): (0x1 | 0x10000000, "accept"),
         Decision(Action.RESET): (0x1 | 0x8000000, "accept"),  # the RST replacing it: blocked
+        # back through the hook with the blocked bit: the kernel rules connmark and drop it
+        Decision(Action.DROP): (0x1 | 0x8000000, "repeat"),
+        # a SYN reopening a blocked flow's ports: the handshake stays queued
+        Decision(Action.ACCEPT, reopening=True): (0x1 | 0x8000000, "accept"),
     }
     for decision, (mark, verdict) in expected.items():
         handler = PacketHandler(
@@ -124,6 +131,15 @@ def test_verdict_marks_clear_queued_and_keep_other_bits() -> None:
         pkt = _MarkedPkt(tcp)
         handler(pkt)
         assert (pkt.mark, pkt.verdict) == (mark, verdict), decision
+    # a packet that comes back with the bit (the kernel rules are missing): dropped, no loop
+    handler = PacketHandler(
+        _Fixed(Decision(Action.DROP)), WorkerStats(), FailPolicy.OPEN, 0x10000000, 0x7C000000,
+        blocked_bit=0x8000000,
+    )  # fmt: skip
+    pkt = _MarkedPkt(tcp)
+    pkt.mark |= 0x8000000
+    handler(pkt)
+    assert pkt.verdict == "drop"
 
 
 SCRIPT = textwrap.dedent(
