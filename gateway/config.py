@@ -168,10 +168,15 @@ class QueueConfig:
         "With several queues, how flows are spread over them. `flow`: by a symmetric hash of "
         "addresses, ports and protocol (xt_HMARK), so the flows of one client land on "
         "different queues and a flood from one address fills only its share; the hash "
-        "overwrites the packet mark of the packets queued (vpatch's own bits are set after "
-        "it; connmarks keep every other bit). `address`: the kernel's `--queue-balance` hash "
-        "of the address pair, packet marks left alone.",
+        "overwrites the packet mark of the packets queued, which leave with vpatch's bits "
+        "only (connmarks keep every other bit). `address`: the kernel's `--queue-balance` "
+        "hash of the address pair, other packet-mark bits left alone.",
     )
+
+    @property
+    def hashed(self) -> bool:
+        """Packets are spread by the flow hash (xt_HMARK), which takes the whole packet mark."""
+        return self.count > 1 and self.balance is QueueBalance.FLOW
 
     @property
     def numbers(self) -> range:

@@ -71,7 +71,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.config import FailPolicy, GatewayConfig, Network, QueueBalance
+from gateway.config import FailPolicy, GatewayConfig, Network
 from gateway.match.rules import ANY_PORT
 from gateway.vocabulary import Direction
 
@@ -166,11 +166,6 @@ def queue_target(config: GatewayConfig, queue_num: int | None = None) -> str:
     return target
 
 
-def spreads_by_flow(config: GatewayConfig) -> bool:
-    """True when packets are spread over several queues by the flow hash (HMARK)."""
-    return config.queues.count > 1 and config.queues.balance is QueueBalance.FLOW
-
-
 def queue_rules(config: GatewayConfig, chain: str) -> list[str]:
     """The body of the QUEUE chain: mark the packet "queued", then hand it to its queue.
 
@@ -184,7 +179,7 @@ def queue_rules(config: GatewayConfig, chain: str) -> list[str]:
     by the kernel without a verdict: the counter of the POST chain's first rule.
     """
     queued = config.marks.queued
-    if not spreads_by_flow(config):
+    if not config.queues.hashed:
         return [
             f"-A {chain} -j MARK --or-mark {queued:#x}",
             f"-A {chain} -j {queue_target(config)}",

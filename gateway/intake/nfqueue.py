@@ -4,7 +4,8 @@ A worker binds its queue (netfilterqueue), feeds every packet's IP datagram to
 `Engine.process_ip(data, now)` with `now = time.time()` (wall clock, the same clock as capture
 timestamps in `vpatch replay`, so event times agree) and applies the Decision:
 
-- ACCEPT / ALERT: accept, with vpatch's mark bits replaced (other mark bits kept): none, which
+- ACCEPT / ALERT: accept, with vpatch's mark bits replaced (other mark bits kept, unless
+  `queues.balance` flow hashed them away: then the packet leaves with ours only): none, which
   clears the "queued" bit the kernel rules set before queueing (what still carries it in
   POSTROUTING was passed uninspected and is counted there); when `decision.final` the BYPASS
   bit, which mangle POSTROUTING saves into the connmark so the kernel stops queueing the
@@ -299,6 +300,7 @@ class PacketHandler:
         clock: Callable[[], float] = time.time,
         direction_bits: tuple[int, int] = (0, 0),
         blocked_bit: int = 0,
+        keep_other_bits: bool = True,
     ) -> None:
         self.engine = engine
         self.bypass_to_server, self.bypass_to_client = direction_bits
@@ -306,7 +308,8 @@ class PacketHandler:
         self.fail_open = fail_policy is FailPolicy.OPEN
         self.bypass = bypass
         self.mask = mask
-        self.keep = ~mask & 0xFFFFFFFF  # the mark bits that are not ours
+        # the mark bits that are not ours, kept; none when the kernel's flow hash took them
+        self.keep = ~mask & 0xFFFFFFFF if keep_other_bits else 0
         self.blocked_bit = blocked_bit
         self.sink = sink
         self.resets = resets if resets is not None else ResetSender()
@@ -338,7 +341,7 @@ class PacketHandler:
                         stats.add("bypassed_direction")
                 if decision.reopening:
                     bits |= self.blocked_bit  # keep the kernel queueing the handshake
-                pkt.set_mark((pkt.get_mark() & self.keep) | bits)
+                pkt.set_mark((pkt.get_mark() & self.keep) | bits if self.keep else bits)
                 done = True
                 pkt.accept()
                 stats.add("accepted")
@@ -579,7 +582,7 @@ def worker_main(
     handler = PacketHandler(
         engine, stats, config.fail_policy, marks.bypass, marks.mask, sink,
         direction_bits=(marks.bypass_to_server, marks.bypass_to_client),
-        blocked_bit=marks.blocked,
+        blocked_bit=marks.blocked, keep_other_bits=not config.queues.hashed,
     )  # fmt: skip
     nfq = NetfilterQueue()
     try:

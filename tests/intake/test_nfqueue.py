@@ -131,6 +131,14 @@ def test_verdict_marks_clear_queued_and_keep_other_bits() -> None:
         pkt = _MarkedPkt(tcp)
         handler(pkt)
         assert (pkt.mark, pkt.verdict) == (mark, verdict), decision
+    # spread by the flow hash, the other bits are the hash's: the packet leaves with ours only
+    handler = PacketHandler(
+        _Fixed(Decision(Action.ACCEPT, final=True)), WorkerStats(), FailPolicy.OPEN,
+        0x10000000, 0x7C000000, blocked_bit=0x8000000, keep_other_bits=False,
+    )  # fmt: skip
+    pkt = _MarkedPkt(tcp)
+    handler(pkt)
+    assert pkt.mark == 0x10000000
     # a packet that comes back with the bit (the kernel rules are missing): dropped, no loop
     handler = PacketHandler(
         _Fixed(Decision(Action.DROP)), WorkerStats(), FailPolicy.OPEN, 0x10000000, 0x7C000000,
