@@ -72,6 +72,13 @@ class FailPolicy(enum.Enum):
     CLOSED = "closed"  # drop it
 
 
+class QueueBalance(enum.Enum):
+    """How packets are spread over several queues (both directions of a flow share one)."""
+
+    FLOW = "flow"  # by the flow's 5-tuple (xt_HMARK, symmetric): one address's flows spread
+    ADDRESS = "address"  # by the address pair (NFQUEUE --queue-balance): one address, one queue
+
+
 class Backend(enum.Enum):
     """Which iptables flavour renders the kernel rules (both use the xtables NFQUEUE target)."""
 
@@ -144,7 +151,7 @@ class QueueConfig:
     count: int = setting(
         2,
         "Number of queues, `first`..`first+count-1` (the last at most "
-        f"{MAX_QUEUE_NUM}); one worker process each. More than one: `--queue-balance`.",
+        f"{MAX_QUEUE_NUM}); one worker process each, flows spread over them (`balance`).",
         lo=1,
         hi=MAX_QUEUES,
     )
@@ -155,6 +162,21 @@ class QueueConfig:
         lo=1,
         hi=1 << 20,
     )
+
+    balance: QueueBalance = setting(
+        QueueBalance.FLOW,
+        "With several queues, how flows are spread over them. `flow`: by a symmetric hash of "
+        "addresses, ports and protocol (xt_HMARK), so the flows of one client land on "
+        "different queues and a flood from one address fills only its share; the hash "
+        "overwrites the packet mark of the packets queued, which leave with vpatch's bits "
+        "only (connmarks keep every other bit). `address`: the kernel's `--queue-balance` "
+        "hash of the address pair, other packet-mark bits left alone.",
+    )
+
+    @property
+    def hashed(self) -> bool:
+        """Packets are spread by the flow hash (xt_HMARK), which takes the whole packet mark."""
+        return self.count > 1 and self.balance is QueueBalance.FLOW
 
     @property
     def numbers(self) -> range:
@@ -198,8 +220,9 @@ class MarkConfig:
         in_hex=True,
     )
     mask: int = setting(
-        0x70000000,
-        "The mark bits vpatch owns; other bits of packet marks and connmarks are left alone.",
+        0x7C000000,
+        "The mark bits vpatch owns; other bits of connmarks are left alone (packet marks: "
+        "see `queues.balance`).",
         lo=1,
         hi=MAX_MARK,
         in_hex=True,
@@ -219,20 +242,40 @@ class MarkConfig:
         hi=MAX_MARK,
         in_hex=True,
     )
+    blocked: int = setting(
+        0x08000000,
+        'The bit meaning "this connection was reset by a block": put on the reset that '
+        "replaces the blocked packet and kept in the connmark, so the kernel queues the next "
+        "SYN on the same addresses and ports (a reused client port) for the engine to see.",
+        lo=1,
+        hi=MAX_MARK,
+        in_hex=True,
+    )
+    queued: int = setting(
+        0x04000000,
+        'The packet-mark bit meaning "sent to a queue, no verdict yet": set just before the '
+        "NFQUEUE rule, cleared by the worker's verdict; a packet still carrying it after the "
+        "queue passed it uninspected (queue full with fail-open, or no reader) and is counted.",
+        lo=1,
+        hi=MAX_MARK,
+        in_hex=True,
+    )
 
     def problem(self) -> tuple[str, str] | None:
-        """Every bypass bit lies within the mask, and no two share a bit."""
+        """Every bit lies within the mask, and no two share a bit."""
         bits = {
             "bypass": self.bypass,
             "bypass_to_server": self.bypass_to_server,
             "bypass_to_client": self.bypass_to_client,
+            "blocked": self.blocked,
+            "queued": self.queued,
         }
         for key, bit in bits.items():
             if bit & ~self.mask:
                 return key, f"{bit:#x} has bits outside mask {self.mask:#x}"
         values = list(bits.values())
         if any(a & b for i, a in enumerate(values) for b in values[i + 1 :]):
-            return "", "bypass, bypass_to_server and bypass_to_client must not share bits"
+            return "", f"{', '.join(bits)} must not share bits"
         return None
 
 
@@ -357,8 +400,8 @@ class FirewallConfig:
         "Drop TCP segments to and from protected hosts that conntrack finds INVALID (a wrong "
         "TCP checksum, a sequence or acknowledgment number outside the tracked window, "
         "impossible flags) before they are queued: the receiver would drop them too, and the "
-        "engine then leaves those checks to the kernel (docs/evasion.md). The kernel does them "
-        "only while `net.netfilter.nf_conntrack_checksum` is 1 and "
+        "engine then leaves those checks to the kernel (docs/architecture.md). The kernel does "
+        "them only while `net.netfilter.nf_conntrack_checksum` is 1 and "
         "`nf_conntrack_tcp_be_liberal` is 0 in the gateway's namespace; otherwise, or with "
         "false, the engine checks checksums and windows itself (slower).",
     )
@@ -366,6 +409,12 @@ class FirewallConfig:
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
+    standby: bool = setting(
+        True,
+        "Keep a standby worker per queue, its rules loaded, that binds the queue the moment "
+        "the active one dies (milliseconds instead of the seconds a new process takes to "
+        "load the rules); a new standby is then started. Costs one idle process per queue.",
+    )
     max_restarts: int = setting(
         5,
         "A dead worker is restarted at most this many times per `restart_window` (per "
@@ -378,9 +427,10 @@ class WorkerConfig:
         5.0, "Seconds a worker gets to exit after SIGTERM before it is killed.", lo=0.1, hi=600
     )
     restart_delay: float = setting(
-        1.0,
-        "Seconds between a worker's death and its restart (its queue follows `fail_policy` "
-        "meanwhile).",
+        0.0,
+        "Seconds between a worker's death (noticed at once) and its restart; its queue "
+        "follows `fail_policy` until the new worker has bound it. `max_restarts` bounds a "
+        "crash loop.",
         lo=0,
         hi=3600,
     )

@@ -69,6 +69,7 @@ from __future__ import annotations
 from typing import Final
 
 from gateway.decode.packet import (
+    TCP_ACK,
     TCP_FIN,
     TCP_RST,
     TCP_SYN,
@@ -110,6 +111,8 @@ _ACCEPT_DONE: Final = (
 _BLOCKED: Final = {Action.DROP: Decision(Action.DROP), Action.RESET: Decision(Action.RESET)}
 _DROP: Final = _BLOCKED[Action.DROP]
 _CONTROL: Final = TCP_SYN | TCP_FIN | TCP_RST  # segments that open or close flows
+_SYN_ACK: Final = TCP_SYN | TCP_ACK
+_REOPENING: Final = Decision(Action.ACCEPT, reopening=True)  # see gateway/flow/table.py
 _FAIL_OPEN: Final = Decision(Action.ACCEPT)
 _FAIL_CLOSED: Final = Decision(Action.DROP)
 
@@ -339,6 +342,13 @@ class Engine:
         flow, d = self.table.lookup(pkt, now)
         blocked = flow.blocked
         if blocked is not None:
+            if (
+                pkt.seq == flow.reuse_syn
+                and pkt.flags & _SYN_ACK == TCP_SYN
+                and not payload
+                and d is Direction.TO_SERVER
+            ):
+                return _REOPENING  # a new connection on these ports if the server agrees
             stats.blocked_packets += 1
             return _BLOCKED[blocked]
         if flow.final:

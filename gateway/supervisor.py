@@ -6,9 +6,15 @@ process per queue (gateway/intake/nfqueue.py), waiting until each has bound its 
 (BIND_TIMEOUT), then the rendered kernel rules applied atomically (gateway/firewall/apply.py),
 the lifecycle monitor thread, the control socket and the alert dispatcher.
 
-While running: a worker that dies is logged and restarted after `workers.restart_delay`, at most
+While running: a worker that dies is noticed at once (its process sentinel), logged and
+restarted after `workers.restart_delay` (default 0: at once), by its standby when
+`workers.standby` (a process per queue that has loaded the rules and binds the queue the
+moment it is told: milliseconds, not the seconds a new process takes; a new standby is started
+after each take-over), at most
 `workers.max_restarts` times per `workers.restart_window` seconds per queue; past that the
-gateway stops (GatewayError). Workers die with the parent (PR_SET_PDEATHSIG), so a killed
+gateway stops (GatewayError). A queue's counters (WorkerStats) outlive its workers: a
+restarted worker goes on counting where the dead one stopped (only `bound`, `pid`, `started`
+and `policy_version` are its own). Workers die with the parent (PR_SET_PDEATHSIG), so a killed
 gateway leaves no reader behind: its rules then follow the fail policy until `vpatch run
 --cleanup`. While a worker is gone, fail_policy open lets the kernel bypass its queue
 (`--queue-bypass`), fail_policy closed drops that queue's packets.
@@ -37,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -53,6 +60,7 @@ from gateway.errors import VpatchError
 from gateway.events.sink import EventSink
 from gateway.firewall.apply import BackendInfo, apply_rules, remove_rules
 from gateway.firewall.compose import app_any_port_hosts, host_policies, protected_hosts
+from gateway.firewall.counters import Uninspected, read_uninspected
 from gateway.firewall.hostmodes import DEFAULT_SETTINGS
 from gateway.firewall.refresh import (
     refresh_any_port_hosts,
@@ -77,7 +85,10 @@ log = logging.getLogger("vpatch.run")
 RELOAD_WAIT = 2.0  # seconds `reload` waits for every live worker to apply the new policy
 RULES_RELOAD_WAIT = 120.0  # seconds `rules-reload` waits for every live worker's new rules
 BIND_TIMEOUT = 60.0  # seconds a worker may take to load rules and bind its queue
-SUPERVISE_INTERVAL = 0.2  # seconds between checks of the workers
+SUPERVISE_INTERVAL = 0.2  # seconds between checks of the workers (a death wakes at once)
+# per-process counters: set afresh for each worker process; the others count for the queue
+PROCESS_STATS = ("bound", "pid", "started", "policy_version")
+UNINSPECTED_INTERVAL = 1.0  # seconds a reading of the uninspected-packet counters is reused
 
 
 class GatewayError(VpatchError):
@@ -92,6 +103,9 @@ class _Worker:
         self.restarts: deque[float] = deque()
         self.total_restarts = 0
         self.died: float | None = None  # monotonic time the current death was noticed
+        self.standby: multiprocessing.process.BaseProcess | None = None  # rules loaded, waiting
+        self.go: Any = None  # the standby's multiprocessing Event
+        self.packets_at_start = 0  # `packets` when the current worker started (kernel_unseen)
 
 
 class Gateway:
@@ -116,6 +130,8 @@ class Gateway:
         self._monitor_stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._monitor_sink: EventSink | None = None
+        self._uninspected_last = Uninspected()
+        self._uninspected_at: float | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -138,12 +154,18 @@ class Gateway:
                 self.config.fail_policy.value,
                 len(self.rendered.sets),
             )
+            for w in self.workers:
+                self._start_standby(w)
             self._start_monitor()
             self._start_control()
             self._start_alerts()
             print("vpatch run: ready", flush=True)
             while not self._stop:
-                time.sleep(SUPERVISE_INTERVAL)
+                # wakes at once when a live worker dies (its sentinel), else every interval
+                sentinels = [
+                    w.proc.sentinel for w in self.workers if w.proc is not None and w.died is None
+                ]
+                multiprocessing.connection.wait(sentinels, SUPERVISE_INTERVAL)
                 self._supervise()
         except VpatchError as err:
             log.error("%s", err)
@@ -166,10 +188,34 @@ class Gateway:
         return status
 
     def _start(self, w: _Worker) -> None:
-        w.stats.reset()
+        """The queue's worker: its standby when one is ready, else a new process."""
+        # The counters outlive the worker (they are the queue's): a restart sets only what
+        # belongs to the process; the kernel's own counters restart with the new binding.
+        for name in PROCESS_STATS:
+            w.stats.set(name, 0)
+        w.packets_at_start = w.stats.get("packets")
         w.stats.set("policy_wanted", self.policy_version)
+        if w.standby is not None and w.standby.is_alive():
+            w.proc, w.standby = w.standby, None
+            w.go.set()
+            log.info("standby worker for queue %d took over (pid %s)", w.queue_num, w.proc.pid)
+            self._start_standby(w)
+            return
         w.proc = start_worker(w.queue_num, self.config, w.stats)
         log.info("worker for queue %d started (pid %s)", w.queue_num, w.proc.pid)
+        self._start_standby(w)
+
+    def _start_standby(self, w: _Worker) -> None:
+        """A standby for the queue (workers.standby), unless the gateway is only starting up
+        (the first workers are still binding) or one is alive."""
+        if not self.config.workers.standby or not any(x.stats.get("bound") for x in self.workers):
+            return
+        if w.standby is not None and w.standby.is_alive():
+            return
+        if w.standby is not None:
+            log.warning("standby worker for queue %d exited (%s)", w.queue_num, w.standby.exitcode)
+        w.go = multiprocessing.get_context("spawn").Event()
+        w.standby = start_worker(w.queue_num, self.config, w.stats, w.go)
 
     def _wait_bound(self) -> None:
         deadline = time.monotonic() + BIND_TIMEOUT
@@ -196,35 +242,41 @@ class Gateway:
             if w.proc.is_alive():
                 continue
             now = time.monotonic()
-            if w.died is not None:
-                if now - w.died >= wc.restart_delay:
-                    w.died = None
-                    self._start(w)
-                continue
-            w.died = now
-            code = w.proc.exitcode
-            w.proc.join(0)
-            while w.restarts and now - w.restarts[0] > wc.restart_window:
-                w.restarts.popleft()
-            effect = (
-                "bypassed by the kernel" if self.config.fail_policy.value == "open" else "dropped"
+            died = w.died if w.died is not None else self._record_death(w, now)
+            if now - died >= wc.restart_delay:
+                w.died = None
+                self._start(w)
+
+    def _record_death(self, w: _Worker, now: float) -> float:
+        """Log a worker's death and count it (returns `now`); GatewayError past
+        workers.max_restarts."""
+        assert w.proc is not None
+        wc = self.config.workers
+        w.died = now
+        code = w.proc.exitcode
+        w.proc.join(0)
+        while w.restarts and now - w.restarts[0] > wc.restart_window:
+            w.restarts.popleft()
+        effect = "bypassed by the kernel" if self.config.fail_policy.value == "open" else "dropped"
+        log.error(
+            "worker for queue %d (pid %s) died with exit status %s; its packets are %s "
+            "until it is restarted in %.1fs",
+            w.queue_num, w.proc.pid, code, effect, wc.restart_delay,
+        )  # fmt: skip
+        if len(w.restarts) >= wc.max_restarts:
+            raise GatewayError(
+                f"worker for queue {w.queue_num} died {len(w.restarts) + 1} times within "
+                f"{wc.restart_window:.0f}s (workers.max_restarts = {wc.max_restarts}); "
+                "giving up"
             )
-            log.error(
-                "worker for queue %d (pid %s) died with exit status %s; its packets are %s "
-                "until it is restarted in %.1fs",
-                w.queue_num, w.proc.pid, code, effect, wc.restart_delay,
-            )  # fmt: skip
-            if len(w.restarts) >= wc.max_restarts:
-                raise GatewayError(
-                    f"worker for queue {w.queue_num} died {len(w.restarts) + 1} times within "
-                    f"{wc.restart_window:.0f}s (workers.max_restarts = {wc.max_restarts}); "
-                    "giving up"
-                )
-            w.restarts.append(now)
-            w.total_restarts += 1
+        w.restarts.append(now)
+        w.total_restarts += 1
+        return now
 
     def _stop_workers(self) -> None:
-        procs = [w.proc for w in self.workers if w.proc is not None and w.proc.is_alive()]
+        procs = [
+            p for w in self.workers for p in (w.proc, w.standby) if p is not None and p.is_alive()
+        ]
         for p in procs:
             if p.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -244,7 +296,10 @@ class Gateway:
         policy version, rules loaded) and the kernel's counters for that queue from
         /proc/net/netfilter/nfnetlink_queue in this namespace (queue_total, queue_dropped,
         user_dropped, id_sequence, queue_drops = the two drop counters; all None when the
-        kernel does not list the queue); `rules_loaded` and totals at the top level;
+        kernel does not list the queue); `rules_loaded` and totals at the top level, among
+        them `uninspected_packets` / `uninspected_bytes`: what the kernel passed without a
+        worker's verdict (fail-open on a full queue, --queue-bypass with no reader; all
+        queues, both families: gateway/firewall/counters.py) and `events_dropped`;
         `protected_hosts`: what the kernel's protected-host sets hold now."""
         kernel = read_queue_counters()
         queues: dict[str, dict[str, Any]] = {}
@@ -256,14 +311,14 @@ class Gateway:
                 snap.update(counters.as_dict())
                 # queued to this queue but never seen by the worker (fail-open bypass of the
                 # netlink path, or losses the kernel does not count), racy by a few packets
-                snap["kernel_unseen"] = max(
-                    0, counters.id_sequence - counters.queue_total - snap["packets"]
-                )
+                seen = snap["packets"] - w.packets_at_start  # since this binding
+                snap["kernel_unseen"] = max(0, counters.id_sequence - counters.queue_total - seen)
             else:
                 for name in ("queue_total", "queue_dropped", "user_dropped", "id_sequence",
                              "queue_drops", "kernel_unseen"):  # fmt: skip
                     snap[name] = None
             snap["alive"] = alive
+            snap["standby"] = bool(w.standby is not None and w.standby.is_alive())
             snap["restarts"] = w.total_restarts
             queues[str(w.queue_num)] = snap
         live = [q for q in queues.values() if q["alive"]]
@@ -278,11 +333,24 @@ class Gateway:
             "packets": sum(int(q["packets"]) for q in queues.values()),
             "bytes": sum(int(q["bytes"]) for q in queues.values()),
             "queue_drops": sum(int(q["queue_drops"] or 0) for q in queues.values()),
+            **self._uninspected().as_dict(),
+            "events_dropped": sum(int(q["events_dropped"]) for q in queues.values()),
             "kernel_counters": kernel.available,
             "alerts": self._alerts.stats() if self._alerts is not None else None,
             "protected_hosts": self.protected,
             "queues": queues,
         }
+
+    def _uninspected(self) -> Uninspected:
+        """The kernel's count of packets passed without a verdict (gateway/firewall/
+        counters.py), read at most once per UNINSPECTED_INTERVAL (it runs iptables-save)."""
+        now = time.monotonic()
+        if self._uninspected_at is None or now - self._uninspected_at >= UNINSPECTED_INTERVAL:
+            self._uninspected_last = read_uninspected(
+                self.backend, self.rendered.prefix, self.config.marks.queued
+            )
+            self._uninspected_at = now
+        return self._uninspected_last
 
     def reload(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
         """Re-read the policy store and have every worker apply it (no restart, flows kept).

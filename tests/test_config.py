@@ -9,6 +9,7 @@ must fit together, lists, paths, the file itself.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def _as_yaml(d: Declared, value: object) -> object:
     """A parsed value as the YAML data that reads back as it."""
     if isinstance(value, tuple):
         return [_as_yaml(d, v) for v in value]
-    if isinstance(value, FailPolicy | Backend):
+    if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, Path | ipaddress.IPv4Network | ipaddress.IPv6Network):
         return str(value)
@@ -143,7 +144,7 @@ def test_every_value_of_the_wrong_type_is_refused(tmp_path: Path, key: str) -> N
     ("text", "error"),
     [
         ("queues:\n  first: 0\n  cuont: 2\n",
-         "<string>:3: queues.cuont: unknown key (allowed: count, first, max_len)"),
+         "<string>:3: queues.cuont: unknown key (allowed: balance, count, first, max_len)"),
         ("colour: blue\n",
          "<string>:1: colour: unknown key (allowed: control, engine, events, fail_policy, "
          + "firewall, marks, policy, protected_hosts, queues, rule_pack, rules, stream_depth, "
@@ -171,8 +172,10 @@ def test_every_value_of_the_wrong_type_is_refused(tmp_path: Path, key: str) -> N
         ("queues: {first: 65530, count: 8}\n", "queues.count: queues 65530..65537 exceed 65535"),
         ("marks: {bypass: 0x100, mask: 0x100}\n",
          "marks.bypass_to_server: 0x20000000 has bits outside mask 0x100"),
-        ("marks: {bypass: 0x100, bypass_to_server: 0x100, bypass_to_client: 0x400, mask: 0x700}\n",
-         "<string>:1: marks: bypass, bypass_to_server and bypass_to_client must not share bits"),
+        ("marks: {bypass: 0x100, bypass_to_server: 0x100, bypass_to_client: 0x400, blocked: 0x800,"
+         " queued: 0x1000, mask: 0x1F00}\n",
+         "<string>:1: marks: bypass, bypass_to_server, bypass_to_client, blocked, queued must not "
+         "share bits"),
         ("queues: [\n", "<string>:2: not valid YAML"),
     ],
 )  # fmt: skip
@@ -185,10 +188,11 @@ def test_refusals_name_the_key_and_the_reason(text: str, error: str) -> None:
 def test_keys_that_fit_together() -> None:
     config = parse_config(
         "queues: {first: 65534, count: 2}\n"
-        "marks: {bypass: 0x100, bypass_to_server: 0x200, bypass_to_client: 0x400, mask: 0x700}\n"
+        "marks: {bypass: 0x100, bypass_to_server: 0x200, bypass_to_client: 0x400, blocked: 0x800,"
+        " queued: 0x1000, mask: 0x1F00}\n"
     )
     assert config.queues.numbers == range(65534, 65536)
-    assert (config.marks.bypass, config.marks.mask) == (0x100, 0x700)
+    assert (config.marks.bypass, config.marks.mask) == (0x100, 0x1F00)
 
 
 # --------------------------------------------------------------------------------------------

@@ -823,3 +823,28 @@ def test_syn_injected_into_a_live_connection_does_not_reset_its_inspection() -> 
     d = c.data(15, req[15:])
     assert d.action is Action.RESET and d.events[0].signature_id == 1
     assert engine.table.created == 1
+
+
+def test_a_reused_port_after_a_block_is_a_new_flow_once_the_server_answers() -> None:
+    """Inline (kernel-checked SYNs), the kernel queues a SYN on a reset connection's ports
+    (render.py, the "blocked" connmark): that SYN passes, the server's SYN+ACK starts a new
+    flow, inspected afresh, with its own event; no SYN+ACK, no new flow."""
+    engine = engine_with(rule(1, MARKER), kernel_checked_syn=True)
+    first = Conn(engine, sport=41000)
+    first.handshake()
+    blocked = first.data(0, b"GET /" + MARKER)
+    assert blocked.action is Action.RESET and len(blocked.events) == 1
+    second = Conn(engine, sport=41000, cseq=70000, sseq=90000)
+    # passes, the flow stays; `reopening`: the intake keeps the kernel queueing the handshake
+    assert second.send("S", second.cseq) == Decision(Action.ACCEPT, reopening=True)
+    assert second.data(0, b"GET / HTTP/1.1\r\n").action is Action.RESET  # not confirmed yet
+    assert second.send("SA", second.sseq, to_server=False).action is Action.ACCEPT
+    assert second.send("A", second.cseq + 1).action is Action.ACCEPT
+    assert second.data(0, b"GET / HTTP/1.1\r\n") == Decision(Action.ACCEPT)
+    again = second.data(16, b"X: " + MARKER)
+    assert again.action is Action.RESET and len(again.events) == 1
+    assert again.events[0].flow_id != blocked.events[0].flow_id
+    assert engine.stats.events == 2
+    # a SYN with data on the blocked flow's ports never passes
+    third = Conn(engine, sport=41000, cseq=123456)
+    assert third.send("S", third.cseq, b"GET /").action is Action.RESET

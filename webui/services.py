@@ -200,6 +200,10 @@ def gateway_status() -> dict[str, Any]:
         "errors": total("errors"),
         "queue_drops": total("queue_drops"),
         "kernel_unseen": total("kernel_unseen"),
+        # passed by the kernel without a verdict (queue full / no reader), gateway-wide
+        "uninspected_packets": status.get("uninspected_packets"),
+        "uninspected_bytes": status.get("uninspected_bytes"),
+        "events_dropped": status.get("events_dropped"),
         "kernel_counters": status.get("kernel_counters"),
         "rules_loaded": status.get("rules_loaded", len(get_rules().rules)),
         "policy_version": status.get("policy_version"),

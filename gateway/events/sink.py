@@ -8,7 +8,10 @@ within `BATCH_WAIT` seconds).
 
 What it guarantees:
 - `emit()` never blocks and never raises: when the queue is full the event is dropped and
-  counted in `dropped`.
+  counted in `dropped`, and per rule in `dropped_by_rule` (signature id -> count; at most
+  MAX_DROPPED_RULES ids, the rest under id 0), which the writer logs as one warning line per
+  batch it writes afterwards, so a storm loses rows, never the count of what happened.
+  `emit()` returns whether the event was queued.
 - Every event accepted by `emit()` before `close()` is written when `close()` returns (unless
   the disk fails: write failures are counted in `write_errors` and the writer keeps going).
 - The SQLite file is in WAL mode, so readers (the admin UI, a test) can read while the writer
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -46,14 +50,18 @@ __all__ = [
     "BATCH_WAIT",
     "DEFAULT_MAX_QUEUE",
     "MAX_BATCH",
+    "MAX_DROPPED_RULES",
     "SCHEMA",
     "EventSink",
     "create_store",
     "store_rows",
 ]
 
+log = logging.getLogger("vpatch.events")
+
 DEFAULT_MAX_QUEUE: Final = EventsConfig().max_queue  # declared as events.max_queue
 MAX_BATCH: Final = 500  # events per SQLite transaction / JSONL flush
+MAX_DROPPED_RULES: Final = 1024  # rule ids counted apart in dropped_by_rule
 BATCH_WAIT: Final = 0.2  # seconds the writer waits to fill a batch
 
 SCHEMA: Final = """
@@ -169,6 +177,8 @@ class EventSink:
         self.emitted = 0
         self.written = 0
         self.dropped = 0
+        self.dropped_by_rule: dict[int, int] = {}
+        self._dropped_logged = 0
         self.write_errors = 0
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
         self._closed = False
@@ -189,16 +199,23 @@ class EventSink:
         self._thread = threading.Thread(target=self._run, name="vpatch-event-sink", daemon=True)
         self._thread.start()
 
-    def emit(self, event: Event) -> None:
-        """Queue one event for writing; never blocks (drops and counts when full)."""
-        if self._closed:
-            self.dropped += 1
-            return
-        try:
-            self._queue.put_nowait(event)
-            self.emitted += 1
-        except queue.Full:
-            self.dropped += 1
+    def emit(self, event: Event) -> bool:
+        """Queue one event for writing; never blocks (drops and counts when full). True when
+        queued."""
+        if not self._closed:
+            try:
+                self._queue.put_nowait(event)
+                self.emitted += 1
+                return True
+            except queue.Full:
+                pass
+        self.dropped += 1
+        by_rule = self.dropped_by_rule
+        sid = event.signature_id
+        if sid not in by_rule and len(by_rule) >= MAX_DROPPED_RULES:
+            sid = 0
+        by_rule[sid] = by_rule.get(sid, 0) + 1
+        return False
 
     def close(self, timeout: float = 30.0) -> None:
         """Write everything queued so far, then stop the writer. Idempotent."""
@@ -241,6 +258,7 @@ class EventSink:
                         batch.append(item)  # type: ignore[arg-type]
                 if batch:
                     self._write(conn, batch)
+                self._log_dropped()
         finally:
             if conn is not None:
                 conn.close()
@@ -252,6 +270,18 @@ class EventSink:
             self._backfill = backfill_step(conn, time.time())
         except sqlite3.Error:
             self.write_errors += 1  # tried again after the next batch
+
+    def _log_dropped(self) -> None:
+        """One warning for the events dropped since the last one, counted per rule."""
+        dropped = self.dropped
+        if dropped == self._dropped_logged:
+            return
+        self._dropped_logged = dropped
+        rules = ", ".join(f"{sid}: {n}" for sid, n in sorted(dict(self.dropped_by_rule).items()))
+        log.warning(
+            "%d events dropped so far (event queue of %d full); per rule id: %s",
+            dropped, self.max_queue, rules,
+        )  # fmt: skip
 
     def _write(self, conn: sqlite3.Connection | None, batch: list[Event]) -> None:
         rows = []

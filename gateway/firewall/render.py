@@ -25,10 +25,26 @@ Pure: configuration + the ports enabled rules cover in, text out. Nothing here t
 - Forwarded traffic only: routed and bridged traffic (br_netfilter) both pass FORWARD.
   Mangle FORWARD runs before filter FORWARD, so a packet we accept still meets the host's own
   filter rules.
-- Both directions of a flow land in the same queue: the kernel's `--queue-balance` hash
-  (include/net/netfilter/nf_queue.h, hash_v4/hash_v6: "packets in either direction go into
-  same queue") orders source and destination address before hashing them with the protocol, so
-  it is symmetric; it ignores ports, so all flows between two hosts share a queue.
+- Both directions of a flow land in the same queue. `queues.balance: flow` (the default):
+  xt_HMARK hashes addresses, ports and protocol, each pair sorted first (net/netfilter/
+  xt_HMARK.c, hmark_hash and hmark_swap_ports), into the packet mark, and one NFQUEUE rule
+  per value takes it to its queue (`queue_rules`), so one client's flows are spread. `address`:
+  the kernel's `--queue-balance` hash (include/net/netfilter/nf_queue.h, hash_v4/hash_v6:
+  "packets in either direction go into same queue") orders source and destination address
+  before hashing them with the protocol; it ignores ports, so all flows between two hosts
+  share a queue.
+- Uninspected packets are counted: every way into a queue sets the `marks.queued` bit; the
+  worker's verdict clears it; the first rule of PREFIX-POST counts (and returns) packets still
+  carrying it, which the kernel passed without a verdict (fail-open on a full queue,
+  --queue-bypass with no reader). gateway/firewall/counters.py reads its counters.
+- Blocked connections: the reset a worker puts in place of a blocked packet carries the
+  `marks.blocked` bit, OR-ed into the connmark in POSTROUTING. Conntrack never sees these
+  resets (they replace the packet after it), so the entry stays ESTABLISHED and a SYN from a
+  reused client port is not NEW: the first rule of our FORWARD chain queues every SYN and
+  SYN+ACK of a blocked connection, so the engine sees the new connection (it replaces the
+  flow on the server's SYN+ACK, gateway/flow/table.py), and that SYN+ACK clears our connmark
+  bits in POSTROUTING (conntrack resynchronises the entry from the SYN it ignored and the
+  SYN+ACK answering it).
 - Bypass: a worker accepts the packet of a finished flow with the BYPASS packet-mark bit, or,
   when only one direction finished (its depth reached while the other still needs looking at,
   e.g. a bulk upload whose few response bytes never reach the response depth), with that
@@ -80,6 +96,7 @@ MIN_HOST_MAXELEM = 4096  # room in the protected-host sets (config.MAX_PROTECTED
 # Common TCP data offsets first: 8 (timestamps, Linux default), 5 (no options, Windows default).
 TCP_DATA_OFFSETS = (8, 5, 10, 6, 7, 9, 11, 12, 13, 14, 15)
 PROTOCOLS = ("tcp", "udp")
+HMARK_SEED = 0x76706174  # xt_HMARK's hash seed (--hmark-rnd): fixed, so a re-render is the same
 
 
 class PortSource(Protocol):
@@ -152,16 +169,51 @@ def set_prefix(chain_prefix: str) -> str:
     return chain_prefix.lower() + "-"
 
 
-def queue_target(config: GatewayConfig) -> str:
+def queue_target(config: GatewayConfig, queue_num: int | None = None) -> str:
+    """The NFQUEUE target: to `queue_num`, or the configured queue(s) (--queue-balance)."""
     q = config.queues
-    target = (
-        f"NFQUEUE --queue-num {q.first}"
-        if q.count == 1
-        else f"NFQUEUE --queue-balance {q.first}:{q.first + q.count - 1}"
-    )
+    if queue_num is not None:
+        target = f"NFQUEUE --queue-num {queue_num}"
+    elif q.count == 1:
+        target = f"NFQUEUE --queue-num {q.first}"
+    else:
+        target = f"NFQUEUE --queue-balance {q.first}:{q.first + q.count - 1}"
     if config.fail_policy is FailPolicy.OPEN:
         target += " --queue-bypass"
     return target
+
+
+def queue_rules(config: GatewayConfig, chain: str) -> list[str]:
+    """The body of the QUEUE chain: mark the packet "queued", then hand it to its queue.
+
+    Spread by flow: xt_HMARK writes a hash of the 5-tuple, reduced to 0..count-1, into the
+    packet mark (the whole mark: the target has no mask), symmetric in both directions
+    (net/netfilter/xt_HMARK.c sorts the two addresses and the two ports before hashing), so
+    both directions of a flow meet the same worker; one NFQUEUE rule per hash value. The
+    "queued" bit is OR-ed in after the hash, and a last rule takes a packet HMARK could not
+    hash (it then leaves the mark alone) to the first queue; the worker's verdict clears it (see
+    gateway/intake/nfqueue.py), so a packet that still carries it in POSTROUTING was passed
+    by the kernel without a verdict: the counter of the POST chain's first rule.
+    """
+    queued = config.marks.queued
+    if not config.queues.hashed:
+        return [
+            f"-A {chain} -j MARK --or-mark {queued:#x}",
+            f"-A {chain} -j {queue_target(config)}",
+        ]
+    q = config.queues
+    out = [
+        f"-A {chain} -j HMARK --hmark-tuple src,dst,sport,dport,proto "
+        f"--hmark-mod {q.count} --hmark-rnd {HMARK_SEED:#x}",
+        f"-A {chain} -j MARK --or-mark {queued:#x}",
+    ]
+    out.extend(
+        f"-A {chain} -m mark --mark {i | queued:#x} -j {queue_target(config, q.first + i)}"
+        for i in range(q.count)
+    )
+    # HMARK leaves the mark as it was when it cannot read the headers: never fall through
+    out.append(f"-A {chain} -j {queue_target(config, q.first)}")
+    return out
 
 
 def _tcp_payload_tests(version: int) -> list[str]:
@@ -203,6 +255,13 @@ def _render_family(
     chains = [fwd]
     rules.append(f"-I FORWARD 1 -j {fwd}")
     rules.append(f"-I POSTROUTING 1 -j {post}")
+    blocked = marks.blocked
+    # A packet a worker dropped comes back (`repeat` verdict) with the "blocked" bit: into the
+    # connmark, then dropped (no packet reaches FORWARD with that bit otherwise).
+    rules.append(
+        f"-A {fwd} -m mark --mark {blocked:#x}/{blocked:#x} -j CONNMARK --or-mark {blocked:#x}"
+    )
+    rules.append(f"-A {fwd} -m mark --mark {blocked:#x}/{blocked:#x} -j DROP")
     rules.append(f"-A {fwd} -m connmark --mark {bypass:#x}/{bypass:#x} -j RETURN")
 
     dir_specs = (
@@ -238,6 +297,15 @@ def _render_family(
             # impossible flags) the receiver would drop too: dropped here, never queued, and
             # the engine leaves those checks to the kernel (EngineConfig.kernel_checked_tcp)
             rules.append(f"-A {tcp} -m conntrack --ctstate INVALID -j DROP")
+        # A SYN or SYN+ACK on the ports of a connection a block reset: conntrack never saw
+        # the resets, so the entry is still ESTABLISHED and a new SYN from a reused client
+        # port is not NEW. Queued first, before any bypass, so the engine sees the new
+        # connection replace the blocked flow (gateway/flow/table.py).
+        rules.insert(
+            rules.index(f"-A {fwd} -m connmark --mark {bypass:#x}/{bypass:#x} -j RETURN"),
+            f"-A {fwd} -p tcp --tcp-flags SYN SYN -m connmark --mark {blocked:#x}/{blocked:#x} "
+            f"-j {queue}",
+        )
         # SYN and SYN+ACK: no payload, but they carry the initial sequence numbers. A client
         # SYN only when conntrack found it opens a new connection: one injected into a live
         # connection (conntrack ignores it) is not queued, so the engine may take every queued
@@ -253,10 +321,22 @@ def _render_family(
         else:
             rules.append(f'-A {tcp} -m u32 ! --u32 "4>>8&0xFF=6" -j {queue}')
     chains += [queue, post]
-    rules.append(f"-A {queue} -j {queue_target(config)}")
-    # Each bypass bit a worker put on a packet is OR-ed into the connmark (never cleared: a
+    rules.extend(queue_rules(config, queue))
+    # Passed by the kernel without a verdict (queue full with fail-open, or no reader with
+    # --queue-bypass: both go on to the next hook with the mark unchanged, see
+    # net/netfilter/nfnetlink_queue.c and nf_queue.c): counted by this rule, nothing else.
+    queued = marks.queued
+    rules.append(f"-A {post} -m mark --mark {queued:#x}/{queued:#x} -j RETURN")
+    # The server answered a new SYN on a blocked connection's ports: a new connection. Its
+    # connmark starts afresh (the engine replaced the blocked flow); conntrack resynchronises
+    # the entry itself from the SYN it ignored and this SYN+ACK.
+    rules.append(
+        f"-A {post} -p tcp --tcp-flags SYN,ACK SYN,ACK -m connmark --mark {blocked:#x}/{blocked:#x}"
+        f" -j CONNMARK --set-xmark 0x0/{marks.mask:#x}"
+    )
+    # Each bit a worker put on a packet is OR-ed into the connmark (never cleared: a
     # direction that finished stays finished), leaving every other connmark bit alone.
-    for bit in (bypass, marks.bypass_to_server, marks.bypass_to_client):
+    for bit in (bypass, marks.bypass_to_server, marks.bypass_to_client, blocked):
         rules.append(f"-A {post} -m mark --mark {bit:#x}/{bit:#x} -j CONNMARK --or-mark {bit:#x}")
     lines.append("*mangle")
     lines.extend(f":{c} - [0:0]" for c in chains)

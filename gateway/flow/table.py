@@ -21,6 +21,14 @@ connection are queued). The same holds for a flow that has closed, unless the ke
 the SYN comes from the former server or repeats the old SYN's number: a reset or FIN the server
 never got (its TTL ran out on the way, say) must not let a SYN the server ignores start a new
 flow numbered otherwise.
+A flow the engine blocked (``Flow.blocked``) that has not closed is replaced only on the
+server's word, kernel or not: its resets replaced the packets after conntrack, so conntrack
+still holds the connection ESTABLISHED and queues a SYN on its ports without vouching for it
+(gateway/firewall/render.py, the "blocked" connmark). A payload-less SYN from the client with
+another sequence number is remembered (``reuse_syn``; the engine lets that SYN through) and
+the server's SYN+ACK acknowledging it replaces the flow. A server whose connection survived
+the reset answers with a challenge ACK instead, and the flow stays blocked: a client cannot
+restart inspection in the middle of a connection the server still holds.
 A FIN or RST closes the flow only when ``close_check`` (the TCP normaliser,
 gateway/flow/normalize.py) finds it one the receiver would act on.
 A SYN+ACK that opens a flow names its sender the server, unless it is sent to a known service
@@ -326,6 +334,13 @@ class FlowTable:
             return self._create(pkt, now, fwd, rev, -1)
         if direction is Direction.TO_SERVER and pkt.seq == flow.syn_seq:
             return flow, direction  # the same SYN again (retransmitted)
+        if flow.blocked is not None:
+            # The kernel queues every SYN on a blocked connection's ports (conntrack never saw
+            # the resets, so it cannot vouch): only the server's SYN+ACK proves its old
+            # connection gone, so only that replaces the flow.
+            if direction is Direction.TO_SERVER and not pkt.payload:
+                flow.reuse_syn = pkt.seq
+            return flow, direction
         if self._kernel_checked_syn and not pkt.payload:
             # conntrack found a new connection (from either side: a flow picked up mid-stream
             # may have its sides the wrong way round); the SYN orients the new flow

@@ -4,14 +4,20 @@ A worker binds its queue (netfilterqueue), feeds every packet's IP datagram to
 `Engine.process_ip(data, now)` with `now = time.time()` (wall clock, the same clock as capture
 timestamps in `vpatch replay`, so event times agree) and applies the Decision:
 
-- ACCEPT / ALERT: accept; when `decision.final`, with the BYPASS bit added to the packet mark
-  (other mark bits kept), which mangle POSTROUTING saves into the connmark so the kernel stops
-  queueing the connection (see gateway/firewall/render.py).
-- DROP: drop.
+- ACCEPT / ALERT: accept, with vpatch's mark bits replaced (other mark bits kept, unless
+  `queues.balance` flow hashed them away: then the packet leaves with ours only): none, which
+  clears the "queued" bit the kernel rules set before queueing (what still carries it in
+  POSTROUTING was passed uninspected and is counted there); when `decision.final` the BYPASS
+  bit, which mangle POSTROUTING saves into the connmark so the kernel stops queueing the
+  connection (see gateway/firewall/render.py).
+- DROP: drop; with the BLOCKED bit configured, by a `repeat` verdict carrying that bit, which
+  the first rules of our FORWARD chain turn into the connmark and a drop (render.py).
 - RESET (TCP): the offending packet is rewritten into a RST|ACK towards its destination (its own
   addresses, ports and seq; set_payload + accept) and a RST is sent back to its sender out of
   the interface it came in on (physindev when bridged, else indev), over AF_PACKET to the
-  sender's MAC with that interface's MAC as source. RESET on non-TCP degrades to DROP.
+  sender's MAC with that interface's MAC as source. The rewritten packet carries the BLOCKED
+  mark bit, kept in the connmark, so the kernel queues the next SYN on these ports (conntrack
+  never sees these resets). RESET on non-TCP degrades to DROP.
 
 Guarantees:
 - Every packet gets exactly one verdict. Any exception while deciding gives the fail-policy
@@ -25,8 +31,10 @@ Guarantees:
   GSO is left off (netfilterqueue's 4 KiB receive buffer cannot take GSO super-packets).
 - Counters live in shared memory (`WorkerStats`, one writer: the worker) for the parent and
   the control socket: `packets` and `bytes` (IP datagram bytes handed to the engine, i.e.
-  inspected), verdict counts, `errors`, `events`, policy versions, `rules` (rules loaded),
-  `gc_runs`/`gc_found` (safety-valve garbage collections and the cyclic garbage they found).
+  inspected), verdict counts, `errors`, `events` (queued for writing) and `events_dropped`
+  (the event sink's queue was full: see gateway/events/sink.py), policy versions, `rules`
+  (rules loaded), `gc_runs`/`gc_found` (safety-valve garbage collections and the cyclic
+  garbage they found).
   Events go to a per-worker EventSink (SQLite WAL handles several writers).
 - No garbage-collection pauses: the worker turns Python's automatic cyclic collection off
   (reference counting frees what the engine allocates) and runs a full collection only when
@@ -34,6 +42,9 @@ Guarantees:
   max_flows (`collect_if_grown`, checked once a second), so memory stays bounded even if a
   reference cycle slipped in.
 - SIGTERM/SIGINT: the worker finishes the packet in hand, unbinds and exits 0.
+- Standby (`start_worker(..., go=Event)`): the process loads the rules and the policy, then
+  waits for `go` without touching the queue or its counters; once set, it binds the queue in
+  milliseconds (the supervisor sets it when the active worker dies).
 - Live policy (control socket `reload`): the parent writes the wanted policy version into the
   worker's `policy_wanted` counter; the worker compares it between packet batches (at least
   every POLL_INTERVAL when idle), reads `policy_snapshot()` (gateway/policy/snapshot.py) from
@@ -121,7 +132,8 @@ ETH_P_ALL = 0x0003
 STAT_NAMES = (
     "packets", "accepted", "dropped", "reset", "bypassed", "bypassed_direction", "errors",
     "events", "bound", "pid", "started", "policy_wanted", "policy_version", "policy_errors",
-    "bytes", "rules", "gc_runs", "gc_found", "rules_wanted", "rules_version", "rules_errors",
+    "bytes", "rules", "gc_runs", "gc_found", "events_dropped", "standby_ready", "rules_wanted",
+    "rules_version", "rules_errors",
 )  # fmt: skip
 _IDX = {name: i for i, name in enumerate(STAT_NAMES)}
 
@@ -162,6 +174,7 @@ class PacketLike(Protocol):
     def set_payload(self, payload: bytes) -> None: ...
     def accept(self) -> None: ...
     def drop(self) -> None: ...
+    def repeat(self) -> None: ...
 
 
 class EngineLike(Protocol):
@@ -297,6 +310,8 @@ class PacketHandler:
         resets: ResetSender | None = None,
         clock: Callable[[], float] = time.time,
         direction_bits: tuple[int, int] = (0, 0),
+        blocked_bit: int = 0,
+        keep_other_bits: bool = True,
     ) -> None:
         self.engine = engine
         self.bypass_to_server, self.bypass_to_client = direction_bits
@@ -304,6 +319,9 @@ class PacketHandler:
         self.fail_open = fail_policy is FailPolicy.OPEN
         self.bypass = bypass
         self.mask = mask
+        # the mark bits that are not ours, kept; none when the kernel's flow hash took them
+        self.keep = ~mask & 0xFFFFFFFF if keep_other_bits else 0
+        self.blocked_bit = blocked_bit
         self.sink = sink
         self.resets = resets if resets is not None else ResetSender()
         self.clock = clock
@@ -320,16 +338,21 @@ class PacketHandler:
             decision = self.engine.process_ip(data, self.clock())
             action = decision.action
             if action is Action.ACCEPT or action is Action.ALERT:
+                # our bits replace the ones the packet came with: the kernel's "queued" bit
+                # is cleared on every packet given a verdict here (render.py counts the rest)
+                bits = 0
                 if decision.final:
-                    pkt.set_mark((pkt.get_mark() & ~self.mask & 0xFFFFFFFF) | self.bypass)
+                    bits = self.bypass
                     stats.add("bypassed")
                 elif decision.done_to_server or decision.done_to_client:
-                    bit = (
+                    bits = (
                         self.bypass_to_server if decision.done_to_server else self.bypass_to_client
                     )
-                    if bit:
-                        pkt.set_mark((pkt.get_mark() & ~self.mask & 0xFFFFFFFF) | bit)
+                    if bits:
                         stats.add("bypassed_direction")
+                if decision.reopening:
+                    bits |= self.blocked_bit  # keep the kernel queueing the handshake
+                pkt.set_mark((pkt.get_mark() & self.keep) | bits if self.keep else bits)
                 done = True
                 pkt.accept()
                 stats.add("accepted")
@@ -337,7 +360,7 @@ class PacketHandler:
                 done = self._reset(pkt, data)
             else:
                 done = True
-                pkt.drop()
+                self._drop(pkt)
                 stats.add("dropped")
             done = True
         except Exception as err:  # noqa: BLE001 - the catch-all of the fail policy
@@ -363,6 +386,9 @@ class PacketHandler:
             self.stats.add("dropped")
             return True
         pkt.set_payload(replacement)
+        # the "blocked" bit goes into the connmark (render.py): the next SYN on these ports
+        # is queued, so a reused client port opens a new flow instead of meeting this one
+        pkt.set_mark((pkt.get_mark() & self.keep) | self.blocked_bit)
         pkt.accept()
         self.stats.add("reset")
         try:
@@ -374,6 +400,18 @@ class PacketHandler:
             self.stats.add("errors")
             self._log_error(err)
         return True
+
+    def _drop(self, pkt: PacketLike) -> None:
+        """DROP verdict. With a blocked bit: the packet goes back through the hook (`repeat`)
+        carrying it, where the kernel rules put it in the connmark and drop the packet
+        (render.py), as the RESET's rewritten packet does on its way out; a packet that came
+        with the bit (the rules are not there) is dropped here, so it never loops."""
+        mark = pkt.get_mark()
+        if not self.blocked_bit or mark & self.blocked_bit:
+            pkt.drop()
+            return
+        pkt.set_mark((mark & self.keep) | self.blocked_bit)
+        pkt.repeat()
 
     def _fail_verdict(self, pkt: PacketLike) -> None:
         try:
@@ -391,7 +429,9 @@ class PacketHandler:
             return
         for event in decision.events:
             try:
-                self.sink.emit(event)
+                if self.sink.emit(event) is False:  # the sink's queue is full (it logs them)
+                    self.stats.add("events_dropped")
+                    continue
                 self.stats.add("events")
             except Exception as err:  # noqa: BLE001
                 self.stats.add("errors")
@@ -556,8 +596,53 @@ def collect_if_grown(stats: WorkerStats, limit: int, queue_num: int) -> int | No
     return found
 
 
-def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> int:
-    """Body of one queue's worker process; returns the exit status."""
+class GoSignal(Protocol):
+    """What a standby worker waits on (multiprocessing.Event)."""
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+def _prepare(
+    config: GatewayConfig, stats: WorkerStats, go: GoSignal | None, stopped: Callable[[], bool]
+) -> tuple[EngineLike, int] | None:
+    """Build the engine and load the policy; a standby then waits for `go` (None when it was
+    stopped first). Writes the queue's counters only once it is the active worker: a standby
+    shares them with the worker it stands in for."""
+    rules_loaded = stats.get("rules_wanted")  # the rule files as of this version are read now
+    engine = build_engine(config)
+    ruleset = getattr(engine, "ruleset", None)
+    scratch = WorkerStats()  # the policy outcome, published when active
+    applied = stats.get("policy_wanted")
+    apply_policy(engine, config, scratch, applied)
+    # Reference counting frees everything the engine allocates (tests/test_gc_cycles.py holds
+    # it to that), so the cyclic collector would only stall packets: a young-generation pass
+    # over the objects of thousands of new flows took up to 150 ms, the p99 of the
+    # new-connection benchmark. The rule set and decoders built so far are frozen out of its
+    # sight; automatic collection is off; collect_if_grown() is the safety valve.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    if go is not None:
+        stats.set("standby_ready", 1)  # the one counter a standby writes
+        while not go.wait(POLL_INTERVAL):
+            if stopped():
+                return None
+        stats.set("standby_ready", 0)
+        log.info("standby taking over")
+    stats.set("pid", os.getpid())
+    stats.set("started", int(time.time()))
+    stats.set("rules", len(ruleset.rules) if ruleset is not None else 0)
+    stats.set("rules_version", rules_loaded)  # a later version is built by RuleLoader
+    stats.set("policy_version", scratch.get("policy_version"))
+    stats.add("policy_errors", scratch.get("policy_errors"))
+    return engine, applied
+
+
+def worker_main(
+    queue_num: int, config: GatewayConfig, stats: WorkerStats, go: GoSignal | None = None
+) -> int:
+    """Body of one queue's worker process; returns the exit status. With `go`, a standby: it
+    prepares everything, then waits for `go` before it binds the queue."""
     from netfilterqueue import NetfilterQueue
 
     stop = False
@@ -568,29 +653,18 @@ def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> in
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    stats.set("pid", os.getpid())
-    stats.set("started", int(time.time()))
-    engine = build_engine(config)
-    ruleset = getattr(engine, "ruleset", None)
-    stats.set("rules", len(ruleset.rules) if ruleset is not None else 0)
-    applied = stats.get("policy_wanted")
-    apply_policy(engine, config, stats, applied)
-    stats.set("rules_version", stats.get("rules_wanted"))  # what build_engine just loaded
-    loader = RuleLoader(config, stats)
+    prepared = _prepare(config, stats, go, lambda: stop)
+    if prepared is None:
+        return 0
+    engine, applied = prepared
+    loader = RuleLoader(config, stats)  # rules reloaded since they were loaded: built anew
     sink = build_sink(config, queue_num)
-    # Reference counting frees everything the engine allocates (tests/test_gc_cycles.py holds
-    # it to that), so the cyclic collector would only stall packets: a young-generation pass
-    # over the objects of thousands of new flows took up to 150 ms, the p99 of the
-    # new-connection benchmark. The rule set and decoders built so far are frozen out of its
-    # sight; automatic collection is off; collect_if_grown() is the safety valve.
-    gc.collect()
-    gc.freeze()
-    gc.disable()
     gc_limit = GC_BASE_OBJECTS + GC_OBJECTS_PER_FLOW * config.engine.max_flows
     marks = config.marks
     handler = PacketHandler(
         engine, stats, config.fail_policy, marks.bypass, marks.mask, sink,
         direction_bits=(marks.bypass_to_server, marks.bypass_to_client),
+        blocked_bit=marks.blocked, keep_other_bits=not config.queues.hashed,
     )  # fmt: skip
     nfq = NetfilterQueue()
     try:
@@ -642,13 +716,15 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _process_entry(queue_num: int, config: GatewayConfig, stats: WorkerStats, parent: int) -> None:
+def _process_entry(
+    queue_num: int, config: GatewayConfig, stats: WorkerStats, parent: int, go: GoSignal | None
+) -> None:
     _die_with_parent(parent)
     logging.basicConfig(
         level=logging.INFO, format=f"vpatch[queue {queue_num}] %(levelname)s %(message)s"
     )
     try:
-        code = worker_main(queue_num, config, stats)
+        code = worker_main(queue_num, config, stats, go)
     except Exception as err:  # noqa: BLE001
         log.error("worker for queue %d failed: %s", queue_num, err)
         code = 1
@@ -657,9 +733,9 @@ def _process_entry(queue_num: int, config: GatewayConfig, stats: WorkerStats, pa
 
 
 def start_worker(
-    queue_num: int, config: GatewayConfig, stats: WorkerStats
+    queue_num: int, config: GatewayConfig, stats: WorkerStats, go: GoSignal | None = None
 ) -> multiprocessing.process.BaseProcess:
-    """Start the worker process of one queue.
+    """Start the worker process of one queue (a standby when `go` is given, see worker_main).
 
     spawn, not fork: the parent runs the control-socket thread, and forking a threaded process
     can copy a lock held by that thread. The worker loads the rules itself.
@@ -667,8 +743,8 @@ def start_worker(
     ctx = multiprocessing.get_context("spawn")
     proc = ctx.Process(
         target=_process_entry,
-        args=(queue_num, config, stats, os.getpid()),
-        name=f"vpatch-queue-{queue_num}",
+        args=(queue_num, config, stats, os.getpid(), go),
+        name=f"vpatch-queue-{queue_num}" + ("-standby" if go is not None else ""),
     )
     proc.daemon = False
     proc.start()

@@ -415,7 +415,8 @@ def write_gateway_config(spec: LabSpec) -> Path:
 
 
 def start_gateway(spec: LabSpec, timeout: float = START_TIMEOUT_S) -> int:
-    """Start `python -m gateway.cli run -c <state_dir>/gateway.yaml` in the gateway namespace.
+    """Start `python -m gateway.cli run -c <state_dir>/gateway.yaml` in the gateway namespace,
+    under gateway/lab/keeper.py (restarted when killed or crashed; the PID is the keeper's).
 
     Ready when the control socket appears; LabError (with the log tail) if the process exits or
     the socket does not appear within timeout seconds.
@@ -426,7 +427,9 @@ def start_gateway(spec: LabSpec, timeout: float = START_TIMEOUT_S) -> int:
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
-    argv = [sys.executable, "-m", "gateway.cli", "run", "-c", str(conf)]
+    # under a keeper that restarts a killed or crashed gateway, as systemd does (keeper.py)
+    run = [sys.executable, "-m", "gateway.cli", "run", "-c", str(conf)]
+    argv = [sys.executable, "-m", "gateway.lab.keeper", *run]
     pid = start_background(spec, spec.gw_ns, GATEWAY, argv, env=env)
     sock = control_socket_path(spec)
     deadline = time.monotonic() + timeout

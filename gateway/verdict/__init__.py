@@ -21,6 +21,9 @@ class Decision:
     events: alerts and drops raised by this packet (may be empty).
     done_to_server / done_to_client: that direction of the flow needs no more inspection while
         the other still does; the intake may stop the kernel queueing that direction only.
+    reopening: a SYN opening a new connection on the ports of a blocked flow; the intake has
+        the kernel queue this connection's handshake, so the server's SYN+ACK that replaces
+        the blocked flow reaches the engine (gateway/flow/table.py).
     """
 
     action: Action
@@ -28,6 +31,7 @@ class Decision:
     events: tuple[Event, ...] = field(default=())
     done_to_server: bool = False
     done_to_client: bool = False
+    reopening: bool = False
 
 
 ACCEPT = Decision(Action.ACCEPT)

@@ -48,7 +48,8 @@ def test_print_rules(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "add vpatch-tcp-srv 80" in r.stdout
     assert "add vpatch-hosts6 2001:2::20/128" in r.stdout
-    assert "-A VPATCH-QUEUE -j NFQUEUE --queue-balance 0:1\n" in r.stdout  # closed: no bypass
+    # closed: no bypass; two queues, flows spread by hash
+    assert "-A VPATCH-QUEUE -m mark --mark 0x4000001 -j NFQUEUE --queue-num 1\n" in r.stdout
 
 
 def test_config_error_is_one_clear_line(tmp_path: Path) -> None:
@@ -57,7 +58,8 @@ def test_config_error_is_one_clear_line(tmp_path: Path) -> None:
     r = vpatch("run", "-c", str(bad), "--print-rules")
     assert r.returncode == 2
     assert r.stderr.strip() == (
-        f"vpatch run: error: {bad}:3: queues.cuont: unknown key (allowed: count, first, max_len)"
+        f"vpatch run: error: {bad}:3: queues.cuont: unknown key "
+        "(allowed: balance, count, first, max_len)"
     )
 
 

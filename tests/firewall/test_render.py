@@ -107,18 +107,33 @@ def test_to_client_only_when_a_rule_and_depth_ask_for_it() -> None:
 def test_bypass_mark_chain_and_connmark_skip() -> None:
     r = _render(
         "protected_hosts: [198.18.0.20]\n"
-        "marks: {bypass: 0x100, bypass_to_server: 0x200, bypass_to_client: 0x400, mask: 0x700}\n"
+        "marks: {bypass: 0x100, bypass_to_server: 0x200, bypass_to_client: 0x400, blocked: 0x800,"
+        " queued: 0x1000, mask: 0x1F00}\n"
     )
     rules = _rules(r.ipv4)
-    # The first rule of our chain skips bypassed connections.
+    # Our chain first queues SYNs on connections a block reset (a reused client port), then
+    # skips bypassed connections.
     ours = [x for x in rules if x.startswith("-A VPATCH-FORWARD")]
-    assert ours[0] == "-A VPATCH-FORWARD -m connmark --mark 0x100/0x100 -j RETURN"
+    assert ours[:4] == [
+        # a packet a worker dropped comes back (repeat) with the blocked bit: connmark, drop
+        "-A VPATCH-FORWARD -m mark --mark 0x800/0x800 -j CONNMARK --or-mark 0x800",
+        "-A VPATCH-FORWARD -m mark --mark 0x800/0x800 -j DROP",
+        "-A VPATCH-FORWARD -p tcp --tcp-flags SYN SYN -m connmark --mark 0x800/0x800 "
+        "-j VPATCH-QUEUE",
+        "-A VPATCH-FORWARD -m connmark --mark 0x100/0x100 -j RETURN",
+    ]
     assert "-I POSTROUTING 1 -j VPATCH-POST" in rules
-    # each bit a worker set is OR-ed into the connmark; no other connmark bit is touched
     post = [x for x in rules if x.startswith("-A VPATCH-POST")]
     assert post == [
+        # still "queued": passed by the kernel without a verdict; this rule counts them
+        "-A VPATCH-POST -m mark --mark 0x1000/0x1000 -j RETURN",
+        # the server took a new connection on a blocked one's ports: its connmark starts afresh
+        "-A VPATCH-POST -p tcp --tcp-flags SYN,ACK SYN,ACK -m connmark --mark 0x800/0x800 "
+        "-j CONNMARK --set-xmark 0x0/0x1f00",
+    ] + [
+        # each bit a worker set is OR-ed into the connmark; no other connmark bit is touched
         f"-A VPATCH-POST -m mark --mark {b}/{b} -j CONNMARK --or-mark {b}"
-        for b in ("0x100", "0x200", "0x400")
+        for b in ("0x100", "0x200", "0x400", "0x800")
     ]
     srv = [x for x in rules if x.startswith("-A VPATCH-TO-SERVER")]
     assert srv[0] == "-A VPATCH-TO-SERVER -m connmark --mark 0x200/0x200 -j RETURN"
@@ -127,10 +142,12 @@ def test_bypass_mark_chain_and_connmark_skip() -> None:
 @pytest.mark.parametrize(("policy", "bypass"), [("open", True), ("closed", False)])
 def test_fail_policy_flags(policy: str, bypass: bool) -> None:
     r = _render(f"protected_hosts: [198.18.0.20]\nfail_policy: {policy}\n")
-    (queue_rule,) = [x for x in _rules(r.ipv4) if "-j NFQUEUE" in x]
-    assert queue_rule.startswith("-A VPATCH-QUEUE ")
-    assert ("--queue-bypass" in queue_rule) is bypass
-    assert "--queue-cpu-fanout" not in queue_rule
+    queue_rules = [x for x in _rules(r.ipv4) if "-j NFQUEUE" in x]
+    assert len(queue_rules) == 3  # one per queue (spread by flow), one catch-all
+    for queue_rule in queue_rules:
+        assert queue_rule.startswith("-A VPATCH-QUEUE ")
+        assert ("--queue-bypass" in queue_rule) is bypass
+        assert "--queue-cpu-fanout" not in queue_rule
 
 
 def test_queue_numbers() -> None:
@@ -138,6 +155,37 @@ def test_queue_numbers() -> None:
     assert queue_target(one).startswith("NFQUEUE --queue-num 7")
     many = parse_config("queues: {first: 4, count: 3}\nfail_policy: closed\n")
     assert queue_target(many) == "NFQUEUE --queue-balance 4:6"
+    assert queue_target(many, 5) == "NFQUEUE --queue-num 5"
+
+
+def test_queued_bit_set_before_the_queue() -> None:
+    """Every way into a queue marks the packet "queued" first (the worker's verdict clears it;
+    what still carries it in POSTROUTING passed uninspected)."""
+    for balance, count in (("address", 2), ("flow", 1)):
+        r = _render(
+            f"protected_hosts: [198.18.0.20]\nqueues: {{count: {count}, balance: {balance}}}\n"
+        )
+        queue = [x for x in _rules(r.ipv4) if x.startswith("-A VPATCH-QUEUE")]
+        assert queue[0] == "-A VPATCH-QUEUE -j MARK --or-mark 0x4000000"
+        assert len(queue) == 2 and "-j NFQUEUE" in queue[1]
+        assert "HMARK" not in r.ipv4
+
+
+def test_flows_spread_over_queues_by_a_symmetric_hash() -> None:
+    r = _render("protected_hosts: [198.18.0.20, '2001:2::20']\nqueues: {first: 4, count: 3}\n")
+    for text in (r.ipv4, r.ipv6):
+        queue = [x for x in _rules(text) if x.startswith("-A VPATCH-QUEUE")]
+        assert queue == [
+            # the hash (0..2) overwrites the mark; the "queued" bit is added after it
+            "-A VPATCH-QUEUE -j HMARK --hmark-tuple src,dst,sport,dport,proto --hmark-mod 3 "
+            "--hmark-rnd 0x76706174",
+            "-A VPATCH-QUEUE -j MARK --or-mark 0x4000000",
+            "-A VPATCH-QUEUE -m mark --mark 0x4000000 -j NFQUEUE --queue-num 4 --queue-bypass",
+            "-A VPATCH-QUEUE -m mark --mark 0x4000001 -j NFQUEUE --queue-num 5 --queue-bypass",
+            "-A VPATCH-QUEUE -m mark --mark 0x4000002 -j NFQUEUE --queue-num 6 --queue-bypass",
+            # a packet HMARK could not hash keeps its mark: it still goes to a queue
+            "-A VPATCH-QUEUE -j NFQUEUE --queue-num 4 --queue-bypass",
+        ]
 
 
 def test_ipv6_rendered_with_its_own_host_set() -> None:

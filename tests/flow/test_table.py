@@ -18,7 +18,7 @@ from gateway.decode.packet import (
 )
 from gateway.flow.table import FLOW_ID_BITS, Flow, FlowKey, FlowTable
 from gateway.intake.pcap import read_capture
-from gateway.vocabulary import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Direction
+from gateway.vocabulary import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Action, Direction
 
 C = "198.18.0.10"
 S = "198.18.0.20"
@@ -322,3 +322,30 @@ def test_close_check_decides_which_fin_and_rst_close() -> None:
     assert not flow.closed
     ft.lookup(tcp_seq(C, 40000, S, 80, TCP_RST, 1001), 2.0)
     assert flow.closed and seen == [(99999, Direction.TO_SERVER), (1001, Direction.TO_SERVER)]
+
+
+def test_a_blocked_flow_is_replaced_only_on_the_servers_syn_ack() -> None:
+    """Inline, the kernel queues every SYN on a blocked connection's ports (conntrack never saw
+    the resets), so such a SYN is not on conntrack's word: a reused client port gets a new
+    flow once the server answers it, while a server that kept the old connection (it answers
+    with a challenge ACK) keeps the flow blocked, its inspection state and all."""
+    gone: list[Flow] = []
+    ft = FlowTable(100, 600.0, 60.0, on_evict=gone.append, salt=1, kernel_checked_syn=True)
+    old, _ = ft.lookup(tcp_seq(C, 40000, S, 80, TCP_SYN, 1000), 0.0)
+    ft.lookup(tcp_seq(C, 40000, S, 80, TCP_ACK | TCP_PSH, 1001, 1), 1.0)
+    old.blocked = Action.RESET
+    # the old SYN again: nothing new
+    assert ft.lookup(tcp_seq(C, 40000, S, 80, TCP_SYN, 1000), 1.5)[0] is old
+    assert old.reuse_syn is None
+    # a new ISN: remembered, the blocked flow stays
+    assert ft.lookup(tcp_seq(C, 40000, S, 80, TCP_SYN, 9000), 2.0)[0] is old
+    assert old.reuse_syn == 9000 and gone == []
+    # the server still holds the old connection: a challenge ACK, nothing changes
+    assert ft.lookup(tcp_seq(S, 80, C, 40000, TCP_ACK, 1, 1001), 2.1)[0] is old
+    # a SYN with data on it is never remembered
+    with_data = Packet(4, C, S, PROTO_TCP, 40000, 80, TCP_SYN, 9500, 0, b"x")
+    assert ft.lookup(with_data, 2.2)[0] is old and old.reuse_syn == 9000
+    # the server's SYN+ACK for the new ISN: a new flow, not blocked
+    new, d = ft.lookup(tcp_seq(S, 80, C, 40000, TCP_SYN | TCP_ACK, 50, 9001), 2.3)
+    assert new is not old and gone == [old] and new.blocked is None
+    assert d is Direction.TO_CLIENT and new.syn_seq == 9000

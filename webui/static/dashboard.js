@@ -73,6 +73,8 @@
     setText("h-bytes", hl.bytes);
     setText("h-drops", hl.queue_drops);
     setText("h-unseen", hl.kernel_unseen);
+    setText("h-uninspected", hl.uninspected_packets);
+    setText("h-events-dropped", hl.events_dropped);
     setText("h-rules", hl.rules_loaded);
     setText("h-policy", hl.policy_version);
     const al = hl.alerts;
