@@ -150,6 +150,9 @@ class AppProtocol:
         direction whose first bytes `probe` recognises is inspected to the connection's end,
         not up to the stream depth (EngineConfig.http_whole_connection turns this off).
     memo: its decoders are MemoDecoders (see the module comment).
+    elsewhere: for a protocol identified by port on its own `ports` (`probe` None, its bytes
+        having no magic), a stricter content probe for every other TCP port (DNS over TCP: a
+        plausible query after the length prefix), so that it is recognised where it moved.
     """
 
     name: str
@@ -164,6 +167,7 @@ class AppProtocol:
     whole_connection: bool = False
     memo: bool = False
     description: str = ""
+    elsewhere: ProbeFunc | None = None
 
 
 _REGISTRY: dict[str, AppProtocol] = {}
@@ -235,7 +239,8 @@ def identify(
     Returns (name, decided): (name, True) identified; (None, True) none of them (the app layer
     is "failed" for this direction); (None, False) undecided, call again with more bytes (the
     caller gives up once it has MAX_PROBE_BYTES). Protocols without a probe are identified by
-    `server_port` being one of their ports. Never raises.
+    `server_port` being one of their ports, elsewhere by their `elsewhere` probe if they have
+    one. Never raises.
     """
     undecided = False
     # Empty lines before an HTTP request line are skipped by the servers (RFC 9112 section
@@ -247,12 +252,15 @@ def identify(
         app = get(name)
         if app is None or transport not in app.transports or direction not in app.directions:
             continue
-        if app.probe is None:
-            if by_port is None and server_port in app.ports:
-                by_port = name
-            continue
+        probe = app.probe
+        if probe is None:
+            if server_port in app.ports or app.elsewhere is None or transport != PROTO_TCP:
+                if by_port is None and server_port in app.ports:
+                    by_port = name
+                continue
+            probe = app.elsewhere
         try:
-            verdict = app.probe(head, direction)
+            verdict = probe(head, direction)
         except Exception:  # noqa: BLE001 (a plug-in probe must not break identification)
             verdict = Probe.NO
         if verdict is Probe.YES:

@@ -151,6 +151,7 @@ class AppSession:
         "_transport",
         "_unit",
         "pending",
+        "probed",
     )
 
     def __init__(
@@ -182,6 +183,14 @@ class AppSession:
         self._unit: MemoDecoder | None = None  # the decoder, when its units may be memoised
         # the memo key of the records the last feed returned, when they may be memoised
         self.pending: MemoKey | None = None
+        # TCP: the stream's first bytes, from the feed that identified the protocol until the
+        # engine takes them (to rescan them with the rules of that protocol, match/follow.py)
+        self.probed: bytes | None = None
+
+    @property
+    def protocol(self) -> str:
+        """The identified protocol's name ("" while undecided, or when none was found)."""
+        return self._app
 
     def feed(self, data: bytes) -> Sequence[AppRecord] | None:
         """The records `data` completes (empty while undecided, or when the memo answers), or
@@ -215,6 +224,8 @@ class AppSession:
                 self._recoverable = cast(RecoverableDecoder, decoder)
             if protocol.memo and self._memo.limit:
                 self._unit = cast(MemoDecoder, decoder)
+            if transport == PROTO_TCP:
+                self.probed = self._buf
             self._buf = b""
         key: MemoKey | None = None
         unit = self._unit
