@@ -121,6 +121,7 @@ class EngineStats:
         "_engine",
         "_table",
         "app_decode_errors",
+        "app_handovers",
         "app_rebinds",
         "app_recoveries",
         "app_internal_errors",
@@ -167,6 +168,7 @@ class EngineStats:
         self.app_internal_errors = 0  # directions whose decoder failed otherwise (bugs)
         self.app_unidentified = 0  # directions where no expected app protocol was recognised
         self.app_rebinds = 0  # directions switched to the rules of the protocol found there
+        self.app_handovers = 0  # directions handed over to another protocol (STARTTLS)
         self._table = table
         self._engine = engine
 

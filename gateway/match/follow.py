@@ -7,7 +7,9 @@ Netlogon DCE/RPC endpoint on a dynamic port the endpoint mapper hands out. As Su
 protocol is identified by content:
 - the rules that follow protocol P (`follow_sets`) are the TCP rules whose `app` is P or a
   protocol P carries (DCE/RPC inside SMB pipes), the raw rules that list one of P's
-  well-known ports (the self-test marker rule on port 80 follows HTTP), and `ports: any` rules;
+  well-known ports (the self-test marker rule on port 80 follows HTTP), `ports: any` rules,
+  and the followers of the protocols P hands over to (STARTTLS: SMTP, IMAP, POP3 and FTP
+  carry the TLS rules, which judge the stream once it moved to TLS);
 - on a port some rule lists, the protocols expected there (`expected_protocols`: the apps of
   the rules listing it, and the protocols whose well-known ports include it) bring their
   followers into that port's group from the start (Matcher: HTTP rules written for port 80
@@ -33,9 +35,10 @@ from gateway.vocabulary import PROTO_TCP, Direction
 
 __all__ = ["PREFERENCE", "expected_protocols", "follow_sets", "relocatable"]
 
-# Identification order among relocatable protocols (the probes are disjoint in practice; the
-# common ones first so that the usual flow is decided by its first probe)
-PREFERENCE: Final = ("http", "tls", "smb", "dcerpc", "rdp", "dns")
+# Identification order among relocatable protocols: the line protocols' first commands before
+# HTTP, whose request-line probe ("WORD target") their lines also satisfy ("EHLO host", "USER
+# name"); the others' probes are disjoint, the common ones first.
+PREFERENCE: Final = ("smtp", "imap", "pop3", "http", "tls", "smb", "dcerpc", "rdp", "dns")
 
 
 def relocatable(direction: Direction) -> tuple[str, ...]:
@@ -62,16 +65,21 @@ def _follows(rule: Rule, app: app_registry.AppProtocol) -> bool:
 
 def follow_sets(rules: Sequence[Rule]) -> dict[tuple[str, Direction], frozenset[int]]:
     """(protocol, direction) -> indices in `rules` of the TCP rules that follow the protocol
-    in that direction (see the module comment); only relocatable protocols."""
+    in that direction (see the module comment), for every TCP protocol."""
     out: dict[tuple[str, Direction], frozenset[int]] = {}
     for d in Direction:
-        for name in relocatable(d):
-            app = app_registry.get(name)
-            assert app is not None
+        for app in app_registry.protocols():
+            if PROTO_TCP not in app.transports:
+                continue
+            name = app.name
+            moves = [app_registry.get(n) for n in sorted(app.hands_over)]
+            targets = [app, *(m for m in moves if m is not None)]
             out[(name, d)] = frozenset(
                 i
                 for i, rule in enumerate(rules)
-                if rule.proto_number == PROTO_TCP and rule.inspects(d) and _follows(rule, app)
+                if rule.proto_number == PROTO_TCP
+                and rule.inspects(d)
+                and any(_follows(rule, target) for target in targets)
             )
     return out
 
