@@ -162,15 +162,28 @@ _SERVER_FIRST: Final = {
     "imap": re.compile(rb"\* (?:OK|PREAUTH) "),
     "pop3": re.compile(rb"\+OK\b"),
 }
-_UNDECIDED: Final = re.compile(rb"[^\r\n]{0,63}\Z")  # no line end yet within the probe's budget
+# What may still become a match with more bytes (a probe says NEED_DATA only then, so a short
+# line of another protocol is decided at once)
+_CLIENT_PREFIX: Final = {
+    "smtp": re.compile(rb"(?i)(?:E(?:H(?:L(?:O)?)?)?|H(?:E(?:L(?:O)?)?)?|L(?:H(?:L(?:O)?)?)?)\Z"),
+    "imap": re.compile(rb"[A-Za-z0-9.]{1,16}(?: [A-Za-z]{0,12})?\Z"),
+    "pop3": re.compile(rb"(?i)(?:C(?:A(?:P)?)?|S(?:T(?:L)?)?|U(?:S(?:E)?)?|A(?:P(?:O)?)?)\Z"),
+}
+_SERVER_PREFIX: Final = {
+    "smtp": re.compile(rb"(?:2(?:2(?:0(?:[ -][^\r\n]{0,59})?)?)?)\Z"),
+    "imap": re.compile(rb"\*(?: (?:O(?:K)?|P(?:R(?:E(?:A(?:U(?:T(?:H)?)?)?)?)?)?)?)?\Z"),
+    "pop3": re.compile(rb"\+(?:O)?\Z"),
+}
 
 
 def _probe(name: str) -> Callable[[bytes, Direction], Probe]:
     def probe(data: bytes, direction: Direction) -> Probe:
-        table = _CLIENT_FIRST if direction is Direction.TO_SERVER else _SERVER_FIRST
-        if table[name].match(data):
+        client = direction is Direction.TO_SERVER
+        if (_CLIENT_FIRST if client else _SERVER_FIRST)[name].match(data):
             return Probe.YES
-        return Probe.NEED_DATA if _UNDECIDED.match(data) and len(data) < 64 else Probe.NO
+        if (_CLIENT_PREFIX if client else _SERVER_PREFIX)[name].match(data):
+            return Probe.NEED_DATA
+        return Probe.NO
 
     return probe
 
