@@ -184,15 +184,18 @@ class FtpAdapter:
     a line boundary hands the stream over to TLS (registry.HandoverDecoder; the rule is the
     one of gateway/decode/starttls.py)."""
 
-    __slots__ = ("_armed", "_decoder", "handover")
+    __slots__ = ("_armed", "_decoder", "_moved", "handover")
 
     def __init__(self, client: bool) -> None:
         self._decoder = FtpDecoder(client)
         self._armed = False  # this side of AUTH TLS happened: TLS may start at a line
+        self._moved = False  # handed over: later bytes are not FTP's
         self.handover: tuple[str, bytes] | None = None
 
     def feed(self, data: bytes) -> list[AppRecord]:
         decoder = self._decoder
+        if self._moved:
+            return []  # the stream is TLS from there on: nothing more for this decoder
         if not self._armed and b"\n" not in data:
             return self._records(decoder.receive_data(data))
         out: list[AppRecord] = []
@@ -201,6 +204,7 @@ class FtpAdapter:
             at_line = not decoder._buf and decoder.state is State.LINES
             if self._armed and at_line and starts_tls(data[pos]):
                 self.handover = ("tls", data[pos:])
+                self._moved = True
                 break
             nl = data.find(b"\n", pos)
             end = size if nl < 0 else nl + 1

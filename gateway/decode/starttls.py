@@ -99,7 +99,17 @@ POP3: Final = Dialect(
 class LineUpgradeAdapter:
     """One direction of a line protocol, handed over to TLS after the upgrade (see above)."""
 
-    __slots__ = ("_armed", "_buf", "_client", "_cr", "_dialect", "_fields", "_length", "handover")
+    __slots__ = (
+        "_armed",
+        "_buf",
+        "_client",
+        "_cr",
+        "_dialect",
+        "_fields",
+        "_length",
+        "_moved",
+        "handover",
+    )
 
     def __init__(self, dialect: Dialect, client: bool) -> None:
         self._dialect = dialect
@@ -111,13 +121,17 @@ class LineUpgradeAdapter:
         name = dialect.name
         self._fields = (f"{name}.command", f"{name}.reply", f"{name}.line_length")
         self.handover: tuple[str, bytes] | None = None
+        self._moved = False  # handed over: later bytes are not this protocol's
 
     def feed(self, data: bytes) -> list[AppRecord]:
         out: list[AppRecord] = []
+        if self._moved:
+            return out  # the stream is TLS from there on: nothing more for this decoder
         pos, size = 0, len(data)
         while pos < size:
             if self._armed and not self._length and starts_tls(data[pos]):
                 self.handover = ("tls", data[pos:])
+                self._moved = True
                 break
             nl = data.find(b"\n", pos)
             end = size if nl < 0 else nl
