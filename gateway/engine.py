@@ -209,8 +209,11 @@ class Engine:
         self.config = config if config is not None else EngineConfig()
         self.policy = policy
         self.ruleset = ruleset
+        follow = self.config.identify_any_port  # rules follow their protocol (match/follow.py)
         self.matcher = (
-            matcher if matcher is not None and matcher.ruleset is ruleset else Matcher(ruleset)
+            matcher
+            if matcher is not None and matcher.ruleset is ruleset and matcher.follow == follow
+            else Matcher(ruleset, follow)
         )
         self.normalizer = Normalizer(self.config.checksums)  # gateway/flow/normalize.py
         self.defrag = Defragmenter()  # IP fragments (gateway/flow/defrag.py)
@@ -296,7 +299,7 @@ class Engine:
     def swap_rules(self, ruleset: RuleSet) -> None:
         """Build a Matcher for `ruleset` and use it for new flows (raises RuleError if it
         cannot compile; the old matcher then stays in place)."""
-        matcher = Matcher(ruleset)
+        matcher = Matcher(ruleset, self.config.identify_any_port)
         self.ruleset = ruleset
         self.matcher = matcher
 

@@ -7,6 +7,11 @@ What it does: compiles a RuleSet into Hyperscan databases and scans bytes with t
   scans the patterns of rules covering its server port. (The alternative, one database per
   (protocol, direction) and filtering matches by port afterwards, scans every rule's patterns
   on every flow; with few distinct port sets per-group databases are never slower.)
+- Rules follow their protocol (gateway/match/follow.py, unless built with follow=False): a
+  listed TCP port's group also holds the followers of the protocols expected there, and each
+  TCP group knows, per direction, the group to switch to when another protocol is identified
+  (`MatchGroup.follow`, `MatchGroup.identify`; `unlisted(d)`: the group of a port no rule
+  lists). `rebind_stream` moves a flow direction's stream to such a group.
 - TCP: HS_MODE_STREAM; one Hyperscan stream per flow direction (`StreamState`), so a pattern
   split across any number of segments is found without buffering. Every pattern is compiled
   with HS_FLAG_SINGLEMATCH; a rule fires once per stream, when ALL its patterns have matched in
@@ -211,14 +216,18 @@ class Matcher:
         "_rule_pids",
         "_rules",
         "_unlisted",
+        "follow",
         "ruleset",
         "stats",
         "streams_open",
     )
 
-    def __init__(self, ruleset: RuleSet) -> None:
+    def __init__(self, ruleset: RuleSet, follow: bool = True) -> None:
+        """`follow`: rules follow their protocol (gateway/match/follow.py; the engine's
+        `identify_any_port`); False: a rule applies on the ports it lists only."""
         started = time.perf_counter()
         self.ruleset = ruleset
+        self.follow = follow
         self._rules: tuple[Rule, ...] = ruleset.rules
         self._pattern_rule: list[int] = []
         self._pattern_bit: list[int] = []
@@ -255,14 +264,14 @@ class Matcher:
                     coverage.setdefault((rule.proto_number, d, port), []).append(ri)
         # rules follow their protocol (gateway/match/follow.py): on a listed TCP port, the
         # followers of the protocols expected there join the port's group
-        follow = follow_sets(self._rules)
+        followers = follow_sets(self._rules) if follow else {}
         for (proto, d, port), indices in coverage.items():
-            if proto != PROTO_TCP:
+            if proto != PROTO_TCP or not followers:
                 continue
             listing = (self._rules[ri] for ri in indices)
             extra: set[int] = set()
             for name in expected_protocols(port, listing):
-                extra |= follow.get((name, d), frozenset())
+                extra |= followers.get((name, d), frozenset())
             if extra:
                 indices[:] = sorted(set(indices) | extra)
         for (proto, d, _port), indices in coverage.items():
@@ -291,11 +300,11 @@ class Matcher:
             or self._group_of(PROTO_TCP, (), pattern_ids, exprs, flags)
             for d in Direction
         )
-        for (proto, d, _port), group in [*self._groups.items()]:
+        for (proto, d, _port), group in [*self._groups.items()] if follow else []:
             if proto == PROTO_TCP:
-                self._link(group, d, follow, pattern_ids, exprs, flags)
-        for d in Direction:
-            self._link(self._unlisted[d], d, follow, pattern_ids, exprs, flags)
+                self._link(group, d, followers, pattern_ids, exprs, flags)
+        for d in Direction if follow else ():
+            self._link(self._unlisted[d], d, followers, pattern_ids, exprs, flags)
         self.stats = MatcherStats(
             databases=sum(1 for g in self._built.values() if g.database is not None)
             + self._field_dbs,

@@ -153,6 +153,10 @@ def test_raw_rules_follow_the_protocol_of_their_port() -> None:
     assert port_4000 is not None
     moved = port_4000.follow[Direction.TO_SERVER]["http"]
     assert {m.ruleset.rules[i].id for i in moved.rule_indices} == {1, 2, 3}
+    # follow=False (engine.identify_any_port off): a rule applies on its own ports only
+    listed = Matcher(m.ruleset, follow=False)
+    assert scan_chunks(listed, [b"one two four"], port=80) == [{1}]
+    assert listed.unlisted(Direction.TO_SERVER).follow[Direction.TO_SERVER] == {}
 
 
 def test_same_port_set_shares_one_database() -> None:
