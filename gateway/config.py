@@ -307,6 +307,16 @@ class EngineSettings:
         "connection, not just `stream_depth.to_server` bytes, so every request on a keep-alive "
         "connection is checked. Such connections are never bypassed in the kernel.",
     )
+    identify_any_port: bool = setting(
+        True,
+        "Protocols are identified by content on every TCP port of the protected hosts (HTTP, "
+        "TLS, SMB, DCE/RPC, RDP, DNS): a rule applies to its protocol wherever it is found, "
+        "not only on the ports it lists (an HTTP rule written for port 80 catches the exploit "
+        "sent to port 8081 or 8888; Zerologon on the dynamic Netlogon port). The kernel queues "
+        "the first payload of connections to ports no rule lists, and bypasses them once the "
+        "engine finds no protocol with rules there (docs/architecture.md, 'Protocols on any "
+        "port'). Off: only the ports rules list are inspected.",
+    )
     http_memo_entries: int = setting(
         1024,
         "How many body-less HTTP requests (at most 2 KiB each) that matched no rule are "

@@ -124,6 +124,8 @@ class EngineStats:
         "_engine",
         "_table",
         "app_decode_errors",
+        "app_handovers",
+        "app_rebinds",
         "app_recoveries",
         "app_internal_errors",
         "app_records",
@@ -168,6 +170,8 @@ class EngineStats:
         self.app_recoveries = 0  # ... after which it resynchronised and decoding went on
         self.app_internal_errors = 0  # directions whose decoder failed otherwise (bugs)
         self.app_unidentified = 0  # directions where no expected app protocol was recognised
+        self.app_rebinds = 0  # directions switched to the rules of the protocol found there
+        self.app_handovers = 0  # directions handed over to another protocol (STARTTLS)
         self._table = table
         self._engine = engine
 
@@ -208,8 +212,11 @@ class Engine:
         self.config = config if config is not None else EngineConfig()
         self.policy = policy
         self.ruleset = ruleset
+        follow = self.config.identify_any_port  # rules follow their protocol (match/follow.py)
         self.matcher = (
-            matcher if matcher is not None and matcher.ruleset is ruleset else Matcher(ruleset)
+            matcher
+            if matcher is not None and matcher.ruleset is ruleset and matcher.follow == follow
+            else Matcher(ruleset, follow)
         )
         self.normalizer = Normalizer(
             self.config.checksums, self.config.kernel_checked_tcp
@@ -233,6 +240,8 @@ class Engine:
         self._next_expire: float | None = None
         # per direction: probes of the protocols inspected for the whole connection
         self._whole = whole_connection_probes() if self.config.http_whole_connection else ((), ())
+        # TCP protocols identified by content on any port (gateway/match/follow.py)
+        self._identify_any = self.config.identify_any_port
 
     # ----------------------------------------------------------------- entry points
 
@@ -293,11 +302,13 @@ class Engine:
         return self.matcher.covers(proto, port)
 
     def swap_rules(self, ruleset: RuleSet, matcher: Matcher | None = None) -> None:
-        """Use `ruleset` for new flows, with `matcher` if it was built for it, else a Matcher
-        built here (raises RuleError if it cannot compile; the old matcher then stays in
-        place). Flows in progress finish with the matcher they started with."""
-        if matcher is None or matcher.ruleset is not ruleset:
-            matcher = Matcher(ruleset)
+        """Use `ruleset` for new flows, with `matcher` if it was built for it (and for this
+        engine's `identify_any_port`), else a Matcher built here (raises RuleError if it
+        cannot compile; the old matcher then stays in place). Flows in progress finish with
+        the matcher they started with."""
+        follow = self.config.identify_any_port
+        if matcher is None or matcher.ruleset is not ruleset or matcher.follow != follow:
+            matcher = Matcher(ruleset, follow)
         self.ruleset = ruleset
         self.matcher = matcher
 
@@ -445,10 +456,20 @@ class Engine:
         off for the server left out); never raises (a failing app layer ends app-layer
         inspection of this direction, counted by the session)."""
         records = app.feed(data)
+        probed = app.probed
+        rebound: list[Rule] = []
+        if probed is not None:  # identified now (or found to be none of the candidates)
+            app.probed = None
+            rebound = self._rebind(insp, d, app.protocol, probed)
         if not records:
             if records is None:
                 insp.apps[d] = None
-            return NO_RULES
+                group = insp.groups[d]
+                if group is insp.matcher.unlisted(d) and group.database is None:
+                    # a port no rule lists, and no protocol with rules found: nothing to
+                    # look for in this direction (the kernel may bypass it)
+                    self._direction_done(flow, insp, d)
+            return tuple(rebound)
         group = insp.groups[d]
         assert group is not None
         apps = group.apps
@@ -456,7 +477,7 @@ class Engine:
         policy = self.policy
         server = flow.key.server
         port = flow.key.server_port
-        out: list[Rule] = []
+        out: list[Rule] = rebound
         for record in records:
             app_group = apps.get(record.app)
             if app_group is not None:
@@ -485,7 +506,9 @@ class Engine:
         """Set up inspection of a new flow, or mark it final when nothing covers it."""
         key = flow.key
         matcher = self.matcher
-        if not matcher.covers(key.proto, key.server_port) and not self._any_port_wanted(key):
+        unlisted = not matcher.covers(key.proto, key.server_port)
+        identify = self._identify_any and key.proto == PROTO_TCP
+        if unlisted and not identify and not self._any_port_wanted(key):
             flow.final = True
             self.stats.flows_final += 1
             return None
@@ -493,8 +516,15 @@ class Engine:
         for d in Direction:
             depth = self._depth[d]
             group = matcher.group(key.proto, d, key.server_port)
+            if unlisted and identify:
+                group = matcher.unlisted(d)  # until identified (match/follow.py)
             if group is None or depth == 0:
                 continue
+            candidates = group.identify[d] if identify else None
+            if candidates is None:
+                candidates = group.app_candidates
+            if not candidates and group.database is None and not group.apps:
+                continue  # an unlisted port's group with nothing to identify
             insp.groups[d] = group
             insp.active[d] = True
             if key.proto == PROTO_TCP:
@@ -505,9 +535,9 @@ class Engine:
                 flow.streams[d] = reasm
                 if group.database is not None:
                     insp.states[d] = matcher.open_stream(group)
-            if group.apps:
+            if candidates:
                 insp.apps[d] = AppSession(
-                    group.app_candidates,
+                    candidates,
                     key.proto,
                     d,
                     key.server,
@@ -523,6 +553,30 @@ class Engine:
         flow.inspection = insp
         self.stats.flows_inspected += 1
         return insp
+
+    def _rebind(self, insp: Inspection, d: Direction, name: str, probed: bytes) -> list[Rule]:
+        """Direction `d` was just identified as `name` from its first bytes `probed`: switch
+        it to the group of its rules plus the rules that follow `name` (match/follow.py),
+        unless they are all in its group already. The new group's raw stream rescans `probed`
+        carrying over what already matched (so nothing fires twice); returns the rules
+        without field conditions that the rescan completed (with the raw half of the others
+        recorded in `raw_done`), to fire like condition rules (`combine`: a rule whose id is
+        in raw_done fires)."""
+        group = insp.groups[d]
+        assert group is not None
+        target = group.follow[d].get(name)
+        if target is None:
+            return []
+        insp.groups[d] = target
+        state, fired = insp.matcher.rebind_stream(insp.states[d], target, probed)
+        insp.states[d] = state
+        self.stats.app_rebinds += 1
+        out: list[Rule] = []
+        for rule in fired:
+            insp.raw_done[d].add(rule.id)
+            if rule.conditions is None:
+                out.append(rule)
+        return out
 
     def _any_port_wanted(self, key: FlowKey) -> bool:
         """A flow on a port no rule names is inspected only if a `ports: any` rule is on for

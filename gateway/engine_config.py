@@ -44,6 +44,9 @@ class EngineConfig:
     http_memo_entries: how many body-less HTTP requests that matched no rule are remembered
         (exact bytes, per rule group) so that the same request again skips decoding and field
         evaluation; 0 turns the memo off.
+    identify_any_port: identify TCP protocols by content on every port and apply the rules
+        that follow them there (gateway/match/follow.py); flows on ports no rule lists are
+        inspected until identified.
     fail_open: what a packet the engine fails on gets (fail_policy open: ACCEPT, else DROP).
     tcp_closed_idle: seconds a TCP flow is kept after FIN both ways or RST (no key sets it).
     kernel_checked_syn: the packets come from the inline queue, whose kernel rule passes on
@@ -72,6 +75,7 @@ class EngineConfig:
     fail_open: bool = SETTINGS["fail_policy"].default is FailPolicy.OPEN
     http_whole_connection: bool = _from_key("engine.http_whole_connection")
     http_memo_entries: int = _from_key("engine.http_memo_entries")
+    identify_any_port: bool = _from_key("engine.identify_any_port")
     kernel_checked_syn: bool = False
     kernel_checked_tcp: bool = False
     retransmit_history: int = _from_key("engine.retransmit_history")

@@ -420,7 +420,8 @@ class Gateway:
         with self._reload_lock:
             started = time.monotonic()
             ruleset = load_rules(rule_paths(self.config))
-            Matcher(ruleset)  # compiles every pattern: RuleError before any worker sees it
+            # compiles every pattern: RuleError before any worker sees it
+            Matcher(ruleset, self.config.engine.identify_any_port)
             self.rules_version += 1
             version = self.rules_version
             for w in self.workers:

@@ -139,12 +139,50 @@ def test_benign_flow_accepted_until_depth_then_final() -> None:
     assert engine.stats.streams_open == 0
 
 
-def test_uncovered_port_is_final_at_once() -> None:
-    engine = engine_with(rule(1, MARKER))
+def test_uncovered_port_is_final_at_once_without_identification() -> None:
+    engine = engine_with(rule(1, MARKER), identify_any_port=False)
     c = Conn(engine, dport=8080)
     assert c.send("S", c.cseq) == Decision(Action.ACCEPT, final=True)
     assert c.data(0, MARKER) == Decision(Action.ACCEPT, final=True)
     assert engine.stats.flows_inspected == 0
+
+
+def test_uncovered_port_is_final_once_no_protocol_with_rules_is_found() -> None:
+    """A port no rule lists: inspected until identification finds nothing (SSH both ways),
+    then final at once (the kernel bypasses the rest)."""
+    engine = engine_with(rule(1, MARKER))
+    c = Conn(engine, dport=2222)
+    c.handshake()
+    assert c.reply(0, b"SSH-2.0-OpenSSH_9.6\r\n") == Decision(Action.ACCEPT, done_to_client=True)
+    assert c.data(0, b"SSH-2.0-PuTTY_0.81\r\n" + MARKER) == Decision(Action.ACCEPT, final=True)
+    assert c.data(40, MARKER) == Decision(Action.ACCEPT, final=True)
+    assert engine.stats.events == 0 and engine.stats.streams_open == 0
+
+
+@pytest.mark.parametrize("port", [8081, 2222, 445])
+def test_http_rule_follows_http_to_any_port(port: int) -> None:
+    """The marker rule lists port 80 only; HTTP carrying it on another port (one no rule
+    lists, or one where SMB is expected) is identified by content and reset."""
+    engine = engine_with(rule(1, MARKER), rule(2, b"\xffSMB", ports=(445,)))
+    c = Conn(engine, dport=port)
+    c.handshake()
+    req = b"GET /?q=" + MARKER + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert c.data(0, req[:12]) == Decision(Action.ACCEPT)
+    d = c.data(12, req[12:])
+    assert d.action is Action.RESET
+    assert [e.signature_id for e in d.events] == [1]
+
+
+def test_marker_inside_the_identifying_bytes_fires_once() -> None:
+    """The rescan of the first bytes with the HTTP followers' rules fires the marker once,
+    in the packet that identified the protocol."""
+    engine = engine_with(rule(1, MARKER), rule(3, b"GET /", ports=(2222,)))
+    c = Conn(engine, dport=2222)
+    c.handshake()
+    d = c.data(0, b"GET /" + MARKER + b" HTTP/1.1\r\n\r\n")
+    assert d.action is Action.RESET
+    assert sorted(e.signature_id for e in d.events) == [1, 3]
+    assert engine.stats.app_rebinds == 1
 
 
 def test_to_client_only_rule_ignores_requests_but_catches_responses() -> None:

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     ruleset = load_rules(paths)
     if args.all_rules:
         ruleset = all_rules_on(ruleset)
-    matcher = Matcher(ruleset)
+    matcher = Matcher(ruleset, config.identify_any_port)
     status = 0
     eve: IO[str] | None = open(args.eve, "a", encoding="utf-8") if args.eve else None  # noqa: SIM115
     try:

@@ -531,6 +531,30 @@ class DnsTcpAdapter:
         return out
 
 
+# DNS over TCP away from port 53 (AppProtocol.elsewhere): the two-byte length, a header whose QR
+# bit fits the direction, opcode QUERY, IQUERY, STATUS, NOTIFY or UPDATE (RFC 1035 4.1.1, RFC
+# 1996, RFC 2136), one question (zone), and a first label of at most 63 bytes or a root name.
+_DNS_OPCODES: Final = frozenset({0, 1, 2, 4, 5})
+_DNS_TCP_HEAD: Final = 2 + 12 + 1  # length prefix, header, first label length
+
+
+def _probe_dns_tcp(data: bytes, direction: Direction) -> Probe:
+    if len(data) < _DNS_TCP_HEAD:
+        return Probe.NEED_DATA
+    length = int.from_bytes(data[0:2], "big")
+    flags = data[4]
+    response = flags >> 7
+    plausible = (
+        length >= 12 + 5
+        and response == int(direction is Direction.TO_CLIENT)
+        and (flags >> 3) & 0x0F in _DNS_OPCODES
+        and data[6:8] == b"\x00\x01"
+        and data[14] <= 63
+        and length >= 12 + 1 + data[14] + 1 + 4
+    )
+    return Probe.YES if plausible else Probe.NO
+
+
 def _new_dns(transport: int, direction: Direction) -> AppDecoder:
     return DnsUdpAdapter() if transport == PROTO_UDP else DnsTcpAdapter()
 
@@ -618,6 +642,7 @@ register(
         },
         new_decoder=_new_dns,
         probe=None,  # by port: a DNS header has no magic
+        elsewhere=_probe_dns_tcp,  # ... so on other ports only a plausible TCP query/answer
         description="DNS messages over UDP and TCP (RFC 1035)",
     )
 )

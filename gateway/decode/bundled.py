@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from gateway.decode import app, dcerpc, ftp, mssql, rdp, smb
+from gateway.decode import app, dcerpc, ftp, mssql, rdp, smb, starttls
 
 __all__ = ["MODULES"]
 
 # every bundled decoder module; each registers its protocols when imported
-MODULES: Final = (app, dcerpc, ftp, mssql, rdp, smb)
+MODULES: Final = (app, dcerpc, ftp, mssql, rdp, smb, starttls)

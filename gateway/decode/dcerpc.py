@@ -7,7 +7,10 @@ ALTER_CONTEXT with their presentation context lists (12.6.4.3, 12.6.3.1 p_cont_l
 id, abstract syntax UUID + version, transfer syntaxes), and REQUEST (12.6.4.9: alloc hint,
 context id, opnum, optional object UUID, stub data, then the auth verifier of 12.6.3.2).
 Multi-fragment requests (PFC_FIRST_FRAG .. PFC_LAST_FRAG, 12.6.3.1) are reassembled per call id
-and reported once as a `Request` carrying the interface UUID the context id was bound to.
+and reported once as a `Request` carrying the interface UUID the context id was bound to. A
+one-fragment RESPONSE whose stub is an endpoint mapper's ept_map answer is reported as a
+`MapResponse` naming the dynamic endpoints handed out (gateway/decode/epm.py; records carry
+`dcerpc.epm.interface`, `.transport`, `.port`).
 Guarantees:
 - only DceRpcDecodeError escapes, for a PDU header that breaks the framing, and after it the
   decoder stays in the ERROR state; a PDU whose body does not decode inside an intact frame is
@@ -31,6 +34,7 @@ import uuid
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
 
+from gateway.decode import epm
 from gateway.decode.registry import AppDecoder, AppProtocol, AppRecord, FieldKind, Probe, register
 from gateway.errors import DecodeError
 from gateway.vocabulary import PROTO_TCP, Direction
@@ -135,7 +139,16 @@ class Request:
     stub: bytes  # the first MAX_STUB_KEEP bytes of the stub
 
 
-Event = Pdu | Bind | Request
+@dataclass(frozen=True, slots=True)
+class MapResponse:
+    """A RESPONSE whose stub is an endpoint mapper's ept_map answer (gateway/decode/epm.py):
+    the dynamic endpoints it hands out."""
+
+    call_id: int
+    endpoints: tuple[epm.Endpoint, ...]
+
+
+Event = Pdu | Bind | Request | MapResponse
 
 
 def _uuid(raw: bytes, little_endian: bool) -> str:
@@ -246,6 +259,15 @@ class DceRpcDecoder:
             request = self._request(pdu, body)
             if request is not None:
                 events.append(request)
+        elif (
+            pdu.ptype == PTYPE_RESPONSE and pdu.flags & PFC_FIRST_FRAG and pdu.flags & PFC_LAST_FRAG
+        ):
+            # an ept_map answer is one fragment; its towers name the endpoints handed out
+            trailer = _SEC_TRAILER_SIZE + pdu.auth_length if pdu.auth_length else 0
+            stub = body[8 : len(body) - trailer] if pdu.little_endian else b""
+            endpoints = epm.parse_map_response(stub)
+            if endpoints:
+                events.append(MapResponse(pdu.call_id, tuple(endpoints)))
 
     def _bind(self, pdu: Pdu, body: bytes) -> Bind:
         little = pdu.little_endian
@@ -418,6 +440,20 @@ def event_records(event: Event) -> list[AppRecord]:
                 },
             )
         ]
+    if isinstance(event, MapResponse):
+        return [
+            AppRecord(
+                "dcerpc",
+                {
+                    "dcerpc.ptype": PTYPE_RESPONSE,
+                    "dcerpc.call_id": event.call_id,
+                    "dcerpc.epm.interface": ep.interface.encode("ascii"),
+                    "dcerpc.epm.transport": ep.transport.encode("ascii"),
+                    "dcerpc.epm.port": ep.port,
+                },
+            )
+            for ep in event.endpoints
+        ]
     if isinstance(event, Bind):
         return [
             AppRecord(
@@ -492,6 +528,9 @@ register(
             "dcerpc.fragments": _I,
             "dcerpc.stub": _B,
             "dcerpc.bind.context_count": _I,
+            "dcerpc.epm.interface": _B,
+            "dcerpc.epm.transport": _B,
+            "dcerpc.epm.port": _I,
         },
         new_decoder=_new_decoder,
         probe=_probe,

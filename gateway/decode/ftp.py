@@ -5,7 +5,8 @@ letters, optionally a space and an argument, ended by CRLF; we accept verbs up t
 letters and bare LF) from the client, and replies (section 4.2: a 3-digit code, a space or, for
 the first line of a multi-line reply, a hyphen; the reply ends with the line that starts with the
 same code and a space) from the server. Telnet IAC sequences (RFC 854) that clients put before
-ABOR (RFC 959 section 4.1.3) are skipped.
+ABOR (RFC 959 section 4.1.3) are skipped. After AUTH TLS (RFC 4217) the adapter hands the
+stream over to the TLS decoder (`FtpAdapter`, gateway/decode/starttls.py).
 Guarantees:
 - only FtpDecodeError escapes (a client verb that is not letters, a server line without a reply
   code outside a multi-line reply), and after it the state is ERROR;
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
 from gateway.decode.registry import AppDecoder, AppProtocol, AppRecord, FieldKind, register
+from gateway.decode.starttls import starts_tls
 from gateway.errors import DecodeError
 from gateway.vocabulary import PROTO_TCP, Direction
 
@@ -169,16 +172,53 @@ class FtpDecoder:
         return Reply(code, line[4 : 4 + MAX_ARGUMENT_KEEP], 1, len(line), complete)
 
 
-class FtpAdapter:
-    """App-layer adapter: one record per command (to server) or reply (to client)."""
+# RFC 4217 section 4: AUTH with one of these mechanisms asks for TLS (TLS-C/TLS-P and SSL are
+# the draft's older names, still accepted by servers); the server agrees with 234.
+_AUTH_TLS: Final = frozenset({b"TLS", b"SSL", b"TLS-C", b"TLS-P"})
+REPLY_AUTH_OK: Final = 234
 
-    __slots__ = ("_decoder",)
+
+class FtpAdapter:
+    """App-layer adapter: one record per command (to server) or reply (to client), until AUTH
+    TLS: after the client's request (its side) or the server's 234 (its side), a TLS record at
+    a line boundary hands the stream over to TLS (registry.HandoverDecoder; the rule is the
+    one of gateway/decode/starttls.py)."""
+
+    __slots__ = ("_armed", "_decoder", "_moved", "handover")
 
     def __init__(self, client: bool) -> None:
         self._decoder = FtpDecoder(client)
+        self._armed = False  # this side of AUTH TLS happened: TLS may start at a line
+        self._moved = False  # handed over: later bytes are not FTP's
+        self.handover: tuple[str, bytes] | None = None
 
     def feed(self, data: bytes) -> list[AppRecord]:
-        return [AppRecord("ftp", event_fields(e)) for e in self._decoder.receive_data(data)]
+        decoder = self._decoder
+        if self._moved:
+            return []  # the stream is TLS from there on: nothing more for this decoder
+        if not self._armed and b"\n" not in data:
+            return self._records(decoder.receive_data(data))
+        out: list[AppRecord] = []
+        pos, size = 0, len(data)
+        while pos < size:  # line by line: the upgrade may come after any of them
+            at_line = not decoder._buf and decoder.state is State.LINES
+            if self._armed and at_line and starts_tls(data[pos]):
+                self.handover = ("tls", data[pos:])
+                self._moved = True
+                break
+            nl = data.find(b"\n", pos)
+            end = size if nl < 0 else nl + 1
+            out.extend(self._records(decoder.receive_data(data[pos:end])))
+            pos = end
+        return out
+
+    def _records(self, events: list[Event]) -> list[AppRecord]:
+        for event in events:
+            if isinstance(event, Command):
+                self._armed = event.verb == "AUTH" and event.argument.strip().upper() in _AUTH_TLS
+            else:
+                self._armed = event.code == REPLY_AUTH_OK
+        return [AppRecord("ftp", event_fields(e)) for e in events]
 
 
 def event_fields(event: Event) -> dict[str, int | bytes]:
@@ -222,6 +262,7 @@ register(
         },
         new_decoder=_new_decoder,
         probe=None,  # by port: the client speaks first only after the server's greeting
-        description="FTP control connection: commands and replies (RFC 959)",
+        hands_over=frozenset({"tls"}),  # AUTH TLS (RFC 4217)
+        description="FTP control connection: commands and replies (RFC 959), AUTH TLS",
     )
 )

@@ -63,6 +63,7 @@ __all__ = [
     "DerivingDecoder",
     "FieldKind",
     "FieldValue",
+    "HandoverDecoder",
     "Probe",
     "ProbeFunc",
     "RecoverableDecoder",
@@ -151,6 +152,17 @@ class MemoDecoder(Protocol):
     def at_boundary(self) -> bool: ...
 
 
+class HandoverDecoder(Protocol):
+    """A decoder whose stream may move to another protocol (STARTTLS): after a `feed`,
+    `handover` is (protocol name, the bytes of this feed that belong to it) once the move
+    happened; the app session then feeds those and every later byte to a decoder of that
+    protocol (gateway/decode/session.py)."""
+
+    handover: tuple[str, bytes] | None
+
+    def feed(self, data: bytes) -> list[AppRecord]: ...
+
+
 # (transport, direction) -> decoder for one flow direction
 DecoderFactory = Callable[[int, Direction], AppDecoder]
 ProbeFunc = Callable[[bytes, Direction], Probe]  # (first bytes, direction) -> Probe
@@ -176,6 +188,12 @@ class AppProtocol:
         direction whose first bytes `probe` recognises is inspected to the connection's end,
         not up to the stream depth (EngineConfig.http_whole_connection turns this off).
     memo: its decoders are MemoDecoders (see the module comment).
+    hands_over: protocols its decoders may hand the stream over to (STARTTLS: SMTP, IMAP,
+        POP3 and FTP to "tls"): such a decoder is a HandoverDecoder, and the rules that follow
+        those protocols follow this one too (gateway/match/follow.py).
+    elsewhere: for a protocol identified by port on its own `ports` (`probe` None, its bytes
+        having no magic), a stricter content probe for every other TCP port (DNS over TCP: a
+        plausible query after the length prefix), so that it is recognised where it moved.
     """
 
     name: str
@@ -190,6 +208,8 @@ class AppProtocol:
     whole_connection: bool = False
     memo: bool = False
     description: str = ""
+    elsewhere: ProbeFunc | None = None
+    hands_over: frozenset[str] = field(default_factory=frozenset)
 
 
 _REGISTRY: dict[str, AppProtocol] = {}
@@ -260,8 +280,10 @@ def identify(
 
     Returns (name, decided): (name, True) identified; (None, True) none of them (the app layer
     is "failed" for this direction); (None, False) undecided, call again with more bytes (the
-    caller gives up once it has MAX_PROBE_BYTES). Protocols without a probe are identified by
-    `server_port` being one of their ports. Never raises.
+    caller gives up once it has MAX_PROBE_BYTES). Candidates are tried in order: the first
+    whose probe says YES wins; a protocol without a probe is identified by `server_port` being
+    one of its ports (at once, unless an earlier candidate needs more bytes: then after every
+    probe said no), elsewhere by its `elsewhere` probe if it has one. Never raises.
     """
     undecided = False
     # Empty lines before an HTTP request line are skipped by the servers (RFC 9112 section
@@ -273,12 +295,18 @@ def identify(
         app = get(name)
         if app is None or transport not in app.transports or direction not in app.directions:
             continue
-        if app.probe is None:
-            if by_port is None and server_port in app.ports:
-                by_port = name
-            continue
+        probe = app.probe
+        if probe is None:
+            if server_port in app.ports or app.elsewhere is None or transport != PROTO_TCP:
+                if server_port in app.ports:
+                    if not undecided:
+                        return name, True  # by its port, before any later candidate
+                    if by_port is None:
+                        by_port = name
+                continue
+            probe = app.elsewhere
         try:
-            verdict = app.probe(head, direction)
+            verdict = probe(head, direction)
         except Exception:  # noqa: BLE001 (a plug-in probe must not break identification)
             verdict = Probe.NO
         if verdict is Probe.YES:

@@ -7,6 +7,12 @@ What it does:
   First the protocol is identified among `candidates` (the protocols the rules covering the
   flow judge) with `identify` (content probes, else the port); then the protocol's decoder is
   fed.
+- Hand-over: a decoder whose protocol `hands_over` (STARTTLS: SMTP, IMAP, POP3, FTP to TLS)
+  may say the stream moved (registry.HandoverDecoder): the bytes from there on go to a decoder
+  of the new protocol, in the same feed (`app_handovers`).
+- Rebinding: on TCP, `probed` holds the stream's first bytes from the feed that identified the
+  protocol until the engine takes them to switch the direction to the rules that follow that
+  protocol (gateway/match/follow.py); `protocol` names what was identified.
 - Memo: when the decoder is a MemoDecoder (its AppProtocol has `memo=True`, e.g. HTTP), a whole
   unit (e.g. a body-less request head) of at most MAX_MEMO_UNIT bytes whose records fired no rule
   is remembered exactly in the engine's `UnitMemo`, keyed by the unit's bytes, the flow's server
@@ -51,8 +57,10 @@ from gateway.decode import bundled  # noqa: F401 (registers the bundled app deco
 from gateway.decode.http import normalize_uri
 from gateway.decode.registry import (
     AppDecoder,
+    AppProtocol,
     AppRecord,
     DerivingDecoder,
+    HandoverDecoder,
     MemoDecoder,
     Probe,
     ProbeFunc,
@@ -98,6 +106,7 @@ class AppCounters(Protocol):
     app_recoveries: int  # decode errors after which the decoder resynchronised
     app_internal_errors: int
     app_unidentified: int
+    app_handovers: int  # directions handed over to another protocol (STARTTLS)
 
 
 class UnitMemo:
@@ -150,9 +159,11 @@ class AppSession:
         "_recoverable",
         "_server",
         "_stats",
+        "_switch",
         "_transport",
         "_unit",
         "pending",
+        "probed",
     )
 
     def __init__(
@@ -183,8 +194,17 @@ class AppSession:
         self._recoverable: RecoverableDecoder | None = None  # the decoder, when it can recover
         self._unit: MemoDecoder | None = None  # the decoder, when its units may be memoised
         self._deriving: DerivingDecoder | None = None  # the decoder, when it derives bytes
+        self._switch: HandoverDecoder | None = None  # the decoder, when it may hand over
         # the memo key of the records the last feed returned, when they may be memoised
         self.pending: MemoKey | None = None
+        # TCP: the stream's first bytes, from the feed that identified the protocol until the
+        # engine takes them (to rescan them with the rules of that protocol, match/follow.py)
+        self.probed: bytes | None = None
+
+    @property
+    def protocol(self) -> str:
+        """The identified protocol's name ("" while undecided, or when none was found)."""
+        return self._app
 
     def feed(self, data: bytes) -> Sequence[AppRecord] | None:
         """The records `data` completes (empty while undecided, or when the memo answers), or
@@ -211,15 +231,9 @@ class AppSession:
             if protocol is None:
                 stats.app_unidentified += 1
                 return None
-            decoder = self._decoder = protocol.new_decoder(transport, self._direction)
-            self._app = protocol.name
-            self._anomaly = anomaly_field(protocol.name)
-            if hasattr(decoder, "recover"):
-                self._recoverable = cast(RecoverableDecoder, decoder)
-            if hasattr(decoder, "take_derived"):
-                self._deriving = cast(DerivingDecoder, decoder)
-            if protocol.memo and self._memo.limit:
-                self._unit = cast(MemoDecoder, decoder)
+            decoder = self._use(protocol)
+            if transport == PROTO_TCP:
+                self.probed = self._buf
             self._buf = b""
         key: MemoKey | None = None
         unit = self._unit
@@ -244,10 +258,62 @@ class AppSession:
         recoverable = self._recoverable
         if recoverable is not None and recoverable.refused is not None:
             return self._recover(recoverable, records)
+        switch = self._switch
+        if switch is not None and switch.handover is not None:
+            return self._hand_over(switch, records)
         if records:
             stats.app_records += len(records)
             self.pending = key if key is not None and len(records) == 1 else None
         return records
+
+    def _use(self, protocol: AppProtocol) -> AppDecoder:
+        """Decode the direction as `protocol` from now on: its decoder, and what it can do."""
+        decoder = self._decoder = protocol.new_decoder(self._transport, self._direction)
+        self._app = protocol.name
+        self._anomaly = anomaly_field(protocol.name)
+        self._recoverable = (
+            cast(RecoverableDecoder, decoder) if hasattr(decoder, "recover") else None
+        )
+        self._unit = cast(MemoDecoder, decoder) if protocol.memo and self._memo.limit else None
+        self._switch = cast(HandoverDecoder, decoder) if protocol.hands_over else None
+        self._deriving = (
+            cast(DerivingDecoder, decoder) if hasattr(decoder, "take_derived") else None
+        )
+        return decoder
+
+    def _hand_over(
+        self, decoder: HandoverDecoder, records: Sequence[AppRecord]
+    ) -> Sequence[AppRecord]:
+        """The stream moved to another protocol (STARTTLS, registry.HandoverDecoder): the
+        records before the move, then what the new protocol's decoder makes of the bytes of
+        this feed that are its own. A protocol the registry does not know ends the app layer
+        (raw stream rules go on)."""
+        move = decoder.handover
+        assert move is not None
+        decoder.handover = None
+        name, rest = move
+        out = list(records)
+        self.pending = None
+        self._stats.app_records += len(out)
+        protocol = get(name)
+        if protocol is None or name not in (self._app_protocol().hands_over):
+            self._stats.app_unidentified += 1
+            self._end()
+            return out
+        self._use(protocol)
+        self._stats.app_handovers += 1
+        if rest:
+            more = self.feed(rest)
+            if more is None:
+                self._end()
+            else:
+                out.extend(more)
+        return out
+
+    def _app_protocol(self) -> AppProtocol:
+        protocol = get(self._app)
+        assert protocol is not None
+        return protocol
 
     def _recover(
         self, decoder: RecoverableDecoder, records: Sequence[AppRecord]
@@ -304,6 +370,7 @@ class AppSession:
         self._unit = None
         self._recoverable = None
         self._deriving = None
+        self._switch = None
         self._over = True
 
     def take_derived(self) -> bytes:

@@ -270,6 +270,7 @@ def _render_family(
     )
     protocols = PROTOCOLS if config.firewall.queue_udp else ("tcp",)
     uses_tcp = False
+    every_port = _every_tcp_port(config, port_sets)
     for direction, chain, side, dir_depth, dir_bit in dir_specs:
         if dir_depth <= 0:
             continue
@@ -279,8 +280,12 @@ def _render_family(
             target = tcp if proto == "tcp" else queue
             uses_tcp |= proto == "tcp"
             set_name = port_sets[(proto, direction)]
+            if proto == "tcp" and every_port is not None:
+                body.extend(_every_port_lines(chain, side, set_name, every_port, direction, tcp))
+                continue
             body.append(f"-A {chain} -p {proto} -m set --match-set {set_name} {side} -j {target}")
-        if direction is Direction.TO_SERVER and any_port_set:
+        # (with every_port, each TCP port is queued already: the any-port hosts with it)
+        if direction is Direction.TO_SERVER and any_port_set and every_port is None:
             # hosts whose app control looks at every TCP port (identification by content)
             uses_tcp = True
             body.append(f"-A {chain} -p tcp -m set --match-set {any_port_set} dst -j {tcp}")
@@ -343,6 +348,33 @@ def _render_family(
     lines.extend(rules)
     lines.append("COMMIT")
     return "\n".join(lines) + "\n", chains
+
+
+def _every_tcp_port(
+    config: GatewayConfig, port_sets: dict[tuple[str, Direction], str]
+) -> str | None:
+    """With `engine.identify_any_port`: the port set of the TCP ports listed to the server,
+    whose responses keep their own test; None when the option is off."""
+    if not config.engine.identify_any_port:
+        return None
+    return port_sets[("tcp", Direction.TO_SERVER)]
+
+
+def _every_port_lines(
+    chain: str, side: str, set_name: str, listed: str, direction: Direction, tcp: str
+) -> list[str]:
+    """Protocols identified on any port (engine.identify_any_port, gateway/match/follow.py):
+    every TCP port of the protected hosts is queued to the server, the engine bypasses a
+    connection once it finds no protocol with rules there. Responses: the ports rules read
+    them on as before; listed ports whose responses no rule reads stay unqueued (the common
+    ports cost what they did); every other port's until identification."""
+    if direction is Direction.TO_SERVER:
+        return [f"-A {chain} -p tcp -j {tcp}"]
+    return [
+        f"-A {chain} -p tcp -m set --match-set {set_name} {side} -j {tcp}",
+        f"-A {chain} -p tcp -m set --match-set {listed} {side} -j RETURN",
+        f"-A {chain} -p tcp -j {tcp}",
+    ]
 
 
 def _port_spec(ports: Iterable[int]) -> list[str]:

@@ -524,7 +524,7 @@ class RuleLoader:
     def _build(self) -> None:
         try:
             ruleset = load_rules(rule_paths(self._config))
-            self._result = (ruleset, Matcher(ruleset))
+            self._result = (ruleset, Matcher(ruleset, self._config.engine.identify_any_port))
         except BaseException as err:  # noqa: BLE001 - reported by poll in the main thread
             self._result = err
 

@@ -7,6 +7,11 @@ What it does: compiles a RuleSet into Hyperscan databases and scans bytes with t
   scans the patterns of rules covering its server port. (The alternative, one database per
   (protocol, direction) and filtering matches by port afterwards, scans every rule's patterns
   on every flow; with few distinct port sets per-group databases are never slower.)
+- Rules follow their protocol (gateway/match/follow.py, unless built with follow=False): a
+  listed TCP port's group also holds the followers of the protocols expected there, and each
+  TCP group knows, per direction, the group to switch to when another protocol is identified
+  (`MatchGroup.follow`, `MatchGroup.identify`; `unlisted(d)`: the group of a port no rule
+  lists). `rebind_stream` moves a flow direction's stream to such a group.
 - TCP: HS_MODE_STREAM; one Hyperscan stream per flow direction (`StreamState`), so a pattern
   split across any number of segments is found without buffering. Every pattern is compiled
   with HS_FLAG_SINGLEMATCH; a rule fires once per stream, when ALL its patterns have matched in
@@ -39,6 +44,7 @@ from gateway.decode import registry as app_registry
 from gateway.errors import RuleError
 from gateway.match.conditions import evaluate, fields_of, matches_of, required_match
 from gateway.match.expressions import literal_flags, literal_regex, regex_flags
+from gateway.match.follow import expected_protocols, follow_sets, relocatable
 from gateway.match.rules import ANY_PORT, Rule, RuleSet
 from gateway.vocabulary import PROTO_TCP, Direction
 
@@ -137,6 +143,8 @@ class MatchGroup:
         "app_candidates",
         "apps",
         "database",
+        "follow",
+        "identify",
         "rule_indices",
         "scratch",
         "stream_bytes",
@@ -163,6 +171,11 @@ class MatchGroup:
                 if cand not in candidates:
                     candidates.append(cand)
         self.app_candidates = tuple(candidates)
+        # per direction (TCP, filled by the Matcher): relocatable protocol -> the group a flow
+        # direction switches to once it is identified as that protocol (gateway/match/
+        # follow.py), and the protocols to try identifying (own apps first)
+        self.follow: list[dict[str, MatchGroup]] = [{}, {}]
+        self.identify: list[tuple[str, ...] | None] = [None, None]
 
 
 class StreamState:
@@ -195,21 +208,30 @@ class Matcher:
 
     __slots__ = (
         "_any_port_rules",
+        "_app_built",
+        "_built",
         "_covered",
+        "_db_bytes",
+        "_field_dbs",
         "_full_mask",
         "_groups",
         "_pattern_bit",
         "_pattern_rule",
         "_rule_pids",
         "_rules",
+        "_unlisted",
+        "follow",
         "ruleset",
         "stats",
         "streams_open",
     )
 
-    def __init__(self, ruleset: RuleSet) -> None:
+    def __init__(self, ruleset: RuleSet, follow: bool = True) -> None:
+        """`follow`: rules follow their protocol (gateway/match/follow.py; the engine's
+        `identify_any_port`); False: a rule applies on the ports it lists only."""
         started = time.perf_counter()
         self.ruleset = ruleset
+        self.follow = follow
         self._rules: tuple[Rule, ...] = ruleset.rules
         self._pattern_rule: list[int] = []
         self._pattern_bit: list[int] = []
@@ -244,73 +266,138 @@ class Matcher:
                     any_port.setdefault((rule.proto_number, d), []).append(ri)
                 for port in rule.ports:
                     coverage.setdefault((rule.proto_number, d, port), []).append(ri)
-        for (proto, d, _port), indices in coverage.items():
-            extra = any_port.get((proto, d))
+        # rules follow their protocol (gateway/match/follow.py): on a listed TCP port, the
+        # followers of the protocols expected there join the port's group
+        followers = follow_sets(self._rules) if follow else {}
+        for (proto, d, port), indices in coverage.items():
+            if proto != PROTO_TCP or not followers:
+                continue
+            listing = (self._rules[ri] for ri in indices)
+            extra: set[int] = set()
+            for name in expected_protocols(port, listing):
+                extra |= followers.get((name, d), frozenset())
             if extra:
-                indices[:] = sorted(set(indices) | set(extra))
+                indices[:] = sorted(set(indices) | extra)
+        for (proto, d, _port), indices in coverage.items():
+            more = any_port.get((proto, d))
+            if more:
+                indices[:] = sorted(set(indices) | set(more))
         for (proto, d), indices in any_port.items():
             coverage[(proto, d, ANY_PORT)] = indices
         self._any_port_rules = {
             key: tuple(self._rules[i] for i in indices) for key, indices in any_port.items()
         }
-        built: dict[tuple[int, tuple[int, ...]], MatchGroup] = {}
-        app_built: dict[tuple[str, tuple[int, ...]], AppGroup] = {}
-        field_dbs = 0
+        self._built: dict[tuple[int, tuple[int, ...]], MatchGroup] = {}
+        self._app_built: dict[tuple[str, tuple[int, ...]], AppGroup] = {}
+        self._db_bytes = 0
+        self._field_dbs = 0
         self._groups: dict[tuple[int, Direction, int], MatchGroup] = {}
         self._covered: set[tuple[int, int]] = set()
-        db_bytes = 0
         for key, indices in coverage.items():
             proto = key[0]
-            ident = (proto, tuple(indices))
-            group = built.get(ident)
-            if group is None:
-                stream_mode = proto == PROTO_TCP
-                ids = [pid for ri in indices for pid in pattern_ids[ri]]
-                db: hyperscan.Database | None = None
-                if ids:
-                    db = hyperscan.Database(
-                        mode=hyperscan.HS_MODE_STREAM if stream_mode else hyperscan.HS_MODE_BLOCK
-                    )
-                    try:
-                        db.compile(
-                            expressions=[exprs[i] for i in ids],
-                            ids=ids,
-                            flags=[flags[i] for i in ids],
-                        )
-                    except hyperscan.error as err:
-                        names = ", ".join(
-                            f"{self._rules[ri].id} ({self._rules[ri].path})" for ri in indices
-                        )
-                        raise RuleError(
-                            f"Hyperscan could not compile rules {names}: {err}"
-                        ) from err
-                    db_bytes += db.size()
-                by_app: dict[str, list[int]] = {}
-                for ri in indices:
-                    if self._rules[ri].conditions is not None:
-                        by_app.setdefault(self._rules[ri].app, []).append(ri)
-                apps = {}
-                for name, app_indices in by_app.items():
-                    app_ident = (name, tuple(app_indices))
-                    app_group = app_built.get(app_ident)
-                    if app_group is None:
-                        app_group = AppGroup(name, self._rules, tuple(app_indices))
-                        app_built[app_ident] = app_group
-                        db_bytes += app_group.database_bytes()
-                        field_dbs += len(app_group.field_dbs)
-                    apps[name] = app_group
-                group = MatchGroup(tuple(indices), db, stream_mode, apps)
-                built[ident] = group
-            self._groups[key] = group
+            self._groups[key] = self._group_of(proto, tuple(indices), pattern_ids, exprs, flags)
             if key[2] != ANY_PORT:
                 self._covered.add((proto, key[2]))
+        # a TCP port no rule lists: the `ports: any` rules, else no rule, until identified
+        self._unlisted = tuple(
+            self._groups.get((PROTO_TCP, d, ANY_PORT))
+            or self._group_of(PROTO_TCP, (), pattern_ids, exprs, flags)
+            for d in Direction
+        )
+        for (proto, d, _port), group in [*self._groups.items()] if follow else []:
+            if proto == PROTO_TCP:
+                self._link(group, d, followers, pattern_ids, exprs, flags)
+        for d in Direction if follow else ():
+            self._link(self._unlisted[d], d, followers, pattern_ids, exprs, flags)
         self.stats = MatcherStats(
-            databases=sum(1 for g in built.values() if g.database is not None) + field_dbs,
-            database_bytes=db_bytes,
+            databases=sum(1 for g in self._built.values() if g.database is not None)
+            + self._field_dbs,
+            database_bytes=self._db_bytes,
             patterns=len(exprs),
             compile_seconds=time.perf_counter() - started,
         )
         self.streams_open = 0
+
+    def _group_of(
+        self,
+        proto: int,
+        indices: tuple[int, ...],
+        pattern_ids: list[list[int]],
+        exprs: list[bytes],
+        flags: list[int],
+    ) -> MatchGroup:
+        """The group of rules `indices` (built once per (proto, indices), then shared)."""
+        ident = (proto, indices)
+        group = self._built.get(ident)
+        if group is not None:
+            return group
+        stream_mode = proto == PROTO_TCP
+        ids = [pid for ri in indices for pid in pattern_ids[ri]]
+        db: hyperscan.Database | None = None
+        if ids:
+            db = hyperscan.Database(
+                mode=hyperscan.HS_MODE_STREAM if stream_mode else hyperscan.HS_MODE_BLOCK
+            )
+            try:
+                db.compile(
+                    expressions=[exprs[i] for i in ids], ids=ids, flags=[flags[i] for i in ids]
+                )
+            except hyperscan.error as err:
+                names = ", ".join(
+                    f"{self._rules[ri].id} ({self._rules[ri].path})" for ri in indices
+                )
+                raise RuleError(f"Hyperscan could not compile rules {names}: {err}") from err
+            self._db_bytes += db.size()
+        by_app: dict[str, list[int]] = {}
+        for ri in indices:
+            if self._rules[ri].conditions is not None:
+                by_app.setdefault(self._rules[ri].app, []).append(ri)
+        apps = {}
+        for name, app_indices in by_app.items():
+            app_ident = (name, tuple(app_indices))
+            app_group = self._app_built.get(app_ident)
+            if app_group is None:
+                app_group = AppGroup(name, self._rules, tuple(app_indices))
+                self._app_built[app_ident] = app_group
+                self._db_bytes += app_group.database_bytes()
+                self._field_dbs += len(app_group.field_dbs)
+            apps[name] = app_group
+        group = MatchGroup(indices, db, stream_mode, apps)
+        self._built[ident] = group
+        return group
+
+    def _link(
+        self,
+        group: MatchGroup,
+        d: Direction,
+        follow: dict[tuple[str, Direction], frozenset[int]],
+        pattern_ids: list[list[int]],
+        exprs: list[bytes],
+        flags: list[int],
+    ) -> None:
+        """Fill `group.follow[d]` and `group.identify[d]`: for each relocatable protocol
+        whose followers are not all in the group already, the group it switches to once
+        identified; the candidates are the group's own apps, then those protocols."""
+        if group.identify[d] is not None:
+            return  # linked already (groups are shared between ports and directions)
+        switch: dict[str, MatchGroup] = {}
+        have = set(group.rule_indices)
+        for name in relocatable(d):
+            extra = follow.get((name, d), frozenset())
+            if extra <= have:
+                continue
+            indices = tuple(sorted(have | extra))
+            switch[name] = self._group_of(PROTO_TCP, indices, pattern_ids, exprs, flags)
+        group.follow[d] = switch
+        group.identify[d] = (
+            *group.app_candidates,
+            *(name for name in switch if name not in group.app_candidates),
+        )
+
+    def unlisted(self, direction: Direction) -> MatchGroup:
+        """The group of a TCP port no rule lists (the `ports: any` rules, or none): its flows
+        are inspected only until identification finds a protocol with rules (`follow`)."""
+        return self._unlisted[direction]
 
     def group(self, proto: int, direction: Direction, server_port: int) -> MatchGroup | None:
         """The compiled group for (proto, direction, server port): the port's own,
@@ -369,6 +456,25 @@ class Matcher:
         new.ends = {p: e for p, e in state.ends.items() if pattern_rule[p] not in dropped}
         self.close_stream(state)
         return new, self.scan_stream(new, data[start:])
+
+    def rebind_stream(
+        self, state: StreamState | None, group: MatchGroup, data: bytes
+    ) -> tuple[StreamState | None, tuple[Rule, ...]]:
+        """Move a flow direction whose stream so far is `data` (all of it, from offset 0)
+        to `group`, a superset of its group's rules (gateway/match/follow.py): a new stream
+        of `group` scans `data` again, keeping the patterns `state` had matched, so a rule
+        already fired does not fire again. Returns (the new state, or None when `group` has
+        no raw patterns; the rules the rescan completed); `state` is closed."""
+        if group.database is None:
+            if state is not None:
+                self.close_stream(state)
+            return None, NO_RULES
+        new = self.open_stream(group)
+        if state is not None:
+            new.masks = dict(state.masks)
+            new.ends = dict(state.ends)
+            self.close_stream(state)
+        return new, self.scan_stream(new, data)
 
     def close_stream(self, state: StreamState) -> None:
         """Free the stream's Hyperscan state; idempotent. Matches at close are ignored."""

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.decode import bundled, dcerpc, dns, ftp, http, mssql, rdp, registry, smb, tls  # noqa: F401
+from gateway.decode import bundled, dcerpc, dns, epm, ftp, http, mssql, rdp, registry, smb, tls  # noqa: F401
 from gateway.decode.packet import parse_frame
 from gateway.decode.registry import AppRecord, FieldKind
 from gateway.errors import CaptureError, DecodeError
@@ -235,6 +235,20 @@ DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 MAX_SEED = 4096  # bytes of a table case that hypothesis mutates
 BOTH = frozenset({Direction.TO_SERVER, Direction.TO_CLIENT})
 
+_NETLOGON = "12345678-1234-abcd-ef00-01234567cffb"
+
+
+def _response(stub: bytes) -> bytes:
+    """A one-fragment DCE/RPC RESPONSE (C706 12.6.4.10) carrying `stub`."""
+    body = len(stub).to_bytes(4, "little") + b"\0" * 4 + stub
+    return (
+        bytes.fromhex("05000203")
+        + b"\x10\0\0\0"
+        + (16 + len(body)).to_bytes(2, "little")
+        + (b"\0\0" + (2).to_bytes(4, "little") + body)
+    )
+
+
 # Messages of declared fields that neither the rules' samples nor tests/data carry (see
 # test_table_reaches_every_declared_field): an RDP Connection Confirm (MS-RDPBCGR 2.2.1.2,
 # RDP_NEG_RSP, then RDP_NEG_FAILURE), an X.224 Disconnect Request (X.224 13.5), an SMB3
@@ -243,6 +257,14 @@ FIELD_SEEDS = {
     "rdp confirm": bytes.fromhex("030000130ed000001234000200080002000000"),
     "rdp confirm failure": bytes.fromhex("030000130ed000001234000300080005000000"),
     "rdp disconnect": bytes.fromhex("0300000b06800000000000"),
+    # an endpoint mapper's ept_map answer (gateway/decode/epm.py): Netlogon on TCP 49667
+    "epm map response": _response(
+        epm.build_map_response([epm.Endpoint(_NETLOGON, 1, "tcp", 49667)])
+    ),
+    # STARTTLS exchanges (gateway/decode/starttls.py), client and server lines
+    "smtp": b"EHLO a\r\nSTARTTLS\r\n220 2.0.0 go\r\n",
+    "imap": b"a1 STARTTLS\r\n* OK ready\r\na1 OK go\r\n",
+    "pop3": b"STLS\r\n+OK go\r\n",
     "smb3 transform": bytes.fromhex("00000034fd534d42")
     + bytes(32)  # signature, nonce
     + (4096).to_bytes(4, "little")

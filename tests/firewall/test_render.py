@@ -52,15 +52,20 @@ def test_nothing_queued_without_covered_ports_but_the_port_sets_are_ready() -> N
     # A rule reload may bring ports (refresh.py refills the sets): the rules exist, the port
     # sets are empty, so nothing is queued until then.
     r = _render("protected_hosts: [198.18.0.20]\n", QueuePlan())
-    assert "--match-set vpatch-tcp-srv dst" in r.ipv4
+    assert "--match-set vpatch-udp-srv dst" in r.ipv4
+    listed_only = "protected_hosts: [198.18.0.20]\nengine: {identify_any_port: false}\n"
+    assert "--match-set vpatch-tcp-srv dst" in _render(listed_only, QueuePlan()).ipv4
     for name in ("vpatch-tcp-srv", "vpatch-tcp-cli", "vpatch-udp-srv", "vpatch-udp-cli"):
         assert f"create {name} bitmap:port range 0-65535" in r.ipset and name in r.sets
         assert not any(line.startswith(f"add {name} ") for line in r.ipset.splitlines())
 
 
+LISTED_ONLY = "engine: {identify_any_port: false}\n"
+
+
 def test_only_covered_ports_and_protected_hosts() -> None:
     plan = QueuePlan(tcp_to_server=frozenset({80, 445}), udp_to_server=frozenset({53}))
-    r = _render("protected_hosts: [198.18.0.20, 198.18.5.0/24]\n", plan)
+    r = _render(LISTED_ONLY + "protected_hosts: [198.18.0.20, 198.18.5.0/24]\n", plan)
     assert "add vpatch-tcp-srv 80\nadd vpatch-tcp-srv 445\n" in r.ipset
     assert "add vpatch-udp-srv 53" in r.ipset
     assert "add vpatch-hosts4 198.18.0.20/32" in r.ipset
@@ -82,7 +87,8 @@ def test_to_client_only_when_a_rule_and_depth_ask_for_it() -> None:
     without = _render("protected_hosts: [198.18.0.20]\nstream_depth: {to_client: 0}\n", plan)
     assert "VPATCH-TO-CLIENT" not in without.ipv4
     with_depth = _render(
-        "protected_hosts: [198.18.0.20]\nstream_depth: {to_server: 1000, to_client: 5000}\n",
+        LISTED_ONLY
+        + "protected_hosts: [198.18.0.20]\nstream_depth: {to_server: 1000, to_client: 5000}\n",
         plan,
     )
     rules = _rules(with_depth.ipv4)
@@ -241,9 +247,43 @@ def test_plan_from_ruleset(repo_root: object) -> None:
     assert plan.tcp_to_client == frozenset() and plan.udp_to_server == frozenset()
 
 
+def test_identify_any_port_queues_every_tcp_port_and_keeps_listed_responses_out() -> None:
+    """engine.identify_any_port (the default): every TCP port of a protected host is queued
+    to the server (the engine bypasses what it finds no rules for); responses: the ports
+    whose responses rules read, and the ports no rule lists, but not port 80, listed only to
+    the server, whose responses were never queued (the common port costs what it did)."""
+    plan = QueuePlan(
+        tcp_to_server=frozenset({80, 443}),
+        tcp_to_client=frozenset({443}),
+        udp_to_server=frozenset({53}),
+    )
+    r = _render("protected_hosts: [198.18.0.20]\n", plan)
+    rules = _rules(r.ipv4)
+    srv = [x for x in rules if x.startswith("-A VPATCH-TO-SERVER")]
+    assert srv[1:] == [
+        "-A VPATCH-TO-SERVER -p tcp -j VPATCH-TCP-DATA",
+        "-A VPATCH-TO-SERVER -p udp -m set --match-set vpatch-udp-srv dst -j VPATCH-QUEUE",
+    ]
+    cli = [x for x in rules if x.startswith("-A VPATCH-TO-CLIENT")]
+    assert cli[1:] == [
+        "-A VPATCH-TO-CLIENT -p tcp -m set --match-set vpatch-tcp-cli src -j VPATCH-TCP-DATA",
+        "-A VPATCH-TO-CLIENT -p tcp -m set --match-set vpatch-tcp-srv src -j RETURN",
+        "-A VPATCH-TO-CLIENT -p tcp -j VPATCH-TCP-DATA",
+        "-A VPATCH-TO-CLIENT -p udp -m set --match-set vpatch-udp-cli src -j VPATCH-QUEUE",
+    ]
+    # the any-port host sets still exist (a reload refills them) but need no rule of their own
+    assert "vpatch-anyport4" in r.sets and "vpatch-anyport4" not in r.ipv4
+    # no response rule at all: the same rules (a rule reload only refills sets), the response
+    # port set empty: listed ports' responses stay unqueued, unlisted ones until identified
+    only_requests = _render("protected_hosts: [198.18.0.20]\n")
+    assert [x for x in _rules(only_requests.ipv4) if x.startswith("-A VPATCH-TO-CLIENT")] == cli
+    assert not any(x.startswith("add vpatch-tcp-cli") for x in only_requests.ipset.splitlines())
+
+
 def test_any_port_rule_queues_every_port() -> None:
     plan = QueuePlan(tcp_to_server=frozenset({ANY_PORT, 80}))
-    r = _render("protected_hosts: [198.18.0.20]\n", plan)
+    listed_only = "protected_hosts: [198.18.0.20]\nengine: {identify_any_port: false}\n"
+    r = _render(listed_only, plan)
     srv = [x for x in _rules(r.ipv4) if x.startswith("-A VPATCH-TO-SERVER")]
     assert (
         "-A VPATCH-TO-SERVER -p tcp -m set --match-set vpatch-tcp-srv dst -j VPATCH-TCP-DATA" in srv
@@ -253,7 +293,7 @@ def test_any_port_rule_queues_every_port() -> None:
 
 
 def test_any_port_hosts_fill_their_own_set() -> None:
-    config = parse_config("protected_hosts: [198.18.0.0/24, 2001:2::/64]\n")
+    config = parse_config(LISTED_ONLY + "protected_hosts: [198.18.0.0/24, 2001:2::/64]\n")
     hosts = [ipaddress.ip_network("198.18.0.20/32"), ipaddress.ip_network("2001:2::20/128")]
     r = render(config, HTTP_ONLY, any_port_hosts=hosts)
     assert {"vpatch-anyport4", "vpatch-anyport6"} <= set(r.sets)

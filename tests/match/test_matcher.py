@@ -115,19 +115,48 @@ def test_port_filtering_and_grouping() -> None:
     m = Matcher(
         RuleSet(
             [
-                rule(1, content(b"one"), ports=(80, 8080)),
-                rule(2, content(b"two"), ports=(8080,)),
+                rule(1, content(b"one"), ports=(4000, 4001)),
+                rule(2, content(b"two"), ports=(4001,)),
                 rule(3, content(b"three"), ports=(53,), protocol="udp"),
             ]
         )
     )
-    assert m.covers(6, 80) and m.covers(6, 8080) and m.covers(17, 53)
-    assert not m.covers(6, 443) and not m.covers(6, 53) and not m.covers(17, 80)
+    assert m.covers(6, 4000) and m.covers(6, 4001) and m.covers(17, 53)
+    assert not m.covers(6, 443) and not m.covers(6, 53) and not m.covers(17, 4000)
     assert m.group(6, Direction.TO_SERVER, 443) is None
-    assert scan_chunks(m, [b"one two"], port=80) == [{1}]
-    assert scan_chunks(m, [b"one two"], port=8080) == [{1, 2}]
-    # 80 and 8080 cover different rule sets: two TCP databases plus one UDP database
+    assert scan_chunks(m, [b"one two"], port=4000) == [{1}]
+    assert scan_chunks(m, [b"one two"], port=4001) == [{1, 2}]
+    # 4000 and 4001 cover different rule sets: two TCP databases plus one UDP database
     assert m.stats.databases == 3
+
+
+def test_raw_rules_follow_the_protocol_of_their_port() -> None:
+    """A raw rule listing a well-known HTTP port (8080) follows HTTP: it joins the group of
+    every port where HTTP is expected (80), and is what a flow switches to once identified as
+    HTTP on a port no rule lists (gateway/match/follow.py)."""
+    m = Matcher(
+        RuleSet(
+            [
+                rule(1, content(b"one"), ports=(80, 8080)),
+                rule(2, content(b"two"), ports=(8080,)),
+                rule(3, content(b"four"), ports=(4000,)),
+            ]
+        )
+    )
+    assert scan_chunks(m, [b"one two four"], port=80) == [{1, 2}]
+    base = m.unlisted(Direction.TO_SERVER)
+    assert base.database is None and base.identify[Direction.TO_SERVER][0] == "http"
+    http = base.follow[Direction.TO_SERVER]["http"]
+    assert {m.ruleset.rules[i].id for i in http.rule_indices} == {1, 2}
+    # port 4000 expects nothing: HTTP found there brings the HTTP followers in
+    port_4000 = m.group(6, Direction.TO_SERVER, 4000)
+    assert port_4000 is not None
+    moved = port_4000.follow[Direction.TO_SERVER]["http"]
+    assert {m.ruleset.rules[i].id for i in moved.rule_indices} == {1, 2, 3}
+    # follow=False (engine.identify_any_port off): a rule applies on its own ports only
+    listed = Matcher(m.ruleset, follow=False)
+    assert scan_chunks(listed, [b"one two four"], port=80) == [{1}]
+    assert listed.unlisted(Direction.TO_SERVER).follow[Direction.TO_SERVER] == {}
 
 
 def test_same_port_set_shares_one_database() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.engine import Engine
+from gateway.engine_config import EngineConfig
 from gateway.errors import ConfigError
 from gateway.lifecycle.state import LifecycleStore
 from gateway.match.rules import load_rules
@@ -128,8 +129,11 @@ def test_http_on_any_port_but_the_allowed_ones() -> None:
     controls = parse_host_controls([("198.18.0.21", "refuse-smb1")])
     other = Engine(rules, policy=CompiledPolicy(app_controls=controls))
     assert http_events(other, 5000, REQUEST, 40004) == []
-    # no policy naming an any-port rule: flows on unnamed ports are not inspected at all
-    assert other.stats.flows_inspected == 0
+    # no policy naming an any-port rule, and no identification on any port: flows on unnamed
+    # ports are not inspected at all (with it, the default, they are until identified)
+    off = Engine(rules, EngineConfig(identify_any_port=False), policy=other.policy)
+    assert http_events(off, 5000, REQUEST, 40005) == [] and off.stats.flows_inspected == 0
+    assert other.stats.flows_inspected == 1
     matcher = Engine(rules).matcher
     assert matcher.covers(6, 5000) is False and matcher.covers(6, 445) is True
     in_group = {rules.rules[i].id for i in matcher.group(6, 0, 445).rule_indices}  # type: ignore[union-attr]
