@@ -41,10 +41,16 @@ patterns:
 
 
 @contextmanager
-def vpatch_run(lab: Any, tmp_path: Path, **overrides: Any) -> Iterator[RunningGateway]:
+def vpatch_run(
+    lab: Any, tmp_path: Path, server_rule: bool = True, **overrides: Any
+) -> Iterator[RunningGateway]:
+    """`vpatch run` with the self-test rule (port 80) and, unless `server_rule` is False, the
+    8080 marker rule, which follows HTTP to port 80 too (engine.identify_any_port): tests that
+    count one event per block on port 80 leave it out."""
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir(exist_ok=True)
-    (rules_dir / "inline-test-8080.yaml").write_text(SERVER_RULE)
+    if server_rule:
+        (rules_dir / "inline-test-8080.yaml").write_text(SERVER_RULE)
     cfg: dict[str, Any] = {
         "protected_hosts": [lab.server_addr, lab.server_addr6],
         "rules": [str(REPO / "rules" / "vpatch-test-split.yaml"), str(rules_dir)],
@@ -220,7 +226,7 @@ def test_h2c_prior_knowledge_exploit_is_reset(lab: Any, tmp_path: Path) -> None:
     """A real HTTP/2 client (curl with nghttp2, prior knowledge) whose header value holds the
     marker, HPACK-coded (Huffman) so that no raw byte of it is on the wire: the gateway decodes
     the h2c request, the raw-pattern rule fires on it and the connection is reset."""
-    with vpatch_run(lab, tmp_path) as gw:
+    with vpatch_run(lab, tmp_path, server_rule=False) as gw:
         curl = ["curl", "-s", "-m", "5", "--http2-prior-knowledge", "-o", "/dev/null"]
         headers = ["-H", f"X-Test: {MARKER.decode()}"]
         r = in_ns(lab.client_ns, [*curl, *headers, f"http://{lab.server_addr}/"], timeout=15)

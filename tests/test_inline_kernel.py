@@ -111,7 +111,7 @@ def wait_events(gw: Any, n: int, timeout: float = 10) -> list[dict[str, Any]]:
 
 
 def test_blocked_request_does_not_poison_the_client_port(lab: Any, tmp_path: Path) -> None:
-    with vpatch_run(lab, tmp_path) as gw:
+    with vpatch_run(lab, tmp_path, server_rule=False) as gw:
         results = [res for _, res in same_port(lab, 41301, "x", "ok", "ok", "x", "ok")]
         assert results[0] == "RESET", results
         assert results[1].startswith("DATA HTTP/1.1 200"), results
@@ -130,7 +130,7 @@ def test_dropped_request_does_not_poison_the_client_port(lab: Any, tmp_path: Pat
     and its next connection from the same port must still get through and be inspected."""
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "inline-test-drop.yaml").write_text(DROP_RULE)
-    with vpatch_run(lab, tmp_path) as gw:
+    with vpatch_run(lab, tmp_path, server_rule=False) as gw:
         results = [res for _, res in same_port(lab, 41350, "d", "ok", "d", "ok", "x", "ok")]
         assert results[0].startswith("ERROR"), results  # timed out: dropped
         assert results[1].startswith("DATA HTTP/1.1 200"), results
@@ -144,7 +144,7 @@ def test_dropped_request_does_not_poison_the_client_port(lab: Any, tmp_path: Pat
 
 def test_storm_of_blocks_on_reused_ports(lab: Any, tmp_path: Path) -> None:
     """500 exploits from 8 client ports, each followed by a benign request from its port."""
-    with vpatch_run(lab, tmp_path) as gw:
+    with vpatch_run(lab, tmp_path, server_rule=False) as gw:
         results = same_port(lab, 41400, "x", "ok", ports=8, rounds=63)
         blocked = [res for kind, res in results if kind == "x"]
         benign = [res for kind, res in results if kind == "ok"]
@@ -209,7 +209,9 @@ def test_flows_from_one_address_spread_over_the_queues(
 
 def test_a_killed_worker_is_replaced_and_its_counters_kept(lab: Any, tmp_path: Path) -> None:
     queues = {"first": 0, "count": 1}
-    with vpatch_run(lab, tmp_path, queues=queues, workers={"restart_delay": 0}) as gw:
+    with vpatch_run(
+        lab, tmp_path, server_rule=False, queues=queues, workers={"restart_delay": 0}
+    ) as gw:
         assert same_port(lab, 41700, "x", "ok")[1][1].startswith("DATA HTTP/1.1 200")
         deadline = time.monotonic() + 60
         while not gw.status()["queues"]["0"]["standby_ready"]:  # rules loaded, waiting
