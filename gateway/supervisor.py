@@ -63,6 +63,7 @@ from gateway.lifecycle.monitor import run_monitor
 from gateway.lifecycle.state import LifecycleStore
 from gateway.policy.snapshot import policy_snapshot
 from gateway.policy.store import Store
+from gateway.statefiles import shared_gid
 
 log = logging.getLogger("vpatch.run")
 
@@ -421,5 +422,6 @@ class Gateway:
                 "reload": self.reload,
                 "policy": self.policy,
             },
+            gid=shared_gid(),  # the admin UI's user may connect through the group `vpatch`
         )
         self._control.start()
