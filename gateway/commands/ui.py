@@ -73,9 +73,8 @@ def run(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"--listen {args.listen!r}: expected HOST:PORT")
-    from waitress import serve  # type: ignore[import-untyped]
-
     from webui import create_app
+    from webui.serve import build_server
 
     events_db = str(config.events.sqlite) if config.events.sqlite else "/nonexistent/events.db"
     app = create_app({
@@ -98,5 +97,5 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"vpatch ui: serving on http://{host}:{port}/ (put TLS in front, or use a lab)", flush=True
     )
-    serve(app, host=host, port=int(port), threads=UI_THREADS, ident="vpatch")
+    build_server(app, host, int(port), config.ui, UI_THREADS).run()
     return 0
