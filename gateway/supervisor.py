@@ -79,6 +79,7 @@ from gateway.match.rules import load_rules
 from gateway.policy.appcontrol import plan_rules, rule_paths
 from gateway.policy.snapshot import policy_snapshot
 from gateway.policy.store import Store
+from gateway.statefiles import shared_gid
 
 log = logging.getLogger("vpatch.run")
 
@@ -545,5 +546,6 @@ class Gateway:
                 "rules-reload": self.rules_reload,
                 "policy": self.policy,
             },
+            gid=shared_gid(),  # the admin UI's user may connect through the group `vpatch`
         )
         self._control.start()

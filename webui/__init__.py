@@ -2,7 +2,8 @@
 
 `create_app(test_config=None)` builds the app; the gateway is reached only through the policy
 store (gateway/policy/store.py), the event store (read-only) and the control socket. Guarantees:
-- no default secret: the session key is generated once and kept in the state directory (0600);
+- no default secret: the session key is generated once and kept in the state directory (0600,
+  refused when another user owns it or others may read it);
 - every state-changing request carries a CSRF token (forms: field `csrf_token`, fetch():
   header `X-CSRF-Token`); the JSON API under /api/v1 takes bearer tokens only, never cookies;
 - session cookies are HttpOnly, SameSite=Strict and Secure (Secure can be turned off for a
@@ -16,7 +17,6 @@ store (gateway/policy/store.py), the event store (read-only) and the control soc
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import Any
 from flask import Flask
 
 from gateway.config import UiConfig
+from gateway.statefiles import InsecureFileError, check_secret, create_file, make_dir, shared_gid
 from webui import (
     alerts,
     api,
@@ -48,21 +49,18 @@ SESSION_LIFETIME_S = UiConfig().session_lifetime
 
 
 def load_secret(state_dir: Path) -> bytes:
-    """The session secret from state_dir (created 0600 with 32 random bytes when absent)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    """The session secret from state_dir (created 0600 with 32 random bytes when absent).
+    An existing one is used only when it belongs to this process's user and nobody else may
+    read it (InsecureFileError naming the file and its mode otherwise)."""
+    make_dir(state_dir, shared_gid())  # shared with the gateway: it holds the policy database
     path = state_dir / SECRET_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        data = path.read_bytes()
-        if len(data) < 32:
-            raise RuntimeError(
-                f"{path}: secret shorter than 32 bytes; delete it to regenerate"
-            ) from None
+    data = secrets.token_bytes(32)
+    if create_file(path, data=data):
         return data
-    with os.fdopen(fd, "wb") as out:
-        data = secrets.token_bytes(32)
-        out.write(data)
+    check_secret(path, "the UI session secret")
+    data = path.read_bytes()
+    if len(data) < 32:
+        raise InsecureFileError(f"{path}: secret shorter than 32 bytes; delete it to regenerate")
     return data
 
 

@@ -4,8 +4,9 @@ configured trusted proxies, `ui.trusted_proxies`) and every failure is audited. 
 login starts a server-side session (gateway/policy/sessions.py) and leaves a signed device
 cookie naming the account's id, so the same browser can log in during an attack. After login
 the browser goes to `next` only when it is a path on this site (`safe_next`). Admins see and
-revoke every user's tokens. `ensure_admin` creates the first account (`vpatch ui` on a store
-without users)."""
+revoke every user's tokens, in the pages and in the API (GET /api/v1/tokens, DELETE
+/api/v1/tokens/{id}); a viewer sees only their own. `ensure_admin` creates the first account
+(`vpatch ui` on a store without users)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import ipaddress
 import secrets
 import time
 import urllib.parse
+from dataclasses import asdict
 from typing import Any
 
 from flask import (
@@ -21,6 +23,7 @@ from flask import (
     current_app,
     flash,
     g,
+    jsonify,
     redirect,
     render_template,
     request,
@@ -30,9 +33,10 @@ from flask import (
 from itsdangerous import BadData, URLSafeTimedSerializer
 from werkzeug.wrappers import Response
 
-from gateway.policy.accounts import Accounts, User, new_password
+from gateway.policy.accounts import MAX_TOKEN_DAYS, Accounts, ApiToken, User, new_password
 from gateway.policy.store import Store
 from gateway.policy.throttle import LoginAttempt, LoginThrottle
+from webui.api import ARR, endpoint
 from webui.db import get_store
 from webui.security import admin_required, csrf_token, login_required, ui_sessions
 
@@ -154,6 +158,28 @@ def logout() -> Any:
     return redirect(url_for("auth.login"))
 
 
+def _when(ts: float | None, none: str = "") -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts)) if ts is not None else none
+
+
+def _expiry_days(text: str) -> float | None:
+    """The form's `expires` field: days (None when empty); 400 naming the field otherwise."""
+    if not text.strip():
+        return None
+    try:
+        days = float(text)
+    except ValueError:
+        abort(400, description=f"expires {text[:40]!r}: a number of days, or empty for none")
+    if not 0 < days <= MAX_TOKEN_DAYS:
+        abort(400, description=f"expires {days:g}: 0 < days <= {MAX_TOKEN_DAYS}, or empty")
+    return days
+
+
+def visible_tokens(accounts: Accounts) -> list[ApiToken]:
+    """Every user's tokens for an admin, a viewer's own otherwise."""
+    return accounts.list_tokens(None if g.user.role == "admin" else g.user.username)
+
+
 @bp.route("/tokens", methods=["GET", "POST"])
 @login_required
 def tokens() -> Any:
@@ -163,18 +189,42 @@ def tokens() -> Any:
         if g.user.role != "admin":
             abort(403, description="viewers cannot create API tokens")
         new_token = accounts.create_token(
-            g.user.username, request.form.get("name", "")[:128], g.user.username
-        )
-    return render_template(
-        "auth/tokens.html", tokens=accounts.list_tokens(g.user.username), new_token=new_token
-    )
+            g.user.username, request.form.get("name", "")[:128], g.user.username,
+            _expiry_days(request.form.get("expires", "")[:40]),
+        )  # fmt: skip
+    now = time.time()
+    rows = [
+        {"token": t, "created": _when(t.created), "last_used": _when(t.last_used),
+         "expires": _when(t.expires, "never"),
+         "expired": t.expires is not None and t.expires <= now}
+        for t in visible_tokens(accounts)
+    ]  # fmt: skip
+    return render_template("auth/tokens.html", tokens=rows, new_token=new_token)
 
 
 @bp.route("/tokens/<int:token_id>/revoke", methods=["POST"])
 @admin_required
 def revoke(token_id: int) -> Any:
     accounts = Accounts(get_store())
-    if token_id not in {t.id for t in accounts.list_tokens(g.user.username)}:
-        abort(404, description=f"token {token_id}: not one of yours")
+    if accounts.get_token(token_id) is None:
+        abort(404, description=f"token {token_id}: no such token")
     accounts.revoke_token(token_id, g.user.username)
     return redirect(url_for("auth.tokens"))
+
+
+# -- the API's view of tokens (registered on api.bp, like alerts and firewall) -----------------
+
+
+@endpoint("/tokens", "GET", "API tokens: every user's for an admin, one's own for a viewer",
+          result=ARR)  # fmt: skip
+def api_tokens() -> Any:
+    return jsonify([asdict(t) for t in visible_tokens(Accounts(get_store()))])
+
+
+@endpoint("/tokens/{token_id}", "DELETE", "Revoke any user's API token (admins)", write=True)
+def api_revoke_token(token_id: int) -> Any:
+    accounts = Accounts(get_store())
+    if accounts.get_token(token_id) is None:
+        return jsonify(error=f"token {token_id}: not found"), 404
+    accounts.revoke_token(token_id, g.user.username)
+    return jsonify(ok=True)

@@ -51,6 +51,7 @@ from gateway.alerts.channels import (
 )
 from gateway.alerts.ratelimit import TokenBucket
 from gateway.policy.store import Store
+from gateway.statefiles import create_file
 
 log = logging.getLogger("vpatch.alerts")
 
@@ -110,6 +111,7 @@ class DispatcherState:
         self.ok = False
 
     def _connect(self) -> sqlite3.Connection:
+        create_file(self.path)  # owner-only whatever the umask: it holds alert texts
         conn = sqlite3.connect(str(self.path), timeout=5)
         conn.executescript(_STATE_SCHEMA)
         return conn
@@ -129,7 +131,7 @@ class DispatcherState:
                 ).fetchall()
             finally:
                 conn.close()
-        except sqlite3.Error as err:
+        except (OSError, sqlite3.Error) as err:
             self._fail("read it", err)
             return None, []
         last = int(row[0]) if row is not None else None
@@ -151,7 +153,7 @@ class DispatcherState:
                     )
             finally:
                 conn.close()
-        except sqlite3.Error as err:
+        except (OSError, sqlite3.Error) as err:
             self._fail("write it", err)
             return
         self.ok = True

@@ -1,8 +1,10 @@
 """`vpatch ui [--listen 127.0.0.1:8443] [--config FILE]`: serve the admin web UI with waitress.
 
-Also `--set-password USER` (prompts, or reads a line from stdin when not a terminal) and
-`--create-token USER` (prints a new API token once). On the first start with no account the
-user `admin` is created with a random password that is printed once; there is no default
+Account management, each doing one thing and exiting: `--set-password USER` (prompts, or reads
+a line from stdin when not a terminal; an unknown USER is an error unless `--create-admin`
+says to create it as an admin), `--create-token USER [--expires DAYS]` (prints a new API token
+once), `--list-tokens` (every user's), `--revoke-token ID`. On the first start with no account
+the user `admin` is created with a random password that is printed once; there is no default
 password. The policy database, event store and control socket come from the gateway
 configuration (`policy.database`, `events.sqlite`, `control.socket`).
 """
@@ -12,12 +14,14 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
-from gateway.policy.store import Store
+from gateway.policy.accounts import Accounts
+from gateway.policy.store import Store, StoreError
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
 UI_THREADS = 8
@@ -31,12 +35,21 @@ def register(sub: Any) -> None:
     )
     p.add_argument("-c", "--config", type=Path, help="gateway configuration (YAML)")
     p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
+    p.add_argument("--set-password", metavar="USER", help="set USER's password, then exit")
     p.add_argument(
-        "--set-password",
-        metavar="USER",
-        help="set USER's password (creates an admin USER if absent)",
+        "--create-admin",
+        action="store_true",
+        help="with --set-password: create USER as an admin when it does not exist",
     )
     p.add_argument("--create-token", metavar="USER", help="print a new API token for USER")
+    p.add_argument(
+        "--expires",
+        metavar="DAYS",
+        type=float,
+        help="with --create-token: the token stops working after DAYS days",
+    )
+    p.add_argument("--list-tokens", action="store_true", help="list every user's API tokens")
+    p.add_argument("--revoke-token", metavar="ID", type=int, help="revoke the API token ID")
     p.add_argument(
         "--insecure-cookies",
         action="store_true",
@@ -45,37 +58,84 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _read_password(username: str) -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass(f"new password for {username}: ")
+    return sys.stdin.readline().rstrip("\n")
+
+
+def _set_password(accounts: Accounts, username: str, create_admin: bool) -> int:
+    exists = accounts.get_user(username) is not None
+    if not exists and not create_admin:
+        raise StoreError(
+            f"users.username {username!r}: no such user; add --create-admin to create it as "
+            "an admin"
+        )
+    password = _read_password(username)
+    if exists:
+        accounts.set_password(username, password, "cli")
+        print(f"vpatch ui: password of {username!r} set")
+    else:
+        accounts.create_user(username, password, "admin", "cli")
+        print(f"vpatch ui: admin {username!r} created")
+    return 0
+
+
+def _when(ts: float | None, none: str = "-") -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts)) if ts is not None else none
+
+
+def _list_tokens(accounts: Accounts) -> int:
+    now = time.time()
+    print(f"{'id':>6}  {'user':16} {'name':20} {'created':20} {'last used':20} expires")
+    for t in accounts.list_tokens():
+        expired = " (expired)" if t.expires is not None and t.expires <= now else ""
+        print(f"{t.id:>6}  {t.username:16} {t.name:20} {_when(t.created):20} "
+              f"{_when(t.last_used):20} {_when(t.expires, 'never')}{expired}")  # fmt: skip
+    return 0
+
+
+def manage(args: argparse.Namespace, store: Store) -> int | None:
+    """Run the account option given, if any (its exit status); None when there is none."""
+    accounts = Accounts(store)
+    if args.create_admin and not args.set_password:
+        raise ConfigError("--create-admin goes with --set-password USER")
+    if args.expires is not None and not args.create_token:
+        raise ConfigError("--expires goes with --create-token USER")
+    if args.set_password:
+        return _set_password(accounts, args.set_password, args.create_admin)
+    if args.create_token:
+        print(accounts.create_token(args.create_token, "cli", "cli", args.expires))
+        return 0
+    if args.list_tokens:
+        return _list_tokens(accounts)
+    if args.revoke_token is not None:
+        token = accounts.get_token(args.revoke_token)
+        if token is None:
+            raise StoreError(f"api_tokens.id {args.revoke_token}: no such token")
+        accounts.revoke_token(token.id, "cli")
+        print(f"vpatch ui: token {token.id} ({token.username}, {token.name!r}) revoked")
+        return 0
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
-    from gateway.policy.accounts import Accounts
     from webui.auth import ensure_admin
 
     config = load_config(args.config)
     store = Store(config.policy.database)
     try:
-        if args.set_password:
-            if sys.stdin.isatty():
-                pw = getpass.getpass(f"new password for {args.set_password}: ")
-            else:
-                pw = sys.stdin.readline().rstrip("\n")
-            accounts = Accounts(store)
-            if accounts.get_user(args.set_password) is None:
-                accounts.create_user(args.set_password, pw, "admin", "cli")
-            else:
-                accounts.set_password(args.set_password, pw, "cli")
-            print(f"vpatch ui: password of {args.set_password!r} set")
-            return 0
-        if args.create_token:
-            print(Accounts(store).create_token(args.create_token, "cli", "cli"))
-            return 0
+        status = manage(args, store)
+        if status is not None:
+            return status
         password = ensure_admin(store)
     finally:
         store.close()
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"--listen {args.listen!r}: expected HOST:PORT")
-    from waitress import serve  # type: ignore[import-untyped]
-
     from webui import create_app
+    from webui.serve import build_server
 
     events_db = str(config.events.sqlite) if config.events.sqlite else "/nonexistent/events.db"
     app = create_app({
@@ -99,5 +159,5 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"vpatch ui: serving on http://{host}:{port}/ (put TLS in front, or use a lab)", flush=True
     )
-    serve(app, host=host, port=int(port), threads=UI_THREADS, ident="vpatch")
+    build_server(app, host, int(port), config.ui, UI_THREADS).run()
     return 0

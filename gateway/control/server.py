@@ -1,7 +1,8 @@
 """The control socket of a running gateway: one JSON request per line, one JSON reply per line.
 
-`vpatch run` serves it on a Unix stream socket (mode 0600, root only); the admin UI and the CLI
-talk to the gateway only through it. Guarantees:
+`vpatch run` serves it on a Unix stream socket, mode 0600 (owner only), or 0660 for the group
+`vpatch` when it exists (the admin UI's user is in it; gateway/statefiles.py); the admin UI and
+the CLI talk to the gateway only through it. Guarantees:
 - a request is a JSON object `{"command": NAME, ...arguments}`; the reply is
   `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}` naming what was wrong;
 - a handler's exception is turned into an error reply: the server never dies of a request;
@@ -24,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import VpatchError
+from gateway.statefiles import make_dir
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 64 * 1024
 CLIENT_TIMEOUT_S = 5.0
+SOCKET_DIR_GROUP = 0o050  # shared: the group may reach the socket, not add files beside it
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -40,8 +43,9 @@ class ControlError(VpatchError):
 class ControlServer:
     """Serves `handlers` (command name -> function of the request) on a Unix socket."""
 
-    def __init__(self, path: Path, handlers: Mapping[str, Handler]) -> None:
+    def __init__(self, path: Path, handlers: Mapping[str, Handler], gid: int | None = None) -> None:
         self.path = path
+        self.gid = gid  # the group that may connect too (None: the owner only)
         self.handlers = dict(handlers)
         self.handlers.setdefault("help", lambda _req: sorted(self.handlers))
         self._sock: socket.socket | None = None
@@ -49,7 +53,7 @@ class ControlServer:
         self._stopping = threading.Event()
 
     def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(self.path.parent, self.gid, group_mode=SOCKET_DIR_GROUP)
         if self.path.exists() or self.path.is_symlink():
             if not stat.S_ISSOCK(self.path.lstat().st_mode):
                 raise ControlError(
@@ -59,9 +63,15 @@ class ControlServer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
-            sock.bind(str(self.path))
+            sock.bind(str(self.path))  # 0600 from the start; the group is given after
         finally:
             os.umask(old_umask)
+        if self.gid is not None:
+            try:
+                os.chown(self.path, -1, self.gid)
+                os.chmod(self.path, 0o660)
+            except PermissionError as err:
+                log.warning("control socket %s stays owner-only: %s", self.path, err)
         sock.listen(16)
         sock.settimeout(0.5)
         self._sock = sock

@@ -22,7 +22,11 @@ What it guarantees:
       dest_port INTEGER, proto TEXT, app_proto TEXT, cves TEXT (",CVE-A,CVE-B," so
       `cves LIKE '%,CVE-2017-0144,%'` finds one), eve TEXT (the EVE JSON object)
 - The database (and its directory) is created and checked in the constructor, so a bad path
-  fails at start-up with a ConfigError naming it, not later in the thread.
+  fails at start-up with a ConfigError naming it, not later in the thread. It is created with
+  an explicit mode whatever the umask (0600, or 0660 for the group `vpatch` that the UI's user
+  is in, when it exists; directory 0750/0770: gateway/statefiles.py), and an existing one that
+  every user may read, or a world-writable directory, is refused (InsecureFileError). The
+  EVE JSON-lines file is created 0640.
 - The dashboard's rollups (gateway/events/rollup.py) are written in the same transaction as the
   events they count (`store_rows`); events stored before the rollups existed are counted by
   the writer in chunks, between batches (`rollup.backfill_step`).
@@ -45,6 +49,7 @@ from gateway.errors import ConfigError
 from gateway.events.eve import Event, to_eve
 from gateway.events.rollup import add_rollups, backfill_pending, backfill_step, create_rollups
 from gateway.sqlite_wal import use_wal
+from gateway.statefiles import check_file, create_file, make_dir, shared_gid
 
 __all__ = [
     "BATCH_WAIT",
@@ -63,6 +68,7 @@ DEFAULT_MAX_QUEUE: Final = EventsConfig().max_queue  # declared as events.max_qu
 MAX_BATCH: Final = 500  # events per SQLite transaction / JSONL flush
 MAX_DROPPED_RULES: Final = 1024  # rule ids counted apart in dropped_by_rule
 BATCH_WAIT: Final = 0.2  # seconds the writer waits to fill a batch
+JSONL_MODE: Final = 0o640  # the EVE file: log shippers may read it through its group
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS events (
@@ -185,14 +191,18 @@ class EventSink:
         self._backfill = False
         if self.db_path is not None:
             try:
-                self.db_path.parent.mkdir(parents=True, exist_ok=True)
+                gid = shared_gid()
+                make_dir(self.db_path.parent, gid)
+                create_file(self.db_path, gid)  # SQLite gives -wal and -shm the same mode
+                check_file(self.db_path, "the event store")
                 self._backfill = _create(self.db_path)
             except (OSError, sqlite3.Error) as err:
                 raise ConfigError(f"events.sqlite {self.db_path}: cannot open: {err}") from err
         self._jsonl: IO[str] | None = None
         if self.jsonl_path is not None:
             try:
-                self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+                make_dir(self.jsonl_path.parent)
+                create_file(self.jsonl_path, mode=JSONL_MODE)
                 self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")  # noqa: SIM115
             except OSError as err:
                 raise ConfigError(f"events.jsonl {self.jsonl_path}: cannot open: {err}") from err

@@ -235,6 +235,14 @@ class Accounts:
         rows = self.db.execute(sql + " ORDER BY t.id LIMIT ?", (*args, MAX_LIST))
         return [ApiToken(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
+    def get_token(self, token_id: int) -> ApiToken | None:
+        row = self.db.execute(
+            "SELECT t.id, u.username, t.name, t.created, t.last_used, t.expires FROM api_tokens t "
+            "JOIN users u ON u.id = t.user_id WHERE t.id = ?",
+            (token_id,),
+        ).fetchone()
+        return ApiToken(row[0], row[1], row[2], row[3], row[4], row[5]) if row else None
+
     def revoke_token(self, token_id: int, actor: str) -> None:
         with self.store.transaction():
             row = self.db.execute(

@@ -11,7 +11,10 @@ exceptions.py, snapshot.py (the gateway's read of them), gateway/lifecycle/state
 (migration 3), gateway/firewall/policy.py and gateway/alerts/ (migration 2),
 gateway/scan/jobs.py (migration 4). Guarantees:
 - every connection runs with WAL, `busy_timeout` (BUSY_TIMEOUT_MS) and foreign keys on;
-- the database file is created owner-only (it holds password hashes);
+- the database file (it holds password hashes) and its directory are created with explicit
+  modes whatever the umask: 0600/0750, or 0660/0770 for the group `vpatch` when it exists
+  (the UI's user shares it, gateway/statefiles.py); a world-writable directory or a database
+  readable by every user is refused (InsecureFileError naming the file and its mode);
 - `audit()` writes one audit row (actor, action, target, before/after as JSON); every change
   made through those modules calls it in the same transaction as the change itself.
 Errors are `StoreError` naming the value and the table it concerns.
@@ -20,7 +23,6 @@ Errors are `StoreError` naming the value and the table it concerns.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -31,6 +33,7 @@ from typing import Any, Self
 
 from gateway.errors import VpatchError
 from gateway.sqlite_wal import use_wal
+from gateway.statefiles import check_file, create_file, make_dir, shared_gid
 from gateway.vocabulary import Mode
 
 DEFAULT_DATABASE = Path("/var/lib/vpatch/vpatch.db")
@@ -191,9 +194,10 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():  # it holds password hashes: owner only (-wal/-shm follow it)
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        gid = shared_gid()
+        make_dir(path.parent, gid)
+        create_file(path, gid)  # it holds password hashes (SQLite gives -wal/-shm its mode)
+        check_file(path, "the policy database")
         try:
             self.db = sqlite3.connect(
                 str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None

@@ -116,6 +116,7 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
 def test_corrupt_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
     path.write_text("{not json")
+    path.chmod(0o600)  # a world-readable one is refused before being read (test_statefiles.py)
     with pytest.raises(LifecycleError, match="s.json"):
         LifecycleStore(path).hosts()
 

@@ -1,6 +1,7 @@
 """webui/auth.py through Flask's test client: login (wrong password refused and audited, the
 form needs its CSRF token, throttling per user and per source), logout, and API tokens made on
-the tokens page."""
+the tokens page (an admin sees and revokes every user's, with their expiry; also through the
+API)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from gateway.policy.accounts import Accounts
-from tests.webui.conftest import ADMIN_PW, Auth, store_of
+from tests.webui.conftest import ADMIN_PW, VIEWER_PW, Auth, api_token, store_of
 from webui import security as security_module
 from webui.auth import client_address
 
@@ -117,13 +118,15 @@ def test_login_refuses_the_reported_tab_redirect(client: FlaskClient, auth: Auth
     assert resp.headers["Location"] == "/dashboard/"
 
 
-def test_tokens_are_revoked_by_their_owner_only(
+def test_admins_see_and_revoke_every_users_tokens(
     client: FlaskClient, auth: Auth, app: Flask
 ) -> None:
     with store_of(app) as s:
-        theirs = Accounts(s).create_token("viewer", "viewer's", "test")
+        theirs = Accounts(s).create_token("viewer", "viewer's", "test", days=3)
     auth.login()
-    page = client.post("/auth/tokens", data={"name": "ci", "csrf_token": auth.token()})
+    page = client.post(
+        "/auth/tokens", data={"name": "ci", "expires": "", "csrf_token": auth.token()}
+    )
     token = re.search(r'id="new-token">([^<]+)<', page.get_data(as_text=True))
     assert token
     bearer = {"Authorization": f"Bearer {token.group(1)}"}
@@ -131,13 +134,65 @@ def test_tokens_are_revoked_by_their_owner_only(
     with store_of(app) as s:
         (mine,) = Accounts(s).list_tokens("admin")
         (other,) = Accounts(s).list_tokens("viewer")
-    resp = client.post(f"/auth/tokens/{other.id}/revoke", data={"csrf_token": auth.token()})
-    assert resp.status_code == 404 and "not one of yours" in resp.get_data(as_text=True)
+    assert mine.expires is None and other.expires is not None
+    page = client.get("/auth/tokens").get_data(as_text=True)  # every user's, with the expiry
+    assert "viewer&#39;s" in page and ">never</td>" in page
+    expiry = time.strftime("%Y-%m-%d", time.gmtime(other.expires))
+    assert re.search(rf'class="expires">{expiry} \d\d:\d\d UTC<', page)
     other_bearer = {"Authorization": f"Bearer {theirs}"}
     assert client.get("/api/v1/hosts", headers=other_bearer).status_code == 200
+    resp = client.post(f"/auth/tokens/{other.id}/revoke", data={"csrf_token": auth.token()})
+    assert resp.status_code == 302
+    assert client.get("/api/v1/hosts", headers=other_bearer).status_code == 401
+    resp = client.post("/auth/tokens/999999/revoke", data={"csrf_token": auth.token()})
+    assert resp.status_code == 404
     resp = client.post(f"/auth/tokens/{mine.id}/revoke", data={"csrf_token": auth.token()})
     assert resp.status_code == 302
     assert client.get("/api/v1/hosts", headers=bearer).status_code == 401
+
+
+def test_token_expiry_from_the_page_and_its_bounds(
+    client: FlaskClient, auth: Auth, app: Flask
+) -> None:
+    auth.login()
+    page = client.post(
+        "/auth/tokens", data={"name": "ci", "expires": "0.5", "csrf_token": auth.token()}
+    )
+    assert page.status_code == 200
+    with store_of(app) as s:
+        (mine,) = Accounts(s).list_tokens("admin")
+    assert mine.expires is not None and 0.49 * 86400 < mine.expires - mine.created <= 43200
+    for bad in ("soon", "0", "-1", "99999"):
+        resp = client.post(
+            "/auth/tokens", data={"name": "x", "expires": bad, "csrf_token": auth.token()}
+        )
+        assert resp.status_code == 400 and "expires" in resp.get_data(as_text=True), bad
+
+
+def test_viewers_see_only_their_own_tokens(client: FlaskClient, auth: Auth, app: Flask) -> None:
+    with store_of(app) as s:
+        Accounts(s).create_token("admin", "admin's", "test")
+        Accounts(s).create_token("viewer", "viewer's", "test")
+    auth.login("viewer", VIEWER_PW)
+    page = client.get("/auth/tokens").get_data(as_text=True)
+    assert "viewer&#39;s" in page and "admin&#39;s" not in page and "Revoke" not in page
+
+
+def test_api_lists_and_revokes_tokens(client: FlaskClient, app: Flask) -> None:
+    admin = api_token(app, "admin")
+    viewer = api_token(app, "viewer")
+    listed = client.get("/api/v1/tokens", headers=admin).get_json()
+    assert sorted(t["username"] for t in listed) == ["admin", "viewer"]
+    assert set(listed[0]) == {"id", "username", "name", "created", "last_used", "expires"}
+    own = client.get("/api/v1/tokens", headers=viewer).get_json()
+    assert [t["username"] for t in own] == ["viewer"]
+    (viewers,) = own
+    assert client.delete(f"/api/v1/tokens/{viewers['id']}", headers=viewer).status_code == 403
+    resp = client.delete(f"/api/v1/tokens/{viewers['id']}", headers=admin)
+    assert resp.status_code == 200 and resp.get_json() == {"ok": True}
+    assert client.get("/api/v1/tokens", headers=viewer).status_code == 401  # it was revoked
+    resp = client.delete(f"/api/v1/tokens/{viewers['id']}", headers=admin)
+    assert resp.status_code == 404 and "not found" in resp.get_json()["error"]
 
 
 # -- sessions (issue 15.4) ---------------------------------------------------------------------
