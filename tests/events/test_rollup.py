@@ -139,6 +139,7 @@ def test_a_store_written_before_rollups_is_counted_by_the_writer(tmp_path: Path)
     with conn:
         conn.execute("BEGIN")
         conn.executemany(_INSERT, ancient + old[::-1])  # ids grow with time
+    db.chmod(0o600)  # as the sink creates it (a store every user may read is refused)
     with EventSink(db, None) as sink:
         deadline = time.monotonic() + 60
         while backfill_pending(conn) and time.monotonic() < deadline:
