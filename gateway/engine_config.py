@@ -4,7 +4,8 @@ Every field that a configuration key sets (gateway/config.py) takes that key's d
 and is held to its declared bounds: `EngineConfig()` is the engine of an empty configuration,
 `EngineConfig.from_gateway(config)` the engine of a loaded one, and a value out of its key's
 bounds raises ConfigError naming the field, the key and the value. The fields no key sets
-(`tcp_closed_idle`, `kernel_checked_syn`, `checksums`) are the caller's to choose.
+(`tcp_closed_idle`, `kernel_checked_syn`, `checksums`) are the caller's to choose; `limits`
+is the configuration's `limits:` section whole.
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
-from gateway.config import SETTINGS, FailPolicy, GatewayConfig, check_value, value_at
+from gateway.config import (
+    SETTINGS,
+    FailPolicy,
+    GatewayConfig,
+    LimitsConfig,
+    check_value,
+    value_at,
+)
 from gateway.errors import ConfigError
 from gateway.flow.normalize import ChecksumMode
 from gateway.flow.table import DEFAULT_TCP_CLOSED_IDLE
@@ -55,6 +63,10 @@ class EngineConfig:
         retransmissions (a copy that differs resets the flow, gateway/flow/normalize.py);
         older retransmitted bytes are not compared (counted in the reassembler's
         `unverified`).
+    defrag_datagrams, defrag_fragments, defrag_timeout: the defragmenter's bounds
+        (gateway/flow/defrag.py).
+    limits: the policy of every limit, per server (the `limits:` section, gateway/flow/
+        limits.py).
     """
 
     max_flows: int = _from_key("engine.max_flows")
@@ -70,6 +82,10 @@ class EngineConfig:
     kernel_checked_syn: bool = False
     retransmit_history: int = _from_key("engine.retransmit_history")
     checksums: ChecksumMode = ChecksumMode.AUTO
+    defrag_datagrams: int = _from_key("engine.defrag_datagrams")
+    defrag_fragments: int = _from_key("engine.defrag_fragments")
+    defrag_timeout: float = _from_key("engine.defrag_timeout")
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -84,4 +100,4 @@ class EngineConfig:
         keyed = {
             f.name: value_at(config, f.metadata[_KEY]) for f in fields(cls) if _KEY in f.metadata
         }
-        return cls(fail_open=config.fail_policy is FailPolicy.OPEN, **keyed)
+        return cls(fail_open=config.fail_policy is FailPolicy.OPEN, limits=config.limits, **keyed)

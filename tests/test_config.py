@@ -9,6 +9,7 @@ must fit together, lists, paths, the file itself.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def _as_yaml(d: Declared, value: object) -> object:
     """A parsed value as the YAML data that reads back as it."""
     if isinstance(value, tuple):
         return [_as_yaml(d, v) for v in value]
-    if isinstance(value, FailPolicy | Backend):
+    if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, Path | ipaddress.IPv4Network | ipaddress.IPv6Network):
         return str(value)
@@ -146,7 +147,7 @@ def test_every_value_of_the_wrong_type_is_refused(tmp_path: Path, key: str) -> N
          "<string>:3: queues.cuont: unknown key (allowed: count, first, max_len)"),
         ("colour: blue\n",
          "<string>:1: colour: unknown key (allowed: control, engine, events, fail_policy, "
-         + "firewall, marks, policy, protected_hosts, queues, rules, stream_depth, workers)"),
+         + "firewall, limits, marks, policy, protected_hosts, queues, rules, stream_depth, workers)"),
         ("source: x\n", "source: unknown key"),
         ("- 1\n", "<string>:1: <top level>: expected a mapping, got list [1]"),
         ("engine: 5\n", "<string>:1: engine: expected a mapping, got int 5"),

@@ -37,7 +37,8 @@ The rules, in the order they apply:
    sender once the hole before it is filled). Junk sent ahead, out of the server's window,
    is thus never held and inspected before the real bytes come.
 3. `receive` (reassembly): the reassembler (gateway/flow/reassembly.py, first-wins) reports
-   any byte that differs from one held or delivered within its history: RESET. An
+   any byte that differs from one held or delivered within its history, or that belongs to a
+   hole it skipped (gateway/engine.py, `limits.stream_hole`): RESET. An
    out-of-order segment the reassembler cannot hold within its bounds is dropped (the sender
    retransmits it). Urgent data (RFC 9293 section 3.8.5, read as Linux and Windows read it:
    the urgent byte is the one before SEG.SEQ + urgent pointer, the one at SEG.SEQ when the
@@ -100,6 +101,7 @@ class Reason(enum.Enum):
     PENDING_FULL = "pending_full"
     CHECKSUM_IGNORED = "checksum_ignored"  # wrong, passed in AUTO mode
     CONFLICT = "conflict"  # the flow is reset
+    HOLE_LATE = "hole_late"  # bytes of a skipped hole came after all: the flow is reset
     URGENT = "urgent"  # an urgent byte taken out of the inspected bytes
 
 
@@ -189,11 +191,13 @@ class Normalizer:
     def __init__(self, checksums: ChecksumMode = ChecksumMode.VERIFY) -> None:
         self.checksums = checksums
         self.counts: dict[str, int] = {r.value: 0 for r in Reason}
+        self.last: Reason | None = None  # the reason of the last refusal (for its event)
         self._right = 0  # datagrams whose checksums verified
         self._wrong = 0
 
     def _count(self, reason: Reason) -> None:
         self.counts[reason.value] += 1
+        self.last = reason
 
     # ------------------------------------------------------------------ 1. checksums
 
@@ -323,9 +327,10 @@ class Normalizer:
             ):
                 side.urgent = at
         conflicts = reasm.overlaps_conflicting
+        late = reasm.late_holes
         data = reasm.receive(pkt.seq, pkt.payload, bool(pkt.flags & TCP_SYN))
         if reasm.overlaps_conflicting != conflicts:
-            self._count(Reason.CONFLICT)
+            self._count(Reason.HOLE_LATE if reasm.late_holes != late else Reason.CONFLICT)
             return Verdict.RESET, b""
         if reasm.refused:
             self._count(Reason.PENDING_FULL)
