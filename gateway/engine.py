@@ -708,12 +708,16 @@ class Engine:
         return data
 
     def _resync(self, flow: Flow, insp: Inspection, d: Direction) -> None:
-        """After a skipped hole: a new app session (it identifies the protocol again from the
-        bytes after the hole; HTTP finds the next request line) and a new raw stream."""
+        """After a skipped hole: the app session starts a new decoder (HTTP: at the next
+        request line; one whose app layer was over identifies the protocol again) and the
+        raw stream starts again."""
         group = insp.groups[d]
         if group is None:
             return
-        if group.apps:
+        app = insp.apps[d]
+        if app is not None:
+            app.restart()
+        elif group.apps:
             insp.apps[d] = self._app_session(flow.key, d, group)
         state = insp.states[d]
         if state is not None:

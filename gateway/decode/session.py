@@ -53,6 +53,7 @@ from gateway.decode import bundled  # noqa: F401 (registers the bundled app deco
 from gateway.decode.http import normalize_uri
 from gateway.decode.registry import (
     AppDecoder,
+    AppProtocol,
     AppRecord,
     MemoDecoder,
     Probe,
@@ -219,13 +220,7 @@ class AppSession:
             if protocol is None:
                 stats.app_unidentified += 1
                 return None
-            decoder = self._decoder = protocol.new_decoder(transport, self._direction)
-            self._app = protocol.name
-            self._anomaly = anomaly_field(protocol.name)
-            if hasattr(decoder, "recover"):
-                self._recoverable = cast(RecoverableDecoder, decoder)
-            if protocol.memo and self._memo.limit:
-                self._unit = cast(MemoDecoder, decoder)
+            decoder = self._start(protocol)
             self._buf = b""
         key: MemoKey | None = None
         unit = self._unit
@@ -256,6 +251,32 @@ class AppSession:
             stats.app_records += len(records)
             self.pending = key if key is not None and len(records) == 1 else None
         return records
+
+    def _start(self, protocol: AppProtocol) -> AppDecoder:
+        """A new decoder of `protocol` for this direction."""
+        decoder = self._decoder = protocol.new_decoder(self._transport, self._direction)
+        self._app = protocol.name
+        self._anomaly = anomaly_field(protocol.name)
+        self._recoverable = (
+            cast(RecoverableDecoder, decoder) if hasattr(decoder, "recover") else None
+        )
+        self._unit = cast(MemoDecoder, decoder) if protocol.memo and self._memo.limit else None
+        return decoder
+
+    def restart(self) -> None:
+        """The stream skipped a hole (gateway/engine.py, `limits.stream_hole`): the bytes
+        before it are gone. A new decoder of the identified protocol takes the bytes after
+        it: a unit that starts right after the hole decodes as usual; otherwise the decoder
+        refuses the bytes (an anomaly record) and a RecoverableDecoder resynchronises on the
+        next unit (HTTP: the next request line). Undecided, identification starts again."""
+        self._buf = b""
+        self.pending = None
+        if self._decoder is not None:
+            protocol = get(self._app)
+            if protocol is not None:
+                self._start(protocol)
+            else:
+                self._end()
 
     def _recover(
         self, decoder: RecoverableDecoder, records: Sequence[AppRecord]
