@@ -58,6 +58,7 @@ from gateway.lifecycle.monitor import run_monitor
 from gateway.lifecycle.state import LifecycleStore
 from gateway.policy.snapshot import policy_snapshot
 from gateway.policy.store import Store
+from gateway.vocabulary import Limit
 
 log = logging.getLogger("vpatch.run")
 
@@ -224,10 +225,12 @@ class Gateway:
 
     def status(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
         """Health: per queue the worker's counters (packets, bytes inspected, verdicts, events,
-        policy version, rules loaded) and the kernel's counters for that queue from
-        /proc/net/netfilter/nfnetlink_queue in this namespace (queue_total, queue_dropped,
-        user_dropped, id_sequence, queue_drops = the two drop counters; all None when the
-        kernel does not list the queue); `rules_loaded` and totals at the top level."""
+        policy version, rules loaded; the engine's limit_*, norm_*, frag_* and app counters,
+        nfqueue.ENGINE_STAT_NAMES, up to a second old) and the kernel's counters for that
+        queue from /proc/net/netfilter/nfnetlink_queue in this namespace (queue_total,
+        queue_dropped, user_dropped, id_sequence, queue_drops = the two drop counters; all None
+        when the kernel does not list the queue); `rules_loaded` and totals at the top level
+        (`limits`: each limit reached, all queues together)."""
         kernel = read_queue_counters()
         queues: dict[str, dict[str, Any]] = {}
         for w in self.workers:
@@ -260,6 +263,11 @@ class Gateway:
             "packets": sum(int(q["packets"]) for q in queues.values()),
             "bytes": sum(int(q["bytes"]) for q in queues.values()),
             "queue_drops": sum(int(q["queue_drops"] or 0) for q in queues.values()),
+            # limits reached (gateway/flow/limits.py), all queues together
+            "limits": {
+                limit.value: sum(int(q.get(f"limit_{limit.value}") or 0) for q in queues.values())
+                for limit in Limit
+            },
             "kernel_counters": kernel.available,
             "alerts": self._alerts.stats() if self._alerts is not None else None,
             "queues": queues,

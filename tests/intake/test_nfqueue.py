@@ -21,16 +21,21 @@ import pytest
 from scapy.layers.inet import IP, UDP
 
 from gateway.config import FailPolicy
+from gateway.engine import Engine
+from gateway.engine_config import EngineConfig
 from gateway.intake.nfqueue import (
     CONFIG_SEQ,
+    ENGINE_STAT_NAMES,
     NFQA_CFG_F_FAIL_OPEN,
     PacketHandler,
     WorkerStats,
     _config_message,
     _find_ack,
+    publish_engine_counters,
 )
+from gateway.match.rules import RuleSet
 from gateway.verdict import Decision
-from gateway.vocabulary import Action
+from gateway.vocabulary import Action, Limit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -237,3 +242,17 @@ def test_find_ack() -> None:
     assert _find_ack(other + ack) == -1
     assert _find_ack(other) is None
     assert _find_ack(b"") is None
+
+
+def test_engine_counters_reach_the_shared_counters() -> None:
+    """The worker copies the engine's limit, normaliser and defragmenter counters into the
+    shared counters the control socket's `status` reports."""
+    engine = Engine(RuleSet([]), EngineConfig())
+    engine.stats.limits[Limit.STREAM_HOLE] += 2
+    engine.normalizer.counts["paws"] += 3
+    stats = WorkerStats()
+    publish_engine_counters(engine.stats.as_dict(), stats)
+    snap = stats.snapshot()
+    assert snap["limit_stream_hole"] == 2 and snap["norm_paws"] == 3
+    assert snap["frag_refused"] == 0 and snap["packets"] == 0
+    assert set(ENGINE_STAT_NAMES) <= set(engine.stats.as_dict())
