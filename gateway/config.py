@@ -349,45 +349,37 @@ class HostLimits:
     policies: tuple[tuple[Limit, LimitPolicy], ...]
 
 
-def _limit(default: LimitPolicy, what: str) -> Any:
-    return setting(default, what)
-
-
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    stream_depth: LimitPolicy = _limit(
+    stream_depth: LimitPolicy = setting(
         LimitPolicy.INSPECT_START,
         "A TCP direction reached its `stream_depth`. `inspect-start` (default): a stream whose "
         "app decoder follows its units (HTTP requests, SMB and DCE/RPC messages, TLS records, "
         "...) is inspected to its end, so a unit after any amount of padding is still checked "
         "(such connections are never bypassed in the kernel); a stream no decoder follows "
         "stops at the depth and is counted (`limit_stream_depth`). `alert`: stop at the depth "
-        "with an event; `reset`: event and reset; `pass`: stop, counted. "
-        f"One of {_choices(Limit.STREAM_DEPTH)}.",
+        "with an event; `reset`: event and reset; `pass`: stop, counted.",
     )
-    udp_depth: LimitPolicy = _limit(
+    udp_depth: LimitPolicy = setting(
         LimitPolicy.INSPECT_START,
         "A UDP flow direction reached its depth in bytes. `inspect-start` (default): a flow "
         "whose app decoder (DNS, ...) reads its datagrams keeps being inspected, datagram by "
-        "datagram; otherwise as `pass`. "
-        f"One of {_choices(Limit.UDP_DEPTH)}.",
+        "datagram; otherwise as `pass`.",
     )
-    pending: LimitPolicy = _limit(
+    pending: LimitPolicy = setting(
         LimitPolicy.PASS,
         "An out-of-order segment past `engine.max_pending`: it is dropped and its sender "
         "retransmits it once the hole is filled, so nothing escapes inspection; `pass` "
-        "(default) only counts it. "
-        f"One of {_choices(Limit.PENDING)}.",
+        "(default) only counts it.",
     )
-    stream_hole: LimitPolicy = _limit(
+    stream_hole: LimitPolicy = setting(
         LimitPolicy.ALERT,
         "A hole in a TCP stream that nothing fills (a segment the kernel passed uninspected "
         "while the queue was full, under fail_policy open): after `hole_wait` it is skipped, "
         "the bytes after it inspected and the app decoder resynchronised (HTTP: the next "
         "request line; others: identified again, raw patterns go on). A later copy of skipped "
         "bytes resets the flow. `alert` (default): an event names the hole; `reset`: the flow "
-        "is reset instead of skipping. "
-        f"One of {_choices(Limit.STREAM_HOLE)}.",
+        "is reset instead of skipping.",
     )
     hole_wait: float = setting(
         1.0,
@@ -398,36 +390,33 @@ class LimitsConfig:
         lo=0.2,
         hi=MAX_SECONDS,
     )
-    flow_table: LimitPolicy = _limit(
+    flow_table: LimitPolicy = setting(
         LimitPolicy.ALERT,
         "The flow table (`engine.max_flows`) was full when a new flow came. `alert` (default) "
         "and `pass`: the new flow is inspected and room made by evicting, in this order, a "
         "closed TCP flow, a non-TCP flow, an open TCP flow, each the least recently seen "
         "first (an evicted flow that comes back is picked up mid-stream and inspected again); "
-        "`reset`: the new flow is refused (reset) instead. Events: at most one a second. "
-        f"One of {_choices(Limit.FLOW_TABLE)}.",
+        "`reset`: the new flow is refused (reset) instead. Events: at most one a second.",
     )
-    decoder: LimitPolicy = _limit(
+    decoder: LimitPolicy = setting(
         LimitPolicy.ALERT,
         "An app decoder stopped for its own bounds (more than 16 refusals in one segment) or "
-        "failed (a bug): its direction's fields are no longer decoded, raw patterns go on. "
-        "(A decoder that refuses bytes raises an anomaly record judged by the anomaly rules "
-        f"9300001-9300004 instead.) One of {_choices(Limit.DECODER)}.",
+        "failed (a bug): its direction's fields are no longer decoded, raw patterns go on. A "
+        "decoder that refuses bytes raises an anomaly record, judged by the anomaly rules "
+        "9300001-9300004, instead.",
     )
-    normalizer: LimitPolicy = _limit(
+    normalizer: LimitPolicy = setting(
         LimitPolicy.PASS,
         "The TCP normaliser dropped a segment the receiver would drop (checksum, window, "
         "PAWS, data without ACK, data on a SYN). `pass` (default): counted (`norm_*`); the "
         "receiver drops such segments too. A segment whose bytes differ from inspected ones "
-        "always resets the flow with an event. "
-        f"One of {_choices(Limit.NORMALIZER)}.",
+        "always resets the flow with an event.",
     )
-    defrag: LimitPolicy = _limit(
+    defrag: LimitPolicy = setting(
         LimitPolicy.ALERT,
         "The defragmenter refused a fragment (table full, bad header checksum) or poisoned a "
         "datagram (overlapping fragments that differ, too large, too many pieces): its "
-        "fragments are dropped. Events: at most one a second. "
-        f"One of {_choices(Limit.DEFRAG)}.",
+        "fragments are dropped. Events: at most one a second.",
     )
     hosts: tuple[HostLimits, ...] = setting(
         (),
@@ -778,7 +767,10 @@ def _accepts_str(d: Declared) -> str:
 
 
 def _accepts_enum(d: Declared) -> str:
-    names = [f"`{m.value}`" for m in d.kind]
+    members = d.kind
+    if d.kind is LimitPolicy:  # each limit takes some of the policies
+        members = LIMIT_CHOICES[Limit(d.key[-1])]
+    names = [f"`{m.value}`" for m in members]
     return ", ".join(names[:-1]) + " or " + names[-1]
 
 
