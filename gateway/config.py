@@ -322,7 +322,7 @@ LIMIT_CHOICES: Final[Mapping[Limit, tuple[LimitPolicy, ...]]] = {
         LimitPolicy.INSPECT_START, LimitPolicy.ALERT, LimitPolicy.RESET, LimitPolicy.PASS
     ),
     Limit.PENDING: (LimitPolicy.PASS, LimitPolicy.ALERT, LimitPolicy.RESET),
-    Limit.STREAM_HOLE: (LimitPolicy.ALERT, LimitPolicy.RESET, LimitPolicy.PASS),
+    Limit.STREAM_HOLE: (LimitPolicy.PASS, LimitPolicy.ALERT, LimitPolicy.RESET),
     Limit.FLOW_TABLE: (LimitPolicy.ALERT, LimitPolicy.RESET, LimitPolicy.PASS),
     Limit.DECODER: (LimitPolicy.ALERT, LimitPolicy.RESET, LimitPolicy.PASS),
     Limit.NORMALIZER: (LimitPolicy.PASS, LimitPolicy.ALERT, LimitPolicy.RESET),
@@ -373,13 +373,14 @@ class LimitsConfig:
         "(default) only counts it.",
     )
     stream_hole: LimitPolicy = setting(
-        LimitPolicy.ALERT,
+        LimitPolicy.PASS,
         "A hole in a TCP stream that nothing fills (a segment the kernel passed uninspected "
         "while the queue was full, under fail_policy open): after `hole_wait` it is skipped, "
         "the bytes after it inspected and the app decoder resynchronised (HTTP: the next "
         "request line; others: identified again, raw patterns go on). A later copy of skipped "
-        "bytes resets the flow. `alert` (default): an event names the hole; `reset`: the flow "
-        "is reset instead of skipping.",
+        "bytes resets the flow. `pass` (default): counted (`limit_stream_hole`, in `status`); "
+        "`alert`: an event names the hole as well; `reset`: the flow is reset instead of "
+        "skipping.",
     )
     hole_wait: float = setting(
         1.0,

@@ -35,8 +35,11 @@ def _keep_alive_with_hole(engine: Engine) -> tuple[Conn, int]:
     return c, 3 * len(REQUEST)  # the third request never reached the engine
 
 
+ALERT_HOLES = LimitsConfig(stream_hole=LimitPolicy.ALERT)
+
+
 def test_a_hole_does_not_end_inspection_of_a_keep_alive_connection() -> None:
-    engine = engine_with(rule(1, MARKER))
+    engine = engine_with(rule(1, MARKER), limits=ALERT_HOLES)
     c, after = _keep_alive_with_hole(engine)
     c.now += 5.0  # the flood is over; the connection was quiet meanwhile
     first = c.data(after, EXPLOIT)  # held behind the hole: not passed on uninspected
@@ -49,11 +52,23 @@ def test_a_hole_does_not_end_inspection_of_a_keep_alive_connection() -> None:
     assert stats["limit_stream_hole"] == 1
 
 
+def test_a_hole_is_skipped_without_an_event_by_default() -> None:
+    """The default (`pass`): the hole is skipped and counted, the exploit after it blocked."""
+    engine = engine_with(rule(1, MARKER))
+    c, after = _keep_alive_with_hole(engine)
+    c.now += 5.0
+    assert c.data(after, EXPLOIT).action is Action.DROP
+    c.now += HOLE_RETRY + 0.1
+    d = c.data(after, EXPLOIT)
+    assert d.action is Action.RESET and _sids(d) == [1]
+    assert engine.stats.as_dict()["limit_stream_hole"] == 1
+
+
 def test_a_hole_resynchronises_the_http_decoder() -> None:
     """After the hole the HTTP decoder starts again at the next request line: field rules
     keep working on the requests after it."""
     rules = load_rules([Path("rules")])
-    engine = Engine(rules, EngineConfig())
+    engine = Engine(rules, EngineConfig(limits=ALERT_HOLES))
     c, after = _keep_alive_with_hole(engine)
     # the unseen bytes end in the middle of a request: what follows is its tail, then more
     tail = b"Accept: */*\r\n\r\n"
@@ -67,7 +82,7 @@ def test_a_hole_resynchronises_the_http_decoder() -> None:
 
 
 def test_late_bytes_of_a_skipped_hole_reset_the_flow() -> None:
-    engine = engine_with(rule(1, MARKER))
+    engine = engine_with(rule(1, MARKER), limits=ALERT_HOLES)
     c, after = _keep_alive_with_hole(engine)
     c.now += 5.0
     assert c.data(after, REQUEST).action is Action.DROP
@@ -75,8 +90,20 @@ def test_late_bytes_of_a_skipped_hole_reset_the_flow() -> None:
     skipped = c.data(after, REQUEST)
     assert skipped.action is Action.ALERT and _sids(skipped) == [9300013]
     late = c.data(2 * len(REQUEST), EXPLOIT[: len(REQUEST)])  # the hole's bytes, after all
-    assert late.action is Action.RESET
+    assert late.action is Action.RESET and _sids(late) == [9300013]
     assert engine.stats.as_dict()["norm_hole_late"] == 1
+
+
+def test_keep_alive_probe_is_not_a_conflict() -> None:
+    """Windows' keep-alive probe repeats the last byte's sequence number with another byte:
+    the receiver discards it, so it neither resets the flow nor raises an event."""
+    engine = engine_with(rule(1, MARKER))
+    c = Conn(engine)
+    c.handshake()
+    assert c.data(0, REQUEST).action is Action.ACCEPT
+    assert c.data(len(REQUEST) - 1, b"\x00").action is Action.ACCEPT
+    assert c.data(len(REQUEST), EXPLOIT).action is Action.RESET
+    assert engine.stats.as_dict()["norm_keepalive"] == 1
 
 
 def test_ordinary_reordering_is_not_a_hole() -> None:

@@ -38,7 +38,10 @@ The rules, in the order they apply:
    is thus never held and inspected before the real bytes come.
 3. `receive` (reassembly): the reassembler (gateway/flow/reassembly.py, first-wins) reports
    any byte that differs from one held or delivered within its history, or that belongs to a
-   hole it skipped (gateway/engine.py, `limits.stream_hole`): RESET. An
+   hole it skipped (gateway/engine.py, `limits.stream_hole`): RESET. Except a keep-alive
+   probe (one byte at the sequence number before the next one expected, no SYN, FIN or RST,
+   as Suricata recognises it): Windows fills it with a byte other than the one sent, and the
+   receiver, which has that byte already, discards it; it passes uncompared (`keepalive`). An
    out-of-order segment the reassembler cannot hold within its bounds is dropped (the sender
    retransmits it). Urgent data (RFC 9293 section 3.8.5, read as Linux and Windows read it:
    the urgent byte is the one before SEG.SEQ + urgent pointer, the one at SEG.SEQ when the
@@ -58,7 +61,7 @@ import enum
 import struct
 from typing import Final
 
-from gateway.decode.packet import TCP_ACK, TCP_RST, TCP_SYN, TCP_URG, Packet
+from gateway.decode.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TCP_URG, Packet
 from gateway.flow.reassembly import SEQ_MOD, StreamReassembler
 from gateway.flow.table import Flow
 from gateway.vocabulary import Direction
@@ -103,6 +106,7 @@ class Reason(enum.Enum):
     CONFLICT = "conflict"  # the flow is reset
     HOLE_LATE = "hole_late"  # bytes of a skipped hole came after all: the flow is reset
     URGENT = "urgent"  # an urgent byte taken out of the inspected bytes
+    KEEPALIVE = "keepalive"  # a keep-alive probe's byte passed uncompared (not a refusal)
 
 
 def _diff(a: int, b: int) -> int:
@@ -326,6 +330,14 @@ class Normalizer:
                 side.urgent is None or _diff(at, side.urgent) > 0
             ):
                 side.urgent = at
+        if (
+            len(pkt.payload) == 1
+            and reasm.next_seq is not None
+            and (pkt.seq + 1) % SEQ_MOD == reasm.next_seq
+            and not pkt.flags & (TCP_SYN | TCP_FIN | TCP_RST)
+        ):
+            self.counts[Reason.KEEPALIVE.value] += 1  # keep-alive probe: nothing to deliver
+            return Verdict.PASS, b""
         conflicts = reasm.overlaps_conflicting
         late = reasm.late_holes
         data = reasm.receive(pkt.seq, pkt.payload, bool(pkt.flags & TCP_SYN))
