@@ -394,3 +394,60 @@ def test_exploit_on_a_reused_client_port_is_stopped(lab: Any, tmp_path: Path) ->
             time.sleep(0.1)
         (event,) = gw.events()
         assert event["alert"]["signature_id"] == 9000100 and event["src_port"] == 41234
+
+
+HOLE_CLIENT = textwrap.dedent(
+    """
+    import socket, sys, time
+    host, port = sys.argv[1], int(sys.argv[2])
+    s = socket.create_connection((host, port), timeout=10)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        s.send(b"GET /first HTTP/1.1\\r\\nHost: lab\\r\\n\\r\\n")
+        time.sleep(0.3)
+        s.send(b"GET /HOLE-SEGMENT HTTP/1.1\\r\\nHost: lab\\r\\n\\r\\n")  # never queued
+        time.sleep(2.0)  # longer than limits.hole_wait (1 s) without progress
+        s.send(b"GET /?q=VPATCH-TEST-EXPLOIT-7f3a HTTP/1.1\\r\\nHost: lab\\r\\n\\r\\n")
+        data = s.recv(4096)
+        print("EOF" if not data else "DATA " + data[:40].decode(errors="replace"))
+    except ConnectionResetError:
+        print("RESET")
+    except OSError as err:
+        print("ERROR", err)
+    """
+)
+
+
+def test_exploit_after_a_segment_the_queue_never_saw_is_reset(lab: Any, tmp_path: Path) -> None:
+    """Issue 15 point 12: a segment the kernel passes without queueing it (as under fail-open
+    with a full queue; here a rule before ours accepts it) leaves a hole in the engine's view
+    of a keep-alive connection. The exploit after it is still inspected and reset, and never
+    reaches the server."""
+    with vpatch_run(lab, tmp_path) as gw, recording_server(lab) as server:
+        iptables = "iptables-nft" if gw.status()["backend"] == "nft" else "iptables-legacy"
+        bypass = ["-t", "mangle", "-I", "FORWARD", "1", "-p", "tcp", "-m", "string",
+                  "--string", "HOLE-SEGMENT", "--algo", "bm", "-j", "ACCEPT"]  # fmt: skip
+        added = in_ns(lab.gw_ns, [iptables, *bypass])
+        if added.returncode != 0:
+            pytest.skip(f"no xt_string match here: {added.stderr.strip()}")
+        try:
+            client = in_ns(
+                lab.client_ns, [sys.executable, "-c", HOLE_CLIENT, lab.server_addr, "8080"]
+            )
+        finally:
+            in_ns(lab.gw_ns, [iptables, "-t", "mangle", "-D", "FORWARD", *bypass[4:]])
+        assert client.stdout.strip() == "RESET", client.stdout + client.stderr
+        out, _ = server.communicate(timeout=15)
+        assert "HOLE-SEGMENT" in out and MARKER.decode() not in out, out
+        deadline = time.monotonic() + 5
+        while not gw.events() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [e["alert"]["signature_id"] for e in gw.events()] == [9000199]
+
+        def holes() -> int:  # the workers publish their engine counters every second
+            return sum(int(q["limit_stream_hole"]) for q in gw.status()["queues"].values())
+
+        deadline = time.monotonic() + 5
+        while holes() < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert holes() == 1 and gw.status()["limits"]["stream_hole"] == 1
