@@ -326,7 +326,7 @@ LIMIT_CHOICES: Final[Mapping[Limit, tuple[LimitPolicy, ...]]] = {
     Limit.FLOW_TABLE: (LimitPolicy.ALERT, LimitPolicy.RESET, LimitPolicy.PASS),
     Limit.DECODER: (LimitPolicy.ALERT, LimitPolicy.RESET, LimitPolicy.PASS),
     Limit.NORMALIZER: (LimitPolicy.PASS, LimitPolicy.ALERT, LimitPolicy.RESET),
-    Limit.DEFRAG: (LimitPolicy.ALERT, LimitPolicy.PASS),
+    Limit.DEFRAG: (LimitPolicy.PASS, LimitPolicy.ALERT),
 }  # fmt: skip
 
 
@@ -378,7 +378,8 @@ class LimitsConfig:
         "while the queue was full, under fail_policy open): after `hole_wait` it is skipped, "
         "the bytes after it inspected and the app decoder resynchronised (HTTP: the next "
         "request line; others: identified again, raw patterns go on). A later copy of skipped "
-        "bytes resets the flow. `pass` (default): counted (`limit_stream_hole`, in `status`); "
+        "bytes resets the flow (with an event unless `pass`). `pass` (default): counted "
+        "(`limit_stream_hole`, in `status`); "
         "`alert`: an event names the hole as well; `reset`: the flow is reset instead of "
         "skipping.",
     )
@@ -411,13 +412,14 @@ class LimitsConfig:
         "The TCP normaliser dropped a segment the receiver would drop (checksum, window, "
         "PAWS, data without ACK, data on a SYN). `pass` (default): counted (`norm_*`); the "
         "receiver drops such segments too. A segment whose bytes differ from inspected ones "
-        "always resets the flow with an event.",
+        "always resets the flow; `alert` and `reset` add an event.",
     )
     defrag: LimitPolicy = setting(
-        LimitPolicy.ALERT,
+        LimitPolicy.PASS,
         "The defragmenter refused a fragment (table full, bad header checksum) or poisoned a "
         "datagram (overlapping fragments that differ, too large, too many pieces): its "
-        "fragments are dropped. Events: at most one a second.",
+        "fragments are dropped, which stops what they carried. `pass` (default): counted "
+        "(`limit_defrag`, `frag_*`); `alert`: events as well, at most one a second.",
     )
     hosts: tuple[HostLimits, ...] = setting(
         (),

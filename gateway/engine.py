@@ -85,10 +85,9 @@ from gateway.decode.session import (
     whole_connection_probes,
 )
 from gateway.engine_config import EngineConfig
-from gateway.events.eve import Event
 from gateway.flow.defrag import Defragmenter
-from gateway.flow.limits import LIMIT_BITS, LimitTable, limit_event
-from gateway.flow.normalize import Normalizer, Reason, Verdict
+from gateway.flow.limits import LimitTable
+from gateway.flow.normalize import Normalizer, Verdict
 from gateway.flow.reassembly import StreamReassembler
 from gateway.flow.table import Flow, FlowKey, FlowTable
 from gateway.match.inspection import Inspection
@@ -97,15 +96,13 @@ from gateway.match.rules import Rule, RuleSet
 from gateway.policy.compiled import CompiledPolicy
 from gateway.verdict import ACCEPT, ACCEPT_FINAL, Decision
 from gateway.verdict.judge import Judge
+from gateway.verdict.limiter import Limiter
 from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Action, Direction, Limit, LimitPolicy, Mode
 
 __all__ = ["EXPIRE_INTERVAL", "Engine", "EngineStats"]
 
 EXPIRE_INTERVAL: Final = 1.0  # seconds of packet time between idle-flow sweeps
 UNBOUNDED_DEPTH: Final = 1 << 62  # "no depth": a whole connection is inspected to its end
-# Seconds a segment behind a suspect hole is held (and dropped) before the hole is skipped:
-# Linux's minimum RTO, so the sender's retransmission of a segment really lost comes first.
-HOLE_RETRY: Final = 0.2
 
 # A packet of a direction that finished inspecting while the other one has not (indexed by d).
 _ACCEPT_DONE: Final = (
@@ -237,12 +234,12 @@ class Engine:
         )
         self.stats = EngineStats(self.table, self)
         self._judge = Judge(self.stats, policy)
+        # the consequences of limits (gateway/verdict/limiter.py)
+        self._limiter = Limiter(self.limits, self.stats, self._judge, self.normalizer, self._resync)
         self._memo = UnitMemo(self.config.http_memo_entries)
         self._depth = (self.config.depth_to_server, self.config.depth_to_client)
         self._fail = _FAIL_OPEN if self.config.fail_open else _FAIL_CLOSED
         self._next_expire: float | None = None
-        # a limit's ALERT decision (never a blocking one) waiting for the packet's decision
-        self._pending: Decision | None = None
         # per direction: probes of the protocols inspected for the whole connection
         self._whole = whole_connection_probes() if self.config.http_whole_connection else ((), ())
 
@@ -352,10 +349,10 @@ class Engine:
         table = self.table
         evicted = table.evicted
         flow, d = table.lookup(pkt, now)
-        if table.evicted != evicted:  # the table was full: limits.flow_table
-            refused = self._table_full(flow, pkt, d, now)
-            if refused is not None:
-                return refused
+        if table.evicted != evicted and (  # the table was full: limits.flow_table
+            refused := self._limiter.table_full(flow, pkt, d, now, table.max_flows)
+        ):
+            return refused
         blocked = flow.blocked
         if blocked is not None:
             stats.blocked_packets += 1
@@ -373,7 +370,7 @@ class Engine:
             (payload and insp.active[d] and not self.normalizer.intact(pkt))
             or not self.normalizer.admit(flow, pkt, d, insp.reasm[d])
         ):
-            return self._norm_refusal(flow, insp, pkt, d, now, False)
+            return self._limiter.norm_refusal(flow, insp, pkt, d, now, Verdict.DROP)
         # ---- end of hook 2
         if not insp.active[d]:
             return _ACCEPT_DONE[d]
@@ -395,12 +392,12 @@ class Engine:
             # ---- normalisation hook 3 of 3: reassembly; differing bytes reset the flow
             verdict, data = self.normalizer.receive(flow, pkt, d, reasm)
             if verdict is not Verdict.PASS:
-                return self._norm_refusal(flow, insp, pkt, d, now, verdict is Verdict.RESET)
+                return self._limiter.norm_refusal(flow, insp, pkt, d, now, verdict)
             # ---- end of hook 3
             if data:
                 insp.progress[d] = now
             elif payload and reasm.hole:  # held behind a hole: limits.stream_hole
-                held = self._hole(flow, insp, pkt, d, reasm, now)
+                held = self._limiter.hole(flow, insp, pkt, d, reasm, now)
                 if isinstance(held, Decision):
                     return held
                 data = held
@@ -417,8 +414,7 @@ class Engine:
                     fired = insp.combine(d, fired, NO_RULES)
             if reasm.depth_reached:
                 self._direction_done(flow, insp, d)
-                detail = f"{reasm.max_depth} bytes"
-                self._defer(self._limit(flow, insp, pkt, d, Limit.STREAM_DEPTH, detail, now))
+                self._limiter.depth(flow, insp, pkt, d, Limit.STREAM_DEPTH, reasm.max_depth, now)
             # A direction whose decoder gave up and that has no raw patterns scans nothing more,
             # but stays queued up to its depth: a retransmission whose bytes differ from those
             # the decoder rejected must still be refused (normalisation hook 3), or bytes that
@@ -445,11 +441,7 @@ class Engine:
             decision = ACCEPT_FINAL
         else:
             decision = ACCEPT if insp.active[d] else _ACCEPT_DONE[d]
-        pending = self._pending
-        if pending is not None:
-            self._pending = None
-            return _merged(decision, pending)
-        return decision
+        return decision if self._limiter.pending is None else self._limiter.take(decision)
 
     def _defragment(self, pkt: Packet, now: float) -> Packet | Decision:
         """Hook 1's fragment step (gateway/flow/defrag.py): the whole datagram once `pkt`
@@ -457,7 +449,7 @@ class Engine:
         self.stats.fragments += 1
         action, whole = self.defrag.add(pkt, now)
         if whole is None:
-            return ACCEPT if action is Action.ACCEPT else self._defrag_refused(pkt, now)
+            return ACCEPT if action is Action.ACCEPT else self._limiter.defrag_refused(pkt, now)
         try:
             return parse_ip(whole)
         except DecodeError:
@@ -483,8 +475,9 @@ class Engine:
             if records is None:
                 insp.apps[d] = None
                 if app.capped:
-                    limit = self._limit(flow, insp, pkt, d, Limit.DECODER, "app layer over", now)
-                    self._defer(limit)
+                    limiter = self._limiter
+                    over = "app layer over"
+                    limiter.defer(limiter.reached(flow, insp, pkt, d, Limit.DECODER, over, now))
             return NO_RULES
         group = insp.groups[d]
         assert group is not None
@@ -597,59 +590,6 @@ class Engine:
 
     # ----------------------------------------------------------------- limits
 
-    def _limit(
-        self,
-        flow: Flow,
-        insp: Inspection,
-        pkt: Packet,
-        d: Direction,
-        limit: Limit,
-        detail: str,
-        now: float,
-        policy: LimitPolicy | None = None,
-    ) -> Decision | None:
-        """`limit` was reached on packet `pkt`: count it and apply the server's policy
-        (`policy` overrides it). PASS and INSPECT_START (the caller went on inspecting where
-        it could): nothing more (None). ALERT: an event naming the limit, at most once per
-        flow. RESET: an event and the flow reset (gateway/flow/limits.py)."""
-        self.stats.limits[limit] += 1
-        if policy is None:
-            policy = insp.limits.of(limit)
-        if policy is LimitPolicy.PASS or policy is LimitPolicy.INSPECT_START:
-            return None
-        blocked = policy is LimitPolicy.RESET
-        bit = LIMIT_BITS[limit]
-        if insp.limits_hit & bit and not blocked:
-            return None
-        insp.limits_hit |= bit
-        port = flow.key.server_port
-        event = limit_event(limit, detail, pkt, flow.flow_id, port, d, blocked, now)
-        self.stats.events += 1
-        if blocked:
-            return self._judge.refuse(flow, insp, (event,))
-        return Decision(Action.ALERT, False, (event,))
-
-    def _defer(self, decision: Decision | None) -> None:
-        """Add a limit's decision to the one the packet at hand ends with."""
-        if decision is not None:
-            pending = self._pending
-            self._pending = decision if pending is None else _merged(pending, decision)
-
-    def _norm_refusal(
-        self, flow: Flow, insp: Inspection, pkt: Packet, d: Direction, now: float, reset: bool
-    ) -> Decision:
-        """The normaliser dropped the segment (`limits.pending` when past the reassembly bound,
-        else `limits.normalizer`) or reset the flow: bytes that differ from inspected ones, or
-        bytes of a skipped hole (`limits.stream_hole`), always reset with an event."""
-        reason = self.normalizer.last
-        detail = reason.value if reason is not None else "refused"
-        if reset:
-            limit = Limit.STREAM_HOLE if reason is Reason.HOLE_LATE else Limit.NORMALIZER
-            refused = self._limit(flow, insp, pkt, d, limit, detail, now, LimitPolicy.RESET)
-            return refused if refused is not None else self._judge.refuse(flow, insp)
-        limit = Limit.PENDING if reason is Reason.PENDING_FULL else Limit.NORMALIZER
-        return _merged(_DROP, self._limit(flow, insp, pkt, d, limit, detail, now))
-
     def _reaching_depth(self, insp: Inspection, d: Direction, reasm: StreamReassembler) -> None:
         """A TCP segment reaches the direction's stream depth: under `inspect-start`, a stream
         whose app decoder follows its units is inspected to its end (counted)."""
@@ -669,43 +609,7 @@ class Engine:
             insp.depth[d] = UNBOUNDED_DEPTH
         else:
             self._direction_done(flow, insp, d)
-        detail = f"{self._depth[d]} bytes"
-        self._defer(self._limit(flow, insp, pkt, d, Limit.UDP_DEPTH, detail, now))
-
-    def _hole(
-        self,
-        flow: Flow,
-        insp: Inspection,
-        pkt: Packet,
-        d: Direction,
-        reasm: StreamReassembler,
-        now: float,
-    ) -> Decision | bytes:
-        """A segment was held behind a hole. Until `limits.hole_wait` passes without progress
-        it is an ordinary out-of-order segment (b"": it passes, the hole's retransmission
-        fills it). After that the hole is suspect (a segment the kernel passed without
-        queueing it): segments behind it are held and dropped, so nothing reaches the server
-        uninspected, and at least HOLE_RETRY seconds later the hole is skipped (the bytes
-        now contiguous are returned and inspected, the app decoder and raw stream start again
-        after it) or, under policy `reset`, the flow is reset. Either raises the event."""
-        if now - insp.progress[d] < self.limits.hole_wait:
-            return b""
-        seen = insp.hole_seen[d]
-        if seen is None or seen < insp.progress[d]:
-            insp.hole_seen[d] = now
-            return _DROP
-        if now - seen < HOLE_RETRY:
-            return _DROP
-        insp.hole_seen[d] = None
-        detail = f"at stream offset {reasm.position}"
-        decision = self._limit(flow, insp, pkt, d, Limit.STREAM_HOLE, detail, now)
-        if decision is not None and decision.action.blocks:
-            return decision
-        self._defer(decision)
-        data = reasm.skip_hole()
-        insp.progress[d] = now
-        self._resync(flow, insp, d)
-        return data
+        self._limiter.depth(flow, insp, pkt, d, Limit.UDP_DEPTH, self._depth[d], now)
 
     def _resync(self, flow: Flow, insp: Inspection, d: Direction) -> None:
         """After a skipped hole: the app session starts a new decoder (HTTP: at the next
@@ -723,55 +627,3 @@ class Engine:
         if state is not None:
             state.matcher.close_stream(state)
             insp.states[d] = state.matcher.open_stream(group)
-
-    def _table_full(self, flow: Flow, pkt: Packet, d: Direction, now: float) -> Decision | None:
-        """The table was full when `flow` was made (another was evicted, in the table's
-        order): `limits.flow_table` of its server. RESET refuses the new flow. Events are
-        rate-limited to one a second (FLOWLESS_EVENT_INTERVAL)."""
-        self.stats.limits[Limit.FLOW_TABLE] += 1
-        policy = self.limits.for_server(flow.key.server).flow_table
-        if policy is LimitPolicy.PASS:
-            return None
-        blocked = policy is LimitPolicy.RESET
-        events: tuple[Event, ...] = ()
-        if self.limits.flowless_due(Limit.FLOW_TABLE, now):
-            detail = f"{self.table.max_flows} flows"
-            port = flow.key.server_port
-            event = limit_event(Limit.FLOW_TABLE, detail, pkt, flow.flow_id, port, d, blocked, now)
-            events = (event,)
-            self.stats.events += 1
-        if blocked:
-            flow.blocked = Action.RESET
-            self.stats.flows_blocked += 1
-            self.stats.blocked_packets += 1
-            return Decision(Action.RESET, False, events)
-        if events:
-            self._defer(Decision(Action.ALERT, False, events))
-        return None
-
-    def _defrag_refused(self, pkt: Packet, now: float) -> Decision:
-        """The defragmenter dropped a fragment: `limits.defrag` of its destination (events
-        rate-limited to one a second)."""
-        self.stats.limits[Limit.DEFRAG] += 1
-        policy = self.limits.for_server(pkt.dst).defrag
-        if policy is LimitPolicy.PASS or not self.limits.flowless_due(Limit.DEFRAG, now):
-            return _DROP
-        detail = "fragment refused or datagram poisoned"
-        event = limit_event(Limit.DEFRAG, detail, pkt, 0, pkt.dport, Direction.TO_SERVER, True, now)
-        self.stats.events += 1
-        return Decision(Action.DROP, False, (event,))
-
-
-def _merged(decision: Decision, extra: Decision | None) -> Decision:
-    """`decision` with a limit's decision added: every event, the blocking action if either
-    blocks, else ALERT (keeping `decision`'s final and done flags)."""
-    if extra is None:
-        return decision
-    events = decision.events + extra.events
-    if extra.action.blocks:
-        return Decision(extra.action, False, events)
-    if decision.action.blocks:
-        return Decision(decision.action, False, events)
-    return Decision(
-        Action.ALERT, decision.final, events, decision.done_to_server, decision.done_to_client
-    )

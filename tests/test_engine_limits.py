@@ -10,9 +10,10 @@ import ipaddress
 from pathlib import Path
 
 from gateway.config import HostLimits, LimitsConfig, parse_config
-from gateway.engine import HOLE_RETRY, Engine
+from gateway.engine import Engine
 from gateway.engine_config import EngineConfig
 from gateway.match.rules import RuleSet, load_rules
+from gateway.verdict.limiter import HOLE_RETRY
 from gateway.vocabulary import Action, Limit, LimitPolicy
 from tests.test_engine import MARKER, SERVER, Conn, engine_with, rule
 
