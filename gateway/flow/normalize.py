@@ -39,9 +39,11 @@ The rules, in the order they apply:
 3. `receive` (reassembly): the reassembler (gateway/flow/reassembly.py, first-wins) reports
    any byte that differs from one held or delivered within its history, or that belongs to a
    hole it skipped (gateway/engine.py, `limits.stream_hole`): RESET. Except a keep-alive
-   probe (one byte at the sequence number before the next one expected, no SYN, FIN or RST,
-   as Suricata recognises it): Windows fills it with a byte other than the one sent, and the
-   receiver, which has that byte already, discards it; it passes uncompared (`keepalive`). An
+   probe's shape (one byte at the sequence number before the next one expected, no SYN, FIN
+   or RST, as Suricata recognises it) with a byte other than the last one delivered: Windows
+   fills its probes so, and resetting would end every idle connection it probes. Such a
+   segment is dropped instead (`keepalive`): a receiver that has the byte loses nothing, one
+   that lacks it (its copy was an insertion that expired on the way) never gets another. An
    out-of-order segment the reassembler cannot hold within its bounds is dropped (the sender
    retransmits it). Urgent data (RFC 9293 section 3.8.5, read as Linux and Windows read it:
    the urgent byte is the one before SEG.SEQ + urgent pointer, the one at SEG.SEQ when the
@@ -106,7 +108,7 @@ class Reason(enum.Enum):
     CONFLICT = "conflict"  # the flow is reset
     HOLE_LATE = "hole_late"  # bytes of a skipped hole came after all: the flow is reset
     URGENT = "urgent"  # an urgent byte taken out of the inspected bytes
-    KEEPALIVE = "keepalive"  # a keep-alive probe's byte passed uncompared (not a refusal)
+    KEEPALIVE = "keepalive"  # a keep-alive probe with another byte: dropped, not a reset
 
 
 def _diff(a: int, b: int) -> int:
@@ -335,9 +337,10 @@ class Normalizer:
             and reasm.next_seq is not None
             and (pkt.seq + 1) % SEQ_MOD == reasm.next_seq
             and not pkt.flags & (TCP_SYN | TCP_FIN | TCP_RST)
+            and reasm.last_byte not in (None, pkt.payload)
         ):
-            self.counts[Reason.KEEPALIVE.value] += 1  # keep-alive probe: nothing to deliver
-            return Verdict.PASS, b""
+            self._count(Reason.KEEPALIVE)  # a keep-alive probe's byte: dropped, flow goes on
+            return Verdict.DROP, b""
         conflicts = reasm.overlaps_conflicting
         late = reasm.late_holes
         data = reasm.receive(pkt.seq, pkt.payload, bool(pkt.flags & TCP_SYN))

@@ -255,6 +255,11 @@ class StreamReassembler:
                 return
 
     @property
+    def last_byte(self) -> bytes | None:
+        """The last byte delivered, while the history keeps it (None otherwise)."""
+        return bytes(self._recent[-1:]) if self._recent else None
+
+    @property
     def hole(self) -> bool:
         """Bytes are held behind a hole (out of order)."""
         return bool(self._starts)
