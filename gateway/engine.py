@@ -23,8 +23,16 @@ Pipeline and policy:
   the receiver would drop (data on a SYN, data without ACK, PAWS, bytes before the stream or
   beyond any window, out-of-order data past the reassembly bounds) are dropped, the urgent
   byte is taken out of the inspected bytes, and a segment whose bytes differ from bytes
-  already inspected resets the flow (no event: the counters say why, `norm_*` in stats).
-  These are three delimited hooks in `_process`; the logic lives in gateway/flow/.
+  already inspected resets the flow (counted, `norm_*` in stats; an event under
+  `limits.normalizer` alert or reset). These are three delimited hooks in `_process`; the
+  logic lives in gateway/flow/.
+- Limits (gateway/flow/limits.py, the `limits:` section, per server): every bound legal
+  traffic can reach has a policy, applied by the `Limiter` (gateway/verdict/limiter.py): stream
+  and UDP depth (`inspect-start`: a direction whose decoder still follows it is inspected
+  past the depth), pending out-of-order bytes, holes in a stream (after `limits.hole_wait`
+  without progress the segments behind a hole are dropped, then the hole is skipped and the
+  app session and raw stream restart after it, `_resync`), a full flow table, decoder caps,
+  normaliser refusals and defragmentation. Counted in `limit_*`; events per policy.
 - A flow is inspected in a direction only when a rule covers (protocol, server port, direction)
   and that direction's stream depth (`EngineConfig.depth_to_server` / `depth_to_client`) is
   not 0. TCP bytes go through first-wins reassembly (gateway.flow.reassembly) and only the
