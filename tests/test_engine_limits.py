@@ -9,6 +9,9 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+from scapy.layers.dns import DNS, DNSQR
+from scapy.layers.inet import IP, UDP
+
 from gateway.config import HostLimits, LimitsConfig, parse_config
 from gateway.engine import Engine
 from gateway.engine_config import EngineConfig
@@ -277,3 +280,37 @@ def test_limits_configuration_hosts() -> None:
     assert engine.limits.for_server("198.18.1.1").stream_hole is LimitPolicy.RESET
     assert engine.limits.for_server("2001:db8::1").stream_hole is LimitPolicy.PASS
     assert engine.limits.for_server("not an address").stream_hole is LimitPolicy.PASS
+
+
+def test_a_decoded_udp_flow_is_inspected_past_its_depth(tmp_path: Path) -> None:
+    """udp_depth inspect-start (the default): DNS queries after the depth are still decoded;
+    under `pass` the flow is done at the depth."""
+    (tmp_path / "dns.yaml").write_text(
+        "rules:\n"
+        "  - id: 78\n"
+        "    title: test DNS name\n"
+        "    severity: high\n"
+        "    action: drop\n"
+        "    protocol: udp\n"
+        "    app: dns\n"
+        "    ports: [53]\n"
+        "    direction: to_server\n"
+        "    conditions:\n"
+        "      - field: dns.qname\n"
+        "        content: evil\n",
+        encoding="utf-8",
+    )
+    rules = load_rules([tmp_path])
+
+    def query(name: str) -> bytes:
+        dns = DNS(id=1, rd=1, qd=DNSQR(qname=name))
+        return bytes(IP(src="198.18.0.10", dst=SERVER) / UDP(sport=5353, dport=53) / dns)
+
+    for policy, blocked in ((LimitPolicy.INSPECT_START, True), (LimitPolicy.PASS, False)):
+        config = EngineConfig(depth_to_server=200, limits=LimitsConfig(udp_depth=policy))
+        engine = Engine(rules, config)
+        for i in range(10):  # about 300 bytes of harmless queries
+            assert engine.process_ip(query(f"host{i}.example"), 100.0 + i).action is Action.ACCEPT
+        last = engine.process_ip(query("evil.example"), 110.0)
+        assert (last.action is Action.DROP) is blocked, policy
+        assert engine.stats.as_dict()["limit_udp_depth"] >= 1
