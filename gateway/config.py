@@ -27,6 +27,7 @@ from typing import Any, Final, Protocol, TypeVar, get_type_hints, runtime_checka
 import yaml
 
 from gateway.errors import ConfigError
+from gateway.vocabulary import Limit, LimitPolicy
 
 __all__ = [
     "BUNDLED_RULES",
@@ -36,6 +37,9 @@ __all__ = [
     "Declared",
     "FailPolicy",
     "GatewayConfig",
+    "HostLimits",
+    "LIMIT_CHOICES",
+    "LimitsConfig",
     "Network",
     "Setting",
     "accepts",
@@ -59,6 +63,7 @@ MAX_PROTECTED_HOSTS = 4096  # entries in protected_hosts (kernel side uses an ip
 MAX_STREAM_DEPTH = 1 << 30  # bytes per direction; connbytes counts 64-bit but keep it sane
 MAX_MARK = 0xFFFFFFFF
 MAX_SECONDS = 86400  # idle timeouts and the restart window: one day
+MAX_LIMIT_OVERRIDES = 256  # entries in limits.hosts
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
@@ -336,6 +341,159 @@ class EngineSettings:
         lo=0,
         hi=1 << 24,
     )
+    defrag_datagrams: int = setting(
+        4096,
+        "Incomplete IP datagrams the defragmenter holds (captures and in-process use; inline, "
+        "conntrack reassembles before the queue). A fragment of a new datagram past it is "
+        "dropped (`frag_refused`, policy `limits.defrag`).",
+        lo=1,
+        hi=1 << 20,
+    )
+    defrag_fragments: int = setting(
+        1024,
+        "Fragments kept per datagram; a datagram in more pieces is poisoned (all its fragments "
+        "dropped; `frag_poisoned`, policy `limits.defrag`). Receivers keep fewer (Linux: 64).",
+        lo=1,
+        hi=65535,
+    )
+    defrag_timeout: float = setting(
+        90.0,
+        "Seconds an incomplete datagram is remembered after its first fragment: longer than "
+        "receivers wait (Linux 30 s, Windows 60 s), so a fragment the gateway forgot cannot "
+        "complete a datagram at the server either.",
+        lo=1,
+        hi=MAX_SECONDS,
+    )
+
+
+# Which policies each limit takes (the first is its default, docs/architecture.md "Limits").
+LIMIT_CHOICES: Final[Mapping[Limit, tuple[LimitPolicy, ...]]] = {
+    Limit.STREAM_DEPTH: (
+        LimitPolicy.INSPECT_START, LimitPolicy.ALERT, LimitPolicy.RESET, LimitPolicy.PASS
+    ),
+    Limit.UDP_DEPTH: (
+        LimitPolicy.INSPECT_START, LimitPolicy.ALERT, LimitPolicy.RESET, LimitPolicy.PASS
+    ),
+    Limit.PENDING: (LimitPolicy.PASS, LimitPolicy.ALERT, LimitPolicy.RESET),
+    Limit.STREAM_HOLE: (LimitPolicy.PASS, LimitPolicy.ALERT, LimitPolicy.RESET),
+    Limit.FLOW_TABLE: (LimitPolicy.ALERT, LimitPolicy.RESET, LimitPolicy.PASS),
+    Limit.DECODER: (LimitPolicy.ALERT, LimitPolicy.RESET, LimitPolicy.PASS),
+    Limit.NORMALIZER: (LimitPolicy.PASS, LimitPolicy.ALERT, LimitPolicy.RESET),
+    Limit.DEFRAG: (LimitPolicy.PASS, LimitPolicy.ALERT),
+}  # fmt: skip
+
+
+def _choices(limit: Limit) -> str:
+    return ", ".join(f"`{p.value}`" for p in LIMIT_CHOICES[limit])
+
+
+def _limit_problem(limit: Limit, policy: LimitPolicy) -> str | None:
+    if policy in LIMIT_CHOICES[limit]:
+        return None
+    return f"{policy.value!r} is not a policy of {limit.value} (one of {_choices(limit)})"
+
+
+@dataclass(frozen=True, slots=True)
+class HostLimits:
+    """A `limits.hosts` entry: policies for the servers in `hosts` (the others keep the
+    section's own)."""
+
+    hosts: tuple[Network, ...]
+    policies: tuple[tuple[Limit, LimitPolicy], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    stream_depth: LimitPolicy = setting(
+        LimitPolicy.INSPECT_START,
+        "A TCP direction reached its `stream_depth`. `inspect-start` (default): a stream whose "
+        "app decoder follows its units (HTTP requests, SMB and DCE/RPC messages, TLS records, "
+        "...) is inspected to its end, so a unit after any amount of padding is still checked "
+        "(such connections are never bypassed in the kernel); a stream no decoder follows "
+        "stops at the depth and is counted (`limit_stream_depth`). `alert`: stop at the depth "
+        "with an event; `reset`: event and reset; `pass`: stop, counted.",
+    )
+    udp_depth: LimitPolicy = setting(
+        LimitPolicy.INSPECT_START,
+        "A UDP flow direction reached its depth in bytes. `inspect-start` (default): a flow "
+        "whose app decoder (DNS, ...) reads its datagrams keeps being inspected, datagram by "
+        "datagram; otherwise as `pass`.",
+    )
+    pending: LimitPolicy = setting(
+        LimitPolicy.PASS,
+        "An out-of-order segment past `engine.max_pending`: it is dropped and its sender "
+        "retransmits it once the hole is filled, so nothing escapes inspection; `pass` "
+        "(default) only counts it.",
+    )
+    stream_hole: LimitPolicy = setting(
+        LimitPolicy.PASS,
+        "A hole in a TCP stream that nothing fills (a segment the kernel passed uninspected "
+        "while the queue was full, under fail_policy open): after `hole_wait` it is skipped, "
+        "the bytes after it inspected and the app decoder resynchronised (HTTP: the next "
+        "request line; others: identified again, raw patterns go on). A later copy of skipped "
+        "bytes resets the flow (with an event unless `pass`). `pass` (default): counted "
+        "(`limit_stream_hole`, in `status`); "
+        "`alert`: an event names the hole as well; `reset`: the flow is reset instead of "
+        "skipping.",
+    )
+    hole_wait: float = setting(
+        1.0,
+        "Seconds without progress after which a hole in a TCP stream is suspect: a segment "
+        "after it is held and dropped (not passed on uninspected), and the hole is skipped "
+        "with the first segment at least 0.2 s later (the sender's retransmission: Linux's "
+        "minimum RTO). A hole a retransmission fills in time is never skipped.",
+        lo=0.2,
+        hi=MAX_SECONDS,
+    )
+    flow_table: LimitPolicy = setting(
+        LimitPolicy.ALERT,
+        "The flow table (`engine.max_flows`) was full when a new flow came. `alert` (default) "
+        "and `pass`: the new flow is inspected and room made by evicting, in this order, a "
+        "closed TCP flow, a non-TCP flow, an open TCP flow, each the least recently seen "
+        "first (an evicted flow that comes back is picked up mid-stream and inspected again); "
+        "`reset`: the new flow is refused (reset) instead. Events: at most one a second.",
+    )
+    decoder: LimitPolicy = setting(
+        LimitPolicy.ALERT,
+        "An app decoder stopped for its own bounds (more than 16 refusals in one segment) or "
+        "failed (a bug): its direction's fields are no longer decoded, raw patterns go on. A "
+        "decoder that refuses bytes raises an anomaly record, judged by the anomaly rules "
+        "9300001-9300004, instead.",
+    )
+    normalizer: LimitPolicy = setting(
+        LimitPolicy.PASS,
+        "The TCP normaliser dropped a segment the receiver would drop (checksum, window, "
+        "PAWS, data without ACK, data on a SYN). `pass` (default): counted (`norm_*`); the "
+        "receiver drops such segments too. A segment whose bytes differ from inspected ones "
+        "always resets the flow; `alert` and `reset` add an event.",
+    )
+    defrag: LimitPolicy = setting(
+        LimitPolicy.PASS,
+        "The defragmenter refused a fragment (table full, bad header checksum) or poisoned a "
+        "datagram (overlapping fragments that differ, too large, too many pieces): its "
+        "fragments are dropped, which stops what they carried. `pass` (default): counted "
+        "(`limit_defrag`, `frag_*`); `alert`: events as well, at most one a second.",
+    )
+    hosts: tuple[HostLimits, ...] = setting(
+        (),
+        "Per-host overrides: a list of mappings, each with `hosts` (addresses or CIDRs) and "
+        "any of the policies above; the most specific entry holding a server's address "
+        "applies, limit by limit.",
+        hi=MAX_LIMIT_OVERRIDES,
+    )
+
+    def policy(self, limit: Limit) -> LimitPolicy:
+        """The section's own policy for `limit`."""
+        value: LimitPolicy = getattr(self, limit.value)
+        return value
+
+    def problem(self) -> tuple[str, str] | None:
+        """Every policy is one its limit takes."""
+        for limit in Limit:
+            reason = _limit_problem(limit, self.policy(limit))
+            if reason is not None:
+                return limit.value, reason
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,6 +673,7 @@ class GatewayConfig:
     stream_depth: StreamDepth = field(default_factory=StreamDepth)
     marks: MarkConfig = field(default_factory=MarkConfig)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -695,6 +854,37 @@ def _networks(ctx: _Ctx, d: Declared, value: object) -> tuple[Network, ...]:
     return tuple(hosts)
 
 
+def _host_limits(ctx: _Ctx, d: Declared, value: object) -> tuple[HostLimits, ...]:
+    """`limits.hosts`: a list of {hosts: [...], <limit>: <policy>, ...} mappings."""
+    out: list[HostLimits] = []
+    allowed = {"hosts"} | {limit.value for limit in Limit}
+    for i, item in enumerate(_list(ctx, d, value)):
+        path = (*d.key, str(i))
+        entry = _mapping(ctx, path, item, allowed)
+        if "hosts" not in entry:
+            raise ctx.fail(path, "an override needs `hosts` (addresses or CIDRs)")
+        nets: list[Network] = []
+        for j, host in enumerate(_list(ctx, d, entry.pop("hosts"))):
+            try:
+                nets.append(ipaddress.ip_network(str(host), strict=False))
+            except ValueError as err:
+                where = (*path, "hosts", str(j))
+                raise ctx.fail(where, f"{host!r} is not an address or CIDR") from err
+        policies: list[tuple[Limit, LimitPolicy]] = []
+        for name, raw in entry.items():
+            limit = Limit(name)
+            try:
+                policy = LimitPolicy(raw)
+            except ValueError as err:
+                raise ctx.fail((*path, name), f"{raw!r} is not one of {_choices(limit)}") from err
+            reason = _limit_problem(limit, policy)
+            if reason is not None:
+                raise ctx.fail((*path, name), reason)
+            policies.append((limit, policy))
+        out.append(HostLimits(tuple(nets), tuple(policies)))
+    return tuple(out)
+
+
 def _range_text(d: Declared) -> str:
     lo, hi = d.setting.lo, d.setting.hi
     return f"{lo:#x}..{hi:#x}" if d.setting.in_hex else f"{lo}..{hi}"
@@ -706,7 +896,10 @@ def _accepts_str(d: Declared) -> str:
 
 
 def _accepts_enum(d: Declared) -> str:
-    names = [f"`{m.value}`" for m in d.kind]
+    members = d.kind
+    if d.kind is LimitPolicy:  # each limit takes some of the policies
+        members = LIMIT_CHOICES[Limit(d.key[-1])]
+    names = [f"`{m.value}`" for m in members]
     return ", ".join(names[:-1]) + " or " + names[-1]
 
 
@@ -728,6 +921,10 @@ _KINDS: Final[Mapping[object, _Kind]] = {
     tuple[Path, ...]: _Kind(_paths, lambda d: "a list of paths"),
     tuple[Network, ...]: _Kind(
         _networks, lambda d: f"a list of at most {d.setting.hi} addresses or CIDRs"
+    ),
+    tuple[HostLimits, ...]: _Kind(
+        _host_limits,
+        lambda d: f"a list of at most {d.setting.hi} mappings (`hosts` and policies)",
     ),
 }
 _ENUM_KIND: Final = _Kind(_enum, _accepts_enum)

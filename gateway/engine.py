@@ -23,8 +23,16 @@ Pipeline and policy:
   the receiver would drop (data on a SYN, data without ACK, PAWS, bytes before the stream or
   beyond any window, out-of-order data past the reassembly bounds) are dropped, the urgent
   byte is taken out of the inspected bytes, and a segment whose bytes differ from bytes
-  already inspected resets the flow (no event: the counters say why, `norm_*` in stats).
-  These are three delimited hooks in `_process`; the logic lives in gateway/flow/.
+  already inspected resets the flow (counted, `norm_*` in stats; an event under
+  `limits.normalizer` alert or reset). These are three delimited hooks in `_process`; the
+  logic lives in gateway/flow/.
+- Limits (gateway/flow/limits.py, the `limits:` section, per server): every bound legal
+  traffic can reach has a policy, applied by the `Limiter` (gateway/verdict/limiter.py): stream
+  and UDP depth (`inspect-start`: a direction whose decoder still follows it is inspected
+  past the depth), pending out-of-order bytes, holes in a stream (after `limits.hole_wait`
+  without progress the segments behind a hole are dropped, then the hole is skipped and the
+  app session and raw stream restart after it, `_resync`), a full flow table, decoder caps,
+  normaliser refusals and defragmentation. Counted in `limit_*`; events per policy.
 - A flow is inspected in a direction only when a rule covers (protocol, server port, direction)
   and that direction's stream depth (`EngineConfig.depth_to_server` / `depth_to_client`) is
   not 0. TCP bytes go through first-wins reassembly (gateway.flow.reassembly) and only the
@@ -66,6 +74,7 @@ What it guarantees:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 from gateway.decode.packet import (
@@ -87,16 +96,18 @@ from gateway.decode.session import (
 )
 from gateway.engine_config import EngineConfig
 from gateway.flow.defrag import Defragmenter
+from gateway.flow.limits import LimitTable
 from gateway.flow.normalize import Normalizer, Verdict
 from gateway.flow.reassembly import StreamReassembler
 from gateway.flow.table import Flow, FlowKey, FlowTable
 from gateway.match.inspection import Inspection
-from gateway.match.matcher import NO_RULES, Matcher
+from gateway.match.matcher import NO_RULES, Matcher, MatchGroup
 from gateway.match.rules import Rule, RuleSet
 from gateway.policy.compiled import CompiledPolicy
 from gateway.verdict import ACCEPT, ACCEPT_FINAL, Decision
 from gateway.verdict.judge import Judge
-from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Action, Direction, Mode
+from gateway.verdict.limiter import Limiter
+from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Action, Direction, Limit, LimitPolicy, Mode
 
 __all__ = ["EXPIRE_INTERVAL", "Engine", "EngineStats"]
 
@@ -142,6 +153,7 @@ class EngineStats:
         "fragments",
         "http_memo_hits",
         "internal_errors",
+        "limits",
         "not_inspected",
         "packets",
         "raw_rearms",
@@ -172,6 +184,7 @@ class EngineStats:
         self.app_unidentified = 0  # directions where no expected app protocol was recognised
         self.app_rebinds = 0  # directions switched to the rules of the protocol found there
         self.app_handovers = 0  # directions handed over to another protocol (STARTTLS)
+        self.limits = dict.fromkeys(Limit, 0)  # limits reached (gateway/flow/limits.py)
         self._table = table
         self._engine = engine
 
@@ -184,7 +197,12 @@ class EngineStats:
         return self._engine.matcher.streams_open
 
     def as_dict(self) -> dict[str, int]:
-        out = {name: getattr(self, name) for name in self.__slots__ if not name.startswith("_")}
+        out = {
+            name: getattr(self, name)
+            for name in self.__slots__
+            if not name.startswith("_") and name != "limits"
+        }
+        out.update({f"limit_{k.value}": v for k, v in self.limits.items()})
         out["flows_active"] = self.flows_active
         out["streams_open"] = self.streams_open
         engine = self._engine
@@ -221,7 +239,10 @@ class Engine:
         self.normalizer = Normalizer(
             self.config.checksums, self.config.kernel_checked_tcp
         )  # gateway/flow/normalize.py
-        self.defrag = Defragmenter()  # IP fragments (gateway/flow/defrag.py)
+        self.defrag = Defragmenter(  # IP fragments (gateway/flow/defrag.py)
+            self.config.defrag_datagrams, self.config.defrag_timeout, self.config.defrag_fragments
+        )
+        self.limits = LimitTable(self.config.limits)  # per-server limit policies
         self.table = FlowTable(
             self.config.max_flows,
             self.config.tcp_idle,
@@ -234,6 +255,8 @@ class Engine:
         )
         self.stats = EngineStats(self.table, self)
         self._judge = Judge(self.stats, policy)
+        # the consequences of limits (gateway/verdict/limiter.py)
+        self._limiter = Limiter(self.limits, self.stats, self._judge, self.normalizer, self._resync)
         self._memo = UnitMemo(self.config.http_memo_entries)
         self._depth = (self.config.depth_to_server, self.config.depth_to_client)
         self._fail = _FAIL_OPEN if self.config.fail_open else _FAIL_CLOSED
@@ -350,7 +373,13 @@ class Engine:
         ):
             self._next_expire = now + EXPIRE_INTERVAL
             self.table.expire(now)
-        flow, d = self.table.lookup(pkt, now)
+        table = self.table
+        evicted = table.evicted
+        flow, d = table.lookup(pkt, now)
+        if table.evicted != evicted and (  # the table was full: limits.flow_table
+            refused := self._limiter.table_full(flow, pkt, d, now, table.max_flows)
+        ):
+            return refused
         blocked = flow.blocked
         if blocked is not None:
             if (
@@ -375,7 +404,7 @@ class Engine:
             (payload and insp.active[d] and not self.normalizer.intact(pkt))
             or not self.normalizer.admit(flow, pkt, d, insp.reasm[d])
         ):
-            return _DROP
+            return self._limiter.norm_refusal(flow, insp, pkt, d, now, Verdict.DROP)
         # ---- end of hook 2
         if not insp.active[d]:
             return _ACCEPT_DONE[d]
@@ -392,11 +421,20 @@ class Engine:
                 and starts_whole_connection(self._whole[d], payload, d)
             ):
                 reasm.max_depth = UNBOUNDED_DEPTH
+            elif payload and reasm.position + len(payload) >= reasm.max_depth:
+                self._reaching_depth(insp, d, reasm)
             # ---- normalisation hook 3 of 3: reassembly; differing bytes reset the flow
             verdict, data = self.normalizer.receive(flow, pkt, d, reasm)
             if verdict is not Verdict.PASS:
-                return self._judge.refuse(flow, insp) if verdict is Verdict.RESET else _DROP
+                return self._limiter.norm_refusal(flow, insp, pkt, d, now, verdict)
             # ---- end of hook 3
+            if data:
+                insp.progress[d] = now
+            elif payload and reasm.hole:  # held behind a hole: limits.stream_hole
+                held = self._limiter.hole(flow, insp, pkt, d, reasm, now)
+                if isinstance(held, Decision):
+                    return held
+                data = held
             fired = NO_RULES
             if data:
                 state = insp.states[d]
@@ -404,13 +442,15 @@ class Engine:
                     fired = state.matcher.scan_stream(state, data)
                 app = insp.apps[d]
                 if app is not None:
-                    fired = insp.combine(d, fired, self._app_rules(insp, app, d, data, flow))
+                    rules = self._app_rules(insp, app, d, data, flow, pkt, now)
+                    fired = insp.combine(d, fired, rules)
                     if state is not None:  # h2c: raw patterns see its requests as HTTP/1
                         fired += insp.scan_derived(d, app.take_derived())
                 elif fired:
                     fired = insp.combine(d, fired, NO_RULES)
             if reasm.depth_reached:
                 self._direction_done(flow, insp, d)
+                self._limiter.depth(flow, insp, pkt, d, Limit.STREAM_DEPTH, reasm.max_depth, now)
             # A direction whose decoder gave up and that has no raw patterns scans nothing more,
             # but stays queued up to its depth: a retransmission whose bytes differ from those
             # the decoder rejected must still be refused (normalisation hook 3), or bytes that
@@ -424,17 +464,20 @@ class Engine:
             fired = insp.matcher.scan_block(group, payload)
             app = insp.apps[d]
             if app is not None:
-                fired = insp.combine(d, fired, self._app_rules(insp, app, d, payload, flow))
+                rules = self._app_rules(insp, app, d, payload, flow, pkt, now)
+                fired = insp.combine(d, fired, rules)
             elif fired:
                 fired = insp.combine(d, fired, NO_RULES)
             seen = (flow.bytes_to_server, flow.bytes_to_client)[d]
-            if seen >= self._depth[d]:
-                self._direction_done(flow, insp, d)
+            if seen >= insp.depth[d]:
+                self._udp_depth(flow, insp, pkt, d, now)
         if fired:
-            return self._judge.decide(flow, insp, pkt, d, fired, now, data)
-        if flow.final:
-            return ACCEPT_FINAL
-        return ACCEPT if insp.active[d] else _ACCEPT_DONE[d]
+            decision = self._judge.decide(flow, insp, pkt, d, fired, now, data)
+        elif flow.final:
+            decision = ACCEPT_FINAL
+        else:
+            decision = ACCEPT if insp.active[d] else _ACCEPT_DONE[d]
+        return decision if self._limiter.pending is None else self._limiter.take(decision)
 
     def _defragment(self, pkt: Packet, now: float) -> Packet | Decision:
         """Hook 1's fragment step (gateway/flow/defrag.py): the whole datagram once `pkt`
@@ -442,7 +485,7 @@ class Engine:
         self.stats.fragments += 1
         action, whole = self.defrag.add(pkt, now)
         if whole is None:
-            return ACCEPT if action is Action.ACCEPT else _DROP
+            return ACCEPT if action is Action.ACCEPT else self._limiter.defrag_refused(pkt, now)
         try:
             return parse_ip(whole)
         except DecodeError:
@@ -450,11 +493,19 @@ class Engine:
             return self._fail
 
     def _app_rules(
-        self, insp: Inspection, app: AppSession, d: Direction, data: bytes, flow: Flow
+        self,
+        insp: Inspection,
+        app: AppSession,
+        d: Direction,
+        data: bytes,
+        flow: Flow,
+        pkt: Packet,
+        now: float,
     ) -> tuple[Rule, ...]:
         """The rules whose field conditions the app records `data` completes hold on (rules
         off for the server left out); never raises (a failing app layer ends app-layer
-        inspection of this direction, counted by the session)."""
+        inspection of this direction, counted by the session; when it ended for its own
+        bounds or a bug, `limits.decoder` applies)."""
         records = app.feed(data)
         probed = app.probed
         rebound: list[Rule] = []
@@ -464,6 +515,10 @@ class Engine:
         if not records:
             if records is None:
                 insp.apps[d] = None
+                if app.capped:
+                    limiter = self._limiter
+                    over = "app layer over"
+                    limiter.defer(limiter.reached(flow, insp, pkt, d, Limit.DECODER, over, now))
                 group = insp.groups[d]
                 if group is insp.matcher.unlisted(d) and group.database is None:
                     # a port no rule lists, and no protocol with rules found: nothing to
@@ -512,7 +567,7 @@ class Engine:
             flow.final = True
             self.stats.flows_final += 1
             return None
-        insp = Inspection(matcher)
+        insp = Inspection(matcher, self.limits.for_server(key.server), flow.last_seen)
         for d in Direction:
             depth = self._depth[d]
             group = matcher.group(key.proto, d, key.server_port)
@@ -527,6 +582,7 @@ class Engine:
                 continue  # an unlisted port's group with nothing to identify
             insp.groups[d] = group
             insp.active[d] = True
+            insp.depth[d] = depth
             if key.proto == PROTO_TCP:
                 reasm = StreamReassembler(
                     depth, self.config.max_pending, self.config.retransmit_history, True
@@ -536,16 +592,7 @@ class Engine:
                 if group.database is not None:
                     insp.states[d] = matcher.open_stream(group)
             if candidates:
-                insp.apps[d] = AppSession(
-                    candidates,
-                    key.proto,
-                    d,
-                    key.server,
-                    key.server_port,
-                    self.stats,
-                    self._memo,
-                    group,
-                )
+                insp.apps[d] = self._app_session(key, d, group, candidates)
         if not any(insp.active):
             flow.final = True
             self.stats.flows_final += 1
@@ -578,6 +625,26 @@ class Engine:
                 out.append(rule)
         return out
 
+    def _app_session(
+        self,
+        key: FlowKey,
+        d: Direction,
+        group: MatchGroup,
+        candidates: Sequence[str] | None = None,
+    ) -> AppSession:
+        """A new app session for direction `d` of the flow keyed `key`, identifying among
+        `candidates` (default: the group's)."""
+        return AppSession(
+            group.app_candidates if candidates is None else candidates,
+            key.proto,
+            d,
+            key.server,
+            key.server_port,
+            self.stats,
+            self._memo,
+            group,
+        )
+
     def _any_port_wanted(self, key: FlowKey) -> bool:
         """A flow on a port no rule names is inspected only if a `ports: any` rule is on for
         its server (app control, e.g. HTTP on a port other than the allowed ones)."""
@@ -606,3 +673,43 @@ class Engine:
             insp.release()
         flow.inspection = None
         flow.streams.clear()
+
+    # ----------------------------------------------------------------- limits
+
+    def _reaching_depth(self, insp: Inspection, d: Direction, reasm: StreamReassembler) -> None:
+        """A TCP segment reaches the direction's stream depth: under `inspect-start`, a stream
+        whose app decoder follows its units is inspected to its end (counted)."""
+        app = insp.apps[d]
+        inspect_start = insp.limits.stream_depth is LimitPolicy.INSPECT_START
+        if inspect_start and app is not None and app.decoding:
+            reasm.max_depth = UNBOUNDED_DEPTH
+            self.stats.limits[Limit.STREAM_DEPTH] += 1
+
+    def _udp_depth(
+        self, flow: Flow, insp: Inspection, pkt: Packet, d: Direction, now: float
+    ) -> None:
+        """A UDP direction reached its depth: under `inspect-start`, one whose app decoder
+        reads its datagrams goes on; otherwise it is done (limits.udp_depth)."""
+        app = insp.apps[d]
+        if insp.limits.udp_depth is LimitPolicy.INSPECT_START and app is not None and app.decoding:
+            insp.depth[d] = UNBOUNDED_DEPTH
+        else:
+            self._direction_done(flow, insp, d)
+        self._limiter.depth(flow, insp, pkt, d, Limit.UDP_DEPTH, self._depth[d], now)
+
+    def _resync(self, flow: Flow, insp: Inspection, d: Direction) -> None:
+        """After a skipped hole: the app session starts a new decoder (HTTP: at the next
+        request line; one whose app layer was over identifies the protocol again) and the
+        raw stream starts again."""
+        group = insp.groups[d]
+        if group is None:
+            return
+        app = insp.apps[d]
+        if app is not None:
+            app.restart()
+        elif group.apps:
+            insp.apps[d] = self._app_session(flow.key, d, group)
+        state = insp.states[d]
+        if state is not None:
+            state.matcher.close_stream(state)
+            insp.states[d] = state.matcher.open_stream(group)

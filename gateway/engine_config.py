@@ -5,7 +5,7 @@ and is held to its declared bounds: `EngineConfig()` is the engine of an empty c
 `EngineConfig.from_gateway(config)` the engine of a loaded one, and a value out of its key's
 bounds raises ConfigError naming the field, the key and the value. The fields no key sets
 (`tcp_closed_idle`, `kernel_checked_syn`, `kernel_checked_tcp`, `checksums`) are the caller's
-to choose.
+to choose; `limits` is the configuration's `limits:` section whole.
 """
 
 from __future__ import annotations
@@ -13,7 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
-from gateway.config import SETTINGS, FailPolicy, GatewayConfig, check_value, value_at
+from gateway.config import (
+    SETTINGS,
+    FailPolicy,
+    GatewayConfig,
+    LimitsConfig,
+    check_value,
+    value_at,
+)
 from gateway.errors import ConfigError
 from gateway.flow.normalize import ChecksumMode
 from gateway.flow.table import DEFAULT_TCP_CLOSED_IDLE
@@ -63,6 +70,10 @@ class EngineConfig:
         retransmissions (a copy that differs resets the flow, gateway/flow/normalize.py);
         older retransmitted bytes are not compared (counted in the reassembler's
         `unverified`).
+    defrag_datagrams, defrag_fragments, defrag_timeout: the defragmenter's bounds
+        (gateway/flow/defrag.py).
+    limits: the policy of every limit, per server (the `limits:` section, gateway/flow/
+        limits.py).
     """
 
     max_flows: int = _from_key("engine.max_flows")
@@ -80,6 +91,10 @@ class EngineConfig:
     kernel_checked_tcp: bool = False
     retransmit_history: int = _from_key("engine.retransmit_history")
     checksums: ChecksumMode = ChecksumMode.AUTO
+    defrag_datagrams: int = _from_key("engine.defrag_datagrams")
+    defrag_fragments: int = _from_key("engine.defrag_fragments")
+    defrag_timeout: float = _from_key("engine.defrag_timeout")
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -94,4 +109,4 @@ class EngineConfig:
         keyed = {
             f.name: value_at(config, f.metadata[_KEY]) for f in fields(cls) if _KEY in f.metadata
         }
-        return cls(fail_open=config.fail_policy is FailPolicy.OPEN, **keyed)
+        return cls(fail_open=config.fail_policy is FailPolicy.OPEN, limits=config.limits, **keyed)

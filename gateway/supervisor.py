@@ -80,6 +80,7 @@ from gateway.policy.appcontrol import plan_rules, rule_paths
 from gateway.policy.snapshot import policy_snapshot
 from gateway.policy.store import Store
 from gateway.statefiles import shared_gid
+from gateway.vocabulary import Limit
 
 log = logging.getLogger("vpatch.run")
 
@@ -300,7 +301,9 @@ class Gateway:
         kernel does not list the queue); `rules_loaded` and totals at the top level, among
         them `uninspected_packets` / `uninspected_bytes`: what the kernel passed without a
         worker's verdict (fail-open on a full queue, --queue-bypass with no reader; all
-        queues, both families: gateway/firewall/counters.py) and `events_dropped`;
+        queues, both families: gateway/firewall/counters.py), `events_dropped` and `limits`
+        (each limit reached, all queues together; per queue the engine's limit_*, norm_*,
+        frag_* and app counters, nfqueue.ENGINE_STAT_NAMES, up to a second old);
         `protected_hosts`: what the kernel's protected-host sets hold now."""
         kernel = read_queue_counters()
         queues: dict[str, dict[str, Any]] = {}
@@ -336,6 +339,11 @@ class Gateway:
             "queue_drops": sum(int(q["queue_drops"] or 0) for q in queues.values()),
             **self._uninspected().as_dict(),
             "events_dropped": sum(int(q["events_dropped"]) for q in queues.values()),
+            # limits reached (gateway/flow/limits.py), all queues together
+            "limits": {
+                limit.value: sum(int(q.get(f"limit_{limit.value}") or 0) for q in queues.values())
+                for limit in Limit
+            },
             "kernel_counters": kernel.available,
             "alerts": self._alerts.stats() if self._alerts is not None else None,
             "protected_hosts": self.protected,

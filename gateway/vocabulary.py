@@ -5,6 +5,8 @@ loader, the policy, the events and the UI say it the same way:
 - `Direction`: which way a packet travels within its flow (TO_SERVER / TO_CLIENT);
 - `Mode`: how a rule applies to a server (OFF / DETECT / PREVENT, docs/policy.md "Modes");
 - `Action`: a rule's action and the per-packet verdict (ACCEPT / ALERT / DROP / RESET);
+- `Limit`: a bound of the packet path an attacker can reach with legal traffic, and
+  `LimitPolicy`: what happens when it is reached (docs/architecture.md "Limits");
 - `PROTO_*`: the IANA IP protocol numbers the gateway handles, `PROTO_NAMES` their lower-case
   names, `ICMP_PROTOS` the ICMP of either IP version.
 
@@ -15,8 +17,9 @@ What it guarantees:
   lists and tuples directly. `Direction.label` is its spelling in rule YAML, the configuration,
   EVE JSON and the UI ("to_server" / "to_client"); `Direction.parse(label)` is the inverse and
   raises ValueError naming the value.
-- The values of `Mode` and `Action` are the strings stored in rule YAML, the policy database,
-  EVE JSON and the UI; `Mode(text)` / `Action(text)` parse them (ValueError otherwise).
+- The values of `Mode`, `Action`, `Limit` and `LimitPolicy` are the strings stored in rule
+  YAML, the policy database, the configuration, EVE JSON and the UI; `Mode(text)` /
+  `Action(text)` parse them (ValueError otherwise).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ __all__ = [
     "PROTO_UDP",
     "Action",
     "Direction",
+    "Limit",
+    "LimitPolicy",
     "Mode",
 ]
 
@@ -94,3 +99,25 @@ class Action(enum.Enum):
     @property
     def blocks(self) -> bool:
         return self in (Action.DROP, Action.RESET)
+
+
+class Limit(enum.Enum):
+    """A bound of the packet path that legal traffic can reach (gateway/flow/limits.py)."""
+
+    STREAM_DEPTH = "stream_depth"  # a TCP direction reached its stream depth
+    UDP_DEPTH = "udp_depth"  # a UDP flow direction reached its depth in bytes
+    PENDING = "pending"  # out-of-order bytes past the reassembly bound (segment dropped)
+    STREAM_HOLE = "stream_hole"  # a hole in a TCP stream was skipped (never seen bytes)
+    FLOW_TABLE = "flow_table"  # the flow table was full when a new flow came
+    DECODER = "decoder"  # an app decoder's own bounds or failure ended its direction
+    NORMALIZER = "normalizer"  # the TCP normaliser dropped a segment or reset a flow
+    DEFRAG = "defrag"  # the IP defragmenter refused a fragment or a datagram
+
+
+class LimitPolicy(enum.Enum):
+    """What happens when a Limit is reached (the configuration's `limits:` section)."""
+
+    INSPECT_START = "inspect-start"  # keep inspecting (the start of every unit) past it
+    ALERT = "alert"  # the bound applies, an event names it
+    RESET = "reset"  # an event names it and the flow is reset
+    PASS = "pass"  # the bound applies, counted only (limit_* counters)

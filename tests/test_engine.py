@@ -13,13 +13,14 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
+from gateway.config import LimitsConfig
 from gateway.decode.packet import Packet
 from gateway.engine import Engine
 from gateway.engine_config import EngineConfig
 from gateway.intake.pcap import read_capture
 from gateway.match.rules import DIRECTIONS, Pattern, Rule, RuleSet, default_rule_dir, load_rules
 from gateway.verdict import Decision
-from gateway.vocabulary import Action, Direction
+from gateway.vocabulary import Action, Direction, LimitPolicy
 
 CLIENT, SERVER = "198.18.0.10", "198.18.0.20"
 MARKER = b"VPATCH-TEST-EXPLOIT-7f3a"
@@ -212,18 +213,24 @@ def test_out_of_order_gap_filler_is_the_packet_blocked() -> None:
 def test_overlap_with_other_bytes_resets_the_flow() -> None:
     """Harmless bytes arrive first, the exploit later for the same sequence range: the server
     may keep either copy (Windows the first, Linux the last), so the engine resets the flow at
-    the second copy (gateway/flow/normalize.py), without an event, and the exploit's copy is
-    never forwarded."""
-    engine = engine_with(rule(1, MARKER))
+    the second copy (gateway/flow/normalize.py), with the normaliser's limit event under
+    `limits.normalizer: alert` (none by default), and the exploit's copy is never forwarded."""
+    engine = engine_with(rule(1, MARKER), limits=LimitsConfig(normalizer=LimitPolicy.ALERT))
     c = Conn(engine)
     c.handshake()
     prefix = b"GET /"
     harmless = b"X" * len(MARKER)
     assert c.data(len(prefix) + len(MARKER), b" HTTP/1.1\r\n\r\n").action is Action.ACCEPT
     assert c.data(len(prefix), harmless).action is Action.ACCEPT  # held out of order
-    assert c.data(len(prefix), MARKER) == Decision(Action.RESET)  # another copy: refused
-    assert c.data(0, prefix).action is Action.RESET  # the flow stays blocked
-    assert engine.stats.events == 0 and engine.stats.as_dict()["norm_conflict"] == 1
+    refused = c.data(len(prefix), MARKER)  # another copy: refused
+    assert refused.action is Action.RESET
+    assert [(e.signature_id, e.limit, e.blocked) for e in refused.events] == [
+        (9300016, "normalizer", True)
+    ]
+    assert c.data(0, prefix) == Decision(Action.RESET)  # the flow stays blocked, no new event
+    stats = engine.stats.as_dict()
+    assert stats["events"] == 1 and stats["norm_conflict"] == 1
+    assert stats["limit_normalizer"] == 1
 
 
 def test_overlap_exploit_first_then_other_bytes_resets_the_flow() -> None:
@@ -233,8 +240,8 @@ def test_overlap_exploit_first_then_other_bytes_resets_the_flow() -> None:
     prefix = b"GET /"
     harmless = b"X" * len(MARKER)
     assert c.data(len(prefix), MARKER).action is Action.ACCEPT  # held out of order
-    assert c.data(len(prefix), harmless) == Decision(Action.RESET)  # another copy: refused
-    assert c.data(0, prefix).action is Action.RESET
+    assert c.data(len(prefix), harmless).action is Action.RESET  # another copy: refused
+    assert c.data(0, prefix) == Decision(Action.RESET)
 
 
 def test_retransmission_with_different_bytes_after_delivery_resets_the_flow() -> None:
@@ -245,7 +252,7 @@ def test_retransmission_with_different_bytes_after_delivery_resets_the_flow() ->
     assert c.data(0, harmless) == Decision(Action.ACCEPT)
     assert c.data(0, harmless) == Decision(Action.ACCEPT)  # the same bytes again: fine
     assert c.data(0, b"GET /" + MARKER) == Decision(Action.RESET)  # other bytes: refused
-    assert engine.stats.events == 0
+    assert engine.stats.events == 0 and engine.stats.as_dict()["limit_normalizer"] == 1
 
 
 def test_alert_rule_passes_and_reports_once() -> None:
@@ -322,7 +329,8 @@ def test_icmp_is_accepted_final() -> None:
 
 
 def test_expiry_and_eviction_free_streams() -> None:
-    engine = engine_with(rule(1, MARKER), max_flows=3, tcp_idle=30.0)
+    quiet = LimitsConfig(flow_table=LimitPolicy.PASS)  # evictions counted, no events
+    engine = engine_with(rule(1, MARKER), max_flows=3, tcp_idle=30.0, limits=quiet)
     conns = [Conn(engine, sport=41000 + i) for i in range(5)]
     for c in conns:
         c.handshake()

@@ -526,3 +526,61 @@ def test_kernel_drops_wrong_checksum_and_out_of_window_before_the_queue(
             assert {e["src_port"] for e in gw.events()} == {41777}
     finally:
         in_ns(lab.client_ns, [*no_rst[:1], "-D", *no_rst[2:]])
+
+
+HOLE_CLIENT = textwrap.dedent(
+    """
+    import socket, sys, time
+    host, port = sys.argv[1], int(sys.argv[2])
+    s = socket.create_connection((host, port), timeout=10)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        s.send(b"GET /first HTTP/1.1\\r\\nHost: lab\\r\\n\\r\\n")
+        time.sleep(0.3)
+        s.send(b"GET /HOLE-SEGMENT HTTP/1.1\\r\\nHost: lab\\r\\n\\r\\n")  # never queued
+        time.sleep(2.0)  # longer than limits.hole_wait (1 s) without progress
+        s.send(b"GET /?q=VPATCH-TEST-EXPLOIT-7f3a HTTP/1.1\\r\\nHost: lab\\r\\n\\r\\n")
+        data = s.recv(4096)
+        print("EOF" if not data else "DATA " + data[:40].decode(errors="replace"))
+    except ConnectionResetError:
+        print("RESET")
+    except OSError as err:
+        print("ERROR", err)
+    """
+)
+
+
+def test_exploit_after_a_segment_the_queue_never_saw_is_reset(lab: Any, tmp_path: Path) -> None:
+    """Issue 15 point 12: a segment the kernel passes without queueing it (as under fail-open
+    with a full queue; here a rule before ours accepts it) leaves a hole in the engine's view
+    of a keep-alive connection. The exploit after it is still inspected and reset, and never
+    reaches the server."""
+    with vpatch_run(lab, tmp_path) as gw, recording_server(lab) as server:
+        iptables = "iptables-nft" if gw.status()["backend"] == "nft" else "iptables-legacy"
+        bypass = ["-t", "mangle", "-I", "FORWARD", "1", "-p", "tcp", "-m", "string",
+                  "--string", "HOLE-SEGMENT", "--algo", "bm", "-j", "ACCEPT"]  # fmt: skip
+        added = in_ns(lab.gw_ns, [iptables, *bypass])
+        if added.returncode != 0:
+            pytest.skip(f"no xt_string match here: {added.stderr.strip()}")
+        try:
+            client = in_ns(
+                lab.client_ns, [sys.executable, "-c", HOLE_CLIENT, lab.server_addr, "8080"]
+            )
+        finally:
+            in_ns(lab.gw_ns, [iptables, "-t", "mangle", "-D", "FORWARD", *bypass[4:]])
+        assert client.stdout.strip() == "RESET", client.stdout + client.stderr
+        out, _ = server.communicate(timeout=15)
+        assert "HOLE-SEGMENT" in out and MARKER.decode() not in out, out
+        deadline = time.monotonic() + 5
+        while not gw.events() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        sids = [e["alert"]["signature_id"] for e in gw.events()]  # the 8080 rule, and the
+        assert 9000199 in sids and set(sids) <= {9000100, 9000199}  # port-80 one following HTTP
+
+        def holes() -> int:  # the workers publish their engine counters every second
+            return sum(int(q["limit_stream_hole"]) for q in gw.status()["queues"].values())
+
+        deadline = time.monotonic() + 5
+        while holes() < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert holes() == 1 and gw.status()["limits"]["stream_hole"] == 1

@@ -37,7 +37,9 @@ What it guarantees:
   when it can (`recover()`, HTTP: the next request line; `app_recoveries`) and feeding goes on.
   Otherwise, and when no candidate is recognised (`app_unidentified`) or the decoder fails
   otherwise (`app_internal_errors`, a bug), `feed` returns None from then on: the direction's
-  app layer is over, raw stream patterns keep working.
+  app layer is over, raw stream patterns keep working. `capped` tells the engine it ended for
+  the session's own bounds or a bug (its `limits.decoder` policy and event), `decoding` that
+  the decoder still follows the stream (its `limits.stream_depth` inspect-start).
 - Bounded: while undecided a TCP direction buffers less than MAX_PROBE_BYTES plus one chunk
   (identify decides once it has its budget); a UDP direction gets UDP_PROBE_ATTEMPTS datagrams
   to be identified. The memo holds at most its `limit` entries of at most MAX_MEMO_UNIT bytes
@@ -162,6 +164,7 @@ class AppSession:
         "_switch",
         "_transport",
         "_unit",
+        "capped",
         "pending",
         "probed",
     )
@@ -200,11 +203,19 @@ class AppSession:
         # TCP: the stream's first bytes, from the feed that identified the protocol until the
         # engine takes them (to rescan them with the rules of that protocol, match/follow.py)
         self.probed: bytes | None = None
+        # the app layer ended for the session's own bounds or a decoder bug, not because the
+        # decoder refused bytes (the engine's `limits.decoder`)
+        self.capped = False
 
     @property
     def protocol(self) -> str:
         """The identified protocol's name ("" while undecided, or when none was found)."""
         return self._app
+
+    @property
+    def decoding(self) -> bool:
+        """The protocol is identified and its decoder still follows the stream."""
+        return self._decoder is not None
 
     def feed(self, data: bytes) -> Sequence[AppRecord] | None:
         """The records `data` completes (empty while undecided, or when the memo answers), or
@@ -254,6 +265,8 @@ class AppSession:
             return self._refused(err)
         except Exception:  # noqa: BLE001 (a decoder bug must not stop raw inspection)
             stats.app_internal_errors += 1
+            self.capped = True
+            self._end()
             return None
         recoverable = self._recoverable
         if recoverable is not None and recoverable.refused is not None:
@@ -315,6 +328,21 @@ class AppSession:
         assert protocol is not None
         return protocol
 
+    def restart(self) -> None:
+        """The stream skipped a hole (gateway/engine.py, `limits.stream_hole`): the bytes
+        before it are gone. A new decoder of the identified protocol takes the bytes after
+        it: a unit that starts right after the hole decodes as usual; otherwise the decoder
+        refuses the bytes (an anomaly record) and a RecoverableDecoder resynchronises on the
+        next unit (HTTP: the next request line). Undecided, identification starts again."""
+        self._buf = b""
+        self.pending = None
+        if self._decoder is not None:
+            protocol = get(self._app)
+            if protocol is not None:
+                self._use(protocol)
+            else:
+                self._end()
+
     def _recover(
         self, decoder: RecoverableDecoder, records: Sequence[AppRecord]
     ) -> Sequence[AppRecord]:
@@ -335,11 +363,13 @@ class AppSession:
                 out.extend(decoder.feed(b""))
             except Exception:  # noqa: BLE001 (a decoder bug ends the app layer, counted)
                 self._stats.app_internal_errors += 1
+                self.capped = True
                 self._end()
                 break
         else:
             if decoder.refused is not None:
                 self._stats.app_decode_errors += 1
+                self.capped = True
                 out.extend(self._refused(decoder.refused, may_go_on=False))
         self._stats.app_records += len(out)
         return out
@@ -361,6 +391,7 @@ class AppSession:
                 return (record,)
             except Exception:  # noqa: BLE001 (a recovery bug ends the app layer, counted)
                 self._stats.app_internal_errors += 1
+                self.capped = True
         self._end()
         return (record,)
 

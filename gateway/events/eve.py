@@ -21,6 +21,8 @@ What it guarantees:
   backslash doubled, other bytes `\\xHH`); "" when unknown. `http.url` (the request target,
   escaped the same way) is present only when the event knows the HTTP request it belongs to.
   `unescape_bytes` gives the bytes back (the UI's exception from an event starts from them).
+- `vpatch.limit` is present only on the event of a limit of the packet path (gateway/flow/
+  limits.py): the limit's name (`stream_hole`, `flow_table`, ...).
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ class Event:
     condition: str = ""  # why: the condition in short
     excerpt: bytes = b""  # why: the matching bytes (<= gateway.match.explain.MAX_EXCERPT)
     http_url: bytes = b""  # the HTTP request target, when known (b"": unknown)
+    limit: str = ""  # a limit's event (gateway/flow/limits.py): the Limit's value
 
 
 def format_timestamp(ts: float) -> str:
@@ -143,6 +146,8 @@ def to_eve(event: Event) -> dict[str, Any]:
     eve = _to_eve(event)
     if event.http_url:
         eve["http"] = {"url": escape_bytes(event.http_url)}
+    if event.limit:
+        eve["vpatch"]["limit"] = str(event.limit)
     return eve
 
 

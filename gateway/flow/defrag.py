@@ -16,10 +16,11 @@ uninspected. `Defragmenter.add(pkt, now)` takes a decoded fragment (IPv4, RFC 79
   completes it. So are fragments past the bounds below.
 Exact or agreeing overlaps are harmless and pass.
 
-Bounds (a limit is a decision): at most `max_datagrams` incomplete datagrams (a fragment of a
+Bounds (a limit is a decision; configured as engine.defrag_*, the engine raises the
+`limits.defrag` event): at most `max_datagrams` incomplete datagrams (a fragment of a
 new one past that is dropped, counted in `refused`, as is an IPv4 fragment whose header
 checksum is wrong: its receiver drops it); a datagram over 65535 bytes or in more than
-MAX_FRAGMENTS pieces is poisoned;
+`max_fragments` pieces is poisoned;
 an incomplete or poisoned datagram is forgotten `timeout` seconds after its first fragment,
 longer than the receivers wait (Linux 30 s, Windows 60 s), so a fragment the gateway no longer
 remembers cannot complete a datagram at the server either. Counters: `held`, `completed`,
@@ -32,6 +33,7 @@ import struct
 from collections import OrderedDict
 from typing import Final
 
+from gateway.config import EngineSettings
 from gateway.decode.packet import Packet
 from gateway.vocabulary import Action
 
@@ -43,10 +45,10 @@ __all__ = [
     "Defragmenter",
 ]
 
-DEFAULT_MAX_DATAGRAMS: Final = 4096
-DEFAULT_TIMEOUT: Final = 90.0  # seconds
+DEFAULT_MAX_DATAGRAMS: Final = EngineSettings().defrag_datagrams  # engine.defrag_datagrams
+DEFAULT_TIMEOUT: Final = EngineSettings().defrag_timeout  # seconds, engine.defrag_timeout
 MAX_DATAGRAM: Final = 65535  # bytes of fragmentable payload
-MAX_FRAGMENTS: Final = 1024  # fragments kept per datagram
+MAX_FRAGMENTS: Final = EngineSettings().defrag_fragments  # per datagram, engine.defrag_fragments
 _EXT: Final = frozenset((0, 43, 60, 51))  # IPv6 headers before a fragment header
 
 _Key = tuple[int, bytes, bytes, int, int]  # version, src, dst, protocol (IPv4), id
@@ -99,10 +101,14 @@ class Defragmenter:
     """Fragments in, whole datagrams out (see the module comment)."""
 
     def __init__(
-        self, max_datagrams: int = DEFAULT_MAX_DATAGRAMS, timeout: float = DEFAULT_TIMEOUT
+        self,
+        max_datagrams: int = DEFAULT_MAX_DATAGRAMS,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_fragments: int = MAX_FRAGMENTS,
     ) -> None:
         self.max_datagrams = max_datagrams
         self.timeout = timeout
+        self.max_fragments = max_fragments
         self._open: OrderedDict[_Key, _Datagram] = OrderedDict()  # by first fragment's time
         self.held = 0
         self.completed = 0
@@ -129,7 +135,7 @@ class Defragmenter:
             dg = self._open[key] = _Datagram(now)
         if dg.poisoned:
             return Action.DROP, None
-        if not self._place(dg, off, more, data):
+        if not self._place(dg, off, more, data, self.max_fragments):
             dg.poisoned = True
             dg.pieces.clear()
             self.poisoned += 1
@@ -154,7 +160,7 @@ class Defragmenter:
         return Action.ACCEPT, head6 + key[1] + key[2] + whole
 
     @staticmethod
-    def _place(dg: _Datagram, off: int, more: bool, data: bytes) -> bool:
+    def _place(dg: _Datagram, off: int, more: bool, data: bytes, max_fragments: int) -> bool:
         """Add one fragment; False when it contradicts what the datagram already holds."""
         end = off + len(data)
         if end > MAX_DATAGRAM or (more and len(data) % 8):
@@ -170,7 +176,7 @@ class Defragmenter:
             if a < b and held[a - o : b - o] != data[a - off : b - off]:
                 return False
         if len(data) > len(dg.pieces.get(off, b"")):
-            if off not in dg.pieces and len(dg.pieces) >= MAX_FRAGMENTS:
+            if off not in dg.pieces and len(dg.pieces) >= max_fragments:
                 return False
             dg.pieces[off] = data
         return True

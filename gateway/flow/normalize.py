@@ -37,7 +37,13 @@ The rules, in the order they apply:
    sender once the hole before it is filled). Junk sent ahead, out of the server's window,
    is thus never held and inspected before the real bytes come.
 3. `receive` (reassembly): the reassembler (gateway/flow/reassembly.py, first-wins) reports
-   any byte that differs from one held or delivered within its history: RESET. An
+   any byte that differs from one held or delivered within its history, or that belongs to a
+   hole it skipped (gateway/engine.py, `limits.stream_hole`): RESET. Except a keep-alive
+   probe's shape (one byte at the sequence number before the next one expected, no SYN, FIN
+   or RST, as Suricata recognises it) with a byte other than the last one delivered: Windows
+   fills its probes so, and resetting would end every idle connection it probes. Such a
+   segment is dropped instead (`keepalive`): a receiver that has the byte loses nothing, one
+   that lacks it (its copy was an insertion that expired on the way) never gets another. An
    out-of-order segment the reassembler cannot hold within its bounds is dropped (the sender
    retransmits it). Urgent data (RFC 9293 section 3.8.5, read as Linux and Windows read it:
    the urgent byte is the one before SEG.SEQ + urgent pointer, the one at SEG.SEQ when the
@@ -66,7 +72,7 @@ import enum
 import struct
 from typing import Final
 
-from gateway.decode.packet import TCP_ACK, TCP_RST, TCP_SYN, TCP_URG, Packet
+from gateway.decode.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TCP_URG, Packet
 from gateway.flow.reassembly import SEQ_MOD, StreamReassembler
 from gateway.flow.table import Flow
 from gateway.vocabulary import Direction
@@ -109,7 +115,9 @@ class Reason(enum.Enum):
     PENDING_FULL = "pending_full"
     CHECKSUM_IGNORED = "checksum_ignored"  # wrong, passed in AUTO mode
     CONFLICT = "conflict"  # the flow is reset
+    HOLE_LATE = "hole_late"  # bytes of a skipped hole came after all: the flow is reset
     URGENT = "urgent"  # an urgent byte taken out of the inspected bytes
+    KEEPALIVE = "keepalive"  # a keep-alive probe with another byte: dropped, not a reset
 
 
 def _diff(a: int, b: int) -> int:
@@ -204,11 +212,13 @@ class Normalizer:
         # rule 2 are left to it
         self.kernel_checked = kernel_checked
         self.counts: dict[str, int] = {r.value: 0 for r in Reason}
+        self.last: Reason | None = None  # the reason of the last refusal (for its event)
         self._right = 0  # datagrams whose checksums verified
         self._wrong = 0
 
     def _count(self, reason: Reason) -> None:
         self.counts[reason.value] += 1
+        self.last = reason
 
     # ------------------------------------------------------------------ 1. checksums
 
@@ -346,10 +356,20 @@ class Normalizer:
                 side.urgent is None or _diff(at, side.urgent) > 0
             ):
                 side.urgent = at
+        if (
+            len(pkt.payload) == 1
+            and reasm.next_seq is not None
+            and (pkt.seq + 1) % SEQ_MOD == reasm.next_seq
+            and not pkt.flags & (TCP_SYN | TCP_FIN | TCP_RST)
+            and reasm.last_byte not in (None, pkt.payload)
+        ):
+            self._count(Reason.KEEPALIVE)  # a keep-alive probe's byte: dropped, flow goes on
+            return Verdict.DROP, b""
         conflicts = reasm.overlaps_conflicting
+        late = reasm.late_holes
         data = reasm.receive(pkt.seq, pkt.payload, bool(pkt.flags & TCP_SYN))
         if reasm.overlaps_conflicting != conflicts:
-            self._count(Reason.CONFLICT)
+            self._count(Reason.HOLE_LATE if reasm.late_holes != late else Reason.CONFLICT)
             return Verdict.RESET, b""
         if reasm.refused:
             self._count(Reason.PENDING_FULL)

@@ -24,6 +24,11 @@ What it guarantees:
   delivered. With ``refuse_excess`` (inline), the out-of-order segment that would exceed a
   bound is not taken instead (``refused`` is set for it, counted in ``refusals``): the caller
   drops it and the sender retransmits it once the hole is filled, so nothing is skipped.
+- Holes: `skip_hole()` gives up on the hole before the first held piece (the caller decides
+  when: gateway/engine.py after `limits.hole_wait`) and returns the bytes that become
+  contiguous. The last MAX_HOLES_KEPT skipped ranges are remembered: a later segment carrying
+  bytes of one counts in ``late_holes`` and as a conflict (``overlaps_conflicting``), since
+  those bytes were never inspected and the receiver may take them.
 - Depth: at most ``max_depth`` bytes of stream (counted from the stream's first byte, skipped
   holes included) are ever delivered; once the stream position reaches it ``depth_reached``
   is set, later data is discarded and nothing is held any more.
@@ -34,11 +39,12 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import Final
 
-__all__ = ["MAX_PENDING_SEGMENTS", "SEQ_MOD", "StreamReassembler"]
+__all__ = ["MAX_HOLES_KEPT", "MAX_PENDING_SEGMENTS", "SEQ_MOD", "StreamReassembler"]
 
 SEQ_MOD: Final = 2**32
 _HALF: Final = 2**31
 MAX_PENDING_SEGMENTS: Final = 1024  # out-of-order pieces held per direction
+MAX_HOLES_KEPT: Final = 8  # skipped holes remembered per direction (their late bytes refused)
 
 
 class StreamReassembler:
@@ -46,6 +52,7 @@ class StreamReassembler:
 
     __slots__ = (
         "_chunks",
+        "_holes",
         "_next_seq",
         "_pos",
         "_recent",
@@ -55,6 +62,7 @@ class StreamReassembler:
         "gaps",
         "history",
         "isn",
+        "late_holes",
         "max_depth",
         "max_pending",
         "overlaps_conflicting",
@@ -85,12 +93,14 @@ class StreamReassembler:
         self.refused = False  # the last segment was not taken (refuse_excess, a bound reached)
         self.refusals = 0
         self.unverified = 0  # segments reaching back before the history: not compared
+        self.late_holes = 0  # segments carrying bytes of a skipped hole (conflicts)
         self.isn: int | None = None  # from the SYN; None when picked up mid-stream
         self._next_seq: int | None = None  # sequence number of the stream byte at _pos
         self._pos = 0  # stream offset of the next byte to deliver (delivered + skipped)
         self._starts: list[int] = []  # stream offsets of held pieces, sorted, disjoint
         self._chunks: list[bytes] = []
         self._recent = bytearray()  # the last `history` (up to 2x) delivered bytes
+        self._holes: list[tuple[int, int]] = []  # skipped (start, end) stream offsets
 
     @property
     def next_seq(self) -> int | None:
@@ -123,6 +133,8 @@ class StreamReassembler:
         if off == self._pos and not self._starts:  # fast path: in order, nothing held
             return self._deliver(payload)
         end = off + len(payload)
+        if off < self._pos and self._holes:
+            self._check_holes(off, min(end, self._pos))
         if end <= self._pos:  # entirely old: a retransmission
             self._check_recent(off, payload)
             return b""
@@ -234,10 +246,39 @@ class StreamReassembler:
         self.pending_bytes -= len(data)
         return self._deliver(data)
 
+    def _check_holes(self, off: int, end: int) -> None:
+        """Count a conflict when stream bytes [off, end) reach into a skipped hole."""
+        for start, stop in self._holes:
+            if off < stop and start < end:
+                self.late_holes += 1
+                self.overlaps_conflicting += 1
+                return
+
+    @property
+    def last_byte(self) -> bytes | None:
+        """The last byte delivered, while the history keeps it (None otherwise)."""
+        return bytes(self._recent[-1:]) if self._recent else None
+
+    @property
+    def hole(self) -> bool:
+        """Bytes are held behind a hole (out of order)."""
+        return bool(self._starts)
+
+    def skip_hole(self) -> bytes:
+        """Give up on the hole before the first held piece (see the module comment): the bytes
+        that become contiguous (b"" when nothing is held)."""
+        if not self._starts or self.depth_reached:
+            return b""
+        self._skip_gap()
+        return self._pull()
+
     def _skip_gap(self) -> None:
         """Give up on the hole before the first held piece: jump the stream position to it."""
         skip = self._starts[0] - self._pos
         self.gaps += 1
+        self._holes.append((self._pos, self._pos + skip))
+        if len(self._holes) > MAX_HOLES_KEPT:
+            del self._holes[0]
         self._pos += skip
         assert self._next_seq is not None
         self._next_seq = (self._next_seq + skip) % SEQ_MOD

@@ -42,7 +42,11 @@ identifier (as both ports), other ICMP and other protocols on addresses with por
 Non-first IP fragments have ports 0 and so form their own address-only flow.
 
 What it guarantees:
-- At most ``max_flows`` flows; when full, the least recently seen flow is evicted.
+- At most ``max_flows`` flows; when full, a flow is evicted to make room: a closed TCP flow,
+  else a non-TCP flow (ICMP and others, then UDP), else an open TCP flow, each class least
+  recently seen first. A new flow is always made (the engine applies `limits.flow_table`:
+  an event, or refusing the new flow); an evicted flow that comes back is a new flow picked
+  up mid-stream.
 - Idle timeouts per class: TCP open (``tcp_idle``), TCP closed after FIN both ways or RST
   (``tcp_closed_idle``, shorter), UDP (``udp_idle``), anything else (``other_idle``). Each class
   is an OrderedDict in last-seen order, so expiry and eviction cost O(flows removed).
@@ -105,6 +109,12 @@ class _Class(enum.IntEnum):
     TCP_CLOSED = 1
     UDP = 2
     OTHER = 3
+
+
+# Which flows a full table evicts first: closed TCP flows (nothing more to inspect), then
+# the stateless classes (a UDP or ICMP flow picked up again loses no stream state), then open
+# TCP flows; within a class the least recently seen.
+_EVICTION_ORDER: Final = (_Class.TCP_CLOSED, _Class.OTHER, _Class.UDP, _Class.TCP_OPEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,15 +446,15 @@ class FlowTable:
         return known is not None and known(proto, dport) and not known(proto, sport)
 
     def _evict_oldest(self) -> None:
-        oldest: Flow | None = None
-        for lru in self._lru.values():
+        """Make room for one flow: the least recently seen of the first class in
+        _EVICTION_ORDER that holds any (see the module comment)."""
+        for cls in _EVICTION_ORDER:
+            lru = self._lru[cls]
             if lru:
-                first = next(iter(lru.values()))
-                if oldest is None or first.last_seen < oldest.last_seen:
-                    oldest = first
-        assert oldest is not None, "table reported full but holds no flows"
-        self._remove(oldest)
-        self.evicted += 1
+                self._remove(next(iter(lru.values())))
+                self.evicted += 1
+                return
+        raise AssertionError("table reported full but holds no flows")
 
     def _remove(self, flow: Flow) -> None:
         del self._flows[flow._tkey]

@@ -78,7 +78,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -89,7 +89,7 @@ from gateway.engine import Engine
 from gateway.engine_config import EngineConfig
 from gateway.events.eve import Event
 from gateway.events.sink import EventSink
-from gateway.flow.normalize import ChecksumMode
+from gateway.flow.normalize import ChecksumMode, Reason
 from gateway.match.matcher import Matcher
 from gateway.match.rules import RuleSet, load_rules
 from gateway.policy.appcontrol import parse_host_controls, rule_paths, stored_controls
@@ -99,7 +99,7 @@ from gateway.policy.snapshot import policy_snapshot
 from gateway.policy.store import Store
 from gateway.verdict import Decision
 from gateway.verdict.reset import build_ethernet, rst_to_client, rst_to_server
-from gateway.vocabulary import PROTO_TCP, Action
+from gateway.vocabulary import PROTO_TCP, Action, Limit
 
 log = logging.getLogger("vpatch.nfqueue")
 
@@ -135,14 +135,25 @@ STAT_NAMES = (
     "bytes", "rules", "gc_runs", "gc_found", "events_dropped", "standby_ready", "rules_wanted",
     "rules_version", "rules_errors",
 )  # fmt: skip
-_IDX = {name: i for i, name in enumerate(STAT_NAMES)}
+# The engine's own counters (EngineStats.as_dict), copied into the shared counters every
+# EXPIRE_INTERVAL by publish_engine_counters, so that `status` shows every limit reached
+# (gateway/flow/limits.py), every normaliser refusal and the defragmenter's and decoders' work.
+ENGINE_STAT_NAMES = (
+    *(f"limit_{limit.value}" for limit in Limit),
+    *(f"norm_{reason.value}" for reason in Reason),
+    "frag_held", "frag_completed", "frag_poisoned", "frag_refused",
+    "flows_active", "flows_inspected", "flows_blocked", "decode_errors", "internal_errors",
+    "app_decode_errors", "app_recoveries", "app_internal_errors", "app_unidentified",
+)  # fmt: skip
+_ALL_NAMES = STAT_NAMES + ENGINE_STAT_NAMES
+_IDX = {name: i for i, name in enumerate(_ALL_NAMES)}
 
 
 class WorkerStats:
     """Counters of one queue's worker in shared memory: the worker writes, anyone reads."""
 
     def __init__(self) -> None:
-        self._arr: Any = multiprocessing.sharedctypes.RawArray("Q", len(STAT_NAMES))
+        self._arr: Any = multiprocessing.sharedctypes.RawArray("Q", len(_ALL_NAMES))
 
     def add(self, name: str, n: int = 1) -> None:
         self._arr[_IDX[name]] += n
@@ -154,11 +165,18 @@ class WorkerStats:
         return int(self._arr[_IDX[name]])
 
     def snapshot(self) -> dict[str, int]:
-        return {name: int(self._arr[i]) for i, name in enumerate(STAT_NAMES)}
+        return {name: int(self._arr[i]) for i, name in enumerate(_ALL_NAMES)}
 
     def reset(self) -> None:
-        for i in range(len(STAT_NAMES)):
+        for i in range(len(_ALL_NAMES)):
             self._arr[i] = 0
+
+
+def publish_engine_counters(counters: Mapping[str, int], stats: WorkerStats) -> None:
+    """Copy the engine's counters (`EngineStats.as_dict()`) named in ENGINE_STAT_NAMES into
+    the shared counters the control socket's `status` reads."""
+    for name in ENGINE_STAT_NAMES:
+        stats.set(name, int(counters.get(name, 0)))
 
 
 class PacketLike(Protocol):
@@ -180,6 +198,10 @@ class PacketLike(Protocol):
 class EngineLike(Protocol):
     def process_ip(self, data: bytes, now: float) -> Decision: ...
     def expire(self, now: float) -> None: ...
+
+
+class _Counting(Protocol):
+    def as_dict(self) -> dict[str, int]: ...
 
 
 class SinkLike(Protocol):
@@ -696,6 +718,9 @@ def worker_main(
                     stats.add("errors")
                     log.error("engine.expire failed: %r", err)
                 collect_if_grown(stats, gc_limit, queue_num)
+                counting: _Counting | None = getattr(engine, "stats", None)
+                if counting is not None:
+                    publish_engine_counters(counting.as_dict(), stats)
     finally:
         stats.set("bound", 0)
         nfq.unbind()

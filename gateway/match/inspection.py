@@ -2,8 +2,10 @@
 
 What it does: `Inspection(matcher)` holds, per direction (indexed by gateway.vocabulary
 Direction), the rule group covering it, its TCP reassembler, its Hyperscan stream, its app
-session (gateway/decode/session.py) and whether it is still inspected; for the flow, the rules
-that already raised their event. A rule with both raw patterns and field conditions fires only
+session (gateway/decode/session.py), whether it is still inspected, its depth (UDP) and when
+its stream last made progress (holes, gateway/engine.py); for the flow, the rules that already
+raised their event, the server's limit policies and the limits whose event was raised
+(gateway/flow/limits.py). A rule with both raw patterns and field conditions fires only
 once both halves held in that direction, in either order (`combine`).
 
 What it guarantees:
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gateway.decode.session import AppSession
+from gateway.flow.limits import HostPolicies
 from gateway.flow.reassembly import StreamReassembler
 from gateway.match.matcher import Matcher, MatchGroup, StreamState
 from gateway.match.rules import Rule
@@ -36,8 +39,13 @@ class Inspection:
         "cond_ok",
         "derived",
         "fired",
+        "depth",
         "groups",
+        "hole_seen",
+        "limits",
+        "limits_hit",
         "matcher",
+        "progress",
         "raw_done",
         "rearm",
         "reasm",
@@ -45,8 +53,14 @@ class Inspection:
         "states",
     )
 
-    def __init__(self, matcher: Matcher) -> None:
+    def __init__(self, matcher: Matcher, limits: HostPolicies, now: float) -> None:
         self.matcher = matcher
+        self.limits = limits  # the server's limit policies
+        self.limits_hit = 0  # LIMIT_BITS of the limits whose event this flow raised
+        self.depth = [0, 0]  # UDP: bytes inspected per direction (set by the engine)
+        self.progress = [now, now]  # packet time the direction's stream last delivered bytes
+        # packet time a segment behind a suspect hole was first held (gateway/engine.py)
+        self.hole_seen: list[float | None] = [None, None]
         self.groups: list[MatchGroup | None] = [None, None]
         self.states: list[StreamState | None] = [None, None]
         # the Hyperscan stream of what the app decoder derived for the raw patterns (h2c

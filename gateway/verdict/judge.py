@@ -156,10 +156,11 @@ class Judge:
             return ACCEPT_FINAL if flow.final else ACCEPT
         return Decision(Action.ALERT, flow.final, tuple(events))
 
-    def refuse(self, flow: Flow, insp: Inspection) -> Decision:
-        """The TCP normaliser refused the flow (gateway/flow/normalize.py: bytes that differ
-        from inspected ones): it is reset like a blocking rule's, without an event."""
-        return self._block(flow, insp, Action.RESET, ())
+    def refuse(self, flow: Flow, insp: Inspection, events: tuple[Event, ...] = ()) -> Decision:
+        """The engine refuses the flow (a limit's policy, gateway/flow/limits.py, e.g. the TCP
+        normaliser's bytes that differ from inspected ones): it is reset like a blocking
+        rule's, with `events` (the limit's event, counted by the engine)."""
+        return self._block(flow, insp, Action.RESET, events)
 
     def _block(
         self, flow: Flow, insp: Inspection, action: Action, events: tuple[Event, ...]

@@ -136,18 +136,25 @@ def test_rst_closes_immediately() -> None:
 
 
 def test_lru_eviction_when_full() -> None:
+    """Evicted first: closed TCP flows, then UDP/other flows, then open TCP flows, each class
+    least recently seen first."""
     ft, gone = table(max_flows=3)
     a, _ = ft.lookup(udp(C, 1001, S, 53), 1.0)
     b, _ = ft.lookup(tcp(C, 1002, S, 80, TCP_SYN), 2.0)
     c, _ = ft.lookup(udp(C, 1003, S, 53), 3.0)
     ft.lookup(udp(S, 53, C, 1001), 4.0)  # a is now the most recent
-    d, _ = ft.lookup(udp(C, 1004, S, 53), 5.0)  # evicts b, the least recently seen
-    assert gone == [b]
+    d, _ = ft.lookup(udp(C, 1004, S, 53), 5.0)  # evicts c: a UDP flow before the older TCP b
+    assert gone == [c]
     assert len(ft) == 3 and ft.evicted == 1
-    e, _ = ft.lookup(tcp(C, 1005, S, 80, TCP_SYN), 6.0)  # evicts c
-    assert gone == [b, c]
-    assert {f.key for f in ft} == {a.key, d.key, e.key}
-    assert ft.get(a.key) is a and ft.get(c.key) is None
+    e, _ = ft.lookup(tcp(C, 1005, S, 80, TCP_SYN), 6.0)  # evicts a, the older UDP flow
+    assert gone == [c, a]
+    ft.lookup(tcp(C, 1005, S, 80, TCP_RST), 7.0)  # e closes
+    f, _ = ft.lookup(udp(C, 1006, S, 53), 8.0)  # evicts e: closed, although the most recent
+    assert gone == [c, a, e]
+    g, _ = ft.lookup(tcp(C, 1007, S, 80, TCP_SYN), 9.0)  # evicts d, then b goes last
+    assert gone == [c, a, e, d]
+    assert {fl.key for fl in ft} == {b.key, f.key, g.key}
+    assert ft.get(b.key) is b and ft.get(c.key) is None
 
 
 def test_new_syn_on_closed_flow_starts_a_new_flow() -> None:

@@ -23,8 +23,11 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 
 from gateway.config import FailPolicy, parse_config
+from gateway.engine import Engine
+from gateway.engine_config import EngineConfig
 from gateway.intake.nfqueue import (
     CONFIG_SEQ,
+    ENGINE_STAT_NAMES,
     NFQA_CFG_F_FAIL_OPEN,
     PacketHandler,
     RuleLoader,
@@ -33,9 +36,11 @@ from gateway.intake.nfqueue import (
     _find_ack,
     conntrack_lax,
     engine_config,
+    publish_engine_counters,
 )
+from gateway.match.rules import RuleSet
 from gateway.verdict import Decision
-from gateway.vocabulary import Action
+from gateway.vocabulary import Action, Limit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -392,3 +397,17 @@ def test_rule_loader_builds_in_the_background_and_keeps_the_old_set_on_error(
     _poll_until_done(loader, engine, stats)
     assert len(engine.swapped) == 1  # the bad set was not swapped in
     assert stats.get("rules_errors") == 1 and stats.get("rules") == len(ids)
+
+
+def test_engine_counters_reach_the_shared_counters() -> None:
+    """The worker copies the engine's limit, normaliser and defragmenter counters into the
+    shared counters the control socket's `status` reports."""
+    engine = Engine(RuleSet([]), EngineConfig())
+    engine.stats.limits[Limit.STREAM_HOLE] += 2
+    engine.normalizer.counts["paws"] += 3
+    stats = WorkerStats()
+    publish_engine_counters(engine.stats.as_dict(), stats)
+    snap = stats.snapshot()
+    assert snap["limit_stream_hole"] == 2 and snap["norm_paws"] == 3
+    assert snap["frag_refused"] == 0 and snap["packets"] == 0
+    assert set(ENGINE_STAT_NAMES) <= set(engine.stats.as_dict())
