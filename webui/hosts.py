@@ -168,6 +168,22 @@ def app_control(host_id: int) -> Any:
     return _back(host_id, f"application control saved; {_reload_note(result)}")
 
 
+@bp.route("/<int:host_id>/allow", methods=["POST"])
+@admin_required
+def allow_entry(host_id: int) -> Any:
+    result = _do(lifecycle.allow_entry, host_id, {"tuple": request.form.get("tuple", "")},
+                 g.user.username)  # fmt: skip
+    return _back(host_id, f"allowed {result['allowed']}; {_reload_note(result)}")
+
+
+@bp.route("/<int:host_id>/disallow", methods=["POST"])
+@admin_required
+def disallow_entry(host_id: int) -> Any:
+    result = _do(lifecycle.disallow_entry, host_id, {"tuple": request.form.get("tuple", "")},
+                 g.user.username)  # fmt: skip
+    return _back(host_id, f"deleted {result['disallowed']}; {_reload_note(result)}")
+
+
 @bp.route("/<int:host_id>/scan", methods=["POST"])
 @admin_required
 def start_scan(host_id: int) -> Any:
@@ -219,7 +235,8 @@ def global_schedule() -> Any:
 @bp.route("/allow-event/<int:event_id>", methods=["POST"])
 @admin_required
 def allow_event(event_id: int) -> Any:
-    result = _do(lifecycle.allow_event, event_id, g.user.username)
+    source = request.form.get("source", "")
+    result = _do(lifecycle.allow_event, event_id, g.user.username, source)
     flash(f"allowed {result['allowed']} for {result['host']}; {_reload_note(result)}")
     host = Hosts(get_store()).host_by_address(result["host"])
     if host is None:

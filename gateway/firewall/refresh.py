@@ -13,7 +13,8 @@ no packet ever meets a missing chain or set and established connections are neve
 - `refresh_any_port_hosts`: the sets of hosts whose every TCP port is queued (app control).
 - `refresh_protected_hosts`: the protected-host sets (the configuration's and the store's).
 - `refresh_port_sets`: the ports the enabled rules cover (`rules reload`).
-- `add_learned_tuple`: one tuple into a standalone lockdown set (`vpatch hosts allow --apply`).
+- `add_learned_tuple` / `remove_learned_tuple`: one tuple into / out of a standalone lockdown
+  set (`vpatch hosts allow|disallow --apply`).
 
 Every failure raises FirewallError naming the command and its stderr. `netns`: run the commands
 inside that network namespace (tests and tools working from the root namespace).
@@ -34,6 +35,7 @@ from gateway.firewall.hostmodes import (
     render_hostmodes,
     set_names,
     tuple_element,
+    tuple_family,
 )
 from gateway.firewall.policy import chain_name, list_rules, policy_lines
 from gateway.firewall.render import (
@@ -165,11 +167,26 @@ def refresh_port_sets(rendered: RenderedRules, plan: QueuePlan, netns: str | Non
 def add_learned_tuple(
     t: LearnedTuple, netns: str | None = None, prefix: str = STANDALONE_PREFIX
 ) -> bool:
-    """Add `t` to the live lockdown tuple set of its family (`ipset add -exist`); False when
-    ipset cannot express the tuple (nothing done)."""
-    element = tuple_element(t)
-    if element is None:
+    """Add `t` to the live lockdown set of its family and kind (`ipset add -exist`); False
+    when ipset cannot express the tuple (nothing done)."""
+    found = tuple_element(t)
+    if found is None:
         return False
-    name = set_names(prefix, 6 if ":" in t.src else 4)["tuples"]
+    key, element = found
+    name = set_names(prefix, tuple_family(t))[key]
     run_cmd(["ipset", "add", name, element, "-exist"], netns)
+    return True
+
+
+def remove_learned_tuple(
+    t: LearnedTuple, netns: str | None = None, prefix: str = STANDALONE_PREFIX
+) -> bool:
+    """Remove `t` from the live lockdown set (`ipset del -exist`): connections it would have
+    let in are refused from now on; established ones go on. False when ipset cannot express it."""
+    found = tuple_element(t)
+    if found is None:
+        return False
+    key, element = found
+    name = set_names(prefix, tuple_family(t))[key]
+    run_cmd(["ipset", "del", name, element, "-exist"], netns)
     return True

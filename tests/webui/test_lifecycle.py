@@ -240,3 +240,72 @@ def test_api_lifecycle_scan_schedule_allow(
                  "/events/{event_id}/allow", "/hosts/{host_id}/release",
                  "/hosts/{host_id}/app-control"):  # fmt: skip
         assert path in doc["paths"], path
+
+
+def test_allow_this_for_a_network_or_any_client_and_delete_one_by_one(
+    app: Flask, client: FlaskClient, auth: Auth
+) -> None:
+    life = LifecycleStore(Path(app.config["POLICY_DB"]))
+    hid = host_id(app)
+    life.update_host("198.18.0.20", mode=HostMode.LOCKDOWN)
+    sig = "lockdown: new peer 198.18.0.10 -> 198.18.0.20:80/tcp not learned"
+    write_events(
+        Path(app.config["EVENTS_DB"]),
+        [(make_event(signature_id=9100001, signature=sig, dest_port=80, cves=()), {})],
+    )
+    event_id = 4  # conftest wrote three events first
+    auth.login()
+    page = client.get(f"/events/{event_id}").get_data(as_text=True)
+    assert 'value="198.18.0.0/24"' in page and 'value="any"' in page
+    resp = client.post(f"/hosts/allow-event/{event_id}",
+                       data={"csrf_token": auth.token(), "source": "any"})  # fmt: skip
+    assert resp.status_code == 302
+    assert LearnedTuple("any", "198.18.0.20", "tcp", 80) in life.host("198.18.0.20").learned
+    bad = client.post(f"/hosts/allow-event/{event_id}",
+                      data={"csrf_token": auth.token(), "source": "198.18.9.0/24"})  # fmt: skip
+    assert bad.status_code == 400 and "does not hold" in bad.get_data(as_text=True)
+    # the learned list: add a network entry, then delete entries one by one
+    resp = client.post(f"/hosts/{hid}/allow", data={
+        "csrf_token": auth.token(), "tuple": "198.18.7.0/24 -> 198.18.0.20:443/tcp"})  # fmt: skip
+    assert resp.status_code == 302
+    page = client.get(f"/hosts/{hid}").get_data(as_text=True)
+    assert "198.18.7.0/24 -&gt; 198.18.0.20:443/tcp" in page
+    assert "any -&gt; 198.18.0.20:80/tcp" in page
+    assert page.count('class="disallow"') == 2
+    wrong_side = client.post(f"/hosts/{hid}/allow", data={
+        "csrf_token": auth.token(), "tuple": "any -> 198.18.0.99:443/tcp"})  # fmt: skip
+    assert wrong_side.status_code == 400 and "must be the responder" in wrong_side.get_data(
+        as_text=True
+    )
+    resp = client.post(f"/hosts/{hid}/disallow", data={
+        "csrf_token": auth.token(), "tuple": "any -> 198.18.0.20:80/tcp"})  # fmt: skip
+    assert resp.status_code == 302
+    assert [str(t) for t in life.host("198.18.0.20").learned] == [
+        "198.18.7.0/24 -> 198.18.0.20:443/tcp"
+    ]
+    assert life.history("198.18.0.20")[-1].action == "disallow"
+    again = client.post(f"/hosts/{hid}/disallow", data={
+        "csrf_token": auth.token(), "tuple": "any -> 198.18.0.20:80/tcp"})  # fmt: skip
+    assert again.status_code == 400 and "no learned or allowed entry" in again.get_data(
+        as_text=True
+    )
+
+
+def test_api_allow_and_disallow_entries(app: Flask, client: FlaskClient) -> None:
+    with Store(Path(app.config["POLICY_DB"])) as store:
+        admin = Accounts(store).create_token("admin", "t", "test")
+        viewer = Accounts(store).create_token("viewer", "t", "test")
+    hid = host_id(app)
+    A = {"Authorization": f"Bearer {admin}"}
+    V = {"Authorization": f"Bearer {viewer}"}
+    entry = {"tuple": "any -> 198.18.0.20:80/tcp"}
+    assert client.post(f"/api/v1/hosts/{hid}/allow", json=entry, headers=V).status_code == 403
+    r = client.post(f"/api/v1/hosts/{hid}/allow", json=entry, headers=A)
+    assert r.status_code == 201 and r.get_json()["policy"]["learned"] == [entry["tuple"]]
+    r = client.post(f"/api/v1/hosts/{hid}/allow", json={"tuple": "nonsense"}, headers=A)
+    assert r.status_code == 400 and "SRC -> DST:PORT/PROTO" in r.get_json()["error"]
+    r = client.post(f"/api/v1/hosts/{hid}/disallow", json=entry, headers=A)
+    assert r.status_code == 201 and r.get_json()["policy"]["learned"] == []
+    assert client.post(f"/api/v1/hosts/{hid}/disallow", json=entry, headers=A).status_code == 400
+    doc = client.get("/api/v1/openapi.json").get_json()
+    assert "/hosts/{host_id}/allow" in doc["paths"] and "/hosts/{host_id}/disallow" in doc["paths"]
