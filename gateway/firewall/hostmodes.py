@@ -153,6 +153,23 @@ def _reject(version: int) -> list[str]:
     return ["-p tcp -j REJECT --reject-with tcp-reset", f"-j REJECT --reject-with {unreach}"]
 
 
+def name_update_lines(
+    policies: Iterable[HostPolicy],
+    updates: Mapping[str, Sequence[tuple[str, int]]],
+    prefix: str = STANDALONE_PREFIX,
+) -> str:
+    """`ipset -exist restore` lines adding (or refreshing the timeouts of) the `names` set
+    elements that new DNS answers give, for every setup host using those names."""
+    lines: list[str] = []
+    for h in policies:
+        if h.mode is not HostMode.SETUP:
+            continue
+        version = _family(h.address)
+        name = set_names(prefix, version)["names"]
+        lines.extend(f"add {name} {el}" for el in name_elements(h, updates, version))
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def render_hostmodes(
     policies: Iterable[HostPolicy],
     prefix: str = STANDALONE_PREFIX,
