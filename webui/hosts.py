@@ -214,6 +214,15 @@ def apply_scan(host_id: int, run_id: int) -> Any:
                           f"{_reload_note(result)}")  # fmt: skip
 
 
+@bp.route("/<int:host_id>/scans/<int:run_id>/cancel", methods=["POST"])
+@admin_required
+def cancel_scan(host_id: int, run_id: int) -> Any:
+    progress = _do(lifecycle.cancel_scan, run_id, g.user.username, host_id)
+    if request.accept_mimetypes.best == "application/json":
+        return jsonify(progress), 201
+    return _back(host_id, f"scan run {run_id}: cancel asked ({progress['status']})")
+
+
 @bp.route("/<int:host_id>/schedule", methods=["POST"])
 @admin_required
 def schedule(host_id: int) -> Any:

@@ -376,6 +376,13 @@ def apply_scan(run_id: int, actor: str, host_id: int | None = None) -> dict[str,
             "reload": reload_gateway(get_store(), actor)}  # fmt: skip
 
 
+def cancel_scan(run_id: int, actor: str, host_id: int | None = None) -> dict[str, Any]:
+    """Cancel a queued run, or ask a running one to stop between probes (its report then
+    says cancelled, with the findings of the probes done so far)."""
+    scan_run(run_id, host_id)
+    return _jobs().cancel(run_id, actor).progress()
+
+
 def set_schedule(host_id: int | None, data: dict[str, Any], actor: str) -> dict[str, Any]:
     """interval_minutes > 0: scan every that many minutes; 0 or empty: no own schedule
     (the host follows the global one); enabled false: never scheduled (overrides global)."""
@@ -475,6 +482,12 @@ def api_scan(run_id: int) -> Any:
           write=True)  # fmt: skip
 def api_apply_scan(run_id: int) -> Any:
     return _api(lambda: (jsonify(apply_scan(run_id, g.user.username)), 201))
+
+
+@endpoint("/scans/{run_id}/cancel", "POST", "Cancel a queued or running scan: it stops after "
+          "the probe under way, its report keeps what was found so far", write=True)  # fmt: skip
+def api_cancel_scan(run_id: int) -> Any:
+    return _api(lambda: (jsonify(cancel_scan(run_id, g.user.username)), 201))
 
 
 @endpoint("/hosts/{host_id}/schedule", "PUT", "Set the host's scan schedule (0: follow the "

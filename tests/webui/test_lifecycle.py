@@ -22,7 +22,7 @@ from gateway.lifecycle.state import HostMode, LearnedTuple, LifecycleStore
 from gateway.policy.accounts import Accounts
 from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
-from gateway.testing.loopback import serve_http
+from gateway.testing.loopback import serve_http, slow_listeners
 from tests.webui.conftest import Auth, make_event, write_events
 
 SCAN_DEADLINE_S = 60.0
@@ -147,7 +147,7 @@ def wait_done(client: FlaskClient, url: str) -> dict[str, Any]:
     deadline = time.monotonic() + SCAN_DEADLINE_S
     while True:
         p: dict[str, Any] = client.get(url, headers={"Accept": "application/json"}).get_json()
-        if p["status"] in ("done", "failed"):
+        if p["status"] in ("done", "failed", "cancelled"):
             return p
         assert time.monotonic() < deadline, p
         time.sleep(0.2)
@@ -309,3 +309,52 @@ def test_api_allow_and_disallow_entries(app: Flask, client: FlaskClient) -> None
     assert client.post(f"/api/v1/hosts/{hid}/disallow", json=entry, headers=A).status_code == 400
     doc = client.get("/api/v1/openapi.json").get_json()
     assert "/hosts/{host_id}/allow" in doc["paths"] and "/hosts/{host_id}/disallow" in doc["paths"]
+
+
+def wait_running(client: FlaskClient, url: str) -> None:
+    deadline = time.monotonic() + SCAN_DEADLINE_S
+    while client.get(url, headers={"Accept": "application/json"}).get_json()["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_cancel_a_scan_from_the_ui_and_the_api(app: Flask, client: FlaskClient, auth: Auth) -> None:
+    with Store(Path(app.config["POLICY_DB"])) as store:
+        admin = Accounts(store).create_token("admin", "t", "test")
+        viewer = Accounts(store).create_token("viewer", "t", "test")
+    hid = host_id(app, "127.0.0.1")
+    with slow_listeners(3) as slow:  # every probe waits for its timeout: a slow scan
+        app.config.update(SCAN_PORTS=",".join(map(str, slow)), SCAN_TIMEOUT=1.0)
+        auth.login()
+        run_id = client.post(f"/hosts/{hid}/scan", data={"csrf_token": auth.token()},
+                             headers={"Accept": "application/json"}).get_json()["id"]  # fmt: skip
+        progress_url = f"/hosts/{hid}/scans/{run_id}/progress"
+        wait_running(client, progress_url)
+        assert 'class="cancel-scan"' in client.get(f"/hosts/{hid}").get_data(as_text=True)
+        assert client.post(f"/hosts/{hid}/scans/{run_id}/cancel").status_code == 400  # CSRF
+        resp = client.post(f"/hosts/{hid}/scans/{run_id}/cancel", data={"csrf_token": auth.token()})
+        assert resp.status_code == 302
+        assert wait_done(client, progress_url)["status"] == "cancelled"
+        report = client.get(f"/hosts/{hid}/scans/{run_id}").get_data(as_text=True)
+        assert "Cancelled by admin: partial report" in report and "probes done" in report
+        assert "Apply recommendation" not in report
+        # the API: viewers may not, admins may; a finished run cannot be cancelled
+        A, V = {"Authorization": f"Bearer {admin}"}, {"Authorization": f"Bearer {viewer}"}
+        run_id = client.post(f"/api/v1/hosts/{hid}/scans", headers=A).get_json()["id"]
+        wait_running(client, f"/hosts/{hid}/scans/{run_id}/progress")
+        assert client.post(f"/api/v1/scans/{run_id}/cancel", headers=V).status_code == 403
+        r = client.post(f"/api/v1/scans/{run_id}/cancel", headers=A)
+        assert r.status_code == 201 and r.get_json()["status"] in ("running", "cancelled")
+        deadline = time.monotonic() + SCAN_DEADLINE_S
+        while (run := client.get(f"/api/v1/scans/{run_id}", headers=V).get_json())[
+            "status"
+        ] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert run["status"] == "cancelled" and run["report"]["cancelled"]
+    assert run["report"]["probes_done"] < run["report"]["probes_total"]
+    again = client.post(f"/api/v1/scans/{run_id}/cancel", headers=A)
+    assert again.status_code == 400 and "nothing to cancel" in again.get_json()["error"]
+    assert client.post("/api/v1/scans/999/cancel", headers=A).status_code == 404
+    doc = client.get("/api/v1/openapi.json").get_json()
+    assert "/scans/{run_id}/cancel" in doc["paths"]
