@@ -6,8 +6,9 @@ A run goes queued -> running -> done | failed | cancelled. `ScanJobs.queue()` cr
 the unique index `scan_runs_active` (one queued/running row per host) makes "one scan per
 host at a time" hold across processes (UI, API, the scheduled loop): a second request gets
 `ScanBusy` naming the run in the way. `execute()` scans (gateway/scan/scanner.py), writes
-progress into the row at most every PROGRESS_EVERY_S, recommends (gateway/scan/recommend.py), records the findings, and
-when the host's `auto_apply` is on (or the caller forces it) applies the recommendation; the
+progress into the row at most every PROGRESS_EVERY_S, recommends (gateway/scan/recommend.py),
+records the findings, and when the host's `auto_apply` is on (or the caller forces it)
+applies the recommendation; the
 report (findings with evidence, recommendations with evidence, applied or not) is stored as
 JSON in the row. `apply()` applies a finished run's recommendation later (the UI's "apply"
 button). Every run writes a `scan` entry in the host's lifecycle history (when, who or which
