@@ -9,8 +9,8 @@ host at a time" hold across processes (UI, API, the scheduled loop): a second re
 progress into the row at most every PROGRESS_EVERY_S, recommends (gateway/scan/recommend.py),
 records the findings, and when the host's `auto_apply` is on (or the caller forces it)
 applies the recommendation; the report (findings with evidence, recommendations with
-evidence, applied or not) is stored as JSON in the row. `apply()` applies a finished run's recommendation later (the UI's "apply"
-button). Every run writes a `scan` entry in the host's lifecycle history (when, who or which
+evidence, applied or not) is stored as JSON in the row. `apply()` applies a finished run's
+recommendation later (the UI's "apply" button). Every run writes a `scan` entry in the host's lifecycle history (when, who or which
 schedule, what it found); every applied change an assign/unassign entry with the evidence.
 
 `cancel()` ends a queued run at once and asks a running one to stop (column `cancel_by`,
