@@ -2,16 +2,17 @@
 schedule, with its progress, report, history and apply step, kept in the policy store
 (gateway/policy/store.py migration 4: tables `scan_runs`, `scan_schedules`).
 
-A run goes queued -> running -> done | failed | cancelled. `ScanJobs.queue()` creates it;
-the unique index `scan_runs_active` (one queued/running row per host) makes "one scan per
-host at a time" hold across processes (UI, API, the scheduled loop): a second request gets
-`ScanBusy` naming the run in the way. `execute()` scans (gateway/scan/scanner.py), writes
-progress into the row at most every PROGRESS_EVERY_S, recommends (gateway/scan/recommend.py),
-records the findings, and when the host's `auto_apply` is on (or the caller forces it)
-applies the recommendation; the report (findings with evidence, recommendations with
-evidence, applied or not) is stored as JSON in the row. `apply()` applies a finished run's
-recommendation later (the UI's "apply" button). Every run writes a `scan` entry in the host's lifecycle history (when, who or which
-schedule, what it found); every applied change an assign/unassign entry with the evidence.
+A run goes queued -> running -> done | failed | cancelled. `ScanJobs.queue()` creates it; the
+unique index `scan_runs_active` (one queued/running row per host) makes "one scan per host at
+a time" hold across processes (UI, API, the scheduled loop): a second request gets `ScanBusy`
+naming the run in the way. `execute()` scans (gateway/scan/scanner.py), writes progress into
+the row at most every PROGRESS_EVERY_S, recommends (gateway/scan/recommend.py), records the
+findings, and when the host's `auto_apply` is on (or the caller forces it) applies the
+recommendation; the report (findings with evidence, recommendations with evidence, applied or
+not) is stored as JSON in the row. `apply()` applies a finished run's recommendation later
+(the UI's "apply" button). Every run writes a `scan` entry in the host's lifecycle history
+(when, who or which schedule, what it found); every applied change an assign/unassign entry
+with the evidence.
 
 `cancel()` ends a queued run at once and asks a running one to stop (column `cancel_by`,
 migration 6): the runner looks at it between probes (at most every PROGRESS_EVERY_S; a probe
