@@ -576,6 +576,35 @@ class FirewallConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ResolverConfig:
+    """How `vpatch run` resolves setup-protection update sources given by host name
+    (gateway/lifecycle/names.py, docs/lifecycle.md)."""
+
+    servers: tuple[Network, ...] = setting(
+        (),
+        "DNS servers the gateway asks for update-source names (real queries, TTLs kept). "
+        "Empty: the `nameserver` lines of /etc/resolv.conf where `vpatch run` runs. A host in "
+        "setup mode with named update sources may query these as well (udp and tcp 53), so "
+        "it gets the answers the gateway allows.",
+        hi=8,
+    )
+    min_ttl: float = setting(
+        5.0, "Seconds: a name is asked again at most this often (shorter TTLs).", lo=1, hi=3600
+    )
+    max_ttl: float = setting(
+        3600.0, "Seconds: a name is asked again at least this often (longer TTLs).", lo=1, hi=86400
+    )
+    timeout: float = setting(2.0, "Seconds a DNS server gets to answer one query.", lo=0.1, hi=30)
+
+    def problem(self) -> tuple[str, str] | None:
+        """Servers are single addresses (a max_ttl below min_ttl counts as min_ttl)."""
+        for i, net in enumerate(self.servers):
+            if net.num_addresses != 1:
+                return f"servers.{i}", f"{net} is a network, not a DNS server's address"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerConfig:
     standby: bool = setting(
         True,
@@ -679,6 +708,7 @@ class GatewayConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     rule_pack: RulePackConfig = field(default_factory=RulePackConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
+    resolver: ResolverConfig = field(default_factory=ResolverConfig)
     workers: WorkerConfig = field(default_factory=WorkerConfig)
     ui: UiConfig = field(default_factory=UiConfig)
     source: str = "<defaults>"  # the file this came from (for messages); not a key

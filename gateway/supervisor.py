@@ -35,7 +35,10 @@ refuses the whole reload, RuleError naming file, line and reason, and nothing ch
 worker builds and swaps in the new set in the background (gateway/intake/nfqueue.py
 RuleLoader: verdicts go on meanwhile), then the kernel's port sets follow. The lifecycle
 monitor (NFLOG: learned tuples, lockdown events into the gateway's event sinks) runs as a
-thread; its failure is logged and never stops the gateway (the kernel enforces the modes).
+thread; its failure is logged and never stops the gateway (the kernel enforces the modes). So
+does the resolver of update-source names (gateway/lifecycle/names.py): it asks the DNS for
+the names setup hosts' update sources use and adds the answers to the kernel's names sets,
+each address expiring with its answer's TTL; `reload` hands it the names in use.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from gateway.firewall.compose import app_any_port_hosts, host_policies, protecte
 from gateway.firewall.counters import Uninspected, read_uninspected
 from gateway.firewall.hostmodes import DEFAULT_SETTINGS
 from gateway.firewall.refresh import (
+    add_name_elements,
     refresh_any_port_hosts,
     refresh_hostmodes,
     refresh_policy,
@@ -73,7 +77,8 @@ from gateway.firewall.render import QueuePlan, RenderedRules
 from gateway.intake.nfqueue import WorkerStats, load_policy, start_worker
 from gateway.intake.queuestats import read_queue_counters
 from gateway.lifecycle.monitor import run_monitor
-from gateway.lifecycle.state import LifecycleStore
+from gateway.lifecycle.names import NameResolver, resolver_servers, update_source_names
+from gateway.lifecycle.state import HostPolicy, LifecycleStore
 from gateway.match.matcher import Matcher
 from gateway.match.rules import load_rules
 from gateway.policy.appcontrol import plan_rules, rule_paths
@@ -134,6 +139,11 @@ class Gateway:
         self._monitor_sink: EventSink | None = None
         self._uninspected_last = Uninspected()
         self._uninspected_at: float | None = None
+        rc = config.resolver
+        self._names = NameResolver(
+            resolver_servers(rc), self._apply_names, rc.min_ttl, rc.max_ttl, rc.timeout
+        )
+        self._name_policies: list[HostPolicy] = []  # whose update-source names are followed
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -159,6 +169,8 @@ class Gateway:
             for w in self.workers:
                 self._start_standby(w)
             self._start_monitor()
+            self._follow_names(host_policies(self.config))
+            self._names.start()
             self._start_control()
             self._start_alerts()
             print("vpatch run: ready", flush=True)
@@ -180,6 +192,7 @@ class Gateway:
                 log.error("removing kernel rules failed: %s", err)
                 status = status or 2
             self._stop_workers()
+            self._names.stop()
             self._stop_monitor()
             if self._control is not None:
                 self._control.stop()
@@ -347,6 +360,7 @@ class Gateway:
             "kernel_counters": kernel.available,
             "alerts": self._alerts.stats() if self._alerts is not None else None,
             "protected_hosts": self.protected,
+            "update_source_names": self._names.status(),
             "queues": queues,
         }
 
@@ -477,10 +491,27 @@ class Gateway:
         return [str(h) for h in hosts]
 
     def _refresh_hostmodes(self) -> dict[str, str]:
-        """Rewrite the host-mode sets and chains from the lifecycle state; {host: mode}."""
+        """Rewrite the host-mode sets and chains from the lifecycle state, with the current
+        addresses of update-source names; the resolver follows the names now used; {host:
+        mode}."""
         policies = host_policies(self.config)
-        refresh_hostmodes(policies, self.backend, self.config.firewall.chain_prefix)
+        with self._names.lock:  # no answer is added to a set about to be swapped out
+            refresh_hostmodes(
+                policies, self.backend, self.config.firewall.chain_prefix,
+                resolved=self._names.resolved(), dns_servers=self._names.servers,
+            )  # fmt: skip
+            self._follow_names(policies)
         return {p.address: p.mode.value for p in policies if p.mode.value != "normal"}
+
+    def _follow_names(self, policies: list[HostPolicy]) -> None:
+        """The resolver follows the names these hosts' update sources use (new: asked now)."""
+        with self._names.lock:
+            self._name_policies = policies
+            self._names.want(update_source_names(policies))
+
+    def _apply_names(self, updates: dict[str, list[tuple[str, int]]]) -> None:
+        """A new DNS answer for an update-source name: its addresses into the names sets."""
+        add_name_elements(self._name_policies, updates, self.config.firewall.chain_prefix)
 
     def _start_monitor(self) -> None:
         """The lifecycle monitor thread (NFLOG learning and lockdown events); waits until its

@@ -168,6 +168,22 @@ def app_control(host_id: int) -> Any:
     return _back(host_id, f"application control saved; {_reload_note(result)}")
 
 
+@bp.route("/<int:host_id>/allow", methods=["POST"])
+@admin_required
+def allow_entry(host_id: int) -> Any:
+    result = _do(lifecycle.allow_entry, host_id, {"tuple": request.form.get("tuple", "")},
+                 g.user.username)  # fmt: skip
+    return _back(host_id, f"allowed {result['allowed']}; {_reload_note(result)}")
+
+
+@bp.route("/<int:host_id>/disallow", methods=["POST"])
+@admin_required
+def disallow_entry(host_id: int) -> Any:
+    result = _do(lifecycle.disallow_entry, host_id, {"tuple": request.form.get("tuple", "")},
+                 g.user.username)  # fmt: skip
+    return _back(host_id, f"deleted {result['disallowed']}; {_reload_note(result)}")
+
+
 @bp.route("/<int:host_id>/scan", methods=["POST"])
 @admin_required
 def start_scan(host_id: int) -> Any:
@@ -198,6 +214,15 @@ def apply_scan(host_id: int, run_id: int) -> Any:
                           f"{_reload_note(result)}")  # fmt: skip
 
 
+@bp.route("/<int:host_id>/scans/<int:run_id>/cancel", methods=["POST"])
+@admin_required
+def cancel_scan(host_id: int, run_id: int) -> Any:
+    progress = _do(lifecycle.cancel_scan, run_id, g.user.username, host_id)
+    if request.accept_mimetypes.best == "application/json":
+        return jsonify(progress), 201
+    return _back(host_id, f"scan run {run_id}: cancel asked ({progress['status']})")
+
+
 @bp.route("/<int:host_id>/schedule", methods=["POST"])
 @admin_required
 def schedule(host_id: int) -> Any:
@@ -219,7 +244,8 @@ def global_schedule() -> Any:
 @bp.route("/allow-event/<int:event_id>", methods=["POST"])
 @admin_required
 def allow_event(event_id: int) -> Any:
-    result = _do(lifecycle.allow_event, event_id, g.user.username)
+    source = request.form.get("source", "")
+    result = _do(lifecycle.allow_event, event_id, g.user.username, source)
     flash(f"allowed {result['allowed']} for {result['host']}; {_reload_note(result)}")
     host = Hosts(get_store()).host_by_address(result["host"])
     if host is None:

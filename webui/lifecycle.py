@@ -15,20 +15,22 @@ SCAN_PORTS (a `--ports` list), SCAN_TIMEOUT (seconds per socket operation).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from flask import current_app, g, jsonify
+from flask import current_app, g, jsonify, request
 
 from gateway.errors import ConfigError
 from gateway.lifecycle.state import (
+    ANY_SOURCE,
     Endpoint,
     HistoryEntry,
     HostMode,
@@ -106,7 +108,8 @@ def host_view(host_id: int) -> dict[str, Any]:
     }
 
 
-def _endpoints(value: Any, name: str) -> tuple[Endpoint, ...]:
+def _endpoints(value: Any, name: str, names: bool = False) -> tuple[Endpoint, ...]:
+    """Endpoints from a textarea or a list; `names`: host names allowed (update sources)."""
     if isinstance(value, str):
         items = [x.strip() for x in value.replace(",", "\n").splitlines()]
     elif isinstance(value, list):
@@ -116,7 +119,7 @@ def _endpoints(value: Any, name: str) -> tuple[Endpoint, ...]:
     items = [x for x in items if x]
     if len(items) > MAX_ENDPOINT_LINES:
         raise InputError(f"{name}: {len(items)} entries, at most {MAX_ENDPOINT_LINES}")
-    return tuple(Endpoint.parse(x, name) for x in items)
+    return tuple(Endpoint.parse(x, name, names=names) for x in items)
 
 
 def _bool(value: Any, name: str) -> bool:
@@ -162,7 +165,7 @@ def update_lifecycle(host_id: int, data: dict[str, Any], actor: str) -> dict[str
     if "exceptions" in data:
         changes["exceptions"] = _endpoints(data["exceptions"], "exceptions")
     if "update_sources" in data:
-        changes["update_sources"] = _endpoints(data["update_sources"], "update_sources")
+        changes["update_sources"] = _endpoints(data["update_sources"], "update_sources", True)
     new = life.update_host(host.address, history=history, actor=actor, **changes)
     return {"policy": policy_dict(new), "reload": reload_gateway(get_store(), actor)}
 
@@ -203,6 +206,13 @@ def app_control(host_id: int, data: dict[str, Any], actor: str) -> dict[str, Any
 
 
 def allow_tuple(host: str, t: LearnedTuple, actor: str, why: str) -> dict[str, Any]:
+    """Add `t` to the host's learned set (history `allow`, audited), then reload. A network
+    or "any" initiator must be on the far side of the host: the host is the responder."""
+    if host != t.dst and (t.src_is_net or host != t.src):
+        raise InputError(
+            f"{t}: host {host} must be the responder"
+            + ("" if t.src_is_net else " or the initiator")
+        )
     life = _life()
     current = life.host(host)
     learned = tuple(sorted(set(current.learned) | {t}))
@@ -211,6 +221,33 @@ def allow_tuple(host: str, t: LearnedTuple, actor: str, why: str) -> dict[str, A
         history=[HistoryEntry(time.time(), host, "allow", str(t), why)],
     )  # fmt: skip
     return {"host": host, "allowed": str(t), "policy": policy_dict(new),
+            "reload": reload_gateway(get_store(), actor)}  # fmt: skip
+
+
+def _tuple_arg(data: dict[str, Any]) -> LearnedTuple:
+    text = data.get("tuple")
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("tuple: 'SRC -> DST:PORT/PROTO' (SRC: an address, a CIDR or any)")
+    return parse_tuple(text, "tuple")
+
+
+def allow_entry(host_id: int, data: dict[str, Any], actor: str) -> dict[str, Any]:
+    """The host page's "add entry" and POST /hosts/{id}/allow: {"tuple": "SRC -> DST:P/PROTO"}."""
+    host = host_record(host_id)
+    t = _tuple_arg(data)
+    return allow_tuple(host.address, t, actor, f"{actor}: allowed")
+
+
+def disallow_entry(host_id: int, data: dict[str, Any], actor: str) -> dict[str, Any]:
+    """Delete one learned or allowed tuple (history `disallow`, audited), then reload: new
+    connections it let in are refused from then on."""
+    host = host_record(host_id)
+    t = _tuple_arg(data)
+    new = _life().remove_learned(
+        host.address, t, actor=actor,
+        history=[HistoryEntry(time.time(), host.address, "disallow", str(t), f"{actor}: deleted")],
+    )  # fmt: skip
+    return {"host": host.address, "disallowed": str(t), "policy": policy_dict(new),
             "reload": reload_gateway(get_store(), actor)}  # fmt: skip
 
 
@@ -238,11 +275,39 @@ def lockdown_tuple(event_id: int) -> tuple[str, LearnedTuple] | None:
     return t.dst, t
 
 
-def allow_event(event_id: int, actor: str) -> dict[str, Any]:
+def widen_source(t: LearnedTuple, source: str) -> LearnedTuple:
+    """The event's tuple with its initiator kept ("exact" or empty), widened to a network
+    that holds it (a CIDR) or to every client ("any")."""
+    source = source.strip().lower()
+    if source in ("", "exact"):
+        return t
+    if source == ANY_SOURCE:
+        return replace(t, src=ANY_SOURCE)
+    wide = parse_tuple(f"{source} -> {t.dst}:{t.port}/{t.proto}", "source")
+    try:
+        holds = ipaddress.ip_address(t.src) in ipaddress.ip_network(wide.src)
+    except ValueError:
+        holds = False
+    if not holds:
+        raise InputError(f"source {source!r}: does not hold the event's initiator {t.src}")
+    return wide
+
+
+def source_choices(t: LearnedTuple) -> list[tuple[str, str]]:
+    """(value, label) of the "allow this" choices for an event's tuple: this client, its
+    /24 (IPv4) or /64 (IPv6) network, any client."""
+    addr = ipaddress.ip_address(t.src)
+    net = ipaddress.ip_network(f"{addr}/{24 if addr.version == 4 else 64}", strict=False)
+    return [("exact", f"this client ({t.src})"), (str(net), f"its network {net}"),
+            (ANY_SOURCE, "any client")]  # fmt: skip
+
+
+def allow_event(event_id: int, actor: str, source: str = "") -> dict[str, Any]:
     found = lockdown_tuple(event_id)
     if found is None:
         raise LookupError(f"event {event_id}: not a lockdown event")
     host, t = found
+    t = widen_source(t, source)
     return allow_tuple(host, t, actor, f"{actor}: allow this (event {event_id})")
 
 
@@ -309,6 +374,13 @@ def apply_scan(run_id: int, actor: str, host_id: int | None = None) -> dict[str,
     run, changes = _jobs().apply(run_id, actor)
     return {"run": run.progress(), "changes": changes,
             "reload": reload_gateway(get_store(), actor)}  # fmt: skip
+
+
+def cancel_scan(run_id: int, actor: str, host_id: int | None = None) -> dict[str, Any]:
+    """Cancel a queued run, or ask a running one to stop between probes (its report then
+    says cancelled, with the findings of the probes done so far)."""
+    scan_run(run_id, host_id)
+    return _jobs().cancel(run_id, actor).progress()
 
 
 def set_schedule(host_id: int | None, data: dict[str, Any], actor: str) -> dict[str, Any]:
@@ -412,6 +484,12 @@ def api_apply_scan(run_id: int) -> Any:
     return _api(lambda: (jsonify(apply_scan(run_id, g.user.username)), 201))
 
 
+@endpoint("/scans/{run_id}/cancel", "POST", "Cancel a queued or running scan: it stops after "
+          "the probe under way, its report keeps what was found so far", write=True)  # fmt: skip
+def api_cancel_scan(run_id: int) -> Any:
+    return _api(lambda: (jsonify(cancel_scan(run_id, g.user.username)), 201))
+
+
 @endpoint("/hosts/{host_id}/schedule", "PUT", "Set the host's scan schedule (0: follow the "
           "global one)", write=True, body=SCHEDULE_BODY)  # fmt: skip
 def api_host_schedule(host_id: int) -> Any:
@@ -425,6 +503,28 @@ def api_global_schedule() -> Any:
 
 
 @endpoint("/events/{event_id}/allow", "POST", "Allow this: add a lockdown event's tuple to the "
-          "host's learned set; reload", write=True)  # fmt: skip
+          "host's learned set (source: exact, a CIDR holding the client, or any); reload",
+          write=True, params=("source",))  # fmt: skip
 def api_allow_event(event_id: int) -> Any:
-    return _api(lambda: (jsonify(allow_event(event_id, g.user.username)), 201))
+    source = request.args.get("source", "")
+    return _api(lambda: (jsonify(allow_event(event_id, g.user.username, source)), 201))
+
+
+TUPLE_BODY = {
+    "type": "object",
+    "required": ["tuple"],
+    "properties": {"tuple": {"type": "string"}},
+}
+
+
+@endpoint("/hosts/{host_id}/allow", "POST", "Add a lockdown entry 'SRC -> DST:PORT/PROTO' (SRC: "
+          "an address, a CIDR or any) to the host's learned set; reload", write=True,
+          body=TUPLE_BODY)  # fmt: skip
+def api_allow_entry(host_id: int) -> Any:
+    return _api(lambda: (jsonify(allow_entry(host_id, _body(), g.user.username)), 201))
+
+
+@endpoint("/hosts/{host_id}/disallow", "POST", "Delete one learned or allowed entry of the host; "
+          "reload", write=True, body=TUPLE_BODY)  # fmt: skip
+def api_disallow_entry(host_id: int) -> Any:
+    return _api(lambda: (jsonify(disallow_entry(host_id, _body(), g.user.username)), 201))

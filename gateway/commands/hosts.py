@@ -8,7 +8,11 @@
            [--lockdown-action drop|alert] [--auto-apply on|off]
   release HOST                 end setup protection (mode normal), with history
   allow HOST 'A -> B:P/proto'  one-step "allow this" for a lockdown event (also live in the
-                               kernel set when --netns/--live is given)
+                               kernel set when --netns/--live is given); A may be an address,
+                               a network (198.18.0.0/24) or `any` (every client)
+  disallow HOST 'A -> B:P/proto'
+                               delete one learned or allowed entry (new connections it let
+                               in are refused from then on; established ones go on)
   learned HOST | history HOST  what was learned / what changed, when and why
   apply | unapply              install / remove the host-mode kernel rules (standalone prefix)
   monitor [--eve F] [--sqlite F] [--duration S]
@@ -48,7 +52,7 @@ from gateway.firewall.hostmodes import (
     HostModeSettings,
     render_hostmodes,
 )
-from gateway.firewall.refresh import add_learned_tuple
+from gateway.firewall.refresh import add_learned_tuple, remove_learned_tuple
 from gateway.lifecycle.monitor import run_monitor
 from gateway.lifecycle.state import (
     DEFAULT_STATE_PATH,
@@ -105,7 +109,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("host")
     p.add_argument("--mode", choices=[m.value for m in HostMode])
     p.add_argument("--exception", action="append", default=[], metavar="CIDR[:proto[/port]]")
-    p.add_argument("--update-source", action="append", default=[], metavar="CIDR[:proto[/port]]")
+    p.add_argument(
+        "--update-source",
+        action="append",
+        default=[],
+        metavar="CIDR[:proto[/port]]|NAME:proto/port",
+        help="outbound allowed in setup mode; a host name is resolved by the running gateway",
+    )
     p.add_argument("--clear-exceptions", action="store_true")
     p.add_argument("--lockdown-action", choices=[a.value for a in LockdownAction])
     p.add_argument("--auto-apply", choices=["on", "off"])
@@ -118,10 +128,16 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("release", help="release a host from setup protection")
     p.add_argument("host")
     p.add_argument("--apply", action="store_true")
-    p = sub.add_parser("allow", help="allow one tuple of a locked-down host")
+    p = sub.add_parser(
+        "allow", help="allow one tuple of a locked-down host (SRC: address, CIDR or any)"
+    )
     p.add_argument("host")
     p.add_argument("tuple", metavar="'SRC -> DST:PORT/PROTO'")
     p.add_argument("--apply", action="store_true", help="add it to the live kernel set too")
+    p = sub.add_parser("disallow", help="delete one learned or allowed tuple of a host")
+    p.add_argument("host")
+    p.add_argument("tuple", metavar="'SRC -> DST:PORT/PROTO'")
+    p.add_argument("--apply", action="store_true", help="remove it from the live kernel set too")
     for name in ("learned", "history"):
         p = sub.add_parser(name, help=f"a host's {name} entries")
         p.add_argument("host")
@@ -196,7 +212,7 @@ def _set(args: argparse.Namespace, store: LifecycleStore, socket_path: Path) -> 
         )
     if args.update_source or args.clear_exceptions:
         changes["update_sources"] = base_upd + tuple(
-            Endpoint.parse(e, "--update-source") for e in args.update_source
+            Endpoint.parse(e, "--update-source", names=True) for e in args.update_source
         )
     if args.lockdown_action:
         changes["lockdown_action"] = LockdownAction(args.lockdown_action)
@@ -233,6 +249,18 @@ def _allow(args: argparse.Namespace, store: LifecycleStore, socket_path: Path) -
     if args.apply:
         add_learned_tuple(t, args.netns)
     print(f"{host}: allowed {t}")
+    if not args.apply:
+        print(notify_gateway(socket_path))
+    return 0
+
+
+def _disallow(args: argparse.Namespace, store: LifecycleStore, socket_path: Path) -> int:
+    host = check_address(args.host, "host")
+    t = parse_tuple(args.tuple)
+    store.remove_learned(host, t, history=_history(host, "disallow", str(t), "admin"))
+    if args.apply:
+        remove_learned_tuple(t, args.netns)
+    print(f"{host}: no longer allowed {t}")
     if not args.apply:
         print(notify_gateway(socket_path))
     return 0
@@ -346,6 +374,7 @@ ACTIONS: dict[str, Action] = {
     "set": _set,
     "release": _release,
     "allow": _allow,
+    "disallow": _disallow,
     "app-control": _app_control,
     "learned": _entries,
     "history": _entries,

@@ -16,16 +16,24 @@ the API start scans: a subprocess of the UI), writing progress and report into t
 `--scheduled -c CONFIG [--once]` is the scheduled-scan loop (systemd/vpatch-scan.service):
 scans the hosts whose schedule is due, auto-applies for auto-apply hosts and asks the running
 gateway to reload (the config's control socket).
-Guarantees: exit status 0 when every host was scanned (whatever was found), 2 on bad arguments
-(VpatchError); bounded timeouts (`--timeout` per socket operation).
+Ctrl-C (SIGINT; SIGTERM too for `--job`/`--scheduled`) cancels: the probe under way finishes
+(within `--timeout`), then the partial report is printed marked CANCELLED (`"cancelled": true`
+in JSON, with `probes_done` of `probes_total`), nothing is recorded or applied, the hosts not
+reached are not scanned, and the exit status is 130; a second Ctrl-C quits at once.
+Guarantees: exit status 0 when every host was scanned (whatever was found), 130 when
+cancelled, 2 on bad arguments (VpatchError); bounded timeouts (`--timeout` per socket
+operation).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 from gateway.lifecycle.state import DEFAULT_STATE_PATH, LifecycleStore
@@ -43,6 +51,7 @@ from gateway.scan.scanner import ScanError, ScanResult, parse_ports, result_to_d
 __all__ = ["register", "run"]
 
 BAR_WIDTH = 30
+EXIT_CANCELLED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 
 
 def register(subparsers: Any) -> None:
@@ -129,6 +138,11 @@ def _table(result: ScanResult, recs: list[Recommendation], applied: bool) -> str
     ports = ", ".join(map(str, result.open_tcp)) or "none"
     took = result.finished - result.started
     lines = [f"host {result.host}: open TCP {ports} ({took:.1f}s)"]
+    if result.cancelled:
+        lines.append(
+            f"  CANCELLED: partial report, {result.probes_done} of {result.probes_total} probes "
+            "done; no recommendation"
+        )
     lines.append(f"  {'PORT':<10} {'SERVICE':<17} {'PRODUCT':<22} {'VERSION':<12} FEATURES")
     for f in result.findings:
         feats = ",".join(c.feature for c in f.features if c.present) or "-"
@@ -171,9 +185,51 @@ def run(args: argparse.Namespace) -> int:
     store = LifecycleStore(args.state)
     bar = ProgressBar(sys.stderr)
     reports: list[dict[str, Any]] = []
-    for host in args.hosts:
-        result = scan_host(host, tcp, udp, timeout=args.timeout, progress=bar)
-        bar.finish()
+    stop = threading.Event()
+    cancelled = False
+    previous = signal.signal(signal.SIGINT, _cancel_handler(stop))
+    try:
+        for host in args.hosts:
+            result = scan_host(host, tcp, udp, timeout=args.timeout, progress=bar,
+                               cancelled=stop.is_set)  # fmt: skip
+            bar.finish()
+            report = _report(args, store, result, rules)
+            if args.json:
+                reports.append(report)
+            if result.cancelled:
+                cancelled = True
+                break
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if args.json:
+        json.dump({"hosts": reports, "cancelled": cancelled}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    return EXIT_CANCELLED if cancelled else 0
+
+
+def _cancel_handler(stop: threading.Event) -> Any:
+    """First Ctrl-C: stop after the probe under way; the second one quits at once."""
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        sys.stderr.write(
+            "\nvpatch scan: cancelling after the probe under way (Ctrl-C again: quit now)\n"
+        )
+        sys.stderr.flush()
+
+    return handler
+
+
+def _report(
+    args: argparse.Namespace, store: LifecycleStore, result: ScanResult, rules: Any
+) -> dict[str, Any]:
+    """Recommend, record and apply (unless the scan was cancelled), print the table; the
+    JSON form of the host's report."""
+    recs: list[Recommendation] = []
+    applied = False
+    if not result.cancelled:  # a partial scan proves nothing absent: no recommendation
         policy = store.host(result.host)
         recs = recommend(result, rules, policy.assigned)
         findings = result_to_dict(result)["findings"]
@@ -181,27 +237,17 @@ def run(args: argparse.Namespace) -> int:
         applied = bool(args.apply or policy.auto_apply)
         if applied:
             apply_recommendations(store, result.host, recs, "scan")
-        if args.json:
-            reports.append(
-                {
-                    **result_to_dict(result),
-                    "applied": applied,
-                    "recommendations": [recommendation_to_dict(r) for r in recs],
-                }
-            )
-        else:
-            print(_table(result, recs, applied))
-    if args.json:
-        json.dump({"hosts": reports}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    return 0
+    if not args.json:
+        print(_table(result, recs, applied), flush=True)
+    return {
+        **result_to_dict(result),
+        "applied": applied,
+        "recommendations": [recommendation_to_dict(r) for r in recs],
+    }
 
 
 def _run_jobs(args: argparse.Namespace) -> int:
     """--job ID (one queued run) or --scheduled (the schedule loop)."""
-    import signal
-    import threading
-
     from gateway.scan.jobs import ScanJobs, run_scheduler
 
     if args.ports:
@@ -221,14 +267,17 @@ def _run_jobs(args: argparse.Namespace) -> int:
         except Exception as err:
             jobs.fail(args.job, f"rules: {err}")
             raise
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda _s, _f: stop.set())
         done = jobs.execute(args.job, rules, tcp, udp, args.timeout, control_socket=args.socket,
-                            force_apply=args.apply)  # fmt: skip
+                            force_apply=args.apply, stop=stop)  # fmt: skip
         if args.json:
             json.dump(done.as_dict(), sys.stdout, indent=2)
             sys.stdout.write("\n")
         else:
             print(f"scan run {done.id} ({done.host}): {done.status} {done.error}".rstrip())
-        return 0 if done.status == "done" else 1
+        return {"done": 0, "cancelled": EXIT_CANCELLED}.get(done.status, 1)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _s, _f: stop.set())

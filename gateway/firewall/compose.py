@@ -21,6 +21,7 @@ from gateway.config import GatewayConfig, Network
 from gateway.firewall.hostmodes import HM_POSITION_WITH_FIREWALL, render_hostmodes
 from gateway.firewall.policy import render_from_store, render_policy
 from gateway.firewall.render import QueuePlan, RenderedRules, merge, render
+from gateway.lifecycle.names import resolver_servers
 from gateway.lifecycle.state import HostPolicy, LifecycleStore
 from gateway.match.rules import load_rules
 from gateway.policy.appcontrol import any_port_hosts, plan_rules, rule_paths
@@ -71,12 +72,14 @@ def host_policies(config: GatewayConfig) -> list[HostPolicy]:
 
 def host_modes(config: GatewayConfig) -> RenderedRules:
     """Host-mode chains and sets for both families (always present, so `reload` can refresh
-    them), jumped to from FORWARD right after the firewall policy chain."""
+    them), jumped to from FORWARD right after the firewall policy chain. The update-source
+    names' set starts empty: the gateway's resolver fills it (gateway/lifecycle/names.py)."""
     return render_hostmodes(
         host_policies(config),
         config.firewall.chain_prefix,
         always=True,
         position=HM_POSITION_WITH_FIREWALL,
+        dns_servers=resolver_servers(config.resolver),
     )
 
 

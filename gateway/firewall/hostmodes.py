@@ -12,12 +12,16 @@ verdict applies whether or not the packet was inspected. Guarantees:
 - Setup protection (mode `setup`): inbound new connections to the host are refused (TCP RST,
   else ICMP port unreachable) unless they match one of its exceptions (source CIDR, optional
   protocol/port); outbound new connections from the host are refused unless they go to one of
-  its update sources.
+  its update sources: a CIDR (a rule of its own), or a host name, whose current addresses the
+  gateway keeps in the `names` set (per-element timeouts: an address leaves the set when the
+  answer that gave it expires); a host with named sources may also query the gateway's
+  resolvers (`dns_servers`, udp and tcp 53).
 - Learning (mode `learning`): every new connection to or from the host is allowed and copied to
   NFLOG group `learn_group` (header only, NFLOG_SNAPLEN bytes) for the lifecycle monitor to
   record its (initiator, responder, protocol, port) tuple.
-- Lockdown (mode `lockdown`): a new connection whose tuple is in the learned set
-  (`hash:ip,port,ip`, matched src,dst,dst) passes; any other is copied to NFLOG group
+- Lockdown (mode `lockdown`): a new connection whose tuple is in the learned set passes
+  (`hash:ip,port,net` matched dst,dst,src, so the initiator may be an address or a network;
+  "any" initiators in `hash:ip,port` matched dst,dst); any other is copied to NFLOG group
   `lockdown_group` (the monitor turns it into an EVE alert) and then dropped (lockdown_action
   `drop`) or let through (`alert`).
 - Named bounds: MAX_TUPLES learned tuples in the kernel set, MAX_HOSTS_PER_SET hosts per mode.
@@ -40,11 +44,18 @@ verdict applies whether or not the packet was inspected. Guarantees:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.firewall.render import RenderedRules, set_prefix
-from gateway.lifecycle.state import Endpoint, HostMode, HostPolicy, LearnedTuple, LockdownAction
+from gateway.lifecycle.state import (
+    ANY_SOURCE,
+    Endpoint,
+    HostMode,
+    HostPolicy,
+    LearnedTuple,
+    LockdownAction,
+)
 
 STANDALONE_PREFIX = "VPHM"
 DEFAULT_LEARN_GROUP = 17
@@ -52,6 +63,7 @@ DEFAULT_LOCKDOWN_GROUP = 18
 NFLOG_SNAPLEN = 128  # bytes of each logged packet (IP + TCP/UDP headers)
 MAX_TUPLES = 65536
 MAX_HOSTS_PER_SET = 4096
+MAX_NAME_ELEMENTS = 65536  # resolved update-source addresses per family (setup hosts x names)
 LEARN_PREFIX = "vpatch-learn"
 LOCKDOWN_PREFIX = "vpatch-lockdown"
 FORWARD_ORDER = ("FW", "HM-FORWARD")  # chain suffixes, in their order at the top of FORWARD
@@ -71,18 +83,60 @@ def _family(addr: str) -> int:
     return ipaddress.ip_network(addr, strict=False).version
 
 
+# set key -> ipset type; tuples: hash:ip,port,net matched dst,dst,src (the kernels at hand
+# lack hash:net,port,net: CONFIG_IP_SET_HASH_NETPORTNET is often unset), so the initiator may
+# be a network; anytuples: hash:ip,port matched dst,dst ("any -> DST:PORT/PROTO", ipset
+# refuses a /0 network); names: hash:ip,port,ip with per-element timeouts, matched
+# src,dst,dst (setup host, update-source port, resolved address; refilled as DNS answers
+# change, each element expiring with its answer's TTL: gateway/lifecycle/names.py)
+SET_TYPES = {
+    "setup": ("hash:ip", MAX_HOSTS_PER_SET, ""),
+    "learn": ("hash:ip", MAX_HOSTS_PER_SET, ""),
+    "lockdrop": ("hash:ip", MAX_HOSTS_PER_SET, ""),
+    "lockalert": ("hash:ip", MAX_HOSTS_PER_SET, ""),
+    "tuples": ("hash:ip,port,net", MAX_TUPLES, ""),
+    "anytuples": ("hash:ip,port", MAX_TUPLES, ""),
+    "names": ("hash:ip,port,ip", MAX_NAME_ELEMENTS, " timeout 0"),
+}
+
+
 def set_names(prefix: str, version: int) -> dict[str, str]:
     sp = set_prefix(prefix) + "hm-"
-    return {k: f"{sp}{k}{version}" for k in ("setup", "learn", "lockdrop", "lockalert", "tuples")}
+    return {k: f"{sp}{k}{version}" for k in SET_TYPES}
 
 
-def tuple_element(t: LearnedTuple) -> str | None:
-    """The hash:ip,port,ip element for a learned tuple, or None if ipset cannot express it."""
+def tuple_family(t: LearnedTuple) -> int:
+    return _family(t.dst)
+
+
+def tuple_element(t: LearnedTuple) -> tuple[str, str] | None:
+    """(set key, element) for a lockdown tuple: "tuples" (hash:ip,port,net: responder,
+    proto:port, initiator address or network) or "anytuples" (hash:ip,port: responder,
+    proto:port, for an "any" initiator); None if ipset cannot express the tuple."""
     if t.proto in ("tcp", "udp"):
-        return f"{t.src},{t.proto}:{t.port},{t.dst}"
-    if t.proto in ("icmp", "icmpv6"):
-        return f"{t.src},{t.proto}:{t.port}/0,{t.dst}"
-    return None
+        port = f"{t.proto}:{t.port}"
+    elif t.proto in ("icmp", "icmpv6"):
+        port = f"{t.proto}:{t.port}/0"
+    else:
+        return None
+    if t.src == ANY_SOURCE:
+        return "anytuples", f"{t.dst},{port}"
+    return "tuples", f"{t.dst},{port},{t.src}"
+
+
+def name_elements(
+    h: HostPolicy, resolved: Mapping[str, Sequence[tuple[str, int]]], version: int
+) -> list[str]:
+    """The `names` set elements (with their timeouts) for a setup host's named update
+    sources: one per resolved address of the family, expiring after its seconds left."""
+    out = []
+    for e in h.update_sources:
+        if not e.is_name:
+            continue
+        for addr, left in resolved.get(e.net, ()):
+            if _family(addr) == version and left > 0:
+                out.append(f"{h.address},{e.proto}:{e.port},{addr} timeout {left}")
+    return out
 
 
 def _endpoint_match(e: Endpoint, side: str) -> str:
@@ -99,6 +153,23 @@ def _reject(version: int) -> list[str]:
     return ["-p tcp -j REJECT --reject-with tcp-reset", f"-j REJECT --reject-with {unreach}"]
 
 
+def name_update_lines(
+    policies: Iterable[HostPolicy],
+    updates: Mapping[str, Sequence[tuple[str, int]]],
+    prefix: str = STANDALONE_PREFIX,
+) -> str:
+    """`ipset -exist restore` lines adding (or refreshing the timeouts of) the `names` set
+    elements that new DNS answers give, for every setup host using those names."""
+    lines: list[str] = []
+    for h in policies:
+        if h.mode is not HostMode.SETUP:
+            continue
+        version = _family(h.address)
+        name = set_names(prefix, version)["names"]
+        lines.extend(f"add {name} {el}" for el in name_elements(h, updates, version))
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def render_hostmodes(
     policies: Iterable[HostPolicy],
     prefix: str = STANDALONE_PREFIX,
@@ -106,11 +177,16 @@ def render_hostmodes(
     *,
     always: bool = False,
     position: int = 1,
+    resolved: Mapping[str, Sequence[tuple[str, int]]] | None = None,
+    dns_servers: Sequence[str] = (),
 ) -> RenderedRules:
     """Sets and filter-table rules for every host not in normal mode (both families).
 
     always: render both families' chains and sets even without such hosts (`vpatch run`,
     so `reload` can refresh them in place). position: where the jump goes in FORWARD.
+    resolved: the current addresses of update-source names, name -> [(address, seconds the
+    answer stays valid)] (gateway/lifecycle/names.py). dns_servers: the resolvers a setup
+    host with named update sources may query (udp and tcp 53; the ones the gateway asks).
     """
     hosts = [p for p in policies if p.mode is not HostMode.NORMAL]
     ipset_lines: list[str] = []
@@ -123,35 +199,15 @@ def render_hostmodes(
             continue
         names = set_names(prefix, version)
         fam = "inet" if version == 4 else "inet6"
-        by_set: dict[str, list[str]] = {k: [] for k in names}
-        tuples: set[str] = set()
-        for h in mine:
-            if h.mode is HostMode.SETUP:
-                by_set["setup"].append(h.address)
-            elif h.mode is HostMode.LEARNING:
-                by_set["learn"].append(h.address)
-            elif h.mode is HostMode.LOCKDOWN:
-                key = "lockdrop" if h.lockdown_action is LockdownAction.DROP else "lockalert"
-                by_set[key].append(h.address)
-                for t in h.learned:
-                    el = tuple_element(t)
-                    if el is not None and _family(t.src) == version:
-                        tuples.add(el)
-        if len(tuples) > MAX_TUPLES:
-            raise ValueError(f"{len(tuples)} learned tuples, more than MAX_TUPLES={MAX_TUPLES}")
+        elements = _set_elements(mine, version, resolved or {})
         for key, name in names.items():
-            if key == "tuples":
-                ipset_lines.append(
-                    f"create {name} hash:ip,port,ip family {fam} maxelem {MAX_TUPLES}"
-                )
-                ipset_lines.extend(f"add {name} {el}" for el in sorted(tuples))
-            else:
-                ipset_lines.append(
-                    f"create {name} hash:ip family {fam} maxelem {MAX_HOSTS_PER_SET}"
-                )
-                ipset_lines.extend(f"add {name} {a}" for a in sorted(by_set[key]))
+            kind, maxelem, extra = SET_TYPES[key]
+            if len(elements[key]) > maxelem:
+                raise ValueError(f"{len(elements[key])} entries for {name}, more than {maxelem}")
+            ipset_lines.append(f"create {name} {kind} family {fam} maxelem {maxelem}{extra}")
+            ipset_lines.extend(f"add {name} {el}" for el in sorted(elements[key]))
             sets.append(name)
-        text, chains = _render_family(version, prefix, names, mine, settings, position)
+        text, chains = _render_family(version, prefix, names, mine, settings, position, dns_servers)
         texts[version] = text
         chains_all.extend(c for c in chains if c not in chains_all)
     return RenderedRules(
@@ -164,6 +220,27 @@ def render_hostmodes(
     )
 
 
+def _set_elements(
+    hosts: Sequence[HostPolicy], version: int, resolved: Mapping[str, Sequence[tuple[str, int]]]
+) -> dict[str, set[str]]:
+    """Every set's elements for the hosts of one family."""
+    out: dict[str, set[str]] = {k: set() for k in SET_TYPES}
+    for h in hosts:
+        if h.mode is HostMode.SETUP:
+            out["setup"].add(h.address)
+            out["names"].update(name_elements(h, resolved, version))
+        elif h.mode is HostMode.LEARNING:
+            out["learn"].add(h.address)
+        elif h.mode is HostMode.LOCKDOWN:
+            key = "lockdrop" if h.lockdown_action is LockdownAction.DROP else "lockalert"
+            out[key].add(h.address)
+            for t in h.learned:
+                found = tuple_element(t)
+                if found is not None and tuple_family(t) == version:
+                    out[found[0]].add(found[1])
+    return out
+
+
 def _render_family(
     version: int,
     prefix: str,
@@ -171,6 +248,7 @@ def _render_family(
     hosts: Sequence[HostPolicy],
     settings: HostModeSettings,
     position: int = 1,
+    dns_servers: Sequence[str] = (),
 ) -> tuple[str, list[str]]:
     p = f"{prefix}-HM"
     fwd, sin, sout, lock = f"{p}-FORWARD", f"{p}-SETUP-IN", f"{p}-SETUP-OUT", f"{p}-LOCK"
@@ -197,11 +275,15 @@ def _render_family(
             if _family(e.net) == version:
                 r.append(f"-A {sin} -d {h.address} {_endpoint_match(e, 's')} -j RETURN")
         for e in h.update_sources:
-            if _family(e.net) == version:
+            if not e.is_name and _family(e.net) == version:
                 r.append(f"-A {sout} -s {h.address} {_endpoint_match(e, 'd')} -j RETURN")
+        if any(e.is_name for e in h.update_sources):
+            r.extend(_dns_rules(sout, h.address, dns_servers, version))
+    r.append(f"-A {sout} -m set --match-set {names['names']} src,dst,dst -j RETURN")
     r.extend(f"-A {sin} {x}" for x in _reject(version))
     r.extend(f"-A {sout} {x}" for x in _reject(version))
-    r.append(f"-A {lock} -m set --match-set {names['tuples']} src,dst,dst -j RETURN")
+    r.append(f"-A {lock} -m set --match-set {names['tuples']} dst,dst,src -j RETURN")
+    r.append(f"-A {lock} -m set --match-set {names['anytuples']} dst,dst -j RETURN")
     r.append(
         f"-A {lock} -j NFLOG --nflog-group {settings.lockdown_group} "
         f"--nflog-prefix {LOCKDOWN_PREFIX} --nflog-size {NFLOG_SNAPLEN}"
@@ -210,3 +292,17 @@ def _render_family(
         r.append(f"-A {lock} -m set --match-set {names['lockdrop']} {side} -j DROP")
     lines = ["*filter", *(f":{c} - [0:0]" for c in chains), *r, "COMMIT"]
     return "\n".join(lines) + "\n", chains
+
+
+def _dns_rules(chain: str, host: str, servers: Sequence[str], version: int) -> list[str]:
+    """A setup host with named update sources may ask the gateway's resolvers (the answers it
+    gets are the ones the gateway puts in the names set); loopback resolvers of the gateway
+    itself (a local stub) are no use to the host and skipped."""
+    out = []
+    for server in servers:
+        addr = ipaddress.ip_address(server)
+        if addr.version != version or addr.is_loopback:
+            continue
+        for proto in ("udp", "tcp"):
+            out.append(f"-A {chain} -s {host} -d {addr} -p {proto} --dport 53 -j RETURN")
+    return out

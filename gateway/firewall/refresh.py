@@ -10,10 +10,12 @@ no packet ever meets a missing chain or set and established connections are neve
 - `refresh_hostmodes`: the host-mode sets (filled beside the live ones, then `ipset swap`:
   atomic per set) and chains (one restore per family); the FORWARD jump goes after PREFIX-FW
   (hostmodes.FORWARD_ORDER) and only when missing. `forward_jumps` reads that order back.
+- `add_name_elements`: addresses of new DNS answers for update-source names (timeouts).
 - `refresh_any_port_hosts`: the sets of hosts whose every TCP port is queued (app control).
 - `refresh_protected_hosts`: the protected-host sets (the configuration's and the store's).
 - `refresh_port_sets`: the ports the enabled rules cover (`rules reload`).
-- `add_learned_tuple`: one tuple into a standalone lockdown set (`vpatch hosts allow --apply`).
+- `add_learned_tuple` / `remove_learned_tuple`: one tuple into / out of a standalone lockdown
+  set (`vpatch hosts allow|disallow --apply`).
 
 Every failure raises FirewallError naming the command and its stderr. `netns`: run the commands
 inside that network namespace (tests and tools working from the root namespace).
@@ -21,7 +23,7 @@ inside that network namespace (tests and tools working from the root namespace).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from gateway.config import Network
 from gateway.errors import FirewallError
@@ -31,9 +33,11 @@ from gateway.firewall.hostmodes import (
     FORWARD_ORDER,
     STANDALONE_PREFIX,
     HostModeSettings,
+    name_update_lines,
     render_hostmodes,
     set_names,
     tuple_element,
+    tuple_family,
 )
 from gateway.firewall.policy import chain_name, list_rules, policy_lines
 from gateway.firewall.render import (
@@ -103,15 +107,22 @@ def refresh_hostmodes(
     prefix: str,
     settings: HostModeSettings = DEFAULT_SETTINGS,
     netns: str | None = None,
+    *,
+    resolved: Mapping[str, Sequence[tuple[str, int]]] | None = None,
+    dns_servers: Sequence[str] = (),
 ) -> RenderedRules:
     """Rewrite the running host-mode sets and chains (rendered with always=True) in place.
 
     Sets: filled under NAME-n, swapped with NAME, NAME-n destroyed (each swap atomic).
     Chains: one `iptables-restore --noflush` per family declaring the chains (which flushes
     them) and refilling them; the FORWARD jump is added (after PREFIX-FW) only if missing.
+    resolved / dns_servers: the update-source names' current addresses and the resolvers
+    setup hosts may ask (hostmodes.render_hostmodes).
     FirewallError naming the command when the kernel refuses.
     """
-    rendered = render_hostmodes(policies, prefix, settings, always=True)
+    rendered = render_hostmodes(
+        policies, prefix, settings, always=True, resolved=resolved, dns_servers=dns_servers
+    )
     refill_sets(rendered.ipset, rendered.sets, netns)
     fwd = f"{prefix}-HM-FORWARD"
     for version in (4, 6):
@@ -131,6 +142,20 @@ def refresh_hostmodes(
                 f"{backend.restore(version)} --noflush (host modes) failed: {proc.stderr.strip()}"
             )
     return rendered
+
+
+def add_name_elements(
+    policies: Iterable[HostPolicy],
+    updates: Mapping[str, Sequence[tuple[str, int]]],
+    prefix: str,
+    netns: str | None = None,
+) -> None:
+    """Add the addresses of new DNS answers to the running `names` sets (`ipset -exist
+    restore`: an element already there gets the new timeout); the kernel removes each when
+    its timeout runs out."""
+    text = name_update_lines(policies, updates, prefix)
+    if text:
+        run_cmd(["ipset", "-exist", "restore"], netns, stdin=text)
 
 
 def refresh_any_port_hosts(
@@ -165,11 +190,26 @@ def refresh_port_sets(rendered: RenderedRules, plan: QueuePlan, netns: str | Non
 def add_learned_tuple(
     t: LearnedTuple, netns: str | None = None, prefix: str = STANDALONE_PREFIX
 ) -> bool:
-    """Add `t` to the live lockdown tuple set of its family (`ipset add -exist`); False when
-    ipset cannot express the tuple (nothing done)."""
-    element = tuple_element(t)
-    if element is None:
+    """Add `t` to the live lockdown set of its family and kind (`ipset add -exist`); False
+    when ipset cannot express the tuple (nothing done)."""
+    found = tuple_element(t)
+    if found is None:
         return False
-    name = set_names(prefix, 6 if ":" in t.src else 4)["tuples"]
+    key, element = found
+    name = set_names(prefix, tuple_family(t))[key]
     run_cmd(["ipset", "add", name, element, "-exist"], netns)
+    return True
+
+
+def remove_learned_tuple(
+    t: LearnedTuple, netns: str | None = None, prefix: str = STANDALONE_PREFIX
+) -> bool:
+    """Remove `t` from the live lockdown set (`ipset del -exist`): connections it would have
+    let in are refused from now on; established ones go on. False when ipset cannot express it."""
+    found = tuple_element(t)
+    if found is None:
+        return False
+    key, element = found
+    name = set_names(prefix, tuple_family(t))[key]
+    run_cmd(["ipset", "del", name, element, "-exist"], netns)
     return True

@@ -61,35 +61,83 @@ class LockdownAction(enum.Enum):
 
 PROTOCOLS = {name: number for number, name in PROTO_NAMES.items()}
 _ENDPOINT = re.compile(r"\[?([0-9A-Fa-f.:/]+?)\]?(?::(tcp|udp|icmp|icmpv6)(?:/(\d+))?)?")
-_TUPLE = re.compile(r"\s*\[?([0-9A-Fa-f.:]+?)\]?\s*->\s*\[?([0-9A-Fa-f.:]+?)\]?:(\d+)/(\w+)\s*\Z")
+_NAMED = re.compile(r"([A-Za-z0-9_.-]+?)\.?(?::(tcp|udp|icmp|icmpv6)(?:/(\d+))?)?")
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+_TUPLE = re.compile(
+    r"\s*\[?([0-9A-Fa-f.:/]+?|any)\]?\s*->\s*\[?([0-9A-Fa-f.:]+?)\]?:(\d+)/(\w+)\s*\Z",
+    re.IGNORECASE,
+)
+ANY_SOURCE = "any"  # a lockdown entry's source meaning every client
+MAX_NAME_LEN = 253  # RFC 1035 2.3.4 (presentation form, without the root dot)
+
+
+def check_name(text: str, source: str) -> str:
+    """A DNS host name in canonical form (lower case, no trailing dot): labels of letters,
+    digits, '-' and '_' (RFC 1123 2.1, underscores as seen in service names), at least two
+    labels and not all-numeric; LifecycleError naming `source` otherwise."""
+    name = text.strip().rstrip(".").lower()
+    labels = name.split(".")
+    if (
+        not name
+        or len(name) > MAX_NAME_LEN
+        or len(labels) < 2
+        or not all(_LABEL.fullmatch(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
+        raise LifecycleError(f"{source}: {text!r} is not a host name (like updates.example.com)")
+    return name
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A network (CIDR) with an optional protocol and port: an exception or an update source."""
+    """A network (CIDR), or for update sources a host name, with an optional protocol and
+    port: a setup-protection exception or update source."""
 
-    net: str  # CIDR; a plain address means /32 or /128
+    net: str  # CIDR (a plain address means /32 or /128), or a host name (`is_name`)
     proto: str | None = None  # "tcp" | "udp" | None (any)
     port: int | None = None  # with proto tcp/udp only
 
+    @property
+    def is_name(self) -> bool:
+        """True when `net` is a host name the gateway resolves (gateway/lifecycle/names.py)."""
+        return not any(ch in self.net for ch in ":/") and not self.net.replace(".", "").isdigit()
+
     @classmethod
-    def parse(cls, text: str, source: str) -> Endpoint:
-        """'198.18.0.0/24', '198.18.0.0/24:tcp/3389', '[2001:2::/64]:udp/53'."""
-        m = _ENDPOINT.fullmatch(text.strip())
-        if m is None:
-            raise LifecycleError(f"{source}: {text!r} is not CIDR[:proto[/port]]")
-        net, proto = m.group(1), m.group(2)
+    def parse(cls, text: str, source: str, *, names: bool = False) -> Endpoint:
+        """'198.18.0.0/24', '198.18.0.0/24:tcp/3389', '[2001:2::/64]:udp/53'; with `names`
+        also 'updates.example.com:tcp/443' (a host name needs tcp or udp and a port: the
+        kernel set that holds its addresses is hash:ip,port,ip)."""
+        text = text.strip()
+        m = _ENDPOINT.fullmatch(text)
+        norm, named = None, False
+        if m is not None:
+            try:
+                norm = str(ipaddress.ip_network(m.group(1), strict=False))
+            except ValueError as err:
+                if not names or _NAMED.fullmatch(text) is None:
+                    raise LifecycleError(
+                        f"{source}: {m.group(1)!r} in {text!r} is not an address/CIDR"
+                    ) from err
+        if norm is None:
+            m = _NAMED.fullmatch(text) if names else None
+            if m is None:
+                what = "CIDR|NAME" if names else "CIDR"
+                raise LifecycleError(f"{source}: {text!r} is not {what}[:proto[/port]]")
+            norm, named = check_name(m.group(1), source), True
+        assert m is not None
+        proto = m.group(2)
         port = int(m.group(3)) if m.group(3) else None
-        try:
-            norm = str(ipaddress.ip_network(net, strict=False))
-        except ValueError as err:
-            raise LifecycleError(f"{source}: {net!r} in {text!r} is not an address/CIDR") from err
         if proto is not None and proto not in PROTOCOLS:
             raise LifecycleError(
                 f"{source}: protocol {proto!r} in {text!r} is not one of {sorted(PROTOCOLS)}"
             )
         if port is not None and not (1 <= port <= 65535 and proto in ("tcp", "udp")):
             raise LifecycleError(f"{source}: port {port} in {text!r} needs tcp/udp and 1-65535")
+        if named and port is None:
+            raise LifecycleError(
+                f"{source}: host name {norm!r} in {text!r} needs tcp or udp and a port "
+                f"(NAME:tcp/PORT)"
+            )
         return cls(norm, proto, port)
 
     def __str__(self) -> str:
@@ -101,12 +149,19 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True, order=True)
 class LearnedTuple:
-    """One connection shape a host was seen using: initiator -> responder:port/proto."""
+    """One connection shape a host was seen using, or an admin allowed: initiator ->
+    responder:port/proto. The initiator is an address (learned), or a network or ANY_SOURCE
+    (an allow entry: every client of that network, or every client)."""
 
-    src: str
+    src: str  # an address, a CIDR ("198.18.0.0/24") or "any"
     dst: str
     proto: str  # tcp | udp | icmp | icmpv6 | number as text
     port: int  # destination port (tcp/udp), ICMP type for icmp, 0 otherwise
+
+    @property
+    def src_is_net(self) -> bool:
+        """True for a network or "any" initiator (an allow entry, not a learned connection)."""
+        return self.src == ANY_SOURCE or "/" in self.src
 
     def __str__(self) -> str:
         return f"{self.src} -> {self.dst}:{self.port}/{self.proto}"
@@ -155,17 +210,38 @@ def check_address(text: str, source: str) -> str:
 
 
 def parse_tuple(text: str, source: str = "tuple") -> LearnedTuple:
-    """'198.18.0.10 -> 198.18.0.20:8080/tcp' (as LearnedTuple prints) -> LearnedTuple;
-    LifecycleError naming `source` and the text otherwise."""
+    """'198.18.0.10 -> 198.18.0.20:8080/tcp' (as LearnedTuple prints), a network source
+    '198.18.0.0/24 -> 198.18.0.20:80/tcp' or every client 'any -> 198.18.0.20:80/tcp' ->
+    LearnedTuple (a /32 or /128 network becomes its address); LifecycleError naming `source`
+    and the text otherwise."""
     m = _TUPLE.match(text)
     if not m:
-        raise LifecycleError(f"{source}: {text!r} is not 'SRC -> DST:PORT/PROTO'")
-    src = check_address(m.group(1), source)
+        raise LifecycleError(
+            f"{source}: {text!r} is not 'SRC -> DST:PORT/PROTO' (SRC: an address, a CIDR or any)"
+        )
     dst = check_address(m.group(2), source)
+    raw_src = m.group(1)
+    if raw_src.lower() == ANY_SOURCE:
+        src = ANY_SOURCE
+    elif "/" in raw_src:
+        try:
+            net = ipaddress.ip_network(raw_src, strict=False)
+        except ValueError as err:
+            raise LifecycleError(f"{source}: {raw_src!r} in {text!r} is not a CIDR") from err
+        if net.prefixlen == 0:
+            raise LifecycleError(f"{source}: {raw_src!r} in {text!r}: write 'any' for every client")
+        src = str(net.network_address) if net.num_addresses == 1 else str(net)
+    else:
+        src = check_address(raw_src, source)
+    if src != ANY_SOURCE and ipaddress.ip_network(src).version != ipaddress.ip_address(dst).version:
+        raise LifecycleError(f"{source}: {text!r} mixes IPv4 and IPv6")
     proto = m.group(4).lower()
     if proto not in ("tcp", "udp", "icmp", "icmpv6"):
         raise LifecycleError(f"{source}: protocol {proto!r} in {text!r} is not tcp/udp/icmp")
-    return LearnedTuple(src, dst, proto, int(m.group(3)))
+    port = int(m.group(3))
+    if port > 65535 or (proto in ("icmp", "icmpv6") and port > 255):
+        raise LifecycleError(f"{source}: port {port} in {text!r} is out of range")
+    return LearnedTuple(src, dst, proto, port)
 
 
 def host_services(store: Store, host_id: int) -> list[dict[str, Any]]:
@@ -240,7 +316,7 @@ class LifecycleStore:
                     Endpoint.parse(e, f"{where} exceptions") for k, e in ends if k == "exception"
                 ),
                 update_sources=tuple(
-                    Endpoint.parse(e, f"{where} update_sources")
+                    Endpoint.parse(e, f"{where} update_sources", names=True)
                     for k, e in ends
                     if k == "update_source"
                 ),
@@ -482,6 +558,30 @@ class LifecycleStore:
             if added:
                 store.audit(actor, "lifecycle.learn", address, None, added)
             return len(added)
+
+    def remove_learned(
+        self,
+        address: str,
+        t: LearnedTuple,
+        *,
+        history: list[HistoryEntry] | None = None,
+        actor: str = "cli",
+    ) -> HostPolicy:
+        """Delete one learned or allowed tuple of the host (one transaction, audited);
+        LifecycleError naming it when the host has no such entry."""
+        address = check_address(address, "host")
+        with self._store() as store, store.transaction():
+            hid = self._host_id(store.db, address)
+            cur = store.db.execute(
+                "DELETE FROM learned_tuples WHERE host_id = ? AND src = ? AND dst = ? "
+                "AND proto = ? AND port = ?",
+                (hid, t.src, t.dst, t.proto, t.port),
+            )
+            if not cur.rowcount:
+                raise LifecycleError(f"host {address}: no learned or allowed entry {str(t)!r}")
+            store.audit(actor, "lifecycle.disallow", address, str(t), None)
+            self._append_history(store, history or [])
+            return self._get(store.db, address)
 
     def record_scan(
         self, address: str, services: list[dict[str, Any]], *, actor: str = "scan"

@@ -169,6 +169,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE login_attempts ADD COLUMN device TEXT NOT NULL DEFAULT '';
     CREATE INDEX login_attempts_device ON login_attempts(device, ts);
     """,
+    # 6: scan cancel (gateway/scan/jobs.py): who asked to cancel a running scan
+    """
+    ALTER TABLE scan_runs ADD COLUMN cancel_by TEXT NULL;
+    """,
 )
 
 

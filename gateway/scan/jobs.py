@@ -2,16 +2,23 @@
 schedule, with its progress, report, history and apply step, kept in the policy store
 (gateway/policy/store.py migration 4: tables `scan_runs`, `scan_schedules`).
 
-A run goes queued -> running -> done | failed. `ScanJobs.queue()` creates it; the unique index
-`scan_runs_active` (one queued/running row per host) makes "one scan per host at a time" hold
-across processes (UI, API, the scheduled loop): a second request gets `ScanBusy` naming the
-run in the way. `execute()` scans (gateway/scan/scanner.py), writes progress into the row at
-most every PROGRESS_EVERY_S, recommends (gateway/scan/recommend.py), records the findings, and
-when the host's `auto_apply` is on (or the caller forces it) applies the recommendation; the
-report (findings with evidence, recommendations with evidence, applied or not) is stored as
-JSON in the row. `apply()` applies a finished run's recommendation later (the UI's "apply"
-button). Every run writes a `scan` entry in the host's lifecycle history (when, who or which
-schedule, what it found); every applied change an assign/unassign entry with the evidence.
+A run goes queued -> running -> done | failed | cancelled. `ScanJobs.queue()` creates it; the
+unique index `scan_runs_active` (one queued/running row per host) makes "one scan per host at
+a time" hold across processes (UI, API, the scheduled loop): a second request gets `ScanBusy`
+naming the run in the way. `execute()` scans (gateway/scan/scanner.py), writes progress into
+the row at most every PROGRESS_EVERY_S, recommends (gateway/scan/recommend.py), records the
+findings, and when the host's `auto_apply` is on (or the caller forces it) applies the
+recommendation; the report (findings with evidence, recommendations with evidence, applied or
+not) is stored as JSON in the row. `apply()` applies a finished run's recommendation later
+(the UI's "apply" button). Every run writes a `scan` entry in the host's lifecycle history
+(when, who or which schedule, what it found); every applied change an assign/unassign entry
+with the evidence.
+
+`cancel()` ends a queued run at once and asks a running one to stop (column `cancel_by`,
+migration 6): the runner looks at it between probes (at most every PROGRESS_EVERY_S; a probe
+under way finishes within its timeout) and ends the run `cancelled`, its report holding the
+findings of the probes done so far (`cancelled`, `probes_done`, `probes_total`) and no
+recommendation: a partial scan proves nothing absent, so nothing is recorded or applied.
 
 Runs whose process is gone (pid no longer alive) or that are older than MAX_RUN_SECONDS are
 marked failed by `expire_stale()`, so a crashed scan never blocks its host for good. Bounds:
@@ -54,11 +61,12 @@ from gateway.scan.recommend import (
     recommend,
     recommendation_to_dict,
 )
-from gateway.scan.scanner import result_to_dict, scan_host
+from gateway.scan.scanner import ScanResult, result_to_dict, scan_host
 
 GLOBAL = "*"  # schedule host meaning every host of the lifecycle state
 TRIGGERS = ("ui", "api", "cli", "schedule")
-STATUSES = ("queued", "running", "done", "failed")
+STATUSES = ("queued", "running", "done", "failed", "cancelled")
+FINAL = ("done", "failed", "cancelled")
 MAX_RUN_SECONDS = 900.0  # a run queued/running longer than this is stale
 MAX_RUNS_KEPT = 10_000
 MAX_SCHEDULED_PER_PASS = 64
@@ -90,6 +98,7 @@ class ScanRun:
     report: dict[str, Any] | None
     applied: bool
     error: str
+    cancel_by: str | None = None  # who asked a running scan to stop
 
     def progress(self) -> dict[str, Any]:
         """The small form the UI's page polls."""
@@ -133,6 +142,7 @@ def _run(r: sqlite3.Row) -> ScanRun:
         int(r["id"]), str(r["host"]), str(r["trigger"]), str(r["actor"]), str(r["status"]),
         float(r["queued_at"]), r["started_at"], r["finished_at"], int(r["done"]),
         int(r["total"]), str(r["step"]), r["pid"], report, bool(r["applied"]), str(r["error"]),
+        r["cancel_by"],
     )  # fmt: skip
 
 
@@ -233,7 +243,8 @@ class ScanJobs:
                     )
                     run_id = int(cur.lastrowid or 0)
                     store.db.execute(
-                        "DELETE FROM scan_runs WHERE id <= ? AND status IN ('done', 'failed')",
+                        "DELETE FROM scan_runs WHERE id <= ? AND status IN "
+                        "('done', 'failed', 'cancelled')",
                         (run_id - MAX_RUNS_KEPT,),
                     )
                     store.audit(
@@ -278,6 +289,46 @@ class ScanJobs:
     def fail(self, run_id: int, error: str) -> None:
         self._set(run_id, status="failed", error=error[:MAX_ERROR_LEN], finished_at=time.time())
 
+    def cancel(self, run_id: int, actor: str) -> ScanRun:
+        """Cancel a queued run at once, or ask a running one to stop between probes
+        (audited); LifecycleError when the run is already over."""
+        with self._store() as store, store.transaction():
+            row = store.db.execute("SELECT * FROM scan_runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise LifecycleError(f"{self.path}: scan run {run_id}: no such run")
+            run = _run(row)
+            if run.status in FINAL:
+                raise LifecycleError(f"scan run {run_id}: is {run.status}, nothing to cancel")
+            if run.status == "queued":
+                store.db.execute(
+                    "UPDATE scan_runs SET status = 'cancelled', cancel_by = ?, error = ?, "
+                    "finished_at = ? WHERE id = ?",
+                    (actor, f"cancelled by {actor} before it started", time.time(), run_id),
+                )
+            else:
+                store.db.execute("UPDATE scan_runs SET cancel_by = ? WHERE id = ?", (actor, run_id))
+            store.audit(actor, "scan.cancel", run.host, run.status, {"run": run_id})
+        new = self.get(run_id)
+        assert new is not None
+        return new
+
+    def _cancel_check(self, run_id: int, stop: threading.Event | None) -> Callable[[], bool]:
+        """True once `stop` is set or someone asked to cancel the run (the row is read at
+        most every PROGRESS_EVERY_S)."""
+        state = {"next": 0.0, "asked": False}
+
+        def cancelled() -> bool:
+            if stop is not None and stop.is_set():
+                return True
+            now = time.monotonic()
+            if not state["asked"] and now >= state["next"]:
+                state["next"] = now + PROGRESS_EVERY_S
+                run = self.get(run_id)
+                state["asked"] = run is not None and run.cancel_by is not None
+            return bool(state["asked"])
+
+        return cancelled
+
     def execute(
         self,
         run_id: int,
@@ -287,9 +338,11 @@ class ScanJobs:
         timeout: float = probes.DEFAULT_TIMEOUT_S,
         control_socket: Path | None = None,
         force_apply: bool = False,
+        stop: threading.Event | None = None,
     ) -> ScanRun:
         """Carry out a queued run (see the module docstring); returns the finished run. A
-        failure of the scan itself is recorded in the run (status failed), not raised."""
+        failure of the scan itself is recorded in the run (status failed), not raised; `stop`
+        (or a `cancel()` from elsewhere) ends it `cancelled` between probes."""
         run = self.get(run_id)
         if run is None:
             raise LifecycleError(f"{self.path}: scan run {run_id}: no such run")
@@ -305,7 +358,10 @@ class ScanJobs:
                 self._set(run_id, done=done, total=total, step=what[:200])
 
         try:
-            result = scan_host(run.host, tcp_ports, udp_ports, timeout=timeout, progress=progress)
+            result = scan_host(run.host, tcp_ports, udp_ports, timeout=timeout, progress=progress,
+                               cancelled=self._cancel_check(run_id, stop))  # fmt: skip
+            if result.cancelled:
+                return self._cancelled(run, result, stop)
             policy = self.lifecycle.host(run.host)
             recs = recommend(result, list(rules), policy.assigned)
             report: dict[str, Any] = {
@@ -343,6 +399,26 @@ class ScanJobs:
         except Exception as err:  # noqa: BLE001 - recorded in the run, which the UI shows
             self.fail(run_id, f"{type(err).__name__}: {err}")
         finished = self.get(run_id)
+        assert finished is not None
+        return finished
+
+    def _cancelled(self, run: ScanRun, result: ScanResult, stop: threading.Event | None) -> ScanRun:
+        """End a run stopped between probes: status cancelled, the partial report kept (no
+        recommendation, nothing recorded or applied), a history entry."""
+        again = self.get(run.id)
+        who = (again.cancel_by if again is not None else None) or (
+            "signal" if stop is not None and stop.is_set() else "?"
+        )
+        report: dict[str, Any] = {**result_to_dict(result), "recommendations": [],
+                                  "applied": False, "cancelled_by": who}  # fmt: skip
+        why = f"cancelled by {who} after {result.probes_done} of {result.probes_total} probes"
+        entry = HistoryEntry(time.time(), run.host, "scan", f"run {run.id}", f"{run.trigger} {why}")
+        self.lifecycle.update_host(run.host, actor=run.actor, history=[entry])
+        self._set(
+            run.id, status="cancelled", finished_at=time.time(), report_json=json.dumps(report),
+            step=why, error=why, done=result.probes_done, total=max(result.probes_total, 1),
+        )  # fmt: skip
+        finished = self.get(run.id)
         assert finished is not None
         return finished
 
@@ -498,8 +574,9 @@ def run_scheduler(
                 continue
             jobs.mark_scheduled(host, run.queued_at)
             done = jobs.execute(
-                run.id, rules(), tcp_ports, udp_ports, timeout, control_socket=control_socket
-            )
+                run.id, rules(), tcp_ports, udp_ports, timeout, control_socket=control_socket,
+                stop=stop,
+            )  # fmt: skip
             count += 1
             if out is not None:
                 rep = done.report or {}

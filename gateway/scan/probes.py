@@ -791,11 +791,19 @@ UDP_PROBES: dict[int, Callable[[str, int, float], Finding | None]] = {
 }
 
 
-def probe_tcp_port(host: str, port: int, timeout: float = DEFAULT_TIMEOUT_S) -> Finding | None:
-    """Identify the service on an open TCP port: hinted probes first, then the others."""
+def probe_tcp_port(
+    host: str,
+    port: int,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    cancelled: Callable[[], bool] | None = None,
+) -> Finding | None:
+    """Identify the service on an open TCP port: hinted probes first, then the others;
+    `cancelled` is asked before each (True: stop, nothing identified)."""
     order = list(PORT_HINTS.get(port, ()))
     order += [name for name in ("banner", "http", "smb", "tls", "rdp") if name not in order]
     for name in order:
+        if cancelled is not None and cancelled():
+            return None
         finding = TCP_PROBES[name](host, port, timeout)
         if finding is not None:
             return finding

@@ -4,6 +4,9 @@ and on the UDP services (DNS, MSSQL resolution). Produces a `ScanResult`.
 Guarantees: only `host` is contacted; each socket operation is bounded by `timeout`, so a scan
 takes at most about (ports + probes) x timeout; progress is reported through a callback (the
 CLI draws a bar on a TTY) and never affects the result; at most MAX_PORTS ports per scan.
+A `cancelled` callback is asked before each connect and each probe: once it says True the
+scan stops there (a probe under way finishes within its timeout) and the result is marked
+`cancelled`, holding what the probes done so far found.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ MAX_PORTS = 1024  # ports one scan may name
 CONNECT_WORKERS = 16  # parallel connect() calls during the port scan
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
+Cancelled = Callable[[], bool]  # asked between probes: True stops the scan
 
 
 class ScanError(VpatchError):
@@ -36,6 +40,9 @@ class ScanResult:
     open_tcp: tuple[int, ...]
     findings: tuple[Finding, ...]
     unidentified: tuple[int, ...]  # open TCP ports no probe recognised
+    cancelled: bool = False  # stopped before the end: findings are those of the probes done
+    probes_done: int = 0
+    probes_total: int = 0
 
     def products(self) -> set[str]:
         return {f.product for f in self.findings if f.product}
@@ -79,6 +86,7 @@ def scan_host(
     udp_ports: Iterable[int] = probes.DEFAULT_UDP_PORTS,
     timeout: float = probes.DEFAULT_TIMEOUT_S,
     progress: Progress | None = None,
+    cancelled: Cancelled | None = None,
 ) -> ScanResult:
     host = check_host(host)
     tcp = sorted(set(tcp_ports))
@@ -86,6 +94,7 @@ def scan_host(
     started = time.time()
     total = len(tcp) + len(tcp) + len(udp)  # connect, probe (estimated), udp probes
     done = 0
+    stop = cancelled or (lambda: False)
 
     def tick(what: str, step: int = 1) -> None:
         nonlocal done
@@ -93,28 +102,39 @@ def scan_host(
         if progress is not None:
             progress(min(done, total), total, what)
 
+    def connect(port: int) -> bool | None:
+        return None if stop() else probes.tcp_open(host, port, timeout)
+
     with ThreadPoolExecutor(max_workers=CONNECT_WORKERS) as pool:
-        states = list(pool.map(lambda p: probes.tcp_open(host, p, timeout), tcp))
+        states = list(pool.map(connect, tcp))
     open_tcp = [p for p, is_open in zip(tcp, states, strict=True) if is_open]
-    tick(f"{host}: {len(open_tcp)} open TCP ports", len(tcp) + len(tcp) - len(open_tcp))
+    tested = sum(1 for s in states if s is not None)
+    tick(f"{host}: {len(open_tcp)} open TCP ports", tested + tested - len(open_tcp))
     findings: list[Finding] = []
     unidentified: list[int] = []
     for port in open_tcp:
-        finding = probes.probe_tcp_port(host, port, timeout)
-        if finding is None:
-            unidentified.append(port)
-        else:
+        if stop():
+            break
+        finding = probes.probe_tcp_port(host, port, timeout, stop)
+        if finding is not None:
             findings.append(finding)
+        elif stop():
+            break  # cut short: not known to be unidentifiable
+        else:
+            unidentified.append(port)
         tick(f"{host}:{port}/tcp {finding.service if finding else '?'}")
     for port in udp:
+        if stop():
+            break
         probe = probes.UDP_PROBES.get(port, probes.probe_dns)
         finding = probe(host, port, timeout)
         if finding is not None:
             findings.append(finding)
         tick(f"{host}:{port}/udp {finding.service if finding else '-'}")
     return ScanResult(
-        host, started, time.time(), tuple(open_tcp), tuple(findings), tuple(unidentified)
-    )
+        host, started, time.time(), tuple(open_tcp), tuple(findings), tuple(unidentified),
+        cancelled=done < total and stop(), probes_done=done, probes_total=total,
+    )  # fmt: skip
 
 
 def result_to_dict(result: ScanResult) -> dict[str, object]:
@@ -129,6 +149,9 @@ def result_to_dict(result: ScanResult) -> dict[str, object]:
         "finished": result.finished,
         "open_tcp": list(result.open_tcp),
         "unidentified_tcp": list(result.unidentified),
+        "cancelled": result.cancelled,
+        "probes_done": result.probes_done,
+        "probes_total": result.probes_total,
         "findings": [
             {
                 "port": f.port,

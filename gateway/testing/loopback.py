@@ -1,18 +1,21 @@
-"""A throwaway HTTP server on 127.0.0.1 for tests (the scan's probes, the UI's scans).
+"""Throwaway servers on 127.0.0.1 for tests (the scan's probes, the UI's scans).
 
 Guarantees: `serve_http(handler)` listens on a free loopback port, serves each request in its
-own thread with `handler`, and is shut down, closed and joined when the block ends, also when
-the test fails.
+own thread with `handler`; `slow_listeners(n)` gives n ports that accept connections and never
+say a word (every probe waits for its timeout: a slow scan to cancel). Both are shut down,
+closed and joined when the block ends, also when the test fails.
 """
 
 from __future__ import annotations
 
 import http.server
+import select
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["serve_http"]
+__all__ = ["serve_http", "slow_listeners"]
 
 
 @contextmanager
@@ -27,3 +30,27 @@ def serve_http(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[in
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@contextmanager
+def slow_listeners(count: int) -> Iterator[list[int]]:
+    """`count` loopback ports that accept and hold every connection without answering."""
+    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            ready, _, _ = select.select(listeners, [], [], 0.1)
+            for s in ready:
+                held.append(s.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield [int(s.getsockname()[1]) for s in listeners]
+    finally:
+        stop.set()
+        thread.join(5)
+        for s in held + listeners:
+            s.close()

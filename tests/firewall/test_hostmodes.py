@@ -11,6 +11,7 @@ from gateway.lifecycle.state import (
     HostPolicy,
     LearnedTuple,
     LockdownAction,
+    parse_tuple,
 )
 
 SETUP = HostPolicy(
@@ -59,8 +60,8 @@ def test_lockdown_alert_mode_logs_but_does_not_drop() -> None:
     r = render_hostmodes([LOCK])
     names = set_names("VPHM", 4)
     assert f"add {names['lockalert']} 198.18.0.21" in r.ipset
-    assert f"add {names['tuples']} 198.18.0.10,tcp:80,198.18.0.21" in r.ipset
-    assert f"add {names['tuples']} 198.18.0.10,icmp:8/0,198.18.0.21" in r.ipset
+    assert f"add {names['tuples']} 198.18.0.21,tcp:80,198.18.0.10" in r.ipset
+    assert f"add {names['tuples']} 198.18.0.21,icmp:8/0,198.18.0.10" in r.ipset
     assert "NFLOG --nflog-group 18" in r.ipv4
     drop_lines = [x for x in r.ipv4.splitlines() if x.endswith("-j DROP")]
     assert all(names["lockdrop"] in x for x in drop_lines)  # alert hosts are never dropped
@@ -86,5 +87,58 @@ def test_always_renders_both_families_at_position() -> None:
     assert "-I FORWARD 2 -j VPATCH-HM-FORWARD" in empty.ipv4
     assert "-I FORWARD 2 -j VPATCH-HM-FORWARD" in empty.ipv6
     assert "create vpatch-hm-setup4 hash:ip" in empty.ipset
-    assert "create vpatch-hm-tuples6 hash:ip,port,ip" in empty.ipset
+    assert "create vpatch-hm-tuples6 hash:ip,port,net" in empty.ipset
+    assert "create vpatch-hm-anytuples6 hash:ip,port" in empty.ipset
+    assert "create vpatch-hm-names4 hash:ip,port,ip family inet maxelem 65536 timeout 0" in (
+        empty.ipset
+    )
     assert render_hostmodes([], "VPATCH").ipv4 == ""  # without always: nothing
+
+
+def test_lockdown_entries_with_a_network_or_any_client() -> None:
+    host = HostPolicy(
+        "198.18.0.21",
+        HostMode.LOCKDOWN,
+        learned=(
+            parse_tuple("198.18.0.0/24 -> 198.18.0.21:80/tcp"),
+            parse_tuple("any -> 198.18.0.21:443/tcp"),
+        ),
+    )
+    r = render_hostmodes([host])
+    v4 = set_names("VPHM", 4)
+    assert f"add {v4['tuples']} 198.18.0.21,tcp:80,198.18.0.0/24" in r.ipset
+    assert f"add {v4['anytuples']} 198.18.0.21,tcp:443" in r.ipset
+    v6 = render_hostmodes([HostPolicy("2001:2::21", HostMode.LOCKDOWN, learned=(
+        parse_tuple("[2001:2::/64] -> 2001:2::21:80/tcp"),))])  # fmt: skip
+    assert f"add {set_names('VPHM', 6)['tuples']} 2001:2::21,tcp:80,2001:2::/64" in v6.ipset
+    lock = [x for x in r.ipv4.splitlines() if x.startswith("-A VPHM-HM-LOCK ")]
+    assert lock[0] == f"-A VPHM-HM-LOCK -m set --match-set {v4['tuples']} dst,dst,src -j RETURN"
+    assert lock[1] == f"-A VPHM-HM-LOCK -m set --match-set {v4['anytuples']} dst,dst -j RETURN"
+    assert tuple_element(parse_tuple("any -> 198.18.0.21:8/icmp")) == (
+        "anytuples",
+        "198.18.0.21,icmp:8/0",
+    )
+
+
+def test_named_update_sources_fill_the_names_set_with_timeouts() -> None:
+    host = HostPolicy(
+        "198.18.0.20",
+        HostMode.SETUP,
+        update_sources=(
+            Endpoint.parse("updates.lab.test:tcp/80", "t", names=True),
+            Endpoint.parse("198.18.5.5:tcp/443", "t"),
+        ),
+    )
+    resolved = {"updates.lab.test": [("198.18.0.10", 30), ("2001:2::10", 30), ("198.18.0.11", 0)]}
+    r = render_hostmodes([host], resolved=resolved, dns_servers=["198.18.0.53", "127.0.0.53"])
+    names = set_names("VPHM", 4)["names"]
+    assert f"add {names} 198.18.0.20,tcp:80,198.18.0.10 timeout 30" in r.ipset
+    assert "198.18.0.11" not in r.ipset  # an expired answer is not put back
+    assert "2001:2::10" not in r.ipset  # the host is IPv4
+    out = [x for x in r.ipv4.splitlines() if x.startswith("-A VPHM-HM-SETUP-OUT ")]
+    assert "-A VPHM-HM-SETUP-OUT -s 198.18.0.20 -d 198.18.0.53 -p udp --dport 53 -j RETURN" in out
+    assert "-A VPHM-HM-SETUP-OUT -s 198.18.0.20 -d 198.18.0.53 -p tcp --dport 53 -j RETURN" in out
+    assert not any("127.0.0.53" in x for x in out)  # the gateway's own stub: no use to the host
+    assert not any("updates.lab.test" in x for x in out)  # a name never reaches iptables
+    named = out.index(f"-A VPHM-HM-SETUP-OUT -m set --match-set {names} src,dst,dst -j RETURN")
+    assert named < out.index("-A VPHM-HM-SETUP-OUT -p tcp -j REJECT --reject-with tcp-reset")

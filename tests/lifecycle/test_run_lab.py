@@ -187,6 +187,59 @@ def test_lockdown_by_run(
     assert connects(lab, 8082)
 
 
+NEW_CLIENT = "198.18.0.33"  # a second address of the client namespace: a client never learned
+CONNECT_FROM = """
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=1.5,
+                                  source_address=(sys.argv[1], 0)) as c:
+        c.recv(16)
+    print("open")
+except OSError as e:
+    print("failed", e)
+"""
+
+
+def connects_from(lab: LabSpec, src: str, port: int) -> bool:
+    out = netns_exec(
+        lab.client_ns, [sys.executable, "-c", CONNECT_FROM, src, lab.server_addr, str(port)],
+        timeout=30,
+    ).stdout  # fmt: skip
+    return out.startswith("open")
+
+
+@pytest.fixture
+def new_client(lab: LabSpec) -> Iterator[str]:
+    netns_exec(lab.client_ns, ["ip", "addr", "add", f"{NEW_CLIENT}/24", "dev", "eth0"])
+    try:
+        yield NEW_CLIENT
+    finally:
+        netns_exec(lab.client_ns, ["ip", "addr", "del", f"{NEW_CLIENT}/24", "dev", "eth0"])
+
+
+def test_lockdown_entries_for_any_client_and_a_network(
+    lab: LabSpec, gateway: Gateway, listeners: None, new_client: str, normal_after: None
+) -> None:
+    """`any -> server:3389/tcp` lets a client never seen in while other ports stay refused;
+    a network entry covers its clients only; entries are deleted one by one."""
+    host = lab.server_addr
+    hosts(gateway, "set", host, "--mode", "learning")  # a learning period starts empty
+    hosts(gateway, "set", host, "--mode", "lockdown")
+    assert not connects_from(lab, new_client, 3389)
+    hosts(gateway, "allow", host, f"any -> {host}:3389/tcp")
+    assert connects_from(lab, new_client, 3389), "any client may reach 3389"
+    assert connects_from(lab, lab.client_addr, 3389)
+    assert not connects_from(lab, new_client, 8082), "other ports stay refused"
+    assert not connects_from(lab, lab.client_addr, 8082)
+    hosts(gateway, "allow", host, f"198.18.0.32/28 -> {host}:8082/tcp")  # not .10
+    assert connects_from(lab, new_client, 8082), "the network's client may reach 8082"
+    assert not connects_from(lab, lab.client_addr, 8082), "a client outside it may not"
+    hosts(gateway, "disallow", host, f"any -> {host}:3389/tcp")
+    assert not connects_from(lab, new_client, 3389), "a deleted entry lets nothing in"
+    assert connects_from(lab, new_client, 8082), "the other entry stays"
+    assert hosts(gateway, "learned", host).split() == (f"198.18.0.32/28 -> {host}:8082/tcp".split())
+
+
 def smbclient(lab: LabSpec, *opts: str) -> subprocess.CompletedProcess[str]:
     return netns_exec(
         lab.client_ns,

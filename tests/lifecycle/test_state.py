@@ -42,12 +42,54 @@ def test_endpoint_errors_name_the_value(text: str) -> None:
         Endpoint.parse(text, "--exception")
 
 
+def test_tuple_network_source_is_canonical() -> None:
+    assert parse_tuple("198.18.0.7/24 -> 198.18.0.20:80/tcp").src == "198.18.0.0/24"
+    assert parse_tuple("198.18.0.7/32 -> 198.18.0.20:80/tcp").src == "198.18.0.7"
+    assert parse_tuple("ANY -> 198.18.0.20:80/tcp").src_is_net
+
+
+@pytest.mark.parametrize(
+    ("text", "net", "proto", "port"),
+    [
+        ("updates.example.com:tcp/80", "updates.example.com", "tcp", 80),
+        ("WindowsUpdate.Microsoft.com.:tcp/443", "windowsupdate.microsoft.com", "tcp", 443),
+        ("bad.face:udp/123", "bad.face", "udp", 123),  # hex letters: a name, not an address
+        ("198.18.5.5:tcp/443", "198.18.5.5/32", "tcp", 443),
+    ],
+)
+def test_update_source_names(text: str, net: str, proto: str, port: int) -> None:
+    e = Endpoint.parse(text, "--update-source", names=True)
+    assert (e.net, e.proto, e.port) == (net, proto, port)
+    assert e.is_name == ("/" not in net)
+    assert Endpoint.parse(str(e), "again", names=True) == e
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("updates.example.com", "needs tcp or udp and a port"),
+        ("updates.example.com:tcp", "needs tcp or udp and a port"),
+        ("localhost:tcp/80", "is not a host name"),
+        ("-bad.example.com:tcp/80", "is not a host name"),
+        ("198.18.0.300:tcp/80", "is not a host name"),
+    ],
+)
+def test_update_source_name_errors(text: str, match: str) -> None:
+    with pytest.raises(LifecycleError, match=f"--update-source: .*{match}"):
+        Endpoint.parse(text, "--update-source", names=True)
+    with pytest.raises(LifecycleError, match="--exception"):
+        Endpoint.parse(text, "--exception")  # exceptions take no names
+
+
 @pytest.mark.parametrize(
     "t",
     [
         LearnedTuple("198.18.0.10", "198.18.0.20", "tcp", 8080),
         LearnedTuple("2001:2::10", "2001:2::20", "udp", 53),
         LearnedTuple("198.18.0.10", "198.18.0.20", "icmp", 8),
+        LearnedTuple("198.18.0.0/24", "198.18.0.20", "tcp", 80),
+        LearnedTuple("any", "198.18.0.20", "tcp", 80),
+        LearnedTuple("2001:2::/64", "2001:2::20", "tcp", 80),
     ],
 )
 def test_tuple_parse_roundtrip(t: LearnedTuple) -> None:
@@ -61,6 +103,10 @@ def test_tuple_parse_roundtrip(t: LearnedTuple) -> None:
         ("198.18.0.10 -> 198.18.0.20", "is not 'SRC -> DST:PORT/PROTO'"),
         ("198.18.0.10 -> 198.18.0.20:1/gre", "protocol 'gre'"),
         ("198.18.0.300 -> 198.18.0.20:1/tcp", "'198.18.0.300' is not an IP address"),
+        ("198.18.0.0/33 -> 198.18.0.20:1/tcp", "'198.18.0.0/33' .* is not a CIDR"),
+        ("0.0.0.0/0 -> 198.18.0.20:1/tcp", "write 'any' for every client"),
+        ("2001:2::/64 -> 198.18.0.20:1/tcp", "mixes IPv4 and IPv6"),
+        ("any -> any:80/tcp", "is not 'SRC -> DST:PORT/PROTO'"),
     ],
 )
 def test_tuple_errors_name_source_and_value(text: str, match: str) -> None:

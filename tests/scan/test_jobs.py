@@ -6,17 +6,20 @@ expired, schedules (per host over global) due by their interval, the scheduler l
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from gateway.lifecycle.state import LifecycleError, LifecycleStore
-from gateway.scan.jobs import GLOBAL, ScanBusy, ScanJobs, run_scheduler
+from gateway.scan.jobs import GLOBAL, ScanBusy, ScanJobs, ScanRun, run_scheduler
 from gateway.scan.recommend import AffectedEntry, RuleAffected
 from gateway.testing.inline import package_env
+from gateway.testing.loopback import slow_listeners
 
 RULE = RuleAffected(9999001, "test nginx rule", ("CVE-0000-0002",),
                     (AffectedEntry("nginx", ("<1.23",)),), Path("test.yaml"))  # fmt: skip
@@ -109,3 +112,64 @@ def test_cli_job_runs_queued_run(tmp_path: Path, http_port: int) -> None:
     assert out["status"] == "done" and out["report"]["findings"][0]["product"] == "nginx"
     stored = ScanJobs(db).get(run.id)
     assert stored is not None and stored.status == "done" and stored.pid != run.pid
+
+
+def test_cancel_a_running_scan_keeps_the_probes_done(tmp_path: Path, http_port: int) -> None:
+    """A scan of one quick HTTP port and slow silent ones is cancelled after its first probe:
+    the run ends `cancelled` with what the probes done found, and no recommendation."""
+    jobs = ScanJobs(tmp_path / "vpatch.db")
+    with slow_listeners(4) as slow:
+        run = jobs.queue("127.0.0.1", "ui", "admin")
+        result: list[ScanRun] = []
+        worker = threading.Thread(
+            target=lambda: result.append(
+                jobs.execute(run.id, [RULE], [http_port, *slow], [], timeout=1.0)
+            )
+        )
+        worker.start()
+        deadline = time.monotonic() + 30
+        ports = 1 + len(slow)
+        while ((current := jobs.get(run.id)) and current.done or 0) <= ports:
+            assert time.monotonic() < deadline, "no probe finished"
+            time.sleep(0.05)  # connects done (one step each), then one probe at least
+        assert jobs.cancel(run.id, "admin").cancel_by == "admin"
+        worker.join(30)
+    done = result[0]
+    assert done.status == "cancelled" and done.report is not None
+    rep = done.report
+    assert rep["cancelled"] and rep["cancelled_by"] == "admin"
+    assert ports < rep["probes_done"] < rep["probes_total"]
+    assert len(rep["open_tcp"]) == ports
+    assert [f["product"] for f in rep["findings"]] in ([], ["nginx"])  # the port order decides
+    assert rep["recommendations"] == [] and not done.applied
+    assert "cancelled by admin after" in done.error
+    history = LifecycleStore(tmp_path / "vpatch.db").history("127.0.0.1")
+    assert "cancelled by admin" in history[-1].reason
+    assert LifecycleStore(tmp_path / "vpatch.db").scan_services("127.0.0.1") == []
+    with pytest.raises(LifecycleError, match="is cancelled, nothing to cancel"):
+        jobs.cancel(run.id, "admin")
+    with pytest.raises(LifecycleError, match="only a finished run applies"):
+        jobs.apply(run.id, "admin")
+    queued = jobs.queue("127.0.0.1", "api", "admin")  # the host is free again
+    assert jobs.cancel(queued.id, "admin").status == "cancelled"
+    with pytest.raises(LifecycleError, match="is cancelled, not queued"):
+        jobs.execute(queued.id, [RULE], [http_port], [])
+
+
+def test_ctrl_c_on_vpatch_scan_prints_a_partial_report(tmp_path: Path, http_port: int) -> None:
+    with slow_listeners(4) as slow:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "scan", "127.0.0.1", "--state",
+             str(tmp_path / "vpatch.db"), "--ports", ",".join(map(str, [http_port, *slow])),
+             "--timeout", "1", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=package_env(),
+        )  # fmt: skip
+        time.sleep(1.5)  # started (connects done), probing
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "cancelling after the probe under way" in err
+    report = json.loads(out)
+    assert report["cancelled"] and report["hosts"][0]["cancelled"]
+    host = report["hosts"][0]
+    assert host["probes_done"] < host["probes_total"] and host["recommendations"] == []

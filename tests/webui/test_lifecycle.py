@@ -22,7 +22,7 @@ from gateway.lifecycle.state import HostMode, LearnedTuple, LifecycleStore
 from gateway.policy.accounts import Accounts
 from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
-from gateway.testing.loopback import serve_http
+from gateway.testing.loopback import serve_http, slow_listeners
 from tests.webui.conftest import Auth, make_event, write_events
 
 SCAN_DEADLINE_S = 60.0
@@ -147,7 +147,7 @@ def wait_done(client: FlaskClient, url: str) -> dict[str, Any]:
     deadline = time.monotonic() + SCAN_DEADLINE_S
     while True:
         p: dict[str, Any] = client.get(url, headers={"Accept": "application/json"}).get_json()
-        if p["status"] in ("done", "failed"):
+        if p["status"] in ("done", "failed", "cancelled"):
             return p
         assert time.monotonic() < deadline, p
         time.sleep(0.2)
@@ -240,3 +240,121 @@ def test_api_lifecycle_scan_schedule_allow(
                  "/events/{event_id}/allow", "/hosts/{host_id}/release",
                  "/hosts/{host_id}/app-control"):  # fmt: skip
         assert path in doc["paths"], path
+
+
+def test_allow_this_for_a_network_or_any_client_and_delete_one_by_one(
+    app: Flask, client: FlaskClient, auth: Auth
+) -> None:
+    life = LifecycleStore(Path(app.config["POLICY_DB"]))
+    hid = host_id(app)
+    life.update_host("198.18.0.20", mode=HostMode.LOCKDOWN)
+    sig = "lockdown: new peer 198.18.0.10 -> 198.18.0.20:80/tcp not learned"
+    write_events(
+        Path(app.config["EVENTS_DB"]),
+        [(make_event(signature_id=9100001, signature=sig, dest_port=80, cves=()), {})],
+    )
+    event_id = 4  # conftest wrote three events first
+    auth.login()
+    page = client.get(f"/events/{event_id}").get_data(as_text=True)
+    assert 'value="198.18.0.0/24"' in page and 'value="any"' in page
+    resp = client.post(f"/hosts/allow-event/{event_id}",
+                       data={"csrf_token": auth.token(), "source": "any"})  # fmt: skip
+    assert resp.status_code == 302
+    assert LearnedTuple("any", "198.18.0.20", "tcp", 80) in life.host("198.18.0.20").learned
+    bad = client.post(f"/hosts/allow-event/{event_id}",
+                      data={"csrf_token": auth.token(), "source": "198.18.9.0/24"})  # fmt: skip
+    assert bad.status_code == 400 and "does not hold" in bad.get_data(as_text=True)
+    # the learned list: add a network entry, then delete entries one by one
+    resp = client.post(f"/hosts/{hid}/allow", data={
+        "csrf_token": auth.token(), "tuple": "198.18.7.0/24 -> 198.18.0.20:443/tcp"})  # fmt: skip
+    assert resp.status_code == 302
+    page = client.get(f"/hosts/{hid}").get_data(as_text=True)
+    assert "198.18.7.0/24 -&gt; 198.18.0.20:443/tcp" in page
+    assert "any -&gt; 198.18.0.20:80/tcp" in page
+    assert page.count('class="disallow"') == 2
+    wrong_side = client.post(f"/hosts/{hid}/allow", data={
+        "csrf_token": auth.token(), "tuple": "any -> 198.18.0.99:443/tcp"})  # fmt: skip
+    assert wrong_side.status_code == 400 and "must be the responder" in wrong_side.get_data(
+        as_text=True
+    )
+    resp = client.post(f"/hosts/{hid}/disallow", data={
+        "csrf_token": auth.token(), "tuple": "any -> 198.18.0.20:80/tcp"})  # fmt: skip
+    assert resp.status_code == 302
+    assert [str(t) for t in life.host("198.18.0.20").learned] == [
+        "198.18.7.0/24 -> 198.18.0.20:443/tcp"
+    ]
+    assert life.history("198.18.0.20")[-1].action == "disallow"
+    again = client.post(f"/hosts/{hid}/disallow", data={
+        "csrf_token": auth.token(), "tuple": "any -> 198.18.0.20:80/tcp"})  # fmt: skip
+    assert again.status_code == 400 and "no learned or allowed entry" in again.get_data(
+        as_text=True
+    )
+
+
+def test_api_allow_and_disallow_entries(app: Flask, client: FlaskClient) -> None:
+    with Store(Path(app.config["POLICY_DB"])) as store:
+        admin = Accounts(store).create_token("admin", "t", "test")
+        viewer = Accounts(store).create_token("viewer", "t", "test")
+    hid = host_id(app)
+    A = {"Authorization": f"Bearer {admin}"}
+    V = {"Authorization": f"Bearer {viewer}"}
+    entry = {"tuple": "any -> 198.18.0.20:80/tcp"}
+    assert client.post(f"/api/v1/hosts/{hid}/allow", json=entry, headers=V).status_code == 403
+    r = client.post(f"/api/v1/hosts/{hid}/allow", json=entry, headers=A)
+    assert r.status_code == 201 and r.get_json()["policy"]["learned"] == [entry["tuple"]]
+    r = client.post(f"/api/v1/hosts/{hid}/allow", json={"tuple": "nonsense"}, headers=A)
+    assert r.status_code == 400 and "SRC -> DST:PORT/PROTO" in r.get_json()["error"]
+    r = client.post(f"/api/v1/hosts/{hid}/disallow", json=entry, headers=A)
+    assert r.status_code == 201 and r.get_json()["policy"]["learned"] == []
+    assert client.post(f"/api/v1/hosts/{hid}/disallow", json=entry, headers=A).status_code == 400
+    doc = client.get("/api/v1/openapi.json").get_json()
+    assert "/hosts/{host_id}/allow" in doc["paths"] and "/hosts/{host_id}/disallow" in doc["paths"]
+
+
+def wait_running(client: FlaskClient, url: str) -> None:
+    deadline = time.monotonic() + SCAN_DEADLINE_S
+    while client.get(url, headers={"Accept": "application/json"}).get_json()["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_cancel_a_scan_from_the_ui_and_the_api(app: Flask, client: FlaskClient, auth: Auth) -> None:
+    with Store(Path(app.config["POLICY_DB"])) as store:
+        admin = Accounts(store).create_token("admin", "t", "test")
+        viewer = Accounts(store).create_token("viewer", "t", "test")
+    hid = host_id(app, "127.0.0.1")
+    with slow_listeners(3) as slow:  # every probe waits for its timeout: a slow scan
+        app.config.update(SCAN_PORTS=",".join(map(str, slow)), SCAN_TIMEOUT=1.0)
+        auth.login()
+        run_id = client.post(f"/hosts/{hid}/scan", data={"csrf_token": auth.token()},
+                             headers={"Accept": "application/json"}).get_json()["id"]  # fmt: skip
+        progress_url = f"/hosts/{hid}/scans/{run_id}/progress"
+        wait_running(client, progress_url)
+        assert 'class="cancel-scan"' in client.get(f"/hosts/{hid}").get_data(as_text=True)
+        assert client.post(f"/hosts/{hid}/scans/{run_id}/cancel").status_code == 400  # CSRF
+        resp = client.post(f"/hosts/{hid}/scans/{run_id}/cancel", data={"csrf_token": auth.token()})
+        assert resp.status_code == 302
+        assert wait_done(client, progress_url)["status"] == "cancelled"
+        report = client.get(f"/hosts/{hid}/scans/{run_id}").get_data(as_text=True)
+        assert "Cancelled by admin: partial report" in report and "probes done" in report
+        assert "Apply recommendation" not in report
+        # the API: viewers may not, admins may; a finished run cannot be cancelled
+        A, V = {"Authorization": f"Bearer {admin}"}, {"Authorization": f"Bearer {viewer}"}
+        run_id = client.post(f"/api/v1/hosts/{hid}/scans", headers=A).get_json()["id"]
+        wait_running(client, f"/hosts/{hid}/scans/{run_id}/progress")
+        assert client.post(f"/api/v1/scans/{run_id}/cancel", headers=V).status_code == 403
+        r = client.post(f"/api/v1/scans/{run_id}/cancel", headers=A)
+        assert r.status_code == 201 and r.get_json()["status"] in ("running", "cancelled")
+        deadline = time.monotonic() + SCAN_DEADLINE_S
+        while (run := client.get(f"/api/v1/scans/{run_id}", headers=V).get_json())[
+            "status"
+        ] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert run["status"] == "cancelled" and run["report"]["cancelled"]
+    assert run["report"]["probes_done"] < run["report"]["probes_total"]
+    again = client.post(f"/api/v1/scans/{run_id}/cancel", headers=A)
+    assert again.status_code == 400 and "nothing to cancel" in again.get_json()["error"]
+    assert client.post("/api/v1/scans/999/cancel", headers=A).status_code == 404
+    doc = client.get("/api/v1/openapi.json").get_json()
+    assert "/scans/{run_id}/cancel" in doc["paths"]

@@ -1,6 +1,6 @@
 // Host pages: polls the progress of running scans (fetch, same-origin session cookie) and
-// reloads the page when a scan finishes, so its report and history appear; shows stored
-// times as local time. No inline script: CSP script-src 'self'. Writes textContent only.
+// reloads the page when a scan finishes or is cancelled, so its report and history appear;
+// shows stored times as local time. No inline script: CSP script-src 'self'. Writes textContent only.
 "use strict";
 (function () {
   const POLL_MS = 500;
@@ -19,7 +19,10 @@
           status.textContent = p.status;
           if (bar) { bar.max = Math.max(1, p.total); bar.value = p.done; }
           if (step) step.textContent = p.step || "";
-          if (p.status === "done" || p.status === "failed") { window.location.reload(); return; }
+          if (p.status === "done" || p.status === "failed" || p.status === "cancelled") {
+            window.location.reload();
+            return;
+          }
           window.setTimeout(poll, POLL_MS);
         })
         .catch(function () { window.setTimeout(poll, POLL_MS * 4); });
