@@ -391,18 +391,7 @@ class Gateway:
             any_port = self._refresh_any_port_hosts()
             self.policy_version += 1
             version = self.policy_version
-            for w in self.workers:
-                w.stats.set("policy_wanted", version)
-            deadline = started + RELOAD_WAIT
-            while True:
-                live = [w for w in self.workers if w.proc is not None and w.proc.is_alive()]
-                if all(w.stats.get("policy_version") == version for w in live):
-                    complete = True
-                    break
-                if time.monotonic() > deadline:
-                    complete = False
-                    break
-                time.sleep(0.01)
+            complete = self._publish("policy", version, started + RELOAD_WAIT)
             took = time.monotonic() - started
             log.info(
                 "policy version %d: %s in %.3fs",
@@ -423,6 +412,20 @@ class Gateway:
                 "any_port_hosts": any_port,
                 "protected_hosts": protected,
             }
+
+    def _publish(self, what: str, version: int, deadline: float) -> bool:
+        """Ask every worker for `version` of `what` (policy, rules: the `<what>_wanted`
+        counter) and wait until each live one shows it in `<what>_version` (True), or until
+        `deadline` (time.monotonic) has passed (False)."""
+        for w in self.workers:
+            w.stats.set(f"{what}_wanted", version)
+        while True:
+            live = [w for w in self.workers if w.proc is not None and w.proc.is_alive()]
+            if all(w.stats.get(f"{what}_version") == version for w in live):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
 
     def _refresh_protected_hosts(self) -> list[str]:
         """Refill the protected-host sets from the configuration and the store (no rule is
@@ -447,18 +450,7 @@ class Gateway:
             Matcher(ruleset, self.config.engine.identify_any_port)
             self.rules_version += 1
             version = self.rules_version
-            for w in self.workers:
-                w.stats.set("rules_wanted", version)
-            deadline = started + RULES_RELOAD_WAIT
-            while True:
-                live = [w for w in self.workers if w.proc is not None and w.proc.is_alive()]
-                if all(w.stats.get("rules_version") == version for w in live):
-                    complete = True
-                    break
-                if time.monotonic() > deadline:
-                    complete = False
-                    break
-                time.sleep(0.02)
+            complete = self._publish("rules", version, started + RULES_RELOAD_WAIT)
             refresh_port_sets(self.rendered, QueuePlan.from_rules(plan_rules(ruleset)))
             took = time.monotonic() - started
             log.info(
