@@ -51,7 +51,7 @@ def test_hosts_added_and_removed_live(lab: Any, tmp_path: Path) -> None:
         "rules": [str(REPO / "rules" / "vpatch-test-split.yaml")],
         "queues": {"first": 0, "count": 1},
         "policy": {"database": str(db)},
-        "events": {"jsonl": str(tmp_path / "eve.json")},
+        "events": {"sqlite": str(tmp_path / "events.db"), "jsonl": str(tmp_path / "eve.json")},
         "control": {"socket": str(sock)},
     }
     app = create_app({

@@ -61,7 +61,7 @@ def _config(lab: Any, tmp_path: Path, rules_d: Path) -> dict[str, Any]:
         "rules": [str(REPO / "rules" / "vpatch-test-split.yaml"), str(rules_d)],
         "queues": {"first": 0, "count": 2},
         "fail_policy": "closed",  # a packet without a verdict would be a lost request
-        "events": {"jsonl": str(tmp_path / "eve.json")},
+        "events": {"sqlite": str(tmp_path / "events.db"), "jsonl": str(tmp_path / "eve.json")},
         "control": {"socket": str(tmp_path / "control.sock")},
         "policy": {"database": str(tmp_path / "vpatch.db")},
     }
