@@ -1,10 +1,11 @@
-"""Protected hosts are policy: added in the UI or removed with the CLI, the running gateway
-starts or stops queueing them at the next reload (no restart, no rule reload).
+"""Protected hosts are policy: added or removed in the UI, the API or the CLI, the running
+gateway starts or stops queueing them at the reload those trigger (no restart, no rule reload).
 
 A real `vpatch run` in the lab's gateway namespace starts with no protected host at all; the
 admin UI (Flask test client on the same policy store and control socket) adds the lab server,
 after which the test exploit to it is reset and the hosts page says it is inspected; then
-`vpatch hosts remove` takes it away and the exploit passes again, without being queued.
+`vpatch hosts remove` takes it away and the exploit passes again, without being queued; then
+the API adds the server's /24 and deletes it again, with the same effects.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def test_hosts_added_and_removed_live(lab: Any, tmp_path: Path) -> None:
     db, sock = tmp_path / "vpatch.db", tmp_path / "control.sock"
     with Store(db) as store:
         Accounts(store).create_user("admin", PASSWORD, "admin", "test")
+        api_token = Accounts(store).create_token("admin", "live-hosts test", "test")
     cfg: dict[str, Any] = {
         "protected_hosts": [],
         "rules": [str(REPO / "rules" / "vpatch-test-split.yaml")],
@@ -87,3 +89,13 @@ def test_hosts_added_and_removed_live(lab: Any, tmp_path: Path) -> None:
         queued = gw.queued()
         assert _exploit(lab) == 0 and gw.queued() == queued  # passes, no longer queued
         assert len(gw.events()) == 1
+        # the API: a network (CIDR) added, then deleted
+        api = {"Authorization": f"Bearer {api_token}"}
+        net = lab.server_addr.rsplit(".", 1)[0] + ".0/24"
+        made = client.post("/api/v1/hosts", json={"address": net}, headers=api)
+        assert made.status_code == 201 and made.get_json()["reload"]["ok"], made.get_json()
+        assert gw.status()["protected_hosts"] == [net]
+        assert _exploit(lab) == 56
+        gone = client.delete(f"/api/v1/hosts/{made.get_json()['id']}", headers=api)
+        assert gone.status_code == 200 and gone.get_json()["reload"]["ok"]
+        assert gw.status()["protected_hosts"] == [] and _exploit(lab) == 0
