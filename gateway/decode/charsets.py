@@ -11,7 +11,7 @@ Jackson, body-parser) read UTF-16 and UTF-32 bodies, found by their BOM or by th
 zero bytes in the first four octets; XML parsers do the same (XML 1.0 appendix F).
 
 - `declared_codec(content_type)`: the Python codec of a `charset=` parameter, or None when there
-  is none, it is UTF-8 or ASCII (what the undecoded fields already show), or the name is not in
+  is none, it is UTF-8 or US-ASCII (what the undecoded fields already show), or the name is not in
   the table `CHARSETS` (such a body is kept as its bytes; documented in docs/rules.md);
 - `sniffed_codec(body, json_or_xml)`: UTF-8-with-BOM/UTF-16/UTF-32 found by a byte order mark,
   and for JSON or XML bodies by the zero-byte pattern;
@@ -59,8 +59,18 @@ CHARSETS: Final[dict[str, str]] = {
     **_names("utf-7", "utf7", "csunicode11utf7", "unicode-1-1-utf-7", "x-unicode-2-0-utf-7"),
     **_names("utf-8-sig"),
     # EBCDIC code pages Python knows (.NET also has ibm870, ibm01047, ... which it does not)
-    **_names("cp037", "ibm037", "ibm-037", "ibm37", "csibm037", "ebcdic-cp-us", "ebcdic-cp-ca",
-             "ebcdic-cp-wt", "ebcdic-cp-nl", "ibm00037"),
+    **_names(
+        "cp037",
+        "ibm037",
+        "ibm-037",
+        "ibm37",
+        "csibm037",
+        "ebcdic-cp-us",
+        "ebcdic-cp-ca",
+        "ebcdic-cp-wt",
+        "ebcdic-cp-nl",
+        "ibm00037",
+    ),
     **_names("cp500", "ibm500", "ibm-500", "csibm500", "ebcdic-cp-be", "ebcdic-cp-ch", "ibm00500"),
     **_names("cp875", "ibm875", "ibm-875", "x-ebcdic-greek"),
     **_names("cp1026", "ibm1026", "ibm-1026", "csibm1026", "ibm01026"),
@@ -70,9 +80,10 @@ CHARSETS: Final[dict[str, str]] = {
     # ASCII-compatible single- and multi-byte sets: only bytes >= 0x80 change
     **{f"windows-{n}": f"cp{n}" for n in range(1250, 1259)},
     **{f"cp{n}": f"cp{n}" for n in range(1250, 1259)},
-    **{f"iso-8859-{n}": f"iso8859-{n}" for n in (*range(1, 12), *range(13, 17))},
-    **{f"iso8859-{n}": f"iso8859-{n}" for n in (*range(1, 12), *range(13, 17))},
-    **_names("latin-1", "latin1", "l1", "iso_8859-1", "us-ascii", "ascii"),
+    **{f"iso-8859-{n}": f"iso8859-{n}" for n in (*range(2, 12), *range(13, 17))},
+    **{f"iso8859-{n}": f"iso8859-{n}" for n in (*range(2, 12), *range(13, 17))},
+    **_names("latin-1", "latin1", "l1", "iso-8859-1", "iso8859-1", "iso_8859-1", "cp819"),
+    **_names("ascii", "us-ascii"),
     **_names("koi8-r", "koi8r"),
     **_names("koi8-u", "koi8u"),
     **_names("cp437", "ibm437"),
@@ -86,7 +97,7 @@ CHARSETS: Final[dict[str, str]] = {
     **_names("big5", "cp950", "x-x-big5"),
     **_names("euc-kr", "euckr", "cp949", "ks_c_5601-1987"),
 }
-_UNDECODED: Final = frozenset({"ascii", "latin-1", "utf-8"})  # the fields already show these
+_UNDECODED: Final = frozenset({"ascii", "utf-8"})  # what the undecoded fields already show
 
 _CHARSET_PARAM: Final = re.compile(r"""(?i);\s*charset\s*=\s*["']?\s*([^"'\s;,]{1,80})""")
 _ASCII: Final = bytes(range(128))
@@ -135,7 +146,8 @@ _ZERO_PATTERNS: Final = {  # which of the first four octets are zero -> the enco
 
 
 def _ordered(data: bytes, codec: str) -> str:
-    """"utf-16"/"utf-32" with a BOM stay (the codec reads and drops it); without one, the byte
+    """The codec to read `data` with: "utf-16"/"utf-32" with a BOM stay (the codec drops it);
+    without one, the byte
     order the zero bytes of the first unit show (big-endian when the unit starts with zero)."""
     if codec == "utf-16" and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "utf-16-be" if data[:1] == b"\x00" and data[1:2] != b"\x00" else "utf-16-le"
