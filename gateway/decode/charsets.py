@@ -147,8 +147,8 @@ _ZERO_PATTERNS: Final = {  # which of the first four octets are zero -> the enco
 
 def _ordered(data: bytes, codec: str) -> str:
     """The codec to read `data` with: "utf-16"/"utf-32" with a BOM stay (the codec drops it);
-    without one, the byte
-    order the zero bytes of the first unit show (big-endian when the unit starts with zero)."""
+    without one, the byte order the zero bytes of the first unit show (big-endian when the
+    unit starts with zero)."""
     if codec == "utf-16" and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "utf-16-be" if data[:1] == b"\x00" and data[1:2] != b"\x00" else "utf-16-le"
     if codec == "utf-32" and not data.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
