@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from gateway.decode import charsets as _charsets
 from gateway.decode import dns as _dns
 from gateway.decode import h2 as _h2
 from gateway.decode import http as _http
@@ -352,6 +353,11 @@ def _derived_head_fields(request: _http.Request, head: dict[str, FieldValue]) ->
     head["http.uri.climb"] = _httpf.climb_depth(request.uri)
     query = request.uri.partition("?")[2]
     head["http.query"] = _latin(_httpf.url_params(query))
+    codec = _charsets.declared_codec(request.header("content-type") or "") if query else None
+    if codec is not None:  # ASP.NET reads the query string in the body's charset too
+        in_charset = _latin(_httpf.form_params(query.encode("latin-1", "replace"), codec))
+        if in_charset != head["http.query"]:
+            head[variant_key("http.query", 1)] = in_charset
     credentials = _httpf.basic_credentials(
         request.header("authorization") or request.header("proxy-authorization")
     )
@@ -366,7 +372,8 @@ def _derived_body_fields(fields: dict[str, FieldValue], body: bytes) -> None:
     """On the end-of-request record: the body as the application reads it (Content-Encoding
     inflated: `http.body` is then the inflated body), its parameters (urlencoded forms,
     multipart/form-data field names, values and filenames, JSON keys and values with escapes
-    decoded) and the lookups in both."""
+    decoded), the forms of both in the body's character set (`_charset_variants`) and the
+    lookups in all of them."""
     encoding = fields.get("http.header.content-encoding")
     if isinstance(encoding, bytes) and body:
         inflated = _httpf.decode_content(body, encoding.decode("latin-1"), _http.MAX_BODY_INSPECT)
@@ -375,22 +382,69 @@ def _derived_body_fields(fields: dict[str, FieldValue], body: bytes) -> None:
             fields["http.body"] = body
     raw_type = fields.get("http.header.content-type", b"")
     type_text = raw_type.decode("latin-1") if isinstance(raw_type, bytes) else ""
-    content_type = type_text.lower()
     text = body.decode("latin-1")
-    params = ""
-    if "x-www-form-urlencoded" in content_type:
-        params = _httpf.url_params(text)
-    elif "multipart/" in content_type:
-        params = _httpf.multipart_params(body, type_text)
-    elif "json" in content_type or (body[:1] in (b"{", b"[") and b"\\u" in body):
-        params = _httpf.json_params(body)
+    params = _body_params(body, type_text)
     fields["http.body_params"] = _latin(params)
-    parts = [p for p in (text, params) if "${" in p or "%24" in p.lower()]
+    texts = [text, params, *_charset_variants(fields, body, type_text, params)]
+    parts = [p for p in texts if "${" in p or "%24" in p.lower()]
     if parts:
         previous = fields.get("http.lookups", b"")
         more = _latin(_httpf.lookup_text(parts))
         if isinstance(previous, bytes) and more:
             fields["http.lookups"] = previous + b"\n" + more if previous else more
+
+
+def _body_params(body: bytes, type_text: str) -> str:
+    """The parameters of a body read as bytes (UTF-8 for JSON), by its Content-Type."""
+    content_type = type_text.lower()
+    if "x-www-form-urlencoded" in content_type:
+        return _httpf.url_params(body.decode("latin-1"))
+    if "multipart/" in content_type:
+        return _httpf.multipart_params(body, type_text)
+    if "json" in content_type or (body[:1] in (b"{", b"[") and b"\\u" in body):
+        return _httpf.json_params(body)
+    return ""
+
+
+_HIGH_ESCAPE: Final = re.compile(rb"%[89A-Fa-f][0-9A-Fa-f]")  # a %-escape of a byte >= 0x80
+
+
+def _charset_variants(
+    fields: dict[str, FieldValue], body: bytes, type_text: str, params: str
+) -> list[str]:
+    """The body and its parameters as a server that honours the body's character set reads
+    them (gateway/decode/charsets.py), as variants of `http.body` and `http.body_params`; the
+    texts added, for the lookups. The charset is the one `Content-Type` declares, else one a
+    byte order mark (or, for JSON and XML, the zero bytes of RFC 4627 section 3) shows, and for
+    multipart bodies each part's own or the `_charset_` field's. Nothing to do (the common
+    case: no charset parameter, or UTF-8) costs one search of the Content-Type value."""
+    content_type = type_text.lower()
+    json_or_xml = "json" in content_type or "xml" in content_type
+    codec = _charsets.declared_codec(type_text) or _charsets.sniffed_codec(body, json_or_xml)
+    multipart = "multipart/" in content_type
+    if codec is None and not (multipart and (b"harset" in body or b"HARSET" in body)):
+        return []
+    plain = codec is None or (_charsets.ascii_compatible(codec) and body.isascii())
+    forms: list[str] = []
+    added: list[str] = []
+    if codec is not None and not plain:
+        whole = _charsets.decode_text(body, codec).encode("utf-8", "replace")
+        whole = whole[: _http.MAX_BODY_INSPECT]
+        if whole != body:
+            fields[variant_key("http.body", 1)] = whole
+            added.append(whole.decode("latin-1"))
+            forms.append(_body_params(whole, type_text))
+    if codec is not None and "x-www-form-urlencoded" in content_type:
+        if not plain or _HIGH_ESCAPE.search(body):
+            forms.append(_httpf.form_params(body, codec))
+    elif multipart:
+        forms.append(_httpf.multipart_params(body, type_text, codec or ""))
+    kept = list(dict.fromkeys(f for f in forms if f and f != params))
+    if kept:
+        variant = "\n".join(kept)[: _httpf.MAX_DERIVED_BYTES * 2]
+        fields[variant_key("http.body_params", 1)] = _latin(variant)
+        added.append(variant)
+    return added
 
 
 def _new_http(transport: int, direction: Direction) -> AppDecoder:

@@ -31,6 +31,7 @@ import zlib
 from collections.abc import Iterable
 from typing import Final
 
+from gateway.decode import charsets as _charsets
 from gateway.decode.uri import MAX_DECODE_ROUNDS, decode_once
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "basic_credentials",
     "climb_depth",
     "decode_content",
+    "form_params",
     "json_params",
     "multipart_params",
     "full_percent_decode",
@@ -221,44 +223,108 @@ _DISPOSITION_PARAM: Final = re.compile(
 )
 MAX_PART_VALUE: Final = 1024  # bytes of each multipart field value kept in the params
 _PART_END: Final = b"\r\n-"  # the CRLF (and dashes) before the next delimiter
+_PART_CHARSET: Final = re.compile(r"""(?i)charset\s*=\s*["']?([^"'\s;,]{1,80})""")
 
 
-def multipart_params(body: bytes, content_type: str) -> str:
-    """`name=value` lines of a multipart/form-data body (RFC 7578), and `filename=NAME` for
-    file parts: what the application's form parser hands it, field names and filenames
-    included (Struts S2-046 runs the filename). Values are cut at MAX_PART_VALUE bytes; bounded
-    like every derived field."""
+def _multipart_parts(body: bytes, content_type: str) -> list[tuple[dict[str, str], str, bytes]]:
+    """Each part of a multipart body with a Content-Disposition: its parameters (name,
+    filename, filename*), the `charset` of its own Content-Type ("" when none) and its value
+    (cut at MAX_PART_VALUE bytes), at most MAX_PARAMS parts."""
     found = _BOUNDARY.search(content_type)
     if found is None:
-        return ""
+        return []
     delimiter = b"--" + (found.group(1) or found.group(2)).encode("latin-1")
-    out: list[str] = []
-    size = 0
+    parts: list[tuple[dict[str, str], str, bytes]] = []
     for part in body.split(delimiter)[1 : MAX_PARAMS + 1]:
         head, sep, value = part.partition(b"\r\n\r\n")
         if not sep:
             head, sep, value = part.partition(b"\n\n")
         if not sep:
             continue
-        lines = []
+        params: dict[str, str] | None = None
+        charset = ""
         for raw in head.decode("latin-1").splitlines():
             name, colon, text = raw.partition(":")
-            if colon and name.strip().lower() == "content-disposition":
+            key = name.strip().lower()
+            if colon and key == "content-disposition":
                 params = {
                     m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
                     for m in _DISPOSITION_PARAM.finditer(text)
                 }
-                field = params.get("name", "")
-                kept = value[:MAX_PART_VALUE].rstrip(_PART_END).decode("latin-1")
-                lines.append(f"{field}={kept}")
-                for key in ("filename", "filename*"):
-                    if key in params:
-                        lines.append(f"filename={params[key].strip()}")
+            elif colon and key == "content-type":
+                got = _PART_CHARSET.search(text)
+                charset = got.group(1) if got else ""
+        if params is not None:
+            parts.append((params, charset, value[:MAX_PART_VALUE].rstrip(_PART_END)))
+    return parts
+
+
+def multipart_params(body: bytes, content_type: str, codec: str | None = None) -> str:
+    """`name=value` lines of a multipart/form-data body (RFC 7578), and `filename=NAME` for
+    file parts: what the application's form parser hands it, field names and filenames
+    included (Struts S2-046 runs the filename). Values are cut at MAX_PART_VALUE bytes; bounded
+    like every derived field. With `codec` (not None, "" for none declared), each value is
+    decoded as the server reads it, in UTF-8: in its part's own `charset`, else the one the
+    `_charset_` field names (RFC 7578 section 4.6), else `codec`; values of no known charset
+    stay as their bytes."""
+    parts = _multipart_parts(body, content_type)
+    default = codec
+    if codec is not None:
+        for params, _charset, value in parts:
+            if params.get("name") == "_charset_":
+                default = _charsets.codec_of(value.decode("latin-1")) or codec
+    out: list[str] = []
+    size = 0
+    for params, charset, value in parts:
+        part_codec = (_charsets.codec_of(charset) if charset else None) or default
+        decode = codec is not None and part_codec and params.get("name") != "_charset_"
+        kept = _utf8_latin(value, part_codec) if decode and part_codec else None
+        lines = [f"{params.get('name', '')}={kept or value.decode('latin-1')}"]
+        for key in ("filename", "filename*"):
+            if key in params:
+                lines.append(f"filename={params[key].strip()}")
         for line in lines:
             size += len(line) + 1
             if size > MAX_DERIVED_BYTES:
                 return "\n".join(out)
             out.append(line)
+    return "\n".join(out)
+
+
+def _utf8_latin(data: bytes, codec: str) -> str:
+    """`data` decoded in `codec`, as its UTF-8 bytes one character each (the form every
+    derived field has before it is encoded as Latin-1)."""
+    return _charsets.decode_text(data, codec).encode("utf-8", "replace").decode("latin-1")
+
+
+_PCT_BYTES: Final = re.compile(rb"%([0-9A-Fa-f]{2})")
+
+
+def _form_part(data: bytes, codec: str) -> str:
+    """One name or value of a form body as a server that honours the charset reads it: `+` a
+    space, %-escapes decoded to bytes, the bytes decoded in `codec`, then the further rounds
+    of `full_percent_decode` (double encoding)."""
+    raw = _PCT_BYTES.sub(lambda m: bytes((int(m.group(1), 16),)), data.replace(b"+", b" "))
+    text = full_percent_decode(_charsets.decode_text(raw, codec))
+    return text.encode("utf-8", "replace").decode("latin-1")
+
+
+def form_params(body: bytes, codec: str) -> str:
+    """`name=value` lines of a urlencoded body in charset `codec` (a value of
+    charsets.CHARSETS) as ASP.NET (`HttpValueCollection.FillFromEncodedBytes`), Tomcat and
+    Django read it: split at the ASCII bytes `&` and `=`, each side %-decoded to bytes then
+    decoded in `codec`; the lines in UTF-8, bounded as `url_params`."""
+    out: list[str] = []
+    size = 0
+    for part in body[: MAX_DERIVED_BYTES * 4].split(b"&")[:MAX_PARAMS]:
+        if not part:
+            continue
+        name, eq, value = part.partition(b"=")
+        line = _form_part(name, codec) + ("=" if eq else "") + _form_part(value, codec)
+        size += len(line) + 1
+        if size > MAX_DERIVED_BYTES:
+            break
+        out.append(line)
     return "\n".join(out)
 
 
