@@ -62,7 +62,7 @@ from gateway.firewall.refresh import (
     refresh_protected_hosts,
 )
 from gateway.firewall.render import QueuePlan, RenderedRules
-from gateway.intake.nfqueue import WorkerStats, load_policy, start_worker
+from gateway.intake.nfqueue import WorkerStats, event_store_health, load_policy, start_worker
 from gateway.intake.queuestats import read_queue_counters
 from gateway.lifecycle.monitor import run_monitor
 from gateway.lifecycle.state import LifecycleStore
@@ -245,7 +245,8 @@ class Gateway:
         /proc/net/netfilter/nfnetlink_queue in this namespace (queue_total, queue_dropped,
         user_dropped, id_sequence, queue_drops = the two drop counters; all None when the
         kernel does not list the queue); `rules_loaded` and totals at the top level;
-        `protected_hosts`: what the kernel's protected-host sets hold now."""
+        `protected_hosts`: what the kernel's protected-host sets hold now; `event_store`: the
+        workers' event sinks in sum (`event_store_health`)."""
         kernel = read_queue_counters()
         queues: dict[str, dict[str, Any]] = {}
         for w in self.workers:
@@ -278,6 +279,7 @@ class Gateway:
             "packets": sum(int(q["packets"]) for q in queues.values()),
             "bytes": sum(int(q["bytes"]) for q in queues.values()),
             "queue_drops": sum(int(q["queue_drops"] or 0) for q in queues.values()),
+            "event_store": event_store_health(queues.values()),
             "kernel_counters": kernel.available,
             "alerts": self._alerts.stats() if self._alerts is not None else None,
             "protected_hosts": self.protected,

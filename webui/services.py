@@ -200,6 +200,7 @@ def gateway_status() -> dict[str, Any]:
         "errors": total("errors"),
         "queue_drops": total("queue_drops"),
         "kernel_unseen": total("kernel_unseen"),
+        "event_store": status.get("event_store"),  # failing, write_errors, lost, ... (None: older)
         "kernel_counters": status.get("kernel_counters"),
         "rules_loaded": status.get("rules_loaded", len(get_rules().rules)),
         "policy_version": status.get("policy_version"),

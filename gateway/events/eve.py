@@ -21,6 +21,9 @@ What it guarantees:
   backslash doubled, other bytes `\\xHH`); "" when unknown. `http.url` (the request target,
   escaped the same way) is present only when the event knows the HTTP request it belongs to.
   `unescape_bytes` gives the bytes back (the UI's exception from an event starts from them).
+- Aggregation (gateway/events/aggregate.py): `vpatch.count` is how many firings the record
+  stands for (1 unless a storm was aggregated; the record is the last of them), and
+  `vpatch.folded` says which addresses varied among them ("", "src" or "src,dest").
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ class Event:
     condition: str = ""  # why: the condition in short
     excerpt: bytes = b""  # why: the matching bytes (<= gateway.match.explain.MAX_EXCERPT)
     http_url: bytes = b""  # the HTTP request target, when known (b"": unknown)
+    count: int = 1  # firings this record stands for (gateway/events/aggregate.py)
+    folded: str = ""  # "": all had these addresses; "src" / "src,dest": several did
 
 
 def format_timestamp(ts: float) -> str:
@@ -175,6 +180,8 @@ def _to_eve(event: Event) -> dict[str, Any]:
             "field": str(event.field),
             "condition": str(event.condition),
             "excerpt": escape_bytes(bytes(event.excerpt)),
+            "count": int(event.count),
+            "folded": str(event.folded),
         },
     }
 

@@ -1,16 +1,30 @@
 """Event sink: a background writer that stores events in SQLite (WAL) and EVE JSON lines.
 
-What it does: `EventSink(db_path, jsonl_path, max_queue)` starts one writer thread. The packet
-path calls `emit(event)`, which only puts the record on a bounded `queue.Queue`; the writer
-turns events into EVE JSON (`gateway.events.eve.to_eve`) and writes them in batches: one SQLite
-transaction and one JSON-lines flush per batch (at most `MAX_BATCH` events, or what arrived
-within `BATCH_WAIT` seconds).
+What it does: `EventSink(db_path, jsonl_path, max_queue, aggregate_window, aggregate_keys)`
+starts one writer thread. The packet path calls `emit(event)`, which hands the event to the
+`Aggregator` (gateway/events/aggregate.py: per (rule, source, destination, blocked) window,
+the first event passed on at once, the rest counted into one summary record with `count`) and
+puts what it passes on a bounded `queue.Queue`; the writer turns records into EVE JSON
+(`gateway.events.eve.to_eve`) and writes them in batches: one SQLite transaction and one
+JSON-lines flush per batch (at most `MAX_BATCH` records, or what arrived within `BATCH_WAIT`
+seconds), and every BATCH_WAIT writes the summaries of the windows that closed. The
+constructor's default is no aggregation (window 0); the gateway's sinks take
+`events.aggregate_window` and `events.aggregate_keys`.
 
 What it guarantees:
-- `emit()` never blocks and never raises: when the queue is full the event is dropped and
-  counted in `dropped`.
-- Every event accepted by `emit()` before `close()` is written when `close()` returns (unless
-  the disk fails: write failures are counted in `write_errors` and the writer keeps going).
+- `emit()` never blocks and never raises; it never waits on the database. When the queue is
+  full the event goes back into its aggregation window (`unsent`) and is written with that
+  window's summary; only without aggregation (or after `close()`) is it dropped and counted
+  in `dropped`.
+- Every event accepted by `emit()` before `close()` is written when `close()` returns, as a
+  record of its own or in a summary's count (`events` = sum of counts written + held + lost).
+- A store that fails (disk full, read-only, locked past the timeout) does not stop anything:
+  the failure is counted (`write_errors`), shown (`failing`, `last_error`, `stats()`, which the
+  worker publishes to `vpatch status`), logged once when it starts and once when it ends (and
+  every FAILURE_LOG_INTERVAL while it lasts); the rows that did not commit are kept and
+  retried with the next batch, up to `max_queue` rows; past that the oldest are given up and
+  counted in `lost`. JSON-lines write failures are counted the same way (those lines are not
+  retried).
 - The SQLite file is in WAL mode, so readers (the admin UI, a test) can read while the writer
   writes. Schema (table `events`; indexed columns for the UI's filters, plus the full EVE JSON):
       id INTEGER PRIMARY KEY, timestamp TEXT (ISO 8601 UTC, sorts as time), flow_id INTEGER,
@@ -29,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -38,6 +53,7 @@ from typing import IO, Any, Final, Self
 
 from gateway.config import EventsConfig, check_value
 from gateway.errors import ConfigError
+from gateway.events.aggregate import Aggregator
 from gateway.events.eve import Event, to_eve
 from gateway.events.rollup import add_rollups, backfill_pending, backfill_step, create_rollups
 from gateway.sqlite_wal import use_wal
@@ -45,6 +61,7 @@ from gateway.sqlite_wal import use_wal
 __all__ = [
     "BATCH_WAIT",
     "DEFAULT_MAX_QUEUE",
+    "FAILURE_LOG_INTERVAL",
     "MAX_BATCH",
     "SCHEMA",
     "EventSink",
@@ -53,8 +70,13 @@ __all__ = [
 ]
 
 DEFAULT_MAX_QUEUE: Final = EventsConfig().max_queue  # declared as events.max_queue
+DEFAULT_AGGREGATE_KEYS: Final = EventsConfig().aggregate_keys  # events.aggregate_keys
+_COUNT: Final = 16  # index of the count column in a row (_INSERT, _row)
 MAX_BATCH: Final = 500  # events per SQLite transaction / JSONL flush
 BATCH_WAIT: Final = 0.2  # seconds the writer waits to fill a batch
+FAILURE_LOG_INTERVAL: Final = 60.0  # seconds between log lines while the store keeps failing
+
+log = logging.getLogger("vpatch.events")
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS events (
@@ -74,7 +96,8 @@ CREATE TABLE IF NOT EXISTS events (
     proto TEXT,
     app_proto TEXT,
     cves TEXT,
-    eve TEXT NOT NULL
+    eve TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS events_timestamp ON events(timestamp);
 CREATE INDEX IF NOT EXISTS events_flow_id ON events(flow_id);
@@ -87,8 +110,8 @@ CREATE INDEX IF NOT EXISTS events_cves ON events(cves);
 
 _INSERT: Final = (
     "INSERT INTO events (timestamp, flow_id, event_type, signature_id, signature, action,"
-    " rule_action, severity, src_ip, src_port, dest_ip, dest_port, proto, app_proto, cves, eve)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " rule_action, severity, src_ip, src_port, dest_ip, dest_port, proto, app_proto, cves, eve,"
+    " count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _STOP: Final = object()
 
@@ -108,8 +131,16 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def create_store(conn: sqlite3.Connection) -> None:
-    """The events table, its indexes and the rollups, unless they exist (autocommit `conn`)."""
+    """The events table, its indexes and the rollups, unless they exist (autocommit `conn`);
+    a table from before aggregation gets its `count` column (1 for the rows it holds)."""
     conn.executescript(SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    if "count" not in columns:
+        try:
+            conn.execute("ALTER TABLE events ADD COLUMN count INTEGER NOT NULL DEFAULT 1")
+        except sqlite3.OperationalError as err:  # another worker added it first
+            if "duplicate column" not in str(err):
+                raise
     create_rollups(conn)
 
 
@@ -150,26 +181,39 @@ def _row(eve: dict[str, Any], text: str) -> tuple[Any, ...]:
         eve["app_proto"],
         "," + ",".join(cves) + "," if cves else "",
         text,
+        int(eve["vpatch"].get("count", 1)),
     )
 
 
 class EventSink:
-    """Bounded queue + writer thread to SQLite and/or an EVE JSON-lines file."""
+    """Aggregator + bounded queue + writer thread to SQLite and/or an EVE JSON-lines file."""
 
     def __init__(
         self,
         db_path: Path | str | None,
         jsonl_path: Path | str | None,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        aggregate_window: float = 0.0,
+        aggregate_keys: int = DEFAULT_AGGREGATE_KEYS,
     ) -> None:
         check_value("events.max_queue", max_queue, "EventSink")
+        check_value("events.aggregate_window", aggregate_window, "EventSink")
+        check_value("events.aggregate_keys", aggregate_keys, "EventSink")
         self.db_path = Path(db_path) if db_path is not None else None
         self.jsonl_path = Path(jsonl_path) if jsonl_path is not None else None
         self.max_queue = max_queue
-        self.emitted = 0
-        self.written = 0
-        self.dropped = 0
-        self.write_errors = 0
+        self.aggregator = Aggregator(aggregate_window, aggregate_keys)
+        self.emitted = 0  # events accepted by emit()
+        self.written = 0  # records written (each standing for `count` events)
+        self.written_events = 0  # events those records stand for
+        self.dropped = 0  # events refused by emit() (queue full without aggregation, closed)
+        self.lost = 0  # events given up after failed writes (retry bound reached)
+        self.write_errors = 0  # failed batch writes (SQLite or JSON lines)
+        self.failing = False  # the last write failed
+        self.last_error = ""
+        self._retry: list[tuple[Any, ...]] = []  # rows whose SQLite commit failed
+        self._failing_since = 0.0
+        self._last_failure_log = 0.0
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
         self._closed = False
         self._backfill = False
@@ -190,18 +234,45 @@ class EventSink:
         self._thread.start()
 
     def emit(self, event: Event) -> None:
-        """Queue one event for writing; never blocks (drops and counts when full)."""
+        """Aggregate and queue one event for writing; never blocks (see the module comment)."""
         if self._closed:
             self.dropped += 1
             return
+        self.emitted += 1
+        record = self.aggregator.add(event)
+        if record is None:
+            return
         try:
-            self._queue.put_nowait(event)
-            self.emitted += 1
+            self._queue.put_nowait(record)
         except queue.Full:
-            self.dropped += 1
+            if self.aggregator.window > 0:
+                self.aggregator.unsent(record)
+            else:
+                self.emitted -= 1
+                self.dropped += 1
+
+    def stats(self) -> dict[str, int | bool | str]:
+        """The sink's counters and health (published by the worker, shown by `vpatch status`)."""
+        agg = self.aggregator
+        return {
+            "emitted": self.emitted,
+            "written": self.written,
+            "written_events": self.written_events,
+            "aggregated": agg.aggregated,
+            "folded": agg.folded,
+            "open_windows": len(agg),
+            "queued": self._queue.qsize(),
+            "retry_rows": len(self._retry),
+            "dropped": self.dropped,
+            "lost": self.lost,
+            "write_errors": self.write_errors,
+            "failing": self.failing,
+            "last_error": self.last_error,
+        }
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write everything queued so far, then stop the writer. Idempotent."""
+        """Write everything queued and every aggregation window so far (retrying a failing
+        store once more), then stop the writer. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -221,14 +292,14 @@ class EventSink:
             while not stop:
                 if conn is not None and self._backfill:
                     self._backfill_step(conn)
-                try:
-                    item = self._queue.get(timeout=BATCH_WAIT if self._backfill else None)
-                except queue.Empty:
-                    continue
                 batch: list[Event] = []
+                try:
+                    item = self._queue.get(timeout=BATCH_WAIT)
+                except queue.Empty:
+                    item = None
                 if item is _STOP:
                     stop = True
-                else:
+                elif item is not None:
                     batch.append(item)  # type: ignore[arg-type]
                     while len(batch) < MAX_BATCH:
                         try:
@@ -239,13 +310,15 @@ class EventSink:
                             stop = True
                             break
                         batch.append(item)  # type: ignore[arg-type]
-                if batch:
+                batch.extend(self.aggregator.close_all() if stop else self.aggregator.close_due())
+                if batch or self._retry:
                     self._write(conn, batch)
         finally:
             if conn is not None:
                 conn.close()
             if self._jsonl is not None:
-                self._jsonl.close()
+                with contextlib.suppress(OSError):
+                    self._jsonl.close()
 
     def _backfill_step(self, conn: sqlite3.Connection) -> None:
         try:
@@ -262,26 +335,78 @@ class EventSink:
                 text = json.dumps(eve, ensure_ascii=True, separators=(",", ":"))
             except (TypeError, ValueError, KeyError, AttributeError):
                 self.write_errors += 1
+                self.lost += event.count
                 continue
             rows.append(_row(eve, text))
             lines.append(text)
-        ok = True
-        if conn is not None and rows:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                store_rows(conn, rows)
-                conn.execute("COMMIT")
-            except sqlite3.Error:
-                ok = False
-                self.write_errors += 1
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+        error: str | None = None
+        if conn is not None and (rows or self._retry):
+            error = self._store(conn, rows)
+        jsonl_ok = True
         if self._jsonl is not None and lines:
             try:
                 self._jsonl.write("\n".join(lines) + "\n")
                 self._jsonl.flush()
-            except OSError:
-                ok = False
+            except OSError as err:
+                jsonl_ok = False
                 self.write_errors += 1
-        if ok:
-            self.written += len(lines)
+                error = error or f"{self.jsonl_path}: {err}"
+        if conn is None:  # the JSON lines are the only record
+            if jsonl_ok:
+                self._count_written(rows)
+            else:
+                self._give_up(rows)
+        self._health(error)
+
+    def _store(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> str | None:
+        """Commit the rows held from failed batches and `rows`; keep them on failure (up to
+        max_queue rows, the oldest given up past it). The error text, or None."""
+        pending = self._retry + rows
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            store_rows(conn, pending)
+            conn.execute("COMMIT")
+        except sqlite3.Error as err:
+            self.write_errors += 1
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            over = len(pending) - self.max_queue
+            if over > 0:
+                self._give_up(pending[:over])
+                pending = pending[over:]
+            self._retry = pending
+            return f"{self.db_path}: {err}"
+        self._retry = []
+        self._count_written(pending)
+        return None
+
+    def _count_written(self, rows: list[tuple[Any, ...]]) -> None:
+        self.written += len(rows)
+        self.written_events += sum(int(row[_COUNT]) for row in rows)
+
+    def _give_up(self, rows: list[tuple[Any, ...]]) -> None:
+        self.lost += sum(int(row[_COUNT]) for row in rows)
+
+    def _health(self, error: str | None) -> None:
+        """Track failing/recovered, with one log line at each change (and every
+        FAILURE_LOG_INTERVAL while failing)."""
+        now = time.monotonic()
+        if error is None:
+            if self.failing:
+                log.warning(
+                    "event store writable again after %.0f s (%d write errors, %d events lost)",
+                    now - self._failing_since, self.write_errors, self.lost,
+                )  # fmt: skip
+                self.failing = False
+            return
+        self.last_error = error
+        if not self.failing:
+            self.failing = True
+            self._failing_since = self._last_failure_log = now
+            log.error("event store failing, inspection goes on: %s", error)
+        elif now - self._last_failure_log >= FAILURE_LOG_INTERVAL:
+            self._last_failure_log = now
+            log.error(
+                "event store still failing (%d rows held for retry, %d events lost): %s",
+                len(self._retry), self.lost, error,
+            )  # fmt: skip

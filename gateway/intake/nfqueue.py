@@ -27,7 +27,10 @@ Guarantees:
   the control socket: `packets` and `bytes` (IP datagram bytes handed to the engine, i.e.
   inspected), verdict counts, `errors`, `events`, policy versions, `rules` (rules loaded),
   `gc_runs`/`gc_found` (safety-valve garbage collections and the cyclic garbage they found).
-  Events go to a per-worker EventSink (SQLite WAL handles several writers).
+  Events go to a per-worker EventSink (SQLite WAL handles several writers), which aggregates
+  storms (gateway/events/aggregate.py) and never blocks the packet path; its counters and
+  health (`events_written`, `events_aggregated`, `events_dropped`, `events_lost`,
+  `store_errors`, `store_failing`) are copied into the worker's counters once a second.
 - No garbage-collection pauses: the worker turns Python's automatic cyclic collection off
   (reference counting frees what the engine allocates) and runs a full collection only when
   the net count of container objects passes GC_BASE_OBJECTS + GC_OBJECTS_PER_FLOW *
@@ -67,7 +70,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -122,7 +125,13 @@ STAT_NAMES = (
     "packets", "accepted", "dropped", "reset", "bypassed", "bypassed_direction", "errors",
     "events", "bound", "pid", "started", "policy_wanted", "policy_version", "policy_errors",
     "bytes", "rules", "gc_runs", "gc_found", "rules_wanted", "rules_version", "rules_errors",
+    "events_written", "events_aggregated", "events_dropped", "events_lost", "store_errors",
+    "store_failing",
 )  # fmt: skip
+# WorkerStats name -> EventSink.stats() name, copied once a second (publish_sink)
+SINK_STATS = {"events_written": "written", "events_aggregated": "aggregated",
+              "events_dropped": "dropped", "events_lost": "lost",
+              "store_errors": "write_errors", "store_failing": "failing"}  # fmt: skip
 _IDX = {name: i for i, name in enumerate(STAT_NAMES)}
 
 
@@ -455,8 +464,37 @@ def build_sink(config: GatewayConfig, queue_num: int) -> SinkLike | None:
     for p in (ev.sqlite, ev.jsonl):
         if p is not None:
             p.parent.mkdir(parents=True, exist_ok=True)
-    sink: SinkLike = EventSink(ev.sqlite, ev.jsonl, ev.max_queue)
+    sink: SinkLike = EventSink(
+        ev.sqlite, ev.jsonl, ev.max_queue, ev.aggregate_window, ev.aggregate_keys
+    )
     return sink
+
+
+def publish_sink(stats: WorkerStats, sink: SinkLike | None) -> None:
+    """Copy the event sink's counters and health into the shared counters (SINK_STATS)."""
+    read = getattr(sink, "stats", None)
+    if read is None:
+        return
+    values = read()
+    for name, key in SINK_STATS.items():
+        stats.set(name, int(values[key]))
+
+
+def event_store_health(queues: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The event sinks of the workers (their `WorkerStats` snapshots) in sum, for `status`:
+    `failing` (queues whose store's last write failed: inspection goes on, records are held
+    for retry), and the totals of written, aggregated, dropped and lost events and of
+    failed writes."""
+    snaps = list(queues)
+    total = {name: sum(int(q.get(name) or 0) for q in snaps) for name in SINK_STATS}
+    return {
+        "failing": total.pop("store_failing"),
+        "written": total["events_written"],
+        "aggregated": total["events_aggregated"],
+        "dropped": total["events_dropped"],
+        "lost": total["events_lost"],
+        "write_errors": total["store_errors"],
+    }
 
 
 def load_policy(config: GatewayConfig) -> CompiledPolicy | None:
@@ -622,12 +660,14 @@ def worker_main(queue_num: int, config: GatewayConfig, stats: WorkerStats) -> in
                     stats.add("errors")
                     log.error("engine.expire failed: %r", err)
                 collect_if_grown(stats, gc_limit, queue_num)
+                publish_sink(stats, sink)
     finally:
         stats.set("bound", 0)
         nfq.unbind()
         handler.resets.close()
         if sink is not None:
             sink.close()
+            publish_sink(stats, sink)
     return 0
 
 
