@@ -33,7 +33,11 @@ What it guarantees:
       dest_port INTEGER, proto TEXT, app_proto TEXT, cves TEXT (",CVE-A,CVE-B," so
       `cves LIKE '%,CVE-2017-0144,%'` finds one), eve TEXT (the EVE JSON object)
 - The database (and its directory) is created and checked in the constructor, so a bad path
-  fails at start-up with a ConfigError naming it, not later in the thread.
+  fails at start-up with a ConfigError naming it, not later in the thread. With
+  `strict=False` (the workers' sinks: a worker that cannot start inspects nothing) a store
+  that cannot be opened (read-only, full, gone) is reported as failing instead, the events
+  are held as for a failing write, and the writer tries to open it again every
+  REOPEN_INTERVAL seconds.
 - The dashboard's rollups (gateway/events/rollup.py) are written in the same transaction as the
   events they count (`store_rows`); events stored before the rollups existed are counted by
   the writer in chunks, between batches (`rollup.backfill_step`).
@@ -75,6 +79,7 @@ _COUNT: Final = 16  # index of the count column in a row (_INSERT, _row)
 MAX_BATCH: Final = 500  # events per SQLite transaction / JSONL flush
 BATCH_WAIT: Final = 0.2  # seconds the writer waits to fill a batch
 FAILURE_LOG_INTERVAL: Final = 60.0  # seconds between log lines while the store keeps failing
+REOPEN_INTERVAL: Final = 2.0  # seconds between attempts to open a store that cannot be opened
 
 log = logging.getLogger("vpatch.events")
 
@@ -195,6 +200,7 @@ class EventSink:
         max_queue: int = DEFAULT_MAX_QUEUE,
         aggregate_window: float = 0.0,
         aggregate_keys: int = DEFAULT_AGGREGATE_KEYS,
+        strict: bool = True,
     ) -> None:
         check_value("events.max_queue", max_queue, "EventSink")
         check_value("events.aggregate_window", aggregate_window, "EventSink")
@@ -217,19 +223,14 @@ class EventSink:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
         self._closed = False
         self._backfill = False
-        if self.db_path is not None:
-            try:
-                self.db_path.parent.mkdir(parents=True, exist_ok=True)
-                self._backfill = _create(self.db_path)
-            except (OSError, sqlite3.Error) as err:
-                raise ConfigError(f"events.sqlite {self.db_path}: cannot open: {err}") from err
+        self._db_ready = self.db_path is None
         self._jsonl: IO[str] | None = None
-        if self.jsonl_path is not None:
-            try:
-                self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
-                self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")  # noqa: SIM115
-            except OSError as err:
-                raise ConfigError(f"events.jsonl {self.jsonl_path}: cannot open: {err}") from err
+        self._next_open = 0.0
+        error = self._open()
+        if error is not None:
+            if strict:
+                raise ConfigError(error)
+            self._health(error)
         self._thread = threading.Thread(target=self._run, name="vpatch-event-sink", daemon=True)
         self._thread.start()
 
@@ -285,11 +286,50 @@ class EventSink:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _open(self) -> str | None:
+        """Create/check the store and open the JSON-lines file where not done yet; the error
+        (naming the key and path) or None."""
+        if not self._db_ready and self.db_path is not None:
+            try:
+                self.db_path.parent.mkdir(parents=True, exist_ok=True)
+                self._backfill = _create(self.db_path)
+                self._db_ready = True
+            except (OSError, sqlite3.Error) as err:
+                return f"events.sqlite {self.db_path}: cannot open: {err}"
+        if self._jsonl is None and self.jsonl_path is not None:
+            try:
+                self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+                self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")  # noqa: SIM115
+            except OSError as err:
+                return f"events.jsonl {self.jsonl_path}: cannot open: {err}"
+        return None
+
+    def _connection(self, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+        """The writer's connection, (re)opened when missing (at most every REOPEN_INTERVAL
+        while it keeps failing); None while the store cannot be opened."""
+        if conn is not None or self.db_path is None:
+            return conn
+        now = time.monotonic()
+        if now < self._next_open:
+            return None
+        self._next_open = now + REOPEN_INTERVAL
+        error = self._open()
+        if error is None and self._db_ready:
+            try:
+                return _connect(self.db_path)
+            except sqlite3.Error as err:
+                error = f"events.sqlite {self.db_path}: cannot open: {err}"
+        if error is not None:
+            self.write_errors += 1
+            self._health(error)
+        return None
+
     def _run(self) -> None:
-        conn = _connect(self.db_path) if self.db_path is not None else None
+        conn: sqlite3.Connection | None = None
         try:
             stop = False
             while not stop:
+                conn = self._connection(conn)
                 if conn is not None and self._backfill:
                     self._backfill_step(conn)
                 batch: list[Event] = []
@@ -311,6 +351,9 @@ class EventSink:
                             break
                         batch.append(item)  # type: ignore[arg-type]
                 batch.extend(self.aggregator.close_all() if stop else self.aggregator.close_due())
+                if stop and conn is None and self.db_path is not None:
+                    self._next_open = 0.0  # one last attempt to open the store
+                    conn = self._connection(conn)
                 if batch or self._retry:
                     self._write(conn, batch)
         finally:
@@ -342,6 +385,9 @@ class EventSink:
         error: str | None = None
         if conn is not None and (rows or self._retry):
             error = self._store(conn, rows)
+        elif conn is None and self.db_path is not None:  # the store could not be opened
+            self._hold(self._retry + rows)
+            error = self.last_error or f"events.sqlite {self.db_path}: not open"
         jsonl_ok = True
         if self._jsonl is not None and lines:
             try:
@@ -351,7 +397,7 @@ class EventSink:
                 jsonl_ok = False
                 self.write_errors += 1
                 error = error or f"{self.jsonl_path}: {err}"
-        if conn is None:  # the JSON lines are the only record
+        if self.db_path is None:  # the JSON lines are the only record
             if jsonl_ok:
                 self._count_written(rows)
             else:
@@ -370,15 +416,19 @@ class EventSink:
             self.write_errors += 1
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            over = len(pending) - self.max_queue
-            if over > 0:
-                self._give_up(pending[:over])
-                pending = pending[over:]
-            self._retry = pending
-            return f"{self.db_path}: {err}"
+            self._hold(pending)
+            return f"events.sqlite {self.db_path}: {err}"
         self._retry = []
         self._count_written(pending)
         return None
+
+    def _hold(self, pending: list[tuple[Any, ...]]) -> None:
+        """Keep rows for the next attempt: at most max_queue, the oldest given up past it."""
+        over = len(pending) - self.max_queue
+        if over > 0:
+            self._give_up(pending[:over])
+            pending = pending[over:]
+        self._retry = pending
 
     def _count_written(self, rows: list[tuple[Any, ...]]) -> None:
         self.written += len(rows)

@@ -461,12 +461,9 @@ def build_sink(config: GatewayConfig, queue_num: int) -> SinkLike | None:
     ev = config.events
     if ev.sqlite is None and ev.jsonl is None:
         return None
-    for p in (ev.sqlite, ev.jsonl):
-        if p is not None:
-            p.parent.mkdir(parents=True, exist_ok=True)
-    sink: SinkLike = EventSink(
-        ev.sqlite, ev.jsonl, ev.max_queue, ev.aggregate_window, ev.aggregate_keys
-    )
+    sink: SinkLike = EventSink(  # strict=False: a store that cannot be opened must not
+        ev.sqlite, ev.jsonl, ev.max_queue, ev.aggregate_window, ev.aggregate_keys, strict=False
+    )  # stop the worker from inspecting: it is reported and retried instead
     return sink
 
 
