@@ -29,7 +29,7 @@ Guarantees:
   `gc_runs`/`gc_found` (safety-valve garbage collections and the cyclic garbage they found).
   Events go to a per-worker EventSink (SQLite WAL handles several writers), which aggregates
   storms (gateway/events/aggregate.py) and never blocks the packet path; its counters and
-  health (`events_written`, `events_aggregated`, `events_dropped`, `events_lost`,
+  health (`events_written`, `event_records`, `events_aggregated`, `events_dropped`, `events_lost`,
   `store_errors`, `store_failing`) are copied into the worker's counters once a second.
 - No garbage-collection pauses: the worker turns Python's automatic cyclic collection off
   (reference counting frees what the engine allocates) and runs a full collection only when
@@ -125,11 +125,12 @@ STAT_NAMES = (
     "packets", "accepted", "dropped", "reset", "bypassed", "bypassed_direction", "errors",
     "events", "bound", "pid", "started", "policy_wanted", "policy_version", "policy_errors",
     "bytes", "rules", "gc_runs", "gc_found", "rules_wanted", "rules_version", "rules_errors",
-    "events_written", "events_aggregated", "events_dropped", "events_lost", "store_errors",
-    "store_failing",
+    "events_written", "event_records", "events_aggregated", "events_dropped", "events_lost",
+    "store_errors", "store_failing",
 )  # fmt: skip
 # WorkerStats name -> EventSink.stats() name, copied once a second (publish_sink)
-SINK_STATS = {"events_written": "written", "events_aggregated": "aggregated",
+SINK_STATS = {"events_written": "written_events", "event_records": "written",
+              "events_aggregated": "aggregated",
               "events_dropped": "dropped", "events_lost": "lost",
               "store_errors": "write_errors", "store_failing": "failing"}  # fmt: skip
 _IDX = {name: i for i, name in enumerate(STAT_NAMES)}
@@ -480,13 +481,14 @@ def publish_sink(stats: WorkerStats, sink: SinkLike | None) -> None:
 def event_store_health(queues: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """The event sinks of the workers (their `WorkerStats` snapshots) in sum, for `status`:
     `failing` (queues whose store's last write failed: inspection goes on, records are held
-    for retry), and the totals of written, aggregated, dropped and lost events and of
-    failed writes."""
+    for retry), and the totals of written events (in `records` rows), aggregated, dropped
+    and lost events and of failed writes."""
     snaps = list(queues)
     total = {name: sum(int(q.get(name) or 0) for q in snaps) for name in SINK_STATS}
     return {
         "failing": total.pop("store_failing"),
         "written": total["events_written"],
+        "records": total["event_records"],
         "aggregated": total["events_aggregated"],
         "dropped": total["events_dropped"],
         "lost": total["events_lost"],
