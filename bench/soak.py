@@ -31,15 +31,19 @@ from gateway.lab import LabSpec, lab_down, lab_up
 from gateway.lab.netns import netns_popen, stop_pids
 from gateway.lab.services import GATEWAY, control_socket_path, pid_file, read_pid
 from gateway.match.rules import default_rule_dir, load_rules
+from gateway.vocabulary import Mode
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def attack_requests() -> list[str]:
-    """The inline HTTP attack samples of the bundled rules that cover port 80 (hex)."""
+    """The inline HTTP attack samples of the bundled rules that cover port 80 and block by
+    default (hex): each one answered is a miss."""
     out = []
     for rule in load_rules([default_rule_dir()]).rules:
         if rule.protocol != "tcp" or 80 not in rule.ports:
+            continue
+        if rule.default_mode is not Mode.PREVENT or not rule.action.blocks:
             continue
         for sample in rule.samples:
             if sample.kind == "attack" and sample.pcap is None and sample.to_server:
