@@ -184,6 +184,10 @@ def soak(spec: LabSpec, run_pid: int, args: argparse.Namespace) -> None:
             f"{os.getloadavg()[0]:.1f}",
             flush=True,
         )
+        failures = {k: v for k, v in c.items() if k.startswith(("new_conn_", "keepalive_"))
+                    and not k.endswith(("_ok", "_failed"))}  # fmt: skip
+        if failures:
+            print(f"#      client failures by kind: {failures}", flush=True)
         if now - t0 >= args.duration:
             return
 

@@ -305,24 +305,26 @@ class EventSink:
         return None
 
     def _connection(self, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
-        """The writer's connection, (re)opened when missing (at most every REOPEN_INTERVAL
-        while it keeps failing); None while the store cannot be opened."""
-        if conn is not None or self.db_path is None:
+        """The writer's connection, (re)opened when missing, and the JSON-lines file reopened
+        when missing (at most every REOPEN_INTERVAL while that keeps failing); None while the
+        store cannot be opened."""
+        want_db = conn is None and self.db_path is not None
+        if not want_db and (self._jsonl is not None or self.jsonl_path is None):
             return conn
         now = time.monotonic()
         if now < self._next_open:
-            return None
+            return conn
         self._next_open = now + REOPEN_INTERVAL
         error = self._open()
-        if error is None and self._db_ready:
+        if error is None and want_db and self._db_ready and self.db_path is not None:
             try:
-                return _connect(self.db_path)
+                conn = _connect(self.db_path)
             except sqlite3.Error as err:
                 error = f"events.sqlite {self.db_path}: cannot open: {err}"
         if error is not None:
             self.write_errors += 1
             self._health(error)
-        return None
+        return conn
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None

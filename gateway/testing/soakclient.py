@@ -9,7 +9,8 @@ is over:
 - benign DNS queries over UDP for the lab zone (`dns` per second),
 - attacks, each on a new connection (`attacks` per second, cycling through the samples).
 Counters are written as JSON to the plan's `out` file every second (replaced atomically):
-requests ok / failed per kind; attacks `blocked` (the connection was reset or closed with no
+requests ok / failed per kind (failures also per exception: `new_conn_ConnectionResetError`,
+`new_conn_TimeoutError`, ...); attacks `blocked` (the connection was reset or closed with no
 HTTP response) or `answered` (an HTTP response came back: the gateway let it through).
 Only the stdlib; nothing leaves the namespace (the server address is the lab's).
 """
@@ -100,8 +101,9 @@ class Traffic:
                 if not ok:
                     sock.close()
                     sock = None
-            except OSError:
+            except OSError as err:
                 self.count("keepalive_failed")
+                self.count(f"keepalive_{type(err).__name__}")
                 if sock is not None:
                     sock.close()
                 sock = None
@@ -113,8 +115,9 @@ class Traffic:
                     sock.sendall(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
                     ok = _read_response(sock).startswith(b"HTTP/1.1 200")
                 self.count("new_conn_ok" if ok else "new_conn_failed")
-            except OSError:
+            except OSError as err:
                 self.count("new_conn_failed")
+                self.count(f"new_conn_{type(err).__name__}")
 
     def dns(self) -> None:
         qid = 0
