@@ -509,10 +509,27 @@ class EventsConfig:
     )
     max_queue: int = setting(
         10000,
-        "Events waiting for the writer thread; beyond it new events are dropped and counted "
-        "(the packet path never blocks).",
+        "Events waiting for the writer thread; beyond it a new event is counted into its "
+        "aggregation window, or dropped and counted when aggregation is off (the packet path "
+        "never blocks). Also the bound of rows kept for retry while the store fails.",
         lo=1,
         hi=1 << 22,
+    )
+    aggregate_window: float = setting(
+        1.0,
+        "Seconds of an aggregation window: the first event of a (rule, source, destination, "
+        "blocked) key is written at once, the others of its window as one record with their "
+        "`count` (`vpatch.count` in EVE; gateway/events/aggregate.py). 0: every event "
+        "written on its own.",
+        lo=0,
+        hi=3600,
+    )
+    aggregate_keys: int = setting(
+        10000,
+        "Aggregation windows open at once per level; past it events are counted per (rule, "
+        "destination), then per rule (`vpatch.folded`).",
+        lo=1,
+        hi=1 << 20,
     )
 
 

@@ -74,7 +74,7 @@ from gateway.firewall.refresh import (
     refresh_protected_hosts,
 )
 from gateway.firewall.render import QueuePlan, RenderedRules
-from gateway.intake.nfqueue import WorkerStats, load_policy, start_worker
+from gateway.intake.nfqueue import WorkerStats, event_store_health, load_policy, start_worker
 from gateway.intake.queuestats import read_queue_counters
 from gateway.lifecycle.monitor import run_monitor
 from gateway.lifecycle.names import NameResolver, resolver_servers, update_source_names
@@ -317,7 +317,8 @@ class Gateway:
         queues, both families: gateway/firewall/counters.py), `events_dropped` and `limits`
         (each limit reached, all queues together; per queue the engine's limit_*, norm_*,
         frag_* and app counters, nfqueue.ENGINE_STAT_NAMES, up to a second old);
-        `protected_hosts`: what the kernel's protected-host sets hold now."""
+        `protected_hosts`: what the kernel's protected-host sets hold now; `event_store`: the
+        workers' event sinks in sum (`event_store_health`)."""
         kernel = read_queue_counters()
         queues: dict[str, dict[str, Any]] = {}
         for w in self.workers:
@@ -357,6 +358,7 @@ class Gateway:
                 limit.value: sum(int(q.get(f"limit_{limit.value}") or 0) for q in queues.values())
                 for limit in Limit
             },
+            "event_store": event_store_health(queues.values()),
             "kernel_counters": kernel.available,
             "alerts": self._alerts.stats() if self._alerts is not None else None,
             "protected_hosts": self.protected,

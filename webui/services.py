@@ -204,6 +204,7 @@ def gateway_status() -> dict[str, Any]:
         "uninspected_packets": status.get("uninspected_packets"),
         "uninspected_bytes": status.get("uninspected_bytes"),
         "events_dropped": status.get("events_dropped"),
+        "event_store": status.get("event_store"),  # failing, write_errors, lost, ... (None: older)
         "kernel_counters": status.get("kernel_counters"),
         "rules_loaded": status.get("rules_loaded", len(get_rules().rules)),
         "policy_version": status.get("policy_version"),

@@ -23,6 +23,9 @@ What it guarantees:
   `unescape_bytes` gives the bytes back (the UI's exception from an event starts from them).
 - `vpatch.limit` is present only on the event of a limit of the packet path (gateway/flow/
   limits.py): the limit's name (`stream_hole`, `flow_table`, ...).
+- Aggregation (gateway/events/aggregate.py): `vpatch.count` is how many firings the record
+  stands for (1 unless a storm was aggregated; the record is the last of them), and
+  `vpatch.folded` says which addresses varied among them ("", "src" or "src,dest").
 """
 
 from __future__ import annotations
@@ -107,6 +110,8 @@ class Event:
     excerpt: bytes = b""  # why: the matching bytes (<= gateway.match.explain.MAX_EXCERPT)
     http_url: bytes = b""  # the HTTP request target, when known (b"": unknown)
     limit: str = ""  # a limit's event (gateway/flow/limits.py): the Limit's value
+    count: int = 1  # firings this record stands for (gateway/events/aggregate.py)
+    folded: str = ""  # "": all had these addresses; "src" / "src,dest": several did
 
 
 def format_timestamp(ts: float) -> str:
@@ -180,6 +185,8 @@ def _to_eve(event: Event) -> dict[str, Any]:
             "field": str(event.field),
             "condition": str(event.condition),
             "excerpt": escape_bytes(bytes(event.excerpt)),
+            "count": int(event.count),
+            "folded": str(event.folded),
         },
     }
 

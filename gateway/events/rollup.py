@@ -12,9 +12,11 @@ Tables (in the event store, beside `events`; SCHEMA):
   (key: the events row's `cves` text, ",CVE-A,CVE-B,"; split by the reader). Top lists.
 
 What it guarantees:
-- `add_rollups(conn, rows)` counts the rows (the events table's INSERT tuples, sink.py `_row`)
-  in the caller's transaction, so events and rollups commit together: a reader never sees
-  one without the other. Rows whose timestamp is not ISO 8601 are stored but not counted.
+- `add_rollups(conn, rows)` counts the rows (the events table's INSERT tuples, sink.py `_row`),
+  each as many times as its `count` column says (an aggregated record, gateway/events/
+  aggregate.py, stands for that many events), in the caller's transaction, so events and
+  rollups commit together: a reader never sees one without the other. Rows whose timestamp
+  is not ISO 8601 are stored but not counted.
 - Bound: at most MAX_KEYS_PER_HOUR keys per dimension and hour. Policy at the bound: a key not
   yet in that hour is counted under OTHER_KEY (label "(other)"), so totals stay exact and the
   reader sees how much fell outside the kept keys; each hour starts afresh. A reader of a
@@ -60,7 +62,7 @@ BACKFILL_CHUNK: Final = 5000  # event ids counted per backfill transaction
 BACKFILL_HOURS: Final = 24 * 30  # the dashboard's longest window: older events are not counted
 
 # dimension -> (index of the key, index of the label) in an events row (sink.py _row / _INSERT)
-_TS, _SIG, _SIGNATURE, _ACTION, _SRC, _DEST, _CVES = 0, 3, 4, 5, 8, 10, 14
+_TS, _SIG, _SIGNATURE, _ACTION, _SRC, _DEST, _CVES, _COUNT = 0, 3, 4, 5, 8, 10, 14, 16
 DIMENSIONS: Final = {"rule": (_SIG, _SIGNATURE), "source": (_SRC, _SRC), "host": (_DEST, _DEST),
                      "cves": (_CVES, _CVES)}  # fmt: skip
 
@@ -82,7 +84,7 @@ CREATE TABLE event_rollup_state (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 _ROW_COLUMNS: Final = (
     "timestamp, flow_id, event_type, signature_id, signature, action, rule_action, severity,"
-    " src_ip, src_port, dest_ip, dest_port, proto, app_proto, cves"
+    " src_ip, src_port, dest_ip, dest_port, proto, app_proto, cves, NULL, count"
 )
 
 
@@ -103,11 +105,12 @@ def add_rollups(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> None
         ts = _epoch(row[_TS])
         if ts is None:
             continue
-        minutes[(ts - ts % 60, row[_ACTION] == "blocked")] += 1
+        n = int(row[_COUNT] or 1) if len(row) > _COUNT else 1
+        minutes[(ts - ts % 60, row[_ACTION] == "blocked")] += n
         hour = ts - ts % 3600
         for dim, (k, label) in DIMENSIONS.items():
             key = row[k] if row[k] is not None else OTHER_KEY
-            tops[(dim, hour, key)] += 1
+            tops[(dim, hour, key)] += n
             labels[(dim, hour, key)] = row[label]
     conn.executemany(
         "INSERT INTO event_minutes (minute, allowed, blocked) VALUES (?, ?, ?) ON CONFLICT(minute)"

@@ -31,11 +31,12 @@ Guarantees:
   GSO is left off (netfilterqueue's 4 KiB receive buffer cannot take GSO super-packets).
 - Counters live in shared memory (`WorkerStats`, one writer: the worker) for the parent and
   the control socket: `packets` and `bytes` (IP datagram bytes handed to the engine, i.e.
-  inspected), verdict counts, `errors`, `events` (queued for writing) and `events_dropped`
-  (the event sink's queue was full: see gateway/events/sink.py), policy versions, `rules`
-  (rules loaded), `gc_runs`/`gc_found` (safety-valve garbage collections and the cyclic
-  garbage they found).
-  Events go to a per-worker EventSink (SQLite WAL handles several writers).
+  inspected), verdict counts, `errors`, `events`, policy versions, `rules` (rules loaded),
+  `gc_runs`/`gc_found` (safety-valve garbage collections and the cyclic garbage they found).
+  Events go to a per-worker EventSink (SQLite WAL handles several writers), which aggregates
+  storms (gateway/events/aggregate.py) and never blocks the packet path; its counters and
+  health (`events_written`, `event_records`, `events_aggregated`, `events_dropped`, `events_lost`,
+  `store_errors`, `store_failing`) are copied into the worker's counters once a second.
 - No garbage-collection pauses: the worker turns Python's automatic cyclic collection off
   (reference counting frees what the engine allocates) and runs a full collection only when
   the net count of container objects passes GC_BASE_OBJECTS + GC_OBJECTS_PER_FLOW *
@@ -78,7 +79,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -132,8 +133,9 @@ ETH_P_ALL = 0x0003
 STAT_NAMES = (
     "packets", "accepted", "dropped", "reset", "bypassed", "bypassed_direction", "errors",
     "events", "bound", "pid", "started", "policy_wanted", "policy_version", "policy_errors",
-    "bytes", "rules", "gc_runs", "gc_found", "events_dropped", "standby_ready", "rules_wanted",
-    "rules_version", "rules_errors",
+    "bytes", "rules", "gc_runs", "gc_found", "standby_ready", "rules_wanted", "rules_version",
+    "rules_errors", "events_written", "event_records", "events_aggregated", "events_dropped",
+    "events_lost", "store_errors", "store_failing",
 )  # fmt: skip
 # The engine's own counters (EngineStats.as_dict), copied into the shared counters every
 # EXPIRE_INTERVAL by publish_engine_counters, so that `status` shows every limit reached
@@ -147,6 +149,11 @@ ENGINE_STAT_NAMES = (
 )  # fmt: skip
 _ALL_NAMES = STAT_NAMES + ENGINE_STAT_NAMES
 _IDX = {name: i for i, name in enumerate(_ALL_NAMES)}
+# WorkerStats name -> EventSink.stats() name, copied once a second (publish_sink)
+SINK_STATS = {"events_written": "written_events", "event_records": "written",
+              "events_aggregated": "aggregated",
+              "events_dropped": "dropped", "events_lost": "lost",
+              "store_errors": "write_errors", "store_failing": "failing"}  # fmt: skip
 
 
 class WorkerStats:
@@ -451,9 +458,7 @@ class PacketHandler:
             return
         for event in decision.events:
             try:
-                if self.sink.emit(event) is False:  # the sink's queue is full (it logs them)
-                    self.stats.add("events_dropped")
-                    continue
+                self.sink.emit(event)  # never blocks: a storm is aggregated (events/sink.py)
                 self.stats.add("events")
             except Exception as err:  # noqa: BLE001
                 self.stats.add("errors")
@@ -514,11 +519,38 @@ def build_sink(config: GatewayConfig, queue_num: int) -> SinkLike | None:
     ev = config.events
     if ev.sqlite is None and ev.jsonl is None:
         return None
-    for p in (ev.sqlite, ev.jsonl):
-        if p is not None:
-            p.parent.mkdir(parents=True, exist_ok=True)
-    sink: SinkLike = EventSink(ev.sqlite, ev.jsonl, ev.max_queue)
+    sink: SinkLike = EventSink(  # strict=False: a store that cannot be opened must not
+        ev.sqlite, ev.jsonl, ev.max_queue, ev.aggregate_window, ev.aggregate_keys, strict=False
+    )  # stop the worker from inspecting: it is reported and retried instead
     return sink
+
+
+def publish_sink(stats: WorkerStats, sink: SinkLike | None) -> None:
+    """Copy the event sink's counters and health into the shared counters (SINK_STATS)."""
+    read = getattr(sink, "stats", None)
+    if read is None:
+        return
+    values = read()
+    for name, key in SINK_STATS.items():
+        stats.set(name, int(values[key]))
+
+
+def event_store_health(queues: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The event sinks of the workers (their `WorkerStats` snapshots) in sum, for `status`:
+    `failing` (queues whose store's last write failed: inspection goes on, records are held
+    for retry), and the totals of written events (in `records` rows), aggregated, dropped
+    and lost events and of failed writes."""
+    snaps = list(queues)
+    total = {name: sum(int(q.get(name) or 0) for q in snaps) for name in SINK_STATS}
+    return {
+        "failing": total.pop("store_failing"),
+        "written": total["events_written"],
+        "records": total["event_records"],
+        "aggregated": total["events_aggregated"],
+        "dropped": total["events_dropped"],
+        "lost": total["events_lost"],
+        "write_errors": total["store_errors"],
+    }
 
 
 def load_policy(config: GatewayConfig) -> CompiledPolicy | None:
@@ -721,12 +753,14 @@ def worker_main(
                 counting: _Counting | None = getattr(engine, "stats", None)
                 if counting is not None:
                     publish_engine_counters(counting.as_dict(), stats)
+                publish_sink(stats, sink)
     finally:
         stats.set("bound", 0)
         nfq.unbind()
         handler.resets.close()
         if sink is not None:
             sink.close()
+            publish_sink(stats, sink)
     return 0
 
 

@@ -28,15 +28,16 @@ NOW = 1_800_000_000
 
 
 def row(ts: float | str, action: str | None = "blocked", sig: int = 9000100, src: str = "a",
-        dest: str = "d", cves: str = ",CVE-1,") -> tuple[Any, ...]:  # fmt: skip
+        dest: str = "d", cves: str = ",CVE-1,", count: int = 1) -> tuple[Any, ...]:  # fmt: skip
     """An events row (sink.py _row order) with what the rollups read."""
     stamp = ts if isinstance(ts, str) else datetime.fromtimestamp(ts, UTC).isoformat()
     return (stamp, 1, "alert", sig, f"sig {sig}", action, "reset", 1, src, 1, dest, 80, "TCP",
-            "http", cves, "{}")  # fmt: skip
+            "http", cves, "{}", count)  # fmt: skip
 
 
 def recount(rows: list[tuple[Any, ...]]) -> tuple[Counter[Any], Counter[Any]]:
-    """Per (minute, blocked) and per (dim, hour, key), counted one event at a time."""
+    """Per (minute, blocked) and per (dim, hour, key), counted one event at a time (a row
+    stands for `count` events)."""
     minutes: Counter[Any] = Counter()
     tops: Counter[Any] = Counter()
     for r in rows:
@@ -44,9 +45,10 @@ def recount(rows: list[tuple[Any, ...]]) -> tuple[Counter[Any], Counter[Any]]:
             ts = int(datetime.fromisoformat(r[0]).timestamp())
         except ValueError:
             continue
-        minutes[(ts // 60 * 60, r[5] == "blocked")] += 1
+        n = r[16] if len(r) > 16 else 1
+        minutes[(ts // 60 * 60, r[5] == "blocked")] += n
         for dim, k in (("rule", 3), ("source", 8), ("host", 10), ("cves", 14)):
-            tops[(dim, ts // 3600 * 3600, r[k])] += 1
+            tops[(dim, ts // 3600 * 3600, r[k])] += n
     return minutes, tops
 
 
@@ -82,7 +84,7 @@ def test_rollups_equal_a_recount_of_the_events(tmp_path: Path) -> None:
     rows = [row(NOW - rng.uniform(0, 40 * 86400), rng.choice(["blocked", "allowed", None]),
                 rng.choice([9000100, 9000001, 9000002]), f"198.18.1.{rng.randint(1, 40)}",
                 rng.choice(["198.18.0.20", "198.18.0.21"]),
-                rng.choice([",CVE-1,", ",CVE-1,CVE-2,", ""]))
+                rng.choice([",CVE-1,", ",CVE-1,CVE-2,", ""]), rng.choice([1, 1, 1, 7, 1000]))
             for _ in range(4000)]  # fmt: skip
     rows += [row("yesterday"), row("2030-13-45T00:00:00")]  # stored, not counted
     conn = store(tmp_path / "events.db")
@@ -155,3 +157,22 @@ def test_a_store_written_before_rollups_is_counted_by_the_writer(tmp_path: Path)
     assert {k: n for k, n in minutes.items() if k[0] >= horizon} == +want_minutes
     assert {k: n for k, n in tops.items() if k[0] == "source" and k[1] >= horizon} == {
         k: n for k, n in want_tops.items() if k[0] == "source"}  # fmt: skip
+
+
+def test_a_store_from_before_aggregation_gets_its_count_column(tmp_path: Path) -> None:
+    """An events table without `count` (written before aggregation) is given the column, its
+    rows counting 1 each, and new aggregated rows are counted by their count."""
+    db = tmp_path / "events.db"
+    conn = sqlite3.connect(str(db), isolation_level=None)
+    conn.executescript(EVENTS_SCHEMA.replace(",\n    count INTEGER NOT NULL DEFAULT 1", ""))
+    assert "count" not in {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+    with conn:
+        conn.execute("BEGIN")
+        old_insert = _INSERT.replace(", count)", ")").replace(", ?)", ")")
+        conn.executemany(old_insert, [row(NOW)[:16]])
+    db.chmod(0o600)  # as the sink creates it (a store every user may read is refused)
+    with EventSink(db, None, aggregate_window=3600) as sink:
+        for _ in range(10):
+            sink.emit(event(0))  # one key: one record now, one summary of 9 at close
+    counts = [r[0] for r in conn.execute("SELECT count FROM events ORDER BY id")]
+    assert counts == [1, 1, 9]

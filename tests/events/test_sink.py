@@ -112,14 +112,13 @@ def test_emit_never_blocks_and_counts_drops(tmp_path: Path) -> None:
         while not sink._queue.empty() and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(BATCH_WAIT + 0.3)  # batch window over: the writer now waits for the lock
-        queued = [sink.emit(event(i)) for i in range(1, 11)]  # never blocks (lock held)
+        for i in range(1, 11):  # a blocking emit would hang here (the lock is still held)
+            sink.emit(event(i))
     finally:
         locker.execute("COMMIT")
         locker.close()
     sink.close()
     assert sink.dropped == 8 and sink.emitted == 3 and sink.written == 3
-    assert queued == [True, True] + [False] * 8  # emit says which were queued
-    assert sum(sink.dropped_by_rule.values()) == 8  # and counts the rest by rule
     conn = sqlite3.connect(db)
     assert [r[0] for r in conn.execute("SELECT flow_id FROM events ORDER BY id")] == [
         1000,
@@ -127,7 +126,7 @@ def test_emit_never_blocks_and_counts_drops(tmp_path: Path) -> None:
         1002,
     ]
     conn.close()
-    assert sink.emit(event(99)) is False  # after close: dropped, no exception
+    sink.emit(event(99))  # after close: dropped, no exception
     assert sink.dropped == 9
 
 
