@@ -6,12 +6,15 @@
   gateway process: tests start their own `vpatch run` or NFQUEUE reader in `lab.gw_ns`), named
   "vpt<pid>" so it never collides with a user's lab; always torn down, also on failure.
 - `make_lab`: builds extra labs (any LabSpec options) for one test and tears them all down.
+- `ns`: a bare network namespace for one test (no lab, no address), deleted afterwards, also on
+  failure (a module may define its own `ns` with more in it).
 - `netns` marked tests are skipped with a reason when not running as root.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "netns" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def ns() -> Iterator[str]:
+    name = f"vptns{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,16 +70,6 @@ def test_bad_rule_fails_fast(tmp_path: Path) -> None:
     r = vpatch("run", "-c", str(cfg), "--print-rules")
     assert r.returncode == 2
     assert str(rule) in r.stderr
-
-
-@pytest.fixture
-def ns() -> Iterator[str]:
-    name = f"vptrun{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _ours(ns: str) -> list[str]:

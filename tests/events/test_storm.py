@@ -22,41 +22,11 @@ from gateway.events.sink import EventSink
 from gateway.intake.nfqueue import PacketHandler, WorkerStats, publish_sink
 from gateway.match.rules import default_rule_dir, load_rules
 from gateway.testing.traffic import udp_exchange
+from tests.intake.test_nfqueue import QueuedPacket
 
 STORM = 100_000
 SOURCES = 10
 SLAMMER = bytes([4]) + b"\x01" * 96 + b"\x90" * 279  # rules/ms02-039-slammer.yaml's shape
-
-
-class Pkt:
-    """A queued packet as PacketHandler sees it (netfilterqueue.Packet's subset)."""
-
-    indev = physindev = 0
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.verdict = ""
-
-    def get_payload(self) -> bytes:
-        return self.data
-
-    def get_mark(self) -> int:
-        return 0
-
-    def get_hw(self) -> bytes | None:
-        return None
-
-    def set_mark(self, mark: int) -> None:
-        pass
-
-    def set_payload(self, payload: bytes) -> None:
-        self.data = payload
-
-    def accept(self) -> None:
-        self.verdict = "accept"
-
-    def drop(self) -> None:
-        self.verdict = "drop"
 
 
 def test_a_storm_of_100k_alerts_is_aggregated_and_every_verdict_given(tmp_path: Path) -> None:
@@ -72,7 +42,7 @@ def test_a_storm_of_100k_alerts_is_aggregated_and_every_verdict_given(tmp_path: 
         src = f"198.18.1.{i % SOURCES + 1}"
         sport = 1024 + i // SOURCES
         (data,) = udp_exchange(SLAMMER, sport=sport, dport=1434, client=src)
-        pkt = Pkt(data)
+        pkt = QueuedPacket(data)
         handler(pkt)
         verdicts[pkt.verdict] += 1
     seconds = time.monotonic() - started

@@ -3,9 +3,7 @@ real kernel in a namespace of the test's own."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
@@ -33,16 +31,6 @@ def test_parse_finds_the_counting_rule_only() -> None:
         "uninspected_bytes": 420,
         "uninspected_available": True,
     }
-
-
-@pytest.fixture
-def ns() -> Iterator[str]:
-    name = f"vptcnt{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.mark.netns

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 # a packet and an engine as PacketHandler sees them (the real ones run in the tests below)
-class _Pkt:
+class QueuedPacket:
+    """A queued packet as PacketHandler sees it (netfilterqueue.Packet's subset); `verdict`
+    is what the handler gave it."""
+
     indev = physindev = 0
 
     def __init__(self, data: bytes) -> None:
@@ -93,11 +95,11 @@ def test_handler_counts_bytes_handed_to_the_engine() -> None:
     for n in (0, 10, 1400):
         data = bytes(IP(src="198.18.0.10", dst="198.18.0.20") / UDP(sport=1, dport=53) / (b"x" * n))
         sizes.append(len(data))
-        handler(_Pkt(data))
+        handler(QueuedPacket(data))
     assert stats.get("packets") == 3 and stats.get("bytes") == sum(sizes)
 
 
-class _MarkedPkt(_Pkt):
+class _MarkedPkt(QueuedPacket):
     """Comes with a site's bit (0x1) and the kernel rules' "queued" bit; keeps what is set."""
 
     def __init__(self, data: bytes) -> None:
@@ -235,16 +237,6 @@ SCRIPT = textwrap.dedent(
                       "unseen": unseen, "stats": stats.snapshot()}))
     """
 )
-
-
-@pytest.fixture
-def ns() -> Iterator[str]:
-    name = f"vptnfq{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _run(ns: str, mode: str, policy: str) -> dict[str, object]:

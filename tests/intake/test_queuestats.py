@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,16 +77,6 @@ SCRIPT = textwrap.dedent(
                       "listed_after_unbind": 7 in read_queue_counters().queues}))
     """
 )
-
-
-@pytest.fixture
-def ns() -> Iterator[str]:
-    name = f"vptqs{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.mark.netns
