@@ -192,13 +192,7 @@ def add_learned_tuple(
 ) -> bool:
     """Add `t` to the live lockdown set of its family and kind (`ipset add -exist`); False
     when ipset cannot express the tuple (nothing done)."""
-    found = tuple_element(t)
-    if found is None:
-        return False
-    key, element = found
-    name = set_names(prefix, tuple_family(t))[key]
-    run_cmd(["ipset", "add", name, element, "-exist"], netns)
-    return True
+    return _lockdown_set("add", t, netns, prefix)
 
 
 def remove_learned_tuple(
@@ -206,10 +200,15 @@ def remove_learned_tuple(
 ) -> bool:
     """Remove `t` from the live lockdown set (`ipset del -exist`): connections it would have
     let in are refused from now on; established ones go on. False when ipset cannot express it."""
+    return _lockdown_set("del", t, netns, prefix)
+
+
+def _lockdown_set(verb: str, t: LearnedTuple, netns: str | None, prefix: str) -> bool:
+    """`ipset VERB` (add / del) of `t` in the live lockdown set of its family and kind."""
     found = tuple_element(t)
     if found is None:
         return False
     key, element = found
     name = set_names(prefix, tuple_family(t))[key]
-    run_cmd(["ipset", "del", name, element, "-exist"], netns)
+    run_cmd(["ipset", verb, name, element, "-exist"], netns)
     return True
