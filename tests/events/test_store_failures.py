@@ -36,7 +36,8 @@ CHILD = textwrap.dedent(
     from gateway.intake.nfqueue import PacketHandler, WorkerStats, publish_sink
     from gateway.match.rules import default_rule_dir, load_rules
     from gateway.testing.traffic import udp_exchange
-    from tests.events.test_storm import SLAMMER, Pkt
+    from tests.events.test_storm import SLAMMER
+    from tests.intake.test_nfqueue import QueuedPacket as Pkt
 
     root = Path(sys.argv[1])
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "vpatch-test", str(root)],
