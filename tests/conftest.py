@@ -9,6 +9,8 @@
 - `ns`: a bare network namespace for one test (no lab, no address), deleted afterwards, also on
   failure (a module may define its own `ns` with more in it).
 - `netns` marked tests are skipped with a reason when not running as root.
+- `slow` marked tests (VM labs, soaks: minutes each) are skipped unless VPATCH_SLOW=1 is set;
+  each says in its docstring which documented command runs it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ CORPORA = REPO_ROOT.parent / "shared" / "corpora"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("VPATCH_SLOW") != "1":
+        slow = pytest.mark.skip(reason="slow (VM lab or soak): run with VPATCH_SLOW=1")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(slow)
     if os.geteuid() == 0:
         return
     skip = pytest.mark.skip(reason="needs root for network namespaces (netns marker)")
