@@ -378,6 +378,7 @@ LIMIT_CHOICES: Final[Mapping[Limit, tuple[LimitPolicy, ...]]] = {
     Limit.STREAM_HOLE: (LimitPolicy.PASS, LimitPolicy.ALERT, LimitPolicy.RESET),
     Limit.FLOW_TABLE: (LimitPolicy.ALERT, LimitPolicy.RESET, LimitPolicy.PASS),
     Limit.DECODER: (LimitPolicy.ALERT, LimitPolicy.RESET, LimitPolicy.PASS),
+    Limit.FIELD: (LimitPolicy.ALERT, LimitPolicy.RESET, LimitPolicy.PASS),
     Limit.NORMALIZER: (LimitPolicy.PASS, LimitPolicy.ALERT, LimitPolicy.RESET),
     Limit.DEFRAG: (LimitPolicy.PASS, LimitPolicy.ALERT),
 }  # fmt: skip
@@ -459,6 +460,15 @@ class LimitsConfig:
         "failed (a bug): its direction's fields are no longer decoded, raw patterns go on. A "
         "decoder that refuses bytes raises an anomaly record, judged by the anomaly rules "
         "9300001-9300004, instead.",
+    )
+    field: LimitPolicy = setting(
+        LimitPolicy.ALERT,
+        "A derived HTTP field was cut at its bound: 64 KiB of `http.query`, "
+        "`http.body_params` or `http.lookups`, 1 MiB of `http.header_lines`, 1024 "
+        "parameters (PHP's and ASP.NET's own default is 1000). What padding pushed past it is "
+        "not in the field, though the raw `http.uri`, header and `http.body` fields still "
+        "hold it. `alert` (default): an event names the field, once per flow; `reset`: event "
+        "and reset; `pass`: counted (`limit_field`).",
     )
     normalizer: LimitPolicy = setting(
         LimitPolicy.PASS,

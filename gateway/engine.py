@@ -88,6 +88,7 @@ from gateway.decode.packet import (
     parse_frame,
     parse_ip,
 )
+from gateway.decode.registry import cut_field
 from gateway.decode.session import (
     AppSession,
     UnitMemo,
@@ -534,6 +535,11 @@ class Engine:
         port = flow.key.server_port
         out: list[Rule] = rebound
         for record in records:
+            cut = record.fields.get(cut_field(record.app))
+            if cut is not None:  # padding pushed part of a derived field past its bound
+                limiter = self._limiter
+                why = bytes(cut).split(b"\n", 1)[0].decode("latin-1") if cut else "field"
+                limiter.defer(limiter.reached(flow, insp, pkt, d, Limit.FIELD, why, now))
             app_group = apps.get(record.app)
             if app_group is not None:
                 found = matcher.evaluate(app_group, record.fields)

@@ -110,6 +110,7 @@ class Limit(enum.Enum):
     STREAM_HOLE = "stream_hole"  # a hole in a TCP stream was skipped (never seen bytes)
     FLOW_TABLE = "flow_table"  # the flow table was full when a new flow came
     DECODER = "decoder"  # an app decoder's own bounds or failure ended its direction
+    FIELD = "field"  # a derived field (query, form parameters, header lines) was cut
     NORMALIZER = "normalizer"  # the TCP normaliser dropped a segment or reset a flow
     DEFRAG = "defrag"  # the IP defragmenter refused a fragment or a datagram
 

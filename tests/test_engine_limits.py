@@ -314,3 +314,59 @@ def test_a_decoded_udp_flow_is_inspected_past_its_depth(tmp_path: Path) -> None:
         last = engine.process_ip(query("evil.example"), 110.0)
         assert (last.action is Action.DROP) is blocked, policy
         assert engine.stats.as_dict()["limit_udp_depth"] >= 1
+
+
+def _form_post(params: bytes) -> bytes:
+    return (
+        b"POST /form HTTP/1.1\r\nHost: lab\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: " + str(len(params)).encode() + b"\r\n\r\n" + params
+    )
+
+
+PADDED_FORM = _form_post(b"&".join(b"p%d=1" % i for i in range(1100)) + b"&last=2")
+PADDED_QUERY = b"GET /?" + b"x=" + b"A" * 70000 + b"&q=1 HTTP/1.1\r\nHost: lab\r\n\r\n"
+
+
+def test_a_derived_field_cut_by_padding_is_a_limit_with_an_event() -> None:
+    """Padding that pushes a parameter or a header out of a derived field (issue 10 point 2:
+    derived-field caps) raises `limits.field` (default alert) naming the field, once per flow;
+    an ordinary form raises nothing."""
+    rules = load_rules([Path("rules")])
+    for request, field in (
+        (PADDED_FORM, b"http.body_params: parameters past 1024"),
+        (PADDED_QUERY, b"http.query: bytes past"),
+    ):
+        engine = Engine(rules, EngineConfig())
+        c = Conn(engine)
+        c.handshake()
+        pieces = [request[i : i + 30000] for i in range(0, len(request), 30000)]
+        for i, piece in enumerate(pieces):
+            d = c.data(30000 * i, piece)
+        assert d.action is Action.ALERT, (field, d)
+        (event,) = d.events
+        assert event.signature_id == 9300018
+        assert event.limit == "field" and field.decode() in event.condition
+        assert engine.stats.as_dict()["limit_field"] == 1
+        again = c.data(len(request), PADDED_FORM)  # the same flow: no second event
+        assert not again.events
+    engine = Engine(rules, EngineConfig())
+    c = Conn(engine)
+    c.handshake()
+    plain = _form_post(b"&".join(b"p%d=1" % i for i in range(1000)))
+    assert c.data(0, plain) == Decision(Action.ACCEPT)
+    assert engine.stats.as_dict()["limit_field"] == 0
+
+
+def test_a_derived_field_cut_under_policy_reset_or_pass() -> None:
+    rules = load_rules([Path("rules")])
+    engine = Engine(rules, EngineConfig(limits=LimitsConfig(field=LimitPolicy.RESET)))
+    c = Conn(engine)
+    c.handshake()
+    d = c.data(0, PADDED_FORM)
+    assert d.action is Action.RESET and _sids(d) == [9300018]
+    engine = Engine(rules, EngineConfig(limits=LimitsConfig(field=LimitPolicy.PASS)))
+    c = Conn(engine)
+    c.handshake()
+    assert c.data(0, PADDED_FORM) == Decision(Action.ACCEPT)
+    assert engine.stats.as_dict()["limit_field"] == 1

@@ -29,15 +29,24 @@ from gateway.decode.registry import (
     FieldKind,
     FieldValue,
     Probe,
+    cut_field,
     register,
     variant_key,
 )
 from gateway.errors import DecodeError
 from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Direction
 
-__all__ = ["MAX_RECORDS_PER_FEED", "DnsTcpAdapter", "DnsUdpAdapter", "HttpAdapter", "TlsAdapter"]
+__all__ = [
+    "CUT_FIELD",
+    "MAX_RECORDS_PER_FEED",
+    "DnsTcpAdapter",
+    "DnsUdpAdapter",
+    "HttpAdapter",
+    "TlsAdapter",
+]
 
 MAX_RECORDS_PER_FEED: Final = 4096  # records one feed may return (bounds a hostile stream)
+CUT_FIELD: Final = cut_field("http")  # the derived fields a bound cut (limits.field)
 # A header announcing a body (RFC 9112 section 6.3): such a request head is no whole unit.
 _BODY_HEADERS: Final = re.compile(rb"(?i)\r\n(?:content-length|transfer-encoding)\s*:")
 
@@ -349,10 +358,12 @@ def _derived_head_fields(request: _http.Request, head: dict[str, FieldValue]) ->
     if "%" in request.uri:
         for n, layer in enumerate(_uri.raw_variants(request.uri), 1):
             head[variant_key("http.uri.raw", n)] = _latin(layer)
-    head["http.header_lines"] = _latin(_httpf.header_lines(request.headers))
+    cuts = _Cuts()
+    lines = _httpf.header_lines(request.headers, cuts.of("header_lines"))
+    head["http.header_lines"] = _latin(lines)
     head["http.uri.climb"] = _httpf.climb_depth(request.uri)
     query = request.uri.partition("?")[2]
-    head["http.query"] = _latin(_httpf.url_params(query))
+    head["http.query"] = _latin(_httpf.url_params(query, cuts.of("query")))
     codec = _charsets.declared_codec(request.header("content-type") or "") if query else None
     if codec is not None:  # ASP.NET reads the query string in the body's charset too
         in_charset = _latin(_httpf.form_params(query.encode("latin-1", "replace"), codec))
@@ -365,7 +376,30 @@ def _derived_head_fields(request: _http.Request, head: dict[str, FieldValue]) ->
     if credentials is not None:
         head["http.auth.basic"] = _latin(credentials)
         parts.append(credentials)
-    head["http.lookups"] = _latin(_httpf.lookup_text(parts))
+    head["http.lookups"] = _latin(_httpf.lookup_text(parts, cuts.of("lookups")))
+    cuts.store(head)
+
+
+class _Cuts:
+    """The derived fields of one record a bound cut (http_fields' `cuts` lists), kept in the
+    record's `http.cut` as `field: what` lines for the engine's `limits.field` policy."""
+
+    __slots__ = ("lists",)
+
+    def __init__(self) -> None:
+        self.lists: list[tuple[str, list[str]]] = []
+
+    def of(self, field: str) -> list[str]:
+        found: list[str] = []
+        self.lists.append((field, found))
+        return found
+
+    def store(self, fields: dict[str, FieldValue]) -> None:
+        lines = [f"http.{field}: {why}" for field, found in self.lists for why in found]
+        if lines:
+            previous = fields.get(CUT_FIELD)
+            text = "\n".join(dict.fromkeys(lines)).encode("latin-1", "replace")
+            fields[CUT_FIELD] = previous + b"\n" + text if isinstance(previous, bytes) else text
 
 
 def _derived_body_fields(fields: dict[str, FieldValue], body: bytes) -> None:
@@ -383,26 +417,28 @@ def _derived_body_fields(fields: dict[str, FieldValue], body: bytes) -> None:
     raw_type = fields.get("http.header.content-type", b"")
     type_text = raw_type.decode("latin-1") if isinstance(raw_type, bytes) else ""
     text = body.decode("latin-1")
-    params = _body_params(body, type_text)
+    cuts = _Cuts()
+    params = _body_params(body, type_text, cuts.of("body_params"))
     fields["http.body_params"] = _latin(params)
     texts = [text, params, *_charset_variants(fields, body, type_text, params)]
     parts = [p for p in texts if "${" in p or "%24" in p.lower()]
     if parts:
         previous = fields.get("http.lookups", b"")
-        more = _latin(_httpf.lookup_text(parts))
+        more = _latin(_httpf.lookup_text(parts, cuts.of("lookups")))
         if isinstance(previous, bytes) and more:
             fields["http.lookups"] = previous + b"\n" + more if previous else more
+    cuts.store(fields)
 
 
-def _body_params(body: bytes, type_text: str) -> str:
+def _body_params(body: bytes, type_text: str, cuts: list[str] | None = None) -> str:
     """The parameters of a body read as bytes (UTF-8 for JSON), by its Content-Type."""
     content_type = type_text.lower()
     if "x-www-form-urlencoded" in content_type:
-        return _httpf.url_params(body.decode("latin-1"))
+        return _httpf.url_params(body.decode("latin-1"), cuts)
     if "multipart/" in content_type:
-        return _httpf.multipart_params(body, type_text)
+        return _httpf.multipart_params(body, type_text, None, cuts)
     if "json" in content_type or (body[:1] in (b"{", b"[") and b"\\u" in body):
-        return _httpf.json_params(body)
+        return _httpf.json_params(body, cuts)
     return ""
 
 
@@ -638,6 +674,7 @@ register(
             "http.auth.basic": _B,
             "http.lookups": _B,
             "http.body_params": _B,
+            "http.cut": _B,
         },
         new_decoder=_new_http,
         probe=_probe_http,

@@ -18,7 +18,10 @@ Pure functions over one decoded request (no I/O, no state). The HTTP adapter in
   `normalize_uri` clamps (RFC 3986 section 5.2.4) and a traversal exploit relies on.
 
 Guarantees: never raises on any input; every output is bounded (`MAX_DERIVED_BYTES`,
-`MAX_PARAMS` parameters); lookups are resolved in one linear pass, whatever their nesting.
+`MAX_PARAMS` parameters); lookups are resolved in one linear pass, whatever their nesting. A
+function given a `cuts` list appends one line to it whenever a bound left part of its input out
+of the result (the engine's `limits.field` policy judges it: gateway/flow/limits.py), so no
+padding pushes a parameter or a header out of a derived field unseen.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from gateway.decode.uri import MAX_DECODE_ROUNDS, decode_once
 
 __all__ = [
     "MAX_DERIVED_BYTES",
+    "MAX_HEADER_LINES",
     "MAX_LOOKUP_INPUT",
     "MAX_PARAMS",
     "basic_credentials",
@@ -51,9 +55,14 @@ __all__ = [
     "url_params",
 ]
 
-MAX_DERIVED_BYTES: Final = 16 * 1024  # bound of every derived field value
+# Bounds of the derived fields, chosen so that a request the servers accept is never cut: a
+# field holds as much as the decoder keeps of its source (the body it inspects: 64 KiB, the
+# head: 1 MiB), and as many parameters as PHP (max_input_vars) and ASP.NET
+# (MaxHttpCollectionKeys) hand an application by default (1000). Past them `cuts` notes it.
+MAX_DERIVED_BYTES: Final = 64 * 1024  # bound of every derived field value (http.MAX_BODY_INSPECT)
+MAX_HEADER_LINES: Final = 1024 * 1024  # bound of http.header_lines (http.MAX_HEAD_BYTES)
 MAX_LOOKUP_INPUT: Final = 1024 * 1024  # characters of one request part resolved (a head's bound)
-MAX_PARAMS: Final = 256  # parameters kept from one query string or form body
+MAX_PARAMS: Final = 1024  # parameters kept from one query string or form body
 
 _PCT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
 _PCT_U: Final = re.compile(r"%[uU]([0-9A-Fa-f]{4})")
@@ -81,14 +90,25 @@ def full_percent_decode(text: str, plus_is_space: bool = False) -> str:
     return text
 
 
-def header_lines(headers: Iterable[tuple[str, str]]) -> str:
+def _past_bytes(cuts: list[str] | None, bound: int = MAX_DERIVED_BYTES) -> None:
+    if cuts is not None:
+        cuts.append(f"bytes past {bound}")
+
+
+def _past_params(cuts: list[str] | None) -> None:
+    if cuts is not None:
+        cuts.append(f"parameters past {MAX_PARAMS}")
+
+
+def header_lines(headers: Iterable[tuple[str, str]], cuts: list[str] | None = None) -> str:
     """`name: value` per header, in order, joined by newlines (bounded)."""
     out: list[str] = []
     size = 0
     for name, value in headers:
         line = f"{name}: {value}"
         size += len(line) + 1
-        if size > MAX_DERIVED_BYTES:
+        if size > MAX_HEADER_LINES:
+            _past_bytes(cuts, MAX_HEADER_LINES)
             break
         out.append(line)
     return "\n".join(out)
@@ -110,17 +130,24 @@ def basic_credentials(value: str | None) -> str | None:
     return _cap(raw.decode("latin-1"))
 
 
-def url_params(text: str) -> str:
+def url_params(text: str, cuts: list[str] | None = None) -> str:
     """`name=value` lines of a urlencoded string, both sides fully decoded (bounded)."""
     out: list[str] = []
     size = 0
-    for part in text.split("&")[:MAX_PARAMS]:
+    parts = text.split("&", MAX_PARAMS)
+    if len(parts) > MAX_PARAMS and parts.pop().strip("&"):
+        _past_params(cuts)
+    for part in parts:
         if not part:
             continue
         name, eq, value = part.partition("=")
+        if len(value) > MAX_DERIVED_BYTES or len(name) > MAX_DERIVED_BYTES:
+            _past_bytes(cuts)
+            break
         line = full_percent_decode(name, True) + eq + full_percent_decode(value, True)
         size += len(line) + 1
         if size > MAX_DERIVED_BYTES:
+            _past_bytes(cuts)
             break
         out.append(line)
     return "\n".join(out)
@@ -174,7 +201,7 @@ def resolve_lookups(text: str) -> str:
     return _cap("\n".join(windows) if windows else result)
 
 
-def lookup_text(parts: Iterable[str]) -> str:
+def lookup_text(parts: Iterable[str], cuts: list[str] | None = None) -> str:
     """Every part that holds a lookup (`${`, also once %-decoded), resolved, one per line."""
     out: list[str] = []
     size = 0
@@ -188,6 +215,7 @@ def lookup_text(parts: Iterable[str]) -> str:
             resolved = resolve_lookups(text)
             size += len(resolved) + 1
             if size > MAX_DERIVED_BYTES:
+                _past_bytes(cuts)
                 return "\n".join(out)
             out.append(resolved)
     return "\n".join(out)
@@ -226,16 +254,23 @@ _PART_END: Final = b"\r\n-"  # the CRLF (and dashes) before the next delimiter
 _PART_CHARSET: Final = re.compile(r"""(?i)charset\s*=\s*["']?([^"'\s;,]{1,80})""")
 
 
-def _multipart_parts(body: bytes, content_type: str) -> list[tuple[dict[str, str], str, bytes]]:
+def _multipart_parts(
+    body: bytes, content_type: str, cuts: list[str] | None = None
+) -> list[tuple[dict[str, str], str, bytes]]:
     """Each part of a multipart body with a Content-Disposition: its parameters (name,
     filename, filename*), the `charset` of its own Content-Type ("" when none) and its value
-    (cut at MAX_PART_VALUE bytes), at most MAX_PARAMS parts."""
+    (cut at MAX_PART_VALUE bytes), at most MAX_PARAMS parts. A value cut is not noted in
+    `cuts` (file contents are long by nature; the raw body rules see them), the parts past
+    MAX_PARAMS are."""
     found = _BOUNDARY.search(content_type)
     if found is None:
         return []
     delimiter = b"--" + (found.group(1) or found.group(2)).encode("latin-1")
     parts: list[tuple[dict[str, str], str, bytes]] = []
-    for part in body.split(delimiter)[1 : MAX_PARAMS + 1]:
+    pieces = body.split(delimiter, MAX_PARAMS + 1)
+    if len(pieces) > MAX_PARAMS + 1 and len(pieces[-1].strip(b"-\r\n")) > 0:
+        _past_params(cuts)
+    for part in pieces[1 : MAX_PARAMS + 1]:
         head, sep, value = part.partition(b"\r\n\r\n")
         if not sep:
             head, sep, value = part.partition(b"\n\n")
@@ -259,7 +294,9 @@ def _multipart_parts(body: bytes, content_type: str) -> list[tuple[dict[str, str
     return parts
 
 
-def multipart_params(body: bytes, content_type: str, codec: str | None = None) -> str:
+def multipart_params(
+    body: bytes, content_type: str, codec: str | None = None, cuts: list[str] | None = None
+) -> str:
     """`name=value` lines of a multipart/form-data body (RFC 7578), and `filename=NAME` for
     file parts: what the application's form parser hands it, field names and filenames
     included (Struts S2-046 runs the filename). Values are cut at MAX_PART_VALUE bytes; bounded
@@ -267,7 +304,7 @@ def multipart_params(body: bytes, content_type: str, codec: str | None = None) -
     decoded as the server reads it, in UTF-8: in its part's own `charset`, else the one the
     `_charset_` field names (RFC 7578 section 4.6), else `codec`; values of no known charset
     stay as their bytes."""
-    parts = _multipart_parts(body, content_type)
+    parts = _multipart_parts(body, content_type, cuts)
     default = codec
     if codec is not None:
         for params, _charset, value in parts:
@@ -286,6 +323,7 @@ def multipart_params(body: bytes, content_type: str, codec: str | None = None) -
         for line in lines:
             size += len(line) + 1
             if size > MAX_DERIVED_BYTES:
+                _past_bytes(cuts)
                 return "\n".join(out)
             out.append(line)
     return "\n".join(out)
@@ -309,20 +347,26 @@ def _form_part(data: bytes, codec: str) -> str:
     return text.encode("utf-8", "replace").decode("latin-1")
 
 
-def form_params(body: bytes, codec: str) -> str:
+def form_params(body: bytes, codec: str, cuts: list[str] | None = None) -> str:
     """`name=value` lines of a urlencoded body in charset `codec` (a value of
     charsets.CHARSETS) as ASP.NET (`HttpValueCollection.FillFromEncodedBytes`), Tomcat and
     Django read it: split at the ASCII bytes `&` and `=`, each side %-decoded to bytes then
     decoded in `codec`; the lines in UTF-8, bounded as `url_params`."""
     out: list[str] = []
     size = 0
-    for part in body[: MAX_DERIVED_BYTES * 4].split(b"&")[:MAX_PARAMS]:
+    if len(body) > MAX_DERIVED_BYTES * 4:
+        _past_bytes(cuts)
+    parts = body[: MAX_DERIVED_BYTES * 4].split(b"&", MAX_PARAMS)
+    if len(parts) > MAX_PARAMS and parts.pop().strip(b"&"):
+        _past_params(cuts)
+    for part in parts:
         if not part:
             continue
         name, eq, value = part.partition(b"=")
         line = _form_part(name, codec) + ("=" if eq else "") + _form_part(value, codec)
         size += len(line) + 1
         if size > MAX_DERIVED_BYTES:
+            _past_bytes(cuts)
             break
         out.append(line)
     return "\n".join(out)
@@ -331,7 +375,7 @@ def form_params(body: bytes, codec: str) -> str:
 _JSON_ESCAPE: Final = re.compile(r"\\u([0-9A-Fa-f]{4})")
 
 
-def json_params(body: bytes) -> str:
+def json_params(body: bytes, cuts: list[str] | None = None) -> str:
     """`path=value` lines of a JSON body's strings and numbers, keys and values with their
     escapes decoded (backslash-u0024{jndi: is ${jndi: to the application). A body that does
     not parse (or nests too deep for the parser) still has its backslash-u escapes decoded, as
@@ -340,11 +384,17 @@ def json_params(body: bytes) -> str:
     try:
         document = json.loads(text)
     except (ValueError, RecursionError):
-        return _cap(_JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text))
+        decoded = _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+        if len(decoded) > MAX_DERIVED_BYTES:
+            _past_bytes(cuts)
+        return _cap(decoded)
     out: list[str] = []
     size = 0
     stack: list[tuple[str, object]] = [("", document)]
-    while stack and len(out) < MAX_PARAMS:
+    while stack:
+        if len(out) >= MAX_PARAMS:
+            _past_params(cuts)
+            break
         path, node = stack.pop()
         if isinstance(node, dict):
             stack.extend((f"{path}.{key}" if path else str(key), v) for key, v in node.items())
@@ -355,6 +405,7 @@ def json_params(body: bytes) -> str:
         line = f"{path}={node}"
         size += len(line) + 1
         if size > MAX_DERIVED_BYTES:
+            _past_bytes(cuts)
             break
         out.append(line)
     return "\n".join(out)

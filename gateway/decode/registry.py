@@ -68,6 +68,7 @@ __all__ = [
     "ProbeFunc",
     "RecoverableDecoder",
     "anomaly_field",
+    "cut_field",
     "field_kind",
     "get",
     "identify",
@@ -238,6 +239,13 @@ def register(protocol: AppProtocol) -> None:
     if anomaly not in protocol.fields:
         protocol = replace(protocol, fields={**protocol.fields, anomaly: FieldKind.BYTES})
     _REGISTRY[name] = protocol
+
+
+def cut_field(name: str) -> str:
+    """The field of a record some of whose derived fields a bound cut: one `field: what` line
+    each (gateway/decode/http_fields.py `cuts`; the engine's `limits.field` policy judges it).
+    Only protocols that declare it carry it (HTTP)."""
+    return name + ".cut"
 
 
 def anomaly_field(name: str) -> str:

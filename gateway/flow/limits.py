@@ -12,7 +12,7 @@ What it does:
   cached per address (at most MAX_CACHED_SERVERS, cleared when full).
 - `LIMIT_RULES`: the vpatch rule id and title of each limit's event. Limit events are alerts
   like the anomaly rules' (rules/vpatch-anomalies.yaml, 9300001-9300004), with ids
-  9300010-9300017 reserved for them; `vpatch.limit` in EVE names the limit.
+  9300010-9300018 reserved for them; `vpatch.limit` in EVE names the limit.
 - `limit_event(...)` builds that event; `LimitTable.flowless_due(limit, now)` rate-limits the
   events that belong to no flow (flow table full, defragmentation) to one a second per limit.
   Per flow, the engine raises each limit's event at most once (`Inspection.limits_hit`).
@@ -67,6 +67,7 @@ LIMIT_RULES: Final = {
     Limit.DECODER: LimitRule(9300015, "limit: app decoder stopped, fields no longer decoded"),
     Limit.NORMALIZER: LimitRule(9300016, "limit: TCP normaliser refused a segment", "medium"),
     Limit.DEFRAG: LimitRule(9300017, "limit: IP fragments refused", "medium"),
+    Limit.FIELD: LimitRule(9300018, "limit: a derived HTTP field cut at its bound", "medium"),
 }
 LIMIT_BITS: Final = {limit: 1 << i for i, limit in enumerate(Limit)}  # Inspection.limits_hit
 
@@ -81,6 +82,7 @@ class HostPolicies:
     stream_hole: LimitPolicy
     flow_table: LimitPolicy
     decoder: LimitPolicy
+    field: LimitPolicy
     normalizer: LimitPolicy
     defrag: LimitPolicy
 

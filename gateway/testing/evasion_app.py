@@ -235,6 +235,52 @@ def _form_percent(data: bytes) -> bytes | None:
     return _changed(data, _join(out))
 
 
+PAD_HEADERS: Final = 48  # header lines of 400 bytes before the real ones: 19 KiB (Apache: 100)
+PAD_PARAMS: Final = 300  # parameters before the real ones (PHP and ASP.NET take 1000)
+
+
+def _pad_headers(head: bytes) -> bytes:
+    """Padding header lines before the real ones: a server reads every header whatever how
+    many come first (Apache LimitRequestFields 100, IIS 16 KiB per line)."""
+    first, sep, rest = head.partition(b"\r\n")
+    pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 400) for i in range(PAD_HEADERS))
+    return first + sep + pad + rest if sep else head
+
+
+_RAW_QUERY_TARGET: Final = re.compile(rb"(?i)\.(?:ida|idq|dll|exe)$")
+
+
+def _param_list(query: bytes) -> bool:
+    """A query string a form parser reads as name=value pairs: padding it leaves every pair
+    as it was. Excluded: a query that is not such a list (php-cgi reads one without "=" as
+    command-line arguments) and one for an ISAPI extension or CGI binary, which get the raw
+    string (its length is what Code Red overflows)."""
+    return all(b"=" in part for part in query.split(b"&") if part)
+
+
+def _pad_params(data: bytes) -> bytes | None:
+    """Padding parameters before the real ones, in the query string (when it is a parameter
+    list read by a form parser) and in a urlencoded form body: the application gets every
+    parameter (up to its own 1000)."""
+    reqs = _requests(data)
+    if reqs is None:
+        return None
+    pad = b"".join(b"pad%d=1&" % i for i in range(PAD_PARAMS))
+    out = []
+    for head, body in reqs:
+        first, sep, rest = head.partition(b"\r\n")
+        parts = first.split(b" ")
+        if len(parts) == 3 and b"?" in parts[1]:
+            path, _, query = parts[1].partition(b"?")
+            if _param_list(query) and not _RAW_QUERY_TARGET.search(path):
+                first = b" ".join((parts[0], path + b"?" + pad + query, parts[2]))
+        if body and re.search(rb"(?im)^content-type:[ \t]*application/x-www-form-urlencoded", rest):
+            body = pad + body
+            rest = re.sub(rb"(?im)^(content-length:[ \t]*)\d+", rb"\g<1>%d" % len(body), rest)
+        out.append((first + sep + rest, body))
+    return _changed(data, _join(out))
+
+
 # Rewrites only IIS reads as the original (double decoding, %u, backslashes); the others
 # every server the rules protect.
 IIS_ONLY: Final = frozenset({"http-uri-double", "http-uri-iis-u", "http-uri-backslash"})
@@ -257,6 +303,8 @@ HTTP_REWRITES: Final[dict[str, tuple[Rewrite, str]]] = {
     "http-chunked": (_chunked(1, False), "body as 1-byte chunks"),
     "http-chunked-ext": (_chunked(3, True), "chunk extensions, zero-padded sizes"),
     "http-form-percent": (_form_percent, "form body %-encoded"),
+    "http-pad-headers": (_map_heads(_pad_headers), "19 KiB of header lines before the real ones"),
+    "http-pad-params": (_pad_params, "300 parameters before the real query and form ones"),
 }
 
 

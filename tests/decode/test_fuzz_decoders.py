@@ -270,6 +270,9 @@ FIELD_SEEDS = {
     + (4096).to_bytes(4, "little")
     + bytes.fromhex("00000100")
     + (0x1122334455667788).to_bytes(8, "little"),
+    # a query padded past its bound: the record's http.cut (limits.field)
+    "http padded query": b"GET /?" + b"&".join(b"p%d=1" % i for i in range(1100)) + b" HTTP/1.1"
+    b"\r\nHost: a\r\n\r\n",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from gateway.decode.app import HttpAdapter
 from gateway.decode.http_fields import (
     MAX_DERIVED_BYTES,
+    MAX_HEADER_LINES,
     basic_credentials,
     climb_depth,
     full_percent_decode,
@@ -81,8 +83,10 @@ def test_climb_depth(uri: str, depth: int) -> None:
 
 def test_header_lines_bounded() -> None:
     assert header_lines([("a", "1"), ("b", "() {")]) == "a: 1\nb: () {"
-    many = [("x", "y" * 1000)] * 100
-    assert len(header_lines(many)) <= MAX_DERIVED_BYTES
+    many = [("x", "y" * 10000)] * 110
+    cuts: list[str] = []
+    assert len(header_lines(many, cuts)) <= MAX_HEADER_LINES
+    assert cuts == [f"bytes past {MAX_HEADER_LINES}"]
 
 
 def test_adapter_emits_derived_fields_whole_and_byte_by_byte() -> None:
@@ -155,4 +159,54 @@ def test_request_bodies_are_decoded_as_the_application_reads_them() -> None:
         "a.b=${x}",
     ]
     assert json_params(b'{"a": "\\u0024{x}"') == '{"a": "${x}"'  # unparsable: escapes decoded
-    assert len(json_params(b"[" * 100_000)) <= 16 * 1024  # too deep for the parser: bounded
+    assert len(json_params(b"[" * 100_000)) <= MAX_DERIVED_BYTES  # too deep for the parser: bounded
+
+
+def test_every_cut_of_a_derived_field_is_noted() -> None:
+    """What a bound leaves out is noted in `cuts` (the engine's `limits.field`); what fits is
+    not, so an ordinary request never raises the limit."""
+    from gateway.decode.http_fields import (
+        MAX_PARAMS,
+        form_params,
+        json_params,
+        multipart_params,
+    )
+
+    many = "&".join(f"p{i}=1" for i in range(MAX_PARAMS)) + "&evil=x"
+    fits = "&".join(f"p{i}=1" for i in range(MAX_PARAMS))
+    long_value = "a=" + "A" * (MAX_DERIVED_BYTES + 1)
+    boundary = "multipart/form-data; boundary=XX"
+
+    def part(i: int) -> bytes:
+        return b'--XX\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nv\r\n' % i
+
+    parts = b"".join(part(i) for i in range(MAX_PARAMS + 1)) + b"--XX--\r\n"
+    doc = json.dumps({f"k{i}": i for i in range(MAX_PARAMS + 1)}).encode()
+    cases_cut = [
+        lambda cuts: url_params(many, cuts),
+        lambda cuts: url_params(long_value, cuts),
+        lambda cuts: form_params(many.encode(), "utf-8", cuts),
+        lambda cuts: form_params(("a=" + "B" * MAX_DERIVED_BYTES * 4).encode(), "utf-8", cuts),
+        lambda cuts: header_lines([("x-pad", "C" * MAX_HEADER_LINES)], cuts),
+        lambda cuts: json_params(doc, cuts),
+        lambda cuts: multipart_params(parts, boundary, None, cuts),
+        lambda cuts: lookup_text([f"${{jndi:{i}" + "D" * 300 + "}" for i in range(240)], cuts),
+    ]
+    for n, case in enumerate(cases_cut):
+        cuts: list[str] = []
+        case(cuts)
+        assert cuts, n
+    small_parts = b"".join(part(i) for i in range(MAX_PARAMS)) + b"--XX--\r\n"
+    cases_whole = [
+        lambda cuts: url_params(fits, cuts),
+        lambda cuts: url_params(fits + "&&&", cuts),
+        lambda cuts: form_params(fits.encode(), "utf-8", cuts),
+        lambda cuts: header_lines([("host", "lab"), ("x-a", "b" * 1000)], cuts),
+        lambda cuts: json_params(json.dumps({"a": [1, 2, {"b": "c"}]}).encode(), cuts),
+        lambda cuts: multipart_params(small_parts, boundary, None, cuts),
+        lambda cuts: lookup_text(["${jndi:ldap://x}"], cuts),
+    ]
+    for n, case in enumerate(cases_whole):
+        cuts = []
+        case(cuts)
+        assert not cuts, (n, cuts)
