@@ -35,7 +35,16 @@ from collections.abc import Hashable
 from dataclasses import dataclass, replace
 
 from gateway.decode import epm
-from gateway.decode.registry import AppDecoder, AppProtocol, AppRecord, FieldKind, Probe, register
+from gateway.decode.registry import (
+    AppDecoder,
+    AppProtocol,
+    AppRecord,
+    FieldKind,
+    FieldValue,
+    Probe,
+    register,
+    variant_key,
+)
 from gateway.errors import DecodeError
 from gateway.vocabulary import PROTO_TCP, Direction
 
@@ -137,6 +146,7 @@ class Request:
     fragments: int
     object_uuid: str  # "" unless PFC_OBJECT_UUID
     stub: bytes  # the first MAX_STUB_KEEP bytes of the stub
+    little_endian: bool = True  # the NDR integer representation of its first fragment's drep
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +166,22 @@ def _uuid(raw: bytes, little_endian: bool) -> str:
 
 
 class _Call:
-    __slots__ = ("alloc_hint", "context_id", "fragments", "length", "object_uuid", "opnum", "stub")
+    __slots__ = (
+        "alloc_hint",
+        "context_id",
+        "fragments",
+        "length",
+        "little_endian",
+        "object_uuid",
+        "opnum",
+        "stub",
+    )
 
-    def __init__(self, context_id: int, opnum: int, alloc_hint: int, object_uuid: str) -> None:
+    def __init__(
+        self, context_id: int, opnum: int, alloc_hint: int, object_uuid: str, little: bool
+    ) -> None:
         self.context_id = context_id
+        self.little_endian = little
         self.opnum = opnum
         self.alloc_hint = alloc_hint
         self.object_uuid = object_uuid
@@ -324,7 +346,7 @@ class DceRpcDecoder:
                 # cannot blind the decoder to every later call.
                 del self._calls[next(iter(self._calls))]
                 self.evicted_calls += 1
-            call = _Call(context_id, opnum, alloc_hint, object_uuid)
+            call = _Call(context_id, opnum, alloc_hint, object_uuid, little)
             self._calls[pdu.call_id] = call
         call.fragments += 1
         call.length += len(stub)
@@ -346,6 +368,7 @@ class DceRpcDecoder:
             call.fragments,
             call.object_uuid,
             bytes(call.stub),
+            call.little_endian,
         )
 
 
@@ -420,26 +443,45 @@ class DceRpcPipes:
         return [event]
 
 
+def big_endian_stub_forms(stub: bytes) -> tuple[bytes, bytes]:
+    """A big-endian NDR stub (drep integer representation 0: the server's runtime converts it,
+    NdrConvert) in the two little-endian forms the rules' patterns are written for: every
+    2-byte unit swapped (UTF-16 strings and shorts; NDR aligns them on even offsets) and every
+    4-byte unit reversed (longs, counts and pointers, aligned on multiples of 4). A pattern
+    written for a little-endian stub then finds its strings in the first and its integers in
+    the second; a mixed pattern whose integer part is a wildcard matches the first."""
+    even = len(stub) & ~1
+    swapped = bytearray(stub)
+    swapped[0:even:2], swapped[1:even:2] = stub[1:even:2], stub[0:even:2]
+    words = len(stub) & ~3
+    reversed_words = bytearray(stub)
+    for k in range(4):
+        reversed_words[k:words:4] = stub[3 - k : words : 4]
+    return bytes(swapped), bytes(reversed_words)
+
+
 def event_records(event: Event) -> list[AppRecord]:
-    """A decoder event as rule records (dcerpc.*): a BIND gives one record per context."""
+    """A decoder event as rule records (dcerpc.*): a BIND gives one record per context; a
+    big-endian request's stub also in its little-endian forms (`big_endian_stub_forms`, as
+    variants of `dcerpc.stub`)."""
     if isinstance(event, Request):
-        return [
-            AppRecord(
-                "dcerpc",
-                {
-                    "dcerpc.ptype": PTYPE_REQUEST,
-                    "dcerpc.call_id": event.call_id,
-                    "dcerpc.interface": event.interface.encode("ascii"),
-                    "dcerpc.interface_version": event.interface_version,
-                    "dcerpc.opnum": event.opnum,
-                    "dcerpc.context_id": event.context_id,
-                    "dcerpc.stub_length": event.stub_length,
-                    "dcerpc.alloc_hint": event.alloc_hint,
-                    "dcerpc.fragments": event.fragments,
-                    "dcerpc.stub": event.stub,
-                },
-            )
-        ]
+        fields: dict[str, FieldValue] = {
+            "dcerpc.ptype": PTYPE_REQUEST,
+            "dcerpc.call_id": event.call_id,
+            "dcerpc.interface": event.interface.encode("ascii"),
+            "dcerpc.interface_version": event.interface_version,
+            "dcerpc.opnum": event.opnum,
+            "dcerpc.context_id": event.context_id,
+            "dcerpc.stub_length": event.stub_length,
+            "dcerpc.alloc_hint": event.alloc_hint,
+            "dcerpc.fragments": event.fragments,
+            "dcerpc.stub": event.stub,
+        }
+        if not event.little_endian:
+            swapped, reversed_words = big_endian_stub_forms(event.stub)
+            fields[variant_key("dcerpc.stub", 1)] = swapped
+            fields[variant_key("dcerpc.stub", 2)] = reversed_words
+        return [AppRecord("dcerpc", fields)]
     if isinstance(event, MapResponse):
         return [
             AppRecord(

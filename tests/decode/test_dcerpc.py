@@ -34,6 +34,7 @@ from gateway.vocabulary import PROTO_TCP, Direction
 NDR = "8a885d04-1ceb-11c9-9fe8-08002b104860"
 ISYSTEM_ACTIVATOR = "000001a0-0000-0000-c000-000000000046"  # MS03-026 (Blaster) target
 SRVSVC = "4b324fc8-1670-01d3-1278-5a47bf6ee188"
+SPOOLSS = "12345678-1234-abcd-ef00-0123456789ab"
 SAMR = "12345778-1234-abcd-ef00-0123456789ab"
 BOTH = PFC_FIRST_FRAG | PFC_LAST_FRAG
 
@@ -294,3 +295,66 @@ def test_registered_adapter_gives_interface_per_request() -> None:
     assert req.fields["dcerpc.stub_length"] == 2 + len(OVERSIZED_NAME)
     for rec in records:
         assert set(rec.fields) <= set(proto.fields)
+
+
+def _ndr_string(text: str, e: str) -> bytes:
+    """A conformant varying NDR string (max count, offset, actual count, UTF-16 units with the
+    terminating zero) in byte order `e`, padded to 4."""
+    units = [ord(c) for c in text] + [0]
+    out = struct.pack(e + "III", len(units), 0, len(units))
+    out += b"".join(struct.pack(e + "H", u) for u in units)
+    return out + b"\0" * (-len(out) % 4)
+
+
+def path_canonicalize_stub(path: str, e: str) -> bytes:
+    """[MS-SRVS] NetprPathCanonicalize (opnum 31) arguments, NDR in byte order `e`."""
+    stub = struct.pack(e + "I", 0x20000) + _ndr_string("\\\\SRV", e)  # unique ServerName
+    stub += _ndr_string(path, e)  # PathName
+    stub += struct.pack(e + "I", 1000)  # OutbufLen
+    stub += _ndr_string("\\", e)  # Prefix
+    return stub + struct.pack(e + "II", 1, 0)  # PathType, Flags
+
+
+@pytest.mark.parametrize("le", [True, False], ids=["little-endian", "big-endian"])
+def test_a_big_endian_stub_is_matched_like_a_little_endian_one(le: bool) -> None:
+    """A request in big-endian NDR (drep 0: Windows' runtime converts it) must not hide the
+    MS08-067 path from the rule written for UTF-16LE strings (`big_endian_stub_forms`); a
+    benign path stays benign in both byte orders."""
+    from gateway.match.matcher import Matcher
+    from gateway.match.rules import default_rule_dir, load_rules
+
+    matcher = Matcher(load_rules([default_rule_dir()]))
+    group = matcher.group(PROTO_TCP, Direction.TO_SERVER, 445)
+    assert group is not None
+    proto = registry.get("dcerpc")
+    assert proto is not None
+    e = "<" if le else ">"
+
+    def sids(path: str) -> set[int]:
+        stream = bind([(0, SRVSVC, 3)], le=le) + request(
+            0, 0x1F, path_canonicalize_stub(path, e), 2, le=le
+        )
+        found: set[int] = set()
+        for record in proto.new_decoder(PROTO_TCP, Direction.TO_SERVER).feed(stream):
+            found.update(r.id for r in matcher.evaluate(group.apps["dcerpc"], record.fields))
+        return found
+
+    assert 9001010 in sids("\\A\\..\\..\\" + "B" * 40)
+    assert 9001010 not in sids("\\dir\\..\\file")
+
+    def start_doc(output_file: str | None) -> set[int]:
+        """[MS-RPRN] RpcStartDocPrinter (opnum 17): handle, level 1, DOC_INFO_1 pointers."""
+        stub = b"H" * 20 + struct.pack(e + "III", 1, 1, 0x20000)
+        stub += struct.pack(e + "III", 0x20004, 0x20008 if output_file else 0, 0x2000C)
+        stub += _ndr_string("doc", e)
+        if output_file:
+            stub += _ndr_string(output_file, e)
+        stub += _ndr_string("RAW", e)
+        stream = bind([(0, SPOOLSS, 1)], le=le) + request(0, 17, stub, 2, le=le)
+        found: set[int] = set()
+        for record in proto.new_decoder(PROTO_TCP, Direction.TO_SERVER).feed(stream):
+            found.update(r.id for r in matcher.evaluate(group.apps["dcerpc"], record.fields))
+        return found
+
+    assert 9001028 in start_doc("wbem\\mof\\x.mof")  # integers: only the reversed form
+    assert 9001028 not in start_doc(None)
