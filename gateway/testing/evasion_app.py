@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import struct
+import uuid
 from collections.abc import Callable
 from typing import Final
 
@@ -409,9 +410,64 @@ def _dce_split(data: bytes) -> bytes | None:
     return b"".join(out) if split else None
 
 
+_FAKE_INTERFACES: Final = (  # interfaces a client may bind alongside (NDR transfer syntax)
+    "6bffd098-a112-3610-9833-46c3f87e345a",  # wkssvc
+    "338cd001-2244-31f1-aaaa-900038001003",  # winreg
+    "367abb81-9844-35f1-ad32-98f038001003",  # svcctl
+    "e1af8308-5d1f-11c9-91a4-08002b14a0fa",  # epmapper
+)
+_NDR_SYNTAX: Final = uuid.UUID("8a885d04-1ceb-11c9-9fe8-08002b104860").bytes_le + b"\x02\0\0\0"
+
+
+def _dce_pdus(data: bytes) -> list[bytes] | None:
+    """The PDUs of little-endian connection-oriented DCE/RPC over TCP, or None."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < 16 or data[pos] != 5 or data[pos + 4] & 0xF0 != 0x10:
+            return None
+        frag_len = _DCE.unpack_from(data, pos)[5]
+        if frag_len < 16 or pos + frag_len > len(data):
+            return None
+        out.append(data[pos : pos + frag_len])
+        pos += frag_len
+    return out
+
+
+def _multibind(data: bytes) -> bytes | None:
+    """Every BIND and ALTER_CONTEXT offers decoy interfaces first (context ids 200 up), as
+    Metasploit's fake_bind_multi does: the server accepts them all and the calls go on naming
+    the real context's id."""
+    pdus = _dce_pdus(data)
+    if pdus is None:
+        return None
+    out = []
+    changed = False
+    for pdu in pdus:
+        ver, minor, ptype, flags, drep, frag_len, auth_len, call_id = _DCE.unpack_from(pdu)
+        if ptype not in (11, 14) or auth_len or len(pdu) < 28:
+            out.append(pdu)
+            continue
+        count = pdu[24]
+        decoys = b"".join(
+            struct.pack("<HBx", 200 + i, 1)
+            + uuid.UUID(iface).bytes_le
+            + struct.pack("<HH", 1, 0)
+            + _NDR_SYNTAX
+            for i, iface in enumerate(_FAKE_INTERFACES)
+        )
+        body = pdu[16:24] + bytes((count + len(_FAKE_INTERFACES),)) + pdu[25:28] + decoys
+        body += pdu[28:]
+        header = _DCE.pack(ver, minor, ptype, flags, drep, 16 + len(body), 0, call_id)
+        out.append(header + body)
+        changed = True
+    return b"".join(out) if changed else None
+
+
 SMB_REWRITES: Final[dict[str, tuple[Rewrite, str]]] = {
     "smb-keepalive": (_keepalives, "NetBIOS keep-alive before every SMB message"),
     "smb-echo-first": (_echo_first, "an SMB ECHO first, in the same segment"),
     "dcerpc-fragments": (_dce_split, "DCE/RPC requests cut into 8-byte-stub fragments"),
+    "dcerpc-multibind": (_multibind, "decoy interfaces bound first (fake_bind_multi)"),
     "netbios-session-request": (session_first, "a NetBIOS session request first (TCP 139)"),
 }
