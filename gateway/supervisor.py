@@ -14,7 +14,8 @@ after each take-over), at most
 `workers.max_restarts` times per `workers.restart_window` seconds per queue; past that the
 gateway stops (GatewayError). A queue's counters (WorkerStats) outlive its workers: a
 restarted worker goes on counting where the dead one stopped (only `bound`, `pid`, `started`
-and `policy_version` are its own). Workers die with the parent (PR_SET_PDEATHSIG), so a killed
+and `policy_version` are its own; the engine's totals go on from what the dead one last
+published, at most a second old: nfqueue.engine_counter_base). Workers die with the parent (PR_SET_PDEATHSIG), so a killed
 gateway leaves no reader behind: its rules then follow the fail policy until `vpatch run
 --cleanup`. While a worker is gone, fail_policy open lets the kernel bypass its queue
 (`--queue-bypass`), fail_policy closed drops that queue's packets.

@@ -179,11 +179,24 @@ class WorkerStats:
             self._arr[i] = 0
 
 
-def publish_engine_counters(counters: Mapping[str, int], stats: WorkerStats) -> None:
+ENGINE_GAUGES = frozenset({"flows_active"})  # engine figures that are levels, not totals
+
+
+def engine_counter_base(stats: WorkerStats) -> dict[str, int]:
+    """What the queue's earlier workers counted (the shared counters when this worker binds):
+    added to this worker's own totals, so that a restarted worker's `status` and metrics go on
+    from where the dead one last published (at most EXPIRE_INTERVAL of its counts are lost)."""
+    return {name: stats.get(name) for name in ENGINE_STAT_NAMES if name not in ENGINE_GAUGES}
+
+
+def publish_engine_counters(
+    counters: Mapping[str, int], stats: WorkerStats, base: Mapping[str, int] | None = None
+) -> None:
     """Copy the engine's counters (`EngineStats.as_dict()`) named in ENGINE_STAT_NAMES into
-    the shared counters the control socket's `status` reads."""
+    the shared counters the control socket's `status` reads, on top of `base`."""
+    base = base or {}
     for name in ENGINE_STAT_NAMES:
-        stats.set(name, int(counters.get(name, 0)))
+        stats.set(name, base.get(name, 0) + int(counters.get(name, 0)))
 
 
 class PacketLike(Protocol):
@@ -726,6 +739,7 @@ def worker_main(
         if config.fail_policy is FailPolicy.OPEN:
             set_queue_flags(nfq, queue_num, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN)
         stats.set("bound", 1)
+        base = engine_counter_base(stats)
         log.info(
             "queue %d bound (pid %d, fail %s)", queue_num, os.getpid(), config.fail_policy.value
         )
@@ -752,7 +766,7 @@ def worker_main(
                 collect_if_grown(stats, gc_limit, queue_num)
                 counting: _Counting | None = getattr(engine, "stats", None)
                 if counting is not None:
-                    publish_engine_counters(counting.as_dict(), stats)
+                    publish_engine_counters(counting.as_dict(), stats, base)
                 publish_sink(stats, sink)
     finally:
         stats.set("bound", 0)

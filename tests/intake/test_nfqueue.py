@@ -35,6 +35,7 @@ from gateway.intake.nfqueue import (
     _find_ack,
     conntrack_lax,
     engine_config,
+    engine_counter_base,
     publish_engine_counters,
 )
 from gateway.match.rules import RuleSet
@@ -403,3 +404,19 @@ def test_engine_counters_reach_the_shared_counters() -> None:
     assert snap["limit_stream_hole"] == 2 and snap["norm_paws"] == 3
     assert snap["frag_refused"] == 0 and snap["packets"] == 0
     assert set(ENGINE_STAT_NAMES) <= set(engine.stats.as_dict())
+
+
+def test_a_restarted_worker_goes_on_counting_where_the_dead_one_stopped() -> None:
+    """The engine's totals of a replaced worker are the base of the next one (issue 15 point
+    14: counters kept across restarts); a level such as flows_active is not carried."""
+    stats = WorkerStats()
+    dead = Engine(RuleSet([]), EngineConfig())
+    dead.stats.limits[Limit.STREAM_HOLE] += 2
+    publish_engine_counters({**dead.stats.as_dict(), "flows_active": 7}, stats)
+    base = engine_counter_base(stats)  # the new worker binds
+    new = Engine(RuleSet([]), EngineConfig())
+    new.stats.limits[Limit.STREAM_HOLE] += 1
+    publish_engine_counters({**new.stats.as_dict(), "flows_active": 3}, stats, base)
+    snap = stats.snapshot()
+    assert snap["limit_stream_hole"] == 3
+    assert snap["flows_active"] == 3
