@@ -664,13 +664,36 @@ _TRANS_FIELDS: Final = (
 )
 
 
+# RFC 1002 section 4.3: the length each session service packet other than a request has
+_SESSION_PACKET_LENGTHS: Final = {0x82: 0, 0x83: 1, 0x84: 6, 0x85: 0}
+_MIN_SESSION_REQUEST: Final = 68  # two first-level encoded names of 34 bytes (RFC 1002 4.1)
+
+
+def _probe_session_service(data: bytes) -> Probe:
+    """A NetBIOS session service packet other than a session message: its header must be
+    exact (only the length extension flag, the length its type has; a session request holds
+    two encoded names, each starting with their length 0x20), so that another binary
+    protocol whose first byte happens to be 0x81-0x85 is not taken for SMB."""
+    if len(data) < 4:
+        return Probe.NEED_DATA
+    if data[1] & 0xFE:
+        return Probe.NO
+    length = (data[1] & 1) << 16 | int.from_bytes(data[2:4], "big")
+    expected = _SESSION_PACKET_LENGTHS.get(data[0])
+    if expected is not None:
+        return Probe.YES if length == expected else Probe.NO
+    if len(data) < 5:
+        return Probe.NEED_DATA
+    return Probe.YES if data[4] == 0x20 and length >= _MIN_SESSION_REQUEST else Probe.NO
+
+
 def _probe_smb(data: bytes, direction: Direction) -> Probe:
     if not data:
         return Probe.NEED_DATA
     if data[0] not in _NBSS_TYPES:
         return Probe.NO
-    if data[0] != 0x00:
-        return Probe.YES  # session request / response / keep-alive (port 139)
+    if data[0] != 0x00:  # session request / response / keep-alive (port 139)
+        return _probe_session_service(data)
     if len(data) < 8:
         return Probe.NEED_DATA
     return Probe.YES if data[4:8] in _SMB_MAGICS else Probe.NO

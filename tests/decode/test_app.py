@@ -44,7 +44,14 @@ def test_register_validates() -> None:
         (b"GE", 80, (None, False)),
         (b"\x16\x03\x01\x00\x05", 80, ("tls", True)),
         (b"\x00\x00\x00\x2f\xffSMB", 445, ("smb", True)),
-        (b"\x81\x00\x00\x44", 139, ("smb", True)),
+        (b"\x81\x00\x00\x44\x20", 139, ("smb", True)),  # session request: encoded names
+        (b"\x81\x00\x00\x44", 139, (None, False)),
+        (b"\x85\x00\x00\x00", 139, ("smb", True)),  # keep-alive
+        # another binary protocol whose first byte is a session service type is not SMB
+        (b"\x81\x00\x00\x44\x07", 139, (None, True)),
+        (b"\x81\x00\x00\x10\x20", 139, (None, True)),
+        (b"\x83\x00\x00\x07\x01", 139, (None, True)),
+        (b"\x85\x40\x00\x00", 139, (None, True)),
         (b"\x05\x00\x0b\x03", 445, (None, True)),
         (b"SSH-2.0-x", 80, (None, True)),
         # what Apache accepts before and inside a request line: empty lines, blank runs, tabs
