@@ -15,10 +15,10 @@ after each take-over), at most
 gateway stops (GatewayError). A queue's counters (WorkerStats) outlive its workers: a
 restarted worker goes on counting where the dead one stopped (only `bound`, `pid`, `started`
 and `policy_version` are its own; the engine's totals go on from what the dead one last
-published, at most a second old: nfqueue.engine_counter_base). Workers die with the parent (PR_SET_PDEATHSIG), so a killed
-gateway leaves no reader behind: its rules then follow the fail policy until `vpatch run
---cleanup`. While a worker is gone, fail_policy open lets the kernel bypass its queue
-(`--queue-bypass`), fail_policy closed drops that queue's packets.
+published, at most a second old: nfqueue.engine_counter_base). Workers die with the parent
+(PR_SET_PDEATHSIG), so a killed gateway leaves no reader behind: its rules then follow the
+fail policy until `vpatch run --cleanup`. While a worker is gone, fail_policy open lets the
+kernel bypass its queue (`--queue-bypass`), fail_policy closed drops that queue's packets.
 
 Exit: the kernel rules are removed first (so no packet waits for a worker that is going away),
 then the workers are stopped (SIGTERM, SIGKILL after `workers.stop_timeout`), then the monitor,
