@@ -34,7 +34,7 @@ from gateway.policy.accounts import Accounts, new_password
 from gateway.policy.store import Store
 
 # Longest wait for a service to listen (or the gateway to open its control socket).
-START_TIMEOUT_S = 20.0
+START_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.05
 # Bytes of a log file quoted when a service fails.
 LOG_TAIL_BYTES = 1500
