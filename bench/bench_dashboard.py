@@ -69,7 +69,7 @@ def fill(db: Path, n: int, now: float) -> None:
             eve = json.dumps({"timestamp": stamp, "flow_id": i, "event_type": "alert",
                               "src_ip": src, "dest_ip": HOSTS[i % 8], "alert": alert})  # fmt: skip
             rows.append((stamp, i, "alert", sig, name, action, "reset", 1, src, 40000 + i % 20000,
-                         HOSTS[i % 8], 80, "TCP", "http", cves, eve))  # fmt: skip
+                         HOSTS[i % 8], 80, "TCP", "http", cves, eve, 1))  # fmt: skip
         conn.execute("BEGIN IMMEDIATE")
         store_rows(conn, rows)
         conn.execute("COMMIT")
