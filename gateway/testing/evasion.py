@@ -35,7 +35,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Final
 
-from gateway.testing.evasion_app import H2C_REWRITES, HTTP_REWRITES, IIS_ONLY, SMB_REWRITES
+from gateway.testing.evasion_app import (
+    CHARSET_READERS,
+    H2C_REWRITES,
+    HTTP_REWRITES,
+    IIS_ONLY,
+    SMB_REWRITES,
+)
 from gateway.testing.smb_writes import WRITE_METHODS
 from gateway.testing.wire import (
     ACK,
@@ -205,11 +211,20 @@ def session(conn: Conn, pieces: Iterable[Piece], to_client: bytes = b"") -> list
     return out
 
 
+def _servers(name: str) -> frozenset[str]:
+    """The server families an app rewrite applies to (empty: any)."""
+    if name in IIS_ONLY:
+        return frozenset({"iis"})
+    if name in CHARSET_READERS:
+        return frozenset({"iis", "java"})
+    return frozenset()
+
+
 def plan(
     tech: Technique, stream: bytes, to_client: bytes, dport: int, app: str, server: str = ""
 ) -> Planned | None:
-    """`tech` applied to a client stream for an `app` server of family `server` ("iis", or ""
-    for any other), or None where it does not apply."""
+    """`tech` applied to a client stream for an `app` server of family `server` ("iis",
+    "java", or "" for any other), or None where it does not apply."""
     if (tech.apps and app not in tech.apps) or (tech.servers and server not in tech.servers):
         return None
     intended = stream
@@ -632,7 +647,7 @@ SINGLE: Final[tuple[Technique, ...]] = (
             doc,
             rewrite=(fn,),
             apps=frozenset({"http"}),
-            servers=frozenset({"iis"}) if name in IIS_ONLY else frozenset(),
+            servers=_servers(name),
         )
         for name, (fn, doc) in HTTP_REWRITES.items()
     ),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import struct
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import Final
@@ -31,7 +32,7 @@ from typing import Final
 from gateway.testing.h2c import h2c_stream
 from gateway.testing.smb_writes import session_first
 
-__all__ = ["H2C_REWRITES", "HTTP_REWRITES", "IIS_ONLY", "SMB_REWRITES"]
+__all__ = ["CHARSET_READERS", "H2C_REWRITES", "HTTP_REWRITES", "IIS_ONLY", "SMB_REWRITES"]
 
 Rewrite = Callable[[bytes], "bytes | None"]
 
@@ -282,9 +283,65 @@ def _pad_params(data: bytes) -> bytes | None:
     return _changed(data, _join(out))
 
 
+def _charset_form(codec: str, label: bytes) -> Rewrite:
+    """A urlencoded form body re-sent in charset `codec`, declared in Content-Type as ASP.NET
+    reads it (HttpValueCollection.FillFromEncodedBytes: split at the ASCII bytes "&" and "=",
+    each side %-decoded to bytes, then decoded in the declared charset): every name and value
+    encoded in `codec` and its bytes %-escaped. For IIS and Java servers (CHARSET_READERS):
+    Apache's PHP ignores the charset."""
+
+    def rewrite(data: bytes) -> bytes | None:
+        reqs = _requests(data)
+        if reqs is None:
+            return None
+        out = []
+        for head, body in reqs:
+            form = re.search(rb"(?im)^content-type:[ \t]*application/x-www-form-urlencoded", head)
+            if body and form and b"charset" not in head.lower():
+                body = b"&".join(_charset_pair(pair, codec) for pair in body.split(b"&"))
+                head = re.sub(rb"(?im)^(content-type:[^\r\n]*)", rb"\g<1>; charset=" + label, head)
+                head = re.sub(rb"(?im)^(content-length:[ \t]*)\d+", rb"\g<1>%d" % len(body), head)
+            out.append((head, body))
+        return _changed(data, _join(out))
+
+    return rewrite
+
+
+def _utf16_document(data: bytes) -> bytes | None:
+    """A JSON or XML body re-sent in UTF-16 (little-endian, with a byte order mark) and
+    declared so: Jackson, XStream and the JDK's XML parsers read it as the original."""
+    reqs = _requests(data)
+    if reqs is None:
+        return None
+    out = []
+    for head, body in reqs:
+        doc = re.search(rb"(?im)^content-type:[ \t]*[^\r\n]*(?:json|xml)", head)
+        if body and doc and b"charset" not in head.lower() and body.isascii():
+            body = "\ufeff".encode("utf-16-le") + body.decode("ascii").encode("utf-16-le")
+            head = re.sub(rb"(?im)^(content-type:[^\r\n]*)", rb"\g<1>; charset=UTF-16", head)
+            head = re.sub(rb"(?im)^(content-length:[ \t]*)\d+", rb"\g<1>%d" % len(body), head)
+        out.append((head, body))
+    return _changed(data, _join(out))
+
+
+def _charset_pair(pair: bytes, codec: str) -> bytes:
+    def encode(part: bytes) -> bytes:
+        text = urllib.parse.unquote_to_bytes(part.replace(b"+", b" ")).decode("latin-1")
+        return b"".join(b"%%%02X" % c for c in text.encode(codec))
+
+    name, eq, value = pair.partition(b"=")
+    return encode(name) + eq + encode(value) if eq else encode(name)
+
+
 # Rewrites only IIS reads as the original (double decoding, %u, backslashes); the others
 # every server the rules protect.
 IIS_ONLY: Final = frozenset({"http-uri-double", "http-uri-iis-u", "http-uri-backslash"})
+# Rewrites the servers that honour a form body's declared charset read as the original: IIS
+# (ASP.NET) and Java servlet containers (Tomcat: request.getParameter in the request's
+# character encoding, which Struts and Log4j-logging applications read).
+CHARSET_READERS: Final = frozenset(
+    {"http-charset-ibm037", "http-charset-utf16", "http-charset-utf16-document"}
+)
 
 HTTP_REWRITES: Final[dict[str, tuple[Rewrite, str]]] = {
     "http-uri-percent": (_map_uri(_pct), "URI bytes %-encoded"),
@@ -305,6 +362,9 @@ HTTP_REWRITES: Final[dict[str, tuple[Rewrite, str]]] = {
     "http-chunked-ext": (_chunked(3, True), "chunk extensions, zero-padded sizes"),
     "http-form-percent": (_form_percent, "form body %-encoded"),
     "http-pad-headers": (_map_heads(_pad_headers), "19 KiB of header lines before the real ones"),
+    "http-charset-ibm037": (_charset_form("cp037", b"ibm037"), "form body in EBCDIC (ibm037)"),
+    "http-charset-utf16": (_charset_form("utf-16-le", b"utf-16le"), "form body in UTF-16LE"),
+    "http-charset-utf16-document": (_utf16_document, "JSON or XML body in UTF-16 with a BOM"),
     "http-pad-params": (_pad_params, "300 parameters before the real query and form ones"),
 }
 

@@ -40,7 +40,7 @@ from gateway.engine_config import EngineConfig
 from gateway.events.eve import Event
 from gateway.flow.normalize import ChecksumMode
 from gateway.match.matcher import Matcher
-from gateway.match.rules import RuleSet
+from gateway.match.rules import Rule, RuleSet
 from gateway.testing.corpora import NO_EXPLOIT, expected
 from gateway.testing.evasion import CLASSES, Planned, Technique, plan
 from gateway.testing.receiver import Receiver, Target
@@ -94,7 +94,7 @@ class Subject:
     to_server: bytes
     to_client: bytes = b""
     cves: frozenset[str] = frozenset()
-    server: str = ""  # "iis" when the rule protects IIS / HTTP.sys (IIS-only rewrites apply)
+    server: str = ""  # "iis" (IIS / HTTP.sys), "java" (Tomcat, Struts, Log4j) or "" (others)
     sid: int = 0  # the rule whose sample this is (0: a capture's exploit connection)
     assign: bool = False  # that rule is off by default: turn it on for this subject
 
@@ -122,6 +122,20 @@ def _app(rule_app: str, port: int) -> str:
     return "http" if rule_app == "raw" and port in HTTP_PORTS else rule_app
 
 
+_JAVA_PRODUCTS: Final = ("tomcat", "struts", "log4j")
+
+
+def _server_family(rule: Rule) -> str:
+    """The family of server a rule protects, for the rewrites only some families read as the
+    original (evasion.py `_servers`)."""
+    products = [a.product for a in rule.affected]
+    if any("iis" in p or "httpapi" in p for p in products):
+        return "iis"
+    if any(java in p for p in products for java in _JAVA_PRODUCTS):
+        return "java"
+    return ""
+
+
 def rule_subjects(ruleset: RuleSet) -> list[Subject]:
     """The inline TCP samples of rules that look at the client's bytes."""
     out = []
@@ -129,7 +143,7 @@ def rule_subjects(ruleset: RuleSet) -> list[Subject]:
         if rule.protocol != "tcp" or Direction.TO_SERVER not in rule.directions:
             continue
         port = rule.ports[0] if rule.ports else ANY_PORT_SAMPLE_PORT
-        iis = any("iis" in a.product or "httpapi" in a.product for a in rule.affected)
+        family = _server_family(rule)
         for s in rule.samples:
             if s.pcap is None and s.to_server:
                 out.append(
@@ -141,7 +155,7 @@ def rule_subjects(ruleset: RuleSet) -> list[Subject]:
                         s.to_server,
                         s.to_client,
                         frozenset(rule.cves),
-                        "iis" if iis else "",
+                        family,
                         rule.id,
                         rule.default_mode is Mode.OFF,
                     )

@@ -274,11 +274,36 @@ FORM = (
 )
 
 
+DOCUMENT = (
+    b"POST /api HTTP/1.1\r\nHost: java.example\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 18\r\n\r\n{"a": "${jndi:x}"}'
+)
+
+
 @pytest.mark.parametrize("name", list(HTTP_REWRITES))
 def test_http_rewrites_apply_to_a_form_request(name: str) -> None:
-    out = HTTP_REWRITES[name][0](FORM)
-    assert out is not None and out != FORM
+    request = DOCUMENT if name == "http-charset-utf16-document" else FORM
+    out = HTTP_REWRITES[name][0](request)
+    assert out is not None and out != request
     assert HTTP_REWRITES[name][0](b"\x00\x00\x00\x10not http at all") is None
+
+
+@pytest.mark.parametrize(("name", "codec"), [("http-charset-ibm037", "cp037"),
+                                             ("http-charset-utf16", "utf-16-le")])  # fmt: skip
+def test_a_form_in_a_charset_reads_back_as_asp_net_reads_it(name: str, codec: str) -> None:
+    """Split at the ASCII "&" and "=", %-decode, decode in the declared charset: the original
+    parameters, while the bytes on the wire hold none of their text."""
+    from gateway.decode.http_fields import form_params
+
+    out = HTTP_REWRITES[name][0](FORM)
+    assert out is not None
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b"charset=" in head and b"whoami" not in body
+    assert b"Content-Length: %d" % len(body) in head
+    assert form_params(body, codec) == "name=() { :; }; whoami "
+    document = HTTP_REWRITES["http-charset-utf16-document"][0](DOCUMENT)
+    assert document is not None
+    assert document.partition(b"\r\n\r\n")[2].decode("utf-16") == '{"a": "${jndi:x}"}'
 
 
 def test_chunked_body_decodes_back() -> None:
