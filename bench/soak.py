@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,15 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (the lab starts `vpatch run` under a keeper, and the
+    workers are the gateway's children), parents first."""
+    out = [pid]
+    for p in out:
+        out.extend(sorted(children(p)))
+    return out
+
+
 def proc_figures(pid: int) -> tuple[float, float] | None:
     """(RSS MiB, CPU seconds) of one process, None when gone."""
     try:
@@ -99,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = LabSpec(name=args.name)
     lab_down(spec.name)
+    # SIGTERM (and SIGINT, which a shell's background job ignores) end the soak early: the
+    # lab is torn down all the same
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     started = time.monotonic()
     client = None
     try:
@@ -125,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         print(
-            "# min  rss_MiB(run+workers)  cpu_%(run+workers)  pkts accepted dropped reset "
+            "# min  rss_MiB(keeper+run+workers)  cpu_%(same)  pkts accepted dropped reset "
             "bypassed  events records(events) store_failing  queue_drops kernel_unseen "
             "restarts  client: keepalive_ok/failed new_ok/failed dns_ok/failed "
             "attacks_blocked/answered  load1",
@@ -152,7 +165,7 @@ def soak(spec: LabSpec, run_pid: int, args: argparse.Namespace) -> None:
         time.sleep(max(0.0, args.every - (time.monotonic() - last)))
         now = time.monotonic()
         interval, last = now - last, now
-        pids = [run_pid, *sorted(children(run_pid))]
+        pids = descendants(run_pid)
         rss, cpu = [], []
         for pid in pids:
             fig = proc_figures(pid)
