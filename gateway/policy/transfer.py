@@ -67,6 +67,7 @@ __all__ = [
     "SECTIONS",
     "ImportResult",
     "TransferError",
+    "check_policy",
     "export_policy",
     "import_policy",
     "merge_csv",
@@ -599,6 +600,14 @@ def _apply_exceptions(
             (rule_id, host, port, uri, reason, expires_at, created_by, now),
         )
         n["exceptions"][0] += 1  # fmt: skip
+
+
+def check_policy(store: Store, doc: dict[str, Any], replace_all: bool = False) -> dict[str, int]:
+    """Validate `doc` as `import_policy` would, writing nothing; rows per section."""
+    plan = _plan(doc, store, replace_all)
+    return {"groups": len(plan.groups), "hosts": len(plan.hosts),
+            "assignments": len(plan.assignments), "firewall_rules": len(plan.firewall),
+            "exceptions": len(plan.exceptions)}  # fmt: skip
 
 
 def import_policy(
