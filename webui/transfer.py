@@ -130,5 +130,10 @@ def api_import() -> Any:
     except TransferError as err:
         return jsonify(error=str(err), section=err.section, row=err.row, field=err.field), 400
     rl = reload_gateway(get_store(), g.user.username)
-    return jsonify(written=result.written, unchanged=result.unchanged, replaced=result.replaced,
-                   reload=rl)  # fmt: skip
+    body = {
+        "written": result.written,
+        "unchanged": result.unchanged,
+        "replaced": result.replaced,
+        "reload": rl,
+    }
+    return jsonify(body), 201  # POST operations answer 201 (webui/api.py openapi_document)

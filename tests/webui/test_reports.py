@@ -123,7 +123,7 @@ def test_api_import_and_viewer_refused(app: Flask, tmp_path: Path) -> None:
     with Store(Path(app.config["POLICY_DB"])) as store:
         assert Hosts(store).list_hosts() == []
     r = client.post("/api/v1/policy/import", json=doc, headers=admin)
-    assert r.status_code == 200 and r.get_json()["written"]["hosts"] == 3
+    assert r.status_code == 201 and r.get_json()["written"]["hosts"] == 3
     got = client.get("/api/v1/policy/export", headers=api_token(app, "viewer")).get_json()
     assert {k: v for k, v in got.items() if k != "exported_at"} == doc
 
