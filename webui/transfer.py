@@ -1,4 +1,4 @@
-"""Policy export and import (gateway/policy/transfer.py; docs/webui.md "Export and import"):
+"""Policy export and import (gateway/transfer.py; docs/webui.md "Export and import"):
 the whole policy as one JSON document or one CSV file per section, and an import form (admins)
 taking a JSON document or CSV files. An import is validated whole first; a bad row is a 400
 naming its section, row and field, and nothing is written; a good one is applied in one
@@ -23,7 +23,7 @@ from flask import (
     url_for,
 )
 
-from gateway.policy.transfer import (
+from gateway.transfer import (
     SECTIONS,
     ImportResult,
     TransferError,

@@ -1,5 +1,5 @@
 """`vpatch policy export|import`: the policy (groups, hosts and their modes, rule assignments,
-firewall rules, exceptions) as JSON or CSV (gateway/policy/transfer.py; docs/policy.md
+firewall rules, exceptions) as JSON or CSV (gateway/transfer.py; docs/policy.md
 "Export and import").
 
   export [--format json|csv] [-o FILE|DIR]    JSON: one document (stdout or FILE); CSV: one
@@ -25,7 +25,7 @@ from gateway.config import load_config
 from gateway.control.server import notify_gateway
 from gateway.errors import ConfigError
 from gateway.policy.store import Store
-from gateway.policy.transfer import (
+from gateway.transfer import (
     SECTIONS,
     TransferError,
     check_policy,

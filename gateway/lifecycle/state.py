@@ -458,10 +458,9 @@ class LifecycleStore:
 
     def write_in(self, store: Store, policy: HostPolicy, now: float) -> int:
         """Write `policy` over the caller's open store, in the caller's transaction, without
-        audit or history (the caller audits: gateway/policy/transfer.py); its host id."""
+        audit or history (the caller audits: gateway/transfer.py); its host id."""
         self._check(policy)
         return self._write(store, policy, now)
-
 
     def put_host(
         self, policy: HostPolicy, history: list[HistoryEntry] | None = None, *, actor: str = "cli"

@@ -20,9 +20,9 @@ from flask import Flask
 from gateway.policy.accounts import Accounts
 from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
-from tests.policy.test_transfer import doc_of, populate
 from tests.reports.lab import Lab, build_lab
 from tests.reports.test_report import expected, html_row
+from tests.test_transfer import doc_of, populate
 from tests.webui.conftest import ADMIN_PW, REPO, VIEWER_PW, Auth, api_token
 from webui import create_app
 

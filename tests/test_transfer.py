@@ -1,4 +1,4 @@
-"""gateway/policy/transfer.py on real policy stores: export -> import on a fresh store gives the
+"""gateway/transfer.py on real policy stores: export -> import on a fresh store gives the
 same policy (JSON and CSV, library and `vpatch policy`), an import twice changes nothing, and a
 malformed import names the section, row and field and changes nothing at all."""
 
@@ -20,7 +20,7 @@ from gateway.policy.assignments import Assignments
 from gateway.policy.exceptions import PolicyExceptions
 from gateway.policy.hosts import Hosts
 from gateway.policy.store import Store
-from gateway.policy.transfer import (
+from gateway.transfer import (
     SECTIONS,
     TransferError,
     export_policy,
@@ -29,7 +29,7 @@ from gateway.policy.transfer import (
     to_csv,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TABLES = ("groups", "hosts", "assignments", "firewall_rules", "exceptions", "host_endpoints",
           "host_rules", "learned_tuples", "app_controls", "host_lifecycle")  # fmt: skip
 
