@@ -141,7 +141,7 @@ def chart_svg(timeline: Sequence[Count], width: int = 720, height: int = 240) ->
         if i % every == 0:
             parts.append(
                 f'<text x="{x + bar_w / 2:.1f}" y="{base + 14}" font-size="10" '
-                f'text-anchor="middle" fill="#444">{escape(c.key[5:])}</text>'
+                f'text-anchor="middle" fill="#444">{escape(c.key[5:].replace("T", " ") + ("h" if "T" in c.key else ""))}</text>'
             )
     parts.append(
         f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{top_pad + plot_h}" stroke="#444"/>'
