@@ -375,7 +375,7 @@ def _plan_host(row: _Row, groups: set[str]) -> tuple[HostPolicy, str, str]:
         app_controls=tuple(row.guard("app_controls", lambda: [
             _control(c, f"{where} app_controls") for c in row.items("app_controls")])),
     )  # fmt: skip
-    row.guard("setup_exceptions", lambda: LifecycleStore._check(policy))
+    row.guard("setup_exceptions", lambda: LifecycleStore.check_limits(policy))
     return policy, row.text("name", MAX_NAME_LEN), group
 
 

@@ -456,6 +456,11 @@ class LifecycleStore:
 
     # --- writing ---
 
+    @classmethod
+    def check_limits(cls, policy: HostPolicy) -> None:
+        """LifecycleError when `policy` holds more entries than a host may have."""
+        cls._check(policy)
+
     def write_in(self, store: Store, policy: HostPolicy, now: float) -> int:
         """Write `policy` over the caller's open store, in the caller's transaction, without
         audit or history (the caller audits: gateway/transfer.py); its host id."""

@@ -102,6 +102,11 @@ def _ticks(top: int) -> list[int]:
         exp += 1
 
 
+def _tick(key: str) -> str:
+    """An x-axis label: "12-05 01h" for an hour bucket, "12-05" for a day."""
+    return key[5:].replace("T", " ") + ("h" if "T" in key else "")
+
+
 def chart_svg(timeline: Sequence[Count], width: int = 720, height: int = 240) -> str:
     """Stacked bars (blocked below, detected above) per bucket, y axis with ticks, x labels."""
     left, bottom, top_pad, right = 48, 40, 12, 8
@@ -141,7 +146,7 @@ def chart_svg(timeline: Sequence[Count], width: int = 720, height: int = 240) ->
         if i % every == 0:
             parts.append(
                 f'<text x="{x + bar_w / 2:.1f}" y="{base + 14}" font-size="10" '
-                f'text-anchor="middle" fill="#444">{escape(c.key[5:].replace("T", " ") + ("h" if "T" in c.key else ""))}</text>'
+                f'text-anchor="middle" fill="#444">{escape(_tick(c.key))}</text>'
             )
     parts.append(
         f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{top_pad + plot_h}" stroke="#444"/>'

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -293,6 +292,21 @@ def _health(status: dict[str, Any] | None, totals: dict[str, int]) -> dict[str, 
             "events_recorded": totals.get("events", 0), "not_kept": list(NOT_KEPT)}  # fmt: skip
 
 
+def _breakdowns(events: sqlite3.Connection | None, period: Period, top: int) -> dict[str, Any]:
+    """Every part of the report read from the event store (zero counts without one)."""
+    if events is None:
+        return {"totals": {}, "event_types": [], "firewall": [], "lockdown": [], "timeline": [],
+                "by_cve": [], "by_host": [], "by_source": [], "top_rules": []}  # fmt: skip
+    return {
+        **_event_counts(events, period, top),
+        "timeline": _timeline(events, period),
+        "by_cve": _by_cve(events, period, top),
+        "by_host": _grouped(events, period, "dest_ip", "dest_ip", top),
+        "by_source": _grouped(events, period, "src_ip", "src_ip", top),
+        "top_rules": _grouped(events, period, "signature_id", "signature", top),
+    }
+
+
 def build_report(
     events: sqlite3.Connection | None,
     store: Store,
@@ -306,35 +320,18 @@ def build_report(
     `status` reply, None when the gateway is not reachable."""
     top = max(1, min(top, MAX_TOP))
     notes: list[str] = []
-    empty: list[Count] = []
     if events is None:
         notes.append("no event store: every event count is zero")
-        counts: dict[str, Any] = {"totals": {}, "event_types": empty, "firewall": empty,
-                                  "lockdown": empty}  # fmt: skip
-    else:
-        counts = _event_counts(events, period, top)
     if status is None:
         notes.append("gateway not reachable on its control socket: no live health figures")
-    host_modes = {**_history(store, period), "lockdown_events": counts["lockdown"]}
+    parts = _breakdowns(events, period, top)
     return Report(
         period_start=period.start_text, period_end=period.end_text, period_label=period.label,
         period_kind=period.kind.value,
         generated_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),
-        totals=counts["totals"],
-        timeline=_timeline(events, period) if events is not None else empty,
-        by_cve=_by_cve(events, period, top) if events is not None else empty,
-        by_host=_grouped(events, period, "dest_ip", "dest_ip", top) if events else empty,
-        by_source=_grouped(events, period, "src_ip", "src_ip", top) if events else empty,
-        top_rules=_grouped(events, period, "signature_id", "signature", top) if events else empty,
-        event_types=counts["event_types"], firewall=counts["firewall"], host_modes=host_modes,
-        coverage=_coverage(store, rules), health=_health(status, counts["totals"]), notes=notes,
+        totals=parts["totals"], timeline=parts["timeline"], by_cve=parts["by_cve"],
+        by_host=parts["by_host"], by_source=parts["by_source"], top_rules=parts["top_rules"],
+        event_types=parts["event_types"], firewall=parts["firewall"],
+        host_modes={**_history(store, period), "lockdown_events": parts["lockdown"]},
+        coverage=_coverage(store, rules), health=_health(status, parts["totals"]), notes=notes,
     )  # fmt: skip
-
-
-def fold_counts(items: Iterable[Count]) -> tuple[int, int]:
-    """(blocked, detected) summed over `items`."""
-    blocked = detected = 0
-    for c in items:
-        blocked += c.blocked
-        detected += c.detected
-    return blocked, detected
