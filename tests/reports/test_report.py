@@ -247,3 +247,32 @@ def test_email_reaches_a_real_smtp_receiver(lab: Lab, tmp_path: Path, smtp: Any)
 def test_email_without_a_channel_is_an_error(lab: Lab, tmp_path: Path) -> None:
     r = vpatch("report", "-c", str(write_config(lab, tmp_path)), "--email")
     assert r.returncode == 2 and "no enabled email alert channel" in r.stderr
+
+
+def test_other_event_types_are_counted_apart(lab: Lab, tmp_path: Path) -> None:
+    """Firewall and host-mode records (event_type drop/flow, written by the gateway where it
+    logs them) are counted per type and signature, and never as alerts."""
+    events = tmp_path / "events.db"
+    events.write_bytes(lab.events.read_bytes())
+    stamp = "2026-12-05T12:00:00.000000+00:00"
+    with sqlite3.connect(events) as conn:
+        conn.executemany(
+            "INSERT INTO events (timestamp, event_type, signature_id, signature, action, src_ip,"
+            " dest_ip, eve, count) VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?)",
+            [(stamp, "drop", 3, "firewall rule 3 deny", "blocked", "198.19.9.9", WEB, 40),
+             (stamp, "drop", None, "setup protection", "blocked", "198.19.9.9", FILES, 7),
+             (stamp, "flow", 4, "firewall rule 4 log", "allowed", "198.19.9.9", WEB, 2),
+             ("2026-12-06T12:00:00.000000+00:00", "drop", 3, "firewall rule 3 deny", "blocked",
+              "198.19.9.9", WEB, 1000)],
+        )  # fmt: skip
+    sources = ReportSources(events, lab.policy, lab.rule_paths, None)
+    report = make_report(sources, PERIOD, top=50, rules=lab.rules)
+    types = {c.key: (c.blocked, c.detected) for c in report.event_types}
+    assert types["drop"] == (47, 0) and types["flow"] == (0, 2)
+    assert {c.key: c.total for c in report.firewall} == {
+        "drop firewall rule 3 deny": 40, "drop setup protection": 7,
+        "flow firewall rule 4 log": 2}  # fmt: skip
+    assert report.totals["events"] == report.totals["alerts"] + 49
+    assert "198.19.9.9" not in {c.key for c in report.by_source}  # alerts only
+    assert report.totals == {**report_of(lab).totals, "events": report.totals["events"],
+                             "records": report.totals["records"]}  # fmt: skip
