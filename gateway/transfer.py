@@ -465,6 +465,15 @@ def _plan_firewall(doc: dict[str, Any], hosts: set[str], groups: set[str]) -> li
     return out
 
 
+def _timestamp(row: _Row, text: str) -> float:
+    """Seconds since the epoch of an ISO 8601 time (UTC unless it names an offset)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return float(row.fail("expires_at", f"{text!r} is not an ISO 8601 time"))
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
 def _plan_exceptions(doc: dict[str, Any]) -> list[tuple[Any, ...]]:
     out = []
     for i, data in enumerate(_section(doc, "exceptions"), 1):
@@ -477,10 +486,7 @@ def _plan_exceptions(doc: dict[str, Any]) -> list[tuple[Any, ...]]:
             row.fail("uri", f"{uri[:80]!r} is not a URI scope as vpatch stores it")
         reason = row.text("reason", MAX_REASON_LEN, required=True).strip()
         expires = row.text("expires_at", 64).strip()
-        try:
-            expires_at = datetime.fromisoformat(expires).timestamp() if expires else None
-        except ValueError:
-            row.fail("expires_at", f"{expires!r} is not an ISO 8601 time")
+        expires_at = _timestamp(row, expires) if expires else None
         created_by = row.text("created_by", MAX_NAME_LEN) or "import"
         out.append((rule_id, host, port, uri, reason, expires_at, created_by))
     return out
