@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 SYSTEMD = Path(__file__).resolve().parents[1] / "systemd"
-UNITS = ("vpatch.service", "vpatch-ui.service", "vpatch-scan.service")
+UNITS = (
+    "vpatch.service",
+    "vpatch-ui.service",
+    "vpatch-scan.service",
+    "vpatch-report.service",
+    "vpatch-report.timer",
+)
 
 
 def service(name: str) -> configparser.SectionProxy:
@@ -29,6 +35,9 @@ def test_the_ui_runs_as_its_own_user_in_the_shared_group() -> None:
     assert ui["User"] == "vpatch-ui" and ui["Group"] == "vpatch"
     assert "StateDirectory" not in ui
     assert "/var/lib/vpatch" in ui["ReadWritePaths"].split()
+    report = service("vpatch-report.service")  # reads the stores and mails: the UI's user
+    assert report["User"] == "vpatch-ui" and report["Group"] == "vpatch"
+    assert "StateDirectory" not in report and "--email" in report["ExecStart"]
     for root in ("vpatch.service", "vpatch-scan.service"):
         unit = service(root)
         assert "User" not in unit and unit["Group"] == "vpatch", root

@@ -37,8 +37,10 @@ from webui import (
     firewall,
     hosts,
     inputs,
+    reports,
     rules,
     security,
+    transfer,
 )
 
 log = logging.getLogger("vpatch.ui")
@@ -98,10 +100,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     security.init_app(app)
     inputs.init_app(app)
 
-    # alerts and firewall added their /api/v1 endpoints to api.bp when imported (at the top),
-    # before api.bp is registered here
+    # alerts, firewall, reports and transfer added their /api/v1 endpoints to api.bp when
+    # imported (at the top), before api.bp is registered here
     for bp in (auth.bp, dashboard.bp, rules.bp, hosts.bp, events.bp, audit.bp, api.bp,
-               firewall.bp, alerts.bp):  # fmt: skip
+               firewall.bp, alerts.bp, reports.bp, transfer.bp):  # fmt: skip
         app.register_blueprint(bp)
     app.add_url_rule("/", endpoint="index", view_func=dashboard.index)
     return app

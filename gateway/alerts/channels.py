@@ -414,6 +414,13 @@ def _send_email(ch: Channel, msg: AlertMessage) -> None:
     if msg.event is not None:
         body += "\nEVE record:\n" + json.dumps(msg.event, indent=2, sort_keys=True, default=str)
     email.set_content(body)
+    smtp_send(s, email)
+
+
+def smtp_send(s: dict[str, Any], email: EmailMessage) -> None:
+    """Send `email` with an email channel's settings `s` (STARTTLS and AUTH as they say);
+    smtplib/OSError on failure (`send` turns them into AlertSendError). Also used by the
+    scheduled reports (gateway/reports/mail.py)."""
     with smtplib.SMTP(s["host"], int(s["port"]), timeout=SEND_TIMEOUT) as smtp:
         smtp.ehlo()
         if s.get("starttls"):

@@ -450,7 +450,22 @@ class LifecycleStore:
             for r in rows
         ]
 
+    def load_in(self, store: Store, address: str) -> HostPolicy:
+        """The host's policy read over the caller's open store (e.g. inside its transaction)."""
+        return self._get(store.db, address)
+
     # --- writing ---
+
+    @classmethod
+    def check_limits(cls, policy: HostPolicy) -> None:
+        """LifecycleError when `policy` holds more entries than a host may have."""
+        cls._check(policy)
+
+    def write_in(self, store: Store, policy: HostPolicy, now: float) -> int:
+        """Write `policy` over the caller's open store, in the caller's transaction, without
+        audit or history (the caller audits: gateway/transfer.py); its host id."""
+        self._check(policy)
+        return self._write(store, policy, now)
 
     def put_host(
         self, policy: HostPolicy, history: list[HistoryEntry] | None = None, *, actor: str = "cli"
