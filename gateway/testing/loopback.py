@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["serve_http", "slow_listeners"]
+__all__ = ["SlowPorts", "serve_http", "slow_listeners"]
 
 
 @contextmanager
@@ -32,8 +32,14 @@ def serve_http(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[in
         thread.join(5)
 
 
+class SlowPorts(list[int]):
+    """The ports of `slow_listeners`, and the connections they hold so far (`held`)."""
+
+    held: list[socket.socket]
+
+
 @contextmanager
-def slow_listeners(count: int) -> Iterator[list[int]]:
+def slow_listeners(count: int) -> Iterator[SlowPorts]:
     """`count` loopback ports that accept and hold every connection without answering."""
     listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
     held: list[socket.socket] = []
@@ -48,7 +54,9 @@ def slow_listeners(count: int) -> Iterator[list[int]]:
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        yield [int(s.getsockname()[1]) for s in listeners]
+        ports = SlowPorts(int(s.getsockname()[1]) for s in listeners)
+        ports.held = held
+        yield ports
     finally:
         stop.set()
         thread.join(5)

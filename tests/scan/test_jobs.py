@@ -164,7 +164,10 @@ def test_ctrl_c_on_vpatch_scan_prints_a_partial_report(tmp_path: Path, http_port
              "--timeout", "1", "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=package_env(),
         )  # fmt: skip
-        time.sleep(1.5)  # started (connects done), probing
+        deadline = time.monotonic() + 60  # a loaded machine takes seconds to start it
+        while len(slow.held) <= len(slow):  # each port connected once, then a probe under way
+            assert time.monotonic() < deadline and proc.poll() is None, proc.poll()
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
