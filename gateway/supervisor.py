@@ -74,6 +74,7 @@ from gateway.firewall.refresh import (
     refresh_protected_hosts,
 )
 from gateway.firewall.render import QueuePlan, RenderedRules
+from gateway.forwarding import check_forwarding
 from gateway.intake.nfqueue import WorkerStats, event_store_health, load_policy, start_worker
 from gateway.intake.queuestats import read_queue_counters
 from gateway.lifecycle.monitor import run_monitor
@@ -84,6 +85,7 @@ from gateway.match.rules import load_rules
 from gateway.policy.appcontrol import plan_rules, rule_paths
 from gateway.policy.snapshot import policy_snapshot
 from gateway.policy.store import Store
+from gateway.sdnotify import Notifier
 from gateway.statefiles import shared_gid
 from gateway.vocabulary import Limit
 
@@ -94,8 +96,11 @@ RULES_RELOAD_WAIT = 120.0  # seconds `rules-reload` waits for every live worker'
 BIND_TIMEOUT = 60.0  # seconds a worker may take to load rules and bind its queue
 SUPERVISE_INTERVAL = 0.2  # seconds between checks of the workers (a death wakes at once)
 # per-process counters: set afresh for each worker process; the others count for the queue
-PROCESS_STATS = ("bound", "pid", "started", "policy_version")
+PROCESS_STATS = ("bound", "pid", "started", "policy_version", "heartbeat")
 UNINSPECTED_INTERVAL = 1.0  # seconds a reading of the uninspected-packet counters is reused
+# A worker whose loop has not turned (heartbeat) and that has counted no packet for this long
+# is stalled (stopped, hung): the systemd watchdog is no longer fed (gateway/sdnotify.py).
+WORKER_STALL_S = 5.0
 
 
 class GatewayError(VpatchError):
@@ -113,6 +118,8 @@ class _Worker:
         self.standby: multiprocessing.process.BaseProcess | None = None  # rules loaded, waiting
         self.go: Any = None  # the standby's multiprocessing Event
         self.packets_at_start = 0  # `packets` when the current worker started (kernel_unseen)
+        self.progress: tuple[int, int] = (0, 0)  # (heartbeat, packets) at the last change
+        self.progress_at = time.monotonic()  # when `progress` last changed
 
 
 class Gateway:
@@ -144,6 +151,8 @@ class Gateway:
             resolver_servers(rc), self._apply_names, rc.min_ttl, rc.max_ttl, rc.timeout
         )
         self._name_policies: list[HostPolicy] = []  # whose update-source names are followed
+        self._notify = Notifier.from_env()  # systemd: READY=1, WATCHDOG=1 (Type=notify units)
+        self._rules_applied = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -159,6 +168,7 @@ class Gateway:
                 self._start(w)
             self._wait_bound()
             apply_rules(self.rendered, self.backend)
+            self._rules_applied = True
             log.info(
                 "kernel rules applied (%s): queues %s, fail policy %s, %d ipset(s)",
                 self.backend.name,
@@ -174,6 +184,7 @@ class Gateway:
             self._start_control()
             self._start_alerts()
             print("vpatch run: ready", flush=True)
+            self._notify.ready(f"inspecting: {len(self.workers)} queue(s), rules applied")
             while not self._stop:
                 # wakes at once when a live worker dies (its sentinel), else every interval
                 sentinels = [
@@ -181,16 +192,13 @@ class Gateway:
                 ]
                 multiprocessing.connection.wait(sentinels, SUPERVISE_INTERVAL)
                 self._supervise()
+                self._notify.feed(not self._stalled(), time.monotonic())
         except VpatchError as err:
             log.error("%s", err)
             status = 2
         finally:
-            try:
-                removed = remove_rules(self.backend, self.rendered.prefix)
-                log.info("kernel rules removed (%d objects)", len(removed))
-            except VpatchError as err:
-                log.error("removing kernel rules failed: %s", err)
-                status = status or 2
+            self._notify.stopping("stopping: removing kernel rules, stopping workers")
+            status = self._exit_rules(status)
             self._stop_workers()
             self._names.stop()
             self._stop_monitor()
@@ -201,6 +209,40 @@ class Gateway:
             for s, handler in old.items():
                 signal.signal(s, handler)
         return status
+
+    def _exit_rules(self, status: int) -> int:
+        """On the way out: remove our kernel rules (the exit status, 2 if that failed). Except
+        after an error under fail_policy closed: the rules stay, so the queues, having no
+        reader, drop what they would have inspected (and the firewall policy and host modes
+        stay enforced) until the gateway runs again (systemd restarts it) or `vpatch run
+        --cleanup` removes them."""
+        if status != 0 and self._rules_applied and self.config.fail_policy.value == "closed":
+            log.error(
+                "kernel rules left in place (fail_policy closed): queued traffic is dropped "
+                "until vpatch runs again or `vpatch run --cleanup` removes them"
+            )
+            return status
+        try:
+            removed = remove_rules(self.backend, self.rendered.prefix)
+            log.info("kernel rules removed (%d objects)", len(removed))
+        except VpatchError as err:
+            log.error("removing kernel rules failed: %s", err)
+            return status or 2
+        return status
+
+    def _stalled(self) -> list[int]:
+        """The queues whose worker is dead or has not moved (loop heartbeat, packets) for
+        WORKER_STALL_S: while any is, the systemd watchdog is not fed."""
+        now = time.monotonic()
+        stalled = []
+        for w in self.workers:
+            progress = (w.stats.get("heartbeat"), w.stats.get("packets"))
+            if progress != w.progress:
+                w.progress, w.progress_at = progress, now
+            alive = w.proc is not None and w.died is None and w.proc.is_alive()
+            if not alive or now - w.progress_at > WORKER_STALL_S:
+                stalled.append(w.queue_num)
+        return stalled
 
     def _start(self, w: _Worker) -> None:
         """The queue's worker: its standby when one is ready, else a new process."""
@@ -362,6 +404,9 @@ class Gateway:
             "kernel_counters": kernel.available,
             "alerts": self._alerts.stats() if self._alerts is not None else None,
             "protected_hosts": self.protected,
+            # can forwarded traffic bypass netfilter here (gateway/forwarding.py), checked now
+            "forwarding": check_forwarding(self.config.network.mode).as_dict(),
+            "stalled_queues": self._stalled(),
             "update_source_names": self._names.status(),
             "queues": queues,
         }
