@@ -22,7 +22,15 @@ gateway leaves no reader behind: its rules then follow the fail policy until `vp
 Exit: the kernel rules are removed first (so no packet waits for a worker that is going away),
 then the workers are stopped (SIGTERM, SIGKILL after `workers.stop_timeout`), then the monitor,
 the control socket and the dispatcher. The rule removal runs in a `finally`: whatever happened,
-no rule of ours stays behind.
+no rule of ours stays behind, except after an error under fail_policy closed (`exit_rules`):
+then they stay, so what would be inspected is dropped until the gateway runs again.
+
+Under systemd (Type=notify, gateway/sdnotify.py): READY=1 once the workers are bound and the
+rules applied, STOPPING=1 on the way out, and WATCHDOG=1 from the supervising loop only while
+no queue is stalled (`stalled_queues`: its worker dead, or neither its loop heartbeat nor its
+packet count moved for WORKER_STALL_S), so a stopped or hung worker gets the whole gateway
+restarted. `status` reports `stalled_queues` and `forwarding` (gateway/forwarding.py, checked
+on each request).
 
 Control socket commands: `status`/`stats` (per-queue worker and kernel counters), `rules` (the
 rendered text), `policy` (the stored policy and the versions applied) and `reload`: the policy
@@ -122,6 +130,44 @@ class _Worker:
         self.progress_at = time.monotonic()  # when `progress` last changed
 
 
+def stalled_queues(workers: list[_Worker]) -> list[int]:
+    """The queues whose worker is dead or has not moved (loop heartbeat, packets) for
+    WORKER_STALL_S: while any is, the systemd watchdog is not fed."""
+    now = time.monotonic()
+    stalled = []
+    for w in workers:
+        progress = (w.stats.get("heartbeat"), w.stats.get("packets"))
+        if progress != w.progress:
+            w.progress, w.progress_at = progress, now
+        alive = w.proc is not None and w.died is None and w.proc.is_alive()
+        if not alive or now - w.progress_at > WORKER_STALL_S:
+            stalled.append(w.queue_num)
+    return stalled
+
+
+def exit_rules(
+    backend: BackendInfo, rendered: RenderedRules, status: int, keep_on_error: bool
+) -> int:
+    """On the way out: remove our kernel rules (the exit status, 2 if that failed). Except
+    after an error with `keep_on_error` (fail_policy closed, rules applied): the rules stay, so
+    the queues, having no reader, drop what they would have inspected (and the firewall policy
+    and host modes stay enforced) until the gateway runs again (systemd restarts it) or
+    `vpatch run --cleanup` removes them."""
+    if status != 0 and keep_on_error:
+        log.error(
+            "kernel rules left in place (fail_policy closed): queued traffic is dropped "
+            "until vpatch runs again or `vpatch run --cleanup` removes them"
+        )
+        return status
+    try:
+        removed = remove_rules(backend, rendered.prefix)
+        log.info("kernel rules removed (%d objects)", len(removed))
+    except VpatchError as err:
+        log.error("removing kernel rules failed: %s", err)
+        return status or 2
+    return status
+
+
 class Gateway:
     """The running gateway: workers, kernel rules, control socket."""
 
@@ -192,13 +238,14 @@ class Gateway:
                 ]
                 multiprocessing.connection.wait(sentinels, SUPERVISE_INTERVAL)
                 self._supervise()
-                self._notify.feed(not self._stalled(), time.monotonic())
+                self._notify.feed(not stalled_queues(self.workers), time.monotonic())
         except VpatchError as err:
             log.error("%s", err)
             status = 2
         finally:
             self._notify.stopping("stopping: removing kernel rules, stopping workers")
-            status = self._exit_rules(status)
+            closed = self.config.fail_policy.value == "closed"
+            status = exit_rules(self.backend, self.rendered, status, closed and self._rules_applied)
             self._stop_workers()
             self._names.stop()
             self._stop_monitor()
@@ -209,40 +256,6 @@ class Gateway:
             for s, handler in old.items():
                 signal.signal(s, handler)
         return status
-
-    def _exit_rules(self, status: int) -> int:
-        """On the way out: remove our kernel rules (the exit status, 2 if that failed). Except
-        after an error under fail_policy closed: the rules stay, so the queues, having no
-        reader, drop what they would have inspected (and the firewall policy and host modes
-        stay enforced) until the gateway runs again (systemd restarts it) or `vpatch run
-        --cleanup` removes them."""
-        if status != 0 and self._rules_applied and self.config.fail_policy.value == "closed":
-            log.error(
-                "kernel rules left in place (fail_policy closed): queued traffic is dropped "
-                "until vpatch runs again or `vpatch run --cleanup` removes them"
-            )
-            return status
-        try:
-            removed = remove_rules(self.backend, self.rendered.prefix)
-            log.info("kernel rules removed (%d objects)", len(removed))
-        except VpatchError as err:
-            log.error("removing kernel rules failed: %s", err)
-            return status or 2
-        return status
-
-    def _stalled(self) -> list[int]:
-        """The queues whose worker is dead or has not moved (loop heartbeat, packets) for
-        WORKER_STALL_S: while any is, the systemd watchdog is not fed."""
-        now = time.monotonic()
-        stalled = []
-        for w in self.workers:
-            progress = (w.stats.get("heartbeat"), w.stats.get("packets"))
-            if progress != w.progress:
-                w.progress, w.progress_at = progress, now
-            alive = w.proc is not None and w.died is None and w.proc.is_alive()
-            if not alive or now - w.progress_at > WORKER_STALL_S:
-                stalled.append(w.queue_num)
-        return stalled
 
     def _start(self, w: _Worker) -> None:
         """The queue's worker: its standby when one is ready, else a new process."""
@@ -406,7 +419,7 @@ class Gateway:
             "protected_hosts": self.protected,
             # can forwarded traffic bypass netfilter here (gateway/forwarding.py), checked now
             "forwarding": check_forwarding(self.config.network.mode).as_dict(),
-            "stalled_queues": self._stalled(),
+            "stalled_queues": stalled_queues(self.workers),
             "update_source_names": self._names.status(),
             "queues": queues,
         }
