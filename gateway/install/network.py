@@ -44,7 +44,7 @@ IFUPDOWN_DIR = "etc/network/interfaces.d"
 SYSCTL_FILE = "etc/sysctl.d/90-vpatch.conf"
 MODULES_FILE = "etc/modules-load.d/br_netfilter.conf"
 DROPIN_FILE = "etc/systemd/system/vpatch.service.d/bridge-ports.conf"
-IP = "/usr/sbin/ip"
+IP = "/sbin/ip"  # iproute2 ships it there and in /bin, merged /usr or not
 
 
 class InstallError(VpatchError):
