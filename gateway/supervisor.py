@@ -132,7 +132,8 @@ class _Worker:
 
 def stalled_queues(workers: list[_Worker]) -> list[int]:
     """The queues whose worker is dead or has not moved (loop heartbeat, packets) for
-    WORKER_STALL_S: while any is, the systemd watchdog is not fed."""
+    WORKER_STALL_S (a worker still loading its rules before it binds: BIND_TIMEOUT): while any
+    is, the systemd watchdog is not fed."""
     now = time.monotonic()
     stalled = []
     for w in workers:
@@ -140,7 +141,8 @@ def stalled_queues(workers: list[_Worker]) -> list[int]:
         if progress != w.progress:
             w.progress, w.progress_at = progress, now
         alive = w.proc is not None and w.died is None and w.proc.is_alive()
-        if not alive or now - w.progress_at > WORKER_STALL_S:
+        limit = WORKER_STALL_S if w.stats.get("bound") else BIND_TIMEOUT
+        if not alive or now - w.progress_at > limit:
             stalled.append(w.queue_num)
     return stalled
 
