@@ -713,9 +713,7 @@ class UiConfig:
         "certificate made on the first start, `ui-tls.crt` beside the policy database (its key "
         "`ui-tls.key`, mode 0600), kept for later starts.",
     )
-    tls_key: Path | None = setting(
-        None, "PEM private key of `tls_cert` (required with it)."
-    )
+    tls_key: Path | None = setting(None, "PEM private key of `tls_cert` (required with it).")
 
 
 @dataclass(frozen=True, slots=True)
