@@ -166,8 +166,11 @@ def ui(tmp_path: Path, *args: str) -> Iterator[tuple[int, Path]]:
         )  # fmt: skip
     try:
         deadline = time.monotonic() + GENEROUS_S
-        while b"vpatch ui: serving " not in log.read_bytes():
+        while True:  # the line is printed just before the socket is bound: connect too
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            if b"vpatch ui: serving " in log.read_bytes():
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                    break
             time.sleep(0.1)
         yield port, log
     finally:
