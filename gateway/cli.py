@@ -18,7 +18,10 @@ from gateway.commands import raise_interrupt
 from gateway.errors import VpatchError
 
 # Subcommand modules, in the order `vpatch --help` lists them.
-COMMANDS = ("run", "replay", "rules", "scan", "hosts", "report", "policy", "lab", "bench", "ui")
+COMMANDS = (
+    "run", "replay", "rules", "scan", "hosts", "report", "policy", "lab", "bench", "ui",
+    "install-network",
+)  # fmt: skip
 # Commands whose `finally` blocks tear down what they built (`run`, `scan` and `hosts monitor`
 # install their own handlers; `ui` is stopped by SIGTERM as a server should be).
 UNWIND_ON_SIGTERM = frozenset({"lab", "bench"})
@@ -33,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vpatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"gateway.commands.{name}")
+        module = importlib.import_module(f"gateway.commands.{name.replace('-', '_')}")
         module.register(sub)
     return parser
 

@@ -27,6 +27,7 @@ from typing import Any, Final, Protocol, TypeVar, get_type_hints, runtime_checka
 import yaml
 
 from gateway.errors import ConfigError
+from gateway.forwarding import BypassPolicy, ForwardingMode
 from gateway.vocabulary import Limit, LimitPolicy
 
 __all__ = [
@@ -603,6 +604,25 @@ class FirewallConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    """How traffic reaches the gateway (gateway/forwarding.py, docs/install.md)."""
+
+    mode: ForwardingMode = setting(
+        ForwardingMode.AUTO,
+        "`bridge` (transparent bridge: `vpatch run` requires br_netfilter and "
+        "`net.bridge.bridge-nf-call-iptables`/`ip6tables` = 1), `routed` (requires "
+        "`net.ipv4.ip_forward` = 1) or `auto` (bridge when a bridge exists at start, else "
+        "routed when forwarding is on). `vpatch install-network` sets `bridge` or `routed`.",
+    )
+    on_bypass: BypassPolicy = setting(
+        BypassPolicy.REFUSE,
+        "When traffic could cross the gateway without passing netfilter (a sysctl above is "
+        "off): `refuse` to start, naming the sysctl to fix, or `warn`: start anyway, log a "
+        "warning and report it in `status` (`forwarding.ok` false, re-checked on each request).",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ResolverConfig:
     """How `vpatch run` resolves setup-protection update sources given by host name
     (gateway/lifecycle/names.py, docs/lifecycle.md)."""
@@ -697,6 +717,13 @@ class UiConfig:
     idle_timeout: float = setting(
         30.0, "Seconds an idle keep-alive connection stays open.", lo=1, hi=3600
     )
+    tls_cert: Path | None = setting(
+        None,
+        "PEM certificate (with its chain) the UI serves HTTPS with. `null`: a self-signed "
+        "certificate made on the first start, `ui-tls.crt` beside the policy database (its key "
+        "`ui-tls.key`, mode 0600), kept for later starts.",
+    )
+    tls_key: Path | None = setting(None, "PEM private key of `tls_cert` (required with it).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -736,6 +763,7 @@ class GatewayConfig:
     rule_pack: RulePackConfig = field(default_factory=RulePackConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     resolver: ResolverConfig = field(default_factory=ResolverConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     workers: WorkerConfig = field(default_factory=WorkerConfig)
     ui: UiConfig = field(default_factory=UiConfig)
     source: str = "<defaults>"  # the file this came from (for messages); not a key

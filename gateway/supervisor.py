@@ -23,7 +23,15 @@ kernel bypass its queue (`--queue-bypass`), fail_policy closed drops that queue'
 Exit: the kernel rules are removed first (so no packet waits for a worker that is going away),
 then the workers are stopped (SIGTERM, SIGKILL after `workers.stop_timeout`), then the monitor,
 the control socket and the dispatcher. The rule removal runs in a `finally`: whatever happened,
-no rule of ours stays behind.
+no rule of ours stays behind, except after an error under fail_policy closed (`exit_rules`):
+then they stay, so what would be inspected is dropped until the gateway runs again.
+
+Under systemd (Type=notify, gateway/sdnotify.py): READY=1 once the workers are bound and the
+rules applied, STOPPING=1 on the way out, and WATCHDOG=1 from the supervising loop only while
+no queue is stalled (`stalled_queues`: its worker dead, or neither its loop heartbeat nor its
+packet count moved for WORKER_STALL_S), so a stopped or hung worker gets the whole gateway
+restarted. `status` reports `stalled_queues` and `forwarding` (gateway/forwarding.py, checked
+on each request).
 
 Control socket commands: `status`/`stats` (per-queue worker and kernel counters), `rules` (the
 rendered text), `policy` (the stored policy and the versions applied) and `reload`: the policy
@@ -75,6 +83,7 @@ from gateway.firewall.refresh import (
     refresh_protected_hosts,
 )
 from gateway.firewall.render import QueuePlan, RenderedRules
+from gateway.forwarding import check_forwarding
 from gateway.intake.nfqueue import WorkerStats, event_store_health, load_policy, start_worker
 from gateway.intake.queuestats import read_queue_counters
 from gateway.lifecycle.monitor import run_monitor
@@ -85,6 +94,7 @@ from gateway.match.rules import load_rules
 from gateway.policy.appcontrol import plan_rules, rule_paths
 from gateway.policy.snapshot import policy_snapshot
 from gateway.policy.store import Store
+from gateway.sdnotify import Notifier
 from gateway.statefiles import shared_gid
 from gateway.vocabulary import Limit
 
@@ -95,8 +105,11 @@ RULES_RELOAD_WAIT = 120.0  # seconds `rules-reload` waits for every live worker'
 BIND_TIMEOUT = 60.0  # seconds a worker may take to load rules and bind its queue
 SUPERVISE_INTERVAL = 0.2  # seconds between checks of the workers (a death wakes at once)
 # per-process counters: set afresh for each worker process; the others count for the queue
-PROCESS_STATS = ("bound", "pid", "started", "policy_version")
+PROCESS_STATS = ("bound", "pid", "started", "policy_version", "heartbeat")
 UNINSPECTED_INTERVAL = 1.0  # seconds a reading of the uninspected-packet counters is reused
+# A worker whose loop has not turned (heartbeat) and that has counted no packet for this long
+# is stalled (stopped, hung): the systemd watchdog is no longer fed (gateway/sdnotify.py).
+WORKER_STALL_S = 5.0
 
 
 class GatewayError(VpatchError):
@@ -114,6 +127,48 @@ class _Worker:
         self.standby: multiprocessing.process.BaseProcess | None = None  # rules loaded, waiting
         self.go: Any = None  # the standby's multiprocessing Event
         self.packets_at_start = 0  # `packets` when the current worker started (kernel_unseen)
+        self.progress: tuple[int, int] = (0, 0)  # (heartbeat, packets) at the last change
+        self.progress_at = time.monotonic()  # when `progress` last changed
+
+
+def stalled_queues(workers: list[_Worker]) -> list[int]:
+    """The queues whose worker is dead or has not moved (loop heartbeat, packets) for
+    WORKER_STALL_S (a worker still loading its rules before it binds: BIND_TIMEOUT): while any
+    is, the systemd watchdog is not fed."""
+    now = time.monotonic()
+    stalled = []
+    for w in workers:
+        progress = (w.stats.get("heartbeat"), w.stats.get("packets"))
+        if progress != w.progress:
+            w.progress, w.progress_at = progress, now
+        alive = w.proc is not None and w.died is None and w.proc.is_alive()
+        limit = WORKER_STALL_S if w.stats.get("bound") else BIND_TIMEOUT
+        if not alive or now - w.progress_at > limit:
+            stalled.append(w.queue_num)
+    return stalled
+
+
+def exit_rules(
+    backend: BackendInfo, rendered: RenderedRules, status: int, keep_on_error: bool
+) -> int:
+    """On the way out: remove our kernel rules (the exit status, 2 if that failed). Except
+    after an error with `keep_on_error` (fail_policy closed, rules applied): the rules stay, so
+    the queues, having no reader, drop what they would have inspected (and the firewall policy
+    and host modes stay enforced) until the gateway runs again (systemd restarts it) or
+    `vpatch run --cleanup` removes them."""
+    if status != 0 and keep_on_error:
+        log.error(
+            "kernel rules left in place (fail_policy closed): queued traffic is dropped "
+            "until vpatch runs again or `vpatch run --cleanup` removes them"
+        )
+        return status
+    try:
+        removed = remove_rules(backend, rendered.prefix)
+        log.info("kernel rules removed (%d objects)", len(removed))
+    except VpatchError as err:
+        log.error("removing kernel rules failed: %s", err)
+        return status or 2
+    return status
 
 
 class Gateway:
@@ -145,6 +200,8 @@ class Gateway:
             resolver_servers(rc), self._apply_names, rc.min_ttl, rc.max_ttl, rc.timeout
         )
         self._name_policies: list[HostPolicy] = []  # whose update-source names are followed
+        self._notify = Notifier.from_env()  # systemd: READY=1, WATCHDOG=1 (Type=notify units)
+        self._rules_applied = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -160,6 +217,7 @@ class Gateway:
                 self._start(w)
             self._wait_bound()
             apply_rules(self.rendered, self.backend)
+            self._rules_applied = True
             log.info(
                 "kernel rules applied (%s): queues %s, fail policy %s, %d ipset(s)",
                 self.backend.name,
@@ -175,6 +233,7 @@ class Gateway:
             self._start_control()
             self._start_alerts()
             print("vpatch run: ready", flush=True)
+            self._notify.ready(f"inspecting: {len(self.workers)} queue(s), rules applied")
             while not self._stop:
                 # wakes at once when a live worker dies (its sentinel), else every interval
                 sentinels = [
@@ -182,16 +241,14 @@ class Gateway:
                 ]
                 multiprocessing.connection.wait(sentinels, SUPERVISE_INTERVAL)
                 self._supervise()
+                self._notify.feed(not stalled_queues(self.workers), time.monotonic())
         except VpatchError as err:
             log.error("%s", err)
             status = 2
         finally:
-            try:
-                removed = remove_rules(self.backend, self.rendered.prefix)
-                log.info("kernel rules removed (%d objects)", len(removed))
-            except VpatchError as err:
-                log.error("removing kernel rules failed: %s", err)
-                status = status or 2
+            self._notify.stopping("stopping: removing kernel rules, stopping workers")
+            closed = self.config.fail_policy.value == "closed"
+            status = exit_rules(self.backend, self.rendered, status, closed and self._rules_applied)
             self._stop_workers()
             self._names.stop()
             self._stop_monitor()
@@ -363,6 +420,9 @@ class Gateway:
             "kernel_counters": kernel.available,
             "alerts": self._alerts.stats() if self._alerts is not None else None,
             "protected_hosts": self.protected,
+            # can forwarded traffic bypass netfilter here (gateway/forwarding.py), checked now
+            "forwarding": check_forwarding(self.config.network.mode).as_dict(),
+            "stalled_queues": stalled_queues(self.workers),
             "update_source_names": self._names.status(),
             "queues": queues,
         }

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Install everything vpatch, its lab and its tests need on Debian 12, as root, then create the
-# virtualenv ./.venv with vpatch installed editable plus its test and dev (ruff, mypy) extras.
+# virtualenv ./.venv (with --system: install vpatch as a service instead, see below) with vpatch installed editable plus its test and dev (ruff, mypy) extras.
 # Idempotent: apt runs only when a package is missing, pip only when pyproject.toml changed
 # since the last successful run (or the venv is new). Never starts or stops system services:
 # a temporary policy-rc.d forbids package scripts from starting nginx/smbd/named in the root
 # namespace (the lab runs its own copies inside its server namespace).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# `--system [--root DIR]`, `--uninstall [--purge]`: the system install instead (/opt/vpatch,
+# /etc/vpatch, units; scripts/system-install.sh says what goes where).
+case " $* " in
+    *" --system "*|*" --uninstall "*) exec scripts/system-install.sh "$@" ;;
+esac
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install.sh: run as root (apt-get, network namespaces)" >&2

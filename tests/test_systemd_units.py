@@ -63,3 +63,17 @@ def test_units_verify_clean(tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+def test_the_gateway_unit_is_notify_with_a_watchdog_before_the_network() -> None:
+    gw = service("vpatch.service")
+    assert gw["Type"] == "notify" and gw["NotifyAccess"] == "main"
+    assert gw["WatchdogSec"] == "30s" and gw["Restart"] == "on-failure"
+    assert "--stop-post" in gw["ExecStopPost"]  # fail-closed keeps its rules on a failure
+    assert gw["CapabilityBoundingSet"].split() == ["CAP_NET_ADMIN", "CAP_NET_RAW"]
+    assert gw["AmbientCapabilities"] == gw["CapabilityBoundingSet"]
+    assert gw["ProtectSystem"] == "strict" and gw["ProtectKernelTunables"] == "yes"
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.read_string((SYSTEMD / "vpatch.service").read_text())
+    assert parser["Unit"]["Before"] == "network-pre.target"  # the bridge comes up after it
+    assert "network-online" not in parser["Unit"].get("After", "")  # or that were a cycle

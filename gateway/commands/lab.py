@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         if ui_listen is not None:
             print(
                 f"admin UI: http://{ui_listen}/  user: admin  password: {password}\n"
-                "  (shown only this once; plain HTTP on loopback with --insecure-cookies, lab use "
+                "  (shown only this once; plain HTTP on loopback with --insecure-http, lab use "
                 "only;\n  new password: vpatch ui -c "
                 f"{spec.state_dir / 'gateway.yaml'} --set-password admin)"
             )

@@ -1,5 +1,12 @@
 """`vpatch ui [--listen 127.0.0.1:8443] [--config FILE]`: serve the admin web UI with waitress.
 
+HTTPS by default (webui/tls.py, webui/serve.py): the certificate and key of `ui.tls_cert` and
+`ui.tls_key`, or a self-signed pair made on the first start in the state directory (beside the
+policy database: `ui-tls.crt`, `ui-tls.key` 0600), whose SHA-256 fingerprint is printed so an
+admin can check what the browser shows. Every response carries HSTS. Plain HTTP only with
+`--insecure-http`, and only on a loopback address (a lab, or a reverse proxy on this machine):
+any other address is refused at start.
+
 Account management, each doing one thing and exiting: `--set-password USER` (prompts, or reads
 a line from stdin when not a terminal; an unknown USER is an error unless `--create-admin`
 says to create it as an admin), `--create-token USER [--expires DAYS]` (prints a new API token
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import sys
 import time
 from pathlib import Path
@@ -54,6 +62,12 @@ def register(sub: Any) -> None:
         "--insecure-cookies",
         action="store_true",
         help="session cookies without the Secure flag (plain-HTTP lab use ONLY)",
+    )
+    p.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="plain HTTP instead of HTTPS, on a loopback address only (lab, local reverse "
+        "proxy); implies --insecure-cookies",
     )
     p.set_defaults(func=run)
 
@@ -134,8 +148,17 @@ def run(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"--listen {args.listen!r}: expected HOST:PORT")
+    host = host.strip("[]")
+    if args.insecure_http and not _loopback(host):
+        raise ConfigError(
+            f"--listen {args.listen!r} with --insecure-http: plain HTTP is served on a "
+            "loopback address only (127.0.0.1, ::1, localhost); drop --insecure-http to "
+            "serve HTTPS there"
+        )
+    insecure_cookies = args.insecure_cookies or args.insecure_http
     from webui import create_app
     from webui.serve import build_server
+    from webui.tls import default_names, fingerprint, server_context, ui_certificate
 
     events_db = str(config.events.sqlite) if config.events.sqlite else "/nonexistent/events.db"
     app = create_app({
@@ -144,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         "CONTROL_SOCKET": str(config.control.socket),
         "RULE_PATHS": [str(p) for p in config.rules],
         "RULE_PACK_DIR": str(config.rule_pack.dir),
-        "SESSION_COOKIE_SECURE": not args.insecure_cookies,
+        "SESSION_COOKIE_SECURE": not insecure_cookies,
         "SESSION_IDLE": config.ui.session_idle,
         "SESSION_LIFETIME": config.ui.session_lifetime,
         "TRUSTED_PROXIES": config.ui.trusted_proxies,
@@ -153,11 +176,36 @@ def run(args: argparse.Namespace) -> int:
         print(f"vpatch ui: created user 'admin' with password: {password}", flush=True)
         print("vpatch ui: this password is shown only once; change it with "
               "`vpatch ui --set-password admin`", flush=True)  # fmt: skip
-    if args.insecure_cookies:
+    if insecure_cookies:
         print("vpatch ui: WARNING: --insecure-cookies: session cookies sent over plain HTTP. "
               "Lab use only!", file=sys.stderr, flush=True)  # fmt: skip
-    print(
-        f"vpatch ui: serving on http://{host}:{port}/ (put TLS in front, or use a lab)", flush=True
-    )
-    build_server(app, host, int(port), config.ui, UI_THREADS).run()
+    shown = f"[{host}]" if ":" in host else host
+    if args.insecure_http:
+        print(
+            f"vpatch ui: serving plain HTTP on http://{shown}:{port}/ (loopback only)", flush=True
+        )
+        build_server(app, host, int(port), config.ui, UI_THREADS).run()
+        return 0
+    ui = config.ui
+    if (ui.tls_cert is None) != (ui.tls_key is None):
+        raise ConfigError("ui.tls_cert and ui.tls_key go together: give both, or neither")
+    if ui.tls_cert is not None and ui.tls_key is not None:
+        cert, key = ui.tls_cert, ui.tls_key
+    else:
+        cert, key, made = ui_certificate(config.policy.database.parent, default_names(host))
+        if made:
+            print(f"vpatch ui: made a self-signed certificate {cert} (key {key}, 0600)", flush=True)
+    tls = server_context(cert, key)
+    print(f"vpatch ui: certificate {cert}, SHA-256 {fingerprint(cert)}", flush=True)
+    print(f"vpatch ui: serving on https://{shown}:{port}/", flush=True)
+    build_server(app, host, int(port), ui, UI_THREADS, tls=tls).run()
     return 0
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

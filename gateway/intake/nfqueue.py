@@ -136,6 +136,7 @@ STAT_NAMES = (
     "bytes", "rules", "gc_runs", "gc_found", "standby_ready", "rules_wanted", "rules_version",
     "rules_errors", "events_written", "event_records", "events_aggregated", "events_dropped",
     "events_lost", "store_errors", "store_failing",
+    "heartbeat",  # time.monotonic() in ms at the worker loop's last turn (the watchdog's)
 )  # fmt: skip
 # The engine's own counters (EngineStats.as_dict), copied into the shared counters every
 # EXPIRE_INTERVAL by publish_engine_counters, so that `status` shows every limit reached
@@ -756,6 +757,7 @@ def worker_main(
                 apply_policy(engine, config, stats, wanted)
             loader.poll(engine)
             mono = time.monotonic()
+            stats.set("heartbeat", int(mono * 1000))
             if mono - last_expire >= EXPIRE_INTERVAL:
                 last_expire = mono
                 try:

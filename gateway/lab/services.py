@@ -461,8 +461,9 @@ def start_ui(
     loopback only; return the password of the `admin` account it set (shown once).
 
     The UI reaches the gateway through the control socket (a file in the state dir) and the
-    SQLite stores, so it needs no address in the lab. Plain HTTP on loopback: the session cookie
-    is sent without the Secure flag (`--insecure-cookies`, lab use only).
+    SQLite stores, so it needs no address in the lab. Plain HTTP on loopback (`--insecure-http`,
+    which `vpatch ui` allows on loopback only): the session cookie is sent without the Secure
+    flag, lab use only.
     """
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
@@ -485,7 +486,7 @@ def start_ui(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     argv = [sys.executable, "-m", "gateway.cli", "ui", "-c", str(conf), "--listen", listen,
-            "--insecure-cookies"]  # fmt: skip
+            "--insecure-http"]  # fmt: skip
     log = log_file(spec, UI)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:

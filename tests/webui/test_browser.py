@@ -18,6 +18,7 @@ import contextlib
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -68,7 +69,9 @@ SCREENSHOTS = REPO / "artifacts" / "screenshots"
 PASSWORD = "browser-admin-pw-1"
 CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,1000")  # fmt: skip
+                "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,1000",
+                # the UI's self-signed certificate (webui/tls.py), made at its first start
+                "--ignore-certificate-errors")  # fmt: skip
 WAIT = 15.0
 
 
@@ -198,7 +201,7 @@ def test_browser_toggles_rule_on_running_gateway(
         Accounts(store).create_user("admin", PASSWORD, "admin", "test")
         host = Hosts(store).save_host(lab.server_addr, "test", name="legacy web server")
     port = _free_port()
-    base = f"http://127.0.0.1:{port}"
+    base = f"https://127.0.0.1:{port}"  # HTTPS by default, Secure cookies, HSTS
     ui_log = tmp_path / "ui.log"
     ui: subprocess.Popen[bytes] | None = None
     with contextlib.ExitStack() as stack:
@@ -206,14 +209,16 @@ def test_browser_toggles_rule_on_running_gateway(
         with ui_log.open("wb") as out:
             ui = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "ui", "-c", str(gw.config), "--listen",
-                 f"127.0.0.1:{port}", "--insecure-cookies"],
+                 f"127.0.0.1:{port}"],
                 stdout=out, stderr=subprocess.STDOUT, env=package_env(),
             )  # fmt: skip
         stack.callback(_stop, ui)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             try:
-                urllib.request.urlopen(base + "/auth/login", timeout=2).close()
+                # verified against the certificate the UI made (FileNotFoundError until then)
+                tls = ssl.create_default_context(cafile=policy_db.parent / "ui-tls.crt")
+                urllib.request.urlopen(base + "/auth/login", timeout=2, context=tls).close()
                 break
             except OSError:
                 assert ui.poll() is None, ui_log.read_text()
