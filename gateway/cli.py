@@ -18,7 +18,7 @@ from gateway.commands import raise_interrupt
 from gateway.errors import VpatchError
 
 # Subcommand modules, in the order `vpatch --help` lists them.
-COMMANDS = ("run", "replay", "rules", "scan", "hosts", "lab", "bench", "ui")
+COMMANDS = ("run", "replay", "rules", "scan", "hosts", "lab", "bench", "ui", "health")
 # Commands whose `finally` blocks tear down what they built (`run`, `scan` and `hosts monitor`
 # install their own handlers; `ui` is stopped by SIGTERM as a server should be).
 UNWIND_ON_SIGTERM = frozenset({"lab", "bench"})
