@@ -299,8 +299,8 @@ def _packs(args: argparse.Namespace, command: str) -> int:
         print(f"rule pack in force: {target or 'the bundled pack'}")
     status = _reload(argparse.Namespace(config=args.config, socket=args.socket))
     if command == "update":
-        _record(config.rule_pack.dir, args.source,
-                "" if status == 0 else "the running gateway did not take the new rules")  # fmt: skip
+        refused = "the running gateway did not take the new rules"
+        _record(config.rule_pack.dir, args.source, "" if status == 0 else refused)
     if status != 0:
         packs.switch(before.version if before else None)
         print(

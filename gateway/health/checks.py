@@ -102,14 +102,14 @@ class Observation:
     rule_update_error: str = ""  # the last `vpatch rules update` failed with this
 
 
-def _counter_changes(now: Counters, before: Counters | None, cfg: HealthConfig) -> dict[
-    Condition, str
-]:
+def _counter_changes(
+    now: Counters, before: Counters | None, cfg: HealthConfig
+) -> dict[Condition, str]:
     same = before is not None and abs(now.started - before.started) < START_TOLERANCE
     base = before if same and before is not None else Counters(now.started)
     out: dict[Condition, str] = {}
     if before is not None and not same:
-        out[Condition.GATEWAY_RESTARTED] = "a new `vpatch run` instance answers since the last check"
+        out[Condition.GATEWAY_RESTARTED] = "a new `vpatch run` answers since the last check"
     restarts = now.restarts - base.restarts
     if restarts > 0:
         out[Condition.WORKER_RESTARTED] = f"{restarts} worker restart(s) since the last check"
@@ -159,9 +159,10 @@ def evaluate(
         failing.setdefault(Condition.EVENT_STORE, obs.store_problem)
     low = [d for d in obs.disks if d.free_percent < cfg.disk_min_free]
     if low:
-        failing[Condition.DISK_LOW] = "; ".join(
-            f"{d.path}: {d.free_percent:.1f}% free" for d in low
-        ) + f" (threshold health.disk_min_free = {cfg.disk_min_free:g}%)"
+        failing[Condition.DISK_LOW] = (
+            "; ".join(f"{d.path}: {d.free_percent:.1f}% free" for d in low)
+            + f" (threshold health.disk_min_free = {cfg.disk_min_free:g}%)"
+        )
     if obs.rule_update_error:
         failing[Condition.RULE_UPDATE] = obs.rule_update_error
     return failing, counters
