@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 SYSTEMD = Path(__file__).resolve().parents[1] / "systemd"
-UNITS = ("vpatch.service", "vpatch-ui.service", "vpatch-scan.service")
+UNITS = ("vpatch.service", "vpatch-ui.service", "vpatch-scan.service", "vpatch-health.service",
+         "vpatch-health.timer")  # fmt: skip
 
 
 def service(name: str) -> configparser.SectionProxy:
@@ -54,3 +55,15 @@ def test_units_verify_clean(tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+def test_the_health_check_runs_outside_the_gateway_on_a_timer() -> None:
+    """It is its own oneshot unit (a dead vpatch.service cannot take it down), a failing
+    condition (exit 1) is not a failure of the unit, and the timer runs it every minute."""
+    health = service("vpatch-health.service")
+    assert health["Type"] == "oneshot" and health["SuccessExitStatus"] == "1"
+    assert "health check -c" in health["ExecStart"]
+    assert health["Group"] == "vpatch" and "User" not in health
+    timer = configparser.ConfigParser(strict=False, interpolation=None)
+    timer.read_string((SYSTEMD / "vpatch-health.timer").read_text())
+    assert timer["Timer"]["OnUnitActiveSec"] == "1min"
