@@ -106,3 +106,9 @@ def test_unreadable_status_and_port_in_use() -> None:
     finally:
         server.stop()
     assert not MetricsServer(broken, "127.0.0.1", 0).start()  # port 0: no endpoint
+
+
+def test_the_docs_list_every_metric() -> None:
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    for name, kind, _labels, _help in METRICS:
+        assert f"`{name}{'_total' if kind == 'counter' else ''}`" in docs, name
