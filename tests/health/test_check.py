@@ -59,8 +59,11 @@ def test_unreachable_then_resolved_once_each(tmp_path: Path, webhook: Any) -> No
     got = bodies(webhook)
     assert len(got) == 1 and got[0]["type"] == "health" and got[0]["severity"] == 1
     assert got[0]["title"] == "health: gateway unreachable"
-    assert got[0]["event"]["health"] == {**got[0]["event"]["health"],
-                                         "condition": "gateway_unreachable", "state": "failing"}
+    assert got[0]["event"]["health"] == {
+        **got[0]["event"]["health"],
+        "condition": "gateway_unreachable",
+        "state": "failing",
+    }
     assert run_check(cfg).changes == ()  # still down: no second alert
     assert len(webhook.requests) == 1
     server = ControlServer(cfg.control.socket, {"status": lambda _r: status(uptime=5)})

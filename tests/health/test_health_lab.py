@@ -161,7 +161,7 @@ def test_metrics_and_health_alerts_of_a_real_gateway(
         gw.proc.send_signal(signal.SIGKILL)
         gw.proc.wait(10)
         down = check(gw.config)
-        got = wait_for(webhook.requests, sent + 1)
+        wait_for(webhook.requests, sent + 1)
         took = time.monotonic() - killed
     assert down.returncode == 1 and "gateway_unreachable" in down.stdout
     assert "health: gateway unreachable" in titles(webhook)[sent:]
