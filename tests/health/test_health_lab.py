@@ -10,7 +10,8 @@ Held:
 - a worker killed (SIGKILL) and restarted raises `worker restarted`;
 - workers that stop reading (SIGSTOP) while datagrams arrive fill the queues; the kernel passes
   the rest uninspected (fail_policy open) and the next check raises `packets passed
-  uninspected` (health.uninspected 0);
+  uninspected` (health.uninspected 0); with fail_policy closed the kernel drops them instead,
+  `vpatch_queue_drops_total` counts them and the check raises `queue drops` past its threshold;
 - `vpatch run` killed (SIGKILL): the next check raises `gateway unreachable` at the receiver.
   Stated time: the alert is at the receiver within CHECK_BOUND seconds of the kill when a
   check runs right after it; under systemd the timer runs one every minute, so within a
@@ -93,23 +94,40 @@ def udp_burst(lab: Any, count: int) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_metrics_and_health_alerts_of_a_real_gateway(
-    lab: Any, tmp_path: Path, webhook: Any
-) -> None:
-    port = free_port()
-    cfg = {
+def gateway_config(lab: Any, tmp_path: Path, fail_policy: str, port: int) -> dict[str, Any]:
+    return {
         "protected_hosts": [lab.server_addr],
         "rules": [str(default_rule_dir())],
         "queues": {"first": 0, "count": 2, "max_len": 4},
-        "fail_policy": "open",
+        "fail_policy": fail_policy,
         "events": {"sqlite": str(tmp_path / "events.db"), "jsonl": str(tmp_path / "eve.json")},
         "control": {"socket": str(tmp_path / "control.sock")},
         "policy": {"database": str(tmp_path / "policy.db")},
         "rule_pack": {"dir": str(tmp_path / "packs")},
         "health": {"state": str(tmp_path / "health.json"), "uninspected": 0,
-                   "disk_min_free": 0},
+                   "queue_drops": 10, "disk_min_free": 0},
         "metrics": {"address": "127.0.0.1", "port": port},
     }  # fmt: skip
+
+
+def stalled_workers(gw: Any, lab: Any, datagrams: int) -> None:
+    """Every worker stopped (SIGSTOP) while `datagrams` DNS queries arrive, then resumed."""
+    pids = worker_pids(gw)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        udp_burst(lab, datagrams)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    time.sleep(1.5)  # the uninspected counter is read at most once a second
+
+
+def test_metrics_and_health_alerts_of_a_real_gateway(
+    lab: Any, tmp_path: Path, webhook: Any
+) -> None:
+    port = free_port()
+    cfg = gateway_config(lab, tmp_path, "open", port)
     channel(tmp_path, webhook.url)
     url = f"http://127.0.0.1:{port}/metrics"
     rule = load_rules([default_rule_dir()]).by_id[SID]
@@ -141,15 +159,7 @@ def test_metrics_and_health_alerts_of_a_real_gateway(
         assert total(scrape(lab, url), "vpatch_worker_restarts_total") == restarts + 1
 
         # workers that stop reading: the full queues pass datagrams uninspected
-        pids = worker_pids(gw)  # the new worker has bound its queue
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            udp_burst(lab, 200)
-        finally:
-            for pid in pids:
-                os.kill(pid, signal.SIGCONT)
-        time.sleep(1.5)  # the uninspected counter is read at most once a second
+        stalled_workers(gw, lab, 200)
         checked = check(gw.config)
         assert checked.returncode == 1, checked.stdout
         assert "health: packets passed uninspected" in wait_for(titles(webhook), 3)
@@ -167,3 +177,20 @@ def test_metrics_and_health_alerts_of_a_real_gateway(
     assert "health: gateway unreachable" in titles(webhook)[sent:]
     assert took < CHECK_BOUND, took
     print(f"\nhealth: gateway unreachable alert at the receiver {took:.2f} s after the kill")
+
+
+def test_queue_drops_past_the_threshold_raise_an_alert(
+    lab: Any, tmp_path: Path, webhook: Any
+) -> None:
+    """fail_policy closed: what full queues cannot take is dropped by the kernel, counted in
+    `queue_drops` (metrics) and alerted past health.queue_drops (10 per check)."""
+    port = free_port()
+    channel(tmp_path, webhook.url)
+    with running_gateway(lab, tmp_path, gateway_config(lab, tmp_path, "closed", port)) as gw:
+        assert check(gw.config).returncode == 0
+        stalled_workers(gw, lab, 200)
+        checked = check(gw.config)
+        drops = total(scrape(lab, f"http://127.0.0.1:{port}/metrics"), "vpatch_queue_drops_total")
+    assert checked.returncode == 1, checked.stdout
+    assert "queue_drops" in checked.stdout and drops > 10
+    assert "health: queue drops" in titles(wait_for(webhook.requests))
