@@ -193,4 +193,5 @@ def test_queue_drops_past_the_threshold_raise_an_alert(
         drops = total(scrape(lab, f"http://127.0.0.1:{port}/metrics"), "vpatch_queue_drops_total")
     assert checked.returncode == 1, checked.stdout
     assert "queue_drops" in checked.stdout and drops > 10
-    assert "health: queue drops" in titles(wait_for(webhook.requests))
+    wait_for(webhook.requests)
+    assert "health: queue drops" in titles(webhook)
