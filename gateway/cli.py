@@ -19,8 +19,8 @@ from gateway.errors import VpatchError
 
 # Subcommand modules, in the order `vpatch --help` lists them.
 COMMANDS = (
-    "run", "replay", "rules", "scan", "hosts", "report", "policy", "lab", "bench", "ui",
-    "install-network",
+    "run", "replay", "rules", "scan", "hosts", "report", "policy", "health", "lab", "bench",
+    "ui", "install-network",
 )  # fmt: skip
 # Commands whose `finally` blocks tear down what they built (`run`, `scan` and `hosts monitor`
 # install their own handlers; `ui` is stopped by SIGTERM as a server should be).

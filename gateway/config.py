@@ -727,6 +727,75 @@ class UiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """System-health alerts (`vpatch health check`, run by vpatch-health.timer outside the
+    gateway; gateway/health/, docs/operations.md): where it keeps its state, its thresholds."""
+
+    state: Path = setting(
+        Path("/var/lib/vpatch/health-state.json"),
+        "The health check's own state: the counters and conditions it saw last, so it alerts "
+        "on changes (and sends a `resolved` message) rather than at every run.",
+    )
+    queue_drops: int = setting(
+        100,
+        "Packets the kernel dropped from full queues (`queue_drops` in `status`) since the "
+        "previous check above which a health alert is raised.",
+        lo=0,
+        hi=1 << 40,
+    )
+    uninspected: int = setting(
+        0,
+        "Packets passed without a worker's verdict (`uninspected_packets`: fail-open on a full "
+        "queue or with no reader, a worker's catch-all) since the previous check above which "
+        "a health alert is raised.",
+        lo=0,
+        hi=1 << 40,
+    )
+    disk_min_free: float = setting(
+        10.0,
+        "Percent of free space below which the filesystem of the event store, the EVE log, "
+        "the policy store or this state raises a `disk_low` alert.",
+        lo=0,
+        hi=99,
+    )
+    control_timeout: float = setting(
+        5.0,
+        "Seconds the running gateway gets to answer `status` before it counts as unreachable.",
+        lo=0.5,
+        hi=120,
+    )
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The Prometheus endpoint of `vpatch run` (gateway/metrics.py, docs/operations.md)."""
+
+    address: str = setting(
+        "127.0.0.1",
+        "Address `vpatch run` serves `/metrics` on (an IP address; the counters carry no "
+        "secret, but keep it on loopback or a management network).",
+        lo=2,
+        hi=64,
+        chars=(_is_ip_address, "characters forming an IP address"),
+    )
+    port: int = setting(
+        9467,
+        "TCP port of `/metrics` (Prometheus text format); 0: no endpoint. A port that cannot "
+        "be bound is logged and the gateway runs on without it.",
+        lo=0,
+        hi=65535,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     protected_hosts: tuple[Network, ...] = setting(
         (),
@@ -766,6 +835,8 @@ class GatewayConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     workers: WorkerConfig = field(default_factory=WorkerConfig)
     ui: UiConfig = field(default_factory=UiConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "<defaults>"  # the file this came from (for messages); not a key
 
 

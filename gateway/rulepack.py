@@ -18,6 +18,9 @@ Guarantees:
   it (`rules-reload`) and, if that fails, switches back (`switch`).
 - The last `keep` versions stay installed (never the one in force); `rollback` switches to
   the previous one, or back to the bundled pack when there is none (`current` removed).
+- `record_update` / `last_update`: the outcome of the last `vpatch rules update` (success, or
+  the error that stopped it) in `root/last-update.json`, written atomically, for the health
+  check (gateway/health/) that alerts when an update failed; an unreadable record reads None.
 - `effective_rule_paths` is how every reader of the configuration's `rules` sees the pack in
   force: the bundled pack's entry is replaced by `root/current` while that exists.
 """
@@ -45,7 +48,15 @@ import yaml
 from gateway.config import BUNDLED_RULES
 from gateway.errors import RuleError, VpatchError
 
-__all__ = ["PackInfo", "RulePackError", "RulePacks", "effective_rule_paths"]
+__all__ = [
+    "PackInfo",
+    "RulePackError",
+    "RulePacks",
+    "UpdateRecord",
+    "effective_rule_paths",
+    "last_update",
+    "record_update",
+]
 
 MAX_PACK_BYTES: Final = 32 << 20  # a download larger than this is refused
 MAX_MEMBERS: Final = 4096
@@ -56,6 +67,7 @@ _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _SUFFIXES: Final = (".yaml", ".yml")
 CURRENT: Final = "current"
 HISTORY: Final = "history.json"
+LAST_UPDATE: Final = "last-update.json"
 
 
 class RulePackError(VpatchError):
@@ -70,6 +82,34 @@ class PackInfo:
     source: str
     rules: int
     description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRecord:
+    """The outcome of the last `vpatch rules update`: `error` is "" when it succeeded."""
+
+    source: str
+    at: float  # wall clock
+    error: str = ""
+
+
+def record_update(root: Path, source: str, error: str = "", now: float | None = None) -> None:
+    """Write the outcome of an update to `root/last-update.json` (atomic replace); an OSError
+    (root not writable) propagates: the caller decides."""
+    root.mkdir(parents=True, exist_ok=True)
+    record = UpdateRecord(source, time.time() if now is None else now, error)
+    tmp = root / f".{LAST_UPDATE}-{os.getpid()}"
+    tmp.write_text(json.dumps(asdict(record)), encoding="utf-8")
+    os.replace(tmp, root / LAST_UPDATE)
+
+
+def last_update(root: Path) -> UpdateRecord | None:
+    """The last recorded update, or None (never recorded, or the record is unreadable)."""
+    try:
+        data = json.loads((root / LAST_UPDATE).read_text(encoding="utf-8"))
+        return UpdateRecord(str(data["source"]), float(data["at"]), str(data.get("error", "")))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 def effective_rule_paths(paths: Sequence[Path], root: Path) -> list[Path]:

@@ -4,7 +4,9 @@
 the exit status (0, or 2 after a VpatchError, which is logged). In this order: one worker
 process per queue (gateway/intake/nfqueue.py), waiting until each has bound its queue
 (BIND_TIMEOUT), then the rendered kernel rules applied atomically (gateway/firewall/apply.py),
-the lifecycle monitor thread, the control socket and the alert dispatcher.
+the lifecycle monitor thread, the control socket, the alert dispatcher and the Prometheus
+endpoint (gateway/metrics.py: `metrics.address`/`metrics.port`, reading `status` at each
+scrape).
 
 While running: a worker that dies is noticed at once (its process sentinel), logged and
 restarted after `workers.restart_delay` (default 0: at once), by its standby when
@@ -91,6 +93,7 @@ from gateway.lifecycle.names import NameResolver, resolver_servers, update_sourc
 from gateway.lifecycle.state import HostPolicy, LifecycleStore
 from gateway.match.matcher import Matcher
 from gateway.match.rules import load_rules
+from gateway.metrics import MetricsServer, ReloadTimes
 from gateway.policy.appcontrol import plan_rules, rule_paths
 from gateway.policy.snapshot import policy_snapshot
 from gateway.policy.store import Store
@@ -187,6 +190,8 @@ class Gateway:
         self._stop = False
         self._control: ControlServer | None = None
         self._alerts: Dispatcher | None = None  # when events go to SQLite
+        self._metrics: MetricsServer | None = None  # the Prometheus endpoint (metrics.port)
+        self.reload_times = ReloadTimes()  # count and duration of reloads, for status
         self.policy_version = 1  # bumped by each `reload`; workers apply it between packets
         self.rules_version = 0  # bumped by each `rules-reload`; workers swap between packets
         self._reload_lock = threading.Lock()
@@ -232,6 +237,7 @@ class Gateway:
             self._names.start()
             self._start_control()
             self._start_alerts()
+            self._start_metrics()
             print("vpatch run: ready", flush=True)
             self._notify.ready(f"inspecting: {len(self.workers)} queue(s), rules applied")
             while not self._stop:
@@ -256,6 +262,8 @@ class Gateway:
                 self._control.stop()
             if self._alerts is not None:
                 self._alerts.stop()
+            if self._metrics is not None:
+                self._metrics.stop()
             for s, handler in old.items():
                 signal.signal(s, handler)
         return status
@@ -419,6 +427,9 @@ class Gateway:
             "event_store": event_store_health(queues.values()),
             "kernel_counters": kernel.available,
             "alerts": self._alerts.stats() if self._alerts is not None else None,
+            "rule_hits": self._rule_hits(),
+            "reloads": self.reload_times.as_dict(),
+            "metrics": self._metrics.describe() if self._metrics is not None else None,
             "protected_hosts": self.protected,
             # can forwarded traffic bypass netfilter here (gateway/forwarding.py), checked now
             "forwarding": check_forwarding(self.config.network.mode).as_dict(),
@@ -426,6 +437,16 @@ class Gateway:
             "update_source_names": self._names.status(),
             "queues": queues,
         }
+
+    def _rule_hits(self) -> dict[str, dict[str, int]]:
+        """Firings per rule, all queues: {sid: {"blocked": n, "alerted": n}}."""
+        hits: dict[str, dict[str, int]] = {}
+        for w in self.workers:
+            for sid, (blocked, alerted) in w.stats.rules.snapshot().items():
+                h = hits.setdefault(str(sid), {"blocked": 0, "alerted": 0})
+                h["blocked"] += blocked
+                h["alerted"] += alerted
+        return hits
 
     def _uninspected(self) -> Uninspected:
         """The kernel's count of packets passed without a verdict (gateway/firewall/
@@ -456,6 +477,7 @@ class Gateway:
             version = self.policy_version
             complete = self._publish("policy", version, started + RELOAD_WAIT)
             took = time.monotonic() - started
+            self.reload_times.record("policy", took)
             log.info(
                 "policy version %d: %s in %.3fs",
                 version,
@@ -516,6 +538,7 @@ class Gateway:
             complete = self._publish("rules", version, started + RULES_RELOAD_WAIT)
             refresh_port_sets(self.rendered, QueuePlan.from_rules(plan_rules(ruleset)))
             took = time.monotonic() - started
+            self.reload_times.record("rules", took)
             log.info(
                 "rules version %d (%d rules): %s in %.3fs",
                 version,
@@ -628,6 +651,13 @@ class Gateway:
             events_db, self.config.policy.database, state_db=alert_state_path(events_db)
         )
         self._alerts.start()
+
+    def _start_metrics(self) -> None:
+        """The Prometheus endpoint (gateway/metrics.py): reads `status` at each scrape; a port
+        it cannot bind is logged and the gateway runs on without it."""
+        mc = self.config.metrics
+        self._metrics = MetricsServer(self.status, mc.address, mc.port, self.config.health.state)
+        self._metrics.start()
 
     def _start_control(self) -> None:
         self._control = ControlServer(

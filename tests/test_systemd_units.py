@@ -20,6 +20,8 @@ UNITS = (
     "vpatch-scan.service",
     "vpatch-report.service",
     "vpatch-report.timer",
+    "vpatch-health.service",
+    "vpatch-health.timer",
 )
 
 
@@ -77,3 +79,15 @@ def test_the_gateway_unit_is_notify_with_a_watchdog_before_the_network() -> None
     parser.read_string((SYSTEMD / "vpatch.service").read_text())
     assert parser["Unit"]["Before"] == "network-pre.target"  # the bridge comes up after it
     assert "network-online" not in parser["Unit"].get("After", "")  # or that were a cycle
+
+
+def test_the_health_check_runs_outside_the_gateway_on_a_timer() -> None:
+    """It is its own oneshot unit (a dead vpatch.service cannot take it down), a failing
+    condition (exit 1) is not a failure of the unit, and the timer runs it every minute."""
+    health = service("vpatch-health.service")
+    assert health["Type"] == "oneshot" and health["SuccessExitStatus"] == "1"
+    assert "health check -c" in health["ExecStart"]
+    assert health["Group"] == "vpatch" and "User" not in health
+    timer = configparser.ConfigParser(strict=False, interpolation=None)
+    timer.read_string((SYSTEMD / "vpatch-health.timer").read_text())
+    assert timer["Timer"]["OnUnitActiveSec"] == "1min"

@@ -395,10 +395,12 @@ class Dispatcher:
 
     def stats(self) -> dict[str, int]:
         """Counters for `vpatch run status`: messages sent, alerts held back by the rate limit,
-        failed sends, messages waiting for a retry, messages given up, and whether the waiting
-        ones are on disk (`durable`: false without a state file or when it cannot be written)."""
+        failed sends, messages waiting for a retry, messages given up, whether the waiting
+        ones are on disk (`durable`: false without a state file or when it cannot be written)
+        and the channels whose receiver is failing (`failing`: those with an outbox)."""
         return {"sent": self.sent, "suppressed": self.suppressed, "failures": self.failures,
                 "queued": sum(len(b.messages) for b in self.outboxes.values()),
+                "failing": len(self.outboxes),
                 "dropped": self.dropped, "channels": len(self.channels),
                 "durable": self.state is not None and self.state.ok}  # fmt: skip
 

@@ -53,7 +53,7 @@ from gateway.match.suricata import (
     parse_rules_text,
 )
 from gateway.policy.appcontrol import rule_paths
-from gateway.rulepack import RulePackError, RulePacks
+from gateway.rulepack import RulePackError, RulePacks, record_update
 
 __all__ = ["format_content", "register", "rule_to_dict", "run"]
 
@@ -283,8 +283,13 @@ def _packs(args: argparse.Namespace, command: str) -> int:
             Matcher(ruleset)
             return len(load_rules([pack]))
 
-        new = packs.install(source, args.sha256, validate)
+        try:
+            new = packs.install(source, args.sha256, validate)
+        except VpatchError as err:
+            _record(config.rule_pack.dir, source, str(err) or type(err).__name__)
+            raise
         if before is not None and new == before:
+            _record(config.rule_pack.dir, source)
             print(f"rule pack {new.version} is in force already: nothing to do")
             return 0
         print(f"rule pack {new.version} installed ({new.rules} rules, sha256 {new.sha256})")
@@ -293,6 +298,9 @@ def _packs(args: argparse.Namespace, command: str) -> int:
         packs.switch(None if target in (None, "bundled") else target)
         print(f"rule pack in force: {target or 'the bundled pack'}")
     status = _reload(argparse.Namespace(config=args.config, socket=args.socket))
+    if command == "update":
+        refused = "the running gateway did not take the new rules"
+        _record(config.rule_pack.dir, args.source, "" if status == 0 else refused)
     if status != 0:
         packs.switch(before.version if before else None)
         print(
@@ -301,6 +309,14 @@ def _packs(args: argparse.Namespace, command: str) -> int:
             file=sys.stderr,
         )
     return status
+
+
+def _record(root: Path, source: str, error: str = "") -> None:
+    """The update's outcome for the health check (`vpatch health check`: rule_update)."""
+    try:
+        record_update(root, source, error)
+    except OSError as err:
+        print(f"vpatch rules update: outcome not recorded in {root}: {err}", file=sys.stderr)
 
 
 def _pack_line(pack: dict[str, Any]) -> str:

@@ -32,11 +32,13 @@ Guarantees:
 - Counters live in shared memory (`WorkerStats`, one writer: the worker) for the parent and
   the control socket: `packets` and `bytes` (IP datagram bytes handed to the engine, i.e.
   inspected), verdict counts, `errors`, `events`, policy versions, `rules` (rules loaded),
-  `gc_runs`/`gc_found` (safety-valve garbage collections and the cyclic garbage they found).
+  `gc_runs`/`gc_found` (safety-valve garbage collections and the cyclic garbage they found);
+  `WorkerStats.rules`: firings per rule, blocked or alerting (gateway/intake/rulecounts.py).
   Events go to a per-worker EventSink (SQLite WAL handles several writers), which aggregates
   storms (gateway/events/aggregate.py) and never blocks the packet path; its counters and
   health (`events_written`, `event_records`, `events_aggregated`, `events_dropped`, `events_lost`,
-  `store_errors`, `store_failing`) are copied into the worker's counters once a second.
+  `store_errors`, `store_failing`, the writer's backlog `events_queued` and `events_retry`)
+  are copied into the worker's counters once a second.
 - No garbage-collection pauses: the worker turns Python's automatic cyclic collection off
   (reference counting frees what the engine allocates) and runs a full collection only when
   the net count of container objects passes GC_BASE_OBJECTS + GC_OBJECTS_PER_FLOW *
@@ -91,6 +93,7 @@ from gateway.engine_config import EngineConfig
 from gateway.events.eve import Event
 from gateway.events.sink import EventSink
 from gateway.flow.normalize import ChecksumMode, Reason
+from gateway.intake.rulecounts import RuleCounts
 from gateway.match.matcher import Matcher
 from gateway.match.rules import RuleSet, load_rules
 from gateway.policy.appcontrol import parse_host_controls, rule_paths, stored_controls
@@ -135,7 +138,7 @@ STAT_NAMES = (
     "events", "bound", "pid", "started", "policy_wanted", "policy_version", "policy_errors",
     "bytes", "rules", "gc_runs", "gc_found", "standby_ready", "rules_wanted", "rules_version",
     "rules_errors", "events_written", "event_records", "events_aggregated", "events_dropped",
-    "events_lost", "store_errors", "store_failing",
+    "events_lost", "store_errors", "store_failing", "events_queued", "events_retry",
     "heartbeat",  # time.monotonic() in ms at the worker loop's last turn (the watchdog's)
 )  # fmt: skip
 # The engine's own counters (EngineStats.as_dict), copied into the shared counters every
@@ -154,7 +157,8 @@ _IDX = {name: i for i, name in enumerate(_ALL_NAMES)}
 SINK_STATS = {"events_written": "written_events", "event_records": "written",
               "events_aggregated": "aggregated",
               "events_dropped": "dropped", "events_lost": "lost",
-              "store_errors": "write_errors", "store_failing": "failing"}  # fmt: skip
+              "store_errors": "write_errors", "store_failing": "failing",
+              "events_queued": "queued", "events_retry": "retry_rows"}  # fmt: skip
 
 
 class WorkerStats:
@@ -162,6 +166,7 @@ class WorkerStats:
 
     def __init__(self) -> None:
         self._arr: Any = multiprocessing.sharedctypes.RawArray("Q", len(_ALL_NAMES))
+        self.rules = RuleCounts()  # firings per rule (gateway/intake/rulecounts.py)
 
     def add(self, name: str, n: int = 1) -> None:
         self._arr[_IDX[name]] += n
@@ -472,6 +477,7 @@ class PacketHandler:
             return
         for event in decision.events:
             try:
+                self.stats.rules.count(event.signature_id, event.blocked, event.count)
                 self.sink.emit(event)  # never blocks: a storm is aggregated (events/sink.py)
                 self.stats.add("events")
             except Exception as err:  # noqa: BLE001
@@ -553,7 +559,8 @@ def event_store_health(queues: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """The event sinks of the workers (their `WorkerStats` snapshots) in sum, for `status`:
     `failing` (queues whose store's last write failed: inspection goes on, records are held
     for retry), and the totals of written events (in `records` rows), aggregated, dropped
-    and lost events and of failed writes."""
+    and lost events and of failed writes; `backlog`: events waiting for the writers (queued
+    or held for retry)."""
     snaps = list(queues)
     total = {name: sum(int(q.get(name) or 0) for q in snaps) for name in SINK_STATS}
     return {
@@ -564,6 +571,7 @@ def event_store_health(queues: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "dropped": total["events_dropped"],
         "lost": total["events_lost"],
         "write_errors": total["store_errors"],
+        "backlog": total["events_queued"] + total["events_retry"],
     }
 
 
