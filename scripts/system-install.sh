@@ -58,8 +58,9 @@ case "$LAYOUT" in
     *) echo "system-install.sh: --layout local|package" >&2; exit 2 ;;
 esac
 UNIT_FILES=(vpatch.service vpatch-ui.service vpatch-scan.service vpatch-rules-update.service
-            vpatch-rules-update.timer vpatch-report.service vpatch-report.timer)
-ENABLED=(vpatch.service vpatch-ui.service)
+            vpatch-rules-update.timer vpatch-report.service vpatch-report.timer
+            vpatch-health.service vpatch-health.timer)
+ENABLED=(vpatch.service vpatch-ui.service vpatch-health.timer)
 NETWORK_HEADER='# written by `vpatch install-network`'
 running_systemd() { [ "$R" = "" ] && [ -d /run/systemd/system ]; }
 
@@ -126,7 +127,7 @@ uninstall() {
     local root_args=()
     [ -n "$R" ] && root_args=(--root="$ROOT")
     if running_systemd; then
-        systemctl stop vpatch-rules-update.timer vpatch-scan.service vpatch-ui.service vpatch.service || true
+        systemctl stop vpatch-health.timer vpatch-report.timer vpatch-rules-update.timer vpatch-scan.service vpatch-ui.service vpatch.service || true
     fi
     for u in "${UNIT_FILES[@]}"; do
         if [ -e "$R/$UNITS/$u" ]; then
