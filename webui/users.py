@@ -20,6 +20,7 @@ from webui.tables import Sort, page_of, sort_arg
 bp = Blueprint("users", __name__, url_prefix="/users")
 PER_PAGE = 50
 COLUMNS = ("username", "role", "status", "last_login", "created")
+CHANGES = ("disable", "enable", "role", "remove", "reset")
 DONE = {"disable": "disabled, their sessions ended", "enable": "enabled", "role": "role changed",
         "remove": "removed"}  # fmt: skip
 
@@ -103,7 +104,10 @@ def _change(user_id: int, change: str) -> Any:
     return redirect(url_for("users.index"), 303)
 
 
-@bp.route("/<int:user_id>/<any(disable, enable, role, remove, reset):change>", methods=["POST"])
+@bp.route("/<int:user_id>/<change>", methods=["POST"])
 @admin_required
 def change(user_id: int, change: str) -> Any:
+    """`change`: disable, enable, role (form field `role`), remove or reset."""
+    if change not in CHANGES:
+        abort(404, description=f"{change[:40]!r}: not a change of a user ({', '.join(CHANGES)})")
     return _change(user_id, change)
