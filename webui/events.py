@@ -27,7 +27,6 @@ from gateway.policy.store import StoreError
 from webui.db import get_store
 from webui.inputs import InputError, int_arg
 from webui.security import admin_required, csv_safe, login_required
-from webui.tables import sort_arg
 from webui.services import (
     DEFAULT_PAGE_SIZE,
     EVENT_COLUMNS,
@@ -41,6 +40,7 @@ from webui.services import (
     list_events,
     reload_gateway,
 )  # fmt: skip
+from webui.tables import sort_arg
 
 bp = Blueprint("events", __name__, url_prefix="/events")
 

@@ -238,7 +238,8 @@ def test_admin_manages_a_viewer_through_the_browser(ui: str, browser: Any) -> No
 
     row = b.css("#user-admin")
     Select(row.find_element("name", "role")).select_by_visible_text("viewer")
-    assert "the last enabled admin" in b.submit(row.find_element("xpath", ".//button[text()='Set']"))
+    flash = b.submit(row.find_element("xpath", ".//button[text()='Set']"))
+    assert "the last enabled admin" in flash, flash
     assert "enabled" in b.css("#user-admin").text
     b.logout()
     b.login("vera", "vera-own-pw-2")
