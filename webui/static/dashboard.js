@@ -56,7 +56,10 @@
     return Math.max(240, node.clientWidth);
   }
 
-  function makeChart(node, yLabel, series, valueFmt) {
+  // whole numbers only on a count axis (no "0.5 events")
+  const WHOLE = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 1e6, 1e7];
+
+  function makeChart(node, yLabel, series, valueFmt, incrs) {
     const opts = {
       width: width(node),
       height: 260,
@@ -70,6 +73,7 @@
       ],
       series: [{ label: "time" }].concat(series),
     };
+    if (incrs) opts.axes[1].incrs = incrs;
     const chart = new uPlot(opts, [[], ...series.map(() => [])], node);
     window.addEventListener("resize", () => chart.setSize({ width: width(node), height: 260 }));
     return chart;
@@ -93,7 +97,7 @@
           points: { show: false }, value: own("blocked") },
         { label: "allowed", stroke: colour("--allowed"), fill: colour("--allowed"), paths: bars,
           points: { show: false }, value: own("allowed") },
-      ], compact);
+      ], compact, WHOLE);
     }
     if (rateNode) {
       rateChart = makeChart(rateNode, "packets/s", [
