@@ -79,13 +79,21 @@ def _alerts(alerts: Any) -> Card:
                 CardStatus.WARN if lost else CardStatus.OK)  # fmt: skip
 
 
+def _store(store: Any) -> Card:
+    if not store:  # an older gateway, or no event store configured
+        return Card("h-store", "Event store", "–", "", CardStatus.NONE, "not reported")
+    failing = bool(store.get("failing"))
+    return Card("h-store", "Event store", "failing" if failing else "writing", "",
+                CardStatus.BAD if failing else CardStatus.OK,
+                f"{count(store.get('write_errors'))} failed writes")  # fmt: skip
+
+
 def health_cards(health: dict[str, Any]) -> list[Card]:
     """The cards of one `gateway_status()` answer, in the order the dashboard shows them."""
     if not health.get("reachable"):
         return [Card("h-reachable", "Gateway", "unreachable", "", CardStatus.BAD,
                      str(health.get("error", "")))]  # fmt: skip
     alive, workers = health.get("workers_alive"), health.get("workers")
-    store = health.get("event_store") or {}
     size_value, size_unit = size(health.get("bytes"))
     rules = health.get("rules_loaded")
     return [
@@ -106,9 +114,7 @@ def health_cards(health: dict[str, Any]) -> list[Card]:
              "packets", _loss(health.get("uninspected_packets")), "queue full or no worker"),
         Card("h-events-dropped", "Events dropped", count(health.get("events_dropped")),
              "events", _loss(health.get("events_dropped")), "event queue full"),
-        Card("h-store", "Event store", "failing" if store.get("failing") else "writing", "",
-             CardStatus.BAD if store.get("failing") else CardStatus.OK,
-             f"{count(store.get('write_errors'))} failed writes" if store else ""),
+        _store(health.get("event_store")),
         Card("h-rules", "Rules loaded", count(rules), "rules",
              CardStatus.WARN if rules == 0 else CardStatus.OK),
         Card("h-policy", "Policy version", str(health.get("policy_version") or "–"), "",

@@ -49,10 +49,6 @@ class Page:
     per_page: int
     total: int
 
-    @property
-    def pages(self) -> int:
-        return max(1, -(-self.total // self.per_page))
-
 
 def page_of(
     items: Sequence[T], sort: Sort, key: Callable[[T, str], Any], per_page: int
