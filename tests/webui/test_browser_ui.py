@@ -11,8 +11,8 @@ the dashboard says so). No network namespace is needed, so these run with the un
 - layout: the dashboard's event chart renders (uPlot canvas, two axes, a legend naming blocked
   and allowed with the values under the cursor), every page has its navigation entry marked,
   the phone-size window folds the navigation behind a button, and the browser's console shows
-  no Content-Security-Policy violation. Screenshots of every page, desktop (1400x1000) and phone
-  (390x844), go to artifacts/screenshots/ui-*.png.
+  no Content-Security-Policy violation and no uncaught script error. Screenshots of every page,
+  desktop (1400x1000) and phone (390x844), go to artifacts/screenshots/ui-*.png.
 """
 
 from __future__ import annotations
@@ -173,8 +173,10 @@ class Browser:
         (SCREENSHOTS / f"ui-{name}.png").write_bytes(base64.b64decode(png))
 
     def csp_violations(self) -> list[str]:
+        """What the console logged since the last call about a refused inline script or style
+        (CSP) or a script that failed (an uncaught exception)."""
         return [e["message"] for e in self.d.get_log("browser")
-                if "Content Security Policy" in e["message"]]  # fmt: skip
+                if "Content Security Policy" in e["message"] or "Uncaught" in e["message"]]
 
 
 def test_admin_manages_a_viewer_through_the_browser(ui: str, browser: Any) -> None:
