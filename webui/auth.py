@@ -5,8 +5,9 @@ login starts a server-side session (gateway/policy/sessions.py) and leaves a sig
 cookie naming the account's id, so the same browser can log in during an attack. After login
 the browser goes to `next` only when it is a path on this site (`safe_next`). Admins see and
 revoke every user's tokens, in the pages and in the API (GET /api/v1/tokens, DELETE
-/api/v1/tokens/{id}); a viewer sees only their own. `ensure_admin` creates the first account
-(`vpatch ui` on a store without users)."""
+/api/v1/tokens/{id}); a viewer sees only their own. Every user changes their own password at
+/auth/password (the current one required), where a password reset by an admin leads.
+`ensure_admin` creates the first account (`vpatch ui` on a store without users)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from itsdangerous import BadData, URLSafeTimedSerializer
 from werkzeug.wrappers import Response
 
 from gateway.policy.accounts import MAX_TOKEN_DAYS, Accounts, ApiToken, User, new_password
-from gateway.policy.store import Store
+from gateway.policy.store import Store, StoreError
 from gateway.policy.throttle import LoginAttempt, LoginThrottle
 from webui.api import ARR, endpoint
 from webui.db import get_store
@@ -145,7 +146,8 @@ def login() -> Any:
     session["uid"] = user.id
     session["sid"] = ui_sessions().begin(user.id, time.time())
     csrf_token()
-    response = redirect(safe_next(request.args.get("next", "")) or url_for("dashboard.index"))
+    target = safe_next(request.args.get("next", "")) or url_for("dashboard.index")
+    response = redirect(url_for("auth.password") if user.must_change_password else target)
     _remember_device(response, user, attempt.device)
     return response
 
@@ -156,6 +158,29 @@ def logout() -> Any:
         ui_sessions().end(str(session["sid"]))
     session.clear()
     return redirect(url_for("auth.login"))
+
+
+@bp.route("/password", methods=["GET", "POST"])
+@login_required
+def password() -> Any:
+    """The user's own password; the only page open while a reset one must be changed."""
+    if request.method == "GET":
+        return render_template("auth/password.html")
+    new = request.form.get("new", "")[:1024]
+    if new != request.form.get("confirm", "")[:1024]:
+        flash("the two new passwords differ")
+        return render_template("auth/password.html"), 400
+    try:
+        Accounts(get_store()).change_own_password(
+            g.user.username, request.form.get("current", "")[:1024], new
+        )
+    except StoreError as err:
+        flash(str(err))
+        return render_template("auth/password.html"), 400
+    # the change ended every session of the user, this one too: this browser gets a new one
+    session["sid"] = ui_sessions().begin(g.user.id, time.time())
+    flash("password changed")
+    return redirect(url_for("dashboard.index"))
 
 
 def _when(ts: float | None, none: str = "") -> str:

@@ -31,6 +31,7 @@ from webui.services import (
     DEFAULT_PAGE_SIZE,
     EVENT_COLUMNS,
     EVENT_FILTERS,
+    EVENT_SORTS,
     MAX_PAGE,
     MAX_PAGE_SIZE,
     explain_event,
@@ -39,6 +40,7 @@ from webui.services import (
     list_events,
     reload_gateway,
 )  # fmt: skip
+from webui.tables import sort_arg
 
 bp = Blueprint("events", __name__, url_prefix="/events")
 
@@ -51,12 +53,14 @@ def _filters() -> dict[str, str]:
 @login_required
 def index() -> Any:
     filters = _filters()
+    sort = sort_arg(tuple(EVENT_SORTS), "-time")
     try:
         result = list_events(filters, int_arg("page", 1, 1, MAX_PAGE),
-                             int_arg("per_page", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE))  # fmt: skip
+                             int_arg("per_page", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE),
+                             sort.column, sort.descending)  # fmt: skip
     except InputError as err:
         abort(400, description=str(err))
-    return render_template("events/index.html", result=result, filters=filters)
+    return render_template("events/index.html", result=result, filters=filters, sort=sort)
 
 
 @bp.route("/<int:event_id>")

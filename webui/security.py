@@ -6,6 +6,9 @@
   lifetime over: config `ui.session_idle`, `ui.session_lifetime`) is cleared;
 - `login_required` refuses anonymous requests (HTML: redirect to the login page; JSON: 401);
 - `admin_required` refuses viewers (403): viewers can read everything and change nothing;
+- a disabled account has no session; one whose password was reset by an admin reaches only the
+  password page (`auth.password`) and logout until it has set a new password
+  (`_force_password_change`: other pages redirect there, other requests get 403);
 - CSRF: a random per-session token, compared in constant time on every POST/PUT/PATCH/DELETE
   outside /api/v1 (form field `csrf_token` or header `X-CSRF-Token`); /api/v1 authenticates
   by bearer token only, so a browser's cookies cannot act there;
@@ -42,6 +45,8 @@ from webui.db import get_store
 F = TypeVar("F", bound=Callable[..., Any])
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# what a user who must change their password can reach
+PASSWORD_CHANGE_OPEN = frozenset({"auth.password", "auth.logout", "static"})
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -81,8 +86,18 @@ def _load_user() -> None:
     live = ui_sessions().user_id(str(sid), time.time())
     if live is not None and live == uid:
         g.user = Accounts(get_store()).user_by_id(live)
-    if g.user is None:
+    if g.user is None or g.user.disabled:
+        g.user = None
         session.clear()
+
+
+def _force_password_change() -> Any:
+    user = g.get("user")
+    if user is None or not user.must_change_password or request.endpoint in PASSWORD_CHANGE_OPEN:
+        return None
+    if request.method == "GET" and not wants_json():
+        return redirect(url_for("auth.password"))
+    abort(403, description="set a new password first (/auth/password)")
 
 
 def _headers(response: Any) -> Any:
@@ -148,6 +163,7 @@ def csv_safe(value: object) -> str:
 
 def init_app(app: Flask) -> None:
     app.before_request(_load_user)
+    app.before_request(_force_password_change)
     app.before_request(_check_csrf)
     app.after_request(_headers)
     app.jinja_env.globals["csrf_token"] = csrf_token

@@ -274,9 +274,23 @@ def event_where(filters: dict[str, str]) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
+# the event list's sortable columns (webui/tables.py names) -> indexed columns of the store
+EVENT_SORTS = {"time": "timestamp", "rule": "signature_id", "action": "action",
+               "source": "src_ip", "destination": "dest_ip"}  # fmt: skip
+
+
 def list_events(
-    filters: dict[str, str], page: int = 1, per_page: int = DEFAULT_PAGE_SIZE
+    filters: dict[str, str],
+    page: int = 1,
+    per_page: int = DEFAULT_PAGE_SIZE,
+    sort: str = "time",
+    descending: bool = True,
 ) -> dict[str, Any]:
+    """One page of the events matching `filters`, ordered by `sort` (a key of EVENT_SORTS),
+    newest first among equals."""
+    way = "DESC" if descending else "ASC"
+    order = (f"timestamp {way}, id {way}" if sort == "time"
+             else f"{EVENT_SORTS[sort]} {way}, timestamp DESC, id DESC")  # fmt: skip
     per_page = max(1, min(per_page, MAX_PAGE_SIZE))
     page = max(1, min(page, MAX_PAGE))  # past the end: an empty page, never an overflow
     conn = get_events()
@@ -285,7 +299,7 @@ def list_events(
     where, args = event_where(filters)
     total = int(conn.execute(f"SELECT COUNT(*) FROM events{where}", args).fetchone()[0])
     rows = conn.execute(
-        f"SELECT * FROM events{where} ORDER BY timestamp DESC, id DESC LIMIT ? OFFSET ?",
+        f"SELECT * FROM events{where} ORDER BY {order} LIMIT ? OFFSET ?",
         [*args, per_page, (page - 1) * per_page],
     )
     return {

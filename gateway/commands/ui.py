@@ -12,8 +12,9 @@ a line from stdin when not a terminal; an unknown USER is an error unless `--cre
 says to create it as an admin), `--create-token USER [--expires DAYS]` (prints a new API token
 once), `--list-tokens` (every user's), `--revoke-token ID`. On the first start with no account
 the user `admin` is created with a random password that is printed once; there is no default
-password. The policy database, event store and control socket come from the gateway
-configuration (`policy.database`, `events.sqlite`, `control.socket`).
+password. `vpatch ui users ...` manages accounts (gateway/commands/ui_users.py). The policy
+database, event store and control socket come from the gateway configuration
+(`policy.database`, `events.sqlite`, `control.socket`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.commands import ui_users
 from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.policy.accounts import Accounts
@@ -41,7 +43,7 @@ def register(sub: Any) -> None:
         help="serve the admin web UI (waitress)",
         description="Serve the admin web UI; manage UI accounts and API tokens.",
     )
-    p.add_argument("-c", "--config", type=Path, help="gateway configuration (YAML)")
+    _config_option(p, None)
     p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
     p.add_argument("--set-password", metavar="USER", help="set USER's password, then exit")
     p.add_argument(
@@ -69,7 +71,15 @@ def register(sub: Any) -> None:
         help="plain HTTP instead of HTTPS, on a loopback address only (lab, local reverse "
         "proxy); implies --insecure-cookies",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, users_command=None)
+    ui_users.register(p.add_subparsers(dest="ui_command", metavar="users"),
+                      lambda sp: _config_option(sp, argparse.SUPPRESS))  # fmt: skip
+
+
+def _config_option(parser: argparse.ArgumentParser, default: Any) -> None:
+    """-c on `vpatch ui` and again after `users ACTION` (SUPPRESS: keep the first one's)."""
+    parser.add_argument("-c", "--config", type=Path, default=default,
+                        help="gateway configuration (YAML)")  # fmt: skip
 
 
 def _read_password(username: str) -> str:
@@ -112,6 +122,8 @@ def _list_tokens(accounts: Accounts) -> int:
 def manage(args: argparse.Namespace, store: Store) -> int | None:
     """Run the account option given, if any (its exit status); None when there is none."""
     accounts = Accounts(store)
+    if args.users_command:
+        return ui_users.run_users(args, accounts)
     if args.create_admin and not args.set_password:
         raise ConfigError("--create-admin goes with --set-password USER")
     if args.expires is not None and not args.create_token:

@@ -173,6 +173,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE scan_runs ADD COLUMN cancel_by TEXT NULL;
     """,
+    # 7: account management (issue 13, gateway/policy/accounts.py): a disabled account cannot
+    # log in or use its tokens; a reset password must be changed at the next login
+    """
+    ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 

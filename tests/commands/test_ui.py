@@ -1,6 +1,7 @@
 """`vpatch ui`'s account options (gateway/commands/ui.py, issue 15.10): `--set-password` never
 creates an admin unless `--create-admin` says so; API tokens are created with an expiry,
-listed with the user and expiry, and revoked by id, through the real CLI entry point."""
+listed with the user and expiry, and revoked by id; `vpatch ui users ...` manages accounts (last
+admin protected), through the real CLI entry point."""
 
 from __future__ import annotations
 
@@ -85,3 +86,43 @@ def test_tokens_with_expiry_are_listed_and_revoked(
     assert "no such token" in capsys.readouterr().err
     assert main(["ui", "-c", str(config), "--expires", "2"]) == 2
     assert "--expires goes with --create-token" in capsys.readouterr().err
+
+
+def test_users_add_list_disable_reset_and_remove(
+    config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ui = ["ui", "-c", str(config), "users"]
+    _stdin(monkeypatch, "first-admin-pw")
+    assert main([*ui, "add", "root", "--role", "admin", "--password-stdin"]) == 0
+    assert "admin 'root' created" in capsys.readouterr().out
+    assert main([*ui, "add", "bob"]) == 0  # a viewer, with a random temporary password
+    temporary = capsys.readouterr().out.rsplit(": ", 1)[1].strip()
+    with Store(_db(config)) as store:
+        bob = Accounts(store).authenticate("bob", temporary)
+        assert bob is not None and bob.role == "viewer" and bob.must_change_password
+    assert main(["ui", "users", "list", "-c", str(config)]) == 0  # -c after the action too
+    listing = capsys.readouterr().out
+    assert re.search(r"^bob\s+viewer\s+must change password\s+\d{4}-", listing, re.M), listing
+    assert re.search(r"^root\s+admin\s+must change password\s+never", listing, re.M), listing
+    assert main([*ui, "disable", "bob"]) == 0 and "'bob' disabled" in capsys.readouterr().out
+    with Store(_db(config)) as store:
+        assert Accounts(store).authenticate("bob", temporary) is None
+    assert main([*ui, "enable", "bob"]) == 0
+    assert main([*ui, "reset-password", "bob"]) == 0
+    new = capsys.readouterr().out.rsplit(": ", 1)[1].strip()
+    assert new != temporary
+    with Store(_db(config)) as store:
+        assert Accounts(store).authenticate("bob", temporary) is None
+        assert Accounts(store).authenticate("bob", new) is not None
+    assert main([*ui, "set-role", "bob", "admin"]) == 0
+    assert main([*ui, "remove", "bob"]) == 0 and "'bob' removed" in capsys.readouterr().out
+    # root is now the last enabled admin
+    for action in (["remove", "root"], ["disable", "root"], ["set-role", "root", "viewer"]):
+        assert main([*ui, *action]) == 2, action
+        assert "the last enabled admin" in capsys.readouterr().err
+    with Store(_db(config)) as store:
+        assert [(u.username, u.role, u.disabled) for u in Accounts(store).list_users()] == [
+            ("root", "admin", False)]  # fmt: skip
+        actions = [e.action for e in store.list_audit(20) if e.actor == "cli"]
+    assert actions[:6] == ["user.delete", "user.role", "user.reset", "user.enable",
+                           "user.disable", "user.create"]  # fmt: skip

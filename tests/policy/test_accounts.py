@@ -1,10 +1,11 @@
 """gateway/policy/accounts.py on a fresh policy store: password hashes, users and
 authentication, API tokens stored hashed, expiring and revoked; sessions ended by password
-and role changes."""
+and role changes; disabled accounts, password resets and the last-admin protection."""
 
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from typing import Any
 
 import pytest
@@ -13,11 +14,12 @@ from gateway.policy.accounts import (
     MAX_TOKEN_DAYS,
     SCRYPT_N,
     Accounts,
+    LastAdminError,
     check_password,
     hash_password,
 )
 from gateway.policy.sessions import Sessions
-from gateway.policy.store import Store, StoreError
+from gateway.policy.store import MIGRATIONS, Store, StoreError
 
 
 @pytest.fixture
@@ -109,6 +111,7 @@ def test_sessions_end_on_logout_password_role_and_deletion(
     accounts: Accounts, store: Store
 ) -> None:
     sessions = Sessions(store, idle=600, lifetime=3600)
+    accounts.create_user("root", "long-password", "admin", "root")  # alice is not the last admin
     alice = accounts.create_user("alice", "long-password", "admin", "root")
     now = 1_000_000.0
     sid = sessions.begin(alice.id, now)
@@ -118,6 +121,8 @@ def test_sessions_end_on_logout_password_role_and_deletion(
     assert sessions.user_id(sid, now + 2) is None
     for change in (
         lambda: accounts.set_password("alice", "another-password", "root"),
+        lambda: accounts.reset_password("alice", "root"),
+        lambda: accounts.set_disabled("alice", True, "root"),
         lambda: accounts.set_role("alice", "viewer", "root"),
         lambda: accounts.delete_user("alice", "root"),
     ):
@@ -145,3 +150,92 @@ def test_sessions_have_an_idle_timeout_and_an_absolute_lifetime(
         t += 300
         assert sessions.user_id(busy, t) == uid  # a request every 5 minutes keeps it alive
     assert sessions.user_id(busy, now + 3601) is None  # ... until its lifetime is over
+
+
+def test_disabled_account_cannot_log_in_nor_use_its_tokens(
+    accounts: Accounts, store: Store
+) -> None:
+    accounts.create_user("root", "long-password", "admin", "root")
+    accounts.create_user("bob", "bob-password", "viewer", "root")
+    token = accounts.create_token("bob", "t", "root")
+    sessions = Sessions(store, idle=600, lifetime=3600)
+    sid = sessions.begin(accounts.get_user("bob").id, 1_000_000.0)  # type: ignore[union-attr]
+    accounts.set_disabled("bob", True, "root")
+    assert sessions.user_id(sid, 1_000_001.0) is None  # the session ended with the disabling
+    assert accounts.authenticate("bob", "bob-password") is None
+    assert accounts.token_user(token) is None
+    bob = accounts.get_user("bob")
+    assert bob is not None and bob.disabled and bob.last_login is None
+    accounts.set_disabled("bob", False, "root")
+    assert accounts.authenticate("bob", "bob-password") is not None
+    assert accounts.token_user(token) is not None
+    actions = [e.action for e in store.list_audit() if e.target == "bob"]
+    assert actions[:2] == ["user.enable", "user.disable"]
+
+
+def test_reset_password_is_random_and_must_be_changed(accounts: Accounts, store: Store) -> None:
+    accounts.create_user("bob", "bob-password", "viewer", "root")
+    temporary = accounts.reset_password("bob", "root")
+    assert len(temporary) >= 16 and temporary not in str(store.db.execute(
+        "SELECT * FROM users").fetchall())  # fmt: skip
+    assert accounts.authenticate("bob", "bob-password") is None
+    bob = accounts.authenticate("bob", temporary)
+    assert bob is not None and bob.must_change_password
+    with pytest.raises(StoreError, match="current password is wrong"):
+        accounts.change_own_password("bob", "bob-password", "new-password-2")
+    with pytest.raises(StoreError, match="the old one"):
+        accounts.change_own_password("bob", temporary, temporary)
+    with pytest.raises(StoreError, match="at least 8"):
+        accounts.change_own_password("bob", temporary, "short")
+    accounts.change_own_password("bob", temporary, "new-password-2")
+    bob = accounts.authenticate("bob", "new-password-2")
+    assert bob is not None and not bob.must_change_password
+    assert [e.action for e in store.list_audit() if e.target == "bob"][:2] == [
+        "user.password", "user.reset"]  # fmt: skip
+
+
+def test_last_enabled_admin_cannot_be_removed_disabled_or_demoted(
+    accounts: Accounts, store: Store
+) -> None:
+    accounts.create_user("root", "long-password", "admin", "cli")
+    accounts.create_user("bob", "bob-password", "viewer", "root")
+    for change in (
+        lambda: accounts.delete_user("root", "root"),
+        lambda: accounts.set_disabled("root", True, "root"),
+        lambda: accounts.set_role("root", "viewer", "root"),
+    ):
+        with pytest.raises(LastAdminError, match="'root': the last enabled admin"):
+            change()
+    root = accounts.get_user("root")
+    assert root is not None and root.role == "admin" and not root.disabled
+    # a disabled admin does not count: with `second` disabled, root is still the last one
+    accounts.create_user("second", "long-password", "admin", "root")
+    accounts.set_disabled("second", True, "root")
+    with pytest.raises(LastAdminError):
+        accounts.set_role("root", "viewer", "root")
+    accounts.set_disabled("second", False, "root")
+    accounts.set_role("root", "viewer", "second")  # now there is another enabled admin
+    with pytest.raises(LastAdminError):
+        accounts.delete_user("second", "second")
+    accounts.delete_user("bob", "second")  # viewers come and go freely
+    assert [u.username for u in accounts.list_users()] == ["root", "second"]
+
+
+def test_migration_7_keeps_existing_accounts_enabled(tmp_path: Any) -> None:
+    path = tmp_path / "old.db"
+    with Store(path):
+        pass
+    db = sqlite3.connect(str(path))  # back to a version-6 database with one user
+    db.execute("DROP TABLE users")
+    db.execute("CREATE TABLE users(id INTEGER PRIMARY KEY, username TEXT NOT NULL UNIQUE, "
+               "password_hash TEXT NOT NULL, role TEXT NOT NULL, created REAL NOT NULL, "
+               "last_login REAL NULL)")  # fmt: skip
+    db.execute("INSERT INTO users(username, password_hash, role, created) VALUES (?,?,?,?)",
+               ("old", hash_password("old-password"), "admin", 1.0))  # fmt: skip
+    db.execute("PRAGMA user_version = 6")
+    db.commit()
+    db.close()
+    with Store(path) as store:
+        assert store.schema_version == len(MIGRATIONS) >= 7
+        old = Accounts(store).authenticate("old", "old-password")
+        assert old is not None and not old.disabled and not old.must_change_password

@@ -119,7 +119,11 @@ class Auth:
 
     def token(self) -> str:
         """The CSRF token of the current session (from any page's meta tag)."""
-        page = self.client.get("/auth/tokens").get_data(as_text=True)
+        return self.token_from("/auth/tokens")
+
+    def token_from(self, path: str) -> str:
+        """The CSRF token of the current session, from the page at `path`."""
+        page = self.client.get(path).get_data(as_text=True)
         m = re.search(r'name="csrf-token" content="([^"]+)"', page)
         assert m
         return m.group(1)

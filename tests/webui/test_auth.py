@@ -224,12 +224,14 @@ def test_a_saved_cookie_dies_with_logout(client: FlaskClient, auth: Auth, app: F
     [
         lambda a: a.set_password("admin", "new-admin-password", "test"),
         lambda a: a.set_role("admin", "viewer", "test"),
+        lambda a: a.set_disabled("admin", True, "test"),
+        lambda a: a.reset_password("admin", "test"),
         lambda a: (
             a.delete_user("admin", "test"),
             a.create_user("admin", ADMIN_PW, "viewer", "test"),
         ),  # fmt: skip
     ],
-    ids=["password", "role", "delete-and-recreate"],
+    ids=["password", "role", "disable", "reset", "delete-and-recreate"],
 )
 def test_a_saved_cookie_dies_with_account_changes(
     client: FlaskClient, auth: Auth, app: Flask, change: Any
@@ -237,6 +239,7 @@ def test_a_saved_cookie_dies_with_account_changes(
     auth.login()
     saved = _saved_cookie(client)
     with store_of(app) as s:
+        Accounts(s).create_user("admin2", ADMIN_PW, "admin", "test")  # not the last admin
         change(Accounts(s))
     assert _replay(app, saved) == 302
     assert client.get("/rules/").status_code == 302

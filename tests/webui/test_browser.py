@@ -7,8 +7,9 @@ presses "Send test", sets rule 9000100 (rules/vpatch-test-split.yaml) to `off` f
 server host (the marker request from the client namespace then passes), then to `prevent`
 (the next marker request is reset, and its alert reaches the syslog socket through the
 gateway's dispatcher), adds a firewall deny with the form (it shows up in the gateway's kernel
-rules), opens the dashboard (refreshed by its script), the
-firewall, alerts and events pages, and saves screenshots under artifacts/screenshots/.
+rules), opens the dashboard (refreshed by its script; health cards and charts, also in a
+phone-size window), the firewall, alerts and events pages, and saves screenshots under
+artifacts/screenshots/ (tests/webui/test_browser_ui.py shoots every page without the lab).
 Everything it started (browser, UI, gateway) is stopped by PID and the kernel rules removed,
 also on failure."""
 
@@ -301,7 +302,17 @@ def test_browser_toggles_rule_on_running_gateway(
         alerts = browser.find_element(By.ID, "h-alerts").text  # sent / failed / waiting / given up
         assert re.fullmatch(r"\d+ / \d+ / \d+ / \d+", alerts), alerts
         assert "CVE-0000-0001" in browser.find_element(By.ID, "top-cves").text
+        # the health cards judge the live gateway: running, every worker alive
+        for card in ("card-h-reachable", "card-h-workers"):
+            assert "status-ok" in browser.find_element(By.ID, card).get_attribute("class")
+        # both uPlot charts drawn; the live rate chart gets its first point after two answers
+        assert len(browser.find_elements(By.CSS_SELECTOR, ".chart canvas")) == 2
         shot(browser, "04-dashboard")
+        browser.set_window_size(390, 844)  # a phone
+        browser.get(base + "/dashboard/")
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#events-chart canvas")))
+        shot(browser, "09-dashboard-phone")
+        browser.set_window_size(1400, 1000)
         for name, path in (("05-events", "/events/"), ("06-firewall", "/firewall/"),
                            ("07-alerts", "/alerts/"), ("08-audit", "/audit/")):  # fmt: skip
             browser.get(base + path)

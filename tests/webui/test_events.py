@@ -148,3 +148,21 @@ def test_export_formats(client: FlaskClient, auth: Auth) -> None:
     assert resp.headers["Content-Disposition"] == "attachment; filename=vpatch-events.csv"
     assert len(list(csv.reader(io.StringIO(resp.get_data(as_text=True))))) == 2
     assert client.get("/events/export.json?action=maybe").status_code == 400
+
+
+def test_event_list_sorts_and_pages_through_the_url(client: FlaskClient, auth: Auth) -> None:
+    auth.login()
+    page = client.get("/events/?sort=source").get_data(as_text=True)
+    sources = re.findall(r"<td>(198\.18\.0\.1\d):\d+</td>", page)
+    assert sources == sorted(sources) and len(sources) == 3
+    assert 'aria-sort="ascending"' in page
+    assert 'href="/events/?sort=-source"' in page  # the next click reverses it
+    page = client.get("/events/?sort=-source&rule=9000100&per_page=1").get_data(as_text=True)
+    assert re.findall(r"<td>(198\.18\.0\.1\d):\d+</td>", page) == ["198.18.0.11"]
+    # the pager keeps the filters and the order, and no empty filter
+    assert 'href="/events/?page=2&amp;rule=9000100&amp;sort=-source"' in page
+    assert "page 1 of 2" in page
+    empty = client.get("/events/?rule=1").get_data(as_text=True)
+    assert 'class="empty"' in empty and "No event matches these filters" in empty
+    default = client.get("/events/?sort=signature;DROP").get_data(as_text=True)
+    assert 'class="sortable sorted" aria-sort="descending"' in default  # time, newest first

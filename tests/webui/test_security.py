@@ -28,13 +28,19 @@ PAGES = [
     "/events/exceptions",
     "/audit/",
     "/auth/tokens",
+    "/auth/password",
+    "/users/",
+    "/users/?sort=-last_login&page=2",
 ]
 WRITES = [("/rules/9000100/mode", {"mode": "off", "scope": "global"}),
           ("/hosts/", {"address": "198.18.0.20"}), ("/hosts/groups", {"name": "web"}),
           ("/hosts/1/delete", {}), ("/hosts/groups/1/delete", {}),
           ("/events/1/exception", {"reason": "false positive", "scope": "host"}),
           ("/events/exceptions/1/delete", {}), ("/auth/tokens", {"name": "t"}),
-          ("/auth/tokens/1/revoke", {})]  # fmt: skip
+          ("/auth/tokens/1/revoke", {}),
+          ("/users/", {"username": "mallory", "role": "admin", "password": "mallory-pw-1"}),
+          ("/users/2/role", {"role": "admin"}), ("/users/1/disable", {}),
+          ("/users/1/enable", {}), ("/users/1/reset", {}), ("/users/1/remove", {})]  # fmt: skip
 
 
 @pytest.mark.parametrize("path", PAGES)

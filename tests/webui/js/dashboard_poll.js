@@ -8,14 +8,17 @@ const src = fs.readFileSync(process.argv[2], "utf8");
 function element() {
   return {
     dataset: { url: "/dashboard/data" }, textContent: "", firstChild: null,
-    removeChild() {}, appendChild() {}, setAttribute() {},
+    removeChild() {}, appendChild() {}, setAttribute() {}, replaceChildren() {},
     getAttribute() { return "100"; },
   };
 }
 const pending = [];  // resolve/reject pairs of fetch() calls not answered yet
 const timers = [];  // [callback, ms] of setTimeout calls not run yet
 let fetches = 0, intervals = 0;
-global.document = { getElementById: element, createElement: element, createElementNS: element };
+global.document = { getElementById: element, createElement: element, createElementNS: element,
+                    documentElement: element() };
+global.getComputedStyle = () => ({ getPropertyValue: () => "" });
+global.window = { addEventListener() {} };  // no uPlot here: the charts are skipped
 global.fetch = () => { fetches++; return new Promise((res, rej) => pending.push([res, rej])); };
 global.setTimeout = (fn, ms) => { timers.push([fn, ms]); return timers.length; };
 global.setInterval = (fn, ms) => { intervals++; timers.push([fn, ms]); return -1; };
