@@ -508,10 +508,13 @@ class Gateway:
         add_name_elements(self._name_policies, updates, self.config.firewall.chain_prefix)
 
     def _start_monitor(self) -> None:
-        """The lifecycle monitor thread (NFLOG learning and lockdown events); waits until its
-        NFLOG groups are bound so no learning packet of the first connection is missed."""
+        """The lifecycle monitor thread (NFLOG learning, lockdown, firewall and setup-protection
+        drop events, aggregated by its sink); waits until its NFLOG groups are bound so no
+        learning packet of the first connection is missed."""
         ev = self.config.events
-        self._monitor_sink = EventSink(ev.sqlite, ev.jsonl, ev.max_queue)
+        self._monitor_sink = EventSink(
+            ev.sqlite, ev.jsonl, ev.max_queue, ev.aggregate_window, ev.aggregate_keys
+        )
         store = LifecycleStore(self.config.policy.database)
         ready = threading.Event()
 

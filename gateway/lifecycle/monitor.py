@@ -5,11 +5,18 @@ lockdown events. Runs in the gateway's network namespace: as a thread of `vpatch
 - Learning group: each logged new connection gives a `LearnedTuple` (initiator, responder,
   protocol, destination port / ICMP type) for every learning host it involves; tuples are
   batched and written to the lifecycle state every FLUSH_INTERVAL_S (and at exit).
-- Lockdown group: each logged new connection of a locked-down host becomes one EVE alert
-  (event_type "alert", signature "lockdown: new peer A -> B:P/tcp not learned" or "... new
-  port ..."; alert.action "blocked" when the host's lockdown_action is drop), at most one per
-  tuple per EVENT_REPEAT_S (retransmitted SYNs do not flood), and a line on stdout with the
-  one-step command that allows it (`vpatch hosts allow HOST 'A -> B:P/tcp'`).
+- Lockdown group: each logged new connection of a locked-down host becomes one event
+  (signature "lockdown: new peer A -> B:P/tcp not learned" or "... new port ..."; event_type
+  "drop" with alert.action "blocked" when the host's lockdown_action is drop, else "alert"
+  with "allowed"), given to the sink, whose aggregation makes repeats one record with a count;
+  at most once per tuple per EVENT_REPEAT_S, a line on stdout with the one-step command that
+  allows it (`vpatch hosts allow HOST 'A -> B:P/tcp'`).
+- Drop-log group (settings.log_group): firewall rules (deny, reject, log) and setup
+  protection's refusals become `drop` / `flow` events (gateway/firewall/dropevents.py); the
+  firewall rules' names are re-read with the host modes.
+The kernel rate-limits what it copies to the lockdown and drop-log groups
+(gateway/firewall/droplog.py); packets the monitor cannot read are counted (`malformed`, and
+the reader's own `malformed` / `overruns`), never raised.
 Guarantees: the packet path is the kernel's; this process only observes, so its death never
 blocks traffic (learning allows everything; lockdown drops what it would drop anyway).
 Bounded: MAX_PENDING tuples between flushes, MAX_RATE_ENTRIES remembered events.
@@ -17,7 +24,6 @@ Bounded: MAX_PENDING tuples between flushes, MAX_RATE_ENTRIES remembered events.
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 import threading
 import time
@@ -26,10 +32,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TextIO
 
-from gateway.decode.packet import parse_ip
-from gateway.errors import DecodeError
-from gateway.events.eve import Event
+from gateway.events.eve import DropReason, Event, EventType
 from gateway.events.sink import EventSink
+from gateway.firewall.dropevents import DropEvents, headers, rule_names
 from gateway.firewall.hostmodes import DEFAULT_SETTINGS, HostModeSettings
 from gateway.lifecycle.nflog import LoggedPacket, NflogReader
 from gateway.lifecycle.state import (
@@ -59,21 +64,14 @@ _PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
 
 
 def tuple_of(payload: bytes) -> tuple[LearnedTuple, int] | None:
-    """(tuple, source port) of a logged packet, or None if it cannot be decoded."""
-    try:
-        pkt = parse_ip(payload)
-    except DecodeError:
+    """(tuple, source port) of a logged packet (its headers: the copy is cut short), or None
+    if they cannot be read."""
+    h = headers(payload)
+    if h is None:
         return None
-    proto = PROTO_NAMES.get(pkt.proto, str(pkt.proto))
-    if pkt.proto in (PROTO_TCP, PROTO_UDP):
-        port = pkt.dport
-    elif pkt.proto in ICMP_PROTOS:
-        port = max(pkt.icmp_type, 0)
-    else:
-        port = 0
-    src = str(ipaddress.ip_address(pkt.src))
-    dst = str(ipaddress.ip_address(pkt.dst))
-    return LearnedTuple(src, dst, proto, port), pkt.sport if pkt.proto in (6, 17) else 0
+    proto = PROTO_NAMES.get(h.proto, str(h.proto))
+    port = h.dport if h.proto in (PROTO_TCP, PROTO_UDP) or h.proto in ICMP_PROTOS else 0
+    return LearnedTuple(h.src, h.dst, proto, port), h.sport
 
 
 def allow_command(host: str, t: LearnedTuple) -> str:
@@ -99,8 +97,10 @@ class LifecycleMonitor:
         self.hosts: dict[str, HostPolicy] = {}
         self.pending: dict[str, set[LearnedTuple]] = {}
         self.recent: OrderedDict[LearnedTuple, float] = OrderedDict()
+        self.drops = DropEvents()
         self.events = 0
         self.learned = 0
+        self.malformed = 0  # logged packets whose headers could not be read
         self.reload()
 
     def reload(self) -> None:
@@ -108,10 +108,16 @@ class LifecycleMonitor:
             self.hosts = {}
             return
         self.hosts = {h.address: h for h in self.store.hosts()}
+        names = rule_names(self.store.path)
+        if names is not None:  # unreadable for now: keep the names we have
+            self.drops.rule_names = names
 
     def handle(self, logged: LoggedPacket) -> Event | None:
+        if logged.group == self.settings.log_group:
+            return self._emit(self.drops.event(logged, self.clock()))
         parsed = tuple_of(logged.payload)
         if parsed is None:
+            self.malformed += 1
             return None
         t, sport = parsed
         if logged.group == self.settings.learn_group:
@@ -126,15 +132,26 @@ class LifecycleMonitor:
             return self._lockdown_event(t, sport)
         return None
 
-    def _lockdown_event(self, t: LearnedTuple, sport: int) -> Event | None:
-        now = self.clock()
+    def _emit(self, event: Event | None) -> Event | None:
+        if event is not None:
+            self.events += 1
+            if self.sink is not None:
+                self.sink.emit(event)
+        return event
+
+    def _first_in_a_while(self, t: LearnedTuple, now: float) -> bool:
+        """True at most once per tuple per EVENT_REPEAT_S (the stdout line's rate)."""
         last = self.recent.get(t)
         if last is not None and now - last < EVENT_REPEAT_S:
-            return None
+            return False
         self.recent[t] = now
         self.recent.move_to_end(t)
         while len(self.recent) > MAX_RATE_ENTRIES:
             self.recent.popitem(last=False)
+        return True
+
+    def _lockdown_event(self, t: LearnedTuple, sport: int) -> Event | None:
+        now = self.clock()
         host = next(
             (
                 self.hosts[a]
@@ -165,11 +182,11 @@ class LifecycleMonitor:
             cves=(),
             rule_action=Action.DROP if blocked else Action.ALERT,
             blocked=blocked,
+            event_type=EventType.DROP if blocked else EventType.ALERT,
+            reason=DropReason.LOCKDOWN if blocked else None,
         )
-        self.events += 1
-        if self.sink is not None:
-            self.sink.emit(event)
-        if self.out is not None:
+        self._emit(event)
+        if self.out is not None and self._first_in_a_while(t, now):
             self.out.write(
                 f"{event.signature} ({'dropped' if blocked else 'alerted'}); "
                 f"allow with: {allow_command(host.address, t)}\n"
@@ -198,7 +215,7 @@ def run_monitor(
 ) -> LifecycleMonitor:
     """Read NFLOG until duration seconds have passed (forever if None), `stop` is set, or
     SIGINT/SIGTERM; `ready` is set once the NFLOG groups are bound."""
-    reader = NflogReader((settings.learn_group, settings.lockdown_group))
+    reader = NflogReader((settings.learn_group, settings.lockdown_group, settings.log_group))
     if ready is not None:
         ready.set()
     mon = LifecycleMonitor(store, settings, sink, out)
@@ -206,7 +223,7 @@ def run_monitor(
     next_flush = next_reload = time.monotonic()
     out.write(
         f"lifecycle monitor: NFLOG groups learn={settings.learn_group} "
-        f"lockdown={settings.lockdown_group}, state {store.path}\n"
+        f"lockdown={settings.lockdown_group} drops={settings.log_group}, state {store.path}\n"
     )
     out.flush()
     try:
