@@ -343,10 +343,11 @@ def event_dict(row: Any) -> dict[str, Any]:
         eve = json.loads(row["eve"] or "{}")
     except ValueError:
         eve = {}
-    vp = eve.get("vpatch") if isinstance(eve, dict) else None
-    vp = vp if isinstance(vp, dict) else {}
+    found = eve.get("vpatch") if isinstance(eve, dict) else None
+    vp: dict[str, Any] = found if isinstance(found, dict) else {}
     d["would_block"] = bool(vp.get("would_block"))
-    fw = vp.get("firewall") if isinstance(vp.get("firewall"), dict) else {}
+    got = vp.get("firewall")
+    fw: dict[str, Any] = got if isinstance(got, dict) else {}
     d.update({k: str(fw.get(k, "")) for k in _FIREWALL_COLUMNS})
     return d
 

@@ -174,6 +174,9 @@ class DropEvents:
         name = self.rule_names.get(prefix.rule_id, "(rule since changed or removed)")
         signature = f"firewall rule {prefix.rule_id} {prefix.action}: {name}"
         actions = {"deny": Action.DROP, "reject": Action.RESET, "log": Action.ALERT}
-        return FW_SID_BASE + prefix.rule_id, signature, prefix.action != "log", actions[
-            prefix.action
-        ]
+        return (
+            FW_SID_BASE + prefix.rule_id,
+            signature,
+            prefix.action != "log",
+            actions[prefix.action],
+        )

@@ -312,7 +312,7 @@ def _rule_lines(
         match_proto = " -p icmp" if version == 4 else " -p ipv6-icmp"
     mac = f" -m mac --mac-source {rule.mac}" if rule.mac else ""
     targets = _targets(rule, version)
-    lines = []
+    lines: list[str] = []
     for host in hosts:
         for direction in ("in", "out") if rule.direction == "both" else (rule.direction,):
             host_side, peer_side = ("-d", "-s") if direction == "in" else ("-s", "-d")

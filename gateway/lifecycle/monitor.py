@@ -101,6 +101,7 @@ class LifecycleMonitor:
         self.events = 0
         self.learned = 0
         self.malformed = 0  # logged packets whose headers could not be read
+        self.reader: NflogReader | None = None  # the socket run_monitor reads (its counters)
         self.reload()
 
     def reload(self) -> None:
@@ -194,6 +195,19 @@ class LifecycleMonitor:
             self.out.flush()
         return event
 
+    def stats(self) -> dict[str, int]:
+        """Counters for `vpatch status`: events made, tuples learned, what could not be read
+        (logged packets, netlink messages) and the kernel's overruns of the NFLOG socket."""
+        reader = self.reader
+        return {
+            "events": self.events,
+            "drop_events": self.drops.events,
+            "learned": self.learned,
+            "malformed_packets": self.malformed + self.drops.malformed,
+            "malformed_messages": reader.malformed if reader is not None else 0,
+            "overruns": reader.overruns if reader is not None else 0,
+        }
+
     def flush(self) -> int:
         added = 0
         for addr, tuples in self.pending.items():
@@ -212,13 +226,18 @@ def run_monitor(
     out: TextIO = sys.stdout,
     stop: threading.Event | None = None,
     ready: threading.Event | None = None,
+    created: Callable[[LifecycleMonitor], None] | None = None,
 ) -> LifecycleMonitor:
     """Read NFLOG until duration seconds have passed (forever if None), `stop` is set, or
-    SIGINT/SIGTERM; `ready` is set once the NFLOG groups are bound."""
+    SIGINT/SIGTERM; `ready` is set once the NFLOG groups are bound; `created` is given the
+    monitor (its `stats()`) before the first read."""
     reader = NflogReader((settings.learn_group, settings.lockdown_group, settings.log_group))
     if ready is not None:
         ready.set()
     mon = LifecycleMonitor(store, settings, sink, out)
+    mon.reader = reader
+    if created is not None:
+        created(mon)
     deadline = None if duration is None else time.monotonic() + duration
     next_flush = next_reload = time.monotonic()
     out.write(

@@ -26,8 +26,8 @@ from flask.testing import FlaskClient
 from gateway.control.server import control_request
 from gateway.firewall.apply import probe_backend
 from gateway.firewall.dropcount import DropCount, read_drop_counts
-from gateway.firewall.droplog import LOG_BURST, LOG_RATE
 from gateway.firewall.dropevents import FW_SID_BASE, SID_SETUP_IN
+from gateway.firewall.droplog import LOG_BURST, LOG_RATE
 from gateway.firewall.policy import add_rule, delete_rule
 from gateway.lab import LabSpec, netns_exec
 from gateway.lifecycle.monitor import SID_NEW_PORT
@@ -229,8 +229,11 @@ def test_flood_against_a_deny_rule_gives_a_bounded_number_of_rows(
     rid = add_fw(d, protocol="udp", port_from=str(FLOOD_PORT), action="deny")
     try:
         start = time.monotonic()
-        out = netns_exec(d.lab.client_ns, [sys.executable, "-c", FLOOD, d.lab.server_addr,
-                                           str(FLOOD_PORT), str(FLOOD_PACKETS)], timeout=60)
+        out = netns_exec(
+            d.lab.client_ns,
+            [sys.executable, "-c", FLOOD, d.lab.server_addr, str(FLOOD_PORT), str(FLOOD_PACKETS)],
+            timeout=60,
+        )
         sent_for = time.monotonic() - start  # fmt: skip
         assert float(out.stdout) < 30
         found = settled(d, (FW_SID_BASE + rid,), f"fw:{rid}")
