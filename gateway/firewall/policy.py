@@ -1,4 +1,4 @@
-"""Firewall policy: ordered allow/deny/log rules per host or group, stored, validated, audited
+"""Firewall policy: ordered allow/deny/reject/log rules per host or group, stored, validated, audited
 and compiled into kernel rules (iptables-restore text in our own filter-table chain).
 
 A rule says: for the protected host(s) of its scope (`global`: every address; `host:ID`; or
