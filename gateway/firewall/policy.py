@@ -1,5 +1,5 @@
-"""Firewall policy: ordered allow/deny/reject/log rules per host or group, stored, validated, audited
-and compiled into kernel rules (iptables-restore text in our own filter-table chain).
+"""Firewall policy: ordered allow/deny/reject/log rules per host or group, stored, validated,
+audited and compiled into kernel rules (iptables-restore text in our own filter-table chain).
 
 A rule says: for the protected host(s) of its scope (`global`: every address; `host:ID`; or
 `group:ID`: every host of the group), traffic in `direction` (`in`: to the host, `out`: from the
