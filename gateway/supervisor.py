@@ -64,7 +64,6 @@ from gateway.events.sink import EventSink
 from gateway.firewall.apply import BackendInfo, apply_rules, remove_rules
 from gateway.firewall.compose import app_any_port_hosts, host_policies, protected_hosts
 from gateway.firewall.counters import Uninspected, read_uninspected
-from gateway.firewall.dropcount import DropCounts, read_drop_counts
 from gateway.firewall.hostmodes import DEFAULT_SETTINGS
 from gateway.firewall.refresh import (
     add_name_elements,
@@ -77,7 +76,7 @@ from gateway.firewall.refresh import (
 from gateway.firewall.render import QueuePlan, RenderedRules
 from gateway.intake.nfqueue import WorkerStats, event_store_health, load_policy, start_worker
 from gateway.intake.queuestats import read_queue_counters
-from gateway.lifecycle.monitor import LifecycleMonitor, run_monitor
+from gateway.lifecycle.monitor import DropLogStatus, run_monitor
 from gateway.lifecycle.names import NameResolver, resolver_servers, update_source_names
 from gateway.lifecycle.state import HostPolicy, LifecycleStore
 from gateway.match.matcher import Matcher
@@ -138,9 +137,7 @@ class Gateway:
         self._monitor_stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._monitor_sink: EventSink | None = None
-        self._monitor_core: LifecycleMonitor | None = None
-        self._drops_last = DropCounts()
-        self._drops_at: float | None = None
+        self._drop_log = DropLogStatus()
         self._uninspected_last = Uninspected()
         self._uninspected_at: float | None = None
         rc = config.resolver
@@ -323,7 +320,7 @@ class Gateway:
         frag_* and app counters, nfqueue.ENGINE_STAT_NAMES, up to a second old);
         `protected_hosts`: what the kernel's protected-host sets hold now; `event_store`: the
         workers' event sinks in sum (`event_store_health`); `drop_log`: firewall and
-        host-mode events (`_drop_log`)."""
+        host-mode events (lifecycle/monitor.py `DropLogStatus`)."""
         kernel = read_queue_counters()
         queues: dict[str, dict[str, Any]] = {}
         for w in self.workers:
@@ -366,7 +363,7 @@ class Gateway:
             "event_store": event_store_health(queues.values()),
             "kernel_counters": kernel.available,
             "alerts": self._alerts.stats() if self._alerts is not None else None,
-            "drop_log": self._drop_log(),
+            "drop_log": self._drop_log.report(self.backend, self.rendered.prefix),
             "protected_hosts": self.protected,
             "update_source_names": self._names.status(),
             "queues": queues,
@@ -382,21 +379,6 @@ class Gateway:
             )
             self._uninspected_at = now
         return self._uninspected_last
-
-    def _drop_log(self) -> dict[str, Any]:
-        """Firewall and host-mode events: the kernel's logged/refused/suppressed packets per
-        rule (gateway/firewall/dropcount.py, read at most once per UNINSPECTED_INTERVAL), the
-        monitor's counters and its event sink's."""
-        now = time.monotonic()
-        if self._drops_at is None or now - self._drops_at >= UNINSPECTED_INTERVAL:
-            self._drops_last = read_drop_counts(self.backend, self.rendered.prefix)
-            self._drops_at = now
-        mon, sink = self._monitor_core, self._monitor_sink
-        return {
-            "kernel": self._drops_last.as_dict() if self._drops_last.available else None,
-            "monitor": mon.stats() if mon is not None else None,
-            "sink": sink.stats() if sink is not None else None,
-        }
 
     def reload(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
         """Re-read the policy store and have every worker apply it (no restart, flows kept).
@@ -536,6 +518,7 @@ class Gateway:
         self._monitor_sink = EventSink(
             ev.sqlite, ev.jsonl, ev.max_queue, ev.aggregate_window, ev.aggregate_keys
         )
+        self._drop_log.sink = self._monitor_sink
         store = LifecycleStore(self.config.policy.database)
         ready = threading.Event()
 
@@ -543,7 +526,7 @@ class Gateway:
             try:
                 run_monitor(
                     store, DEFAULT_SETTINGS, self._monitor_sink, None, sys.stdout,
-                    stop=self._monitor_stop, ready=ready, created=self._set_monitor,
+                    stop=self._monitor_stop, ready=ready, created=self._drop_log.watch,
                 )  # fmt: skip
             except Exception as err:  # noqa: BLE001 - the kernel enforces; log and go on
                 log.error("lifecycle monitor stopped: %r (host modes stay enforced)", err)
@@ -553,9 +536,6 @@ class Gateway:
         self._monitor = threading.Thread(target=body, name="lifecycle-monitor", daemon=True)
         self._monitor.start()
         ready.wait(10.0)
-
-    def _set_monitor(self, monitor: LifecycleMonitor) -> None:
-        self._monitor_core = monitor
 
     def _stop_monitor(self) -> None:
         self._monitor_stop.set()

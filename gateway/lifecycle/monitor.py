@@ -30,10 +30,12 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
 from gateway.events.eve import DropReason, Event, EventType
 from gateway.events.sink import EventSink
+from gateway.firewall.apply import BackendInfo
+from gateway.firewall.dropcount import DropCounts, read_drop_counts
 from gateway.firewall.dropevents import DropEvents, headers, rule_names
 from gateway.firewall.hostmodes import DEFAULT_SETTINGS, HostModeSettings
 from gateway.lifecycle.nflog import LoggedPacket, NflogReader
@@ -54,6 +56,7 @@ from gateway.vocabulary import (
 )
 
 FLUSH_INTERVAL_S = 1.0
+COUNTERS_INTERVAL_S = 1.0  # a reading of the kernel's drop counters is reused this long
 RELOAD_INTERVAL_S = 1.0  # re-read host modes from the state this often
 EVENT_REPEAT_S = 60.0
 MAX_PENDING = 65536
@@ -216,6 +219,34 @@ class LifecycleMonitor:
         self.pending = {}
         self.learned += added
         return added
+
+
+class DropLogStatus:
+    """`vpatch status`'s `drop_log`: the kernel's logged/refused/suppressed packets per rule
+    (gateway/firewall/dropcount.py, read at most once per COUNTERS_INTERVAL_S: it runs
+    iptables-save), the monitor's counters (`watch` it: run_monitor's `created`) and its
+    event sink's."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.monitor: LifecycleMonitor | None = None
+        self.sink: EventSink | None = None
+        self._clock = clock
+        self._counts = DropCounts()
+        self._read_at: float | None = None
+
+    def watch(self, monitor: LifecycleMonitor) -> None:
+        self.monitor = monitor
+
+    def report(self, backend: BackendInfo, prefix: str) -> dict[str, Any]:
+        now = self._clock()
+        if self._read_at is None or now - self._read_at >= COUNTERS_INTERVAL_S:
+            self._counts = read_drop_counts(backend, prefix)
+            self._read_at = now
+        return {
+            "kernel": self._counts.as_dict() if self._counts.available else None,
+            "monitor": self.monitor.stats() if self.monitor is not None else None,
+            "sink": self.sink.stats() if self.sink is not None else None,
+        }
 
 
 def run_monitor(
