@@ -13,7 +13,8 @@ lockdown events. Runs in the gateway's network namespace: as a thread of `vpatch
   allows it (`vpatch hosts allow HOST 'A -> B:P/tcp'`).
 - Drop-log group (settings.log_group): firewall rules (deny, reject, log) and setup
   protection's refusals become `drop` / `flow` events (gateway/firewall/dropevents.py); the
-  firewall rules' names are re-read with the host modes.
+  firewall rules' names are read when a rule not named yet logs (NAMES_RETRY_S) and every
+  NAMES_INTERVAL_S.
 The kernel rate-limits what it copies to the lockdown and drop-log groups
 (gateway/firewall/droplog.py); packets the monitor cannot read are counted (`malformed`, and
 the reader's own `malformed` / `overruns`), never raised.
@@ -24,6 +25,7 @@ Bounded: MAX_PENDING tuples between flushes, MAX_RATE_ENTRIES remembered events.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -37,6 +39,7 @@ from gateway.events.sink import EventSink
 from gateway.firewall.apply import BackendInfo
 from gateway.firewall.dropcount import DropCounts, read_drop_counts
 from gateway.firewall.dropevents import DropEvents, headers, rule_names
+from gateway.firewall.droplog import parse_prefix
 from gateway.firewall.hostmodes import DEFAULT_SETTINGS, HostModeSettings
 from gateway.lifecycle.nflog import LoggedPacket, NflogReader
 from gateway.lifecycle.state import (
@@ -56,6 +59,8 @@ from gateway.vocabulary import (
 )
 
 FLUSH_INTERVAL_S = 1.0
+NAMES_INTERVAL_S = 30.0  # the firewall rules' names are re-read this often at most ...
+NAMES_RETRY_S = 1.0  # ... or this often while a rule they do not name logs packets
 COUNTERS_INTERVAL_S = 1.0  # a reading of the kernel's drop counters is reused this long
 RELOAD_INTERVAL_S = 1.0  # re-read host modes from the state this often
 EVENT_REPEAT_S = 60.0
@@ -101,6 +106,7 @@ class LifecycleMonitor:
         self.pending: dict[str, set[LearnedTuple]] = {}
         self.recent: OrderedDict[LearnedTuple, float] = OrderedDict()
         self.drops = DropEvents()
+        self._names_at = -math.inf  # when the firewall rules' names were last read
         self.events = 0
         self.learned = 0
         self.malformed = 0  # logged packets whose headers could not be read
@@ -112,13 +118,28 @@ class LifecycleMonitor:
             self.hosts = {}
             return
         self.hosts = {h.address: h for h in self.store.hosts()}
-        names = rule_names(self.store.path)
-        if names is not None:  # unreadable for now: keep the names we have
-            self.drops.rule_names = names
+
+    def _refresh_names(self, logged: LoggedPacket, now: float) -> None:
+        """Re-read the firewall rules' names when a rule not known yet logs (at most once
+        per NAMES_RETRY_S) and every NAMES_INTERVAL_S (an edited comment)."""
+        since = now - self._names_at
+        prefix = parse_prefix(logged.prefix)
+        unknown = (
+            prefix is not None
+            and prefix.reason is DropReason.FIREWALL
+            and prefix.rule_id not in self.drops.rule_names
+        )
+        if since >= NAMES_INTERVAL_S or (unknown and since >= NAMES_RETRY_S):
+            self._names_at = now
+            names = rule_names(self.store.path)
+            if names is not None:  # unreadable for now: keep the names we have
+                self.drops.rule_names = names
 
     def handle(self, logged: LoggedPacket) -> Event | None:
         if logged.group == self.settings.log_group:
-            return self._emit(self.drops.event(logged, self.clock()))
+            now = self.clock()
+            self._refresh_names(logged, now)
+            return self._emit(self.drops.event(logged, now))
         parsed = tuple_of(logged.payload)
         if parsed is None:
             self.malformed += 1

@@ -230,9 +230,7 @@ def test_bad_state_file_and_bad_rows(tmp_path: Path, webhook: Any, caplog: Any) 
     assert any("field 'severity' has type str" in r.getMessage() for r in caplog.records)
 
 
-def test_lockdown_drops_alert_firewall_and_setup_drops_do_not(
-    tmp_path: Path, webhook: Any
-) -> None:
+def test_lockdown_drops_alert_firewall_and_setup_drops_do_not(tmp_path: Path, webhook: Any) -> None:
     events, policy = setup(tmp_path, webhook.url)
     d = Dispatcher(events, policy)
     d.poll(0.0)

@@ -179,8 +179,8 @@ def test_deny_blocks_real_connection_in_lab(lab: Any, store: Any) -> None:
             "alice",
         )
         assert (
-            refresh_policy(store, backend, PREFIX, lab.gw_ns) == 4
-        )  # v4: conntrack+2, v6: conntrack
+            refresh_policy(store, backend, PREFIX, lab.gw_ns) == 5
+        )  # v4: conntrack + allow + the deny's log and drop, v6: conntrack
         assert connect(lab).startswith("OK HTTP/1.1")
         # the MAC rule for another MAC does not match: denied again
         update_rule(store, allow.id, {"mac": "02:00:00:00:00:99"}, "alice")

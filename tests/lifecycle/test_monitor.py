@@ -10,6 +10,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP  # type: ignore[import-untyped]
 
 from gateway.events.eve import DropReason, EventType
 from gateway.firewall.hostmodes import HostModeSettings
+from gateway.firewall.policy import add_rule
 from gateway.lifecycle.monitor import SID_NEW_PEER, SID_NEW_PORT, LifecycleMonitor
 from gateway.lifecycle.nflog import LoggedPacket
 from gateway.lifecycle.state import (
@@ -18,6 +19,7 @@ from gateway.lifecycle.state import (
     LifecycleStore,
     LockdownAction,
 )
+from gateway.policy.store import Store
 from gateway.vocabulary import Action
 
 S = HostModeSettings()
@@ -74,3 +76,23 @@ def test_lockdown_events_name_new_peer_or_port_each_time_printed_once(tmp_path: 
     assert mon.handle(LoggedPacket(S.lockdown_group, 2, "", _syn("198.18.0.10", 8080)))
     assert out.getvalue().count("new port 198.18.0.10") == 2
     assert mon.events == 4
+
+
+def test_firewall_drops_are_named_from_the_policy_store(tmp_path: Path) -> None:
+    db = tmp_path / "vpatch.db"
+    with Store(db) as store:
+        rid = add_rule(store, {"protocol": "tcp", "port_from": "23", "action": "deny",
+                               "comment": "no telnet"}, "t").id  # fmt: skip
+    now = [1000.0]
+    mon = LifecycleMonitor(LifecycleStore(db), S, clock=lambda: now[0])
+    syn = _syn("198.18.0.10", 23)
+    ev = mon.handle(LoggedPacket(S.log_group, 2, f"vpatch-fw-deny-{rid}", syn))
+    assert ev is not None and ev.signature == f"firewall rule {rid} deny: no telnet"
+    with Store(db) as store:  # a rule added later is named as soon as it logs (1 s retry)
+        later = add_rule(store, {"protocol": "tcp", "port_from": "25", "action": "reject",
+                                 "comment": "no smtp"}, "t").id  # fmt: skip
+    now[0] += 1.0
+    ev = mon.handle(LoggedPacket(S.log_group, 2, f"vpatch-fw-reject-{later}", syn))
+    assert ev is not None and ev.signature.endswith("reject: no smtp")
+    assert mon.handle(LoggedPacket(S.log_group, 2, "vpatch-setup-in", b"\x45")) is None
+    assert mon.stats()["malformed_packets"] == 1 and mon.stats()["drop_events"] == 2
