@@ -88,7 +88,7 @@ from gateway.firewall.render import QueuePlan, RenderedRules
 from gateway.forwarding import check_forwarding
 from gateway.intake.nfqueue import WorkerStats, event_store_health, load_policy, start_worker
 from gateway.intake.queuestats import read_queue_counters
-from gateway.lifecycle.monitor import run_monitor
+from gateway.lifecycle.monitor import DropLogStatus, run_monitor
 from gateway.lifecycle.names import NameResolver, resolver_servers, update_source_names
 from gateway.lifecycle.state import HostPolicy, LifecycleStore
 from gateway.match.matcher import Matcher
@@ -198,6 +198,7 @@ class Gateway:
         self._monitor_stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._monitor_sink: EventSink | None = None
+        self._drop_log = DropLogStatus()
         self._uninspected_last = Uninspected()
         self._uninspected_at: float | None = None
         rc = config.resolver
@@ -384,7 +385,8 @@ class Gateway:
         (each limit reached, all queues together; per queue the engine's limit_*, norm_*,
         frag_* and app counters, nfqueue.ENGINE_STAT_NAMES, up to a second old);
         `protected_hosts`: what the kernel's protected-host sets hold now; `event_store`: the
-        workers' event sinks in sum (`event_store_health`)."""
+        workers' event sinks in sum (`event_store_health`); `drop_log`: firewall and
+        host-mode events (lifecycle/monitor.py `DropLogStatus`)."""
         kernel = read_queue_counters()
         queues: dict[str, dict[str, Any]] = {}
         for w in self.workers:
@@ -430,6 +432,7 @@ class Gateway:
             "rule_hits": self._rule_hits(),
             "reloads": self.reload_times.as_dict(),
             "metrics": self._metrics.describe() if self._metrics is not None else None,
+            "drop_log": self._drop_log.report(self.backend, self.rendered.prefix),
             "protected_hosts": self.protected,
             # can forwarded traffic bypass netfilter here (gateway/forwarding.py), checked now
             "forwarding": check_forwarding(self.config.network.mode).as_dict(),
@@ -592,10 +595,14 @@ class Gateway:
         add_name_elements(self._name_policies, updates, self.config.firewall.chain_prefix)
 
     def _start_monitor(self) -> None:
-        """The lifecycle monitor thread (NFLOG learning and lockdown events); waits until its
-        NFLOG groups are bound so no learning packet of the first connection is missed."""
+        """The lifecycle monitor thread (NFLOG learning, lockdown, firewall and setup-protection
+        drop events, aggregated by its sink); waits until its NFLOG groups are bound so no
+        learning packet of the first connection is missed."""
         ev = self.config.events
-        self._monitor_sink = EventSink(ev.sqlite, ev.jsonl, ev.max_queue)
+        self._monitor_sink = EventSink(
+            ev.sqlite, ev.jsonl, ev.max_queue, ev.aggregate_window, ev.aggregate_keys
+        )
+        self._drop_log.sink = self._monitor_sink
         store = LifecycleStore(self.config.policy.database)
         ready = threading.Event()
 
@@ -603,7 +610,7 @@ class Gateway:
             try:
                 run_monitor(
                     store, DEFAULT_SETTINGS, self._monitor_sink, None, sys.stdout,
-                    stop=self._monitor_stop, ready=ready,
+                    stop=self._monitor_stop, ready=ready, created=self._drop_log.watch,
                 )  # fmt: skip
             except Exception as err:  # noqa: BLE001 - the kernel enforces; log and go on
                 log.error("lifecycle monitor stopped: %r (host modes stay enforced)", err)

@@ -1,4 +1,4 @@
-"""Firewall policy page: ordered allow/deny/log rules per host or group (address/CIDR, port
+"""Firewall policy page: ordered allow/deny/reject/log rules per host or group (address/CIDR, port
 range, protocol, MAC, direction). Each change is validated (the error names the field), stored
 and audited by gateway/firewall/policy.py, then the running gateway is told to `reload`, which
 rewrites its kernel chain atomically. JSON API: /api/v1/firewall (webui/api.py's table)."""

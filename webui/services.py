@@ -20,6 +20,8 @@ from flask import current_app
 
 from gateway.control.server import ControlError, control_request
 from gateway.events.rollup import minute_counts, rollups_exist, top_keys
+from gateway.firewall.dropevents import FW_SID_BASE, SID_SETUP_IN, SID_SETUP_OUT
+from gateway.lifecycle.monitor import SID_NEW_PEER, SID_NEW_PORT
 from gateway.match.rules import Rule
 from gateway.policy.assignments import Assignments
 from gateway.policy.hosts import Hosts
@@ -37,7 +39,17 @@ MAX_CVE_SETS = 10_000  # distinct `cves` texts read per dashboard (one per rule'
 CHART_BUCKETS = 24
 DEFAULT_HOURS = 24
 MAX_HOURS = 24 * 30  # the dashboard's window: 1 hour .. 30 days
-EVENT_FILTERS = ("since", "until", "host", "rule", "cve", "action", "address")
+EVENT_FILTERS = ("since", "until", "host", "rule", "cve", "action", "address", "kind")
+# the event list's `kind` filter: label -> SQL condition on the events table (event_type, and
+# the signature ids of the firewall, setup protection and lockdown: gateway/firewall/dropevents.py)
+EVENT_KINDS: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "alert": ("event_type = 'alert' AND signature_id NOT IN (?, ?)", (SID_NEW_PEER, SID_NEW_PORT)),
+    "drop": ("event_type = 'drop'", ()),
+    "flow": ("event_type = 'flow'", ()),
+    "firewall": ("event_type IN ('drop', 'flow') AND signature_id >= ?", (FW_SID_BASE,)),
+    "setup": ("signature_id IN (?, ?)", (SID_SETUP_IN, SID_SETUP_OUT)),
+    "lockdown": ("signature_id IN (?, ?)", (SID_NEW_PEER, SID_NEW_PORT)),
+}
 
 
 # -- rules and modes --------------------------------------------------------------------------
@@ -271,6 +283,12 @@ def event_where(filters: dict[str, str]) -> tuple[str, list[Any]]:
     if f["address"]:
         clauses.append("(src_ip = ? OR dest_ip = ?)")
         args += [f["address"], f["address"]]
+    if f["kind"]:
+        if f["kind"] not in EVENT_KINDS:
+            raise InputError(f"kind {f['kind'][:40]!r}: one of {', '.join(EVENT_KINDS)}")
+        clause, values = EVENT_KINDS[f["kind"]]
+        clauses.append(clause)
+        args += values
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
@@ -322,22 +340,29 @@ def export_events(filters: dict[str, str]) -> list[dict[str, Any]]:
     return [event_dict(r) for r in rows]
 
 
-EVENT_COLUMNS = (
+_STORED_COLUMNS = (
     "id", "timestamp", "flow_id", "signature_id", "signature", "action", "rule_action",
     "severity", "src_ip", "src_port", "dest_ip", "dest_port", "proto", "app_proto", "cves",
+    "event_type", "count",
 )  # fmt: skip
+# and from the EVE record of drop/flow events (vpatch.firewall; "" for alerts)
+_FIREWALL_COLUMNS = ("mode", "first_seen", "last_seen")
+EVENT_COLUMNS = (*_STORED_COLUMNS, *_FIREWALL_COLUMNS)
 
 
 def event_dict(row: Any) -> dict[str, Any]:
-    d = {k: row[k] for k in EVENT_COLUMNS}
+    d = {k: row[k] for k in _STORED_COLUMNS}
     d["cves"] = [c for c in (row["cves"] or "").split(",") if c]
     try:
         eve = json.loads(row["eve"] or "{}")
     except ValueError:
         eve = {}
-    d["would_block"] = (
-        bool(eve.get("vpatch", {}).get("would_block")) if isinstance(eve, dict) else False
-    )
+    found = eve.get("vpatch") if isinstance(eve, dict) else None
+    vp: dict[str, Any] = found if isinstance(found, dict) else {}
+    d["would_block"] = bool(vp.get("would_block"))
+    got = vp.get("firewall")
+    fw: dict[str, Any] = got if isinstance(got, dict) else {}
+    d.update({k: str(fw.get(k, "")) for k in _FIREWALL_COLUMNS})
     return d
 
 

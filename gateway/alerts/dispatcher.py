@@ -5,7 +5,8 @@ what the tests drive), reads the event store read-only and never touches the pac
 workers only hand events to their sink, and a slow or dead receiver delays nothing but this
 thread. Guarantees:
 - Only events written after the dispatcher started are sent (it starts at the store's last id).
-- Per channel: only `alert` events whose EVE severity is <= the channel's `min_severity`; a
+- Per channel: only `alert` events (and lockdown's `drop` events, which were alerts before
+  firewall events existed) whose EVE severity is <= the channel's `min_severity`; a
   token bucket (`rate_per_min`, `burst`) limits sends; what it holds back is counted and sent
   as one summary message as soon as a token is free again (at the next poll).
 - Bounds: at most MAX_EVENTS_PER_POLL events read per poll; channels are re-read from the
@@ -334,12 +335,14 @@ class Dispatcher:
             if bucket.suppressed and bucket.take(now):
                 self._deliver(ch, summary_message(*bucket.take_summary()), now)
         for _id, event_type, eve_text in events:
-            if event_type != "alert":
+            if event_type not in ("alert", "drop"):
                 continue
             try:
                 eve = json.loads(eve_text)
             except ValueError:
                 continue
+            if event_type == "drop" and (eve.get("drop") or {}).get("reason") != "lockdown":
+                continue  # firewall and setup-protection drops go to the event list only
             msg = message_from_eve(eve)
             for ch in self.channels:
                 if msg.severity > ch.min_severity:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.commands import raise_interrupt
-from gateway.config import Backend, load_config
+from gateway.config import Backend, EventsConfig, load_config
 from gateway.control.server import notify_gateway
 from gateway.events.sink import EventSink
 from gateway.firewall.apply import apply_hostmodes, probe_backend, remove_rules
@@ -357,7 +357,9 @@ def _print_rules(args: argparse.Namespace, store: LifecycleStore, _socket: Path)
 
 def _monitor(args: argparse.Namespace, store: LifecycleStore, _socket: Path) -> int:
     signal.signal(signal.SIGTERM, raise_interrupt)
-    sink = EventSink(args.sqlite, args.eve) if (args.sqlite or args.eve) else None
+    window = EventsConfig().aggregate_window  # repeats and floods: one record with a count
+    sink = EventSink(args.sqlite, args.eve, aggregate_window=window) if (
+        args.sqlite or args.eve) else None  # fmt: skip
     try:
         run_monitor(store, _settings(args), sink, args.duration)
     except KeyboardInterrupt:

@@ -8,7 +8,9 @@ thresholds and rate filters per rule and source; this is the same idea, always o
 count kept so that nothing is lost from the totals.
 
 What it does: `Aggregator(window, max_keys, clock)`; the packet path calls `add(event)`:
-- Key: (signature_id, src_ip, dest_ip, blocked). The first event of a key opens a window of
+- Key: (signature_id, src_ip, dest_ip, blocked), and for drop and flow events (firewall and
+  host modes, gateway/firewall/dropevents.py) also (dest_port, proto), so a scan shows which
+  ports were tried. The first event of a key opens a window of
   `window` seconds (by `clock`, the sink's monotonic clock) and is passed on at once (the
   caller queues it, count 1): an attack shows without delay.
 - Later events of an open window are only counted. `close_due()` (the sink's writer calls it
@@ -19,8 +21,11 @@ What it does: `Aggregator(window, max_keys, clock)`; the packet path calls `add(
 - Bound (a limit is a decision): at most `max_keys` windows per level. An event whose exact key
   would open one more is counted under (signature_id, dest_ip, blocked) with `folded` "src" (the
   record names one of the sources), and past that bound too under (signature_id, blocked) with
-  `folded` "src,dest"; these last keys number at most twice the rules. Spoofed sources thus
-  cost memory bounded by max_keys, not by the flood.
+  `folded` "src,dest" ("src,dest,port" for drop/flow events: the port is left out of that
+  level's key); these last keys number at most twice the rules per event type. Spoofed
+  sources and port scans thus cost memory bounded by max_keys, not by the flood.
+- A summary record carries `first_seen`: the timestamp of the first event it counts (its own
+  timestamp is the last one's).
 - `unsent(event)`: an event `add` passed on that the caller could not queue (queue full) goes
   back into its window's count, so the summary carries it: counted, never lost, never waited for.
 - `window` 0 turns aggregation off: `add` passes every event on.
@@ -37,23 +42,32 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Final
 
-from gateway.events.eve import Event
+from gateway.events.eve import Event, EventType
 
-__all__ = ["FOLD_DEST", "FOLD_SRC", "Aggregator"]
+__all__ = ["FOLD_DEST", "FOLD_PORT", "FOLD_SRC", "Aggregator"]
 
 FOLD_SRC: Final = "src"  # the record stands for events from several sources
 FOLD_DEST: Final = "src,dest"  # ... from several sources to several destinations
+FOLD_PORT: Final = "src,dest,port"  # drop/flow events: ... and several ports
 
-_Key = tuple[int, str, str, bool]
+# (signature_id, event type, src_ip, dest_ip, dest_port, proto, blocked)
+_Key = tuple[int, str, str, str, int, int, bool]
 
 
 class _Window:
-    __slots__ = ("last", "opened", "pending")
+    __slots__ = ("first", "last", "opened", "pending")
 
     def __init__(self, opened: float) -> None:
         self.opened = opened
         self.pending = 0  # events counted but not yet passed on
+        self.first = 0.0  # the timestamp of the first of them
         self.last: Event | None = None  # the latest of them
+
+    def count(self, event: Event, n: int = 1) -> None:
+        if not self.pending:
+            self.first = event.first_seen or event.timestamp
+        self.pending += n
+        self.last = event
 
 
 class Aggregator:
@@ -92,8 +106,7 @@ class Aggregator:
                 self.folded += 1
             elif level:
                 self.folded += 1
-            win.pending += 1
-            win.last = event
+            win.count(event)
             self.aggregated += 1
             return None
 
@@ -103,8 +116,7 @@ class Aggregator:
             level, key, win = self._window(event)
             if win is None:
                 win = self._levels[level][key] = _Window(self._clock())
-            win.pending += event.count
-            win.last = event
+            win.count(event, event.count)
             self.passed -= 1
             self.aggregated += 1
 
@@ -121,11 +133,13 @@ class Aggregator:
 
     def _window(self, event: Event) -> tuple[int, _Key, _Window | None]:
         """The level, key and open window (None: none yet, may open) for `event`."""
-        sig, blocked = event.signature_id, event.blocked
+        sig, kind, blocked = event.signature_id, event.event_type.value, event.blocked
+        port, proto = (0, 0) if event.event_type is EventType.ALERT else (
+            event.dest_port, event.proto)  # fmt: skip
         keys: tuple[_Key, ...] = (
-            (sig, event.src_ip, event.dest_ip, blocked),
-            (sig, "", event.dest_ip, blocked),
-            (sig, "", "", blocked),
+            (sig, kind, event.src_ip, event.dest_ip, port, proto, blocked),
+            (sig, kind, "", event.dest_ip, port, proto, blocked),
+            (sig, kind, "", "", 0, 0, blocked),
         )
         for level, key in enumerate(keys):
             windows = self._levels[level]
@@ -142,5 +156,9 @@ class Aggregator:
                 win = windows.pop(key)
                 if win.pending and win.last is not None:
                     folded = ("", FOLD_SRC, FOLD_DEST)[level]
-                    out.append(replace(win.last, count=win.pending, folded=folded))
+                    if level == 2 and win.last.event_type is not EventType.ALERT:
+                        folded = FOLD_PORT
+                    out.append(
+                        replace(win.last, count=win.pending, folded=folded, first_seen=win.first)
+                    )
         return out

@@ -25,11 +25,21 @@ What it guarantees:
   limits.py): the limit's name (`stream_hole`, `flow_table`, ...).
 - Aggregation (gateway/events/aggregate.py): `vpatch.count` is how many firings the record
   stands for (1 unless a storm was aggregated; the record is the last of them), and
-  `vpatch.folded` says which addresses varied among them ("", "src" or "src,dest").
+  `vpatch.folded` says which addresses varied among them ("", "src", "src,dest" or, for
+  drop and flow events, "src,dest,port").
+- Firewall and host-mode events (gateway/firewall/dropevents.py, the lifecycle monitor):
+  `event_type` "drop" (the kernel refused the packets: Suricata's drop event, with
+  `drop.reason` "firewall" | "setup" | "lockdown") or "flow" (a firewall `log` rule saw them and
+  let them pass), and `vpatch.firewall` {`mode` (the same reason), `rule_id` (the firewall
+  rule's id, 0 for the host modes), `rule` (its name), `first_seen`, `last_seen` (ISO 8601: the
+  first and last packet the record counts)}. They keep the `alert` object (signature_id,
+  signature, action, category naming the mechanism) so every record has the same columns in
+  the event store; consumers that dispatch on `event_type` see them apart from alerts.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import re
@@ -40,7 +50,10 @@ from typing import Any, Final
 from gateway.vocabulary import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Action, Direction
 
 __all__ = [
+    "DROP_CATEGORIES",
     "EVENT_CATEGORY",
+    "DropReason",
+    "EventType",
     "SEVERITY_NUMBERS",
     "Event",
     "app_proto_for_port",
@@ -80,6 +93,29 @@ _APP_PROTO_BY_PORT: Final = {
 }
 
 
+class EventType(enum.Enum):
+    """EVE `event_type` of a record."""
+
+    ALERT = "alert"  # a rule fired (the packet path, lockdown in alert mode)
+    DROP = "drop"  # the kernel refused packets (firewall deny/reject, setup, lockdown)
+    FLOW = "flow"  # a firewall `log` rule saw packets and let them pass
+
+
+class DropReason(enum.Enum):
+    """What refused (or logged) a drop/flow event's packets (`drop.reason`)."""
+
+    FIREWALL = "firewall"
+    SETUP = "setup"
+    LOCKDOWN = "lockdown"
+
+
+DROP_CATEGORIES: Final = {
+    DropReason.FIREWALL: "Firewall policy",
+    DropReason.SETUP: "Setup protection",
+    DropReason.LOCKDOWN: "Lockdown: connection not learned",
+}
+
+
 def app_proto_for_port(port: int) -> str:
     """Best-guess application protocol for a server port ("failed" when unknown)."""
     return _APP_PROTO_BY_PORT.get(port, "failed")
@@ -112,6 +148,10 @@ class Event:
     limit: str = ""  # a limit's event (gateway/flow/limits.py): the Limit's value
     count: int = 1  # firings this record stands for (gateway/events/aggregate.py)
     folded: str = ""  # "": all had these addresses; "src" / "src,dest": several did
+    event_type: EventType = EventType.ALERT
+    reason: DropReason | None = None  # drop/flow events: what refused or logged the packets
+    fw_rule_id: int = 0  # drop/flow events of a firewall rule: its id
+    first_seen: float = 0.0  # aggregated records: the first event's timestamp (0: timestamp)
 
 
 def format_timestamp(ts: float) -> str:
@@ -153,7 +193,25 @@ def to_eve(event: Event) -> dict[str, Any]:
         eve["http"] = {"url": escape_bytes(event.http_url)}
     if event.limit:
         eve["vpatch"]["limit"] = str(event.limit)
+    if event.event_type is not EventType.ALERT:
+        _add_drop(eve, event)
     return eve
+
+
+def _add_drop(eve: dict[str, Any], event: Event) -> None:
+    """The drop/flow event's own fields (see the module comment)."""
+    reason = event.reason or DropReason.FIREWALL
+    eve["event_type"] = event.event_type.value
+    eve["alert"]["category"] = DROP_CATEGORIES[reason]
+    if event.event_type is EventType.DROP:
+        eve["drop"] = {"reason": reason.value}
+    eve["vpatch"]["firewall"] = {
+        "mode": reason.value,
+        "rule_id": int(event.fw_rule_id),
+        "rule": str(event.signature),
+        "first_seen": format_timestamp(event.first_seen or event.timestamp),
+        "last_seen": format_timestamp(event.timestamp),
+    }
 
 
 def _to_eve(event: Event) -> dict[str, Any]:

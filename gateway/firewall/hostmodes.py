@@ -15,15 +15,18 @@ verdict applies whether or not the packet was inspected. Guarantees:
   its update sources: a CIDR (a rule of its own), or a host name, whose current addresses the
   gateway keeps in the `names` set (per-element timeouts: an address leaves the set when the
   answer that gave it expires); a host with named sources may also query the gateway's
-  resolvers (`dns_servers`, udp and tcp 53).
+  resolvers (`dns_servers`, udp and tcp 53). Each refusal is first copied to NFLOG group
+  `log_group` (prefix `vpatch-setup-in` / `-out`, rate-limited: gateway/firewall/droplog.py),
+  which the gateway turns into `drop` events.
 - Learning (mode `learning`): every new connection to or from the host is allowed and copied to
   NFLOG group `learn_group` (header only, NFLOG_SNAPLEN bytes) for the lifecycle monitor to
   record its (initiator, responder, protocol, port) tuple.
 - Lockdown (mode `lockdown`): a new connection whose tuple is in the learned set passes
   (`hash:ip,port,net` matched dst,dst,src, so the initiator may be an address or a network;
   "any" initiators in `hash:ip,port` matched dst,dst); any other is copied to NFLOG group
-  `lockdown_group` (the monitor turns it into an EVE alert) and then dropped (lockdown_action
-  `drop`) or let through (`alert`).
+  `lockdown_group` (rate-limited like every logging rule, gateway/firewall/droplog.py; the
+  monitor turns it into an EVE `drop` event, or an `alert` one) and then dropped
+  (lockdown_action `drop`) or let through (`alert`).
 - Named bounds: MAX_TUPLES learned tuples in the kernel set, MAX_HOSTS_PER_SET hosts per mode.
 - Chains are PREFIX-HM-*, sets prefix-hm-*, so apply.remove_rules(prefix) removes them with the
   rest of the gateway's objects (`vpatch run` merges them into its rules, firewall/compose.py);
@@ -47,6 +50,12 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from gateway.firewall.droplog import (
+    DROP_LOG_GROUP,
+    NFLOG_SNAPLEN,
+    SETUP_PREFIX,
+    nflog_target,
+)
 from gateway.firewall.render import RenderedRules, set_prefix
 from gateway.lifecycle.state import (
     ANY_SOURCE,
@@ -60,7 +69,6 @@ from gateway.lifecycle.state import (
 STANDALONE_PREFIX = "VPHM"
 DEFAULT_LEARN_GROUP = 17
 DEFAULT_LOCKDOWN_GROUP = 18
-NFLOG_SNAPLEN = 128  # bytes of each logged packet (IP + TCP/UDP headers)
 MAX_TUPLES = 65536
 MAX_HOSTS_PER_SET = 4096
 MAX_NAME_ELEMENTS = 65536  # resolved update-source addresses per family (setup hosts x names)
@@ -74,6 +82,7 @@ HM_POSITION_WITH_FIREWALL = 2  # the host-mode jump's position when PREFIX-FW ho
 class HostModeSettings:
     learn_group: int = DEFAULT_LEARN_GROUP
     lockdown_group: int = DEFAULT_LOCKDOWN_GROUP
+    log_group: int = DROP_LOG_GROUP  # setup protection's refusals (with the firewall's)
 
 
 DEFAULT_SETTINGS = HostModeSettings()
@@ -280,14 +289,13 @@ def _render_family(
         if any(e.is_name for e in h.update_sources):
             r.extend(_dns_rules(sout, h.address, dns_servers, version))
     r.append(f"-A {sout} -m set --match-set {names['names']} src,dst,dst -j RETURN")
+    r.append(f"-A {sin} {nflog_target(settings.log_group, SETUP_PREFIX + 'in')}")
+    r.append(f"-A {sout} {nflog_target(settings.log_group, SETUP_PREFIX + 'out')}")
     r.extend(f"-A {sin} {x}" for x in _reject(version))
     r.extend(f"-A {sout} {x}" for x in _reject(version))
     r.append(f"-A {lock} -m set --match-set {names['tuples']} dst,dst,src -j RETURN")
     r.append(f"-A {lock} -m set --match-set {names['anytuples']} dst,dst -j RETURN")
-    r.append(
-        f"-A {lock} -j NFLOG --nflog-group {settings.lockdown_group} "
-        f"--nflog-prefix {LOCKDOWN_PREFIX} --nflog-size {NFLOG_SNAPLEN}"
-    )
+    r.append(f"-A {lock} {nflog_target(settings.lockdown_group, LOCKDOWN_PREFIX)}")
     for side in ("dst", "src"):
         r.append(f"-A {lock} -m set --match-set {names['lockdrop']} {side} -j DROP")
     lines = ["*filter", *(f":{c} - [0:0]" for c in chains), *r, "COMMIT"]

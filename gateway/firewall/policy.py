@@ -1,12 +1,12 @@
-"""Firewall policy: ordered allow/deny/log rules per host or group, stored, validated, audited
-and compiled into kernel rules (iptables-restore text in our own filter-table chain).
+"""Firewall policy: ordered allow/deny/reject/log rules per host or group, stored, validated,
+audited and compiled into kernel rules (iptables-restore text in our own filter-table chain).
 
 A rule says: for the protected host(s) of its scope (`global`: every address; `host:ID`; or
 `group:ID`: every host of the group), traffic in `direction` (`in`: to the host, `out`: from the
 host, `both`), from/to the peer `address` (an address or CIDR; empty: any), with `protocol`
 (`any`, `tcp`, `udp`, `icmp`), destination port or range (`port_from`..`port_to`, tcp/udp only)
 and source MAC (`mac`, optional; only the sender's MAC is visible in FORWARD), gets `action`
-`allow`, `deny` or `log`.
+`allow`, `deny`, `reject` or `log`.
 
 Guarantees:
 - Validation happens before anything is stored: `validate_rule` raises FirewallRuleError whose
@@ -16,8 +16,12 @@ Guarantees:
 - Compilation is pure (`render_policy`): rules in position order, first match wins. `deny`
   drops the packet, `allow` returns from our chain (the packet then meets the host modes and
   the host's own filter rules, so an allow never opens what setup protection or lockdown
-  closes), `log` copies the packet to NFLOG group LOG_GROUP (prefix `vpatch-fw-ID`) and goes
-  on to the next rule. No match: the packet goes on (default allow).
+  closes), `reject` refuses it (TCP RST, else ICMP port unreachable), `log` lets it go on to
+  the next rule. `deny`, `reject` and `log` first copy the packet to NFLOG group LOG_GROUP
+  (prefix `vpatch-fw-ACTION-ID`, rate-limited in the kernel: gateway/firewall/droplog.py), which
+  the gateway turns into `drop` / `flow` events (gateway/firewall/dropevents.py); the refusing
+  line after the logging one counts every refused packet. No match: the packet goes on
+  (default allow).
 - Only NEW connections are judged (ESTABLISHED/RELATED return first): a policy change never
   cuts a connection that is already up.
 - Kernel objects: one chain PREFIX-FW in the filter table of each family, jumped to from the
@@ -39,6 +43,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from gateway.errors import FirewallError
+from gateway.firewall.droplog import DROP_LOG_GROUP, fw_prefix, nflog_target
 from gateway.firewall.render import RenderedRules
 from gateway.policy.hosts import Group, Host, Hosts
 from gateway.policy.store import Store
@@ -47,13 +52,12 @@ MAX_RULES = 1000  # firewall rules kept in the store
 MAX_KERNEL_RULES = 20_000  # iptables lines one family may get (rules x hosts x directions)
 MAX_COMMENT_LEN = 200
 MAX_INT = 2**62  # any id, port or position beyond this is refused (SQLite INTEGER is 64-bit)
-LOG_GROUP = 19  # NFLOG group of `log` rules (host modes use 17 and 18)
-LOG_PREFIX = "vpatch-fw-"
+LOG_GROUP = DROP_LOG_GROUP  # NFLOG group of deny/reject/log rules (host modes use 17 and 18)
 
 SCOPES = ("global", "host", "group")
 DIRECTIONS = ("in", "out", "both")
 PROTOCOLS = ("any", "tcp", "udp", "icmp")
-ACTIONS = ("allow", "deny", "log")
+ACTIONS = ("allow", "deny", "reject", "log")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
@@ -77,7 +81,7 @@ class FirewallRule:
     port_from: int | None
     port_to: int | None
     mac: str  # source MAC ("" = any), lower case
-    action: str  # allow | deny | log
+    action: str  # allow | deny | reject | log
     comment: str
     enabled: bool
     updated_by: str
@@ -307,13 +311,8 @@ def _rule_lines(
     elif rule.protocol == "icmp":
         match_proto = " -p icmp" if version == 4 else " -p ipv6-icmp"
     mac = f" -m mac --mac-source {rule.mac}" if rule.mac else ""
-    if rule.action == "allow":
-        target = "RETURN"
-    elif rule.action == "deny":
-        target = "DROP"
-    else:
-        target = f"NFLOG --nflog-group {LOG_GROUP} --nflog-prefix {LOG_PREFIX}{rule.id}"
-    lines = []
+    targets = _targets(rule, version)
+    lines: list[str] = []
     for host in hosts:
         for direction in ("in", "out") if rule.direction == "both" else (rule.direction,):
             host_side, peer_side = ("-d", "-s") if direction == "in" else ("-s", "-d")
@@ -322,10 +321,26 @@ def _rule_lines(
                 spec += f" {host_side} {host}"
             if rule.address:
                 spec += f" {peer_side} {rule.address}"
-            lines.append(
-                f"-A {chain}{spec}{match_proto}{mac} -m comment --comment fw{rule.id} -j {target}"
+            lines.extend(
+                f"-A {chain}{spec}{match_proto}{mac} -m comment --comment fw{rule.id} {target}"
+                for target in targets
             )
     return lines
+
+
+def _targets(rule: FirewallRule, version: int) -> list[str]:
+    """What a matching packet meets, in order: the rate-limited copy to NFLOG (deny, reject,
+    log), then the verdict (RETURN, DROP, REJECT; none for log)."""
+    if rule.action == "allow":
+        return ["-j RETURN"]
+    out = [nflog_target(LOG_GROUP, fw_prefix(rule.action, rule.id))]
+    if rule.action == "deny":
+        out.append("-j DROP")
+    elif rule.action == "reject":
+        unreach = "icmp-port-unreachable" if version == 4 else "icmp6-port-unreachable"
+        reject = "tcp-reset" if rule.protocol == "tcp" else unreach
+        out.append(f"-j REJECT --reject-with {reject}")
+    return out
 
 
 def policy_lines(

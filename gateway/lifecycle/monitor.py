@@ -5,11 +5,19 @@ lockdown events. Runs in the gateway's network namespace: as a thread of `vpatch
 - Learning group: each logged new connection gives a `LearnedTuple` (initiator, responder,
   protocol, destination port / ICMP type) for every learning host it involves; tuples are
   batched and written to the lifecycle state every FLUSH_INTERVAL_S (and at exit).
-- Lockdown group: each logged new connection of a locked-down host becomes one EVE alert
-  (event_type "alert", signature "lockdown: new peer A -> B:P/tcp not learned" or "... new
-  port ..."; alert.action "blocked" when the host's lockdown_action is drop), at most one per
-  tuple per EVENT_REPEAT_S (retransmitted SYNs do not flood), and a line on stdout with the
-  one-step command that allows it (`vpatch hosts allow HOST 'A -> B:P/tcp'`).
+- Lockdown group: each logged new connection of a locked-down host becomes one event
+  (signature "lockdown: new peer A -> B:P/tcp not learned" or "... new port ..."; event_type
+  "drop" with alert.action "blocked" when the host's lockdown_action is drop, else "alert"
+  with "allowed"), given to the sink, whose aggregation makes repeats one record with a count;
+  at most once per tuple per EVENT_REPEAT_S, a line on stdout with the one-step command that
+  allows it (`vpatch hosts allow HOST 'A -> B:P/tcp'`).
+- Drop-log group (settings.log_group): firewall rules (deny, reject, log) and setup
+  protection's refusals become `drop` / `flow` events (gateway/firewall/dropevents.py); the
+  firewall rules' names are read when a rule not named yet logs (NAMES_RETRY_S) and every
+  NAMES_INTERVAL_S.
+The kernel rate-limits what it copies to the lockdown and drop-log groups
+(gateway/firewall/droplog.py); packets the monitor cannot read are counted (`malformed`, and
+the reader's own `malformed` / `overruns`), never raised.
 Guarantees: the packet path is the kernel's; this process only observes, so its death never
 blocks traffic (learning allows everything; lockdown drops what it would drop anyway).
 Bounded: MAX_PENDING tuples between flushes, MAX_RATE_ENTRIES remembered events.
@@ -17,19 +25,21 @@ Bounded: MAX_PENDING tuples between flushes, MAX_RATE_ENTRIES remembered events.
 
 from __future__ import annotations
 
-import ipaddress
+import math
 import sys
 import threading
 import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
-from gateway.decode.packet import parse_ip
-from gateway.errors import DecodeError
-from gateway.events.eve import Event
+from gateway.events.eve import DropReason, Event, EventType
 from gateway.events.sink import EventSink
+from gateway.firewall.apply import BackendInfo
+from gateway.firewall.dropcount import DropCounts, read_drop_counts
+from gateway.firewall.dropevents import DropEvents, headers, rule_names
+from gateway.firewall.droplog import parse_prefix
 from gateway.firewall.hostmodes import DEFAULT_SETTINGS, HostModeSettings
 from gateway.lifecycle.nflog import LoggedPacket, NflogReader
 from gateway.lifecycle.state import (
@@ -49,6 +59,9 @@ from gateway.vocabulary import (
 )
 
 FLUSH_INTERVAL_S = 1.0
+NAMES_INTERVAL_S = 30.0  # the firewall rules' names are re-read this often at most ...
+NAMES_RETRY_S = 1.0  # ... or this often while a rule they do not name logs packets
+COUNTERS_INTERVAL_S = 1.0  # a reading of the kernel's drop counters is reused this long
 RELOAD_INTERVAL_S = 1.0  # re-read host modes from the state this often
 EVENT_REPEAT_S = 60.0
 MAX_PENDING = 65536
@@ -59,21 +72,14 @@ _PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
 
 
 def tuple_of(payload: bytes) -> tuple[LearnedTuple, int] | None:
-    """(tuple, source port) of a logged packet, or None if it cannot be decoded."""
-    try:
-        pkt = parse_ip(payload)
-    except DecodeError:
+    """(tuple, source port) of a logged packet (its headers: the copy is cut short), or None
+    if they cannot be read."""
+    h = headers(payload)
+    if h is None:
         return None
-    proto = PROTO_NAMES.get(pkt.proto, str(pkt.proto))
-    if pkt.proto in (PROTO_TCP, PROTO_UDP):
-        port = pkt.dport
-    elif pkt.proto in ICMP_PROTOS:
-        port = max(pkt.icmp_type, 0)
-    else:
-        port = 0
-    src = str(ipaddress.ip_address(pkt.src))
-    dst = str(ipaddress.ip_address(pkt.dst))
-    return LearnedTuple(src, dst, proto, port), pkt.sport if pkt.proto in (6, 17) else 0
+    proto = PROTO_NAMES.get(h.proto, str(h.proto))
+    port = h.dport if h.proto in (PROTO_TCP, PROTO_UDP) or h.proto in ICMP_PROTOS else 0
+    return LearnedTuple(h.src, h.dst, proto, port), h.sport
 
 
 def allow_command(host: str, t: LearnedTuple) -> str:
@@ -99,8 +105,12 @@ class LifecycleMonitor:
         self.hosts: dict[str, HostPolicy] = {}
         self.pending: dict[str, set[LearnedTuple]] = {}
         self.recent: OrderedDict[LearnedTuple, float] = OrderedDict()
+        self.drops = DropEvents()
+        self._names_at = -math.inf  # when the firewall rules' names were last read
         self.events = 0
         self.learned = 0
+        self.malformed = 0  # logged packets whose headers could not be read
+        self.reader: NflogReader | None = None  # the socket run_monitor reads (its counters)
         self.reload()
 
     def reload(self) -> None:
@@ -109,9 +119,30 @@ class LifecycleMonitor:
             return
         self.hosts = {h.address: h for h in self.store.hosts()}
 
+    def _refresh_names(self, logged: LoggedPacket, now: float) -> None:
+        """Re-read the firewall rules' names when a rule not known yet logs (at most once
+        per NAMES_RETRY_S) and every NAMES_INTERVAL_S (an edited comment)."""
+        since = now - self._names_at
+        prefix = parse_prefix(logged.prefix)
+        unknown = (
+            prefix is not None
+            and prefix.reason is DropReason.FIREWALL
+            and prefix.rule_id not in self.drops.rule_names
+        )
+        if since >= NAMES_INTERVAL_S or (unknown and since >= NAMES_RETRY_S):
+            self._names_at = now
+            names = rule_names(self.store.path)
+            if names is not None:  # unreadable for now: keep the names we have
+                self.drops.rule_names = names
+
     def handle(self, logged: LoggedPacket) -> Event | None:
+        if logged.group == self.settings.log_group:
+            now = self.clock()
+            self._refresh_names(logged, now)
+            return self._emit(self.drops.event(logged, now))
         parsed = tuple_of(logged.payload)
         if parsed is None:
+            self.malformed += 1
             return None
         t, sport = parsed
         if logged.group == self.settings.learn_group:
@@ -126,15 +157,26 @@ class LifecycleMonitor:
             return self._lockdown_event(t, sport)
         return None
 
-    def _lockdown_event(self, t: LearnedTuple, sport: int) -> Event | None:
-        now = self.clock()
+    def _emit(self, event: Event | None) -> Event | None:
+        if event is not None:
+            self.events += 1
+            if self.sink is not None:
+                self.sink.emit(event)
+        return event
+
+    def _first_in_a_while(self, t: LearnedTuple, now: float) -> bool:
+        """True at most once per tuple per EVENT_REPEAT_S (the stdout line's rate)."""
         last = self.recent.get(t)
         if last is not None and now - last < EVENT_REPEAT_S:
-            return None
+            return False
         self.recent[t] = now
         self.recent.move_to_end(t)
         while len(self.recent) > MAX_RATE_ENTRIES:
             self.recent.popitem(last=False)
+        return True
+
+    def _lockdown_event(self, t: LearnedTuple, sport: int) -> Event | None:
+        now = self.clock()
         host = next(
             (
                 self.hosts[a]
@@ -165,17 +207,30 @@ class LifecycleMonitor:
             cves=(),
             rule_action=Action.DROP if blocked else Action.ALERT,
             blocked=blocked,
+            event_type=EventType.DROP if blocked else EventType.ALERT,
+            reason=DropReason.LOCKDOWN if blocked else None,
         )
-        self.events += 1
-        if self.sink is not None:
-            self.sink.emit(event)
-        if self.out is not None:
+        self._emit(event)
+        if self.out is not None and self._first_in_a_while(t, now):
             self.out.write(
                 f"{event.signature} ({'dropped' if blocked else 'alerted'}); "
                 f"allow with: {allow_command(host.address, t)}\n"
             )
             self.out.flush()
         return event
+
+    def stats(self) -> dict[str, int]:
+        """Counters for `vpatch status`: events made, tuples learned, what could not be read
+        (logged packets, netlink messages) and the kernel's overruns of the NFLOG socket."""
+        reader = self.reader
+        return {
+            "events": self.events,
+            "drop_events": self.drops.events,
+            "learned": self.learned,
+            "malformed_packets": self.malformed + self.drops.malformed,
+            "malformed_messages": reader.malformed if reader is not None else 0,
+            "overruns": reader.overruns if reader is not None else 0,
+        }
 
     def flush(self) -> int:
         added = 0
@@ -187,6 +242,34 @@ class LifecycleMonitor:
         return added
 
 
+class DropLogStatus:
+    """`vpatch status`'s `drop_log`: the kernel's logged/refused/suppressed packets per rule
+    (gateway/firewall/dropcount.py, read at most once per COUNTERS_INTERVAL_S: it runs
+    iptables-save), the monitor's counters (`watch` it: run_monitor's `created`) and its
+    event sink's."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.monitor: LifecycleMonitor | None = None
+        self.sink: EventSink | None = None
+        self._clock = clock
+        self._counts = DropCounts()
+        self._read_at: float | None = None
+
+    def watch(self, monitor: LifecycleMonitor) -> None:
+        self.monitor = monitor
+
+    def report(self, backend: BackendInfo, prefix: str) -> dict[str, Any]:
+        now = self._clock()
+        if self._read_at is None or now - self._read_at >= COUNTERS_INTERVAL_S:
+            self._counts = read_drop_counts(backend, prefix)
+            self._read_at = now
+        return {
+            "kernel": self._counts.as_dict() if self._counts.available else None,
+            "monitor": self.monitor.stats() if self.monitor is not None else None,
+            "sink": self.sink.stats() if self.sink is not None else None,
+        }
+
+
 def run_monitor(
     store: LifecycleStore,
     settings: HostModeSettings,
@@ -195,18 +278,23 @@ def run_monitor(
     out: TextIO = sys.stdout,
     stop: threading.Event | None = None,
     ready: threading.Event | None = None,
+    created: Callable[[LifecycleMonitor], None] | None = None,
 ) -> LifecycleMonitor:
     """Read NFLOG until duration seconds have passed (forever if None), `stop` is set, or
-    SIGINT/SIGTERM; `ready` is set once the NFLOG groups are bound."""
-    reader = NflogReader((settings.learn_group, settings.lockdown_group))
+    SIGINT/SIGTERM; `ready` is set once the NFLOG groups are bound; `created` is given the
+    monitor (its `stats()`) before the first read."""
+    reader = NflogReader((settings.learn_group, settings.lockdown_group, settings.log_group))
     if ready is not None:
         ready.set()
     mon = LifecycleMonitor(store, settings, sink, out)
+    mon.reader = reader
+    if created is not None:
+        created(mon)
     deadline = None if duration is None else time.monotonic() + duration
     next_flush = next_reload = time.monotonic()
     out.write(
         f"lifecycle monitor: NFLOG groups learn={settings.learn_group} "
-        f"lockdown={settings.lockdown_group}, state {store.path}\n"
+        f"lockdown={settings.lockdown_group} drops={settings.log_group}, state {store.path}\n"
     )
     out.flush()
     try:

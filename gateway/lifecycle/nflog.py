@@ -1,12 +1,16 @@
 """A minimal NFLOG reader: bind netlink NFLOG groups and yield the logged packets.
 
 Speaks nfnetlink_log directly over an AF_NETLINK socket (linux/netfilter/nfnetlink_log.h):
-NFULNL_MSG_CONFIG with NFULA_CFG_CMD (BIND) and NFULA_CFG_MODE (COPY_PACKET, range) per group,
-then NFULNL_MSG_PACKET messages carrying NFULA_PREFIX and NFULA_PAYLOAD (the IP packet, from the
-network header). Used inside the gateway namespace by the lifecycle monitor (learning and
-lockdown, gateway/lifecycle/monitor.py). Guarantees: every read is bounded (RECV_BUFFER bytes),
-`receive(timeout)` never blocks longer than timeout, malformed messages are skipped (counted in
-`malformed`), never raised; a failure to bind names the group and the kernel's errno.
+NFULNL_MSG_CONFIG with NFULA_CFG_CMD (BIND), then NFULA_CFG_MODE (COPY_PACKET, range),
+NFULA_CFG_QTHRESH (QUEUE_THRESHOLD packets batched per netlink message) and NFULA_CFG_TIMEOUT
+(QUEUE_TIMEOUT_CS: a batch waits at most this long) per group, then NFULNL_MSG_PACKET messages
+carrying NFULA_PREFIX and NFULA_PAYLOAD (the IP packet, from the network header). Used inside
+the gateway namespace by the lifecycle monitor (learning, lockdown, and the firewall's drop log:
+gateway/lifecycle/monitor.py). Guarantees: every read is bounded (RECV_BUFFER bytes),
+`receive(timeout)` never blocks longer than timeout, malformed messages (bad lengths, packet
+messages without payload) are skipped and counted in `malformed`, never raised; messages the
+kernel could not deliver (socket buffer full: ENOBUFS) are counted in `overruns`; a failure to
+bind names the group and the kernel's errno.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ NFULNL_MSG_PACKET = 0
 NFULNL_MSG_CONFIG = 1
 NFULA_CFG_CMD = 1
 NFULA_CFG_MODE = 2
+NFULA_CFG_TIMEOUT = 3
+NFULA_CFG_QTHRESH = 4
 NFULNL_CFG_CMD_BIND = 1
 NFULNL_COPY_PACKET = 2
 NFULA_PAYLOAD = 9
@@ -37,6 +43,8 @@ NLMSG_ERROR = 2
 RECV_BUFFER = 1 << 16  # one recv; the kernel batches several packets per datagram
 SOCKET_RCVBUF = 1 << 20
 COPY_RANGE = 128  # bytes of each packet asked for (headers only)
+QUEUE_THRESHOLD = 32  # packets the kernel batches into one netlink datagram
+QUEUE_TIMEOUT_CS = 10  # hundredths of a second a batch waits before it is sent anyway
 
 _NLMSG = struct.Struct("=IHHII")
 _NFGEN = struct.Struct("=BBH")  # family, version, res_id (big-endian group, packed below)
@@ -68,32 +76,50 @@ def _config_msg(group: int, seq: int, attrs: bytes) -> bytes:
 
 def parse_messages(data: bytes, group_of: dict[int, int] | None = None) -> list[LoggedPacket]:
     """Every NFULNL_MSG_PACKET in one netlink datagram (others and garbage are skipped)."""
+    return parse_datagram(data)[0]
+
+
+def parse_datagram(data: bytes) -> tuple[list[LoggedPacket], int]:
+    """(packets, malformed messages) of one netlink datagram: a length that does not fit ends
+    the datagram (counted once); a packet message without payload is counted and skipped;
+    other message kinds (acks, errors) are skipped."""
     out: list[LoggedPacket] = []
+    malformed = 0
     off = 0
     while off + _NLMSG.size <= len(data):
         length, kind, _, _, _ = _NLMSG.unpack_from(data, off)
         if length < _NLMSG.size or off + length > len(data):
-            break
-        if kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET and length >= 20:
-            family, _, res_id = _NFGEN.unpack_from(data, off + 16)
-            group = socket.ntohs(res_id)
-            prefix, payload = "", b""
-            p, end = off + 20, off + length
-            while p + _NLA.size <= end:
-                alen, akind = _NLA.unpack_from(data, p)
-                if alen < _NLA.size or p + alen > end:
-                    break
-                value = data[p + 4 : p + alen]
-                akind &= 0x3FFF
-                if akind == NFULA_PAYLOAD:
-                    payload = value
-                elif akind == NFULA_PREFIX:
-                    prefix = value.rstrip(b"\x00").decode("latin-1")
-                p += (alen + 3) & ~3
-            if payload:
-                out.append(LoggedPacket(group, family, prefix, payload))
+            return out, malformed + 1
+        if kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET:
+            packet = _packet(data, off, length)
+            if packet is None:
+                malformed += 1
+            else:
+                out.append(packet)
         off += (length + 3) & ~3
-    return out
+    return out, malformed + (1 if 0 < len(data) - off < _NLMSG.size else 0)
+
+
+def _packet(data: bytes, off: int, length: int) -> LoggedPacket | None:
+    """The packet message at `off` (its attributes), None when it carries no payload."""
+    if length < 20:
+        return None
+    family, _, res_id = _NFGEN.unpack_from(data, off + 16)
+    group = socket.ntohs(res_id)
+    prefix, payload = "", b""
+    p, end = off + 20, off + length
+    while p + _NLA.size <= end:
+        alen, akind = _NLA.unpack_from(data, p)
+        if alen < _NLA.size or p + alen > end:
+            break
+        value = data[p + 4 : p + alen]
+        akind &= 0x3FFF
+        if akind == NFULA_PAYLOAD:
+            payload = value
+        elif akind == NFULA_PREFIX:
+            prefix = value.rstrip(b"\x00").decode("latin-1")
+        p += (alen + 3) & ~3
+    return LoggedPacket(group, family, prefix, payload) if payload else None
 
 
 class NflogReader:
@@ -101,7 +127,8 @@ class NflogReader:
 
     def __init__(self, groups: Iterable[int]) -> None:
         self.groups = tuple(groups)
-        self.malformed = 0
+        self.malformed = 0  # netlink messages that could not be read
+        self.overruns = 0  # times the kernel dropped messages (socket buffer full)
         try:
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
@@ -111,7 +138,12 @@ class NflogReader:
         for seq, group in enumerate(self.groups, start=1):
             self._request(group, seq, _attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND])))
             mode = struct.pack("!IBB", COPY_RANGE, NFULNL_COPY_PACKET, 0)
-            self._request(group, seq + 1000, _attr(NFULA_CFG_MODE, mode))
+            attrs = (
+                _attr(NFULA_CFG_MODE, mode)
+                + _attr(NFULA_CFG_QTHRESH, struct.pack("!I", QUEUE_THRESHOLD))
+                + _attr(NFULA_CFG_TIMEOUT, struct.pack("!I", QUEUE_TIMEOUT_CS))
+            )
+            self._request(group, seq + 1000, attrs)
 
     def _request(self, group: int, seq: int, attrs: bytes) -> None:
         self.sock.send(_config_msg(group, seq, attrs))
@@ -138,10 +170,12 @@ class NflogReader:
             data = self.sock.recv(RECV_BUFFER)
         except OSError as err:
             if err.errno == errno.ENOBUFS:  # the kernel dropped messages: go on
-                self.malformed += 1
+                self.overruns += 1
                 return []
             raise
-        return parse_messages(data)
+        packets, malformed = parse_datagram(data)
+        self.malformed += malformed
+        return packets
 
     def close(self) -> None:
         self.sock.close()

@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.alerts.channels import save_channel
 from gateway.alerts.dispatcher import Dispatcher
-from gateway.events.eve import to_eve
+from gateway.events.eve import DropReason, EventType, to_eve
 from gateway.events.sink import _INSERT, SCHEMA, _row
 from gateway.policy.store import Store
 from tests.alerts.conftest import free_port, wait_for
@@ -228,3 +228,16 @@ def test_bad_state_file_and_bad_rows(tmp_path: Path, webhook: Any, caplog: Any) 
     restarted.poll(3.0)
     assert (restarted.dropped, restarted.stats()["queued"], restarted.sent) == (3, 0, 0)
     assert any("field 'severity' has type str" in r.getMessage() for r in caplog.records)
+
+
+def test_lockdown_drops_alert_firewall_and_setup_drops_do_not(tmp_path: Path, webhook: Any) -> None:
+    events, policy = setup(tmp_path, webhook.url)
+    d = Dispatcher(events, policy)
+    d.poll(0.0)
+    for reason in (DropReason.FIREWALL, DropReason.SETUP, DropReason.LOCKDOWN):
+        add_events(events, 1, event_type=EventType.DROP, reason=reason, severity="medium",
+                   signature=f"{reason.value} drop")  # fmt: skip
+    d.poll(1.0)
+    (req,) = wait_for(webhook.requests)
+    assert json.loads(req[1])["event"]["alert"]["signature"] == "lockdown drop"
+    assert d.sent == 1

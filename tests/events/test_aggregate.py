@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gateway.events.aggregate import FOLD_DEST, FOLD_SRC, Aggregator
-from gateway.events.eve import Event
+from gateway.events.aggregate import FOLD_DEST, FOLD_PORT, FOLD_SRC, Aggregator
+from gateway.events.eve import Event, EventType
 from tests.events.test_sink import event
 
 
@@ -94,3 +94,35 @@ def test_window_zero_passes_everything() -> None:
     agg = Aggregator(0.0, 1, Clock())
     assert all(agg.add(ev(i)) is not None for i in range(100))
     assert agg.close_all() == [] and len(agg) == 0
+
+
+def drop(i: int, port: int, src: str = "198.18.0.10", ts: float = 0.0) -> Event:
+    return replace(ev(i, src=src), event_type=EventType.DROP, dest_port=port, timestamp=ts or i)
+
+
+def test_drop_events_are_keyed_by_port_and_keep_the_first_time() -> None:
+    clock = Clock()
+    agg = Aggregator(1.0, 100, clock)
+    firsts = [agg.add(drop(i, 80)) for i in range(1, 4)] + [agg.add(drop(9, 81))]
+    assert [e is not None for e in firsts] == [True, False, False, True]
+    assert agg.add(ev(10)) is not None and agg.add(replace(ev(11), dest_port=81)) is None
+    clock.now += 1.0
+    by_port = {(e.event_type, e.dest_port): e for e in agg.close_due()}
+    summary = by_port[(EventType.DROP, 80)]
+    assert summary.count == 2 and summary.first_seen == 2 and summary.timestamp == 3
+    assert by_port[(EventType.ALERT, 81)].count == 1  # alerts: the port is not in the key
+
+
+def test_a_port_scan_folds_sources_then_ports() -> None:
+    clock = Clock()
+    agg = Aggregator(1.0, 2, clock)
+    for port in range(1, 11):
+        for src in ("198.18.0.10", "198.18.0.11"):
+            agg.add(drop(port, port, src=src))
+    clock.now += 1.0
+    out = agg.close_all()
+    assert agg.added == 20 and agg.passed + sum(e.count for e in out) == 20
+    assert {e.folded for e in out} <= {"", FOLD_SRC, FOLD_PORT} and FOLD_PORT in {
+        e.folded for e in out
+    }
+    assert len(agg) == 0

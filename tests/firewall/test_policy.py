@@ -55,7 +55,7 @@ def store(tmp_path: Path) -> Any:
         ({"protocol": "tcp", "port_from": "90", "port_to": "80", "action": "deny"}, "port_to"),
         ({"protocol": "tcp", "port_to": "80", "action": "deny"}, "port_from"),
         ({"mac": "02:00:00:00:00", "action": "deny"}, "mac"),
-        ({"action": "reject"}, "action"),
+        ({"action": "refuse"}, "action"),
         ({"action": "deny", "comment": "x" * 201}, "comment"),
     ],
 )
@@ -110,8 +110,9 @@ def test_order_audit_and_compile(store: Any) -> None:
         f"-A {chain} -s 198.18.0.20 -d 198.18.0.10/32 -m comment --comment fw{r2.id} -j RETURN",
         (
             f"-A {chain} -d 198.18.0.20 -p udp --dport 1000:2000 -m mac --mac-source "
-            f"02:00:00:00:00:0a -m comment --comment fw{r3.id} -j NFLOG --nflog-group 19 "
-            f"--nflog-prefix vpatch-fw-{r3.id}"
+            f"02:00:00:00:00:0a -m comment --comment fw{r3.id} -m limit --limit 100/second "
+            f"--limit-burst 200 -j NFLOG --nflog-group 19 --nflog-prefix vpatch-fw-log-{r3.id} "
+            "--nflog-size 128"
         ),
     ]  # r1 disabled
     assert "-d 2001:db8::20 -p udp --dport 1000:2000" in text.ipv6
@@ -178,8 +179,8 @@ def test_deny_blocks_real_connection_in_lab(lab: Any, store: Any) -> None:
             "alice",
         )
         assert (
-            refresh_policy(store, backend, PREFIX, lab.gw_ns) == 4
-        )  # v4: conntrack+2, v6: conntrack
+            refresh_policy(store, backend, PREFIX, lab.gw_ns) == 5
+        )  # v4: conntrack + allow + the deny's log and drop, v6: conntrack
         assert connect(lab).startswith("OK HTTP/1.1")
         # the MAC rule for another MAC does not match: denied again
         update_rule(store, allow.id, {"mac": "02:00:00:00:00:99"}, "alice")

@@ -216,7 +216,8 @@ def test_lockdown_blocks_unlearned_and_logs(
             time.sleep(0.1)
         assert events, "no lockdown event written"
         ev = events[0]
-        assert ev["event_type"] == "alert" and ev["dest_port"] == 8082
+        assert ev["event_type"] == "drop" and ev["dest_port"] == 8082
+        assert ev["drop"] == {"reason": "lockdown"}
         alert = ev["alert"]
         assert isinstance(alert, dict)
         assert alert["signature"] == signature and alert["action"] == "blocked"

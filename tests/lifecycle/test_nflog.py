@@ -23,6 +23,7 @@ from gateway.lifecycle.nflog import (
     LoggedPacket,
     _attr,
     _config_msg,
+    parse_datagram,
     parse_messages,
 )
 
@@ -129,3 +130,17 @@ def test_every_cut_of_a_datagram_yields_a_prefix_of_its_packets(cut: int) -> Non
     for end in range(0, len(data) + 1, cut):
         got = parse_messages(data[:end])
         assert got == whole[: len(got)] and len(got) == end // len(one)
+
+
+def test_malformed_messages_are_counted() -> None:
+    good = _nlmsg(1, [(NFULA_PAYLOAD, PKT)])
+    no_payload = _nlmsg(5, [(NFULA_PREFIX, b"only a prefix\x00")])
+    config = _nlmsg(5, [(NFULA_PAYLOAD, PKT)], kind=(4 << 8) | 1)  # not a packet: not counted
+    assert parse_datagram(good + no_payload + config + good) == (
+        [LoggedPacket(1, socket.AF_INET, "", PKT)] * 2,
+        1,
+    )
+    truncated = _nlmsg(2, [(NFULA_PAYLOAD, PKT)])[:-10]
+    assert parse_datagram(good + truncated)[1] == 1
+    assert parse_datagram(good + b"\x01\x02") == ([LoggedPacket(1, socket.AF_INET, "", PKT)], 1)
+    assert parse_datagram(b"") == ([], 0)

@@ -9,13 +9,18 @@ import html
 import io
 import json
 import re
+import time
+from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from gateway.events.eve import DropReason, EventType
+from gateway.firewall.dropevents import FW_SID_BASE, SID_SETUP_IN
+from gateway.lifecycle.monitor import SID_NEW_PORT
 from gateway.policy.exceptions import PolicyExceptions, UriScope
-from tests.webui.conftest import EVIL, Auth, api_token, store_of
+from tests.webui.conftest import EVIL, Auth, api_token, make_event, store_of, write_events
 from tests.webui.exception_review import add_exception, review
 from webui.events import csv_text, parse_expiry
 from webui.inputs import InputError
@@ -166,3 +171,36 @@ def test_event_list_sorts_and_pages_through_the_url(client: FlaskClient, auth: A
     assert 'class="empty"' in empty and "No event matches these filters" in empty
     default = client.get("/events/?sort=signature;DROP").get_data(as_text=True)
     assert 'class="sortable sorted" aria-sort="descending"' in default  # time, newest first
+
+
+def test_kind_filter_and_csv_columns_for_firewall_and_host_mode_events(
+    client: FlaskClient, auth: Auth, app: Flask
+) -> None:
+    db = Path(app.config["EVENTS_DB"])
+    write_events(db, [
+        (make_event(signature_id=FW_SID_BASE + 7, signature="firewall rule 7 deny: no telnet",
+                    event_type=EventType.DROP, reason=DropReason.FIREWALL, fw_rule_id=7,
+                    count=1234, first_seen=time.time() - 90, dest_port=23), {}),
+        (make_event(signature_id=FW_SID_BASE + 8, signature="firewall rule 8 log: web",
+                    event_type=EventType.FLOW, reason=DropReason.FIREWALL, blocked=False), {}),
+        (make_event(signature_id=SID_SETUP_IN, signature="setup protection: inbound",
+                    event_type=EventType.DROP, reason=DropReason.SETUP), {}),
+        (make_event(signature_id=SID_NEW_PORT, signature="lockdown: new port",
+                    event_type=EventType.DROP, reason=DropReason.LOCKDOWN), {}),
+    ])  # fmt: skip
+    auth.login()
+    counts = {"": 7, "alert": 3, "drop": 3, "flow": 1, "firewall": 2, "setup": 1, "lockdown": 1}
+    for kind, n in counts.items():
+        assert f"Events ({n})" in client.get(f"/events/?kind={kind}").get_data(as_text=True)
+    assert client.get("/events/?kind=nonsense").status_code == 400
+    page = client.get("/events/?kind=firewall").get_data(as_text=True)
+    assert "firewall rule 7 deny: no telnet" in page and ">1234<" in page
+    rows = list(csv.DictReader(io.StringIO(
+        client.get("/events/export.csv?kind=drop").get_data(as_text=True))))  # fmt: skip
+    fw = next(r for r in rows if r["signature_id"] == str(FW_SID_BASE + 7))
+    assert (fw["event_type"], fw["count"], fw["mode"], fw["dest_port"]) == (
+        "drop", "1234", "firewall", "23")  # fmt: skip
+    assert fw["first_seen"] < fw["last_seen"] == fw["timestamp"]
+    assert {r["mode"] for r in rows} == {"firewall", "setup", "lockdown"}
+    data = json.loads(client.get("/events/export.json?kind=flow").get_data(as_text=True))
+    assert [(e["event_type"], e["action"]) for e in data] == [("flow", "allowed")]
