@@ -184,6 +184,13 @@ _PATHS: Final = ("cert", "key", "block_page")
 KEYS: Final = frozenset(_READERS) | frozenset(_PATHS)
 
 
+def _at(fail: Callable[[tuple[str, ...], str], ConfigError], path: tuple[str, ...]) -> Fail:
+    def at(reason: str) -> ConfigError:
+        return fail(path, reason)
+
+    return at
+
+
 def parse_services(
     items: list[object],
     fail: Callable[[tuple[str, ...], str], ConfigError],
@@ -204,7 +211,7 @@ def parse_services(
             if key in _PATHS:
                 values[key] = None if raw is None and key == "block_page" else resolve(path, raw)
             elif key in _READERS:
-                values[key] = _READERS[key](raw, lambda r, p=path: fail(p, r))
+                values[key] = _READERS[key](raw, _at(fail, path))
             else:
                 raise fail(path, f"unknown key (allowed: {', '.join(sorted(KEYS))})")
         for needed in ("host", "cert", "key"):
