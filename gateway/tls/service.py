@@ -62,6 +62,24 @@ class TlsVersion(enum.Enum):
     TLS1_2 = "TLS1_2"
     TLS1_3 = "TLS1_3"
 
+    @property
+    def code(self) -> int:
+        """The version's number on the wire (0x0300 SSL 3.0 ... 0x0304 TLS 1.3)."""
+        return _VERSION_CODES[self]
+
+    @classmethod
+    def from_code(cls, code: int) -> TlsVersion | None:
+        return next((v for v, c in _VERSION_CODES.items() if c == code), None)
+
+
+_VERSION_CODES: Final = {
+    TlsVersion.SSL3: 0x0300,
+    TlsVersion.TLS1: 0x0301,
+    TlsVersion.TLS1_1: 0x0302,
+    TlsVersion.TLS1_2: 0x0303,
+    TlsVersion.TLS1_3: 0x0304,
+}
+
 
 class BlockAnswer(enum.Enum):
     """What a client whose request is blocked gets."""
