@@ -85,6 +85,7 @@ from gateway.policy.appcontrol import plan_rules, rule_paths
 from gateway.policy.snapshot import policy_snapshot
 from gateway.policy.store import Store
 from gateway.statefiles import shared_gid
+from gateway.tls.plane import TlsPlane
 from gateway.vocabulary import Limit
 
 log = logging.getLogger("vpatch.run")
@@ -144,6 +145,7 @@ class Gateway:
             resolver_servers(rc), self._apply_names, rc.min_ttl, rc.max_ttl, rc.timeout
         )
         self._name_policies: list[HostPolicy] = []  # whose update-source names are followed
+        self.tls = TlsPlane(config, backend)  # the HTTPS plane (gateway/tls/plane.py)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -168,6 +170,7 @@ class Gateway:
             )
             for w in self.workers:
                 self._start_standby(w)
+            self.tls.start()  # the HTTPS proxies, then their kernel redirect
             self._start_monitor()
             self._follow_names(host_policies(self.config))
             self._names.start()
@@ -181,6 +184,7 @@ class Gateway:
                 ]
                 multiprocessing.connection.wait(sentinels, SUPERVISE_INTERVAL)
                 self._supervise()
+                self.tls.supervise()
         except VpatchError as err:
             log.error("%s", err)
             status = 2
@@ -192,6 +196,7 @@ class Gateway:
                 log.error("removing kernel rules failed: %s", err)
                 status = status or 2
             self._stop_workers()
+            self.tls.stop()
             self._names.stop()
             self._stop_monitor()
             if self._control is not None:
@@ -364,6 +369,7 @@ class Gateway:
             "protected_hosts": self.protected,
             "update_source_names": self._names.status(),
             "queues": queues,
+            "tls_proxy": self.tls.status(),
         }
 
     def _uninspected(self) -> Uninspected:
@@ -393,6 +399,7 @@ class Gateway:
             any_port = self._refresh_any_port_hosts()
             self.policy_version += 1
             version = self.policy_version
+            self.tls.publish("policy", version)
             complete = self._publish("policy", version, started + RELOAD_WAIT)
             took = time.monotonic() - started
             log.info(
@@ -452,6 +459,7 @@ class Gateway:
             Matcher(ruleset, self.config.engine.identify_any_port)
             self.rules_version += 1
             version = self.rules_version
+            self.tls.publish("rules", version)
             complete = self._publish("rules", version, started + RULES_RELOAD_WAIT)
             refresh_port_sets(self.rendered, QueuePlan.from_rules(plan_rules(ruleset)))
             took = time.monotonic() - started

@@ -99,7 +99,6 @@ def proxy_options(service: TlsService, port: int, pem: Path, confdir: Path) -> d
         "upstream_cert": False,
         "connection_strategy": "lazy",
         "stream_large_bodies": str(max(service.depth, 1)),
-        "flow_detail": 0,
     }
     if service.server_ciphers:
         options["ciphers_server"] = service.server_ciphers
