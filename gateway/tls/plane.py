@@ -1,8 +1,8 @@
 """The HTTPS plane in the running gateway: proxy processes, their restarts, the fail policy.
 
 What it does: `TlsPlane(config, backend)` starts one proxy process per port of each proxied
-service (gateway/tls/proxy.py, ports from gateway/tls/redirect.py plane_ports), waits until
-they listen, then installs the kernel redirect (nat PREROUTING -> PREFIX-TLS). The
+service (gateway/tls/proxy.py, ports from gateway/tls/redirect.py plane_ports) and installs
+the kernel redirect chains (nat PREROUTING -> PREFIX-TLS -> PREFIX-TLS<i>). The
 supervisor calls `supervise()` a few times a second:
 - a dead proxy process is logged, counted and started again (after `workers.restart_delay`,
   at most `workers.max_restarts` per `workers.restart_window`, as the queue workers; past
@@ -17,8 +17,10 @@ supervisor calls `supervise()` a few times a second:
 `rules-reload`); `status()` gives each service's mode, certificate, TLS settings and counters;
 `stop()` ends the processes (SIGTERM, then SIGKILL).
 
-Guarantees: the redirect is installed only once the proxies of a service listen (fail-open)
-and is removed with the gateway's other rules (its chains carry the gateway's prefix);
+Guarantees: under fail-open a service is redirected only to proxies that listen (the gateway
+is ready before they have loaded the rules: until then the service stays on the packet plane),
+under fail-closed to all of them from the start; the redirect is removed with the gateway's
+other rules (its chains carry the gateway's prefix);
 counters of a port outlive its processes.
 """
 
@@ -41,12 +43,9 @@ from gateway.tls.proxy import proxy_stats, start_proxy
 from gateway.tls.redirect import plane_ports, redirect_text, service_chain_text
 from gateway.tls.service import CertInfo, TlsConfigError, check_keypair
 
-__all__ = ["BIND_TIMEOUT", "TlsPlane"]
+__all__ = ["TlsPlane"]
 
 log = logging.getLogger("vpatch.tls")
-
-BIND_TIMEOUT: Final = 90.0  # seconds a proxy may take to load the rules and listen
-
 
 class _Slot:
     """One proxy port: its current process and the counters that outlive it."""
@@ -90,29 +89,21 @@ class TlsPlane:
         return self.config.fail_policy is FailPolicy.OPEN
 
     def start(self) -> None:
-        """Start every proxy, wait until they listen, install the redirect."""
+        """Start every proxy and install the redirect chains: under fail-open empty until a
+        service's proxies listen (supervise fills them), under fail-closed at once (its
+        connections are refused until a proxy listens). Does not wait for the proxies, so
+        the gateway is ready while they load the rules."""
         if not self.services:
             return
         for slot in self._all():
             self._spawn(slot)
-        deadline = time.monotonic() + BIND_TIMEOUT
-        for slot in self._all():
-            while not slot.stats.get("bound"):
-                if not slot.alive:
-                    raise VpatchError(
-                        f"HTTPS proxy on port {slot.port} exited during start-up "
-                        f"(exit status {slot.proc.exitcode}); see its log above"
-                    )
-                if time.monotonic() > deadline:
-                    raise VpatchError(f"HTTPS proxy on port {slot.port} did not listen in time")
-                time.sleep(0.05)
         live = [self._wanted(i) for i in range(len(self.services))]
         for family in (4, 6):
             text = redirect_text(self.config, family, live)
             if text:
                 run_cmd([self.backend.restore(family), "--noflush"], stdin=text)
         self._redirected = [tuple(ports) for ports in live]
-        log.info("HTTPS plane: %d service(s) redirected to their proxies", len(self.services))
+        log.info("HTTPS plane: %d service(s), proxies starting", len(self.services))
 
     def _all(self) -> list[_Slot]:
         return [slot for slots in self.slots for slot in slots]
@@ -232,7 +223,7 @@ class TlsPlane:
                     "blocked": service.blocked.value,
                     "depth": service.depth,
                     "forwarded": service.forwarded,
-                    "inspecting": listening,
+                    "inspecting": listening and bool(redirected),
                     "bypassed": self.fail_open and not redirected,
                     "proxies": [_slot_status(s) for s in slots],
                     "counters": _sum(s.stats for s in slots),
