@@ -79,7 +79,7 @@ def offered_version(raw_hello: bytes, extensions: Iterable[tuple[int, bytes]]) -
             versions = [
                 int.from_bytes(data[i : i + 2], "big") for i in range(1, 1 + data[0] - 1, 2)
             ]
-            real = [v for v in versions if v & 0x0F0F == v]  # GREASE values are 0x?A?A
+            real = [v for v in versions if v & 0x0F0F != 0x0A0A]  # GREASE: 0x?A?A (RFC 8701)
             if real:
                 return max(real)
     return int.from_bytes(raw_hello[:2], "big") if len(raw_hello) >= 2 else 0

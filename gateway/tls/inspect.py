@@ -6,10 +6,10 @@ line and header fields exactly as received; `build_body`: the body as sent, cut 
 service's inspection depth), then the response's (`build_response_head`, `build_body`), and
 `finish`es it. The judge replays the exchange into an ordinary `Engine`
 (gateway/engine.py) as one TCP connection between the real client and server addresses:
-handshake, the request, the response, a reset. So the HTTP decoder, the normalised fields, the
-compiled rules, detect/prevent, exceptions, the per-host policy, the limits and the events are
-the packet plane's own: one rule language, one compiled set, one judge. Nothing here opens a
-socket or reads a clock (`now` is passed in).
+handshake, the request, the response; then the engine forgets it. So the HTTP decoder, the
+normalised fields, the compiled rules, detect/prevent, exceptions, the per-host policy, the
+limits and the events are the packet plane's own: one rule language, one compiled set, one
+judge. Nothing here opens a socket or reads a clock (`now` is passed in).
 
 What it guarantees:
 - every request gets its own replayed connection (a fresh client port from a private range),
@@ -31,9 +31,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Final
 
-from gateway.decode.packet import TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN, Packet
+from gateway.decode.packet import TCP_ACK, TCP_PSH, TCP_SYN, Packet
 from gateway.engine import Engine
 from gateway.events.eve import Event
+from gateway.flow.table import FlowKey
 from gateway.verdict import Decision
 from gateway.vocabulary import PROTO_TCP, Action
 
@@ -160,6 +161,7 @@ class ExchangeJudge:
         between the real client and server addresses; one still open under `key` is finished."""
         self.finish(key, now)
         replay = _Replay(client[0], client[1], server[0], server[1], self._port())
+        self._forget(replay)  # a replay of the same ports long ago (the range wrapped)
         self._open[key] = replay
         engine = self.engine
         engine.process(replay.packet(True, TCP_SYN), now)
@@ -181,10 +183,19 @@ class ExchangeJudge:
         return self._facts(decision, replay, tls)
 
     def finish(self, key: object, now: float) -> None:
-        """The exchange is over: its replayed connection is reset (the engine forgets it)."""
+        """The exchange is over: the engine forgets its replayed connection (blocked or not:
+        a blocked flow would otherwise stay blocked until it expires)."""
+        del now  # the engine's clock is not needed to forget a flow
         replay = self._open.pop(key, None)
         if replay is not None:
-            self.engine.process(replay.packet(True, TCP_RST | TCP_ACK), now)
+            self._forget(replay)
+
+    def _forget(self, replay: _Replay) -> None:
+        table = self.engine.table
+        key = FlowKey(PROTO_TCP, replay.client, replay.port, replay.server, replay.server_port)
+        flow = table.get(key)
+        if flow is not None:
+            table.remove(flow)
 
     @property
     def open_exchanges(self) -> int:
