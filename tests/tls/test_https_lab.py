@@ -10,27 +10,22 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from gateway.config import BUNDLED_RULES
-from gateway.control.server import ControlError, control_request
 from gateway.lab import LabSpec, lab_down, lab_up
 from gateway.lab.netns import netns_exec
-from gateway.lab.services import gateway_config
 from gateway.match.rules import load_rules
 from gateway.testing.corpora import csic_requests
+from gateway.testing.tls_lab import LabGateway
 from tests.conftest import lab_name
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[2]
-READY_TIMEOUT = 120.0  # seconds for the gateway and its proxy to load the rules (loaded host)
 CSIC_SAMPLE = 40  # normal CSIC 2010 requests sent over HTTPS
 # rule id -> the CVE its attack sample must raise (the attacks the packet plane blocks)
 ATTACKS = {
@@ -48,72 +43,6 @@ LOG4SHELL_BODY = (
 )
 
 
-class Gateway:
-    """`vpatch run` in the lab's gateway namespace, with every state file in `state`."""
-
-    def __init__(self, spec: LabSpec, state: Path, **overrides: Any) -> None:
-        state.mkdir(parents=True, exist_ok=True)
-        config = gateway_config(spec)
-        config.update(
-            events={"sqlite": str(state / "events.db"), "jsonl": str(state / "eve.json")},
-            control={"socket": str(state / "control.sock")},
-            policy={"database": str(state / "vpatch.db")},
-            queues={"first": 0, "count": 1},
-            **overrides,
-        )
-        config["rules"] = [r for r in config["rules"] if Path(r).exists()] or [str(BUNDLED_RULES)]
-        if "rules" in overrides:
-            config["rules"] = overrides["rules"]
-        self.path = state / "gateway.yaml"
-        self.path.write_text(yaml.safe_dump(config))
-        self.state = state
-        self.socket = state / "control.sock"
-        self.log = (state / "gateway.log").open("w")
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        argv = ["ip", "netns", "exec", spec.gw_ns, sys.executable, "-m", "gateway.cli", "run"]
-        self.proc = subprocess.Popen(
-            [*argv, "-c", str(self.path)], stdout=self.log, stderr=subprocess.STDOUT, env=env
-        )
-
-    def status(self) -> dict[str, Any]:
-        reply: dict[str, Any] = control_request(self.socket, "status")
-        return reply
-
-    def service(self) -> dict[str, Any]:
-        services: list[dict[str, Any]] = self.status()["tls_proxy"]
-        return services[0]
-
-    def wait(self, inspecting: bool, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
-        """The service's status once its `inspecting` is `inspecting`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, (self.state / "gateway.log").read_text()[-3000:]
-            try:
-                service = self.service()
-                if service["inspecting"] is inspecting:
-                    return service
-            except (ControlError, OSError, ValueError, KeyError):
-                pass
-            assert time.monotonic() < deadline, (self.state / "gateway.log").read_text()[-3000:]
-            time.sleep(0.2)
-
-    def events(self) -> list[dict[str, Any]]:
-        path = self.state / "eve.json"
-        time.sleep(0.6)  # the sink writes in batches
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.log.close()
-
-
 @pytest.fixture(scope="module")
 def tlslab() -> Iterator[LabSpec]:
     if os.geteuid() != 0:
@@ -128,8 +57,8 @@ def tlslab() -> Iterator[LabSpec]:
 
 
 @pytest.fixture(scope="module")
-def gateway(tlslab: LabSpec, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gw = Gateway(tlslab, tmp_path_factory.mktemp("gw-open"))
+def gateway(tlslab: LabSpec, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabGateway]:
+    gw = LabGateway(tlslab, tmp_path_factory.mktemp("gw-open"))
     try:
         gw.wait(True)
         yield gw
@@ -165,7 +94,7 @@ def _attack_samples() -> dict[int, bytes]:
 
 
 def test_tls13_client_reaches_the_tls10_server_only_through_the_gateway(
-    tlslab: LabSpec, gateway: Gateway
+    tlslab: LabSpec, gateway: LabGateway
 ) -> None:
     through = curl(tlslab, "--tlsv1.3", f"https://{tlslab.server_addr}/")
     assert through.stdout == "200"
@@ -177,7 +106,7 @@ def test_tls13_client_reaches_the_tls10_server_only_through_the_gateway(
 
 
 def test_attacks_are_blocked_over_https_with_an_event_naming_the_cve(
-    tlslab: LabSpec, gateway: Gateway
+    tlslab: LabSpec, gateway: LabGateway
 ) -> None:
     samples = _attack_samples()
     access = tlslab.state_dir / "nginx" / "access.log"
@@ -197,7 +126,7 @@ def test_attacks_are_blocked_over_https_with_an_event_naming_the_cve(
 
 
 def test_benign_requests_pass_with_no_event(
-    tlslab: LabSpec, gateway: Gateway, corpora: Path
+    tlslab: LabSpec, gateway: LabGateway, corpora: Path
 ) -> None:
     normal = csic_requests(corpora / "benign" / "csic2010-normal-training.txt.gz")
     step = max(1, len(normal) // CSIC_SAMPLE)
@@ -208,7 +137,7 @@ def test_benign_requests_pass_with_no_event(
     assert len(gateway.events()) == before
 
 
-def test_a_tls10_only_client_is_refused_with_an_event(tlslab: LabSpec, gateway: Gateway) -> None:
+def test_a_tls10_only_client_is_refused_with_an_event(tlslab: LabSpec, gateway: LabGateway) -> None:
     request = b"GET / HTTP/1.1\r\nHost: 198.18.0.20\r\n\r\n"
     assert send(tlslab, [request], ("TLSv1", "TLSv1")) == [-1]
     refused = [e for e in gateway.events() if e["alert"]["signature_id"] == 9300030]
@@ -216,7 +145,9 @@ def test_a_tls10_only_client_is_refused_with_an_event(tlslab: LabSpec, gateway: 
     assert gateway.service()["counters"]["tls_refused"] >= 1
 
 
-def test_killing_the_proxy_fails_open_and_it_comes_back(tlslab: LabSpec, gateway: Gateway) -> None:
+def test_killing_the_proxy_fails_open_and_it_comes_back(
+    tlslab: LabSpec, gateway: LabGateway
+) -> None:
     service = gateway.service()
     assert service["mode"] == "https-proxy" and "vpatch-lab" in service["certificate"]["subject"]
     (proxy,) = service["proxies"]
@@ -233,11 +164,11 @@ def test_killing_the_proxy_fails_open_and_it_comes_back(tlslab: LabSpec, gateway
 
 
 def test_fail_closed_refuses_while_the_proxy_is_down(
-    tlslab: LabSpec, gateway: Gateway, tmp_path: Path
+    tlslab: LabSpec, gateway: LabGateway, tmp_path: Path
 ) -> None:
     gateway.stop()  # one gateway at a time in the namespace
     small = [str(BUNDLED_RULES / "cve-2014-6271-shellshock.yaml")]
-    gw = Gateway(tlslab, tmp_path / "gw-closed", fail_policy="closed", rules=small)
+    gw = LabGateway(tlslab, tmp_path / "gw-closed", fail_policy="closed", rules=small)
     try:
         service = gw.wait(True)
         os.kill(service["proxies"][0]["pid"], 9)
