@@ -702,7 +702,7 @@ class TlsProxyConfig:
         "a key that does not match is an error, an expired certificate a warning), "
         "`client_min` (`TLS1_2`: the lowest version offered to clients), `server_min` "
         "(`TLS1`: the lowest spoken to the server, `SSL3` where OpenSSL can), "
-        "`server_ciphers` (OpenSSL list, \"\": mitmproxy's), `blocked` (`page` or `reset`), "
+        "`server_ciphers` (OpenSSL list, empty: mitmproxy's), `blocked` (`page` or `reset`), "
         "`block_page` (HTML file, null: built in), `depth` (body bytes inspected, 1048576), "
         "`max_header_bytes` (65536) and `max_headers` (100) (a request over them: event and "
         "refusal), `forwarded` (false: add X-Forwarded-For and Forwarded toward the "

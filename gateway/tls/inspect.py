@@ -132,9 +132,7 @@ class _Replay:
         seq, ack = self.seq[d], self.seq[1 - d]
         self.seq[d] = (seq + len(payload) + (1 if flags & TCP_SYN else 0)) & 0xFFFFFFFF
         src, dst = (self.client, self.server) if to_server else (self.server, self.client)
-        sport, dport = (
-            (self.port, self.server_port) if to_server else (self.server_port, self.port)
-        )
+        sport, dport = (self.port, self.server_port) if to_server else (self.server_port, self.port)
         return Packet(
             self.version, src, dst, PROTO_TCP, sport, dport, flags, seq,
             ack if flags & TCP_ACK else 0, payload,

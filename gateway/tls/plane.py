@@ -47,6 +47,7 @@ __all__ = ["TlsPlane"]
 
 log = logging.getLogger("vpatch.tls")
 
+
 class _Slot:
     """One proxy port: its current process and the counters that outlive it."""
 

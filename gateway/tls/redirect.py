@@ -58,9 +58,7 @@ def _redirects(chain: str, service: TlsService, ports: Sequence[int]) -> list[st
     return lines
 
 
-def service_chain_text(
-    prefix: str, index: int, service: TlsService, ports: Sequence[int]
-) -> str:
+def service_chain_text(prefix: str, index: int, service: TlsService, ports: Sequence[int]) -> str:
     """Restore text replacing service `index`'s chain by redirects to `ports` (none: the
     service's connections pass the gateway as any other flow: the packet plane's)."""
     chain = service_chain(prefix, index)
