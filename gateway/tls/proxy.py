@@ -191,6 +191,7 @@ def _process_entry(
 ) -> None:
     die_with_parent(parent)
     logging.basicConfig(level=logging.INFO, format=f"vpatch[tls {port}] %(levelname)s %(message)s")
+    logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # not a line per connection
     code = 0
     try:
         asyncio.run(_serve(config, index, port, stats))
