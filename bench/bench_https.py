@@ -6,7 +6,10 @@ TLS 1.0 only, its 1 KiB /1k.bin), then measures from the client namespace with
 `Connection: close` (a new TLS connection per request):
 1. straight: no gateway process (the bridge alone), wrk speaking the server's TLS 1.0 (an
    OpenSSL configuration with SECLEVEL=0 and MinProtocol TLSv1);
-2. through the HTTPS plane: `vpatch run` with the lab's configuration (one queue, the bundled
+2. mitmproxy alone: `mitmdump` with the same options as the plane's proxy (transparent, the
+   lab certificate, client TLS 1.2+, server TLS 1.0+, lazy upstream) and no addon, behind the
+   same nat REDIRECT (the addon's share of the cost is the difference with 3);
+3. through the HTTPS plane: `vpatch run` with the lab's configuration (one queue, the bundled
    rules; the service proxied by one mitmproxy process with the vpatch addon), wrk speaking
    TLS 1.3 to the proxy, which speaks TLS 1.0 to nginx.
 Run (root): .venv/bin/python bench/bench_https.py [--duration 5] [--connections 1,10]
@@ -21,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.benchmark.parse import parse_wrk
 from gateway.lab import LabSpec, lab_down, lab_up
+from gateway.lab.services import lab_cert
 from gateway.testing.tls_lab import LabGateway
 
 OPENSSL_LEGACY = """openssl_conf = init
@@ -72,6 +77,33 @@ def measure(spec: LabSpec, label: str, args: argparse.Namespace, env: dict[str, 
     return rows
 
 
+def measure_mitmdump(spec: LabSpec, args: argparse.Namespace, tmp: Path) -> list[Any]:
+    """mitmproxy with no addon behind the same kernel redirect as the plane's."""
+    cert, key = lab_cert(spec)
+    pem = tmp / "combined.pem"
+    pem.write_bytes(key.read_bytes() + cert.read_bytes())
+    port = 18443
+    rule = ["PREROUTING", "-d", spec.server_addr, "-p", "tcp", "--dport", "443",
+            "-j", "REDIRECT", "--to-ports", str(port)]  # fmt: skip
+    nat = ["ip", "netns", "exec", spec.gw_ns, "iptables", "-t", "nat"]
+    mitmdump = Path(sys.executable).with_name("mitmdump")
+    argv = [str(mitmdump), "-q", "--mode", f"transparent@{port}", "--certs", f"*={pem}",
+            "--set", f"confdir={tmp}", "--set", "tls_version_client_min=TLS1_2",
+            "--set", "tls_version_server_min=TLS1", "--ssl-insecure",
+            "--set", "connection_strategy=lazy"]  # fmt: skip
+    proc = subprocess.Popen(["ip", "netns", "exec", spec.gw_ns, *argv])
+    try:
+        time.sleep(5)  # mitmdump starts in about a second; the host is loaded
+        subprocess.run([*nat, "-A", *rule], check=True)
+        try:
+            return measure(spec, "mitmproxy alone, no addon", args, {})
+        finally:
+            subprocess.run([*nat, "-D", *rule], check=True)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=5)
@@ -87,6 +119,7 @@ def main() -> int:
         try:
             lab_up(spec, services=True, gateway=False)
             straight = measure(spec, "straight (TLS 1.0)", args, {"OPENSSL_CONF": str(conf)})
+            bare = measure_mitmdump(spec, args, Path(tmp))
             gateway = LabGateway(spec, Path(tmp) / "gw")
             try:
                 gateway.wait(True)
@@ -97,7 +130,7 @@ def main() -> int:
             lab_down(spec.name)
     print("\n| path | connections | mode | req/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|---|")
-    for row in straight + proxied:
+    for row in straight + bare + proxied:
         print("| " + " | ".join(str(v) for v in row.values()) + " |")
     return 0
 

@@ -65,14 +65,19 @@ class LabGateway:
         services: list[dict[str, Any]] = self.status()["tls_proxy"]
         return services[0]
 
-    def wait(self, inspecting: bool, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
-        """The service's status once its `inspecting` is `inspecting`."""
+    def wait(
+        self, inspecting: bool, timeout: float = READY_TIMEOUT, bypassed: bool | None = None
+    ) -> dict[str, Any]:
+        """The service's status once its `inspecting` is `inspecting` (and its `bypassed` is
+        `bypassed`, unless None)."""
         deadline = time.monotonic() + timeout
         while True:
             assert self.proc.poll() is None, (self.state / "gateway.log").read_text()[-3000:]
             try:
                 service = self.service()
-                if service["inspecting"] is inspecting:
+                if service["inspecting"] is inspecting and (
+                    bypassed is None or service["bypassed"] is bypassed
+                ):
                     return service
             except (ControlError, OSError, ValueError, KeyError):
                 pass
