@@ -250,6 +250,9 @@ def _slot_status(slot: _Slot) -> dict[str, Any]:
         "pid": snap["pid"],
         "restarts": slot.total_restarts,
         "given_up": slot.given_up,
+        "rules": snap["rules"],
+        "rules_version": snap["rules_version"],
+        "policy_version": snap["policy_version"],
     }
 
 
