@@ -10,12 +10,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.config import BUNDLED_RULES
+from gateway.control.server import control_request
 from gateway.lab import LabSpec, lab_down, lab_up
 from gateway.lab.netns import netns_exec
 from gateway.match.rules import load_rules
@@ -163,7 +165,7 @@ def test_killing_the_proxy_fails_open_and_it_comes_back(
     assert curl(tlslab, "--tlsv1.3", f"https://{tlslab.server_addr}/").stdout == "200"
 
 
-def test_fail_closed_refuses_while_the_proxy_is_down(
+def test_rules_reload_reaches_the_proxy_and_fail_closed_refuses_while_it_is_down(
     tlslab: LabSpec, gateway: LabGateway, tmp_path: Path
 ) -> None:
     gateway.stop()  # one gateway at a time in the namespace
@@ -171,6 +173,12 @@ def test_fail_closed_refuses_while_the_proxy_is_down(
     gw = LabGateway(tlslab, tmp_path / "gw-closed", fail_policy="closed", rules=small)
     try:
         service = gw.wait(True)
+        reloaded = control_request(gw.socket, "rules-reload", timeout=120)
+        deadline = time.monotonic() + 60
+        while gw.service()["proxies"][0]["rules_version"] != reloaded["version"]:
+            assert time.monotonic() < deadline, "the proxy did not take the reloaded rules"
+            time.sleep(0.2)
+        service = gw.service()
         os.kill(service["proxies"][0]["pid"], 9)
         down = gw.wait(False, 10)
         assert down["bypassed"] is False  # fail-closed: the redirect stays
