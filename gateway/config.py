@@ -28,6 +28,7 @@ import yaml
 
 from gateway.errors import ConfigError
 from gateway.forwarding import BypassPolicy, ForwardingMode
+from gateway.tls.service import MAX_SERVICES, TlsService, parse_services
 from gateway.vocabulary import Limit, LimitPolicy
 
 __all__ = [
@@ -796,6 +797,36 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsProxyConfig:
+    """The HTTPS inspection plane (gateway/tls/, docs/https.md)."""
+
+    services: tuple[TlsService, ...] = setting(
+        (),
+        "Web services terminated by the HTTPS proxy plane (mitmproxy with the vpatch addon) "
+        "instead of the packet plane: a list of mappings, each with `host` (the server's "
+        "address), `port` (443), `cert` and `key` (the server's own certificate and key, PEM; "
+        "a key that does not match is an error, an expired certificate a warning), "
+        "`client_min` (`TLS1_2`: the lowest version offered to clients), `server_min` "
+        "(`TLS1`: the lowest spoken to the server, `SSL3` where OpenSSL can), "
+        "`server_ciphers` (OpenSSL list, empty: mitmproxy's), `blocked` (`page` or `reset`), "
+        "`block_page` (HTML file, null: built in), `depth` (body bytes inspected, 1048576), "
+        "`max_header_bytes` (65536) and `max_headers` (100) (a request over them: event and "
+        "refusal), `forwarded` (false: add X-Forwarded-For and Forwarded toward the "
+        "server) and `processes` (1: proxy processes, each one CPU).",
+        hi=MAX_SERVICES,
+        shown="`[]` (none: every flow stays on the packet plane)",
+        example="[]",
+    )
+    listen_port: int = setting(
+        18443,
+        "First local port of the proxy processes (the kernel redirect sends each proxied "
+        "service's connections to its own ports, numbered from here).",
+        lo=1024,
+        hi=65000,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     protected_hosts: tuple[Network, ...] = setting(
         (),
@@ -837,6 +868,7 @@ class GatewayConfig:
     ui: UiConfig = field(default_factory=UiConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tls_proxy: TlsProxyConfig = field(default_factory=TlsProxyConfig)
     source: str = "<defaults>"  # the file this came from (for messages); not a key
 
 
@@ -1041,6 +1073,15 @@ def _host_limits(ctx: _Ctx, d: Declared, value: object) -> tuple[HostLimits, ...
     return tuple(out)
 
 
+def _tls_services(ctx: _Ctx, d: Declared, value: object) -> tuple[TlsService, ...]:
+    """`tls_proxy.services`: checked in gateway/tls/service.py (certificates and keys too)."""
+    return parse_services(
+        _list(ctx, d, value),
+        lambda path, reason: ctx.fail((*d.key, *path), reason),
+        lambda path, raw: _one_path(ctx, (*d.key, *path), raw),
+    )
+
+
 def _range_text(d: Declared) -> str:
     lo, hi = d.setting.lo, d.setting.hi
     return f"{lo:#x}..{hi:#x}" if d.setting.in_hex else f"{lo}..{hi}"
@@ -1081,6 +1122,9 @@ _KINDS: Final[Mapping[object, _Kind]] = {
     tuple[HostLimits, ...]: _Kind(
         _host_limits,
         lambda d: f"a list of at most {d.setting.hi} mappings (`hosts` and policies)",
+    ),
+    tuple[TlsService, ...]: _Kind(
+        _tls_services, lambda d: f"a list of at most {d.setting.hi} mappings (see meaning)"
     ),
 }
 _ENUM_KIND: Final = _Kind(_enum, _accepts_enum)

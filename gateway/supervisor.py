@@ -99,6 +99,7 @@ from gateway.policy.snapshot import policy_snapshot
 from gateway.policy.store import Store
 from gateway.sdnotify import Notifier
 from gateway.statefiles import shared_gid
+from gateway.tls.plane import TlsPlane
 from gateway.vocabulary import Limit
 
 log = logging.getLogger("vpatch.run")
@@ -208,6 +209,7 @@ class Gateway:
         self._name_policies: list[HostPolicy] = []  # whose update-source names are followed
         self._notify = Notifier.from_env()  # systemd: READY=1, WATCHDOG=1 (Type=notify units)
         self._rules_applied = False
+        self.tls = TlsPlane(config, backend)  # the HTTPS plane (gateway/tls/plane.py)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -233,6 +235,7 @@ class Gateway:
             )
             for w in self.workers:
                 self._start_standby(w)
+            self.tls.start()  # the HTTPS proxies, then their kernel redirect
             self._start_monitor()
             self._follow_names(host_policies(self.config))
             self._names.start()
@@ -249,6 +252,7 @@ class Gateway:
                 multiprocessing.connection.wait(sentinels, SUPERVISE_INTERVAL)
                 self._supervise()
                 self._notify.feed(not stalled_queues(self.workers), time.monotonic())
+                self.tls.supervise()
         except VpatchError as err:
             log.error("%s", err)
             status = 2
@@ -257,6 +261,7 @@ class Gateway:
             closed = self.config.fail_policy.value == "closed"
             status = exit_rules(self.backend, self.rendered, status, closed and self._rules_applied)
             self._stop_workers()
+            self.tls.stop()
             self._names.stop()
             self._stop_monitor()
             if self._control is not None:
@@ -439,6 +444,7 @@ class Gateway:
             "stalled_queues": stalled_queues(self.workers),
             "update_source_names": self._names.status(),
             "queues": queues,
+            "tls_proxy": self.tls.status(),
         }
 
     def _rule_hits(self) -> dict[str, dict[str, int]]:
@@ -478,6 +484,7 @@ class Gateway:
             any_port = self._refresh_any_port_hosts()
             self.policy_version += 1
             version = self.policy_version
+            self.tls.publish("policy", version)
             complete = self._publish("policy", version, started + RELOAD_WAIT)
             took = time.monotonic() - started
             self.reload_times.record("policy", took)
@@ -538,6 +545,7 @@ class Gateway:
             Matcher(ruleset, self.config.engine.identify_any_port)
             self.rules_version += 1
             version = self.rules_version
+            self.tls.publish("rules", version)
             complete = self._publish("rules", version, started + RULES_RELOAD_WAIT)
             refresh_port_sets(self.rendered, QueuePlan.from_rules(plan_rules(ruleset)))
             took = time.monotonic() - started

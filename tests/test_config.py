@@ -148,7 +148,7 @@ def test_every_value_of_the_wrong_type_is_refused(tmp_path: Path, key: str) -> N
         ("colour: blue\n",
          "<string>:1: colour: unknown key (allowed: control, engine, events, fail_policy, "
          + "firewall, health, limits, marks, metrics, network, policy, protected_hosts, "
-         + "queues, resolver, rule_pack, rules, stream_depth, ui, workers)"),
+         + "queues, resolver, rule_pack, rules, stream_depth, tls_proxy, ui, workers)"),
         ("source: x\n", "source: unknown key"),
         ("- 1\n", "<string>:1: <top level>: expected a mapping, got list [1]"),
         ("engine: 5\n", "<string>:1: engine: expected a mapping, got int 5"),

@@ -107,6 +107,13 @@ def status() -> Any:
     return jsonify(gateway_status())
 
 
+@endpoint("/https", "GET", "Services the HTTPS plane proxies: mode, certificate, TLS settings",
+          result=ARR)  # fmt: skip
+def https_services() -> Any:
+    health = gateway_status()
+    return jsonify(health.get("tls_proxy") or [])
+
+
 @endpoint(
     "/dashboard", "GET", "Events over time and top rules/CVEs/sources/hosts", params=("hours",)
 )

@@ -222,6 +222,9 @@ def gateway_status() -> dict[str, Any]:
         "policy_version": status.get("policy_version"),
         "alerts": status.get("alerts"),  # None: no dispatcher (no SQLite event store)
         "protected_hosts": status.get("protected_hosts"),  # what the kernel queues now
+        # the HTTPS plane's proxied services (mode, certificate, TLS settings, counters;
+        # gateway/tls/plane.py); [] from a gateway without the plane
+        "tls_proxy": status.get("tls_proxy") or [],
     }
 
 

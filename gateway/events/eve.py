@@ -21,6 +21,8 @@ What it guarantees:
   backslash doubled, other bytes `\\xHH`); "" when unknown. `http.url` (the request target,
   escaped the same way) is present only when the event knows the HTTP request it belongs to.
   `unescape_bytes` gives the bytes back (the UI's exception from an event starts from them).
+- `tls` ({sni, version, server_version}) is present only on events of the HTTPS plane
+  (gateway/tls/): the client's SNI and the TLS versions spoken with the client and the server.
 - `vpatch.limit` is present only on the event of a limit of the packet path (gateway/flow/
   limits.py): the limit's name (`stream_hole`, `flow_table`, ...).
 - Aggregation (gateway/events/aggregate.py): `vpatch.count` is how many firings the record
@@ -152,6 +154,10 @@ class Event:
     reason: DropReason | None = None  # drop/flow events: what refused or logged the packets
     fw_rule_id: int = 0  # drop/flow events of a firewall rule: its id
     first_seen: float = 0.0  # aggregated records: the first event's timestamp (0: timestamp)
+    # the HTTPS plane (gateway/tls/): the client's SNI and the versions spoken on both sides
+    tls_sni: str = ""
+    tls_version: str = ""  # client side ("": not seen through the HTTPS plane)
+    tls_server_version: str = ""  # toward the server
 
 
 def format_timestamp(ts: float) -> str:
@@ -195,6 +201,12 @@ def to_eve(event: Event) -> dict[str, Any]:
         eve["vpatch"]["limit"] = str(event.limit)
     if event.event_type is not EventType.ALERT:
         _add_drop(eve, event)
+    if event.tls_version or event.tls_sni:
+        eve["tls"] = {
+            "sni": str(event.tls_sni),
+            "version": str(event.tls_version),
+            "server_version": str(event.tls_server_version),
+        }
     return eve
 
 

@@ -162,26 +162,29 @@ SINK_STATS = {"events_written": "written_events", "event_records": "written",
 
 
 class WorkerStats:
-    """Counters of one queue's worker in shared memory: the worker writes, anyone reads."""
+    """Counters of one queue's worker in shared memory: the worker writes, anyone reads.
+    `names`: the counters (default: a queue worker's; the HTTPS plane has its own)."""
 
-    def __init__(self) -> None:
-        self._arr: Any = multiprocessing.sharedctypes.RawArray("Q", len(_ALL_NAMES))
+    def __init__(self, names: tuple[str, ...] = _ALL_NAMES) -> None:
+        self._names = names
+        self._idx = _IDX if names is _ALL_NAMES else {n: i for i, n in enumerate(names)}
+        self._arr: Any = multiprocessing.sharedctypes.RawArray("Q", len(names))
         self.rules = RuleCounts()  # firings per rule (gateway/intake/rulecounts.py)
 
     def add(self, name: str, n: int = 1) -> None:
-        self._arr[_IDX[name]] += n
+        self._arr[self._idx[name]] += n
 
     def set(self, name: str, value: int) -> None:
-        self._arr[_IDX[name]] = value
+        self._arr[self._idx[name]] = value
 
     def get(self, name: str) -> int:
-        return int(self._arr[_IDX[name]])
+        return int(self._arr[self._idx[name]])
 
     def snapshot(self) -> dict[str, int]:
-        return {name: int(self._arr[i]) for i, name in enumerate(_ALL_NAMES)}
+        return {name: int(self._arr[i]) for i, name in enumerate(self._names)}
 
     def reset(self) -> None:
-        for i in range(len(_ALL_NAMES)):
+        for i in range(len(self._names)):
             self._arr[i] = 0
 
 
@@ -791,7 +794,7 @@ def worker_main(
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """Ask the kernel for SIGTERM when the parent goes (a killed `vpatch run` leaves no reader)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -802,7 +805,7 @@ def _die_with_parent(parent: int) -> None:
 def _process_entry(
     queue_num: int, config: GatewayConfig, stats: WorkerStats, parent: int, go: GoSignal | None
 ) -> None:
-    _die_with_parent(parent)
+    die_with_parent(parent)
     logging.basicConfig(
         level=logging.INFO, format=f"vpatch[queue {queue_num}] %(levelname)s %(message)s"
     )

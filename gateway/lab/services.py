@@ -29,6 +29,7 @@ import yaml
 from gateway.config import BUNDLED_RULES, load_config
 from gateway.errors import LabError
 from gateway.lab.netns import netns_exec, netns_popen, pid_alive, pid_cmdline
+from gateway.lab.tlscert import write_server_cert
 from gateway.lab.topology import LabSpec
 from gateway.policy.accounts import Accounts, new_password
 from gateway.policy.store import Store
@@ -114,6 +115,7 @@ def write_nginx(spec: LabSpec) -> ServiceDef:
     )
     (html / "1k.bin").write_bytes(bytes(range(256)) * (BENCH_FILE_SIZE // 256))
     (html / "1k.bin").chmod(0o644)
+    cert, key = lab_cert(spec)
     conf = base / "nginx.conf"
     _write(
         conf,
@@ -140,13 +142,34 @@ http {{
         root {html};
         index index.html;
     }}
+    # the legacy HTTPS server: TLS 1.0 only, as an IIS 6 (the HTTPS plane bridges it)
+    server {{
+        listen 443 ssl default_server;
+        listen [::]:443 ssl default_server;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1;
+        ssl_ciphers "ECDHE-RSA-AES256-SHA:AES256-SHA:@SECLEVEL=0";
+        root {html};
+        index index.html;
+    }}
 }}
 """,
     )
     for d in (spec.state_dir, base, html):
         d.chmod(0o755)  # the workers (user nobody) read the pages
     argv = (binary("nginx"), "-c", str(conf), "-p", str(base), "-e", str(base / "error.log"))
-    return ServiceDef("nginx", argv, (80,), ())
+    return ServiceDef("nginx", argv, (80, 443), ())
+
+
+def lab_cert(spec: LabSpec) -> tuple[Path, Path]:
+    """The lab server's certificate and key (<state_dir>/tls/server.pem, .key), made once."""
+    directory = spec.state_dir / "tls"
+    cert, key = directory / "server.pem", directory / "server.key"
+    if not (cert.exists() and key.exists()):
+        write_server_cert(directory, spec.server_addr)
+    directory.chmod(0o755)  # nginx's master reads the key as root; the workers never do
+    return cert, key
 
 
 # --- Samba ----------------------------------------------------------------------------------
@@ -396,6 +419,12 @@ def gateway_config(spec: LabSpec) -> dict[str, object]:
     # the pack (the bundled one unless the spec names rules) plus a local directory an admin
     # drops rule files into, then `vpatch rules reload` (docs/lab.md)
     config["rules"] = [*(spec.rules or [str(BUNDLED_RULES)]), str(local_rules_dir(spec))]
+    if spec.bridge_ip != "-":  # the HTTPS plane needs the proxy's address on the bridge
+        cert, key = lab_cert(spec)
+        config["tls_proxy"] = {
+            "services": [{"host": spec.server_addr, "port": 443, "cert": str(cert),
+                          "key": str(key), "server_min": "TLS1"}],
+        }  # fmt: skip
     return config
 
 

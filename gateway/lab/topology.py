@@ -6,9 +6,10 @@ up: the namespace lab calls them with ns=<gateway namespace>, the Vagrant gatewa
 through `vpatch lab bridge` / `vpatch lab router` with ns=None (its own root namespace).
 
 Guarantees:
-- bridge mode: br0 and its ports carry no IP address (IPv6 is disabled on them so not even a
-  link-local one appears), and br_netfilter is on (bridge-nf-call-iptables/ip6tables=1) so
-  bridged IPv4 and IPv6 traverse the iptables FORWARD chain (the sysctls are set in the
+- bridge mode: br0's ports carry no IP address, br0 only the IPv4 address of the HTTPS
+  plane's proxy (`bridge_ip`, default 198.18.0.2/24; "-": none); IPv6 is disabled on them so
+  not even a link-local one appears; br_netfilter is on (bridge-nf-call-iptables/ip6tables=1)
+  so bridged IPv4 and IPv6 traverse the iptables FORWARD chain (the sysctls are set in the
   gateway's namespace only);
 - routed mode: the gateway has an address on each side, IPv4 and IPv6 forwarding on in its
   namespace; client and server route everything via it;
@@ -51,6 +52,7 @@ _BRIDGE_DEFAULTS = {
     "server_gw_ip": "",
     "client_gw_ip6": "",
     "server_gw_ip6": "",
+    "bridge_ip": "198.18.0.2/24",
 }
 _ROUTED_DEFAULTS = {
     "client_ip": "198.18.1.10/24",
@@ -61,6 +63,7 @@ _ROUTED_DEFAULTS = {
     "server_gw_ip": "198.19.0.1/24",
     "client_gw_ip6": "2001:2:0:1::1/64",
     "server_gw_ip6": "2001:2:0:2::1/64",
+    "bridge_ip": "",
 }
 
 
@@ -83,6 +86,9 @@ class LabSpec:
     server_gw_ip: str = ""  # routed only: the gateway's address on the server side
     client_gw_ip6: str = ""
     server_gw_ip6: str = ""
+    # bridge only: br0's address for the HTTPS plane's proxy (docs/https.md), inside the
+    # protected subnet; "-": none
+    bridge_ip: str = ""
     state_dir: Path = Path("")  # empty: /run/vpatch-lab/<name>
     offloads_off: bool = False  # True: ethtool -K off (measured slower: docs/lab.md)
     rules: tuple[str, ...] = ()  # rule files/dirs for the lab gateway (empty: bundled rules)
@@ -245,6 +251,14 @@ def configure_bridge(ports: Sequence[str], bridge: str = BRIDGE, ns: str | None 
     _sysctl(ns, "net.bridge.bridge-nf-call-arptables", "0")
 
 
+def bridge_address(addr: str, bridge: str = BRIDGE, ns: str | None = None) -> None:
+    """Give the bridge one IPv4 address inside the protected subnet: the HTTPS plane's local
+    proxy answers the redirected connections and opens the upstream ones from it (with no
+    address the kernel's REDIRECT has nowhere to send them, docs/https.md). Idempotent."""
+    check_address(addr, "bridge address")
+    _ip(ns, "addr", "replace", addr, "dev", bridge)
+
+
 def configure_router(ns: str | None = None) -> None:
     """Turn on IPv4 and IPv6 forwarding in ns (None: the current namespace). Idempotent."""
     _sysctl(ns, "net.ipv4.ip_forward", "1")
@@ -291,6 +305,8 @@ def configure_addresses(spec: LabSpec) -> None:
     _host_setup(spec.server_ns, spec.server_ip, spec.server_ip6)
     if not spec.routed:
         configure_bridge([GW_CLIENT_PORT, GW_SERVER_PORT], BRIDGE, ns=spec.gw_ns)
+        if spec.bridge_ip not in ("", "-"):
+            bridge_address(spec.bridge_ip, BRIDGE, ns=spec.gw_ns)
         return
     gw = spec.gw_ns
     for port, addr4, addr6 in (
