@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TextIO
 
+from gateway.database import target_exists
 from gateway.decode.packet import parse_ip
 from gateway.errors import DecodeError
 from gateway.events.eve import Event
@@ -104,7 +105,7 @@ class LifecycleMonitor:
         self.reload()
 
     def reload(self) -> None:
-        if not self.store.path.exists():  # no policy database yet: no host in a special mode
+        if not target_exists(self.store.path):  # no policy database yet: no host in a special mode
             self.hosts = {}
             return
         self.hosts = {h.address: h for h in self.store.hosts()}

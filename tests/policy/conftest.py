@@ -1,4 +1,5 @@
-"""A fresh policy store (SQLite file) per test."""
+"""A fresh policy store per test, on SQLite (a file in tmp_path) and on PostgreSQL (a fresh
+database on the session's throw-away server: tests/conftest.py `postgres_server`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from gateway.database import Target
 from gateway.policy.store import Store
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
+    if request.param == "sqlite":
+        return tmp_path / "vpatch.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "vpatch.db") as s:
+def store(store_target: Target) -> Iterator[Store]:
+    with Store(store_target) as s:
         yield s
