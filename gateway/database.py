@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 import functools
 import re
+import socket
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -38,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
+from gateway.config import GatewayConfig
 from gateway.errors import VpatchError
 from gateway.sqlite_wal import use_wal
 
@@ -51,6 +53,8 @@ __all__ = [
     "Row",
     "Target",
     "connect",
+    "gateway_name",
+    "policy_target",
     "describe",
     "is_url",
     "migrate",
@@ -356,3 +360,16 @@ def migrate(db: Db, component: str, migrations: Sequence[str]) -> None:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+
+# -- where the configuration puts the stores -------------------------------------------------
+
+
+def policy_target(config: GatewayConfig) -> Target:
+    """The policy store: `database.url` when set, else the SQLite file `policy.database`."""
+    return config.database.url or config.policy.database
+
+
+def gateway_name(config: GatewayConfig) -> str:
+    """This gateway's name (`gateway.name`, else the host name)."""
+    return config.gateway.name or socket.gethostname()

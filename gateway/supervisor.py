@@ -59,6 +59,7 @@ from typing import Any
 from gateway.alerts.dispatcher import Dispatcher, alert_state_path
 from gateway.config import GatewayConfig
 from gateway.control.server import ControlServer
+from gateway.database import describe, policy_target, target_exists
 from gateway.errors import VpatchError
 from gateway.events.sink import EventSink
 from gateway.firewall.apply import BackendInfo, apply_rules, remove_rules
@@ -405,7 +406,7 @@ class Gateway:
                 "version": version,
                 "complete": complete,
                 "seconds": took,
-                "store": str(self.config.policy.database),
+                "store": describe(policy_target(self.config)),
                 "policy": policy is not None,
                 "queues": {str(w.queue_num): w.stats.get("policy_version") for w in self.workers},
                 "policy_errors": sum(w.stats.get("policy_errors") for w in self.workers),
@@ -473,9 +474,9 @@ class Gateway:
 
     def _refresh_firewall(self) -> int:
         """Rewrite the firewall-policy chain from the store (atomic per family)."""
-        if not self.config.policy.database.exists():
+        if not target_exists(policy_target(self.config)):
             return 0
-        with Store(self.config.policy.database) as store:
+        with Store(policy_target(self.config)) as store:
             return refresh_policy(store, self.backend, self.config.firewall.chain_prefix)
 
     def _refresh_any_port_hosts(self) -> list[str]:
@@ -512,7 +513,7 @@ class Gateway:
         NFLOG groups are bound so no learning packet of the first connection is missed."""
         ev = self.config.events
         self._monitor_sink = EventSink(ev.sqlite, ev.jsonl, ev.max_queue)
-        store = LifecycleStore(self.config.policy.database)
+        store = LifecycleStore(policy_target(self.config))
         ready = threading.Event()
 
         def body() -> None:
@@ -542,15 +543,15 @@ class Gateway:
         hosts: list[Any] = []
         groups: list[Any] = []
         assignments: list[Any] = []
-        if self.config.policy.database.exists():
-            with Store(self.config.policy.database) as store:
+        if target_exists(policy_target(self.config)):
+            with Store(policy_target(self.config)) as store:
                 hosts, groups, assignments = policy_snapshot(store)
             hosts = [asdict(x) for x in hosts]
             groups = [asdict(x) for x in groups]
             assignments = [asdict(x) for x in assignments]
         return {
             "version": self.policy_version,
-            "store": str(self.config.policy.database),
+            "store": describe(policy_target(self.config)),
             "queues": {str(w.queue_num): w.stats.get("policy_version") for w in self.workers},
             "hosts": hosts,
             "groups": groups,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import load_config
+from gateway.database import policy_target
 from gateway.errors import ConfigError
 from gateway.policy.accounts import Accounts
 from gateway.policy.store import Store, StoreError
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     from webui.auth import ensure_admin
 
     config = load_config(args.config)
-    store = Store(config.policy.database)
+    store = Store(policy_target(config))
     try:
         status = manage(args, store)
         if status is not None:
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
     events_db = str(config.events.sqlite) if config.events.sqlite else "/nonexistent/events.db"
     app = create_app({
-        "POLICY_DB": str(config.policy.database),
+        "POLICY_DB": str(policy_target(config)),
         "EVENTS_DB": events_db,
         "CONTROL_SOCKET": str(config.control.socket),
         "RULE_PATHS": [str(p) for p in config.rules],

@@ -85,6 +85,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.config import FailPolicy, GatewayConfig
+from gateway.database import policy_target, target_exists
 from gateway.decode.packet import parse_ip
 from gateway.engine import Engine
 from gateway.engine_config import EngineConfig
@@ -555,9 +556,9 @@ def event_store_health(queues: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 def load_policy(config: GatewayConfig) -> CompiledPolicy | None:
     """The CompiledPolicy of the policy store, or None when there is no store file yet."""
-    if not config.policy.database.exists():
+    if not target_exists(policy_target(config)):
         return None
-    with Store(config.policy.database) as store:
+    with Store(policy_target(config)) as store:
         hosts, groups, assignments = policy_snapshot(store, fold_exceptions=False)
         exceptions = PolicyExceptions(store).list_exceptions(include_expired=False)
         app_controls = parse_host_controls(stored_controls(store))
