@@ -45,6 +45,7 @@ from gateway.sqlite_wal import use_wal
 
 __all__ = [
     "DB_ERRORS",
+    "AnyConn",
     "INTEGRITY_ERRORS",
     "Cursor",
     "Db",
@@ -56,6 +57,7 @@ __all__ = [
     "gateway_name",
     "policy_target",
     "describe",
+    "is_postgres",
     "is_url",
     "migrate",
     "table_exists",
@@ -295,8 +297,15 @@ def connect(target: Target, timeout_s: float = 5.0) -> Db:
     return Db(conn, Dialect.SQLITE, target)
 
 
-def table_exists(db: Db, name: str) -> bool:
-    if db.postgres:
+AnyConn: TypeAlias = "Db | sqlite3.Connection"  # the event writers also take a bare SQLite one
+
+
+def is_postgres(conn: AnyConn) -> bool:
+    return isinstance(conn, Db) and conn.postgres
+
+
+def table_exists(db: AnyConn, name: str) -> bool:
+    if is_postgres(db):
         sql = "SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = ?"
     else:
         sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"

@@ -59,7 +59,7 @@ from typing import Any
 from gateway.alerts.dispatcher import Dispatcher, alert_state_path
 from gateway.config import GatewayConfig
 from gateway.control.server import ControlServer
-from gateway.database import describe, policy_target, target_exists
+from gateway.database import describe, gateway_name, policy_target, target_exists
 from gateway.errors import VpatchError
 from gateway.events.sink import EventSink
 from gateway.firewall.apply import BackendInfo, apply_rules, remove_rules
@@ -82,6 +82,7 @@ from gateway.lifecycle.names import NameResolver, resolver_servers, update_sourc
 from gateway.lifecycle.state import HostPolicy, LifecycleStore
 from gateway.match.matcher import Matcher
 from gateway.match.rules import load_rules
+from gateway.multinode import SharedNode
 from gateway.policy.appcontrol import plan_rules, rule_paths
 from gateway.policy.snapshot import policy_snapshot
 from gateway.policy.store import Store
@@ -132,6 +133,7 @@ class Gateway:
         self._stop = False
         self._control: ControlServer | None = None
         self._alerts: Dispatcher | None = None  # when events go to SQLite
+        self._shared: SharedNode | None = None  # when the store is shared (database.url)
         self.policy_version = 1  # bumped by each `reload`; workers apply it between packets
         self.rules_version = 0  # bumped by each `rules-reload`; workers swap between packets
         self._reload_lock = threading.Lock()
@@ -174,6 +176,7 @@ class Gateway:
             self._names.start()
             self._start_control()
             self._start_alerts()
+            self._start_shared()
             print("vpatch run: ready", flush=True)
             while not self._stop:
                 # wakes at once when a live worker dies (its sentinel), else every interval
@@ -193,6 +196,8 @@ class Gateway:
                 log.error("removing kernel rules failed: %s", err)
                 status = status or 2
             self._stop_workers()
+            if self._shared is not None:
+                self._shared.stop()  # after the workers: their last events are forwarded
             self._names.stop()
             self._stop_monitor()
             if self._control is not None:
@@ -512,7 +517,9 @@ class Gateway:
         """The lifecycle monitor thread (NFLOG learning and lockdown events); waits until its
         NFLOG groups are bound so no learning packet of the first connection is missed."""
         ev = self.config.events
-        self._monitor_sink = EventSink(ev.sqlite, ev.jsonl, ev.max_queue)
+        self._monitor_sink = EventSink(
+            ev.sqlite, ev.jsonl, ev.max_queue, gateway=gateway_name(self.config)
+        )
         store = LifecycleStore(policy_target(self.config))
         ready = threading.Event()
 
@@ -565,9 +572,33 @@ class Gateway:
             return
         events_db = self.config.events.sqlite
         self._alerts = Dispatcher(
-            events_db, self.config.policy.database, state_db=alert_state_path(events_db)
+            events_db, policy_target(self.config), state_db=alert_state_path(events_db)
         )
         self._alerts.start()
+
+    def _start_shared(self) -> None:
+        """With a shared store: follow its policy version, beat, forward the events."""
+        if not self.config.database.url:
+            return
+        with Store(self.config.database.url) as store:
+            applied = store.policy_version()  # what the workers loaded at start, near enough
+        self._shared = SharedNode.start(self.config, applied, self.reload, self._node_status)
+
+    def _node_status(self) -> dict[str, Any]:
+        """What the shared store's gateways list shows of this gateway."""
+        alive = sum(1 for w in self.workers if w.proc is not None and w.proc.is_alive())
+        return {
+            "workers": len(self.workers),
+            "alive": alive,
+            "local_policy_version": self.policy_version,
+            "backend": self.backend.name,
+            "events": event_store_health([w.stats.snapshot() for w in self.workers]),
+            "forwarder": (
+                self._shared.forwarder.stats()
+                if self._shared is not None and self._shared.forwarder is not None
+                else None
+            ),
+        }
 
     def _start_control(self) -> None:
         self._control = ControlServer(

@@ -85,7 +85,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.config import FailPolicy, GatewayConfig
-from gateway.database import policy_target, target_exists
+from gateway.database import gateway_name, policy_target, target_exists
 from gateway.decode.packet import parse_ip
 from gateway.engine import Engine
 from gateway.engine_config import EngineConfig
@@ -521,7 +521,8 @@ def build_sink(config: GatewayConfig, queue_num: int) -> SinkLike | None:
     if ev.sqlite is None and ev.jsonl is None:
         return None
     sink: SinkLike = EventSink(  # strict=False: a store that cannot be opened must not
-        ev.sqlite, ev.jsonl, ev.max_queue, ev.aggregate_window, ev.aggregate_keys, strict=False
+        ev.sqlite, ev.jsonl, ev.max_queue, ev.aggregate_window, ev.aggregate_keys, strict=False,
+        gateway=gateway_name(config),
     )  # stop the worker from inspecting: it is reported and retried instead
     return sink
 
