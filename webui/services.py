@@ -19,6 +19,7 @@ from typing import Any
 from flask import current_app
 
 from gateway.control.server import ControlError, control_request
+from gateway.database import Dialect
 from gateway.events.rollup import minute_counts, rollups_exist, top_keys
 from gateway.match.rules import Rule
 from gateway.policy.assignments import Assignments
@@ -37,7 +38,7 @@ MAX_CVE_SETS = 10_000  # distinct `cves` texts read per dashboard (one per rule'
 CHART_BUCKETS = 24
 DEFAULT_HOURS = 24
 MAX_HOURS = 24 * 30  # the dashboard's window: 1 hour .. 30 days
-EVENT_FILTERS = ("since", "until", "host", "rule", "cve", "action", "address")
+EVENT_FILTERS = ("since", "until", "host", "rule", "cve", "action", "address", "gateway")
 
 
 # -- rules and modes --------------------------------------------------------------------------
@@ -58,16 +59,20 @@ def rule_products(rule: Rule) -> list[str]:
     return out
 
 
+WOULD_BLOCK_SQL = {  # the one query whose JSON functions differ between the two databases
+    Dialect.SQLITE: "SELECT signature_id, COUNT(DISTINCT flow_id) FROM events WHERE json_extract("
+    "CASE WHEN json_valid(eve) THEN eve END, '$.vpatch.would_block') = 1 GROUP BY signature_id",
+    Dialect.POSTGRESQL: "SELECT signature_id, COUNT(DISTINCT flow_id) FROM events"
+    " WHERE (eve::jsonb -> 'vpatch' ->> 'would_block') = 'true' GROUP BY signature_id",
+}
+
+
 def would_block_counts() -> dict[int, int]:
     """Per rule: distinct flows that a detect-mode match would have blocked."""
     conn = get_events()
     if conn is None:
         return {}
-    rows = conn.execute(
-        "SELECT signature_id, COUNT(DISTINCT flow_id) FROM events "
-        "WHERE json_extract(CASE WHEN json_valid(eve) THEN eve END, '$.vpatch.would_block') = 1 "
-        "GROUP BY signature_id"
-    )
+    rows = conn.execute(WOULD_BLOCK_SQL[conn.dialect])
     return {int(r[0]): int(r[1]) for r in rows if r[0] is not None}
 
 
@@ -271,6 +276,9 @@ def event_where(filters: dict[str, str]) -> tuple[str, list[Any]]:
     if f["address"]:
         clauses.append("(src_ip = ? OR dest_ip = ?)")
         args += [f["address"], f["address"]]
+    if f["gateway"]:
+        clauses.append("gateway = ?")
+        args.append(f["gateway"])
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
@@ -311,6 +319,7 @@ def export_events(filters: dict[str, str]) -> list[dict[str, Any]]:
 EVENT_COLUMNS = (
     "id", "timestamp", "flow_id", "signature_id", "signature", "action", "rule_action",
     "severity", "src_ip", "src_port", "dest_ip", "dest_port", "proto", "app_proto", "cves",
+    "gateway",
 )  # fmt: skip
 
 

@@ -139,8 +139,11 @@ def run(args: argparse.Namespace) -> int:
     from webui.serve import build_server
 
     events_db = str(config.events.sqlite) if config.events.sqlite else "/nonexistent/events.db"
+    if config.database.url:  # every gateway's events, in the shared store
+        events_db = config.database.url
     app = create_app({
         "POLICY_DB": str(policy_target(config)),
+        "STATE_DIR": str(config.policy.database.parent),  # the UI's secret, also with a URL
         "EVENTS_DB": events_db,
         "CONTROL_SOCKET": str(config.control.socket),
         "RULE_PATHS": [str(p) for p in config.rules],
