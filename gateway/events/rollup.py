@@ -115,7 +115,8 @@ def add_rollups(conn: AnyConn, rows: Iterable[Sequence[Any]]) -> None:
             labels[(dim, hour, key)] = row[label]
     conn.executemany(
         "INSERT INTO event_minutes (minute, allowed, blocked) VALUES (?, ?, ?) ON CONFLICT(minute)"
-        " DO UPDATE SET allowed = allowed + excluded.allowed, blocked = blocked + excluded.blocked",
+        " DO UPDATE SET allowed = event_minutes.allowed + excluded.allowed,"
+        " blocked = event_minutes.blocked + excluded.blocked",
         [(m, 0 if blocked else n, n if blocked else 0) for (m, blocked), n in minutes.items()],
     )
     _add_tops(conn, tops, labels)
@@ -156,7 +157,7 @@ def _add_tops(
     )
     conn.executemany(
         "INSERT INTO event_tops (dim, hour, key, label, n) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT(dim, hour, key) DO UPDATE SET n = n + excluded.n",
+        " ON CONFLICT(dim, hour, key) DO UPDATE SET n = event_tops.n + excluded.n",
         inserts,
     )
 

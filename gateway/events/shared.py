@@ -114,7 +114,8 @@ class EventForwarder:
     def stop(self, timeout: float = 10.0) -> None:
         """One last round (what the sinks wrote before they closed), then stop."""
         self._stop.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def stats(self) -> dict[str, Any]:
         return {

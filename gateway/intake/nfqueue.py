@@ -521,7 +521,12 @@ def build_sink(config: GatewayConfig, queue_num: int) -> SinkLike | None:
     if ev.sqlite is None and ev.jsonl is None:
         return None
     sink: SinkLike = EventSink(  # strict=False: a store that cannot be opened must not
-        ev.sqlite, ev.jsonl, ev.max_queue, ev.aggregate_window, ev.aggregate_keys, strict=False,
+        ev.sqlite,
+        ev.jsonl,
+        ev.max_queue,
+        ev.aggregate_window,
+        ev.aggregate_keys,
+        strict=False,
         gateway=gateway_name(config),
     )  # stop the worker from inspecting: it is reported and retried instead
     return sink

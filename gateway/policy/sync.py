@@ -113,7 +113,8 @@ class PolicySync:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -141,7 +142,7 @@ class PolicySync:
                 self._next_beat = time.monotonic() + self.heartbeat
                 status = {**self._status(), "sync": self.stats()}
                 heartbeat_row(self._store, self.name, self.started_at, self.applied, status)
-        except (VpatchError, *DB_ERRORS) as err:
+        except (VpatchError, OSError, *DB_ERRORS) as err:
             self._failed(err)
             return
         if self.failing:
