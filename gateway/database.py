@@ -61,6 +61,7 @@ __all__ = [
     "is_url",
     "migrate",
     "table_exists",
+    "target_arg",
     "target_exists",
     "to_postgres",
 ]
@@ -382,3 +383,8 @@ def policy_target(config: GatewayConfig) -> Target:
 def gateway_name(config: GatewayConfig) -> str:
     """This gateway's name (`gateway.name`, else the host name)."""
     return config.gateway.name or socket.gethostname()
+
+
+def target_arg(text: str) -> Target:
+    """A command-line store argument: a postgresql:// URL as given, anything else a path."""
+    return text if is_url(text) else Path(text)

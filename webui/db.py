@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, current_app, g
 
 from gateway.config import BUNDLED_RULES
-from gateway.database import Db, Dialect, is_url
+from gateway.database import Db, Dialect, Target, is_url
 from gateway.events.shared import open_shared_events
 from gateway.match.rules import RuleSet, load_rules
 from gateway.policy.store import Store
@@ -20,9 +20,15 @@ from gateway.rulepack import effective_rule_paths
 _RULES_CACHE: dict[str, Any] = {}
 
 
+def policy_db() -> Target:
+    """The app's policy store: a SQLite file, or the shared database's URL."""
+    target = str(current_app.config["POLICY_DB"])
+    return target if is_url(target) else Path(target)
+
+
 def get_store() -> Store:
     if "store" not in g:
-        g.store = Store(Path(current_app.config["POLICY_DB"]))
+        g.store = Store(policy_db())
     store: Store = g.store
     return store
 

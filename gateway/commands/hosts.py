@@ -43,7 +43,7 @@ from typing import Any
 from gateway.commands import raise_interrupt
 from gateway.config import Backend, load_config
 from gateway.control.server import notify_gateway
-from gateway.database import policy_target
+from gateway.database import policy_target, target_arg
 from gateway.events.sink import EventSink
 from gateway.firewall.apply import apply_hostmodes, probe_backend, remove_rules
 from gateway.firewall.hostmodes import (
@@ -85,7 +85,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--state",
         metavar="DB",
-        type=Path,
+        type=target_arg,
         help=f"policy database (default: the config's policy.database, {DEFAULT_STATE_PATH})",
     )
     parser.add_argument(

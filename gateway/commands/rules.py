@@ -42,7 +42,7 @@ from typing import Any
 
 from gateway.config import BUNDLED_RULES, load_config
 from gateway.control.server import ControlError, control_request
-from gateway.database import policy_target
+from gateway.database import policy_target, target_arg
 from gateway.errors import RuleError, VpatchError
 from gateway.match.matcher import Matcher
 from gateway.match.rules import SEVERITIES, Rule, RuleSet, default_rule_dir, load_rules
@@ -95,7 +95,7 @@ def register(subparsers: Any) -> None:
         if name == "enable":
             p.add_argument("--mode", choices=("detect", "prevent"), default="prevent")
         p.add_argument("--reason", default="", help="why (kept in the audit trail)")
-        p.add_argument("--database", type=Path, help="policy store (default: from --config)")
+        p.add_argument("--database", type=target_arg, help="policy store (default: from --config)")
         p.add_argument("-c", "--config", type=Path, help="gateway configuration (YAML)")
         p.add_argument(
             "--rules", metavar="PATH", action="append", type=Path, help="rule files/dirs"

@@ -36,7 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from gateway.database import policy_target
+from gateway.database import policy_target, target_arg
 from gateway.lifecycle.state import DEFAULT_STATE_PATH, LifecycleStore
 from gateway.match.rules import default_rule_dir
 from gateway.scan import probes
@@ -100,7 +100,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--state",
         metavar="FILE",
-        type=Path,
+        type=target_arg,
         default=None,
         help="policy database holding the lifecycle state (default: the config's, or "
         f"{DEFAULT_STATE_PATH})",
