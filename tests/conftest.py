@@ -135,3 +135,12 @@ def postgres_url(postgres_server: Any) -> str:
     """The URL of a fresh, empty PostgreSQL database on the session's server."""
     url: str = postgres_server.new_database()
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A fresh, empty store location on each database: a SQLite file in tmp_path, then a fresh
+    PostgreSQL database on the session's server (for the stores' tests that run on both)."""
+    if request.param == "sqlite":
+        return tmp_path / "vpatch.db"
+    return request.getfixturevalue("postgres_url")

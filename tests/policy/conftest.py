@@ -4,7 +4,6 @@ database on the session's throw-away server: tests/conftest.py `postgres_server`
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -12,15 +11,7 @@ from gateway.database import Target
 from gateway.policy.store import Store
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
-    if request.param == "sqlite":
-        return tmp_path / "vpatch.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 @pytest.fixture
-def store(store_target: Target) -> Iterator[Store]:
-    with Store(store_target) as s:
+def store(db_target: Target) -> Iterator[Store]:
+    with Store(db_target) as s:
         yield s

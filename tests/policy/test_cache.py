@@ -23,9 +23,7 @@ def config(url: str, state: Path) -> GatewayConfig:
     return parse_config(f"database: {{url: '{url}'}}\npolicy: {{database: {state / 'p.db'}}}\n")
 
 
-def test_an_unreachable_store_gives_the_last_policy_read(
-    postgres_url: str, tmp_path: Path
-) -> None:
+def test_an_unreachable_store_gives_the_last_policy_read(postgres_url: str, tmp_path: Path) -> None:
     with Store(postgres_url) as store:
         Hosts(store).save_host("198.18.0.20", "test")
         Assignments(store).set_assignment(9000100, "global", None, "detect", "test")
