@@ -11,7 +11,7 @@ them (cached):
 - placeholders `?` become `%s` (and a literal `%` becomes `%%`);
 - `INSERT OR IGNORE INTO` becomes `INSERT INTO ... ON CONFLICT DO NOTHING` (the upsert form
   `ON CONFLICT(...) DO UPDATE SET ... excluded.x` is the same in both);
-- `x IS ?` becomes `x IS NOT DISTINCT FROM %s`;
+- `x IS ?` becomes `x IS NOT DISTINCT FROM %s`, `x IS NOT ?` becomes `x IS DISTINCT FROM %s`;
 - in DDL, `id INTEGER PRIMARY KEY` (SQLite's autoincrementing rowid) becomes `BIGSERIAL`,
   `INTEGER` becomes `BIGINT`, `REAL` becomes `DOUBLE PRECISION`, `WITHOUT ROWID` goes;
 - `BEGIN IMMEDIATE` becomes `BEGIN` plus a transaction-scoped advisory lock, so writers are
@@ -128,6 +128,7 @@ _DDL_RULES: Final = (
     (re.compile(r"\)\s*WITHOUT ROWID", re.I), ")"),
 )
 _OR_IGNORE: Final = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO\b", re.I)
+_IS_NOT_PARAM: Final = re.compile(r"\bIS\s+NOT\s+\?", re.I)
 _IS_PARAM: Final = re.compile(r"\bIS\s+\?", re.I)
 _DDL: Final = re.compile(r"^\s*(CREATE|ALTER)\b", re.I)
 
@@ -155,6 +156,7 @@ def to_postgres(sql: str) -> str:
             sql = pattern.sub(replacement, sql)
     if _OR_IGNORE.match(sql):
         sql = _OR_IGNORE.sub("INSERT INTO", sql).rstrip().rstrip(";") + " ON CONFLICT DO NOTHING"
+    sql = _IS_NOT_PARAM.sub("IS DISTINCT FROM ?", sql)
     sql = _IS_PARAM.sub("IS NOT DISTINCT FROM ?", sql)
     return _placeholders(sql)
 

@@ -324,7 +324,8 @@ class Gateway:
         (each limit reached, all queues together; per queue the engine's limit_*, norm_*,
         frag_* and app counters, nfqueue.ENGINE_STAT_NAMES, up to a second old);
         `protected_hosts`: what the kernel's protected-host sets hold now; `event_store`: the
-        workers' event sinks in sum (`event_store_health`)."""
+        workers' event sinks in sum (`event_store_health`); `shared`: with `database.url`, the
+        policy sync and the event forwarder (gateway/multinode.py), else None."""
         kernel = read_queue_counters()
         queues: dict[str, dict[str, Any]] = {}
         for w in self.workers:
@@ -367,6 +368,7 @@ class Gateway:
             "event_store": event_store_health(queues.values()),
             "kernel_counters": kernel.available,
             "alerts": self._alerts.stats() if self._alerts is not None else None,
+            "shared": self._shared.stats() if self._shared is not None else None,
             "protected_hosts": self.protected,
             "update_source_names": self._names.status(),
             "queues": queues,

@@ -18,7 +18,7 @@ What it guarantees:
 - a failing database is retried every `interval`, reported (`failing`, `last_error`,
   `backlog`: spool rows not yet forwarded, in `stats()` and the gateway's heartbeat) and
   logged once when it starts and once when it ends; the spool keeps everything meanwhile
-  (its own bound: disk and the events retention).
+  (its bound is the spool's disk, as for the SQLite event store).
 Schema: EVENT_MIGRATIONS, component "events" of the shared database (gateway/database.py).
 """
 
