@@ -34,14 +34,19 @@ class SharedNode:
         reload: Callable[[], object],
         status: Callable[[], dict[str, Any]],
     ) -> SharedNode:
-        """`applied`: the shared policy version the gateway loaded at start."""
+        """`applied`: the shared policy version the gateway loaded at start; `status()`: what
+        the heartbeat row shows, to which the forwarder's and the sync's counters are added."""
         db = config.database
         name = gateway_name(config)
         forwarder = None
         if config.events.sqlite is not None:
             forwarder = EventForwarder(config.events.sqlite, db.url, name, db.poll_interval)
             forwarder.start()
-        node = cls(PolicySync(policy_target(config), name, reload, status, db.poll_interval,
+
+        def beat() -> dict[str, Any]:
+            return {**status(), "forwarder": forwarder.stats() if forwarder else None}
+
+        node = cls(PolicySync(policy_target(config), name, reload, beat, db.poll_interval,
                               db.heartbeat), forwarder)  # fmt: skip
         node.sync.start(applied)
         return node

@@ -389,18 +389,22 @@ class Gateway:
         """Re-read the policy store and have every worker apply it (no restart, flows kept).
 
         The policy is compiled here first, so a bad one is refused (ControlError reply) before
-        any worker sees it. Returns the new version, per-queue applied versions and the seconds
-        until all live workers had it (or `complete: false` after RELOAD_WAIT).
+        any worker sees it. The workers then read it while the kernel's sets and rules are
+        refreshed here (both done before the reply). Returns the new version, per-queue applied
+        versions and the seconds until all live workers had it (or `complete: false` after
+        RELOAD_WAIT).
         """
         with self._reload_lock:
             started = time.monotonic()
             policy = load_policy(self.config)  # raises (ConfigError) on a bad policy
+            self.policy_version += 1
+            version = self.policy_version
+            for w in self.workers:  # they start now; _publish below waits for them
+                w.stats.set("policy_wanted", version)
             protected = self._refresh_protected_hosts()
             firewall_rules = self._refresh_firewall()
             host_modes = self._refresh_hostmodes()
             any_port = self._refresh_any_port_hosts()
-            self.policy_version += 1
-            version = self.policy_version
             complete = self._publish("policy", version, started + RELOAD_WAIT)
             took = time.monotonic() - started
             log.info(
@@ -587,20 +591,12 @@ class Gateway:
         self._shared = SharedNode.start(self.config, applied, self.reload, self._node_status)
 
     def _node_status(self) -> dict[str, Any]:
-        """What the shared store's gateways list shows of this gateway."""
+        """What the shared store's gateways list shows of this gateway (SharedNode adds its
+        sync and forwarder)."""
         alive = sum(1 for w in self.workers if w.proc is not None and w.proc.is_alive())
-        return {
-            "workers": len(self.workers),
-            "alive": alive,
-            "local_policy_version": self.policy_version,
-            "backend": self.backend.name,
-            "events": event_store_health([w.stats.snapshot() for w in self.workers]),
-            "forwarder": (
-                self._shared.forwarder.stats()
-                if self._shared is not None and self._shared.forwarder is not None
-                else None
-            ),
-        }
+        events = event_store_health([w.stats.snapshot() for w in self.workers])
+        return {"workers": len(self.workers), "alive": alive, "backend": self.backend.name,
+                "local_policy_version": self.policy_version, "events": events}  # fmt: skip
 
     def _start_control(self) -> None:
         self._control = ControlServer(
