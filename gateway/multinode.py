@@ -16,9 +16,19 @@ from typing import Any
 from gateway.config import GatewayConfig
 from gateway.database import gateway_name, policy_target
 from gateway.events.shared import EventForwarder
+from gateway.policy.store import Store
 from gateway.policy.sync import PolicySync
 
-__all__ = ["SharedNode"]
+__all__ = ["SharedNode", "shared_policy_version"]
+
+
+def shared_policy_version(config: GatewayConfig) -> int | None:
+    """The shared store's policy version now (None without `database.url`); `vpatch run` reads
+    it before its workers read the policy, so no change made meanwhile is missed."""
+    if not config.database.url:
+        return None
+    with Store(config.database.url) as store:
+        return store.policy_version()
 
 
 class SharedNode:

@@ -82,7 +82,7 @@ from gateway.lifecycle.names import NameResolver, resolver_servers, update_sourc
 from gateway.lifecycle.state import HostPolicy, LifecycleStore
 from gateway.match.matcher import Matcher
 from gateway.match.rules import load_rules
-from gateway.multinode import SharedNode
+from gateway.multinode import SharedNode, shared_policy_version
 from gateway.policy.appcontrol import plan_rules, rule_paths
 from gateway.policy.snapshot import policy_snapshot
 from gateway.policy.store import Store
@@ -158,6 +158,7 @@ class Gateway:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         status = 0
         try:
+            shared_version = shared_policy_version(self.config)  # before the workers read it
             for w in self.workers:
                 self._start(w)
             self._wait_bound()
@@ -176,7 +177,7 @@ class Gateway:
             self._names.start()
             self._start_control()
             self._start_alerts()
-            self._start_shared()
+            self._start_shared(shared_version)
             print("vpatch run: ready", flush=True)
             while not self._stop:
                 # wakes at once when a live worker dies (its sentinel), else every interval
@@ -582,13 +583,11 @@ class Gateway:
         )
         self._alerts.start()
 
-    def _start_shared(self) -> None:
-        """With a shared store: follow its policy version, beat, forward the events."""
-        if not self.config.database.url:
-            return
-        with Store(self.config.database.url) as store:
-            applied = store.policy_version()  # what the workers loaded at start, near enough
-        self._shared = SharedNode.start(self.config, applied, self.reload, self._node_status)
+    def _start_shared(self, applied: int | None) -> None:
+        """With a shared store: follow its policy version from `applied` (read before the
+        workers loaded the policy, so no change is missed), beat, forward the events."""
+        if self.config.database.url:
+            self._shared = SharedNode.start(self.config, applied, self.reload, self._node_status)
 
     def _node_status(self) -> dict[str, Any]:
         """What the shared store's gateways list shows of this gateway (SharedNode adds its
