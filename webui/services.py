@@ -324,7 +324,8 @@ EVENT_COLUMNS = (
 
 
 def event_dict(row: Any) -> dict[str, Any]:
-    d = {k: row[k] for k in EVENT_COLUMNS}
+    present = set(row.keys())  # a store written before `gateway` existed lacks that column
+    d = {k: row[k] if k in present else "" for k in EVENT_COLUMNS}
     d["cves"] = [c for c in (row["cves"] or "").split(",") if c]
     try:
         eve = json.loads(row["eve"] or "{}")
