@@ -564,6 +564,59 @@ class PolicyConfig:
     )
 
 
+def _database_url(value: str) -> bool:
+    return value == "" or value.startswith(("postgresql://", "postgres://"))
+
+
+def _node_name(value: str) -> bool:
+    return all(c.isalnum() or c in ".-_" for c in value)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: str = setting(
+        "",
+        "A PostgreSQL URL (`postgresql://user:password@host/db`, or over a Unix socket "
+        "`postgresql:///db?host=/run/postgresql`) shared by several gateways and UIs: it holds "
+        "the policy (then `policy.database` is not used) and every gateway's events, tagged "
+        "with `gateway.name` (the local `events.sqlite` is then the spool they are forwarded "
+        "from, kept while the database is away). Empty: the SQLite files. "
+        "docs/multi-gateway.md.",
+        lo=0,
+        hi=4096,
+        chars=(_database_url, "empty or a postgresql:// URL"),
+        shown='"" (SQLite)',
+        example='""',
+    )
+    poll_interval: float = setting(
+        0.5,
+        "Seconds between a gateway's reads of the shared policy version (a change made in any "
+        "UI is applied within this plus the reload) and forwards of its spooled events.",
+        lo=0.1,
+        hi=60,
+    )
+    heartbeat: float = setting(
+        2.0,
+        "Seconds between a gateway's status rows in the shared store (the UI's gateways list).",
+        lo=0.5,
+        hi=600,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    name: str = setting(
+        "",
+        "This gateway's name: its events' `gateway` tag and its row in the UI's gateways "
+        "list. Empty: the host name.",
+        lo=0,
+        hi=128,
+        chars=(_node_name, "letters, digits, '.', '-' or '_'"),
+        shown="the host name",
+        example='""',
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class RulePackConfig:
     dir: Path = setting(
@@ -860,6 +913,8 @@ class GatewayConfig:
     events: EventsConfig = field(default_factory=EventsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    gateway: NodeConfig = field(default_factory=NodeConfig)
     rule_pack: RulePackConfig = field(default_factory=RulePackConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     resolver: ResolverConfig = field(default_factory=ResolverConfig)

@@ -70,6 +70,7 @@ from typing import Any
 from gateway.alerts.dispatcher import Dispatcher, alert_state_path
 from gateway.config import GatewayConfig
 from gateway.control.server import ControlServer
+from gateway.database import describe, gateway_name, policy_target, target_exists
 from gateway.errors import VpatchError
 from gateway.events.sink import EventSink
 from gateway.firewall.apply import BackendInfo, apply_rules, remove_rules
@@ -94,6 +95,7 @@ from gateway.lifecycle.state import HostPolicy, LifecycleStore
 from gateway.match.matcher import Matcher
 from gateway.match.rules import load_rules
 from gateway.metrics import MetricsServer, ReloadTimes
+from gateway.multinode import SharedNode, shared_policy_version
 from gateway.policy.appcontrol import plan_rules, rule_paths
 from gateway.policy.snapshot import policy_snapshot
 from gateway.policy.store import Store
@@ -193,6 +195,7 @@ class Gateway:
         self._alerts: Dispatcher | None = None  # when events go to SQLite
         self._metrics: MetricsServer | None = None  # the Prometheus endpoint (metrics.port)
         self.reload_times = ReloadTimes()  # count and duration of reloads, for status
+        self._shared: SharedNode | None = None  # when the store is shared (database.url)
         self.policy_version = 1  # bumped by each `reload`; workers apply it between packets
         self.rules_version = 0  # bumped by each `rules-reload`; workers swap between packets
         self._reload_lock = threading.Lock()
@@ -221,6 +224,7 @@ class Gateway:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         status = 0
         try:
+            shared_version = shared_policy_version(self.config)  # before the workers read it
             for w in self.workers:
                 self._start(w)
             self._wait_bound()
@@ -242,6 +246,7 @@ class Gateway:
             self._start_control()
             self._start_alerts()
             self._start_metrics()
+            self._start_shared(shared_version)
             print("vpatch run: ready", flush=True)
             self._notify.ready(f"inspecting: {len(self.workers)} queue(s), rules applied")
             while not self._stop:
@@ -262,6 +267,8 @@ class Gateway:
             status = exit_rules(self.backend, self.rendered, status, closed and self._rules_applied)
             self._stop_workers()
             self.tls.stop()
+            if self._shared is not None:
+                self._shared.stop()  # after the workers: their last events are forwarded
             self._names.stop()
             self._stop_monitor()
             if self._control is not None:
@@ -391,7 +398,8 @@ class Gateway:
         frag_* and app counters, nfqueue.ENGINE_STAT_NAMES, up to a second old);
         `protected_hosts`: what the kernel's protected-host sets hold now; `event_store`: the
         workers' event sinks in sum (`event_store_health`); `drop_log`: firewall and
-        host-mode events (lifecycle/monitor.py `DropLogStatus`)."""
+        host-mode events (lifecycle/monitor.py `DropLogStatus`); `shared`: with `database.url`,
+        the policy sync and the event forwarder (gateway/multinode.py), else None."""
         kernel = read_queue_counters()
         queues: dict[str, dict[str, Any]] = {}
         for w in self.workers:
@@ -438,6 +446,7 @@ class Gateway:
             "reloads": self.reload_times.as_dict(),
             "metrics": self._metrics.describe() if self._metrics is not None else None,
             "drop_log": self._drop_log.report(self.backend, self.rendered.prefix),
+            "shared": self._shared.stats() if self._shared is not None else None,
             "protected_hosts": self.protected,
             # can forwarded traffic bypass netfilter here (gateway/forwarding.py), checked now
             "forwarding": check_forwarding(self.config.network.mode).as_dict(),
@@ -472,18 +481,22 @@ class Gateway:
         """Re-read the policy store and have every worker apply it (no restart, flows kept).
 
         The policy is compiled here first, so a bad one is refused (ControlError reply) before
-        any worker sees it. Returns the new version, per-queue applied versions and the seconds
-        until all live workers had it (or `complete: false` after RELOAD_WAIT).
+        any worker sees it. The workers then read it while the kernel's sets and rules are
+        refreshed here (both done before the reply). Returns the new version, per-queue applied
+        versions and the seconds until all live workers had it (or `complete: false` after
+        RELOAD_WAIT).
         """
         with self._reload_lock:
             started = time.monotonic()
             policy = load_policy(self.config)  # raises (ConfigError) on a bad policy
+            self.policy_version += 1
+            version = self.policy_version
+            for w in self.workers:  # they start now; _publish below waits for them
+                w.stats.set("policy_wanted", version)
             protected = self._refresh_protected_hosts()
             firewall_rules = self._refresh_firewall()
             host_modes = self._refresh_hostmodes()
             any_port = self._refresh_any_port_hosts()
-            self.policy_version += 1
-            version = self.policy_version
             self.tls.publish("policy", version)
             complete = self._publish("policy", version, started + RELOAD_WAIT)
             took = time.monotonic() - started
@@ -498,7 +511,7 @@ class Gateway:
                 "version": version,
                 "complete": complete,
                 "seconds": took,
-                "store": str(self.config.policy.database),
+                "store": describe(policy_target(self.config)),
                 "policy": policy is not None,
                 "queues": {str(w.queue_num): w.stats.get("policy_version") for w in self.workers},
                 "policy_errors": sum(w.stats.get("policy_errors") for w in self.workers),
@@ -568,9 +581,9 @@ class Gateway:
 
     def _refresh_firewall(self) -> int:
         """Rewrite the firewall-policy chain from the store (atomic per family)."""
-        if not self.config.policy.database.exists():
+        if not target_exists(policy_target(self.config)):
             return 0
-        with Store(self.config.policy.database) as store:
+        with Store(policy_target(self.config)) as store:
             return refresh_policy(store, self.backend, self.config.firewall.chain_prefix)
 
     def _refresh_any_port_hosts(self) -> list[str]:
@@ -608,10 +621,15 @@ class Gateway:
         learning packet of the first connection is missed."""
         ev = self.config.events
         self._monitor_sink = EventSink(
-            ev.sqlite, ev.jsonl, ev.max_queue, ev.aggregate_window, ev.aggregate_keys
+            ev.sqlite,
+            ev.jsonl,
+            ev.max_queue,
+            ev.aggregate_window,
+            ev.aggregate_keys,
+            gateway=gateway_name(self.config),
         )
         self._drop_log.sink = self._monitor_sink
-        store = LifecycleStore(self.config.policy.database)
+        store = LifecycleStore(policy_target(self.config))
         ready = threading.Event()
 
         def body() -> None:
@@ -641,15 +659,15 @@ class Gateway:
         hosts: list[Any] = []
         groups: list[Any] = []
         assignments: list[Any] = []
-        if self.config.policy.database.exists():
-            with Store(self.config.policy.database) as store:
+        if target_exists(policy_target(self.config)):
+            with Store(policy_target(self.config)) as store:
                 hosts, groups, assignments = policy_snapshot(store)
             hosts = [asdict(x) for x in hosts]
             groups = [asdict(x) for x in groups]
             assignments = [asdict(x) for x in assignments]
         return {
             "version": self.policy_version,
-            "store": str(self.config.policy.database),
+            "store": describe(policy_target(self.config)),
             "queues": {str(w.queue_num): w.stats.get("policy_version") for w in self.workers},
             "hosts": hosts,
             "groups": groups,
@@ -663,7 +681,7 @@ class Gateway:
             return
         events_db = self.config.events.sqlite
         self._alerts = Dispatcher(
-            events_db, self.config.policy.database, state_db=alert_state_path(events_db)
+            events_db, policy_target(self.config), state_db=alert_state_path(events_db)
         )
         self._alerts.start()
 
@@ -673,6 +691,20 @@ class Gateway:
         mc = self.config.metrics
         self._metrics = MetricsServer(self.status, mc.address, mc.port, self.config.health.state)
         self._metrics.start()
+
+    def _start_shared(self, applied: int | None) -> None:
+        """With a shared store: follow its policy version from `applied` (read before the
+        workers loaded the policy, so no change is missed), beat, forward the events."""
+        if self.config.database.url:
+            self._shared = SharedNode.start(self.config, applied, self.reload, self._node_status)
+
+    def _node_status(self) -> dict[str, Any]:
+        """What the shared store's gateways list shows of this gateway (SharedNode adds its
+        sync and forwarder)."""
+        alive = sum(1 for w in self.workers if w.proc is not None and w.proc.is_alive())
+        events = event_store_health([w.stats.snapshot() for w in self.workers])
+        return {"workers": len(self.workers), "alive": alive, "backend": self.backend.name,
+                "local_policy_version": self.policy_version, "events": events}  # fmt: skip
 
     def _start_control(self) -> None:
         self._control = ControlServer(

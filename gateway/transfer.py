@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import csv
 import io
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from gateway.database import Db
 from gateway.errors import VpatchError
 from gateway.firewall.policy import MAX_RULES, FirewallRuleError, validate_rule
 from gateway.lifecycle.state import (
@@ -121,7 +121,7 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def _targets(db: sqlite3.Connection) -> tuple[dict[int, str], dict[int, str]]:
+def _targets(db: Db) -> tuple[dict[int, str], dict[int, str]]:
     hosts = {int(r[0]): str(r[1]) for r in db.execute("SELECT id, address FROM hosts")}
     groups = {int(r[0]): str(r[1]) for r in db.execute("SELECT id, name FROM groups")}
     return hosts, groups
@@ -497,7 +497,7 @@ def _plan_exceptions(doc: dict[str, Any]) -> list[tuple[Any, ...]]:
 _REPLACED: Final = ("firewall_rules", "assignments", "exceptions", "hosts", "groups")
 
 
-def _counts(db: sqlite3.Connection) -> dict[str, int]:
+def _counts(db: Db) -> dict[str, int]:
     return {t: int(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in _REPLACED}
 
 
@@ -565,7 +565,7 @@ _FW_COLUMNS: Final = ("position", "scope", "scope_id", "direction", "address", "
 
 
 def _apply_firewall(
-    db: sqlite3.Connection, plan: _Plan, actor: str, now: float,
+    db: Db, plan: _Plan, actor: str, now: float,
     ids: dict[tuple[str, str], int], n: dict[str, list[int]],
 ) -> None:  # fmt: skip
     columns = _FW_COLUMNS
@@ -586,9 +586,7 @@ def _apply_firewall(
         raise TransferError("firewall_rules", 0, "", f"the policy would hold more than {MAX_RULES}")
 
 
-def _apply_exceptions(
-    db: sqlite3.Connection, plan: _Plan, now: float, n: dict[str, list[int]]
-) -> None:
+def _apply_exceptions(db: Db, plan: _Plan, now: float, n: dict[str, list[int]]) -> None:
     for rule_id, host, port, uri, reason, expires_at, created_by in plan.exceptions:
         if (
             db.execute(

@@ -28,6 +28,9 @@ APT_PACKAGES=(
     iperf3 wrk tcpdump tshark
     # the real-browser UI test (tests/webui/test_browser.py): headless Chromium + chromedriver
     chromium chromium-driver
+    # the shared policy and event store of several gateways (docs/multi-gateway.md), and the
+    # real server the tests start as an unprivileged user (gateway/testing/postgres.py)
+    postgresql
     # building and running the Python package (netfilterqueue compiles against libnetfilter_queue)
     python3 python3-venv python3-dev python3-pip build-essential pkg-config libnetfilter-queue-dev
     ca-certificates git

@@ -112,3 +112,35 @@ def make_lab() -> Iterator[Callable[..., Any]]:
     finally:
         for name in made:
             lab_down(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One throw-away PostgreSQL server per session (gateway/testing/postgres.py: Debian's
+    binaries as the `postgres` user, Unix socket only); skips when they are not installed."""
+    from gateway.testing.postgres import PostgresServer, find_bin_dir
+
+    if find_bin_dir() is None or os.geteuid() != 0:
+        pytest.skip("needs root and Debian's postgresql (initdb, pg_ctl)")
+    server = PostgresServer.create()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any) -> str:
+    """The URL of a fresh, empty PostgreSQL database on the session's server."""
+    url: str = postgres_server.new_database()
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A fresh, empty store location on each database: a SQLite file in tmp_path, then a fresh
+    PostgreSQL database on the session's server (for the stores' tests that run on both)."""
+    if request.param == "sqlite":
+        return tmp_path / "vpatch.db"
+    return request.getfixturevalue("postgres_url")

@@ -78,7 +78,8 @@ def _past_bounds(d: Declared) -> list[object]:
     s = d.setting
     if d.kind is str:
         assert s.lo is not None and s.hi is not None and s.chars is not None
-        return ["x" * (int(s.hi) + 1), "x" * (int(s.lo) - 1), "no-dash"]
+        too_short = ["x" * (int(s.lo) - 1)] if s.lo else []  # lo 0: only chars and length
+        return ["x" * (int(s.hi) + 1), *too_short, "no dash!"]
     if d.kind in (int, float):
         assert s.lo is not None and s.hi is not None
         return [s.lo - 1, s.hi + 1]
@@ -146,9 +147,10 @@ def test_every_value_of_the_wrong_type_is_refused(tmp_path: Path, key: str) -> N
         ("queues:\n  first: 0\n  cuont: 2\n",
          "<string>:3: queues.cuont: unknown key (allowed: balance, count, first, max_len)"),
         ("colour: blue\n",
-         "<string>:1: colour: unknown key (allowed: control, engine, events, fail_policy, "
-         + "firewall, health, limits, marks, metrics, network, policy, protected_hosts, "
-         + "queues, resolver, rule_pack, rules, stream_depth, tls_proxy, ui, workers)"),
+         "<string>:1: colour: unknown key (allowed: control, database, engine, events, "
+         + "fail_policy, firewall, gateway, health, limits, marks, metrics, network, policy, "
+         + "protected_hosts, queues, resolver, rule_pack, rules, stream_depth, tls_proxy, ui, "
+         + "workers)"),
         ("source: x\n", "source: unknown key"),
         ("- 1\n", "<string>:1: <top level>: expected a mapping, got list [1]"),
         ("engine: 5\n", "<string>:1: engine: expected a mapping, got int 5"),

@@ -85,8 +85,7 @@ def break_policy(path: Path) -> None:
         store.db.execute(
             "INSERT INTO app_controls (host_id, rule, updated_by, updated_at) VALUES (?, ?, ?, ?)",
             (host.id, "no such control", "t", time.time()),
-        )
-        store.db.commit()
+        )  # the store's connection is in autocommit mode
 
 
 def test_a_broken_policy_is_refused_and_the_previous_one_stays(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from webui import (
     db,
     events,
     firewall,
+    gateways,
     hosts,
     inputs,
     reports,
@@ -104,7 +105,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # alerts, firewall, reports and transfer added their /api/v1 endpoints to api.bp when
     # imported (at the top), before api.bp is registered here
     for bp in (auth.bp, dashboard.bp, rules.bp, hosts.bp, events.bp, audit.bp, api.bp,
-               firewall.bp, alerts.bp, reports.bp, transfer.bp, users.bp):  # fmt: skip
+               firewall.bp, alerts.bp, reports.bp, transfer.bp, users.bp,
+               gateways.bp):  # fmt: skip
         app.register_blueprint(bp)
     app.add_url_rule("/", endpoint="index", view_func=dashboard.index)
     return app

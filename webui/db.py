@@ -1,5 +1,6 @@
 """Per-request access to the stores: the policy store (read/write), the event store
-(read-only SQLite URI, so the UI can never alter evidence) and the loaded rule set."""
+(read-only SQLite URI, so the UI can never alter evidence; or the shared PostgreSQL store of
+every gateway's events, in a read-only transaction mode) and the loaded rule set."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 from flask import Flask, current_app, g
 
 from gateway.config import BUNDLED_RULES
+from gateway.database import Db, Dialect, Target, is_url
+from gateway.events.shared import open_shared_events
 from gateway.match.rules import RuleSet, load_rules
 from gateway.policy.store import Store
 from gateway.rulepack import effective_rule_paths
@@ -17,25 +20,35 @@ from gateway.rulepack import effective_rule_paths
 _RULES_CACHE: dict[str, Any] = {}
 
 
+def policy_db() -> Target:
+    """The app's policy store: a SQLite file, or the shared database's URL."""
+    target = str(current_app.config["POLICY_DB"])
+    return target if is_url(target) else Path(target)
+
+
 def get_store() -> Store:
     if "store" not in g:
-        g.store = Store(Path(current_app.config["POLICY_DB"]))
+        g.store = Store(policy_db())
     store: Store = g.store
     return store
 
 
-def get_events() -> sqlite3.Connection | None:
+def get_events() -> Db | None:
     """The event store opened read-only, or None when it does not exist (yet)."""
     if "events_db" not in g:
-        path = Path(current_app.config["EVENTS_DB"])
-        if not path.exists():
+        target = current_app.config["EVENTS_DB"]
+        if is_url(target):
+            db = open_shared_events(target)  # its schema, should no gateway have written yet
+            db.execute("SET default_transaction_read_only = on")
+            g.events_db = db
+        elif not Path(target).exists():
             g.events_db = None
         else:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            conn = sqlite3.connect(f"file:{target}?mode=ro", uri=True, timeout=5)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA busy_timeout = 5000")
-            g.events_db = conn
-    conn_or_none: sqlite3.Connection | None = g.events_db
+            g.events_db = Db(conn, Dialect.SQLITE, Path(target))
+    conn_or_none: Db | None = g.events_db
     return conn_or_none
 
 

@@ -46,7 +46,7 @@ from gateway.policy.appcontrol import parse_control
 from gateway.policy.hosts import Host, Hosts
 from gateway.scan.jobs import GLOBAL, ScanJobs, ScanRun
 from webui.api import ARR, _body, endpoint
-from webui.db import get_events, get_store
+from webui.db import get_events, get_store, policy_db
 from webui.inputs import InputError
 from webui.services import reload_gateway
 
@@ -59,11 +59,11 @@ _PROCS_LOCK = threading.Lock()
 
 
 def _life() -> LifecycleStore:
-    return LifecycleStore(Path(current_app.config["POLICY_DB"]))
+    return LifecycleStore(policy_db())
 
 
 def _jobs() -> ScanJobs:
-    return ScanJobs(Path(current_app.config["POLICY_DB"]))
+    return ScanJobs(policy_db())
 
 
 def host_record(host_id: int) -> Host:

@@ -19,6 +19,7 @@ from typing import Any
 from flask import current_app
 
 from gateway.control.server import ControlError, control_request
+from gateway.database import Dialect
 from gateway.events.rollup import minute_counts, rollups_exist, top_keys
 from gateway.firewall.dropevents import FW_SID_BASE, SID_SETUP_IN, SID_SETUP_OUT
 from gateway.lifecycle.monitor import SID_NEW_PEER, SID_NEW_PORT
@@ -39,7 +40,7 @@ MAX_CVE_SETS = 10_000  # distinct `cves` texts read per dashboard (one per rule'
 CHART_BUCKETS = 24
 DEFAULT_HOURS = 24
 MAX_HOURS = 24 * 30  # the dashboard's window: 1 hour .. 30 days
-EVENT_FILTERS = ("since", "until", "host", "rule", "cve", "action", "address", "kind")
+EVENT_FILTERS = ("since", "until", "host", "rule", "cve", "action", "address", "kind", "gateway")
 # the event list's `kind` filter: label -> SQL condition on the events table (event_type, and
 # the signature ids of the firewall, setup protection and lockdown: gateway/firewall/dropevents.py)
 EVENT_KINDS: dict[str, tuple[str, tuple[Any, ...]]] = {
@@ -70,16 +71,20 @@ def rule_products(rule: Rule) -> list[str]:
     return out
 
 
+WOULD_BLOCK_SQL = {  # the one query whose JSON functions differ between the two databases
+    Dialect.SQLITE: "SELECT signature_id, COUNT(DISTINCT flow_id) FROM events WHERE json_extract("
+    "CASE WHEN json_valid(eve) THEN eve END, '$.vpatch.would_block') = 1 GROUP BY signature_id",
+    Dialect.POSTGRESQL: "SELECT signature_id, COUNT(DISTINCT flow_id) FROM events"
+    " WHERE (eve::jsonb -> 'vpatch' ->> 'would_block') = 'true' GROUP BY signature_id",
+}
+
+
 def would_block_counts() -> dict[int, int]:
     """Per rule: distinct flows that a detect-mode match would have blocked."""
     conn = get_events()
     if conn is None:
         return {}
-    rows = conn.execute(
-        "SELECT signature_id, COUNT(DISTINCT flow_id) FROM events "
-        "WHERE json_extract(CASE WHEN json_valid(eve) THEN eve END, '$.vpatch.would_block') = 1 "
-        "GROUP BY signature_id"
-    )
+    rows = conn.execute(WOULD_BLOCK_SQL[conn.dialect])
     return {int(r[0]): int(r[1]) for r in rows if r[0] is not None}
 
 
@@ -292,6 +297,9 @@ def event_where(filters: dict[str, str]) -> tuple[str, list[Any]]:
         clause, values = EVENT_KINDS[f["kind"]]
         clauses.append(clause)
         args += values
+    if f["gateway"]:
+        clauses.append("gateway = ?")
+        args.append(f["gateway"])
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
@@ -346,7 +354,7 @@ def export_events(filters: dict[str, str]) -> list[dict[str, Any]]:
 _STORED_COLUMNS = (
     "id", "timestamp", "flow_id", "signature_id", "signature", "action", "rule_action",
     "severity", "src_ip", "src_port", "dest_ip", "dest_port", "proto", "app_proto", "cves",
-    "event_type", "count",
+    "event_type", "count", "gateway",
 )  # fmt: skip
 # and from the EVE record of drop/flow events (vpatch.firewall; "" for alerts)
 _FIREWALL_COLUMNS = ("mode", "first_seen", "last_seen")
@@ -354,7 +362,8 @@ EVENT_COLUMNS = (*_STORED_COLUMNS, *_FIREWALL_COLUMNS)
 
 
 def event_dict(row: Any) -> dict[str, Any]:
-    d = {k: row[k] for k in _STORED_COLUMNS}
+    present = set(row.keys())  # a store written before `gateway` existed lacks that column
+    d = {k: row[k] if k in present else "" for k in _STORED_COLUMNS}
     d["cves"] = [c for c in (row["cves"] or "").split(",") if c]
     try:
         eve = json.loads(row["eve"] or "{}")

@@ -51,6 +51,7 @@ from gateway.alerts.channels import (
     summary_message,
 )
 from gateway.alerts.ratelimit import TokenBucket
+from gateway.database import Target, target_exists
 from gateway.policy.store import Store
 from gateway.statefiles import create_file
 
@@ -183,7 +184,7 @@ class Dispatcher:
     def __init__(
         self,
         events_db: Path,
-        policy_db: Path,
+        policy_db: Target,
         sender: Sender = send,
         state_db: Path | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -243,7 +244,7 @@ class Dispatcher:
         if now - self.channels_read < CHANNEL_REFRESH:
             return
         self.channels_read = now
-        if not self.policy_db.exists():
+        if not target_exists(self.policy_db):
             self.channels = []
             return
         with Store(self.policy_db) as store:

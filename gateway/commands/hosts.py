@@ -43,6 +43,7 @@ from typing import Any
 from gateway.commands import raise_interrupt
 from gateway.config import Backend, EventsConfig, load_config
 from gateway.control.server import notify_gateway
+from gateway.database import policy_target, target_arg
 from gateway.events.sink import EventSink
 from gateway.firewall.apply import apply_hostmodes, probe_backend, remove_rules
 from gateway.firewall.hostmodes import (
@@ -84,7 +85,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--state",
         metavar="DB",
-        type=Path,
+        type=target_arg,
         help=f"policy database (default: the config's policy.database, {DEFAULT_STATE_PATH})",
     )
     parser.add_argument(
@@ -162,7 +163,7 @@ def _history(host: str, action: str, target: str, reason: str) -> list[HistoryEn
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    store = LifecycleStore(args.state or config.policy.database)
+    store = LifecycleStore(args.state or policy_target(config))
     socket_path = args.socket or config.control.socket
     return ACTIONS[args.hosts_command](args, store, socket_path)
 

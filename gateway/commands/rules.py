@@ -42,6 +42,7 @@ from typing import Any
 
 from gateway.config import BUNDLED_RULES, load_config
 from gateway.control.server import ControlError, control_request
+from gateway.database import policy_target, target_arg
 from gateway.errors import RuleError, VpatchError
 from gateway.match.matcher import Matcher
 from gateway.match.rules import SEVERITIES, Rule, RuleSet, default_rule_dir, load_rules
@@ -94,7 +95,7 @@ def register(subparsers: Any) -> None:
         if name == "enable":
             p.add_argument("--mode", choices=("detect", "prevent"), default="prevent")
         p.add_argument("--reason", default="", help="why (kept in the audit trail)")
-        p.add_argument("--database", type=Path, help="policy store (default: from --config)")
+        p.add_argument("--database", type=target_arg, help="policy store (default: from --config)")
         p.add_argument("-c", "--config", type=Path, help="gateway configuration (YAML)")
         p.add_argument(
             "--rules", metavar="PATH", action="append", type=Path, help="rule files/dirs"
@@ -371,7 +372,7 @@ def _assign(args: argparse.Namespace) -> int:
     if args.rule_id not in ruleset.by_id:
         print(f"vpatch rules {args.rules_command}: no rule with id {args.rule_id}", file=sys.stderr)
         return 1
-    database = args.database or load_config(args.config).policy.database
+    database = args.database or policy_target(load_config(args.config))
     mode = "off" if args.rules_command == "disable" else args.mode
     with Store(database) as store:
         hosts = Hosts(store)

@@ -36,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from gateway.database import policy_target, target_arg
 from gateway.lifecycle.state import DEFAULT_STATE_PATH, LifecycleStore
 from gateway.match.rules import default_rule_dir
 from gateway.scan import probes
@@ -99,7 +100,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--state",
         metavar="FILE",
-        type=Path,
+        type=target_arg,
         default=None,
         help="policy database holding the lifecycle state (default: the config's, or "
         f"{DEFAULT_STATE_PATH})",
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
 
         config = load_config(args.config) if args.config is not None else None
         if args.state is None:
-            args.state = config.policy.database if config else DEFAULT_STATE_PATH
+            args.state = policy_target(config) if config else DEFAULT_STATE_PATH
         if config is not None:
             args.rules = args.rules or list(config.rules)
             args.socket = args.socket or config.control.socket

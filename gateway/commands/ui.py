@@ -29,6 +29,7 @@ from typing import Any
 
 from gateway.commands import ui_users
 from gateway.config import load_config
+from gateway.database import policy_target
 from gateway.errors import ConfigError
 from gateway.policy.accounts import Accounts
 from gateway.policy.store import Store, StoreError
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     from webui.auth import ensure_admin
 
     config = load_config(args.config)
-    store = Store(config.policy.database)
+    store = Store(policy_target(config))
     try:
         status = manage(args, store)
         if status is not None:
@@ -173,8 +174,11 @@ def run(args: argparse.Namespace) -> int:
     from webui.tls import default_names, fingerprint, server_context, ui_certificate
 
     events_db = str(config.events.sqlite) if config.events.sqlite else "/nonexistent/events.db"
+    if config.database.url:  # every gateway's events, in the shared store
+        events_db = config.database.url
     app = create_app({
-        "POLICY_DB": str(config.policy.database),
+        "POLICY_DB": str(policy_target(config)),
+        "STATE_DIR": str(config.policy.database.parent),  # the UI's secret, also with a URL
         "EVENTS_DB": events_db,
         "CONTROL_SOCKET": str(config.control.socket),
         "RULE_PATHS": [str(p) for p in config.rules],

@@ -31,11 +31,12 @@ What it guarantees:
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Final
+
+from gateway.database import AnyConn, is_postgres, table_exists
 
 __all__ = [
     "BACKFILL_CHUNK",
@@ -95,7 +96,7 @@ def _epoch(timestamp: object) -> int | None:
         return None
 
 
-def add_rollups(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> None:
+def add_rollups(conn: AnyConn, rows: Iterable[Sequence[Any]]) -> None:
     """Count `rows` (events table tuples) into the rollups; call inside the transaction that
     inserts them."""
     minutes: Counter[tuple[int, bool]] = Counter()
@@ -114,17 +115,21 @@ def add_rollups(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> None
             labels[(dim, hour, key)] = row[label]
     conn.executemany(
         "INSERT INTO event_minutes (minute, allowed, blocked) VALUES (?, ?, ?) ON CONFLICT(minute)"
-        " DO UPDATE SET allowed = allowed + excluded.allowed, blocked = blocked + excluded.blocked",
+        " DO UPDATE SET allowed = event_minutes.allowed + excluded.allowed,"
+        " blocked = event_minutes.blocked + excluded.blocked",
         [(m, 0 if blocked else n, n if blocked else 0) for (m, blocked), n in minutes.items()],
     )
     _add_tops(conn, tops, labels)
 
 
 def _add_tops(
-    conn: sqlite3.Connection,
+    conn: AnyConn,
     tops: Counter[tuple[str, int, Any]],
     labels: dict[tuple[str, int, Any], Any],
 ) -> None:
+    if is_postgres(conn):  # its `key` column is TEXT (SQLite's takes any type)
+        labels = {(d, h, str(k)): label for (d, h, k), label in labels.items()}
+        tops = Counter({(d, h, str(k)): n for (d, h, k), n in tops.items()})
     by_hour: dict[tuple[str, int], list[Any]] = {}
     for dim, hour, key in tops:
         by_hour.setdefault((dim, hour), []).append(key)
@@ -152,7 +157,7 @@ def _add_tops(
     )
     conn.executemany(
         "INSERT INTO event_tops (dim, hour, key, label, n) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT(dim, hour, key) DO UPDATE SET n = n + excluded.n",
+        " ON CONFLICT(dim, hour, key) DO UPDATE SET n = event_tops.n + excluded.n",
         inserts,
     )
 
@@ -163,7 +168,7 @@ MINUTES_SQL: Final = (
 )
 
 
-def minute_counts(conn: sqlite3.Connection, start: int, end: int) -> list[tuple[int, int, int]]:
+def minute_counts(conn: AnyConn, start: int, end: int) -> list[tuple[int, int, int]]:
     """(minute, allowed, blocked) for the minutes in [start, end) (epoch seconds)."""
     rows = conn.execute(MINUTES_SQL, (start, end))
     return [(int(m), int(a), int(b)) for m, a, b in rows]
@@ -175,20 +180,20 @@ TOPS_SQL: Final = (
 )
 
 
-def top_keys(conn: sqlite3.Connection, dim: str, start: int, end: int, limit: int) -> list[Any]:
+def top_keys(conn: AnyConn, dim: str, start: int, end: int, limit: int) -> list[Any]:
     """[(key, label, count)] of dimension `dim` in the hours starting in [start, end), the
     largest counts first (OTHER_KEY among them when the bound was reached)."""
     rows = conn.execute(TOPS_SQL, (dim, start, end, limit))
     return [(k, label, int(c)) for k, label, c in rows]
 
 
-def rollups_exist(conn: sqlite3.Connection) -> bool:
+def rollups_exist(conn: AnyConn) -> bool:
     """Whether the store has rollups (a store written by an older vpatch has none until a
     writer of this version opens it)."""
     return _exists(conn)
 
 
-def create_rollups(conn: sqlite3.Connection) -> None:
+def create_rollups(conn: AnyConn) -> None:
     """Create the rollup tables unless they exist (one process does it; `conn` in autocommit).
     Events already in the store are left to `backfill_step`."""
     if _exists(conn):
@@ -209,23 +214,18 @@ def create_rollups(conn: sqlite3.Connection) -> None:
         raise
 
 
-def _exists(conn: sqlite3.Connection) -> bool:
-    return (
-        conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'event_rollup_state'"
-        ).fetchone()
-        is not None
-    )
+def _exists(conn: AnyConn) -> bool:
+    return table_exists(conn, "event_rollup_state")
 
 
-def backfill_pending(conn: sqlite3.Connection) -> bool:
+def backfill_pending(conn: AnyConn) -> bool:
     row = conn.execute(
         "SELECT value FROM event_rollup_state WHERE name = 'backfill_next'"
     ).fetchone()
     return row is not None and int(row[0]) > 0
 
 
-def backfill_step(conn: sqlite3.Connection, now: float) -> bool:
+def backfill_step(conn: AnyConn, now: float) -> bool:
     """Count one chunk of the events that were in the store before the rollups existed (newest
     first); False once there is nothing left. `conn` in autocommit mode."""
     horizon = now - BACKFILL_HOURS * 3600

@@ -36,7 +36,8 @@ What it guarantees:
       event_type TEXT, signature_id INTEGER, signature TEXT, action TEXT ("allowed"|"blocked"),
       rule_action TEXT, severity INTEGER, src_ip TEXT, src_port INTEGER, dest_ip TEXT,
       dest_port INTEGER, proto TEXT, app_proto TEXT, cves TEXT (",CVE-A,CVE-B," so
-      `cves LIKE '%,CVE-2017-0144,%'` finds one), eve TEXT (the EVE JSON object)
+      `cves LIKE '%,CVE-2017-0144,%'` finds one), eve TEXT (the EVE JSON object), count INTEGER
+      (events a record stands for), gateway TEXT (config `gateway.name` of the writer)
 - The database (and its directory) is created and checked in the constructor, so a bad path
   fails at start-up with a ConfigError naming it, not later in the thread. With
   `strict=False` (the workers' sinks: a worker that cannot start inspects nothing) a store
@@ -61,11 +62,11 @@ from pathlib import Path
 from typing import IO, Any, Final, Self
 
 from gateway.config import EventsConfig, check_value
+from gateway.database import DB_ERRORS, AnyConn, Db, connect
 from gateway.errors import ConfigError
 from gateway.events.aggregate import Aggregator
 from gateway.events.eve import Event, to_eve
 from gateway.events.rollup import add_rollups, backfill_pending, backfill_step, create_rollups
-from gateway.sqlite_wal import use_wal
 from gateway.statefiles import InsecureFileError, check_file, create_file, make_dir, shared_gid
 
 __all__ = [
@@ -109,7 +110,8 @@ CREATE TABLE IF NOT EXISTS events (
     app_proto TEXT,
     cves TEXT,
     eve TEXT NOT NULL,
-    count INTEGER NOT NULL DEFAULT 1
+    count INTEGER NOT NULL DEFAULT 1,
+    gateway TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_timestamp ON events(timestamp);
 CREATE INDEX IF NOT EXISTS events_flow_id ON events(flow_id);
@@ -119,11 +121,15 @@ CREATE INDEX IF NOT EXISTS events_src ON events(src_ip, src_port);
 CREATE INDEX IF NOT EXISTS events_dest ON events(dest_ip, dest_port);
 CREATE INDEX IF NOT EXISTS events_cves ON events(cves);
 """
+_LATE_COLUMNS: Final = {  # added to stores created by older versions
+    "count": "count INTEGER NOT NULL DEFAULT 1",
+    "gateway": "gateway TEXT NOT NULL DEFAULT ''",
+}
 
 _INSERT: Final = (
     "INSERT INTO events (timestamp, flow_id, event_type, signature_id, signature, action,"
     " rule_action, severity, src_ip, src_port, dest_ip, dest_port, proto, app_proto, cves, eve,"
-    " count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " count, gateway) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _STOP: Final = object()
 
@@ -131,32 +137,35 @@ _STOP: Final = object()
 OPEN_TIMEOUT_S: Final = 10.0  # how long a writer waits for another's lock, WAL switch included
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), timeout=OPEN_TIMEOUT_S, isolation_level=None)
+def _connect(path: Path) -> Db:
+    conn = connect(path, OPEN_TIMEOUT_S)  # WAL: several workers start at once and race
     try:
-        use_wal(conn, OPEN_TIMEOUT_S)  # several workers start at once and race to create it
         conn.execute("PRAGMA synchronous=NORMAL")
-    except sqlite3.Error:
+    except DB_ERRORS:
         conn.close()
         raise
     return conn
 
 
-def create_store(conn: sqlite3.Connection) -> None:
+def create_store(conn: AnyConn) -> None:
     """The events table, its indexes and the rollups, unless they exist (autocommit `conn`);
-    a table from before aggregation gets its `count` column (1 for the rows it holds)."""
+    a table from before aggregation gets its `count` column (1 for the rows it holds), one
+    from before several gateways its `gateway` column ('')."""
     conn.executescript(SCHEMA)
     columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
-    if "count" not in columns:
+    for name, definition in _LATE_COLUMNS.items():
+        if name in columns:
+            continue
         try:
-            conn.execute("ALTER TABLE events ADD COLUMN count INTEGER NOT NULL DEFAULT 1")
+            conn.execute(f"ALTER TABLE events ADD COLUMN {definition}")
         except sqlite3.OperationalError as err:  # another worker added it first
             if "duplicate column" not in str(err):
                 raise
+    conn.execute("CREATE INDEX IF NOT EXISTS events_gateway ON events(gateway, timestamp)")
     create_rollups(conn)
 
 
-def store_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+def store_rows(conn: AnyConn, rows: list[tuple[Any, ...]]) -> None:
     """Insert events rows (`_row`) and count them in the rollups, in the caller's transaction."""
     conn.executemany(_INSERT, rows)
     add_rollups(conn, rows)
@@ -173,7 +182,7 @@ def _create(path: Path) -> bool:
         conn.close()
 
 
-def _row(eve: dict[str, Any], text: str) -> tuple[Any, ...]:
+def _row(eve: dict[str, Any], text: str, gateway: str = "") -> tuple[Any, ...]:
     alert = eve["alert"]
     cves = alert["metadata"]["cve"]
     return (
@@ -194,6 +203,7 @@ def _row(eve: dict[str, Any], text: str) -> tuple[Any, ...]:
         "," + ",".join(cves) + "," if cves else "",
         text,
         int(eve["vpatch"].get("count", 1)),
+        gateway,
     )
 
 
@@ -208,6 +218,7 @@ class EventSink:
         aggregate_window: float = 0.0,
         aggregate_keys: int = DEFAULT_AGGREGATE_KEYS,
         strict: bool = True,
+        gateway: str = "",
     ) -> None:
         check_value("events.max_queue", max_queue, "EventSink")
         check_value("events.aggregate_window", aggregate_window, "EventSink")
@@ -215,6 +226,7 @@ class EventSink:
         self.db_path = Path(db_path) if db_path is not None else None
         self.jsonl_path = Path(jsonl_path) if jsonl_path is not None else None
         self.max_queue = max_queue
+        self.gateway = gateway  # each row's `gateway` (config gateway.name)
         self.aggregator = Aggregator(aggregate_window, aggregate_keys)
         self.emitted = 0  # events accepted by emit()
         self.written = 0  # records written (each standing for `count` events)
@@ -309,7 +321,7 @@ class EventSink:
                 if self._strict:
                     raise  # refused at start-up, naming the file and its mode
                 return str(err)
-            except (OSError, sqlite3.Error) as err:
+            except (OSError, *DB_ERRORS) as err:
                 return f"events.sqlite {self.db_path}: cannot open: {err}"
         if self._jsonl is None and self.jsonl_path is not None:
             try:
@@ -320,7 +332,7 @@ class EventSink:
                 return f"events.jsonl {self.jsonl_path}: cannot open: {err}"
         return None
 
-    def _connection(self, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+    def _connection(self, conn: Db | None) -> Db | None:
         """The writer's connection, (re)opened when missing, and the JSON-lines file reopened
         when missing (at most every REOPEN_INTERVAL while that keeps failing); None while the
         store cannot be opened."""
@@ -335,7 +347,7 @@ class EventSink:
         if error is None and want_db and self._db_ready and self.db_path is not None:
             try:
                 conn = _connect(self.db_path)
-            except sqlite3.Error as err:
+            except DB_ERRORS as err:
                 error = f"events.sqlite {self.db_path}: cannot open: {err}"
         if error is not None:
             self.write_errors += 1
@@ -343,7 +355,7 @@ class EventSink:
         return conn
 
     def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
+        conn: Db | None = None
         try:
             stop = False
             while not stop:
@@ -381,13 +393,13 @@ class EventSink:
                 with contextlib.suppress(OSError):
                     self._jsonl.close()
 
-    def _backfill_step(self, conn: sqlite3.Connection) -> None:
+    def _backfill_step(self, conn: Db) -> None:
         try:
             self._backfill = backfill_step(conn, time.time())
-        except sqlite3.Error:
+        except DB_ERRORS:
             self.write_errors += 1  # tried again after the next batch
 
-    def _write(self, conn: sqlite3.Connection | None, batch: list[Event]) -> None:
+    def _write(self, conn: Db | None, batch: list[Event]) -> None:
         rows = []
         lines = []
         for event in batch:
@@ -398,7 +410,7 @@ class EventSink:
                 self.write_errors += 1
                 self.lost += event.count
                 continue
-            rows.append(_row(eve, text))
+            rows.append(_row(eve, text, self.gateway))
             lines.append(text)
         error: str | None = None
         if conn is not None and (rows or self._retry):
@@ -422,7 +434,7 @@ class EventSink:
                 self._give_up(rows)
         self._health(error)
 
-    def _store(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> str | None:
+    def _store(self, conn: Db, rows: list[tuple[Any, ...]]) -> str | None:
         """Commit the rows held from failed batches and `rows`; keep them on failure (up to
         max_queue rows, the oldest given up past it). The error text, or None."""
         pending = self._retry + rows
@@ -430,9 +442,9 @@ class EventSink:
             conn.execute("BEGIN IMMEDIATE")
             store_rows(conn, pending)
             conn.execute("COMMIT")
-        except sqlite3.Error as err:
+        except DB_ERRORS as err:
             self.write_errors += 1
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(*DB_ERRORS):
                 conn.execute("ROLLBACK")
             self._hold(pending)
             return f"events.sqlite {self.db_path}: {err}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 
 from gateway.config import GatewayConfig, Network
+from gateway.database import policy_target, target_exists
 from gateway.firewall.hostmodes import HM_POSITION_WITH_FIREWALL, render_hostmodes
 from gateway.firewall.policy import render_from_store, render_policy
 from gateway.firewall.render import QueuePlan, RenderedRules, merge, render
@@ -43,9 +44,9 @@ def render_config(config: GatewayConfig) -> RenderedRules:
 def stored_hosts(config: GatewayConfig) -> list[Network]:
     """The policy store's hosts (addresses and networks), protected like the configuration's
     `protected_hosts`; none without a policy database."""
-    if not config.policy.database.exists():
+    if not target_exists(policy_target(config)):
         return []
-    with Store(config.policy.database) as store:
+    with Store(policy_target(config)) as store:
         return [ipaddress.ip_network(h.address, strict=False) for h in Hosts(store).list_hosts()]
 
 
@@ -57,17 +58,17 @@ def protected_hosts(config: GatewayConfig) -> list[Network]:
 
 def app_any_port_hosts(config: GatewayConfig) -> list[Network]:
     """Hosts whose app control looks at every TCP port (none without a policy database)."""
-    if not config.policy.database.exists():
+    if not target_exists(policy_target(config)):
         return []
-    with Store(config.policy.database) as store:
+    with Store(policy_target(config)) as store:
         return any_port_hosts(store)
 
 
 def host_policies(config: GatewayConfig) -> list[HostPolicy]:
     """The hosts of the lifecycle state (policy store); none when there is no database yet."""
-    if not config.policy.database.exists():
+    if not target_exists(policy_target(config)):
         return []
-    return list(LifecycleStore(config.policy.database).hosts())
+    return list(LifecycleStore(policy_target(config)).hosts())
 
 
 def host_modes(config: GatewayConfig) -> RenderedRules:
@@ -87,7 +88,7 @@ def firewall_policy(config: GatewayConfig) -> RenderedRules:
     """The stored firewall policy (gateway/firewall/policy.py) as kernel rules; an empty chain
     when there is no policy database yet (a later `reload` fills it)."""
     prefix = config.firewall.chain_prefix
-    if not config.policy.database.exists():
+    if not target_exists(policy_target(config)):
         return render_policy([], [], [], prefix)
-    with Store(config.policy.database) as store:
+    with Store(policy_target(config)) as store:
         return render_from_store(store, prefix)

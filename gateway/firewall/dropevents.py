@@ -25,9 +25,9 @@ import struct
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
+from gateway.database import Target, target_exists
 from gateway.errors import VpatchError
 from gateway.events.eve import DropReason, Event, EventType
 from gateway.firewall.droplog import LogPrefix, parse_prefix
@@ -111,9 +111,10 @@ def rule_name(rule: FirewallRule) -> str:
     return f"{rule.protocol}{port}{peer} {rule.direction}"
 
 
-def rule_names(policy_db: Path) -> dict[int, str] | None:
-    """Firewall rule id -> name from the policy database; None when it cannot be read."""
-    if not policy_db.exists():
+def rule_names(policy_db: Target) -> dict[int, str] | None:
+    """Firewall rule id -> name from the policy database (a file or a postgresql:// URL); None
+    when it cannot be read."""
+    if not target_exists(policy_db):
         return {}
     try:
         with Store(policy_db) as store:

@@ -87,6 +87,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.config import FailPolicy, GatewayConfig
+from gateway.database import DB_ERRORS, gateway_name, policy_target, target_exists
 from gateway.decode.packet import parse_ip
 from gateway.engine import Engine
 from gateway.engine_config import EngineConfig
@@ -96,11 +97,13 @@ from gateway.flow.normalize import ChecksumMode, Reason
 from gateway.intake.rulecounts import RuleCounts
 from gateway.match.matcher import Matcher
 from gateway.match.rules import RuleSet, load_rules
+from gateway.policy import cache as policy_cache
 from gateway.policy.appcontrol import parse_host_controls, rule_paths, stored_controls
+from gateway.policy.cache import StoredPolicy
 from gateway.policy.compiled import CompiledPolicy
 from gateway.policy.exceptions import PolicyExceptions
 from gateway.policy.snapshot import policy_snapshot
-from gateway.policy.store import Store
+from gateway.policy.store import Store, StoreError
 from gateway.verdict import Decision
 from gateway.verdict.reset import build_ethernet, rst_to_client, rst_to_server
 from gateway.vocabulary import PROTO_TCP, Action, Limit
@@ -543,7 +546,13 @@ def build_sink(config: GatewayConfig, queue_num: int) -> SinkLike | None:
     if ev.sqlite is None and ev.jsonl is None:
         return None
     sink: SinkLike = EventSink(  # strict=False: a store that cannot be opened must not
-        ev.sqlite, ev.jsonl, ev.max_queue, ev.aggregate_window, ev.aggregate_keys, strict=False
+        ev.sqlite,
+        ev.jsonl,
+        ev.max_queue,
+        ev.aggregate_window,
+        ev.aggregate_keys,
+        strict=False,
+        gateway=gateway_name(config),
     )  # stop the worker from inspecting: it is reported and retried instead
     return sink
 
@@ -579,14 +588,35 @@ def event_store_health(queues: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def load_policy(config: GatewayConfig) -> CompiledPolicy | None:
-    """The CompiledPolicy of the policy store, or None when there is no store file yet."""
-    if not config.policy.database.exists():
+    """The CompiledPolicy of the policy store, or None when there is no store file yet. With
+    a shared store (`database.url`) each read is cached on disk and a store that cannot be
+    read falls back to that cache (gateway/policy/cache.py), logged."""
+    if not target_exists(policy_target(config)):
         return None
-    with Store(config.policy.database) as store:
-        hosts, groups, assignments = policy_snapshot(store, fold_exceptions=False)
-        exceptions = PolicyExceptions(store).list_exceptions(include_expired=False)
-        app_controls = parse_host_controls(stored_controls(store))
-    return CompiledPolicy(hosts, groups, assignments, exceptions, app_controls=app_controls)
+    try:
+        with Store(policy_target(config)) as store:
+            hosts, groups, assignments = policy_snapshot(store, fold_exceptions=False)
+            stored = StoredPolicy(
+                hosts, groups, assignments,
+                PolicyExceptions(store).list_exceptions(include_expired=False),
+                stored_controls(store),
+            )  # fmt: skip
+    except (StoreError, *DB_ERRORS) as err:
+        cached = policy_cache.load(policy_cache.cache_path(config)) if config.database.url else None
+        if cached is None:
+            raise
+        log.warning("policy store unreachable (%s): the last policy read is applied", err)
+        stored = cached
+    else:
+        if config.database.url:
+            try:
+                policy_cache.save(policy_cache.cache_path(config), stored)
+            except OSError as err:
+                log.warning("policy cache %s: %s", policy_cache.cache_path(config), err)
+    return CompiledPolicy(
+        stored.hosts, stored.groups, stored.assignments, stored.exceptions,
+        app_controls=parse_host_controls(stored.app_controls),
+    )  # fmt: skip
 
 
 class RuleLoader:

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from gateway.config import BUNDLED_RULES, load_config
+from gateway.database import policy_target
 from gateway.errors import LabError
 from gateway.lab.netns import netns_exec, netns_popen, pid_alive, pid_cmdline
 from gateway.lab.tlscert import write_server_cert
@@ -501,7 +502,7 @@ def start_ui(
     if not conf.exists():
         write_gateway_config(spec)
     password = new_password()
-    store = Store(load_config(conf).policy.database)
+    store = Store(policy_target(load_config(conf)))
     try:
         accounts = Accounts(store)
         if accounts.get_user("admin") is None:

@@ -34,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from gateway.database import target_exists
 from gateway.events.eve import DropReason, Event, EventType
 from gateway.events.sink import EventSink
 from gateway.firewall.apply import BackendInfo
@@ -114,7 +115,7 @@ class LifecycleMonitor:
         self.reload()
 
     def reload(self) -> None:
-        if not self.store.path.exists():  # no policy database yet: no host in a special mode
+        if not target_exists(self.store.path):  # no policy database yet: no host in a special mode
             self.hosts = {}
             return
         self.hosts = {h.address: h for h in self.store.hosts()}

@@ -20,14 +20,13 @@ import enum
 import ipaddress
 import json
 import re
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
+from gateway.database import DB_ERRORS, Db, Row, Target
 from gateway.errors import VpatchError
 from gateway.policy.assignments import Assignments
 from gateway.policy.hosts import Hosts
@@ -252,7 +251,7 @@ def host_services(store: Store, host_id: int) -> list[dict[str, Any]]:
             "SELECT * FROM scan_services WHERE host_id = ? LIMIT ?", (host_id, MAX_LIST)
         )
         return [dict(r) for r in rows]
-    except sqlite3.Error:
+    except DB_ERRORS:
         return []
 
 
@@ -263,18 +262,18 @@ class LifecycleStore:
     connection, so one LifecycleStore may be shared by threads.
     """
 
-    def __init__(self, path: Path = DEFAULT_STATE_PATH) -> None:
+    def __init__(self, path: Target = DEFAULT_STATE_PATH) -> None:
         self.path = path
 
     @contextmanager
     def _store(self) -> Iterator[Store]:
         try:
             store = Store(self.path)
-        except (StoreError, sqlite3.Error) as err:
+        except (StoreError, *DB_ERRORS) as err:
             raise LifecycleError(f"{self.path}: cannot open the policy database: {err}") from err
         try:
             yield store
-        except sqlite3.Error as err:
+        except DB_ERRORS as err:
             raise LifecycleError(f"{self.path}: lifecycle state: {err}") from err
         finally:
             store.close()
@@ -282,11 +281,11 @@ class LifecycleStore:
     # --- rows <-> records ---
 
     @staticmethod
-    def _host_id(db: sqlite3.Connection, address: str) -> int | None:
+    def _host_id(db: Db, address: str) -> int | None:
         row = db.execute("SELECT id FROM hosts WHERE address = ?", (address,)).fetchone()
         return None if row is None else int(row[0])
 
-    def _load(self, db: sqlite3.Connection, row: sqlite3.Row) -> HostPolicy:
+    def _load(self, db: Db, row: Row) -> HostPolicy:
         hid, address = int(row["id"]), str(row["address"])
         where = f"{self.path}: host {address}"
         life = db.execute(
@@ -331,7 +330,7 @@ class LifecycleStore:
         except ValueError as err:
             raise LifecycleError(f"{where}: bad stored value: {err}") from err
 
-    def _get(self, db: sqlite3.Connection, address: str) -> HostPolicy:
+    def _get(self, db: Db, address: str) -> HostPolicy:
         row = db.execute("SELECT * FROM hosts WHERE address = ?", (address,)).fetchone()
         return HostPolicy(address) if row is None else self._load(db, row)
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.database import Row
 from gateway.policy.sessions import end_all
 from gateway.policy.store import MAX_LIST, MAX_NAME_LEN, ROLES, Store, StoreError, check_name
 
@@ -120,7 +120,7 @@ class Accounts:
         return int(self.db.execute("SELECT COUNT(*) FROM users").fetchone()[0])
 
     @staticmethod
-    def _user(row: sqlite3.Row) -> User:
+    def _user(row: Row) -> User:
         return User(row["id"], row["username"], row["role"], row["created"], row["last_login"],
                     bool(row["disabled"]), bool(row["must_change_password"]))  # fmt: skip
 

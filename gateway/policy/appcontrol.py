@@ -30,12 +30,12 @@ application data). Both read supported_versions, so a 1.3 floor is enforceable.
 from __future__ import annotations
 
 import ipaddress
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from gateway.database import DB_ERRORS
 from gateway.errors import ConfigError
 from gateway.match.rules import RuleSet
 from gateway.policy.compiled import APP_CONTROL_FIRST, APP_CONTROL_LAST
@@ -155,6 +155,6 @@ def stored_controls(store: Store) -> list[tuple[str, str]]:
             "SELECT h.address, a.rule FROM app_controls a JOIN hosts h ON h.id = a.host_id "
             "ORDER BY a.id"
         ).fetchall()
-    except sqlite3.Error as err:
+    except DB_ERRORS as err:
         raise ConfigError(f"policy database {store.path}: app_controls: {err}") from err
     return [(str(r[0]), str(r[1])) for r in rows]

@@ -9,10 +9,10 @@ after) in its transaction. Errors are `StoreError` naming the value and the tabl
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 
+from gateway.database import Row
 from gateway.policy.hosts import Hosts
 from gateway.policy.store import (
     MAX_LIST,
@@ -52,7 +52,7 @@ class Assignments:
         self.db = store.db
 
     @staticmethod
-    def _assignment(r: sqlite3.Row) -> Assignment:
+    def _assignment(r: Row) -> Assignment:
         return Assignment(
             r["id"], r["rule_id"], r["scope"], r["scope_id"], r["mode"], r["source"], r["reason"],
             r["updated_by"], r["updated_at"],

@@ -21,10 +21,10 @@ what the admin confirms is what the engine compares.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import asdict, dataclass
 
+from gateway.database import Row
 from gateway.decode.http import normalize_uri
 from gateway.policy.compiled import normalize_exception_uri
 from gateway.policy.hosts import check_address
@@ -114,7 +114,7 @@ class PolicyExceptions:
         self.db = store.db
 
     @staticmethod
-    def _exception(r: sqlite3.Row) -> PolicyException:
+    def _exception(r: Row) -> PolicyException:
         return PolicyException(
             r["id"], r["rule_id"], r["host"], r["port"], r["uri"], r["reason"], r["expires_at"],
             r["created_by"], r["created_at"], r["event_id"],

@@ -10,10 +10,10 @@ in its transaction. Errors are `StoreError` naming the value and the table.
 from __future__ import annotations
 
 import ipaddress
-import sqlite3
 import time
 from dataclasses import asdict, dataclass
 
+from gateway.database import INTEGRITY_ERRORS, Row
 from gateway.policy.store import (
     HOST_MODES,
     MAX_LIST,
@@ -80,7 +80,7 @@ class Hosts:
                     "INSERT INTO groups(name, description) VALUES (?, ?)",
                     (name, description[:MAX_REASON_LEN]),
                 )
-            except sqlite3.IntegrityError as err:
+            except INTEGRITY_ERRORS as err:
                 raise StoreError(f"groups.name {name!r}: already exists") from err
             group = Group(int(cur.lastrowid or 0), name, description[:MAX_REASON_LEN])
             self.store.audit(actor, "group.create", name, None, asdict(group))
@@ -100,7 +100,7 @@ class Hosts:
     # -- hosts --------------------------------------------------------------------------------
 
     @staticmethod
-    def _host(r: sqlite3.Row) -> Host:
+    def _host(r: Row) -> Host:
         return Host(
             r["id"], r["address"], r["name"], r["group_id"], r["mode"], bool(r["auto_apply"]),
             r["created_at"], r["updated_at"],

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 
+from gateway.database import Db
 from gateway.policy.store import Store
 
 SESSION_ID_BYTES = 32
@@ -29,7 +29,7 @@ def _key(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
 
 
-def end_all(db: sqlite3.Connection, user_id: int) -> None:
+def end_all(db: Db, user_id: int) -> None:
     """End every session of `user_id` (call inside the caller's transaction)."""
     db.execute("DELETE FROM ui_sessions WHERE user_id = ?", (user_id,))
 

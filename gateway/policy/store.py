@@ -23,7 +23,6 @@ Errors are `StoreError` naming the value and the table it concerns.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,8 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+from gateway.database import (
+    DB_ERRORS,
+    DatabaseError,
+    Db,
+    Target,
+    connect,
+    describe,
+    is_url,
+    migrate,
+)
+from gateway.database import schema_version as stored_version
 from gateway.errors import VpatchError
-from gateway.sqlite_wal import use_wal
 from gateway.statefiles import check_file, create_file, make_dir, shared_gid
 from gateway.vocabulary import Mode
 
@@ -179,6 +188,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE users ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;
     """,
+    # 8: several gateways on one store (issue 14, docs/multi-gateway.md): the policy version
+    # every audited change bumps (gateways poll it and reload), and each gateway's heartbeat
+    """
+    CREATE TABLE policy_version(
+        id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, changed_at REAL NOT NULL);
+    INSERT INTO policy_version(id, version, changed_at) VALUES (1, 1, 0);
+    CREATE TABLE gateways(
+        name TEXT PRIMARY KEY, started_at REAL NOT NULL, last_seen REAL NOT NULL,
+        policy_version INTEGER NOT NULL DEFAULT 0, status_json TEXT NOT NULL DEFAULT '{}');
+    """,
 )
 
 
@@ -202,23 +221,27 @@ def check_name(value: str, what: str) -> str:
 class Store:
     """One connection to the policy database (use one Store per thread)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Target) -> None:
         self.path = path
-        gid = shared_gid()
-        make_dir(path.parent, gid)
-        create_file(path, gid)  # it holds password hashes (SQLite gives -wal/-shm its mode)
-        check_file(path, "the policy database")
+        if not is_url(path):
+            path = Path(path)
+            gid = shared_gid()
+            make_dir(path.parent, gid)
+            create_file(path, gid)  # it holds password hashes (SQLite gives -wal/-shm its mode)
+            check_file(path, "the policy database")
         try:
-            self.db = sqlite3.connect(
-                str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
-            )
-        except sqlite3.Error as err:
-            raise StoreError(f"policy database {path}: cannot open: {err}") from err
-        self.db.row_factory = sqlite3.Row
-        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        use_wal(self.db, BUSY_TIMEOUT_MS / 1000)
-        self.db.execute("PRAGMA foreign_keys = ON")
-        self._migrate()
+            self.db = connect(path, BUSY_TIMEOUT_MS / 1000)
+        except DB_ERRORS as err:
+            raise StoreError(f"policy database {describe(path)}: cannot open: {err}") from err
+        try:
+            migrate(self.db, "policy", MIGRATIONS)
+        except DatabaseError as err:
+            self.db.close()
+            raise StoreError(str(err)) from err
+
+    @property
+    def postgres(self) -> bool:
+        return self.db.postgres
 
     def close(self) -> None:
         self.db.close()
@@ -233,26 +256,10 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
-
-    def _migrate(self) -> None:
-        current = self.schema_version
-        if current > len(MIGRATIONS):
-            raise StoreError(
-                f"policy database {self.path}: schema version {current} is newer than this "
-                f"vpatch knows ({len(MIGRATIONS)})"
-            )
-        for number in range(current + 1, len(MIGRATIONS) + 1):
-            with self.transaction():
-                if self.schema_version >= number:  # another process migrated meanwhile
-                    continue
-                for statement in MIGRATIONS[number - 1].split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
-                self.db.execute(f"PRAGMA user_version = {number}")
+        return stored_version(self.db, "policy")
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Db]:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
@@ -264,7 +271,21 @@ class Store:
     # -- audit --------------------------------------------------------------------------------
 
     def audit(self, actor: str, action: str, target: str, before: Any, after: Any) -> None:
-        """One audit row; call inside `transaction()` together with the change it describes."""
+        """One audit row; call inside `transaction()` together with the change it describes.
+        Bumps the policy version: every gateway on this store reloads."""
+        self._audit_row(actor, action, target, before, after)
+        self.db.execute(
+            "UPDATE policy_version SET version = version + 1, changed_at = ? WHERE id = 1",
+            (time.time(),),
+        )
+
+    def policy_version(self) -> int:
+        """The number every audited change bumps: a gateway whose applied version differs
+        reloads (gateway/policy/sync.py)."""
+        row = self.db.execute("SELECT version FROM policy_version WHERE id = 1").fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def _audit_row(self, actor: str, action: str, target: str, before: Any, after: Any) -> None:
         detail = json.dumps({"before": before, "after": after}, default=str, sort_keys=True)
         self.db.execute(
             "INSERT INTO audit(ts, actor, action, target, detail_json) VALUES (?,?,?,?,?)",
@@ -272,9 +293,10 @@ class Store:
         )
 
     def record(self, actor: str, action: str, target: str, detail: Any = None) -> None:
-        """An audit row for an action that changes nothing in this database (e.g. a reload)."""
+        """An audit row for an action that changes nothing in this database (e.g. a reload;
+        the policy version stays)."""
         with self.transaction():
-            self.audit(actor, action, target, None, detail)
+            self._audit_row(actor, action, target, None, detail)
 
     def list_audit(self, limit: int = 100, offset: int = 0) -> list[AuditEntry]:
         limit = max(1, min(limit, MAX_LIST))

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.control.server import ControlError, control_request
+from gateway.database import DB_ERRORS, INTEGRITY_ERRORS, Row, Target
 from gateway.lifecycle.state import (
     HistoryEntry,
     LifecycleError,
@@ -136,7 +136,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _run(r: sqlite3.Row) -> ScanRun:
+def _run(r: Row) -> ScanRun:
     report = json.loads(r["report_json"]) if r["report_json"] else None
     return ScanRun(
         int(r["id"]), str(r["host"]), str(r["trigger"]), str(r["actor"]), str(r["status"]),
@@ -146,7 +146,7 @@ def _run(r: sqlite3.Row) -> ScanRun:
     )  # fmt: skip
 
 
-def _schedule(r: sqlite3.Row) -> ScanSchedule:
+def _schedule(r: Row) -> ScanSchedule:
     return ScanSchedule(
         int(r["id"]), str(r["host"]), float(r["interval_s"]), bool(r["enabled"]),
         r["last_run"], str(r["updated_by"]), float(r["updated_at"]),
@@ -184,7 +184,7 @@ class ScanJobs:
     """Scan runs and schedules in the policy store at `path` (a connection per call, so one
     ScanJobs may be shared by threads)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Target) -> None:
         self.path = path
         self.lifecycle = LifecycleStore(path)
 
@@ -192,11 +192,11 @@ class ScanJobs:
     def _store(self) -> Iterator[Store]:
         try:
             store = Store(self.path)
-        except (StoreError, sqlite3.Error) as err:
+        except (StoreError, *DB_ERRORS) as err:
             raise LifecycleError(f"{self.path}: cannot open the policy database: {err}") from err
         try:
             yield store
-        except sqlite3.Error as err:
+        except DB_ERRORS as err:
             raise LifecycleError(f"{self.path}: scan runs: {err}") from err
         finally:
             store.close()
@@ -250,7 +250,7 @@ class ScanJobs:
                     store.audit(
                         actor, "scan.queue", host, None, {"run": run_id, "trigger": trigger}
                     )
-            except sqlite3.IntegrityError:
+            except INTEGRITY_ERRORS:
                 row = store.db.execute(
                     "SELECT id, status FROM scan_runs WHERE host = ? AND status IN "
                     "('queued', 'running')",

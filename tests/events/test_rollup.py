@@ -32,7 +32,7 @@ def row(ts: float | str, action: str | None = "blocked", sig: int = 9000100, src
     """An events row (sink.py _row order) with what the rollups read."""
     stamp = ts if isinstance(ts, str) else datetime.fromtimestamp(ts, UTC).isoformat()
     return (stamp, 1, "alert", sig, f"sig {sig}", action, "reset", 1, src, 1, dest, 80, "TCP",
-            "http", cves, "{}", count)  # fmt: skip
+            "http", cves, "{}", count, "")  # fmt: skip
 
 
 def recount(rows: list[tuple[Any, ...]]) -> tuple[Counter[Any], Counter[Any]]:
@@ -164,11 +164,12 @@ def test_a_store_from_before_aggregation_gets_its_count_column(tmp_path: Path) -
     rows counting 1 each, and new aggregated rows are counted by their count."""
     db = tmp_path / "events.db"
     conn = sqlite3.connect(str(db), isolation_level=None)
-    conn.executescript(EVENTS_SCHEMA.replace(",\n    count INTEGER NOT NULL DEFAULT 1", ""))
-    assert "count" not in {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+    conn.executescript(EVENTS_SCHEMA.replace(",\n    count INTEGER NOT NULL DEFAULT 1", "")
+                       .replace(",\n    gateway TEXT NOT NULL DEFAULT ''", ""))  # fmt: skip
+    assert not {"count", "gateway"} & {r[1] for r in conn.execute("PRAGMA table_info(events)")}
     with conn:
         conn.execute("BEGIN")
-        old_insert = _INSERT.replace(", count)", ")").replace(", ?)", ")")
+        old_insert = _INSERT.replace(", count, gateway)", ")").replace(", ?, ?)", ")")
         conn.executemany(old_insert, [row(NOW)[:16]])
     db.chmod(0o600)  # as the sink creates it (a store every user may read is refused)
     with EventSink(db, None, aggregate_window=3600) as sink:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,8 +34,8 @@ PREFIX = "VPFWT"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Any:
-    with Store(tmp_path / "p.db") as s:
+def store(db_target: Any) -> Any:  # SQLite and PostgreSQL (tests/conftest.py)
+    with Store(db_target) as s:
         yield s
 
 

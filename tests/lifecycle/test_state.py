@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway.database import target_arg
 from gateway.lifecycle.state import (
     MAX_LEARNED_PER_HOST,
     Endpoint,
@@ -114,8 +116,8 @@ def test_tuple_errors_name_source_and_value(text: str, match: str) -> None:
         parse_tuple(text, "event 7")
 
 
-def test_host_defaults_update_and_history(tmp_path: Path) -> None:
-    store = LifecycleStore(tmp_path / "s.json")
+def test_host_defaults_update_and_history(db_target: Any) -> None:
+    store = LifecycleStore(db_target)
     assert store.host("198.18.0.20").mode is HostMode.NORMAL
     store.update_host(
         "198.18.0.20",
@@ -123,15 +125,15 @@ def test_host_defaults_update_and_history(tmp_path: Path) -> None:
         exceptions=(Endpoint.parse("198.18.0.0/24:tcp/3389", "t"),),
         history=[HistoryEntry(1.0, "198.18.0.20", "mode", "setup", "test")],
     )
-    again = LifecycleStore(tmp_path / "s.json").host("198.18.0.20")
+    again = LifecycleStore(db_target).host("198.18.0.20")
     assert again.mode is HostMode.SETUP and str(again.exceptions[0]) == "198.18.0.0/24:tcp/3389"
     assert [h.action for h in store.history("198.18.0.20")] == ["mode"]
     with pytest.raises(LifecycleError, match="'bad'"):
         store.host("bad")
 
 
-def test_learned_is_a_bounded_set(tmp_path: Path) -> None:
-    store = LifecycleStore(tmp_path / "s.json")
+def test_learned_is_a_bounded_set(db_target: Any) -> None:
+    store = LifecycleStore(db_target)
     t = LearnedTuple("198.18.0.10", "198.18.0.20", "tcp", 80)
     assert store.add_learned("198.18.0.20", [t, t]) == 1
     assert store.add_learned("198.18.0.20", [t]) == 0
@@ -141,22 +143,22 @@ def test_learned_is_a_bounded_set(tmp_path: Path) -> None:
 
 
 def _writer(path: str, port0: int) -> None:
-    store = LifecycleStore(Path(path))
+    store = LifecycleStore(target_arg(path))
     for i in range(20):
         store.add_learned(
             "198.18.0.20", [LearnedTuple("198.18.0.10", "198.18.0.20", "tcp", port0 + i)]
         )
 
 
-def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
-    path = str(tmp_path / "s.json")
+def test_concurrent_writers_lose_nothing(db_target: Any) -> None:
+    path = str(db_target)
     procs = [multiprocessing.Process(target=_writer, args=(path, 1000 * (k + 1))) for k in range(3)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(30)
     assert [p.exitcode for p in procs] == [0, 0, 0]  # a writer's traceback is in the output
-    assert len(LifecycleStore(Path(path)).host("198.18.0.20").learned) == 60
+    assert len(LifecycleStore(target_arg(path)).host("198.18.0.20").learned) == 60
 
 
 def test_corrupt_file_is_named(tmp_path: Path) -> None:
@@ -167,11 +169,11 @@ def test_corrupt_file_is_named(tmp_path: Path) -> None:
         LifecycleStore(path).hosts()
 
 
-def test_state_lives_in_the_policy_store_with_audit(tmp_path: Path) -> None:
+def test_state_lives_in_the_policy_store_with_audit(db_target: Any) -> None:
     from gateway.policy.hosts import Hosts
     from gateway.policy.store import Store
 
-    db = tmp_path / "vpatch.db"
+    db = db_target
     store = LifecycleStore(db)
     store.update_host("198.18.0.20", mode=HostMode.LOCKDOWN, actor="admin")
     store.add_learned("198.18.0.20", [LearnedTuple("198.18.0.10", "198.18.0.20", "tcp", 80)])
@@ -183,7 +185,7 @@ def test_state_lives_in_the_policy_store_with_audit(tmp_path: Path) -> None:
         assert actions == [("monitor", "lifecycle.learn"), ("admin", "lifecycle.host")]
 
 
-def test_scan_unassignment_is_enforced_and_admin_choices_win(tmp_path: Path) -> None:
+def test_scan_unassignment_is_enforced_and_admin_choices_win(db_target: Any) -> None:
     """What the scan retires is switched off for the host in the assignments the gateway
     compiles (source "scan"); assigned again, the rule inherits once more; a host assignment an
     admin made is never overwritten by the scan."""
@@ -191,7 +193,7 @@ def test_scan_unassignment_is_enforced_and_admin_choices_win(tmp_path: Path) -> 
     from gateway.policy.hosts import Hosts
     from gateway.policy.store import Store
 
-    db = tmp_path / "vpatch.db"
+    db = db_target
     store = LifecycleStore(db)
     addr = "198.18.0.20"
     store.update_host(addr, assigned=(9001001, 9001002, 9010020), actor="scan")
@@ -218,12 +220,12 @@ def test_scan_unassignment_is_enforced_and_admin_choices_win(tmp_path: Path) -> 
         assert Assignments(policy).find_assignment(9001001, "host", host.id) is None
 
 
-def test_scan_services_are_read_back_for_the_host(tmp_path: Path) -> None:
+def test_scan_services_are_read_back_for_the_host(db_target: Any) -> None:
     from gateway.lifecycle.state import host_services
     from gateway.policy.hosts import Hosts
     from gateway.policy.store import Store
 
-    db = tmp_path / "vpatch.db"
+    db = db_target
     life = LifecycleStore(db)
     assert life.scan_services("198.18.0.20") == []
     life.record_scan("198.18.0.20", [{"port": 80, "transport": "tcp", "service": "http"}])

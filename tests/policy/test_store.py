@@ -11,10 +11,12 @@ import pytest
 from gateway.policy.store import MIGRATIONS, Store, StoreError, check_name
 
 
-def test_migrations_set_version_wal_and_foreign_keys(store: Store, tmp_path: Path) -> None:
+def test_migrations_set_version_wal_and_foreign_keys(tmp_path: Path) -> None:
+    store = Store(tmp_path / "vpatch.db")
     assert store.schema_version == len(MIGRATIONS)
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    store.close()
     Store(tmp_path / "vpatch.db").close()  # reopening does not re-run migrations
     conn = sqlite3.connect(tmp_path / "vpatch.db")
     conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
@@ -23,8 +25,34 @@ def test_migrations_set_version_wal_and_foreign_keys(store: Store, tmp_path: Pat
         Store(tmp_path / "vpatch.db")
 
 
-def test_database_file_is_owner_only(store: Store) -> None:
-    assert store.path.stat().st_mode & 0o777 == 0o600
+def test_database_file_is_owner_only(tmp_path: Path) -> None:
+    with Store(tmp_path / "vpatch.db") as store:
+        assert Path(store.path).stat().st_mode & 0o777 == 0o600
+
+
+def test_postgresql_migrations_are_versioned_once_and_refuse_a_newer_schema(
+    postgres_url: str,
+) -> None:
+    with Store(postgres_url) as store:
+        assert store.postgres and store.schema_version == len(MIGRATIONS)
+        row = store.db.execute("SELECT version FROM schema_versions WHERE component = 'policy'")
+        assert row.fetchone()[0] == len(MIGRATIONS)
+    with Store(postgres_url) as store:  # reopening runs nothing again
+        assert store.db.execute("SELECT COUNT(*) FROM policy_version").fetchone()[0] == 1
+        store.db.execute("UPDATE schema_versions SET version = 99 WHERE component = 'policy'")
+    with pytest.raises(StoreError, match="newer"):
+        Store(postgres_url)
+
+
+def test_every_audited_change_bumps_the_policy_version_and_a_record_does_not(
+    store: Store,
+) -> None:
+    before = store.policy_version()
+    with store.transaction():
+        store.audit("alice", "thing.change", "thing 1", None, {"a": 1})
+    assert store.policy_version() == before + 1
+    store.record("alice", "gateway.reload", "gateway")
+    assert store.policy_version() == before + 1
 
 
 def test_audit_rows_are_written_with_the_transaction_or_not_at_all(store: Store) -> None:

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,8 +26,10 @@ RULE = RuleAffected(9999001, "test nginx rule", ("CVE-0000-0002",),
                     (AffectedEntry("nginx", ("<1.23",)),), Path("test.yaml"))  # fmt: skip
 
 
-def test_run_records_report_history_and_applies_once(tmp_path: Path, http_port: int) -> None:
-    jobs = ScanJobs(tmp_path / "vpatch.db")
+def test_run_records_report_history_and_applies_once(
+    tmp_path: Path, db_target: Any, http_port: int
+) -> None:
+    jobs = ScanJobs(db_target)
     run = jobs.queue("127.0.0.1", "ui", "admin")
     assert run.status == "queued"
     with pytest.raises(ScanBusy, match=f"run {run.id} is queued"):
@@ -40,7 +43,7 @@ def test_run_records_report_history_and_applies_once(tmp_path: Path, http_port: 
     recs = done.report["recommendations"]
     assert [(r["rule_id"], r["action"]) for r in recs] == [(9999001, "assign")]
     assert recs[0]["evidence"]
-    life = LifecycleStore(tmp_path / "vpatch.db")
+    life = LifecycleStore(db_target)
     assert life.host("127.0.0.1").assigned == ()  # auto_apply off: only recommended
     history = life.history("127.0.0.1")
     assert history[-1].action == "scan" and "ui scan by admin" in history[-1].reason
@@ -54,20 +57,20 @@ def test_run_records_report_history_and_applies_once(tmp_path: Path, http_port: 
         jobs.apply(done.id, "admin")
 
 
-def test_auto_apply_host_and_failed_scan(tmp_path: Path, http_port: int) -> None:
-    jobs = ScanJobs(tmp_path / "vpatch.db")
-    LifecycleStore(tmp_path / "vpatch.db").update_host("127.0.0.1", auto_apply=True)
+def test_auto_apply_host_and_failed_scan(tmp_path: Path, db_target: Any, http_port: int) -> None:
+    jobs = ScanJobs(db_target)
+    LifecycleStore(db_target).update_host("127.0.0.1", auto_apply=True)
     done = jobs.execute(jobs.queue("127.0.0.1", "api", "t").id, [RULE], [http_port], [], 1.0,
                         control_socket=tmp_path / "no.sock")  # fmt: skip
     assert done.applied and done.report is not None
     assert done.report["reload"]["ok"] is False  # no gateway: said, not raised
-    assert LifecycleStore(tmp_path / "vpatch.db").host("127.0.0.1").assigned == (9999001,)
+    assert LifecycleStore(db_target).host("127.0.0.1").assigned == (9999001,)
     bad = jobs.execute(jobs.queue("127.0.0.1", "api", "t").id, [object()], [http_port], [], 1.0)  # type: ignore[list-item]
     assert bad.status == "failed" and bad.error
 
 
-def test_stale_run_expires(tmp_path: Path) -> None:
-    jobs = ScanJobs(tmp_path / "vpatch.db")
+def test_stale_run_expires(tmp_path: Path, db_target: Any) -> None:
+    jobs = ScanJobs(db_target)
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     run = jobs.queue("127.0.0.2", "ui", "admin")
@@ -78,8 +81,8 @@ def test_stale_run_expires(tmp_path: Path) -> None:
     assert jobs.queue("127.0.0.2", "ui", "admin").status == "queued"
 
 
-def test_schedules_due_and_scheduler_loop(tmp_path: Path, http_port: int) -> None:
-    db = tmp_path / "vpatch.db"
+def test_schedules_due_and_scheduler_loop(tmp_path: Path, db_target: Any, http_port: int) -> None:
+    db = db_target
     jobs = ScanJobs(db)
     life = LifecycleStore(db)
     for h in ("127.0.0.1", "127.0.0.3"):
@@ -99,8 +102,8 @@ def test_schedules_due_and_scheduler_loop(tmp_path: Path, http_port: int) -> Non
     assert jobs.due(time.time() + 3601) == ["127.0.0.1"]
 
 
-def test_cli_job_runs_queued_run(tmp_path: Path, http_port: int) -> None:
-    db = tmp_path / "vpatch.db"
+def test_cli_job_runs_queued_run(tmp_path: Path, db_target: Any, http_port: int) -> None:
+    db = db_target
     run = ScanJobs(db).queue("127.0.0.1", "ui", "admin")
     proc = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "scan", "127.0.0.1", "--state", str(db),
@@ -114,10 +117,12 @@ def test_cli_job_runs_queued_run(tmp_path: Path, http_port: int) -> None:
     assert stored is not None and stored.status == "done" and stored.pid != run.pid
 
 
-def test_cancel_a_running_scan_keeps_the_probes_done(tmp_path: Path, http_port: int) -> None:
+def test_cancel_a_running_scan_keeps_the_probes_done(
+    tmp_path: Path, db_target: Any, http_port: int
+) -> None:
     """A scan of one quick HTTP port and slow silent ones is cancelled after its first probe:
     the run ends `cancelled` with what the probes done found, and no recommendation."""
-    jobs = ScanJobs(tmp_path / "vpatch.db")
+    jobs = ScanJobs(db_target)
     with slow_listeners(4) as slow:
         run = jobs.queue("127.0.0.1", "ui", "admin")
         result: list[ScanRun] = []
@@ -143,9 +148,9 @@ def test_cancel_a_running_scan_keeps_the_probes_done(tmp_path: Path, http_port: 
     assert [f["product"] for f in rep["findings"]] in ([], ["nginx"])  # the port order decides
     assert rep["recommendations"] == [] and not done.applied
     assert "cancelled by admin after" in done.error
-    history = LifecycleStore(tmp_path / "vpatch.db").history("127.0.0.1")
+    history = LifecycleStore(db_target).history("127.0.0.1")
     assert "cancelled by admin" in history[-1].reason
-    assert LifecycleStore(tmp_path / "vpatch.db").scan_services("127.0.0.1") == []
+    assert LifecycleStore(db_target).scan_services("127.0.0.1") == []
     with pytest.raises(LifecycleError, match="is cancelled, nothing to cancel"):
         jobs.cancel(run.id, "admin")
     with pytest.raises(LifecycleError, match="only a finished run applies"):

@@ -129,7 +129,7 @@ def test_the_dashboard_reads_rollups_never_the_events(app: Flask) -> None:
     with app.app_context():
         conn = get_events()
         assert conn is not None
-        conn.set_trace_callback(statements.append)
+        conn.raw.set_trace_callback(statements.append)
         assert dashboard_data(720)["total"] == 3
     assert statements and not [s for s in statements if re.search(r"\bevents\b", s)]
     assert {"event_minutes", "event_tops"} <= set(re.findall(r"event_\w+", " ".join(statements)))
