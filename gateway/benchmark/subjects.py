@@ -22,6 +22,7 @@ the iptables rules it added, in reverse order; it is safe to call twice or after
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.benchmark import BenchError
+from gateway.control.server import ControlError, control_request
+from gateway.intake.breakdown import ENV_FLAG
 from gateway.lab import LabSpec
 from gateway.lab import services as lab_services
 from gateway.lab.netns import netns_exec, pid_alive, stop_pids
@@ -74,6 +77,10 @@ class Subject:
     def inspecting_root_pids(self) -> list[int]:
         """The processes whose CPU time (with their descendants and threads) is counted."""
         return [pid for pid in self.pids if pid_alive(pid)]
+
+    def counters(self) -> dict[str, int] | None:
+        """The subject's own counters summed over its workers, None where it has none."""
+        return None
 
     def info(self) -> dict[str, Any]:
         return {
@@ -196,10 +203,14 @@ class SuricataSubject(Subject):
 
 @dataclass
 class VpatchSubject(Subject):
+    breakdown: bool = False  # workers time their stages (gateway/intake/breakdown.py)
+
     def start(self) -> None:
         conf = lab_services.gateway_config_path(self.spec)
         self.command = ["vpatch", "run", "-c", str(conf)]
         # The lab starts it (PID file in the lab's state dir) and waits for the control socket.
+        saved = os.environ.get(ENV_FLAG)
+        os.environ[ENV_FLAG] = "1" if self.breakdown else "0"  # the gateway inherits it
         try:
             pid = lab_services.start_gateway(self.spec)
         except Exception as err:
@@ -209,7 +220,25 @@ class VpatchSubject(Subject):
             if left is not None and lab_services.is_ours(left, self.spec):
                 stop_pids([left])
             raise BenchError(f"{self.name}: `vpatch run -c {conf}` did not start: {err}") from err
+        finally:
+            if saved is None:
+                del os.environ[ENV_FLAG]
+            else:
+                os.environ[ENV_FLAG] = saved
         self.pids.append(pid)
+
+    def counters(self) -> dict[str, int] | None:
+        """The workers' counters (control socket `status`), summed over the queues."""
+        try:
+            status = control_request(lab_services.control_socket_path(self.spec), "status")
+        except ControlError:
+            return None
+        total: dict[str, int] = {}
+        for queue in status["queues"].values():
+            for name, value in queue.items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    total[name] = total.get(name, 0) + value
+        return total
 
     def stop(self) -> list[str]:
         problems = super().stop()
@@ -225,8 +254,11 @@ class VpatchSubject(Subject):
         return out
 
 
-def make_subjects(names: list[str], spec: LabSpec, suricata_rules: Path) -> list[Subject]:
-    """Subjects in table order for the given names (kernel, suricata-*, vpatch)."""
+def make_subjects(
+    names: list[str], spec: LabSpec, suricata_rules: Path, breakdown: bool = False
+) -> list[Subject]:
+    """Subjects in table order for the given names (kernel, suricata-*, vpatch); `breakdown`:
+    vpatch's workers time their stages (VPATCH_BREAKDOWN=1)."""
     made: list[Subject] = []
     for name in names:
         if name == "kernel":
@@ -253,7 +285,11 @@ def make_subjects(names: list[str], spec: LabSpec, suricata_rules: Path) -> list
                 )
             )
         elif name == "vpatch":
-            made.append(VpatchSubject(name, "vpatch run with its rules (lab gateway.yaml)", spec))
+            made.append(
+                VpatchSubject(
+                    name, "vpatch run with its rules (lab gateway.yaml)", spec, breakdown=breakdown
+                )
+            )
         else:
             raise BenchError(f"unknown benchmark subject {name!r}")
     return made

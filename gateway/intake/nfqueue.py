@@ -91,6 +91,9 @@ from gateway.engine_config import EngineConfig
 from gateway.events.eve import Event
 from gateway.events.sink import EventSink
 from gateway.flow.normalize import ChecksumMode, Reason
+from gateway.intake.breakdown import STAT_NAMES as BREAKDOWN_NAMES
+from gateway.intake.breakdown import Breakdown
+from gateway.intake.breakdown import wanted as breakdown_wanted
 from gateway.match.matcher import Matcher
 from gateway.match.rules import RuleSet, load_rules
 from gateway.policy.appcontrol import parse_host_controls, rule_paths, stored_controls
@@ -135,7 +138,7 @@ STAT_NAMES = (
     "events", "bound", "pid", "started", "policy_wanted", "policy_version", "policy_errors",
     "bytes", "rules", "gc_runs", "gc_found", "standby_ready", "rules_wanted", "rules_version",
     "rules_errors", "events_written", "event_records", "events_aggregated", "events_dropped",
-    "events_lost", "store_errors", "store_failing",
+    "events_lost", "store_errors", "store_failing", *BREAKDOWN_NAMES,
 )  # fmt: skip
 # The engine's own counters (EngineStats.as_dict), copied into the shared counters every
 # EXPIRE_INTERVAL by publish_engine_counters, so that `status` shows every limit reached
@@ -146,6 +149,7 @@ ENGINE_STAT_NAMES = (
     "frag_held", "frag_completed", "frag_poisoned", "frag_refused",
     "flows_active", "flows_inspected", "flows_blocked", "decode_errors", "internal_errors",
     "app_decode_errors", "app_recoveries", "app_internal_errors", "app_unidentified",
+    "app_records", "http_memo_hits",
 )  # fmt: skip
 _ALL_NAMES = STAT_NAMES + ENGINE_STAT_NAMES
 _IDX = {name: i for i, name in enumerate(_ALL_NAMES)}
@@ -184,6 +188,12 @@ def publish_engine_counters(counters: Mapping[str, int], stats: WorkerStats) -> 
     the shared counters the control socket's `status` reads."""
     for name in ENGINE_STAT_NAMES:
         stats.set(name, int(counters.get(name, 0)))
+
+
+def publish_counters(counters: Mapping[str, int], stats: WorkerStats) -> None:
+    """Copy counters whose names are WorkerStats names (the breakdown's) into shared memory."""
+    for name, value in counters.items():
+        stats.set(name, int(value))
 
 
 class PacketLike(Protocol):
@@ -721,8 +731,14 @@ def worker_main(
         blocked_bit=marks.blocked, keep_other_bits=not config.queues.hashed,
     )  # fmt: skip
     nfq = NetfilterQueue()
+    timing = Breakdown() if breakdown_wanted() else None  # VPATCH_BREAKDOWN=1 (breakdown.py)
+    callback: Callable[[Any], None] = handler
+    run: Callable[..., Any] = nfq.run
+    if timing is not None:
+        timing.install(engine)
+        callback, run = timing.handler(handler), timing.run(nfq.run)
     try:
-        nfq.bind(queue_num, handler, max_len=config.queues.max_len)
+        nfq.bind(queue_num, callback, max_len=config.queues.max_len)
         if config.fail_policy is FailPolicy.OPEN:
             set_queue_flags(nfq, queue_num, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN)
         stats.set("bound", 1)
@@ -735,7 +751,7 @@ def worker_main(
         last_expire = time.monotonic()
         while not stop:
             if poller.poll(POLL_INTERVAL * 1000):
-                nfq.run(block=False)
+                run(block=False)
             wanted = stats.get("policy_wanted")
             if wanted != applied:
                 applied = wanted
@@ -754,8 +770,13 @@ def worker_main(
                 if counting is not None:
                     publish_engine_counters(counting.as_dict(), stats)
                 publish_sink(stats, sink)
+                if timing is not None:
+                    publish_counters(timing.counters(), stats)
     finally:
         stats.set("bound", 0)
+        if timing is not None:
+            publish_counters(timing.counters(), stats)
+            timing.uninstall()
         nfq.unbind()
         handler.resets.close()
         if sink is not None:
