@@ -3,7 +3,8 @@
 What it does: turns one captured frame (``parse_frame``) or one raw IP datagram as NFQUEUE hands
 it over (``parse_ip``) into an immutable ``Packet`` record, with precompiled ``struct.Struct``
 objects and ``unpack_from`` at offsets (no scapy, no per-packet allocation beyond the record, the
-two printable addresses and one payload slice).
+two printable addresses, which a bounded cache of address pairs usually supplies, and one
+payload slice).
 
 What it guarantees:
 - Only ``DecodeError`` escapes (``UnsupportedFrame``, a subclass, for well-formed frames that
@@ -125,6 +126,22 @@ _U32_BE = struct.Struct("!I")
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
 _ntop = socket.inet_ntop
+# (source, destination) as printed, by the header's address bytes: inet_ntop twice costs more
+# than the rest of the IPv4 header's decoding, and a gateway sees the same few address pairs
+# again and again. Bounded: emptied when it reaches ADDRESS_PAIRS entries (about 1 MiB).
+ADDRESS_PAIRS: Final = 4096
+_pairs: dict[bytes, tuple[str, str]] = {}
+
+
+def _addresses(family: int, key: bytes) -> tuple[str, str]:
+    """The printed (source, destination) of `key`, the two addresses' bytes back to back."""
+    pair = _pairs.get(key)
+    if pair is None:
+        if len(_pairs) >= ADDRESS_PAIRS:
+            _pairs.clear()
+        half = len(key) // 2
+        pair = _pairs[key] = (_ntop(family, key[:half]), _ntop(family, key[half:]))
+    return pair
 
 
 class UnsupportedFrame(DecodeError):
@@ -292,8 +309,7 @@ def _parse_ipv4(data: bytes, off: int) -> Packet:
         raise DecodeError(
             f"ipv4: total length {total} at offset {off + 2} exceeds the {avail} bytes present"
         )
-    src = _ntop(_AF_INET, data[off + 12 : off + 16])
-    dst = _ntop(_AF_INET, data[off + 16 : off + 20])
+    src, dst = _addresses(_AF_INET, data[off + 12 : off + 20])
     start = off + hlen
     end = off + total
     if frag & 0x1FFF:
@@ -317,8 +333,7 @@ def _parse_ipv6(data: bytes, off: int) -> Packet:
             f"ipv6: payload length {plen} at offset {off + 4} exceeds "
             f"the {avail - 40} bytes present"
         )
-    src = _ntop(_AF_INET6, data[off + 8 : off + 24])
-    dst = _ntop(_AF_INET6, data[off + 24 : off + 40])
+    src, dst = _addresses(_AF_INET6, data[off + 8 : off + 40])
     end = off + 40 + plen
     pos = off + 40
     more_fragments = False
