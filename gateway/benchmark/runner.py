@@ -404,7 +404,10 @@ def inspection_lines(name: str, info: dict[str, Any]) -> list[str]:
             bd = run.get("breakdown_us")
             if bd:
                 stages = ", ".join(f"{s} {bd[s]:.2f}" for s in STAGES)
-                lines.append(f"  worker us/{unit}: {stages}; total {bd['total']:.2f}")
+                lines.append(
+                    f"  worker CPU us/{unit}: {stages}; total {bd['total']:.2f} (wall "
+                    f"{bd['wall']:.2f}, CPU share {bd['cpu_share']:.2f})"
+                )
     return lines
 
 

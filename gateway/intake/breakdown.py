@@ -2,8 +2,10 @@
 
 With the environment variable VPATCH_BREAKDOWN=1 set for `vpatch run`, each worker times its
 stages with `time.perf_counter_ns` accumulators (wall time, so a preempted stage counts the
-time it waited) and publishes the sums in its shared counters (`bd_*_ns`, and `bd_packets`,
-the packets timed) once a second and at exit. The stages of one packet, which add up to the
+time it waited) and publishes the sums in its shared counters (`bd_*_ns`, `bd_packets`, the
+packets timed, `bd_run_ns`, the wall time in the receive loop, and `bd_cpu_ns`, its main
+thread's CPU time, read once a second) once a second and at exit. `per_request` scales the
+stages' wall times by CPU/wall so they add up to the worker's CPU on a loaded machine too. The stages of one packet, which add up to the
 worker's time in the queue's receive loop:
 
 - receive: `NetfilterQueue.run` minus the callbacks: the netlink recv() syscall,
@@ -28,14 +30,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from time import perf_counter_ns
+from time import perf_counter_ns, thread_time_ns
 from typing import Any
 
 from gateway.match.matcher import Matcher
 
 ENV_FLAG = "VPATCH_BREAKDOWN"
 STAGES = ("receive", "decode", "flow", "reassembly", "match", "verdict")
-STAT_NAMES = ("bd_packets", *(f"bd_{stage}_ns" for stage in STAGES))
+STAT_NAMES = ("bd_packets", "bd_run_ns", "bd_cpu_ns", *(f"bd_{stage}_ns" for stage in STAGES))
 
 
 def wanted(environ: Mapping[str, str] = os.environ) -> bool:
@@ -55,6 +57,7 @@ class Breakdown:
         self.reassembly_ns = 0
         self.match_ns = 0
         self._saved_scan: Any = None
+        self._cpu_start = thread_time_ns()
 
     # ------------------------------------------------------------------ the stages
 
@@ -73,6 +76,8 @@ class Breakdown:
         """The shared counters' values (STAT_NAMES)."""
         out = {f"bd_{stage}_ns": ns for stage, ns in self.stages().items()}
         out["bd_packets"] = self.packets
+        out["bd_run_ns"] = self.run_ns
+        out["bd_cpu_ns"] = thread_time_ns() - self._cpu_start  # the main thread's CPU
         return out
 
     # ------------------------------------------------------------------ wrapping
@@ -134,16 +139,24 @@ class Breakdown:
 def per_request(
     before: Mapping[str, int], after: Mapping[str, int], requests: int
 ) -> dict[str, float] | None:
-    """Microseconds per request of each stage between two summed counter snapshots (None
-    when nothing was timed or no request counted); `total` is their sum and `packets` the
-    packets timed per request."""
-    packets = after.get("bd_packets", 0) - before.get("bd_packets", 0)
-    if packets <= 0 or requests <= 0:
+    """CPU microseconds per request of each stage between two summed counter snapshots (None
+    when nothing was timed or no request counted): each stage's wall time, scaled by the
+    worker's CPU time over its wall time in the receive loop (`cpu_share`, below 1 when the
+    worker was preempted: on a loaded machine a stage's wall time counts the time others ran),
+    so the stages add up to the worker's CPU; `total` is their sum, `packets` the packets
+    timed per request and `wall` the unscaled total."""
+
+    def delta(name: str) -> int:
+        return after.get(name, 0) - before.get(name, 0)
+
+    packets = delta("bd_packets")
+    run = delta("bd_run_ns")
+    if packets <= 0 or requests <= 0 or run <= 0:
         return None
-    out = {
-        stage: (after.get(f"bd_{stage}_ns", 0) - before.get(f"bd_{stage}_ns", 0)) / requests / 1e3
-        for stage in STAGES
-    }
+    share = min(1.0, delta("bd_cpu_ns") / run)
+    out = {stage: delta(f"bd_{stage}_ns") * share / requests / 1e3 for stage in STAGES}
     out["total"] = sum(out.values())
     out["packets"] = packets / requests
+    out["wall"] = run / requests / 1e3
+    out["cpu_share"] = share
     return {k: round(v, 2) for k, v in out.items()}
