@@ -40,6 +40,9 @@ from gateway.lab.netns import netns_exec, pid_alive, stop_pids
 SURICATA_DEFAULT_CONFIG = Path("/etc/suricata/suricata.yaml")
 # How long Suricata gets to load its rules and print "Engine started".
 SURICATA_START_TIMEOUT_S = 120.0
+# How long `vpatch run` gets to compile its rules and open its control socket (about 5 s on
+# an idle 2-core VM, over 20 s with other jobs running).
+VPATCH_START_TIMEOUT_S = 120.0
 POLL_INTERVAL_S = 0.2
 # Suricata's documented example bypass mark; vpatch's own bits (0x10000000) do not overlap.
 SURICATA_BYPASS_MARK = 0x1
@@ -212,7 +215,7 @@ class VpatchSubject(Subject):
         saved = os.environ.get(ENV_FLAG)
         os.environ[ENV_FLAG] = "1" if self.breakdown else "0"  # the gateway inherits it
         try:
-            pid = lab_services.start_gateway(self.spec)
+            pid = lab_services.start_gateway(self.spec, VPATCH_START_TIMEOUT_S)
         except Exception as err:
             # a failed start may leave the process or its pid file: stop what the pid file names
             pid_path = lab_services.pid_file(self.spec, lab_services.GATEWAY)
