@@ -405,8 +405,8 @@ def inspection_lines(name: str, info: dict[str, Any]) -> list[str]:
             if bd:
                 stages = ", ".join(f"{s} {bd[s]:.2f}" for s in STAGES)
                 lines.append(
-                    f"  worker us/{unit}: {stages}; total {bd['total']:.2f} (CPU "
-                    f"{bd['cpu']:.2f}, wall {bd['wall']:.2f})"
+                    f"  worker CPU us/{unit}: {stages}; total {bd['total']:.2f} (wall "
+                    f"{bd['wall']:.2f}, CPU share {bd['cpu_share']:.2f})"
                 )
     return lines
 

@@ -4,18 +4,18 @@ With the environment variable VPATCH_BREAKDOWN=1 set for `vpatch run`, each work
 stages with `time.perf_counter_ns` accumulators (wall time, so a preempted stage counts the
 time it waited) and publishes the sums in its shared counters (`bd_*_ns`, `bd_packets`, the
 packets timed, `bd_run_ns`, the wall time in the receive loop, and `bd_cpu_ns`, its main
-thread's CPU time) once a second and at exit. `receive` and `verdict` are CPU time
-(`thread_time_ns`, two reads per packet), the engine's stages wall time (see STAT_NAMES).
-The stages of one packet, which add up to about the worker's CPU time:
+thread's CPU time, read once a second) once a second and at exit. `per_request` scales the
+stages' wall times by CPU/wall so they add up to the worker's CPU on a loaded machine too. The stages of one packet, which add up to the
+worker's time in the queue's receive loop:
 
-- receive: the worker's CPU outside the callbacks: the netlink recv() syscall,
-  libnetfilter_queue's parsing, netfilterqueue's Packet object, the loop itself;
+- receive: `NetfilterQueue.run` minus the callbacks: the netlink recv() syscall,
+  libnetfilter_queue's parsing and netfilterqueue's Packet object;
 - decode: `Engine.process_ip` minus `Engine.process`: IP/TCP/UDP header decoding;
 - flow: the rest of `Engine.process`: flow table, normaliser admission, inspection state;
 - reassembly: `Normalizer.receive` (first-wins reassembly, retransmission comparison);
 - match: `Matcher.scan_stream` (Hyperscan) and `Engine._app_rules` (app decoding, HTTP
   fields or the memo, field conditions);
-- verdict: the handler's CPU minus `Engine.process_ip`: the payload copy, the shared counters,
+- verdict: the handler minus `Engine.process_ip`: the payload copy, the shared counters,
   set_mark and the verdict's netlink write, in which the kernel re-injects the packet and
   forwards it (bridge, veth, the receiver's TCP) in the worker's own context.
 
@@ -23,7 +23,7 @@ Guarantees: nothing is timed and nothing is patched unless `install` is called (
 calls it only when VPATCH_BREAKDOWN=1); `install` changes no decision: the wrappers call the
 wrapped functions with the same arguments and return their results. Matcher.scan_stream is
 wrapped on the class (Matcher has slots), in the worker process only; `uninstall` restores
-it. Overhead when on: about 3 us per packet (bench/README.md).
+it. Overhead when on: about 1-2 us per packet (bench/README.md).
 """
 
 from __future__ import annotations
@@ -38,9 +38,6 @@ from gateway.match.matcher import Matcher
 ENV_FLAG = "VPATCH_BREAKDOWN"
 STAGES = ("receive", "decode", "flow", "reassembly", "match", "verdict")
 STAT_NAMES = ("bd_packets", "bd_run_ns", "bd_cpu_ns", *(f"bd_{stage}_ns" for stage in STAGES))
-# receive and verdict are CPU time (thread_time_ns), the engine's stages wall time: they hold
-# no syscall, so a stage is seldom preempted, while the verdict's write wakes the receiver and
-# wrk, which often take the core then (on a loaded VM the verdict's wall time was 10x its CPU)
 
 
 def wanted(environ: Mapping[str, str] = os.environ) -> bool:
@@ -55,7 +52,6 @@ class Breakdown:
         self.packets = 0
         self.run_ns = 0  # inside NetfilterQueue.run
         self.handler_ns = 0  # inside the packet callback
-        self.handler_cpu_ns = 0  # CPU time (this thread's) inside the packet callback
         self.process_ip_ns = 0
         self.process_ns = 0
         self.reassembly_ns = 0
@@ -65,27 +61,23 @@ class Breakdown:
 
     # ------------------------------------------------------------------ the stages
 
-    def stages(self, cpu_ns: int | None = None) -> dict[str, int]:
-        """Nanoseconds per stage (STAGES) so far; `cpu_ns`: the thread's CPU time since
-        install (read now when not given)."""
-        if cpu_ns is None:
-            cpu_ns = thread_time_ns() - self._cpu_start
+    def stages(self) -> dict[str, int]:
+        """Nanoseconds per stage (STAGES) so far."""
         return {
-            "receive": max(0, cpu_ns - self.handler_cpu_ns),
+            "receive": max(0, self.run_ns - self.handler_ns),
             "decode": max(0, self.process_ip_ns - self.process_ns),
             "flow": max(0, self.process_ns - self.reassembly_ns - self.match_ns),
             "reassembly": self.reassembly_ns,
             "match": self.match_ns,
-            "verdict": max(0, self.handler_cpu_ns - self.process_ip_ns),
+            "verdict": max(0, self.handler_ns - self.process_ip_ns),
         }
 
     def counters(self) -> dict[str, int]:
         """The shared counters' values (STAT_NAMES)."""
-        cpu = thread_time_ns() - self._cpu_start  # the main thread's CPU since install
-        out = {f"bd_{stage}_ns": ns for stage, ns in self.stages(cpu).items()}
+        out = {f"bd_{stage}_ns": ns for stage, ns in self.stages().items()}
         out["bd_packets"] = self.packets
         out["bd_run_ns"] = self.run_ns
-        out["bd_cpu_ns"] = cpu
+        out["bd_cpu_ns"] = thread_time_ns() - self._cpu_start  # the main thread's CPU
         return out
 
     # ------------------------------------------------------------------ wrapping
@@ -94,13 +86,11 @@ class Breakdown:
         """The packet callback, timed (`verdict` is what it spends outside process_ip)."""
 
         def timed(pkt: Any) -> None:
-            cpu = thread_time_ns()
             start = perf_counter_ns()
             try:
                 inner(pkt)
             finally:
                 self.handler_ns += perf_counter_ns() - start
-                self.handler_cpu_ns += thread_time_ns() - cpu
                 self.packets += 1
 
         return timed
@@ -149,11 +139,12 @@ class Breakdown:
 def per_request(
     before: Mapping[str, int], after: Mapping[str, int], requests: int
 ) -> dict[str, float] | None:
-    """Microseconds per request of each stage between two summed counter snapshots (None
-    when nothing was timed or no request counted); `total` is their sum (about the worker's
-    CPU), `cpu` the worker's main-thread CPU, `wall` its wall time in the receive loop,
-    `cpu_share` cpu / wall (below 1: the worker waited for a core), `packets` the packets
-    timed, all per request."""
+    """CPU microseconds per request of each stage between two summed counter snapshots (None
+    when nothing was timed or no request counted): each stage's wall time, scaled by the
+    worker's CPU time over its wall time in the receive loop (`cpu_share`, below 1 when the
+    worker was preempted: on a loaded machine a stage's wall time counts the time others ran),
+    so the stages add up to the worker's CPU; `total` is their sum, `packets` the packets
+    timed per request and `wall` the unscaled total."""
 
     def delta(name: str) -> int:
         return after.get(name, 0) - before.get(name, 0)
@@ -162,10 +153,10 @@ def per_request(
     run = delta("bd_run_ns")
     if packets <= 0 or requests <= 0 or run <= 0:
         return None
-    out = {stage: delta(f"bd_{stage}_ns") / requests / 1e3 for stage in STAGES}
+    share = min(1.0, delta("bd_cpu_ns") / run)
+    out = {stage: delta(f"bd_{stage}_ns") * share / requests / 1e3 for stage in STAGES}
     out["total"] = sum(out.values())
     out["packets"] = packets / requests
-    out["cpu"] = delta("bd_cpu_ns") / requests / 1e3
     out["wall"] = run / requests / 1e3
-    out["cpu_share"] = min(1.0, delta("bd_cpu_ns") / run)
+    out["cpu_share"] = share
     return {k: round(v, 2) for k, v in out.items()}

@@ -60,12 +60,14 @@ def test_the_timers_change_no_verdict_and_see_every_packet() -> None:
 
 def test_per_request() -> None:
     before = {"bd_packets": 10, "bd_match_ns": 1000, "bd_verdict_ns": 0, "bd_run_ns": 0}
-    after = {"bd_packets": 30, "bd_match_ns": 5000, "bd_verdict_ns": 20_000, "bd_run_ns": 48_000}
-    figures = per_request(before | {"bd_cpu_ns": 0}, after | {"bd_cpu_ns": 24_000}, 10)
+    after = {"bd_packets": 30, "bd_match_ns": 5000, "bd_verdict_ns": 20_000, "bd_run_ns": 24_000}
+    figures = per_request(before | {"bd_cpu_ns": 0}, after | {"bd_cpu_ns": 48_000}, 10)
     assert figures is not None
     assert figures["match"] == 0.4 and figures["verdict"] == 2.0 and figures["packets"] == 2.0
-    assert figures["total"] == 2.4 and figures["cpu"] == 2.4 and figures["wall"] == 4.8
-    assert figures["cpu_share"] == 0.5  # the worker waited for a core half the time
+    assert figures["total"] == 2.4 and figures["wall"] == 2.4 and figures["cpu_share"] == 1.0
+    # preempted half the time: half of each stage's wall time was the worker's CPU
+    halved = per_request(before | {"bd_cpu_ns": 0}, after | {"bd_cpu_ns": 12_000}, 10)
+    assert halved is not None and halved["total"] == 1.2 and halved["wall"] == 2.4
     assert per_request(after, after, 10) is None
 
 
