@@ -5,8 +5,8 @@ stages with `time.perf_counter_ns` accumulators (wall time, so a preempted stage
 time it waited) and publishes the sums in its shared counters (`bd_*_ns`, `bd_packets`, the
 packets timed, `bd_run_ns`, the wall time in the receive loop, and `bd_cpu_ns`, its main
 thread's CPU time, read once a second) once a second and at exit. `per_request` scales the
-stages' wall times by CPU/wall so they add up to the worker's CPU on a loaded machine too. The stages of one packet, which add up to the
-worker's time in the queue's receive loop:
+stages' wall times by CPU/wall so they add up to the worker's CPU on a loaded machine too.
+The stages of one packet, which add up to the worker's time in the queue's receive loop:
 
 - receive: `NetfilterQueue.run` minus the callbacks: the netlink recv() syscall,
   libnetfilter_queue's parsing and netfilterqueue's Packet object;
@@ -23,7 +23,7 @@ Guarantees: nothing is timed and nothing is patched unless `install` is called (
 calls it only when VPATCH_BREAKDOWN=1); `install` changes no decision: the wrappers call the
 wrapped functions with the same arguments and return their results. Matcher.scan_stream is
 wrapped on the class (Matcher has slots), in the worker process only; `uninstall` restores
-it. Overhead when on: about 1-2 us per packet (bench/README.md).
+it. Overhead when on: about 2.5 us per packet in process (bench/README.md).
 """
 
 from __future__ import annotations
