@@ -626,7 +626,7 @@ class Engine:
         self.stats.app_rebinds += 1
         out: list[Rule] = []
         for rule in fired:
-            insp.raw_done[d].add(rule.id)
+            insp.half_done(d, rule.id)
             if rule.conditions is None:
                 out.append(rule)
         return out

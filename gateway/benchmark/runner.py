@@ -39,6 +39,7 @@ from gateway.benchmark.parse import (
 )
 from gateway.benchmark.subjects import Subject, make_subjects, suricata_version
 from gateway.errors import VpatchError
+from gateway.intake.breakdown import STAGES, per_request
 from gateway.lab import LabSpec, lab_down, lab_up, netns
 from gateway.lab import services as lab_services
 from gateway.lab.netns import netns_exec, pid_alive, stop_pids
@@ -49,6 +50,9 @@ PAGE = "/1k.bin"  # the lab nginx's 1 KiB benchmark file
 TOOL_GRACE_S = 30.0
 # Pause between measurements so TIME_WAIT/conntrack churn of one does not bleed into the next.
 SETTLE_S = 1.0
+# Wait before reading a subject's counters after a test: vpatch's workers publish theirs once
+# a second (gateway/intake/nfqueue.py EXPIRE_INTERVAL).
+COUNTERS_DELAY_S = 1.3
 PROBE_TIMEOUT_S = 30.0
 
 # (key, label, unit, higher is better)
@@ -79,6 +83,7 @@ class BenchOptions:
     threads: int = 2
     iperf_port: int = 445
     repeat: int = 1  # each test runs this many times; the median is reported
+    breakdown: bool = False  # vpatch's workers time their stages (gateway/intake/breakdown.py)
 
 
 @dataclass
@@ -123,22 +128,35 @@ def probe_http(spec: LabSpec, timeout: float = PROBE_TIMEOUT_S) -> None:
 
 
 def _measure(
-    subject: Subject, result: SubjectResult, cpu_key: str, action: Callable[[], None]
+    subject: Subject,
+    result: SubjectResult,
+    cpu_key: str,
+    action: Callable[[], int | None],
+    inspected: dict[str, list[dict[str, Any]]],
 ) -> None:
-    """Run action with the subject's CPU time counted around it; record failures."""
+    """Run action with the subject's CPU time counted around it; record failures. Where the
+    subject has counters, what it inspected meanwhile goes to `inspected[cpu_key]` (the
+    action returns the requests it sent, if any)."""
     roots = subject.inspecting_root_pids()
     pids = [pid for root in roots for pid in process_tree(root)]
     before = cpu_ticks(pids)
+    counted = subject.counters()
+    sent: int | None = None
     try:
-        action()
+        sent = action()
     except VpatchError as err:
         result.errors.append(f"{cpu_key}: {err}")
-        _log(f"{subject.name}: {cpu_key} failed: {err}")
+        _log(f"{cpu_key} failed: {err}")
     after = cpu_ticks(pids)
     result.metrics[cpu_key] = cpu_seconds_between(before, after) if roots else None
     dead = [pid for pid in roots if not pid_alive(pid)]
     if dead:
         raise BenchError(f"{subject.name}: inspecting process(es) {dead} died during {cpu_key}")
+    if counted is not None:
+        time.sleep(COUNTERS_DELAY_S)  # the workers publish their counters once a second
+        now = subject.counters()
+        if now is not None:
+            inspected.setdefault(cpu_key, []).append(inspection_figures(counted, now, sent))
     time.sleep(SETTLE_S)
 
 
@@ -148,7 +166,7 @@ def measure_subject(subject: Subject, spec: LabSpec, opts: BenchOptions) -> Subj
     d = opts.duration
     m = result.metrics
 
-    def iperf(reverse: bool) -> None:
+    def iperf(reverse: bool) -> None:  # sends no request
         argv = ["iperf3", "-c", server, "-p", str(opts.iperf_port), "-t", str(d), "-J"]
         if reverse:
             argv.append("-R")
@@ -156,7 +174,7 @@ def measure_subject(subject: Subject, spec: LabSpec, opts: BenchOptions) -> Subj
         out = parse_iperf3(_client_tool(spec, argv, d), label)
         m["bulk_down_gbps" if reverse else "bulk_up_gbps"] = round(out.gbit_per_s, 3)
 
-    def wrk(close: bool) -> None:
+    def wrk(close: bool) -> int:
         argv = ["wrk", f"-t{opts.threads}", f"-c{opts.connections}", f"-d{d}s", "--latency"]
         if close:
             argv += ["-H", "Connection: close"]
@@ -172,13 +190,15 @@ def measure_subject(subject: Subject, spec: LabSpec, opts: BenchOptions) -> Subj
                 f"{out.errors_read}, write {out.errors_write}, timeout {out.errors_timeout}, "
                 f"non-2xx/3xx {out.non_2xx_3xx})"
             )
+        return out.requests
 
     samples: list[dict[str, float | None]] = []
+    inspected: dict[str, list[dict[str, Any]]] = {}
     for _ in range(opts.repeat):
-        _measure(subject, result, "cpu_bulk_up_s", lambda: iperf(False))
-        _measure(subject, result, "cpu_bulk_down_s", lambda: iperf(True))
-        _measure(subject, result, "cpu_http_keepalive_s", lambda: wrk(False))
-        _measure(subject, result, "cpu_http_close_s", lambda: wrk(True))
+        _measure(subject, result, "cpu_bulk_up_s", lambda: iperf(False), inspected)
+        _measure(subject, result, "cpu_bulk_down_s", lambda: iperf(True), inspected)
+        _measure(subject, result, "cpu_http_keepalive_s", lambda: wrk(False), inspected)
+        _measure(subject, result, "cpu_http_close_s", lambda: wrk(True), inspected)
         samples.append(dict(m))
         m.clear()
     for key, *_ in METRICS:
@@ -186,7 +206,26 @@ def measure_subject(subject: Subject, spec: LabSpec, opts: BenchOptions) -> Subj
         m[key] = round(statistics.median(values), 3) if values else None
     if opts.repeat > 1:
         result.info["samples"] = samples
+    if inspected:
+        result.info["inspected"] = inspected
     return result
+
+
+def inspection_figures(
+    before: dict[str, int], after: dict[str, int], sent: int | None
+) -> dict[str, Any]:
+    """What the subject's counters say about one test: the requests the client sent (wrk's
+    count; None for iperf3), the HTTP requests the engine decoded or answered from its memo
+    (`app_records`: one per request on the bench's port 80, where no response is inspected),
+    the packets it inspected, and with the breakdown on, the worker's microseconds per
+    request (per packet for iperf3) by stage."""
+    packets = after.get("packets", 0) - before.get("packets", 0)
+    return {
+        "sent_requests": sent,
+        "engine_requests": after.get("app_records", 0) - before.get("app_records", 0),
+        "packets": packets,
+        "breakdown_us": per_request(before, after, sent if sent is not None else packets),
+    }
 
 
 def _start_iperf_server(spec: LabSpec, port: int) -> int:
@@ -230,7 +269,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         netns.sysctl(spec.client_ns, "net.ipv4.tcp_tw_reuse", "1")
         lab_services.start_services(spec, names=("nginx",))
         iperf_pid = _start_iperf_server(spec, opts.iperf_port)
-        for subject in make_subjects(names, spec, opts.suricata_rules):
+        for subject in make_subjects(names, spec, opts.suricata_rules, opts.breakdown):
             result = SubjectResult(subject.name)
             _log(f"{subject.name}: starting")
             try:
@@ -337,9 +376,39 @@ def render_table(report: dict[str, Any]) -> str:
     for name in subjects:
         for err in report["subjects"][name]["errors"]:
             lines.append(f"! {err}" if err.startswith(f"{name}:") else f"! {name}: {err}")
+    for name in subjects:
+        lines.extend(inspection_lines(name, report["subjects"][name]["info"]))
     for note in report["notes"]:
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def inspection_lines(name: str, info: dict[str, Any]) -> list[str]:
+    """Per test of a subject that has counters: the packets it inspected, for wrk the
+    requests sent against the requests the engine inspected, and the breakdown of the
+    worker's time per request (per packet for iperf3) when it was on."""
+    lines: list[str] = []
+    for key, runs in info.get("inspected", {}).items():
+        label = key.removeprefix("cpu_").removesuffix("_s")
+        for i, run in enumerate(runs, 1):
+            sent = run["sent_requests"]
+            unit = "packet"
+            text = f"{name} {label} run {i}: {run['packets']:,} packets inspected"
+            if sent:
+                unit = "request"
+                text += (
+                    f", {run['packets'] / sent:.2f} per request; wrk sent {sent:,} requests, "
+                    f"the engine inspected {run['engine_requests']:,}"
+                )
+            lines.append(text)
+            bd = run.get("breakdown_us")
+            if bd:
+                stages = ", ".join(f"{s} {bd[s]:.2f}" for s in STAGES)
+                lines.append(
+                    f"  worker CPU us/{unit}: {stages}; total {bd['total']:.2f} (wall "
+                    f"{bd['wall']:.2f}, CPU share {bd['cpu_share']:.2f})"
+                )
+    return lines
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:

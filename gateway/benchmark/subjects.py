@@ -22,6 +22,7 @@ the iptables rules it added, in reverse order; it is safe to call twice or after
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.benchmark import BenchError
+from gateway.control.server import ControlError, control_request
+from gateway.intake.breakdown import ENV_FLAG
 from gateway.lab import LabSpec
 from gateway.lab import services as lab_services
 from gateway.lab.netns import netns_exec, pid_alive, stop_pids
@@ -37,6 +40,9 @@ from gateway.lab.netns import netns_exec, pid_alive, stop_pids
 SURICATA_DEFAULT_CONFIG = Path("/etc/suricata/suricata.yaml")
 # How long Suricata gets to load its rules and print "Engine started".
 SURICATA_START_TIMEOUT_S = 120.0
+# How long `vpatch run` gets to compile its rules and open its control socket (about 5 s on
+# an idle 2-core VM, over 20 s with other jobs running).
+VPATCH_START_TIMEOUT_S = 120.0
 POLL_INTERVAL_S = 0.2
 # Suricata's documented example bypass mark; vpatch's own bits (0x10000000) do not overlap.
 SURICATA_BYPASS_MARK = 0x1
@@ -74,6 +80,10 @@ class Subject:
     def inspecting_root_pids(self) -> list[int]:
         """The processes whose CPU time (with their descendants and threads) is counted."""
         return [pid for pid in self.pids if pid_alive(pid)]
+
+    def counters(self) -> dict[str, int] | None:
+        """The subject's own counters summed over its workers, None where it has none."""
+        return None
 
     def info(self) -> dict[str, Any]:
         return {
@@ -196,12 +206,16 @@ class SuricataSubject(Subject):
 
 @dataclass
 class VpatchSubject(Subject):
+    breakdown: bool = False  # workers time their stages (gateway/intake/breakdown.py)
+
     def start(self) -> None:
         conf = lab_services.gateway_config_path(self.spec)
         self.command = ["vpatch", "run", "-c", str(conf)]
         # The lab starts it (PID file in the lab's state dir) and waits for the control socket.
+        saved = os.environ.get(ENV_FLAG)
+        os.environ[ENV_FLAG] = "1" if self.breakdown else "0"  # the gateway inherits it
         try:
-            pid = lab_services.start_gateway(self.spec)
+            pid = lab_services.start_gateway(self.spec, VPATCH_START_TIMEOUT_S)
         except Exception as err:
             # a failed start may leave the process or its pid file: stop what the pid file names
             pid_path = lab_services.pid_file(self.spec, lab_services.GATEWAY)
@@ -209,7 +223,25 @@ class VpatchSubject(Subject):
             if left is not None and lab_services.is_ours(left, self.spec):
                 stop_pids([left])
             raise BenchError(f"{self.name}: `vpatch run -c {conf}` did not start: {err}") from err
+        finally:
+            if saved is None:
+                del os.environ[ENV_FLAG]
+            else:
+                os.environ[ENV_FLAG] = saved
         self.pids.append(pid)
+
+    def counters(self) -> dict[str, int] | None:
+        """The workers' counters (control socket `status`), summed over the queues."""
+        try:
+            status = control_request(lab_services.control_socket_path(self.spec), "status")
+        except ControlError:
+            return None
+        total: dict[str, int] = {}
+        for queue in status["queues"].values():
+            for name, value in queue.items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    total[name] = total.get(name, 0) + value
+        return total
 
     def stop(self) -> list[str]:
         problems = super().stop()
@@ -225,8 +257,11 @@ class VpatchSubject(Subject):
         return out
 
 
-def make_subjects(names: list[str], spec: LabSpec, suricata_rules: Path) -> list[Subject]:
-    """Subjects in table order for the given names (kernel, suricata-*, vpatch)."""
+def make_subjects(
+    names: list[str], spec: LabSpec, suricata_rules: Path, breakdown: bool = False
+) -> list[Subject]:
+    """Subjects in table order for the given names (kernel, suricata-*, vpatch); `breakdown`:
+    vpatch's workers time their stages (VPATCH_BREAKDOWN=1)."""
     made: list[Subject] = []
     for name in names:
         if name == "kernel":
@@ -253,7 +288,11 @@ def make_subjects(names: list[str], spec: LabSpec, suricata_rules: Path) -> list
                 )
             )
         elif name == "vpatch":
-            made.append(VpatchSubject(name, "vpatch run with its rules (lab gateway.yaml)", spec))
+            made.append(
+                VpatchSubject(
+                    name, "vpatch run with its rules (lab gateway.yaml)", spec, breakdown=breakdown
+                )
+            )
         else:
             raise BenchError(f"unknown benchmark subject {name!r}")
     return made

@@ -3,7 +3,8 @@
 What it does: turns one captured frame (``parse_frame``) or one raw IP datagram as NFQUEUE hands
 it over (``parse_ip``) into an immutable ``Packet`` record, with precompiled ``struct.Struct``
 objects and ``unpack_from`` at offsets (no scapy, no per-packet allocation beyond the record, the
-two printable addresses and one payload slice).
+two printable addresses, which a bounded cache of address pairs usually supplies, and one
+payload slice).
 
 What it guarantees:
 - Only ``DecodeError`` escapes (``UnsupportedFrame``, a subclass, for well-formed frames that
@@ -38,7 +39,7 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gateway.errors import DecodeError
 from gateway.vocabulary import ICMP_PROTOS, PROTO_TCP, PROTO_UDP
@@ -125,15 +126,44 @@ _U32_BE = struct.Struct("!I")
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
 _ntop = socket.inet_ntop
+# (source, destination) as printed, by the header's address bytes: inet_ntop twice costs more
+# than the rest of the IPv4 header's decoding, and a gateway sees the same few address pairs
+# again and again. Bounded: emptied when it reaches ADDRESS_PAIRS entries (about 1 MiB).
+ADDRESS_PAIRS: Final = 4096
+_pairs: dict[bytes, tuple[str, str]] = {}
+
+
+def _addresses(family: int, key: bytes) -> tuple[str, str]:
+    """The printed (source, destination) of `key`, the two addresses' bytes back to back."""
+    pair = _pairs.get(key)
+    if pair is None:
+        if len(_pairs) >= ADDRESS_PAIRS:
+            _pairs.clear()
+        half = len(key) // 2
+        pair = _pairs[key] = (_ntop(family, key[:half]), _ntop(family, key[half:]))
+    return pair
 
 
 class UnsupportedFrame(DecodeError):
     """A well-formed frame that carries no IP datagram (ARP, STP, unknown link type...)."""
 
 
-@dataclass(frozen=True, slots=True)
+if TYPE_CHECKING:
+    from dataclasses import dataclass as _record
+else:
+
+    def _record(**options: Any) -> Any:
+        """A dataclass frozen for the type checker only (mypy rejects any assignment to its
+        fields): at run time a frozen dataclass's __init__ sets each field through
+        object.__setattr__, which for the 17 fields of a Packet costs about 2.5 us of the 12
+        an inspected keep-alive request costs the engine (bench/README.md, 2026-12-07 perf).
+        Hash and equality stay those of the frozen class (unsafe_hash)."""
+        return dataclass(**(options | {"frozen": False, "unsafe_hash": True}))
+
+
+@_record(frozen=True, slots=True)
 class Packet:
-    """One decoded IP datagram.
+    """One decoded IP datagram (immutable: frozen for the type checker, see `_record`).
 
     sport/dport are 0 for ICMP and non-first fragments; flags/seq/ack are 0 except for TCP;
     icmp_type/icmp_code are -1 except for ICMP/ICMPv6; payload is the L4 payload (TCP/UDP data,
@@ -279,8 +309,7 @@ def _parse_ipv4(data: bytes, off: int) -> Packet:
         raise DecodeError(
             f"ipv4: total length {total} at offset {off + 2} exceeds the {avail} bytes present"
         )
-    src = _ntop(_AF_INET, data[off + 12 : off + 16])
-    dst = _ntop(_AF_INET, data[off + 16 : off + 20])
+    src, dst = _addresses(_AF_INET, data[off + 12 : off + 20])
     start = off + hlen
     end = off + total
     if frag & 0x1FFF:
@@ -304,8 +333,7 @@ def _parse_ipv6(data: bytes, off: int) -> Packet:
             f"ipv6: payload length {plen} at offset {off + 4} exceeds "
             f"the {avail - 40} bytes present"
         )
-    src = _ntop(_AF_INET6, data[off + 8 : off + 24])
-    dst = _ntop(_AF_INET6, data[off + 24 : off + 40])
+    src, dst = _addresses(_AF_INET6, data[off + 8 : off + 40])
     end = off + 40 + plen
     pos = off + 40
     more_fragments = False

@@ -94,6 +94,9 @@ from gateway.engine_config import EngineConfig
 from gateway.events.eve import Event
 from gateway.events.sink import EventSink
 from gateway.flow.normalize import ChecksumMode, Reason
+from gateway.intake.breakdown import STAT_NAMES as BREAKDOWN_NAMES
+from gateway.intake.breakdown import Breakdown
+from gateway.intake.breakdown import wanted as breakdown_wanted
 from gateway.intake.rulecounts import RuleCounts
 from gateway.match.matcher import Matcher
 from gateway.match.rules import RuleSet, load_rules
@@ -143,6 +146,7 @@ STAT_NAMES = (
     "rules_errors", "events_written", "event_records", "events_aggregated", "events_dropped",
     "events_lost", "store_errors", "store_failing", "events_queued", "events_retry",
     "heartbeat",  # time.monotonic() in ms at the worker loop's last turn (the watchdog's)
+    *BREAKDOWN_NAMES,
 )  # fmt: skip
 # The engine's own counters (EngineStats.as_dict), copied into the shared counters every
 # EXPIRE_INTERVAL by publish_engine_counters, so that `status` shows every limit reached
@@ -153,6 +157,7 @@ ENGINE_STAT_NAMES = (
     "frag_held", "frag_completed", "frag_poisoned", "frag_refused",
     "flows_active", "flows_inspected", "flows_blocked", "decode_errors", "internal_errors",
     "app_decode_errors", "app_recoveries", "app_internal_errors", "app_unidentified",
+    "app_records", "http_memo_hits",
 )  # fmt: skip
 _ALL_NAMES = STAT_NAMES + ENGINE_STAT_NAMES
 _IDX = {name: i for i, name in enumerate(_ALL_NAMES)}
@@ -209,6 +214,12 @@ def publish_engine_counters(
     base = base or {}
     for name in ENGINE_STAT_NAMES:
         stats.set(name, base.get(name, 0) + int(counters.get(name, 0)))
+
+
+def publish_counters(counters: Mapping[str, int], stats: WorkerStats) -> None:
+    """Copy counters whose names are WorkerStats names (the breakdown's) into shared memory."""
+    for name, value in counters.items():
+        stats.set(name, int(value))
 
 
 class PacketLike(Protocol):
@@ -776,8 +787,14 @@ def worker_main(
         blocked_bit=marks.blocked, keep_other_bits=not config.queues.hashed,
     )  # fmt: skip
     nfq = NetfilterQueue()
+    timing = Breakdown() if breakdown_wanted() else None  # VPATCH_BREAKDOWN=1 (breakdown.py)
+    callback: Callable[[Any], None] = handler
+    run: Callable[..., Any] = nfq.run
+    if timing is not None:
+        timing.install(engine)
+        callback, run = timing.handler(handler), timing.run(nfq.run)
     try:
-        nfq.bind(queue_num, handler, max_len=config.queues.max_len)
+        nfq.bind(queue_num, callback, max_len=config.queues.max_len)
         if config.fail_policy is FailPolicy.OPEN:
             set_queue_flags(nfq, queue_num, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN)
         stats.set("bound", 1)
@@ -791,7 +808,7 @@ def worker_main(
         last_expire = time.monotonic()
         while not stop:
             if poller.poll(POLL_INTERVAL * 1000):
-                nfq.run(block=False)
+                run(block=False)
             wanted = stats.get("policy_wanted")
             if wanted != applied:
                 applied = wanted
@@ -811,8 +828,13 @@ def worker_main(
                 if counting is not None:
                     publish_engine_counters(counting.as_dict(), stats, base)
                 publish_sink(stats, sink)
+                if timing is not None:
+                    publish_counters(timing.counters(), stats)
     finally:
         stats.set("bound", 0)
+        if timing is not None:
+            publish_counters(timing.counters(), stats)
+            timing.uninstall()
         nfq.unbind()
         handler.resets.close()
         if sink is not None:

@@ -139,7 +139,7 @@ class Judge:
                 and self._excused(policy, flow, insp, d, rule, fields, url, end, now)
             ):
                 continue  # not remembered in insp.fired: another request may still fire
-            insp.fired.add(rule.id)
+            insp.fire(rule.id)
             action = rule.action
             would_block = False
             if mode is Mode.DETECT:

@@ -16,6 +16,8 @@ from gateway.benchmark.runner import (
     BenchOptions,
     SubjectResult,
     build_report,
+    inspection_figures,
+    inspection_lines,
     ratio,
     render_table,
     resolve_subjects,
@@ -128,3 +130,22 @@ def test_resolve_subjects_with_suricata_depends_on_it_being_installed() -> None:
     assert names == ["kernel", "vpatch"] and notes == [
         "suricata not installed: Suricata columns skipped"
     ]
+
+
+def test_inspection_lines_set_requests_sent_against_requests_inspected() -> None:
+    before = {"packets": 100, "app_records": 40, "bd_packets": 0, "bd_run_ns": 0, "bd_cpu_ns": 0}
+    after = {
+        "packets": 1100, "app_records": 1030, "bd_packets": 1000, "bd_run_ns": 8_000_000,
+        "bd_cpu_ns": 4_000_000, "bd_verdict_ns": 6_000_000, "bd_match_ns": 2_000_000,
+    }  # fmt: skip
+    run = inspection_figures(before, after, 990)
+    assert (run["sent_requests"], run["engine_requests"], run["packets"]) == (990, 990, 1000)
+    assert run["breakdown_us"]["cpu_share"] == 0.5
+    lines = inspection_lines("vpatch", {"inspected": {"cpu_http_keepalive_s": [run]}})
+    assert lines[0] == (
+        "vpatch http_keepalive run 1: 1,000 packets inspected, 1.01 per request; "
+        "wrk sent 990 requests, the engine inspected 990"
+    )
+    assert "verdict 3.03" in lines[1] and "match 1.01" in lines[1]
+    bulk = inspection_figures(before, after, None)  # iperf3: per packet
+    assert bulk["sent_requests"] is None and bulk["breakdown_us"]["verdict"] == 3.0
