@@ -6,8 +6,9 @@ starts one writer thread. The packet path calls `emit(event)`, which hands the e
 the first event passed on at once, the rest counted into one summary record with `count`) and
 puts what it passes on a bounded `queue.Queue`; the writer turns records into EVE JSON
 (`gateway.events.eve.to_eve`) and writes them in batches: one SQLite transaction and one
-JSON-lines flush per batch (at most `MAX_BATCH` records, or what arrived within `BATCH_WAIT`
-seconds), and every BATCH_WAIT writes the summaries of the windows that closed. The
+JSON-lines flush per batch (at most `MAX_BATCH` records: what is queued when the writer takes
+the first, so a lone event is written at once), and every BATCH_WAIT writes the summaries of
+the windows that closed. The
 constructor's default is no aggregation (window 0); the gateway's sinks take
 `events.aggregate_window` and `events.aggregate_keys`.
 
@@ -84,7 +85,7 @@ DEFAULT_MAX_QUEUE: Final = EventsConfig().max_queue  # declared as events.max_qu
 DEFAULT_AGGREGATE_KEYS: Final = EventsConfig().aggregate_keys  # events.aggregate_keys
 _COUNT: Final = 16  # index of the count column in a row (_INSERT, _row)
 MAX_BATCH: Final = 500  # events per SQLite transaction / JSONL flush
-BATCH_WAIT: Final = 0.2  # seconds the writer waits to fill a batch
+BATCH_WAIT: Final = 0.2  # seconds the writer waits for an event before closing due windows
 JSONL_MODE: Final = 0o640  # the EVE file: log shippers may read it through its group
 FAILURE_LOG_INTERVAL: Final = 60.0  # seconds between log lines while the store keeps failing
 REOPEN_INTERVAL: Final = 2.0  # seconds between attempts to open a store that cannot be opened
@@ -371,9 +372,9 @@ class EventSink:
                     stop = True
                 elif item is not None:
                     batch.append(item)  # type: ignore[arg-type]
-                    while len(batch) < MAX_BATCH:
-                        try:
-                            item = self._queue.get(timeout=BATCH_WAIT)
+                    while len(batch) < MAX_BATCH:  # what is queued already, without waiting:
+                        try:  # a lone event is written at once (a killed worker loses less)
+                            item = self._queue.get_nowait()
                         except queue.Empty:
                             break
                         if item is _STOP:
