@@ -4,11 +4,13 @@
 alerts go out only for changes (a condition raised, or resolved) and for messages an earlier
 check could not deliver; the state is saved after sending, so a check killed half-way sends
 its changes again rather than never; a state file that cannot be written is an error
-(HealthError: without it every check would alert again).
+(HealthError: without it every check would alert again). Each check also adds a sample to the
+history reports read (gateway/health/history.py); a history that cannot be written is logged.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -16,11 +18,14 @@ from gateway.alerts.channels import send
 from gateway.config import GatewayConfig
 from gateway.errors import VpatchError
 from gateway.health.checks import Condition, evaluate
+from gateway.health.history import HealthHistoryError, history_path, record
 from gateway.health.notify import Sender, deliver, health_message
 from gateway.health.probe import observe
 from gateway.health.state import HealthState, Transition, load_state, save_state, transitions
 
 __all__ = ["CheckResult", "HealthError", "run_check"]
+
+log = logging.getLogger("vpatch.health")
 
 
 class HealthError(VpatchError):
@@ -51,4 +56,9 @@ def run_check(
         save_state(path, state)
     except (OSError, VpatchError) as err:
         raise HealthError(f"health state {path}: cannot be written: {err}") from err
+    try:  # the history reports read (gateway/health/history.py); alerts went out regardless
+        reached = Condition.GATEWAY_UNREACHABLE not in failing
+        record(history_path(path), now, counters if reached else None)
+    except HealthHistoryError as err:
+        log.warning("%s", err)
     return CheckResult(failing, tuple(changes), sent, len(left), state)

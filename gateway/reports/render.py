@@ -80,6 +80,8 @@ def to_csv(report: Report) -> str:
 def _health_rows(health: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("reachable", str(health["reachable"]).lower()),
             ("events_recorded", str(health["events_recorded"]))]  # fmt: skip
+    for key, value in (health.get("period") or {}).items():
+        rows.append((f"period_{key}", "" if value is None else json.dumps(value)))
     for key, value in (health.get("live") or {}).items():
         rows.append((key, "" if value is None else json.dumps(value, sort_keys=True)))
     rows.extend(("not_kept", text) for text in health["not_kept"])

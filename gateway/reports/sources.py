@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from gateway.config import GatewayConfig
 from gateway.control.server import ControlError, control_request
+from gateway.health.history import history_path, period_health
 from gateway.match.rules import RuleSet, load_rules
 from gateway.policy.store import Store
 from gateway.reports.period import Period, ReportError
@@ -37,12 +38,13 @@ class ReportSources:
     policy: Path
     rule_paths: tuple[Path, ...]
     control_socket: Path | None
+    health_history: Path | None = None  # the health check's samples (gateway/health/history.py)
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> ReportSources:
         paths = effective_rule_paths(list(config.rules), config.rule_pack.dir)
         return cls(config.events.sqlite, config.policy.database, tuple(paths),
-                   config.control.socket)  # fmt: skip
+                   config.control.socket, history_path(config.health.state))  # fmt: skip
 
 
 def events_readonly(path: Path | None) -> sqlite3.Connection | None:
@@ -75,10 +77,14 @@ def make_report(
     """The report of `period` from `sources` (`rules`: an already loaded rule set)."""
     ruleset = rules if rules is not None else load_rules(sources.rule_paths)
     events = events_readonly(sources.events)
+    history = period_health(
+        sources.health_history, period.start.timestamp(), period.end.timestamp()
+    )
     try:
         with Store(sources.policy) as store:
             return build_report(events, store, ruleset, period,
-                                live_status(sources.control_socket), top)  # fmt: skip
+                                live_status(sources.control_socket), top,
+                                history=history)  # fmt: skip
     finally:
         if events is not None:
             events.close()

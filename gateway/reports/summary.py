@@ -58,11 +58,12 @@ __all__ = [
 DEFAULT_TOP: Final = 10
 MAX_TOP: Final = 1000
 LOCKDOWN_SIDS: Final = (SID_NEW_PEER, SID_NEW_PORT)
-# Gateway health figures that exist only as live counters (since start), with no history
+# Gateway health figures of a period come from the health check's history (one sample a
+# minute, gateway/health/history.py); without it only the live counters (since start) exist
 NOT_KEPT: Final = (
-    "uptime over the period (only the current uptime is known)",
-    "queue drops and fail-open (uninspected) packets per period: counters since gateway start",
-    "worker restarts per period: counters since gateway start",
+    "no health check history (vpatch-health.timer not running): the period's uptime, queue "
+    "drops, fail-open (uninspected) packets and worker restarts are unknown; the live figures "
+    "count since the gateway's start",
 )
 
 
@@ -274,7 +275,9 @@ def _history(store: Store, period: Period) -> dict[str, Any]:
 # -- health -------------------------------------------------------------------------------------
 
 
-def _health(status: dict[str, Any] | None, totals: dict[str, int]) -> dict[str, Any]:
+def _health(
+    status: dict[str, Any] | None, totals: dict[str, int], history: dict[str, Any] | None
+) -> dict[str, Any]:
     live: dict[str, Any] | None = None
     if status is not None:
         queues = status.get("queues") or {}
@@ -288,8 +291,12 @@ def _health(status: dict[str, Any] | None, totals: dict[str, int]) -> dict[str, 
             "events_dropped": status.get("events_dropped"),
             "event_store": status.get("event_store"),
         }
-    return {"reachable": status is not None, "live": live,
-            "events_recorded": totals.get("events", 0), "not_kept": list(NOT_KEPT)}  # fmt: skip
+    not_kept = list(NOT_KEPT) if history is None or not history["checks"] else []
+    if history is not None and history["checks"] and not history["complete"]:
+        not_kept.append("the period starts before the first health sample: its first "
+                        "gateway instance's counts before that sample are unknown")  # fmt: skip
+    return {"reachable": status is not None, "live": live, "period": history,
+            "events_recorded": totals.get("events", 0), "not_kept": not_kept}  # fmt: skip
 
 
 def _breakdowns(events: sqlite3.Connection | None, period: Period, top: int) -> dict[str, Any]:
@@ -315,6 +322,7 @@ def build_report(
     status: dict[str, Any] | None = None,
     top: int = DEFAULT_TOP,
     now: datetime | None = None,
+    history: dict[str, Any] | None = None,
 ) -> Report:
     """The report of `period` (see the module comment); `status` is the control socket's
     `status` reply, None when the gateway is not reachable."""
@@ -333,5 +341,6 @@ def build_report(
         by_host=parts["by_host"], by_source=parts["by_source"], top_rules=parts["top_rules"],
         event_types=parts["event_types"], firewall=parts["firewall"],
         host_modes={**_history(store, period), "lockdown_events": parts["lockdown"]},
-        coverage=_coverage(store, rules), health=_health(status, parts["totals"]), notes=notes,
+        coverage=_coverage(store, rules), health=_health(status, parts["totals"], history),
+        notes=notes,
     )  # fmt: skip
