@@ -97,13 +97,32 @@ def dns_ok(lab: LabSpec) -> bool:
     return p.stdout.strip() == lab.server_addr
 
 
-def outbound_exit(lab: LabSpec, port: int) -> int:
-    """curl's exit status for a connection from the server to the client's port."""
-    return netns_exec(
+def outbound_open(lab: LabSpec, port: int) -> bool:
+    """Whether a connection from the server reaches the client's listener on `port` (a
+    refusal by the gateway, a reset or a drop, is False)."""
+    out = netns_exec(
         lab.server_ns,
-        ["curl", "-s", "-m", BLOCK_TIMEOUT, "-o", "/dev/null", f"http://{lab.client_addr}:{port}/"],
-        check=False,
-    ).returncode
+        [sys.executable, "-c", CONNECT, lab.client_addr, str(port), BLOCK_TIMEOUT],
+        timeout=30,
+    ).stdout
+    return out.startswith("open")
+
+
+@pytest.fixture
+def client_listeners(lab: LabSpec) -> Iterator[None]:
+    """TCP listeners on the client's ports 9 and 10 (outbound connections of the host)."""
+    procs = [
+        netns_popen(lab.client_ns, [sys.executable, "-c", LISTENER, lab.client_addr, str(port)])
+        for port in (9, 10)
+    ]
+    try:
+        deadline = time.monotonic() + 10
+        while not {9, 10} <= listening(lab.client_ns)[0]:
+            assert time.monotonic() < deadline, "client listeners did not start"
+            time.sleep(0.05)
+        yield
+    finally:
+        stop_pids([p.pid for p in procs])
 
 
 @pytest.fixture
@@ -134,9 +153,12 @@ def state(lab: LabSpec, tmp_path: Path) -> Iterator[Path]:
         vpatch_hosts(lab, path, "unapply")
 
 
-def test_setup_protection_until_release(lab: LabSpec, state: Path, listeners: None) -> None:
+def test_setup_protection_until_release(
+    lab: LabSpec, state: Path, listeners: None, client_listeners: None
+) -> None:
     host = lab.server_addr
     assert http_ok(lab) and connects(lab, 3389)  # before: open
+    assert outbound_open(lab, 9) and outbound_open(lab, 10)
     vpatch_hosts(
         lab,
         state,
@@ -152,12 +174,12 @@ def test_setup_protection_until_release(lab: LabSpec, state: Path, listeners: No
     assert not smb_ok(lab), "inbound SMB must be refused in setup mode"
     assert not connects(lab, 8082)
     assert connects(lab, 3389), "RDP port from the exception subnet must pass"
-    # outbound from the host: only to update sources. Port 9 on the client has no listener, so
-    # curl exits 7 (refused by the client's RST) when it gets through, 28 (timeout) when not.
-    assert outbound_exit(lab, 9) == 28
+    # outbound from the host: only to update sources (the client listens on 9 and 10; a
+    # refusal is the gateway's reset, or a timeout)
+    assert not outbound_open(lab, 9)
     vpatch_hosts(lab, state, "set", host, "--update-source", f"{lab.client_addr}:tcp/9", "--apply")
-    assert outbound_exit(lab, 9) == 7
-    assert outbound_exit(lab, 10) == 28
+    assert outbound_open(lab, 9)
+    assert not outbound_open(lab, 10)
     assert not http_ok(lab)  # still in setup mode
     vpatch_hosts(lab, state, "release", host, "--apply")
     assert http_ok(lab) and smb_ok(lab) and connects(lab, 8082) and connects(lab, 3389)
