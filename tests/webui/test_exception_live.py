@@ -137,8 +137,9 @@ def test_uri_exception_from_the_ui_reaches_running_gateway(
         assert health["bytes"] >= status["bytes"] and health["queue_drops"] == 0
         # the alert dispatcher's counters (no channel configured: nothing sent, nothing waiting)
         assert health["alerts"] == status["alerts"]
-        assert status["alerts"] == {"sent": 0, "suppressed": 0, "failures": 0, "queued": 0, "failing": 0,
-                                    "dropped": 0, "channels": 0, "durable": True}  # fmt: skip
+        assert status["alerts"] == {"sent": 0, "suppressed": 0, "failures": 0, "queued": 0,
+                                    "failing": 0, "dropped": 0, "channels": 0,
+                                    "durable": True}  # fmt: skip
         print(
             "\nstatus totals:",
             {k: status[k] for k in ("packets", "bytes", "queue_drops", "rules_loaded")},
