@@ -19,7 +19,7 @@ import pytest
 
 import gateway.lab.serve as serve_module
 from gateway.errors import LabError
-from gateway.lab.netns import netns_add, netns_delete, pid_alive
+from gateway.lab.netns import netns_add, netns_delete, netns_pids, pid_alive, stop_pids
 from gateway.lab.serve import serve, serve_spec
 from gateway.lab.topology import STATE_ROOT
 
@@ -35,6 +35,7 @@ def serve_ns() -> Iterator[str]:
     try:
         yield name
     finally:
+        stop_pids(netns_pids(name))  # whatever a failed test left (services run in new sessions)
         netns_delete(name)
 
 
@@ -85,8 +86,12 @@ def test_serve_runs_the_lab_services_until_sigterm(serve_ns: str, served_dir: Pa
         assert not any(pid_alive(pid) for pid in pids)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+            proc.terminate()  # `vpatch lab serve` stops its services on SIGTERM
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 def test_serve_fails_naming_a_service_that_dies(
