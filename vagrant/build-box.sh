@@ -70,6 +70,13 @@ echo "build-box.sh: building in $WORK"
 tar -C "$REPO" --exclude=./.git --exclude=./.venv --exclude=./artifacts \
     --exclude='__pycache__' --exclude='*.egg-info' -cf "$WORK/vpatch.tar" .
 
+# pip in the tree trusts what the host trusts (a proxy's CA, say) during the build only: the
+# host's bundle replaces the tree's for scripts/install.sh, then Debian's own is put back. (The
+# bundle's own path, not PIP_CERT: the host's REQUESTS_CA_BUNDLE & co. point there and win.)
+HOST_CA=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
+export TREE_CA=etc/ssl/certs/ca-certificates.crt
+[[ -f $HOST_CA ]] || { echo "build-box.sh: no CA bundle at $HOST_CA" >&2; exit 1; }
+
 BASE_PACKAGES=linux-image-amd64,systemd-sysv,udev,dbus,ifupdown,isc-dhcp-client,openssh-server,sudo
 BASE_PACKAGES+=,rsync,iproute2,kmod,procps,less,netbase,ca-certificates,python3,initramfs-tools
 
@@ -77,7 +84,10 @@ BASE_PACKAGES+=,rsync,iproute2,kmod,procps,less,netbase,ca-certificates,python3,
 mmdebstrap --variant=minbase --include="$BASE_PACKAGES" \
     --customize-hook='mkdir -p "$1/opt/vpatch"' \
     --customize-hook="tar -C \"\$1/opt/vpatch\" -xf '$WORK/vpatch.tar'" \
+    --customize-hook='cp -p "$1/$TREE_CA" "$1/tmp/vpatch-debian-ca.crt"' \
+    --customize-hook="cp '$HOST_CA' \"\$1/\$TREE_CA\"" \
     --customize-hook='chroot "$1" /opt/vpatch/scripts/install.sh' \
+    --customize-hook='mv -f "$1/tmp/vpatch-debian-ca.crt" "$1/$TREE_CA"' \
     --customize-hook='chroot "$1" apt-get clean' \
     bookworm "$ROOT" "${SOURCES[@]}"
 
