@@ -22,8 +22,8 @@
 #
 # Guarantees: the build happens in a temporary directory that is removed on exit (also on
 # failure); OUTPUT is replaced only by a complete box (written beside it, then renamed); nothing
-# on the host is changed outside that directory and OUTPUT. Takes about 10 minutes and 3 GB of
-# disk while building (the box is about 1 GB, an uncompressed tar with a qcow2 image).
+# on the host is changed outside that directory and OUTPUT. Takes about 3 to 10 minutes and 6 GB of
+# disk while building (the box is about 2.5 GB: an uncompressed tar with a qcow2 image).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
