@@ -3,8 +3,9 @@
 `Gateway(config, backend, rendered).serve()` runs until SIGTERM/SIGINT or an error and returns
 the exit status (0, or 2 after a VpatchError, which is logged). In this order: one worker
 process per queue (gateway/intake/nfqueue.py), waiting until each has bound its queue
-(BIND_TIMEOUT), then the rendered kernel rules applied atomically (gateway/firewall/apply.py),
-the lifecycle monitor thread, the control socket and the alert dispatcher.
+(`workers.bind_timeout`), then the rendered kernel rules applied atomically
+(gateway/firewall/apply.py), the lifecycle monitor thread, the control socket and the alert
+dispatcher.
 
 While running: a worker that dies is noticed at once (its process sentinel), logged and
 restarted after `workers.restart_delay` (default 0: at once), by its standby when
@@ -92,7 +93,6 @@ log = logging.getLogger("vpatch.run")
 
 RELOAD_WAIT = 2.0  # seconds `reload` waits for every live worker to apply the new policy
 RULES_RELOAD_WAIT = 120.0  # seconds `rules-reload` waits for every live worker's new rules
-BIND_TIMEOUT = 60.0  # seconds a worker may take to load rules and bind its queue
 SUPERVISE_INTERVAL = 0.2  # seconds between checks of the workers (a death wakes at once)
 # per-process counters: set afresh for each worker process; the others count for the queue
 PROCESS_STATS = ("bound", "pid", "started", "policy_version")
@@ -234,7 +234,8 @@ class Gateway:
         w.standby = start_worker(w.queue_num, self.config, w.stats, w.go)
 
     def _wait_bound(self) -> None:
-        deadline = time.monotonic() + BIND_TIMEOUT
+        bind_timeout = self.config.workers.bind_timeout
+        deadline = time.monotonic() + bind_timeout
         for w in self.workers:
             while not w.stats.get("bound"):
                 if self._stop:
@@ -247,7 +248,8 @@ class Gateway:
                     )
                 if time.monotonic() > deadline:
                     raise GatewayError(
-                        f"worker for queue {w.queue_num} did not bind within {BIND_TIMEOUT:.0f}s"
+                        f"worker for queue {w.queue_num} did not bind within {bind_timeout:.0f}s "
+                        "(workers.bind_timeout)"
                     )
                 time.sleep(0.05)
 
