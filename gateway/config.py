@@ -721,6 +721,13 @@ class WorkerConfig:
         hi=1000,
     )
     restart_window: float = setting(60.0, "Seconds.", lo=1, hi=MAX_SECONDS)
+    bind_timeout: float = setting(
+        60.0,
+        "Seconds each worker may take at start-up to load the rules and bind its queue before "
+        "`vpatch run` gives up; raise it on slow machines (an emulated VM: docs/lab.md).",
+        lo=5,
+        hi=MAX_SECONDS,
+    )
     stop_timeout: float = setting(
         5.0, "Seconds a worker gets to exit after SIGTERM before it is killed.", lo=0.1, hi=600
     )

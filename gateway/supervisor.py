@@ -3,10 +3,10 @@
 `Gateway(config, backend, rendered).serve()` runs until SIGTERM/SIGINT or an error and returns
 the exit status (0, or 2 after a VpatchError, which is logged). In this order: one worker
 process per queue (gateway/intake/nfqueue.py), waiting until each has bound its queue
-(BIND_TIMEOUT), then the rendered kernel rules applied atomically (gateway/firewall/apply.py),
-the lifecycle monitor thread, the control socket, the alert dispatcher and the Prometheus
-endpoint (gateway/metrics.py: `metrics.address`/`metrics.port`, reading `status` at each
-scrape).
+(`workers.bind_timeout`), then the rendered kernel rules applied atomically
+(gateway/firewall/apply.py), the lifecycle monitor thread, the control socket, the alert
+dispatcher and the Prometheus endpoint (gateway/metrics.py: `metrics.address`/`metrics.port`,
+reading `status` at each scrape).
 
 While running: a worker that dies is noticed at once (its process sentinel), logged and
 restarted after `workers.restart_delay` (default 0: at once), by its standby when
@@ -108,7 +108,6 @@ log = logging.getLogger("vpatch.run")
 
 RELOAD_WAIT = 2.0  # seconds `reload` waits for every live worker to apply the new policy
 RULES_RELOAD_WAIT = 120.0  # seconds `rules-reload` waits for every live worker's new rules
-BIND_TIMEOUT = 60.0  # seconds a worker may take to load rules and bind its queue
 SUPERVISE_INTERVAL = 0.2  # seconds between checks of the workers (a death wakes at once)
 # per-process counters: set afresh for each worker process; the others count for the queue
 PROCESS_STATS = ("bound", "pid", "started", "policy_version", "heartbeat")
@@ -137,10 +136,10 @@ class _Worker:
         self.progress_at = time.monotonic()  # when `progress` last changed
 
 
-def stalled_queues(workers: list[_Worker]) -> list[int]:
+def stalled_queues(workers: list[_Worker], bind_timeout: float) -> list[int]:
     """The queues whose worker is dead or has not moved (loop heartbeat, packets) for
-    WORKER_STALL_S (a worker still loading its rules before it binds: BIND_TIMEOUT): while any
-    is, the systemd watchdog is not fed."""
+    WORKER_STALL_S (a worker still loading its rules before it binds: `bind_timeout`,
+    workers.bind_timeout): while any is, the systemd watchdog is not fed."""
     now = time.monotonic()
     stalled = []
     for w in workers:
@@ -148,7 +147,7 @@ def stalled_queues(workers: list[_Worker]) -> list[int]:
         if progress != w.progress:
             w.progress, w.progress_at = progress, now
         alive = w.proc is not None and w.died is None and w.proc.is_alive()
-        limit = WORKER_STALL_S if w.stats.get("bound") else BIND_TIMEOUT
+        limit = WORKER_STALL_S if w.stats.get("bound") else bind_timeout
         if not alive or now - w.progress_at > limit:
             stalled.append(w.queue_num)
     return stalled
@@ -256,7 +255,8 @@ class Gateway:
                 ]
                 multiprocessing.connection.wait(sentinels, SUPERVISE_INTERVAL)
                 self._supervise()
-                self._notify.feed(not stalled_queues(self.workers), time.monotonic())
+                stalled = stalled_queues(self.workers, self.config.workers.bind_timeout)
+                self._notify.feed(not stalled, time.monotonic())
                 self.tls.supervise()
         except VpatchError as err:
             log.error("%s", err)
@@ -312,7 +312,8 @@ class Gateway:
         w.standby = start_worker(w.queue_num, self.config, w.stats, w.go)
 
     def _wait_bound(self) -> None:
-        deadline = time.monotonic() + BIND_TIMEOUT
+        bind_timeout = self.config.workers.bind_timeout
+        deadline = time.monotonic() + bind_timeout
         for w in self.workers:
             while not w.stats.get("bound"):
                 if self._stop:
@@ -325,7 +326,8 @@ class Gateway:
                     )
                 if time.monotonic() > deadline:
                     raise GatewayError(
-                        f"worker for queue {w.queue_num} did not bind within {BIND_TIMEOUT:.0f}s"
+                        f"worker for queue {w.queue_num} did not bind within {bind_timeout:.0f}s "
+                        "(workers.bind_timeout)"
                     )
                 time.sleep(0.05)
 
@@ -450,7 +452,7 @@ class Gateway:
             "protected_hosts": self.protected,
             # can forwarded traffic bypass netfilter here (gateway/forwarding.py), checked now
             "forwarding": check_forwarding(self.config.network.mode).as_dict(),
-            "stalled_queues": stalled_queues(self.workers),
+            "stalled_queues": stalled_queues(self.workers, self.config.workers.bind_timeout),
             "update_source_names": self._names.status(),
             "queues": queues,
             "tls_proxy": self.tls.status(),

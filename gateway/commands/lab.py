@@ -6,6 +6,8 @@
     vpatch lab status [--name NAME] [--json]
     vpatch lab bridge PORT PORT [--bridge br0]   (this machine: used by the Vagrant gateway VM)
     vpatch lab router                            (this machine: IPv4/IPv6 forwarding on)
+    vpatch lab serve [--state-dir DIR]           (this machine: the lab server's services, in
+                                                  the foreground; the Vagrant server VM)
 
 Guarantees: exit status 0 on success, 2 with a one-line error (from the CLI) on LabError;
 `status` exits 1 when the lab does not exist.
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
+from pathlib import Path
 from typing import Any
 
 from gateway.lab import (
@@ -26,6 +30,7 @@ from gateway.lab import (
     lab_up,
     summary,
 )
+from gateway.lab.serve import DEFAULT_SERVE_DIR, serve, serve_spec
 from gateway.lab.services import DEFAULT_UI_LISTEN
 
 
@@ -87,6 +92,18 @@ def register(sub: Any) -> None:
 
     lab_sub.add_parser("router", help="turn on IPv4/IPv6 forwarding on THIS machine")
 
+    serve_parser = lab_sub.add_parser(
+        "serve",
+        help="run the lab server's nginx, smbd (SMB1) and named on THIS machine, in the "
+        "foreground (the Vagrant server VM)",
+    )
+    serve_parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_SERVE_DIR,
+        help=f"configurations, pids and logs (default {DEFAULT_SERVE_DIR})",
+    )
+
 
 def run(args: argparse.Namespace) -> int:
     action = args.lab_command
@@ -123,6 +140,16 @@ def run(args: argparse.Namespace) -> int:
     if action == "router":
         configure_router()
         print("forwarding on")
+        return 0
+    if action == "serve":
+        spec = serve_spec(args.state_dir)
+
+        def ready(pids: dict[str, int]) -> None:
+            started = ", ".join(f"{name} pid {pid}" for name, pid in pids.items())
+            print(f"serving: {started}; files in {spec.state_dir}", flush=True)
+
+        # until SIGTERM/Ctrl-C (the CLI unwinds `lab` on SIGTERM) or a service dies
+        serve(spec, threading.Event(), on_ready=ready)
         return 0
     raise AssertionError(f"unknown lab action {action!r}")
 

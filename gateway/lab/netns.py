@@ -60,13 +60,14 @@ def run(
     return proc
 
 
-def netns_argv(ns: str, argv: Sequence[str]) -> list[str]:
-    """The argv that runs argv inside namespace ns (`ip netns exec` execs, so PIDs are kept)."""
-    return ["ip", "netns", "exec", ns, *argv]
+def netns_argv(ns: str | None, argv: Sequence[str]) -> list[str]:
+    """The argv that runs argv inside namespace ns (`ip netns exec` execs, so PIDs are kept);
+    ns=None: in the current namespace (a lab VM running the lab's services itself)."""
+    return list(argv) if ns is None else ["ip", "netns", "exec", ns, *argv]
 
 
 def netns_exec(
-    ns: str,
+    ns: str | None,
     argv: Sequence[str],
     *,
     check: bool = True,
@@ -77,7 +78,7 @@ def netns_exec(
     return run(netns_argv(ns, argv), check=check, timeout=timeout, input_text=input_text)
 
 
-def netns_popen(ns: str, argv: Sequence[str], **popen_kw: Any) -> subprocess.Popen[bytes]:
+def netns_popen(ns: str | None, argv: Sequence[str], **popen_kw: Any) -> subprocess.Popen[bytes]:
     """Start argv inside namespace ns in the background, in its own session.
 
     The returned PID is the PID of argv itself (`ip netns exec` execs it).
@@ -87,7 +88,10 @@ def netns_popen(ns: str, argv: Sequence[str], **popen_kw: Any) -> subprocess.Pop
     try:
         return subprocess.Popen(netns_argv(ns, argv), **popen_kw)
     except FileNotFoundError as err:
-        raise LabError(f"command not found: 'ip' (starting {' '.join(argv)!r} in {ns})") from err
+        missing, where = ("ip", f"in {ns}") if ns is not None else (argv[0], "here")
+        raise LabError(
+            f"command not found: {missing!r} (starting {' '.join(argv)!r} {where})"
+        ) from err
 
 
 def netns_exists(ns: str) -> bool:

@@ -301,7 +301,7 @@ WRITERS: dict[str, Callable[[LabSpec], ServiceDef]] = {
 # --- starting and waiting -------------------------------------------------------------------
 
 
-def listening(ns: str) -> tuple[set[int], set[int]]:
+def listening(ns: str | None) -> tuple[set[int], set[int]]:
     """(TCP ports, UDP ports) with a listening socket in namespace ns."""
     proc = netns_exec(ns, ["ss", "-H", "-l", "-n", "-t", "-u"], check=False)
     tcp: set[int] = set()
@@ -319,7 +319,7 @@ def listening(ns: str) -> tuple[set[int], set[int]]:
 _SS_PID = re.compile(r"pid=(\d+)")
 
 
-def listening_owners(ns: str) -> dict[tuple[str, int], set[int]]:
+def listening_owners(ns: str | None) -> dict[tuple[str, int], set[int]]:
     """{("tcp"|"udp", port): PIDs holding a listening socket on it} in namespace ns.
 
     Readiness checks use this rather than listening(): a port already held by another process
@@ -347,7 +347,7 @@ def log_tail(path: Path) -> str:
 
 
 def start_background(
-    spec: LabSpec, ns: str, name: str, argv: Sequence[str], env: dict[str, str] | None = None
+    spec: LabSpec, ns: str | None, name: str, argv: Sequence[str], env: dict[str, str] | None = None
 ) -> int:
     """Start argv in ns with output to logs/<name>.log; record and return its PID."""
     log = log_file(spec, name)
@@ -361,19 +361,26 @@ def start_background(
 
 
 def start_services(
-    spec: LabSpec, names: Sequence[str] = SERVICES, timeout: float = START_TIMEOUT_S
+    spec: LabSpec,
+    names: Sequence[str] = SERVICES,
+    timeout: float = START_TIMEOUT_S,
+    *,
+    here: bool = False,
 ) -> dict[str, int]:
-    """Write configs, start the services in the server namespace, wait until all listen."""
+    """Write configs, start the services in the server namespace (here=True: in the current
+    namespace, the Vagrant lab's server VM), wait until all listen."""
+    ns = None if here else spec.server_ns
+    where = "this machine" if here else spec.server_ns
     defs = [WRITERS[name](spec) for name in names]
-    pids = {d.name: start_background(spec, spec.server_ns, d.name, d.argv) for d in defs}
+    pids = {d.name: start_background(spec, ns, d.name, d.argv) for d in defs}
     deadline = time.monotonic() + timeout
     pending = list(defs)
     while pending:
-        owners = listening_owners(spec.server_ns)
+        owners = listening_owners(ns)
         for d in list(pending):
             if not pid_alive(pids[d.name]):
                 raise LabError(
-                    f"{d.name} exited during start-up in {spec.server_ns} "
+                    f"{d.name} exited during start-up in {where} "
                     f"(log {log_file(spec, d.name)}): {log_tail(log_file(spec, d.name))}"
                 )
             wanted = [("tcp", port) for port in d.tcp_ports]
@@ -386,7 +393,7 @@ def start_services(
             names_left = ", ".join(d.name for d in pending)
             raise LabError(
                 f"{names_left} not listening after {timeout:.0f}s in "
-                f"{spec.server_ns}; see {spec.state_dir / 'logs'}"
+                f"{where}; see {spec.state_dir / 'logs'}"
             )
         time.sleep(POLL_INTERVAL_S)
     return pids
