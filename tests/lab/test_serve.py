@@ -6,6 +6,7 @@ after SIGTERM; a service that dies makes serve() fail naming it."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -66,7 +67,7 @@ def test_serve_runs_the_lab_services_until_sigterm(serve_ns: str, served_dir: Pa
         assert proc.stdout is not None
         line = proc.stdout.readline()  # "serving: nginx pid N, smbd pid N, named pid N; ..."
         assert line.startswith("serving: "), line + (proc.stdout.read() if proc.poll() else "")
-        pids = [int(tok.rstrip(",;")) for tok in line.split("pid ")[1:] for tok in [tok.split()[0]]]
+        pids = [int(pid) for pid in re.findall(r"pid (\d+)", line)]
         assert len(pids) == 3 and all(pid_alive(pid) for pid in pids)
         page = in_ns(serve_ns, "curl", "-sS", "--max-time", "10", "http://127.0.0.1/")
         assert "vpatch lab server" in page.stdout, page.stderr

