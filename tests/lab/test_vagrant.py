@@ -28,7 +28,7 @@ import pytest
 
 from gateway.lab.netns import netns_add, netns_delete, netns_pids, pid_alive, stop_pids
 
-pytestmark = [pytest.mark.slow, pytest.mark.netns]
+pytestmark = [pytest.mark.slow, pytest.mark.netns, pytest.mark.timeout(3600)]  # about 15 min
 
 REPO = Path(__file__).resolve().parents[2]
 BOX_FILE = Path(os.environ.get("VPATCH_BOX_FILE", "/var/cache/vpatch-box/vpatch-debian12.box"))
