@@ -74,6 +74,9 @@ def test_ctrl_c_during_a_command_exits_130(tmp_path: Path) -> None:
          str(REPO / "rules" / "vpatch-test-split.yaml"), "/dev/stdin"],
         stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
         env=package_env(),
+        # as from a terminal: a test run started in the background (`cmd &`) ignores SIGINT,
+        # and a child inherits that; Python then installs no KeyboardInterrupt handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         # a pcap header, then nothing: once the child has read the header it is inside the
