@@ -213,9 +213,12 @@ def test_lockdown_blocks_unlearned_and_logs(
         time.sleep(0.5)  # NFLOG bound before the learning traffic
         vpatch_hosts(lab, state, "set", host, "--mode", "learning", "--apply")
         assert http_ok(lab) and dns_ok(lab) and connects(lab, 3389)  # learning allows all
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         learned: list[str] = []
         while time.monotonic() < deadline:
+            # the monitor may bind its NFLOG group or read the new mode after the first
+            # traffic (a loaded machine): traffic goes on until it is learned, as a host's does
+            assert http_ok(lab) and dns_ok(lab) and connects(lab, 3389)
             learned = vpatch_hosts(lab, state, "learned", host).split("\n")
             if {
                 f"{lab.client_addr} -> {host}:80/tcp",
