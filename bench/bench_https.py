@@ -12,7 +12,11 @@ TLS 1.0 only, its 1 KiB /1k.bin), then measures from the client namespace with
 3. through the HTTPS plane: `vpatch run` with the lab's configuration (one queue, the bundled
    rules; the service proxied by one mitmproxy process with the vpatch addon), wrk speaking
    TLS 1.3 to the proxy, which speaks TLS 1.0 to nginx.
+With `--processes N` both mitmproxy alone and the plane run N proxy processes (the plane's
+`processes` setting; mitmdump behind N REDIRECT rules spread with `statistic --mode nth`, as
+gateway/tls/redirect.py renders them) and wrk runs N threads: one process is one CPU.
 Run (root): .venv/bin/python bench/bench_https.py [--duration 5] [--connections 1,10]
+[--processes 1]
 Figures on a shared 2-core VM are noisy: compare them with each other, not across machines.
 """
 
@@ -32,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.benchmark.parse import parse_wrk
 from gateway.lab import LabSpec, lab_down, lab_up
-from gateway.lab.services import lab_cert
+from gateway.lab.services import gateway_config, lab_cert
 from gateway.testing.tls_lab import LabGateway
 
 OPENSSL_LEGACY = """openssl_conf = init
@@ -46,8 +50,12 @@ CipherString = DEFAULT@SECLEVEL=0
 """
 
 
-def wrk(spec: LabSpec, connections: int, duration: int, close: bool, env: dict[str, str]) -> Any:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+def wrk(
+    spec: LabSpec, connections: int, args: argparse.Namespace, close: bool, env: dict[str, str]
+) -> Any:
+    duration = args.duration
+    threads = max(1, min(args.processes, connections))
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
     if close:
         argv += ["-H", "Connection: close"]
     argv.append(f"https://{spec.server_addr}/1k.bin")
@@ -62,9 +70,10 @@ def measure(spec: LabSpec, label: str, args: argparse.Namespace, env: dict[str, 
     rows = []
     for connections in args.connections:
         for close in (False, True):
-            r = wrk(spec, connections, args.duration, close, env)
+            r = wrk(spec, connections, args, close, env)
             row = {
                 "path": label,
+                "processes": args.processes,
                 "connections": connections,
                 "mode": "new connection" if close else "keep-alive",
                 "req_per_s": round(r.requests_per_s, 1),
@@ -82,26 +91,38 @@ def measure_mitmdump(spec: LabSpec, args: argparse.Namespace, tmp: Path) -> list
     cert, key = lab_cert(spec)
     pem = tmp / "combined.pem"
     pem.write_bytes(key.read_bytes() + cert.read_bytes())
-    port = 18443
-    rule = ["PREROUTING", "-d", spec.server_addr, "-p", "tcp", "--dport", "443",
-            "-j", "REDIRECT", "--to-ports", str(port)]  # fmt: skip
+    ports = range(18443, 18443 + args.processes)
+    rules = []
+    for i, port in enumerate(ports):  # as gateway/tls/redirect.py spreads connections
+        left = args.processes - i
+        spread = ["-m", "statistic", "--mode", "nth", "--every", str(left), "--packet", "0"]
+        match = ["PREROUTING", "-d", spec.server_addr, "-p", "tcp", "--dport", "443"]
+        if left > 1:
+            match += spread
+        rules.append([*match, "-j", "REDIRECT", "--to-ports", str(port)])
     nat = ["ip", "netns", "exec", spec.gw_ns, "iptables", "-t", "nat"]
     mitmdump = Path(sys.executable).with_name("mitmdump")
-    argv = [str(mitmdump), "-q", "--mode", f"transparent@{port}", "--certs", f"*={pem}",
-            "--set", f"confdir={tmp}", "--set", "tls_version_client_min=TLS1_2",
-            "--set", "tls_version_server_min=TLS1", "--ssl-insecure",
-            "--set", "connection_strategy=lazy"]  # fmt: skip
-    proc = subprocess.Popen(["ip", "netns", "exec", spec.gw_ns, *argv])
+    procs = []
     try:
+        for port in ports:
+            argv = [str(mitmdump), "-q", "--mode", f"transparent@{port}", "--certs", f"*={pem}",
+                    "--set", f"confdir={tmp}", "--set", "tls_version_client_min=TLS1_2",
+                    "--set", "tls_version_server_min=TLS1", "--ssl-insecure",
+                    "--set", "connection_strategy=lazy"]  # fmt: skip
+            procs.append(subprocess.Popen(["ip", "netns", "exec", spec.gw_ns, *argv]))
         time.sleep(5)  # mitmdump starts in about a second; the host is loaded
-        subprocess.run([*nat, "-A", *rule], check=True)
+        for rule in rules:
+            subprocess.run([*nat, "-A", *rule], check=True)
         try:
             return measure(spec, "mitmproxy alone, no addon", args, {})
         finally:
-            subprocess.run([*nat, "-D", *rule], check=True)
+            for rule in rules:
+                subprocess.run([*nat, "-D", *rule], check=True)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
 
 
 def main() -> int:
@@ -110,6 +131,7 @@ def main() -> int:
     parser.add_argument(
         "--connections", type=lambda s: [int(x) for x in s.split(",")], default=[1, 10]
     )
+    parser.add_argument("--processes", type=int, default=1, help="proxy processes")
     args = parser.parse_args()
     spec = LabSpec(name=f"vphb{os.getpid()}")
     lab_down(spec.name)
@@ -120,7 +142,9 @@ def main() -> int:
             lab_up(spec, services=True, gateway=False)
             straight = measure(spec, "straight (TLS 1.0)", args, {"OPENSSL_CONF": str(conf)})
             bare = measure_mitmdump(spec, args, Path(tmp))
-            gateway = LabGateway(spec, Path(tmp) / "gw")
+            service = {**gateway_config(spec)["tls_proxy"]["services"][0],
+                       "processes": args.processes}  # fmt: skip
+            gateway = LabGateway(spec, Path(tmp) / "gw", tls_proxy={"services": [service]})
             try:
                 gateway.wait(True)
                 proxied = measure(spec, "HTTPS plane (TLS 1.3 -> 1.0)", args, {})
@@ -128,8 +152,8 @@ def main() -> int:
                 gateway.stop()
         finally:
             lab_down(spec.name)
-    print("\n| path | connections | mode | req/s | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| path | processes | connections | mode | req/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in straight + bare + proxied:
         print("| " + " | ".join(str(v) for v in row.values()) + " |")
     return 0
