@@ -50,6 +50,8 @@ PAGE = "/1k.bin"  # the lab nginx's 1 KiB benchmark file
 TOOL_GRACE_S = 30.0
 # Pause between measurements so TIME_WAIT/conntrack churn of one does not bleed into the next.
 SETTLE_S = 1.0
+QUIET_CPU_S = 0.05  # CPU seconds per second under which a started subject counts as idle
+QUIET_TIMEOUT_S = 60.0
 # Wait before reading a subject's counters after a test: vpatch's workers publish theirs once
 # a second (gateway/intake/nfqueue.py EXPIRE_INTERVAL).
 COUNTERS_DELAY_S = 1.3
@@ -158,6 +160,29 @@ def _measure(
         if now is not None:
             inspected.setdefault(cpu_key, []).append(inspection_figures(counted, now, sent))
     time.sleep(SETTLE_S)
+
+
+def wait_quiet(subject: Subject) -> float:
+    """Wait until the subject's processes (and their descendants) spend less than QUIET_CPU_S
+    per second, at most QUIET_TIMEOUT_S; returns the seconds waited. A gateway is ready
+    before all of its children finished starting (the HTTPS plane's proxies import mitmproxy,
+    workers compile their rules): measured during that, the first test (bulk up) lost a core
+    to it in some runs and not in others."""
+    started = time.monotonic()
+
+    def tree() -> list[int]:
+        return [pid for root in subject.inspecting_root_pids() for pid in process_tree(root)]
+
+    while time.monotonic() - started < QUIET_TIMEOUT_S:
+        before = cpu_ticks(tree())
+        time.sleep(1.0)
+        # a child born during the second counts from zero (it is starting, so busy)
+        if cpu_seconds_between(before, cpu_ticks(tree())) < QUIET_CPU_S:
+            break
+    waited = time.monotonic() - started
+    if waited > 1.5:
+        _log(f"{subject.name}: idle after {waited:.0f}s")
+    return waited
 
 
 def measure_subject(subject: Subject, spec: LabSpec, opts: BenchOptions) -> SubjectResult:
@@ -275,6 +300,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             try:
                 subject.start()
                 probe_http(spec)
+                wait_quiet(subject)
                 _log(f"{subject.name}: measuring ({opts.duration}s per test)")
                 result = measure_subject(subject, spec, opts)
             except VpatchError as err:

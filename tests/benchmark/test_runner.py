@@ -1,11 +1,14 @@
 """The report of `vpatch bench` (gateway/benchmark/runner.py) without a lab: ratios of vpatch to
 every other subject, the report's JSON form, the Markdown table (one row per metric, units,
-missing values, errors and notes), and which subjects run when Suricata is or is not
-installed. Running the benchmark itself is not a test."""
+missing values, errors and notes), which subjects run when Suricata is or is not
+installed, and that measuring waits for a started subject's processes to fall idle. Running the
+benchmark itself is not a test."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,9 +24,39 @@ from gateway.benchmark.runner import (
     ratio,
     render_table,
     resolve_subjects,
+    wait_quiet,
     write_json,
 )
-from gateway.benchmark.subjects import suricata_version
+from gateway.benchmark.subjects import Subject, suricata_version
+from gateway.lab import LabSpec
+
+# a child that spins for a while (as a gateway's children do while they start), then says so
+# in a file and sleeps
+BUSY_THEN_IDLE = """
+import sys, time
+end = time.process_time() + float(sys.argv[2])
+while time.process_time() < end:
+    pass
+open(sys.argv[1], "w").write("done")
+time.sleep(60)
+"""
+
+
+def test_measuring_waits_until_the_subjects_children_are_idle(tmp_path: Path) -> None:
+    marker = tmp_path / "busy-done"
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys, time; subprocess.Popen(sys.argv[1:]); time.sleep(60)",
+         sys.executable, "-c", BUSY_THEN_IDLE, str(marker), "2.5"],
+    )  # fmt: skip
+    try:
+        subject = Subject("gw", "a parent whose child starts busy", LabSpec(name="vpq"))
+        subject.pids.append(parent.pid)  # counted with its descendants, as a gateway's workers
+        wait_quiet(subject)
+        assert marker.exists(), "wait_quiet returned while the child was still busy"
+    finally:
+        parent.kill()
+        parent.wait()
 
 
 def test_report_ratios_and_table() -> None:
