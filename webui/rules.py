@@ -21,6 +21,7 @@ from flask import (
     url_for,
 )
 
+from gateway.events.builtin import BUILTIN_EVENTS
 from gateway.policy.hosts import Hosts
 from gateway.policy.store import StoreError
 from gateway.rulepack import RulePackError, RulePacks
@@ -46,7 +47,7 @@ def index() -> Any:
         flash(str(err))
         pack = None
     return render_template(
-        "rules/index.html", rules=rules_view(filters), filters=filters,
+        "rules/index.html", rules=rules_view(filters), filters=filters, builtin=BUILTIN_EVENTS,
         hosts=Hosts(store).list_hosts(), groups=Hosts(store).list_groups(), pack=pack,
         pack_installed=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(pack.installed_at))
         if pack else "",

@@ -46,7 +46,13 @@ from gateway.tls.inspect import (
     build_response_head,
     is_chunked,
 )
-from gateway.tls.service import BlockAnswer, TlsService, TlsVersion
+from gateway.tls.service import (
+    SID_HEADER_LIMIT,
+    SID_TLS_REFUSED,
+    BlockAnswer,
+    TlsService,
+    TlsVersion,
+)
 from gateway.verdict import Decision
 from gateway.vocabulary import PROTO_TCP, Action, Direction
 
@@ -54,8 +60,6 @@ __all__ = ["BLOCK_PAGE", "SID_HEADER_LIMIT", "SID_TLS_REFUSED", "VpatchAddon", "
 
 log = logging.getLogger("vpatch.tls")
 
-SID_TLS_REFUSED: Final = 9300030  # a client offered only TLS versions below the floor
-SID_HEADER_LIMIT: Final = 9300031  # a request's header fields over the service's bounds
 SUPPORTED_VERSIONS: Final = 43  # the TLS extension (RFC 8446 section 4.2.1)
 BLOCK_PAGE: Final = (
     b"<!doctype html><html><head><title>Request blocked</title></head><body>"

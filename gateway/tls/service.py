@@ -38,6 +38,8 @@ __all__ = [
     "BlockAnswer",
     "CertInfo",
     "MAX_SERVICES",
+    "SID_HEADER_LIMIT",
+    "SID_TLS_REFUSED",
     "TlsConfigError",
     "TlsService",
     "TlsVersion",
@@ -47,6 +49,8 @@ __all__ = [
 
 log = logging.getLogger("vpatch.tls")
 
+SID_TLS_REFUSED: Final = 9300030  # a client offered only TLS versions below the floor
+SID_HEADER_LIMIT: Final = 9300031  # a request's header fields over the service's bounds
 MAX_SERVICES: Final = 64  # proxied services (each has its own proxy processes and ports)
 MAX_PROCESSES: Final = 16  # proxy processes per service (one process is one CPU)
 MAX_DEPTH: Final = 1 << 26  # bytes of a body inspected

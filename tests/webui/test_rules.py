@@ -52,6 +52,17 @@ def test_rules_filters(client: FlaskClient, auth: Auth) -> None:
     assert 'id="rule-9000100"' in page and "1 flows" in page  # the would_block event
 
 
+def test_rules_page_lists_the_events_the_gateway_raises_itself(
+    client: FlaskClient, auth: Auth
+) -> None:
+    auth.login()
+    page = client.get("/rules/").get_data(as_text=True)
+    builtin = page[page.index('id="builtin"') :]
+    assert 'id="builtin-9300018"' in builtin and "limits.field (per server: hosts:)" in builtin
+    assert 'id="builtin-9300030"' in builtin and "client_min" in builtin
+    assert 'id="rule-9300018"' not in page  # not a rule: no mode to set
+
+
 def test_rules_page_and_api_show_ports_or_any(app: Flask, client: FlaskClient, auth: Auth) -> None:
     from gateway.policy.appcontrol import APP_CONTROL_RULES  # holds a `ports: any` rule
 
