@@ -257,3 +257,21 @@ def cpu_seconds_between(before: dict[int, int], after: dict[int, int]) -> float:
     for pid, ticks in after.items():
         total += ticks - before.get(pid, 0)
     return total / CLOCK_TICKS
+
+
+def parse_suricata_stats(text: str, source: str = "stats.log") -> dict[str, int]:
+    """The counters of the last block of a Suricata stats.log (`name | Total | value` lines
+    after the last `Date:` line); {} when no block was written yet."""
+    block = text[text.rfind("Date:") :] if "Date:" in text else ""
+    counters: dict[str, int] = {}
+    for line in block.splitlines()[1:]:
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) != 3 or parts[1] != "Total":
+            continue
+        try:
+            counters[parts[0]] = int(parts[2])
+        except ValueError as err:
+            raise BenchError(
+                f"{source}: counter {parts[0]!r} is not a number: {parts[2]!r}"
+            ) from err
+    return counters

@@ -44,7 +44,7 @@ from gateway.lab import LabSpec, lab_down, lab_up, netns
 from gateway.lab import services as lab_services
 from gateway.lab.netns import netns_exec, pid_alive, stop_pids
 
-SUBJECTS = ("kernel", "suricata-default", "suricata-tuned", "vpatch")
+SUBJECTS = ("kernel", "suricata-default", "suricata-tuned", "suricata-inspect-all", "vpatch")
 PAGE = "/1k.bin"  # the lab nginx's 1 KiB benchmark file
 # Extra seconds a client tool gets beyond the test duration before it is killed.
 TOOL_GRACE_S = 30.0

@@ -24,13 +24,14 @@ MAX_REPEAT = 20
 
 
 def parse_only(text: str) -> tuple[str, ...]:
-    """'kernel,suricata' -> ('kernel', 'suricata-default', 'suricata-tuned'), in table order."""
+    """'kernel,suricata' -> ('kernel', 'suricata-default', 'suricata-tuned',
+    'suricata-inspect-all'), in table order."""
     wanted: set[str] = set()
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
         if item == "suricata":
-            wanted |= {"suricata-default", "suricata-tuned"}
+            wanted |= {s for s in SUBJECTS if s.startswith("suricata")}
         elif item in SUBJECTS:
             wanted.add(item)
         else:
@@ -58,7 +59,8 @@ def register(sub: Any) -> None:
         "bench",
         help="side-by-side benchmark: kernel alone, Suricata inline, vpatch",
         description="Build a namespace lab and measure, on the same traffic, the kernel alone, "
-        "Suricata 7 inline (as installed and tuned) and vpatch: bulk TCP each way (iperf3), "
+        "Suricata 7 inline (as installed, tuned, and tuned with unlimited depth) and vpatch: bulk "
+        "TCP each way (iperf3), "
         "HTTP req/s and latency with keep-alive and new connections (wrk), and the CPU "
         "seconds of the inspecting processes. Needs root.",
     )
@@ -67,8 +69,8 @@ def register(sub: Any) -> None:
         "--only",
         type=parse_only,
         default=SUBJECTS,
-        help="comma list of kernel, suricata (both variants), suricata-default, "
-        "suricata-tuned, vpatch (default: all)",
+        help="comma list of kernel, suricata (its three variants), suricata-default, "
+        "suricata-tuned, suricata-inspect-all, vpatch (default: all)",
     )
     parser.add_argument(
         "--skip-suricata-if-missing",

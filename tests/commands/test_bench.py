@@ -11,6 +11,9 @@ from gateway.commands.bench import parse_only
 
 def test_parse_only() -> None:
     assert parse_only("vpatch,kernel") == ("kernel", "vpatch")
-    assert parse_only("suricata") == ("suricata-default", "suricata-tuned")
+    assert parse_only("suricata") == (
+        "suricata-default", "suricata-tuned", "suricata-inspect-all"
+    )  # fmt: skip
+    assert parse_only("vpatch,suricata-inspect-all") == ("suricata-inspect-all", "vpatch")
     with pytest.raises(argparse.ArgumentTypeError, match="'snort'"):
         parse_only("kernel,snort")
