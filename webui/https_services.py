@@ -204,8 +204,11 @@ def save() -> Any:
 
 def _flash(result: dict[str, Any]) -> None:
     if result["mode"] == "packet":
-        what = f"{result['removed']} back on the packet plane" if result["removed"] else (
-            "nothing stored: the service stays on the packet plane")
+        what = (
+            f"{result['removed']} back on the packet plane"
+            if result["removed"]
+            else ("nothing stored: the service stays on the packet plane")
+        )
     else:
         what = f"HTTPS service {result['service']['name']} saved"
     for warning in result.get("warnings") or []:

@@ -137,9 +137,7 @@ async def _tick(
             log.error("proxy housekeeping failed: %r", err)
 
 
-async def _serve(
-    config: GatewayConfig, service: TlsService, port: int, stats: WorkerStats
-) -> None:
+async def _serve(config: GatewayConfig, service: TlsService, port: int, stats: WorkerStats) -> None:
     rules_loaded = stats.get("rules_wanted")
     engine = Engine(load_rules(rule_paths(config)), proxy_engine_config(config))
     apply_policy(engine, config, stats, stats.get("policy_wanted"))

@@ -401,9 +401,7 @@ def check_keypair(cert: Path, key: Path, now: datetime | None = None) -> CertInf
     try:
         private = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as err:
-        raise TlsConfigError(
-            f"{key}: not an unencrypted PEM private key ({err})", "key"
-        ) from err
+        raise TlsConfigError(f"{key}: not an unencrypted PEM private key ({err})", "key") from err
     public = serialization.PublicFormat.SubjectPublicKeyInfo
     der = serialization.Encoding.DER
     if private.public_key().public_bytes(der, public) != certificate.public_key().public_bytes(

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from gateway.control.server import ControlError, control_request
+from gateway.control.server import ControlError
 from gateway.lab import LabSpec, lab_down, lab_up
 from gateway.lab.netns import netns_exec
 from gateway.lab.services import lab_cert
@@ -128,9 +128,7 @@ def test_a_service_added_changed_and_removed_through_the_api_applies_live(
     assert curl(tlslab, "--tlsv1.3").stdout == "200"
 
     r = client.delete(f"/api/v1/https/services/{added['service']['id']}", headers=headers)
-    assert r.get_json()["reload"]["result"]["tls_proxy"]["stopped"] == [
-        f"{tlslab.server_addr}:443"
-    ]
+    assert r.get_json()["reload"]["result"]["tls_proxy"]["stopped"] == [f"{tlslab.server_addr}:443"]
     assert gateway.status()["tls_proxy"] == []
     assert curl(tlslab, "--tlsv1.2").returncode == 35  # back on the packet plane: nginx's TLS
     assert gateway.proc.pid == gateway_pid and gateway.proc.poll() is None  # never restarted

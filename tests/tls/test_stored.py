@@ -113,7 +113,9 @@ def test_one_host_and_port_once_and_not_when_the_configuration_has_it(
     gone = delete_service(store, row.id, "bob")
     assert gone.port == 8443 and list_stored(store) == []
     assert [e.action for e in store.list_audit(3)] == [
-        "tls_service.delete", "tls_service.save", "tls_service.save"
+        "tls_service.delete",
+        "tls_service.save",
+        "tls_service.save",
     ]
     with pytest.raises(ServiceFieldError) as missing:
         delete_service(store, row.id, "bob")

@@ -37,9 +37,7 @@ def test_a_wrong_key_file_is_refused_in_the_form(ui: str, browser: Any, tmp_path
     with Store(tmp_path / "vpatch.db") as store:
         assert list_stored(store) == []
     # the form kept what was typed: only the key needs correcting
-    assert b.css("#https-save input[name=cert]").get_attribute("value") == str(
-        certs / "server.pem"
-    )
+    assert b.css("#https-save input[name=cert]").get_attribute("value") == str(certs / "server.pem")
     flash = b.submit(b.fill(b.css("#https-save"), key=str(certs / "server.key")))
     assert "HTTPS service 198.18.0.20:443 saved" in flash
     assert "gateway NOT reloaded" in flash  # no gateway here: said, not hidden

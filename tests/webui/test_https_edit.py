@@ -68,8 +68,16 @@ def test_admin_saves_changes_and_removes_a_service_with_the_gateway_reloaded(
     gateway.start()
     try:
         auth.login()
-        r = client.post("/https/", data=form(auth, certs, cert=str(certs / "soon.pem"),
-                                              key=str(certs / "soon.key"), forwarded="on"))
+        r = client.post(
+            "/https/",
+            data=form(
+                auth,
+                certs,
+                cert=str(certs / "soon.pem"),
+                key=str(certs / "soon.key"),
+                forwarded="on",
+            ),
+        )
         assert r.status_code == 302 and reloads == [1]
         page = client.get("/https/").get_data(as_text=True)
         assert "HTTPS service 198.18.0.20:443 saved; gateway reloaded" in page
@@ -146,7 +154,5 @@ def test_configuration_file_services_are_read_only(
     page = client.get("/https/").get_data(as_text=True)
     assert "the configuration file (read-only)" in page and "/delete" not in page
     r = client.post("/https/", data=form(auth, certs))
-    assert r.status_code == 400 and "proxied by the configuration file" in r.get_data(
-        as_text=True
-    )
+    assert r.status_code == 400 and "proxied by the configuration file" in r.get_data(as_text=True)
     assert stored(app) == []
