@@ -9,6 +9,8 @@ live counters (its `status`). Saving checks every value with the configuration's
 (the error names the field and nothing is stored), stores the service (audited) and asks the
 gateway to `reload`, which reconfigures its HTTPS plane without a restart (gateway/tls/
 plane.py). Mode `packet` removes a stored service: its flows go back to the packet plane.
+The certificate and key are paths on the gateway, or PEM files uploaded with the form (kept
+0600 in the state directory: webui/tls_uploads.py).
 
 JSON API (bearer tokens, webui/api.py's table): GET /api/v1/https/services, PUT
 /api/v1/https/services (create or update by host and port), PUT /api/v1/https/services/{id},
@@ -55,12 +57,14 @@ from webui.api import endpoint
 from webui.db import get_store
 from webui.security import admin_required, login_required
 from webui.services import gateway_status, reload_gateway
+from webui.tls_uploads import discard, prune, save_uploads
 
 bp = Blueprint("https", __name__, url_prefix="/https")
 
 CERT_WARN_DAYS: Final = 30
 MODES: Final = ("https-proxy", "packet")  # packet: not proxied (the default of every flow)
-DEFAULTS: Final = service_settings(TlsService("0.0.0.0"))  # the form's initial values
+# the form's initial values: the configuration's defaults, no address and no files
+DEFAULTS: Final = service_settings(TlsService("0.0.0.0")) | {"host": "", "cert": "", "key": ""}
 FORM_KEYS: Final = tuple(k for k in DEFAULTS if k in KEYS)
 
 
@@ -109,6 +113,12 @@ def _view(
     return view
 
 
+def _prune() -> None:
+    """Uploaded certificate and key files no stored service names any more go."""
+    rows = list_stored(get_store())
+    prune({str(r.settings.get(k)) for r in rows for k in ("cert", "key")})
+
+
 def _reserved() -> set[tuple[str, int]]:
     config = current_app.config.get("TLS_CONFIG_SERVICES") or []
     return {(s["host"], int(s["port"])) for s in config}
@@ -143,11 +153,13 @@ def apply_service(
             return {"mode": "packet", "service": None, "removed": None,
                     "reload": None}  # fmt: skip
         gone = delete_service(store, target, actor)
+        _prune()
         return {"mode": "packet", "removed": gone.name, "service": None,
                 "reload": reload_gateway(store, actor)}  # fmt: skip
     if existing is not None:
         service_id = existing.id
     row, info = save_service(store, settings, actor, service_id, _reserved())
+    _prune()
     cert = certificate_view(row.settings["cert"], row.settings["key"])
     return {"mode": "https-proxy", "service": asdict(row) | {"name": row.name},
             "certificate": cert, "warnings": [cert["warning"]] if cert.get("warning") else [],
@@ -171,8 +183,7 @@ def _page(form: Mapping[str, object] | None = None, error: ServiceFieldError | N
     services = services_view()
     if form is None:
         stored = next((s for s in services if s["id"] == edit and edit is not None), None)
-        form = {**DEFAULTS, "host": "", "cert": "", "key": "",
-                **(stored["settings"] if stored else {})}  # fmt: skip
+        form = {**DEFAULTS, **(stored["settings"] if stored else {})}
     status = 400 if error is not None else 200
     return render_template(
         "https/index.html", services=services, form=form, error=error, edit=edit,
@@ -195,8 +206,13 @@ def save() -> Any:
     raw_id = request.form.get("service_id", "")
     service_id = int(raw_id) if raw_id.isdecimal() and len(raw_id) < 12 else None
     try:
-        result = apply_service(values, g.user.username, service_id)
+        uploaded = save_uploads(request.files)  # they replace the paths typed in
     except ServiceFieldError as err:
+        return _page({**DEFAULTS, **values}, err, service_id)
+    try:
+        result = apply_service({**values, **uploaded}, g.user.username, service_id)
+    except ServiceFieldError as err:
+        discard(uploaded.values())  # nothing of a refused change is kept
         return _page({**DEFAULTS, **values}, err, service_id)
     _flash(result)
     return redirect(url_for("https.index"))

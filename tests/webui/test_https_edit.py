@@ -6,6 +6,7 @@ stored over."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,34 @@ def test_configuration_file_services_are_read_only(
     r = client.post("/https/", data=form(auth, certs))
     assert r.status_code == 400 and "proxied by the configuration file" in r.get_data(as_text=True)
     assert stored(app) == []
+
+
+def test_uploaded_pem_files_are_kept_0600_and_go_with_their_service(
+    app: Flask, client: FlaskClient, auth: Auth, certs: Path
+) -> None:
+    uploads = Path(app.config["POLICY_DB"]).parent / "tls-uploads"
+    auth.login()
+
+    def upload(key: str) -> Any:
+        data: dict[str, Any] = form(auth, certs, cert="", key="")
+        data["cert_file"] = (io.BytesIO((certs / "server.pem").read_bytes()), "iis6.pem")
+        data["key_file"] = (io.BytesIO((certs / key).read_bytes()), "iis6.key")
+        return client.post("/https/", data=data, content_type="multipart/form-data")
+
+    r = upload("other.key")  # refused: the uploaded files are not kept
+    assert r.status_code == 400 and "key: " in r.get_data(as_text=True)
+    assert stored(app) == [] and list(uploads.iterdir()) == []
+    assert upload("server.key").status_code == 302
+    (row,) = stored(app)
+    cert, key = Path(row.settings["cert"]), Path(row.settings["key"])
+    assert cert.parent == uploads and key.parent == uploads
+    assert key.stat().st_mode & 0o777 == 0o600 and cert.stat().st_mode & 0o777 == 0o600
+    assert key.read_bytes() == (certs / "server.key").read_bytes()
+    assert upload("server.key").status_code == 302  # a new upload: new files, old ones gone
+    (row,) = stored(app)
+    assert sorted(uploads.iterdir()) == sorted(
+        [Path(row.settings["cert"]), Path(row.settings["key"])]
+    )
+    assert not key.exists()
+    client.post(f"/https/{row.id}/delete", data={"csrf_token": auth.token_from("/https/")})
+    assert list(uploads.iterdir()) == []
