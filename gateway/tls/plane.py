@@ -7,10 +7,13 @@ store's, gateway/tls/stored.py `wanted_services`; local ports numbered from
 PREROUTING -> PREFIX-TLS -> PREFIX-TLS<n>, gateway/tls/redirect.py). `reconfigure()` (the
 gateway's `reload`, after a service was added, changed or removed in the UI or API) reads the
 services again and follows them live: new services get their proxies and chain, removed ones
-lose them (their new connections go back to the packet plane), changed ones are stopped and
-started with the new settings, and the unchanged ones are not touched (their processes,
-counters and connections go on); the whole redirect is rewritten in one atomic restore per
-family. The supervisor calls `supervise()` a few times a second:
+lose them (their new connections go back to the packet plane), changed ones are made before
+they are broken (the old proxies serve until a new one listens, then the chain switches and
+the old ones end RETIRE_GRACE_S later, never blocking the caller), and the unchanged ones are
+not touched (their processes, counters and connections go on); a service added live is
+redirected once its proxy listens (until then its flows stay on the packet plane); the whole
+redirect is rewritten in one atomic restore per family. The supervisor calls `supervise()` a
+few times a second:
 - a dead proxy process is logged, counted and started again (after `workers.restart_delay`,
   at most `workers.max_restarts` per `workers.restart_window`, as the queue workers; past
   that the plane gives up on it and leaves it to the fail policy);
@@ -59,6 +62,9 @@ __all__ = ["TlsPlane"]
 
 log = logging.getLogger("vpatch.tls")
 
+RETIRE_GRACE_S: Final = 2.0  # a replaced or removed service's proxies end this long after
+# no redirect points at them (the connections redirected to them just before finish)
+
 
 class _Slot:
     """One proxy port: its current process and the counters that outlive it."""
@@ -84,7 +90,10 @@ class _Slot:
 class _Proxied:
     """One proxied service in the running plane: its chain number, proxy slots, redirect."""
 
-    def __init__(self, wanted: Wanted, chain: int, ports: list[int]) -> None:
+    def __init__(
+        self, wanted: Wanted, chain: int, ports: list[int], pending: bool = False,
+        replaces: _Proxied | None = None,
+    ) -> None:  # fmt: skip
         self.service = wanted.service
         self.source = wanted.source
         self.id = wanted.id
@@ -93,6 +102,10 @@ class _Proxied:
         self.redirected: tuple[int, ...] | None = None  # the ports its chain redirects to now
         self.cert = _cert(self.service.cert, self.service.key)
         self.files = _digest(self.service)
+        # added or changed while the gateway runs: redirected only once a proxy of it listens
+        # (until then a new service stays on the packet plane, a changed one with `replaces`)
+        self.pending = pending
+        self.replaces = replaces
 
     def same(self, service: TlsService) -> bool:
         """`service` is this one with the same settings and the same certificate and key
@@ -116,6 +129,8 @@ class TlsPlane:
         self.problems: list[dict[str, str]] = []  # stored services left out, and why
         self._hooked: set[int] = set()  # families whose PREROUTING jumps to our top chain
         self._chains: dict[int, set[int]] = {4: set(), 6: set()}  # chain numbers created
+        self._retiring: list[_Slot] = []  # proxies of services gone, ended by supervise
+        self._started = False  # services added after start() wait for their proxies
         self.rules_version = 0
         self.policy_version = 1
         # reconfigure (the control socket's reload thread) and supervise (the main loop) never
@@ -179,8 +194,10 @@ class TlsPlane:
                 current.source, current.id = w.source, w.id
                 keep[current.key] = current
         gone = [p for p in self.proxied if p.key not in keep]
-        busy_ports = {s.port for p in self.proxied for s in p.slots}
+        busy_ports = {s.port for p in self.proxied for s in p.slots} | self._retiring_ports()
         busy_chains = {p.chain for p in keep.values()}
+        changed = {p.key: p for p in gone if any(p.key == (w.service.host, w.service.port)
+                                                  for w in wanted)}  # fmt: skip
         fresh: list[_Proxied] = []
         out: list[_Proxied] = []
         for w in wanted:
@@ -188,10 +205,14 @@ class TlsPlane:
             if key in keep:
                 out.append(keep[key])
                 continue
-            chain = _lowest_free(busy_chains, 0)
+            prior = changed.get(key)
+            if prior is not None and prior.replaces is not None:
+                prior = prior.replaces  # changed again before it switched: the one serving
+            chain = prior.chain if prior is not None else _lowest_free(busy_chains, 0)
+            busy_chains.add(chain)
             ports = [_lowest_free(busy_ports, self.config.tls_proxy.listen_port)
                      for _ in range(w.service.processes)]  # fmt: skip
-            proxied = _Proxied(w, chain, ports)
+            proxied = _Proxied(w, chain, ports, pending=self._started, replaces=prior)
             fresh.append(proxied)
             out.append(proxied)
         before, self.proxied = self.proxied, out
@@ -203,16 +224,21 @@ class TlsPlane:
             for proxied in before:
                 proxied.redirected = None  # supervise rewrites each chain again
             return {"error": f"redirect not rewritten: {err}"}
-        self._stop_procs([s for p in gone for s in p.slots])
+        for p in gone:  # a changed one serves on until its successor listens (supervise)
+            if p.key not in changed and p.replaces is not None:
+                self._retire(p.replaces)  # removed before its change had switched
+            if p.key not in changed or p.replaces is not None:
+                self._retire(p)  # removed, or a successor that never switched
         for proxied in fresh:
             for slot in proxied.slots:
                 self._spawn(proxied.service, slot)
-        changed = {p.service.name for p in gone} & {p.service.name for p in fresh}
+        self._started = True
+        names = {p.service.name for p in fresh}
         result = {
             "services": [p.service.name for p in self.proxied],
-            "started": sorted({p.service.name for p in fresh} - changed),
-            "stopped": sorted({p.service.name for p in gone} - changed),
-            "restarted": sorted(changed),
+            "started": sorted(names - {p.service.name for p in changed.values()}),
+            "stopped": sorted({p.service.name for p in gone if p.key not in changed}),
+            "changed": sorted(p.service.name for p in changed.values()),
             "problems": self.problems,
         }
         if fresh or gone:
@@ -237,7 +263,37 @@ class TlsPlane:
             self._chains[family] |= {p.chain for p in mine}
 
     def _all(self) -> list[_Slot]:
-        return [slot for p in self.proxied for slot in p.slots]
+        """Every proxy that serves or may serve: the services' and those they replace."""
+        out = [slot for p in self.proxied for slot in p.slots]
+        return out + [slot for p in self.proxied if p.replaces for slot in p.replaces.slots]
+
+    def _retiring_ports(self) -> set[int]:
+        return {s.port for s in self._retiring} | {
+            s.port for p in self.proxied if p.replaces for s in p.replaces.slots
+        }
+
+    def _retire(self, proxied: _Proxied) -> None:
+        """End a service's proxies that no redirect points at any more: SIGTERM after
+        RETIRE_GRACE_S (connections just redirected to them finish), SIGKILL after
+        `workers.stop_timeout` more; reaped by supervise, never blocking the caller."""
+        at = time.monotonic() + RETIRE_GRACE_S
+        for slot in proxied.slots:
+            slot.given_up = True  # not restarted
+            slot.died = at  # here: when to end it
+            self._retiring.append(slot)
+
+    def _reap(self, now: float) -> None:
+        """SIGTERM, then SIGKILL, the retired proxies whose time has come; forget the dead."""
+        kill_after = self.config.workers.stop_timeout
+        for slot in list(self._retiring):
+            if not slot.alive:
+                if slot.proc is not None:
+                    slot.proc.join(0)
+                self._retiring.remove(slot)
+            elif slot.died is not None and now >= slot.died:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.proc.pid, signal.SIGTERM if now < slot.died + kill_after
+                            else signal.SIGKILL)  # fmt: skip
 
     def _spawn(self, service: TlsService, slot: _Slot) -> None:
         for name in ("bound", "pid", "started"):
@@ -249,7 +305,13 @@ class TlsPlane:
 
     def _wanted(self, proxied: _Proxied) -> list[int]:
         """The ports a service redirects to now: under fail-open the listening ones, under
-        fail-closed all (a connection to a dead proxy is refused)."""
+        fail-closed all (a connection to a dead proxy is refused); a pending one (added or
+        changed live), until a proxy of it listens: those of the one it replaces, or none."""
+        if proxied.pending:
+            live = [s.port for s in proxied.slots if s.listening]
+            if live:
+                return live
+            return self._wanted(proxied.replaces) if proxied.replaces is not None else []
         if not self.fail_open:
             return [s.port for s in proxied.slots]
         return [s.port for s in proxied.slots if s.listening]
@@ -280,6 +342,19 @@ class TlsPlane:
             wanted = tuple(self._wanted(proxied))
             if wanted != proxied.redirected:
                 self._redirect(proxied, wanted)
+            if (
+                proxied.pending
+                and (
+                    any(s.listening for s in proxied.slots)
+                    or all(s.given_up for s in proxied.slots)
+                )
+                and proxied.redirected == wanted
+            ):  # switched (or it never will): the old one goes
+                proxied.pending = False
+                if proxied.replaces is not None:
+                    self._retire(proxied.replaces)
+                    proxied.replaces = None
+        self._reap(now)
 
     def _redirect(self, proxied: _Proxied, wanted: tuple[int, ...]) -> None:
         service = proxied.service
@@ -332,7 +407,7 @@ class TlsPlane:
         )
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop_procs(self._all(), timeout)
+        self._stop_procs([*self._all(), *self._retiring], timeout)
 
     def _stop_procs(self, slots: list[_Slot], timeout: float = 5.0) -> None:
         """End these slots' processes (SIGTERM, SIGKILL after `timeout`)."""
@@ -378,7 +453,8 @@ def _lowest_free(busy: set[int], start: int) -> int:
 def _status(proxied: _Proxied, fail_open: bool) -> dict[str, Any]:
     service = proxied.service
     slots = proxied.slots
-    listening = any(s.listening for s in slots)
+    serving = slots + (proxied.replaces.slots if proxied.replaces is not None else [])
+    listening = any(s.listening for s in serving)
     return {
         "service": service.name,
         "host": service.host,
@@ -399,6 +475,9 @@ def _status(proxied: _Proxied, fail_open: bool) -> dict[str, Any]:
         "forwarded": service.forwarded,
         "processes": service.processes,
         "inspecting": listening and bool(proxied.redirected),
+        # changed or added live, its own proxies not yet listening: the previous settings'
+        # proxies serve meanwhile (a new service: the packet plane)
+        "pending": proxied.pending,
         "bypassed": fail_open and not proxied.redirected,
         "proxies": [_slot_status(s) for s in slots],
         "counters": _sum(s.stats for s in slots),

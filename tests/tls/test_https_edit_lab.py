@@ -5,7 +5,8 @@ through the admin API (its `reload` reconfigures the HTTPS plane, no restart).
 With nginx on 198.18.0.20:443 speaking TLS 1.0 only: before, a TLS 1.2 curl from the client
 fails (the packet plane passes it straight to nginx); once the service is added through the
 API it gets the page through the proxy; with `client_min: TLS1_3` a client limited to TLS 1.2
-is refused and TLS 1.3 still works; once deleted, the TLS 1.2 curl fails again (back on the
+is refused and TLS 1.3 still works (requests sent during the change all get the page: the old
+proxies serve until the new ones listen); once deleted, the TLS 1.2 curl fails again (back on the
 packet plane). One lab and one gateway for the module.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -90,12 +92,20 @@ def inspected(gw: LabGateway, before: Collection[int] = ()) -> dict[str, Any]:
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         services = gw.status()["tls_proxy"]
-        if services and services[0]["inspecting"]:
+        if services and services[0]["inspecting"] and not services[0]["pending"]:
             pids = {p["pid"] for p in services[0]["proxies"]}
             if not pids & set(before):
                 service: dict[str, Any] = services[0]
                 return service
         assert time.monotonic() < deadline, (gw.state / "gateway.log").read_text()[-3000:]
+        time.sleep(0.2)
+
+
+def gone(service: dict[str, Any]) -> None:
+    """Wait until the service's proxy processes (as `status` listed them) have ended."""
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{p['pid']}").exists() for p in service["proxies"]):
+        assert time.monotonic() < deadline, service["proxies"]
         time.sleep(0.2)
 
 
@@ -117,12 +127,29 @@ def test_a_service_added_changed_and_removed_through_the_api_applies_live(
     assert first["source"] == "policy" and first["tls"]["client_min"] == "TLS1_2"
     assert curl(tlslab, "--tlsv1.2").stdout == "200"  # through the proxy, TLS 1.0 to nginx
 
-    r = client.put(f"/api/v1/https/services/{added['service']['id']}",
-                   json={**body, "client_min": "TLS1_3"}, headers=headers)  # fmt: skip
-    assert r.get_json()["reload"]["result"]["tls_proxy"]["restarted"] == [
-        f"{tlslab.server_addr}:443"
-    ]
-    changed = inspected(gateway, {p["pid"] for p in first["proxies"]})
+    # the change: the old proxies serve until the new ones listen (make before break), so
+    # requests sent all along the change get the page
+    codes: list[str] = []
+    done = threading.Event()
+
+    def keep_asking() -> None:
+        while not done.is_set():
+            codes.append(curl(tlslab, "--tlsv1.2").stdout)  # 1.2 or 1.3: both settings serve it
+
+    asking = threading.Thread(target=keep_asking)
+    asking.start()
+    try:
+        r = client.put(f"/api/v1/https/services/{added['service']['id']}",
+                       json={**body, "client_min": "TLS1_3"}, headers=headers)  # fmt: skip
+        assert r.get_json()["reload"]["result"]["tls_proxy"]["changed"] == [
+            f"{tlslab.server_addr}:443"
+        ]
+        changed = inspected(gateway, {p["pid"] for p in first["proxies"]})
+        gone(first)  # the old proxies end once no redirect points at them
+    finally:
+        done.set()
+        asking.join()
+    assert codes and set(codes) == {"200"}, codes
     assert changed["tls"]["client_min"] == "TLS1_3"
     assert curl(tlslab, "--tlsv1.2", "--tls-max", "1.2").stdout != "200"  # below the floor
     assert curl(tlslab, "--tlsv1.3").stdout == "200"
@@ -132,4 +159,4 @@ def test_a_service_added_changed_and_removed_through_the_api_applies_live(
     assert gateway.status()["tls_proxy"] == []
     assert curl(tlslab, "--tlsv1.2").returncode == 35  # back on the packet plane: nginx's TLS
     assert gateway.proc.pid == gateway_pid and gateway.proc.poll() is None  # never restarted
-    assert all(not Path(f"/proc/{p['pid']}").exists() for p in changed["proxies"])
+    gone(changed)
