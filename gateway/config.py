@@ -872,7 +872,9 @@ class TlsProxyConfig:
         "`block_page` (HTML file, null: built in), `depth` (body bytes inspected, 1048576), "
         "`max_header_bytes` (65536) and `max_headers` (100) (a request over them: event and "
         "refusal), `forwarded` (false: add X-Forwarded-For and Forwarded toward the "
-        "server) and `processes` (1: proxy processes, each one CPU).",
+        "server) and `processes` (1: proxy processes, each one CPU). Services can also be "
+        "added on the admin UI's HTTPS page and the API (stored in the policy database, "
+        "applied live; a host and port in this list cannot be stored there: docs/https.md).",
         hi=MAX_SERVICES,
         shown="`[]` (none: every flow stays on the packet plane)",
         example="[]",

@@ -41,7 +41,8 @@ store is compiled here first (a bad policy is refused before any worker sees it)
 policy chain, host-mode sets/chains and any-port host sets are rewritten in place
 (gateway/firewall/refresh.py), then every worker applies the new policy version between
 packets (no restart, flows kept); the protected-host sets are refilled from the configuration
-and the store. `rules-reload`: the rule files are loaded and compiled here first (any bad rule
+and the store, and the HTTPS plane follows the stored services (gateway/tls/plane.py
+`reconfigure`). `rules-reload`: the rule files are loaded and compiled here first (any bad rule
 refuses the whole reload, RuleError naming file, line and reason, and nothing changes), every
 worker builds and swaps in the new set in the background (gateway/intake/nfqueue.py
 RuleLoader: verdicts go on meanwhile), then the kernel's port sets follow. The lifecycle
@@ -499,6 +500,7 @@ class Gateway:
             firewall_rules = self._refresh_firewall()
             host_modes = self._refresh_hostmodes()
             any_port = self._refresh_any_port_hosts()
+            tls_proxy = self.tls.reconfigure()  # services added/changed/removed in the store
             self.tls.publish("policy", version)
             complete = self._publish("policy", version, started + RELOAD_WAIT)
             took = time.monotonic() - started
@@ -521,6 +523,7 @@ class Gateway:
                 "host_modes": host_modes,
                 "any_port_hosts": any_port,
                 "protected_hosts": protected,
+                "tls_proxy": tls_proxy,
             }
 
     def _publish(self, what: str, version: int, deadline: float) -> bool:

@@ -37,6 +37,7 @@ from webui import (
     firewall,
     gateways,
     hosts,
+    https_services,
     inputs,
     reports,
     rules,
@@ -102,11 +103,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     security.init_app(app)
     inputs.init_app(app)
 
-    # alerts, firewall, reports and transfer added their /api/v1 endpoints to api.bp when
-    # imported (at the top), before api.bp is registered here
+    # alerts, firewall, https_services, reports and transfer added their /api/v1 endpoints to
+    # api.bp when imported (at the top), before api.bp is registered here
     for bp in (auth.bp, dashboard.bp, rules.bp, hosts.bp, events.bp, audit.bp, api.bp,
                firewall.bp, alerts.bp, reports.bp, transfer.bp, users.bp,
-               gateways.bp):  # fmt: skip
+               gateways.bp, https_services.bp):  # fmt: skip
         app.register_blueprint(bp)
     app.add_url_rule("/", endpoint="index", view_func=dashboard.index)
     return app

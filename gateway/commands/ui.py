@@ -33,6 +33,7 @@ from gateway.database import policy_target
 from gateway.errors import ConfigError
 from gateway.policy.accounts import Accounts
 from gateway.policy.store import Store, StoreError
+from gateway.tls.service import service_settings
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
 UI_THREADS = 8
@@ -187,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
         "SESSION_IDLE": config.ui.session_idle,
         "SESSION_LIFETIME": config.ui.session_lifetime,
         "TRUSTED_PROXIES": config.ui.trusted_proxies,
+        # shown read-only on the HTTPS page (webui/https_services.py)
+        "TLS_CONFIG_SERVICES": [service_settings(s) for s in config.tls_proxy.services],
     })  # fmt: skip
     if password is not None:
         print(f"vpatch ui: created user 'admin' with password: {password}", flush=True)

@@ -9,7 +9,7 @@ The rows of each table are read and written by the module of the feature that ow
 sessions.py (ui_sessions, migration 5), hosts.py (hosts, groups), assignments.py,
 exceptions.py, snapshot.py (the gateway's read of them), gateway/lifecycle/state.py
 (migration 3), gateway/firewall/policy.py and gateway/alerts/ (migration 2),
-gateway/scan/jobs.py (migration 4). Guarantees:
+gateway/scan/jobs.py (migration 4), gateway/tls/stored.py (tls_services, migration 9). Guarantees:
 - every connection runs with WAL, `busy_timeout` (BUSY_TIMEOUT_MS) and foreign keys on;
 - the database file (it holds password hashes) and its directory are created with explicit
   modes whatever the umask: 0600/0750, or 0660/0770 for the group `vpatch` when it exists
@@ -197,6 +197,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE gateways(
         name TEXT PRIMARY KEY, started_at REAL NOT NULL, last_seen REAL NOT NULL,
         policy_version INTEGER NOT NULL DEFAULT 0, status_json TEXT NOT NULL DEFAULT '{}');
+    """,
+    # 9: HTTPS services edited in the UI and API (issue 11, gateway/tls/stored.py,
+    # docs/https.md): one row per proxied (host, port), its settings as the configuration's
+    # `tls_proxy.services` entry (JSON)
+    """
+    CREATE TABLE tls_services(
+        id INTEGER PRIMARY KEY, host TEXT NOT NULL, port INTEGER NOT NULL,
+        settings_json TEXT NOT NULL, updated_by TEXT NOT NULL, updated_at REAL NOT NULL,
+        UNIQUE(host, port));
     """,
 )
 

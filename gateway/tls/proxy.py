@@ -1,6 +1,6 @@
 """One HTTPS proxy process: mitmproxy in transparent mode with the vpatch addon, for one service.
 
-What it does: `start_proxy(config, index, port, stats)` starts a process (spawn) that loads
+What it does: `start_proxy(config, service, port, stats)` starts a process (spawn) that loads
 the rules and the policy (the packet plane's loaders: gateway/intake/nfqueue.py), builds an
 `ExchangeJudge` around an engine, and runs mitmproxy listening on `port` (the kernel redirects
 the service's connections there, gateway/tls/redirect.py) with:
@@ -137,8 +137,7 @@ async def _tick(
             log.error("proxy housekeeping failed: %r", err)
 
 
-async def _serve(config: GatewayConfig, index: int, port: int, stats: WorkerStats) -> None:
-    service = config.tls_proxy.services[index]
+async def _serve(config: GatewayConfig, service: TlsService, port: int, stats: WorkerStats) -> None:
     rules_loaded = stats.get("rules_wanted")
     engine = Engine(load_rules(rule_paths(config)), proxy_engine_config(config))
     apply_policy(engine, config, stats, stats.get("policy_wanted"))
@@ -187,14 +186,14 @@ async def _announce_bound(
 
 
 def _process_entry(
-    config: GatewayConfig, index: int, port: int, stats: WorkerStats, parent: int
+    config: GatewayConfig, service: TlsService, port: int, stats: WorkerStats, parent: int
 ) -> None:
     die_with_parent(parent)
     logging.basicConfig(level=logging.INFO, format=f"vpatch[tls {port}] %(levelname)s %(message)s")
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # not a line per connection
     code = 0
     try:
-        asyncio.run(_serve(config, index, port, stats))
+        asyncio.run(_serve(config, service, port, stats))
     except Exception as err:  # noqa: BLE001
         log.error("proxy on port %d failed: %r", port, err)
         code = 1
@@ -203,14 +202,14 @@ def _process_entry(
 
 
 def start_proxy(
-    config: GatewayConfig, index: int, port: int, stats: WorkerStats
+    config: GatewayConfig, service: TlsService, port: int, stats: WorkerStats
 ) -> multiprocessing.process.BaseProcess:
-    """Start the proxy process of service `index` listening on `port` (spawn: the parent
-    runs threads)."""
+    """Start a proxy process of `service` (from the configuration or the policy store)
+    listening on `port` (spawn: the parent runs threads)."""
     ctx = multiprocessing.get_context("spawn")
     proc = ctx.Process(
         target=_process_entry,
-        args=(config, index, port, stats, os.getpid()),
+        args=(config, service, port, stats, os.getpid()),
         name=f"vpatch-tls-{port}",
     )
     proc.daemon = False

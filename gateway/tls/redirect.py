@@ -1,9 +1,11 @@
 """The kernel redirect of the HTTPS plane: a proxied service's new connections to the local proxy.
 
-Pure: configuration in, `iptables-restore --noflush` text out (gateway/tls/plane.py applies
-it). Shape, per family (IPv4 services in iptables, IPv6 ones in ip6tables), in the nat table:
+Pure: services in, `iptables-restore --noflush` text out (gateway/tls/plane.py applies it:
+`plane_text` for the whole plane at start and at each reconfiguration, `service_chain_text`
+for one service's chain). Shape, per family (IPv4 services in iptables, IPv6 ones in
+ip6tables), in the nat table:
     -A PREROUTING -j PREFIX-TLS
-    -A PREFIX-TLS -j PREFIX-TLS<i>                       (one chain per service i)
+    -A PREFIX-TLS -j PREFIX-TLS<i>                       (one chain per service, numbered)
     -A PREFIX-TLS<i> -d HOST -p tcp --dport PORT [-m statistic --mode nth ...]
         -j REDIRECT --to-ports P                           (one rule per proxy port)
 REDIRECT rewrites the destination to the gateway's own address on the incoming interface; on
@@ -21,12 +23,19 @@ recovery) without touching the others.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from gateway.config import GatewayConfig
 from gateway.tls.service import TlsService
 
-__all__ = ["plane_ports", "redirect_text", "service_chain", "service_chain_text", "top_chain"]
+__all__ = [
+    "plane_ports",
+    "plane_text",
+    "redirect_text",
+    "service_chain",
+    "service_chain_text",
+    "top_chain",
+]
 
 
 def plane_ports(config: GatewayConfig) -> list[list[int]]:
@@ -66,24 +75,43 @@ def service_chain_text(prefix: str, index: int, service: TlsService, ports: Sequ
     return "\n".join(lines) + "\n"
 
 
+def plane_text(
+    prefix: str,
+    family: int,
+    entries: Sequence[tuple[int, TlsService, Sequence[int]]],
+    hook: bool,
+    flush: Iterable[int] = (),
+) -> str:
+    """The nat rules of one family for the plane's services: `entries` are (chain number,
+    service, ports it redirects to); services of the other family are skipped. Every chain is
+    declared, which creates it or, under `--noflush`, empties it: so the text replaces the
+    plane's rules as a whole, atomically; `flush` names chains of services gone (emptied, left
+    for the exit's removal); `hook`: add PREROUTING's jump (only the first time: it would be
+    doubled)."""
+    top = top_chain(prefix)
+    chains: list[str] = []
+    rules: list[str] = []
+    for number, service, ports in entries:
+        if service.family != family:
+            continue
+        chain = service_chain(prefix, number)
+        chains.append(f":{chain} - [0:0]")
+        rules.append(f"-A {top} -j {chain}")
+        rules.extend(_redirects(chain, service, ports))
+    emptied = [f":{service_chain(prefix, n)} - [0:0]" for n in sorted(set(flush))]
+    jump = [f"-A PREROUTING -j {top}"] if hook else []
+    lines = ["*nat", f":{top} - [0:0]", *chains, *emptied, *jump, *rules, "COMMIT"]
+    return "\n".join(lines) + "\n"
+
+
 def redirect_text(
     config: GatewayConfig, family: int, live: Sequence[Sequence[int]] | None = None
 ) -> str:
-    """The nat rules of one family ("" when no service of that family is proxied);
-    `live[i]`: the ports service i redirects to (default: all of them)."""
-    prefix = config.firewall.chain_prefix
+    """The nat rules of one family for the configuration's services ("" when none of that
+    family is proxied); `live[i]`: the ports service i redirects to (default: all of them)."""
+    services = config.tls_proxy.services
     ports = plane_ports(config) if live is None else live
-    chains: list[str] = []
-    rules: list[str] = []
-    top = top_chain(prefix)
-    for i, service in enumerate(config.tls_proxy.services):
-        if service.family != family:
-            continue
-        chain = service_chain(prefix, i)
-        chains.append(f":{chain} - [0:0]")
-        rules.append(f"-A {top} -j {chain}")
-        rules.extend(_redirects(chain, service, ports[i]))
-    if not chains:
+    entries = [(i, s, ports[i]) for i, s in enumerate(services) if s.family == family]
+    if not entries:
         return ""
-    lines = ["*nat", f":{top} - [0:0]", *chains, f"-A PREROUTING -j {top}", *rules, "COMMIT"]
-    return "\n".join(lines) + "\n"
+    return plane_text(config.firewall.chain_prefix, family, entries, hook=True)

@@ -229,6 +229,7 @@ def test_migration_7_keeps_existing_accounts_enabled(tmp_path: Any) -> None:
     db.execute("DROP TABLE users")
     db.execute("DROP TABLE policy_version")  # migration 8's
     db.execute("DROP TABLE gateways")
+    db.execute("DROP TABLE tls_services")  # migration 9's
     db.execute("CREATE TABLE users(id INTEGER PRIMARY KEY, username TEXT NOT NULL UNIQUE, "
                "password_hash TEXT NOT NULL, role TEXT NOT NULL, created REAL NOT NULL, "
                "last_login REAL NULL)")  # fmt: skip

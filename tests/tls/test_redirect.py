@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import GatewayConfig, TlsProxyConfig
-from gateway.tls.redirect import plane_ports, redirect_text, service_chain_text
+from gateway.tls.redirect import plane_ports, plane_text, redirect_text, service_chain_text
 from gateway.tls.service import TlsService
 
 
@@ -55,3 +55,18 @@ def test_nothing_when_no_service_of_the_family(family: int) -> None:
 def test_a_service_chain_refill_with_no_port_empties_it() -> None:
     assert service_chain_text("VPATCH", 0, V4, []) == "*nat\n-F VPATCH-TLS0\nCOMMIT\n"
     assert "--to-ports 20001" in service_chain_text("VPATCH", 0, V4, [20001])
+
+
+def test_the_plane_text_replaces_the_whole_redirect_and_empties_chains_of_services_gone() -> None:
+    text = plane_text("VPATCH", 4, [(2, V4, [20005]), (0, V6, [20000])], hook=False, flush=[1])
+    assert text.splitlines() == [
+        "*nat",
+        ":VPATCH-TLS - [0:0]",  # declared: emptied under --noflush, then refilled
+        ":VPATCH-TLS2 - [0:0]",
+        ":VPATCH-TLS1 - [0:0]",  # a removed service's chain: emptied, no jump to it
+        "-A VPATCH-TLS -j VPATCH-TLS2",
+        "-A VPATCH-TLS2 -d 198.18.0.20 -p tcp -m tcp --dport 443 -j REDIRECT --to-ports 20005",
+        "COMMIT",
+    ]
+    first = plane_text("VPATCH", 6, [(0, V6, [])], hook=True)
+    assert "-A PREROUTING -j VPATCH-TLS" in first and "REDIRECT" not in first
