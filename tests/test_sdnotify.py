@@ -19,7 +19,7 @@ import pytest
 
 from gateway.control.server import control_request
 from gateway.sdnotify import Notifier
-from gateway.supervisor import WORKER_STALL_S
+from gateway.intake.workers import WORKER_STALL_S
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_RULE = REPO / "rules" / "vpatch-test-split.yaml"
