@@ -150,7 +150,10 @@ class StatusReport:
         """Firings per rule, all queues: {sid: {"blocked": n, "alerted": n}}."""
         hits: dict[str, dict[str, int]] = {}
         for w in self.workers:
-            for sid, (blocked, alerted) in w.stats.rules.snapshot().items():
+            rules = w.stats.rules
+            if rules is None:  # never for a queue worker's counters (only the HTTPS plane's)
+                continue
+            for sid, (blocked, alerted) in rules.snapshot().items():
                 h = hits.setdefault(str(sid), {"blocked": 0, "alerted": 0})
                 h["blocked"] += blocked
                 h["alerted"] += alerted
