@@ -43,9 +43,9 @@ and chains are refreshed in place).
 
 The lifecycle monitor (NFLOG: learned tuples, lockdown events into the gateway's event sinks)
 runs as a thread; its failure is logged and never stops the gateway (the kernel enforces the
-modes). So does the resolver of update-source names (gateway/lifecycle/names.py): it asks the DNS for
-the names setup hosts' update sources use and adds the answers to the kernel's names sets,
-each address expiring with its answer's TTL; `reload` hands it the names in use.
+modes). So does the resolver of update-source names (gateway/lifecycle/names.py): it asks the
+DNS for the names setup hosts' update sources use and adds the answers to the kernel's names
+sets, each address expiring with its answer's TTL; `reload` hands it the names in use.
 """
 
 from __future__ import annotations
