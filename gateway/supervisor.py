@@ -30,27 +30,23 @@ then they stay, so what would be inspected is dropped until the gateway runs aga
 
 Under systemd (Type=notify, gateway/sdnotify.py): READY=1 once the workers are bound and the
 rules applied, STOPPING=1 on the way out, and WATCHDOG=1 from the supervising loop only while
-no queue is stalled (`stalled_queues`: its worker dead, or neither its loop heartbeat nor its
-packet count moved for WORKER_STALL_S), so a stopped or hung worker gets the whole gateway
-restarted. `status` reports `stalled_queues` and `forwarding` (gateway/forwarding.py, checked
-on each request).
+no queue is stalled (gateway/intake/workers.py `stalled_queues`: its worker dead, or neither
+its loop heartbeat nor its packet count moved for WORKER_STALL_S), so a stopped or hung worker
+gets the whole gateway restarted.
 
-Control socket commands: `status`/`stats` (per-queue worker and kernel counters), `rules` (the
-rendered text), `policy` (the stored policy and the versions applied) and `reload`: the policy
-store is compiled here first (a bad policy is refused before any worker sees it), the firewall
-policy chain, host-mode sets/chains and any-port host sets are rewritten in place
-(gateway/firewall/refresh.py), then every worker applies the new policy version between
-packets (no restart, flows kept); the protected-host sets are refilled from the configuration
-and the store, and the HTTPS plane follows the stored services (gateway/tls/plane.py
-`reconfigure`). `rules-reload`: the rule files are loaded and compiled here first (any bad rule
-refuses the whole reload, RuleError naming file, line and reason, and nothing changes), every
-worker builds and swaps in the new set in the background (gateway/intake/nfqueue.py
-RuleLoader: verdicts go on meanwhile), then the kernel's port sets follow. The lifecycle
-monitor (NFLOG: learned tuples, lockdown events into the gateway's event sinks) runs as a
-thread; its failure is logged and never stops the gateway (the kernel enforces the modes). So
-does the resolver of update-source names (gateway/lifecycle/names.py): it asks the DNS for
-the names setup hosts' update sources use and adds the answers to the kernel's names sets,
-each address expiring with its answer's TTL; `reload` hands it the names in use.
+Control socket commands: `status`/`stats` (per-queue worker and kernel counters, the gateway's
+parts: built by gateway/control/status.py), `rules` (the rendered text), `policy` (the stored
+policy and the versions applied), `reload` and `rules-reload` (gateway/control/reload.py:
+checked here first, so a bad policy or rule is refused before any worker sees it; then every
+worker applies the new version between packets, no restart, flows kept, and the kernel's sets
+and chains are refreshed in place; on `reload` the HTTPS plane follows the stored services,
+gateway/tls/plane.py `reconfigure`).
+
+The lifecycle monitor (NFLOG: learned tuples, lockdown events into the gateway's event sinks)
+runs as a thread; its failure is logged and never stops the gateway (the kernel enforces the
+modes). So does the resolver of update-source names (gateway/lifecycle/names.py): it asks the
+DNS for the names setup hosts' update sources use and adds the answers to the kernel's names
+sets, each address expiring with its answer's TTL; `reload` hands it the names in use.
 """
 
 from __future__ import annotations
@@ -64,94 +60,44 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import asdict
 from typing import Any
 
 from gateway.alerts.dispatcher import Dispatcher, alert_state_path
 from gateway.config import GatewayConfig
+from gateway.control.reload import Reloads
 from gateway.control.server import ControlServer
+from gateway.control.status import StatusReport
 from gateway.database import describe, gateway_name, policy_target, target_exists
 from gateway.errors import VpatchError
 from gateway.events.sink import EventSink
 from gateway.firewall.apply import BackendInfo, apply_rules, remove_rules
-from gateway.firewall.compose import app_any_port_hosts, host_policies, protected_hosts
-from gateway.firewall.counters import Uninspected, read_uninspected
+from gateway.firewall.compose import host_policies
 from gateway.firewall.hostmodes import DEFAULT_SETTINGS
-from gateway.firewall.refresh import (
-    add_name_elements,
-    refresh_any_port_hosts,
-    refresh_hostmodes,
-    refresh_policy,
-    refresh_port_sets,
-    refresh_protected_hosts,
-)
-from gateway.firewall.render import QueuePlan, RenderedRules
-from gateway.forwarding import check_forwarding
-from gateway.intake.nfqueue import WorkerStats, event_store_health, load_policy, start_worker
-from gateway.intake.queuestats import read_queue_counters
+from gateway.firewall.refresh import add_name_elements
+from gateway.firewall.render import RenderedRules
+from gateway.intake.nfqueue import event_store_health, start_worker
+from gateway.intake.workers import QueueWorker, stalled_queues
 from gateway.lifecycle.monitor import DropLogStatus, run_monitor
 from gateway.lifecycle.names import NameResolver, resolver_servers, update_source_names
 from gateway.lifecycle.state import HostPolicy, LifecycleStore
-from gateway.match.matcher import Matcher
-from gateway.match.rules import load_rules
-from gateway.metrics import MetricsServer, ReloadTimes
+from gateway.metrics import MetricsServer
 from gateway.multinode import SharedNode, shared_policy_version
-from gateway.policy.appcontrol import plan_rules, rule_paths
 from gateway.policy.snapshot import policy_snapshot
 from gateway.policy.store import Store
 from gateway.sdnotify import Notifier
 from gateway.statefiles import shared_gid
 from gateway.tls.plane import TlsPlane
-from gateway.vocabulary import Limit
 
 log = logging.getLogger("vpatch.run")
 
-RELOAD_WAIT = 2.0  # seconds `reload` waits for every live worker to apply the new policy
-RULES_RELOAD_WAIT = 120.0  # seconds `rules-reload` waits for every live worker's new rules
 SUPERVISE_INTERVAL = 0.2  # seconds between checks of the workers (a death wakes at once)
 # per-process counters: set afresh for each worker process; the others count for the queue
 PROCESS_STATS = ("bound", "pid", "started", "policy_version", "heartbeat")
-UNINSPECTED_INTERVAL = 1.0  # seconds a reading of the uninspected-packet counters is reused
-# A worker whose loop has not turned (heartbeat) and that has counted no packet for this long
-# is stalled (stopped, hung): the systemd watchdog is no longer fed (gateway/sdnotify.py).
-WORKER_STALL_S = 5.0
 
 
 class GatewayError(VpatchError):
     """The gateway could not start or keep running (names the queue and the cause)."""
-
-
-class _Worker:
-    def __init__(self, queue_num: int) -> None:
-        self.queue_num = queue_num
-        self.stats = WorkerStats()
-        self.proc: multiprocessing.process.BaseProcess | None = None
-        self.restarts: deque[float] = deque()
-        self.total_restarts = 0
-        self.died: float | None = None  # monotonic time the current death was noticed
-        self.standby: multiprocessing.process.BaseProcess | None = None  # rules loaded, waiting
-        self.go: Any = None  # the standby's multiprocessing Event
-        self.packets_at_start = 0  # `packets` when the current worker started (kernel_unseen)
-        self.progress: tuple[int, int] = (0, 0)  # (heartbeat, packets) at the last change
-        self.progress_at = time.monotonic()  # when `progress` last changed
-
-
-def stalled_queues(workers: list[_Worker], bind_timeout: float) -> list[int]:
-    """The queues whose worker is dead or has not moved (loop heartbeat, packets) for
-    WORKER_STALL_S (a worker still loading its rules before it binds: `bind_timeout`,
-    workers.bind_timeout): while any is, the systemd watchdog is not fed."""
-    now = time.monotonic()
-    stalled = []
-    for w in workers:
-        progress = (w.stats.get("heartbeat"), w.stats.get("packets"))
-        if progress != w.progress:
-            w.progress, w.progress_at = progress, now
-        alive = w.proc is not None and w.died is None and w.proc.is_alive()
-        limit = WORKER_STALL_S if w.stats.get("bound") else bind_timeout
-        if not alive or now - w.progress_at > limit:
-            stalled.append(w.queue_num)
-    return stalled
 
 
 def exit_rules(
@@ -186,25 +132,16 @@ class Gateway:
         self.config = config
         self.backend = backend
         self.rendered = rendered
-        # what the kernel's protected-host sets hold (the config's seed and the store's hosts)
-        self.protected = [str(h) for h in protected_hosts(config)]
-        self.workers = [_Worker(q) for q in config.queues.numbers]
-        self.started = time.time()
+        self.workers = [QueueWorker(q) for q in config.queues.numbers]
         self._stop = False
         self._control: ControlServer | None = None
         self._alerts: Dispatcher | None = None  # when events go to SQLite
         self._metrics: MetricsServer | None = None  # the Prometheus endpoint (metrics.port)
-        self.reload_times = ReloadTimes()  # count and duration of reloads, for status
         self._shared: SharedNode | None = None  # when the store is shared (database.url)
-        self.policy_version = 1  # bumped by each `reload`; workers apply it between packets
-        self.rules_version = 0  # bumped by each `rules-reload`; workers swap between packets
-        self._reload_lock = threading.Lock()
         self._monitor_stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._monitor_sink: EventSink | None = None
         self._drop_log = DropLogStatus()
-        self._uninspected_last = Uninspected()
-        self._uninspected_at: float | None = None
         rc = config.resolver
         self._names = NameResolver(
             resolver_servers(rc), self._apply_names, rc.min_ttl, rc.max_ttl, rc.timeout
@@ -213,6 +150,24 @@ class Gateway:
         self._notify = Notifier.from_env()  # systemd: READY=1, WATCHDOG=1 (Type=notify units)
         self._rules_applied = False
         self.tls = TlsPlane(config, backend)  # the HTTPS plane (gateway/tls/plane.py)
+        # `reload`, `rules-reload` (gateway/control/reload.py) and `status` (.../status.py)
+        self.reloads = Reloads(
+            config, backend, rendered, self.workers, self.tls, self._names, self._follow_names
+        )
+        self._status = StatusReport(
+            config, backend, rendered, self.workers, self.reloads, self.tls, self._names,
+            self._drop_log,
+        )  # fmt: skip
+
+    @property
+    def policy_version(self) -> int:
+        """Bumped by each `reload`; workers apply it between packets."""
+        return self.reloads.policy_version
+
+    @property
+    def rules_version(self) -> int:
+        """Bumped by each `rules-reload`; workers swap the new rules in between packets."""
+        return self.reloads.rules_version
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -282,7 +237,7 @@ class Gateway:
                 signal.signal(s, handler)
         return status
 
-    def _start(self, w: _Worker) -> None:
+    def _start(self, w: QueueWorker) -> None:
         """The queue's worker: its standby when one is ready, else a new process."""
         # The counters outlive the worker (they are the queue's): a restart sets only what
         # belongs to the process; the kernel's own counters restart with the new binding.
@@ -300,7 +255,7 @@ class Gateway:
         log.info("worker for queue %d started (pid %s)", w.queue_num, w.proc.pid)
         self._start_standby(w)
 
-    def _start_standby(self, w: _Worker) -> None:
+    def _start_standby(self, w: QueueWorker) -> None:
         """A standby for the queue (workers.standby), unless the gateway is only starting up
         (the first workers are still binding) or one is alive."""
         if not self.config.workers.standby or not any(x.stats.get("bound") for x in self.workers):
@@ -344,7 +299,7 @@ class Gateway:
                 w.died = None
                 self._start(w)
 
-    def _record_death(self, w: _Worker, now: float) -> float:
+    def _record_death(self, w: QueueWorker, now: float) -> float:
         """Log a worker's death and count it (returns `now`); GatewayError past
         workers.max_restarts."""
         assert w.proc is not None
@@ -389,226 +344,19 @@ class Gateway:
     # -- control socket -----------------------------------------------------------------------
 
     def status(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Health: per queue the worker's counters (packets, bytes inspected, verdicts, events,
-        policy version, rules loaded) and the kernel's counters for that queue from
-        /proc/net/netfilter/nfnetlink_queue in this namespace (queue_total, queue_dropped,
-        user_dropped, id_sequence, queue_drops = the two drop counters; all None when the
-        kernel does not list the queue); `rules_loaded` and totals at the top level, among
-        them `uninspected_packets` / `uninspected_bytes`: what the kernel passed without a
-        worker's verdict (fail-open on a full queue, --queue-bypass with no reader; all
-        queues, both families: gateway/firewall/counters.py), `events_dropped` and `limits`
-        (each limit reached, all queues together; per queue the engine's limit_*, norm_*,
-        frag_* and app counters, nfqueue.ENGINE_STAT_NAMES, up to a second old);
-        `protected_hosts`: what the kernel's protected-host sets hold now; `event_store`: the
-        workers' event sinks in sum (`event_store_health`); `drop_log`: firewall and
-        host-mode events (lifecycle/monitor.py `DropLogStatus`); `shared`: with `database.url`,
-        the policy sync and the event forwarder (gateway/multinode.py), else None."""
-        kernel = read_queue_counters()
-        queues: dict[str, dict[str, Any]] = {}
-        for w in self.workers:
-            snap: dict[str, Any] = w.stats.snapshot()
-            alive = bool(w.proc is not None and w.proc.is_alive())
-            counters = kernel.queues.get(w.queue_num)
-            if counters is not None:
-                snap.update(counters.as_dict())
-                # queued to this queue but never seen by the worker (fail-open bypass of the
-                # netlink path, or losses the kernel does not count), racy by a few packets
-                seen = snap["packets"] - w.packets_at_start  # since this binding
-                snap["kernel_unseen"] = max(0, counters.id_sequence - counters.queue_total - seen)
-            else:
-                for name in ("queue_total", "queue_dropped", "user_dropped", "id_sequence",
-                             "queue_drops", "kernel_unseen"):  # fmt: skip
-                    snap[name] = None
-            snap["alive"] = alive
-            snap["standby"] = bool(w.standby is not None and w.standby.is_alive())
-            snap["restarts"] = w.total_restarts
-            queues[str(w.queue_num)] = snap
-        live = [q for q in queues.values() if q["alive"]]
-        return {
-            "backend": self.backend.name,
-            "fail_policy": self.config.fail_policy.value,
-            "uptime": time.time() - self.started,
-            "policy_version": self.policy_version,
-            "rules_loaded": max((int(q["rules"]) for q in live), default=0),
-            "workers": len(queues),
-            "workers_alive": len(live),
-            "packets": sum(int(q["packets"]) for q in queues.values()),
-            "bytes": sum(int(q["bytes"]) for q in queues.values()),
-            "queue_drops": sum(int(q["queue_drops"] or 0) for q in queues.values()),
-            **self._uninspected().as_dict(),
-            "events_dropped": sum(int(q["events_dropped"]) for q in queues.values()),
-            # limits reached (gateway/flow/limits.py), all queues together
-            "limits": {
-                limit.value: sum(int(q.get(f"limit_{limit.value}") or 0) for q in queues.values())
-                for limit in Limit
-            },
-            "event_store": event_store_health(queues.values()),
-            "kernel_counters": kernel.available,
-            "alerts": self._alerts.stats() if self._alerts is not None else None,
-            "rule_hits": self._rule_hits(),
-            "reloads": self.reload_times.as_dict(),
-            "metrics": self._metrics.describe() if self._metrics is not None else None,
-            "drop_log": self._drop_log.report(self.backend, self.rendered.prefix),
-            "shared": self._shared.stats() if self._shared is not None else None,
-            "protected_hosts": self.protected,
-            # can forwarded traffic bypass netfilter here (gateway/forwarding.py), checked now
-            "forwarding": check_forwarding(self.config.network.mode).as_dict(),
-            "stalled_queues": stalled_queues(self.workers, self.config.workers.bind_timeout),
-            "update_source_names": self._names.status(),
-            "queues": queues,
-            "tls_proxy": self.tls.status(),
-        }
-
-    def _rule_hits(self) -> dict[str, dict[str, int]]:
-        """Firings per rule, all queues: {sid: {"blocked": n, "alerted": n}}."""
-        hits: dict[str, dict[str, int]] = {}
-        for w in self.workers:
-            for sid, (blocked, alerted) in w.stats.rules.snapshot().items():
-                h = hits.setdefault(str(sid), {"blocked": 0, "alerted": 0})
-                h["blocked"] += blocked
-                h["alerted"] += alerted
-        return hits
-
-    def _uninspected(self) -> Uninspected:
-        """The kernel's count of packets passed without a verdict (gateway/firewall/
-        counters.py), read at most once per UNINSPECTED_INTERVAL (it runs iptables-save)."""
-        now = time.monotonic()
-        if self._uninspected_at is None or now - self._uninspected_at >= UNINSPECTED_INTERVAL:
-            self._uninspected_last = read_uninspected(
-                self.backend, self.rendered.prefix, self.config.marks.queued
-            )
-            self._uninspected_at = now
-        return self._uninspected_last
+        """`status`/`stats`: the workers', the kernel's and the gateway's parts' counters
+        (gateway/control/status.py)."""
+        return self._status.build(self._alerts, self._metrics, self._shared)
 
     def reload(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Re-read the policy store and have every worker apply it (no restart, flows kept).
-
-        The policy is compiled here first, so a bad one is refused (ControlError reply) before
-        any worker sees it. The workers then read it while the kernel's sets and rules are
-        refreshed here (both done before the reply). Returns the new version, per-queue applied
-        versions and the seconds until all live workers had it (or `complete: false` after
-        RELOAD_WAIT).
-        """
-        with self._reload_lock:
-            started = time.monotonic()
-            policy = load_policy(self.config)  # raises (ConfigError) on a bad policy
-            self.policy_version += 1
-            version = self.policy_version
-            for w in self.workers:  # they start now; _publish below waits for them
-                w.stats.set("policy_wanted", version)
-            protected = self._refresh_protected_hosts()
-            firewall_rules = self._refresh_firewall()
-            host_modes = self._refresh_hostmodes()
-            any_port = self._refresh_any_port_hosts()
-            tls_proxy = self.tls.reconfigure()  # services added/changed/removed in the store
-            self.tls.publish("policy", version)
-            complete = self._publish("policy", version, started + RELOAD_WAIT)
-            took = time.monotonic() - started
-            self.reload_times.record("policy", took)
-            log.info(
-                "policy version %d: %s in %.3fs",
-                version,
-                "applied by every worker" if complete else "NOT yet applied by all",
-                took,
-            )
-            return {
-                "version": version,
-                "complete": complete,
-                "seconds": took,
-                "store": describe(policy_target(self.config)),
-                "policy": policy is not None,
-                "queues": {str(w.queue_num): w.stats.get("policy_version") for w in self.workers},
-                "policy_errors": sum(w.stats.get("policy_errors") for w in self.workers),
-                "firewall_rules": firewall_rules,
-                "host_modes": host_modes,
-                "any_port_hosts": any_port,
-                "protected_hosts": protected,
-                "tls_proxy": tls_proxy,
-            }
-
-    def _publish(self, what: str, version: int, deadline: float) -> bool:
-        """Ask every worker for `version` of `what` (policy, rules: the `<what>_wanted`
-        counter) and wait until each live one shows it in `<what>_version` (True), or until
-        `deadline` (time.monotonic) has passed (False)."""
-        for w in self.workers:
-            w.stats.set(f"{what}_wanted", version)
-        while True:
-            live = [w for w in self.workers if w.proc is not None and w.proc.is_alive()]
-            if all(w.stats.get(f"{what}_version") == version for w in live):
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-
-    def _refresh_protected_hosts(self) -> list[str]:
-        """Refill the protected-host sets from the configuration and the store (no rule is
-        reloaded; established flows keep their state)."""
-        hosts = protected_hosts(self.config)
-        refresh_protected_hosts(self.rendered, hosts)
-        self.protected = [str(h) for h in hosts]
-        return self.protected
+        """`reload`: the stored policy, checked here, then applied by every worker and in the
+        kernel (gateway/control/reload.py)."""
+        return self.reloads.policy()
 
     def rules_reload(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Load the configuration's rule files again and have every worker use them, without a
-        restart. The whole set is loaded and compiled here first: any bad rule refuses the
-        reload (RuleError naming file, line and reason) and nothing changes. Then every worker
-        builds the set in the background and swaps it in between packets (flows in progress
-        finish with the rules they started with), and only then do the kernel's port sets
-        follow the new rules' ports (a flow the kernel queues must meet rules that cover it).
-        Returns the version, the rule count, per-queue versions and the seconds it took."""
-        with self._reload_lock:
-            started = time.monotonic()
-            ruleset = load_rules(rule_paths(self.config))
-            # compiles every pattern: RuleError before any worker sees it
-            Matcher(ruleset, self.config.engine.identify_any_port)
-            self.rules_version += 1
-            version = self.rules_version
-            self.tls.publish("rules", version)
-            complete = self._publish("rules", version, started + RULES_RELOAD_WAIT)
-            refresh_port_sets(self.rendered, QueuePlan.from_rules(plan_rules(ruleset)))
-            took = time.monotonic() - started
-            self.reload_times.record("rules", took)
-            log.info(
-                "rules version %d (%d rules): %s in %.3fs",
-                version,
-                len(ruleset.rules),
-                "in use by every worker" if complete else "NOT yet in use by all",
-                took,
-            )
-            return {
-                "version": version,
-                "rules": len(ruleset.rules),
-                "complete": complete,
-                "seconds": took,
-                "queues": {str(w.queue_num): w.stats.get("rules_version") for w in self.workers},
-                "rules_errors": sum(w.stats.get("rules_errors") for w in self.workers),
-            }
-
-    def _refresh_firewall(self) -> int:
-        """Rewrite the firewall-policy chain from the store (atomic per family)."""
-        if not target_exists(policy_target(self.config)):
-            return 0
-        with Store(policy_target(self.config)) as store:
-            return refresh_policy(store, self.backend, self.config.firewall.chain_prefix)
-
-    def _refresh_any_port_hosts(self) -> list[str]:
-        """Refill the sets of hosts whose every TCP port is queued (app control)."""
-        hosts = app_any_port_hosts(self.config)
-        refresh_any_port_hosts(self.rendered, hosts)  # no sets when nothing is queued at all
-        return [str(h) for h in hosts]
-
-    def _refresh_hostmodes(self) -> dict[str, str]:
-        """Rewrite the host-mode sets and chains from the lifecycle state, with the current
-        addresses of update-source names; the resolver follows the names now used; {host:
-        mode}."""
-        policies = host_policies(self.config)
-        with self._names.lock:  # no answer is added to a set about to be swapped out
-            refresh_hostmodes(
-                policies, self.backend, self.config.firewall.chain_prefix,
-                resolved=self._names.resolved(), dns_servers=self._names.servers,
-            )  # fmt: skip
-            self._follow_names(policies)
-        return {p.address: p.mode.value for p in policies if p.mode.value != "normal"}
+        """`rules-reload`: the rule files, compiled here, then swapped in by every worker
+        (gateway/control/reload.py)."""
+        return self.reloads.rules()
 
     def _follow_names(self, policies: list[HostPolicy]) -> None:
         """The resolver follows the names these hosts' update sources use (new: asked now)."""

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from gateway.control.server import control_request
+from gateway.intake.workers import WORKER_STALL_S
 from gateway.sdnotify import Notifier
-from gateway.supervisor import WORKER_STALL_S
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_RULE = REPO / "rules" / "vpatch-test-split.yaml"
@@ -36,8 +36,9 @@ def listener(tmp_path: Path) -> Iterator[socket.socket]:
         sock.close()
 
 
-def receive(sock: socket.socket, timeout: float) -> list[str]:
-    """Every message that arrives within timeout seconds (each a list of lines joined)."""
+def receive(sock: socket.socket, timeout: float, until: str | None = None) -> list[str]:
+    """Every message that arrives within timeout seconds (each a list of lines joined), or
+    those up to and including the first containing `until`."""
     got: list[str] = []
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
@@ -45,23 +46,18 @@ def receive(sock: socket.socket, timeout: float) -> list[str]:
         try:
             got.append(sock.recv(4096).decode())
         except TimeoutError:
+            break
+        if until is not None and until in got[-1]:
             break
     return got
 
 
 def wait_for(sock: socket.socket, needle: str, timeout: float) -> list[str]:
     """Messages up to and including the first containing needle (AssertionError if none)."""
-    got: list[str] = []
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            got.append(sock.recv(4096).decode())
-        except TimeoutError:
-            break
-        if needle in got[-1]:
-            return got
-    raise AssertionError(f"no {needle!r} within {timeout}s; got {got}")
+    got = receive(sock, timeout, until=needle)
+    if not got or needle not in got[-1]:
+        raise AssertionError(f"no {needle!r} within {timeout}s; got {got}")
+    return got
 
 
 def test_notifier_sends_datagrams_and_respects_watchdog_pid(

@@ -33,7 +33,8 @@ Guarantees:
   the control socket: `packets` and `bytes` (IP datagram bytes handed to the engine, i.e.
   inspected), verdict counts, `errors`, `events`, policy versions, `rules` (rules loaded),
   `gc_runs`/`gc_found` (safety-valve garbage collections and the cyclic garbage they found);
-  `WorkerStats.rules`: firings per rule, blocked or alerting (gateway/intake/rulecounts.py).
+  `WorkerStats.rules`: firings per rule, blocked or alerting (gateway/intake/rulecounts.py;
+  a queue worker's counters only, None for other counter sets such as the HTTPS plane's).
   Events go to a per-worker EventSink (SQLite WAL handles several writers), which aggregates
   storms (gateway/events/aggregate.py) and never blocks the packet path; its counters and
   health (`events_written`, `event_records`, `events_aggregated`, `events_dropped`, `events_lost`,
@@ -177,7 +178,9 @@ class WorkerStats:
         self._names = names
         self._idx = _IDX if names is _ALL_NAMES else {n: i for i, n in enumerate(names)}
         self._arr: Any = multiprocessing.sharedctypes.RawArray("Q", len(names))
-        self.rules = RuleCounts()  # firings per rule (gateway/intake/rulecounts.py)
+        # firings per rule (gateway/intake/rulecounts.py): a queue worker's only, the HTTPS
+        # plane's own counters have none (its events are counted by the engine it replays into)
+        self.rules = RuleCounts() if names is _ALL_NAMES else None
 
     def add(self, name: str, n: int = 1) -> None:
         self._arr[self._idx[name]] += n
@@ -492,9 +495,11 @@ class PacketHandler:
     def _emit(self, decision: Decision) -> None:
         if self.sink is None:
             return
+        rules = self.stats.rules  # a queue worker's counters always have them
         for event in decision.events:
             try:
-                self.stats.rules.count(event.signature_id, event.blocked, event.count)
+                if rules is not None:
+                    rules.count(event.signature_id, event.blocked, event.count)
                 self.sink.emit(event)  # never blocks: a storm is aggregated (events/sink.py)
                 self.stats.add("events")
             except Exception as err:  # noqa: BLE001
