@@ -7,21 +7,22 @@ supervisor calls `supervise()` a few times a second:
 - a dead proxy process is logged, counted and started again (after `workers.restart_delay`,
   at most `workers.max_restarts` per `workers.restart_window`, as the queue workers; past
   that the plane gives up on it and leaves it to the fail policy);
-- the fail policy follows what is listening: under `fail_policy: open` a service's redirect
-  lists only the ports of proxies that listen, and with none its chain is emptied: its
-  connections pass the bridge uninspected by the HTTPS plane (the packet plane sees only
-  ciphertext), and `status` says so (`inspecting: false`, `bypassed: true`) until a proxy
-  listens again and the redirect comes back; under `closed` the redirect stays, so new
+- the fail policy follows what is listening: a service's redirect lists the ports of its
+  proxies that listen (with several processes, the others carry its connections while one is
+  restarted); with none, under `fail_policy: open` its chain is emptied: its connections
+  pass the bridge uninspected by the HTTPS plane (the packet plane sees only ciphertext), and
+  `status` says so (`inspecting: false`, `bypassed: true`) until a proxy listens again and
+  the redirect comes back; under `closed` the redirect to every port stays, so new
   connections to a service with no proxy are refused (the client sees a reset).
 `publish(what, version)` asks every proxy for a new policy or rule version (`reload`,
 `rules-reload`); `status()` gives each service's mode, certificate, TLS settings and counters;
 `stop()` ends the processes (SIGTERM, then SIGKILL).
 
-Guarantees: under fail-open a service is redirected only to proxies that listen (the gateway
-is ready before they have loaded the rules: until then the service stays on the packet plane),
-under fail-closed to all of them from the start; the redirect is removed with the gateway's
-other rules (its chains carry the gateway's prefix);
-counters of a port outlive its processes.
+Guarantees: a service is redirected only to proxies that listen, except under fail-closed
+while none does (then to all: refused); under fail-open, until one listens, the service stays
+on the packet plane (the gateway is ready before the proxies have loaded the rules); the
+redirect is removed with the gateway's other rules (its chains carry the gateway's prefix);
+counters of a port outlive its processes (`status` shows them per port and summed).
 """
 
 from __future__ import annotations
@@ -118,12 +119,13 @@ class TlsPlane:
         log.info("HTTPS proxy on port %d started (pid %s)", slot.port, slot.proc.pid)
 
     def _wanted(self, index: int) -> list[int]:
-        """The ports service `index` redirects to now: under fail-open the listening ones,
-        under fail-closed all (a connection to a dead proxy is refused)."""
+        """The ports service `index` redirects to now: the listening ones; with none, under
+        fail-open none (uninspected), under fail-closed all (its connections are refused)."""
         slots = self.slots[index]
-        if not self.fail_open:
-            return [s.port for s in slots]
-        return [s.port for s in slots if s.listening]
+        listening = [s.port for s in slots if s.listening]
+        if listening or self.fail_open:
+            return listening
+        return [s.port for s in slots]
 
     def supervise(self) -> None:
         """Restart dead proxies; keep each service's redirect in line with the fail policy."""
@@ -226,7 +228,7 @@ class TlsPlane:
                     "forwarded": service.forwarded,
                     "inspecting": listening and bool(redirected),
                     "bypassed": self.fail_open and not redirected,
-                    "proxies": [_slot_status(s) for s in slots],
+                    "proxies": [_slot_status(s, s.port in (redirected or ())) for s in slots],
                     "counters": _sum(s.stats for s in slots),
                 }
             )
@@ -241,18 +243,20 @@ def _cert(cert: Any, key: Any) -> dict[str, Any]:
     return {**info.as_dict(), "expired_at_start": info.expired(datetime.now(UTC))}
 
 
-def _slot_status(slot: _Slot) -> dict[str, Any]:
+def _slot_status(slot: _Slot, redirected: bool) -> dict[str, Any]:
     snap = slot.stats.snapshot()
     return {
         "port": slot.port,
         "alive": slot.alive,
         "listening": slot.listening,
+        "redirected": redirected,
         "pid": snap["pid"],
         "restarts": slot.total_restarts,
         "given_up": slot.given_up,
         "rules": snap["rules"],
         "rules_version": snap["rules_version"],
         "policy_version": snap["policy_version"],
+        "counters": {name: snap[name] for name in _SUMMED},
     }
 
 
