@@ -9,8 +9,9 @@ Guarantees:
 - bridge mode: br0's ports carry no IP address (IPv6 disabled on them, so not even a
   link-local one appears), br0 only the addresses of the HTTPS plane's proxy inside the
   protected subnets (`bridge_ip`, default 198.18.0.2/24, and `bridge_ip6`, default
-  2001:2::2/64; "-": none), and no link-local IPv6 address either (addrgenmode none, no
-  router advertisements); br_netfilter is on (bridge-nf-call-iptables/ip6tables=1)
+  2001:2::2/64; "-": none) and, with the IPv6 one, the link-local address neighbour discovery
+  needs (no router advertisements accepted); br_netfilter is on (bridge-nf-call-iptables/
+  ip6tables=1)
   so bridged IPv4 and IPv6 traverse the iptables FORWARD chain (the sysctls are set in the
   gateway's namespace only);
 - routed mode: the gateway has an address on each side, IPv4 and IPv6 forwarding on in its
@@ -260,14 +261,17 @@ def bridge_address(addr: str, bridge: str = BRIDGE, ns: str | None = None) -> No
     """Give the bridge one address (IPv4 or IPv6) inside the protected subnet of its family:
     the HTTPS plane's local proxy answers the redirected connections and opens the upstream
     ones from it (with none the kernel's REDIRECT has nowhere to send them, docs/https.md).
-    IPv6 is turned on on the bridge for it, with no link-local address (addrgenmode none), no
-    duplicate address detection and no router advertisements accepted. Idempotent."""
+    IPv6 is turned on on the bridge for it, with no duplicate address detection and no router
+    advertisements accepted; the bridge then has a link-local address too, which Linux needs:
+    it sends a neighbour solicitation from a link-local address when the packet's source is
+    not one of the interface's own (the proxy's replies carry the server's address), and
+    with none it sends nothing and the redirected connection hangs. Idempotent."""
     check_address(addr, "bridge address")
     if ipaddress.ip_interface(addr).version == 4:
         _ip(ns, "addr", "replace", addr, "dev", bridge)
         return
-    for key, value in (("addr_gen_mode", "1"), ("accept_dad", "0"), ("accept_ra", "0")):
-        _sysctl(ns, f"net.ipv6.conf.{bridge}.{key}", value)
+    for key in ("accept_dad", "accept_ra"):
+        _sysctl(ns, f"net.ipv6.conf.{bridge}.{key}", "0")
     _sysctl(ns, f"net.ipv6.conf.{bridge}.disable_ipv6", "0")
     _ip(ns, "-6", "addr", "replace", addr, "dev", bridge, "nodad")
 

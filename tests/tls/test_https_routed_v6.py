@@ -60,9 +60,11 @@ def _gateway(spec: LabSpec, state: Path, processes: int) -> Iterator[LabGateway]
     services: list[dict[str, Any]] = proxied["services"]
     assert [s["host"] for s in services] == [spec.server_addr, spec.server_addr6]
     services[V4]["processes"] = processes
+    # a killed proxy is restarted 3 s after its death, so the tests see the state in between
+    # (with one rule a proxy is back within about a second)
     gw = LabGateway(
         spec, state, rules=[str(SHELLSHOCK_RULES)], tls_proxy={"services": services},
-        workers={"standby": False},
+        workers={"standby": False, "restart_delay": 3.0},
     )  # fmt: skip
     try:
         gw.wait(True, index=V4)
