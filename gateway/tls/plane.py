@@ -164,7 +164,10 @@ class TlsPlane:
         code = slot.proc.exitcode if slot.proc is not None else None
         while slot.restarts and now - slot.restarts[0] > wc.restart_window:
             slot.restarts.popleft()
-        effect = "pass uninspected" if self.fail_open else "are refused"
+        if any(s.listening for s in self.slots[slot.index] if s is not slot):
+            effect = "go to its other proxies"
+        else:
+            effect = "pass uninspected" if self.fail_open else "are refused"
         log.error(
             "HTTPS proxy on port %d died (exit status %s); its service's new connections %s "
             "until it is back", slot.port, code, effect,

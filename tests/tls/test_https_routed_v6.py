@@ -178,7 +178,8 @@ def test_two_proxy_processes_share_the_connections_and_cover_for_each_other(
     before = _requests(bridge_gw)
     assert send(bridge, [plain] * 4) == [200] * 4  # four connections
     spread = _requests(bridge_gw)
-    assert all(now > then for now, then in zip(spread, before, strict=True)), (before, spread)
+    # new connections take the ports in turn (statistic --mode nth)
+    assert [now - then for now, then in zip(spread, before, strict=True)] == [2, 2]
     os.kill(proxies[0]["pid"], 9)
     deadline = time.monotonic() + 10
     while True:  # the supervisor takes the dead process's port out of the redirect

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,23 @@ def test_a_service_is_redirected_to_its_listening_proxies_only(policy: FailPolic
 def test_with_no_proxy_fail_open_bypasses_and_fail_closed_refuses() -> None:
     assert _plane(FailPolicy.OPEN, False, False)._wanted(0) == []
     assert _plane(FailPolicy.CLOSED, False, False)._wanted(0) == [20000, 20001]
+
+
+@pytest.mark.parametrize(
+    ("policy", "other", "said"),
+    [
+        (FailPolicy.OPEN, True, "go to its other proxies"),
+        (FailPolicy.OPEN, False, "pass uninspected"),
+        (FailPolicy.CLOSED, False, "are refused"),
+    ],
+)
+def test_a_proxy_death_is_logged_with_where_its_connections_go(
+    policy: FailPolicy, other: bool, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    plane = _plane(policy, False, other)
+    with caplog.at_level(logging.ERROR, logger="vpatch.tls"):
+        plane._record_death(plane.slots[0][0], 0.0)
+    assert f"new connections {said} until it is back" in caplog.text
 
 
 def test_status_shows_each_proxy_port_with_its_counters() -> None:
