@@ -201,8 +201,10 @@ def summary(spec: LabSpec, services: bool, gateway: bool) -> str:
             f"{spec.server_gw_ip} {spec.server_gw_ip6} (routing)"
         )
     else:
+        proxy = " ".join(a for a in (spec.bridge_ip, spec.bridge_ip6) if a not in ("", "-"))
         lines.append(
-            f"  gateway {g:<22} br0 = gw-client + gw-server (transparent bridge, no addresses)"
+            f"  gateway {g:<22} br0 = gw-client + gw-server (transparent bridge; "
+            f"{'HTTPS proxy ' + proxy if proxy else 'no addresses'})"
         )
     lines.append(f"  server  {s:<22} {spec.server_ip}  {spec.server_ip6}")
     if services:

@@ -427,11 +427,15 @@ def gateway_config(spec: LabSpec) -> dict[str, object]:
     # the pack (the bundled one unless the spec names rules) plus a local directory an admin
     # drops rule files into, then `vpatch rules reload` (docs/lab.md)
     config["rules"] = [*(spec.rules or [str(BUNDLED_RULES)]), str(local_rules_dir(spec))]
-    if spec.bridge_ip != "-":  # the HTTPS plane needs the proxy's address on the bridge
+    # nginx's HTTPS, one service per server address (IPv4, IPv6): the HTTPS plane needs the
+    # proxy's address of that family on the bridge ("-": none, the family is not proxied)
+    hosts = [addr for addr, bridge in ((spec.server_addr, spec.bridge_ip),
+             (spec.server_addr6, spec.bridge_ip6)) if bridge != "-"]  # fmt: skip
+    if hosts:
         cert, key = lab_cert(spec)
         config["tls_proxy"] = {
-            "services": [{"host": spec.server_addr, "port": 443, "cert": str(cert),
-                          "key": str(key), "server_min": "TLS1"}],
+            "services": [{"host": host, "port": 443, "cert": str(cert), "key": str(key),
+                          "server_min": "TLS1"} for host in hosts],
         }  # fmt: skip
     return config
 

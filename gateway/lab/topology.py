@@ -6,9 +6,12 @@ up: the namespace lab calls them with ns=<gateway namespace>, the Vagrant gatewa
 through `vpatch lab bridge` / `vpatch lab router` with ns=None (its own root namespace).
 
 Guarantees:
-- bridge mode: br0's ports carry no IP address, br0 only the IPv4 address of the HTTPS
-  plane's proxy (`bridge_ip`, default 198.18.0.2/24; "-": none); IPv6 is disabled on them so
-  not even a link-local one appears; br_netfilter is on (bridge-nf-call-iptables/ip6tables=1)
+- bridge mode: br0's ports carry no IP address (IPv6 disabled on them, so not even a
+  link-local one appears), br0 only the addresses of the HTTPS plane's proxy inside the
+  protected subnets (`bridge_ip`, default 198.18.0.2/24, and `bridge_ip6`, default
+  2001:2::2/64; "-": none) and, with the IPv6 one, the link-local address neighbour discovery
+  needs (no router advertisements accepted); br_netfilter is on (bridge-nf-call-iptables/
+  ip6tables=1)
   so bridged IPv4 and IPv6 traverse the iptables FORWARD chain (the sysctls are set in the
   gateway's namespace only);
 - routed mode: the gateway has an address on each side, IPv4 and IPv6 forwarding on in its
@@ -53,6 +56,7 @@ _BRIDGE_DEFAULTS = {
     "client_gw_ip6": "",
     "server_gw_ip6": "",
     "bridge_ip": "198.18.0.2/24",
+    "bridge_ip6": "2001:2::2/64",
 }
 _ROUTED_DEFAULTS = {
     "client_ip": "198.18.1.10/24",
@@ -64,6 +68,7 @@ _ROUTED_DEFAULTS = {
     "client_gw_ip6": "2001:2:0:1::1/64",
     "server_gw_ip6": "2001:2:0:2::1/64",
     "bridge_ip": "",
+    "bridge_ip6": "",
 }
 
 
@@ -86,9 +91,10 @@ class LabSpec:
     server_gw_ip: str = ""  # routed only: the gateway's address on the server side
     client_gw_ip6: str = ""
     server_gw_ip6: str = ""
-    # bridge only: br0's address for the HTTPS plane's proxy (docs/https.md), inside the
-    # protected subnet; "-": none
+    # bridge only: br0's addresses for the HTTPS plane's proxy (docs/https.md), inside the
+    # protected subnets; "-": none (and the services of that family are not proxied)
     bridge_ip: str = ""
+    bridge_ip6: str = ""
     state_dir: Path = Path("")  # empty: /run/vpatch-lab/<name>
     offloads_off: bool = False  # True: ethtool -K off (measured slower: docs/lab.md)
     rules: tuple[str, ...] = ()  # rule files/dirs for the lab gateway (empty: bundled rules)
@@ -252,11 +258,22 @@ def configure_bridge(ports: Sequence[str], bridge: str = BRIDGE, ns: str | None 
 
 
 def bridge_address(addr: str, bridge: str = BRIDGE, ns: str | None = None) -> None:
-    """Give the bridge one IPv4 address inside the protected subnet: the HTTPS plane's local
-    proxy answers the redirected connections and opens the upstream ones from it (with no
-    address the kernel's REDIRECT has nowhere to send them, docs/https.md). Idempotent."""
+    """Give the bridge one address (IPv4 or IPv6) inside the protected subnet of its family:
+    the HTTPS plane's local proxy answers the redirected connections and opens the upstream
+    ones from it (with none the kernel's REDIRECT has nowhere to send them, docs/https.md).
+    IPv6 is turned on on the bridge for it, with no duplicate address detection and no router
+    advertisements accepted; the bridge then has a link-local address too, which Linux needs:
+    it sends a neighbour solicitation from a link-local address when the packet's source is
+    not one of the interface's own (the proxy's replies carry the server's address), and
+    with none it sends nothing and the redirected connection hangs. Idempotent."""
     check_address(addr, "bridge address")
-    _ip(ns, "addr", "replace", addr, "dev", bridge)
+    if ipaddress.ip_interface(addr).version == 4:
+        _ip(ns, "addr", "replace", addr, "dev", bridge)
+        return
+    for key in ("accept_dad", "accept_ra"):
+        _sysctl(ns, f"net.ipv6.conf.{bridge}.{key}", "0")
+    _sysctl(ns, f"net.ipv6.conf.{bridge}.disable_ipv6", "0")
+    _ip(ns, "-6", "addr", "replace", addr, "dev", bridge, "nodad")
 
 
 def configure_router(ns: str | None = None) -> None:
@@ -305,8 +322,9 @@ def configure_addresses(spec: LabSpec) -> None:
     _host_setup(spec.server_ns, spec.server_ip, spec.server_ip6)
     if not spec.routed:
         configure_bridge([GW_CLIENT_PORT, GW_SERVER_PORT], BRIDGE, ns=spec.gw_ns)
-        if spec.bridge_ip not in ("", "-"):
-            bridge_address(spec.bridge_ip, BRIDGE, ns=spec.gw_ns)
+        for addr in (spec.bridge_ip, spec.bridge_ip6):
+            if addr not in ("", "-"):
+                bridge_address(addr, BRIDGE, ns=spec.gw_ns)
         return
     gw = spec.gw_ns
     for port, addr4, addr6 in (

@@ -3,8 +3,11 @@
 `LabGateway(spec, state, **overrides)` writes the lab's gateway configuration (gateway/lab/
 services.py gateway_config: nginx's HTTPS proxied) with every state file under `state` and the
 given top-level keys overridden, and starts the gateway (its output in state/gateway.log);
-`wait(inspecting)` polls `status` until the proxied service is (or is not) inspected, `events()`
-reads the EVE file, `stop()` ends the gateway (SIGTERM, SIGKILL after 30 s). Test tooling.
+`wait(inspecting)` polls `status` until a proxied service (the first unless `index` says) is
+(or is not) inspected, `events()` reads the EVE file, `stop()` ends the gateway (SIGTERM,
+SIGKILL after 30 s). `curl(spec, *args)` and `send(spec, requests)` are the client
+namespace's HTTPS clients (curl; exact request bytes, gateway/testing/tls_client.py). Test
+tooling.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import yaml
 
 from gateway.config import BUNDLED_RULES
 from gateway.control.server import ControlError, control_request
+from gateway.lab.netns import netns_exec
 from gateway.lab.services import gateway_config
 from gateway.lab.topology import LabSpec
 
-__all__ = ["READY_TIMEOUT", "LabGateway"]
+__all__ = ["READY_TIMEOUT", "LabGateway", "curl", "send"]
 
 REPO: Final = Path(__file__).resolve().parents[2]
 READY_TIMEOUT: Final = 120.0  # seconds for the gateway and its proxy to load the rules
@@ -61,20 +65,24 @@ class LabGateway:
         reply: dict[str, Any] = control_request(self.socket, "status")
         return reply
 
-    def service(self) -> dict[str, Any]:
+    def service(self, index: int = 0) -> dict[str, Any]:
         services: list[dict[str, Any]] = self.status()["tls_proxy"]
-        return services[0]
+        return services[index]
 
     def wait(
-        self, inspecting: bool, timeout: float = READY_TIMEOUT, bypassed: bool | None = None
+        self,
+        inspecting: bool,
+        timeout: float = READY_TIMEOUT,
+        bypassed: bool | None = None,
+        index: int = 0,
     ) -> dict[str, Any]:
-        """The service's status once its `inspecting` is `inspecting` (and its `bypassed` is
-        `bypassed`, unless None)."""
+        """Service `index`'s status once its `inspecting` is `inspecting` (and its `bypassed`
+        is `bypassed`, unless None)."""
         deadline = time.monotonic() + timeout
         while True:
             assert self.proc.poll() is None, (self.state / "gateway.log").read_text()[-3000:]
             try:
-                service = self.service()
+                service = self.service(index)
                 if service["inspecting"] is inspecting and (
                     bypassed is None or service["bypassed"] is bypassed
                 ):
@@ -99,3 +107,26 @@ class LabGateway:
             self.proc.kill()
             self.proc.wait(5)
         self.log.close()
+
+
+def curl(spec: LabSpec, *args: str) -> subprocess.CompletedProcess[str]:
+    """curl (certificate not checked, 8 s at most) from the lab's client; stdout: the HTTP
+    status code."""
+    argv = ["curl", "-sk", "--max-time", "8", "-o", "/dev/null", "-w", "%{http_code}", *args]
+    return netns_exec(spec.client_ns, argv, check=False)
+
+
+def send(
+    spec: LabSpec, requests: list[bytes], versions: tuple[str, ...] = (), host: str = ""
+) -> list[int]:
+    """Each request on its own TLS connection from the client to `host` (default the server's
+    IPv4 address), port 443; their status codes (gateway/testing/tls_client.py)."""
+    argv = [sys.executable, "-m", "gateway.testing.tls_client", host or spec.server_addr, "443"]
+    proc = subprocess.run(
+        ["ip", "netns", "exec", spec.client_ns, *argv, *versions],
+        input=json.dumps([r.hex() for r in requests]),
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+    )  # fmt: skip
+    codes: list[int] = json.loads(proc.stdout)
+    return codes

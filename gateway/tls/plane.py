@@ -17,22 +17,24 @@ few times a second:
 - a dead proxy process is logged, counted and started again (after `workers.restart_delay`,
   at most `workers.max_restarts` per `workers.restart_window`, as the queue workers; past
   that the plane gives up on it and leaves it to the fail policy);
-- the fail policy follows what is listening: under `fail_policy: open` a service's redirect
-  lists only the ports of proxies that listen, and with none its chain is emptied: its
-  connections pass the bridge uninspected by the HTTPS plane (the packet plane sees only
-  ciphertext), and `status` says so (`inspecting: false`, `bypassed: true`) until a proxy
-  listens again and the redirect comes back; under `closed` the redirect stays, so new
+- the fail policy follows what is listening: a service's redirect lists the ports of its
+  proxies that listen (with several processes, the others carry its connections while one is
+  restarted); with none, under `fail_policy: open` its chain is emptied: its connections
+  pass the bridge uninspected by the HTTPS plane (the packet plane sees only ciphertext), and
+  `status` says so (`inspecting: false`, `bypassed: true`) until a proxy listens again and
+  the redirect comes back; under `closed` the redirect to every port stays, so new
   connections to a service with no proxy are refused (the client sees a reset).
 `publish(what, version)` asks every proxy for a new policy or rule version (`reload`,
 `rules-reload`); `status()` gives each service's mode, certificate, TLS settings and counters;
 `stop()` ends the processes (SIGTERM, then SIGKILL).
 
-Guarantees: under fail-open a service is redirected only to proxies that listen (the gateway
-is ready before they have loaded the rules: until then the service stays on the packet plane),
-under fail-closed to all of them from the start; the redirect is removed with the gateway's
-other rules (its chains carry the gateway's prefix; the chains of removed services are
-emptied and removed with them at exit); counters of a port outlive its processes; a store that
-cannot be read, or a redirect that cannot be rewritten, leaves the services as they were.
+Guarantees: a service is redirected only to proxies that listen, except under fail-closed
+while none does (then to all: its connections are refused); under fail-open, until one
+listens, the service stays on the packet plane (the gateway is ready before the proxies have
+loaded the rules); the redirect is removed with the gateway's other rules (its chains carry the
+gateway's prefix; the chains of removed services are emptied and removed with them at exit);
+counters of a port outlive its processes (`status` shows them per port and summed); a store
+that cannot be read, or a redirect that cannot be rewritten, leaves the services as they were.
 """
 
 from __future__ import annotations
@@ -304,17 +306,16 @@ class TlsPlane:
         log.info("HTTPS proxy on port %d started (pid %s)", slot.port, slot.proc.pid)
 
     def _wanted(self, proxied: _Proxied) -> list[int]:
-        """The ports a service redirects to now: under fail-open the listening ones, under
-        fail-closed all (a connection to a dead proxy is refused); a pending one (added or
-        changed live), until a proxy of it listens: those of the one it replaces, or none."""
-        if proxied.pending:
-            live = [s.port for s in proxied.slots if s.listening]
-            if live:
-                return live
+        """The ports a service redirects to now: the listening ones; with none, under
+        fail-open none (uninspected), under fail-closed all (its connections are refused). A
+        pending one (added or changed live), until a proxy of it listens: those of the one it
+        replaces, or none."""
+        listening = [s.port for s in proxied.slots if s.listening]
+        if proxied.pending and not listening:
             return self._wanted(proxied.replaces) if proxied.replaces is not None else []
-        if not self.fail_open:
-            return [s.port for s in proxied.slots]
-        return [s.port for s in proxied.slots if s.listening]
+        if listening or self.fail_open:
+            return listening
+        return [s.port for s in proxied.slots]
 
     def supervise(self) -> None:
         """Restart dead proxies; keep each service's redirect in line with the fail policy
@@ -379,7 +380,11 @@ class TlsPlane:
         code = slot.proc.exitcode if slot.proc is not None else None
         while slot.restarts and now - slot.restarts[0] > wc.restart_window:
             slot.restarts.popleft()
-        effect = "pass uninspected" if self.fail_open else "are refused"
+        siblings = next((p.slots for p in self.proxied if slot in p.slots), [])
+        if any(s.listening for s in siblings if s is not slot):
+            effect = "go to its other proxies"
+        else:
+            effect = "pass uninspected" if self.fail_open else "are refused"
         log.error(
             "HTTPS proxy on port %d died (exit status %s); its service's new connections %s "
             "until it is back", slot.port, code, effect,
@@ -479,7 +484,7 @@ def _status(proxied: _Proxied, fail_open: bool) -> dict[str, Any]:
         # proxies serve meanwhile (a new service: the packet plane)
         "pending": proxied.pending,
         "bypassed": fail_open and not proxied.redirected,
-        "proxies": [_slot_status(s) for s in slots],
+        "proxies": [_slot_status(s, s.port in (proxied.redirected or ())) for s in slots],
         "counters": _sum(s.stats for s in slots),
     }
 
@@ -492,18 +497,20 @@ def _cert(cert: Any, key: Any) -> dict[str, Any]:
     return {**info.as_dict(), "expired_at_start": info.expired(datetime.now(UTC))}
 
 
-def _slot_status(slot: _Slot) -> dict[str, Any]:
+def _slot_status(slot: _Slot, redirected: bool) -> dict[str, Any]:
     snap = slot.stats.snapshot()
     return {
         "port": slot.port,
         "alive": slot.alive,
         "listening": slot.listening,
+        "redirected": redirected,
         "pid": snap["pid"],
         "restarts": slot.total_restarts,
         "given_up": slot.given_up,
         "rules": snap["rules"],
         "rules_version": snap["rules_version"],
         "policy_version": snap["policy_version"],
+        "counters": {name: snap[name] for name in _SUMMED},
     }
 
 

@@ -104,8 +104,10 @@ def test_dns_authoritative_no_recursion(lab: LabSpec) -> None:
 
 def test_bridge_has_only_the_proxy_address_and_traverses_forward(lab: LabSpec) -> None:
     gw_addrs = netns_exec(lab.gw_ns, ["ip", "-o", "addr", "show"]).stdout
-    assert [line.split()[1] for line in gw_addrs.splitlines()] == ["lo", "lo", "br0"]
-    assert lab.bridge_ip.split("/")[0] in gw_addrs
+    # br0: the proxy's IPv4 and IPv6 addresses and the link-local one IPv6 neighbour
+    # discovery needs (gateway/lab/topology.py bridge_address)
+    assert [line.split()[1] for line in gw_addrs.splitlines()] == ["lo", "lo"] + ["br0"] * 3
+    assert lab.bridge_ip.split("/")[0] in gw_addrs and lab.bridge_ip6 in gw_addrs
     rules = {"iptables": ("-s", lab.client_addr), "ip6tables": ("-s", lab.client_addr6)}
     for tool, match in rules.items():
         netns_exec(lab.gw_ns, [tool, "-I", "FORWARD", *match, "-p", "tcp", "--dport", "80"])

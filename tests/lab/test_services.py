@@ -88,6 +88,21 @@ def test_gateway_config_protects_the_server_and_keeps_files_in_the_state_dir(
     assert yaml.safe_load(text) == config
 
 
+@pytest.mark.parametrize("routed", [False, True])
+def test_gateway_config_proxies_nginx_https_on_each_address_the_proxy_can_reach(
+    tmp_path: Path, routed: bool
+) -> None:
+    spec = spec_in(tmp_path, routed=routed)
+    proxied = gateway_config(spec)["tls_proxy"]
+    assert isinstance(proxied, dict)
+    assert [s["host"] for s in proxied["services"]] == [spec.server_addr, spec.server_addr6]
+    only4 = gateway_config(spec_in(tmp_path, bridge_ip6="-"))["tls_proxy"]
+    assert isinstance(only4, dict) and [s["host"] for s in only4["services"]] == [
+        spec_in(tmp_path).server_addr
+    ]
+    assert "tls_proxy" not in gateway_config(spec_in(tmp_path, bridge_ip="-", bridge_ip6="-"))
+
+
 def test_pid_files(tmp_path: Path) -> None:
     spec = spec_in(tmp_path)
     path = pid_file(spec, "nginx")

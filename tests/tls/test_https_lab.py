@@ -6,10 +6,7 @@ proxied) for the module; the fail-closed test runs a second gateway with a small
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,12 +19,11 @@ from gateway.lab import LabSpec, lab_down, lab_up
 from gateway.lab.netns import netns_exec
 from gateway.match.rules import load_rules
 from gateway.testing.corpora import csic_requests
-from gateway.testing.tls_lab import LabGateway
+from gateway.testing.tls_lab import LabGateway, curl, send
 from tests.conftest import lab_name
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
-REPO = Path(__file__).resolve().parents[2]
 CSIC_SAMPLE = 40  # normal CSIC 2010 requests sent over HTTPS
 # rule id -> the CVE its attack sample must raise (the attacks the packet plane blocks)
 ATTACKS = {
@@ -66,24 +62,6 @@ def gateway(tlslab: LabSpec, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield gw
     finally:
         gw.stop()
-
-
-def curl(spec: LabSpec, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = ["curl", "-sk", "--max-time", "8", "-o", "/dev/null", "-w", "%{http_code}", *args]
-    return netns_exec(spec.client_ns, argv, check=False)
-
-
-def send(spec: LabSpec, requests: list[bytes], versions: tuple[str, ...] = ()) -> list[int]:
-    """Each request on its own TLS connection from the client; their status codes."""
-    argv = [sys.executable, "-m", "gateway.testing.tls_client", spec.server_addr, "443"]
-    proc = subprocess.run(
-        ["ip", "netns", "exec", spec.client_ns, *argv, *versions],
-        input=json.dumps([r.hex() for r in requests]),
-        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=True,
-    )  # fmt: skip
-    codes: list[int] = json.loads(proc.stdout)
-    return codes
 
 
 def _attack_samples() -> dict[int, bytes]:
