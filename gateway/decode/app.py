@@ -196,9 +196,7 @@ class HttpAdapter:
     def _start_body(self, request: _http.Request) -> None:
         self._body_len = 0
         if self._body is None:
-            if request.header("content-length") is None and not request.header(
-                "transfer-encoding"
-            ):
+            if request.header("content-length") is None and not request.header("transfer-encoding"):
                 return  # no body: nothing to hold
             self._body = _hbody.BodyWindows(_http.MAX_BODY_INSPECT)
         self._body.start(request.header("content-encoding"))
@@ -329,7 +327,7 @@ class H2cRequests:
     def __init__(self) -> None:
         self._decoder = _h2.H2RequestDecoder(preface=_h2.PREFACE_TAIL)
         self._heads: dict[int, dict[str, FieldValue]] = {}
-        self._bodies: dict[int, bytearray] = {}
+        self._bodies: dict[int, _hbody.BodyWindows] = {}
         self._held = 0  # body bytes kept over all streams
         self._drained = False  # after a connection error: nothing more to decode
         self._derived = bytearray()  # requests as HTTP/1 text, for the raw stream patterns
@@ -375,13 +373,16 @@ class H2cRequests:
             if isinstance(event, _h2.StreamHead):
                 head = head_fields(event.request)
                 self._heads[event.stream_id] = head
-                self._bodies[event.stream_id] = bytearray()
+                body = self._bodies[event.stream_id] = _hbody.BodyWindows(_http.MAX_BODY_INSPECT)
+                body.start(event.request.header("content-encoding"))
                 pending[event.stream_id] = len(out)
                 out.append(AppRecord("http", head))
                 self._derived += _h1_text(event.request)
             elif isinstance(event, _h2.StreamData):
-                if not self._keep(event.stream_id, event.data):
+                windows = self._keep(event.stream_id, event.data)
+                if windows is None:
                     break
+                out.extend(windows)
             elif isinstance(event, _h2.StreamEnd):
                 at = pending.pop(event.stream_id, None)
                 if at is not None:
@@ -391,31 +392,44 @@ class H2cRequests:
                 break
         return [record for record in out if record is not None]
 
-    def _keep(self, stream: int, data: bytes) -> bool:
-        """Keep a DATA piece for matching; False (and `refused`) when the connection's budget
-        cut it short."""
+    def _keep(self, stream: int, data: bytes) -> list[AppRecord] | None:
+        """Keep a DATA piece for matching in its stream's windows (as HttpAdapter does): the
+        records of the windows it filled; None (and `refused`) when the bytes held over the
+        open streams pass H2_BODY_BUDGET (that stream's body is then inspected in part)."""
         body = self._bodies.get(stream)
         if body is None:
-            return True
-        room = min(_http.MAX_BODY_INSPECT - len(body), H2_BODY_BUDGET - self._held)
-        kept = data[: max(room, 0)]
-        body += kept
-        self._held += len(kept)
-        if len(kept) < len(data) and len(body) < _http.MAX_BODY_INSPECT:
+            return []
+        before = body.held
+        windows = body.feed(data)
+        self._held += body.held - before
+        head = self._heads.get(stream, {})
+        out = []
+        for window in windows:
+            self._derived += window
+            out.append(AppRecord("http", end_fields(head, window, body.fed, decoded=True)))
+        if self._held > H2_BODY_BUDGET:
+            self._held -= body.held
+            del self._bodies[stream]
             self.refused = _h2.H2DecodeError(
                 f"h2c: over {H2_BODY_BUDGET} body bytes held over open streams: "
                 f"the body of stream {stream} is inspected in part",
                 stream=stream,
             )
-            return False
-        return True
+            return None
+        return out
 
     def _end(self, event: _h2.StreamEnd) -> AppRecord:
         head = self._heads.pop(event.stream_id, {})
-        body = self._bodies.pop(event.stream_id, bytearray())
-        self._held -= len(body)
-        self._derived += body
-        return AppRecord("http", end_fields(head, bytes(body), event.body_length))
+        body = self._bodies.pop(event.stream_id, None)
+        if body is None:
+            return AppRecord("http", end_fields(head, b"", event.body_length))
+        self._held -= body.held
+        last = body.last()
+        self._derived += last
+        fields = end_fields(head, last, event.body_length, decoded=True)
+        if body.cut is not None:
+            _Cuts.note(fields, f"http.{body.cut}")
+        return AppRecord("http", fields)
 
 
 def _h1_text(request: _http.Request) -> bytes:
@@ -506,7 +520,10 @@ def _derived_body_fields(fields: dict[str, FieldValue], body: bytes, decoded: bo
     params = _body_params(body, type_text, cuts.of("body_params"))
     fields["http.body_params"] = _latin(params)
     texts = [text, params, *_charset_variants(fields, body, type_text, params)]
+    in_charset = fields.get(variant_key("http.body", 1))  # the body in its charset, if any
     texts += _document_variants(fields, text, type_text, params)
+    if isinstance(in_charset, bytes):
+        texts += _document_variants(fields, in_charset.decode("latin-1"), type_text, params)
     parts = [p for p in texts if "${" in p or "%24" in p.lower() or "\\u" in p]
     if parts:
         previous = fields.get("http.lookups", b"")

@@ -88,17 +88,18 @@ def inflater_for(content_encoding: str | None) -> _Inflater | None:
 class BodyWindows:
     """One request's body in windows (see the module comment)."""
 
-    __slots__ = ("_inflater", "_window", "inflated", "window")
+    __slots__ = ("_inflater", "_window", "fed", "inflated", "window")
 
     def __init__(self, window: int) -> None:
         self.window = window
         self._window = bytearray()
         self._inflater: _Inflater | None = None
         self.inflated = False  # the window holds inflated bytes
+        self.fed = 0  # body bytes fed, as sent
 
     def start(self, content_encoding: str | None) -> None:
         """A new request's body begins."""
-        self._window.clear()
+        self.clear()
         self._inflater = inflater_for(content_encoding)
         self.inflated = self._inflater is not None
 
@@ -106,6 +107,12 @@ class BodyWindows:
         self._window.clear()
         self._inflater = None
         self.inflated = False
+        self.fed = 0
+
+    @property
+    def held(self) -> int:
+        """Bytes held (the window under way)."""
+        return len(self._window)
 
     @property
     def cut(self) -> str | None:
@@ -117,6 +124,7 @@ class BodyWindows:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add body bytes as sent; the full windows to judge now (each but the last)."""
+        self.fed += len(data)
         inflater = self._inflater
         if inflater is not None:
             out = inflater.feed(data)

@@ -147,7 +147,7 @@ def url_params(text: str, cuts: list[str] | None = None) -> str:
             _past_bytes(cuts)
             break
         line = full_percent_decode(name, True) + eq + full_percent_decode(value, True)
-        size += len(line) + 1
+        size += len(line) + (1 if out else 0)  # the joined length exactly
         if size > MAX_DERIVED_BYTES:
             _past_bytes(cuts)
             break
@@ -403,7 +403,7 @@ def form_params(body: bytes, codec: str, cuts: list[str] | None = None) -> str:
             continue
         name, eq, value = part.partition(b"=")
         line = _form_part(name, codec) + ("=" if eq else "") + _form_part(value, codec)
-        size += len(line) + 1
+        size += len(line) + (1 if out else 0)  # the joined length exactly
         if size > MAX_DERIVED_BYTES:
             _past_bytes(cuts)
             break

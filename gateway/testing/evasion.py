@@ -722,6 +722,7 @@ _CROSS: Final = (
     ("http-xml-cdata", "http-chunked-ext", "order-shuffle"),
     ("http-pad-headers", "http-method-lower"),
     ("http-smuggle-te", "seg-8byte"),
+    ("http-body-pad", "h2c-upgrade"),
 )
 
 

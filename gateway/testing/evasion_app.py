@@ -743,8 +743,8 @@ def _java_escapes(text: bytes) -> bytes:
 
 
 def _ognl_blanks(text: bytes) -> bytes:
-    """Blanks around every `@` and every `.` before a name: OGNL skips blanks between tokens, and a class name is
-    its identifiers and dots as separate tokens (`@ java . lang . Runtime @`)."""
+    """Blanks around every `@` and every `.` before a name: OGNL skips blanks between tokens,
+    and a class name is its identifiers and dots as separate tokens (`@ java . lang . X @`)."""
     return re.sub(rb"(@|\.(?=[A-Za-z_$]))", rb" \1 ", text)
 
 

