@@ -524,7 +524,7 @@ def _derived_body_fields(fields: dict[str, FieldValue], body: bytes, decoded: bo
     texts += _document_variants(fields, text, type_text, params)
     if isinstance(in_charset, bytes):
         texts += _document_variants(fields, in_charset.decode("latin-1"), type_text, params)
-    parts = [p for p in texts if "${" in p or "%24" in p.lower() or "\\u" in p]
+    parts = [p for p in texts if _httpf.may_hold_lookup(p)]
     if parts:
         previous = fields.get("http.lookups", b"")
         more = _latin(_httpf.lookup_text(parts, cuts.of("lookups")))
@@ -539,21 +539,17 @@ def _document_variants(
     """The body and its parameters as the parsers behind the application read them, as
     variants of `http.body` and `http.body_params`; the texts added, for the lookups: an XML
     body's text with its references, entities, CDATA sections and comments resolved
-    (`xml_text`), and OGNL expressions as Struts evaluates them (`ognl_form`: a multipart
-    filename, S2-046)."""
+    (`xml_text`), and the parameters' OGNL expressions as Struts evaluates them (`ognl_form`:
+    a multipart filename, S2-046)."""
     added: list[str] = []
     if "xml" in type_text.lower() or text[:256].lstrip()[:1] == "<":
         xml = _httpf.xml_text(text)
         if xml is not None:
             add_variant(fields, "http.body", _latin(xml))
             added.append(xml)
-    if "{" in text:
-        ognl = _httpf.ognl_form(text)
-        if ognl is not None:
-            add_variant(fields, "http.body", _latin(ognl))
-        ognl = _httpf.ognl_form(params) if "{" in params else None
-        if ognl is not None:
-            add_variant(fields, "http.body_params", _latin(ognl))
+    ognl = _httpf.ognl_form(params) if "{" in params else None
+    if ognl is not None:
+        add_variant(fields, "http.body_params", _latin(ognl))
     return added
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "full_percent_decode",
     "header_lines",
     "lookup_text",
+    "may_hold_lookup",
     "resolve_lookups",
     "url_params",
 ]
@@ -182,16 +183,26 @@ def resolve_lookups(text: str) -> str:
     text = text[:MAX_LOOKUP_INPUT]
     stack: list[list[str]] = [[]]
     pos = 0
-    for token in _LOOKUP_TOKEN.finditer(text):
+    search = _LOOKUP_TOKEN.search
+    while True:
+        if len(stack) == 1:  # outside any lookup: a "}" is plain text, go to the next "${"
+            start = text.find("${", pos)
+            if start < 0:
+                break
+            stack[0].append(text[pos:start])
+            stack.append([])
+            pos = start + 2
+            continue
+        token = search(text, pos)
+        if token is None:
+            break
         stack[-1].append(text[pos : token.start()])
         pos = token.end()
         if token.group() == "${":
             stack.append([])
-        elif len(stack) > 1:
+        else:
             body = "".join(stack.pop())
             stack[-1].append(_substitute(body))
-        else:
-            stack[-1].append("}")
     stack[-1].append(text[pos:])
     while len(stack) > 1:  # unclosed lookups: as written
         inner = "".join(stack.pop())
@@ -202,7 +213,20 @@ def resolve_lookups(text: str) -> str:
     return _cap(_around_lookups(result) or result)
 
 
+# What can decode into a lookup's "$" or "{": a %-escape (any number of %25 layers, IIS %u)
+# or a backslash-u escape of either; a text holding neither decodes into no lookup.
+_PCT_LOOKUP: Final = re.compile(r"%(?:25)*(?:24|7[bB])|%[uU]00(?:24|7[bB])")
+_ESCAPED_LOOKUP: Final = re.compile(r"\\u00(?:24|7[bB])")
 LOOKUP_CONTEXT: Final = 4096  # a resolved part longer than this keeps only its lookups' context
+
+
+def may_hold_lookup(text: str) -> bool:
+    """Whether `text` holds a lookup's "${" or an escape that `lookup_text` decodes into one."""
+    return (
+        "${" in text
+        or ("%" in text and _PCT_LOOKUP.search(text) is not None)
+        or ("\\" in text and _ESCAPED_LOOKUP.search(text) is not None)
+    )
 
 
 def _around_lookups(text: str) -> str:
@@ -228,10 +252,10 @@ def lookup_text(parts: Iterable[str], cuts: list[str] | None = None) -> str:
     size = 0
     for part in parts:
         candidates = [part]
-        if "%" in part:
+        if "%" in part and _PCT_LOOKUP.search(part):
             candidates.append(full_percent_decode(part, plus_is_space=True))
         for text in list(candidates):
-            if "\\u" in text:
+            if "\\" in text and _ESCAPED_LOOKUP.search(text):
                 candidates.append(_JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text))
         for text in candidates:
             if "${" not in text:
