@@ -482,7 +482,10 @@ _XML_TOKEN: Final = re.compile(
 _XML_ENTITY_DECL: Final = re.compile(
     r"""<!ENTITY\s{1,64}([A-Za-z_][\w.\-]{0,63})\s{1,64}(?:"([^"]{0,4096})"|'([^']{0,4096})')"""
 )
-_XML_PREDEFINED: Final = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
+# `&lt;`, `&gt;` and their references stay as written, and a "<" in a CDATA section is written
+# `&lt;`: text never turns into markup (an escaped `<java.lang.Runtime>` is no element).
+_XML_PREDEFINED: Final = {"amp": "&", "quot": '"', "apos": "'"}
+_XML_MARKUP: Final = frozenset({ord("<"), ord(">")})
 MAX_ENTITY_DEPTH: Final = 4  # nested internal entity references expanded
 
 
@@ -495,10 +498,11 @@ def _xml_expand(text: str, entities: dict[str, str], depth: int) -> str:
         pos = m.end()
         cdata, dec, hexa, name = m.groups()
         if cdata is not None:
-            piece += cdata
+            piece += cdata.replace("<", "&lt;")
         elif dec is not None or hexa is not None:
             code = int(dec) if dec is not None else int(hexa, 16)
-            piece += chr(code) if code <= 0x10FFFF else m.group()
+            keep = code > 0x10FFFF or code in _XML_MARKUP
+            piece += m.group() if keep else chr(code)
         elif name is not None:
             if name in _XML_PREDEFINED:
                 piece += _XML_PREDEFINED[name]
@@ -518,7 +522,8 @@ def _xml_expand(text: str, entities: dict[str, str], depth: int) -> str:
 def xml_text(text: str) -> str | None:
     """An XML document as its parser hands the text to the application (XML 1.0 sections
     2.5, 2.7, 4.1 and 4.4; the JDK's and .NET's default parsers): comments dropped, CDATA
-    sections unwrapped, character references and the predefined entities decoded, and the
+    sections unwrapped, character references and the predefined entities decoded (but those
+    of "<" and ">": text never becomes markup), and the
     internal general entities its DTD declares expanded (up to MAX_ENTITY_DEPTH levels, the
     result bounded by MAX_DERIVED_BYTES whatever the nesting). So `&#36;{jndi:`, `${jn<!---->di:`,
     `${jn<![CDATA[di:]]>` and `&a;&b;` with a="${jn", b="di:" all read `${jndi:`. None when
