@@ -14,7 +14,8 @@ servers the rules protect, as documented per function (the TCP model cannot judg
   methods in lower case and a TE.CL smuggling request first (Apache); 70 KiB of padding before
   a body's parameters; JSON strings as backslash-u escapes; XML text as character references and as
   CDATA sections, and OGNL as Java unicode escapes and with blanks between its tokens (Java
-  applications' parsers); multipart part headers folded (commons-fileupload, PHP).
+  applications' parsers); multipart part headers folded (commons-fileupload, PHP); 4 KB chunk
+  extensions (Tomcat).
 - SMB (RFC 1002 NetBIOS session service; [MS-CIFS], [MS-SMB2]): NetBIOS keep-alive messages
   between SMB messages; an SMB ECHO before the first message in the same segment; a NetBIOS
   session request first (TCP 139). Every way of writing to a named pipe (SMB1 WRITE,
@@ -770,11 +771,19 @@ def _multipart_fold(data: bytes) -> bytes | None:
 
 # Rewrites only Apache (the "" family's HTTP servers) reads as the original.
 APACHE_ONLY: Final = frozenset({"http-method-lower", "http-smuggle-te"})
-# Rewrites of what only Java applications parse (XML text, OGNL); multipart folding also PHP.
+# Rewrites only Java servers and applications read as the original (XML text, OGNL, 4 KB chunk
+# extensions: Tomcat's maxExtensionSize is 8 KiB); what Java servers and Apache both read so
+# (folded multipart part headers: commons-fileupload and PHP).
 JAVA_ONLY: Final = frozenset(
-    {"http-xml-charref", "http-xml-cdata", "http-ognl-unicode", "http-ognl-blanks"}
+    {
+        "http-xml-charref",
+        "http-xml-cdata",
+        "http-ognl-unicode",
+        "http-ognl-blanks",
+        "http-chunk-ext-long",
+    }
 )
-JAVA_AND_APACHE: Final = frozenset({"http-multipart-fold", "http-chunk-ext-long"})
+JAVA_AND_APACHE: Final = frozenset({"http-multipart-fold"})
 
 HTTP_REWRITES.update(
     {
