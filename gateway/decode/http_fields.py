@@ -252,7 +252,7 @@ def lookup_text(parts: Iterable[str], cuts: list[str] | None = None) -> str:
     size = 0
     for part in parts:
         candidates = [part]
-        if "%" in part and _PCT_LOOKUP.search(part):
+        if "%" in part:  # any escape may decode, in rounds, into one ("%%32%34" is "$")
             candidates.append(full_percent_decode(part, plus_is_space=True))
         for text in list(candidates):
             if "\\" in text and _ESCAPED_LOOKUP.search(text):
