@@ -5,8 +5,12 @@ from their own modules; gateway/decode/bundled.py imports them all).
 
 What it guarantees:
 - The adapters never grow without bound: they hold at most their decoder's own bounded buffers,
-  an HTTP body is kept for matching up to http.MAX_BODY_INSPECT bytes per request, and one feed
-  returns at most MAX_RECORDS_PER_FEED records.
+  an HTTP body is kept for matching in windows of http.MAX_BODY_INSPECT bytes, inflated as the
+  application reads it (gateway/decode/http_body.py: a body longer than a window is judged
+  window by window, so no padding pushes a parameter out of sight), and one feed returns at
+  most MAX_RECORDS_PER_FEED records.
+- HTTP is recognised by content: an upper-case method, or any method token before a target
+  (Apache hands "get" to a CGI script).
 - `feed` raises nothing but the decoder's own DecodeError subclass (the registry's contract).
 """
 
@@ -19,10 +23,12 @@ from gateway.decode import charsets as _charsets
 from gateway.decode import dns as _dns
 from gateway.decode import h2 as _h2
 from gateway.decode import http as _http
+from gateway.decode import http_body as _hbody
 from gateway.decode import http_fields as _httpf
 from gateway.decode import tls as _tls
 from gateway.decode import uri as _uri
 from gateway.decode.registry import (
+    MAX_VARIANTS,
     AppDecoder,
     AppProtocol,
     AppRecord,
@@ -39,6 +45,7 @@ from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Direction
 __all__ = [
     "CUT_FIELD",
     "MAX_RECORDS_PER_FEED",
+    "add_variant",
     "DnsTcpAdapter",
     "DnsUdpAdapter",
     "HttpAdapter",
@@ -57,12 +64,31 @@ _BODY_HEADERS: Final = re.compile(rb"(?i)\r\n(?:content-length|transfer-encoding
 # splits the line on whitespace), the first byte of the target.
 HTTP_REQUEST_START: Final = re.compile(rb"[\r\n]*[A-Z][A-Z_-]{2,15}[ \t]+[^\s]")
 _HTTP_PREFIX: Final = re.compile(rb"[\r\n]*(?:[A-Z][A-Z_-]{0,15}[ \t]*)?\Z")
+# Any other method token (RFC 9110 section 9.1: methods are case-sensitive tokens; Apache hands
+# an unregistered one such as "get" or "Post" to CGI scripts and modules, HttpProtocolOptions'
+# default LenientMethods) before an origin-form, absolute-form or asterisk target; "HTTP/" must
+# follow on the line when the line ends within the probe's bytes. Method letters, digits, "-"
+# and "_" only (the methods servers know; "SSH-2.0-..." is not one).
+_TOKEN_CHARS: Final = rb"[A-Za-z0-9_\-]"
+_ANY_METHOD_START: Final = re.compile(
+    rb"[\r\n]*" + _TOKEN_CHARS + rb"{1,32}[ \t]+(?:/|\*|[A-Za-z][A-Za-z0-9+.\-]{0,15}://)"
+)
+_ANY_METHOD_PREFIX: Final = re.compile(
+    rb"[\r\n]*" + _TOKEN_CHARS + rb"{0,32}(?:[ \t]+(?:[A-Za-z][A-Za-z0-9+.\-]{0,15}:?/?)?)?\Z"
+)
+_VERSION_ON_LINE: Final = re.compile(rb"[ \t](?i:HTTP/)")
 
 
 def _probe_http(data: bytes, direction: Direction) -> Probe:
     if HTTP_REQUEST_START.match(data):
         return Probe.YES
-    if _HTTP_PREFIX.match(data):
+    found = _ANY_METHOD_START.match(data)
+    if found is not None:
+        end = data.find(b"\n", found.end())
+        if end < 0 or _VERSION_ON_LINE.search(data, found.end(), end):
+            return Probe.YES
+        return Probe.NO
+    if _HTTP_PREFIX.match(data) or _ANY_METHOD_PREFIX.match(data):
         return Probe.NEED_DATA
     return Probe.NO
 
@@ -81,7 +107,7 @@ class HttpAdapter:
     def __init__(self) -> None:
         self._decoder = _http.HttpRequestDecoder()
         self._head: dict[str, FieldValue] | None = None
-        self._body = bytearray()
+        self._body: _hbody.BodyWindows | None = None  # made for the first request with a body
         self._body_len = 0
         self._h2: H2cRequests | None = None  # the stream is HTTP/2 from the preface on
         self.refused: DecodeError | None = None  # the error that stopped the last feed
@@ -106,7 +132,8 @@ class HttpAdapter:
             return
         self._decoder.recover()
         self._head = None
-        self._body.clear()
+        if self._body is not None:
+            self._body.clear()
         self._body_len = 0
 
     def memo_unit(self, data: bytes) -> bool:
@@ -146,29 +173,56 @@ class HttpAdapter:
                     return self._feed_h2(decoder.take_buffer(), out)
                 head = head_fields(event)
                 self._head = head
-                self._body.clear()
-                self._body_len = 0
+                self._start_body(event)
                 pending = head
             elif isinstance(event, _http.Body):
                 if pending is not None:
                     out.append(AppRecord("http", pending))
                     pending = None
-                room = _http.MAX_BODY_INSPECT - len(self._body)
-                if room > 0:
-                    self._body += event.data[:room]
-                self._body_len += len(event.data)
+                out.extend(self._body_windows(event.data))
             elif isinstance(event, _http.EndOfRequest):
                 head = self._head if self._head is not None else {}
-                fields = end_fields(head, bytes(self._body), event.body_length)
-                out.append(AppRecord("http", fields))
+                out.append(self._end_record(head, event.body_length))
                 pending = None
                 self._head = None
-                self._body.clear()
+                if self._body is not None:
+                    self._body.clear()
             else:
                 break
         if pending is not None:  # the body has not arrived yet: judge the head now
             out.append(AppRecord("http", pending))
         return out
+
+    def _start_body(self, request: _http.Request) -> None:
+        self._body_len = 0
+        if self._body is None:
+            if request.header("content-length") is None and not request.header("transfer-encoding"):
+                return  # no body: nothing to hold
+            self._body = _hbody.BodyWindows(_http.MAX_BODY_INSPECT)
+        self._body.start(request.header("content-encoding"))
+
+    def _body_windows(self, data: bytes) -> list[AppRecord]:
+        """Body bytes kept for matching (gateway/decode/http_body.py): a body longer than a
+        window is judged window by window, each full window as an end record of its own."""
+        self._body_len += len(data)
+        if self._body is None:
+            self._body = _hbody.BodyWindows(_http.MAX_BODY_INSPECT)
+            self._body.start(None)
+        head = self._head if self._head is not None else {}
+        return [
+            AppRecord("http", end_fields(head, window, self._body_len, decoded=True))
+            for window in self._body.feed(data)
+        ]
+
+    def _end_record(self, head: dict[str, FieldValue], body_length: int) -> AppRecord:
+        body = self._body
+        if body is None:
+            return AppRecord("http", end_fields(head, b"", body_length, decoded=True))
+        fields = end_fields(head, body.last(), body_length, decoded=True)
+        cut = body.cut
+        if cut is not None:
+            _Cuts.note(fields, f"http.{cut}")
+        return AppRecord("http", fields)
 
     def take_derived(self) -> bytes:
         """HTTP/2 requests decoded since the last call, as HTTP/1 text, for the raw stream
@@ -217,16 +271,40 @@ def head_fields(request: _http.Request) -> dict[str, FieldValue]:
     for name, value in joined.items():
         head["http.header." + name] = value.encode("latin-1", "replace")
     head["http.header_names"] = ",".join(joined).encode("latin-1", "replace")
+    for name, value in joined.items():
+        if "{" in value:  # an OGNL expression as Struts reads it (S2-045's Content-Type)
+            ognl = _httpf.ognl_form(value)
+            if ognl is not None:
+                add_variant(head, "http.header." + name, _latin(ognl))
     _derived_head_fields(request, head)
     return head
 
 
-def end_fields(head: dict[str, FieldValue], body: bytes, body_length: int) -> dict[str, FieldValue]:
-    """The fields of a request's end record: its head's, the body kept and the derived ones."""
+def add_variant(fields: dict[str, FieldValue], name: str, value: bytes) -> None:
+    """`value` as a variant of byte field `name` in the first free variant slot, unless it
+    equals the field or a variant already there (or every slot is taken)."""
+    if fields.get(name) == value:
+        return
+    for n in range(1, MAX_VARIANTS + 1):
+        key = variant_key(name, n)
+        held = fields.get(key)
+        if held is None:
+            fields[key] = value
+            return
+        if held == value:
+            return
+
+
+def end_fields(
+    head: dict[str, FieldValue], body: bytes, body_length: int, decoded: bool = False
+) -> dict[str, FieldValue]:
+    """The fields of a request's end record: its head's, the body kept and the derived ones.
+    `decoded`: the body is already as the application reads it (Content-Encoding applied,
+    gateway/decode/http_body.py), else it is inflated here."""
     fields = dict(head)
     fields["http.body"] = body
     fields["http.body_length"] = body_length
-    _derived_body_fields(fields, body)
+    _derived_body_fields(fields, body, decoded)
     return fields
 
 
@@ -249,7 +327,7 @@ class H2cRequests:
     def __init__(self) -> None:
         self._decoder = _h2.H2RequestDecoder(preface=_h2.PREFACE_TAIL)
         self._heads: dict[int, dict[str, FieldValue]] = {}
-        self._bodies: dict[int, bytearray] = {}
+        self._bodies: dict[int, _hbody.BodyWindows] = {}
         self._held = 0  # body bytes kept over all streams
         self._drained = False  # after a connection error: nothing more to decode
         self._derived = bytearray()  # requests as HTTP/1 text, for the raw stream patterns
@@ -295,13 +373,16 @@ class H2cRequests:
             if isinstance(event, _h2.StreamHead):
                 head = head_fields(event.request)
                 self._heads[event.stream_id] = head
-                self._bodies[event.stream_id] = bytearray()
+                body = self._bodies[event.stream_id] = _hbody.BodyWindows(_http.MAX_BODY_INSPECT)
+                body.start(event.request.header("content-encoding"))
                 pending[event.stream_id] = len(out)
                 out.append(AppRecord("http", head))
                 self._derived += _h1_text(event.request)
             elif isinstance(event, _h2.StreamData):
-                if not self._keep(event.stream_id, event.data):
+                windows = self._keep(event.stream_id, event.data)
+                if windows is None:
                     break
+                out.extend(windows)
             elif isinstance(event, _h2.StreamEnd):
                 at = pending.pop(event.stream_id, None)
                 if at is not None:
@@ -311,31 +392,44 @@ class H2cRequests:
                 break
         return [record for record in out if record is not None]
 
-    def _keep(self, stream: int, data: bytes) -> bool:
-        """Keep a DATA piece for matching; False (and `refused`) when the connection's budget
-        cut it short."""
+    def _keep(self, stream: int, data: bytes) -> list[AppRecord] | None:
+        """Keep a DATA piece for matching in its stream's windows (as HttpAdapter does): the
+        records of the windows it filled; None (and `refused`) when the bytes held over the
+        open streams pass H2_BODY_BUDGET (that stream's body is then inspected in part)."""
         body = self._bodies.get(stream)
         if body is None:
-            return True
-        room = min(_http.MAX_BODY_INSPECT - len(body), H2_BODY_BUDGET - self._held)
-        kept = data[: max(room, 0)]
-        body += kept
-        self._held += len(kept)
-        if len(kept) < len(data) and len(body) < _http.MAX_BODY_INSPECT:
+            return []
+        before = body.held
+        windows = body.feed(data)
+        self._held += body.held - before
+        head = self._heads.get(stream, {})
+        out = []
+        for window in windows:
+            self._derived += window
+            out.append(AppRecord("http", end_fields(head, window, body.fed, decoded=True)))
+        if self._held > H2_BODY_BUDGET:
+            self._held -= body.held
+            del self._bodies[stream]
             self.refused = _h2.H2DecodeError(
                 f"h2c: over {H2_BODY_BUDGET} body bytes held over open streams: "
                 f"the body of stream {stream} is inspected in part",
                 stream=stream,
             )
-            return False
-        return True
+            return None
+        return out
 
     def _end(self, event: _h2.StreamEnd) -> AppRecord:
         head = self._heads.pop(event.stream_id, {})
-        body = self._bodies.pop(event.stream_id, bytearray())
-        self._held -= len(body)
-        self._derived += body
-        return AppRecord("http", end_fields(head, bytes(body), event.body_length))
+        body = self._bodies.pop(event.stream_id, None)
+        if body is None:
+            return AppRecord("http", end_fields(head, b"", event.body_length))
+        self._held -= body.held
+        last = body.last()
+        self._derived += last
+        fields = end_fields(head, last, event.body_length, decoded=True)
+        if body.cut is not None:
+            _Cuts.note(fields, f"http.{body.cut}")
+        return AppRecord("http", fields)
 
 
 def _h1_text(request: _http.Request) -> bytes:
@@ -397,19 +491,24 @@ class _Cuts:
     def store(self, fields: dict[str, FieldValue]) -> None:
         lines = [f"http.{field}: {why}" for field, found in self.lists for why in found]
         if lines:
-            previous = fields.get(CUT_FIELD)
-            text = "\n".join(dict.fromkeys(lines)).encode("latin-1", "replace")
-            fields[CUT_FIELD] = previous + b"\n" + text if isinstance(previous, bytes) else text
+            _Cuts.note(fields, "\n".join(dict.fromkeys(lines)))
+
+    @staticmethod
+    def note(fields: dict[str, FieldValue], text: str) -> None:
+        """Add `text` (lines `field: what`) to the record's `http.cut`."""
+        previous = fields.get(CUT_FIELD)
+        data = text.encode("latin-1", "replace")
+        fields[CUT_FIELD] = previous + b"\n" + data if isinstance(previous, bytes) else data
 
 
-def _derived_body_fields(fields: dict[str, FieldValue], body: bytes) -> None:
+def _derived_body_fields(fields: dict[str, FieldValue], body: bytes, decoded: bool) -> None:
     """On the end-of-request record: the body as the application reads it (Content-Encoding
     inflated: `http.body` is then the inflated body), its parameters (urlencoded forms,
     multipart/form-data field names, values and filenames, JSON keys and values with escapes
     decoded), the forms of both in the body's character set (`_charset_variants`) and the
     lookups in all of them."""
     encoding = fields.get("http.header.content-encoding")
-    if isinstance(encoding, bytes) and body:
+    if isinstance(encoding, bytes) and body and not decoded:
         inflated = _httpf.decode_content(body, encoding.decode("latin-1"), _http.MAX_BODY_INSPECT)
         if inflated is not None:
             body = inflated
@@ -421,13 +520,37 @@ def _derived_body_fields(fields: dict[str, FieldValue], body: bytes) -> None:
     params = _body_params(body, type_text, cuts.of("body_params"))
     fields["http.body_params"] = _latin(params)
     texts = [text, params, *_charset_variants(fields, body, type_text, params)]
-    parts = [p for p in texts if "${" in p or "%24" in p.lower()]
+    in_charset = fields.get(variant_key("http.body", 1))  # the body in its charset, if any
+    texts += _document_variants(fields, text, type_text, params)
+    if isinstance(in_charset, bytes):
+        texts += _document_variants(fields, in_charset.decode("latin-1"), type_text, params)
+    parts = [p for p in texts if _httpf.may_hold_lookup(p)]
     if parts:
         previous = fields.get("http.lookups", b"")
         more = _latin(_httpf.lookup_text(parts, cuts.of("lookups")))
         if isinstance(previous, bytes) and more:
             fields["http.lookups"] = previous + b"\n" + more if previous else more
     cuts.store(fields)
+
+
+def _document_variants(
+    fields: dict[str, FieldValue], text: str, type_text: str, params: str
+) -> list[str]:
+    """The body and its parameters as the parsers behind the application read them, as
+    variants of `http.body` and `http.body_params`; the texts added, for the lookups: an XML
+    body's text with its references, entities, CDATA sections and comments resolved
+    (`xml_text`), and the parameters' OGNL expressions as Struts evaluates them (`ognl_form`:
+    a multipart filename, S2-046)."""
+    added: list[str] = []
+    if "xml" in type_text.lower() or text[:256].lstrip()[:1] == "<":
+        xml = _httpf.xml_text(text)
+        if xml is not None:
+            add_variant(fields, "http.body", _latin(xml))
+            added.append(xml)
+    ognl = _httpf.ognl_form(params) if "{" in params else None
+    if ognl is not None:
+        add_variant(fields, "http.body_params", _latin(ognl))
+    return added
 
 
 def _body_params(body: bytes, type_text: str, cuts: list[str] | None = None) -> str:
@@ -437,7 +560,7 @@ def _body_params(body: bytes, type_text: str, cuts: list[str] | None = None) -> 
         return _httpf.url_params(body.decode("latin-1"), cuts)
     if "multipart/" in content_type:
         return _httpf.multipart_params(body, type_text, None, cuts)
-    if "json" in content_type or (body[:1] in (b"{", b"[") and b"\\u" in body):
+    if "json" in content_type or (body[:256].lstrip()[:1] in (b"{", b"[") and b"\\u" in body):
         return _httpf.json_params(body, cuts)
     return ""
 

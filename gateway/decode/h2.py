@@ -48,7 +48,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from gateway.decode.hpack import HpackDecoder
-from gateway.decode.http import Request, normalize_uri
+from gateway.decode.http import Request
+from gateway.decode.uri import uri_forms
 from gateway.errors import DecodeError
 
 __all__ = [
@@ -433,4 +434,5 @@ def build_request(fields: list[tuple[bytes, bytes]]) -> Request:
     target = pseudo.get(":path", "")
     if method == "CONNECT" and not target:
         target = authority or ""
-    return Request(method, target, normalize_uri(target), VERSION, tuple(headers))
+    forms = uri_forms(target)  # the same forms and variants as an HTTP/1 target's
+    return Request(method, target, forms[0], VERSION, tuple(headers), forms[1:])

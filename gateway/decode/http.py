@@ -5,7 +5,9 @@ touches a socket or a clock. Guarantees:
 - requests are parsed as RFC 9112 describes: request line (section 3), header fields with
   obsolete line folding unfolded (section 5.2), bodies framed by Transfer-Encoding: chunked
   (section 7.1, chunk extensions and trailers skipped) or Content-Length (section 6.2), and
-  pipelined requests one after another;
+  pipelined requests one after another; a body the servers frame in different ways (a
+  Transfer-Encoding other than plain `chunked` next to a Content-Length: request smuggling)
+  is refused after its head is handed on (`_chunked_framing`);
 - only HttpDecodeError escapes, and after it the decoder stays in the ERROR state (sticky);
 - every buffer is bounded: a request head longer than `max_head_bytes` is an error, body data
   is passed on in pieces and at most `max_body_inspect` bytes of each body are kept for matching.
@@ -45,11 +47,19 @@ __all__ = [
 MAX_HEAD_BYTES = 1024 * 1024
 MAX_HEADERS = 1024
 MAX_BODY_INSPECT = 64 * 1024
-MAX_CHUNK_LINE = 1024
+# A chunk-size line with its extensions: Tomcat takes 8192 bytes of extensions
+# (maxExtensionSize), Apache 2.4 reads the line whole; longer is refused.
+MAX_CHUNK_LINE = 16 * 1024
 
 
 class HttpDecodeError(DecodeError):
-    """The client sent something that is not HTTP/1.x (its fault; the state is now ERROR)."""
+    """The client sent something that is not HTTP/1.x (its fault; the state is now ERROR).
+    `after_head`: the request head before it is whole and was handed on (a server may act on
+    it); only its body's framing is in doubt."""
+
+    def __init__(self, message: str, after_head: bool = False) -> None:
+        super().__init__(message)
+        self.after_head = after_head
 
 
 class State(enum.Enum):
@@ -124,6 +134,8 @@ class HttpRequestDecoder:
         self._remaining = 0  # body bytes left in the current Content-Length body or chunk
         self._body_length = 0
         self._refused_consumed = False  # the bytes of the last error left the buffer
+        # a head's framing error, raised after its Request event (a server may act on that head)
+        self._deferred: HttpDecodeError | None = None
         self.requests = 0
 
     @property
@@ -144,7 +156,8 @@ class HttpRequestDecoder:
             self.state = State.ERROR
             # recover() may resume right at the buffer's start only if the refused bytes are
             # gone from it, or it would refuse them again
-            self._refused_consumed = len(self._buf) < before
+            self._refused_consumed = len(self._buf) < before or self._deferred is not None
+            self._deferred = None
             raise
 
     def take_buffer(self) -> bytes:
@@ -186,6 +199,8 @@ class HttpRequestDecoder:
         return NEED_DATA
 
     def _next_event(self) -> Event | _NeedData:
+        if self._deferred is not None:
+            raise self._deferred
         state = self.state
         if state is State.ERROR:
             raise HttpDecodeError("decoder is in ERROR state after an earlier error")
@@ -291,7 +306,12 @@ class HttpRequestDecoder:
         headers = self._parse_headers(lines[1:])
         forms = uri_forms(target)
         request = Request(method, target, forms[0], version, headers, forms[1:])
-        self._start_body(request)
+        try:
+            self._start_body(request)
+        except HttpDecodeError as err:
+            if not err.after_head:
+                raise
+            self._deferred = err  # the head is an event; its body cannot be framed
         return request
 
     def _parse_headers(self, lines: list[bytes]) -> tuple[tuple[str, str], ...]:
@@ -316,10 +336,10 @@ class HttpRequestDecoder:
 
     def _start_body(self, request: Request) -> None:
         te = request.header("transfer-encoding")
-        if te is not None and "chunked" in te.lower():
+        length = request.header("content-length")
+        if te is not None and _chunked_framing(te, length is not None):
             self.state = State.CHUNK_SIZE
             return
-        length = request.header("content-length")
         if length is None:
             self._remaining = 0
             self.state = State.BODY_LENGTH
@@ -364,6 +384,32 @@ def parse_request_line(line: bytes) -> tuple[str, str, str]:
     found = _LENIENT_VERSION.match(version)
     text = f"HTTP/{int(found.group(1))}.{int(found.group(2))}" if found else "HTTP/1.0"
     return method.decode("latin-1"), target.decode("latin-1"), text
+
+
+def _chunked_framing(te: str, with_length: bool) -> bool:
+    """Whether a request with Transfer-Encoding `te` (repeats joined by ", ") has a chunked
+    body, or HttpDecodeError when the servers read its body in different ways (request
+    smuggling, RFC 9112 section 6.3 and 11.2).
+
+    `chunked` alone (any case, blanks around it) is chunked for every server, with or without
+    a Content-Length (Transfer-Encoding wins). Any other value next to a Content-Length is
+    ambiguous: Apache 2.2 compares the whole value with "chunked" and, when it differs, reads
+    the Content-Length ("Unknown Transfer-Encoding ... using Content-Length"), while Apache
+    2.4 reads chunks when chunked is the last coding and refuses the request otherwise, as
+    IIS and Tomcat refuse unknown codings: refused here (the decoder resynchronises on the
+    next request line, which finds a request hidden in either reading). Without a
+    Content-Length, a value holding "chunked" is read as chunks (the only reading of a server
+    that does not refuse it)."""
+    codings = [c.strip(" \t").lower() for c in te.split(",")]
+    if codings == ["chunked"]:
+        return True
+    if with_length:
+        raise HttpDecodeError(
+            f"Transfer-Encoding {te[:40]!r} with a Content-Length: servers frame the body "
+            "differently",
+            after_head=True,
+        )
+    return "chunked" in te.lower()
 
 
 def parse_content_length(value: str) -> int:

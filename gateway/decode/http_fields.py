@@ -48,9 +48,12 @@ __all__ = [
     "form_params",
     "json_params",
     "multipart_params",
+    "ognl_form",
+    "xml_text",
     "full_percent_decode",
     "header_lines",
     "lookup_text",
+    "may_hold_lookup",
     "resolve_lookups",
     "url_params",
 ]
@@ -145,7 +148,7 @@ def url_params(text: str, cuts: list[str] | None = None) -> str:
             _past_bytes(cuts)
             break
         line = full_percent_decode(name, True) + eq + full_percent_decode(value, True)
-        size += len(line) + 1
+        size += len(line) + (1 if out else 0)  # the joined length exactly
         if size > MAX_DERIVED_BYTES:
             _past_bytes(cuts)
             break
@@ -180,16 +183,26 @@ def resolve_lookups(text: str) -> str:
     text = text[:MAX_LOOKUP_INPUT]
     stack: list[list[str]] = [[]]
     pos = 0
-    for token in _LOOKUP_TOKEN.finditer(text):
+    search = _LOOKUP_TOKEN.search
+    while True:
+        if len(stack) == 1:  # outside any lookup: a "}" is plain text, go to the next "${"
+            start = text.find("${", pos)
+            if start < 0:
+                break
+            stack[0].append(text[pos:start])
+            stack.append([])
+            pos = start + 2
+            continue
+        token = search(text, pos)
+        if token is None:
+            break
         stack[-1].append(text[pos : token.start()])
         pos = token.end()
         if token.group() == "${":
             stack.append([])
-        elif len(stack) > 1:
+        else:
             body = "".join(stack.pop())
             stack[-1].append(_substitute(body))
-        else:
-            stack[-1].append("}")
     stack[-1].append(text[pos:])
     while len(stack) > 1:  # unclosed lookups: as written
         inner = "".join(stack.pop())
@@ -197,22 +210,59 @@ def resolve_lookups(text: str) -> str:
     result = "".join(stack[0])
     if len(result) <= MAX_DERIVED_BYTES:
         return result
-    windows = [result[max(0, m.start() - 64) : m.start() + 256] for m in _KEPT.finditer(result)]
-    return _cap("\n".join(windows) if windows else result)
+    return _cap(_around_lookups(result) or result)
+
+
+# What can decode into a lookup's "$" or "{": a %-escape (any number of %25 layers, IIS %u)
+# or a backslash-u escape of either; a text holding neither decodes into no lookup.
+_PCT_LOOKUP: Final = re.compile(r"%(?:25)*(?:24|7[bB])|%[uU]00(?:24|7[bB])")
+_ESCAPED_LOOKUP: Final = re.compile(r"\\u00(?:24|7[bB])")
+LOOKUP_CONTEXT: Final = 4096  # a resolved part longer than this keeps only its lookups' context
+
+
+def may_hold_lookup(text: str) -> bool:
+    """Whether `text` holds a lookup's "${" or an escape that `lookup_text` decodes into one."""
+    return (
+        "${" in text
+        or ("%" in text and _PCT_LOOKUP.search(text) is not None)
+        or ("\\" in text and _ESCAPED_LOOKUP.search(text) is not None)
+    )
+
+
+def _around_lookups(text: str) -> str:
+    """The text around each `${` still in `text` (64 characters before it, 256 from it),
+    overlapping spans merged, one per line; "" when there is none."""
+    spans: list[list[int]] = []
+    for m in _KEPT.finditer(text):
+        start, end = max(0, m.start() - 64), m.start() + 256
+        if spans and start <= spans[-1][1]:
+            spans[-1][1] = end
+        else:
+            spans.append([start, end])
+    return "\n".join(text[a:b] for a, b in spans)
 
 
 def lookup_text(parts: Iterable[str], cuts: list[str] | None = None) -> str:
-    """Every part that holds a lookup (`${`, also once %-decoded), resolved, one per line."""
+    """Every part that holds a lookup (`${`, also once %-decoded, and with its backslash-u
+    escapes decoded: a JSON or JavaScript string in a parameter, header or cookie that the
+    application unescapes before logging it), resolved, one per line; of a resolved part
+    longer than LOOKUP_CONTEXT (a whole body) only the context of each lookup still in it,
+    so the lookups of a body and of its parameters fit side by side whatever their size."""
     out: list[str] = []
     size = 0
     for part in parts:
         candidates = [part]
-        if "%" in part:
+        if "%" in part:  # any escape may decode, in rounds, into one ("%%32%34" is "$")
             candidates.append(full_percent_decode(part, plus_is_space=True))
+        for text in list(candidates):
+            if "\\" in text and _ESCAPED_LOOKUP.search(text):
+                candidates.append(_JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text))
         for text in candidates:
             if "${" not in text:
                 continue
             resolved = resolve_lookups(text)
+            if len(resolved) > LOOKUP_CONTEXT:  # a whole body: what matters is each lookup
+                resolved = _around_lookups(resolved)
             size += len(resolved) + 1
             if size > MAX_DERIVED_BYTES:
                 _past_bytes(cuts)
@@ -278,7 +328,7 @@ def _multipart_parts(
             continue
         params: dict[str, str] | None = None
         charset = ""
-        for raw in head.decode("latin-1").splitlines():
+        for raw in _unfolded(head.decode("latin-1")):
             name, colon, text = raw.partition(":")
             key = name.strip().lower()
             if colon and key == "content-disposition":
@@ -292,6 +342,19 @@ def _multipart_parts(
         if params is not None:
             parts.append((params, charset, value[:MAX_PART_VALUE].rstrip(_PART_END)))
     return parts
+
+
+def _unfolded(head: str) -> list[str]:
+    """A part's header lines with folded continuations (a line starting with a space or tab)
+    joined to the line before by one space, as commons-fileupload's FileUploadBase
+    getParsedHeaders and PHP's multipart parser read them (RFC 5322 section 2.2.3)."""
+    lines: list[str] = []
+    for raw in head.splitlines():
+        if raw[:1] in (" ", "\t") and lines:
+            lines[-1] += " " + raw.strip(" \t")
+        else:
+            lines.append(raw)
+    return lines
 
 
 def multipart_params(
@@ -364,7 +427,7 @@ def form_params(body: bytes, codec: str, cuts: list[str] | None = None) -> str:
             continue
         name, eq, value = part.partition(b"=")
         line = _form_part(name, codec) + ("=" if eq else "") + _form_part(value, codec)
-        size += len(line) + 1
+        size += len(line) + (1 if out else 0)  # the joined length exactly
         if size > MAX_DERIVED_BYTES:
             _past_bytes(cuts)
             break
@@ -409,6 +472,98 @@ def json_params(body: bytes, cuts: list[str] | None = None) -> str:
             break
         out.append(line)
     return "\n".join(out)
+
+
+_XML_TOKEN: Final = re.compile(
+    r"<!--.*?(?:-->|\Z)|<!\[CDATA\[(.*?)(?:\]\]>|\Z)|&#(?:([0-9]{1,7})|[xX]([0-9A-Fa-f]{1,6}));"
+    r"|&([A-Za-z_][\w.\-]{0,63});",
+    re.S,
+)
+_XML_ENTITY_DECL: Final = re.compile(
+    r"""<!ENTITY\s{1,64}([A-Za-z_][\w.\-]{0,63})\s{1,64}(?:"([^"]{0,4096})"|'([^']{0,4096})')"""
+)
+# `&lt;`, `&gt;` and their references stay as written, and a "<" in a CDATA section is written
+# `&lt;`: text never turns into markup (an escaped `<java.lang.Runtime>` is no element).
+_XML_PREDEFINED: Final = {"amp": "&", "quot": '"', "apos": "'"}
+_XML_MARKUP: Final = frozenset({ord("<"), ord(">")})
+MAX_ENTITY_DEPTH: Final = 4  # nested internal entity references expanded
+
+
+def _xml_expand(text: str, entities: dict[str, str], depth: int) -> str:
+    out: list[str] = []
+    size = 0
+    pos = 0
+    for m in _XML_TOKEN.finditer(text):
+        piece = text[pos : m.start()]
+        pos = m.end()
+        cdata, dec, hexa, name = m.groups()
+        if cdata is not None:
+            piece += cdata.replace("<", "&lt;")
+        elif dec is not None or hexa is not None:
+            code = int(dec) if dec is not None else int(hexa, 16)
+            keep = code > 0x10FFFF or code in _XML_MARKUP
+            piece += m.group() if keep else chr(code)
+        elif name is not None:
+            if name in _XML_PREDEFINED:
+                piece += _XML_PREDEFINED[name]
+            elif name in entities and depth < MAX_ENTITY_DEPTH:
+                piece += _xml_expand(entities[name], entities, depth + 1)
+            else:
+                piece += m.group()
+        out.append(piece)
+        size += len(piece)
+        if size > MAX_DERIVED_BYTES:
+            break
+    else:
+        out.append(text[pos:])
+    return _cap("".join(out))
+
+
+def xml_text(text: str) -> str | None:
+    """An XML document as its parser hands the text to the application (XML 1.0 sections
+    2.5, 2.7, 4.1 and 4.4; the JDK's and .NET's default parsers): comments dropped, CDATA
+    sections unwrapped, character references and the predefined entities decoded (but those
+    of "<" and ">": text never becomes markup), and the
+    internal general entities its DTD declares expanded (up to MAX_ENTITY_DEPTH levels, the
+    result bounded by MAX_DERIVED_BYTES whatever the nesting). So `&#36;{jndi:`, `${jn<!---->di:`,
+    `${jn<![CDATA[di:]]>` and `&a;&b;` with a="${jn", b="di:" all read `${jndi:`. None when
+    nothing would change (no `&` and no `<!`)."""
+    if "&" not in text and "<!" not in text:
+        return None
+    entities = {
+        m.group(1): m.group(2) if m.group(2) is not None else m.group(3)
+        for m in _XML_ENTITY_DECL.finditer(text[:MAX_DERIVED_BYTES])
+    }
+    result = _xml_expand(text, entities, 0)
+    return result if result != text else None
+
+
+_JAVA_UNICODE: Final = re.compile(r"(\\+)u+([0-9A-Fa-f]{4})")
+_EXPRESSION_OPEN: Final = re.compile(r"[%$]\s*\{")
+_BLANKS: Final = re.compile(r"[ \t\f\v]+")
+
+
+def _java_unescape(m: re.Match[str]) -> str:
+    slashes = m.group(1)
+    if len(slashes) % 2 == 0:  # an escaped backslash, then a plain "u"
+        return m.group()
+    return slashes[:-1] + chr(int(m.group(2), 16))
+
+
+def ognl_form(text: str) -> str | None:
+    """`text` as OGNL reads the expressions in it (`%{...}`, `${...}`, which Struts evaluates:
+    S2-045, S2-046): Java unicode escapes decoded anywhere (OGNL's JavaCC grammar is built with
+    JAVA_UNICODE_ESCAPE, so backslash-u0040 is "@" before any token is read) and blanks
+    dropped (OGNL skips them between tokens: `@ java . lang . Runtime @` names the class).
+    Line ends are kept, so lines stay apart. None when `text` holds no expression or nothing
+    changes."""
+    if "{" not in text:
+        return None
+    decoded = _JAVA_UNICODE.sub(_java_unescape, text) if "\\" in text else text
+    if not _EXPRESSION_OPEN.search(decoded):
+        return None
+    result = _BLANKS.sub("", decoded)
+    return result if result != text else None
 
 
 def climb_depth(uri: str) -> int:

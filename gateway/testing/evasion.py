@@ -36,10 +36,13 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from gateway.testing.evasion_app import (
+    APACHE_ONLY,
     CHARSET_READERS,
     H2C_REWRITES,
     HTTP_REWRITES,
     IIS_ONLY,
+    JAVA_AND_APACHE,
+    JAVA_ONLY,
     SMB_REWRITES,
 )
 from gateway.testing.smb_writes import WRITE_METHODS
@@ -217,6 +220,12 @@ def _servers(name: str) -> frozenset[str]:
         return frozenset({"iis"})
     if name in CHARSET_READERS:
         return frozenset({"iis", "java"})
+    if name in APACHE_ONLY:
+        return frozenset({""})
+    if name in JAVA_ONLY:
+        return frozenset({"java"})
+    if name in JAVA_AND_APACHE:
+        return frozenset({"java", ""})
     return frozenset()
 
 
@@ -668,7 +677,7 @@ SINGLE: Final[tuple[Technique, ...]] = (
 _BY_NAME: Final = {t.name: t for t in SINGLE}
 _CARRIERS: Final = ("ipv6", "order-shuffle")
 _NO_CARRIER: Final = frozenset({"baseline", "segmentation", "ordering"})
-_ALONE: Final = frozenset({"http-pipeline-long"})  # 1 MiB: not worth repeating
+_ALONE: Final = frozenset({"http-pipeline-long", "http-body-pad"})  # long: not worth repeating
 # IPv4 only: IPv6 has no header checksum and drops every overlap of fragments (RFC 5722)
 _V4_ONLY: Final = frozenset({"ip-checksum-bad", "frag-overlap"})
 
@@ -709,6 +718,11 @@ _CROSS: Final = (
     ("smb2-create-related", "smb2-compound", "smb-keepalive", "order-shuffle"),
     ("smb1-andx-chain", "smb-echo-first", "netbios-session-request"),
     ("smb1-write-raw", "smb-keepalive", "tcp-checksum-bad"),
+    ("http-ognl-blanks", "http-multipart-fold", "http-chunk-ext-long"),
+    ("http-xml-cdata", "http-chunked-ext", "order-shuffle"),
+    ("http-pad-headers", "http-method-lower"),
+    ("http-smuggle-te", "seg-8byte"),
+    ("http-body-pad", "h2c-upgrade"),
 )
 
 

@@ -10,7 +10,12 @@ servers the rules protect, as documented per function (the TCP model cannot judg
   (OWS), obsolete line folding, header-name case, bare LF line ends, extra spaces in the
   request line; a pipelined request after an ordinary one or after a keep-alive request with
   a body longer than the inspection depth; chunked transfer coding with tiny chunks, chunk
-  extensions and zero-padded sizes; %-encoding of form bodies.
+  extensions and zero-padded sizes; %-encoding of form bodies. Then (the second HTTP table):
+  methods in lower case and a TE.CL smuggling request first (Apache); 70 KiB of padding before
+  a body's parameters; JSON strings as backslash-u escapes; XML text as character references and as
+  CDATA sections, and OGNL as Java unicode escapes and with blanks between its tokens (Java
+  applications' parsers); multipart part headers folded (commons-fileupload, PHP); 4 KB chunk
+  extensions (Tomcat).
 - SMB (RFC 1002 NetBIOS session service; [MS-CIFS], [MS-SMB2]): NetBIOS keep-alive messages
   between SMB messages; an SMB ECHO before the first message in the same segment; a NetBIOS
   session request first (TCP 139). Every way of writing to a named pipe (SMB1 WRITE,
@@ -32,7 +37,16 @@ from typing import Final
 from gateway.testing.h2c import h2c_stream
 from gateway.testing.smb_writes import session_first
 
-__all__ = ["CHARSET_READERS", "H2C_REWRITES", "HTTP_REWRITES", "IIS_ONLY", "SMB_REWRITES"]
+__all__ = [
+    "APACHE_ONLY",
+    "CHARSET_READERS",
+    "H2C_REWRITES",
+    "HTTP_REWRITES",
+    "IIS_ONLY",
+    "JAVA_AND_APACHE",
+    "JAVA_ONLY",
+    "SMB_REWRITES",
+]
 
 Rewrite = Callable[[bytes], "bytes | None"]
 
@@ -195,9 +209,10 @@ def _pipeline_long(data: bytes) -> bytes | None:
     return first + b"A" * LONG_BODY + data
 
 
-def _chunked(size: int, ext: bool) -> Rewrite:
+def _chunked(size: int, ext: bool, ext_len: int = 0) -> Rewrite:
     """Bodies framed by Content-Length re-sent with chunked transfer coding (RFC 9112
-    section 7.1): `size`-byte chunks; with `ext`, chunk extensions and zero-padded sizes."""
+    section 7.1): `size`-byte chunks; with `ext`, chunk extensions and zero-padded sizes, each
+    extension `ext_len` bytes long when given."""
 
     def rewrite(data: bytes) -> bytes | None:
         reqs = _requests(data)
@@ -213,6 +228,8 @@ def _chunked(size: int, ext: bool) -> Rewrite:
             for i in range(0, len(body), size):
                 piece = body[i : i + size]
                 line = b"%04x;v=%d" % (len(piece), i) if ext else b"%x" % len(piece)
+                if ext_len:
+                    line += b";p=" + b"x" * ext_len
                 chunks.append(line + b"\r\n" + piece + b"\r\n")
             tail = b"0000;end\r\n\r\n" if ext else b"0\r\n\r\n"
             out.append(head + b"\r\n\r\n" + b"".join(chunks) + tail)
@@ -531,3 +548,254 @@ SMB_REWRITES: Final[dict[str, tuple[Rewrite, str]]] = {
     "dcerpc-multibind": (_multibind, "decoy interfaces bound first (fake_bind_multi)"),
     "netbios-session-request": (session_first, "a NetBIOS session request first (TCP 139)"),
 }
+
+
+# ----------------------------------------------------------------------------- HTTP, more
+# Rewrites where the request's framing or the parser behind the server is what changes
+# (request smuggling, method tokens, padding past an inspection window, the encodings of
+# the documents and expressions the application parses).
+
+
+def _method_lower(data: bytes) -> bytes | None:
+    """Every method in lower case: a method is a case-sensitive token (RFC 9110 section 9.1)
+    and Apache hands an unregistered one to CGI scripts and modules as it is
+    (HttpProtocolOptions' default LenientMethods): for Apache only (nginx, IIS and Tomcat
+    refuse it or answer 501)."""
+    if _requests(data) is None:
+        return None
+    return _changed(
+        data, _REQUEST_LINE.sub(lambda m: m.group(1).lower() + m.group()[len(m.group(1)) :], data)
+    )
+
+
+def _smuggle_te(data: bytes) -> bytes | None:
+    """A request first whose Transfer-Encoding is not exactly "chunked" and whose
+    Content-Length covers only a chunk-size line: Apache 2.2 reads the Content-Length
+    ("Unknown Transfer-Encoding ...; using Content-Length"), then the real requests; a reader
+    that takes the chunks takes them for that chunk's data (TE.CL request smuggling). The
+    chunk's end and last chunk come after them (Apache answers 400 to that line and closes).
+    For Apache (2.2; 2.4 refuses the first request)."""
+    if _requests(data) is None:
+        return None
+    size_line = b"%x\r\n" % len(data)
+    carrier = (
+        b"POST /index.html HTTP/1.1\r\nHost: vpatch.example\r\nTransfer-Encoding: xchunked\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(size_line)
+    )
+    return carrier + size_line + data + b"\r\n0\r\n\r\n"
+
+
+PAD_BODY: Final = 70 * 1024  # bytes of padding before a body's parameters (past 64 KiB)
+_CONTENT_TYPE: Final = re.compile(rb"(?im)^content-type:[ \t]*([^\r\n]*)")
+_MP_BOUNDARY: Final = re.compile(rb'(?i)boundary\s*=\s*(?:"([^"]+)"|([^\s;,]+))')
+
+
+def _with_body(head: bytes, body: bytes) -> tuple[bytes, bytes]:
+    return re.sub(rb"(?im)^(content-length:[ \t]*)\d+", rb"\g<1>%d" % len(body), head), body
+
+
+def _padded_body(head: bytes, body: bytes) -> bytes | None:
+    """`body` with PAD_BODY bytes of padding before its parameters, in its own syntax."""
+    found = _CONTENT_TYPE.search(head)
+    ctype = found.group(1).lower() if found else b""
+    if b"x-www-form-urlencoded" in ctype:
+        return b"pad=" + b"A" * PAD_BODY + b"&" + body
+    if b"json" in ctype and body.lstrip()[:1] == b"{" and body.strip() != b"{}":
+        start = body.index(b"{") + 1
+        return body[:start] + b'"pad":"' + b"A" * PAD_BODY + b'",' + body[start:]
+    bound = _MP_BOUNDARY.search(found.group(1)) if found else None
+    if b"multipart/" in ctype and bound is not None:
+        delim = b"--" + (bound.group(1) or bound.group(2))
+        if body.startswith(delim):
+            pad = b'Content-Disposition: form-data; name="pad"\r\n\r\n' + b"A" * PAD_BODY
+            return delim + b"\r\n" + pad + b"\r\n" + body
+    return None
+
+
+def _body_pad(data: bytes) -> bytes | None:
+    """70 KiB of padding before the parameters of every form, JSON or multipart body (a
+    padding parameter, member or part): the application parses the whole body (Tomcat's
+    maxPostSize 2 MB, PHP's post_max_size 8 MB, ASP.NET's maxRequestLength 4 MB)."""
+    reqs = _requests(data)
+    if reqs is None:
+        return None
+    out = []
+    for head, body in reqs:
+        padded = _padded_body(head, body) if body else None
+        out.append(_with_body(head, padded) if padded is not None else (head, body))
+    return _changed(data, _join(out))
+
+
+_XML_TEXT: Final = re.compile(rb">([^<]+)<")
+
+
+def _xml_bodies(fn: Callable[[bytes], bytes]) -> Rewrite:
+    """`fn` applied to every text node of every XML body (a Content-Type naming xml)."""
+
+    def rewrite(data: bytes) -> bytes | None:
+        reqs = _requests(data)
+        if reqs is None:
+            return None
+        out = []
+        for head, body in reqs:
+            found = _CONTENT_TYPE.search(head)
+            if body and found and b"xml" in found.group(1).lower():
+                body = _XML_TEXT.sub(lambda m: b">" + fn(m.group(1)) + b"<", body)
+                head, body = _with_body(head, body)
+            out.append((head, body))
+        return _changed(data, _join(out))
+
+    return rewrite
+
+
+def _charrefs(text: bytes) -> bytes:
+    """Every byte but blanks as a character reference (XML 1.0 section 4.1); a text that
+    holds references already is left as it is."""
+    if b"&" in text:
+        return text
+    return b"".join(bytes([c]) if c in b" \t\r\n" else b"&#%d;" % c for c in text)
+
+
+def _cdata(text: bytes) -> bytes:
+    """The text as CDATA sections of 2 bytes (XML 1.0 section 2.7): the parser hands on their
+    concatenation (DOM's text content, XPP3's and StAX's coalesced TEXT)."""
+    if b"&" in text or not text.strip():
+        return text
+    return b"".join(b"<![CDATA[" + text[i : i + 2] + b"]]>" for i in range(0, len(text), 2))
+
+
+_JSON_STRING: Final = re.compile(rb'"((?:[^"\\]|\\.)*)"')
+
+
+def _json_escape(data: bytes) -> bytes | None:
+    """Every character of every string of a JSON body written as a \\u escape (RFC 8259
+    section 7): every JSON parser reads the same strings."""
+    reqs = _requests(data)
+    if reqs is None:
+        return None
+
+    def string(m: re.Match[bytes]) -> bytes:
+        out = re.sub(
+            rb"\\u[0-9A-Fa-f]{4}|\\.|([\x20-\x7e])",
+            lambda e: b"\\u%04x" % e.group(1)[0] if e.group(1) else e.group(),
+            m.group(1),
+        )
+        return b'"' + out + b'"'
+
+    out = []
+    for head, body in reqs:
+        found = _CONTENT_TYPE.search(head)
+        if body and found and b"json" in found.group(1).lower():
+            head, body = _with_body(head, _JSON_STRING.sub(string, body))
+        out.append((head, body))
+    return _changed(data, _join(out))
+
+
+_OGNL_OPEN: Final = re.compile(rb"[%$]\{")
+
+
+def _ognl_expressions(text: bytes, fn: Callable[[bytes], bytes]) -> bytes:
+    """`fn` applied to the inside of every `%{...}` / `${...}` of `text` that is OGNL (uses
+    `#` variables or `@` class references; Log4j lookups use neither), outside its quoted
+    strings; the braces are found as Struts' TextParseUtil finds them (counting nesting)."""
+    out = bytearray()
+    pos = 0
+    for m in _OGNL_OPEN.finditer(text):
+        if m.start() < pos:
+            continue
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {ord("{"): 1, ord("}"): -1}.get(text[i], 0)
+            i += 1
+        inner = text[m.end() : i - 1]
+        if depth or not (b"#" in inner or b"@" in inner):
+            continue
+        parts = re.split(rb"('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")", inner)
+        done = b"".join(p if k % 2 else fn(p) for k, p in enumerate(parts))
+        out += text[pos : m.end()] + done + b"}"
+        pos = i
+    return bytes(out + text[pos:]) if pos else text
+
+
+def _ognl_rewrite(fn: Callable[[bytes], bytes]) -> Rewrite:
+    """`fn` applied inside the OGNL expressions of every header value and body (not the
+    request line: servers refuse a backslash or blank there)."""
+
+    def rewrite(data: bytes) -> bytes | None:
+        reqs = _requests(data)
+        if reqs is None:
+            return None
+        out = []
+        for head, body in reqs:
+            first, sep, rest = head.partition(b"\r\n")
+            head = first + sep + _ognl_expressions(rest, fn)
+            if body:
+                head, body = _with_body(head, _ognl_expressions(body, fn))
+            out.append((head, body))
+        return _changed(data, _join(out))
+
+    return rewrite
+
+
+def _java_escapes(text: bytes) -> bytes:
+    """Letters and `.`, `@`, `_` as Java unicode escapes: OGNL's parser decodes them before
+    it reads a token (its grammar is built with JAVA_UNICODE_ESCAPE)."""
+    return re.sub(rb"[A-Za-z._@]", lambda m: b"\\u%04x" % m.group()[0], text)
+
+
+def _ognl_blanks(text: bytes) -> bytes:
+    """Blanks around every `@` and every `.` before a name: OGNL skips blanks between tokens,
+    and a class name is its identifiers and dots as separate tokens (`@ java . lang . X @`)."""
+    return re.sub(rb"(@|\.(?=[A-Za-z_$]))", rb" \1 ", text)
+
+
+_PART_HEAD: Final = re.compile(rb"(?im)^(content-disposition:[^\r\n]*)")
+
+
+def _multipart_fold(data: bytes) -> bytes | None:
+    """Every part's Content-Disposition folded after each ";" (a continuation line starting
+    with a space): commons-fileupload (FileUploadBase.getParsedHeaders) and PHP's rfc1867
+    parser join continuation lines; for Java servers and Apache (PHP)."""
+    reqs = _requests(data)
+    if reqs is None:
+        return None
+    out = []
+    for head, body in reqs:
+        found = _CONTENT_TYPE.search(head)
+        if body and found and b"multipart/" in found.group(1).lower():
+            body = _PART_HEAD.sub(lambda m: m.group(1).replace(b"; ", b";\r\n "), body)
+            head, body = _with_body(head, body)
+        out.append((head, body))
+    return _changed(data, _join(out))
+
+
+# Rewrites only Apache (the "" family's HTTP servers) reads as the original.
+APACHE_ONLY: Final = frozenset({"http-method-lower", "http-smuggle-te"})
+# Rewrites only Java servers and applications read as the original (XML text, OGNL, 4 KB chunk
+# extensions: Tomcat's maxExtensionSize is 8 KiB); what Java servers and Apache both read so
+# (folded multipart part headers: commons-fileupload and PHP).
+JAVA_ONLY: Final = frozenset(
+    {
+        "http-xml-charref",
+        "http-xml-cdata",
+        "http-ognl-unicode",
+        "http-ognl-blanks",
+        "http-chunk-ext-long",
+    }
+)
+JAVA_AND_APACHE: Final = frozenset({"http-multipart-fold"})
+
+HTTP_REWRITES.update(
+    {
+        "http-method-lower": (_method_lower, "request methods in lower case (Apache)"),
+        "http-smuggle-te": (_smuggle_te, "behind a TE.CL smuggling request (Apache 2.2)"),
+        "http-body-pad": (_body_pad, "70 KiB of padding before a body's parameters"),
+        "http-xml-charref": (_xml_bodies(_charrefs), "XML text as character references"),
+        "http-xml-cdata": (_xml_bodies(_cdata), "XML text as 2-byte CDATA sections"),
+        "http-json-escape": (_json_escape, "JSON strings as \\u escapes"),
+        "http-ognl-unicode": (_ognl_rewrite(_java_escapes), "OGNL as Java unicode escapes"),
+        "http-ognl-blanks": (_ognl_rewrite(_ognl_blanks), "blanks between OGNL tokens"),
+        "http-multipart-fold": (_multipart_fold, "multipart part headers folded"),
+        "http-chunk-ext-long": (_chunked(64, True, 4000), "4 KB chunk extensions (Tomcat)"),
+    }
+)

@@ -280,9 +280,31 @@ DOCUMENT = (
 )
 
 
+XML = (
+    b"POST /api HTTP/1.1\r\nHost: java.example\r\nContent-Type: application/xml\r\n"
+    b"Content-Length: 24\r\n\r\n<a><b>${jndi:x}</b>1</a>"
+)
+OGNL = b"GET /a.action HTTP/1.1\r\nContent-Type: %{(#a=@java.lang.Runtime@getRuntime())}\r\n\r\n"
+MULTIPART = (
+    b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    b'Content-Length: 73\r\n\r\n--b\r\nContent-Disposition: form-data; name="f"; filename="a"'
+    b"\r\n\r\nx\r\n--b--\r\n"
+)
+# The request each rewrite that needs a kind of body or expression is tried on (else FORM).
+REQUEST_FOR = {
+    "http-charset-utf16-document": DOCUMENT,
+    "http-json-escape": DOCUMENT,
+    "http-xml-charref": XML,
+    "http-xml-cdata": XML,
+    "http-ognl-unicode": OGNL,
+    "http-ognl-blanks": OGNL,
+    "http-multipart-fold": MULTIPART,
+}
+
+
 @pytest.mark.parametrize("name", list(HTTP_REWRITES))
 def test_http_rewrites_apply_to_a_form_request(name: str) -> None:
-    request = DOCUMENT if name == "http-charset-utf16-document" else FORM
+    request = REQUEST_FOR.get(name, FORM)
     out = HTTP_REWRITES[name][0](request)
     assert out is not None and out != request
     assert HTTP_REWRITES[name][0](b"\x00\x00\x00\x10not http at all") is None
