@@ -81,7 +81,9 @@ class HttpAdapter:
     def __init__(self) -> None:
         self._decoder = _http.HttpRequestDecoder()
         self._head: dict[str, FieldValue] | None = None
-        self._body = bytearray()
+        # the body kept of the request under way: b"" until a body comes (most requests have
+        # none: no buffer per connection, issue 16), then a bytearray of its own
+        self._body: bytearray | bytes = b""
         self._body_len = 0
         self._h2: H2cRequests | None = None  # the stream is HTTP/2 from the preface on
         self.refused: DecodeError | None = None  # the error that stopped the last feed
@@ -106,7 +108,7 @@ class HttpAdapter:
             return
         self._decoder.recover()
         self._head = None
-        self._body.clear()
+        self._body = b""
         self._body_len = 0
 
     def memo_unit(self, data: bytes) -> bool:
@@ -146,16 +148,19 @@ class HttpAdapter:
                     return self._feed_h2(decoder.take_buffer(), out)
                 head = head_fields(event)
                 self._head = head
-                self._body.clear()
+                self._body = b""
                 self._body_len = 0
                 pending = head
             elif isinstance(event, _http.Body):
                 if pending is not None:
                     out.append(AppRecord("http", pending))
                     pending = None
-                room = _http.MAX_BODY_INSPECT - len(self._body)
+                body = self._body
+                room = _http.MAX_BODY_INSPECT - len(body)
                 if room > 0:
-                    self._body += event.data[:room]
+                    if not isinstance(body, bytearray):
+                        body = self._body = bytearray()
+                    body += event.data[:room]
                 self._body_len += len(event.data)
             elif isinstance(event, _http.EndOfRequest):
                 head = self._head if self._head is not None else {}
@@ -163,7 +168,7 @@ class HttpAdapter:
                 out.append(AppRecord("http", fields))
                 pending = None
                 self._head = None
-                self._body.clear()
+                self._body = b""
             else:
                 break
         if pending is not None:  # the body has not arrived yet: judge the head now
