@@ -141,10 +141,9 @@ def main() -> int:
                     continue
                 decoded += 1
                 flow, d = table.lookup(p, rec.timestamp)
-                if flow.streams and (p.payload or p.flags & TCP_SYN):
-                    delivered += len(
-                        flow.streams[d].receive(p.seq, p.payload, bool(p.flags & TCP_SYN))
-                    )
+                stream = flow.streams[d]
+                if stream is not None and (p.payload or p.flags & TCP_SYN):
+                    delivered += len(stream.receive(p.seq, p.payload, bool(p.flags & TCP_SYN)))
         full_s = time.perf_counter() - t0
         print(f"corpora: {len(files)} files, {records} records")
         print(f"  read_capture only                  {records / read_s:10.0f} records/s")

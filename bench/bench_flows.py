@@ -3,7 +3,8 @@
 Figures, never assertions (bench/README.md, "Many flows"). Needs root. One run:
 
 1. in-process (`--in-process-flows N`, 0 to skip): an Engine with the bundled rules takes N
-   keep-alive HTTP flows (handshake and one request each); tracemalloc's growth per flow;
+   keep-alive HTTP flows (handshake, one request and its answer each); bytes per flow by
+   component (bench/bench_flow_memory.py);
 2. live: a bridge-mode namespace lab (gateway.lab, name `vpflows`), nginx on the server with
    room for the run (enough workers, `worker_connections` raised, `reuseport`,
    `keepalive_timeout` of an hour: this run's nginx.conf only), `vpatch run` with the lab's
@@ -36,7 +37,6 @@ import socket
 import subprocess
 import sys
 import time
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -184,44 +184,13 @@ def conntrack_count(spec: LabSpec) -> int | None:
     return int(proc.stdout.strip()) if proc.returncode == 0 and proc.stdout.strip() else None
 
 
-def in_process(flows: int) -> dict[str, float]:
-    """tracemalloc growth per keep-alive HTTP flow in an Engine (bundled rules)."""
-    from dataclasses import replace
+def in_process(flows: int) -> dict[str, Any]:
+    """Memory per keep-alive HTTP flow in an Engine (bundled rules), by component
+    (bench/bench_flow_memory.py, this script's directory; imported here, so that the
+    generator processes do not load the engine)."""
+    import bench_flow_memory
 
-    from gateway.decode.packet import TCP_ACK, TCP_PSH, TCP_SYN
-    from gateway.engine import Engine
-    from gateway.engine_config import EngineConfig
-    from gateway.flow.normalize import ChecksumMode
-    from gateway.match.rules import default_rule_dir, load_rules
-    from gateway.testing.wire import Seg, build
-
-    config = replace(
-        EngineConfig(max_flows=flows + 1),
-        checksums=ChecksumMode.VERIFY,
-        kernel_checked_syn=True,
-        kernel_checked_tcp=True,
-    )
-    engine = Engine(load_rules([default_rule_dir()]), config)
-    server = "198.18.0.20"
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    for n in range(flows):
-        client = str(FIRST_EXTRA + n // 20000)
-        port = 20000 + n % 20000
-        for seg in (
-            Seg(client, server, port, 80, 1000, 0, TCP_SYN, ts=(1, 0)),
-            Seg(server, client, 80, port, 9000, 1001, TCP_SYN | TCP_ACK, ts=(1, 1)),
-            Seg(client, server, port, 80, 1001, 9001, TCP_ACK | TCP_PSH, REQUEST, ts=(2, 1)),
-        ):
-            (datagram,) = build(seg)
-            engine.process_ip(datagram, 1.0 + n * 1e-4)
-    grown = tracemalloc.get_traced_memory()[0] - base
-    tracemalloc.stop()
-    return {
-        "flows": len(engine.table),
-        "bytes_per_flow": round(grown / flows),
-        "streams_open": engine.stats.streams_open,
-    }
+    return bench_flow_memory.measure(flows, warmup=500, top=10)
 
 
 # ------------------------------------------------------------------------ the lab

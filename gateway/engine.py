@@ -100,7 +100,7 @@ from gateway.flow.defrag import Defragmenter
 from gateway.flow.limits import LimitTable
 from gateway.flow.normalize import Normalizer, Verdict
 from gateway.flow.reassembly import StreamReassembler
-from gateway.flow.table import Flow, FlowKey, FlowTable
+from gateway.flow.table import NO_STREAMS, Flow, FlowKey, FlowTable
 from gateway.match.inspection import Inspection
 from gateway.match.matcher import NO_RULES, Matcher, MatchGroup
 from gateway.match.rules import Rule, RuleSet
@@ -400,20 +400,21 @@ class Engine:
             if insp is None:
                 return ACCEPT_FINAL
         assert isinstance(insp, Inspection)
+        way = insp.ways[d]
         # ---- normalisation hook 2 of 3: segments the receiver would drop
         if proto == PROTO_TCP and (
-            (payload and insp.active[d] and not self.normalizer.intact(pkt))
-            or not self.normalizer.admit(flow, pkt, d, insp.reasm[d])
+            (payload and way.active and not self.normalizer.intact(pkt))
+            or not self.normalizer.admit(flow, pkt, d, way.reasm)
         ):
             return self._limiter.norm_refusal(flow, insp, pkt, d, now, Verdict.DROP)
         # ---- end of hook 2
-        if not insp.active[d]:
+        if not way.active:
             return _ACCEPT_DONE[d]
         if proto == PROTO_TCP:
             syn = pkt.flags & TCP_SYN
             if not payload and not syn:
                 return ACCEPT
-            reasm = insp.reasm[d]
+            reasm = way.reasm
             assert reasm is not None
             if (
                 reasm.position == 0
@@ -430,7 +431,7 @@ class Engine:
                 return self._limiter.norm_refusal(flow, insp, pkt, d, now, verdict)
             # ---- end of hook 3
             if data:
-                insp.progress[d] = now
+                way.progress = now
             elif payload and reasm.hole:  # held behind a hole: limits.stream_hole
                 held = self._limiter.hole(flow, insp, pkt, d, reasm, now)
                 if isinstance(held, Decision):
@@ -438,10 +439,10 @@ class Engine:
                 data = held
             fired = NO_RULES
             if data:
-                state = insp.states[d]
+                state = way.state
                 if state is not None:
                     fired = state.matcher.scan_stream(state, data)
-                app = insp.apps[d]
+                app = way.app
                 if app is not None:
                     rules = self._app_rules(insp, app, d, data, flow, pkt, now)
                     fired = insp.combine(d, fired, rules)
@@ -460,24 +461,24 @@ class Engine:
             if not payload:
                 return ACCEPT
             data = payload
-            group = insp.groups[d]
+            group = way.group
             assert group is not None
             fired = insp.matcher.scan_block(group, payload)
-            app = insp.apps[d]
+            app = way.app
             if app is not None:
                 rules = self._app_rules(insp, app, d, payload, flow, pkt, now)
                 fired = insp.combine(d, fired, rules)
             elif fired:
                 fired = insp.combine(d, fired, NO_RULES)
             seen = (flow.bytes_to_server, flow.bytes_to_client)[d]
-            if seen >= insp.depth[d]:
+            if seen >= way.depth:
                 self._udp_depth(flow, insp, pkt, d, now)
         if fired:
             decision = self._judge.decide(flow, insp, pkt, d, fired, now, data)
         elif flow.final:
             decision = ACCEPT_FINAL
         else:
-            decision = ACCEPT if insp.active[d] else _ACCEPT_DONE[d]
+            decision = ACCEPT if way.active else _ACCEPT_DONE[d]
         return decision if self._limiter.pending is None else self._limiter.take(decision)
 
     def _defragment(self, pkt: Packet, now: float) -> Packet | Decision:
@@ -508,6 +509,7 @@ class Engine:
         inspection of this direction, counted by the session; when it ended for its own
         bounds or a bug, `limits.decoder` applies)."""
         records = app.feed(data)
+        way = insp.ways[d]
         probed = app.probed
         rebound: list[Rule] = []
         if probed is not None:  # identified now (or found to be none of the candidates)
@@ -515,18 +517,18 @@ class Engine:
             rebound = self._rebind(insp, d, app.protocol, probed)
         if not records:
             if records is None:
-                insp.apps[d] = None
+                way.app = None
                 if app.capped:
                     limiter = self._limiter
                     over = "app layer over"
                     limiter.defer(limiter.reached(flow, insp, pkt, d, Limit.DECODER, over, now))
-                group = insp.groups[d]
+                group = way.group
                 if group is insp.matcher.unlisted(d) and group.database is None:
                     # a port no rule lists, and no protocol with rules found: nothing to
                     # look for in this direction (the kernel may bypass it)
                     self._direction_done(flow, insp, d)
             return tuple(rebound)
-        group = insp.groups[d]
+        group = way.group
         assert group is not None
         apps = group.apps
         matcher = insp.matcher
@@ -552,9 +554,9 @@ class Engine:
                     )
                 if found:
                     out.extend(found)
-                    seen = insp.records[d]
+                    seen = way.records
                     if seen is None:
-                        seen = insp.records[d] = {}
+                        seen = way.records = {}
                     for rule in found:
                         seen[rule.id] = record.fields
         if not out:
@@ -574,7 +576,8 @@ class Engine:
             self.stats.flows_final += 1
             return None
         insp = Inspection(matcher, self.limits.for_server(key.server), flow.last_seen)
-        for d in Direction:
+        tcp = key.proto == PROTO_TCP
+        for d, way in zip(Direction, insp.ways, strict=True):
             depth = self._depth[d]
             group = matcher.group(key.proto, d, key.server_port)
             if unlisted and identify:
@@ -586,23 +589,24 @@ class Engine:
                 candidates = group.app_candidates
             if not candidates and group.database is None and not group.apps:
                 continue  # an unlisted port's group with nothing to identify
-            insp.groups[d] = group
-            insp.active[d] = True
-            insp.depth[d] = depth
-            if key.proto == PROTO_TCP:
-                reasm = StreamReassembler(
+            way.group = group
+            way.active = True
+            way.depth = depth
+            if tcp:
+                way.reasm = StreamReassembler(
                     depth, self.config.max_pending, self.config.retransmit_history, True
                 )
-                insp.reasm[d] = reasm
-                flow.streams[d] = reasm
                 if group.database is not None:
-                    insp.states[d] = matcher.open_stream(group)
+                    way.state = matcher.open_stream(group)
             if candidates:
-                insp.apps[d] = self._app_session(key, d, group, candidates)
-        if not any(insp.active):
+                way.app = self._app_session(key, d, group, candidates)
+        to_server, to_client = insp.ways
+        if not (to_server.active or to_client.active):
             flow.final = True
             self.stats.flows_final += 1
             return None
+        if tcp:
+            flow.streams = (to_server.reasm, to_client.reasm)
         flow.inspection = insp
         self.stats.flows_inspected += 1
         return insp
@@ -615,14 +619,15 @@ class Engine:
         without field conditions that the rescan completed (with the raw half of the others
         recorded in `raw_done`), to fire like condition rules (`combine`: a rule whose id is
         in raw_done fires)."""
-        group = insp.groups[d]
+        way = insp.ways[d]
+        group = way.group
         assert group is not None
         target = group.follow[d].get(name)
         if target is None:
             return []
-        insp.groups[d] = target
-        state, fired = insp.matcher.rebind_stream(insp.states[d], target, probed)
-        insp.states[d] = state
+        way.group = target
+        state, fired = insp.matcher.rebind_stream(way.state, target, probed)
+        way.state = state
         self.stats.app_rebinds += 1
         out: list[Rule] = []
         for rule in fired:
@@ -668,7 +673,7 @@ class Engine:
 
     def _direction_done(self, flow: Flow, insp: Inspection, d: Direction) -> None:
         insp.close(d)
-        if not any(insp.active) and flow.blocked is None:
+        if not (insp.ways[0].active or insp.ways[1].active) and flow.blocked is None:
             flow.final = True
             self.stats.flows_final += 1
 
@@ -678,14 +683,14 @@ class Engine:
         if isinstance(insp, Inspection):
             insp.release()
         flow.inspection = None
-        flow.streams.clear()
+        flow.streams = NO_STREAMS
 
     # ----------------------------------------------------------------- limits
 
     def _reaching_depth(self, insp: Inspection, d: Direction, reasm: StreamReassembler) -> None:
         """A TCP segment reaches the direction's stream depth: under `inspect-start`, a stream
         whose app decoder follows its units is inspected to its end (counted)."""
-        app = insp.apps[d]
+        app = insp.ways[d].app
         inspect_start = insp.limits.stream_depth is LimitPolicy.INSPECT_START
         if inspect_start and app is not None and app.decoding:
             reasm.max_depth = UNBOUNDED_DEPTH
@@ -696,9 +701,10 @@ class Engine:
     ) -> None:
         """A UDP direction reached its depth: under `inspect-start`, one whose app decoder
         reads its datagrams goes on; otherwise it is done (limits.udp_depth)."""
-        app = insp.apps[d]
+        way = insp.ways[d]
+        app = way.app
         if insp.limits.udp_depth is LimitPolicy.INSPECT_START and app is not None and app.decoding:
-            insp.depth[d] = UNBOUNDED_DEPTH
+            way.depth = UNBOUNDED_DEPTH
         else:
             self._direction_done(flow, insp, d)
         self._limiter.depth(flow, insp, pkt, d, Limit.UDP_DEPTH, self._depth[d], now)
@@ -707,15 +713,16 @@ class Engine:
         """After a skipped hole: the app session starts a new decoder (HTTP: at the next
         request line; one whose app layer was over identifies the protocol again) and the
         raw stream starts again."""
-        group = insp.groups[d]
+        way = insp.ways[d]
+        group = way.group
         if group is None:
             return
-        app = insp.apps[d]
+        app = way.app
         if app is not None:
             app.restart()
         elif group.apps:
-            insp.apps[d] = self._app_session(flow.key, d, group)
-        state = insp.states[d]
+            way.app = self._app_session(flow.key, d, group)
+        state = way.state
         if state is not None:
             state.matcher.close_stream(state)
-            insp.states[d] = state.matcher.open_stream(group)
+            way.state = state.matcher.open_stream(group)

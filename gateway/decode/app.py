@@ -269,15 +269,22 @@ def head_fields(request: _http.Request) -> dict[str, FieldValue]:
         prev = joined.get(name)
         joined[name] = value if prev is None else f"{prev}, {value}"
     for name, value in joined.items():
-        head["http.header." + name] = value.encode("latin-1", "replace")
+        head[_header_field(name)] = value.encode("latin-1", "replace")
     head["http.header_names"] = ",".join(joined).encode("latin-1", "replace")
     for name, value in joined.items():
         if "{" in value:  # an OGNL expression as Struts reads it (S2-045's Content-Type)
             ognl = _httpf.ognl_form(value)
             if ognl is not None:
-                add_variant(head, "http.header." + name, _latin(ognl))
+                add_variant(head, _header_field(name), _latin(ognl))
     _derived_head_fields(request, head)
     return head
+
+
+def _header_field(name: str) -> str:
+    """The field of header `name`: "#" (a legal token character, RFC 9110 section 5.6.2) is
+    written %23, since "#" in a record key starts a variant (registry.variant_key). No rule
+    names such a header: a server reads "host#" as another header than "host"."""
+    return "http.header." + name.replace("#", "%23")
 
 
 def add_variant(fields: dict[str, FieldValue], name: str, value: bytes) -> None:

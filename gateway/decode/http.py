@@ -122,6 +122,18 @@ _CHUNK_SIZE = re.compile(rb"[ \t]*0*([0-9A-Fa-f]{1,16})(?![0-9A-Fa-f])")
 class HttpRequestDecoder:
     """Decodes one direction (client to server) of an HTTP/1.x connection."""
 
+    __slots__ = (
+        "_body_length",
+        "_buf",
+        "_deferred",
+        "_refused_consumed",
+        "_remaining",
+        "max_head_bytes",
+        "max_headers",
+        "requests",
+        "state",
+    )
+
     def __init__(
         self,
         max_head_bytes: int = MAX_HEAD_BYTES,

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import enum
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final, Protocol
@@ -251,8 +252,9 @@ def cut_field(name: str) -> str:
 def anomaly_field(name: str) -> str:
     """The field every protocol carries in the record the app session emits when its decoder
     refuses the bytes: what was wrong, as the decoder said it (gateway/decode/session.py;
-    rules/vpatch-anomalies.yaml turns it into a policy per host)."""
-    return name + ".anomaly"
+    rules/vpatch-anomalies.yaml turns it into a policy per host). Interned: every session
+    holds it, one string for all of them."""
+    return sys.intern(name + ".anomaly")
 
 
 def get(name: str) -> AppProtocol | None:

@@ -390,7 +390,7 @@ class Normalizer:
         (RST: not RCV.NXT, RFC 5961 section 3; FIN: before RCV.NXT or beyond any window), nor
         when its TTL is below that of the sender's SYN (an insertion that expires before the
         receiver). Such a segment passes; the flow stays open (its idle timeout applies)."""
-        stream = flow.streams.get(d)
+        stream = flow.streams[d]
         if stream is not None and stream.next_seq is not None:
             rel = _diff(pkt.seq, stream.next_seq)
             if pkt.flags & TCP_RST:

@@ -32,6 +32,10 @@ What it guarantees:
 - Depth: at most ``max_depth`` bytes of stream (counted from the stream's first byte, skipped
   holes included) are ever delivered; once the stream position reaches it ``depth_reached``
   is set, later data is discarded and nothing is held any more.
+- Between segments a stream holds no container it does not use: the out-of-order pieces and
+  the skipped holes are lists of their own only while they hold something (memory per flow,
+  bench/bench_flow_memory.py); `drop_history()` frees the retransmission history once the
+  caller stops inspecting the direction.
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ SEQ_MOD: Final = 2**32
 _HALF: Final = 2**31
 MAX_PENDING_SEGMENTS: Final = 1024  # out-of-order pieces held per direction
 MAX_HOLES_KEPT: Final = 8  # skipped holes remembered per direction (their late bytes refused)
+# What a stream holds nothing in (no piece out of order, no hole skipped): one shared empty
+# tuple, replaced by a list of its own on the first entry and shared again once it empties, so
+# a stream between segments costs no list (issue 16: memory per flow).
+_NOTHING: Final[tuple[()]] = ()
 
 
 class StreamReassembler:
@@ -97,10 +105,12 @@ class StreamReassembler:
         self.isn: int | None = None  # from the SYN; None when picked up mid-stream
         self._next_seq: int | None = None  # sequence number of the stream byte at _pos
         self._pos = 0  # stream offset of the next byte to deliver (delivered + skipped)
-        self._starts: list[int] = []  # stream offsets of held pieces, sorted, disjoint
-        self._chunks: list[bytes] = []
+        # stream offsets of held pieces, sorted, disjoint, and their bytes (_NOTHING: none)
+        self._starts: list[int] | tuple[int, ...] = _NOTHING
+        self._chunks: list[bytes] | tuple[bytes, ...] = _NOTHING
         self._recent = bytearray()  # the last `history` (up to 2x) delivered bytes
-        self._holes: list[tuple[int, int]] = []  # skipped (start, end) stream offsets
+        # skipped holes, (start, end) stream offsets (_NOTHING: none)
+        self._holes: list[tuple[int, int]] | tuple[tuple[int, int], ...] = _NOTHING
 
     @property
     def next_seq(self) -> int | None:
@@ -171,8 +181,7 @@ class StreamReassembler:
         if len(data) >= room:
             data = data[:room]
             self.depth_reached = True
-            self._starts.clear()
-            self._chunks.clear()
+            self._starts = self._chunks = _NOTHING
             self.pending_bytes = 0
         n = len(data)
         self._pos += n
@@ -202,6 +211,9 @@ class StreamReassembler:
     def _hold(self, off: int, data: bytes) -> None:
         """Keep the parts of data not already held (first wins); count a disagreement once."""
         starts, chunks = self._starts, self._chunks
+        if not isinstance(starts, list) or not isinstance(chunks, list):
+            starts, chunks = [], []
+            self._starts, self._chunks = starts, chunks
         end = off + len(data)
         i = bisect_right(starts, off) - 1
         if i < 0 or starts[i] + len(chunks[i]) <= off:
@@ -235,14 +247,18 @@ class StreamReassembler:
         starts, chunks = self._starts, self._chunks
         if not starts or starts[0] != self._pos:
             return b""
+        assert isinstance(starts, list) and isinstance(chunks, list)
         n = 1
         end = starts[0] + len(chunks[0])
         while n < len(starts) and starts[n] == end:
             end += len(chunks[n])
             n += 1
         data = b"".join(chunks[:n])
-        del starts[:n]
-        del chunks[:n]
+        if n == len(starts):
+            self._starts = self._chunks = _NOTHING  # nothing held: the lists go
+        else:
+            del starts[:n]
+            del chunks[:n]
         self.pending_bytes -= len(data)
         return self._deliver(data)
 
@@ -253,6 +269,13 @@ class StreamReassembler:
                 self.late_holes += 1
                 self.overlaps_conflicting += 1
                 return
+
+    def drop_history(self) -> None:
+        """Its direction is no longer inspected (depth reached, blocked, nothing left to look
+        for): no segment of it is compared again, so the bytes kept for that go (up to twice
+        `history` per direction, held otherwise until the flow leaves the table)."""
+        self.history = 0
+        self._recent = bytearray()
 
     @property
     def last_byte(self) -> bytes | None:
@@ -276,9 +299,12 @@ class StreamReassembler:
         """Give up on the hole before the first held piece: jump the stream position to it."""
         skip = self._starts[0] - self._pos
         self.gaps += 1
-        self._holes.append((self._pos, self._pos + skip))
-        if len(self._holes) > MAX_HOLES_KEPT:
-            del self._holes[0]
+        holes = self._holes
+        if not isinstance(holes, list):
+            holes = self._holes = []
+        holes.append((self._pos, self._pos + skip))
+        if len(holes) > MAX_HOLES_KEPT:
+            del holes[0]
         self._pos += skip
         assert self._next_seq is not None
         self._next_seq = (self._next_seq + skip) % SEQ_MOD

@@ -65,8 +65,7 @@ import enum
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from gateway.config import EngineSettings
 from gateway.decode.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet
@@ -85,9 +84,11 @@ __all__ = [
     "DEFAULT_MAX_PENDING",
     "DEFAULT_TCP_CLOSED_IDLE",
     "FLOW_ID_BITS",
+    "NO_STREAMS",
     "Flow",
     "FlowKey",
     "FlowTable",
+    "Streams",
 ]
 
 FLOW_ID_BITS: Final = 52
@@ -100,6 +101,9 @@ _ICMP_ECHO_REQUEST: Final = frozenset(((PROTO_ICMP, 8), (PROTO_ICMPV6, 128)))
 _ICMP_ECHO_REPLY: Final = frozenset(((PROTO_ICMP, 0), (PROTO_ICMPV6, 129)))
 
 _KeyTuple = tuple[int, str, int, str, int]  # proto, client, client_port, server, server_port
+# A flow's TCP reassemblers, indexed by Direction (None: that direction is not reassembled).
+Streams = tuple[StreamReassembler | None, StreamReassembler | None]
+NO_STREAMS: Final[Streams] = (None, None)  # shared by every flow without reassembly
 
 
 class _Class(enum.IntEnum):
@@ -117,9 +121,11 @@ class _Class(enum.IntEnum):
 _EVICTION_ORDER: Final = (_Class.TCP_CLOSED, _Class.OTHER, _Class.UDP, _Class.TCP_OPEN)
 
 
-@dataclass(frozen=True, slots=True)
-class FlowKey:
-    """A flow's identity, oriented client -> server."""
+class FlowKey(NamedTuple):
+    """A flow's identity, oriented client -> server. A named tuple, not the house's frozen
+    dataclass: it is also the flow's key in the table's dicts, where it equals (and hashes as)
+    the plain tuple a packet's lookup builds, so a flow holds one key object instead of two
+    (issue 16: memory per flow)."""
 
     proto: int
     client: str
@@ -133,7 +139,6 @@ class Flow:
 
     __slots__ = (
         "_cls",
-        "_tkey",
         "blocked",
         "bytes_to_client",
         "bytes_to_server",
@@ -154,9 +159,7 @@ class Flow:
         "tcp",
     )
 
-    def __init__(
-        self, key: FlowKey, flow_id: int, now: float, cls: _Class, tkey: _KeyTuple
-    ) -> None:
+    def __init__(self, key: FlowKey, flow_id: int, now: float, cls: _Class) -> None:
         self.key = key
         self.flow_id = flow_id
         self.first_seen = now
@@ -165,7 +168,7 @@ class Flow:
         self.pkts_to_client = 0
         self.bytes_to_server = 0  # L4 payload bytes
         self.bytes_to_client = 0
-        self.streams: dict[Direction, StreamReassembler] = {}
+        self.streams: Streams = NO_STREAMS  # replaced, never changed in place
         self.inspection: object | None = None  # matcher per-flow state, owned by the engine
         self.tcp: object | None = None  # TCP normaliser state (gateway/flow/normalize.py)
         self.blocked: Action | None = None
@@ -176,7 +179,6 @@ class Flow:
         self.syn_seq: int | None = None  # sequence number of the client's SYN, when seen
         self.reuse_syn: int | None = None  # a later SYN with another sequence number (unconfirmed)
         self._cls = cls
-        self._tkey = tkey
 
     @property
     def closed(self) -> bool:
@@ -214,7 +216,7 @@ class FlowTable:
 
         stream_depth: when given, every TCP flow is created with a StreamReassembler per
         direction (max_depth from this mapping, max_pending as given) in ``flow.streams``;
-        otherwise ``streams`` starts empty and the caller fills it.
+        otherwise ``streams`` is NO_STREAMS and the caller sets it.
         salt: mixed into flow ids; random when None (pass one for reproducible tests).
         server_ports: `server_ports(proto, port)` is True for a port a service is known to
             listen on (the engine passes "a rule covers it"). Used only to orient a flow picked
@@ -269,9 +271,7 @@ class FlowTable:
 
     def get(self, key: FlowKey) -> Flow | None:
         """The flow with this key, if present (does not touch its LRU position)."""
-        return self._flows.get(
-            (key.proto, key.client, key.client_port, key.server, key.server_port)
-        )
+        return self._flows.get(key)
 
     def lookup(self, pkt: Packet, now: float) -> tuple[Flow, Direction]:
         """Find or create the packet's flow; count the packet; return (flow, direction)."""
@@ -314,11 +314,11 @@ class FlowTable:
             else:
                 flow.fin_to_client = True
             if flow.closed and flow._cls is _Class.TCP_OPEN:
-                del self._lru[_Class.TCP_OPEN][flow._tkey]
+                del self._lru[_Class.TCP_OPEN][flow.key]
                 flow._cls = _Class.TCP_CLOSED
-                self._lru[_Class.TCP_CLOSED][flow._tkey] = flow
+                self._lru[_Class.TCP_CLOSED][flow.key] = flow
                 return flow, direction
-        self._lru[flow._cls].move_to_end(flow._tkey)
+        self._lru[flow._cls].move_to_end(flow.key)
         return flow, direction
 
     def _syn_on_flow(
@@ -365,7 +365,7 @@ class FlowTable:
         returns it with the direction of a packet from the server."""
         flow = self._new_flow(now, _Class.TCP_OPEN, client, PROTO_TCP)
         flow.syn_seq = client_isn
-        stream = flow.streams.get(Direction.TO_SERVER)
+        stream = flow.streams[Direction.TO_SERVER]
         if stream is not None:
             stream.receive(client_isn, b"", syn=True)
         return flow, Direction.TO_CLIENT
@@ -386,7 +386,7 @@ class FlowTable:
 
     def remove(self, flow: Flow) -> None:
         """Forget a flow now (on_evict is called)."""
-        if self._flows.get(flow._tkey) is flow:
+        if self._flows.get(flow.key) is flow:
             self._remove(flow)
 
     def _create(
@@ -422,12 +422,16 @@ class FlowTable:
             self._evict_oldest()
         self._counter += 1
         flow_id = ((self._counter * _FLOW_ID_MULT) & _FLOW_ID_MASK) ^ self._salt
-        flow = Flow(FlowKey(*tkey), flow_id, now, cls, tkey)
-        if proto == PROTO_TCP and self._stream_depth is not None:
-            for d in Direction:
-                flow.streams[d] = StreamReassembler(self._stream_depth.get(d, 0), self._max_pending)
-        self._flows[tkey] = flow
-        self._lru[cls][tkey] = flow
+        key = FlowKey(*tkey)
+        flow = Flow(key, flow_id, now, cls)
+        depths = self._stream_depth
+        if proto == PROTO_TCP and depths is not None:
+            flow.streams = (
+                StreamReassembler(depths.get(Direction.TO_SERVER, 0), self._max_pending),
+                StreamReassembler(depths.get(Direction.TO_CLIENT, 0), self._max_pending),
+            )
+        self._flows[key] = flow
+        self._lru[cls][key] = flow
         self.created += 1
         return flow
 
@@ -457,7 +461,7 @@ class FlowTable:
         raise AssertionError("table reported full but holds no flows")
 
     def _remove(self, flow: Flow) -> None:
-        del self._flows[flow._tkey]
-        del self._lru[flow._cls][flow._tkey]
+        del self._flows[flow.key]
+        del self._lru[flow._cls][flow.key]
         if self._on_evict is not None:
             self._on_evict(flow)

@@ -65,9 +65,17 @@ def _collect(pattern_id: int, start: int, end: int, flags: int, hits: Any) -> No
 
 def _collect_end(pattern_id: int, start: int, end: int, flags: int, state: Any) -> None:
     # stream mode: also where each pattern's match ended (stream offset), for the event's
-    # "why" (gateway/match/explain.py); SINGLEMATCH keeps this one dict store per pattern
-    state.hits.append(pattern_id)
-    state.ends[pattern_id] = state.base + end
+    # "why" (gateway/match/explain.py); SINGLEMATCH keeps this one dict store per pattern.
+    # The list and the dict are made on a stream's first match (StreamState).
+    hits, ends = state.hits, state.ends
+    if hits is None:
+        state.hits = [pattern_id]
+    else:
+        hits.append(pattern_id)
+    if ends is None:
+        state.ends = {pattern_id: state.base + end}
+    else:
+        ends[pattern_id] = state.base + end
 
 
 def _collect_ends(pattern_id: int, start: int, end: int, flags: int, ends: Any) -> None:
@@ -182,7 +190,9 @@ class StreamState:
     """Per flow direction: the open Hyperscan stream and which patterns have matched
     (`ends`: pattern id -> stream offset where its match ended; `scanned`: stream offset after
     the bytes scanned; `base`: the stream offset where this Hyperscan stream began, 0 unless
-    it was restarted by `Matcher.restart_stream`)."""
+    it was restarted by `Matcher.restart_stream`). `hits`, `masks` and `ends` are None until
+    the stream's first match: most streams never match, and three empty containers were
+    about 180 bytes of every inspected direction (issue 16)."""
 
     __slots__ = (
         "base", "closed", "ends", "group", "hits", "masks", "matcher", "scanned", "stream",
@@ -191,9 +201,9 @@ class StreamState:
     def __init__(self, matcher: Matcher, group: MatchGroup) -> None:
         self.matcher = matcher
         self.group = group
-        self.hits: list[int] = []
-        self.masks: dict[int, int] = {}  # rule index -> bit mask of matched patterns
-        self.ends: dict[int, int] = {}  # at most one entry per pattern (SINGLEMATCH)
+        self.hits: list[int] | None = None  # pattern ids the scan under way matched
+        self.masks: dict[int, int] | None = None  # rule index -> bit mask of matched patterns
+        self.ends: dict[int, int] | None = None  # at most one entry per pattern (SINGLEMATCH)
         self.scanned = 0
         self.base = 0
         assert group.database is not None
@@ -430,11 +440,13 @@ class Matcher:
         state.scanned += len(data)
         state.stream.scan(data, scratch=state.group.scratch)
         hits = state.hits
-        if not hits:
+        if hits is None:
             return NO_RULES
-        fired = self._complete(hits, state.masks)
-        hits.clear()
-        return fired
+        state.hits = None
+        masks = state.masks
+        if masks is None:
+            masks = state.masks = {}
+        return self._complete(hits, masks)
 
     def restart_stream(
         self, state: StreamState, data: bytes, start: int, forget: Iterable[Rule]
@@ -451,9 +463,10 @@ class Matcher:
                 dropped.add(self._pattern_rule[pid])
         new = self.open_stream(state.group)
         new.base = new.scanned = begin
-        new.masks = {ri: m for ri, m in state.masks.items() if ri not in dropped}
+        masks, ends = state.masks or {}, state.ends or {}
+        new.masks = {ri: m for ri, m in masks.items() if ri not in dropped} or None
         pattern_rule = self._pattern_rule
-        new.ends = {p: e for p, e in state.ends.items() if pattern_rule[p] not in dropped}
+        new.ends = {p: e for p, e in ends.items() if pattern_rule[p] not in dropped} or None
         self.close_stream(state)
         return new, self.scan_stream(new, data[start:])
 
@@ -471,8 +484,8 @@ class Matcher:
             return None, NO_RULES
         new = self.open_stream(group)
         if state is not None:
-            new.masks = dict(state.masks)
-            new.ends = dict(state.ends)
+            new.masks = dict(state.masks) if state.masks else None
+            new.ends = dict(state.ends) if state.ends else None
             self.close_stream(state)
         return new, self.scan_stream(new, data)
 

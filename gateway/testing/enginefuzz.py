@@ -520,8 +520,8 @@ def _flow_violations(engine: Engine, flow: Flow, insp: Inspection, out: list[str
     config = engine.config
     depth = (config.depth_to_server, config.depth_to_client)
     streams = 0
-    for d in (0, 1):
-        reasm = insp.reasm[d]
+    for d, way in enumerate(insp.ways):
+        reasm = way.reasm
         if reasm is not None:
             if reasm.pending_bytes > config.max_pending:
                 out.append(f"{flow!r} d{d}: {reasm.pending_bytes} pending > {config.max_pending}")
@@ -530,7 +530,7 @@ def _flow_violations(engine: Engine, flow: Flow, insp: Inspection, out: list[str
             recent = len(reasm._recent)
             if recent > 2 * config.retransmit_history:
                 out.append(f"{flow!r} d{d}: history {recent} > 2 x {config.retransmit_history}")
-        for state in (insp.states[d], insp.derived[d]):
+        for state in (way.state, way.derived):
             if state is not None and not state.closed and state.matcher is engine.matcher:
                 streams += 1
     return streams

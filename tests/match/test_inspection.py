@@ -34,8 +34,9 @@ def test_combine_waits_for_both_halves_in_either_order(tmp_path: Path) -> None:
 
 def test_close_is_idempotent() -> None:
     insp = Inspection(Matcher(RuleSet([rule(1, b"x")])), POLICIES, 0.0)
-    insp.active[:] = [True, True]
+    for way in insp.ways:
+        way.active = True
     insp.close(TS)
     insp.release()
     insp.release()
-    assert insp.active == [False, False] and insp.reasm == [None, None]
+    assert not any(way.active or way.reasm for way in insp.ways)
