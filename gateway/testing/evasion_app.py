@@ -594,6 +594,21 @@ def _with_body(head: bytes, body: bytes) -> tuple[bytes, bytes]:
     return re.sub(rb"(?im)^(content-length:[ \t]*)\d+", rb"\g<1>%d" % len(body), head), body
 
 
+def _bodies_of(data: bytes, kind: bytes, fn: Callable[[bytes], bytes]) -> bytes | None:
+    """`fn` applied to the body of every request of `data` whose Content-Type holds `kind`
+    (Content-Length set again); None when `data` is not requests or nothing changed."""
+    reqs = _requests(data)
+    if reqs is None:
+        return None
+    out = []
+    for head, body in reqs:
+        found = _CONTENT_TYPE.search(head)
+        if body and found and kind in found.group(1).lower():
+            head, body = _with_body(head, fn(body))
+        out.append((head, body))
+    return _changed(data, _join(out))
+
+
 def _padded_body(head: bytes, body: bytes) -> bytes | None:
     """`body` with PAD_BODY bytes of padding before its parameters, in its own syntax."""
     found = _CONTENT_TYPE.search(head)
@@ -633,17 +648,9 @@ def _xml_bodies(fn: Callable[[bytes], bytes]) -> Rewrite:
     """`fn` applied to every text node of every XML body (a Content-Type naming xml)."""
 
     def rewrite(data: bytes) -> bytes | None:
-        reqs = _requests(data)
-        if reqs is None:
-            return None
-        out = []
-        for head, body in reqs:
-            found = _CONTENT_TYPE.search(head)
-            if body and found and b"xml" in found.group(1).lower():
-                body = _XML_TEXT.sub(lambda m: b">" + fn(m.group(1)) + b"<", body)
-                head, body = _with_body(head, body)
-            out.append((head, body))
-        return _changed(data, _join(out))
+        return _bodies_of(
+            data, b"xml", lambda body: _XML_TEXT.sub(lambda m: b">" + fn(m.group(1)) + b"<", body)
+        )
 
     return rewrite
 
@@ -670,9 +677,6 @@ _JSON_STRING: Final = re.compile(rb'"((?:[^"\\]|\\.)*)"')
 def _json_escape(data: bytes) -> bytes | None:
     """Every character of every string of a JSON body written as a \\u escape (RFC 8259
     section 7): every JSON parser reads the same strings."""
-    reqs = _requests(data)
-    if reqs is None:
-        return None
 
     def string(m: re.Match[bytes]) -> bytes:
         out = re.sub(
@@ -682,13 +686,7 @@ def _json_escape(data: bytes) -> bytes | None:
         )
         return b'"' + out + b'"'
 
-    out = []
-    for head, body in reqs:
-        found = _CONTENT_TYPE.search(head)
-        if body and found and b"json" in found.group(1).lower():
-            head, body = _with_body(head, _JSON_STRING.sub(string, body))
-        out.append((head, body))
-    return _changed(data, _join(out))
+    return _bodies_of(data, b"json", lambda body: _JSON_STRING.sub(string, body))
 
 
 _OGNL_OPEN: Final = re.compile(rb"[%$]\{")
@@ -756,17 +754,11 @@ def _multipart_fold(data: bytes) -> bytes | None:
     """Every part's Content-Disposition folded after each ";" (a continuation line starting
     with a space): commons-fileupload (FileUploadBase.getParsedHeaders) and PHP's rfc1867
     parser join continuation lines; for Java servers and Apache (PHP)."""
-    reqs = _requests(data)
-    if reqs is None:
-        return None
-    out = []
-    for head, body in reqs:
-        found = _CONTENT_TYPE.search(head)
-        if body and found and b"multipart/" in found.group(1).lower():
-            body = _PART_HEAD.sub(lambda m: m.group(1).replace(b"; ", b";\r\n "), body)
-            head, body = _with_body(head, body)
-        out.append((head, body))
-    return _changed(data, _join(out))
+    return _bodies_of(
+        data,
+        b"multipart/",
+        lambda body: _PART_HEAD.sub(lambda m: m.group(1).replace(b"; ", b";\r\n "), body),
+    )
 
 
 # Rewrites only Apache (the "" family's HTTP servers) reads as the original.
