@@ -27,7 +27,7 @@ from gateway.benchmark.runner import (
     wait_quiet,
     write_json,
 )
-from gateway.benchmark.subjects import Subject, suricata_version
+from gateway.benchmark.subjects import Subject, SuricataSubject, suricata_version
 from gateway.lab import LabSpec
 
 # a child that spins for a while (as a gateway's children do while they start), then says so
@@ -182,3 +182,26 @@ def test_inspection_lines_set_requests_sent_against_requests_inspected() -> None
     assert "verdict 3.03" in lines[1] and "match 1.01" in lines[1]
     bulk = inspection_figures(before, after, None)  # iperf3: per packet
     assert bulk["sent_requests"] is None and bulk["breakdown_us"]["verdict"] == 3.0
+
+
+def test_suricata_counters_are_read_once_two_stats_blocks_agree(tmp_path: Path) -> None:
+    """Right after a test Suricata's last stats block can still lag: the counters are those of
+    the first block that the next one (a stats interval later) repeats."""
+    spec = LabSpec(name="vpsc", state_dir=tmp_path)
+    subject = SuricataSubject("suricata-tuned", "tuned", spec, tuned=True)
+    subject.log_dir().mkdir(parents=True)
+    stats = subject.log_dir() / "stats.log"
+    real = (
+        Path(__file__).resolve().parents[1] / "data" / "bench" / "suricata-stats.log"
+    ).read_text()
+    lagging = real.replace("| 26273", "| 20000")
+    stats.write_text(lagging)
+    blocks = iter([real, real])  # the late counts arrive, then stay
+
+    def sleep(_seconds: float) -> None:
+        stats.write_text(stats.read_text() + next(blocks, ""))
+
+    assert subject.counters(sleep=sleep) == {"packets": 52720, "app_records": 26273}
+    assert subject.counters(sleep=lambda _s: None) == {"packets": 52720, "app_records": 26273}
+    (tmp_path / "bench" / "suricata-tuned" / "stats.log").unlink()
+    assert subject.counters(sleep=lambda _s: None) == {}
