@@ -8,7 +8,9 @@ Figures, never assertions (bench/README.md, "Many flows"). Needs root. One run:
 2. live: a bridge-mode namespace lab (gateway.lab, name `vpflows`), nginx on the server with
    room for the run (enough workers, `worker_connections` raised, `reuseport`,
    `keepalive_timeout` of an hour: this run's nginx.conf only), `vpatch run` with the lab's
-   config (two queues, HMARK flow spreading);
+   config (two queues, HMARK flow spreading), the packet plane alone: the bridge gets no
+   address, so the lab proxies no HTTPS service (`--https-plane` keeps the lab's two
+   mitmproxy processes, about 90-100 MB of RSS each, which hold none of these flows);
 3. keep-alive req/s with only `--baseline-flows` (100) connections held open: `wrk -t2 -c32`
    from the client's own address, then gateway RSS (every process of `vpatch run`);
 4. a generator in the client namespace (this script with `--hold`) opens `--flows` keep-alive
@@ -239,8 +241,12 @@ def _release(holders: list[subprocess.Popen[bytes]]) -> None:
 
 
 def live(args: argparse.Namespace) -> dict[str, Any]:
-    spec = LabSpec(name=args.lab_name)
-    out: dict[str, Any] = {}
+    spec = (
+        LabSpec(name=args.lab_name)
+        if args.https_plane
+        else LabSpec(name=args.lab_name, bridge_ip="-", bridge_ip6="-")
+    )
+    out: dict[str, Any] = {"https_plane": args.https_plane}
     lab_up(spec, services=False, gateway=False)
     pids: list[int] = []
     holders: list[subprocess.Popen[bytes]] = []
@@ -334,6 +340,9 @@ def main() -> int:
     parser.add_argument("--wrk-runs", type=int, default=3, help="wrk runs, median reported")
     parser.add_argument("--in-process-flows", type=int, default=20_000)
     parser.add_argument("--lab-name", default="vpflows")
+    parser.add_argument(
+        "--https-plane", action="store_true", help="keep the lab's HTTPS proxies running too"
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--hold", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--server", default="198.18.0.20", help=argparse.SUPPRESS)

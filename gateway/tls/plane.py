@@ -55,7 +55,7 @@ from gateway.database import DB_ERRORS
 from gateway.errors import VpatchError
 from gateway.firewall.apply import BackendInfo, run_cmd
 from gateway.intake.nfqueue import WorkerStats
-from gateway.tls.proxy import proxy_stats, start_proxy
+from gateway.tls.launch import proxy_stats, start_proxy
 from gateway.tls.redirect import plane_text, service_chain_text
 from gateway.tls.service import CertInfo, TlsConfigError, TlsService, check_keypair
 from gateway.tls.stored import ServiceSource, Wanted, wanted_services

@@ -1,9 +1,11 @@
 """One HTTPS proxy process: mitmproxy in transparent mode with the vpatch addon, for one service.
 
-What it does: `start_proxy(config, service, port, stats)` starts a process (spawn) that loads
-the rules and the policy (the packet plane's loaders: gateway/intake/nfqueue.py), builds an
-`ExchangeJudge` around an engine, and runs mitmproxy listening on `port` (the kernel redirects
-the service's connections there, gateway/tls/redirect.py) with:
+What it does: `process_entry(config, service, port, stats, parent)` is the body of a proxy
+process (started by gateway/tls/launch.py `start_proxy`, which loads this module by name in the
+child only, so that the supervisor never imports mitmproxy). It loads the rules and the policy
+(the packet plane's loaders: gateway/intake/nfqueue.py), builds an `ExchangeJudge` around an
+engine, and runs mitmproxy listening on `port` (the kernel redirects the service's connections
+there, gateway/tls/redirect.py) with:
 - the service's own certificate and key for every client (`certs *=...`; never a generated CA),
   clients offered `client_min` and up (default TLS 1.2 and 1.3);
 - toward the server `server_min` and up with `server_ciphers` (mitmproxy lowers OpenSSL's
@@ -25,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import os
 import shutil
 import signal
@@ -43,7 +44,6 @@ from gateway.config import FailPolicy, GatewayConfig
 from gateway.engine import Engine
 from gateway.engine_config import EngineConfig
 from gateway.intake.nfqueue import (
-    SINK_STATS,
     RuleLoader,
     SinkLike,
     WorkerStats,
@@ -58,21 +58,11 @@ from gateway.tls.addon import VpatchAddon
 from gateway.tls.inspect import ExchangeJudge
 from gateway.tls.service import TlsService
 
-__all__ = ["PROXY_STAT_NAMES", "TICK", "proxy_options", "proxy_stats", "start_proxy"]
+__all__ = ["TICK", "process_entry", "proxy_engine_config", "proxy_options"]
 
 log = logging.getLogger("vpatch.tls")
 
 TICK: Final = 0.2  # seconds between checks of the wanted policy/rule versions
-PROXY_STAT_NAMES: Final = (
-    "requests", "blocked", "events", "tls_refused", "header_limits", "errors", "bound", "pid",
-    "started", "rules", "rules_wanted", "rules_version", "rules_errors", "policy_wanted",
-    "policy_version", "policy_errors", "flows_active", *SINK_STATS,
-)  # fmt: skip
-
-
-def proxy_stats() -> WorkerStats:
-    """The shared counters of one proxy process slot (they outlive its processes)."""
-    return WorkerStats(PROXY_STAT_NAMES)
 
 
 def proxy_engine_config(config: GatewayConfig) -> EngineConfig:
@@ -185,7 +175,7 @@ async def _announce_bound(
         await asyncio.sleep(0.05)
 
 
-def _process_entry(
+def process_entry(
     config: GatewayConfig, service: TlsService, port: int, stats: WorkerStats, parent: int
 ) -> None:
     die_with_parent(parent)
@@ -199,19 +189,3 @@ def _process_entry(
         code = 1
     sys.stdout.flush()
     os._exit(code)
-
-
-def start_proxy(
-    config: GatewayConfig, service: TlsService, port: int, stats: WorkerStats
-) -> multiprocessing.process.BaseProcess:
-    """Start a proxy process of `service` (from the configuration or the policy store)
-    listening on `port` (spawn: the parent runs threads)."""
-    ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(
-        target=_process_entry,
-        args=(config, service, port, stats, os.getpid()),
-        name=f"vpatch-tls-{port}",
-    )
-    proc.daemon = False
-    proc.start()
-    return proc

@@ -3,13 +3,17 @@ says and the per-port status (no process started, no redirect written)."""
 
 from __future__ import annotations
 
+import importlib
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.config import FailPolicy, GatewayConfig, TlsProxyConfig
+from gateway.tls.launch import PROXY_MODULE
 from gateway.tls.plane import TlsPlane, _Proxied
 from gateway.tls.service import TlsService
 from gateway.tls.stored import ServiceSource, Wanted
@@ -93,3 +97,15 @@ def test_a_pending_service_keeps_the_one_it_replaces_until_a_proxy_of_its_own_li
     new.slots[1].proc = _Proc(True)
     new.slots[1].stats.set("bound", 1)
     assert plane._wanted(new) == [20003]
+
+
+def test_the_supervisor_never_imports_mitmproxy() -> None:
+    """mitmproxy (about 58 MB imported) is loaded by the proxy processes only: the supervisor
+    starts them through gateway/tls/launch.py, by module name."""
+    probe = "import sys, gateway.supervisor; print('mitmproxy' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert out.stdout.strip() == "False"
+    assert importlib.import_module(PROXY_MODULE).process_entry is not None  # the name resolves
