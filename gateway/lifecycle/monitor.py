@@ -20,6 +20,12 @@ The kernel rate-limits what it copies to the lockdown and drop-log groups
 the reader's own `malformed` / `overruns`), never raised.
 Guarantees: the packet path is the kernel's; this process only observes, so its death never
 blocks traffic (learning allows everything; lockdown drops what it would drop anyway).
+Host modes are re-read from the state every RELOAD_INTERVAL_S, and at once (at most every
+STALE_RETRY_S) when the kernel logs a copy for the learning or lockdown group that names no
+host the monitor holds in that mode: the kernel copies only for hosts in its mode sets, which
+a mode change refreshes before it returns, so such a copy means the monitor's view is older
+than the change (the first connections after `vpatch hosts set ... --mode learning` were
+otherwise not learned).
 Bounded: MAX_PENDING tuples between flushes, MAX_RATE_ENTRIES remembered events.
 """
 
@@ -63,7 +69,8 @@ FLUSH_INTERVAL_S = 1.0
 NAMES_INTERVAL_S = 30.0  # the firewall rules' names are re-read this often at most ...
 NAMES_RETRY_S = 1.0  # ... or this often while a rule they do not name logs packets
 COUNTERS_INTERVAL_S = 1.0  # a reading of the kernel's drop counters is reused this long
-RELOAD_INTERVAL_S = 1.0  # re-read host modes from the state this often
+RELOAD_INTERVAL_S = 1.0  # re-read host modes from the state this often ...
+STALE_RETRY_S = 0.2  # ... or this often while the kernel logs hosts the view misses
 EVENT_REPEAT_S = 60.0
 MAX_PENDING = 65536
 MAX_RATE_ENTRIES = 65536
@@ -108,6 +115,7 @@ class LifecycleMonitor:
         self.recent: OrderedDict[LearnedTuple, float] = OrderedDict()
         self.drops = DropEvents()
         self._names_at = -math.inf  # when the firewall rules' names were last read
+        self._stale_at = -math.inf  # when host modes were last re-read for a stale view
         self.events = 0
         self.learned = 0
         self.malformed = 0  # logged packets whose headers could not be read
@@ -147,6 +155,7 @@ class LifecycleMonitor:
             return None
         t, sport = parsed
         if logged.group == self.settings.learn_group:
+            self._fresh_view(t, HostMode.LEARNING)
             for addr in (t.src, t.dst):
                 h = self.hosts.get(addr)
                 if h is not None and h.mode is HostMode.LEARNING:
@@ -155,8 +164,20 @@ class LifecycleMonitor:
                         bucket.add(t)
             return None
         if logged.group == self.settings.lockdown_group:
+            self._fresh_view(t, HostMode.LOCKDOWN)
             return self._lockdown_event(t, sport)
         return None
+
+    def _fresh_view(self, t: LearnedTuple, mode: HostMode) -> None:
+        """Re-read the host modes when neither end of a copy the kernel logged for `mode` is
+        a host in that mode here (the view predates a mode change), at most every
+        STALE_RETRY_S."""
+        if any((h := self.hosts.get(a)) is not None and h.mode is mode for a in (t.src, t.dst)):
+            return
+        now = self.clock()
+        if now - self._stale_at >= STALE_RETRY_S:
+            self._stale_at = now
+            self.reload()
 
     def _emit(self, event: Event | None) -> Event | None:
         if event is not None:

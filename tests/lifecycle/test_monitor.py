@@ -11,7 +11,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP  # type: ignore[import-untyped]
 from gateway.events.eve import DropReason, EventType
 from gateway.firewall.hostmodes import HostModeSettings
 from gateway.firewall.policy import add_rule
-from gateway.lifecycle.monitor import SID_NEW_PEER, SID_NEW_PORT, LifecycleMonitor
+from gateway.lifecycle.monitor import SID_NEW_PEER, SID_NEW_PORT, STALE_RETRY_S, LifecycleMonitor
 from gateway.lifecycle.nflog import LoggedPacket
 from gateway.lifecycle.state import (
     HostMode,
@@ -96,3 +96,24 @@ def test_firewall_drops_are_named_from_the_policy_store(tmp_path: Path) -> None:
     assert ev is not None and ev.signature.endswith("reject: no smtp")
     assert mon.handle(LoggedPacket(S.log_group, 2, "vpatch-setup-in", b"\x45")) is None
     assert mon.stats()["malformed_packets"] == 1 and mon.stats()["drop_events"] == 2
+
+
+def test_a_copy_for_a_host_the_view_misses_rereads_the_modes(tmp_path: Path) -> None:
+    """The kernel logs learning copies only for hosts in its learning set, refreshed before a
+    mode change returns; the monitor's view, read once a second, can be older: such a copy
+    makes it read the modes again at once (at most every STALE_RETRY_S)."""
+    store = LifecycleStore(tmp_path / "s.json")
+    now = [1000.0]
+    mon = LifecycleMonitor(store, S, clock=lambda: now[0])  # the view: no host in any mode
+    store.update_host(HOST, mode=HostMode.LEARNING)  # the change, after the view was read
+    mon.handle(LoggedPacket(S.learn_group, 2, "vpatch-learn", _syn("198.18.0.10", 80)))
+    assert mon.flush() == 1
+    assert set(store.host(HOST).learned) == {LearnedTuple("198.18.0.10", HOST, "tcp", 80)}
+    other = "198.18.0.21"
+    store.update_host(other, mode=HostMode.LEARNING)
+    syn = bytes(IP(src="198.18.0.10", dst=other) / TCP(sport=40000, dport=22, flags="S"))
+    mon.handle(LoggedPacket(S.learn_group, 2, "vpatch-learn", syn))  # within STALE_RETRY_S
+    assert mon.flush() == 0
+    now[0] += STALE_RETRY_S
+    mon.handle(LoggedPacket(S.learn_group, 2, "vpatch-learn", syn))
+    assert mon.flush() == 1
