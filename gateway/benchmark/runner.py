@@ -45,6 +45,8 @@ from gateway.lab import services as lab_services
 from gateway.lab.netns import netns_exec, pid_alive, stop_pids
 
 SUBJECTS = ("kernel", "suricata-default", "suricata-tuned", "suricata-inspect-all", "vpatch")
+# The four tests, in the order they run; `--tests` picks some (the others' rows read "-").
+TESTS = ("bulk_up", "bulk_down", "http_keepalive", "http_close")
 PAGE = "/1k.bin"  # the lab nginx's 1 KiB benchmark file
 # Extra seconds a client tool gets beyond the test duration before it is killed.
 TOOL_GRACE_S = 30.0
@@ -86,6 +88,7 @@ class BenchOptions:
     iperf_port: int = 445
     repeat: int = 1  # each test runs this many times; the median is reported
     breakdown: bool = False  # vpatch's workers time their stages (gateway/intake/breakdown.py)
+    tests: tuple[str, ...] = TESTS
 
 
 @dataclass
@@ -220,10 +223,14 @@ def measure_subject(subject: Subject, spec: LabSpec, opts: BenchOptions) -> Subj
     samples: list[dict[str, float | None]] = []
     inspected: dict[str, list[dict[str, Any]]] = {}
     for _ in range(opts.repeat):
-        _measure(subject, result, "cpu_bulk_up_s", lambda: iperf(False), inspected)
-        _measure(subject, result, "cpu_bulk_down_s", lambda: iperf(True), inspected)
-        _measure(subject, result, "cpu_http_keepalive_s", lambda: wrk(False), inspected)
-        _measure(subject, result, "cpu_http_close_s", lambda: wrk(True), inspected)
+        runs: dict[str, Callable[[], int | None]] = {
+            "bulk_up": lambda: iperf(False),
+            "bulk_down": lambda: iperf(True),
+            "http_keepalive": lambda: wrk(False),
+            "http_close": lambda: wrk(True),
+        }
+        for test in opts.tests:
+            _measure(subject, result, f"cpu_{test}_s", runs[test], inspected)
         samples.append(dict(m))
         m.clear()
     for key, *_ in METRICS:
@@ -349,6 +356,7 @@ def build_report(
         "options": {
             "duration_s": opts.duration,
             "repeat": opts.repeat,
+            "tests": list(opts.tests),
             "wrk": {"threads": opts.threads, "connections": opts.connections, "page": PAGE},
             "iperf3_port": opts.iperf_port,
             "suricata_rules": str(opts.suricata_rules),

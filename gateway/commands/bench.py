@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from gateway.benchmark import BenchError
-from gateway.benchmark.runner import SUBJECTS, BenchOptions, render_table, run_bench, write_json
+from gateway.benchmark.runner import (
+    SUBJECTS,
+    TESTS,
+    BenchOptions,
+    render_table,
+    run_bench,
+    write_json,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SURICATA_RULES = (
@@ -44,6 +51,19 @@ def parse_only(text: str) -> tuple[str, ...]:
     return tuple(s for s in SUBJECTS if s in wanted)
 
 
+def parse_tests(text: str) -> tuple[str, ...]:
+    """'http_keepalive,bulk_up' -> ('bulk_up', 'http_keepalive'), in the order they run."""
+    wanted = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = sorted(wanted - set(TESTS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown test {unknown[0]!r} in --tests {text!r}; choose from {', '.join(TESTS)}"
+        )
+    if not wanted:
+        raise argparse.ArgumentTypeError(f"--tests {text!r} names no test")
+    return tuple(t for t in TESTS if t in wanted)
+
+
 def _duration(text: str) -> int:
     try:
         value = int(text)
@@ -71,6 +91,13 @@ def register(sub: Any) -> None:
         default=SUBJECTS,
         help="comma list of kernel, suricata (its three variants), suricata-default, "
         "suricata-tuned, suricata-inspect-all, vpatch (default: all)",
+    )
+    parser.add_argument(
+        "--tests",
+        type=parse_tests,
+        default=TESTS,
+        help=f"comma list of the tests to run: {', '.join(TESTS)} (default: all; the others' "
+        "rows read '-')",
     )
     parser.add_argument(
         "--skip-suricata-if-missing",
@@ -122,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         iperf_port=args.iperf_port,
         repeat=args.repeat,
         breakdown=args.breakdown,
+        tests=tuple(args.tests),
     )
     report = run_bench(opts)
     print(render_table(report))
