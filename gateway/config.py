@@ -169,6 +169,14 @@ class QueueConfig:
         lo=1,
         hi=1 << 20,
     )
+    verdict_batch: int = setting(
+        16,
+        "Accept verdicts a worker writes to the kernel in one netlink message: the packets "
+        "of one receive burst are inspected first, then released together (at most this "
+        "many at a time). 1 gives each verdict on its own, at once.",
+        lo=1,
+        hi=1024,
+    )
 
     balance: QueueBalance = setting(
         QueueBalance.FLOW,

@@ -15,9 +15,10 @@ The stages of one packet, which add up to the worker's time in the queue's recei
 - reassembly: `Normalizer.receive` (first-wins reassembly, retransmission comparison);
 - match: `Matcher.scan_stream` (Hyperscan) and `Engine._app_rules` (app decoding, HTTP
   fields or the memo, field conditions);
-- verdict: the handler minus `Engine.process_ip`: the payload copy, the shared counters,
-  set_mark and the verdict's netlink write, in which the kernel re-injects the packet and
-  forwards it (bridge, veth, the receiver's TCP) in the worker's own context.
+- verdict: the handler minus `Engine.process_ip`, plus the write of a burst's held accept
+  verdicts (gateway/intake/verdicts.py): the payload copy, the shared counters, the mark and
+  the verdict's netlink write, in which the kernel re-injects the packet and forwards it
+  (bridge, veth, the receiver's TCP) in the worker's own context.
 
 Guarantees: nothing is timed and nothing is patched unless `install` is called (the worker
 calls it only when VPATCH_BREAKDOWN=1); `install` changes no decision: the wrappers call the
@@ -50,8 +51,9 @@ class Breakdown:
 
     def __init__(self) -> None:
         self.packets = 0
-        self.run_ns = 0  # inside NetfilterQueue.run
+        self.run_ns = 0  # inside the receive burst (NetfilterQueue.run and the verdicts' write)
         self.handler_ns = 0  # inside the packet callback
+        self.flush_ns = 0  # writing held accept verdicts after a burst (verdicts.py)
         self.process_ip_ns = 0
         self.process_ns = 0
         self.reassembly_ns = 0
@@ -64,12 +66,12 @@ class Breakdown:
     def stages(self) -> dict[str, int]:
         """Nanoseconds per stage (STAGES) so far."""
         return {
-            "receive": max(0, self.run_ns - self.handler_ns),
+            "receive": max(0, self.run_ns - self.handler_ns - self.flush_ns),
             "decode": max(0, self.process_ip_ns - self.process_ns),
             "flow": max(0, self.process_ns - self.reassembly_ns - self.match_ns),
             "reassembly": self.reassembly_ns,
             "match": self.match_ns,
-            "verdict": max(0, self.handler_ns - self.process_ip_ns),
+            "verdict": max(0, self.handler_ns - self.process_ip_ns + self.flush_ns),
         }
 
     def counters(self) -> dict[str, int]:
@@ -106,6 +108,10 @@ class Breakdown:
                 self.run_ns += perf_counter_ns() - start
 
         return timed
+
+    def flush(self, inner: Callable[[], None]) -> Callable[[], None]:
+        """The end-of-burst write of held verdicts, timed (counted as `verdict`)."""
+        return self._timed(inner, "flush_ns")
 
     def _timed(self, inner: Callable[..., Any], attr: str) -> Callable[..., Any]:
         def timed(*args: Any) -> Any:

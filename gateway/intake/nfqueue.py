@@ -99,6 +99,7 @@ from gateway.intake.breakdown import STAT_NAMES as BREAKDOWN_NAMES
 from gateway.intake.breakdown import Breakdown
 from gateway.intake.breakdown import wanted as breakdown_wanted
 from gateway.intake.rulecounts import RuleCounts
+from gateway.intake.verdicts import VerdictBatch
 from gateway.match.matcher import Matcher
 from gateway.match.rules import RuleSet, load_rules
 from gateway.policy import cache as policy_cache
@@ -147,6 +148,7 @@ STAT_NAMES = (
     "rules_errors", "events_written", "event_records", "events_aggregated", "events_dropped",
     "events_lost", "store_errors", "store_failing", "events_queued", "events_retry",
     "heartbeat",  # time.monotonic() in ms at the worker loop's last turn (the watchdog's)
+    "verdict_writes", "verdict_write_errors",  # batched accept verdicts (verdicts.py)
     *BREAKDOWN_NAMES,
 )  # fmt: skip
 # The engine's own counters (EngineStats.as_dict), copied into the shared counters every
@@ -230,6 +232,7 @@ class PacketLike(Protocol):
 
     indev: int
     physindev: int
+    id: int
 
     def get_payload(self) -> bytes: ...
     def get_mark(self) -> int: ...
@@ -380,8 +383,12 @@ class PacketHandler:
         direction_bits: tuple[int, int] = (0, 0),
         blocked_bit: int = 0,
         keep_other_bits: bool = True,
+        batch: VerdictBatch | None = None,
     ) -> None:
         self.engine = engine
+        # accept verdicts collected and written once per receive burst (verdicts.py); None:
+        # each through netfilterqueue at once
+        self.batch = batch
         self.bypass_to_server, self.bypass_to_client = direction_bits
         self.stats = stats
         self.fail_open = fail_policy is FailPolicy.OPEN
@@ -420,13 +427,21 @@ class PacketHandler:
                         stats.add("bypassed_direction")
                 if decision.reopening:
                     bits |= self.blocked_bit  # keep the kernel queueing the handshake
-                pkt.set_mark((pkt.get_mark() & self.keep) | bits if self.keep else bits)
+                mark = (pkt.get_mark() & self.keep) | bits if self.keep else bits
                 done = True
-                pkt.accept()
+                batch = self.batch
+                if batch is not None:
+                    if batch.accept(pkt.id, mark):  # full
+                        self.flush()
+                else:
+                    pkt.set_mark(mark)
+                    pkt.accept()
                 stats.add("accepted")
             elif action is Action.RESET:
+                self.flush()  # the flow's earlier packets leave before the reset
                 done = self._reset(pkt, data)
             else:
+                self.flush()
                 done = True
                 self._drop(pkt)
                 stats.add("dropped")
@@ -481,7 +496,23 @@ class PacketHandler:
         pkt.set_mark((mark & self.keep) | self.blocked_bit)
         pkt.repeat()
 
+    def flush(self) -> None:
+        """Write the held accept verdicts (see verdicts.py). A failed write is counted and
+        logged; the kernel keeps those packets until the queue is unbound (then drops them),
+        or passes new ones uninspected when the queue is full and fail-open."""
+        batch = self.batch
+        if batch is None or not len(batch):
+            return
+        try:
+            batch.flush()
+        except OSError as err:
+            self.stats.add("errors")
+            self.stats.add("verdict_write_errors")
+            self._log_error(err)
+        self.stats.add("verdict_writes")
+
     def _fail_verdict(self, pkt: PacketLike) -> None:
+        self.flush()
         try:
             if self.fail_open:
                 pkt.accept()
@@ -794,14 +825,23 @@ def worker_main(
     nfq = NetfilterQueue()
     timing = Breakdown() if breakdown_wanted() else None  # VPATCH_BREAKDOWN=1 (breakdown.py)
     callback: Callable[[Any], None] = handler
-    run: Callable[..., Any] = nfq.run
+    flush: Callable[[], None] = handler.flush
+
+    def drain() -> None:
+        """Every packet waiting on the queue, then their held accept verdicts."""
+        nfq.run(block=False)
+        flush()
+
+    run: Callable[[], None] = drain
     if timing is not None:
         timing.install(engine)
-        callback, run = timing.handler(handler), timing.run(nfq.run)
+        callback, run, flush = timing.handler(handler), timing.run(drain), timing.flush(flush)
     try:
         nfq.bind(queue_num, callback, max_len=config.queues.max_len)
         if config.fail_policy is FailPolicy.OPEN:
             set_queue_flags(nfq, queue_num, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN)
+        if config.queues.verdict_batch > 1:
+            handler.batch = VerdictBatch(nfq.get_fd(), queue_num, config.queues.verdict_batch)
         stats.set("bound", 1)
         base = engine_counter_base(stats)
         log.info(
@@ -813,7 +853,7 @@ def worker_main(
         last_expire = time.monotonic()
         while not stop:
             if poller.poll(POLL_INTERVAL * 1000):
-                run(block=False)
+                run()
             wanted = stats.get("policy_wanted")
             if wanted != applied:
                 applied = wanted
@@ -840,6 +880,9 @@ def worker_main(
         if timing is not None:
             publish_counters(timing.counters(), stats)
             timing.uninstall()
+        handler.flush()
+        if handler.batch is not None:
+            handler.batch.close()
         nfq.unbind()
         handler.resets.close()
         if sink is not None:

@@ -170,6 +170,7 @@ SCRIPT = textwrap.dedent(
     from gateway.config import FailPolicy, parse_config
     from gateway.intake.nfqueue import (PacketHandler, WorkerStats, set_queue_flags,
                                         NFQA_CFG_F_FAIL_OPEN)
+    from gateway.intake.verdicts import VerdictBatch
     from gateway.verdict import Decision
     from gateway.vocabulary import Action
 
@@ -194,6 +195,10 @@ SCRIPT = textwrap.dedent(
                 return Decision(Action.ACCEPT, final=True)
             if mode == "drop":
                 return Decision(Action.DROP)
+            if mode == "batch":  # x7 dropped, even numbers final (bypass bit), odd accepted
+                if data.endswith(b"x7"):
+                    return Decision(Action.DROP)
+                return Decision(Action.ACCEPT, final=data[-1] % 2 == 0)
             return Decision(Action.ACCEPT)
         def expire(self, now):
             pass
@@ -208,6 +213,8 @@ SCRIPT = textwrap.dedent(
     elif mode != "noreader":
         handler = PacketHandler(Engine(), stats, policy, 0x10000000, 0x14000000)
         nfq.bind(5, handler)
+        if mode == "batch":
+            handler.batch = VerdictBatch(nfq.get_fd(), 5, limit=4)
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 9999))
     rx.settimeout(0.3)
@@ -223,10 +230,12 @@ SCRIPT = textwrap.dedent(
             pass
     if mode != "noreader":
         nfq.run(block=False)
-    received = 0
+        if mode == "batch":
+            handler.flush()  # the end of the burst, as the worker's loop does
+    received, payloads = 0, []
     try:
         while True:
-            rx.recv(100); received += 1
+            payloads.append(rx.recv(100).decode()); received += 1
     except socket.timeout:
         pass
     counters = sh("iptables", "-t", "mangle", "-L", "POSTROUTING", "-v", "-x", "-n")
@@ -235,7 +244,7 @@ SCRIPT = textwrap.dedent(
     if mode != "noreader":
         nfq.unbind()
     print(json.dumps({"early": passed_early, "received": received, "marked": marked,
-                      "unseen": unseen, "stats": stats.snapshot()}))
+                      "unseen": unseen, "stats": stats.snapshot(), "payloads": payloads}))
     """
 )
 
@@ -305,6 +314,20 @@ def test_drop_decision(ns: str) -> None:
     assert r["received"] == 0
     stats = r["stats"]
     assert isinstance(stats, dict) and stats["dropped"] == 10 and stats["errors"] == 0
+
+
+@pytest.mark.netns
+def test_batched_verdicts_keep_order_marks_and_drops(ns: str) -> None:
+    """Accept verdicts held and written four at a time (gateway/intake/verdicts.py) on a real
+    queue: each packet leaves with its own mark, in the order queued; the drop of x7 writes
+    the three held before it first, and the end of the burst writes the last two."""
+    r = _run(ns, "batch", "open")
+    assert r["payloads"] == [f"x{i}" for i in range(10) if i != 7]
+    assert r["marked"] == 5 and r["unseen"] == 0  # x0 x2 x4 x6 x8 final; the queued bit cleared
+    stats = r["stats"]
+    assert isinstance(stats, dict)
+    assert stats["accepted"] == 9 and stats["dropped"] == 1 and stats["bypassed"] == 5
+    assert stats["verdict_writes"] == 3 and stats["verdict_write_errors"] == 0
 
 
 def test_config_message_layout() -> None:
