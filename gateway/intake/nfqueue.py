@@ -4,7 +4,9 @@ A worker binds its queue (netfilterqueue), feeds every packet's IP datagram to
 `Engine.process_ip(data, now)` with `now = time.time()` (wall clock, the same clock as capture
 timestamps in `vpatch replay`, so event times agree) and applies the Decision:
 
-- ACCEPT / ALERT: accept, with vpatch's mark bits replaced (other mark bits kept, unless
+- ACCEPT / ALERT: accept (held and written with the rest of the receive burst's accepts in
+  one netlink message, gateway/intake/verdicts.py, unless `queues.verdict_batch` is 1), with
+  vpatch's mark bits replaced (other mark bits kept, unless
   `queues.balance` flow hashed them away: then the packet leaves with ours only): none, which
   clears the "queued" bit the kernel rules set before queueing (what still carries it in
   POSTROUTING was passed uninspected and is counted there); when `decision.final` the BYPASS
