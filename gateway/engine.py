@@ -108,7 +108,17 @@ from gateway.policy.compiled import CompiledPolicy
 from gateway.verdict import ACCEPT, ACCEPT_FINAL, Decision
 from gateway.verdict.judge import Judge
 from gateway.verdict.limiter import Limiter
-from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Action, Direction, Limit, LimitPolicy, Mode
+from gateway.vocabulary import (
+    DIRECTIONS,
+    PROTO_TCP,
+    PROTO_UDP,
+    TO_SERVER,
+    Action,
+    Direction,
+    Limit,
+    LimitPolicy,
+    Mode,
+)
 
 __all__ = ["EXPIRE_INTERVAL", "Engine", "EngineStats"]
 
@@ -127,6 +137,7 @@ _SYN_ACK: Final = TCP_SYN | TCP_ACK
 _REOPENING: Final = Decision(Action.ACCEPT, reopening=True)  # see gateway/flow/table.py
 _FAIL_OPEN: Final = Decision(Action.ACCEPT)
 _FAIL_CLOSED: Final = Decision(Action.DROP)
+_PASS: Final = Verdict.PASS  # a plain constant: Verdict.PASS costs an enum lookup (vocabulary.py)
 
 
 class EngineStats:
@@ -387,7 +398,7 @@ class Engine:
                 pkt.seq == flow.reuse_syn
                 and pkt.flags & _SYN_ACK == TCP_SYN
                 and not payload
-                and d is Direction.TO_SERVER
+                and d is TO_SERVER
             ):
                 return _REOPENING  # a new connection on these ports if the server agrees
             stats.blocked_packets += 1
@@ -427,7 +438,7 @@ class Engine:
                 self._reaching_depth(insp, d, reasm)
             # ---- normalisation hook 3 of 3: reassembly; differing bytes reset the flow
             verdict, data = self.normalizer.receive(flow, pkt, d, reasm)
-            if verdict is not Verdict.PASS:
+            if verdict is not _PASS:
                 return self._limiter.norm_refusal(flow, insp, pkt, d, now, verdict)
             # ---- end of hook 3
             if data:
@@ -445,9 +456,11 @@ class Engine:
                 app = way.app
                 if app is not None:
                     rules = self._app_rules(insp, app, d, data, flow, pkt, now)
-                    fired = insp.combine(d, fired, rules)
-                    if state is not None:  # h2c: raw patterns see its requests as HTTP/1
-                        fired += insp.scan_derived(d, app.take_derived())
+                    if fired or rules:
+                        fired = insp.combine(d, fired, rules)
+                    # h2c: raw patterns see its requests as HTTP/1
+                    if state is not None and (derived := app.take_derived()):
+                        fired += insp.scan_derived(d, derived)
                 elif fired:
                     fired = insp.combine(d, fired, NO_RULES)
             if reasm.depth_reached:
@@ -509,8 +522,10 @@ class Engine:
         inspection of this direction, counted by the session; when it ended for its own
         bounds or a bug, `limits.decoder` applies)."""
         records = app.feed(data)
-        way = insp.ways[d]
         probed = app.probed
+        if probed is None and records is not None and not records:
+            return NO_RULES  # undecided yet, or answered by the memo: the common case
+        way = insp.ways[d]
         rebound: list[Rule] = []
         if probed is not None:  # identified now (or found to be none of the candidates)
             app.probed = None
@@ -577,12 +592,15 @@ class Engine:
             return None
         insp = Inspection(matcher, self.limits.for_server(key.server), flow.last_seen)
         tcp = key.proto == PROTO_TCP
-        for d, way in zip(Direction, insp.ways, strict=True):
+        for d, way in zip(DIRECTIONS, insp.ways, strict=True):
             depth = self._depth[d]
-            group = matcher.group(key.proto, d, key.server_port)
+            if depth == 0:
+                continue
             if unlisted and identify:
-                group = matcher.unlisted(d)  # until identified (match/follow.py)
-            if group is None or depth == 0:
+                group: MatchGroup | None = matcher.unlisted(d)  # until identified (follow.py)
+            else:
+                group = matcher.group(key.proto, d, key.server_port)
+            if group is None:
                 continue
             candidates = group.identify[d] if identify else None
             if candidates is None:
@@ -660,7 +678,7 @@ class Engine:
         """A flow on a port no rule names is inspected only if a `ports: any` rule is on for
         its server (app control, e.g. HTTP on a port other than the allowed ones)."""
         policy = self.policy
-        for d in Direction:
+        for d in DIRECTIONS:
             for rule in self.matcher.any_port_rules(key.proto, d):
                 mode = (
                     policy.mode(key.server, rule, key.server_port)
