@@ -88,7 +88,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.config import FailPolicy, GatewayConfig
-from gateway.database import DB_ERRORS, gateway_name, policy_target, target_exists
+from gateway.database import db_errors, gateway_name, policy_target, target_exists
 from gateway.decode.packet import parse_ip
 from gateway.engine import Engine
 from gateway.engine_config import EngineConfig
@@ -634,7 +634,7 @@ def load_policy(config: GatewayConfig) -> CompiledPolicy | None:
                 PolicyExceptions(store).list_exceptions(include_expired=False),
                 stored_controls(store),
             )  # fmt: skip
-    except (StoreError, *DB_ERRORS) as err:
+    except db_errors(StoreError) as err:
         cached = policy_cache.load(policy_cache.cache_path(config)) if config.database.url else None
         if cached is None:
             raise
