@@ -400,6 +400,7 @@ def check_keypair(cert: Path, key: Path, now: datetime | None = None) -> CertInf
     naming the file otherwise. An expired (or not yet valid) certificate is a warning."""
     from cryptography import x509  # here only: see the module comment
     from cryptography.hazmat.primitives import serialization
+
     cert_pem = _read_pem(cert, "certificate", "cert")
     key_pem = _read_pem(key, "key", "key")
     try:
