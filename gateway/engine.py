@@ -245,6 +245,8 @@ class Engine:
         self.normalizer = Normalizer(
             self.config.checksums, self.config.kernel_checked_tcp
         )  # gateway/flow/normalize.py
+        # checksums to verify here (Normalizer.intact is always True when the kernel did)
+        self._sums = not self.config.kernel_checked_tcp
         self.defrag = Defragmenter(  # IP fragments (gateway/flow/defrag.py)
             self.config.defrag_datagrams, self.config.defrag_timeout, self.config.defrag_fragments
         )
@@ -367,6 +369,7 @@ class Engine:
         if (
             pkt.proto == PROTO_TCP
             and (not payload or pkt.flags & _CONTROL)  # data: checked if inspected (hook 2)
+            and self._sums
             and not self.normalizer.intact(pkt)
         ):
             return _DROP
@@ -403,7 +406,7 @@ class Engine:
         way = insp.ways[d]
         # ---- normalisation hook 2 of 3: segments the receiver would drop
         if proto == PROTO_TCP and (
-            (payload and way.active and not self.normalizer.intact(pkt))
+            (payload and self._sums and way.active and not self.normalizer.intact(pkt))
             or not self.normalizer.admit(flow, pkt, d, way.reasm)
         ):
             return self._limiter.norm_refusal(flow, insp, pkt, d, now, Verdict.DROP)
