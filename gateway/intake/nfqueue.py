@@ -191,6 +191,17 @@ class WorkerStats:
         # plane's own counters have none (its events are counted by the engine it replays into)
         self.rules = RuleCounts() if names is _ALL_NAMES else None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Sent to a spawned worker: the shared array (multiprocessing passes it on), not its
+        view, which cannot be pickled and is made again on arrival."""
+        state = dict(self.__dict__)
+        del state["_view"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._view = memoryview(self._arr).cast("B").cast("Q")
+
     def add(self, name: str, n: int = 1) -> None:
         self._view[self._idx[name]] += n
 
