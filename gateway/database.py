@@ -22,7 +22,10 @@ Rows index by position and by column name on both (`row[0]`, `row["name"]`, `key
 `migrate(db, component, migrations)` applies numbered migrations: on SQLite the version is
 `PRAGMA user_version` (one component per file), on PostgreSQL one row per component in
 `schema_versions`, under an advisory lock so gateways and UIs starting together migrate once.
-Errors of either driver are caught as `DB_ERRORS` / `INTEGRITY_ERRORS`.
+Errors of either driver are caught as `db_errors()` / `integrity_errors()`: sqlite3's classes,
+and psycopg's once psycopg is loaded. psycopg is imported only when a PostgreSQL URL is opened
+(`connect`): on a SQLite store no process loads it (about 22 MB of RSS each, issue 16), and
+no psycopg error can be raised before it is loaded.
 """
 
 from __future__ import annotations
@@ -32,21 +35,19 @@ import functools
 import re
 import socket
 import sqlite3
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Final, Protocol, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
-
-import psycopg
 
 from gateway.config import GatewayConfig
 from gateway.errors import VpatchError
 from gateway.sqlite_wal import use_wal
 
 __all__ = [
-    "DB_ERRORS",
     "AnyConn",
-    "INTEGRITY_ERRORS",
     "Cursor",
     "Db",
     "DatabaseError",
@@ -54,7 +55,9 @@ __all__ = [
     "Row",
     "Target",
     "connect",
+    "db_errors",
     "gateway_name",
+    "integrity_errors",
     "policy_target",
     "describe",
     "is_postgres",
@@ -71,8 +74,29 @@ URL_SCHEMES: Final = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT_S: Final = 5  # libpq connect_timeout: a dead server fails fast
 WRITE_LOCK: Final = 0x7670617463680001  # advisory lock key of `BEGIN IMMEDIATE`
 MIGRATE_LOCK: Final = 0x7670617463680002  # advisory lock key of migrations
-DB_ERRORS: Final = (sqlite3.Error, psycopg.Error)
-INTEGRITY_ERRORS: Final = (sqlite3.IntegrityError, psycopg.IntegrityError)
+_SQLITE_ERRORS: Final[tuple[type[Exception], ...]] = (sqlite3.Error,)
+_SQLITE_INTEGRITY: Final[tuple[type[Exception], ...]] = (sqlite3.IntegrityError,)
+
+
+def _psycopg() -> ModuleType:
+    """The PostgreSQL driver, imported on first use (see the module comment)."""
+    import psycopg  # only for a PostgreSQL store (~22 MB per process)
+
+    return psycopg
+
+
+def db_errors(*also: type[Exception]) -> tuple[type[Exception], ...]:
+    """The database errors of either driver: sqlite3.Error, and psycopg.Error once psycopg is
+    loaded (no psycopg error exists before), after the classes `also`. For
+    `except db_errors():` and `except db_errors(OSError):`."""
+    loaded = sys.modules.get("psycopg")
+    return (*also, *(_SQLITE_ERRORS if loaded is None else (sqlite3.Error, loaded.Error)))
+
+
+def integrity_errors() -> tuple[type[Exception], ...]:
+    """The constraint violations of either driver (as `db_errors`)."""
+    loaded = sys.modules.get("psycopg")
+    return _SQLITE_INTEGRITY if loaded is None else (sqlite3.IntegrityError, loaded.IntegrityError)
 
 
 class DatabaseError(VpatchError):
@@ -218,7 +242,7 @@ class PgCursor:
     def lastrowid(self) -> int | None:
         try:
             row = self._conn.execute("SELECT lastval()").fetchone()
-        except psycopg.errors.ObjectNotInPrerequisiteState:
+        except _psycopg().errors.ObjectNotInPrerequisiteState:
             return None
         return int(row[0]) if row is not None else None
 
@@ -284,7 +308,7 @@ def connect(target: Target, timeout_s: float = 5.0) -> Db:
     """Open `target` (autocommit; rows by position and name). SQLite: WAL, busy timeout and
     foreign keys on, as the stores set them. Raises the driver's error."""
     if is_url(target):
-        raw = psycopg.connect(
+        raw = _psycopg().connect(
             str(target), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, row_factory=_pg_rows
         )
         return Db(raw, Dialect.POSTGRESQL, target)

@@ -74,9 +74,9 @@ What it guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Final
 
+from gateway.applayer import AppLayer
 from gateway.decode.packet import (
     TCP_ACK,
     TCP_FIN,
@@ -88,13 +88,7 @@ from gateway.decode.packet import (
     parse_frame,
     parse_ip,
 )
-from gateway.decode.registry import cut_field
-from gateway.decode.session import (
-    AppSession,
-    UnitMemo,
-    starts_whole_connection,
-    whole_connection_probes,
-)
+from gateway.decode.session import UnitMemo, starts_whole_connection, whole_connection_probes
 from gateway.engine_config import EngineConfig
 from gateway.flow.defrag import Defragmenter
 from gateway.flow.limits import LimitTable
@@ -108,7 +102,17 @@ from gateway.policy.compiled import CompiledPolicy
 from gateway.verdict import ACCEPT, ACCEPT_FINAL, Decision
 from gateway.verdict.judge import Judge
 from gateway.verdict.limiter import Limiter
-from gateway.vocabulary import PROTO_TCP, PROTO_UDP, Action, Direction, Limit, LimitPolicy, Mode
+from gateway.vocabulary import (
+    DIRECTIONS,
+    PROTO_TCP,
+    PROTO_UDP,
+    TO_SERVER,
+    Action,
+    Direction,
+    Limit,
+    LimitPolicy,
+    Mode,
+)
 
 __all__ = ["EXPIRE_INTERVAL", "Engine", "EngineStats"]
 
@@ -127,6 +131,7 @@ _SYN_ACK: Final = TCP_SYN | TCP_ACK
 _REOPENING: Final = Decision(Action.ACCEPT, reopening=True)  # see gateway/flow/table.py
 _FAIL_OPEN: Final = Decision(Action.ACCEPT)
 _FAIL_CLOSED: Final = Decision(Action.DROP)
+_PASS: Final = Verdict.PASS  # a plain constant: Verdict.PASS costs an enum lookup (vocabulary.py)
 
 
 class EngineStats:
@@ -240,6 +245,8 @@ class Engine:
         self.normalizer = Normalizer(
             self.config.checksums, self.config.kernel_checked_tcp
         )  # gateway/flow/normalize.py
+        # checksums to verify here (Normalizer.intact is always True when the kernel did)
+        self._sums = not self.config.kernel_checked_tcp
         self.defrag = Defragmenter(  # IP fragments (gateway/flow/defrag.py)
             self.config.defrag_datagrams, self.config.defrag_timeout, self.config.defrag_fragments
         )
@@ -259,6 +266,8 @@ class Engine:
         # the consequences of limits (gateway/verdict/limiter.py)
         self._limiter = Limiter(self.limits, self.stats, self._judge, self.normalizer, self._resync)
         self._memo = UnitMemo(self.config.http_memo_entries)
+        # app records -> rules (gateway/applayer.py)
+        self._app = AppLayer(self.stats, self._memo, self._limiter, policy, self._direction_done)
         self._depth = (self.config.depth_to_server, self.config.depth_to_client)
         self._fail = _FAIL_OPEN if self.config.fail_open else _FAIL_CLOSED
         self._next_expire: float | None = None
@@ -340,6 +349,7 @@ class Engine:
         """Use `policy` for every match from now on (None: each rule's default_mode)."""
         self.policy = policy
         self._judge.policy = policy
+        self._app.policy = policy
         self._memo.clear()  # what is "off" for a server may have changed
 
     # ----------------------------------------------------------------- the pipeline
@@ -359,6 +369,7 @@ class Engine:
         if (
             pkt.proto == PROTO_TCP
             and (not payload or pkt.flags & _CONTROL)  # data: checked if inspected (hook 2)
+            and self._sums
             and not self.normalizer.intact(pkt)
         ):
             return _DROP
@@ -383,15 +394,7 @@ class Engine:
             return refused
         blocked = flow.blocked
         if blocked is not None:
-            if (
-                pkt.seq == flow.reuse_syn
-                and pkt.flags & _SYN_ACK == TCP_SYN
-                and not payload
-                and d is Direction.TO_SERVER
-            ):
-                return _REOPENING  # a new connection on these ports if the server agrees
-            stats.blocked_packets += 1
-            return _BLOCKED[blocked]
+            return self._on_blocked(flow, blocked, pkt, d)
         if flow.final:
             return ACCEPT_FINAL
         insp = flow.inspection
@@ -403,7 +406,7 @@ class Engine:
         way = insp.ways[d]
         # ---- normalisation hook 2 of 3: segments the receiver would drop
         if proto == PROTO_TCP and (
-            (payload and way.active and not self.normalizer.intact(pkt))
+            (payload and self._sums and way.active and not self.normalizer.intact(pkt))
             or not self.normalizer.admit(flow, pkt, d, way.reasm)
         ):
             return self._limiter.norm_refusal(flow, insp, pkt, d, now, Verdict.DROP)
@@ -416,18 +419,13 @@ class Engine:
                 return ACCEPT
             reasm = way.reasm
             assert reasm is not None
-            if (
-                reasm.position == 0
-                and payload
-                and self._whole[d]
-                and starts_whole_connection(self._whole[d], payload, d)
+            if payload and (
+                reasm.position == 0 or reasm.position + len(payload) >= reasm.max_depth
             ):
-                reasm.max_depth = UNBOUNDED_DEPTH
-            elif payload and reasm.position + len(payload) >= reasm.max_depth:
-                self._reaching_depth(insp, d, reasm)
+                self._stream_depth(insp, d, reasm, payload)
             # ---- normalisation hook 3 of 3: reassembly; differing bytes reset the flow
             verdict, data = self.normalizer.receive(flow, pkt, d, reasm)
-            if verdict is not Verdict.PASS:
+            if verdict is not _PASS:
                 return self._limiter.norm_refusal(flow, insp, pkt, d, now, verdict)
             # ---- end of hook 3
             if data:
@@ -444,10 +442,12 @@ class Engine:
                     fired = state.matcher.scan_stream(state, data)
                 app = way.app
                 if app is not None:
-                    rules = self._app_rules(insp, app, d, data, flow, pkt, now)
-                    fired = insp.combine(d, fired, rules)
-                    if state is not None:  # h2c: raw patterns see its requests as HTTP/1
-                        fired += insp.scan_derived(d, app.take_derived())
+                    rules = self._app.rules(insp, app, d, data, flow, pkt, now)
+                    if fired or rules:
+                        fired = insp.combine(d, fired, rules)
+                    # h2c: raw patterns see its requests as HTTP/1
+                    if state is not None and (derived := app.take_derived()):
+                        fired += insp.scan_derived(d, derived)
                 elif fired:
                     fired = insp.combine(d, fired, NO_RULES)
             if reasm.depth_reached:
@@ -461,18 +461,7 @@ class Engine:
             if not payload:
                 return ACCEPT
             data = payload
-            group = way.group
-            assert group is not None
-            fired = insp.matcher.scan_block(group, payload)
-            app = way.app
-            if app is not None:
-                rules = self._app_rules(insp, app, d, payload, flow, pkt, now)
-                fired = insp.combine(d, fired, rules)
-            elif fired:
-                fired = insp.combine(d, fired, NO_RULES)
-            seen = (flow.bytes_to_server, flow.bytes_to_client)[d]
-            if seen >= way.depth:
-                self._udp_depth(flow, insp, pkt, d, now)
+            fired = self._datagram(flow, insp, pkt, d, now)
         if fired:
             decision = self._judge.decide(flow, insp, pkt, d, fired, now, data)
         elif flow.final:
@@ -480,6 +469,54 @@ class Engine:
         else:
             decision = ACCEPT if way.active else _ACCEPT_DONE[d]
         return decision if self._limiter.pending is None else self._limiter.take(decision)
+
+    def _on_blocked(self, flow: Flow, blocked: Action, pkt: Packet, d: Direction) -> Decision:
+        """A packet of a flow the engine blocked: blocked too, unless it is the client's
+        payload-less SYN that may open a new connection on these ports (flow/table.py)."""
+        if (
+            pkt.seq == flow.reuse_syn
+            and pkt.flags & _SYN_ACK == TCP_SYN
+            and not pkt.payload
+            and d is TO_SERVER
+        ):
+            return _REOPENING  # a new connection on these ports if the server agrees
+        self.stats.blocked_packets += 1
+        return _BLOCKED[blocked]
+
+    def _stream_depth(
+        self, insp: Inspection, d: Direction, reasm: StreamReassembler, payload: bytes
+    ) -> None:
+        """A TCP segment with payload at the start of its stream or reaching its depth: a
+        stream that starts like a `whole_connection` protocol is inspected to its end,
+        otherwise `_reaching_depth` applies when the segment reaches the depth."""
+        if (
+            reasm.position == 0
+            and self._whole[d]
+            and starts_whole_connection(self._whole[d], payload, d)
+        ):
+            reasm.max_depth = UNBOUNDED_DEPTH
+        elif reasm.position + len(payload) >= reasm.max_depth:
+            self._reaching_depth(insp, d, reasm)
+
+    def _datagram(
+        self, flow: Flow, insp: Inspection, pkt: Packet, d: Direction, now: float
+    ) -> tuple[Rule, ...]:
+        """A UDP datagram with payload on an inspected direction: the rules it fires (scanned
+        in block mode, its app records evaluated); the direction's depth applied."""
+        way = insp.ways[d]
+        group = way.group
+        assert group is not None
+        fired = insp.matcher.scan_block(group, pkt.payload)
+        app = way.app
+        if app is not None:
+            rules = self._app.rules(insp, app, d, pkt.payload, flow, pkt, now)
+            fired = insp.combine(d, fired, rules)
+        elif fired:
+            fired = insp.combine(d, fired, NO_RULES)
+        seen = (flow.bytes_to_server, flow.bytes_to_client)[d]
+        if seen >= way.depth:
+            self._udp_depth(flow, insp, pkt, d, now)
+        return fired
 
     def _defragment(self, pkt: Packet, now: float) -> Packet | Decision:
         """Hook 1's fragment step (gateway/flow/defrag.py): the whole datagram once `pkt`
@@ -494,77 +531,6 @@ class Engine:
             self.stats.decode_errors += 1
             return self._fail
 
-    def _app_rules(
-        self,
-        insp: Inspection,
-        app: AppSession,
-        d: Direction,
-        data: bytes,
-        flow: Flow,
-        pkt: Packet,
-        now: float,
-    ) -> tuple[Rule, ...]:
-        """The rules whose field conditions the app records `data` completes hold on (rules
-        off for the server left out); never raises (a failing app layer ends app-layer
-        inspection of this direction, counted by the session; when it ended for its own
-        bounds or a bug, `limits.decoder` applies)."""
-        records = app.feed(data)
-        way = insp.ways[d]
-        probed = app.probed
-        rebound: list[Rule] = []
-        if probed is not None:  # identified now (or found to be none of the candidates)
-            app.probed = None
-            rebound = self._rebind(insp, d, app.protocol, probed)
-        if not records:
-            if records is None:
-                way.app = None
-                if app.capped:
-                    limiter = self._limiter
-                    over = "app layer over"
-                    limiter.defer(limiter.reached(flow, insp, pkt, d, Limit.DECODER, over, now))
-                group = way.group
-                if group is insp.matcher.unlisted(d) and group.database is None:
-                    # a port no rule lists, and no protocol with rules found: nothing to
-                    # look for in this direction (the kernel may bypass it)
-                    self._direction_done(flow, insp, d)
-            return tuple(rebound)
-        group = way.group
-        assert group is not None
-        apps = group.apps
-        matcher = insp.matcher
-        policy = self.policy
-        server = flow.key.server
-        port = flow.key.server_port
-        out: list[Rule] = rebound
-        for record in records:
-            cut = record.fields.get(cut_field(record.app))
-            if cut is not None:  # padding pushed part of a derived field past its bound
-                limiter = self._limiter
-                why = bytes(cut).split(b"\n", 1)[0].decode("latin-1") if cut else "field"
-                limiter.defer(limiter.reached(flow, insp, pkt, d, Limit.FIELD, why, now))
-            app_group = apps.get(record.app)
-            if app_group is not None:
-                found = matcher.evaluate(app_group, record.fields)
-                if found:  # a rule switched off for this server is ignored here already
-                    found = tuple(
-                        rule
-                        for rule in found
-                        if (policy.mode(server, rule, port) if policy else rule.default_mode)
-                        is not Mode.OFF
-                    )
-                if found:
-                    out.extend(found)
-                    seen = way.records
-                    if seen is None:
-                        seen = way.records = {}
-                    for rule in found:
-                        seen[rule.id] = record.fields
-        if not out:
-            if app.pending is not None:
-                app.remember()  # the memo may answer these very bytes next time
-            return NO_RULES
-        return tuple(out)
-
     def _start(self, flow: Flow) -> Inspection | None:
         """Set up inspection of a new flow, or mark it final when nothing covers it."""
         key = flow.key
@@ -577,12 +543,15 @@ class Engine:
             return None
         insp = Inspection(matcher, self.limits.for_server(key.server), flow.last_seen)
         tcp = key.proto == PROTO_TCP
-        for d, way in zip(Direction, insp.ways, strict=True):
+        for d, way in zip(DIRECTIONS, insp.ways, strict=True):
             depth = self._depth[d]
-            group = matcher.group(key.proto, d, key.server_port)
+            if depth == 0:
+                continue
             if unlisted and identify:
-                group = matcher.unlisted(d)  # until identified (match/follow.py)
-            if group is None or depth == 0:
+                group: MatchGroup | None = matcher.unlisted(d)  # until identified (follow.py)
+            else:
+                group = matcher.group(key.proto, d, key.server_port)
+            if group is None:
                 continue
             candidates = group.identify[d] if identify else None
             if candidates is None:
@@ -599,7 +568,7 @@ class Engine:
                 if group.database is not None:
                     way.state = matcher.open_stream(group)
             if candidates:
-                way.app = self._app_session(key, d, group, candidates)
+                way.app = self._app.session(key, d, group, candidates)
         to_server, to_client = insp.ways
         if not (to_server.active or to_client.active):
             flow.final = True
@@ -611,56 +580,11 @@ class Engine:
         self.stats.flows_inspected += 1
         return insp
 
-    def _rebind(self, insp: Inspection, d: Direction, name: str, probed: bytes) -> list[Rule]:
-        """Direction `d` was just identified as `name` from its first bytes `probed`: switch
-        it to the group of its rules plus the rules that follow `name` (match/follow.py),
-        unless they are all in its group already. The new group's raw stream rescans `probed`
-        carrying over what already matched (so nothing fires twice); returns the rules
-        without field conditions that the rescan completed (with the raw half of the others
-        recorded in `raw_done`), to fire like condition rules (`combine`: a rule whose id is
-        in raw_done fires)."""
-        way = insp.ways[d]
-        group = way.group
-        assert group is not None
-        target = group.follow[d].get(name)
-        if target is None:
-            return []
-        way.group = target
-        state, fired = insp.matcher.rebind_stream(way.state, target, probed)
-        way.state = state
-        self.stats.app_rebinds += 1
-        out: list[Rule] = []
-        for rule in fired:
-            insp.half_done(d, rule.id)
-            if rule.conditions is None:
-                out.append(rule)
-        return out
-
-    def _app_session(
-        self,
-        key: FlowKey,
-        d: Direction,
-        group: MatchGroup,
-        candidates: Sequence[str] | None = None,
-    ) -> AppSession:
-        """A new app session for direction `d` of the flow keyed `key`, identifying among
-        `candidates` (default: the group's)."""
-        return AppSession(
-            group.app_candidates if candidates is None else candidates,
-            key.proto,
-            d,
-            key.server,
-            key.server_port,
-            self.stats,
-            self._memo,
-            group,
-        )
-
     def _any_port_wanted(self, key: FlowKey) -> bool:
         """A flow on a port no rule names is inspected only if a `ports: any` rule is on for
         its server (app control, e.g. HTTP on a port other than the allowed ones)."""
         policy = self.policy
-        for d in Direction:
+        for d in DIRECTIONS:
             for rule in self.matcher.any_port_rules(key.proto, d):
                 mode = (
                     policy.mode(key.server, rule, key.server_port)
@@ -721,7 +645,7 @@ class Engine:
         if app is not None:
             app.restart()
         elif group.apps:
-            way.app = self._app_session(flow.key, d, group)
+            way.app = self._app.session(flow.key, d, group)
         state = way.state
         if state is not None:
             state.matcher.close_stream(state)

@@ -145,7 +145,8 @@ def test_every_value_of_the_wrong_type_is_refused(tmp_path: Path, key: str) -> N
     ("text", "error"),
     [
         ("queues:\n  first: 0\n  cuont: 2\n",
-         "<string>:3: queues.cuont: unknown key (allowed: balance, count, first, max_len, verdict_batch)"),
+         "<string>:3: queues.cuont: unknown key (allowed: balance, count, first, max_len, "
+         "verdict_batch)"),
         ("colour: blue\n",
          "<string>:1: colour: unknown key (allowed: control, database, engine, events, "
          + "fail_policy, firewall, gateway, health, limits, marks, metrics, network, policy, "

@@ -3,6 +3,9 @@ reads them, rows by position and name on both, URLs told from paths and password
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,9 @@ import pytest
 from gateway.database import (
     PgRow,
     connect,
+    db_errors,
     describe,
+    integrity_errors,
     is_url,
     table_exists,
     target_arg,
@@ -66,3 +71,36 @@ def test_the_same_statements_on_both(db_target: object) -> None:
         assert table_exists(db, "t") and not table_exists(db, "nope")
     finally:
         db.close()
+
+
+def test_the_driver_errors_on_both(db_target: object) -> None:
+    """A duplicate key is caught as `integrity_errors()` and a bad statement as `db_errors()`
+    on either driver (psycopg's classes count once it is loaded, by `connect`)."""
+    db = connect(db_target)  # type: ignore[arg-type]
+    try:
+        db.execute("CREATE TABLE u(name TEXT UNIQUE)")
+        db.execute("INSERT INTO u(name) VALUES (?)", ("a",))
+        with pytest.raises(integrity_errors()):
+            db.execute("INSERT INTO u(name) VALUES (?)", ("a",))
+        with pytest.raises(db_errors()):
+            db.execute("SELECT nope FROM u")
+        assert db_errors(OSError)[0] is OSError and sqlite3.Error in db_errors()
+    finally:
+        db.close()
+
+
+def test_psycopg_is_loaded_only_for_a_postgresql_store(tmp_path: Path) -> None:
+    """A queue worker's imports and a SQLite store leave psycopg unloaded (about 22 MB of RSS
+    per process, issue 16); the error tuples then hold sqlite3's classes only."""
+    code = (
+        "import sys, gateway.intake.nfqueue\n"
+        "from gateway.database import connect, db_errors, integrity_errors\n"
+        f"connect({str(tmp_path / 'x.db')!r}).execute('SELECT 1')\n"
+        "assert 'psycopg' not in sys.modules, 'psycopg loaded'\n"
+        "assert len(db_errors()) == 1 and len(integrity_errors()) == 1\n"
+        "import psycopg\n"
+        "assert db_errors()[1] is psycopg.Error\n"
+        "assert integrity_errors()[1] is psycopg.IntegrityError\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr

@@ -79,9 +79,13 @@ _ANY_METHOD_PREFIX: Final = re.compile(
 _VERSION_ON_LINE: Final = re.compile(rb"[ \t](?i:HTTP/)")
 
 
+_YES: Final = Probe.YES  # a plain constant (gateway/vocabulary.py, DIRECTIONS)
+_HTTP_HEAD: Final = _http.State.HEAD
+
+
 def _probe_http(data: bytes, direction: Direction) -> Probe:
     if HTTP_REQUEST_START.match(data):
-        return Probe.YES
+        return _YES
     found = _ANY_METHOD_START.match(data)
     if found is not None:
         end = data.find(b"\n", found.end())
@@ -118,7 +122,7 @@ class HttpAdapter:
         decoder = self._decoder
         return (
             self._h2 is None
-            and decoder.state is _http.State.HEAD
+            and decoder.state is _HTTP_HEAD
             and not decoder.buffered
             and self._head is None
         )

@@ -73,6 +73,18 @@ class State(enum.Enum):
     ERROR = "error"
 
 
+# The states as plain constants for the decoder's loop (an enum member looked up on its
+# class costs about 70 ns on Python 3.11: gateway/vocabulary.py, DIRECTIONS).
+_ST_HEAD = State.HEAD
+_ST_BODY_LENGTH = State.BODY_LENGTH
+_ST_CHUNK_SIZE = State.CHUNK_SIZE
+_ST_CHUNK_DATA = State.CHUNK_DATA
+_ST_CHUNK_DATA_END = State.CHUNK_DATA_END
+_ST_TRAILERS = State.TRAILERS
+_ST_RESYNC = State.RESYNC
+_ST_ERROR = State.ERROR
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """A request head. `uri` is as sent; `uri_normalized` as the server would see the path,
@@ -141,7 +153,7 @@ class HttpRequestDecoder:
     ) -> None:
         self.max_head_bytes = max_head_bytes
         self.max_headers = max_headers
-        self.state = State.HEAD
+        self.state = _ST_HEAD
         self._buf = bytearray()
         self._remaining = 0  # body bytes left in the current Content-Length body or chunk
         self._body_length = 0
@@ -156,7 +168,7 @@ class HttpRequestDecoder:
         return len(self._buf)
 
     def receive_data(self, data: bytes) -> None:
-        if self.state is State.ERROR:
+        if self.state is _ST_ERROR:
             raise HttpDecodeError("decoder is in ERROR state after an earlier error")
         self._buf += data
 
@@ -165,7 +177,7 @@ class HttpRequestDecoder:
         try:
             return self._next_event()
         except HttpDecodeError:
-            self.state = State.ERROR
+            self.state = _ST_ERROR
             # recover() may resume right at the buffer's start only if the refused bytes are
             # gone from it, or it would refuse them again
             self._refused_consumed = len(self._buf) < before or self._deferred is not None
@@ -184,7 +196,7 @@ class HttpRequestDecoder:
         from there. For a caller whose policy lets the connection go on after an anomaly: what
         the server makes of the skipped bytes is unknown, so every later request is still
         found and inspected instead of none."""
-        self.state = State.RESYNC
+        self.state = _ST_RESYNC
         self._remaining = 0
         self._body_length = 0
 
@@ -193,7 +205,7 @@ class HttpRequestDecoder:
         if self._refused_consumed:
             # The refused bytes are gone: the next request may start right here.
             if _REQUEST_LINE_AT_START.match(buf):
-                self.state = State.HEAD
+                self.state = _ST_HEAD
                 return self._parse_head()
             first = bytes(buf[:MAX_RESYNC_TAIL]).lstrip(b"\r\n")
             if b"\n" not in first and len(buf) < MAX_RESYNC_TAIL:
@@ -202,7 +214,7 @@ class HttpRequestDecoder:
         found = _REQUEST_LINE_START.search(buf)
         if found is not None:
             del buf[: found.start() + 1]
-            self.state = State.HEAD
+            self.state = _ST_HEAD
             return self._parse_head()
         # Keep the last line's start (a request line may be arriving), bounded.
         cut = max(buf.rfind(b"\n"), len(buf) - MAX_RESYNC_TAIL)
@@ -214,17 +226,17 @@ class HttpRequestDecoder:
         if self._deferred is not None:
             raise self._deferred
         state = self.state
-        if state is State.ERROR:
+        if state is _ST_ERROR:
             raise HttpDecodeError("decoder is in ERROR state after an earlier error")
-        if state is State.RESYNC:
+        if state is _ST_RESYNC:
             return self._resync()
-        if state is State.HEAD:
+        if state is _ST_HEAD:
             return self._parse_head()
-        if state is State.BODY_LENGTH or state is State.CHUNK_DATA:
+        if state is _ST_BODY_LENGTH or state is _ST_CHUNK_DATA:
             if self._remaining == 0:
-                if state is State.BODY_LENGTH:
+                if state is _ST_BODY_LENGTH:
                     return self._end_request()
-                self.state = State.CHUNK_DATA_END
+                self.state = _ST_CHUNK_DATA_END
                 return self._next_event()
             if not self._buf:
                 return NEED_DATA
@@ -233,7 +245,7 @@ class HttpRequestDecoder:
             self._remaining -= len(piece)
             self._body_length += len(piece)
             return Body(piece)
-        if state is State.CHUNK_DATA_END:
+        if state is _ST_CHUNK_DATA_END:
             if len(self._buf) < 2:
                 return NEED_DATA
             if self._buf[:2] != b"\r\n":
@@ -245,9 +257,9 @@ class HttpRequestDecoder:
                 del self._buf[:1]
             else:
                 del self._buf[:2]
-            self.state = State.CHUNK_SIZE
+            self.state = _ST_CHUNK_SIZE
             return self._next_event()
-        if state is State.CHUNK_SIZE:
+        if state is _ST_CHUNK_SIZE:
             line = self._take_line(MAX_CHUNK_LINE, "chunk size line")
             if line is None:
                 return NEED_DATA
@@ -256,10 +268,10 @@ class HttpRequestDecoder:
                 raise HttpDecodeError(f"bad chunk size line {line[:40]!r}")
             size = int(match.group(1), 16)
             if size == 0:
-                self.state = State.TRAILERS
+                self.state = _ST_TRAILERS
             else:
                 self._remaining = size
-                self.state = State.CHUNK_DATA
+                self.state = _ST_CHUNK_DATA
             return self._next_event()
         # TRAILERS: header lines until an empty one; their content is not inspected here.
         while True:
@@ -271,7 +283,7 @@ class HttpRequestDecoder:
 
     def _end_request(self) -> EndOfRequest:
         event = EndOfRequest(self._body_length)
-        self.state = State.HEAD
+        self.state = _ST_HEAD
         self._body_length = 0
         self._remaining = 0
         self.requests += 1
@@ -350,14 +362,14 @@ class HttpRequestDecoder:
         te = request.header("transfer-encoding")
         length = request.header("content-length")
         if te is not None and _chunked_framing(te, length is not None):
-            self.state = State.CHUNK_SIZE
+            self.state = _ST_CHUNK_SIZE
             return
         if length is None:
             self._remaining = 0
-            self.state = State.BODY_LENGTH
+            self.state = _ST_BODY_LENGTH
             return
         self._remaining = parse_content_length(length)
-        self.state = State.BODY_LENGTH
+        self.state = _ST_BODY_LENGTH
 
 
 _WS = b" \t"

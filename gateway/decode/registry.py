@@ -107,6 +107,13 @@ class Probe(enum.Enum):
     NEED_DATA = "need-data"
 
 
+# Plain constants for identification, run on every new flow's first bytes (an enum member
+# looked up on its class costs about 70 ns on Python 3.11: gateway/vocabulary.py, DIRECTIONS).
+_YES: Final = Probe.YES
+_NO: Final = Probe.NO
+_NEED_DATA: Final = Probe.NEED_DATA
+
+
 @dataclass(frozen=True, slots=True)
 class AppRecord:
     """One decoded unit of an application protocol, as fields for the rule conditions."""
@@ -318,10 +325,10 @@ def identify(
         try:
             verdict = probe(head, direction)
         except Exception:  # noqa: BLE001 (a plug-in probe must not break identification)
-            verdict = Probe.NO
-        if verdict is Probe.YES:
+            verdict = _NO
+        if verdict is _YES:
             return name, True
-        if verdict is Probe.NEED_DATA:
+        if verdict is _NEED_DATA:
             undecided = True
     if by_port is not None:
         return by_port, True

@@ -95,6 +95,7 @@ MAX_ANOMALY_DETAIL: Final = 200  # bytes of a decoder's complaint kept in the an
 MAX_RECOVERIES_PER_FEED: Final = 16
 MAX_MEMO_UNIT: Final = 2048  # bytes: longer units are never memoised
 NO_RECORDS: Final[tuple[AppRecord, ...]] = ()
+_YES: Final = Probe.YES  # a plain constant (gateway/vocabulary.py, DIRECTIONS)
 
 MemoKey = tuple[int, str, int, bytes]  # (id of the owner, server, server port, unit bytes)
 
@@ -445,7 +446,7 @@ def starts_whole_connection(
             verdict = probe(data, direction)
         except Exception:  # noqa: BLE001 (a plug-in probe must not break the packet path)
             verdict = Probe.NO
-        if verdict is Probe.YES:
+        if verdict is _YES:
             return True
     return False
 

@@ -31,7 +31,7 @@ import threading
 from pathlib import Path
 from typing import Any, Final
 
-from gateway.database import DB_ERRORS, DatabaseError, Db, connect, describe, migrate
+from gateway.database import DatabaseError, Db, connect, db_errors, describe, migrate
 from gateway.events.rollup import add_rollups
 
 __all__ = ["BATCH", "EVENT_MIGRATIONS", "EventForwarder", "open_shared_events"]
@@ -146,7 +146,7 @@ class EventForwarder:
             if self._db is None:
                 self._db = open_shared_events(self.url)
             sent = self._batch(self._db)
-        except (*DB_ERRORS, DatabaseError, OSError) as err:
+        except db_errors(DatabaseError, OSError) as err:
             self._failed(err)
             return 0
         if self.failing:
@@ -193,7 +193,7 @@ class EventForwarder:
     def _failed(self, err: BaseException) -> None:
         self.last_error = f"shared event store {describe(self.url)}: {err}"
         if self._db is not None:
-            with contextlib.suppress(*DB_ERRORS):
+            with contextlib.suppress(*db_errors()):
                 self._db.close()
             self._db = None
         if not self.failing:

@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import IO, Any, Final, Self
 
 from gateway.config import EventsConfig, check_value
-from gateway.database import DB_ERRORS, AnyConn, Db, connect
+from gateway.database import AnyConn, Db, connect, db_errors
 from gateway.errors import ConfigError
 from gateway.events.aggregate import Aggregator
 from gateway.events.eve import Event, to_eve
@@ -142,7 +142,7 @@ def _connect(path: Path) -> Db:
     conn = connect(path, OPEN_TIMEOUT_S)  # WAL: several workers start at once and race
     try:
         conn.execute("PRAGMA synchronous=NORMAL")
-    except DB_ERRORS:
+    except db_errors():
         conn.close()
         raise
     return conn
@@ -322,7 +322,7 @@ class EventSink:
                 if self._strict:
                     raise  # refused at start-up, naming the file and its mode
                 return str(err)
-            except (OSError, *DB_ERRORS) as err:
+            except db_errors(OSError) as err:
                 return f"events.sqlite {self.db_path}: cannot open: {err}"
         if self._jsonl is None and self.jsonl_path is not None:
             try:
@@ -348,7 +348,7 @@ class EventSink:
         if error is None and want_db and self._db_ready and self.db_path is not None:
             try:
                 conn = _connect(self.db_path)
-            except DB_ERRORS as err:
+            except db_errors() as err:
                 error = f"events.sqlite {self.db_path}: cannot open: {err}"
         if error is not None:
             self.write_errors += 1
@@ -397,7 +397,7 @@ class EventSink:
     def _backfill_step(self, conn: Db) -> None:
         try:
             self._backfill = backfill_step(conn, time.time())
-        except DB_ERRORS:
+        except db_errors():
             self.write_errors += 1  # tried again after the next batch
 
     def _write(self, conn: Db | None, batch: list[Event]) -> None:
@@ -443,9 +443,9 @@ class EventSink:
             conn.execute("BEGIN IMMEDIATE")
             store_rows(conn, pending)
             conn.execute("COMMIT")
-        except DB_ERRORS as err:
+        except db_errors() as err:
             self.write_errors += 1
-            with contextlib.suppress(*DB_ERRORS):
+            with contextlib.suppress(*db_errors()):
                 conn.execute("ROLLBACK")
             self._hold(pending)
             return f"events.sqlite {self.db_path}: {err}"

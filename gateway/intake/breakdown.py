@@ -13,8 +13,8 @@ The stages of one packet, which add up to the worker's time in the queue's recei
 - decode: `Engine.process_ip` minus `Engine.process`: IP/TCP/UDP header decoding;
 - flow: the rest of `Engine.process`: flow table, normaliser admission, inspection state;
 - reassembly: `Normalizer.receive` (first-wins reassembly, retransmission comparison);
-- match: `Matcher.scan_stream` (Hyperscan) and `Engine._app_rules` (app decoding, HTTP
-  fields or the memo, field conditions);
+- match: `Matcher.scan_stream` (Hyperscan) and the engine's `AppLayer.rules` (app decoding,
+  HTTP fields or the memo, field conditions; gateway/applayer.py);
 - verdict: the handler minus `Engine.process_ip`, plus the write of a burst's held accept
   verdicts (gateway/intake/verdicts.py): the payload copy, the shared counters, the mark and
   the verdict's netlink write, in which the kernel re-injects the packet and forwards it
@@ -125,10 +125,12 @@ class Breakdown:
 
     def install(self, engine: Any) -> None:
         """Time the engine's stages: wrappers on this engine instance (process_ip, process,
-        _app_rules, its normaliser's receive) and on Matcher.scan_stream (class-wide)."""
+        its app layer's rules, its normaliser's receive) and on Matcher.scan_stream
+        (class-wide)."""
         engine.process_ip = self._timed(engine.process_ip, "process_ip_ns")
         engine.process = self._timed(engine.process, "process_ns")
-        engine._app_rules = self._timed(engine._app_rules, "match_ns")
+        app = engine._app
+        app.rules = self._timed(app.rules, "match_ns")
         normalizer = engine.normalizer
         normalizer.receive = self._timed(normalizer.receive, "reassembly_ns")
         if self._saved_scan is None:

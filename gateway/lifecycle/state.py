@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from gateway.database import DB_ERRORS, Db, Row, Target
+from gateway.database import Db, Row, Target, db_errors
 from gateway.errors import VpatchError
 from gateway.policy.assignments import Assignments
 from gateway.policy.hosts import Hosts
@@ -251,7 +251,7 @@ def host_services(store: Store, host_id: int) -> list[dict[str, Any]]:
             "SELECT * FROM scan_services WHERE host_id = ? LIMIT ?", (host_id, MAX_LIST)
         )
         return [dict(r) for r in rows]
-    except DB_ERRORS:
+    except db_errors():
         return []
 
 
@@ -269,11 +269,11 @@ class LifecycleStore:
     def _store(self) -> Iterator[Store]:
         try:
             store = Store(self.path)
-        except (StoreError, *DB_ERRORS) as err:
+        except db_errors(StoreError) as err:
             raise LifecycleError(f"{self.path}: cannot open the policy database: {err}") from err
         try:
             yield store
-        except DB_ERRORS as err:
+        except db_errors() as err:
             raise LifecycleError(f"{self.path}: lifecycle state: {err}") from err
         finally:
             store.close()

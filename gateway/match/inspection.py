@@ -28,7 +28,7 @@ from gateway.flow.limits import HostPolicies
 from gateway.flow.reassembly import StreamReassembler
 from gateway.match.matcher import Matcher, MatchGroup, StreamState
 from gateway.match.rules import Rule
-from gateway.vocabulary import Direction
+from gateway.vocabulary import DIRECTIONS, Direction
 
 __all__ = ["Inspection", "Way"]
 
@@ -176,7 +176,7 @@ class Inspection:
         way.state = way.derived = None
 
     def close_all(self) -> None:
-        for d in Direction:
+        for d in DIRECTIONS:
             self.close(d)
 
     def release(self) -> None:

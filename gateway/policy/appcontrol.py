@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from gateway.database import DB_ERRORS
+from gateway.database import db_errors
 from gateway.errors import ConfigError
 from gateway.match.rules import RuleSet
 from gateway.policy.compiled import APP_CONTROL_FIRST, APP_CONTROL_LAST
@@ -155,6 +155,6 @@ def stored_controls(store: Store) -> list[tuple[str, str]]:
             "SELECT h.address, a.rule FROM app_controls a JOIN hosts h ON h.id = a.host_id "
             "ORDER BY a.id"
         ).fetchall()
-    except DB_ERRORS as err:
+    except db_errors() as err:
         raise ConfigError(f"policy database {store.path}: app_controls: {err}") from err
     return [(str(r[0]), str(r[1])) for r in rows]

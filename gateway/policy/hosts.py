@@ -13,7 +13,7 @@ import ipaddress
 import time
 from dataclasses import asdict, dataclass
 
-from gateway.database import INTEGRITY_ERRORS, Row
+from gateway.database import Row, integrity_errors
 from gateway.policy.store import (
     HOST_MODES,
     MAX_LIST,
@@ -80,7 +80,7 @@ class Hosts:
                     "INSERT INTO groups(name, description) VALUES (?, ?)",
                     (name, description[:MAX_REASON_LEN]),
                 )
-            except INTEGRITY_ERRORS as err:
+            except integrity_errors() as err:
                 raise StoreError(f"groups.name {name!r}: already exists") from err
             group = Group(int(cur.lastrowid or 0), name, description[:MAX_REASON_LEN])
             self.store.audit(actor, "group.create", name, None, asdict(group))

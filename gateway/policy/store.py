@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any, Self
 
 from gateway.database import (
-    DB_ERRORS,
     DatabaseError,
     Db,
     Target,
     connect,
+    db_errors,
     describe,
     is_url,
     migrate,
@@ -240,7 +240,7 @@ class Store:
             check_file(path, "the policy database")
         try:
             self.db = connect(path, BUSY_TIMEOUT_MS / 1000)
-        except DB_ERRORS as err:
+        except db_errors() as err:
             raise StoreError(f"policy database {describe(path)}: cannot open: {err}") from err
         try:
             migrate(self.db, "policy", MIGRATIONS)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from gateway.database import DB_ERRORS, Target, describe
+from gateway.database import Target, db_errors, describe
 from gateway.errors import VpatchError
 from gateway.policy.store import MAX_LIST, Store, StoreError
 
@@ -142,7 +142,7 @@ class PolicySync:
                 self._next_beat = time.monotonic() + self.heartbeat
                 status = {**self._status(), "sync": self.stats()}
                 heartbeat_row(self._store, self.name, self.started_at, self.applied, status)
-        except (VpatchError, OSError, *DB_ERRORS) as err:
+        except db_errors(VpatchError, OSError) as err:
             self._failed(err)
             return
         if self.failing:
@@ -152,7 +152,7 @@ class PolicySync:
     def _failed(self, err: BaseException) -> None:
         self.last_error = f"{describe(self.target)}: {err}"
         if self._store is not None and not isinstance(err, StoreError):
-            with contextlib.suppress(*DB_ERRORS):
+            with contextlib.suppress(*db_errors()):
                 self._store.close()
             self._store = None
         if not self.failing:

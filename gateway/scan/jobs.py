@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.control.server import ControlError, control_request
-from gateway.database import DB_ERRORS, INTEGRITY_ERRORS, Row, Target
+from gateway.database import Row, Target, db_errors, integrity_errors
 from gateway.lifecycle.state import (
     HistoryEntry,
     LifecycleError,
@@ -192,11 +192,11 @@ class ScanJobs:
     def _store(self) -> Iterator[Store]:
         try:
             store = Store(self.path)
-        except (StoreError, *DB_ERRORS) as err:
+        except db_errors(StoreError) as err:
             raise LifecycleError(f"{self.path}: cannot open the policy database: {err}") from err
         try:
             yield store
-        except DB_ERRORS as err:
+        except db_errors() as err:
             raise LifecycleError(f"{self.path}: scan runs: {err}") from err
         finally:
             store.close()
@@ -250,7 +250,7 @@ class ScanJobs:
                     store.audit(
                         actor, "scan.queue", host, None, {"run": run_id, "trigger": trigger}
                     )
-            except INTEGRITY_ERRORS:
+            except integrity_errors():
                 row = store.db.execute(
                     "SELECT id, status FROM scan_runs WHERE host = ? AND status IN "
                     "('queued', 'running')",

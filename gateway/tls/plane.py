@@ -51,7 +51,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from gateway.config import FailPolicy, GatewayConfig
-from gateway.database import DB_ERRORS
+from gateway.database import db_errors
 from gateway.errors import VpatchError
 from gateway.firewall.apply import BackendInfo, run_cmd
 from gateway.intake.nfqueue import WorkerStats
@@ -180,7 +180,7 @@ class TlsPlane:
     def _read_wanted(self) -> list[Wanted] | None:
         try:
             wanted, self.problems = wanted_services(self.config)
-        except (VpatchError, *DB_ERRORS) as err:
+        except db_errors(VpatchError) as err:
             log.error("HTTPS plane: stored services not read (%s): services unchanged", err)
             return None
         for problem in self.problems:

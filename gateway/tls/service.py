@@ -19,7 +19,9 @@ What it guarantees:
   floor defaults to TLS 1.2 (clients are offered 1.2 and 1.3 only), the server floor to TLS 1.0
   (what an IIS 6 still speaks);
 - certificate and key files are read only when regular files, at most MAX_PEM_BYTES each.
-This module imports nothing of the project but gateway.errors (gateway/config.py imports it).
+This module imports nothing of the project but gateway.errors (gateway/config.py imports it),
+and cryptography only in `check_keypair`: every process imports the configuration, and
+cryptography's x509 is about 15 MB of RSS that only a certificate check needs (issue 16).
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from typing import TYPE_CHECKING, Any, Final
 
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = [
     "BlockAnswer",
@@ -396,6 +398,9 @@ def _read_pem(path: Path, what: str, field: str) -> bytes:
 def check_keypair(cert: Path, key: Path, now: datetime | None = None) -> CertInfo:
     """The certificate's CertInfo once `key` is found to be its private key; TlsConfigError
     naming the file otherwise. An expired (or not yet valid) certificate is a warning."""
+    from cryptography import x509  # here only: see the module comment
+    from cryptography.hazmat.primitives import serialization
+
     cert_pem = _read_pem(cert, "certificate", "cert")
     key_pem = _read_pem(key, "key", "key")
     try:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import GatewayConfig
-from gateway.database import INTEGRITY_ERRORS, Row, policy_target, target_exists
+from gateway.database import Row, integrity_errors, policy_target, target_exists
 from gateway.errors import ConfigError
 from gateway.policy.store import MAX_LIST, Store
 from gateway.tls.service import (
@@ -147,7 +147,7 @@ def save_service(
                     (*key, text, actor, now, before.id),
                 )
                 row_id = before.id
-        except INTEGRITY_ERRORS as err:
+        except integrity_errors() as err:
             raise ServiceFieldError("port", f"{service.name} is already proxied") from err
         after = _get(store, row_id)
         assert after is not None

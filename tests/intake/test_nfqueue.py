@@ -9,6 +9,7 @@ queue: the PacketHandler's byte counter, the queue config message and its ack.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import struct
 import subprocess
@@ -443,3 +444,17 @@ def test_a_restarted_worker_goes_on_counting_where_the_dead_one_stopped() -> Non
     snap = stats.snapshot()
     assert snap["limit_stream_hole"] == 3
     assert snap["flows_active"] == 3
+
+
+def test_worker_stats_travel_to_a_spawned_worker() -> None:
+    """The supervisor hands each queue worker its WorkerStats through spawn: the counters the
+    worker adds (here `add` and the handler's `received`, run in the child) are the parent's
+    shared memory, whatever the faster view the handler writes through."""
+    stats = WorkerStats()
+    ctx = multiprocessing.get_context("spawn")
+    for target, args in ((stats.add, ("packets", 3)), (stats.received, (1500,))):
+        proc = ctx.Process(target=target, args=args)
+        proc.start()
+        proc.join(60)
+        assert proc.exitcode == 0
+    assert (stats.get("packets"), stats.get("bytes")) == (4, 1500)
