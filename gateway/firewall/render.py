@@ -69,11 +69,7 @@ its options, so that test would be evadable. We use u32 instead, exact for the u
 shapes: for each TCP data offset D (5..15) one rule tests "IPv4 IHL = 5, TCP data offset = D,
 total length > 20 + 4*D" (IPv6: "next header = TCP, data offset = D, payload length > 4*D").
 Packets with IPv4 options or IPv6 extension headers are always queued (rare; the engine copes).
-The two common offsets (8: timestamps, 5: none) come first, each followed by its exact
-payload-less shape ("total length = 20 + 4*D") returning at once: a bulk transfer's pure ACKs
-(one per one or two data segments) meet two u32 tests instead of all eleven. That return
-changes nothing but the cost: a segment of that shape has no payload, so no payload test below
-it could match; SYNs are tested before it.
+The two common offsets (8: timestamps, 5: none) come first.
 
 Stream depth: the engine counts each direction's payload bytes exactly and, once every inspected
 direction has reached its depth, gives the flow's packet the BYPASS mark; from then on the kernel
@@ -99,9 +95,6 @@ MIN_ANY_PORT_MAXELEM = 4096  # room in the any-port host sets (more if more host
 MIN_HOST_MAXELEM = 4096  # room in the protected-host sets (config.MAX_PROTECTED_HOSTS)
 # Common TCP data offsets first: 8 (timestamps, Linux default), 5 (no options, Windows default).
 TCP_DATA_OFFSETS = (8, 5, 10, 6, 7, 9, 11, 12, 13, 14, 15)
-# Data offsets whose payload-less segments (timestamped ACKs, plain ACKs) leave the chain right
-# after their offset's payload test, instead of meeting every other offset's test.
-PURE_ACK_OFFSETS = frozenset({8, 5})
 PROTOCOLS = ("tcp", "udp")
 HMARK_SEED = 0x76706174  # xt_HMARK's hash seed (--hmark-rnd): fixed, so a re-render is the same
 
@@ -225,20 +218,16 @@ def queue_rules(config: GatewayConfig, chain: str) -> list[str]:
 
 def _tcp_payload_tests(version: int) -> list[str]:
     """u32 expressions, one per TCP data offset, true when the segment carries payload."""
-    return [_tcp_length_test(version, d, low=True) for d in TCP_DATA_OFFSETS]
-
-
-def _tcp_length_test(version: int, offset: int, *, low: bool) -> str:
-    """u32: the usual header shape with data offset `offset`, and payload (low: at least one
-    byte) or none (not low: exactly the headers' length)."""
-    hdr = 4 * offset
-    if version == 4:
-        # word at 0: version|IHL|TOS|total length; word at 32 (IHL 5): TCP offset 12..15.
-        length = f"{20 + hdr + 1}:65535" if low else f"{20 + hdr}"
-        return f"0>>22&0x3C=20&&32>>28={offset}&&0&0xFFFF={length}"
-    # word at 4: payload length|next header|hop limit; word at 52: TCP offset 12..15.
-    length = f"{hdr + 1}:65535" if low else f"{hdr}"
-    return f"4>>8&0xFF=6&&52>>28={offset}&&4>>16&0xFFFF={length}"
+    tests = []
+    for d in TCP_DATA_OFFSETS:
+        hdr = 4 * d
+        if version == 4:
+            # word at 0: version|IHL|TOS|total length; word at 32 (IHL 5): TCP offset 12..15.
+            tests.append(f"0>>22&0x3C=20&&32>>28={d}&&0&0xFFFF={20 + hdr + 1}:65535")
+        else:
+            # word at 4: payload length|next header|hop limit; word at 52: TCP offset 12..15.
+            tests.append(f"4>>8&0xFF=6&&52>>28={d}&&4>>16&0xFFFF={hdr + 1}:65535")
+    return tests
 
 
 def _render_family(
@@ -330,12 +319,8 @@ def _render_family(
             f"-A {tcp} -p tcp --tcp-flags SYN,ACK SYN -m conntrack --ctstate NEW -j {queue}"
         )
         rules.append(f"-A {tcp} -p tcp --tcp-flags SYN,ACK SYN,ACK -j {queue}")
-        for d, test in zip(TCP_DATA_OFFSETS, _tcp_payload_tests(version), strict=True):
+        for test in _tcp_payload_tests(version):
             rules.append(f'-A {tcp} -m u32 --u32 "{test}" -j {queue}')
-            if d in PURE_ACK_OFFSETS:  # the same shape without payload: leave at once
-                rules.append(
-                    f'-A {tcp} -m u32 --u32 "{_tcp_length_test(version, d, low=False)}" -j RETURN'
-                )
         if version == 4:
             rules.append(f'-A {tcp} -m u32 ! --u32 "0>>22&0x3C=20" -j {queue}')
         else:

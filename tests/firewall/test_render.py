@@ -218,27 +218,6 @@ def test_tcp_payload_tests_are_exact_per_data_offset() -> None:
     assert '-m u32 ! --u32 "0>>22&0x3C=20" -j VPATCH-QUEUE' in r.ipv4
 
 
-def test_pure_acks_of_the_common_shapes_leave_the_tcp_chain_early() -> None:
-    """A timestamped or plain ACK returns right after its offset's payload test: exactly the
-    headers' length (no payload), after the SYN rules, before any other offset's test."""
-    r = _render("protected_hosts: [198.18.0.20, '2001:2::20']\n")
-    for text, shape in (
-        (r.ipv4, '"0>>22&0x3C=20&&32>>28={d}&&0&0xFFFF={n}'),
-        (r.ipv6, '"4>>8&0xFF=6&&52>>28={d}&&4>>16&0xFFFF={n}'),
-    ):
-        base = 20 if text is r.ipv4 else 0
-        chain = [line for line in text.splitlines() if line.startswith("-A VPATCH-TCP-DATA")]
-        u32 = [line for line in chain if "-m u32" in line]
-        assert all("--tcp-flags" not in line for line in chain[chain.index(u32[0]) :])
-        expected = []
-        for d in (8, 5):
-            data = shape.format(d=d, n=f"{base + 4 * d + 1}:65535")
-            pure = shape.format(d=d, n=base + 4 * d)
-            expected += [f'-m u32 --u32 {data}" -j VPATCH-QUEUE', f'-m u32 --u32 {pure}" -j RETURN']
-        assert [line.removeprefix("-A VPATCH-TCP-DATA ") for line in u32[:4]] == expected
-        assert sum(line.endswith("-j RETURN") for line in chain) == 2  # no other shape returns
-
-
 def test_udp_can_be_left_out() -> None:
     plan = QueuePlan(tcp_to_server=frozenset({80}), udp_to_server=frozenset({53}))
     r = _render("protected_hosts: [198.18.0.20]\nfirewall: {queue_udp: false}\n", plan)
