@@ -58,7 +58,7 @@ def test_config_error_is_one_clear_line(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert r.stderr.strip() == (
         f"vpatch run: error: {bad}:3: queues.cuont: unknown key "
-        "(allowed: balance, count, first, max_len)"
+        "(allowed: balance, count, first, max_len, verdict_batch)"
     )
 
 
