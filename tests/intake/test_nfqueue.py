@@ -51,7 +51,7 @@ class QueuedPacket:
     """A queued packet as PacketHandler sees it (netfilterqueue.Packet's subset); `verdict`
     is what the handler gave it."""
 
-    indev = physindev = 0
+    indev = physindev = id = 0
 
     def __init__(self, data: bytes) -> None:
         self.data = data

@@ -15,8 +15,7 @@ from scapy.layers.inet import IP, UDP
 from gateway.config import FailPolicy
 from gateway.intake.nfqueue import PacketHandler, WorkerStats
 from gateway.intake.verdicts import MESSAGE_SIZE, VerdictBatch
-from gateway.verdict import Decision
-from gateway.vocabulary import Action
+from tests.intake.test_nfqueue import QueuedPacket, _Engine
 
 
 @pytest.fixture
@@ -76,44 +75,12 @@ def test_limit_must_be_positive(pair: tuple[socket.socket, socket.socket]) -> No
         VerdictBatch(pair[0].fileno(), 0, limit=0)
 
 
-class _Packet:
-    indev = physindev = 0
+class _Packet(QueuedPacket):
+    """A queued UDP datagram with the packet id the kernel gave it."""
 
     def __init__(self, packet_id: int) -> None:
+        super().__init__(bytes(IP(src="198.18.0.10", dst="198.18.0.20") / UDP(sport=1, dport=53)))
         self.id = packet_id
-        self.verdict = ""
-
-    def get_payload(self) -> bytes:
-        return bytes(IP(src="198.18.0.10", dst="198.18.0.20") / UDP(sport=1, dport=53))
-
-    def get_mark(self) -> int:
-        return 0
-
-    def get_hw(self) -> bytes | None:
-        return None
-
-    def set_mark(self, mark: int) -> None:
-        pass
-
-    def set_payload(self, payload: bytes) -> None:
-        pass
-
-    def accept(self) -> None:
-        self.verdict = "accept"
-
-    def drop(self) -> None:
-        self.verdict = "drop"
-
-    def repeat(self) -> None:
-        self.verdict = "repeat"
-
-
-class _Accepting:
-    def process_ip(self, data: bytes, now: float) -> Decision:
-        return Decision(Action.ACCEPT)
-
-    def expire(self, now: float) -> None:
-        pass
 
 
 def test_handler_holds_accepts_and_counts_a_failed_write(
@@ -122,7 +89,7 @@ def test_handler_holds_accepts_and_counts_a_failed_write(
     a, b = pair
     stats = WorkerStats()
     batch = VerdictBatch(a.fileno(), 0, limit=2)
-    handler = PacketHandler(_Accepting(), stats, FailPolicy.OPEN, 1 << 28, 1 << 28, batch=batch)
+    handler = PacketHandler(_Engine(), stats, FailPolicy.OPEN, 1 << 28, 1 << 28, batch=batch)
     first, second = _Packet(1), _Packet(2)
     handler(first)
     assert first.verdict == "" and len(batch) == 1  # held, not given through netfilterqueue
