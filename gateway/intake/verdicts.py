@@ -58,7 +58,7 @@ _MARK_ATTR = _NLATTR.pack(_NLATTR.size + 4, NFQA_MARK)
 class VerdictBatch:
     """Accept verdicts of one queue, written together (see the module's guarantees)."""
 
-    __slots__ = ("_sock", "_header", "_held", "limit", "writes", "verdicts")
+    __slots__ = ("_sock", "_header", "_held", "limit")
 
     def __init__(self, fd: int, queue_num: int, limit: int = DEFAULT_LIMIT) -> None:
         if limit < 1:
@@ -69,8 +69,6 @@ class VerdictBatch:
         self._header = verdict_header(queue_num)
         self._held: list[bytes] = []
         self.limit = limit
-        self.writes = 0
-        self.verdicts = 0
 
     def accept(self, packet_id: int, mark: int) -> bool:
         """Hold an accept verdict; True when `limit` are held (the caller flushes)."""
@@ -86,11 +84,8 @@ class VerdictBatch:
         if not held:
             return
         data = b"".join(held)
-        count = len(held)
         held.clear()
         self._sock.send(data)  # to the kernel: synchronous, each message handled in order
-        self.writes += 1
-        self.verdicts += count
 
     def close(self) -> None:
         self._sock.close()
